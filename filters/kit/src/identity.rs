@@ -1,0 +1,26 @@
+//! The identity contract between filters (DESIGN.md): an auth filter removes every
+//! identity header the client sent, then sets them from verified claims; the other
+//! filters read identity only from these headers. Names mirror Kong's defaults.
+
+pub const CONSUMER_ID: &str = "x-consumer-id";
+pub const CONSUMER_USERNAME: &str = "x-consumer-username";
+pub const CONSUMER_GROUPS: &str = "x-consumer-groups";
+pub const CREDENTIAL_IDENTIFIER: &str = "x-credential-identifier";
+pub const CONSUMER_TIER: &str = "x-consumer-tier";
+
+/// Every identity header, in the order an auth filter strips them.
+pub const ALL: [&str; 5] =
+    [CONSUMER_ID, CONSUMER_USERNAME, CONSUMER_GROUPS, CREDENTIAL_IDENTIFIER, CONSUMER_TIER];
+
+pub fn is_identity_header(name: &str) -> bool {
+    ALL.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn identity_headers_match_case_insensitively() {
+        assert!(super::is_identity_header("X-Consumer-Tier"));
+        assert!(!super::is_identity_header("x-consumer"));
+    }
+}

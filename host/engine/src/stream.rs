@@ -1,0 +1,401 @@
+//! One request through a chain of filters, phase by phase, as Envoy's filter manager
+//! runs it: request callbacks in chain order, response callbacks in reverse order, a
+//! paused filter holding its phase until it continues or replies, and `on_log`,
+//! `on_done`, `on_delete` at the end.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::abi::Action;
+use crate::filter::{Filter, Health};
+use crate::headers::HeaderMap;
+use crate::state::Phase;
+use crate::types::{FailurePolicy, LocalReply, RequestInfo};
+use crate::vm::{Fault, Vm};
+
+/// What the embedder does after a phase.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on: send what the filters left in the headers or body.
+    Continue,
+    /// A filter is buffering this body and did not pass anything on yet.
+    Buffering,
+    /// Answer the client with this instead.
+    Reply(LocalReply),
+}
+
+struct Slot {
+    filter: Filter,
+    /// Context id and the VM generation it belongs to; `None` when the filter is
+    /// skipped (failed open) for this request.
+    ctx: Option<(u32, u64, Arc<Notify>)>,
+    /// Body bytes this filter is holding (it paused on a chunk before the end).
+    held: Vec<u8>,
+}
+
+pub struct HttpStream {
+    slots: Vec<Slot>,
+    info: Arc<RequestInfo>,
+    /// A filter that failed closed before the request began: its 503.
+    failed_at_start: Option<LocalReply>,
+    finished: bool,
+    replied: bool,
+}
+
+/// The reply for a request that met a failed filter.
+pub fn failure_reply(filter: &str, request_id: &str) -> LocalReply {
+    let body = format!(
+        "{{\"message\":\"filter {} is unavailable\",\"request_id\":\"{}\"}}",
+        json_escape(filter),
+        json_escape(request_id)
+    );
+    let mut headers = HeaderMap::new();
+    headers.add("content-type", "application/json");
+    LocalReply { status: 503, details: "wasm_fail_stream".into(), body: body.into_bytes(), headers, grpc_status: -1 }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl HttpStream {
+    /// Creates the request's context in every filter of the chain.
+    pub fn new(chain: &[Filter], info: RequestInfo) -> HttpStream {
+        let info = Arc::new(info);
+        let mut failed_at_start = None;
+        let mut slots = Vec::with_capacity(chain.len());
+        for filter in chain {
+            filter.reload_if_failed();
+            let ctx = match filter.with_vm(|vm| create(vm, &info)) {
+                Some(Ok((id, _, signal))) => Some((id, filter.generation(), signal)),
+                _ => {
+                    if filter.policy() != FailurePolicy::FailOpen && failed_at_start.is_none() {
+                        failed_at_start = Some(failure_reply(filter.name(), &info.id));
+                    }
+                    None
+                }
+            };
+            slots.push(Slot { filter: filter.clone(), ctx, held: Vec::new() });
+        }
+        HttpStream { slots, info, failed_at_start, finished: false, replied: false }
+    }
+
+    pub fn info(&self) -> &RequestInfo {
+        &self.info
+    }
+
+    /// Runs `on_request_headers` through the chain. The headers are the filters' to
+    /// change; on `Continue` they are what goes upstream.
+    pub async fn request_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
+        if let Some(reply) = self.failed_at_start.take() {
+            return self.reply(reply);
+        }
+        for i in 0..self.slots.len() {
+            let Some(ctx) = self.ctx_of(i) else { continue };
+            let n = headers.len() as u32;
+            let map = std::mem::take(headers);
+            let outcome = self
+                .run(i, ctx, Phase::Request, |c| c.request_headers = Some(map), |vm, id| vm.on_request_headers(id, n, end_of_stream))
+                .await;
+            *headers = self.take_back(i, |c| c.request_headers.take()).unwrap_or_default();
+            if let Some(flow) = outcome {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs `on_request_body` through the chain with one chunk. A filter that pauses
+    /// before the end holds the bytes (`Flow::Buffering`); at the end it must resume.
+    pub async fn request_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Flow {
+        self.body(Phase::Request, chunk, end_of_stream).await
+    }
+
+    /// Runs `on_response_headers` through the chain in reverse order.
+    pub async fn response_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
+        let code = headers.get_str(":status").and_then(|s| s.parse().ok());
+        for i in (0..self.slots.len()).rev() {
+            let Some(ctx) = self.ctx_of(i) else { continue };
+            let n = headers.len() as u32;
+            let map = std::mem::take(headers);
+            let outcome = self
+                .run(
+                    i,
+                    ctx,
+                    Phase::Response,
+                    |c| {
+                        c.response_code = code;
+                        c.response_headers = Some(map);
+                    },
+                    |vm, id| vm.on_response_headers(id, n, end_of_stream),
+                )
+                .await;
+            *headers = self.take_back(i, |c| c.response_headers.take()).unwrap_or_default();
+            if let Some(flow) = outcome {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    pub async fn response_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Flow {
+        self.body(Phase::Response, chunk, end_of_stream).await
+    }
+
+    /// Sends a local reply back through every filter's response callbacks (Envoy runs
+    /// a local reply through the encoder filters, the sender included), and returns
+    /// the headers and body the client gets.
+    pub async fn encode_local_reply(&mut self, reply: LocalReply) -> (HeaderMap, Vec<u8>) {
+        let mut headers = reply.response_headers();
+        let mut body = reply.body;
+        let eos = body.is_empty();
+        // A filter replying again here is ignored: the first reply stands.
+        let _ = self.response_headers(&mut headers, eos).await;
+        if !eos {
+            let _ = self.response_body(&mut body, true).await;
+        }
+        headers.set("content-length", body.len().to_string());
+        (headers, body)
+    }
+
+    async fn body(&mut self, phase: Phase, chunk: &mut Vec<u8>, eos: bool) -> Flow {
+        let order: Vec<usize> =
+            if phase == Phase::Request { (0..self.slots.len()).collect() } else { (0..self.slots.len()).rev().collect() };
+        for i in order {
+            let Some(ctx) = self.ctx_of(i) else { continue };
+            let mut buf = std::mem::take(&mut self.slots[i].held);
+            buf.append(chunk);
+            let size = buf.len() as u32;
+            let outcome = self
+                .run_body(i, ctx, phase, buf, eos, move |vm, id| match phase {
+                    Phase::Request => vm.on_request_body(id, size, eos),
+                    _ => vm.on_response_body(id, size, eos),
+                })
+                .await;
+            let buf = self.take_back(i, |c| c.body.take()).unwrap_or_default();
+            match outcome {
+                BodyOutcome::Pass => *chunk = buf,
+                BodyOutcome::Hold => {
+                    self.slots[i].held = buf;
+                    return Flow::Buffering;
+                }
+                BodyOutcome::Done(flow) => return flow,
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn run_body(
+        &mut self,
+        i: usize,
+        ctx: (u32, u64, Arc<Notify>),
+        phase: Phase,
+        buf: Vec<u8>,
+        eos: bool,
+        call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
+    ) -> BodyOutcome {
+        let filter = self.slots[i].filter.clone();
+        let id = ctx.0;
+        let result = filter.with_vm(|vm| {
+            if let Some(c) = vm.ctx(id) {
+                c.phase = phase;
+                c.body = Some(buf);
+            }
+            call(vm, id)
+        });
+        match self.settle(i, &ctx, phase, result, !eos).await {
+            Settled::Continue => BodyOutcome::Pass,
+            Settled::Held => BodyOutcome::Hold,
+            Settled::Stop(flow) => BodyOutcome::Done(flow),
+        }
+    }
+
+    /// Places data in filter `i`'s context, runs its callback, and waits while it is
+    /// paused. `None`: go on to the next filter; `Some(flow)`: stop here.
+    async fn run(
+        &mut self,
+        i: usize,
+        ctx: (u32, u64, Arc<Notify>),
+        phase: Phase,
+        place: impl FnOnce(&mut crate::state::HttpCtx),
+        call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
+    ) -> Option<Flow> {
+        let filter = self.slots[i].filter.clone();
+        let id = ctx.0;
+        let result = filter.with_vm(|vm| {
+            if let Some(c) = vm.ctx(id) {
+                c.phase = phase;
+                place(c);
+            }
+            call(vm, id)
+        });
+        match self.settle(i, &ctx, phase, result, false).await {
+            Settled::Continue | Settled::Held => None,
+            Settled::Stop(flow) => Some(flow),
+        }
+    }
+
+    /// What a callback's result means for the request, waiting out a pause.
+    async fn settle(
+        &mut self,
+        i: usize,
+        ctx: &(u32, u64, Arc<Notify>),
+        phase: Phase,
+        result: Option<Result<Action, Fault>>,
+        may_hold: bool,
+    ) -> Settled {
+        let (id, generation, signal) = ctx;
+        let filter = self.slots[i].filter.clone();
+        let mut action = match result {
+            Some(Ok(a)) => a,
+            _ => return self.failed(i),
+        };
+        loop {
+            if filter.generation() != *generation {
+                return self.failed(i);
+            }
+            let (reply, resumed, closed) = {
+                let mut vm = filter.inner.vm.borrow_mut();
+                let Some(c) = vm.as_mut().and_then(|vm| vm.ctx(*id)) else { return self.failed(i) };
+                let resumed = match phase {
+                    Phase::Request => std::mem::take(&mut c.resume_request),
+                    _ => std::mem::take(&mut c.resume_response),
+                };
+                (c.local_reply.take(), resumed, c.close)
+            };
+            if let Some(reply) = reply {
+                return Settled::Stop(self.reply(reply));
+            }
+            if closed {
+                return Settled::Stop(self.reply(reset_reply(&self.info.id)));
+            }
+            if action == Action::Continue || resumed {
+                return Settled::Continue;
+            }
+            if may_hold {
+                return Settled::Held;
+            }
+            signal.notified().await;
+            action = Action::Pause;
+        }
+    }
+
+    fn failed(&mut self, i: usize) -> Settled {
+        self.slots[i].ctx = None;
+        let filter = self.slots[i].filter.clone();
+        if filter.policy() == FailurePolicy::FailOpen {
+            return Settled::Continue;
+        }
+        let reply = failure_reply(filter.name(), &self.info.id);
+        Settled::Stop(self.reply(reply))
+    }
+
+    fn reply(&mut self, reply: LocalReply) -> Flow {
+        self.replied = true;
+        Flow::Reply(reply)
+    }
+
+    /// The live context of filter `i`, if its VM still is the one it was created in.
+    fn ctx_of(&mut self, i: usize) -> Option<(u32, u64, Arc<Notify>)> {
+        let slot = &mut self.slots[i];
+        let ctx = slot.ctx.clone()?;
+        if slot.filter.generation() != ctx.1 || slot.filter.health() != Health::Running {
+            // The VM failed under a paused or earlier phase of this request.
+            slot.ctx = None;
+            if slot.filter.policy() != FailurePolicy::FailOpen && self.failed_at_start.is_none() && !self.replied {
+                self.failed_at_start = Some(failure_reply(slot.filter.name(), &self.info.id));
+            }
+            return None;
+        }
+        Some(ctx)
+    }
+
+    fn take_back<T>(&mut self, i: usize, f: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>) -> Option<T> {
+        let slot = &self.slots[i];
+        let (id, _, _) = slot.ctx.as_ref()?;
+        let mut vm = slot.filter.inner.vm.borrow_mut();
+        vm.as_mut()?.ctx(*id).and_then(f)
+    }
+
+    /// Whether a filter failed under this request after it began (the embedder should
+    /// answer with the reply instead of going on).
+    pub fn take_failure(&mut self) -> Option<LocalReply> {
+        self.failed_at_start.take()
+    }
+
+    /// Ends the request: `on_log` (which may read both header maps), `on_done` and
+    /// `on_delete` in every filter.
+    pub fn finish(mut self, request_headers: &mut HeaderMap, response_headers: &mut HeaderMap) {
+        self.finish_inner(request_headers, response_headers);
+    }
+
+    fn finish_inner(&mut self, request_headers: &mut HeaderMap, response_headers: &mut HeaderMap) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        for slot in &mut self.slots {
+            let Some((id, generation, _)) = slot.ctx.take() else { continue };
+            if slot.filter.generation() != generation {
+                continue;
+            }
+            let (rq, rs) = (std::mem::take(request_headers), std::mem::take(response_headers));
+            let back = slot.filter.with_vm(|vm| {
+                if let Some(c) = vm.ctx(id) {
+                    c.request_headers = Some(rq);
+                    c.response_headers = Some(rs);
+                }
+                vm.finish_http_context(id)
+            });
+            if let Some(Ok((a, b))) = back {
+                *request_headers = a;
+                *response_headers = b;
+            }
+        }
+    }
+}
+
+impl Drop for HttpStream {
+    fn drop(&mut self) {
+        // A request dropped midway (client gone) still ends its contexts.
+        let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
+        self.finish_inner(&mut a, &mut b);
+    }
+}
+
+enum Settled {
+    Continue,
+    Held,
+    Stop(Flow),
+}
+
+enum BodyOutcome {
+    Pass,
+    Hold,
+    Done(Flow),
+}
+
+fn reset_reply(request_id: &str) -> LocalReply {
+    // proxy_close_stream resets the stream in Envoy; a client sees the connection
+    // closed. We answer 502 with the gateway's JSON body so the reset is visible.
+    let mut headers = HeaderMap::new();
+    headers.add("content-type", "application/json");
+    let body = format!("{{\"message\":\"the request was reset by a filter\",\"request_id\":\"{}\"}}", json_escape(request_id));
+    LocalReply { status: 502, details: "wasm_close_stream".into(), body: body.into_bytes(), headers, grpc_status: -1 }
+}
+
+fn create(vm: &mut Vm, info: &Arc<RequestInfo>) -> Result<(u32, u64, Arc<Notify>), Fault> {
+    let id = vm.create_http_context(info.clone())?;
+    let signal = vm.ctx(id).map(|c| c.signal.clone()).unwrap_or_default();
+    Ok((id, 0, signal))
+}

@@ -1,0 +1,497 @@
+//! One VM: a module instance in its own store, with the root context of one plugin and
+//! the HTTP contexts of the requests that plugin is handling on this worker.
+//!
+//! Every call into the guest runs under an epoch deadline and a memory limit; a trap,
+//! a missed deadline or a broken ABI reply comes back as a [`Fault`] and the VM must
+//! not be used again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use wasmtime::{Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
+
+use crate::abi::{Action, LogLevel};
+use crate::engine::{CompiledModule, EPOCH_PERIOD, Engine};
+use crate::headers::HeaderMap;
+use crate::state::{CallbackData, HostState, HttpCtx, Outgoing, Phase, PluginEnv};
+use crate::shared::QueueReady;
+use crate::types::{FailurePolicy, GrpcCallResponse, GrpcStatus, HttpCallResponse, RequestInfo};
+
+/// Everything needed to start a plugin's VM on a worker.
+#[derive(Clone)]
+pub struct PluginSpec {
+    pub name: String,
+    pub root_id: String,
+    pub vm_id: String,
+    pub configuration: Vec<u8>,
+    pub vm_configuration: Vec<u8>,
+    pub failure_policy: FailurePolicy,
+    pub limits: VmLimits,
+    pub module: Arc<CompiledModule>,
+}
+
+impl std::fmt::Debug for PluginSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSpec").field("name", &self.name).field("vm_id", &self.vm_id).finish()
+    }
+}
+
+impl PluginSpec {
+    pub fn new(name: impl Into<String>, module: Arc<CompiledModule>, configuration: impl Into<Vec<u8>>) -> Self {
+        let name = name.into();
+        PluginSpec {
+            root_id: name.clone(),
+            vm_id: name.clone(),
+            name,
+            configuration: configuration.into(),
+            vm_configuration: Vec::new(),
+            failure_policy: FailurePolicy::default(),
+            limits: VmLimits::default(),
+            module,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct VmLimits {
+    /// Largest linear memory the module may grow to.
+    pub memory_bytes: usize,
+    /// Longest a single callback may run (Envoy has no such bound: a looping filter
+    /// hangs its worker there).
+    pub callback_timeout: Duration,
+    /// Longest `_initialize` + `on_vm_start` + `on_configure` may run together.
+    pub start_timeout: Duration,
+}
+
+impl Default for VmLimits {
+    fn default() -> Self {
+        VmLimits {
+            memory_bytes: 128 << 20,
+            callback_timeout: Duration::from_millis(500),
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A VM failed: it trapped, ran past its deadline, or broke the ABI.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("filter `{plugin}` failed in {callback}: {reason}")]
+pub struct Fault {
+    pub plugin: String,
+    pub callback: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("filter `{plugin}` could not start: {reason}")]
+    Instantiate { plugin: String, reason: String },
+    #[error("filter `{plugin}` failed while starting: {fault}{}", fmt_logs(.logs))]
+    Fault { plugin: String, fault: Fault, logs: Vec<String> },
+    #[error("filter `{plugin}` rejected its configuration{}", fmt_logs(.logs))]
+    Rejected { plugin: String, logs: Vec<String> },
+}
+
+fn fmt_logs(logs: &[String]) -> String {
+    if logs.is_empty() { String::new() } else { format!(": {}", logs.join("; ")) }
+}
+
+macro_rules! callbacks {
+    ($($field:ident : $export:literal => ($($p:ty),*) -> $r:ty;)*) => {
+        struct Callbacks { $($field: Option<TypedFunc<($($p,)*), $r>>,)* }
+        impl Callbacks {
+            fn resolve(store: &mut Store<HostState>, instance: &wasmtime::Instance) -> Result<Self, String> {
+                Ok(Callbacks { $($field: match instance.get_export(&mut *store, $export) {
+                    None => None,
+                    Some(e) => Some(e.into_func()
+                        .ok_or_else(|| format!("export `{}` is not a function", $export))?
+                        .typed::<($($p,)*), $r>(&*store)
+                        .map_err(|e| format!("export `{}` has the wrong signature: {e}", $export))?),
+                },)* })
+            }
+        }
+    };
+}
+
+callbacks! {
+    on_context_create: "proxy_on_context_create" => (u32, u32) -> ();
+    on_vm_start: "proxy_on_vm_start" => (u32, u32) -> u32;
+    on_configure: "proxy_on_configure" => (u32, u32) -> u32;
+    on_tick: "proxy_on_tick" => (u32) -> ();
+    on_queue_ready: "proxy_on_queue_ready" => (u32, u32) -> ();
+    on_request_headers: "proxy_on_request_headers" => (u32, u32, u32) -> u32;
+    on_request_body: "proxy_on_request_body" => (u32, u32, u32) -> u32;
+    on_request_trailers: "proxy_on_request_trailers" => (u32, u32) -> u32;
+    on_response_headers: "proxy_on_response_headers" => (u32, u32, u32) -> u32;
+    on_response_body: "proxy_on_response_body" => (u32, u32, u32) -> u32;
+    on_response_trailers: "proxy_on_response_trailers" => (u32, u32) -> u32;
+    on_http_call_response: "proxy_on_http_call_response" => (u32, u32, u32, u32, u32) -> ();
+    on_grpc_receive_initial_metadata: "proxy_on_grpc_receive_initial_metadata" => (u32, u32, u32) -> ();
+    on_grpc_receive: "proxy_on_grpc_receive" => (u32, u32, u32) -> ();
+    on_grpc_receive_trailing_metadata: "proxy_on_grpc_receive_trailing_metadata" => (u32, u32, u32) -> ();
+    on_grpc_close: "proxy_on_grpc_close" => (u32, u32, u32) -> ();
+    on_done: "proxy_on_done" => (u32) -> u32;
+    on_log: "proxy_on_log" => (u32) -> ();
+    on_delete: "proxy_on_delete" => (u32) -> ();
+}
+
+const ROOT_CONTEXT_ID: u32 = 1;
+
+pub struct Vm {
+    store: Store<HostState>,
+    cb: Callbacks,
+    queue_rx: UnboundedReceiver<QueueReady>,
+    deadline_ticks: u64,
+    next_context_id: u32,
+    plugin: String,
+}
+
+impl Vm {
+    /// Instantiates the module and runs `_initialize`, `proxy_on_context_create` for
+    /// the root context, `proxy_on_vm_start` and `proxy_on_configure`.
+    pub fn start(
+        engine: &Engine,
+        spec: &PluginSpec,
+        has_cluster: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    ) -> Result<Vm, StartError> {
+        let inner = &engine.inner;
+        let env = Arc::new(PluginEnv {
+            name: spec.name.clone(),
+            root_id: spec.root_id.clone(),
+            vm_id: spec.vm_id.clone(),
+            vm_configuration: spec.vm_configuration.clone(),
+            configuration: spec.configuration.clone(),
+            clock: inner.clock.clone(),
+            shared_data: inner.shared_data.clone(),
+            queues: inner.queues.clone(),
+            metrics: inner.metrics.clone(),
+            log: inner.log.clone(),
+            log_level: inner.log_level,
+            has_cluster,
+        });
+        let (queue_tx, queue_rx) = unbounded_channel();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(spec.limits.memory_bytes)
+            .instances(1)
+            .memories(1)
+            .tables(8)
+            .trap_on_grow_failure(false)
+            .build();
+        let state = HostState {
+            limits,
+            memory: None,
+            alloc: None,
+            env,
+            root_context_id: ROOT_CONTEXT_ID,
+            tick_period_ms: 0,
+            http: HashMap::new(),
+            effective: ROOT_CONTEXT_ID,
+            outgoing: Vec::new(),
+            next_token: 0,
+            callback: CallbackData::None,
+            grpc_status: (0, Vec::new()),
+            metric_ids: Vec::new(),
+            queue_tx,
+            fault: None,
+            foreign_args: Vec::new(),
+            cancelled_grpc: Default::default(),
+            root_properties: HashMap::new(),
+            captured: Some(Vec::new()),
+        };
+        let mut store = Store::new(&inner.wasmtime, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        let start_ticks = ticks(spec.limits.start_timeout);
+        store.set_epoch_deadline(start_ticks);
+        let plugin = spec.name.clone();
+        let instantiate_err = |reason: String| StartError::Instantiate { plugin: plugin.clone(), reason };
+        let instance = spec.module.pre.instantiate(&mut store).map_err(|e| instantiate_err(format!("{e:#}")))?;
+        let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| instantiate_err("the module exports no `memory`".into()))?;
+        let alloc = match instance.get_typed_func::<u32, u32>(&mut store, "proxy_on_memory_allocate") {
+            Ok(f) => f,
+            Err(_) => instance
+                .get_typed_func::<u32, u32>(&mut store, "malloc")
+                .map_err(|_| instantiate_err("the module exports no `proxy_on_memory_allocate` (or `malloc`)".into()))?,
+        };
+        store.data_mut().memory = Some(memory);
+        store.data_mut().alloc = Some(alloc);
+        let cb = Callbacks::resolve(&mut store, &instance).map_err(instantiate_err)?;
+        let mut vm = Vm {
+            store,
+            cb,
+            queue_rx,
+            deadline_ticks: ticks(spec.limits.callback_timeout),
+            next_context_id: ROOT_CONTEXT_ID + 1,
+            plugin: spec.name.clone(),
+        };
+        let started = vm.run_start(&instance, spec, start_ticks);
+        let logs = vm.store.data_mut().captured.take().unwrap_or_default();
+        match started {
+            Ok(true) => Ok(vm),
+            Ok(false) => Err(StartError::Rejected { plugin: spec.name.clone(), logs }),
+            Err(fault) => Err(StartError::Fault { plugin: spec.name.clone(), fault, logs }),
+        }
+    }
+
+    fn run_start(&mut self, instance: &wasmtime::Instance, spec: &PluginSpec, start_ticks: u64) -> Result<bool, Fault> {
+        let saved = self.deadline_ticks;
+        // Start-up gets its own, longer deadline: configuration parsing may build keys.
+        self.deadline_ticks = start_ticks;
+        let result = self.run_start_callbacks(instance, spec);
+        self.deadline_ticks = saved;
+        result
+    }
+
+    fn run_start_callbacks(&mut self, instance: &wasmtime::Instance, spec: &PluginSpec) -> Result<bool, Fault> {
+        {
+            for name in ["_initialize", "_start"] {
+                if let Ok(f) = instance.get_typed_func::<(), ()>(&mut self.store, name) {
+                    self.call_raw(name, &f, ())?;
+                    break;
+                }
+            }
+            if let Some(f) = self.cb.on_context_create.clone() {
+                self.call_raw("proxy_on_context_create", &f, (ROOT_CONTEXT_ID, 0))?;
+            }
+            if let Some(f) = self.cb.on_vm_start.clone() {
+                let ok = self.call_raw("proxy_on_vm_start", &f, (ROOT_CONTEXT_ID, spec.vm_configuration.len() as u32))?;
+                if ok == 0 {
+                    return Ok(false);
+                }
+            }
+            if let Some(f) = self.cb.on_configure.clone() {
+                let ok = self.call_raw("proxy_on_configure", &f, (ROOT_CONTEXT_ID, spec.configuration.len() as u32))?;
+                if ok == 0 {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    }
+
+    fn call_raw<P: WasmParams, R: WasmResults>(
+        &mut self,
+        callback: &'static str,
+        f: &TypedFunc<P, R>,
+        params: P,
+    ) -> Result<R, Fault> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = f.call(&mut self.store, params);
+        let state = self.store.data_mut();
+        state.effective = state.root_context_id;
+        state.callback = CallbackData::None;
+        if let Some(reason) = state.fault.take() {
+            return Err(self.fault(callback, reason));
+        }
+        result.map_err(|e| {
+            let reason = match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => format!(
+                    "ran longer than its limit of {} ms",
+                    self.deadline_ticks * EPOCH_PERIOD.as_millis() as u64
+                ),
+                Some(Trap::UnreachableCodeReached) => "trapped (a panic or abort in the filter)".to_owned(),
+                Some(trap) => format!("trapped: {trap}"),
+                None => format!("{e:#}"),
+            };
+            self.fault(callback, reason)
+        })
+    }
+
+    fn fault(&mut self, callback: &'static str, reason: String) -> Fault {
+        let fault = Fault { plugin: self.plugin.clone(), callback, reason };
+        self.store.data_mut().log(LogLevel::Error, fault.to_string());
+        fault
+    }
+
+    fn action(&mut self, callback: &'static str, v: u32) -> Result<Action, Fault> {
+        Action::from_abi(v).ok_or_else(|| self.fault(callback, format!("returned {v}, which is not a filter status")))
+    }
+
+    /// Creates an HTTP context for a new request.
+    pub fn create_http_context(&mut self, info: Arc<RequestInfo>) -> Result<u32, Fault> {
+        let id = loop {
+            let id = self.next_context_id;
+            self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
+            if !self.store.data().http.contains_key(&id) {
+                break id;
+            }
+        };
+        self.store.data_mut().http.insert(id, HttpCtx::new(info));
+        if let Some(f) = self.cb.on_context_create.clone() {
+            self.with_context(id, |vm| vm.call_raw("proxy_on_context_create", &f, (id, ROOT_CONTEXT_ID)))?;
+        }
+        Ok(id)
+    }
+
+    pub fn ctx(&mut self, id: u32) -> Option<&mut HttpCtx> {
+        self.store.data_mut().http.get_mut(&id)
+    }
+
+    fn with_context<T>(&mut self, id: u32, f: impl FnOnce(&mut Self) -> Result<T, Fault>) -> Result<T, Fault> {
+        self.store.data_mut().effective = id;
+        f(self)
+    }
+
+    pub fn on_request_headers(&mut self, id: u32, count: u32, eos: bool) -> Result<Action, Fault> {
+        self.stream_call("proxy_on_request_headers", self.cb.on_request_headers.clone(), id, count, eos)
+    }
+
+    pub fn on_request_body(&mut self, id: u32, size: u32, eos: bool) -> Result<Action, Fault> {
+        self.stream_call("proxy_on_request_body", self.cb.on_request_body.clone(), id, size, eos)
+    }
+
+    pub fn on_response_headers(&mut self, id: u32, count: u32, eos: bool) -> Result<Action, Fault> {
+        self.stream_call("proxy_on_response_headers", self.cb.on_response_headers.clone(), id, count, eos)
+    }
+
+    pub fn on_response_body(&mut self, id: u32, size: u32, eos: bool) -> Result<Action, Fault> {
+        self.stream_call("proxy_on_response_body", self.cb.on_response_body.clone(), id, size, eos)
+    }
+
+    pub fn on_request_trailers(&mut self, id: u32, count: u32) -> Result<Action, Fault> {
+        let Some(f) = self.cb.on_request_trailers.clone() else { return Ok(Action::Continue) };
+        let v = self.with_context(id, |vm| vm.call_raw("proxy_on_request_trailers", &f, (id, count)))?;
+        self.action("proxy_on_request_trailers", v)
+    }
+
+    pub fn on_response_trailers(&mut self, id: u32, count: u32) -> Result<Action, Fault> {
+        let Some(f) = self.cb.on_response_trailers.clone() else { return Ok(Action::Continue) };
+        let v = self.with_context(id, |vm| vm.call_raw("proxy_on_response_trailers", &f, (id, count)))?;
+        self.action("proxy_on_response_trailers", v)
+    }
+
+    fn stream_call(
+        &mut self,
+        name: &'static str,
+        f: Option<TypedFunc<(u32, u32, u32), u32>>,
+        id: u32,
+        n: u32,
+        eos: bool,
+    ) -> Result<Action, Fault> {
+        let Some(f) = f else { return Ok(Action::Continue) };
+        let v = self.with_context(id, |vm| vm.call_raw(name, &f, (id, n, eos as u32)))?;
+        self.action(name, v)
+    }
+
+    /// Runs `on_log`, `on_done` and `on_delete` for a finished request, forgets it,
+    /// and hands back the header maps it held for `on_log`.
+    pub fn finish_http_context(&mut self, id: u32) -> Result<(HeaderMap, HeaderMap), Fault> {
+        match self.ctx(id) {
+            Some(ctx) => ctx.phase = Phase::Log,
+            None => return Ok(Default::default()),
+        }
+        let result = (|| {
+            if let Some(f) = self.cb.on_log.clone() {
+                self.with_context(id, |vm| vm.call_raw("proxy_on_log", &f, (id,)))?;
+            }
+            if let Some(f) = self.cb.on_done.clone() {
+                self.with_context(id, |vm| vm.call_raw("proxy_on_done", &f, (id,)))?;
+            }
+            if let Some(f) = self.cb.on_delete.clone() {
+                self.with_context(id, |vm| vm.call_raw("proxy_on_delete", &f, (id,)))?;
+            }
+            Ok(())
+        })();
+        let ctx = self.store.data_mut().http.remove(&id);
+        result?;
+        Ok(ctx.map(|c| (c.request_headers.unwrap_or_default(), c.response_headers.unwrap_or_default())).unwrap_or_default())
+    }
+
+    /// Delivers an `http_call` answer (`None`: the call failed without a response).
+    pub fn on_http_call_response(&mut self, context_id: u32, token: u32, response: Option<HttpCallResponse>) -> Result<(), Fault> {
+        let Some(f) = self.cb.on_http_call_response.clone() else { return Ok(()) };
+        if context_id != ROOT_CONTEXT_ID && !self.store.data().http.contains_key(&context_id) {
+            return Ok(());
+        }
+        let (h, b, t) = match &response {
+            Some(r) => (r.headers.len() as u32, r.body.len() as u32, r.trailers.len() as u32),
+            None => (0, 0, 0),
+        };
+        self.store.data_mut().callback = response.map_or(CallbackData::None, CallbackData::Http);
+        self.with_context(context_id, |vm| vm.call_raw("proxy_on_http_call_response", &f, (context_id, token, h, b, t)))
+    }
+
+    /// Delivers a unary gRPC answer: the message on success, the status otherwise.
+    pub fn on_grpc_call_response(
+        &mut self,
+        context_id: u32,
+        token: u32,
+        result: Result<GrpcCallResponse, GrpcStatus>,
+    ) -> Result<(), Fault> {
+        if self.store.data_mut().cancelled_grpc.remove(&token) {
+            return Ok(());
+        }
+        if context_id != ROOT_CONTEXT_ID && !self.store.data().http.contains_key(&context_id) {
+            return Ok(());
+        }
+        match result {
+            Ok(r) => {
+                let Some(f) = self.cb.on_grpc_receive.clone() else { return Ok(()) };
+                let size = r.message.len() as u32;
+                self.store.data_mut().callback =
+                    CallbackData::Grpc { initial: r.initial_metadata, message: r.message, trailing: r.trailing_metadata };
+                self.store.data_mut().grpc_status = (0, Vec::new());
+                self.with_context(context_id, |vm| vm.call_raw("proxy_on_grpc_receive", &f, (context_id, token, size)))
+            }
+            Err(status) => {
+                let Some(f) = self.cb.on_grpc_close.clone() else { return Ok(()) };
+                self.store.data_mut().grpc_status = (status.code, status.message.into_bytes());
+                self.with_context(context_id, |vm| vm.call_raw("proxy_on_grpc_close", &f, (context_id, token, status.code)))
+            }
+        }
+    }
+
+    pub fn on_tick(&mut self) -> Result<(), Fault> {
+        let Some(f) = self.cb.on_tick.clone() else { return Ok(()) };
+        self.call_raw("proxy_on_tick", &f, (ROOT_CONTEXT_ID,))
+    }
+
+    /// Runs `on_queue_ready` for every queue notification waiting for this VM.
+    pub fn drain_queue_notifications(&mut self) -> Result<(), Fault> {
+        while let Ok(ready) = self.queue_rx.try_recv() {
+            if let Some(f) = self.cb.on_queue_ready.clone() {
+                self.call_raw("proxy_on_queue_ready", &f, (ready.root_context_id, ready.token))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a queue this VM registered has data.
+    pub async fn queue_notification(&mut self) -> Option<QueueReady> {
+        self.queue_rx.recv().await
+    }
+
+    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.store.data_mut().outgoing)
+    }
+
+    pub fn tick_period(&self) -> Option<Duration> {
+        match self.store.data().tick_period_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms as u64)),
+        }
+    }
+
+    /// Bytes of linear memory the module uses now.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().memory.map_or(0, |m| m.data_size(&self.store))
+    }
+
+    pub fn live_contexts(&self) -> usize {
+        self.store.data().http.len()
+    }
+
+    /// Wakes every request waiting on this VM (it is about to be dropped).
+    pub fn wake_all(&self) {
+        for ctx in self.store.data().http.values() {
+            ctx.signal.notify_one();
+        }
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() as u64 / EPOCH_PERIOD.as_millis() as u64).max(1)
+}
+

@@ -1,0 +1,413 @@
+//! The conformance filter: each request path `/case/<name>` exercises one host
+//! behaviour and reports what it observed, so the same `.wasm` can be run in our host
+//! and in Envoy and the answers compared. Some cases misbehave on purpose (trap, loop,
+//! bad pointers, memory bomb) to check that a host survives a hostile filter.
+//!
+//! A case answers with a local reply whose body is `key=value` lines, or lets the
+//! request through to the upstream with changes the upstream can see.
+//!
+//! Configuration (JSON): `{"upstream": "<cluster>", "blackhole": "<cluster>",
+//! "refused": "<cluster>"}`: a cluster that answers, one that accepts connections and
+//! never answers, one whose port is closed.
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used)] // a test filter: a panic is an observable outcome
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+
+mod raw {
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        pub fn proxy_get_header_map_value(t: u32, kp: *const u8, kl: usize, rp: *mut *mut u8, rl: *mut usize) -> u32;
+        pub fn proxy_set_header_map_pairs(t: u32, p: *const u8, l: usize) -> u32;
+        pub fn proxy_log(level: u32, p: *const u8, l: usize) -> u32;
+        pub fn proxy_grpc_call(
+            up: *const u8, ul: usize, sp: *const u8, sl: usize, mp: *const u8, ml: usize,
+            ip: *const u8, il: usize, msgp: *const u8, msgl: usize, timeout: u32, rt: *mut u32,
+        ) -> u32;
+        pub fn proxy_http_call(
+            up: *const u8, ul: usize, hp: *const u8, hl: usize, bp: *const u8, bl: usize,
+            tp: *const u8, tl: usize, timeout: u32, rt: *mut u32,
+        ) -> u32;
+    }
+}
+
+#[derive(Default, Clone)]
+struct Config {
+    upstream: String,
+    blackhole: String,
+    refused: String,
+}
+
+thread_local! {
+    static QUEUE: RefCell<u32> = const { RefCell::new(0) };
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: Config::default(), ticks: 0 }));
+}}
+
+struct Root {
+    config: Config,
+    ticks: u64,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let v: serde_json::Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("conformance: bad configuration: {e}")).ok();
+                return false;
+            }
+        };
+        if v.get("reject").is_some() {
+            proxy_wasm::hostcalls::log(LogLevel::Error, "conformance: configuration says reject").ok();
+            return false;
+        }
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+        self.config = Config { upstream: s("upstream"), blackhole: s("blackhole"), refused: s("refused") };
+        if let Some(ms) = v.get("tick_ms").and_then(|x| x.as_u64()) {
+            self.set_tick_period(Duration::from_millis(ms));
+        }
+        let q = self.register_shared_queue("conformance");
+        QUEUE.with(|c| *c.borrow_mut() = q);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        self.set_shared_data("ticks", Some(self.ticks.to_string().as_bytes()), None).unwrap();
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
+            self.set_shared_data("queue-last", Some(&item), None).unwrap();
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Case { config: self.config.clone(), case: String::new() }))
+    }
+}
+
+struct Case {
+    config: Config,
+    case: String,
+}
+
+fn status_name(code: u32) -> &'static str {
+    match code {
+        0 => "Ok",
+        1 => "NotFound",
+        2 => "BadArgument",
+        3 => "SerializationFailure",
+        4 => "ParseFailure",
+        6 => "InvalidMemoryAccess",
+        7 => "Empty",
+        8 => "CasMismatch",
+        10 => "InternalFailure",
+        12 => "Unimplemented",
+        _ => "Other",
+    }
+}
+
+impl Case {
+    fn report(&self, lines: &[(&str, String)]) {
+        let body: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        self.send_http_response(200, vec![("content-type", "text/plain"), ("x-case", &self.case)], Some(body.as_bytes()));
+    }
+
+    fn call(&self, cluster: &str, path: &str, timeout_ms: u64) -> Result<u32, Status> {
+        self.dispatch_http_call(
+            cluster,
+            vec![(":method", "GET"), (":path", path), (":authority", "conformance")],
+            None,
+            vec![],
+            Duration::from_millis(timeout_ms),
+        )
+    }
+}
+
+fn prop(ctx: &dyn Context, path: &[&str]) -> String {
+    match ctx.get_property(path.to_vec()) {
+        None => "<none>".into(),
+        Some(b) => match path.last() {
+            Some(&"port") | Some(&"code") if b.len() == 8 => {
+                u64::from_le_bytes(b[..8].try_into().unwrap()).to_string()
+            }
+            _ => String::from_utf8_lossy(&b).into_owned(),
+        },
+    }
+}
+
+impl Context for Case {
+    fn on_http_call_response(&mut self, _token: u32, n_headers: usize, body_size: usize, _n_trailers: usize) {
+        match self.case.as_str() {
+            "panic-in-callback" => panic!("conformance: panic in on_http_call_response"),
+            "http-call-resume" => {
+                let status = self.get_http_call_response_header(":status").unwrap_or_default();
+                self.set_http_request_header("x-call-status", Some(&status));
+                self.resume_http_request();
+            }
+            _ => {
+                let status = self.get_http_call_response_header(":status").unwrap_or_else(|| "<none>".into());
+                let body = self.get_http_call_response_body(0, body_size).map(|b| b.len()).unwrap_or(0);
+                self.report(&[("headers", (n_headers > 0).to_string()), ("status", status), ("body_nonempty", (body > 0).to_string())]);
+            }
+        }
+    }
+}
+
+impl HttpContext for Case {
+    fn on_http_request_headers(&mut self, _: usize, _eos: bool) -> Action {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let case = path.strip_prefix("/case/").unwrap_or("").split('?').next().unwrap_or("").to_owned();
+        self.case = case.clone();
+        match case.as_str() {
+            "" => Action::Continue,
+            "headers" => {
+                self.add_http_request_header("x-added", "1");
+                self.set_http_request_header("x-replace", Some("new"));
+                self.set_http_request_header("x-remove", None);
+                let multi = self.get_http_request_header("x-multi").unwrap_or_else(|| "<none>".into());
+                self.set_http_request_header("x-seen-multi", Some(&multi));
+                let missing = self.get_http_request_header("x-missing").is_none();
+                self.set_http_request_header("x-missing-is-none", Some(&missing.to_string()));
+                Action::Continue
+            }
+            "pairs" => {
+                let mut pairs = self.get_http_request_headers();
+                pairs.retain(|(k, _)| !k.starts_with("x-drop"));
+                pairs.push(("x-from-pairs".into(), "yes".into()));
+                let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                self.set_http_request_headers(refs);
+                Action::Continue
+            }
+            "local-reply" => {
+                self.send_http_response(403, vec![("x-reason", "case")], Some(b"denied"));
+                Action::Pause
+            }
+            "props" => {
+                let lines = vec![
+                    ("request.path", prop(self, &["request", "path"])),
+                    ("request.url_path", prop(self, &["request", "url_path"])),
+                    ("request.query", prop(self, &["request", "query"])),
+                    ("request.host", prop(self, &["request", "host"])),
+                    ("request.method", prop(self, &["request", "method"])),
+                    ("request.scheme", prop(self, &["request", "scheme"])),
+                    ("request.protocol", prop(self, &["request", "protocol"])),
+                    ("request.id.present", (prop(self, &["request", "id"]) != "<none>").to_string()),
+                    ("request.time.len", self.get_property(vec!["request", "time"]).map_or(0, |b| b.len()).to_string()),
+                    ("source.address.ip", prop(self, &["source", "address"]).rsplit_once(':').map_or("<none>".into(), |(ip, _)| ip.to_owned())),
+                    ("destination.port.present", (prop(self, &["destination", "port"]) != "<none>").to_string()),
+                    ("plugin_name", prop(self, &["plugin_name"])),
+                    ("plugin_root_id", prop(self, &["plugin_root_id"])),
+                    ("plugin_vm_id", prop(self, &["plugin_vm_id"])),
+                    ("unknown", prop(self, &["no", "such", "thing"])),
+                ];
+                self.report(&lines);
+                Action::Pause
+            }
+            "shared-cas" => {
+                let key = format!("cas-{}", self.get_property(vec!["request", "id"]).map(|b| b.len()).unwrap_or(0));
+                let missing = self.get_shared_data("never-set").0.is_none();
+                self.set_shared_data(&key, Some(b"v1"), None).unwrap();
+                let (v, cas) = self.get_shared_data(&key);
+                let cas = cas.unwrap();
+                let wrong = self.set_shared_data(&key, Some(b"v2"), Some(cas.wrapping_add(1000)));
+                let right = self.set_shared_data(&key, Some(b"v3"), Some(cas));
+                let stale = self.set_shared_data(&key, Some(b"v4"), Some(cas));
+                let (now, _) = self.get_shared_data(&key);
+                self.report(&[
+                    ("missing_is_none", missing.to_string()),
+                    ("first", String::from_utf8_lossy(&v.unwrap()).into_owned()),
+                    ("wrong_cas", format!("{wrong:?}")),
+                    ("right_cas", format!("{right:?}")),
+                    ("stale_cas", format!("{stale:?}")),
+                    ("now", String::from_utf8_lossy(&now.unwrap()).into_owned()),
+                ]);
+                Action::Pause
+            }
+            "http-call-unknown-cluster" => {
+                let r = self.call("no-such-cluster", "/", 1000);
+                self.report(&[("result", format!("{r:?}"))]);
+                Action::Pause
+            }
+            "http-call-missing-path" => {
+                let r = self.dispatch_http_call(&self.config.upstream, vec![(":method", "GET"), (":authority", "x")], None, vec![], Duration::from_secs(1));
+                self.report(&[("result", format!("{r:?}"))]);
+                Action::Pause
+            }
+            "http-call" | "panic-in-callback" | "http-call-resume" => match self.call(&self.config.upstream.clone(), "/from-call", 5000) {
+                Ok(_) => Action::Pause,
+                Err(e) => {
+                    self.report(&[("dispatch", format!("{e:?}"))]);
+                    Action::Pause
+                }
+            },
+            "http-call-timeout" => {
+                self.call(&self.config.blackhole.clone(), "/", 300).unwrap();
+                Action::Pause
+            }
+            "http-call-refused" => {
+                self.call(&self.config.refused.clone(), "/", 5000).unwrap();
+                Action::Pause
+            }
+            "request-headers-in-response" | "response-phase" => Action::Continue,
+            "grpc-unknown-cluster" => {
+                let (up, svc, m) = ("no-such-cluster", "svc.S", "M");
+                let mut token = 0u32;
+                let code = unsafe {
+                    raw::proxy_grpc_call(up.as_ptr(), up.len(), svc.as_ptr(), svc.len(), m.as_ptr(), m.len(), std::ptr::null(), 0, std::ptr::null(), 0, 1000, &mut token)
+                };
+                self.report(&[("status", status_name(code).into())]);
+                Action::Pause
+            }
+            "metrics" => {
+                let c = hostcalls::define_metric(MetricType::Counter, "conformance_requests").unwrap();
+                hostcalls::increment_metric(c, 3).unwrap();
+                let again = hostcalls::define_metric(MetricType::Counter, "conformance_requests").unwrap();
+                let g = hostcalls::define_metric(MetricType::Gauge, "conformance_gauge").unwrap();
+                hostcalls::record_metric(g, 42).unwrap();
+                hostcalls::increment_metric(g, -2).unwrap();
+                let h = hostcalls::define_metric(MetricType::Histogram, "conformance_hist").unwrap();
+                hostcalls::record_metric(h, 7).unwrap();
+                self.report(&[
+                    ("same_id", (c == again).to_string()),
+                    ("counter_positive", (hostcalls::get_metric(c).unwrap() >= 3).to_string()),
+                    ("gauge", hostcalls::get_metric(g).unwrap().to_string()),
+                    ("histogram_get", format!("{:?}", hostcalls::get_metric(h).err())),
+                ]);
+                Action::Pause
+            }
+            "enqueue" => {
+                let q = self.resolve_shared_queue(&prop(self, &["plugin_vm_id"]), "conformance");
+                let r = q.map(|q| self.enqueue_shared_queue(q, Some(b"item-1")));
+                self.report(&[("resolved", q.is_some().to_string()), ("enqueue", format!("{r:?}"))]);
+                Action::Pause
+            }
+            "queue-last" | "ticks" => {
+                let key = if case == "ticks" { "ticks" } else { "queue-last" };
+                let v = self.get_shared_data(key).0.map(|b| String::from_utf8_lossy(&b).into_owned());
+                self.report(&[("value", v.unwrap_or_else(|| "<none>".into()))]);
+                Action::Pause
+            }
+            "log" => {
+                self.add_http_request_header("x-logged", "1");
+                proxy_wasm::hostcalls::log(LogLevel::Warn, "conformance: hello from the log case").ok();
+                println!("conformance: hello from stdout");
+                Action::Continue
+            }
+            "time" => {
+                let now = self.get_current_time();
+                let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                self.report(&[("after_2020", (secs > 1_577_836_800).to_string())]);
+                Action::Pause
+            }
+            "body" => Action::Continue,
+            // Hostile cases.
+            "trap" => panic!("conformance: panic in on_request_headers"),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "memory-bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "oob" => {
+                let key = "x";
+                let mut rp: *mut u8 = std::ptr::null_mut();
+                let mut rl: usize = 0;
+                let bad = 0xFFFF_FFF0usize as *const u8;
+                let (a, b, c, d) = unsafe {
+                    (
+                        raw::proxy_get_header_map_value(0, bad, 64, &mut rp, &mut rl),
+                        raw::proxy_get_header_map_value(0, key.as_ptr(), usize::MAX, &mut rp, &mut rl),
+                        raw::proxy_get_header_map_value(0, key.as_ptr(), 0, 0xFFFF_FFF0usize as *mut *mut u8, &mut rl),
+                        raw::proxy_log(2, bad, 1 << 20),
+                    )
+                };
+                self.report(&[
+                    ("bad_key_ptr", status_name(a).into()),
+                    ("bad_key_len", status_name(b).into()),
+                    ("bad_return_ptr", status_name(c).into()),
+                    ("bad_log", status_name(d).into()),
+                ]);
+                Action::Pause
+            }
+            "hostile-map" => {
+                // A header map claiming 2^31 pairs in 12 bytes.
+                let blob: [u8; 12] = [0, 0, 0, 0x80, 1, 0, 0, 0, 1, 0, 0, 0];
+                let code = unsafe { raw::proxy_set_header_map_pairs(MapType::HttpRequestHeaders as u32, blob.as_ptr(), blob.len()) };
+                let (up, hdr) = (self.config.upstream.clone(), blob);
+                let mut token = 0;
+                let call = unsafe { raw::proxy_http_call(up.as_ptr(), up.len(), hdr.as_ptr(), hdr.len(), std::ptr::null(), 0, std::ptr::null(), 0, 1000, &mut token) };
+                self.report(&[("set_pairs", status_name(code).into()), ("http_call", status_name(call).into())]);
+                Action::Pause
+            }
+            "huge-headers" => {
+                for i in 0..2000 {
+                    self.add_http_request_header(&format!("x-huge-{i}"), &"v".repeat(100));
+                }
+                let n = self.get_http_request_headers().len();
+                self.set_http_request_header("x-count-after", Some(&n.to_string()));
+                Action::Continue
+            }
+            _ => {
+                self.send_http_response(404, vec![], Some(b"unknown case"));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
+        if self.case != "body" {
+            return Action::Continue;
+        }
+        if !eos {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, size).unwrap_or_default();
+        let upper = body.to_ascii_uppercase();
+        self.set_http_request_body(0, size, &upper);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        self.set_http_response_header("x-saw-response", Some(&self.case.clone()));
+        match self.case.as_str() {
+            "request-headers-in-response" => {
+                let key = ":path";
+                let mut rp: *mut u8 = std::ptr::null_mut();
+                let mut rl: usize = 0;
+                let code = unsafe { raw::proxy_get_header_map_value(0, key.as_ptr(), key.len(), &mut rp, &mut rl) };
+                self.set_http_response_header("x-request-header-status", Some(status_name(code)));
+            }
+            "response-phase" => {
+                self.set_http_response_header("x-status-seen", Some(&prop(self, &["response", "code"])));
+                self.set_http_response_header("server", None);
+            }
+            _ => {}
+        }
+        Action::Continue
+    }
+}

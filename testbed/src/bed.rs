@@ -1,0 +1,421 @@
+//! The test bed itself: one worker's chain of filters on a virtual clock.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use portcullis_engine::{
+    Clock, Engine, EngineConfig, FailurePolicy, Filter, Flow, GrpcCallRequest, GrpcCallResponse, GrpcStatus,
+    HeaderMap, HttpCallRequest, HttpStream, LogRecord, ManualClock, PluginSpec, RequestInfo, StartError, VmLimits,
+    abi::LogLevel, metrics::MetricValue,
+};
+use tokio::task::LocalSet;
+
+use crate::clusters::{BedClusters, Cluster, Reply};
+
+/// Where built filters are: `$PORTCULLIS_WASM_DIR`, else the workspace's
+/// `target/wasm32-wasip1/release`.
+pub fn wasm_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PORTCULLIS_WASM_DIR") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release")
+}
+
+/// The path of a built filter, e.g. `wasm("jwt_auth")`. Panics with the command to
+/// run when it has not been built.
+pub fn wasm(name: &str) -> PathBuf {
+    let p = wasm_dir().join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: build the filters first with `cargo xtask build`", p.display());
+    p
+}
+
+/// A request to send through the chain.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub source: SocketAddr,
+}
+
+impl Request {
+    pub fn new(method: &str, path: &str) -> Request {
+        let mut headers = HeaderMap::new();
+        headers.add(":method", method);
+        headers.add(":scheme", "http");
+        headers.add(":authority", "gateway.test");
+        headers.add(":path", path);
+        Request { headers, body: Vec::new(), source: SocketAddr::from(([127, 0, 0, 1], 40000)) }
+    }
+
+    pub fn get(path: &str) -> Request {
+        Request::new("GET", path)
+    }
+
+    pub fn post(path: &str, body: impl Into<Vec<u8>>) -> Request {
+        Request::new("POST", path).body(body)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.add(name, value);
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
+        self.body = body.into();
+        self
+    }
+
+    pub fn from_address(mut self, source: SocketAddr) -> Request {
+        self.source = source;
+        self
+    }
+}
+
+/// What the upstream received.
+#[derive(Clone, Debug)]
+pub struct UpstreamRequest {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// What the client got, and what reached the upstream (`None`: the request was
+/// answered by a filter or the host).
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub upstream: Option<UpstreamRequest>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get_str(name)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The `key=value` lines of a conformance-filter report.
+    pub fn report(&self, key: &str) -> Option<String> {
+        self.text().lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_owned))
+    }
+
+    /// A header the upstream received.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.upstream.as_ref()?.headers.get_str(name).map(str::to_owned)
+    }
+}
+
+type Upstream = Box<dyn Fn(&UpstreamRequest) -> (u16, HeaderMap, Vec<u8>)>;
+
+pub struct TestBedBuilder {
+    filters: Vec<(PathBuf, String, FailurePolicy, VmLimits, Option<String>)>,
+    clusters: BedClusters,
+    upstream: Option<Upstream>,
+    start: Duration,
+    vm_id: Option<String>,
+}
+
+impl TestBed {
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> TestBedBuilder {
+        TestBedBuilder {
+            filters: Vec::new(),
+            clusters: BedClusters::default(),
+            upstream: None,
+            // 2026-01-01T00:00:00Z: a fixed, realistic wall clock.
+            start: Duration::from_secs(1_767_225_600),
+            vm_id: None,
+        }
+    }
+}
+
+impl TestBedBuilder {
+    /// Adds a filter to the chain with its JSON configuration.
+    pub fn filter(mut self, wasm: PathBuf, config: impl Into<String>) -> Self {
+        self.filters.push((wasm, config.into(), FailurePolicy::FailClosed, VmLimits::default(), None));
+        self
+    }
+
+    /// Sets the failure policy of the filter added last.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        if let Some(f) = self.filters.last_mut() {
+            f.2 = policy;
+        }
+        self
+    }
+
+    /// Sets the VM limits of the filter added last.
+    pub fn limits(mut self, limits: VmLimits) -> Self {
+        if let Some(f) = self.filters.last_mut() {
+            f.3 = limits;
+        }
+        self
+    }
+
+    /// Names the plugin added last (its `plugin_name`, root id and vm id).
+    pub fn named(mut self, name: &str) -> Self {
+        if let Some(f) = self.filters.last_mut() {
+            f.4 = Some(name.to_owned());
+        }
+        self
+    }
+
+    /// A cluster whose `http_call` answers come from a script.
+    pub fn cluster(mut self, name: &str, script: impl Fn(&HttpCallRequest) -> Reply + 'static) -> Self {
+        self.clusters.clusters.insert(name.into(), Cluster::Script(Box::new(script)));
+        self
+    }
+
+    /// A cluster that is a real service at `url` (e.g. `http://127.0.0.1:9000`).
+    pub fn cluster_url(mut self, name: &str, url: &str) -> Self {
+        self.clusters.clusters.insert(name.into(), Cluster::Url(url.into()));
+        self
+    }
+
+    /// A cluster whose `grpc_call` answers come from a script.
+    pub fn grpc_cluster(
+        mut self,
+        name: &str,
+        script: impl Fn(&GrpcCallRequest) -> Result<GrpcCallResponse, GrpcStatus> + 'static,
+    ) -> Self {
+        self.clusters.clusters.insert(name.into(), Cluster::Grpc(Box::new(script)));
+        self
+    }
+
+    /// What the upstream answers (default: 200 and a JSON echo of the request).
+    pub fn upstream(mut self, f: impl Fn(&UpstreamRequest) -> (u16, HeaderMap, Vec<u8>) + 'static) -> Self {
+        self.upstream = Some(Box::new(f));
+        self
+    }
+
+    /// Starts every filter. A filter that rejects its configuration is an error.
+    pub fn build(self) -> Result<TestBed, StartError> {
+        let (clock, manual) = Clock::manual(self.start);
+        let logs: Arc<Mutex<Vec<LogRecord>>> = Arc::default();
+        let sink = logs.clone();
+        let engine = Engine::new(EngineConfig {
+            clock,
+            log: Arc::new(move |r| sink.lock().push(r)),
+            log_level: LogLevel::Trace,
+            ..EngineConfig::default()
+        })
+        .map_err(|e| StartError::Instantiate { plugin: "(engine)".into(), reason: e.to_string() })?;
+        let mut clusters = self.clusters;
+        clusters.connect_real().map_err(|reason| StartError::Instantiate { plugin: "(clusters)".into(), reason })?;
+        let clusters = Rc::new(clusters);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StartError::Instantiate { plugin: "(runtime)".into(), reason: e.to_string() })?;
+        let local = LocalSet::new();
+        let mut chain = Vec::new();
+        for (i, (path, config, policy, limits, name)) in self.filters.into_iter().enumerate() {
+            let name = name.unwrap_or_else(|| {
+                format!("{}-{i}", path.file_stem().map_or("filter".into(), |s| s.to_string_lossy().into_owned()))
+            });
+            let module = engine
+                .load_file(&path)
+                .map_err(|e| StartError::Instantiate { plugin: name.clone(), reason: e.to_string() })?;
+            let mut spec = PluginSpec::new(name, module, config.into_bytes());
+            spec.failure_policy = policy;
+            spec.limits = limits;
+            if let Some(vm_id) = &self.vm_id {
+                spec.vm_id = vm_id.clone();
+            }
+            let filter = {
+                let _guard = local.enter();
+                let _rt = runtime.enter();
+                Filter::start(&engine, spec, clusters.clone())?
+            };
+            chain.push(filter);
+        }
+        Ok(TestBed {
+            engine,
+            clock: manual,
+            logs,
+            clusters,
+            chain,
+            runtime,
+            local,
+            upstream: self.upstream.unwrap_or_else(|| Box::new(echo)),
+            next_id: 0,
+        })
+    }
+}
+
+/// The default upstream: 200 with a JSON echo of what arrived.
+fn echo(req: &UpstreamRequest) -> (u16, HeaderMap, Vec<u8>) {
+    let headers: Vec<(String, String)> =
+        req.headers.iter().map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned())).collect();
+    let body = serde_json::json!({ "headers": headers, "body": String::from_utf8_lossy(&req.body) });
+    let mut h = HeaderMap::new();
+    h.add(":status", "200");
+    h.add("content-type", "application/json");
+    h.add("server", "echo");
+    (200, h, body.to_string().into_bytes())
+}
+
+pub struct TestBed {
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    logs: Arc<Mutex<Vec<LogRecord>>>,
+    clusters: Rc<BedClusters>,
+    chain: Vec<Filter>,
+    runtime: tokio::runtime::Runtime,
+    local: LocalSet,
+    upstream: Upstream,
+    next_id: u64,
+}
+
+impl TestBed {
+    /// Sends a request through the chain and, unless a filter answers, to the upstream.
+    pub fn send(&mut self, request: Request) -> Response {
+        self.next_id += 1;
+        let id = format!("testbed-{}", self.next_id);
+        let info = RequestInfo {
+            id: request.headers.get_str("x-request-id").map_or(id, str::to_owned),
+            protocol: "HTTP/1.1".into(),
+            scheme: "http".into(),
+            source: Some(request.source),
+            destination: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            start_unix_ns: self.engine.clock().realtime_ns(),
+            method: request.headers.get_str(":method").unwrap_or("").into(),
+            path: request.headers.get_str(":path").unwrap_or("").into(),
+            host: request.headers.get_str(":authority").unwrap_or("").into(),
+        };
+        let chain = self.chain.clone();
+        let upstream = &self.upstream;
+        let fut = run(chain, info, request, upstream);
+        let _rt = self.runtime.enter();
+        self.runtime.block_on(self.local.run_until(fut))
+    }
+
+    /// Moves the virtual clock forward, firing each filter's ticks as they fall due.
+    pub fn advance(&mut self, by: Duration) {
+        let step = Duration::from_millis(10);
+        let mut left = by;
+        while !left.is_zero() {
+            let d = left.min(step);
+            self.clock.advance(d);
+            left -= d;
+            self.poll();
+        }
+    }
+
+    /// Lets background work run: answers to calls, ticks due now, queue notifications.
+    pub fn poll(&mut self) {
+        let chain = self.chain.clone();
+        let _rt = self.runtime.enter();
+        self.runtime.block_on(self.local.run_until(async move {
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            for f in &chain {
+                f.run_due_ticks();
+            }
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+
+    /// Runs background work for `d` of real time (calls to real services, timeouts).
+    pub fn wait_real(&mut self, d: Duration) {
+        let _rt = self.runtime.enter();
+        self.runtime.block_on(self.local.run_until(tokio::time::sleep(d)));
+    }
+
+    pub fn now_unix(&self) -> Duration {
+        Duration::from_nanos(self.engine.clock().realtime_ns())
+    }
+
+    pub fn logs(&self) -> Vec<LogRecord> {
+        self.logs.lock().clone()
+    }
+
+    /// Whether some log line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logs.lock().iter().any(|r| r.message.contains(text))
+    }
+
+    pub fn metric(&self, name: &str) -> Option<MetricValue> {
+        self.engine.metrics().get(name)
+    }
+
+    /// A shared-data value of the chain's first filter's `vm_id`.
+    pub fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
+        let vm_id = &self.chain.first()?.spec().vm_id;
+        self.engine.shared_data().get(vm_id, key.as_bytes()).ok().map(|(v, _)| v.to_vec())
+    }
+
+    /// Every `http_call` the filters made: (cluster, request).
+    pub fn calls(&self) -> Vec<(String, HttpCallRequest)> {
+        self.clusters.calls.borrow().clone()
+    }
+
+    pub fn grpc_calls(&self) -> Vec<(String, GrpcCallRequest)> {
+        self.clusters.grpc_calls.borrow().clone()
+    }
+
+    pub fn filter(&self, i: usize) -> &Filter {
+        &self.chain[i]
+    }
+}
+
+async fn run(chain: Vec<Filter>, info: RequestInfo, request: Request, upstream: &Upstream) -> Response {
+    let mut stream = HttpStream::new(&chain, info);
+    let mut headers = request.headers;
+    let mut body = request.body;
+    let eos = body.is_empty();
+    let mut flow = stream.request_headers(&mut headers, eos).await;
+    if flow == Flow::Continue && !eos {
+        flow = stream.request_body(&mut body, true).await;
+    }
+    if let Some(reply) = stream.take_failure() {
+        flow = Flow::Reply(reply);
+    }
+    let (mut resp_headers, resp_body, upstream_req) = match flow {
+        Flow::Reply(reply) => {
+            let (h, b) = stream.encode_local_reply(reply).await;
+            (h, b, None)
+        }
+        Flow::Continue | Flow::Buffering => {
+            let sent = UpstreamRequest { headers: headers.clone(), body: body.clone() };
+            let (_status, mut h, mut b) = upstream(&sent);
+            let eos = b.is_empty();
+            match stream.response_headers(&mut h, eos).await {
+                Flow::Reply(reply) => {
+                    let r = reply.response_headers();
+                    (r, reply.body, Some(sent))
+                }
+                _ => {
+                    if !eos {
+                        if let Flow::Reply(reply) = stream.response_body(&mut b, true).await {
+                            h = reply.response_headers();
+                            b = reply.body;
+                        }
+                    }
+                    if let Some(reply) = stream.take_failure() {
+                        h = reply.response_headers();
+                        b = reply.body;
+                    }
+                    (h, b, Some(sent))
+                }
+            }
+        }
+    };
+    let status = resp_headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+    stream.finish(&mut headers, &mut resp_headers);
+    Response { status, headers: resp_headers, body: resp_body, upstream: upstream_req }
+}

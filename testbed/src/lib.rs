@@ -1,0 +1,20 @@
+//! The test bed: load built `.wasm` filters into the real host engine, script or
+//! connect the clusters they call, drive a virtual clock, send requests, and look at
+//! what the upstream received, what the client got, the logs, metrics and shared data.
+//!
+//! ```no_run
+//! use portcullis_testbed::{TestBed, Request, wasm};
+//! let mut bed = TestBed::new().filter(wasm("jwt_auth"), "{}").build().unwrap();
+//! let res = bed.send(Request::get("/orders").header("authorization", "Bearer x"));
+//! assert_eq!(res.status, 401);
+//! ```
+
+mod bed;
+mod clusters;
+
+pub use bed::{Request, Response, TestBed, TestBedBuilder, UpstreamRequest, wasm, wasm_dir};
+pub use clusters::Reply;
+pub use portcullis_engine::{
+    CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap, HttpCallRequest,
+    HttpCallResponse, LogRecord, VmLimits, abi::LogLevel, metrics::MetricValue,
+};
