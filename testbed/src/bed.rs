@@ -147,6 +147,19 @@ impl TestBedBuilder {
         self
     }
 
+    /// Adds a filter given as module bytes (a WAT test module, say).
+    pub fn filter_bytes(self, wasm: &[u8], config: impl Into<String>) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "portcullis-testbed-{}-{}.wasm",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, wasm).expect("temp dir is writable");
+        self.filter(path, config)
+    }
+
     /// Sets the failure policy of the filter added last.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         if let Some(f) = self.filters.last_mut() {

@@ -334,7 +334,7 @@ impl HttpContext for Case {
                 }
             }
             "oob" => {
-                let key = "x";
+                let key = ":path";
                 let mut rp: *mut u8 = std::ptr::null_mut();
                 let mut rl: usize = 0;
                 let bad = 0xFFFF_FFF0usize as *const u8;
@@ -342,7 +342,7 @@ impl HttpContext for Case {
                     (
                         raw::proxy_get_header_map_value(0, bad, 64, &mut rp, &mut rl),
                         raw::proxy_get_header_map_value(0, key.as_ptr(), usize::MAX, &mut rp, &mut rl),
-                        raw::proxy_get_header_map_value(0, key.as_ptr(), 0, 0xFFFF_FFF0usize as *mut *mut u8, &mut rl),
+                        raw::proxy_get_header_map_value(0, key.as_ptr(), key.len(), 0xFFFF_FFF0usize as *mut *mut u8, &mut rl),
                         raw::proxy_log(2, bad, 1 << 20),
                     )
                 };
