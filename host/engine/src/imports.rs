@@ -169,9 +169,11 @@ fn buffer(s: &mut HostState, t: BufferType) -> Result<&mut Vec<u8>, Status> {
     }
 }
 
+/// Decodes a map a filter passed in. A malformed blob (counts or lengths that do not
+/// fit) is an empty map, as in Envoy: `set_header_map_pairs` then clears the map and
+/// answers Ok. Odd, but it is what filters written against Envoy observe.
 fn decode_map(bytes: &[u8]) -> Result<HeaderMap, Status> {
-    let pairs = abi::decode_pairs(bytes).map_err(|_| Status::BadArgument)?;
-    Ok(pairs.into_iter().collect())
+    Ok(abi::decode_pairs(bytes).unwrap_or_default().into_iter().collect())
 }
 
 macro_rules! wrap {
@@ -517,15 +519,12 @@ fn define_proxy(l: &mut Linker<HostState>, names: &mut Vec<(&'static str, &'stat
         let kind = MetricKind::from_abi(t).ok_or(Status::BadArgument)?;
         let name = read_str(&c, np, nl)?;
         let metric = c.data().env.metrics.define(kind, &name)?;
+        // Envoy hands out a new id for every definition, even of the same name; each
+        // id reaches the one metric of that name.
         let s = c.data_mut();
-        let id = match s.metric_ids.iter().position(|m| std::sync::Arc::ptr_eq(m, &metric)) {
-            Some(i) => i,
-            None => {
-                s.metric_ids.push(metric);
-                s.metric_ids.len() - 1
-            }
-        };
-        write_u32(&mut c, rid, id as u32)?;
+        s.metric_ids.push(metric);
+        let id = s.metric_ids.len() as u32 - 1;
+        write_u32(&mut c, rid, id)?;
         Ok(())
     });
     wrap!(l, names, "proxy_increment_metric", |c, id: u32, offset: i64| {

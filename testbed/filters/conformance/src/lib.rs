@@ -361,7 +361,12 @@ impl HttpContext for Case {
                 let (up, hdr) = (self.config.upstream.clone(), blob);
                 let mut token = 0;
                 let call = unsafe { raw::proxy_http_call(up.as_ptr(), up.len(), hdr.as_ptr(), hdr.len(), std::ptr::null(), 0, std::ptr::null(), 0, 1000, &mut token) };
-                self.report(&[("set_pairs", status_name(code).into()), ("http_call", status_name(call).into())]);
+                let left = self.get_http_request_headers().len();
+                self.report(&[
+                    ("set_pairs", status_name(code).into()),
+                    ("headers_left", left.to_string()),
+                    ("http_call", status_name(call).into()),
+                ]);
                 Action::Pause
             }
             "huge-headers" => {
