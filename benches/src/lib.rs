@@ -1,1 +1,69 @@
+//! Shared set-up for the benchmarks in `benches/benches/`.
 
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use portcullis_engine::{
+    CallFailure, Clusters, Engine, EngineConfig, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap,
+    HttpCallRequest, HttpCallResponse, LocalFuture, RequestInfo,
+};
+
+/// A built filter, as the test bed finds it.
+pub fn wasm(name: &str) -> PathBuf {
+    portcullis_testbed::wasm(name)
+}
+
+/// An engine that logs nothing (benchmarks measure, they do not print).
+pub fn quiet_engine() -> Engine {
+    Engine::new(EngineConfig { log: Arc::new(|_| {}), ..EngineConfig::default() }).expect("engine")
+}
+
+/// No clusters: the benchmarked filters make no calls.
+pub struct NoClusters;
+
+impl Clusters for NoClusters {
+    fn has_cluster(&self, _: &str) -> bool {
+        false
+    }
+    fn names(&self) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
+        Arc::new(|_| false)
+    }
+    fn http_call(&self, _: &str, _: HttpCallRequest) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
+        Box::pin(async { Err(CallFailure::ConnectFailed("no clusters".into())) })
+    }
+    fn grpc_call(&self, _: &str, _: GrpcCallRequest) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
+        Box::pin(async { Err(GrpcStatus { code: GrpcStatus::UNAVAILABLE, message: "no clusters".into() }) })
+    }
+}
+
+pub fn no_clusters() -> Rc<dyn Clusters> {
+    Rc::new(NoClusters)
+}
+
+/// A typical browser-ish request: 10 headers.
+pub fn ten_headers() -> HeaderMap {
+    [
+        (":method", "GET"),
+        (":path", "/orders/12345?expand=items"),
+        (":authority", "api.example.com"),
+        (":scheme", "https"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"),
+        ("x-request-id", "2b7e1516-28ae-d2a6-abf7-158809cf4f3c"),
+        ("cookie", "session=abc123; theme=dark"),
+    ]
+    .into_iter()
+    .collect()
+}
+
+pub fn request_info() -> RequestInfo {
+    RequestInfo {
+        id: "bench".into(),
+        protocol: "HTTP/1.1".into(),
+        scheme: "https".into(),
+        ..RequestInfo::default()
+    }
+}

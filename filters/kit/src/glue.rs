@@ -8,7 +8,13 @@ use proxy_wasm::types::{ContextType, LogLevel};
 /// not landed yet, so every test can already load all four filters.
 pub fn install_pass_through(filter: &'static str) {
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(move |_| Box::new(PassThroughRoot { filter }));
+    FILTER_NAME.with(|n| n.set(filter));
+    proxy_wasm::set_root_context(|_| Box::new(PassThroughRoot { filter: FILTER_NAME.with(|n| n.get()) }));
+}
+
+thread_local! {
+    // The SDK takes a plain fn for the root-context factory, so the name travels here.
+    static FILTER_NAME: std::cell::Cell<&'static str> = const { std::cell::Cell::new("filter") };
 }
 
 struct PassThroughRoot {

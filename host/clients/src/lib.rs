@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod echo;
+pub mod grpc_cluster;
 pub mod http_cluster;
 
+pub use grpc_cluster::GrpcCluster;
 pub use http_cluster::HttpCluster;

@@ -121,6 +121,41 @@ impl HttpStream {
         self.body(Phase::Request, chunk, end_of_stream).await
     }
 
+    /// Runs `on_request_trailers` through the chain; the trailers are the filters' to
+    /// change.
+    pub async fn request_trailers(&mut self, trailers: &mut HeaderMap) -> Flow {
+        for i in 0..self.slots.len() {
+            let Some(ctx) = self.ctx_of(i) else { continue };
+            let n = trailers.len() as u32;
+            let map = std::mem::take(trailers);
+            let outcome = self
+                .run(i, ctx, Phase::Request, |c| c.request_trailers = Some(map), |vm, id| vm.on_request_trailers(id, n))
+                .await;
+            *trailers = self.take_back(i, |c| c.request_trailers.take()).unwrap_or_default();
+            if let Some(flow) = outcome {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs `on_response_trailers` through the chain in reverse order.
+    pub async fn response_trailers(&mut self, trailers: &mut HeaderMap) -> Flow {
+        for i in (0..self.slots.len()).rev() {
+            let Some(ctx) = self.ctx_of(i) else { continue };
+            let n = trailers.len() as u32;
+            let map = std::mem::take(trailers);
+            let outcome = self
+                .run(i, ctx, Phase::Response, |c| c.response_trailers = Some(map), |vm, id| vm.on_response_trailers(id, n))
+                .await;
+            *trailers = self.take_back(i, |c| c.response_trailers.take()).unwrap_or_default();
+            if let Some(flow) = outcome {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
     /// Runs `on_response_headers` through the chain in reverse order.
     pub async fn response_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
         let code = headers.get_str(":status").and_then(|s| s.parse().ok());

@@ -15,8 +15,8 @@ use wasmtime::{Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResul
 use crate::abi::{Action, LogLevel};
 use crate::engine::{CompiledModule, EPOCH_PERIOD, Engine};
 use crate::headers::HeaderMap;
-use crate::state::{CallbackData, HostState, HttpCtx, Outgoing, Phase, PluginEnv};
 use crate::shared::QueueReady;
+use crate::state::{CallbackData, HostState, HttpCtx, Outgoing, Phase, PluginEnv};
 use crate::types::{FailurePolicy, GrpcCallResponse, GrpcStatus, HttpCallResponse, RequestInfo};
 
 /// Everything needed to start a plugin's VM on a worker.
@@ -128,9 +128,7 @@ callbacks! {
     on_response_body: "proxy_on_response_body" => (u32, u32, u32) -> u32;
     on_response_trailers: "proxy_on_response_trailers" => (u32, u32) -> u32;
     on_http_call_response: "proxy_on_http_call_response" => (u32, u32, u32, u32, u32) -> ();
-    on_grpc_receive_initial_metadata: "proxy_on_grpc_receive_initial_metadata" => (u32, u32, u32) -> ();
     on_grpc_receive: "proxy_on_grpc_receive" => (u32, u32, u32) -> ();
-    on_grpc_receive_trailing_metadata: "proxy_on_grpc_receive_trailing_metadata" => (u32, u32, u32) -> ();
     on_grpc_close: "proxy_on_grpc_close" => (u32, u32, u32) -> ();
     on_done: "proxy_on_done" => (u32) -> u32;
     on_log: "proxy_on_log" => (u32) -> ();
@@ -456,11 +454,6 @@ impl Vm {
             }
         }
         Ok(())
-    }
-
-    /// Waits until a queue this VM registered has data.
-    pub async fn queue_notification(&mut self) -> Option<QueueReady> {
-        self.queue_rx.recv().await
     }
 
     pub fn take_outgoing(&mut self) -> Vec<Outgoing> {

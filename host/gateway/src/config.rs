@@ -1,0 +1,415 @@
+//! The gateway's YAML configuration: Kong's entities (services, routes, plugins, which
+//! we call filters) plus listeners and an admin address. Parsed and checked whole at
+//! the edge; what comes out of [`load`] is trusted by the rest of the gateway.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_engine::{CompiledModule, Engine, FailurePolicy, VmLimits};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Worker threads (default: the number of cores).
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// `stdout` (default), `off`, or a file path.
+    #[serde(default)]
+    pub access_log: Option<String>,
+    /// How long SIGTERM waits for requests in flight.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_drain() -> u64 {
+    15_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Request header limits (Envoy's defaults: 60 KiB, 100 headers).
+    #[serde(default = "default_headers_kb")]
+    pub max_request_headers_kb: usize,
+    #[serde(default = "default_headers_count")]
+    pub max_request_headers_count: usize,
+}
+
+fn default_headers_kb() -> usize {
+    60
+}
+
+fn default_headers_count() -> usize {
+    100
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub urls: Vec<String>,
+    #[serde(default = "default_connect")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "default_total")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_body")]
+    pub max_request_body_bytes: u64,
+    #[serde(default = "default_body")]
+    pub max_response_body_bytes: u64,
+}
+
+fn default_connect() -> u64 {
+    1_000
+}
+fn default_read() -> u64 {
+    15_000
+}
+fn default_total() -> u64 {
+    60_000
+}
+fn default_body() -> u64 {
+    10 << 20
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub name: String,
+    pub wasm: PathBuf,
+    /// The filter's own JSON configuration, written as YAML.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub failure_policy: Option<String>,
+    /// Filters with the same `vm_id` share shared data (default: the filter's name).
+    #[serde(default)]
+    pub vm_id: Option<String>,
+    #[serde(default)]
+    pub memory_limit_mb: Option<usize>,
+    #[serde(default)]
+    pub callback_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: MatchConfig,
+    pub service: String,
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// Kong's `strip_path`: remove the matched path prefix before proxying (Kong's
+    /// default, true).
+    #[serde(default = "yes")]
+    pub strip_path: bool,
+    /// Kong's `preserve_host`: send the client's Host upstream instead of the
+    /// service's (Kong's default, false).
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A checked configuration, with every module compiled and every filter's
+/// configuration accepted by the filter itself.
+pub struct Plan {
+    pub listeners: Vec<Listener>,
+    pub admin: Option<SocketAddr>,
+    pub services: Vec<Arc<Service>>,
+    pub filters: Vec<Arc<FilterPlan>>,
+    pub routes: Vec<Arc<Route>>,
+    pub workers: usize,
+    pub access_log: Option<String>,
+    pub drain_timeout: Duration,
+}
+
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub max_headers_bytes: usize,
+    pub max_headers_count: usize,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub urls: Vec<http::Uri>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub timeout: Duration,
+    pub max_request_body: u64,
+    pub max_response_body: u64,
+}
+
+pub struct FilterPlan {
+    pub name: String,
+    pub module: Arc<CompiledModule>,
+    pub configuration: Vec<u8>,
+    pub failure_policy: FailurePolicy,
+    pub vm_id: String,
+    pub limits: VmLimits,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the configuration (the worker keeps each route's chain there).
+    pub index: usize,
+    pub name: String,
+    pub matches: MatchConfig,
+    pub service: usize,
+    pub filters: Vec<usize>,
+    pub strip_path: bool,
+    pub preserve_host: bool,
+}
+
+/// Reads, parses and checks a configuration file. Every problem found is reported
+/// (not only the first), each naming the entity and field.
+pub fn load(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    let file: ConfigFile =
+        serde_norway::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    check(file, base, engine)
+}
+
+pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
+    let mut errors = Vec::new();
+    if file.listeners.is_empty() {
+        errors.push("listeners: at least one listener is needed".into());
+    }
+    let mut listeners = Vec::new();
+    for l in &file.listeners {
+        let address = match l.address.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(format!("listener `{}`: address `{}`: {e} (expected IP:PORT)", l.name, l.address));
+                None
+            }
+        };
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => match crate::tls::server_config(&resolve(base, &t.cert), &resolve(base, &t.key)) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    errors.push(format!("listener `{}`: tls: {e}", l.name));
+                    None
+                }
+            },
+        };
+        if let Some(address) = address {
+            listeners.push(Listener {
+                name: l.name.clone(),
+                address,
+                tls,
+                max_headers_bytes: l.max_request_headers_kb * 1024,
+                max_headers_count: l.max_request_headers_count,
+            });
+        }
+    }
+    let admin = file.admin.as_ref().and_then(|a| match a.address.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errors.push(format!("admin: address `{}`: {e} (expected IP:PORT)", a.address));
+            None
+        }
+    });
+    let mut services = Vec::new();
+    let mut service_index = HashMap::new();
+    for s in &file.services {
+        if service_index.insert(s.name.clone(), services.len()).is_some() {
+            errors.push(format!("service `{}`: defined twice", s.name));
+        }
+        let raw: Vec<&String> = s.url.iter().chain(s.urls.iter()).collect();
+        if raw.is_empty() {
+            errors.push(format!("service `{}`: needs `url` or `urls`", s.name));
+        }
+        let mut urls = Vec::new();
+        for u in raw {
+            match u.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => urls.push(uri),
+                Ok(_) => errors.push(format!("service `{}`: url `{u}`: expected http://HOST:PORT", s.name)),
+                Err(e) => errors.push(format!("service `{}`: url `{u}`: {e}", s.name)),
+            }
+        }
+        for (field, v) in [("connect_timeout_ms", s.connect_timeout_ms), ("read_timeout_ms", s.read_timeout_ms), ("timeout_ms", s.timeout_ms)] {
+            if v == 0 {
+                errors.push(format!("service `{}`: {field} must be positive", s.name));
+            }
+        }
+        services.push(Arc::new(Service {
+            name: s.name.clone(),
+            urls,
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            read_timeout: Duration::from_millis(s.read_timeout_ms),
+            timeout: Duration::from_millis(s.timeout_ms),
+            max_request_body: s.max_request_body_bytes,
+            max_response_body: s.max_response_body_bytes,
+        }));
+    }
+    let mut filters = Vec::new();
+    let mut filter_index = HashMap::new();
+    for f in &file.filters {
+        if filter_index.insert(f.name.clone(), filters.len()).is_some() {
+            errors.push(format!("filter `{}`: defined twice", f.name));
+        }
+        let failure_policy = match f.failure_policy.as_deref().map(str::parse::<FailurePolicy>).transpose() {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                errors.push(format!("filter `{}`: {e}", f.name));
+                FailurePolicy::default()
+            }
+        };
+        let configuration = match &f.config {
+            None => Vec::new(),
+            Some(v) => v.to_string().into_bytes(),
+        };
+        let mut limits = VmLimits::default();
+        if let Some(mb) = f.memory_limit_mb {
+            limits.memory_bytes = mb << 20;
+        }
+        if let Some(ms) = f.callback_timeout_ms {
+            limits.callback_timeout = Duration::from_millis(ms.max(1));
+        }
+        match engine.load_file(&resolve(base, &f.wasm)) {
+            Ok(module) => filters.push(Arc::new(FilterPlan {
+                name: f.name.clone(),
+                module,
+                configuration,
+                failure_policy,
+                vm_id: f.vm_id.clone().unwrap_or_else(|| f.name.clone()),
+                limits,
+            })),
+            Err(e) => errors.push(format!("filter `{}`: wasm `{}`: {e}", f.name, f.wasm.display())),
+        }
+    }
+    let mut routes = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for r in &file.routes {
+        let service = match service_index.get(&r.service) {
+            Some(i) => *i,
+            None => {
+                errors.push(format!("route `{}`: unknown service `{}`", r.name, r.service));
+                0
+            }
+        };
+        let mut fidx = Vec::new();
+        for f in &r.filters {
+            match filter_index.get(f) {
+                Some(i) => fidx.push(*i),
+                None => errors.push(format!("route `{}`: unknown filter `{f}`", r.name)),
+            }
+        }
+        let matches = normalize(&r.matches);
+        for p in &matches.paths {
+            if !p.starts_with('/') {
+                errors.push(format!("route `{}`: path `{p}` must start with `/` (regex paths are not supported)", r.name));
+            }
+        }
+        let key = format!("{matches:?}");
+        if let Some(other) = seen.insert(key, r.name.clone()) {
+            errors.push(format!(
+                "routes `{other}` and `{}` have identical match rules (Kong answers 409 Conflict for this)",
+                r.name
+            ));
+        }
+        routes.push(Arc::new(Route {
+            index: routes.len(),
+            name: r.name.clone(),
+            matches,
+            service,
+            filters: fidx,
+            strip_path: r.strip_path,
+            preserve_host: r.preserve_host,
+        }));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let workers = file.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    Ok(Plan {
+        listeners,
+        admin,
+        services,
+        filters: filters.into_iter().collect(),
+        routes,
+        workers,
+        access_log: match file.access_log.as_deref() {
+            Some("off") => None,
+            Some(p) => Some(p.to_owned()),
+            None => Some("stdout".to_owned()),
+        },
+        drain_timeout: Duration::from_millis(file.drain_timeout_ms),
+    })
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || p.exists() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// Match rules in a canonical form: hosts lower-case, methods upper-case, all sorted,
+/// so two routes that match the same requests compare equal.
+fn normalize(m: &MatchConfig) -> MatchConfig {
+    let mut hosts: Vec<String> = m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    hosts.sort();
+    hosts.dedup();
+    let mut paths = m.paths.clone();
+    paths.sort();
+    paths.dedup();
+    let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
+    methods.sort();
+    methods.dedup();
+    let headers = m.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+    MatchConfig { hosts, paths, methods, headers }
+}

@@ -1,0 +1,17 @@
+//! `portcullis`: the standalone gateway. A hyper + tokio reverse proxy that routes
+//! requests Kong-style (services, routes, filters) and runs each route's chain of
+//! proxy-wasm filters in the Portcullis engine, one VM per filter per worker thread.
+//!
+//! How to use it: `portcullis run --config gateway.yaml` (see `examples/` and the
+//! README); `portcullis validate --config gateway.yaml` checks a configuration fully.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod run;
+pub mod tls;
+pub mod upstream;
+pub mod worker;

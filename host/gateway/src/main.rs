@@ -1,0 +1,78 @@
+//! The `portcullis` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "API gateway running proxy-wasm policy filters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the gateway. SIGTERM drains and exits; SIGHUP reloads the configuration.
+    Run {
+        /// The YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration completely (including loading every filter) and exit
+    /// non-zero listing every error.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Serve the echo upstream: it answers with what it received, as JSON.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        address: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Run { config } => portcullis::run::run(config),
+        Command::Validate { config } => portcullis::run::validate(&config).map(|plan| {
+            println!(
+                "{}: OK ({} listeners, {} services, {} filters, {} routes)",
+                config.display(),
+                plan.listeners.len(),
+                plan.services.len(),
+                plan.filters.len(),
+                plan.routes.len()
+            );
+        }),
+        Command::Echo { address } => echo(&address),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn echo(address: &str) -> Result<(), Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| vec![e.to_string()])?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(address).await.map_err(|e| vec![format!("cannot listen on {address}: {e}")])?;
+        eprintln!("echo upstream on http://{address}");
+        portcullis_clients::echo::serve(l).await;
+        Ok(())
+    })
+}

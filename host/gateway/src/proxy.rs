@@ -1,0 +1,531 @@
+//! One request through the gateway: route it, run its filters, proxy it to the
+//! service, run the response back through the filters, log it.
+//!
+//! The gateway's own errors are JSON and carry the request id: 404 (no route), 413
+//! (body over the service's limit), 431 (headers over the listener's limits), 502
+//! (upstream refused or reset), 504 (upstream timeout). An upstream's own status,
+//! 5xx included, passes through unchanged and is logged as `upstream_status`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
+use portcullis_engine::{Filter, Flow, HeaderMap, HttpStream, LocalReply, RequestInfo};
+
+use crate::access_log::{Entry, now_rfc3339};
+use crate::upstream::{BoxError, UpstreamBody};
+use crate::worker::WorkerState;
+
+pub type GwBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// What the worker knows of the connection a request came on.
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    pub listener: usize,
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+fn hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
+    for v in headers.get_all(http::header::CONNECTION) {
+        if let Ok(v) = v.to_str() {
+            names.extend(v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()));
+        }
+    }
+    names
+}
+
+pub fn json_error(status: u16, message: &str, request_id: &str) -> LocalReply {
+    let mut headers = HeaderMap::new();
+    headers.add("content-type", "application/json");
+    let body = serde_json::json!({ "message": message, "request_id": request_id }).to_string();
+    LocalReply { status, details: message.into(), body: body.into_bytes(), headers, grpc_status: -1 }
+}
+
+/// A request id: the client's when it is sane, else 16 random bytes in hex.
+fn request_id(headers: &http::HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()) {
+            return v.to_owned();
+        }
+    }
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn full(body: Vec<u8>) -> GwBody {
+    Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync()
+}
+
+fn empty() -> GwBody {
+    Empty::new().map_err(|e| match e {}).boxed_unsync()
+}
+
+/// Turns a header map from the filters into an HTTP response.
+fn to_response(headers: &HeaderMap, body: GwBody) -> http::Response<GwBody> {
+    let status = headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(502);
+    let mut resp = http::Response::new(body);
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    for (k, v) in headers.iter() {
+        if k.starts_with(':') {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_bytes(v)) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
+}
+
+struct Ctx {
+    start: Instant,
+    entry: Entry,
+    state: Rc<WorkerState>,
+}
+
+impl Ctx {
+    fn finish(mut self, status: u16) {
+        self.entry.status = status;
+        self.entry.total_ms = ms(self.start.elapsed());
+        let route = self.entry.route.as_deref().unwrap_or("(none)");
+        self.state.shared.metrics.record(route, status, self.start.elapsed().as_secs_f64());
+        if let Some(log) = &self.state.shared.access_log {
+            log.write(&self.entry);
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Answers with a gateway error (through the filters' response phase when a stream
+/// exists, as Envoy runs local replies through the encoder filters).
+async fn reply(ctx: Ctx, stream: Option<HttpStream>, reply: LocalReply, mut req_headers: HeaderMap) -> http::Response<GwBody> {
+    let (mut headers, body) = match stream {
+        Some(mut s) => {
+            let out = s.encode_local_reply(reply).await;
+            let (mut h, b) = out;
+            s.finish(&mut req_headers, &mut h);
+            (h, b)
+        }
+        None => (reply.response_headers(), reply.body),
+    };
+    headers.set("content-length", body.len().to_string());
+    let status = headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(500);
+    let mut ctx = ctx;
+    ctx.entry.bytes_out = body.len() as u64;
+    ctx.finish(status);
+    to_response(&headers, full(body))
+}
+
+pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<Incoming>) -> http::Response<GwBody> {
+    let start = Instant::now();
+    let (parts, body) = req.into_parts();
+    let id = request_id(&parts.headers);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let mut ctx = Ctx {
+        start,
+        entry: Entry {
+            time: now_rfc3339(),
+            request_id: id.clone(),
+            method: parts.method.to_string(),
+            path: path.clone(),
+            client: conn.peer.to_string(),
+            ..Entry::default()
+        },
+        state: state.clone(),
+    };
+
+    let listener = &state.listeners[conn.listener];
+    let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if parts.headers.len() > listener.max_headers_count || header_bytes > listener.max_headers_bytes {
+        ctx.entry.error = Some("request headers too large".into());
+        return reply(ctx, None, json_error(431, "request headers too large", &id), HeaderMap::new()).await;
+    }
+
+    let facts = crate::router::RequestFacts { host: &host, path: &path, method: parts.method.as_str(), headers: &parts.headers };
+    let Some(matched) = state.router.route(&facts) else {
+        ctx.entry.error = Some("no route".into());
+        return reply(ctx, None, json_error(404, "no route matched this request", &id), HeaderMap::new()).await;
+    };
+    let route = matched.route.clone();
+    let prefix = matched.prefix.to_owned();
+    let svc = &state.services[route.service];
+    ctx.entry.route = Some(route.name.clone());
+    ctx.entry.service = Some(svc.service.name.clone());
+
+    let declared_len = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > svc.service.max_request_body) {
+        ctx.entry.error = Some("request body too large".into());
+        return reply(ctx, None, json_error(413, "request body too large", &id), HeaderMap::new()).await;
+    }
+
+    // The request as filters see it: pseudo-headers first, hop-by-hop headers gone,
+    // forwarding headers and the request id set (as Envoy's connection manager does
+    // before its filters run).
+    let scheme = if conn.tls { "https" } else { "http" };
+    let mut headers = HeaderMap::new();
+    headers.add(":method", parts.method.as_str());
+    headers.add(":path", path.as_str());
+    headers.add(":authority", host.as_str());
+    headers.add(":scheme", scheme);
+    let hop = hop_by_hop(&parts.headers);
+    for (k, v) in &parts.headers {
+        let k = k.as_str();
+        if k == "host" || hop.iter().any(|h| h == k) {
+            continue;
+        }
+        headers.add(k, v.as_bytes());
+    }
+    headers.set("x-request-id", id.as_str());
+    let xff = match headers.get_str("x-forwarded-for") {
+        Some(prev) => format!("{prev}, {}", conn.peer.ip()),
+        None => conn.peer.ip().to_string(),
+    };
+    headers.set("x-forwarded-for", xff);
+    headers.set("x-forwarded-proto", scheme);
+    if headers.get("x-forwarded-host").is_none() {
+        headers.set("x-forwarded-host", host.as_str());
+    }
+
+    let chain: &[Filter] = &state.chains[route.index];
+    let mut body = body;
+    let end_of_stream = body.is_end_stream();
+    let mut stream = if chain.is_empty() {
+        None
+    } else {
+        let info = RequestInfo {
+            id: id.clone(),
+            protocol: match parts.version {
+                http::Version::HTTP_2 => "HTTP/2".into(),
+                http::Version::HTTP_10 => "HTTP/1.0".into(),
+                _ => "HTTP/1.1".into(),
+            },
+            scheme: scheme.into(),
+            source: Some(conn.peer),
+            destination: Some(conn.local),
+            start_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            method: parts.method.to_string(),
+            path: path.clone(),
+            host: host.clone(),
+        };
+        Some(HttpStream::new(chain, info))
+    };
+    if let Some(s) = &mut stream {
+        let mut flow = s.request_headers(&mut headers, end_of_stream).await;
+        if let Some(r) = s.take_failure() {
+            flow = Flow::Reply(r);
+        }
+        if let Flow::Reply(r) = flow {
+            ctx.entry.error = Some(format!("answered by a filter: {}", r.details));
+            return reply(ctx, stream, r, headers).await;
+        }
+    }
+    ctx.entry.consumer = headers
+        .get_str("x-consumer-username")
+        .or_else(|| headers.get_str("x-consumer-id"))
+        .map(str::to_owned);
+
+    // The upstream request.
+    let authority = svc.next_authority().clone();
+    let mut up_path = headers.get_str(":path").unwrap_or("/").to_owned();
+    if route.strip_path && !prefix.is_empty() && prefix != "/" {
+        if let Some(rest) = up_path.strip_prefix(prefix.as_str()) {
+            up_path = if rest.starts_with('/') { rest.to_owned() } else { format!("/{rest}") };
+        }
+    }
+    let uri = match http::Uri::builder().scheme("http").authority(authority.clone()).path_and_query(up_path.as_str()).build() {
+        Ok(u) => u,
+        Err(_) => return reply(ctx, stream, json_error(400, "the request path is not valid", &id), headers).await,
+    };
+    let method = http::Method::from_bytes(headers.get(":method").unwrap_or(b"GET")).unwrap_or(http::Method::GET);
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    let upstream_host = if route.preserve_host { host.clone() } else { authority.to_string() };
+    builder = builder.header(http::header::HOST, upstream_host);
+    for (k, v) in headers.iter() {
+        if k.starts_with(':') {
+            continue;
+        }
+        builder = builder.header(k, v);
+    }
+
+    let limit = svc.service.max_request_body;
+    let (body_tx, up_body): (Option<http_body_util::channel::Sender<Bytes, BoxError>>, UpstreamBody) = if end_of_stream {
+        (None, Empty::new().map_err(|e| match e {}).boxed_unsync())
+    } else {
+        let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        (Some(tx), rx.boxed_unsync())
+    };
+    let up_req = match builder.body(up_body) {
+        Ok(r) => r,
+        Err(e) => return reply(ctx, stream, json_error(400, &format!("the request cannot be forwarded: {e}"), &id), headers).await,
+    };
+
+    let header_deadline = svc.service.read_timeout.min(svc.service.timeout);
+    let upstream_start = Instant::now();
+    let sent = {
+        let send = tokio::time::timeout(header_deadline, svc.client.request(up_req));
+        tokio::pin!(send);
+        let pump = pump_request(stream.as_mut(), &mut body, body_tx, limit);
+        tokio::pin!(pump);
+        let mut pumping = !end_of_stream;
+        loop {
+            tokio::select! {
+                r = &mut send => break Sent::Response(r),
+                p = &mut pump, if pumping => {
+                    pumping = false;
+                    match p {
+                        Pumped::Done(n) => ctx.entry.bytes_in = n,
+                        Pumped::Reply(r) => break Sent::Reply(r),
+                        Pumped::TooLarge => break Sent::TooLarge,
+                        Pumped::ClientGone => break Sent::ClientGone,
+                    }
+                }
+            }
+        }
+    };
+    ctx.entry.upstream_ms = Some(ms(upstream_start.elapsed()));
+    let resp = match sent {
+        Sent::Response(Ok(Ok(resp))) => resp,
+        Sent::Response(Err(_)) => {
+            state.shared.metrics.upstream_error(&svc.service.name, "timeout");
+            ctx.entry.error = Some("upstream timeout".into());
+            return reply(ctx, stream, json_error(504, "upstream timed out", &id), headers).await;
+        }
+        Sent::Response(Ok(Err(e))) => {
+            let kind = if e.is_connect() { "connect" } else { "reset" };
+            state.shared.metrics.upstream_error(&svc.service.name, kind);
+            let message = if e.is_connect() { "upstream connection failed" } else { "upstream connection reset" };
+            ctx.entry.error = Some(format!("{message}: {e}"));
+            return reply(ctx, stream, json_error(502, message, &id), headers).await;
+        }
+        Sent::Reply(r) => {
+            ctx.entry.error = Some(format!("answered by a filter: {}", r.details));
+            return reply(ctx, stream, r, headers).await;
+        }
+        Sent::TooLarge => {
+            state.shared.metrics.upstream_error(&svc.service.name, "body_too_large");
+            ctx.entry.error = Some("request body too large".into());
+            return reply(ctx, stream, json_error(413, "request body too large", &id), headers).await;
+        }
+        Sent::ClientGone => {
+            ctx.entry.error = Some("client closed the request body".into());
+            return reply(ctx, stream, json_error(400, "the request body ended early", &id), headers).await;
+        }
+    };
+
+    let (rparts, rbody) = resp.into_parts();
+    ctx.entry.upstream_status = Some(rparts.status.as_u16());
+    let mut rh = HeaderMap::new();
+    rh.add(":status", rparts.status.as_str());
+    let hop = hop_by_hop(&rparts.headers);
+    for (k, v) in &rparts.headers {
+        if hop.iter().any(|h| h == k.as_str()) {
+            continue;
+        }
+        rh.add(k.as_str(), v.as_bytes());
+    }
+    let declared = rparts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > svc.service.max_response_body) {
+        state.shared.metrics.upstream_error(&svc.service.name, "response_too_large");
+        ctx.entry.error = Some("upstream response too large".into());
+        return reply(ctx, stream, json_error(502, "upstream response too large", &id), headers).await;
+    }
+    let rbody_eos = rbody.is_end_stream();
+    if let Some(s) = &mut stream {
+        if let Flow::Reply(r) = s.response_headers(&mut rh, rbody_eos).await {
+            ctx.entry.error = Some(format!("answered by a filter: {}", r.details));
+            let h = r.response_headers();
+            return finish_now(ctx, stream, headers, h, r.body);
+        }
+    }
+    let status = rh.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(502);
+    if rbody_eos {
+        return finish_now(ctx, stream, headers, rh, Vec::new());
+    }
+    // Stream the body back, through the filters when there are any; the request is
+    // logged when the body ends.
+    let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+    let response = to_response(&rh, rx.boxed_unsync());
+    let max = svc.service.max_response_body;
+    let read_timeout = svc.service.read_timeout;
+    let deadline = start + svc.service.timeout;
+    tokio::task::spawn_local(pump_response(ctx, stream, headers, rh, rbody, tx, max, read_timeout, deadline, status));
+    response
+}
+
+fn finish_now(mut ctx: Ctx, stream: Option<HttpStream>, mut req: HeaderMap, mut rh: HeaderMap, body: Vec<u8>) -> http::Response<GwBody> {
+    if let Some(s) = stream {
+        s.finish(&mut req, &mut rh);
+    }
+    let status = rh.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(502);
+    ctx.entry.bytes_out = body.len() as u64;
+    ctx.finish(status);
+    let b = if body.is_empty() { empty() } else { full(body) };
+    to_response(&rh, b)
+}
+
+enum Sent {
+    Response(Result<Result<http::Response<Incoming>, hyper_util::client::legacy::Error>, tokio::time::error::Elapsed>),
+    Reply(LocalReply),
+    TooLarge,
+    ClientGone,
+}
+
+enum Pumped {
+    Done(u64),
+    Reply(LocalReply),
+    TooLarge,
+    ClientGone,
+}
+
+/// Moves the request body to the upstream, chunk by chunk, through the filters.
+async fn pump_request(
+    mut stream: Option<&mut HttpStream>,
+    body: &mut Incoming,
+    tx: Option<http_body_util::channel::Sender<Bytes, BoxError>>,
+    limit: u64,
+) -> Pumped {
+    let Some(mut tx) = tx else { return Pumped::Done(0) };
+    let mut total = 0u64;
+    loop {
+        let frame = match body.frame().await {
+            None => None,
+            Some(Ok(f)) => Some(f),
+            Some(Err(_)) => {
+                tx.abort("client body error".into());
+                return Pumped::ClientGone;
+            }
+        };
+        let (mut chunk, eos) = match frame {
+            None => (Vec::new(), true),
+            Some(f) => match f.into_data() {
+                Ok(d) => {
+                    let eos = body.is_end_stream();
+                    (d.to_vec(), eos)
+                }
+                // Trailers: passed on as the end of the body.
+                Err(_) => (Vec::new(), true),
+            },
+        };
+        total += chunk.len() as u64;
+        if total > limit {
+            tx.abort("request body too large".into());
+            return Pumped::TooLarge;
+        }
+        if let Some(s) = stream.as_deref_mut() {
+            match s.request_body(&mut chunk, eos).await {
+                Flow::Reply(r) => {
+                    tx.abort("answered by a filter".into());
+                    return Pumped::Reply(r);
+                }
+                Flow::Buffering => continue,
+                Flow::Continue => {}
+            }
+            if let Some(r) = s.take_failure() {
+                tx.abort("filter failed".into());
+                return Pumped::Reply(r);
+            }
+        }
+        if !chunk.is_empty() && tx.send_data(Bytes::from(chunk)).await.is_err() {
+            return Pumped::Done(total);
+        }
+        if eos {
+            return Pumped::Done(total);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump_response(
+    mut ctx: Ctx,
+    mut stream: Option<HttpStream>,
+    mut req_headers: HeaderMap,
+    mut resp_headers: HeaderMap,
+    mut body: Incoming,
+    mut tx: http_body_util::channel::Sender<Bytes, BoxError>,
+    max: u64,
+    read_timeout: Duration,
+    deadline: Instant,
+    status: u16,
+) {
+    let mut total = 0u64;
+    loop {
+        let wait = read_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let frame = match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) => {
+                ctx.state.shared.metrics.upstream_error(ctx.entry.service.as_deref().unwrap_or(""), "timeout");
+                ctx.entry.error = Some("upstream response body timed out".into());
+                tx.abort("upstream timeout".into());
+                break;
+            }
+            Ok(None) => None,
+            Ok(Some(Ok(f))) => Some(f),
+            Ok(Some(Err(e))) => {
+                ctx.entry.error = Some(format!("upstream response body failed: {e}"));
+                tx.abort("upstream reset".into());
+                break;
+            }
+        };
+        let (mut chunk, eos, trailers) = match frame {
+            None => (Vec::new(), true, None),
+            Some(f) => match f.into_data() {
+                Ok(d) => (d.to_vec(), body.is_end_stream(), None),
+                Err(f) => (Vec::new(), true, f.into_trailers().ok()),
+            },
+        };
+        total += chunk.len() as u64;
+        if total > max {
+            ctx.state.shared.metrics.upstream_error(ctx.entry.service.as_deref().unwrap_or(""), "response_too_large");
+            ctx.entry.error = Some("upstream response too large".into());
+            tx.abort("response too large".into());
+            break;
+        }
+        if let Some(s) = &mut stream {
+            match s.response_body(&mut chunk, eos).await {
+                Flow::Buffering => continue,
+                // Headers are gone already: a reply now can only cut the body.
+                Flow::Reply(_) => {
+                    ctx.entry.error = Some("a filter replied after the response began".into());
+                    tx.abort("filter reply".into());
+                    break;
+                }
+                Flow::Continue => {}
+            }
+        }
+        ctx.entry.bytes_out += chunk.len() as u64;
+        if !chunk.is_empty() && tx.send_data(Bytes::from(chunk)).await.is_err() {
+            ctx.entry.error = Some("client went away".into());
+            break;
+        }
+        if eos {
+            if let Some(t) = trailers {
+                let _ = tx.send(Frame::trailers(t)).await;
+            }
+            break;
+        }
+    }
+    if let Some(s) = stream {
+        s.finish(&mut req_headers, &mut resp_headers);
+    }
+    ctx.finish(status);
+}

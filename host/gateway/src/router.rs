@@ -1,0 +1,155 @@
+//! Which route a request takes: the most specific match wins (host, then the longest
+//! path prefix, then methods, then headers), as Kong orders them.
+
+use std::sync::Arc;
+
+use crate::config::{MatchConfig, Route};
+
+pub struct Router {
+    /// Routes sorted most specific first; the first that matches wins.
+    routes: Vec<Arc<Route>>,
+}
+
+/// The facts routing looks at.
+pub struct RequestFacts<'a> {
+    pub host: &'a str,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// A match and the path prefix it matched (for `strip_path`).
+pub struct Matched<'r> {
+    pub route: &'r Arc<Route>,
+    pub prefix: &'r str,
+}
+
+impl Router {
+    pub fn new(routes: &[Arc<Route>]) -> Router {
+        let mut routes = routes.to_vec();
+        // Stable sort keeps configuration order among equally specific routes.
+        routes.sort_by_key(|r| std::cmp::Reverse(specificity(&r.matches)));
+        Router { routes }
+    }
+
+    pub fn route(&self, req: &RequestFacts<'_>) -> Option<Matched<'_>> {
+        let host = strip_port(req.host);
+        let mut best: Option<(Matched<'_>, (u8, usize, bool, usize))> = None;
+        for r in &self.routes {
+            let m = &r.matches;
+            let host_rank = if m.hosts.is_empty() {
+                0
+            } else if let Some(rank) = m.hosts.iter().filter_map(|h| host_match(h, host)).max() {
+                rank
+            } else {
+                continue;
+            };
+            let prefix = if m.paths.is_empty() {
+                ""
+            } else {
+                match m.paths.iter().filter(|p| req.path.starts_with(p.as_str())).max_by_key(|p| p.len()) {
+                    Some(p) => p.as_str(),
+                    None => continue,
+                }
+            };
+            if !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(req.method)) {
+                continue;
+            }
+            if !m.headers.iter().all(|(k, v)| req.headers.get(k.as_str()).is_some_and(|got| got.as_bytes() == v.as_bytes())) {
+                continue;
+            }
+            let rank = (host_rank, prefix.len(), !m.methods.is_empty(), m.headers.len());
+            if best.as_ref().is_none_or(|(_, b)| rank > *b) {
+                best = Some((Matched { route: r, prefix }, rank));
+            }
+        }
+        best.map(|(m, _)| m)
+    }
+}
+
+fn specificity(m: &MatchConfig) -> (bool, usize, bool, usize) {
+    (!m.hosts.is_empty(), m.paths.iter().map(String::len).max().unwrap_or(0), !m.methods.is_empty(), m.headers.len())
+}
+
+/// 2 for an exact host, 1 for a wildcard (`*.example.com`), `None` for no match.
+fn host_match(pattern: &str, host: &str) -> Option<u8> {
+    if pattern.eq_ignore_ascii_case(host) {
+        return Some(2);
+    }
+    let suffix = pattern.strip_prefix('*')?;
+    (host.len() > suffix.len() && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)).then_some(1)
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, hosts: &[&str], paths: &[&str], methods: &[&str], headers: &[(&str, &str)]) -> Arc<Route> {
+        Arc::new(Route {
+            index: 0,
+            name: name.into(),
+            matches: MatchConfig {
+                hosts: hosts.iter().map(|s| s.to_string()).collect(),
+                paths: paths.iter().map(|s| s.to_string()).collect(),
+                methods: methods.iter().map(|s| s.to_string()).collect(),
+                headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            },
+            service: 0,
+            filters: vec![],
+            strip_path: false,
+            preserve_host: false,
+        })
+    }
+
+    fn pick<'a>(router: &'a Router, host: &str, path: &str, method: &str, hdrs: &[(&'static str, &str)]) -> Option<&'a str> {
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in hdrs {
+            headers.insert(*k, v.parse().unwrap());
+        }
+        let facts = RequestFacts { host, path, method, headers: &headers };
+        router.route(&facts).map(|m| m.route.name.as_str())
+    }
+
+    #[test]
+    fn most_specific_route_wins() {
+        let router = Router::new(&[
+            route("catch-all", &[], &[], &[], &[]),
+            route("orders", &[], &["/orders"], &[], &[]),
+            route("orders-items", &[], &["/orders/items"], &[], &[]),
+            route("orders-post", &[], &["/orders"], &["POST"], &[]),
+            route("orders-v2", &[], &["/orders"], &["POST"], &[("x-version", "2")]),
+            route("api-host", &["api.example.com"], &["/"], &[], &[]),
+            route("wild-host", &["*.example.com"], &["/orders"], &[], &[]),
+        ]);
+        assert_eq!(pick(&router, "other", "/x", "GET", &[]), Some("catch-all"));
+        assert_eq!(pick(&router, "other", "/orders/1", "GET", &[]), Some("orders"));
+        assert_eq!(pick(&router, "other", "/orders/items/3", "GET", &[]), Some("orders-items"));
+        assert_eq!(pick(&router, "other", "/orders", "POST", &[]), Some("orders-post"));
+        assert_eq!(pick(&router, "other", "/orders", "POST", &[("x-version", "2")]), Some("orders-v2"));
+        assert_eq!(pick(&router, "api.example.com:8080", "/orders", "GET", &[]), Some("api-host"), "host first");
+        assert_eq!(pick(&router, "shop.example.com", "/orders", "GET", &[]), Some("wild-host"));
+    }
+
+    #[test]
+    fn no_match_is_none() {
+        let router = Router::new(&[route("orders", &["api.example.com"], &["/orders"], &["GET"], &[])]);
+        assert_eq!(pick(&router, "api.example.com", "/users", "GET", &[]), None);
+        assert_eq!(pick(&router, "evil.com", "/orders", "GET", &[]), None);
+        assert_eq!(pick(&router, "api.example.com", "/orders", "DELETE", &[]), None);
+    }
+
+    #[test]
+    fn host_port_is_ignored_and_wildcards_need_a_label() {
+        assert_eq!(strip_port("a.com:80"), "a.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(host_match("*.example.com", "example.com"), None);
+        assert_eq!(host_match("*.example.com", "a.example.com"), Some(1));
+    }
+}

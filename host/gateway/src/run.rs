@@ -1,0 +1,160 @@
+//! Starting, reloading and draining the gateway.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use portcullis_engine::{Engine, EngineConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::access_log::AccessLog;
+use crate::config::{self, Plan};
+use crate::metrics::GatewayMetrics;
+use crate::worker::{self, Control, ListenerSocket, Shared, WorkerState};
+
+/// Checks a configuration completely: parse, references, listeners' TLS files, every
+/// module compiled and every filter started once (its `on_configure` accepts its
+/// configuration). Returns every error found.
+pub fn validate(path: &Path) -> Result<Plan, Vec<String>> {
+    let engine = Engine::new(EngineConfig::default()).map_err(|e| vec![e.to_string()])?;
+    validate_with(path, &engine)
+}
+
+fn validate_with(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
+    let plan = config::load(path, engine)?;
+    let shared = Arc::new(Shared {
+        engine: engine.clone(),
+        metrics: GatewayMetrics::default(),
+        access_log: None,
+        draining: Default::default(),
+        ready: Default::default(),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| vec![e.to_string()])?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async { WorkerState::build(&plan, shared).map(|_| ()) })?;
+    Ok(plan)
+}
+
+/// Runs the gateway until SIGTERM or SIGINT (drain, then exit) and reloads on SIGHUP.
+pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
+    let engine = Engine::new(EngineConfig::default()).map_err(|e| vec![e.to_string()])?;
+    let started = std::time::Instant::now();
+    let plan = Arc::new(config::load(&path, &engine)?);
+    let access_log = match &plan.access_log {
+        None => None,
+        Some(target) => Some(AccessLog::open(target).map_err(|e| vec![format!("access_log `{target}`: {e}")])?),
+    };
+    let mut sockets = Vec::new();
+    for l in &plan.listeners {
+        let std = std::net::TcpListener::bind(l.address)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|e| vec![format!("listener `{}`: cannot listen on {}: {e}", l.name, l.address)])?;
+        let tls = l.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        sockets.push(ListenerSocket { std, tls });
+    }
+    let sockets = Arc::new(sockets);
+    let shared = Arc::new(Shared {
+        engine,
+        metrics: GatewayMetrics::default(),
+        access_log,
+        draining: Default::default(),
+        ready: Default::default(),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| vec![e.to_string()])?;
+    rt.block_on(async move {
+        let mut controls = Vec::new();
+        let mut threads = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..plan.workers {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (started_tx, started_rx) = oneshot::channel();
+            let t = worker::spawn(i, plan.clone(), shared.clone(), sockets.clone(), rx, started_tx)
+                .map_err(|e| vec![format!("cannot start worker {i}: {e}")])?;
+            controls.push(tx);
+            threads.push(t);
+            starts.push(started_rx);
+        }
+        for s in starts {
+            match s.await {
+                Ok(Ok(())) => {}
+                Ok(Err(errors)) => return Err(errors),
+                Err(_) => return Err(vec!["a worker stopped while starting".into()]),
+            }
+        }
+        if let Some(addr) = plan.admin {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| vec![format!("admin: cannot listen on {addr}: {e}")])?;
+            tokio::spawn(crate::admin::serve(l, shared.clone()));
+            tracing::info!("admin on http://{addr}");
+        }
+        for (l, s) in plan.listeners.iter().zip(sockets.iter()) {
+            let addr = s.std.local_addr().map_or(l.address.to_string(), |a| a.to_string());
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            tracing::info!(listener = %l.name, "listening on {scheme}://{addr}");
+        }
+        shared.ready.store(true, Ordering::Relaxed);
+        tracing::info!(workers = plan.workers, "portcullis ready in {} ms", started.elapsed().as_millis());
+
+        let mut term = signal(SignalKind::terminate()).map_err(|e| vec![e.to_string()])?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| vec![e.to_string()])?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| vec![e.to_string()])?;
+        let drain = plan.drain_timeout;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => reload(&path, &shared, &controls).await,
+            }
+        }
+        tracing::info!("draining: no new connections; waiting up to {} ms for requests in flight", drain.as_millis());
+        shared.draining.store(true, Ordering::Relaxed);
+        for c in &controls {
+            let _ = c.send(Control::Drain(drain));
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let _ = tokio::time::timeout(drain + Duration::from_secs(1), joined).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// SIGHUP: the new configuration is checked completely (on the first worker) before
+/// any worker uses it; a bad one is logged and the old one keeps serving.
+async fn reload(path: &Path, shared: &Arc<Shared>, controls: &[mpsc::UnboundedSender<Control>]) {
+    tracing::info!("reloading {}", path.display());
+    let plan = match config::load(path, &shared.engine) {
+        Ok(p) => Arc::new(p),
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("reload refused: {e}");
+            }
+            return;
+        }
+    };
+    for (i, c) in controls.iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        if c.send(Control::Reload(plan.clone(), tx)).is_err() {
+            continue;
+        }
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(errors)) => {
+                for e in &errors {
+                    tracing::error!("reload refused: {e}");
+                }
+                if i == 0 {
+                    return;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    tracing::info!("reloaded {}", path.display());
+}
