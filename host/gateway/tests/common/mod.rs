@@ -1,0 +1,218 @@
+//! Starting the real `portcullis` binary on loopback with real upstream servers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use portcullis_clients::HttpCluster;
+use portcullis_engine::{HeaderMap, HttpCallRequest, HttpCallResponse};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!("portcullis-gw-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs async upstream servers on a background thread.
+pub fn background<F: std::future::Future<Output = SocketAddr> + Send + 'static>(f: F) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            tx.send(f.await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+pub fn echo() -> SocketAddr {
+    background(async { portcullis_clients::echo::start().await.unwrap() })
+}
+
+/// An upstream that answers 200 "slow" after `delay`.
+pub fn slow(delay: Duration) -> SocketAddr {
+    background(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"slow"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    })
+}
+
+pub fn refused() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+pub fn wasm(name: &str) -> String {
+    portcullis_testbed::wasm(name).display().to_string()
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub dir: TempDir,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Writes `yaml` (with `{PORT}` and `{ADMIN}` filled in) and starts the gateway on it.
+    pub fn start(yaml: &str) -> Gateway {
+        Self::try_start(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start(yaml: &str) -> Result<Gateway, String> {
+        let dir = TempDir::new();
+        let (port, admin) = (free_port(), free_port());
+        let config = yaml.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin.to_string()).replace("{DIR}", &dir.0.display().to_string());
+        std::fs::write(dir.0.join("gateway.yaml"), config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config"])
+            .arg(dir.0.join("gateway.yaml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut gw = Gateway { child, port, admin, dir, stderr };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if gw.logged("portcullis ready") {
+                return Ok(gw);
+            }
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(format!("the gateway exited ({status}):\n{}", gw.stderr_text()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("the gateway did not start:\n{}", gw.stderr_text()))
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn logged(&self, text: &str) -> bool {
+        self.stderr.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("gateway.yaml")
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client response, with the body as text.
+pub struct Res {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Res {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header the echo upstream says it received.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"].as_array()?.iter().find(|p| p[0] == name).map(|p| p[1].as_str().unwrap_or("").to_owned())
+    }
+}
+
+pub fn send(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Res, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = HttpCluster::new(base, Duration::from_secs(2))?;
+    let mut h = HeaderMap::new();
+    h.add(":method", method);
+    h.add(":path", path);
+    let host = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map_or("gateway.test", |(_, v)| *v);
+    h.add(":authority", host);
+    for (k, v) in headers {
+        if !k.eq_ignore_ascii_case("host") {
+            h.add(*k, *v);
+        }
+    }
+    let req = HttpCallRequest { headers: h, body: body.to_vec(), trailers: HeaderMap::new(), timeout: Duration::from_secs(10) };
+    let r: HttpCallResponse = rt.block_on(client.call(req)).map_err(|e| format!("{e:?}"))?;
+    Ok(Res {
+        status: r.headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(0),
+        headers: r.headers.clone(),
+        body: String::from_utf8_lossy(&r.body).into_owned(),
+    })
+}
+
+pub fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Res {
+    send(&gw.url(), "GET", path, headers, b"").unwrap()
+}
+

@@ -1,0 +1,273 @@
+//! The gateway end to end: the real binary on loopback in front of real upstreams.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn single_route(upstream: std::net::SocketAddr, service_extra: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:{{PORT}}
+admin:
+  address: 127.0.0.1:{{ADMIN}}
+access_log: "{{DIR}}/access.log"
+workers: 2
+services:
+  - name: backend
+    url: http://{upstream}
+{service_extra}
+routes:
+  - name: all
+    match: {{ paths: [/] }}
+    service: backend
+"#
+    )
+}
+
+fn access_log(gw: &Gateway) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(gw.dir.0.join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn most_specific_route_wins_and_no_match_is_a_json_404() {
+    let (a, b, c) = (echo(), echo(), echo());
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+workers: 1
+access_log: "off"
+services:
+  - {{ name: a, url: "http://{a}" }}
+  - {{ name: b, url: "http://{b}" }}
+  - {{ name: c, url: "http://{c}" }}
+routes:
+  - {{ name: orders, match: {{ paths: [/orders] }}, service: a, strip_path: false }}
+  - {{ name: orders-v2, match: {{ paths: [/orders], methods: [POST], headers: {{ x-version: "2" }} }}, service: b, strip_path: false }}
+  - {{ name: api-host, match: {{ hosts: [api.example.com], paths: [/] }}, service: c }}
+"#
+    ));
+    let which = |r: &Res| r.upstream_header("host").unwrap_or_default();
+    assert_eq!(which(&get(&gw, "/orders/1", &[])), a.to_string());
+    let r = send(&gw.url(), "POST", "/orders", &[("x-version", "2")], b"{}").unwrap();
+    assert_eq!(which(&r), b.to_string());
+    assert_eq!(which(&get(&gw, "/orders/1", &[("host", "api.example.com")])), c.to_string(), "host beats path");
+    let r = get(&gw, "/nothing", &[]);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["message"], "no route matched this request");
+    assert!(r.json()["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+#[test]
+fn strip_path_and_preserve_host_follow_kong() {
+    let up = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: s, url: "http://{up}" }}]
+routes:
+  - {{ name: stripped, match: {{ paths: [/api] }}, service: s }}
+  - {{ name: kept, match: {{ paths: [/keep] }}, service: s, strip_path: false, preserve_host: true }}
+"#
+    ));
+    let r = get(&gw, "/api/orders?x=1", &[("host", "shop.test")]);
+    assert_eq!(r.json()["path"], "/orders?x=1");
+    assert_eq!(r.upstream_header("host").as_deref(), Some(&*up.to_string()));
+    let r = get(&gw, "/keep/it", &[("host", "shop.test")]);
+    assert_eq!(r.json()["path"], "/keep/it");
+    assert_eq!(r.upstream_header("host").as_deref(), Some("shop.test"));
+}
+
+#[test]
+fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
+    let gw = Gateway::start(&single_route(echo(), ""));
+    let r = get(&gw, "/x", &[("connection", "x-secret"), ("x-secret", "s"), ("te", "trailers"), ("x-request-id", "abc-123")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-secret"), None, "named in Connection");
+    assert_eq!(r.upstream_header("te"), None);
+    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(r.upstream_header("x-forwarded-host").as_deref(), Some("gateway.test"));
+    assert_eq!(r.upstream_header("x-request-id").as_deref(), Some("abc-123"));
+    let r = get(&gw, "/x", &[]);
+    assert_eq!(r.upstream_header("x-request-id").map(|s| s.len()), Some(32), "generated when absent");
+}
+
+#[test]
+fn refused_upstream_is_502_and_timeout_is_504_both_logged_as_ours() {
+    let gw = Gateway::start(&single_route(refused(), ""));
+    let r = get(&gw, "/x", &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["message"], "upstream connection failed");
+    let log = access_log(&gw);
+    assert_eq!(log[0]["status"], 502);
+    assert!(log[0]["upstream_status"].is_null());
+
+    let gw = Gateway::start(&single_route(slow(Duration::from_secs(5)), "    read_timeout_ms: 300"));
+    let r = get(&gw, "/x", &[]);
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["message"], "upstream timed out");
+}
+
+#[test]
+fn upstream_500_passes_through_and_is_logged_as_upstream_status() {
+    let gw = Gateway::start(&single_route(echo(), ""));
+    let r = get(&gw, "/status/500", &[]);
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("\"path\":\"/status/500\""), "the upstream's own body: {}", r.body);
+    std::thread::sleep(Duration::from_millis(100));
+    let log = access_log(&gw);
+    let e = log.last().unwrap();
+    assert_eq!(e["status"], 500);
+    assert_eq!(e["upstream_status"], 500);
+    assert_eq!(e["route"], "all");
+    assert_eq!(e["service"], "backend");
+    assert!(e["error"].is_null());
+}
+
+#[test]
+fn oversized_body_is_413_and_oversized_headers_431() {
+    let gw = Gateway::start(&single_route(echo(), "    max_request_body_bytes: 1000"));
+    let r = send(&gw.url(), "POST", "/x", &[], &vec![b'a'; 5000]).unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["message"], "request body too large");
+    let r = send(&gw.url(), "POST", "/x", &[], &vec![b'a'; 900]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"].as_str().map(str::len), Some(900));
+    let big = "v".repeat(70 * 1024);
+    let r = get(&gw, "/x", &[("x-big", &big)]);
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["message"], "request headers too large");
+}
+
+#[test]
+fn bad_configs_are_refused_listing_every_error() {
+    let dir = TempDir::new();
+    let path = dir.0.join("bad.yaml");
+    std::fs::write(
+        &path,
+        r#"
+listeners: [{ name: public, address: "not-an-address" }]
+services: [{ name: s, url: "http://127.0.0.1:1" }]
+filters: [{ name: f, wasm: /no/such/file.wasm }]
+routes:
+  - { name: first, match: { paths: [/a], methods: [get] }, service: s }
+  - { name: second, match: { paths: [/a], methods: [GET] }, service: s }
+  - { name: third, match: { paths: [/b] }, service: nope, filters: [ghost] }
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["validate", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "listener `public`: address `not-an-address`",
+        "routes `first` and `second` have identical match rules",
+        "route `third`: unknown service `nope`",
+        "route `third`: unknown filter `ghost`",
+        "filter `f`: wasm `/no/such/file.wasm`",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+}
+
+#[test]
+fn validate_runs_each_filters_own_configuration_check() {
+    let dir = TempDir::new();
+    let path = dir.0.join("g.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+services: [{{ name: s, url: "http://127.0.0.1:1" }}]
+filters: [{{ name: picky, wasm: "{}", config: {{ reject: true }} }}]
+routes: [{{ name: r, service: s, filters: [picky] }}]
+"#,
+            wasm("conformance_filter")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["validate", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("filter `picky` rejected its configuration") && err.contains("configuration says reject"), "{err}");
+}
+
+#[test]
+fn filters_reach_services_with_http_call() {
+    let up = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: backend, url: "http://{up}" }}]
+filters: [{{ name: conformance, wasm: "{}", config: {{ upstream: backend }} }}]
+routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [conformance], strip_path: false }}]
+"#,
+        wasm("conformance_filter")
+    ));
+    let r = get(&gw, "/case/http-call-resume", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream_header("x-call-status").as_deref(), Some("200"));
+    let r = get(&gw, "/case/local-reply", &[]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body, "denied");
+}
+
+#[test]
+fn admin_serves_metrics_health_and_readiness() {
+    let gw = Gateway::start(&single_route(echo(), ""));
+    get(&gw, "/x", &[]);
+    let admin = format!("http://127.0.0.1:{}", gw.admin);
+    let m = send(&admin, "GET", "/metrics", &[], b"").unwrap();
+    assert!(m.body.contains("portcullis_requests_total{route=\"all\",status=\"200\"} 1"), "{}", m.body);
+    assert_eq!(send(&admin, "GET", "/healthz", &[], b"").unwrap().status, 200);
+    assert_eq!(send(&admin, "GET", "/ready", &[], b"").unwrap().status, 200);
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
+    let (a, b) = (echo(), echo());
+    let mut gw = Gateway::start(&single_route(a, ""));
+    assert_eq!(get(&gw, "/x", &[]).upstream_header("host").unwrap(), a.to_string());
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(gw.config_path(), text.replace(&a.to_string(), &b.to_string())).unwrap();
+    gw.signal("-HUP");
+    let start = std::time::Instant::now();
+    while !gw.logged("reloaded") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(&gw, "/x", &[]).upstream_header("host").unwrap(), b.to_string(), "new config serves");
+    std::fs::write(gw.config_path(), "listeners: [oops").unwrap();
+    gw.signal("-HUP");
+    let start = std::time::Instant::now();
+    while !gw.logged("reload refused") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gw.logged("reload refused"), "{}", gw.stderr_text());
+    assert_eq!(get(&gw, "/x", &[]).upstream_header("host").unwrap(), b.to_string(), "old config keeps serving");
+    assert!(gw.wait_exit(Duration::from_millis(10)).is_none());
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_then_exits_zero() {
+    let mut gw = Gateway::start(&single_route(slow(Duration::from_millis(800)), ""));
+    let url = gw.url();
+    let in_flight = std::thread::spawn(move || send(&url, "GET", "/slow", &[], b""));
+    std::thread::sleep(Duration::from_millis(200));
+    gw.signal("-TERM");
+    let r = in_flight.join().unwrap().expect("the request in flight completes");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "slow");
+    let status = gw.wait_exit(Duration::from_secs(10)).expect("exits after draining");
+    assert!(status.success(), "{status}");
+}
