@@ -10,18 +10,28 @@ use portcullis_engine::{Filter, Flow, HeaderMap, HttpStream, PluginSpec};
 use tokio::task::LocalSet;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn per_request(c: &mut Criterion) {
     let engine = quiet_engine();
-    let module = engine.load_file(&wasm("noop_filter")).expect("noop filter loads");
+    let module = engine
+        .load_file(&wasm("noop_filter"))
+        .expect("noop filter loads");
     let rt = runtime();
     let local = LocalSet::new();
     let filter = {
         let _g = local.enter();
         let _r = rt.enter();
-        Filter::start(&engine, PluginSpec::new("noop", module, Vec::new()), no_clusters()).expect("starts")
+        Filter::start(
+            &engine,
+            PluginSpec::new("noop", module, Vec::new()),
+            no_clusters(),
+        )
+        .expect("starts")
     };
     let chain = vec![filter];
     let mut group = c.benchmark_group("host");
@@ -45,7 +55,10 @@ fn per_request(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let mut headers = ten_headers();
-                    let mut response: HeaderMap = [(":status", "200"), ("content-type", "application/json")].into_iter().collect();
+                    let mut response: HeaderMap =
+                        [(":status", "200"), ("content-type", "application/json")]
+                            .into_iter()
+                            .collect();
                     let start = Instant::now();
                     let mut stream = HttpStream::new(&chain, request_info());
                     stream.request_headers(&mut headers, true).await;
@@ -71,7 +84,12 @@ fn vm_start(c: &mut Criterion) {
             let _g = local.enter();
             let _r = rt.enter();
             b.iter(|| {
-                Filter::start(&engine, PluginSpec::new(name, module.clone(), b"{}".to_vec()), no_clusters()).expect("starts")
+                Filter::start(
+                    &engine,
+                    PluginSpec::new(name, module.clone(), b"{}".to_vec()),
+                    no_clusters(),
+                )
+                .expect("starts")
             })
         });
     }

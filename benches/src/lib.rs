@@ -5,8 +5,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use portcullis_engine::{
-    CallFailure, Clusters, Engine, EngineConfig, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap,
-    HttpCallRequest, HttpCallResponse, LocalFuture, RequestInfo,
+    CallFailure, Clusters, Engine, EngineConfig, GrpcCallRequest, GrpcCallResponse, GrpcStatus,
+    HeaderMap, HttpCallRequest, HttpCallResponse, LocalFuture, RequestInfo,
 };
 
 /// A built filter, as the test bed finds it.
@@ -16,7 +16,11 @@ pub fn wasm(name: &str) -> PathBuf {
 
 /// An engine that logs nothing (benchmarks measure, they do not print).
 pub fn quiet_engine() -> Engine {
-    Engine::new(EngineConfig { log: Arc::new(|_| {}), ..EngineConfig::default() }).expect("engine")
+    Engine::new(EngineConfig {
+        log: Arc::new(|_| {}),
+        ..EngineConfig::default()
+    })
+    .expect("engine")
 }
 
 /// No clusters: the benchmarked filters make no calls.
@@ -29,11 +33,24 @@ impl Clusters for NoClusters {
     fn names(&self) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
         Arc::new(|_| false)
     }
-    fn http_call(&self, _: &str, _: HttpCallRequest) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
+    fn http_call(
+        &self,
+        _: &str,
+        _: HttpCallRequest,
+    ) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
         Box::pin(async { Err(CallFailure::ConnectFailed("no clusters".into())) })
     }
-    fn grpc_call(&self, _: &str, _: GrpcCallRequest) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
-        Box::pin(async { Err(GrpcStatus { code: GrpcStatus::UNAVAILABLE, message: "no clusters".into() }) })
+    fn grpc_call(
+        &self,
+        _: &str,
+        _: GrpcCallRequest,
+    ) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
+        Box::pin(async {
+            Err(GrpcStatus {
+                code: GrpcStatus::UNAVAILABLE,
+                message: "no clusters".into(),
+            })
+        })
     }
 }
 
@@ -48,10 +65,16 @@ pub fn ten_headers() -> HeaderMap {
         (":path", "/orders/12345?expand=items"),
         (":authority", "api.example.com"),
         (":scheme", "https"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+        ),
         ("accept", "application/json"),
         ("accept-encoding", "gzip, deflate, br"),
-        ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"),
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+        ),
         ("x-request-id", "2b7e1516-28ae-d2a6-abf7-158809cf4f3c"),
         ("cookie", "session=abc123; theme=dark"),
     ]

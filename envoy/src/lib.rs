@@ -42,7 +42,10 @@ pub fn envoy_binary() -> Result<PathBuf, String> {
 
 /// A free loopback port (bound, then released for the caller to use).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// One of our filters as Envoy's `envoy.filters.http.wasm`.
@@ -214,7 +217,8 @@ impl Envoy {
         let dir = TempDir::new("envoy")?;
         let (listen_port, admin_port) = (free_port(), free_port());
         let path = dir.0.join("envoy.json");
-        std::fs::write(&path, config.bootstrap(listen_port, admin_port).to_string()).map_err(|e| e.to_string())?;
+        std::fs::write(&path, config.bootstrap(listen_port, admin_port).to_string())
+            .map_err(|e| e.to_string())?;
         let log = dir.0.join("envoy.log");
         let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let child = Command::new(&bin)
@@ -242,7 +246,10 @@ impl Envoy {
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("Envoy exited ({status}) while starting:\n{}", self.log_text()));
+                return Err(format!(
+                    "Envoy exited ({status}) while starting:\n{}",
+                    self.log_text()
+                ));
             }
             if admin_get(self.admin, "/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
                 && TcpStream::connect(self.listener).is_ok()
@@ -251,7 +258,10 @@ impl Envoy {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        Err(format!("Envoy was not ready after {limit:?}:\n{}", self.log_text()))
+        Err(format!(
+            "Envoy was not ready after {limit:?}:\n{}",
+            self.log_text()
+        ))
     }
 
     /// What Envoy logged so far.
@@ -262,7 +272,10 @@ impl Envoy {
     /// A stat's value from the admin endpoint (`/stats?filter=^name$`).
     pub fn stat(&self, name: &str) -> Option<u64> {
         let text = admin_get(self.admin, &format!("/stats?filter=^{name}$"))?;
-        text.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+        text.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -282,7 +295,11 @@ fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::Write;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)

@@ -38,9 +38,22 @@ const CASES: &[&str] = &[
 /// (case, observation key, why the hosts differ there).
 const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[];
 
-const RESPONSE_HEADERS: &[&str] = &["x-case", "x-saw-response", "x-reason", "x-request-header-status", "x-status-seen"];
+const RESPONSE_HEADERS: &[&str] = &[
+    "x-case",
+    "x-saw-response",
+    "x-reason",
+    "x-request-header-status",
+    "x-status-seen",
+];
 const UPSTREAM_HEADERS: &[&str] = &[
-    "x-added", "x-replace", "x-remove", "x-seen-multi", "x-missing-is-none", "x-drop-me", "x-keep", "x-from-pairs",
+    "x-added",
+    "x-replace",
+    "x-remove",
+    "x-seen-multi",
+    "x-missing-is-none",
+    "x-drop-me",
+    "x-keep",
+    "x-from-pairs",
     "x-call-status",
 ];
 
@@ -57,11 +70,20 @@ fn request_for(case: &str) -> (HeaderMap, Vec<u8>) {
     h.add("x-multi", "second");
     h.add("x-drop-me", "1");
     h.add("x-keep", "2");
-    let body = if case == "body" { b"hello body".to_vec() } else { Vec::new() };
+    let body = if case == "body" {
+        b"hello body".to_vec()
+    } else {
+        Vec::new()
+    };
     (h, body)
 }
 
-fn observe(status: u16, headers: &HeaderMap, body: &[u8], upstream: Option<(HeaderMap, Vec<u8>)>) -> Observation {
+fn observe(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    upstream: Option<(HeaderMap, Vec<u8>)>,
+) -> Observation {
     let mut o = Observation::new();
     o.insert("status".into(), status.to_string());
     for h in RESPONSE_HEADERS {
@@ -72,9 +94,15 @@ fn observe(status: u16, headers: &HeaderMap, body: &[u8], upstream: Option<(Head
     match upstream {
         Some((up, up_body)) => {
             for h in UPSTREAM_HEADERS {
-                o.insert(format!("upstream {h}"), up.get_str(h).unwrap_or("<absent>").into());
+                o.insert(
+                    format!("upstream {h}"),
+                    up.get_str(h).unwrap_or("<absent>").into(),
+                );
             }
-            o.insert("upstream body".into(), String::from_utf8_lossy(&up_body).into());
+            o.insert(
+                "upstream body".into(),
+                String::from_utf8_lossy(&up_body).into(),
+            );
         }
         // A host's own 503 for a failed filter has a body of its own; the status is
         // what a client acts on.
@@ -89,7 +117,10 @@ fn observe(status: u16, headers: &HeaderMap, body: &[u8], upstream: Option<(Head
 fn spawn_echo() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
             let addr = portcullis_clients::echo::start().await.expect("echo binds");
             tx.send(addr).expect("send addr");
@@ -104,7 +135,11 @@ fn config(envoy: bool) -> String {
     r#"{"upstream": "echo", "blackhole": "blackhole", "refused": "refused"}"#.into()
 }
 
-fn run_ours(echo: SocketAddr, hole: SocketAddr, closed: SocketAddr) -> BTreeMap<&'static str, Observation> {
+fn run_ours(
+    echo: SocketAddr,
+    hole: SocketAddr,
+    closed: SocketAddr,
+) -> BTreeMap<&'static str, Observation> {
     let mut bed = TestBed::new()
         .filter(wasm("conformance_filter"), config(false))
         .named("conformance")
@@ -122,12 +157,19 @@ fn run_ours(echo: SocketAddr, hole: SocketAddr, closed: SocketAddr) -> BTreeMap<
         req.body = body;
         let res = bed.send(req);
         let upstream = res.upstream.clone().map(|u| (u.headers, u.body));
-        out.insert(*case, observe(res.status, &res.headers, &res.body, upstream));
+        out.insert(
+            *case,
+            observe(res.status, &res.headers, &res.body, upstream),
+        );
     }
     out
 }
 
-fn run_envoy(echo: SocketAddr, hole: SocketAddr, closed: SocketAddr) -> BTreeMap<&'static str, Observation> {
+fn run_envoy(
+    echo: SocketAddr,
+    hole: SocketAddr,
+    closed: SocketAddr,
+) -> BTreeMap<&'static str, Observation> {
     let mut filter = WasmFilter::new("conformance", wasm("conformance_filter"), &config(true));
     filter.failure_policy = "FAIL_RELOAD";
     let cfg = EnvoyConfig::new(echo)
@@ -136,23 +178,48 @@ fn run_envoy(echo: SocketAddr, hole: SocketAddr, closed: SocketAddr) -> BTreeMap
         .cluster("blackhole", hole)
         .cluster("refused", closed);
     let envoy = Envoy::start(&cfg).unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let client = HttpCluster::new(&format!("http://{}", envoy.listener), Duration::from_secs(1)).expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = HttpCluster::new(
+        &format!("http://{}", envoy.listener),
+        Duration::from_secs(1),
+    )
+    .expect("client");
     let mut out = BTreeMap::new();
     for case in CASES {
         let (headers, body) = request_for(case);
-        let req = HttpCallRequest { headers, body, trailers: HeaderMap::new(), timeout: Duration::from_secs(10) };
-        let res = rt.block_on(client.call(req)).unwrap_or_else(|e| panic!("{case}: {e:?}\n{}", envoy.log_text()));
-        let status = res.headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let req = HttpCallRequest {
+            headers,
+            body,
+            trailers: HeaderMap::new(),
+            timeout: Duration::from_secs(10),
+        };
+        let res = rt
+            .block_on(client.call(req))
+            .unwrap_or_else(|e| panic!("{case}: {e:?}\n{}", envoy.log_text()));
+        let status = res
+            .headers
+            .get_str(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         // The echo upstream answers JSON with what it received.
-        let upstream = serde_json::from_slice::<serde_json::Value>(&res.body).ok().and_then(|doc| {
-            let headers: HeaderMap = doc["headers"]
-                .as_array()?
-                .iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.as_bytes().to_vec())))
-                .collect();
-            Some((headers, doc["body"].as_str()?.as_bytes().to_vec()))
-        });
+        let upstream = serde_json::from_slice::<serde_json::Value>(&res.body)
+            .ok()
+            .and_then(|doc| {
+                let headers: HeaderMap = doc["headers"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|p| {
+                        Some((
+                            p[0].as_str()?.to_owned(),
+                            p[1].as_str()?.as_bytes().to_vec(),
+                        ))
+                    })
+                    .collect();
+                Some((headers, doc["body"].as_str()?.as_bytes().to_vec()))
+            });
         out.insert(*case, observe(status, &res.headers, &res.body, upstream));
         if case == &"trap" {
             // FAIL_RELOAD: give Envoy time to bring up a fresh VM.
@@ -173,10 +240,18 @@ fn conformance_cases_match_envoy() {
         let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         for k in keys {
             let (x, y) = (a.get(k), b.get(k));
-            if x != y && !KNOWN_DIFFERENCES.iter().any(|(c, key, _)| c == case && key == k) {
+            if x != y
+                && !KNOWN_DIFFERENCES
+                    .iter()
+                    .any(|(c, key, _)| c == case && key == k)
+            {
                 differences.push(format!("{case} / {k}: ours {x:?}, envoy {y:?}"));
             }
         }
     }
-    assert!(differences.is_empty(), "our host differs from Envoy:\n{}", differences.join("\n"));
+    assert!(
+        differences.is_empty(),
+        "our host differs from Envoy:\n{}",
+        differences.join("\n")
+    );
 }

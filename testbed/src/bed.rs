@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use portcullis_engine::{
-    Clock, Engine, EngineConfig, FailurePolicy, Filter, Flow, GrpcCallRequest, GrpcCallResponse, GrpcStatus,
-    HeaderMap, HttpCallRequest, HttpStream, LogRecord, ManualClock, PluginSpec, RequestInfo, StartError, VmLimits,
-    abi::LogLevel, metrics::MetricValue,
+    Clock, Engine, EngineConfig, FailurePolicy, Filter, Flow, GrpcCallRequest, GrpcCallResponse,
+    GrpcStatus, HeaderMap, HttpCallRequest, HttpStream, LogRecord, ManualClock, PluginSpec,
+    RequestInfo, StartError, VmLimits, abi::LogLevel, metrics::MetricValue,
 };
 use tokio::task::LocalSet;
 
@@ -29,7 +29,11 @@ pub fn wasm_dir() -> PathBuf {
 /// run when it has not been built.
 pub fn wasm(name: &str) -> PathBuf {
     let p = wasm_dir().join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} is missing: build the filters first with `cargo xtask build`", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the filters first with `cargo xtask build`",
+        p.display()
+    );
     p
 }
 
@@ -48,7 +52,11 @@ impl Request {
         headers.add(":scheme", "http");
         headers.add(":authority", "gateway.test");
         headers.add(":path", path);
-        Request { headers, body: Vec::new(), source: SocketAddr::from(([127, 0, 0, 1], 40000)) }
+        Request {
+            headers,
+            body: Vec::new(),
+            source: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        }
     }
 
     pub fn get(path: &str) -> Request {
@@ -107,12 +115,20 @@ impl Response {
 
     /// The `key=value` lines of a conformance-filter report.
     pub fn report(&self, key: &str) -> Option<String> {
-        self.text().lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_owned))
+        self.text().lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|r| r.strip_prefix('='))
+                .map(str::to_owned)
+        })
     }
 
     /// A header the upstream received.
     pub fn upstream_header(&self, name: &str) -> Option<String> {
-        self.upstream.as_ref()?.headers.get_str(name).map(str::to_owned)
+        self.upstream
+            .as_ref()?
+            .headers
+            .get_str(name)
+            .map(str::to_owned)
     }
 }
 
@@ -143,7 +159,13 @@ impl TestBed {
 impl TestBedBuilder {
     /// Adds a filter to the chain with its JSON configuration.
     pub fn filter(mut self, wasm: PathBuf, config: impl Into<String>) -> Self {
-        self.filters.push((wasm, config.into(), FailurePolicy::FailClosed, VmLimits::default(), None));
+        self.filters.push((
+            wasm,
+            config.into(),
+            FailurePolicy::FailClosed,
+            VmLimits::default(),
+            None,
+        ));
         self
     }
 
@@ -185,14 +207,22 @@ impl TestBedBuilder {
     }
 
     /// A cluster whose `http_call` answers come from a script.
-    pub fn cluster(mut self, name: &str, script: impl Fn(&HttpCallRequest) -> Reply + 'static) -> Self {
-        self.clusters.clusters.insert(name.into(), Cluster::Script(Box::new(script)));
+    pub fn cluster(
+        mut self,
+        name: &str,
+        script: impl Fn(&HttpCallRequest) -> Reply + 'static,
+    ) -> Self {
+        self.clusters
+            .clusters
+            .insert(name.into(), Cluster::Script(Box::new(script)));
         self
     }
 
     /// A cluster that is a real service at `url` (e.g. `http://127.0.0.1:9000`).
     pub fn cluster_url(mut self, name: &str, url: &str) -> Self {
-        self.clusters.clusters.insert(name.into(), Cluster::Url(url.into()));
+        self.clusters
+            .clusters
+            .insert(name.into(), Cluster::Url(url.into()));
         self
     }
 
@@ -202,12 +232,17 @@ impl TestBedBuilder {
         name: &str,
         script: impl Fn(&GrpcCallRequest) -> Result<GrpcCallResponse, GrpcStatus> + 'static,
     ) -> Self {
-        self.clusters.clusters.insert(name.into(), Cluster::Grpc(Box::new(script)));
+        self.clusters
+            .clusters
+            .insert(name.into(), Cluster::Grpc(Box::new(script)));
         self
     }
 
     /// What the upstream answers (default: 200 and a JSON echo of the request).
-    pub fn upstream(mut self, f: impl Fn(&UpstreamRequest) -> (u16, HeaderMap, Vec<u8>) + 'static) -> Self {
+    pub fn upstream(
+        mut self,
+        f: impl Fn(&UpstreamRequest) -> (u16, HeaderMap, Vec<u8>) + 'static,
+    ) -> Self {
         self.upstream = Some(Box::new(f));
         self
     }
@@ -223,23 +258,41 @@ impl TestBedBuilder {
             log_level: LogLevel::Trace,
             ..EngineConfig::default()
         })
-        .map_err(|e| StartError::Instantiate { plugin: "(engine)".into(), reason: e.to_string() })?;
+        .map_err(|e| StartError::Instantiate {
+            plugin: "(engine)".into(),
+            reason: e.to_string(),
+        })?;
         let mut clusters = self.clusters;
-        clusters.connect_real().map_err(|reason| StartError::Instantiate { plugin: "(clusters)".into(), reason })?;
+        clusters
+            .connect_real()
+            .map_err(|reason| StartError::Instantiate {
+                plugin: "(clusters)".into(),
+                reason,
+            })?;
         let clusters = Rc::new(clusters);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| StartError::Instantiate { plugin: "(runtime)".into(), reason: e.to_string() })?;
+            .map_err(|e| StartError::Instantiate {
+                plugin: "(runtime)".into(),
+                reason: e.to_string(),
+            })?;
         let local = LocalSet::new();
         let mut chain = Vec::new();
         for (i, (path, config, policy, limits, name)) in self.filters.into_iter().enumerate() {
             let name = name.unwrap_or_else(|| {
-                format!("{}-{i}", path.file_stem().map_or("filter".into(), |s| s.to_string_lossy().into_owned()))
+                format!(
+                    "{}-{i}",
+                    path.file_stem()
+                        .map_or("filter".into(), |s| s.to_string_lossy().into_owned())
+                )
             });
             let module = engine
                 .load_file(&path)
-                .map_err(|e| StartError::Instantiate { plugin: name.clone(), reason: e.to_string() })?;
+                .map_err(|e| StartError::Instantiate {
+                    plugin: name.clone(),
+                    reason: e.to_string(),
+                })?;
             let mut spec = PluginSpec::new(name, module, config.into_bytes());
             spec.failure_policy = policy;
             spec.limits = limits;
@@ -269,9 +322,13 @@ impl TestBedBuilder {
 
 /// The default upstream: 200 with a JSON echo of what arrived.
 fn echo(req: &UpstreamRequest) -> (u16, HeaderMap, Vec<u8>) {
-    let headers: Vec<(String, String)> =
-        req.headers.iter().map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned())).collect();
-    let body = serde_json::json!({ "headers": headers, "body": String::from_utf8_lossy(&req.body) });
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let body =
+        serde_json::json!({ "headers": headers, "body": String::from_utf8_lossy(&req.body) });
     let mut h = HeaderMap::new();
     h.add(":status", "200");
     h.add("content-type", "application/json");
@@ -297,7 +354,10 @@ impl TestBed {
         self.next_id += 1;
         let id = format!("testbed-{}", self.next_id);
         let info = RequestInfo {
-            id: request.headers.get_str("x-request-id").map_or(id, str::to_owned),
+            id: request
+                .headers
+                .get_str("x-request-id")
+                .map_or(id, str::to_owned),
             protocol: "HTTP/1.1".into(),
             scheme: "http".into(),
             source: Some(request.source),
@@ -346,7 +406,8 @@ impl TestBed {
     /// Runs background work for `d` of real time (calls to real services, timeouts).
     pub fn wait_real(&mut self, d: Duration) {
         let _rt = self.runtime.enter();
-        self.runtime.block_on(self.local.run_until(tokio::time::sleep(d)));
+        self.runtime
+            .block_on(self.local.run_until(tokio::time::sleep(d)));
     }
 
     pub fn now_unix(&self) -> Duration {
@@ -369,7 +430,11 @@ impl TestBed {
     /// A shared-data value of the chain's first filter's `vm_id`.
     pub fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
         let vm_id = &self.chain.first()?.spec().vm_id;
-        self.engine.shared_data().get(vm_id, key.as_bytes()).ok().map(|(v, _)| v.to_vec())
+        self.engine
+            .shared_data()
+            .get(vm_id, key.as_bytes())
+            .ok()
+            .map(|(v, _)| v.to_vec())
     }
 
     /// Every `http_call` the filters made: (cluster, request).
@@ -386,7 +451,12 @@ impl TestBed {
     }
 }
 
-async fn run(chain: Vec<Filter>, info: RequestInfo, request: Request, upstream: &Upstream) -> Response {
+async fn run(
+    chain: Vec<Filter>,
+    info: RequestInfo,
+    request: Request,
+    upstream: &Upstream,
+) -> Response {
     let mut stream = HttpStream::new(&chain, info);
     let mut headers = request.headers;
     let mut body = request.body;
@@ -404,7 +474,10 @@ async fn run(chain: Vec<Filter>, info: RequestInfo, request: Request, upstream: 
             (h, b, None)
         }
         Flow::Continue | Flow::Buffering => {
-            let sent = UpstreamRequest { headers: headers.clone(), body: body.clone() };
+            let sent = UpstreamRequest {
+                headers: headers.clone(),
+                body: body.clone(),
+            };
             let (_status, mut h, mut b) = upstream(&sent);
             let eos = b.is_empty();
             match stream.response_headers(&mut h, eos).await {
@@ -428,7 +501,15 @@ async fn run(chain: Vec<Filter>, info: RequestInfo, request: Request, upstream: 
             }
         }
     };
-    let status = resp_headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = resp_headers
+        .get_str(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     stream.finish(&mut headers, &mut resp_headers);
-    Response { status, headers: resp_headers, body: resp_body, upstream: upstream_req }
+    Response {
+        status,
+        headers: resp_headers,
+        body: resp_body,
+        upstream: upstream_req,
+    }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use portcullis_clients::HttpCluster;
 use portcullis_engine::{
-    CallFailure, Clusters, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap, HttpCallRequest,
-    HttpCallResponse, LocalFuture,
+    CallFailure, Clusters, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap,
+    HttpCallRequest, HttpCallResponse, LocalFuture,
 };
 
 /// What a scripted cluster answers.
@@ -29,12 +29,20 @@ impl Reply {
         for (k, v) in headers {
             h.add(*k, *v);
         }
-        Reply::Http(HttpCallResponse { headers: h, body: body.into(), trailers: HeaderMap::new() })
+        Reply::Http(HttpCallResponse {
+            headers: h,
+            body: body.into(),
+            trailers: HeaderMap::new(),
+        })
     }
 
     /// A 200 answer with a JSON body.
     pub fn json(body: &serde_json::Value) -> Reply {
-        Reply::status(200, &[("content-type", "application/json")], body.to_string())
+        Reply::status(
+            200,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
     }
 }
 
@@ -60,7 +68,8 @@ impl BedClusters {
     pub fn connect_real(&mut self) -> Result<(), String> {
         for (name, c) in &self.clusters {
             if let Cluster::Url(url) = c {
-                self.real.insert(name.clone(), HttpCluster::new(url, Duration::from_secs(1))?);
+                self.real
+                    .insert(name.clone(), HttpCluster::new(url, Duration::from_secs(1))?);
             }
         }
         Ok(())
@@ -77,14 +86,22 @@ impl Clusters for BedClusters {
         Arc::new(move |n| names.contains(n))
     }
 
-    fn http_call(&self, cluster: &str, request: HttpCallRequest) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
-        self.calls.borrow_mut().push((cluster.to_owned(), request.clone()));
+    fn http_call(
+        &self,
+        cluster: &str,
+        request: HttpCallRequest,
+    ) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
+        self.calls
+            .borrow_mut()
+            .push((cluster.to_owned(), request.clone()));
         if let Some(real) = self.real.get(cluster) {
             return real.call(request);
         }
         let reply = match self.clusters.get(cluster) {
             Some(Cluster::Script(f)) => f(&request),
-            _ => Reply::Fail(CallFailure::ConnectFailed("no such scripted cluster".into())),
+            _ => Reply::Fail(CallFailure::ConnectFailed(
+                "no such scripted cluster".into(),
+            )),
         };
         Box::pin(async move {
             match reply {
@@ -95,11 +112,20 @@ impl Clusters for BedClusters {
         })
     }
 
-    fn grpc_call(&self, cluster: &str, request: GrpcCallRequest) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
-        self.grpc_calls.borrow_mut().push((cluster.to_owned(), request.clone()));
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        request: GrpcCallRequest,
+    ) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
+        self.grpc_calls
+            .borrow_mut()
+            .push((cluster.to_owned(), request.clone()));
         let result = match self.clusters.get(cluster) {
             Some(Cluster::Grpc(f)) => f(&request),
-            _ => Err(GrpcStatus { code: GrpcStatus::UNAVAILABLE, message: "not a gRPC cluster".into() }),
+            _ => Err(GrpcStatus {
+                code: GrpcStatus::UNAVAILABLE,
+                message: "not a gRPC cluster".into(),
+            }),
         };
         Box::pin(async move { result })
     }

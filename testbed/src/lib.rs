@@ -15,6 +15,6 @@ mod clusters;
 pub use bed::{Request, Response, TestBed, TestBedBuilder, UpstreamRequest, wasm, wasm_dir};
 pub use clusters::Reply;
 pub use portcullis_engine::{
-    CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap, HttpCallRequest,
-    HttpCallResponse, LogRecord, VmLimits, abi::LogLevel, metrics::MetricValue,
+    CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap,
+    HttpCallRequest, HttpCallResponse, LogRecord, VmLimits, abi::LogLevel, metrics::MetricValue,
 };

@@ -14,9 +14,13 @@ fn bed() -> TestBed {
     TestBed::new()
         .filter(wasm("conformance_filter"), config())
         .named("conformance")
-        .cluster("echo", |_| Reply::status(200, &[("x-from", "echo")], "hello"))
+        .cluster("echo", |_| {
+            Reply::status(200, &[("x-from", "echo")], "hello")
+        })
         .cluster("blackhole", |_| Reply::Never)
-        .cluster("refused", |_| Reply::Fail(CallFailure::ConnectFailed("connection refused".into())))
+        .cluster("refused", |_| {
+            Reply::Fail(CallFailure::ConnectFailed("connection refused".into()))
+        })
         .build()
         .expect("conformance filter starts")
 }
@@ -35,14 +39,25 @@ fn header_calls_change_what_the_upstream_receives() {
     assert_eq!(res.upstream_header("x-added").as_deref(), Some("1"));
     assert_eq!(res.upstream_header("x-replace").as_deref(), Some("new"));
     assert_eq!(res.upstream_header("x-remove"), None);
-    assert_eq!(res.upstream_header("x-seen-multi").as_deref(), Some("first"), "a get returns the first value");
-    assert_eq!(res.upstream_header("x-missing-is-none").as_deref(), Some("true"));
+    assert_eq!(
+        res.upstream_header("x-seen-multi").as_deref(),
+        Some("first"),
+        "a get returns the first value"
+    );
+    assert_eq!(
+        res.upstream_header("x-missing-is-none").as_deref(),
+        Some("true")
+    );
 }
 
 #[test]
 fn set_header_map_pairs_replaces_the_whole_map() {
     let mut bed = bed();
-    let res = bed.send(Request::get("/case/pairs").header("x-drop-me", "1").header("x-keep", "2"));
+    let res = bed.send(
+        Request::get("/case/pairs")
+            .header("x-drop-me", "1")
+            .header("x-keep", "2"),
+    );
     let up = res.upstream.expect("reached upstream");
     assert_eq!(up.headers.get_str("x-drop-me"), None);
     assert_eq!(up.headers.get_str("x-keep"), Some("2"));
@@ -65,7 +80,10 @@ fn local_reply_passes_through_the_senders_response_callback() {
 fn properties_are_envoys_attributes() {
     let mut bed = bed();
     let res = bed.send(Request::get("/case/props?a=1&b=2").header("x-request-id", "rid-1"));
-    let r = |k: &str| res.report(k).unwrap_or_else(|| panic!("no {k} in {}", res.text()));
+    let r = |k: &str| {
+        res.report(k)
+            .unwrap_or_else(|| panic!("no {k} in {}", res.text()))
+    };
     assert_eq!(r("request.path"), "/case/props?a=1&b=2");
     assert_eq!(r("request.url_path"), "/case/props");
     assert_eq!(r("request.query"), "a=1&b=2");
@@ -91,7 +109,11 @@ fn shared_data_compare_and_swap() {
     assert_eq!(res.report("first").as_deref(), Some("v1"));
     assert_eq!(res.report("wrong_cas").as_deref(), Some("Err(CasMismatch)"));
     assert_eq!(res.report("right_cas").as_deref(), Some("Ok(())"));
-    assert_eq!(res.report("stale_cas").as_deref(), Some("Err(CasMismatch)"), "a used CAS is stale");
+    assert_eq!(
+        res.report("stale_cas").as_deref(),
+        Some("Err(CasMismatch)"),
+        "a used CAS is stale"
+    );
     assert_eq!(res.report("now").as_deref(), Some("v3"));
 }
 
@@ -166,11 +188,21 @@ fn grpc_call_to_an_unknown_cluster_is_parse_failure() {
 fn metrics_follow_envoy_semantics_and_are_readable_by_the_embedder() {
     let mut bed = bed();
     let res = bed.send(Request::get("/case/metrics"));
-    assert_eq!(res.report("same_id").as_deref(), Some("false"), "every definition gets its own id, as in Envoy");
+    assert_eq!(
+        res.report("same_id").as_deref(),
+        Some("false"),
+        "every definition gets its own id, as in Envoy"
+    );
     assert_eq!(res.report("counter_positive").as_deref(), Some("true"));
     assert_eq!(res.report("gauge").as_deref(), Some("40"));
-    assert_eq!(res.report("histogram_get").as_deref(), Some("Some(BadArgument)"));
-    assert_eq!(bed.metric("conformance_requests"), Some(MetricValue::Counter(3)));
+    assert_eq!(
+        res.report("histogram_get").as_deref(),
+        Some("Some(BadArgument)")
+    );
+    assert_eq!(
+        bed.metric("conformance_requests"),
+        Some(MetricValue::Counter(3))
+    );
     assert_eq!(bed.metric("conformance_hist").map(|m| m.count()), Some(1));
 }
 
@@ -192,7 +224,10 @@ fn logs_and_stdout_reach_the_log_sink() {
 #[test]
 fn wasi_clock_follows_the_virtual_clock_and_ticks_fire_on_it() {
     let mut bed = TestBed::new()
-        .filter(wasm("conformance_filter"), r#"{"upstream":"echo","tick_ms":100}"#)
+        .filter(
+            wasm("conformance_filter"),
+            r#"{"upstream":"echo","tick_ms":100}"#,
+        )
         .cluster("echo", |_| Reply::status(200, &[], ""))
         .build()
         .unwrap();
@@ -200,7 +235,11 @@ fn wasi_clock_follows_the_virtual_clock_and_ticks_fire_on_it() {
     assert_eq!(res.report("after_2020").as_deref(), Some("true"));
     assert_eq!(bed.shared_data("ticks"), None);
     bed.advance(Duration::from_millis(1000));
-    assert_eq!(bed.shared_data("ticks").as_deref(), Some(&b"10"[..]), "one tick per 100 ms of virtual time");
+    assert_eq!(
+        bed.shared_data("ticks").as_deref(),
+        Some(&b"10"[..]),
+        "one tick per 100 ms of virtual time"
+    );
 }
 
 #[test]

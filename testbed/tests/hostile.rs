@@ -37,7 +37,10 @@ fn fails_then_recovers(case: &str) -> TestBed {
 #[test]
 fn a_trap_in_request_headers_fails_the_request_only() {
     let bed = fails_then_recovers("trap");
-    assert!(bed.logged("panic in on_request_headers"), "the filter's panic message is logged");
+    assert!(
+        bed.logged("panic in on_request_headers"),
+        "the filter's panic message is logged"
+    );
 }
 
 #[test]
@@ -49,7 +52,11 @@ fn an_endless_loop_is_cut_at_the_callback_deadline() {
 #[test]
 fn a_memory_bomb_stops_at_the_memory_limit() {
     let bed = fails_then_recovers("memory-bomb");
-    assert!(bed.logged("memory allocation of"), "the allocator's failure is logged: {:?}", bed.logs());
+    assert!(
+        bed.logged("memory allocation of"),
+        "the allocator's failure is logged: {:?}",
+        bed.logs()
+    );
 }
 
 #[test]
@@ -85,10 +92,22 @@ fn out_of_bounds_pointers_and_lengths_are_invalid_memory_access() {
     let mut bed = bed(FailurePolicy::FailClosed);
     let res = bed.send(Request::get("/case/oob"));
     assert_eq!(res.status, 200, "{}", res.text());
-    assert_eq!(res.report("bad_key_ptr").as_deref(), Some("InvalidMemoryAccess"));
-    assert_eq!(res.report("bad_key_len").as_deref(), Some("InvalidMemoryAccess"));
-    assert_eq!(res.report("bad_return_ptr").as_deref(), Some("InvalidMemoryAccess"));
-    assert_eq!(res.report("bad_log").as_deref(), Some("InvalidMemoryAccess"));
+    assert_eq!(
+        res.report("bad_key_ptr").as_deref(),
+        Some("InvalidMemoryAccess")
+    );
+    assert_eq!(
+        res.report("bad_key_len").as_deref(),
+        Some("InvalidMemoryAccess")
+    );
+    assert_eq!(
+        res.report("bad_return_ptr").as_deref(),
+        Some("InvalidMemoryAccess")
+    );
+    assert_eq!(
+        res.report("bad_log").as_deref(),
+        Some("InvalidMemoryAccess")
+    );
     assert_eq!(bed.send(Request::get("/plain")).status, 200);
 }
 
@@ -109,7 +128,10 @@ fn a_huge_header_map_is_carried_without_harm() {
     assert_eq!(res.status, 200);
     let up = res.upstream.expect("upstream");
     assert!(up.headers.len() > 2000);
-    assert_eq!(up.headers.get_str("x-count-after"), Some(&*(up.headers.len() - 1).to_string()));
+    assert_eq!(
+        up.headers.get_str("x-count-after"),
+        Some(&*(up.headers.len() - 1).to_string())
+    );
     assert_eq!(bed.send(Request::get("/plain")).status, 200);
 }
 
@@ -136,7 +158,11 @@ fn an_invalid_filter_status_is_a_broken_abi_reply() {
         {MINIMAL_PROLOGUE}
         (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 7))"#
     ));
-    let mut bed = TestBed::new().filter_bytes(&module, "").failure_policy(FailurePolicy::Reload).build().unwrap();
+    let mut bed = TestBed::new()
+        .filter_bytes(&module, "")
+        .failure_policy(FailurePolicy::Reload)
+        .build()
+        .unwrap();
     let res = bed.send(Request::get("/"));
     assert_eq!(res.status, 503);
     assert!(bed.logged("returned 7, which is not a filter status"));
@@ -181,14 +207,24 @@ fn an_import_no_proxy_host_provides_is_refused_by_name() {
         (export "proxy_abi_version_0_2_1" (func $abi)) (func $abi)
         {MINIMAL_PROLOGUE}"#
     ));
-    let err = TestBed::new().filter_bytes(&module, "").build().err().expect("refused").to_string();
+    let err = TestBed::new()
+        .filter_bytes(&module, "")
+        .build()
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(err.contains("env.open_a_socket"), "{err}");
 }
 
 #[test]
 fn a_module_without_the_abi_marker_is_refused() {
     let module = wat(MINIMAL_PROLOGUE);
-    let err = TestBed::new().filter_bytes(&module, "").build().err().expect("refused").to_string();
+    let err = TestBed::new()
+        .filter_bytes(&module, "")
+        .build()
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(err.contains("proxy_abi_version"), "{err}");
 }
 
@@ -200,6 +236,15 @@ fn a_trap_while_configuring_is_a_start_error_not_a_crash() {
         (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 0))
         (func (export "proxy_on_configure") (param i32 i32) (result i32) unreachable)"#,
     );
-    let err = TestBed::new().filter_bytes(&module, "").named("boom").build().err().expect("refused").to_string();
-    assert!(err.contains("boom") && err.contains("proxy_on_configure"), "{err}");
+    let err = TestBed::new()
+        .filter_bytes(&module, "")
+        .named("boom")
+        .build()
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("boom") && err.contains("proxy_on_configure"),
+        "{err}"
+    );
 }

@@ -36,13 +36,23 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("+ {cmd:?}");
-    let status = cmd.current_dir(root()).status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed ({status})")) }
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status})"))
+    }
 }
 
 fn cargo() -> Command {
@@ -50,9 +60,17 @@ fn cargo() -> Command {
 }
 
 fn ensure_target() -> Result<(), String> {
-    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     match out {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == TARGET) => Ok(()),
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET) =>
+        {
+            Ok(())
+        }
         Ok(_) => run(Command::new("rustup").args(["target", "add", TARGET])),
         // No rustup: the toolchain may still have the target (a distro Rust, say).
         Err(_) => Ok(()),
@@ -71,15 +89,16 @@ fn build() -> Result<(), String> {
     let dir = wasm_dir();
     for f in FILTERS {
         let path = dir.join(format!("{}.wasm", f.replace('-', "_")));
-        let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        let size = std::fs::metadata(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
         eprintln!("  {} ({} KiB)", path.display(), size / 1024);
     }
     Ok(())
 }
 
 fn wasm_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    target.join(TARGET).join("release")
+    target_dir().join(TARGET).join("release")
 }
 
 /// Installs Envoy (pinned, in a venv outside the clone) and returns its path.
@@ -89,7 +108,10 @@ fn ensure_envoy() -> Result<String, String> {
         .output()
         .map_err(|e| format!("cannot run envoy/setup.sh: {e}"))?;
     if !out.status.success() {
-        return Err(format!("envoy/setup.sh failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "envoy/setup.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -97,19 +119,64 @@ fn ensure_envoy() -> Result<String, String> {
 fn test(extra: &[String]) -> Result<(), String> {
     let envoy = ensure_envoy()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"]).args(extra).env("PORTCULLIS_ENVOY", envoy);
+    cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"])
+        .args(extra)
+        .env("PORTCULLIS_ENVOY", envoy);
     run(&mut cmd)
 }
 
+/// Builds the gateway, starts the echo upstream on 127.0.0.1:9000 and the gateway on
+/// `examples/quickstart.yaml` (127.0.0.1:8080, admin 127.0.0.1:9901) until Ctrl-C.
 fn demo(extra: &[String]) -> Result<(), String> {
-    let mut cmd = cargo();
-    cmd.args(["run", "--profile", "host", "-p", "portcullis", "--", "run", "--config", "examples/quickstart.yaml"]);
-    cmd.args(extra);
-    run(&mut cmd)
+    run(cargo().args(["build", "--profile", "host", "-p", "portcullis"]))?;
+    let bin = target_dir().join("host/portcullis");
+    let mut echo = Command::new(&bin)
+        .args(["echo", "--address", "127.0.0.1:9000"])
+        .spawn()
+        .map_err(|e| format!("cannot start the echo upstream: {e}"))?;
+    eprintln!("\nTry:  curl -s localhost:8080/orders/42 | python3 -m json.tool");
+    eprintln!("      curl -s localhost:9901/metrics\n");
+    let config = extra
+        .first()
+        .map_or("examples/quickstart.yaml", String::as_str);
+    let result = run(Command::new(&bin).args(["run", "--config", config]));
+    let _ = echo.kill();
+    let _ = echo.wait();
+    result
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// The criterion benchmarks (host engine costs), then the end-to-end comparison
+/// against Envoy with wrk (installed with apt-get when missing).
 fn bench(extra: &[String]) -> Result<(), String> {
-    let mut cmd = cargo();
-    cmd.args(["bench", "-p", "portcullis-benches"]).args(extra);
-    run(&mut cmd)
+    let envoy = ensure_envoy()?;
+    if Command::new("wrk").arg("--version").output().is_err() {
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "wrk"]))?;
+    }
+    run(cargo()
+        .args([
+            "bench",
+            "--profile",
+            "host",
+            "-p",
+            "portcullis-benches",
+            "--bench",
+            "host",
+        ])
+        .args(extra))?;
+    run(cargo().args([
+        "build",
+        "--profile",
+        "host",
+        "-p",
+        "portcullis",
+        "-p",
+        "portcullis-benches",
+    ]))?;
+    run(Command::new(target_dir().join("host/compare")).env("PORTCULLIS_ENVOY", envoy))
 }

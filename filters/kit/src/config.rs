@@ -13,7 +13,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Field { field: field.into(), reason: reason.into() }
+        ConfigError::Field {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -41,7 +44,10 @@ fn serde_path_to_error<T: DeserializeOwned>(
         if e.is_syntax() || e.is_eof() {
             ConfigError::Syntax(e.to_string())
         } else {
-            ConfigError::Field { field: "(document)".into(), reason: e.to_string() }
+            ConfigError::Field {
+                field: "(document)".into(),
+                reason: e.to_string(),
+            }
         }
     })
 }
@@ -59,8 +65,18 @@ mod tests {
 
     #[test]
     fn empty_configuration_means_defaults() {
-        assert_eq!(parse::<Conf>(None).unwrap(), Conf { name: String::new() });
-        assert_eq!(parse::<Conf>(Some(b"  ")).unwrap(), Conf { name: String::new() });
+        assert_eq!(
+            parse::<Conf>(None).unwrap(),
+            Conf {
+                name: String::new()
+            }
+        );
+        assert_eq!(
+            parse::<Conf>(Some(b"  ")).unwrap(),
+            Conf {
+                name: String::new()
+            }
+        );
     }
 
     #[test]
@@ -71,7 +87,13 @@ mod tests {
 
     #[test]
     fn broken_json_is_a_syntax_error() {
-        assert!(matches!(parse::<Conf>(Some(b"{")), Err(ConfigError::Syntax(_))));
-        assert!(matches!(parse::<Conf>(Some(b"{} x")), Err(ConfigError::Syntax(_))));
+        assert!(matches!(
+            parse::<Conf>(Some(b"{")),
+            Err(ConfigError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse::<Conf>(Some(b"{} x")),
+            Err(ConfigError::Syntax(_))
+        ));
     }
 }

@@ -9,7 +9,11 @@ use proxy_wasm::types::{ContextType, LogLevel};
 pub fn install_pass_through(filter: &'static str) {
     proxy_wasm::set_log_level(LogLevel::Info);
     FILTER_NAME.with(|n| n.set(filter));
-    proxy_wasm::set_root_context(|_| Box::new(PassThroughRoot { filter: FILTER_NAME.with(|n| n.get()) }));
+    proxy_wasm::set_root_context(|_| {
+        Box::new(PassThroughRoot {
+            filter: FILTER_NAME.with(|n| n.get()),
+        })
+    });
 }
 
 thread_local! {

@@ -9,8 +9,13 @@ pub const CREDENTIAL_IDENTIFIER: &str = "x-credential-identifier";
 pub const CONSUMER_TIER: &str = "x-consumer-tier";
 
 /// Every identity header, in the order an auth filter strips them.
-pub const ALL: [&str; 5] =
-    [CONSUMER_ID, CONSUMER_USERNAME, CONSUMER_GROUPS, CREDENTIAL_IDENTIFIER, CONSUMER_TIER];
+pub const ALL: [&str; 5] = [
+    CONSUMER_ID,
+    CONSUMER_USERNAME,
+    CONSUMER_GROUPS,
+    CREDENTIAL_IDENTIFIER,
+    CONSUMER_TIER,
+];
 
 pub fn is_identity_header(name: &str) -> bool {
     ALL.iter().any(|h| h.eq_ignore_ascii_case(name))

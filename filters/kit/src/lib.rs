@@ -3,9 +3,8 @@
 //! filters (DESIGN.md, "Identity contract"), and the JSON body of local replies.
 #![forbid(unsafe_code)]
 
-
 pub mod config;
-pub mod identity;
-pub mod reply;
 #[cfg(target_arch = "wasm32")]
 pub mod glue;
+pub mod identity;
+pub mod reply;

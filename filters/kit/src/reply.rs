@@ -13,8 +13,11 @@ struct Body<'a> {
 /// The JSON body of a local reply. Serialization of two strings cannot fail; the
 /// fallback only keeps this function total.
 pub fn json_body(message: &str, request_id: Option<&str>) -> Vec<u8> {
-    serde_json::to_vec(&Body { message, request_id })
-        .unwrap_or_else(|_| br#"{"message":"error"}"#.to_vec())
+    serde_json::to_vec(&Body {
+        message,
+        request_id,
+    })
+    .unwrap_or_else(|_| br#"{"message":"error"}"#.to_vec())
 }
 
 pub const CONTENT_TYPE_JSON: (&str, &str) = ("content-type", "application/json");

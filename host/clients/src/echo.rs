@@ -16,7 +16,9 @@ use tokio::net::TcpListener;
 /// Serves the echo upstream on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -34,13 +36,24 @@ pub async fn start() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn respond(req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let status = parts
         .uri
@@ -58,7 +71,13 @@ async fn respond(req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<B
     });
     let mut resp = hyper::Response::new(Full::new(Bytes::from(doc.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(hyper::header::SERVER, hyper::header::HeaderValue::from_static("echo"));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        hyper::header::SERVER,
+        hyper::header::HeaderValue::from_static("echo"),
+    );
     Ok(resp)
 }

@@ -20,23 +20,39 @@ pub struct GrpcCluster {
 impl GrpcCluster {
     /// `url`: `http://host:port` (spoken as h2c with prior knowledge).
     pub fn new(url: &str, connect_timeout: Duration) -> Result<GrpcCluster, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("bad cluster url `{url}`: {e}"))?;
-        let authority = uri.authority().cloned().ok_or_else(|| format!("cluster url `{url}` has no host"))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("bad cluster url `{url}`: {e}"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("cluster url `{url}` has no host"))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
         Ok(GrpcCluster { authority, client })
     }
 
-    pub fn call(&self, request: GrpcCallRequest) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
+    pub fn call(
+        &self,
+        request: GrpcCallRequest,
+    ) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
         let this = self.clone();
         Box::pin(async move { this.send(request).await })
     }
 
     async fn send(&self, request: GrpcCallRequest) -> Result<GrpcCallResponse, GrpcStatus> {
-        let unavailable = |m: String| GrpcStatus { code: GrpcStatus::UNAVAILABLE, message: m };
-        let internal = |m: String| GrpcStatus { code: GrpcStatus::INTERNAL, message: m };
+        let unavailable = |m: String| GrpcStatus {
+            code: GrpcStatus::UNAVAILABLE,
+            message: m,
+        };
+        let internal = |m: String| GrpcStatus {
+            code: GrpcStatus::INTERNAL,
+            message: m,
+        };
         let uri = http::Uri::builder()
             .scheme("http")
             .authority(self.authority.clone())
@@ -53,13 +69,22 @@ impl GrpcCluster {
             .header("content-type", "application/grpc")
             .header("te", "trailers");
         if !request.timeout.is_zero() {
-            builder = builder.header("grpc-timeout", format!("{}m", request.timeout.as_millis().max(1)));
+            builder = builder.header(
+                "grpc-timeout",
+                format!("{}m", request.timeout.as_millis().max(1)),
+            );
         }
         for (k, v) in request.initial_metadata.iter() {
             builder = builder.header(k, v);
         }
-        let req = builder.body(Full::new(Bytes::from(framed))).map_err(|e| internal(e.to_string()))?;
-        let resp = self.client.request(req).await.map_err(|e| unavailable(e.to_string()))?;
+        let req = builder
+            .body(Full::new(Bytes::from(framed)))
+            .map_err(|e| internal(e.to_string()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let (parts, body) = resp.into_parts();
         let mut initial = HeaderMap::new();
         for (k, v) in &parts.headers {
@@ -68,11 +93,19 @@ impl GrpcCluster {
         if parts.status != http::StatusCode::OK {
             return Err(unavailable(format!("HTTP status {}", parts.status)));
         }
-        let collected = body.collect().await.map_err(|e| unavailable(e.to_string()))?;
+        let collected = body
+            .collect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let trailers = collected.trailers().cloned().unwrap_or_default();
         // A trailers-only answer carries grpc-status in the headers.
-        let status_of = |h: &http::HeaderMap| h.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
-        let code = status_of(&trailers).or_else(|| status_of(&parts.headers)).unwrap_or(GrpcStatus::INTERNAL);
+        let status_of = |h: &http::HeaderMap| {
+            h.get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+        };
+        let code = status_of(&trailers)
+            .or_else(|| status_of(&parts.headers))
+            .unwrap_or(GrpcStatus::INTERNAL);
         if code != 0 {
             let message = trailers
                 .get("grpc-message")
@@ -96,6 +129,10 @@ impl GrpcCluster {
         for (k, v) in &trailers {
             trailing.add(k.as_str(), v.as_bytes());
         }
-        Ok(GrpcCallResponse { initial_metadata: initial, message, trailing_metadata: trailing })
+        Ok(GrpcCallResponse {
+            initial_metadata: initial,
+            message,
+            trailing_metadata: trailing,
+        })
     }
 }

@@ -19,22 +19,38 @@ pub struct HttpCluster {
 
 impl HttpCluster {
     pub fn new(url: &str, connect_timeout: Duration) -> Result<HttpCluster, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("bad cluster url `{url}`: {e}"))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("bad cluster url `{url}`: {e}"))?;
         let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
         if scheme != http::uri::Scheme::HTTP {
-            return Err(format!("cluster url `{url}`: only http:// is supported here"));
+            return Err(format!(
+                "cluster url `{url}`: only http:// is supported here"
+            ));
         }
-        let base = uri.authority().cloned().ok_or_else(|| format!("cluster url `{url}` has no host"))?;
+        let base = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("cluster url `{url}` has no host"))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
-        Ok(HttpCluster { base, scheme, client })
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(HttpCluster {
+            base,
+            scheme,
+            client,
+        })
     }
 
     /// Sends the filter's request. `:authority` from the filter becomes the `Host`
     /// header; the connection goes to the cluster's address whatever it says.
-    pub fn call(&self, request: HttpCallRequest) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
+    pub fn call(
+        &self,
+        request: HttpCallRequest,
+    ) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
         let this = self.clone();
         Box::pin(async move { this.send(request).await })
     }
@@ -56,12 +72,21 @@ impl HttpCluster {
                 _ => builder = builder.header(k, v),
             }
         }
-        let req = builder.body(Full::new(Bytes::from(request.body))).map_err(|e| CallFailure::Reset(e.to_string()))?;
+        let req = builder
+            .body(Full::new(Bytes::from(request.body)))
+            .map_err(|e| CallFailure::Reset(e.to_string()))?;
         let resp = self.client.request(req).await.map_err(|e| {
-            if e.is_connect() { CallFailure::ConnectFailed(format!("{e:?}")) } else { CallFailure::Reset(e.to_string()) }
+            if e.is_connect() {
+                CallFailure::ConnectFailed(format!("{e:?}"))
+            } else {
+                CallFailure::Reset(e.to_string())
+            }
         })?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| CallFailure::Reset(e.to_string()))?;
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| CallFailure::Reset(e.to_string()))?;
         let trailers = body.trailers().cloned();
         let body = body.to_bytes().to_vec();
         let mut headers = HeaderMap::new();
@@ -73,6 +98,10 @@ impl HttpCluster {
         for (k, v) in trailers.iter().flatten() {
             t.add(k.as_str(), v.as_bytes());
         }
-        Ok(HttpCallResponse { headers, body, trailers: t })
+        Ok(HttpCallResponse {
+            headers,
+            body,
+            trailers: t,
+        })
     }
 }

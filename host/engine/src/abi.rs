@@ -179,7 +179,10 @@ pub fn decode_pairs(buf: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DecodeError> 
     }
     let count = read_u32(buf, 0)? as usize;
     // Each pair needs at least 8 bytes of sizes and 2 NULs.
-    let sizes_end = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(DecodeError)?;
+    let sizes_end = count
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(4))
+        .ok_or(DecodeError)?;
     if count.checked_mul(10).is_none_or(|min| min + 4 > buf.len()) {
         return Err(DecodeError);
     }
@@ -231,6 +234,30 @@ mod tests {
         enc[4] = 200; // key length past the end
         assert_eq!(decode_pairs(&enc), Err(DecodeError));
         assert_eq!(decode_pairs(&[1, 0, 0]), Err(DecodeError));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics_and_stays_in_bounds(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(pairs) = decode_pairs(&bytes) {
+                let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                proptest::prop_assert!(total <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn any_map_round_trips(pairs in proptest::collection::vec((proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)), 0..20)) {
+            let enc = encode_pairs(pairs.iter().map(|(k, v)| (&k[..], &v[..])));
+            proptest::prop_assert_eq!(decode_pairs(&enc).unwrap(), pairs);
+        }
+
+        #[test]
+        fn any_single_byte_change_is_decoded_or_refused_never_panics(pairs in proptest::collection::vec((proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10)), 1..5), at in 0usize..200, to in proptest::prelude::any::<u8>()) {
+            let mut enc = encode_pairs(pairs.iter().map(|(k, v)| (&k[..], &v[..])));
+            let i = at % enc.len();
+            enc[i] = to;
+            let _ = decode_pairs(&enc);
+        }
     }
 
     #[test]

@@ -26,7 +26,8 @@ impl ManualClock {
     }
 
     pub fn set_realtime(&self, unix: Duration) {
-        self.realtime_ns.store(unix.as_nanos() as u64, Ordering::SeqCst);
+        self.realtime_ns
+            .store(unix.as_nanos() as u64, Ordering::SeqCst);
     }
 }
 
@@ -38,7 +39,9 @@ impl Default for Clock {
 
 impl Clock {
     pub fn system() -> Self {
-        Clock::System { start: Instant::now() }
+        Clock::System {
+            start: Instant::now(),
+        }
     }
 
     /// A manual clock starting at `unix` (time since the epoch), monotonic at 0.
@@ -53,9 +56,9 @@ impl Clock {
     /// Nanoseconds since the Unix epoch.
     pub fn realtime_ns(&self) -> u64 {
         match self {
-            Clock::System { .. } => {
-                SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-            }
+            Clock::System { .. } => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             Clock::Manual(m) => m.realtime_ns.load(Ordering::SeqCst),
         }
     }

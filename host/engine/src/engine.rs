@@ -45,7 +45,9 @@ impl Default for EngineConfig {
             cache_dir: default_cache_dir(),
             clock: Clock::system(),
             log: Arc::new(|r: LogRecord| match r.level {
-                LogLevel::Trace | LogLevel::Debug => tracing::debug!(plugin = %r.plugin, "{}", r.message),
+                LogLevel::Trace | LogLevel::Debug => {
+                    tracing::debug!(plugin = %r.plugin, "{}", r.message)
+                }
                 LogLevel::Info => tracing::info!(plugin = %r.plugin, "{}", r.message),
                 LogLevel::Warn => tracing::warn!(plugin = %r.plugin, "{}", r.message),
                 _ => tracing::error!(plugin = %r.plugin, "{}", r.message),
@@ -103,7 +105,10 @@ pub struct CompiledModule {
 
 impl std::fmt::Debug for CompiledModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledModule").field("hash", &self.hash).field("abi", &self.abi_version).finish()
+        f.debug_struct("CompiledModule")
+            .field("hash", &self.hash)
+            .field("abi", &self.abi_version)
+            .finish()
     }
 }
 
@@ -145,8 +150,10 @@ impl Engine {
     }
 
     pub fn load_file(&self, path: &Path) -> Result<Arc<CompiledModule>, EngineError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| EngineError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| EngineError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         self.load(&bytes)
     }
 
@@ -158,11 +165,19 @@ impl Engine {
         let (module, from_cache) = self.compile_cached(bytes, &hash)?;
         let abi_version = abi_version(&module)?;
         let mut linker = Linker::new(&self.inner.wasmtime);
-        let known = crate::imports::define(&mut linker).map_err(|e| EngineError::Setup(e.to_string()))?;
+        let known =
+            crate::imports::define(&mut linker).map_err(|e| EngineError::Setup(e.to_string()))?;
         crate::imports::define_unknown(&mut linker, &module, &known)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let pre = linker.instantiate_pre(&module).map_err(|e| EngineError::Invalid(format!("{e:#}")))?;
-        Ok(Arc::new(CompiledModule { pre, hash, abi_version, from_cache }))
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| EngineError::Invalid(format!("{e:#}")))?;
+        Ok(Arc::new(CompiledModule {
+            pre,
+            hash,
+            abi_version,
+            from_cache,
+        }))
     }
 
     fn compile_cached(&self, bytes: &[u8], hash: &str) -> Result<(Module, bool), EngineError> {
@@ -218,7 +233,8 @@ fn abi_version(module: &Module) -> Result<&'static str, EngineError> {
         }
     }
     Err(EngineError::Invalid(
-        "no proxy_abi_version_0_2_1 or proxy_abi_version_0_2_0 export: not a proxy-wasm 0.2 module".into(),
+        "no proxy_abi_version_0_2_1 or proxy_abi_version_0_2_0 export: not a proxy-wasm 0.2 module"
+            .into(),
     ))
 }
 

@@ -14,8 +14,8 @@ use crate::engine::Engine;
 use crate::headers::HeaderMap;
 use crate::state::Outgoing;
 use crate::types::{
-    CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HttpCallRequest, HttpCallResponse,
-    LogRecord,
+    CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HttpCallRequest,
+    HttpCallResponse, LogRecord,
 };
 use crate::vm::{Fault, PluginSpec, StartError, Vm};
 
@@ -25,8 +25,16 @@ pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 /// with real connections; the test bed with scripted replies or loopback services.
 pub trait Clusters {
     fn has_cluster(&self, name: &str) -> bool;
-    fn http_call(&self, cluster: &str, request: HttpCallRequest) -> LocalFuture<Result<HttpCallResponse, CallFailure>>;
-    fn grpc_call(&self, cluster: &str, request: GrpcCallRequest) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>>;
+    fn http_call(
+        &self,
+        cluster: &str,
+        request: HttpCallRequest,
+    ) -> LocalFuture<Result<HttpCallResponse, CallFailure>>;
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        request: GrpcCallRequest,
+    ) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>>;
     /// Cluster names for the host-call check, shared with VMs on any thread.
     fn names(&self) -> Arc<dyn Fn(&str) -> bool + Send + Sync>;
 }
@@ -64,20 +72,33 @@ pub(crate) struct FilterInner {
 fn failure_response(f: &CallFailure) -> Option<HttpCallResponse> {
     let (status, body) = match f {
         CallFailure::Timeout => ("504", "upstream request timeout".to_owned()),
-        CallFailure::ConnectFailed(reason) => ("503", format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")),
+        CallFailure::ConnectFailed(reason) => (
+            "503",
+            format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+            ),
+        ),
         CallFailure::Reset(_) => return None,
     };
     let mut headers = HeaderMap::new();
     headers.add(":status", status);
     headers.add("content-length", body.len().to_string());
     headers.add("content-type", "text/plain");
-    Some(HttpCallResponse { headers, body: body.into_bytes(), trailers: HeaderMap::new() })
+    Some(HttpCallResponse {
+        headers,
+        body: body.into_bytes(),
+        trailers: HeaderMap::new(),
+    })
 }
 
 impl Filter {
     /// Starts the plugin's VM on this worker. A rejected configuration or a failure
     /// during start is an error naming the filter and carrying its log lines.
-    pub fn start(engine: &Engine, spec: PluginSpec, clusters: Rc<dyn Clusters>) -> Result<Filter, StartError> {
+    pub fn start(
+        engine: &Engine,
+        spec: PluginSpec,
+        clusters: Rc<dyn Clusters>,
+    ) -> Result<Filter, StartError> {
         let vm = Vm::start(engine, &spec, clusters.names())?;
         let filter = Filter {
             inner: Rc::new(FilterInner {
@@ -122,7 +143,10 @@ impl Filter {
     }
 
     /// Runs `f` on the VM if it is healthy; a fault marks the filter failed.
-    pub(crate) fn with_vm<T>(&self, f: impl FnOnce(&mut Vm) -> Result<T, Fault>) -> Option<Result<T, Fault>> {
+    pub(crate) fn with_vm<T>(
+        &self,
+        f: impl FnOnce(&mut Vm) -> Result<T, Fault>,
+    ) -> Option<Result<T, Fault>> {
         let result = {
             let mut vm = self.inner.vm.borrow_mut();
             let vm = vm.as_mut()?;
@@ -151,13 +175,20 @@ impl Filter {
         if self.policy() != FailurePolicy::Reload || self.inner.vm.borrow().is_some() {
             return;
         }
-        match Vm::start(&self.inner.engine, &self.inner.spec, self.inner.clusters.names()) {
+        match Vm::start(
+            &self.inner.engine,
+            &self.inner.spec,
+            self.inner.clusters.names(),
+        ) {
             Ok(vm) => {
                 *self.inner.vm.borrow_mut() = Some(vm);
                 self.inner.generation.set(self.inner.generation.get() + 1);
                 self.inner.reloads.set(self.inner.reloads.get() + 1);
                 *self.inner.health.borrow_mut() = Health::Running;
-                self.log(LogLevel::Warn, "started a fresh VM after a failure (failure_policy: reload)".into());
+                self.log(
+                    LogLevel::Warn,
+                    "started a fresh VM after a failure (failure_policy: reload)".into(),
+                );
                 self.after_callback();
             }
             Err(e) => self.log(LogLevel::Error, format!("reload failed: {e}")),
@@ -165,7 +196,11 @@ impl Filter {
     }
 
     fn log(&self, level: LogLevel, message: String) {
-        (self.inner.engine.inner.log)(LogRecord { plugin: self.name().to_owned(), level, message });
+        (self.inner.engine.inner.log)(LogRecord {
+            plugin: self.name().to_owned(),
+            level,
+            message,
+        });
     }
 
     /// After every callback: carry out the calls the filter made, and keep the tick
@@ -188,11 +223,18 @@ impl Filter {
         let generation = self.generation();
         let this = self.clone();
         match call {
-            Outgoing::Http { token, context_id, cluster, request } => {
+            Outgoing::Http {
+                token,
+                context_id,
+                cluster,
+                request,
+            } => {
                 let timeout = request.timeout;
                 let fut = self.inner.clusters.http_call(&cluster, request);
                 tokio::task::spawn_local(async move {
-                    let result = with_timeout(timeout, fut).await.unwrap_or(Err(CallFailure::Timeout));
+                    let result = with_timeout(timeout, fut)
+                        .await
+                        .unwrap_or(Err(CallFailure::Timeout));
                     let response = match result {
                         Ok(r) => Some(r),
                         Err(f) => failure_response(&f),
@@ -202,12 +244,20 @@ impl Filter {
                     }
                 });
             }
-            Outgoing::Grpc { token, context_id, cluster, request } => {
+            Outgoing::Grpc {
+                token,
+                context_id,
+                cluster,
+                request,
+            } => {
                 let timeout = request.timeout;
                 let fut = self.inner.clusters.grpc_call(&cluster, request);
                 tokio::task::spawn_local(async move {
                     let result = with_timeout(timeout, fut).await.unwrap_or_else(|| {
-                        Err(GrpcStatus { code: GrpcStatus::DEADLINE_EXCEEDED, message: "deadline exceeded".into() })
+                        Err(GrpcStatus {
+                            code: GrpcStatus::DEADLINE_EXCEEDED,
+                            message: "deadline exceeded".into(),
+                        })
                     });
                     if this.generation() == generation {
                         this.with_vm(|vm| vm.on_grpc_call_response(context_id, token, result));
@@ -223,7 +273,9 @@ impl Filter {
             None => self.inner.next_tick.set(None),
             Some(p) => {
                 if self.inner.next_tick.get().is_none() {
-                    self.inner.next_tick.set(Some(clock.monotonic_ns() + p.as_nanos() as u64));
+                    self.inner
+                        .next_tick
+                        .set(Some(clock.monotonic_ns() + p.as_nanos() as u64));
                 }
                 if !clock.is_manual() && !self.inner.ticker_started.replace(true) {
                     let weak = Rc::downgrade(&self.inner);
@@ -253,13 +305,22 @@ impl Filter {
     pub fn run_due_ticks(&self) {
         let _ = self.with_vm(|vm| vm.drain_queue_notifications());
         let now = self.inner.engine.clock().monotonic_ns();
-        let Some(due) = self.inner.next_tick.get() else { return };
+        let Some(due) = self.inner.next_tick.get() else {
+            return;
+        };
         if now < due {
             return;
         }
-        let period = self.inner.vm.borrow().as_ref().and_then(|vm| vm.tick_period());
+        let period = self
+            .inner
+            .vm
+            .borrow()
+            .as_ref()
+            .and_then(|vm| vm.tick_period());
         // The next tick is one period after this one; missed ticks are not replayed.
-        self.inner.next_tick.set(period.map(|p| now + p.as_nanos() as u64));
+        self.inner
+            .next_tick
+            .set(period.map(|p| now + p.as_nanos() as u64));
         let _ = self.with_vm(|vm| vm.on_tick());
     }
 
@@ -270,11 +331,19 @@ impl Filter {
 
     /// Bytes of linear memory the VM uses (0 when it has failed).
     pub fn memory_bytes(&self) -> usize {
-        self.inner.vm.borrow().as_ref().map_or(0, |vm| vm.memory_bytes())
+        self.inner
+            .vm
+            .borrow()
+            .as_ref()
+            .map_or(0, |vm| vm.memory_bytes())
     }
 
     pub fn live_contexts(&self) -> usize {
-        self.inner.vm.borrow().as_ref().map_or(0, |vm| vm.live_contexts())
+        self.inner
+            .vm
+            .borrow()
+            .as_ref()
+            .map_or(0, |vm| vm.live_contexts())
     }
 }
 

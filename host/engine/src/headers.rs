@@ -26,7 +26,10 @@ impl HeaderMap {
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.entries.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.entries
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
     }
 
     /// The first value of `name` when it is UTF-8.
@@ -36,7 +39,10 @@ impl HeaderMap {
 
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.entries.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.entries
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn add(&mut self, name: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
@@ -100,7 +106,9 @@ mod tests {
 
     #[test]
     fn envoy_map_semantics() {
-        let mut m: HeaderMap = [(":path", "/"), ("X-A", "1"), ("x-a", "2")].into_iter().collect();
+        let mut m: HeaderMap = [(":path", "/"), ("X-A", "1"), ("x-a", "2")]
+            .into_iter()
+            .collect();
         assert_eq!(m.get("x-A"), Some(&b"1"[..]));
         assert_eq!(m.get_all("x-a").count(), 2);
         m.set("X-A", "3");

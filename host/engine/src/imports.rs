@@ -135,7 +135,9 @@ fn map_mut(s: &mut HostState, t: MapType) -> Result<&mut HeaderMap, Status> {
             let map = match t {
                 // Envoy refuses request headers once the response has begun.
                 MapType::RequestHeaders if ctx.phase != Phase::Response => &mut ctx.request_headers,
-                MapType::RequestTrailers if ctx.phase != Phase::Response => &mut ctx.request_trailers,
+                MapType::RequestTrailers if ctx.phase != Phase::Response => {
+                    &mut ctx.request_trailers
+                }
                 MapType::ResponseHeaders => &mut ctx.response_headers,
                 MapType::ResponseTrailers => &mut ctx.response_trailers,
                 _ => return Err(Status::BadArgument),
@@ -148,7 +150,11 @@ fn map_mut(s: &mut HostState, t: MapType) -> Result<&mut HeaderMap, Status> {
 fn buffer(s: &mut HostState, t: BufferType) -> Result<&mut Vec<u8>, Status> {
     match t {
         BufferType::RequestBody | BufferType::ResponseBody => {
-            let want = if t == BufferType::RequestBody { Phase::Request } else { Phase::Response };
+            let want = if t == BufferType::RequestBody {
+                Phase::Request
+            } else {
+                Phase::Response
+            };
             let ctx = s.http_ctx().ok_or(Status::NotFound)?;
             if ctx.phase != want {
                 return Err(Status::NotFound);
@@ -173,7 +179,10 @@ fn buffer(s: &mut HostState, t: BufferType) -> Result<&mut Vec<u8>, Status> {
 /// fit) is an empty map, as in Envoy: `set_header_map_pairs` then clears the map and
 /// answers Ok. Odd, but it is what filters written against Envoy observe.
 fn decode_map(bytes: &[u8]) -> Result<HeaderMap, Status> {
-    Ok(abi::decode_pairs(bytes).unwrap_or_default().into_iter().collect())
+    Ok(abi::decode_pairs(bytes)
+        .unwrap_or_default()
+        .into_iter()
+        .collect())
 }
 
 macro_rules! wrap {
@@ -190,7 +199,9 @@ macro_rules! wrap {
 }
 
 /// Defines every proxy-wasm and WASI host function on `linker`; returns their names.
-pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<Vec<(&'static str, &'static str)>> {
+pub fn define(
+    linker: &mut Linker<HostState>,
+) -> wasmtime::Result<Vec<(&'static str, &'static str)>> {
     let mut names = Vec::new();
     define_proxy(linker, &mut names)?;
     define_wasi(linker, &mut names)?;
@@ -238,27 +249,46 @@ pub fn define_unknown(
     Ok(())
 }
 
-fn define_proxy(l: &mut Linker<HostState>, names: &mut Vec<(&'static str, &'static str)>) -> wasmtime::Result<()> {
-    wrap!(l, names, "proxy_log", |c, level: u32, ptr: u32, len: u32| {
-        let msg = read(&c, ptr, len)?;
-        let level = LogLevel::from_abi(level).ok_or(Status::BadArgument)?;
-        c.data_mut().log(level, String::from_utf8_lossy(&msg).into_owned());
-        Ok(())
-    });
+fn define_proxy(
+    l: &mut Linker<HostState>,
+    names: &mut Vec<(&'static str, &'static str)>,
+) -> wasmtime::Result<()> {
+    wrap!(
+        l,
+        names,
+        "proxy_log",
+        |c, level: u32, ptr: u32, len: u32| {
+            let msg = read(&c, ptr, len)?;
+            let level = LogLevel::from_abi(level).ok_or(Status::BadArgument)?;
+            c.data_mut()
+                .log(level, String::from_utf8_lossy(&msg).into_owned());
+            Ok(())
+        }
+    );
     wrap!(l, names, "proxy_get_log_level", |c, ret: u32| {
         let level = c.data().env.log_level as u32;
         write_u32(&mut c, ret, level)?;
         Ok(())
     });
-    wrap!(l, names, "proxy_get_current_time_nanoseconds", |c, ret: u32| {
-        let now = c.data().env.clock.realtime_ns();
-        write_u64(&mut c, ret, now)?;
-        Ok(())
-    });
-    wrap!(l, names, "proxy_set_tick_period_milliseconds", |c, period: u32| {
-        c.data_mut().tick_period_ms = period;
-        Ok(())
-    });
+    wrap!(
+        l,
+        names,
+        "proxy_get_current_time_nanoseconds",
+        |c, ret: u32| {
+            let now = c.data().env.clock.realtime_ns();
+            write_u64(&mut c, ret, now)?;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_set_tick_period_milliseconds",
+        |c, period: u32| {
+            c.data_mut().tick_period_ms = period;
+            Ok(())
+        }
+    );
     wrap!(l, names, "proxy_set_effective_context", |c, id: u32| {
         let s = c.data_mut();
         if id != s.root_context_id && !s.http.contains_key(&id) {
@@ -271,170 +301,282 @@ fn define_proxy(l: &mut Linker<HostState>, names: &mut Vec<(&'static str, &'stat
         let _ = &c;
         Ok(())
     });
-    wrap!(l, names, "proxy_call_foreign_function", |c, np: u32, nl: u32, ap: u32, al: u32, rp: u32, rl: u32| {
-        // Envoy's foreign functions (compress, declare_property, ...) are Envoy
-        // internals; none is offered here, which the SDK reports as NotFound.
-        let _ = (read(&c, np, nl)?, read(&c, ap, al)?, rp, rl);
-        Err(Status::NotFound.into())
-    });
-    wrap!(l, names, "proxy_get_buffer_bytes", |c, t: u32, start: u32, max: u32, rp: u32, rl: u32| {
-        let t = BufferType::from_abi(t).ok_or(Status::BadArgument)?;
-        let slice = {
-            let s = c.data_mut();
-            let whole: &[u8] = match t {
-                BufferType::VmConfiguration => &s.env.vm_configuration,
-                BufferType::PluginConfiguration => &s.env.configuration,
-                _ => buffer(s, t)?,
+    wrap!(
+        l,
+        names,
+        "proxy_call_foreign_function",
+        |c, np: u32, nl: u32, ap: u32, al: u32, rp: u32, rl: u32| {
+            // Envoy's foreign functions (compress, declare_property, ...) are Envoy
+            // internals; none is offered here, which the SDK reports as NotFound.
+            let _ = (read(&c, np, nl)?, read(&c, ap, al)?, rp, rl);
+            Err(Status::NotFound.into())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_get_buffer_bytes",
+        |c, t: u32, start: u32, max: u32, rp: u32, rl: u32| {
+            let t = BufferType::from_abi(t).ok_or(Status::BadArgument)?;
+            let slice = {
+                let s = c.data_mut();
+                let whole: &[u8] = match t {
+                    BufferType::VmConfiguration => &s.env.vm_configuration,
+                    BufferType::PluginConfiguration => &s.env.configuration,
+                    _ => buffer(s, t)?,
+                };
+                let start = start as usize;
+                if start > whole.len() {
+                    return Err(Status::BadArgument.into());
+                }
+                let end = start.saturating_add(max as usize).min(whole.len());
+                whole[start..end].to_vec()
             };
-            let start = start as usize;
-            if start > whole.len() {
+            // Envoy writes nothing for an empty slice; the SDK then sees no buffer.
+            if slice.is_empty() {
+                return Ok(());
+            }
+            give(&mut c, &slice, rp, rl)
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_get_buffer_status",
+        |c, t: u32, len_ptr: u32, flags_ptr: u32| {
+            let t = BufferType::from_abi(t).ok_or(Status::BadArgument)?;
+            let len = {
+                let s = c.data_mut();
+                match t {
+                    BufferType::VmConfiguration => s.env.vm_configuration.len(),
+                    BufferType::PluginConfiguration => s.env.configuration.len(),
+                    _ => buffer(s, t)?.len(),
+                }
+            };
+            write_u32(&mut c, len_ptr, len as u32)?;
+            write_u32(&mut c, flags_ptr, 0)?;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_set_buffer_bytes",
+        |c, t: u32, start: u32, size: u32, dp: u32, dl: u32| {
+            let t = BufferType::from_abi(t).ok_or(Status::BadArgument)?;
+            let data = read(&c, dp, dl)?;
+            let buf = buffer(c.data_mut(), t)?;
+            // Envoy's semantics: start 0 and size 0 prepends; start 0 and size covering
+            // the buffer replaces it; start at or past the end appends.
+            let (start, size) = (start as usize, size as usize);
+            if start == 0 && size == 0 {
+                buf.splice(0..0, data);
+            } else if start == 0 && size >= buf.len() {
+                *buf = data;
+            } else if start >= buf.len() {
+                buf.extend_from_slice(&data);
+            } else {
                 return Err(Status::BadArgument.into());
             }
-            let end = start.saturating_add(max as usize).min(whole.len());
-            whole[start..end].to_vec()
-        };
-        // Envoy writes nothing for an empty slice; the SDK then sees no buffer.
-        if slice.is_empty() {
-            return Ok(());
+            Ok(())
         }
-        give(&mut c, &slice, rp, rl)
-    });
-    wrap!(l, names, "proxy_get_buffer_status", |c, t: u32, len_ptr: u32, flags_ptr: u32| {
-        let t = BufferType::from_abi(t).ok_or(Status::BadArgument)?;
-        let len = {
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_get_header_map_pairs",
+        |c, t: u32, rp: u32, rl: u32| {
+            let t = map_type(t)?;
+            let bytes = {
+                let m = map_mut(c.data_mut(), t)?;
+                abi::encode_pairs(m.iter().map(|(k, v)| (k.as_bytes(), v)))
+            };
+            give(&mut c, &bytes, rp, rl)
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_set_header_map_pairs",
+        |c, t: u32, ptr: u32, len: u32| {
+            let t = map_type(t)?;
+            let new = decode_map(&read(&c, ptr, len)?)?;
+            *map_mut(c.data_mut(), t)? = new;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_get_header_map_value",
+        |c, t: u32, kp: u32, kl: u32, rp: u32, rl: u32| {
+            let t = map_type(t)?;
+            let key = read_str(&c, kp, kl)?;
+            let value = map_mut(c.data_mut(), t)?
+                .get(&key)
+                .map(<[u8]>::to_vec)
+                .ok_or(Status::NotFound)?;
+            give(&mut c, &value, rp, rl)
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_add_header_map_value",
+        |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            let t = map_type(t)?;
+            let (k, v) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
+            map_mut(c.data_mut(), t)?.add(k, v);
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_replace_header_map_value",
+        |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            let t = map_type(t)?;
+            let (k, v) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
+            map_mut(c.data_mut(), t)?.set(k, v);
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_remove_header_map_value",
+        |c, t: u32, kp: u32, kl: u32| {
+            let t = map_type(t)?;
+            let k = read_str(&c, kp, kl)?;
+            map_mut(c.data_mut(), t)?.remove(&k);
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_get_header_map_size",
+        |c, t: u32, rp: u32| {
+            let t = map_type(t)?;
+            let size = map_mut(c.data_mut(), t)?.byte_size();
+            write_u32(&mut c, rp, size as u32)?;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_get_property",
+        |c, pp: u32, pl: u32, rp: u32, rl: u32| {
+            let path = read(&c, pp, pl)?;
+            let segments: Vec<&[u8]> = path.split(|&b| b == 0).collect();
+            let value = crate::properties::get(c.data(), &segments).ok_or(Status::NotFound)?;
+            give(&mut c, &value, rp, rl)
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_set_property",
+        |c, pp: u32, pl: u32, vp: u32, vl: u32| {
+            let (path, value) = (read(&c, pp, pl)?, read(&c, vp, vl)?);
             let s = c.data_mut();
-            match t {
-                BufferType::VmConfiguration => s.env.vm_configuration.len(),
-                BufferType::PluginConfiguration => s.env.configuration.len(),
-                _ => buffer(s, t)?.len(),
-            }
-        };
-        write_u32(&mut c, len_ptr, len as u32)?;
-        write_u32(&mut c, flags_ptr, 0)?;
-        Ok(())
-    });
-    wrap!(l, names, "proxy_set_buffer_bytes", |c, t: u32, start: u32, size: u32, dp: u32, dl: u32| {
-        let t = BufferType::from_abi(t).ok_or(Status::BadArgument)?;
-        let data = read(&c, dp, dl)?;
-        let buf = buffer(c.data_mut(), t)?;
-        // Envoy's semantics: start 0 and size 0 prepends; start 0 and size covering
-        // the buffer replaces it; start at or past the end appends.
-        let (start, size) = (start as usize, size as usize);
-        if start == 0 && size == 0 {
-            buf.splice(0..0, data);
-        } else if start == 0 && size >= buf.len() {
-            *buf = data;
-        } else if start >= buf.len() {
-            buf.extend_from_slice(&data);
-        } else {
-            return Err(Status::BadArgument.into());
+            let effective = s.effective;
+            match s.http.get_mut(&effective) {
+                Some(ctx) => ctx.properties.insert(path, value),
+                None => s.root_properties.insert(path, value),
+            };
+            Ok(())
         }
-        Ok(())
-    });
-    wrap!(l, names, "proxy_get_header_map_pairs", |c, t: u32, rp: u32, rl: u32| {
-        let t = map_type(t)?;
-        let bytes = {
-            let m = map_mut(c.data_mut(), t)?;
-            abi::encode_pairs(m.iter().map(|(k, v)| (k.as_bytes(), v)))
-        };
-        give(&mut c, &bytes, rp, rl)
-    });
-    wrap!(l, names, "proxy_set_header_map_pairs", |c, t: u32, ptr: u32, len: u32| {
-        let t = map_type(t)?;
-        let new = decode_map(&read(&c, ptr, len)?)?;
-        *map_mut(c.data_mut(), t)? = new;
-        Ok(())
-    });
-    wrap!(l, names, "proxy_get_header_map_value", |c, t: u32, kp: u32, kl: u32, rp: u32, rl: u32| {
-        let t = map_type(t)?;
-        let key = read_str(&c, kp, kl)?;
-        let value = map_mut(c.data_mut(), t)?.get(&key).map(<[u8]>::to_vec).ok_or(Status::NotFound)?;
-        give(&mut c, &value, rp, rl)
-    });
-    wrap!(l, names, "proxy_add_header_map_value", |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-        let t = map_type(t)?;
-        let (k, v) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
-        map_mut(c.data_mut(), t)?.add(k, v);
-        Ok(())
-    });
-    wrap!(l, names, "proxy_replace_header_map_value", |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-        let t = map_type(t)?;
-        let (k, v) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
-        map_mut(c.data_mut(), t)?.set(k, v);
-        Ok(())
-    });
-    wrap!(l, names, "proxy_remove_header_map_value", |c, t: u32, kp: u32, kl: u32| {
-        let t = map_type(t)?;
-        let k = read_str(&c, kp, kl)?;
-        map_mut(c.data_mut(), t)?.remove(&k);
-        Ok(())
-    });
-    wrap!(l, names, "proxy_get_header_map_size", |c, t: u32, rp: u32| {
-        let t = map_type(t)?;
-        let size = map_mut(c.data_mut(), t)?.byte_size();
-        write_u32(&mut c, rp, size as u32)?;
-        Ok(())
-    });
-    wrap!(l, names, "proxy_get_property", |c, pp: u32, pl: u32, rp: u32, rl: u32| {
-        let path = read(&c, pp, pl)?;
-        let segments: Vec<&[u8]> = path.split(|&b| b == 0).collect();
-        let value = crate::properties::get(c.data(), &segments).ok_or(Status::NotFound)?;
-        give(&mut c, &value, rp, rl)
-    });
-    wrap!(l, names, "proxy_set_property", |c, pp: u32, pl: u32, vp: u32, vl: u32| {
-        let (path, value) = (read(&c, pp, pl)?, read(&c, vp, vl)?);
-        let s = c.data_mut();
-        let effective = s.effective;
-        match s.http.get_mut(&effective) {
-            Some(ctx) => ctx.properties.insert(path, value),
-            None => s.root_properties.insert(path, value),
-        };
-        Ok(())
-    });
-    wrap!(l, names, "proxy_get_shared_data", |c, kp: u32, kl: u32, rp: u32, rl: u32, rcas: u32| {
-        let key = read(&c, kp, kl)?;
-        let (value, cas) = {
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_get_shared_data",
+        |c, kp: u32, kl: u32, rp: u32, rl: u32, rcas: u32| {
+            let key = read(&c, kp, kl)?;
+            let (value, cas) = {
+                let env = &c.data().env;
+                env.shared_data.get(&env.vm_id, &key)?
+            };
+            give(&mut c, &value, rp, rl)?;
+            write_u32(&mut c, rcas, cas)?;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_set_shared_data",
+        |c, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32| {
+            let (key, value) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
             let env = &c.data().env;
-            env.shared_data.get(&env.vm_id, &key)?
-        };
-        give(&mut c, &value, rp, rl)?;
-        write_u32(&mut c, rcas, cas)?;
-        Ok(())
+            env.shared_data.set(&env.vm_id, &key, &value, cas)?;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_register_shared_queue",
+        |c, np: u32, nl: u32, rt: u32| {
+            let name = read_str(&c, np, nl)?;
+            let token = {
+                let s = c.data();
+                let owner = QueueOwner {
+                    root_context_id: s.root_context_id,
+                    notify: s.queue_tx.clone(),
+                };
+                s.env.queues.register(&s.env.vm_id, &name, owner)
+            };
+            write_u32(&mut c, rt, token)?;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_resolve_shared_queue",
+        |c, vp: u32, vl: u32, np: u32, nl: u32, rt: u32| {
+            let (vm_id, name) = (read_str(&c, vp, vl)?, read_str(&c, np, nl)?);
+            let token = c
+                .data()
+                .env
+                .queues
+                .resolve(&vm_id, &name)
+                .ok_or(Status::NotFound)?;
+            write_u32(&mut c, rt, token)?;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_dequeue_shared_queue",
+        |c, token: u32, rp: u32, rl: u32| {
+            let item = c.data().env.queues.dequeue(token)?;
+            give(&mut c, &item, rp, rl)
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_enqueue_shared_queue",
+        |c, token: u32, vp: u32, vl: u32| {
+            let value = read(&c, vp, vl)?;
+            c.data().env.queues.enqueue(token, &value)?;
+            Ok(())
+        }
+    );
+    wrap!(l, names, "proxy_continue_stream", |c, t: u32| {
+        resume(c.data_mut(), StreamType::from_abi(t))
     });
-    wrap!(l, names, "proxy_set_shared_data", |c, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32| {
-        let (key, value) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
-        let env = &c.data().env;
-        env.shared_data.set(&env.vm_id, &key, &value, cas)?;
-        Ok(())
+    wrap!(l, names, "proxy_continue_request", |c| {
+        resume(c.data_mut(), Some(StreamType::Request))
     });
-    wrap!(l, names, "proxy_register_shared_queue", |c, np: u32, nl: u32, rt: u32| {
-        let name = read_str(&c, np, nl)?;
-        let token = {
-            let s = c.data();
-            let owner = QueueOwner { root_context_id: s.root_context_id, notify: s.queue_tx.clone() };
-            s.env.queues.register(&s.env.vm_id, &name, owner)
-        };
-        write_u32(&mut c, rt, token)?;
-        Ok(())
+    wrap!(l, names, "proxy_continue_response", |c| {
+        resume(c.data_mut(), Some(StreamType::Response))
     });
-    wrap!(l, names, "proxy_resolve_shared_queue", |c, vp: u32, vl: u32, np: u32, nl: u32, rt: u32| {
-        let (vm_id, name) = (read_str(&c, vp, vl)?, read_str(&c, np, nl)?);
-        let token = c.data().env.queues.resolve(&vm_id, &name).ok_or(Status::NotFound)?;
-        write_u32(&mut c, rt, token)?;
-        Ok(())
-    });
-    wrap!(l, names, "proxy_dequeue_shared_queue", |c, token: u32, rp: u32, rl: u32| {
-        let item = c.data().env.queues.dequeue(token)?;
-        give(&mut c, &item, rp, rl)
-    });
-    wrap!(l, names, "proxy_enqueue_shared_queue", |c, token: u32, vp: u32, vl: u32| {
-        let value = read(&c, vp, vl)?;
-        c.data().env.queues.enqueue(token, &value)?;
-        Ok(())
-    });
-    wrap!(l, names, "proxy_continue_stream", |c, t: u32| { resume(c.data_mut(), StreamType::from_abi(t)) });
-    wrap!(l, names, "proxy_continue_request", |c| { resume(c.data_mut(), Some(StreamType::Request)) });
-    wrap!(l, names, "proxy_continue_response", |c| { resume(c.data_mut(), Some(StreamType::Response)) });
     wrap!(l, names, "proxy_close_stream", |c, t: u32| {
         StreamType::from_abi(t).ok_or(Status::BadArgument)?;
         let ctx = c.data_mut().http_ctx().ok_or(Status::NotFound)?;
@@ -446,99 +588,211 @@ fn define_proxy(l: &mut Linker<HostState>, names: &mut Vec<(&'static str, &'stat
         let _ = &c;
         Ok(())
     });
-    wrap!(l, names, "proxy_send_local_response", |c, status: u32, dp: u32, dl: u32, bp: u32, bl: u32, hp: u32, hl: u32, grpc: i32| {
-        let details = String::from_utf8_lossy(&read(&c, dp, dl)?).into_owned();
-        let body = read(&c, bp, bl)?;
-        let headers = decode_map(&read(&c, hp, hl)?)?;
-        let status = u16::try_from(status).ok().filter(|s| (100..=599).contains(s)).ok_or(Status::BadArgument)?;
-        let ctx = c.data_mut().http_ctx().ok_or(Status::NotFound)?;
-        ctx.local_reply = Some(LocalReply { status, details, body, headers, grpc_status: grpc });
-        ctx.signal.notify_one();
-        Ok(())
-    });
-    wrap!(l, names, "proxy_http_call", |c, up: u32, ul: u32, hp: u32, hl: u32, bp: u32, bl: u32, tp: u32, tl: u32, timeout: u32, rt: u32| {
-        let cluster = read_str(&c, up, ul)?;
-        let headers = decode_map(&read(&c, hp, hl)?)?;
-        let body = read(&c, bp, bl)?;
-        let trailers = decode_map(&read(&c, tp, tl)?)?;
-        // Check the return slot before anything is queued.
-        write_u32(&mut c, rt, 0)?;
-        if [":method", ":path", ":authority"].iter().any(|h| headers.get(h).is_none_or(<[u8]>::is_empty)) {
-            return Err(Status::BadArgument.into());
+    wrap!(
+        l,
+        names,
+        "proxy_send_local_response",
+        |c, status: u32, dp: u32, dl: u32, bp: u32, bl: u32, hp: u32, hl: u32, grpc: i32| {
+            let details = String::from_utf8_lossy(&read(&c, dp, dl)?).into_owned();
+            let body = read(&c, bp, bl)?;
+            let headers = decode_map(&read(&c, hp, hl)?)?;
+            let status = u16::try_from(status)
+                .ok()
+                .filter(|s| (100..=599).contains(s))
+                .ok_or(Status::BadArgument)?;
+            let ctx = c.data_mut().http_ctx().ok_or(Status::NotFound)?;
+            ctx.local_reply = Some(LocalReply {
+                status,
+                details,
+                body,
+                headers,
+                grpc_status: grpc,
+            });
+            ctx.signal.notify_one();
+            Ok(())
         }
-        if !(c.data().env.has_cluster)(&cluster) {
-            return Err(Status::BadArgument.into());
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_http_call",
+        |c,
+         up: u32,
+         ul: u32,
+         hp: u32,
+         hl: u32,
+         bp: u32,
+         bl: u32,
+         tp: u32,
+         tl: u32,
+         timeout: u32,
+         rt: u32| {
+            let cluster = read_str(&c, up, ul)?;
+            let headers = decode_map(&read(&c, hp, hl)?)?;
+            let body = read(&c, bp, bl)?;
+            let trailers = decode_map(&read(&c, tp, tl)?)?;
+            // Check the return slot before anything is queued.
+            write_u32(&mut c, rt, 0)?;
+            if [":method", ":path", ":authority"]
+                .iter()
+                .any(|h| headers.get(h).is_none_or(<[u8]>::is_empty))
+            {
+                return Err(Status::BadArgument.into());
+            }
+            if !(c.data().env.has_cluster)(&cluster) {
+                return Err(Status::BadArgument.into());
+            }
+            let s = c.data_mut();
+            s.next_token = s.next_token.wrapping_add(1).max(1);
+            let token = s.next_token;
+            let request = HttpCallRequest {
+                headers,
+                body,
+                trailers,
+                timeout: Duration::from_millis(timeout as u64),
+            };
+            s.outgoing.push(Outgoing::Http {
+                token,
+                context_id: s.effective,
+                cluster,
+                request,
+            });
+            write_u32(&mut c, rt, token)?;
+            Ok(())
         }
-        let s = c.data_mut();
-        s.next_token = s.next_token.wrapping_add(1).max(1);
-        let token = s.next_token;
-        let request = HttpCallRequest { headers, body, trailers, timeout: Duration::from_millis(timeout as u64) };
-        s.outgoing.push(Outgoing::Http { token, context_id: s.effective, cluster, request });
-        write_u32(&mut c, rt, token)?;
-        Ok(())
-    });
-    wrap!(l, names, "proxy_grpc_call", |c, up: u32, ul: u32, sp: u32, sl: u32, mp: u32, ml: u32, ip: u32, il: u32, msgp: u32, msgl: u32, timeout: u32, rt: u32| {
-        let cluster = read_str(&c, up, ul)?;
-        let service = read_str(&c, sp, sl)?;
-        let method = read_str(&c, mp, ml)?;
-        let initial_metadata = decode_map(&read(&c, ip, il)?)?;
-        let message = read(&c, msgp, msgl)?;
-        write_u32(&mut c, rt, 0)?;
-        // The SDK expects ParseFailure for a service it cannot use.
-        if !(c.data().env.has_cluster)(&cluster) {
-            return Err(Status::ParseFailure.into());
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_grpc_call",
+        |c,
+         up: u32,
+         ul: u32,
+         sp: u32,
+         sl: u32,
+         mp: u32,
+         ml: u32,
+         ip: u32,
+         il: u32,
+         msgp: u32,
+         msgl: u32,
+         timeout: u32,
+         rt: u32| {
+            let cluster = read_str(&c, up, ul)?;
+            let service = read_str(&c, sp, sl)?;
+            let method = read_str(&c, mp, ml)?;
+            let initial_metadata = decode_map(&read(&c, ip, il)?)?;
+            let message = read(&c, msgp, msgl)?;
+            write_u32(&mut c, rt, 0)?;
+            // The SDK expects ParseFailure for a service it cannot use.
+            if !(c.data().env.has_cluster)(&cluster) {
+                return Err(Status::ParseFailure.into());
+            }
+            let s = c.data_mut();
+            s.next_token = s.next_token.wrapping_add(1).max(1);
+            let token = s.next_token;
+            let request = GrpcCallRequest {
+                service,
+                method,
+                initial_metadata,
+                message,
+                timeout: Duration::from_millis(timeout as u64),
+            };
+            s.outgoing.push(Outgoing::Grpc {
+                token,
+                context_id: s.effective,
+                cluster,
+                request,
+            });
+            write_u32(&mut c, rt, token)?;
+            Ok(())
         }
-        let s = c.data_mut();
-        s.next_token = s.next_token.wrapping_add(1).max(1);
-        let token = s.next_token;
-        let request = GrpcCallRequest { service, method, initial_metadata, message, timeout: Duration::from_millis(timeout as u64) };
-        s.outgoing.push(Outgoing::Grpc { token, context_id: s.effective, cluster, request });
-        write_u32(&mut c, rt, token)?;
-        Ok(())
-    });
+    );
     // Streaming gRPC is not offered (nothing in Portcullis needs it).
-    wrap!(l, names, "proxy_grpc_stream", |c, _a: u32, _b: u32, _d: u32, _e: u32, _f: u32, _g: u32, _h: u32, _i: u32, _j: u32| {
-        let _ = &c;
-        Err(Status::Unimplemented.into())
-    });
-    wrap!(l, names, "proxy_grpc_send", |c, _t: u32, _p: u32, _l: u32, _e: u32| {
-        let _ = &c;
-        Err(Status::NotFound.into())
-    });
-    wrap!(l, names, "proxy_grpc_cancel", |c, token: u32| { cancel_call(c.data_mut(), token) });
-    wrap!(l, names, "proxy_grpc_close", |c, token: u32| { cancel_call(c.data_mut(), token) });
-    wrap!(l, names, "proxy_get_status", |c, rc: u32, rp: u32, rl: u32| {
-        let (code, message) = c.data().grpc_status.clone();
-        write_u32(&mut c, rc, code)?;
-        if message.is_empty() {
-            return Ok(());
+    wrap!(
+        l,
+        names,
+        "proxy_grpc_stream",
+        |c, _a: u32, _b: u32, _d: u32, _e: u32, _f: u32, _g: u32, _h: u32, _i: u32, _j: u32| {
+            let _ = &c;
+            Err(Status::Unimplemented.into())
         }
-        give(&mut c, &message, rp, rl)
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_grpc_send",
+        |c, _t: u32, _p: u32, _l: u32, _e: u32| {
+            let _ = &c;
+            Err(Status::NotFound.into())
+        }
+    );
+    wrap!(l, names, "proxy_grpc_cancel", |c, token: u32| {
+        cancel_call(c.data_mut(), token)
     });
-    wrap!(l, names, "proxy_define_metric", |c, t: u32, np: u32, nl: u32, rid: u32| {
-        let kind = MetricKind::from_abi(t).ok_or(Status::BadArgument)?;
-        let name = read_str(&c, np, nl)?;
-        let metric = c.data().env.metrics.define(kind, &name)?;
-        // Envoy hands out a new id for every definition, even of the same name; each
-        // id reaches the one metric of that name.
-        let s = c.data_mut();
-        s.metric_ids.push(metric);
-        let id = s.metric_ids.len() as u32 - 1;
-        write_u32(&mut c, rid, id)?;
-        Ok(())
+    wrap!(l, names, "proxy_grpc_close", |c, token: u32| {
+        cancel_call(c.data_mut(), token)
     });
-    wrap!(l, names, "proxy_increment_metric", |c, id: u32, offset: i64| {
-        let m = c.data().metric_ids.get(id as usize).ok_or(Status::NotFound)?;
-        m.increment(offset)?;
-        Ok(())
-    });
+    wrap!(
+        l,
+        names,
+        "proxy_get_status",
+        |c, rc: u32, rp: u32, rl: u32| {
+            let (code, message) = c.data().grpc_status.clone();
+            write_u32(&mut c, rc, code)?;
+            if message.is_empty() {
+                return Ok(());
+            }
+            give(&mut c, &message, rp, rl)
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_define_metric",
+        |c, t: u32, np: u32, nl: u32, rid: u32| {
+            let kind = MetricKind::from_abi(t).ok_or(Status::BadArgument)?;
+            let name = read_str(&c, np, nl)?;
+            let metric = c.data().env.metrics.define(kind, &name)?;
+            // Envoy hands out a new id for every definition, even of the same name; each
+            // id reaches the one metric of that name.
+            let s = c.data_mut();
+            s.metric_ids.push(metric);
+            let id = s.metric_ids.len() as u32 - 1;
+            write_u32(&mut c, rid, id)?;
+            Ok(())
+        }
+    );
+    wrap!(
+        l,
+        names,
+        "proxy_increment_metric",
+        |c, id: u32, offset: i64| {
+            let m = c
+                .data()
+                .metric_ids
+                .get(id as usize)
+                .ok_or(Status::NotFound)?;
+            m.increment(offset)?;
+            Ok(())
+        }
+    );
     wrap!(l, names, "proxy_record_metric", |c, id: u32, value: u64| {
-        let m = c.data().metric_ids.get(id as usize).ok_or(Status::NotFound)?;
+        let m = c
+            .data()
+            .metric_ids
+            .get(id as usize)
+            .ok_or(Status::NotFound)?;
         m.record(value);
         Ok(())
     });
     wrap!(l, names, "proxy_get_metric", |c, id: u32, rp: u32| {
-        let v = c.data().metric_ids.get(id as usize).ok_or(Status::NotFound)?.get()?;
+        let v = c
+            .data()
+            .metric_ids
+            .get(id as usize)
+            .ok_or(Status::NotFound)?
+            .get()?;
         write_u64(&mut c, rp, v)?;
         Ok(())
     });
@@ -558,7 +812,8 @@ fn resume(s: &mut HostState, t: Option<StreamType>) -> R<()> {
 
 fn cancel_call(s: &mut HostState, token: u32) -> R<()> {
     let before = s.outgoing.len();
-    s.outgoing.retain(|o| !matches!(o, Outgoing::Grpc { token: t, .. } if *t == token));
+    s.outgoing
+        .retain(|o| !matches!(o, Outgoing::Grpc { token: t, .. } if *t == token));
     if s.outgoing.len() == before {
         // A call already on its way is cancelled by dropping its answer.
         if !s.cancelled_grpc.insert(token) {
@@ -585,88 +840,160 @@ fn errno(r: Result<(), Status>) -> u32 {
 
 const WASI: &str = "wasi_snapshot_preview1";
 
-fn define_wasi(l: &mut Linker<HostState>, names: &mut Vec<(&'static str, &'static str)>) -> wasmtime::Result<()> {
+fn define_wasi(
+    l: &mut Linker<HostState>,
+    names: &mut Vec<(&'static str, &'static str)>,
+) -> wasmtime::Result<()> {
     names.extend(WASI_NAMES.iter().map(|n| (WASI, *n)));
-    l.func_wrap(WASI, "fd_write", |mut c: C<'_>, fd: u32, iovs: u32, n: u32, nwritten: u32| -> u32 {
-        let r = (|| -> Result<u32, Status> {
-            if fd != 1 && fd != 2 {
-                return Err(Status::BadArgument);
+    l.func_wrap(
+        WASI,
+        "fd_write",
+        |mut c: C<'_>, fd: u32, iovs: u32, n: u32, nwritten: u32| -> u32 {
+            let r = (|| -> Result<u32, Status> {
+                if fd != 1 && fd != 2 {
+                    return Err(Status::BadArgument);
+                }
+                let table = read(&c, iovs, n.checked_mul(8).ok_or(IMA)?)?;
+                let mut text = Vec::new();
+                for iov in table.chunks_exact(8) {
+                    let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+                    let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+                    text.extend(read(&c, ptr, len)?);
+                }
+                let written = text.len() as u32;
+                // Envoy: stdout goes to the info log, stderr to the error log.
+                let level = if fd == 1 {
+                    LogLevel::Info
+                } else {
+                    LogLevel::Error
+                };
+                let msg = String::from_utf8_lossy(&text);
+                let msg = msg.strip_suffix('\n').unwrap_or(&msg);
+                if !msg.is_empty() {
+                    c.data_mut().log(level, msg.to_owned());
+                }
+                write_u32(&mut c, nwritten, written)?;
+                Ok(written)
+            })();
+            match r {
+                Ok(_) => ERRNO_SUCCESS,
+                Err(Status::BadArgument) => ERRNO_BADF,
+                Err(_) => ERRNO_FAULT,
             }
-            let table = read(&c, iovs, n.checked_mul(8).ok_or(IMA)?)?;
-            let mut text = Vec::new();
-            for iov in table.chunks_exact(8) {
-                let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
-                let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-                text.extend(read(&c, ptr, len)?);
-            }
-            let written = text.len() as u32;
-            // Envoy: stdout goes to the info log, stderr to the error log.
-            let level = if fd == 1 { LogLevel::Info } else { LogLevel::Error };
-            let msg = String::from_utf8_lossy(&text);
-            let msg = msg.strip_suffix('\n').unwrap_or(&msg);
-            if !msg.is_empty() {
-                c.data_mut().log(level, msg.to_owned());
-            }
-            write_u32(&mut c, nwritten, written)?;
-            Ok(written)
-        })();
-        match r {
-            Ok(_) => ERRNO_SUCCESS,
-            Err(Status::BadArgument) => ERRNO_BADF,
-            Err(_) => ERRNO_FAULT,
-        }
+        },
+    )?;
+    l.func_wrap(
+        WASI,
+        "fd_read",
+        |_c: C<'_>, _fd: u32, _iovs: u32, _n: u32, _nread: u32| -> u32 { ERRNO_BADF },
+    )?;
+    l.func_wrap(
+        WASI,
+        "fd_seek",
+        |_c: C<'_>, _fd: u32, _off: i64, _whence: u32, _ret: u32| -> u32 { ERRNO_SPIPE },
+    )?;
+    l.func_wrap(WASI, "fd_close", |_c: C<'_>, _fd: u32| -> u32 {
+        ERRNO_SUCCESS
     })?;
-    l.func_wrap(WASI, "fd_read", |_c: C<'_>, _fd: u32, _iovs: u32, _n: u32, _nread: u32| -> u32 { ERRNO_BADF })?;
-    l.func_wrap(WASI, "fd_seek", |_c: C<'_>, _fd: u32, _off: i64, _whence: u32, _ret: u32| -> u32 { ERRNO_SPIPE })?;
-    l.func_wrap(WASI, "fd_close", |_c: C<'_>, _fd: u32| -> u32 { ERRNO_SUCCESS })?;
-    l.func_wrap(WASI, "fd_fdstat_get", |mut c: C<'_>, fd: u32, buf: u32| -> u32 {
-        if fd > 2 {
-            return ERRNO_BADF;
-        }
-        // filetype character device (2), no flags, no rights: a log stream.
-        let mut stat = [0u8; 24];
-        stat[0] = 2;
-        errno(write(&mut c, buf, &stat))
-    })?;
-    l.func_wrap(WASI, "fd_fdstat_set_flags", |_c: C<'_>, _fd: u32, _flags: u32| -> u32 { ERRNO_NOSYS })?;
-    l.func_wrap(WASI, "fd_prestat_get", |_c: C<'_>, _fd: u32, _buf: u32| -> u32 { ERRNO_BADF })?;
-    l.func_wrap(WASI, "fd_prestat_dir_name", |_c: C<'_>, _fd: u32, _p: u32, _l: u32| -> u32 { ERRNO_BADF })?;
-    for (get, sizes) in [("environ_get", "environ_sizes_get"), ("args_get", "args_sizes_get")] {
-        l.func_wrap(WASI, get, |_c: C<'_>, _a: u32, _b: u32| -> u32 { ERRNO_SUCCESS })?;
+    l.func_wrap(
+        WASI,
+        "fd_fdstat_get",
+        |mut c: C<'_>, fd: u32, buf: u32| -> u32 {
+            if fd > 2 {
+                return ERRNO_BADF;
+            }
+            // filetype character device (2), no flags, no rights: a log stream.
+            let mut stat = [0u8; 24];
+            stat[0] = 2;
+            errno(write(&mut c, buf, &stat))
+        },
+    )?;
+    l.func_wrap(
+        WASI,
+        "fd_fdstat_set_flags",
+        |_c: C<'_>, _fd: u32, _flags: u32| -> u32 { ERRNO_NOSYS },
+    )?;
+    l.func_wrap(
+        WASI,
+        "fd_prestat_get",
+        |_c: C<'_>, _fd: u32, _buf: u32| -> u32 { ERRNO_BADF },
+    )?;
+    l.func_wrap(
+        WASI,
+        "fd_prestat_dir_name",
+        |_c: C<'_>, _fd: u32, _p: u32, _l: u32| -> u32 { ERRNO_BADF },
+    )?;
+    for (get, sizes) in [
+        ("environ_get", "environ_sizes_get"),
+        ("args_get", "args_sizes_get"),
+    ] {
+        l.func_wrap(WASI, get, |_c: C<'_>, _a: u32, _b: u32| -> u32 {
+            ERRNO_SUCCESS
+        })?;
         l.func_wrap(WASI, sizes, |mut c: C<'_>, count: u32, size: u32| -> u32 {
             errno(write_u32(&mut c, count, 0).and_then(|()| write_u32(&mut c, size, 0)))
         })?;
     }
-    l.func_wrap(WASI, "clock_time_get", |mut c: C<'_>, id: u32, _precision: u64, ret: u32| -> u32 {
-        let clock = &c.data().env.clock;
-        let now = match id {
-            0 => clock.realtime_ns(),
-            1 => clock.monotonic_ns(),
-            _ => return ERRNO_INVAL,
-        };
-        errno(write_u64(&mut c, ret, now))
-    })?;
-    l.func_wrap(WASI, "random_get", |mut c: C<'_>, buf: u32, len: u32| -> u32 {
-        // Envoy serves at most 64 KiB a call.
-        if len > 64 * 1024 {
-            return ERRNO_INVAL;
-        }
-        let mut bytes = vec![0u8; len as usize];
-        if getrandom::fill(&mut bytes).is_err() {
-            return ERRNO_NOSYS;
-        }
-        errno(write(&mut c, buf, &bytes))
-    })?;
+    l.func_wrap(
+        WASI,
+        "clock_time_get",
+        |mut c: C<'_>, id: u32, _precision: u64, ret: u32| -> u32 {
+            let clock = &c.data().env.clock;
+            let now = match id {
+                0 => clock.realtime_ns(),
+                1 => clock.monotonic_ns(),
+                _ => return ERRNO_INVAL,
+            };
+            errno(write_u64(&mut c, ret, now))
+        },
+    )?;
+    l.func_wrap(
+        WASI,
+        "random_get",
+        |mut c: C<'_>, buf: u32, len: u32| -> u32 {
+            // Envoy serves at most 64 KiB a call.
+            if len > 64 * 1024 {
+                return ERRNO_INVAL;
+            }
+            let mut bytes = vec![0u8; len as usize];
+            if getrandom::fill(&mut bytes).is_err() {
+                return ERRNO_NOSYS;
+            }
+            errno(write(&mut c, buf, &bytes))
+        },
+    )?;
     l.func_wrap(WASI, "sched_yield", |_c: C<'_>| -> u32 { ERRNO_SUCCESS })?;
-    l.func_wrap(WASI, "poll_oneoff", |_c: C<'_>, _i: u32, _o: u32, _n: u32, _r: u32| -> u32 { ERRNO_NOSYS })?;
-    l.func_wrap(WASI, "proc_exit", |_c: C<'_>, code: u32| -> wasmtime::Result<()> {
-        wasmtime::bail!("the filter called proc_exit({code})")
-    })?;
+    l.func_wrap(
+        WASI,
+        "poll_oneoff",
+        |_c: C<'_>, _i: u32, _o: u32, _n: u32, _r: u32| -> u32 { ERRNO_NOSYS },
+    )?;
+    l.func_wrap(
+        WASI,
+        "proc_exit",
+        |_c: C<'_>, code: u32| -> wasmtime::Result<()> {
+            wasmtime::bail!("the filter called proc_exit({code})")
+        },
+    )?;
     Ok(())
 }
 
 const WASI_NAMES: [&str; 17] = [
-    "fd_write", "fd_read", "fd_seek", "fd_close", "fd_fdstat_get", "fd_fdstat_set_flags",
-    "fd_prestat_get", "fd_prestat_dir_name", "environ_get", "environ_sizes_get", "args_get",
-    "args_sizes_get", "clock_time_get", "random_get", "sched_yield", "poll_oneoff", "proc_exit",
+    "fd_write",
+    "fd_read",
+    "fd_seek",
+    "fd_close",
+    "fd_fdstat_get",
+    "fd_fdstat_set_flags",
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+    "environ_get",
+    "environ_sizes_get",
+    "args_get",
+    "args_sizes_get",
+    "clock_time_get",
+    "random_get",
+    "sched_yield",
+    "poll_oneoff",
+    "proc_exit",
 ];

@@ -22,7 +22,9 @@ pub mod types;
 mod vm;
 
 pub use clock::{Clock, ManualClock};
-pub use engine::{CompiledModule, EPOCH_PERIOD, Engine, EngineConfig, EngineError, default_cache_dir};
+pub use engine::{
+    CompiledModule, EPOCH_PERIOD, Engine, EngineConfig, EngineError, default_cache_dir,
+};
 pub use filter::{Clusters, Filter, Health, LocalFuture};
 pub use headers::HeaderMap;
 pub use stream::{Flow, HttpStream, failure_reply};

@@ -43,7 +43,12 @@ pub struct Metric {
 
 impl Metric {
     fn new(kind: MetricKind) -> Self {
-        Metric { kind, value: AtomicI64::new(0), buckets: Default::default(), sum: AtomicU64::new(0) }
+        Metric {
+            kind,
+            value: AtomicI64::new(0),
+            buckets: Default::default(),
+            sum: AtomicU64::new(0),
+        }
     }
 
     /// `proxy_increment_metric`: counters only go up; histograms cannot be incremented.
@@ -67,7 +72,10 @@ impl Metric {
             }
             MetricKind::Gauge => self.value.store(value as i64, Ordering::Relaxed),
             MetricKind::Histogram => {
-                let i = HISTOGRAM_BUCKETS.iter().position(|b| value as f64 <= *b).unwrap_or(HISTOGRAM_BUCKETS.len());
+                let i = HISTOGRAM_BUCKETS
+                    .iter()
+                    .position(|b| value as f64 <= *b)
+                    .unwrap_or(HISTOGRAM_BUCKETS.len());
                 self.buckets[i].fetch_add(1, Ordering::Relaxed);
                 self.sum.fetch_add(value, Ordering::Relaxed);
             }
@@ -87,7 +95,11 @@ impl Metric {
             MetricKind::Counter => MetricValue::Counter(self.value.load(Ordering::Relaxed) as u64),
             MetricKind::Gauge => MetricValue::Gauge(self.value.load(Ordering::Relaxed)),
             MetricKind::Histogram => MetricValue::Histogram {
-                buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+                buckets: self
+                    .buckets
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .collect(),
                 sum: self.sum.load(Ordering::Relaxed),
             },
         }
@@ -99,7 +111,10 @@ pub enum MetricValue {
     Counter(u64),
     Gauge(i64),
     /// Counts per bucket of [`HISTOGRAM_BUCKETS`] plus an overflow bucket, and the sum.
-    Histogram { buckets: Vec<u64>, sum: u64 },
+    Histogram {
+        buckets: Vec<u64>,
+        sum: u64,
+    },
 }
 
 impl MetricValue {
@@ -122,11 +137,21 @@ impl Metrics {
     /// one. A name already used with another kind is refused.
     pub fn define(&self, kind: MetricKind, name: &str) -> Result<Arc<Metric>, Status> {
         if let Some(m) = self.by_name.read().get(name) {
-            return if m.kind == kind { Ok(m.clone()) } else { Err(Status::BadArgument) };
+            return if m.kind == kind {
+                Ok(m.clone())
+            } else {
+                Err(Status::BadArgument)
+            };
         }
         let mut w = self.by_name.write();
-        let m = w.entry(name.to_owned()).or_insert_with(|| Arc::new(Metric::new(kind)));
-        if m.kind == kind { Ok(m.clone()) } else { Err(Status::BadArgument) }
+        let m = w
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Metric::new(kind)));
+        if m.kind == kind {
+            Ok(m.clone())
+        } else {
+            Err(Status::BadArgument)
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<MetricValue> {
@@ -134,7 +159,11 @@ impl Metrics {
     }
 
     pub fn snapshot(&self) -> Vec<(String, MetricValue)> {
-        self.by_name.read().iter().map(|(k, m)| (k.clone(), m.snapshot())).collect()
+        self.by_name
+            .read()
+            .iter()
+            .map(|(k, m)| (k.clone(), m.snapshot()))
+            .collect()
     }
 }
 
@@ -146,8 +175,14 @@ mod tests {
     fn envoy_metric_semantics() {
         let ms = Metrics::default();
         let c = ms.define(MetricKind::Counter, "c").unwrap();
-        assert!(Arc::ptr_eq(&c, &ms.define(MetricKind::Counter, "c").unwrap()));
-        assert_eq!(ms.define(MetricKind::Gauge, "c").unwrap_err(), Status::BadArgument);
+        assert!(Arc::ptr_eq(
+            &c,
+            &ms.define(MetricKind::Counter, "c").unwrap()
+        ));
+        assert_eq!(
+            ms.define(MetricKind::Gauge, "c").unwrap_err(),
+            Status::BadArgument
+        );
         c.increment(2).unwrap();
         assert_eq!(c.increment(-1), Err(Status::BadArgument));
         c.record(3);

@@ -28,7 +28,10 @@ pub fn get(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
     // Request headers as they are now when this filter holds them, otherwise as they
     // arrived (Envoy reads the live stream's headers; between filters ours are in
     // flight, so the arrival copy in RequestInfo stands in).
-    let live = ctx.request_headers.as_ref().filter(|_| ctx.phase != Phase::Response);
+    let live = ctx
+        .request_headers
+        .as_ref()
+        .filter(|_| ctx.phase != Phase::Response);
     let header = |name: &str| -> Option<Vec<u8>> {
         match live {
             Some(h) => h.get(name).map(<[u8]>::to_vec),
@@ -38,15 +41,21 @@ pub fn get(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
     match path {
         [b"request", b"path"] => header(":path"),
         [b"request", b"url_path"] => header(":path").map(|p| strip_query(&p).to_vec()),
-        [b"request", b"query"] => {
-            header(":path").map(|p| p.iter().position(|&c| c == b'?').map_or(Vec::new(), |i| p[i + 1..].to_vec()))
-        }
+        [b"request", b"query"] => header(":path").map(|p| {
+            p.iter()
+                .position(|&c| c == b'?')
+                .map_or(Vec::new(), |i| p[i + 1..].to_vec())
+        }),
         [b"request", b"host"] => header(":authority"),
         [b"request", b"method"] => header(":method"),
-        [b"request", b"scheme"] => header(":scheme").or_else(|| Some(info.scheme.clone().into_bytes())),
+        [b"request", b"scheme"] => {
+            header(":scheme").or_else(|| Some(info.scheme.clone().into_bytes()))
+        }
         [b"request", b"referer"] => header("referer"),
         [b"request", b"useragent"] => header("user-agent"),
-        [b"request", b"id"] => header("x-request-id").or_else(|| Some(info.id.clone().into_bytes())),
+        [b"request", b"id"] => {
+            header("x-request-id").or_else(|| Some(info.id.clone().into_bytes()))
+        }
         [b"request", b"protocol"] => Some(info.protocol.clone().into_bytes()),
         [b"request", b"time"] => Some((info.start_unix_ns as i64).to_le_bytes().to_vec()),
         [b"request", b"headers"] => {
@@ -56,9 +65,13 @@ pub fn get(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"response", b"code"] => ctx.response_code.map(|c| (c as i64).to_le_bytes().to_vec()),
         [b"response", b"headers"] => ctx.response_headers.as_ref().map(encode_map),
         [b"source", b"address"] => info.source.map(|a| a.to_string().into_bytes()),
-        [b"source", b"port"] => info.source.map(|a| (a.port() as i64).to_le_bytes().to_vec()),
+        [b"source", b"port"] => info
+            .source
+            .map(|a| (a.port() as i64).to_le_bytes().to_vec()),
         [b"destination", b"address"] => info.destination.map(|a| a.to_string().into_bytes()),
-        [b"destination", b"port"] => info.destination.map(|a| (a.port() as i64).to_le_bytes().to_vec()),
+        [b"destination", b"port"] => info
+            .destination
+            .map(|a| (a.port() as i64).to_le_bytes().to_vec()),
         _ => None,
     }
 }

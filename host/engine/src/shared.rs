@@ -26,7 +26,12 @@ impl SharedData {
     /// The value and its CAS, or `NotFound`.
     pub fn get(&self, vm_id: &str, key: &[u8]) -> Result<(Arc<[u8]>, u32), Status> {
         let inner = self.inner.lock();
-        inner.by_vm.get(vm_id).and_then(|m| m.get(key)).cloned().ok_or(Status::NotFound)
+        inner
+            .by_vm
+            .get(vm_id)
+            .and_then(|m| m.get(key))
+            .cloned()
+            .ok_or(Status::NotFound)
     }
 
     /// Stores `value`. A non-zero `cas` must match the key's current CAS, else
@@ -53,7 +58,11 @@ impl SharedData {
     /// Every key of a `vm_id` (for the test bed and the admin page).
     pub fn keys(&self, vm_id: &str) -> Vec<Vec<u8>> {
         let inner = self.inner.lock();
-        inner.by_vm.get(vm_id).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        inner
+            .by_vm
+            .get(vm_id)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -93,22 +102,36 @@ impl SharedQueues {
     /// is notified of new items. Tokens are stable for the life of the host.
     pub fn register(&self, vm_id: &str, name: &str, owner: QueueOwner) -> u32 {
         let mut queues = self.inner.lock();
-        if let Some(i) = queues.iter().position(|q| q.vm_id == vm_id && q.name == name) {
+        if let Some(i) = queues
+            .iter()
+            .position(|q| q.vm_id == vm_id && q.name == name)
+        {
             queues[i].owner = Some(owner);
             return i as u32 + 1;
         }
-        queues.push(Queue { vm_id: vm_id.into(), name: name.into(), items: VecDeque::new(), owner: Some(owner) });
+        queues.push(Queue {
+            vm_id: vm_id.into(),
+            name: name.into(),
+            items: VecDeque::new(),
+            owner: Some(owner),
+        });
         queues.len() as u32
     }
 
     pub fn resolve(&self, vm_id: &str, name: &str) -> Option<u32> {
         let queues = self.inner.lock();
-        queues.iter().position(|q| q.vm_id == vm_id && q.name == name).map(|i| i as u32 + 1)
+        queues
+            .iter()
+            .position(|q| q.vm_id == vm_id && q.name == name)
+            .map(|i| i as u32 + 1)
     }
 
     pub fn enqueue(&self, token: u32, value: &[u8]) -> Result<(), Status> {
         let mut queues = self.inner.lock();
-        let q = token.checked_sub(1).and_then(|i| queues.get_mut(i as usize)).ok_or(Status::NotFound)?;
+        let q = token
+            .checked_sub(1)
+            .and_then(|i| queues.get_mut(i as usize))
+            .ok_or(Status::NotFound)?;
         if q.items.len() >= MAX_QUEUE_ITEMS {
             q.items.pop_front();
         }
@@ -116,7 +139,10 @@ impl SharedQueues {
         if let Some(owner) = &q.owner {
             // A closed receiver means the owning VM is gone; the item stays queued for
             // whoever registers next.
-            let _ = owner.notify.send(QueueReady { root_context_id: owner.root_context_id, token });
+            let _ = owner.notify.send(QueueReady {
+                root_context_id: owner.root_context_id,
+                token,
+            });
         }
         Ok(())
     }
@@ -124,7 +150,10 @@ impl SharedQueues {
     /// The oldest item, `Empty` when there is none, `NotFound` for a bad token.
     pub fn dequeue(&self, token: u32) -> Result<Vec<u8>, Status> {
         let mut queues = self.inner.lock();
-        let q = token.checked_sub(1).and_then(|i| queues.get_mut(i as usize)).ok_or(Status::NotFound)?;
+        let q = token
+            .checked_sub(1)
+            .and_then(|i| queues.get_mut(i as usize))
+            .ok_or(Status::NotFound)?;
         q.items.pop_front().ok_or(Status::Empty)
     }
 }
@@ -140,7 +169,10 @@ mod tests {
         d.set("vm", b"k", b"1", 777).unwrap();
         let (v, cas) = d.get("vm", b"k").unwrap();
         assert_eq!(&*v, b"1");
-        assert_eq!(d.set("vm", b"k", b"2", cas.wrapping_add(1)), Err(Status::CasMismatch));
+        assert_eq!(
+            d.set("vm", b"k", b"2", cas.wrapping_add(1)),
+            Err(Status::CasMismatch)
+        );
         d.set("vm", b"k", b"2", cas).unwrap();
         assert_eq!(d.set("vm", b"k", b"3", cas), Err(Status::CasMismatch));
         d.set("vm", b"k", b"3", 0).unwrap();
@@ -151,12 +183,25 @@ mod tests {
     fn queues_notify_their_owner() {
         let q = SharedQueues::default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let t = q.register("vm", "jobs", QueueOwner { root_context_id: 1, notify: tx });
+        let t = q.register(
+            "vm",
+            "jobs",
+            QueueOwner {
+                root_context_id: 1,
+                notify: tx,
+            },
+        );
         assert_eq!(q.resolve("vm", "jobs"), Some(t));
         assert_eq!(q.resolve("vm", "other"), None);
         assert_eq!(q.dequeue(t), Err(Status::Empty));
         q.enqueue(t, b"a").unwrap();
-        assert_eq!(rx.try_recv().unwrap(), QueueReady { root_context_id: 1, token: t });
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            QueueReady {
+                root_context_id: 1,
+                token: t
+            }
+        );
         assert_eq!(q.dequeue(t).unwrap(), b"a");
         assert_eq!(q.enqueue(99, b"x"), Err(Status::NotFound));
     }

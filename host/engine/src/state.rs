@@ -12,7 +12,9 @@ use crate::clock::Clock;
 use crate::headers::HeaderMap;
 use crate::metrics::{Metric, Metrics};
 use crate::shared::{QueueReady, SharedData, SharedQueues};
-use crate::types::{GrpcCallRequest, HttpCallRequest, HttpCallResponse, LocalReply, LogRecord, RequestInfo};
+use crate::types::{
+    GrpcCallRequest, HttpCallRequest, HttpCallResponse, LocalReply, LogRecord, RequestInfo,
+};
 
 /// Everything about a plugin that does not change while its VM lives.
 pub struct PluginEnv {
@@ -33,14 +35,21 @@ pub struct PluginEnv {
 
 impl std::fmt::Debug for PluginEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginEnv").field("name", &self.name).field("vm_id", &self.vm_id).finish()
+        f.debug_struct("PluginEnv")
+            .field("name", &self.name)
+            .field("vm_id", &self.vm_id)
+            .finish()
     }
 }
 
 impl PluginEnv {
     pub fn log(&self, level: LogLevel, message: String) {
         if level >= self.log_level {
-            (self.log)(LogRecord { plugin: self.name.clone(), level, message });
+            (self.log)(LogRecord {
+                plugin: self.name.clone(),
+                level,
+                message,
+            });
         }
     }
 }
@@ -97,8 +106,18 @@ impl HttpCtx {
 
 /// A call a filter made during a callback; the embedder carries it out afterwards.
 pub enum Outgoing {
-    Http { token: u32, context_id: u32, cluster: String, request: HttpCallRequest },
-    Grpc { token: u32, context_id: u32, cluster: String, request: GrpcCallRequest },
+    Http {
+        token: u32,
+        context_id: u32,
+        cluster: String,
+        request: HttpCallRequest,
+    },
+    Grpc {
+        token: u32,
+        context_id: u32,
+        cluster: String,
+        request: GrpcCallRequest,
+    },
 }
 
 /// What `on_http_call_response` and the gRPC callbacks read while they run.
@@ -107,7 +126,11 @@ pub enum CallbackData {
     #[default]
     None,
     Http(HttpCallResponse),
-    Grpc { initial: HeaderMap, message: Vec<u8>, trailing: HeaderMap },
+    Grpc {
+        initial: HeaderMap,
+        message: Vec<u8>,
+        trailing: HeaderMap,
+    },
 }
 
 pub struct HostState {

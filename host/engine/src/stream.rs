@@ -52,7 +52,13 @@ pub fn failure_reply(filter: &str, request_id: &str) -> LocalReply {
     );
     let mut headers = HeaderMap::new();
     headers.add("content-type", "application/json");
-    LocalReply { status: 503, details: "wasm_fail_stream".into(), body: body.into_bytes(), headers, grpc_status: -1 }
+    LocalReply {
+        status: 503,
+        details: "wasm_fail_stream".into(),
+        body: body.into_bytes(),
+        headers,
+        grpc_status: -1,
+    }
 }
 
 fn json_escape(s: &str) -> String {
@@ -85,9 +91,19 @@ impl HttpStream {
                     None
                 }
             };
-            slots.push(Slot { filter: filter.clone(), ctx, held: Vec::new() });
+            slots.push(Slot {
+                filter: filter.clone(),
+                ctx,
+                held: Vec::new(),
+            });
         }
-        HttpStream { slots, info, failed_at_start, finished: false, replied: false }
+        HttpStream {
+            slots,
+            info,
+            failed_at_start,
+            finished: false,
+            replied: false,
+        }
     }
 
     pub fn info(&self) -> &RequestInfo {
@@ -105,9 +121,17 @@ impl HttpStream {
             let n = headers.len() as u32;
             let map = std::mem::take(headers);
             let outcome = self
-                .run(i, ctx, Phase::Request, |c| c.request_headers = Some(map), |vm, id| vm.on_request_headers(id, n, end_of_stream))
+                .run(
+                    i,
+                    ctx,
+                    Phase::Request,
+                    |c| c.request_headers = Some(map),
+                    |vm, id| vm.on_request_headers(id, n, end_of_stream),
+                )
                 .await;
-            *headers = self.take_back(i, |c| c.request_headers.take()).unwrap_or_default();
+            *headers = self
+                .take_back(i, |c| c.request_headers.take())
+                .unwrap_or_default();
             if let Some(flow) = outcome {
                 return flow;
             }
@@ -129,9 +153,17 @@ impl HttpStream {
             let n = trailers.len() as u32;
             let map = std::mem::take(trailers);
             let outcome = self
-                .run(i, ctx, Phase::Request, |c| c.request_trailers = Some(map), |vm, id| vm.on_request_trailers(id, n))
+                .run(
+                    i,
+                    ctx,
+                    Phase::Request,
+                    |c| c.request_trailers = Some(map),
+                    |vm, id| vm.on_request_trailers(id, n),
+                )
                 .await;
-            *trailers = self.take_back(i, |c| c.request_trailers.take()).unwrap_or_default();
+            *trailers = self
+                .take_back(i, |c| c.request_trailers.take())
+                .unwrap_or_default();
             if let Some(flow) = outcome {
                 return flow;
             }
@@ -146,9 +178,17 @@ impl HttpStream {
             let n = trailers.len() as u32;
             let map = std::mem::take(trailers);
             let outcome = self
-                .run(i, ctx, Phase::Response, |c| c.response_trailers = Some(map), |vm, id| vm.on_response_trailers(id, n))
+                .run(
+                    i,
+                    ctx,
+                    Phase::Response,
+                    |c| c.response_trailers = Some(map),
+                    |vm, id| vm.on_response_trailers(id, n),
+                )
                 .await;
-            *trailers = self.take_back(i, |c| c.response_trailers.take()).unwrap_or_default();
+            *trailers = self
+                .take_back(i, |c| c.response_trailers.take())
+                .unwrap_or_default();
             if let Some(flow) = outcome {
                 return flow;
             }
@@ -175,7 +215,9 @@ impl HttpStream {
                     |vm, id| vm.on_response_headers(id, n, end_of_stream),
                 )
                 .await;
-            *headers = self.take_back(i, |c| c.response_headers.take()).unwrap_or_default();
+            *headers = self
+                .take_back(i, |c| c.response_headers.take())
+                .unwrap_or_default();
             if let Some(flow) = outcome {
                 return flow;
             }
@@ -204,8 +246,11 @@ impl HttpStream {
     }
 
     async fn body(&mut self, phase: Phase, chunk: &mut Vec<u8>, eos: bool) -> Flow {
-        let order: Vec<usize> =
-            if phase == Phase::Request { (0..self.slots.len()).collect() } else { (0..self.slots.len()).rev().collect() };
+        let order: Vec<usize> = if phase == Phase::Request {
+            (0..self.slots.len()).collect()
+        } else {
+            (0..self.slots.len()).rev().collect()
+        };
         for i in order {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let mut buf = std::mem::take(&mut self.slots[i].held);
@@ -301,7 +346,9 @@ impl HttpStream {
             }
             let (reply, resumed, closed) = {
                 let mut vm = filter.inner.vm.borrow_mut();
-                let Some(c) = vm.as_mut().and_then(|vm| vm.ctx(*id)) else { return self.failed(i) };
+                let Some(c) = vm.as_mut().and_then(|vm| vm.ctx(*id)) else {
+                    return self.failed(i);
+                };
                 let resumed = match phase {
                     Phase::Request => std::mem::take(&mut c.resume_request),
                     _ => std::mem::take(&mut c.resume_response),
@@ -347,7 +394,10 @@ impl HttpStream {
         if slot.filter.generation() != ctx.1 || slot.filter.health() != Health::Running {
             // The VM failed under a paused or earlier phase of this request.
             slot.ctx = None;
-            if slot.filter.policy() != FailurePolicy::FailOpen && self.failed_at_start.is_none() && !self.replied {
+            if slot.filter.policy() != FailurePolicy::FailOpen
+                && self.failed_at_start.is_none()
+                && !self.replied
+            {
                 self.failed_at_start = Some(failure_reply(slot.filter.name(), &self.info.id));
             }
             return None;
@@ -355,7 +405,11 @@ impl HttpStream {
         Some(ctx)
     }
 
-    fn take_back<T>(&mut self, i: usize, f: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>) -> Option<T> {
+    fn take_back<T>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>,
+    ) -> Option<T> {
         let slot = &self.slots[i];
         let (id, _, _) = slot.ctx.as_ref()?;
         let mut vm = slot.filter.inner.vm.borrow_mut();
@@ -380,11 +434,16 @@ impl HttpStream {
         }
         self.finished = true;
         for slot in &mut self.slots {
-            let Some((id, generation, _)) = slot.ctx.take() else { continue };
+            let Some((id, generation, _)) = slot.ctx.take() else {
+                continue;
+            };
             if slot.filter.generation() != generation {
                 continue;
             }
-            let (rq, rs) = (std::mem::take(request_headers), std::mem::take(response_headers));
+            let (rq, rs) = (
+                std::mem::take(request_headers),
+                std::mem::take(response_headers),
+            );
             let back = slot.filter.with_vm(|vm| {
                 if let Some(c) = vm.ctx(id) {
                     c.request_headers = Some(rq);
@@ -425,8 +484,17 @@ fn reset_reply(request_id: &str) -> LocalReply {
     // closed. We answer 502 with the gateway's JSON body so the reset is visible.
     let mut headers = HeaderMap::new();
     headers.add("content-type", "application/json");
-    let body = format!("{{\"message\":\"the request was reset by a filter\",\"request_id\":\"{}\"}}", json_escape(request_id));
-    LocalReply { status: 502, details: "wasm_close_stream".into(), body: body.into_bytes(), headers, grpc_status: -1 }
+    let body = format!(
+        "{{\"message\":\"the request was reset by a filter\",\"request_id\":\"{}\"}}",
+        json_escape(request_id)
+    );
+    LocalReply {
+        status: 502,
+        details: "wasm_close_stream".into(),
+        body: body.into_bytes(),
+        headers,
+        grpc_status: -1,
+    }
 }
 
 fn create(vm: &mut Vm, info: &Arc<RequestInfo>) -> Result<(u32, u64, Arc<Notify>), Fault> {

@@ -127,7 +127,9 @@ impl std::str::FromStr for FailurePolicy {
             "fail_closed" => Ok(FailurePolicy::FailClosed),
             "fail_open" => Ok(FailurePolicy::FailOpen),
             "reload" => Ok(FailurePolicy::Reload),
-            other => Err(format!("unknown failure_policy `{other}` (fail_closed, fail_open or reload)")),
+            other => Err(format!(
+                "unknown failure_policy `{other}` (fail_closed, fail_open or reload)"
+            )),
         }
     }
 }

@@ -34,12 +34,19 @@ pub struct PluginSpec {
 
 impl std::fmt::Debug for PluginSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginSpec").field("name", &self.name).field("vm_id", &self.vm_id).finish()
+        f.debug_struct("PluginSpec")
+            .field("name", &self.name)
+            .field("vm_id", &self.vm_id)
+            .finish()
     }
 }
 
 impl PluginSpec {
-    pub fn new(name: impl Into<String>, module: Arc<CompiledModule>, configuration: impl Into<Vec<u8>>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        module: Arc<CompiledModule>,
+        configuration: impl Into<Vec<u8>>,
+    ) -> Self {
         let name = name.into();
         PluginSpec {
             root_id: name.clone(),
@@ -89,13 +96,21 @@ pub enum StartError {
     #[error("filter `{plugin}` could not start: {reason}")]
     Instantiate { plugin: String, reason: String },
     #[error("filter `{plugin}` failed while starting: {fault}{}", fmt_logs(.logs))]
-    Fault { plugin: String, fault: Fault, logs: Vec<String> },
+    Fault {
+        plugin: String,
+        fault: Fault,
+        logs: Vec<String>,
+    },
     #[error("filter `{plugin}` rejected its configuration{}", fmt_logs(.logs))]
     Rejected { plugin: String, logs: Vec<String> },
 }
 
 fn fmt_logs(logs: &[String]) -> String {
-    if logs.is_empty() { String::new() } else { format!(": {}", logs.join("; ")) }
+    if logs.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", logs.join("; "))
+    }
 }
 
 macro_rules! callbacks {
@@ -204,15 +219,29 @@ impl Vm {
         let start_ticks = ticks(spec.limits.start_timeout);
         store.set_epoch_deadline(start_ticks);
         let plugin = spec.name.clone();
-        let instantiate_err = |reason: String| StartError::Instantiate { plugin: plugin.clone(), reason };
-        let instance = spec.module.pre.instantiate(&mut store).map_err(|e| instantiate_err(format!("{e:#}")))?;
-        let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| instantiate_err("the module exports no `memory`".into()))?;
-        let alloc = match instance.get_typed_func::<u32, u32>(&mut store, "proxy_on_memory_allocate") {
-            Ok(f) => f,
-            Err(_) => instance
-                .get_typed_func::<u32, u32>(&mut store, "malloc")
-                .map_err(|_| instantiate_err("the module exports no `proxy_on_memory_allocate` (or `malloc`)".into()))?,
+        let instantiate_err = |reason: String| StartError::Instantiate {
+            plugin: plugin.clone(),
+            reason,
         };
+        let instance = spec
+            .module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_err(format!("{e:#}")))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| instantiate_err("the module exports no `memory`".into()))?;
+        let alloc =
+            match instance.get_typed_func::<u32, u32>(&mut store, "proxy_on_memory_allocate") {
+                Ok(f) => f,
+                Err(_) => instance
+                    .get_typed_func::<u32, u32>(&mut store, "malloc")
+                    .map_err(|_| {
+                        instantiate_err(
+                            "the module exports no `proxy_on_memory_allocate` (or `malloc`)".into(),
+                        )
+                    })?,
+            };
         store.data_mut().memory = Some(memory);
         store.data_mut().alloc = Some(alloc);
         let cb = Callbacks::resolve(&mut store, &instance).map_err(instantiate_err)?;
@@ -228,12 +257,24 @@ impl Vm {
         let logs = vm.store.data_mut().captured.take().unwrap_or_default();
         match started {
             Ok(true) => Ok(vm),
-            Ok(false) => Err(StartError::Rejected { plugin: spec.name.clone(), logs }),
-            Err(fault) => Err(StartError::Fault { plugin: spec.name.clone(), fault, logs }),
+            Ok(false) => Err(StartError::Rejected {
+                plugin: spec.name.clone(),
+                logs,
+            }),
+            Err(fault) => Err(StartError::Fault {
+                plugin: spec.name.clone(),
+                fault,
+                logs,
+            }),
         }
     }
 
-    fn run_start(&mut self, instance: &wasmtime::Instance, spec: &PluginSpec, start_ticks: u64) -> Result<bool, Fault> {
+    fn run_start(
+        &mut self,
+        instance: &wasmtime::Instance,
+        spec: &PluginSpec,
+        start_ticks: u64,
+    ) -> Result<bool, Fault> {
         let saved = self.deadline_ticks;
         // Start-up gets its own, longer deadline: configuration parsing may build keys.
         self.deadline_ticks = start_ticks;
@@ -242,7 +283,11 @@ impl Vm {
         result
     }
 
-    fn run_start_callbacks(&mut self, instance: &wasmtime::Instance, spec: &PluginSpec) -> Result<bool, Fault> {
+    fn run_start_callbacks(
+        &mut self,
+        instance: &wasmtime::Instance,
+        spec: &PluginSpec,
+    ) -> Result<bool, Fault> {
         {
             for name in ["_initialize", "_start"] {
                 if let Ok(f) = instance.get_typed_func::<(), ()>(&mut self.store, name) {
@@ -254,13 +299,21 @@ impl Vm {
                 self.call_raw("proxy_on_context_create", &f, (ROOT_CONTEXT_ID, 0))?;
             }
             if let Some(f) = self.cb.on_vm_start.clone() {
-                let ok = self.call_raw("proxy_on_vm_start", &f, (ROOT_CONTEXT_ID, spec.vm_configuration.len() as u32))?;
+                let ok = self.call_raw(
+                    "proxy_on_vm_start",
+                    &f,
+                    (ROOT_CONTEXT_ID, spec.vm_configuration.len() as u32),
+                )?;
                 if ok == 0 {
                     return Ok(false);
                 }
             }
             if let Some(f) = self.cb.on_configure.clone() {
-                let ok = self.call_raw("proxy_on_configure", &f, (ROOT_CONTEXT_ID, spec.configuration.len() as u32))?;
+                let ok = self.call_raw(
+                    "proxy_on_configure",
+                    &f,
+                    (ROOT_CONTEXT_ID, spec.configuration.len() as u32),
+                )?;
                 if ok == 0 {
                     return Ok(false);
                 }
@@ -289,7 +342,9 @@ impl Vm {
                     "ran longer than its limit of {} ms",
                     self.deadline_ticks * EPOCH_PERIOD.as_millis() as u64
                 ),
-                Some(Trap::UnreachableCodeReached) => "trapped (a panic or abort in the filter)".to_owned(),
+                Some(Trap::UnreachableCodeReached) => {
+                    "trapped (a panic or abort in the filter)".to_owned()
+                }
                 Some(trap) => format!("trapped: {trap}"),
                 None => format!("{e:#}"),
             };
@@ -298,27 +353,43 @@ impl Vm {
     }
 
     fn fault(&mut self, callback: &'static str, reason: String) -> Fault {
-        let fault = Fault { plugin: self.plugin.clone(), callback, reason };
-        self.store.data_mut().log(LogLevel::Error, fault.to_string());
+        let fault = Fault {
+            plugin: self.plugin.clone(),
+            callback,
+            reason,
+        };
+        self.store
+            .data_mut()
+            .log(LogLevel::Error, fault.to_string());
         fault
     }
 
     fn action(&mut self, callback: &'static str, v: u32) -> Result<Action, Fault> {
-        Action::from_abi(v).ok_or_else(|| self.fault(callback, format!("returned {v}, which is not a filter status")))
+        Action::from_abi(v).ok_or_else(|| {
+            self.fault(
+                callback,
+                format!("returned {v}, which is not a filter status"),
+            )
+        })
     }
 
     /// Creates an HTTP context for a new request.
     pub fn create_http_context(&mut self, info: Arc<RequestInfo>) -> Result<u32, Fault> {
         let id = loop {
             let id = self.next_context_id;
-            self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
+            self.next_context_id = self
+                .next_context_id
+                .checked_add(1)
+                .unwrap_or(ROOT_CONTEXT_ID + 1);
             if !self.store.data().http.contains_key(&id) {
                 break id;
             }
         };
         self.store.data_mut().http.insert(id, HttpCtx::new(info));
         if let Some(f) = self.cb.on_context_create.clone() {
-            self.with_context(id, |vm| vm.call_raw("proxy_on_context_create", &f, (id, ROOT_CONTEXT_ID)))?;
+            self.with_context(id, |vm| {
+                vm.call_raw("proxy_on_context_create", &f, (id, ROOT_CONTEXT_ID))
+            })?;
         }
         Ok(id)
     }
@@ -327,36 +398,72 @@ impl Vm {
         self.store.data_mut().http.get_mut(&id)
     }
 
-    fn with_context<T>(&mut self, id: u32, f: impl FnOnce(&mut Self) -> Result<T, Fault>) -> Result<T, Fault> {
+    fn with_context<T>(
+        &mut self,
+        id: u32,
+        f: impl FnOnce(&mut Self) -> Result<T, Fault>,
+    ) -> Result<T, Fault> {
         self.store.data_mut().effective = id;
         f(self)
     }
 
     pub fn on_request_headers(&mut self, id: u32, count: u32, eos: bool) -> Result<Action, Fault> {
-        self.stream_call("proxy_on_request_headers", self.cb.on_request_headers.clone(), id, count, eos)
+        self.stream_call(
+            "proxy_on_request_headers",
+            self.cb.on_request_headers.clone(),
+            id,
+            count,
+            eos,
+        )
     }
 
     pub fn on_request_body(&mut self, id: u32, size: u32, eos: bool) -> Result<Action, Fault> {
-        self.stream_call("proxy_on_request_body", self.cb.on_request_body.clone(), id, size, eos)
+        self.stream_call(
+            "proxy_on_request_body",
+            self.cb.on_request_body.clone(),
+            id,
+            size,
+            eos,
+        )
     }
 
     pub fn on_response_headers(&mut self, id: u32, count: u32, eos: bool) -> Result<Action, Fault> {
-        self.stream_call("proxy_on_response_headers", self.cb.on_response_headers.clone(), id, count, eos)
+        self.stream_call(
+            "proxy_on_response_headers",
+            self.cb.on_response_headers.clone(),
+            id,
+            count,
+            eos,
+        )
     }
 
     pub fn on_response_body(&mut self, id: u32, size: u32, eos: bool) -> Result<Action, Fault> {
-        self.stream_call("proxy_on_response_body", self.cb.on_response_body.clone(), id, size, eos)
+        self.stream_call(
+            "proxy_on_response_body",
+            self.cb.on_response_body.clone(),
+            id,
+            size,
+            eos,
+        )
     }
 
     pub fn on_request_trailers(&mut self, id: u32, count: u32) -> Result<Action, Fault> {
-        let Some(f) = self.cb.on_request_trailers.clone() else { return Ok(Action::Continue) };
-        let v = self.with_context(id, |vm| vm.call_raw("proxy_on_request_trailers", &f, (id, count)))?;
+        let Some(f) = self.cb.on_request_trailers.clone() else {
+            return Ok(Action::Continue);
+        };
+        let v = self.with_context(id, |vm| {
+            vm.call_raw("proxy_on_request_trailers", &f, (id, count))
+        })?;
         self.action("proxy_on_request_trailers", v)
     }
 
     pub fn on_response_trailers(&mut self, id: u32, count: u32) -> Result<Action, Fault> {
-        let Some(f) = self.cb.on_response_trailers.clone() else { return Ok(Action::Continue) };
-        let v = self.with_context(id, |vm| vm.call_raw("proxy_on_response_trailers", &f, (id, count)))?;
+        let Some(f) = self.cb.on_response_trailers.clone() else {
+            return Ok(Action::Continue);
+        };
+        let v = self.with_context(id, |vm| {
+            vm.call_raw("proxy_on_response_trailers", &f, (id, count))
+        })?;
         self.action("proxy_on_response_trailers", v)
     }
 
@@ -368,7 +475,9 @@ impl Vm {
         n: u32,
         eos: bool,
     ) -> Result<Action, Fault> {
-        let Some(f) = f else { return Ok(Action::Continue) };
+        let Some(f) = f else {
+            return Ok(Action::Continue);
+        };
         let v = self.with_context(id, |vm| vm.call_raw(name, &f, (id, n, eos as u32)))?;
         self.action(name, v)
     }
@@ -394,21 +503,45 @@ impl Vm {
         })();
         let ctx = self.store.data_mut().http.remove(&id);
         result?;
-        Ok(ctx.map(|c| (c.request_headers.unwrap_or_default(), c.response_headers.unwrap_or_default())).unwrap_or_default())
+        Ok(ctx
+            .map(|c| {
+                (
+                    c.request_headers.unwrap_or_default(),
+                    c.response_headers.unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default())
     }
 
     /// Delivers an `http_call` answer (`None`: the call failed without a response).
-    pub fn on_http_call_response(&mut self, context_id: u32, token: u32, response: Option<HttpCallResponse>) -> Result<(), Fault> {
-        let Some(f) = self.cb.on_http_call_response.clone() else { return Ok(()) };
+    pub fn on_http_call_response(
+        &mut self,
+        context_id: u32,
+        token: u32,
+        response: Option<HttpCallResponse>,
+    ) -> Result<(), Fault> {
+        let Some(f) = self.cb.on_http_call_response.clone() else {
+            return Ok(());
+        };
         if context_id != ROOT_CONTEXT_ID && !self.store.data().http.contains_key(&context_id) {
             return Ok(());
         }
         let (h, b, t) = match &response {
-            Some(r) => (r.headers.len() as u32, r.body.len() as u32, r.trailers.len() as u32),
+            Some(r) => (
+                r.headers.len() as u32,
+                r.body.len() as u32,
+                r.trailers.len() as u32,
+            ),
             None => (0, 0, 0),
         };
         self.store.data_mut().callback = response.map_or(CallbackData::None, CallbackData::Http);
-        self.with_context(context_id, |vm| vm.call_raw("proxy_on_http_call_response", &f, (context_id, token, h, b, t)))
+        self.with_context(context_id, |vm| {
+            vm.call_raw(
+                "proxy_on_http_call_response",
+                &f,
+                (context_id, token, h, b, t),
+            )
+        })
     }
 
     /// Delivers a unary gRPC answer: the message on success, the status otherwise.
@@ -426,23 +559,36 @@ impl Vm {
         }
         match result {
             Ok(r) => {
-                let Some(f) = self.cb.on_grpc_receive.clone() else { return Ok(()) };
+                let Some(f) = self.cb.on_grpc_receive.clone() else {
+                    return Ok(());
+                };
                 let size = r.message.len() as u32;
-                self.store.data_mut().callback =
-                    CallbackData::Grpc { initial: r.initial_metadata, message: r.message, trailing: r.trailing_metadata };
+                self.store.data_mut().callback = CallbackData::Grpc {
+                    initial: r.initial_metadata,
+                    message: r.message,
+                    trailing: r.trailing_metadata,
+                };
                 self.store.data_mut().grpc_status = (0, Vec::new());
-                self.with_context(context_id, |vm| vm.call_raw("proxy_on_grpc_receive", &f, (context_id, token, size)))
+                self.with_context(context_id, |vm| {
+                    vm.call_raw("proxy_on_grpc_receive", &f, (context_id, token, size))
+                })
             }
             Err(status) => {
-                let Some(f) = self.cb.on_grpc_close.clone() else { return Ok(()) };
+                let Some(f) = self.cb.on_grpc_close.clone() else {
+                    return Ok(());
+                };
                 self.store.data_mut().grpc_status = (status.code, status.message.into_bytes());
-                self.with_context(context_id, |vm| vm.call_raw("proxy_on_grpc_close", &f, (context_id, token, status.code)))
+                self.with_context(context_id, |vm| {
+                    vm.call_raw("proxy_on_grpc_close", &f, (context_id, token, status.code))
+                })
             }
         }
     }
 
     pub fn on_tick(&mut self) -> Result<(), Fault> {
-        let Some(f) = self.cb.on_tick.clone() else { return Ok(()) };
+        let Some(f) = self.cb.on_tick.clone() else {
+            return Ok(());
+        };
         self.call_raw("proxy_on_tick", &f, (ROOT_CONTEXT_ID,))
     }
 
@@ -450,7 +596,11 @@ impl Vm {
     pub fn drain_queue_notifications(&mut self) -> Result<(), Fault> {
         while let Ok(ready) = self.queue_rx.try_recv() {
             if let Some(f) = self.cb.on_queue_ready.clone() {
-                self.call_raw("proxy_on_queue_ready", &f, (ready.root_context_id, ready.token))?;
+                self.call_raw(
+                    "proxy_on_queue_ready",
+                    &f,
+                    (ready.root_context_id, ready.token),
+                )?;
             }
         }
         Ok(())
@@ -469,7 +619,10 @@ impl Vm {
 
     /// Bytes of linear memory the module uses now.
     pub fn memory_bytes(&self) -> usize {
-        self.store.data().memory.map_or(0, |m| m.data_size(&self.store))
+        self.store
+            .data()
+            .memory
+            .map_or(0, |m| m.data_size(&self.store))
     }
 
     pub fn live_contexts(&self) -> usize {
@@ -487,4 +640,3 @@ impl Vm {
 fn ticks(d: Duration) -> u64 {
     (d.as_millis() as u64 / EPOCH_PERIOD.as_millis() as u64).max(1)
 }
-

@@ -37,9 +37,16 @@ impl AccessLog {
         let out: Box<dyn Write + Send> = if target == "stdout" {
             Box::new(std::io::stdout())
         } else {
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(target)?)
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(target)?,
+            )
         };
-        Ok(AccessLog { out: Mutex::new(out) })
+        Ok(AccessLog {
+            out: Mutex::new(out),
+        })
     }
 
     pub fn write(&self, entry: &Entry) {
@@ -54,7 +61,9 @@ impl AccessLog {
 
 /// RFC 3339 UTC time with milliseconds, without a date crate.
 pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since the epoch (Howard Hinnant's algorithm).

@@ -217,7 +217,8 @@ pub struct Route {
 /// Reads, parses and checks a configuration file. Every problem found is reported
 /// (not only the first), each naming the entity and field.
 pub fn load(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
     let file: ConfigFile =
         serde_norway::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -234,19 +235,24 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         let address = match l.address.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(e) => {
-                errors.push(format!("listener `{}`: address `{}`: {e} (expected IP:PORT)", l.name, l.address));
+                errors.push(format!(
+                    "listener `{}`: address `{}`: {e} (expected IP:PORT)",
+                    l.name, l.address
+                ));
                 None
             }
         };
         let tls = match &l.tls {
             None => None,
-            Some(t) => match crate::tls::server_config(&resolve(base, &t.cert), &resolve(base, &t.key)) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
-                    errors.push(format!("listener `{}`: tls: {e}", l.name));
-                    None
+            Some(t) => {
+                match crate::tls::server_config(&resolve(base, &t.cert), &resolve(base, &t.key)) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(e) => {
+                        errors.push(format!("listener `{}`: tls: {e}", l.name));
+                        None
+                    }
                 }
-            },
+            }
         };
         if let Some(address) = address {
             listeners.push(Listener {
@@ -258,17 +264,26 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             });
         }
     }
-    let admin = file.admin.as_ref().and_then(|a| match a.address.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(e) => {
-            errors.push(format!("admin: address `{}`: {e} (expected IP:PORT)", a.address));
-            None
-        }
-    });
+    let admin = file
+        .admin
+        .as_ref()
+        .and_then(|a| match a.address.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(format!(
+                    "admin: address `{}`: {e} (expected IP:PORT)",
+                    a.address
+                ));
+                None
+            }
+        });
     let mut services = Vec::new();
     let mut service_index = HashMap::new();
     for s in &file.services {
-        if service_index.insert(s.name.clone(), services.len()).is_some() {
+        if service_index
+            .insert(s.name.clone(), services.len())
+            .is_some()
+        {
             errors.push(format!("service `{}`: defined twice", s.name));
         }
         let raw: Vec<&String> = s.url.iter().chain(s.urls.iter()).collect();
@@ -278,12 +293,21 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         let mut urls = Vec::new();
         for u in raw {
             match u.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => urls.push(uri),
-                Ok(_) => errors.push(format!("service `{}`: url `{u}`: expected http://HOST:PORT", s.name)),
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                    urls.push(uri)
+                }
+                Ok(_) => errors.push(format!(
+                    "service `{}`: url `{u}`: expected http://HOST:PORT",
+                    s.name
+                )),
                 Err(e) => errors.push(format!("service `{}`: url `{u}`: {e}", s.name)),
             }
         }
-        for (field, v) in [("connect_timeout_ms", s.connect_timeout_ms), ("read_timeout_ms", s.read_timeout_ms), ("timeout_ms", s.timeout_ms)] {
+        for (field, v) in [
+            ("connect_timeout_ms", s.connect_timeout_ms),
+            ("read_timeout_ms", s.read_timeout_ms),
+            ("timeout_ms", s.timeout_ms),
+        ] {
             if v == 0 {
                 errors.push(format!("service `{}`: {field} must be positive", s.name));
             }
@@ -304,7 +328,12 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         if filter_index.insert(f.name.clone(), filters.len()).is_some() {
             errors.push(format!("filter `{}`: defined twice", f.name));
         }
-        let failure_policy = match f.failure_policy.as_deref().map(str::parse::<FailurePolicy>).transpose() {
+        let failure_policy = match f
+            .failure_policy
+            .as_deref()
+            .map(str::parse::<FailurePolicy>)
+            .transpose()
+        {
             Ok(p) => p.unwrap_or_default(),
             Err(e) => {
                 errors.push(format!("filter `{}`: {e}", f.name));
@@ -331,7 +360,11 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 vm_id: f.vm_id.clone().unwrap_or_else(|| f.name.clone()),
                 limits,
             })),
-            Err(e) => errors.push(format!("filter `{}`: wasm `{}`: {e}", f.name, f.wasm.display())),
+            Err(e) => errors.push(format!(
+                "filter `{}`: wasm `{}`: {e}",
+                f.name,
+                f.wasm.display()
+            )),
         }
     }
     let mut routes = Vec::new();
@@ -340,7 +373,10 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         let service = match service_index.get(&r.service) {
             Some(i) => *i,
             None => {
-                errors.push(format!("route `{}`: unknown service `{}`", r.name, r.service));
+                errors.push(format!(
+                    "route `{}`: unknown service `{}`",
+                    r.name, r.service
+                ));
                 0
             }
         };
@@ -354,7 +390,10 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         let matches = normalize(&r.matches);
         for p in &matches.paths {
             if !p.starts_with('/') {
-                errors.push(format!("route `{}`: path `{p}` must start with `/` (regex paths are not supported)", r.name));
+                errors.push(format!(
+                    "route `{}`: path `{p}` must start with `/` (regex paths are not supported)",
+                    r.name
+                ));
             }
         }
         let key = format!("{matches:?}");
@@ -377,7 +416,10 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
     if !errors.is_empty() {
         return Err(errors);
     }
-    let workers = file.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let workers = file
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     Ok(Plan {
         listeners,
         admin,
@@ -395,7 +437,11 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() || p.exists() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() || p.exists() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// Match rules in a canonical form: hosts lower-case, methods upper-case, all sorted,
@@ -410,6 +456,15 @@ fn normalize(m: &MatchConfig) -> MatchConfig {
     let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
     methods.sort();
     methods.dedup();
-    let headers = m.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
-    MatchConfig { hosts, paths, methods, headers }
+    let headers = m
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    MatchConfig {
+        hosts,
+        paths,
+        methods,
+        headers,
+    }
 }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "API gateway running proxy-wasm policy filters")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "API gateway running proxy-wasm policy filters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,9 +72,14 @@ fn main() -> ExitCode {
 }
 
 fn echo(address: &str) -> Result<(), Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| vec![e.to_string()])?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| vec![e.to_string()])?;
     rt.block_on(async {
-        let l = tokio::net::TcpListener::bind(address).await.map_err(|e| vec![format!("cannot listen on {address}: {e}")])?;
+        let l = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| vec![format!("cannot listen on {address}: {e}")])?;
         eprintln!("echo upstream on http://{address}");
         portcullis_clients::echo::serve(l).await;
         Ok(())

@@ -30,14 +30,26 @@ pub struct Conn {
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 fn hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
     let mut names: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
     for v in headers.get_all(http::header::CONNECTION) {
         if let Ok(v) = v.to_str() {
-            names.extend(v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()));
+            names.extend(
+                v.split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| !s.is_empty()),
+            );
         }
     }
     names
@@ -47,7 +59,13 @@ pub fn json_error(status: u16, message: &str, request_id: &str) -> LocalReply {
     let mut headers = HeaderMap::new();
     headers.add("content-type", "application/json");
     let body = serde_json::json!({ "message": message, "request_id": request_id }).to_string();
-    LocalReply { status, details: message.into(), body: body.into_bytes(), headers, grpc_status: -1 }
+    LocalReply {
+        status,
+        details: message.into(),
+        body: body.into_bytes(),
+        headers,
+        grpc_status: -1,
+    }
 }
 
 /// A request id: the client's when it is sane, else 16 random bytes in hex.
@@ -63,7 +81,9 @@ fn request_id(headers: &http::HeaderMap) -> String {
 }
 
 fn full(body: Vec<u8>) -> GwBody {
-    Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync()
+    Full::new(Bytes::from(body))
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 fn empty() -> GwBody {
@@ -72,14 +92,21 @@ fn empty() -> GwBody {
 
 /// Turns a header map from the filters into an HTTP response.
 fn to_response(headers: &HeaderMap, body: GwBody) -> http::Response<GwBody> {
-    let status = headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(502);
+    let status = headers
+        .get_str(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(502);
     let mut resp = http::Response::new(body);
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
     for (k, v) in headers.iter() {
         if k.starts_with(':') {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_bytes(v)) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_bytes(v),
+        ) {
             resp.headers_mut().append(name, value);
         }
     }
@@ -97,7 +124,10 @@ impl Ctx {
         self.entry.status = status;
         self.entry.total_ms = ms(self.start.elapsed());
         let route = self.entry.route.as_deref().unwrap_or("(none)");
-        self.state.shared.metrics.record(route, status, self.start.elapsed().as_secs_f64());
+        self.state
+            .shared
+            .metrics
+            .record(route, status, self.start.elapsed().as_secs_f64());
         if let Some(log) = &self.state.shared.access_log {
             log.write(&self.entry);
         }
@@ -110,7 +140,12 @@ fn ms(d: Duration) -> f64 {
 
 /// Answers with a gateway error (through the filters' response phase when a stream
 /// exists, as Envoy runs local replies through the encoder filters).
-async fn reply(ctx: Ctx, stream: Option<HttpStream>, reply: LocalReply, mut req_headers: HeaderMap) -> http::Response<GwBody> {
+async fn reply(
+    ctx: Ctx,
+    stream: Option<HttpStream>,
+    reply: LocalReply,
+    mut req_headers: HeaderMap,
+) -> http::Response<GwBody> {
     let (mut headers, body) = match stream {
         Some(mut s) => {
             let out = s.encode_local_reply(reply).await;
@@ -121,18 +156,29 @@ async fn reply(ctx: Ctx, stream: Option<HttpStream>, reply: LocalReply, mut req_
         None => (reply.response_headers(), reply.body),
     };
     headers.set("content-length", body.len().to_string());
-    let status = headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(500);
+    let status = headers
+        .get_str(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
     let mut ctx = ctx;
     ctx.entry.bytes_out = body.len() as u64;
     ctx.finish(status);
     to_response(&headers, full(body))
 }
 
-pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<Incoming>) -> http::Response<GwBody> {
+pub async fn handle(
+    state: Rc<WorkerState>,
+    conn: Rc<Conn>,
+    req: http::Request<Incoming>,
+) -> http::Response<GwBody> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
     let id = request_id(&parts.headers);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     let host = parts
         .headers
         .get(http::header::HOST)
@@ -154,16 +200,38 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
     };
 
     let listener = &state.listeners[conn.listener];
-    let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
-    if parts.headers.len() > listener.max_headers_count || header_bytes > listener.max_headers_bytes {
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if parts.headers.len() > listener.max_headers_count || header_bytes > listener.max_headers_bytes
+    {
         ctx.entry.error = Some("request headers too large".into());
-        return reply(ctx, None, json_error(431, "request headers too large", &id), HeaderMap::new()).await;
+        return reply(
+            ctx,
+            None,
+            json_error(431, "request headers too large", &id),
+            HeaderMap::new(),
+        )
+        .await;
     }
 
-    let facts = crate::router::RequestFacts { host: &host, path: &path, method: parts.method.as_str(), headers: &parts.headers };
+    let facts = crate::router::RequestFacts {
+        host: &host,
+        path: &path,
+        method: parts.method.as_str(),
+        headers: &parts.headers,
+    };
     let Some(matched) = state.router.route(&facts) else {
         ctx.entry.error = Some("no route".into());
-        return reply(ctx, None, json_error(404, "no route matched this request", &id), HeaderMap::new()).await;
+        return reply(
+            ctx,
+            None,
+            json_error(404, "no route matched this request", &id),
+            HeaderMap::new(),
+        )
+        .await;
     };
     let route = matched.route.clone();
     let prefix = matched.prefix.to_owned();
@@ -171,10 +239,19 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
     ctx.entry.route = Some(route.name.clone());
     ctx.entry.service = Some(svc.service.name.clone());
 
-    let declared_len = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared_len = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > svc.service.max_request_body) {
         ctx.entry.error = Some("request body too large".into());
-        return reply(ctx, None, json_error(413, "request body too large", &id), HeaderMap::new()).await;
+        return reply(
+            ctx,
+            None,
+            json_error(413, "request body too large", &id),
+            HeaderMap::new(),
+        )
+        .await;
     }
 
     // The request as filters see it: pseudo-headers first, hop-by-hop headers gone,
@@ -250,16 +327,38 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
     let mut up_path = headers.get_str(":path").unwrap_or("/").to_owned();
     if route.strip_path && !prefix.is_empty() && prefix != "/" {
         if let Some(rest) = up_path.strip_prefix(prefix.as_str()) {
-            up_path = if rest.starts_with('/') { rest.to_owned() } else { format!("/{rest}") };
+            up_path = if rest.starts_with('/') {
+                rest.to_owned()
+            } else {
+                format!("/{rest}")
+            };
         }
     }
-    let uri = match http::Uri::builder().scheme("http").authority(authority.clone()).path_and_query(up_path.as_str()).build() {
+    let uri = match http::Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(up_path.as_str())
+        .build()
+    {
         Ok(u) => u,
-        Err(_) => return reply(ctx, stream, json_error(400, "the request path is not valid", &id), headers).await,
+        Err(_) => {
+            return reply(
+                ctx,
+                stream,
+                json_error(400, "the request path is not valid", &id),
+                headers,
+            )
+            .await;
+        }
     };
-    let method = http::Method::from_bytes(headers.get(":method").unwrap_or(b"GET")).unwrap_or(http::Method::GET);
+    let method = http::Method::from_bytes(headers.get(":method").unwrap_or(b"GET"))
+        .unwrap_or(http::Method::GET);
     let mut builder = http::Request::builder().method(method).uri(uri);
-    let upstream_host = if route.preserve_host { host.clone() } else { authority.to_string() };
+    let upstream_host = if route.preserve_host {
+        host.clone()
+    } else {
+        authority.to_string()
+    };
     builder = builder.header(http::header::HOST, upstream_host);
     for (k, v) in headers.iter() {
         if k.starts_with(':') {
@@ -269,7 +368,10 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
     }
 
     let limit = svc.service.max_request_body;
-    let (body_tx, up_body): (Option<http_body_util::channel::Sender<Bytes, BoxError>>, UpstreamBody) = if end_of_stream {
+    let (body_tx, up_body): (
+        Option<http_body_util::channel::Sender<Bytes, BoxError>>,
+        UpstreamBody,
+    ) = if end_of_stream {
         (None, Empty::new().map_err(|e| match e {}).boxed_unsync())
     } else {
         let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
@@ -277,7 +379,15 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
     };
     let up_req = match builder.body(up_body) {
         Ok(r) => r,
-        Err(e) => return reply(ctx, stream, json_error(400, &format!("the request cannot be forwarded: {e}"), &id), headers).await,
+        Err(e) => {
+            return reply(
+                ctx,
+                stream,
+                json_error(400, &format!("the request cannot be forwarded: {e}"), &id),
+                headers,
+            )
+            .await;
+        }
     };
 
     let header_deadline = svc.service.read_timeout.min(svc.service.timeout);
@@ -307,14 +417,27 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
     let resp = match sent {
         Sent::Response(Ok(Ok(resp))) => resp,
         Sent::Response(Err(_)) => {
-            state.shared.metrics.upstream_error(&svc.service.name, "timeout");
+            state
+                .shared
+                .metrics
+                .upstream_error(&svc.service.name, "timeout");
             ctx.entry.error = Some("upstream timeout".into());
-            return reply(ctx, stream, json_error(504, "upstream timed out", &id), headers).await;
+            return reply(
+                ctx,
+                stream,
+                json_error(504, "upstream timed out", &id),
+                headers,
+            )
+            .await;
         }
         Sent::Response(Ok(Err(e))) => {
             let kind = if e.is_connect() { "connect" } else { "reset" };
             state.shared.metrics.upstream_error(&svc.service.name, kind);
-            let message = if e.is_connect() { "upstream connection failed" } else { "upstream connection reset" };
+            let message = if e.is_connect() {
+                "upstream connection failed"
+            } else {
+                "upstream connection reset"
+            };
             ctx.entry.error = Some(format!("{message}: {e}"));
             return reply(ctx, stream, json_error(502, message, &id), headers).await;
         }
@@ -323,13 +446,28 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
             return reply(ctx, stream, r, headers).await;
         }
         Sent::TooLarge => {
-            state.shared.metrics.upstream_error(&svc.service.name, "body_too_large");
+            state
+                .shared
+                .metrics
+                .upstream_error(&svc.service.name, "body_too_large");
             ctx.entry.error = Some("request body too large".into());
-            return reply(ctx, stream, json_error(413, "request body too large", &id), headers).await;
+            return reply(
+                ctx,
+                stream,
+                json_error(413, "request body too large", &id),
+                headers,
+            )
+            .await;
         }
         Sent::ClientGone => {
             ctx.entry.error = Some("client closed the request body".into());
-            return reply(ctx, stream, json_error(400, "the request body ended early", &id), headers).await;
+            return reply(
+                ctx,
+                stream,
+                json_error(400, "the request body ended early", &id),
+                headers,
+            )
+            .await;
         }
     };
 
@@ -344,11 +482,23 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
         }
         rh.add(k.as_str(), v.as_bytes());
     }
-    let declared = rparts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = rparts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > svc.service.max_response_body) {
-        state.shared.metrics.upstream_error(&svc.service.name, "response_too_large");
+        state
+            .shared
+            .metrics
+            .upstream_error(&svc.service.name, "response_too_large");
         ctx.entry.error = Some("upstream response too large".into());
-        return reply(ctx, stream, json_error(502, "upstream response too large", &id), headers).await;
+        return reply(
+            ctx,
+            stream,
+            json_error(502, "upstream response too large", &id),
+            headers,
+        )
+        .await;
     }
     let rbody_eos = rbody.is_end_stream();
     if let Some(s) = &mut stream {
@@ -358,7 +508,10 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
             return finish_now(ctx, stream, headers, h, r.body);
         }
     }
-    let status = rh.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(502);
+    let status = rh
+        .get_str(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(502);
     if rbody_eos {
         return finish_now(ctx, stream, headers, rh, Vec::new());
     }
@@ -369,15 +522,35 @@ pub async fn handle(state: Rc<WorkerState>, conn: Rc<Conn>, req: http::Request<I
     let max = svc.service.max_response_body;
     let read_timeout = svc.service.read_timeout;
     let deadline = start + svc.service.timeout;
-    tokio::task::spawn_local(pump_response(ctx, stream, headers, rh, rbody, tx, max, read_timeout, deadline, status));
+    tokio::task::spawn_local(pump_response(
+        ctx,
+        stream,
+        headers,
+        rh,
+        rbody,
+        tx,
+        max,
+        read_timeout,
+        deadline,
+        status,
+    ));
     response
 }
 
-fn finish_now(mut ctx: Ctx, stream: Option<HttpStream>, mut req: HeaderMap, mut rh: HeaderMap, body: Vec<u8>) -> http::Response<GwBody> {
+fn finish_now(
+    mut ctx: Ctx,
+    stream: Option<HttpStream>,
+    mut req: HeaderMap,
+    mut rh: HeaderMap,
+    body: Vec<u8>,
+) -> http::Response<GwBody> {
     if let Some(s) = stream {
         s.finish(&mut req, &mut rh);
     }
-    let status = rh.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(502);
+    let status = rh
+        .get_str(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(502);
     ctx.entry.bytes_out = body.len() as u64;
     ctx.finish(status);
     let b = if body.is_empty() { empty() } else { full(body) };
@@ -385,7 +558,12 @@ fn finish_now(mut ctx: Ctx, stream: Option<HttpStream>, mut req: HeaderMap, mut 
 }
 
 enum Sent {
-    Response(Result<Result<http::Response<Incoming>, hyper_util::client::legacy::Error>, tokio::time::error::Elapsed>),
+    Response(
+        Result<
+            Result<http::Response<Incoming>, hyper_util::client::legacy::Error>,
+            tokio::time::error::Elapsed,
+        >,
+    ),
     Reply(LocalReply),
     TooLarge,
     ClientGone,
@@ -405,7 +583,9 @@ async fn pump_request(
     tx: Option<http_body_util::channel::Sender<Bytes, BoxError>>,
     limit: u64,
 ) -> Pumped {
-    let Some(mut tx) = tx else { return Pumped::Done(0) };
+    let Some(mut tx) = tx else {
+        return Pumped::Done(0);
+    };
     let mut total = 0u64;
     loop {
         let frame = match body.frame().await {
@@ -473,7 +653,10 @@ async fn pump_response(
         let wait = read_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let frame = match tokio::time::timeout(wait, body.frame()).await {
             Err(_) => {
-                ctx.state.shared.metrics.upstream_error(ctx.entry.service.as_deref().unwrap_or(""), "timeout");
+                ctx.state
+                    .shared
+                    .metrics
+                    .upstream_error(ctx.entry.service.as_deref().unwrap_or(""), "timeout");
                 ctx.entry.error = Some("upstream response body timed out".into());
                 tx.abort("upstream timeout".into());
                 break;
@@ -495,7 +678,10 @@ async fn pump_response(
         };
         total += chunk.len() as u64;
         if total > max {
-            ctx.state.shared.metrics.upstream_error(ctx.entry.service.as_deref().unwrap_or(""), "response_too_large");
+            ctx.state.shared.metrics.upstream_error(
+                ctx.entry.service.as_deref().unwrap_or(""),
+                "response_too_large",
+            );
             ctx.entry.error = Some("upstream response too large".into());
             tx.abort("response too large".into());
             break;

@@ -47,18 +47,34 @@ impl Router {
             let prefix = if m.paths.is_empty() {
                 ""
             } else {
-                match m.paths.iter().filter(|p| req.path.starts_with(p.as_str())).max_by_key(|p| p.len()) {
+                match m
+                    .paths
+                    .iter()
+                    .filter(|p| req.path.starts_with(p.as_str()))
+                    .max_by_key(|p| p.len())
+                {
                     Some(p) => p.as_str(),
                     None => continue,
                 }
             };
-            if !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(req.method)) {
+            if !m.methods.is_empty()
+                && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(req.method))
+            {
                 continue;
             }
-            if !m.headers.iter().all(|(k, v)| req.headers.get(k.as_str()).is_some_and(|got| got.as_bytes() == v.as_bytes())) {
+            if !m.headers.iter().all(|(k, v)| {
+                req.headers
+                    .get(k.as_str())
+                    .is_some_and(|got| got.as_bytes() == v.as_bytes())
+            }) {
                 continue;
             }
-            let rank = (host_rank, prefix.len(), !m.methods.is_empty(), m.headers.len());
+            let rank = (
+                host_rank,
+                prefix.len(),
+                !m.methods.is_empty(),
+                m.headers.len(),
+            );
             if best.as_ref().is_none_or(|(_, b)| rank > *b) {
                 best = Some((Matched { route: r, prefix }, rank));
             }
@@ -68,7 +84,12 @@ impl Router {
 }
 
 fn specificity(m: &MatchConfig) -> (bool, usize, bool, usize) {
-    (!m.hosts.is_empty(), m.paths.iter().map(String::len).max().unwrap_or(0), !m.methods.is_empty(), m.headers.len())
+    (
+        !m.hosts.is_empty(),
+        m.paths.iter().map(String::len).max().unwrap_or(0),
+        !m.methods.is_empty(),
+        m.headers.len(),
+    )
 }
 
 /// 2 for an exact host, 1 for a wildcard (`*.example.com`), `None` for no match.
@@ -77,21 +98,30 @@ fn host_match(pattern: &str, host: &str) -> Option<u8> {
         return Some(2);
     }
     let suffix = pattern.strip_prefix('*')?;
-    (host.len() > suffix.len() && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)).then_some(1)
+    (host.len() > suffix.len() && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
+        .then_some(1)
 }
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }
-    host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h)
+    host.rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn route(name: &str, hosts: &[&str], paths: &[&str], methods: &[&str], headers: &[(&str, &str)]) -> Arc<Route> {
+    fn route(
+        name: &str,
+        hosts: &[&str],
+        paths: &[&str],
+        methods: &[&str],
+        headers: &[(&str, &str)],
+    ) -> Arc<Route> {
         Arc::new(Route {
             index: 0,
             name: name.into(),
@@ -99,7 +129,10 @@ mod tests {
                 hosts: hosts.iter().map(|s| s.to_string()).collect(),
                 paths: paths.iter().map(|s| s.to_string()).collect(),
                 methods: methods.iter().map(|s| s.to_string()).collect(),
-                headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             },
             service: 0,
             filters: vec![],
@@ -108,12 +141,23 @@ mod tests {
         })
     }
 
-    fn pick<'a>(router: &'a Router, host: &str, path: &str, method: &str, hdrs: &[(&'static str, &str)]) -> Option<&'a str> {
+    fn pick<'a>(
+        router: &'a Router,
+        host: &str,
+        path: &str,
+        method: &str,
+        hdrs: &[(&'static str, &str)],
+    ) -> Option<&'a str> {
         let mut headers = http::HeaderMap::new();
         for (k, v) in hdrs {
             headers.insert(*k, v.parse().unwrap());
         }
-        let facts = RequestFacts { host, path, method, headers: &headers };
+        let facts = RequestFacts {
+            host,
+            path,
+            method,
+            headers: &headers,
+        };
         router.route(&facts).map(|m| m.route.name.as_str())
     }
 
@@ -124,25 +168,59 @@ mod tests {
             route("orders", &[], &["/orders"], &[], &[]),
             route("orders-items", &[], &["/orders/items"], &[], &[]),
             route("orders-post", &[], &["/orders"], &["POST"], &[]),
-            route("orders-v2", &[], &["/orders"], &["POST"], &[("x-version", "2")]),
+            route(
+                "orders-v2",
+                &[],
+                &["/orders"],
+                &["POST"],
+                &[("x-version", "2")],
+            ),
             route("api-host", &["api.example.com"], &["/"], &[], &[]),
             route("wild-host", &["*.example.com"], &["/orders"], &[], &[]),
         ]);
         assert_eq!(pick(&router, "other", "/x", "GET", &[]), Some("catch-all"));
-        assert_eq!(pick(&router, "other", "/orders/1", "GET", &[]), Some("orders"));
-        assert_eq!(pick(&router, "other", "/orders/items/3", "GET", &[]), Some("orders-items"));
-        assert_eq!(pick(&router, "other", "/orders", "POST", &[]), Some("orders-post"));
-        assert_eq!(pick(&router, "other", "/orders", "POST", &[("x-version", "2")]), Some("orders-v2"));
-        assert_eq!(pick(&router, "api.example.com:8080", "/orders", "GET", &[]), Some("api-host"), "host first");
-        assert_eq!(pick(&router, "shop.example.com", "/orders", "GET", &[]), Some("wild-host"));
+        assert_eq!(
+            pick(&router, "other", "/orders/1", "GET", &[]),
+            Some("orders")
+        );
+        assert_eq!(
+            pick(&router, "other", "/orders/items/3", "GET", &[]),
+            Some("orders-items")
+        );
+        assert_eq!(
+            pick(&router, "other", "/orders", "POST", &[]),
+            Some("orders-post")
+        );
+        assert_eq!(
+            pick(&router, "other", "/orders", "POST", &[("x-version", "2")]),
+            Some("orders-v2")
+        );
+        assert_eq!(
+            pick(&router, "api.example.com:8080", "/orders", "GET", &[]),
+            Some("api-host"),
+            "host first"
+        );
+        assert_eq!(
+            pick(&router, "shop.example.com", "/orders", "GET", &[]),
+            Some("wild-host")
+        );
     }
 
     #[test]
     fn no_match_is_none() {
-        let router = Router::new(&[route("orders", &["api.example.com"], &["/orders"], &["GET"], &[])]);
+        let router = Router::new(&[route(
+            "orders",
+            &["api.example.com"],
+            &["/orders"],
+            &["GET"],
+            &[],
+        )]);
         assert_eq!(pick(&router, "api.example.com", "/users", "GET", &[]), None);
         assert_eq!(pick(&router, "evil.com", "/orders", "GET", &[]), None);
-        assert_eq!(pick(&router, "api.example.com", "/orders", "DELETE", &[]), None);
+        assert_eq!(
+            pick(&router, "api.example.com", "/orders", "DELETE", &[]),
+            None
+        );
     }
 
     #[test]

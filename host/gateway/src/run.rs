@@ -31,7 +31,10 @@ fn validate_with(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
         draining: Default::default(),
         ready: Default::default(),
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| vec![e.to_string()])?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| vec![e.to_string()])?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async { WorkerState::build(&plan, shared).map(|_| ()) })?;
     Ok(plan)
@@ -44,13 +47,20 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
     let plan = Arc::new(config::load(&path, &engine)?);
     let access_log = match &plan.access_log {
         None => None,
-        Some(target) => Some(AccessLog::open(target).map_err(|e| vec![format!("access_log `{target}`: {e}")])?),
+        Some(target) => {
+            Some(AccessLog::open(target).map_err(|e| vec![format!("access_log `{target}`: {e}")])?)
+        }
     };
     let mut sockets = Vec::new();
     for l in &plan.listeners {
         let std = std::net::TcpListener::bind(l.address)
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
-            .map_err(|e| vec![format!("listener `{}`: cannot listen on {}: {e}", l.name, l.address)])?;
+            .map_err(|e| {
+                vec![format!(
+                    "listener `{}`: cannot listen on {}: {e}",
+                    l.name, l.address
+                )]
+            })?;
         let tls = l.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         sockets.push(ListenerSocket { std, tls });
     }
@@ -62,7 +72,10 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
         draining: Default::default(),
         ready: Default::default(),
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| vec![e.to_string()])?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| vec![e.to_string()])?;
     rt.block_on(async move {
         let mut controls = Vec::new();
         let mut threads = Vec::new();
@@ -70,8 +83,15 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
         for i in 0..plan.workers {
             let (tx, rx) = mpsc::unbounded_channel();
             let (started_tx, started_rx) = oneshot::channel();
-            let t = worker::spawn(i, plan.clone(), shared.clone(), sockets.clone(), rx, started_tx)
-                .map_err(|e| vec![format!("cannot start worker {i}: {e}")])?;
+            let t = worker::spawn(
+                i,
+                plan.clone(),
+                shared.clone(),
+                sockets.clone(),
+                rx,
+                started_tx,
+            )
+            .map_err(|e| vec![format!("cannot start worker {i}: {e}")])?;
             controls.push(tx);
             threads.push(t);
             starts.push(started_rx);
@@ -91,12 +111,19 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
             tracing::info!("admin on http://{addr}");
         }
         for (l, s) in plan.listeners.iter().zip(sockets.iter()) {
-            let addr = s.std.local_addr().map_or(l.address.to_string(), |a| a.to_string());
+            let addr = s
+                .std
+                .local_addr()
+                .map_or(l.address.to_string(), |a| a.to_string());
             let scheme = if l.tls.is_some() { "https" } else { "http" };
             tracing::info!(listener = %l.name, "listening on {scheme}://{addr}");
         }
         shared.ready.store(true, Ordering::Relaxed);
-        tracing::info!(workers = plan.workers, "portcullis ready in {} ms", started.elapsed().as_millis());
+        tracing::info!(
+            workers = plan.workers,
+            "portcullis ready in {} ms",
+            started.elapsed().as_millis()
+        );
 
         let mut term = signal(SignalKind::terminate()).map_err(|e| vec![e.to_string()])?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| vec![e.to_string()])?;
@@ -109,7 +136,10 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
                 _ = hup.recv() => reload(&path, &shared, &controls).await,
             }
         }
-        tracing::info!("draining: no new connections; waiting up to {} ms for requests in flight", drain.as_millis());
+        tracing::info!(
+            "draining: no new connections; waiting up to {} ms for requests in flight",
+            drain.as_millis()
+        );
         shared.draining.store(true, Ordering::Relaxed);
         for c in &controls {
             let _ = c.send(Control::Drain(drain));

@@ -12,8 +12,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_clients::{GrpcCluster, HttpCluster};
 use portcullis_engine::{
-    CallFailure, Clusters, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HttpCallRequest, HttpCallResponse,
-    LocalFuture,
+    CallFailure, Clusters, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HttpCallRequest,
+    HttpCallResponse, LocalFuture,
 };
 
 use crate::config::Service;
@@ -38,7 +38,11 @@ impl ServiceClient {
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(connector);
-        ServiceClient { service, client, next: Cell::new(0) }
+        ServiceClient {
+            service,
+            client,
+            next: Cell::new(0),
+        }
     }
 
     /// The next address, round robin.
@@ -63,8 +67,14 @@ impl GatewayClusters {
         let mut grpc = HashMap::new();
         for s in services {
             let urls: Vec<String> = s.urls.iter().map(|u| u.to_string()).collect();
-            let h: Vec<HttpCluster> = urls.iter().filter_map(|u| HttpCluster::new(u, s.connect_timeout).ok()).collect();
-            let g: Vec<GrpcCluster> = urls.iter().filter_map(|u| GrpcCluster::new(u, s.connect_timeout).ok()).collect();
+            let h: Vec<HttpCluster> = urls
+                .iter()
+                .filter_map(|u| HttpCluster::new(u, s.connect_timeout).ok())
+                .collect();
+            let g: Vec<GrpcCluster> = urls
+                .iter()
+                .filter_map(|u| GrpcCluster::new(u, s.connect_timeout).ok())
+                .collect();
             http.insert(s.name.clone(), (h, Cell::new(0)));
             grpc.insert(s.name.clone(), (g, Cell::new(0)));
         }
@@ -89,18 +99,29 @@ impl Clusters for GatewayClusters {
         Arc::new(move |n| names.contains(n))
     }
 
-    fn http_call(&self, cluster: &str, request: HttpCallRequest) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
+    fn http_call(
+        &self,
+        cluster: &str,
+        request: HttpCallRequest,
+    ) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
         match self.http.get(cluster).and_then(pick) {
             Some(c) => c.call(request),
             None => Box::pin(async { Err(CallFailure::ConnectFailed("no such service".into())) }),
         }
     }
 
-    fn grpc_call(&self, cluster: &str, request: GrpcCallRequest) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        request: GrpcCallRequest,
+    ) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
         match self.grpc.get(cluster).and_then(pick) {
             Some(c) => c.call(request),
             None => Box::pin(async {
-                Err(GrpcStatus { code: GrpcStatus::UNAVAILABLE, message: "no such service".into() })
+                Err(GrpcStatus {
+                    code: GrpcStatus::UNAVAILABLE,
+                    message: "no such service".into(),
+                })
             }),
         }
     }

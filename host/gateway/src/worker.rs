@@ -52,7 +52,8 @@ pub struct WorkerState {
 impl WorkerState {
     /// Starts every filter of `plan` on this thread. Must run inside a `LocalSet`.
     pub fn build(plan: &Plan, shared: Arc<Shared>) -> Result<WorkerState, Vec<String>> {
-        let clusters: Rc<dyn portcullis_engine::Clusters> = Rc::new(GatewayClusters::new(&plan.services));
+        let clusters: Rc<dyn portcullis_engine::Clusters> =
+            Rc::new(GatewayClusters::new(&plan.services));
         let mut filters = Vec::new();
         let mut errors = Vec::new();
         for f in &plan.filters {
@@ -80,16 +81,28 @@ impl WorkerState {
         let chains = plan
             .routes
             .iter()
-            .map(|r| r.filters.iter().filter_map(|i| filters[*i].clone()).collect())
+            .map(|r| {
+                r.filters
+                    .iter()
+                    .filter_map(|i| filters[*i].clone())
+                    .collect()
+            })
             .collect();
         Ok(WorkerState {
             listeners: plan
                 .listeners
                 .iter()
-                .map(|l| ListenerLimits { max_headers_bytes: l.max_headers_bytes, max_headers_count: l.max_headers_count })
+                .map(|l| ListenerLimits {
+                    max_headers_bytes: l.max_headers_bytes,
+                    max_headers_count: l.max_headers_count,
+                })
                 .collect(),
             router: Router::new(&plan.routes),
-            services: plan.services.iter().map(|s| ServiceClient::new(s.clone())).collect(),
+            services: plan
+                .services
+                .iter()
+                .map(|s| ServiceClient::new(s.clone()))
+                .collect(),
             chains,
             shared,
         })
@@ -125,64 +138,79 @@ pub fn spawn(
     mut control: mpsc::UnboundedReceiver<Control>,
     started: oneshot::Sender<Result<(), Vec<String>>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = started.send(Err(vec![format!("worker {index}: cannot start a runtime: {e}")]));
-                return;
-            }
-        };
-        let local = LocalSet::new();
-        local.block_on(&rt, async move {
-            let state = match WorkerState::build(&plan, shared.clone()) {
-                Ok(s) => Rc::new(RefCell::new(Rc::new(s))),
+    std::thread::Builder::new()
+        .name(format!("worker-{index}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
                 Err(e) => {
-                    let _ = started.send(Err(e));
+                    let _ = started.send(Err(vec![format!(
+                        "worker {index}: cannot start a runtime: {e}"
+                    )]));
                     return;
                 }
             };
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let graceful = Rc::new(GracefulShutdown::new());
-            for (i, socket) in sockets.iter().enumerate() {
-                let listener = match socket.std.try_clone().and_then(TcpListener::from_std) {
-                    Ok(l) => l,
+            let local = LocalSet::new();
+            local.block_on(&rt, async move {
+                let state = match WorkerState::build(&plan, shared.clone()) {
+                    Ok(s) => Rc::new(RefCell::new(Rc::new(s))),
                     Err(e) => {
-                        let _ = started.send(Err(vec![format!("worker {index}: listener: {e}")]));
+                        let _ = started.send(Err(e));
                         return;
                     }
                 };
-                tokio::task::spawn_local(accept_loop(i, listener, socket.tls.clone(), state.clone(), graceful.clone(), stop_rx.clone()));
-            }
-            let _ = started.send(Ok(()));
-            while let Some(msg) = control.recv().await {
-                match msg {
-                    Control::Reload(plan, done) => {
-                        let result = WorkerState::build(&plan, shared.clone()).map(|s| {
-                            *state.borrow_mut() = Rc::new(s);
-                        });
-                        let _ = done.send(result);
-                    }
-                    Control::Drain(deadline) => {
-                        let _ = stop_tx.send(true);
-                        // The accept loops let go of the shutdown handle as they stop.
-                        let mut g = graceful;
-                        let graceful = loop {
-                            match Rc::try_unwrap(g) {
-                                Ok(inner) => break inner,
-                                Err(still_shared) => {
-                                    g = still_shared;
-                                    tokio::task::yield_now().await;
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let graceful = Rc::new(GracefulShutdown::new());
+                for (i, socket) in sockets.iter().enumerate() {
+                    let listener = match socket.std.try_clone().and_then(TcpListener::from_std) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ =
+                                started.send(Err(vec![format!("worker {index}: listener: {e}")]));
+                            return;
+                        }
+                    };
+                    tokio::task::spawn_local(accept_loop(
+                        i,
+                        listener,
+                        socket.tls.clone(),
+                        state.clone(),
+                        graceful.clone(),
+                        stop_rx.clone(),
+                    ));
+                }
+                let _ = started.send(Ok(()));
+                while let Some(msg) = control.recv().await {
+                    match msg {
+                        Control::Reload(plan, done) => {
+                            let result = WorkerState::build(&plan, shared.clone()).map(|s| {
+                                *state.borrow_mut() = Rc::new(s);
+                            });
+                            let _ = done.send(result);
+                        }
+                        Control::Drain(deadline) => {
+                            let _ = stop_tx.send(true);
+                            // The accept loops let go of the shutdown handle as they stop.
+                            let mut g = graceful;
+                            let graceful = loop {
+                                match Rc::try_unwrap(g) {
+                                    Ok(inner) => break inner,
+                                    Err(still_shared) => {
+                                        g = still_shared;
+                                        tokio::task::yield_now().await;
+                                    }
                                 }
-                            }
-                        };
-                        let _ = tokio::time::timeout(deadline, graceful.shutdown()).await;
-                        return;
+                            };
+                            let _ = tokio::time::timeout(deadline, graceful.shutdown()).await;
+                            return;
+                        }
                     }
                 }
-            }
-        });
-    })
+            });
+        })
 }
 
 async fn accept_loop(
@@ -207,7 +235,12 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let conn = Rc::new(Conn { peer, local, tls: tls.is_some(), listener: index });
+        let conn = Rc::new(Conn {
+            peer,
+            local,
+            tls: tls.is_some(),
+            listener: index,
+        });
         let state = state.clone();
         let service = service_fn(move |req| {
             let st = state.borrow().clone();
@@ -222,20 +255,32 @@ async fn accept_loop(
         let mut builder = auto::Builder::new(LocalExec);
         // hyper's own header limits sit above the listener's, so the gateway answers an
         // oversized request with its own JSON 431.
-        builder.http1().max_buf_size(1 << 20).max_headers(4096).timer(hyper_util::rt::TokioTimer::new());
+        builder
+            .http1()
+            .max_buf_size(1 << 20)
+            .max_headers(4096)
+            .timer(hyper_util::rt::TokioTimer::new());
         builder.http2().timer(hyper_util::rt::TokioTimer::new());
         let watcher = graceful.watcher();
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
                 tokio::task::spawn_local(watcher.watch(conn));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::task::spawn_local(async move {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-                    let Ok(Ok(tls_stream)) = handshake else { return };
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await;
+                    let Ok(Ok(tls_stream)) = handshake else {
+                        return;
+                    };
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls_stream), service)
+                        .into_owned();
                     let _ = watcher.watch(conn).await;
                 });
             }

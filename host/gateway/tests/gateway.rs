@@ -58,11 +58,19 @@ routes:
     assert_eq!(which(&get(&gw, "/orders/1", &[])), a.to_string());
     let r = send(&gw.url(), "POST", "/orders", &[("x-version", "2")], b"{}").unwrap();
     assert_eq!(which(&r), b.to_string());
-    assert_eq!(which(&get(&gw, "/orders/1", &[("host", "api.example.com")])), c.to_string(), "host beats path");
+    assert_eq!(
+        which(&get(&gw, "/orders/1", &[("host", "api.example.com")])),
+        c.to_string(),
+        "host beats path"
+    );
     let r = get(&gw, "/nothing", &[]);
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["message"], "no route matched this request");
-    assert!(r.json()["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(
+        r.json()["request_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
 }
 
 #[test]
@@ -89,16 +97,41 @@ routes:
 #[test]
 fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     let gw = Gateway::start(&single_route(echo(), ""));
-    let r = get(&gw, "/x", &[("connection", "x-secret"), ("x-secret", "s"), ("te", "trailers"), ("x-request-id", "abc-123")]);
+    let r = get(
+        &gw,
+        "/x",
+        &[
+            ("connection", "x-secret"),
+            ("x-secret", "s"),
+            ("te", "trailers"),
+            ("x-request-id", "abc-123"),
+        ],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.upstream_header("x-secret"), None, "named in Connection");
     assert_eq!(r.upstream_header("te"), None);
-    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(r.upstream_header("x-forwarded-host").as_deref(), Some("gateway.test"));
-    assert_eq!(r.upstream_header("x-request-id").as_deref(), Some("abc-123"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("gateway.test")
+    );
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some("abc-123")
+    );
     let r = get(&gw, "/x", &[]);
-    assert_eq!(r.upstream_header("x-request-id").map(|s| s.len()), Some(32), "generated when absent");
+    assert_eq!(
+        r.upstream_header("x-request-id").map(|s| s.len()),
+        Some(32),
+        "generated when absent"
+    );
 }
 
 #[test]
@@ -111,7 +144,10 @@ fn refused_upstream_is_502_and_timeout_is_504_both_logged_as_ours() {
     assert_eq!(log[0]["status"], 502);
     assert!(log[0]["upstream_status"].is_null());
 
-    let gw = Gateway::start(&single_route(slow(Duration::from_secs(5)), "    read_timeout_ms: 300"));
+    let gw = Gateway::start(&single_route(
+        slow(Duration::from_secs(5)),
+        "    read_timeout_ms: 300",
+    ));
     let r = get(&gw, "/x", &[]);
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["message"], "upstream timed out");
@@ -122,7 +158,11 @@ fn upstream_500_passes_through_and_is_logged_as_upstream_status() {
     let gw = Gateway::start(&single_route(echo(), ""));
     let r = get(&gw, "/status/500", &[]);
     assert_eq!(r.status, 500);
-    assert!(r.body.contains("\"path\":\"/status/500\""), "the upstream's own body: {}", r.body);
+    assert!(
+        r.body.contains("\"path\":\"/status/500\""),
+        "the upstream's own body: {}",
+        r.body
+    );
     std::thread::sleep(Duration::from_millis(100));
     let log = access_log(&gw);
     let e = log.last().unwrap();
@@ -165,7 +205,11 @@ routes:
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -196,10 +240,18 @@ routes: [{{ name: r, service: s, filters: [picky] }}]
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("filter `picky` rejected its configuration") && err.contains("configuration says reject"), "{err}");
+    assert!(
+        err.contains("filter `picky` rejected its configuration")
+            && err.contains("configuration says reject"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -229,8 +281,16 @@ fn admin_serves_metrics_health_and_readiness() {
     get(&gw, "/x", &[]);
     let admin = format!("http://127.0.0.1:{}", gw.admin);
     let m = send(&admin, "GET", "/metrics", &[], b"").unwrap();
-    assert!(m.body.contains("portcullis_requests_total{route=\"all\",status=\"200\"} 1"), "{}", m.body);
-    assert_eq!(send(&admin, "GET", "/healthz", &[], b"").unwrap().status, 200);
+    assert!(
+        m.body
+            .contains("portcullis_requests_total{route=\"all\",status=\"200\"} 1"),
+        "{}",
+        m.body
+    );
+    assert_eq!(
+        send(&admin, "GET", "/healthz", &[], b"").unwrap().status,
+        200
+    );
     assert_eq!(send(&admin, "GET", "/ready", &[], b"").unwrap().status, 200);
 }
 
@@ -238,15 +298,26 @@ fn admin_serves_metrics_health_and_readiness() {
 fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     let (a, b) = (echo(), echo());
     let mut gw = Gateway::start(&single_route(a, ""));
-    assert_eq!(get(&gw, "/x", &[]).upstream_header("host").unwrap(), a.to_string());
+    assert_eq!(
+        get(&gw, "/x", &[]).upstream_header("host").unwrap(),
+        a.to_string()
+    );
     let text = std::fs::read_to_string(gw.config_path()).unwrap();
-    std::fs::write(gw.config_path(), text.replace(&a.to_string(), &b.to_string())).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        text.replace(&a.to_string(), &b.to_string()),
+    )
+    .unwrap();
     gw.signal("-HUP");
     let start = std::time::Instant::now();
     while !gw.logged("reloaded") && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(get(&gw, "/x", &[]).upstream_header("host").unwrap(), b.to_string(), "new config serves");
+    assert_eq!(
+        get(&gw, "/x", &[]).upstream_header("host").unwrap(),
+        b.to_string(),
+        "new config serves"
+    );
     std::fs::write(gw.config_path(), "listeners: [oops").unwrap();
     gw.signal("-HUP");
     let start = std::time::Instant::now();
@@ -254,7 +325,11 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(gw.logged("reload refused"), "{}", gw.stderr_text());
-    assert_eq!(get(&gw, "/x", &[]).upstream_header("host").unwrap(), b.to_string(), "old config keeps serving");
+    assert_eq!(
+        get(&gw, "/x", &[]).upstream_header("host").unwrap(),
+        b.to_string(),
+        "old config keeps serving"
+    );
     assert!(gw.wait_exit(Duration::from_millis(10)).is_none());
 }
 
@@ -265,9 +340,14 @@ fn sigterm_drains_requests_in_flight_then_exits_zero() {
     let in_flight = std::thread::spawn(move || send(&url, "GET", "/slow", &[], b""));
     std::thread::sleep(Duration::from_millis(200));
     gw.signal("-TERM");
-    let r = in_flight.join().unwrap().expect("the request in flight completes");
+    let r = in_flight
+        .join()
+        .unwrap()
+        .expect("the request in flight completes");
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "slow");
-    let status = gw.wait_exit(Duration::from_secs(10)).expect("exits after draining");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after draining");
     assert!(status.success(), "{status}");
 }

@@ -35,33 +35,48 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: s }}]
     (gw, cert)
 }
 
-fn client_config(cert: &rcgen::CertifiedKey<rcgen::KeyPair>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+fn client_config(
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
-    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(c)
 }
 
 /// GET over TLS; returns (HTTP version, status, body).
 async fn tls_get(port: u16, config: Arc<rustls::ClientConfig>) -> (http::Version, u16, String) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let req = http::Request::builder().uri(format!("https://localhost:{port}/hello")).body(Empty::<Bytes>::new()).unwrap();
+    let req = http::Request::builder()
+        .uri(format!("https://localhost:{port}/hello"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let resp = if h2 {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         send.send_request(req).await.unwrap()
     } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         send.send_request(req).await.unwrap()
     };
@@ -71,7 +86,10 @@ async fn tls_get(port: u16, config: Arc<rustls::ClientConfig>) -> (http::Version
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -80,9 +98,18 @@ fn tls_listener_serves_http1_and_http2_by_alpn() {
     let (v, status, body) = rt().block_on(tls_get(gw.port, client_config(&cert, &[b"http/1.1"])));
     assert_eq!((v, status), (http::Version::HTTP_11, 200));
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let proto = doc["headers"].as_array().unwrap().iter().find(|p| p[0] == "x-forwarded-proto").unwrap()[1].clone();
+    let proto = doc["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "x-forwarded-proto")
+        .unwrap()[1]
+        .clone();
     assert_eq!(proto, "https");
-    let (v, status, _) = rt().block_on(tls_get(gw.port, client_config(&cert, &[b"h2", b"http/1.1"])));
+    let (v, status, _) = rt().block_on(tls_get(
+        gw.port,
+        client_config(&cert, &[b"h2", b"http/1.1"]),
+    ));
     assert_eq!((v, status), (http::Version::HTTP_2, 200));
 }
 
@@ -91,7 +118,9 @@ fn a_client_that_does_not_trust_the_certificate_is_refused() {
     let (gw, cert) = tls_gateway();
     let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let result = rt().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .unwrap();
         tokio_rustls::TlsConnector::from(client_config(&other, &[]))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -113,11 +142,22 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: s }}]
         echo()
     ));
     let (v, status) = rt().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
         tokio::spawn(conn);
-        let req = http::Request::builder().uri(format!("http://127.0.0.1:{}/x", gw.port)).body(Empty::<Bytes>::new()).unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req)).await.unwrap().unwrap();
+        let req = http::Request::builder()
+            .uri(format!("http://127.0.0.1:{}/x", gw.port))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
         (resp.version(), resp.status().as_u16())
     });
     assert_eq!((v, status), (http::Version::HTTP_2, 200));

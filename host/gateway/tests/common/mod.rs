@@ -14,7 +14,11 @@ use portcullis_clients::HttpCluster;
 use portcullis_engine::{HeaderMap, HttpCallRequest, HttpCallResponse};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct TempDir(pub PathBuf);
@@ -23,7 +27,11 @@ impl TempDir {
     pub fn new() -> TempDir {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!("portcullis-gw-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "portcullis-gw-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -36,10 +44,15 @@ impl Drop for TempDir {
 }
 
 /// Runs async upstream servers on a background thread.
-pub fn background<F: std::future::Future<Output = SocketAddr> + Send + 'static>(f: F) -> SocketAddr {
+pub fn background<F: std::future::Future<Output = SocketAddr> + Send + 'static>(
+    f: F,
+) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             tx.send(f.await).unwrap();
             std::future::pending::<()>().await;
@@ -63,7 +76,9 @@ pub fn slow(delay: Duration) -> SocketAddr {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |_req| async move {
                         tokio::time::sleep(delay).await;
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"slow"))))
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"slow"),
+                        )))
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
@@ -100,7 +115,10 @@ impl Gateway {
     pub fn try_start(yaml: &str) -> Result<Gateway, String> {
         let dir = TempDir::new();
         let (port, admin) = (free_port(), free_port());
-        let config = yaml.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin.to_string()).replace("{DIR}", &dir.0.display().to_string());
+        let config = yaml
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin.to_string())
+            .replace("{DIR}", &dir.0.display().to_string());
         std::fs::write(dir.0.join("gateway.yaml"), config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
@@ -117,7 +135,13 @@ impl Gateway {
                 lines.lock().unwrap().push(line);
             }
         });
-        let mut gw = Gateway { child, port, admin, dir, stderr };
+        let mut gw = Gateway {
+            child,
+            port,
+            admin,
+            dir,
+            stderr,
+        };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if gw.logged("portcullis ready") {
@@ -125,7 +149,10 @@ impl Gateway {
             }
             if let Ok(Some(status)) = gw.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
-                return Err(format!("the gateway exited ({status}):\n{}", gw.stderr_text()));
+                return Err(format!(
+                    "the gateway exited ({status}):\n{}",
+                    gw.stderr_text()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -145,7 +172,10 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -186,27 +216,54 @@ impl Res {
 
     /// A header the echo upstream says it received.
     pub fn upstream_header(&self, name: &str) -> Option<String> {
-        self.json()["headers"].as_array()?.iter().find(|p| p[0] == name).map(|p| p[1].as_str().unwrap_or("").to_owned())
+        self.json()["headers"]
+            .as_array()?
+            .iter()
+            .find(|p| p[0] == name)
+            .map(|p| p[1].as_str().unwrap_or("").to_owned())
     }
 }
 
-pub fn send(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Res, String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+pub fn send(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Res, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client = HttpCluster::new(base, Duration::from_secs(2))?;
     let mut h = HeaderMap::new();
     h.add(":method", method);
     h.add(":path", path);
-    let host = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map_or("gateway.test", |(_, v)| *v);
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or("gateway.test", |(_, v)| *v);
     h.add(":authority", host);
     for (k, v) in headers {
         if !k.eq_ignore_ascii_case("host") {
             h.add(*k, *v);
         }
     }
-    let req = HttpCallRequest { headers: h, body: body.to_vec(), trailers: HeaderMap::new(), timeout: Duration::from_secs(10) };
-    let r: HttpCallResponse = rt.block_on(client.call(req)).map_err(|e| format!("{e:?}"))?;
+    let req = HttpCallRequest {
+        headers: h,
+        body: body.to_vec(),
+        trailers: HeaderMap::new(),
+        timeout: Duration::from_secs(10),
+    };
+    let r: HttpCallResponse = rt
+        .block_on(client.call(req))
+        .map_err(|e| format!("{e:?}"))?;
     Ok(Res {
-        status: r.headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(0),
+        status: r
+            .headers
+            .get_str(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
         headers: r.headers.clone(),
         body: String::from_utf8_lossy(&r.body).into_owned(),
     })
@@ -215,4 +272,3 @@ pub fn send(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body
 pub fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Res {
     send(&gw.url(), "GET", path, headers, b"").unwrap()
 }
-

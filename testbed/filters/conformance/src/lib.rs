@@ -20,18 +20,153 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
 mod raw {
+    // Host calls with every argument a plain i32, for the "raw" case.
     #[link(wasm_import_module = "env")]
     unsafe extern "C" {
-        pub fn proxy_get_header_map_value(t: u32, kp: *const u8, kl: usize, rp: *mut *mut u8, rl: *mut usize) -> u32;
+        #[link_name = "proxy_log"]
+        pub fn log3(a: u32, b: u32, c: u32) -> u32;
+        #[link_name = "proxy_get_header_map_value"]
+        pub fn get_header5(a: u32, b: u32, c: u32, d: u32, e: u32) -> u32;
+        #[link_name = "proxy_get_header_map_pairs"]
+        pub fn get_pairs3(a: u32, b: u32, c: u32) -> u32;
+        #[link_name = "proxy_set_header_map_pairs"]
+        pub fn set_pairs3(a: u32, b: u32, c: u32) -> u32;
+        #[link_name = "proxy_add_header_map_value"]
+        pub fn add_header5(a: u32, b: u32, c: u32, d: u32, e: u32) -> u32;
+        #[link_name = "proxy_replace_header_map_value"]
+        pub fn replace_header5(a: u32, b: u32, c: u32, d: u32, e: u32) -> u32;
+        #[link_name = "proxy_get_property"]
+        pub fn get_property4(a: u32, b: u32, c: u32, d: u32) -> u32;
+        #[link_name = "proxy_set_property"]
+        pub fn set_property4(a: u32, b: u32, c: u32, d: u32) -> u32;
+        #[link_name = "proxy_get_buffer_bytes"]
+        pub fn get_buffer5(a: u32, b: u32, c: u32, d: u32, e: u32) -> u32;
+        #[link_name = "proxy_set_buffer_bytes"]
+        pub fn set_buffer5(a: u32, b: u32, c: u32, d: u32, e: u32) -> u32;
+        #[link_name = "proxy_get_shared_data"]
+        pub fn get_shared5(a: u32, b: u32, c: u32, d: u32, e: u32) -> u32;
+        #[link_name = "proxy_set_shared_data"]
+        pub fn set_shared5(a: u32, b: u32, c: u32, d: u32, e: u32) -> u32;
+        #[link_name = "proxy_send_local_response"]
+        pub fn local_response8(
+            a: u32,
+            b: u32,
+            c: u32,
+            d: u32,
+            e: u32,
+            f: u32,
+            g: u32,
+            h: u32,
+        ) -> u32;
+        #[link_name = "proxy_http_call"]
+        pub fn http_call10(
+            a: u32,
+            b: u32,
+            c: u32,
+            d: u32,
+            e: u32,
+            f: u32,
+            g: u32,
+            h: u32,
+            i: u32,
+            j: u32,
+        ) -> u32;
+        #[link_name = "proxy_define_metric"]
+        pub fn define_metric4(a: u32, b: u32, c: u32, d: u32) -> u32;
+        #[link_name = "proxy_register_shared_queue"]
+        pub fn register_queue3(a: u32, b: u32, c: u32) -> u32;
+        #[link_name = "proxy_enqueue_shared_queue"]
+        pub fn enqueue3(a: u32, b: u32, c: u32) -> u32;
+        #[link_name = "proxy_get_current_time_nanoseconds"]
+        pub fn time1(a: u32) -> u32;
+        #[link_name = "proxy_set_effective_context"]
+        pub fn effective1(a: u32) -> u32;
+        #[link_name = "proxy_continue_stream"]
+        pub fn continue1(a: u32) -> u32;
+    }
+
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        #[link_name = "fd_write"]
+        pub fn fd_write4(a: u32, b: u32, c: u32, d: u32) -> u32;
+        #[link_name = "random_get"]
+        pub fn random_get2(a: u32, b: u32) -> u32;
+    }
+
+    /// Calls host function `name` with `args` (missing ones are 0). `None`: unknown.
+    pub fn call(name: &str, args: &[u32]) -> Option<u32> {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        // SAFETY: deliberately none. The host must survive whatever these arguments
+        // are; the filter may corrupt its own memory, which only this filter pays for.
+        unsafe {
+            Some(match name {
+                "proxy_log" => log3(a(0), a(1), a(2)),
+                "proxy_get_header_map_value" => get_header5(a(0), a(1), a(2), a(3), a(4)),
+                "proxy_get_header_map_pairs" => get_pairs3(a(0), a(1), a(2)),
+                "proxy_set_header_map_pairs" => set_pairs3(a(0), a(1), a(2)),
+                "proxy_add_header_map_value" => add_header5(a(0), a(1), a(2), a(3), a(4)),
+                "proxy_replace_header_map_value" => replace_header5(a(0), a(1), a(2), a(3), a(4)),
+                "proxy_get_property" => get_property4(a(0), a(1), a(2), a(3)),
+                "proxy_set_property" => set_property4(a(0), a(1), a(2), a(3)),
+                "proxy_get_buffer_bytes" => get_buffer5(a(0), a(1), a(2), a(3), a(4)),
+                "proxy_set_buffer_bytes" => set_buffer5(a(0), a(1), a(2), a(3), a(4)),
+                "proxy_get_shared_data" => get_shared5(a(0), a(1), a(2), a(3), a(4)),
+                "proxy_set_shared_data" => set_shared5(a(0), a(1), a(2), a(3), a(4)),
+                "proxy_send_local_response" => {
+                    local_response8(a(0), a(1), a(2), a(3), a(4), a(5), a(6), a(7))
+                }
+                "proxy_http_call" => {
+                    http_call10(a(0), a(1), a(2), a(3), a(4), a(5), a(6), a(7), a(8), a(9))
+                }
+                "proxy_define_metric" => define_metric4(a(0), a(1), a(2), a(3)),
+                "proxy_register_shared_queue" => register_queue3(a(0), a(1), a(2)),
+                "proxy_enqueue_shared_queue" => enqueue3(a(0), a(1), a(2)),
+                "proxy_get_current_time_nanoseconds" => time1(a(0)),
+                "proxy_set_effective_context" => effective1(a(0)),
+                "proxy_continue_stream" => continue1(a(0)),
+                "fd_write" => fd_write4(a(0), a(1), a(2), a(3)),
+                "random_get" => random_get2(a(0), a(1)),
+                _ => return None,
+            })
+        }
+    }
+
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        pub fn proxy_get_header_map_value(
+            t: u32,
+            kp: *const u8,
+            kl: usize,
+            rp: *mut *mut u8,
+            rl: *mut usize,
+        ) -> u32;
         pub fn proxy_set_header_map_pairs(t: u32, p: *const u8, l: usize) -> u32;
         pub fn proxy_log(level: u32, p: *const u8, l: usize) -> u32;
         pub fn proxy_grpc_call(
-            up: *const u8, ul: usize, sp: *const u8, sl: usize, mp: *const u8, ml: usize,
-            ip: *const u8, il: usize, msgp: *const u8, msgl: usize, timeout: u32, rt: *mut u32,
+            up: *const u8,
+            ul: usize,
+            sp: *const u8,
+            sl: usize,
+            mp: *const u8,
+            ml: usize,
+            ip: *const u8,
+            il: usize,
+            msgp: *const u8,
+            msgl: usize,
+            timeout: u32,
+            rt: *mut u32,
         ) -> u32;
         pub fn proxy_http_call(
-            up: *const u8, ul: usize, hp: *const u8, hl: usize, bp: *const u8, bl: usize,
-            tp: *const u8, tl: usize, timeout: u32, rt: *mut u32,
+            up: *const u8,
+            ul: usize,
+            hp: *const u8,
+            hl: usize,
+            bp: *const u8,
+            bl: usize,
+            tp: *const u8,
+            tl: usize,
+            timeout: u32,
+            rt: *mut u32,
         ) -> u32;
     }
 }
@@ -65,16 +200,25 @@ impl RootContext for Root {
         let v: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("conformance: bad configuration: {e}")).ok();
+                proxy_wasm::hostcalls::log(
+                    LogLevel::Error,
+                    &format!("conformance: bad configuration: {e}"),
+                )
+                .ok();
                 return false;
             }
         };
         if v.get("reject").is_some() {
-            proxy_wasm::hostcalls::log(LogLevel::Error, "conformance: configuration says reject").ok();
+            proxy_wasm::hostcalls::log(LogLevel::Error, "conformance: configuration says reject")
+                .ok();
             return false;
         }
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-        self.config = Config { upstream: s("upstream"), blackhole: s("blackhole"), refused: s("refused") };
+        self.config = Config {
+            upstream: s("upstream"),
+            blackhole: s("blackhole"),
+            refused: s("refused"),
+        };
         if let Some(ms) = v.get("tick_ms").and_then(|x| x.as_u64()) {
             self.set_tick_period(Duration::from_millis(ms));
         }
@@ -85,12 +229,14 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.ticks += 1;
-        self.set_shared_data("ticks", Some(self.ticks.to_string().as_bytes()), None).unwrap();
+        self.set_shared_data("ticks", Some(self.ticks.to_string().as_bytes()), None)
+            .unwrap();
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
         while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
-            self.set_shared_data("queue-last", Some(&item), None).unwrap();
+            self.set_shared_data("queue-last", Some(&item), None)
+                .unwrap();
         }
     }
 
@@ -99,7 +245,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Case { config: self.config.clone(), case: String::new() }))
+        Some(Box::new(Case {
+            config: self.config.clone(),
+            case: String::new(),
+        }))
     }
 }
 
@@ -127,13 +276,21 @@ fn status_name(code: u32) -> &'static str {
 impl Case {
     fn report(&self, lines: &[(&str, String)]) {
         let body: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        self.send_http_response(200, vec![("content-type", "text/plain"), ("x-case", &self.case)], Some(body.as_bytes()));
+        self.send_http_response(
+            200,
+            vec![("content-type", "text/plain"), ("x-case", &self.case)],
+            Some(body.as_bytes()),
+        );
     }
 
     fn call(&self, cluster: &str, path: &str, timeout_ms: u64) -> Result<u32, Status> {
         self.dispatch_http_call(
             cluster,
-            vec![(":method", "GET"), (":path", path), (":authority", "conformance")],
+            vec![
+                (":method", "GET"),
+                (":path", path),
+                (":authority", "conformance"),
+            ],
             None,
             vec![],
             Duration::from_millis(timeout_ms),
@@ -154,18 +311,35 @@ fn prop(ctx: &dyn Context, path: &[&str]) -> String {
 }
 
 impl Context for Case {
-    fn on_http_call_response(&mut self, _token: u32, n_headers: usize, body_size: usize, _n_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        n_headers: usize,
+        body_size: usize,
+        _n_trailers: usize,
+    ) {
         match self.case.as_str() {
             "panic-in-callback" => panic!("conformance: panic in on_http_call_response"),
             "http-call-resume" => {
-                let status = self.get_http_call_response_header(":status").unwrap_or_default();
+                let status = self
+                    .get_http_call_response_header(":status")
+                    .unwrap_or_default();
                 self.set_http_request_header("x-call-status", Some(&status));
                 self.resume_http_request();
             }
             _ => {
-                let status = self.get_http_call_response_header(":status").unwrap_or_else(|| "<none>".into());
-                let body = self.get_http_call_response_body(0, body_size).map(|b| b.len()).unwrap_or(0);
-                self.report(&[("headers", (n_headers > 0).to_string()), ("status", status), ("body_nonempty", (body > 0).to_string())]);
+                let status = self
+                    .get_http_call_response_header(":status")
+                    .unwrap_or_else(|| "<none>".into());
+                let body = self
+                    .get_http_call_response_body(0, body_size)
+                    .map(|b| b.len())
+                    .unwrap_or(0);
+                self.report(&[
+                    ("headers", (n_headers > 0).to_string()),
+                    ("status", status),
+                    ("body_nonempty", (body > 0).to_string()),
+                ]);
             }
         }
     }
@@ -174,7 +348,13 @@ impl Context for Case {
 impl HttpContext for Case {
     fn on_http_request_headers(&mut self, _: usize, _eos: bool) -> Action {
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        let case = path.strip_prefix("/case/").unwrap_or("").split('?').next().unwrap_or("").to_owned();
+        let case = path
+            .strip_prefix("/case/")
+            .unwrap_or("")
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .to_owned();
         self.case = case.clone();
         match case.as_str() {
             "" => Action::Continue,
@@ -182,7 +362,9 @@ impl HttpContext for Case {
                 self.add_http_request_header("x-added", "1");
                 self.set_http_request_header("x-replace", Some("new"));
                 self.set_http_request_header("x-remove", None);
-                let multi = self.get_http_request_header("x-multi").unwrap_or_else(|| "<none>".into());
+                let multi = self
+                    .get_http_request_header("x-multi")
+                    .unwrap_or_else(|| "<none>".into());
                 self.set_http_request_header("x-seen-multi", Some(&multi));
                 let missing = self.get_http_request_header("x-missing").is_none();
                 self.set_http_request_header("x-missing-is-none", Some(&missing.to_string()));
@@ -192,7 +374,10 @@ impl HttpContext for Case {
                 let mut pairs = self.get_http_request_headers();
                 pairs.retain(|(k, _)| !k.starts_with("x-drop"));
                 pairs.push(("x-from-pairs".into(), "yes".into()));
-                let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let refs: Vec<(&str, &str)> = pairs
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 self.set_http_request_headers(refs);
                 Action::Continue
             }
@@ -209,10 +394,26 @@ impl HttpContext for Case {
                     ("request.method", prop(self, &["request", "method"])),
                     ("request.scheme", prop(self, &["request", "scheme"])),
                     ("request.protocol", prop(self, &["request", "protocol"])),
-                    ("request.id.present", (prop(self, &["request", "id"]) != "<none>").to_string()),
-                    ("request.time.len", self.get_property(vec!["request", "time"]).map_or(0, |b| b.len()).to_string()),
-                    ("source.address.ip", prop(self, &["source", "address"]).rsplit_once(':').map_or("<none>".into(), |(ip, _)| ip.to_owned())),
-                    ("destination.port.present", (prop(self, &["destination", "port"]) != "<none>").to_string()),
+                    (
+                        "request.id.present",
+                        (prop(self, &["request", "id"]) != "<none>").to_string(),
+                    ),
+                    (
+                        "request.time.len",
+                        self.get_property(vec!["request", "time"])
+                            .map_or(0, |b| b.len())
+                            .to_string(),
+                    ),
+                    (
+                        "source.address.ip",
+                        prop(self, &["source", "address"])
+                            .rsplit_once(':')
+                            .map_or("<none>".into(), |(ip, _)| ip.to_owned()),
+                    ),
+                    (
+                        "destination.port.present",
+                        (prop(self, &["destination", "port"]) != "<none>").to_string(),
+                    ),
                     ("plugin_name", prop(self, &["plugin_name"])),
                     ("plugin_root_id", prop(self, &["plugin_root_id"])),
                     ("plugin_vm_id", prop(self, &["plugin_vm_id"])),
@@ -222,7 +423,12 @@ impl HttpContext for Case {
                 Action::Pause
             }
             "shared-cas" => {
-                let key = format!("cas-{}", self.get_property(vec!["request", "id"]).map(|b| b.len()).unwrap_or(0));
+                let key = format!(
+                    "cas-{}",
+                    self.get_property(vec!["request", "id"])
+                        .map(|b| b.len())
+                        .unwrap_or(0)
+                );
                 let missing = self.get_shared_data("never-set").0.is_none();
                 self.set_shared_data(&key, Some(b"v1"), None).unwrap();
                 let (v, cas) = self.get_shared_data(&key);
@@ -247,17 +453,25 @@ impl HttpContext for Case {
                 Action::Pause
             }
             "http-call-missing-path" => {
-                let r = self.dispatch_http_call(&self.config.upstream, vec![(":method", "GET"), (":authority", "x")], None, vec![], Duration::from_secs(1));
+                let r = self.dispatch_http_call(
+                    &self.config.upstream,
+                    vec![(":method", "GET"), (":authority", "x")],
+                    None,
+                    vec![],
+                    Duration::from_secs(1),
+                );
                 self.report(&[("result", format!("{r:?}"))]);
                 Action::Pause
             }
-            "http-call" | "panic-in-callback" | "http-call-resume" => match self.call(&self.config.upstream.clone(), "/from-call", 5000) {
-                Ok(_) => Action::Pause,
-                Err(e) => {
-                    self.report(&[("dispatch", format!("{e:?}"))]);
-                    Action::Pause
+            "http-call" | "panic-in-callback" | "http-call-resume" => {
+                match self.call(&self.config.upstream.clone(), "/from-call", 5000) {
+                    Ok(_) => Action::Pause,
+                    Err(e) => {
+                        self.report(&[("dispatch", format!("{e:?}"))]);
+                        Action::Pause
+                    }
                 }
-            },
+            }
             "http-call-timeout" => {
                 self.call(&self.config.blackhole.clone(), "/", 300).unwrap();
                 Action::Pause
@@ -271,43 +485,76 @@ impl HttpContext for Case {
                 let (up, svc, m) = ("no-such-cluster", "svc.S", "M");
                 let mut token = 0u32;
                 let code = unsafe {
-                    raw::proxy_grpc_call(up.as_ptr(), up.len(), svc.as_ptr(), svc.len(), m.as_ptr(), m.len(), std::ptr::null(), 0, std::ptr::null(), 0, 1000, &mut token)
+                    raw::proxy_grpc_call(
+                        up.as_ptr(),
+                        up.len(),
+                        svc.as_ptr(),
+                        svc.len(),
+                        m.as_ptr(),
+                        m.len(),
+                        std::ptr::null(),
+                        0,
+                        std::ptr::null(),
+                        0,
+                        1000,
+                        &mut token,
+                    )
                 };
                 self.report(&[("status", status_name(code).into())]);
                 Action::Pause
             }
             "metrics" => {
-                let c = hostcalls::define_metric(MetricType::Counter, "conformance_requests").unwrap();
+                let c =
+                    hostcalls::define_metric(MetricType::Counter, "conformance_requests").unwrap();
                 hostcalls::increment_metric(c, 3).unwrap();
-                let again = hostcalls::define_metric(MetricType::Counter, "conformance_requests").unwrap();
+                let again =
+                    hostcalls::define_metric(MetricType::Counter, "conformance_requests").unwrap();
                 let g = hostcalls::define_metric(MetricType::Gauge, "conformance_gauge").unwrap();
                 hostcalls::record_metric(g, 42).unwrap();
                 hostcalls::increment_metric(g, -2).unwrap();
-                let h = hostcalls::define_metric(MetricType::Histogram, "conformance_hist").unwrap();
+                let h =
+                    hostcalls::define_metric(MetricType::Histogram, "conformance_hist").unwrap();
                 hostcalls::record_metric(h, 7).unwrap();
                 self.report(&[
                     ("same_id", (c == again).to_string()),
-                    ("counter_positive", (hostcalls::get_metric(c).unwrap() >= 3).to_string()),
+                    (
+                        "counter_positive",
+                        (hostcalls::get_metric(c).unwrap() >= 3).to_string(),
+                    ),
                     ("gauge", hostcalls::get_metric(g).unwrap().to_string()),
-                    ("histogram_get", format!("{:?}", hostcalls::get_metric(h).err())),
+                    (
+                        "histogram_get",
+                        format!("{:?}", hostcalls::get_metric(h).err()),
+                    ),
                 ]);
                 Action::Pause
             }
             "enqueue" => {
                 let q = self.resolve_shared_queue(&prop(self, &["plugin_vm_id"]), "conformance");
                 let r = q.map(|q| self.enqueue_shared_queue(q, Some(b"item-1")));
-                self.report(&[("resolved", q.is_some().to_string()), ("enqueue", format!("{r:?}"))]);
+                self.report(&[
+                    ("resolved", q.is_some().to_string()),
+                    ("enqueue", format!("{r:?}")),
+                ]);
                 Action::Pause
             }
             "queue-last" | "ticks" => {
-                let key = if case == "ticks" { "ticks" } else { "queue-last" };
-                let v = self.get_shared_data(key).0.map(|b| String::from_utf8_lossy(&b).into_owned());
+                let key = if case == "ticks" {
+                    "ticks"
+                } else {
+                    "queue-last"
+                };
+                let v = self
+                    .get_shared_data(key)
+                    .0
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
                 self.report(&[("value", v.unwrap_or_else(|| "<none>".into()))]);
                 Action::Pause
             }
             "log" => {
                 self.add_http_request_header("x-logged", "1");
-                proxy_wasm::hostcalls::log(LogLevel::Warn, "conformance: hello from the log case").ok();
+                proxy_wasm::hostcalls::log(LogLevel::Warn, "conformance: hello from the log case")
+                    .ok();
                 println!("conformance: hello from stdout");
                 Action::Continue
             }
@@ -341,8 +588,20 @@ impl HttpContext for Case {
                 let (a, b, c, d) = unsafe {
                     (
                         raw::proxy_get_header_map_value(0, bad, 64, &mut rp, &mut rl),
-                        raw::proxy_get_header_map_value(0, key.as_ptr(), usize::MAX, &mut rp, &mut rl),
-                        raw::proxy_get_header_map_value(0, key.as_ptr(), key.len(), 0xFFFF_FFF0usize as *mut *mut u8, &mut rl),
+                        raw::proxy_get_header_map_value(
+                            0,
+                            key.as_ptr(),
+                            usize::MAX,
+                            &mut rp,
+                            &mut rl,
+                        ),
+                        raw::proxy_get_header_map_value(
+                            0,
+                            key.as_ptr(),
+                            key.len(),
+                            0xFFFF_FFF0usize as *mut *mut u8,
+                            &mut rl,
+                        ),
                         raw::proxy_log(2, bad, 1 << 20),
                     )
                 };
@@ -357,16 +616,50 @@ impl HttpContext for Case {
             "hostile-map" => {
                 // A header map claiming 2^31 pairs in 12 bytes.
                 let blob: [u8; 12] = [0, 0, 0, 0x80, 1, 0, 0, 0, 1, 0, 0, 0];
-                let code = unsafe { raw::proxy_set_header_map_pairs(MapType::HttpRequestHeaders as u32, blob.as_ptr(), blob.len()) };
+                let code = unsafe {
+                    raw::proxy_set_header_map_pairs(
+                        MapType::HttpRequestHeaders as u32,
+                        blob.as_ptr(),
+                        blob.len(),
+                    )
+                };
                 let (up, hdr) = (self.config.upstream.clone(), blob);
                 let mut token = 0;
-                let call = unsafe { raw::proxy_http_call(up.as_ptr(), up.len(), hdr.as_ptr(), hdr.len(), std::ptr::null(), 0, std::ptr::null(), 0, 1000, &mut token) };
+                let call = unsafe {
+                    raw::proxy_http_call(
+                        up.as_ptr(),
+                        up.len(),
+                        hdr.as_ptr(),
+                        hdr.len(),
+                        std::ptr::null(),
+                        0,
+                        std::ptr::null(),
+                        0,
+                        1000,
+                        &mut token,
+                    )
+                };
                 let left = self.get_http_request_headers().len();
                 self.report(&[
                     ("set_pairs", status_name(code).into()),
                     ("headers_left", left.to_string()),
                     ("http_call", status_name(call).into()),
                 ]);
+                Action::Pause
+            }
+            "raw" => {
+                let name = self.get_http_request_header("x-call").unwrap_or_default();
+                let args: Vec<u32> = self
+                    .get_http_request_header("x-args")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|a| a.trim().parse().ok())
+                    .collect();
+                let status = raw::call(&name, &args);
+                self.report(&[(
+                    "status",
+                    status.map_or("unknown function".into(), |s| s.to_string()),
+                )]);
                 Action::Pause
             }
             "huge-headers" => {
@@ -404,11 +697,16 @@ impl HttpContext for Case {
                 let key = ":path";
                 let mut rp: *mut u8 = std::ptr::null_mut();
                 let mut rl: usize = 0;
-                let code = unsafe { raw::proxy_get_header_map_value(0, key.as_ptr(), key.len(), &mut rp, &mut rl) };
+                let code = unsafe {
+                    raw::proxy_get_header_map_value(0, key.as_ptr(), key.len(), &mut rp, &mut rl)
+                };
                 self.set_http_response_header("x-request-header-status", Some(status_name(code)));
             }
             "response-phase" => {
-                self.set_http_response_header("x-status-seen", Some(&prop(self, &["response", "code"])));
+                self.set_http_response_header(
+                    "x-status-seen",
+                    Some(&prop(self, &["response", "code"])),
+                );
                 self.set_http_response_header("server", None);
             }
             _ => {}
