@@ -41,7 +41,15 @@ impl GrpcCluster {
         request: GrpcCallRequest,
     ) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
         let this = self.clone();
-        Box::pin(async move { this.send(request).await })
+        Box::pin(async move {
+            let deadline = request.timeout;
+            if deadline.is_zero() {
+                return this.send(request).await;
+            }
+            tokio::time::timeout(deadline, this.send(request)).await.unwrap_or_else(|_| {
+                Err(GrpcStatus { code: GrpcStatus::DEADLINE_EXCEEDED, message: "deadline exceeded".into() })
+            })
+        })
     }
 
     async fn send(&self, request: GrpcCallRequest) -> Result<GrpcCallResponse, GrpcStatus> {
