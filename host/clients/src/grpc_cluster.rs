@@ -46,9 +46,14 @@ impl GrpcCluster {
             if deadline.is_zero() {
                 return this.send(request).await;
             }
-            tokio::time::timeout(deadline, this.send(request)).await.unwrap_or_else(|_| {
-                Err(GrpcStatus { code: GrpcStatus::DEADLINE_EXCEEDED, message: "deadline exceeded".into() })
-            })
+            tokio::time::timeout(deadline, this.send(request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GrpcStatus {
+                        code: GrpcStatus::DEADLINE_EXCEEDED,
+                        message: "deadline exceeded".into(),
+                    })
+                })
         })
     }
 

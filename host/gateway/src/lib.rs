@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod metrics;
 pub mod proxy;

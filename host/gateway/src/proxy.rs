@@ -15,11 +15,12 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming};
 use portcullis_engine::{Filter, Flow, HeaderMap, HttpStream, LocalReply, RequestInfo};
 
-use crate::access_log::{Entry, now_rfc3339};
+use crate::access_log::{Entry, rfc3339};
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::worker::WorkerState;
 
-pub type GwBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// The client's response body. Not `Send`: a worker's requests stay on its thread.
+pub type GwBody = std::pin::Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>;
 
 /// What the worker knows of the connection a request came on.
 pub struct Conn {
@@ -41,18 +42,40 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-fn hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
-    for v in headers.get_all(http::header::CONNECTION) {
-        if let Ok(v) = v.to_str() {
-            names.extend(
-                v.split(',')
-                    .map(|s| s.trim().to_ascii_lowercase())
-                    .filter(|s| !s.is_empty()),
-            );
+/// The hop-by-hop headers of one message: the fixed list plus those its
+/// `Connection` header names.
+struct HopByHop {
+    named: Vec<String>,
+}
+
+impl HopByHop {
+    fn of(headers: &http::HeaderMap) -> HopByHop {
+        let mut named = Vec::new();
+        for v in headers.get_all(http::header::CONNECTION) {
+            if let Ok(v) = v.to_str() {
+                named.extend(
+                    v.split(',')
+                        .map(|s| s.trim().to_ascii_lowercase())
+                        .filter(|s| !s.is_empty()),
+                );
+            }
+        }
+        HopByHop { named }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        HOP_BY_HOP.contains(&name) || self.named.iter().any(|n| n == name)
+    }
+
+    fn strip(&self, headers: &mut http::HeaderMap) {
+        for h in HOP_BY_HOP
+            .iter()
+            .copied()
+            .chain(self.named.iter().map(String::as_str))
+        {
+            headers.remove(h);
         }
     }
-    names
 }
 
 pub fn json_error(status: u16, message: &str, request_id: &str) -> LocalReply {
@@ -75,19 +98,16 @@ fn request_id(headers: &http::HeaderMap) -> String {
             return v.to_owned();
         }
     }
-    let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    // Unique, not secret: a fast generator seeded from the OS per thread.
+    format!("{:032x}", fastrand::u128(..))
 }
 
 fn full(body: Vec<u8>) -> GwBody {
-    Full::new(Bytes::from(body))
-        .map_err(|e| match e {})
-        .boxed_unsync()
+    Box::pin(Full::new(Bytes::from(body)).map_err(|e| match e {}))
 }
 
 fn empty() -> GwBody {
-    Empty::new().map_err(|e| match e {}).boxed_unsync()
+    Box::pin(Empty::new().map_err(|e| match e {}))
 }
 
 /// Turns a header map from the filters into an HTTP response.
@@ -115,6 +135,7 @@ fn to_response(headers: &HeaderMap, body: GwBody) -> http::Response<GwBody> {
 
 struct Ctx {
     start: Instant,
+    started_at: std::time::SystemTime,
     entry: Entry,
     state: Rc<WorkerState>,
 }
@@ -122,6 +143,7 @@ struct Ctx {
 impl Ctx {
     fn finish(mut self, status: u16) {
         self.entry.status = status;
+        self.entry.time = rfc3339(self.started_at);
         self.entry.total_ms = ms(self.start.elapsed());
         let route = self.entry.route.as_deref().unwrap_or("(none)");
         self.state
@@ -188,8 +210,8 @@ pub async fn handle(
         .unwrap_or_default();
     let mut ctx = Ctx {
         start,
+        started_at: std::time::SystemTime::now(),
         entry: Entry {
-            time: now_rfc3339(),
             request_id: id.clone(),
             method: parts.method.to_string(),
             path: path.clone(),
@@ -254,6 +276,22 @@ pub async fn handle(
         .await;
     }
 
+    if state.chains[route.index].is_empty() {
+        return direct(
+            ctx,
+            state.clone(),
+            conn,
+            parts,
+            body,
+            route,
+            prefix,
+            id,
+            host,
+            path,
+        )
+        .await;
+    }
+
     // The request as filters see it: pseudo-headers first, hop-by-hop headers gone,
     // forwarding headers and the request id set (as Envoy's connection manager does
     // before its filters run).
@@ -263,10 +301,10 @@ pub async fn handle(
     headers.add(":path", path.as_str());
     headers.add(":authority", host.as_str());
     headers.add(":scheme", scheme);
-    let hop = hop_by_hop(&parts.headers);
+    let hop = HopByHop::of(&parts.headers);
     for (k, v) in &parts.headers {
         let k = k.as_str();
-        if k == "host" || hop.iter().any(|h| h == k) {
+        if k == "host" || hop.contains(k) {
             continue;
         }
         headers.add(k, v.as_bytes());
@@ -324,16 +362,7 @@ pub async fn handle(
 
     // The upstream request.
     let authority = svc.next_authority().clone();
-    let mut up_path = headers.get_str(":path").unwrap_or("/").to_owned();
-    if route.strip_path && !prefix.is_empty() && prefix != "/" {
-        if let Some(rest) = up_path.strip_prefix(prefix.as_str()) {
-            up_path = if rest.starts_with('/') {
-                rest.to_owned()
-            } else {
-                format!("/{rest}")
-            };
-        }
-    }
+    let up_path = strip_prefix(&route, &prefix, headers.get_str(":path").unwrap_or("/"));
     let uri = match http::Uri::builder()
         .scheme("http")
         .authority(authority.clone())
@@ -475,9 +504,9 @@ pub async fn handle(
     ctx.entry.upstream_status = Some(rparts.status.as_u16());
     let mut rh = HeaderMap::new();
     rh.add(":status", rparts.status.as_str());
-    let hop = hop_by_hop(&rparts.headers);
+    let hop = HopByHop::of(&rparts.headers);
     for (k, v) in &rparts.headers {
-        if hop.iter().any(|h| h == k.as_str()) {
+        if hop.contains(k.as_str()) {
             continue;
         }
         rh.add(k.as_str(), v.as_bytes());
@@ -518,7 +547,7 @@ pub async fn handle(
     // Stream the body back, through the filters when there are any; the request is
     // logged when the body ends.
     let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
-    let response = to_response(&rh, rx.boxed_unsync());
+    let response = to_response(&rh, Box::pin(rx));
     let max = svc.service.max_response_body;
     let read_timeout = svc.service.read_timeout;
     let deadline = start + svc.service.timeout;
@@ -714,4 +743,188 @@ async fn pump_response(
         s.finish(&mut req_headers, &mut resp_headers);
     }
     ctx.finish(status);
+}
+
+/// A route without filters: the request and response pass through hyper's own header
+/// maps and bodies, with no copy into a filter's header map and no body task.
+#[allow(clippy::too_many_arguments)]
+async fn direct(
+    mut ctx: Ctx,
+    state: Rc<WorkerState>,
+    conn: Rc<Conn>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    route: std::sync::Arc<crate::config::Route>,
+    prefix: String,
+    id: String,
+    host: String,
+    path: String,
+) -> http::Response<GwBody> {
+    let svc = &state.services[route.service];
+    let scheme = if conn.tls { "https" } else { "http" };
+    let mut headers = std::mem::take(&mut parts.headers);
+    HopByHop::of(&headers).strip(&mut headers);
+    headers.remove(http::header::HOST);
+    let set = |h: &mut http::HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = http::HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set(&mut headers, "x-request-id", &id);
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", conn.peer.ip()),
+        None => conn.peer.ip().to_string(),
+    };
+    set(&mut headers, "x-forwarded-for", &xff);
+    set(&mut headers, "x-forwarded-proto", scheme);
+    if !headers.contains_key("x-forwarded-host") {
+        set(&mut headers, "x-forwarded-host", &host);
+    }
+    let authority = svc.next_authority().clone();
+    let up_path = strip_prefix(&route, &prefix, &path);
+    let Ok(uri) = http::Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(up_path.as_str())
+        .build()
+    else {
+        return reply(
+            ctx,
+            None,
+            json_error(400, "the request path is not valid", &id),
+            HeaderMap::new(),
+        )
+        .await;
+    };
+    let upstream_host = if route.preserve_host {
+        host
+    } else {
+        authority.to_string()
+    };
+    set(&mut headers, "host", &upstream_host);
+    let up_body: UpstreamBody = if body.is_end_stream() {
+        Empty::new().map_err(|e| match e {}).boxed_unsync()
+    } else {
+        http_body_util::Limited::new(body, svc.service.max_request_body as usize).boxed_unsync()
+    };
+    let mut up_req = http::Request::new(up_body);
+    *up_req.method_mut() = parts.method;
+    *up_req.uri_mut() = uri;
+    *up_req.headers_mut() = headers;
+
+    let header_deadline = svc.service.read_timeout.min(svc.service.timeout);
+    let upstream_start = Instant::now();
+    let sent = tokio::time::timeout(header_deadline, svc.client.request(up_req)).await;
+    ctx.entry.upstream_ms = Some(ms(upstream_start.elapsed()));
+    let resp = match sent {
+        Ok(Ok(resp)) => resp,
+        Err(_) => {
+            state
+                .shared
+                .metrics
+                .upstream_error(&svc.service.name, "timeout");
+            ctx.entry.error = Some("upstream timeout".into());
+            return reply(
+                ctx,
+                None,
+                json_error(504, "upstream timed out", &id),
+                HeaderMap::new(),
+            )
+            .await;
+        }
+        Ok(Err(e)) if caused_by_body_limit(&e) => {
+            state
+                .shared
+                .metrics
+                .upstream_error(&svc.service.name, "body_too_large");
+            ctx.entry.error = Some("request body too large".into());
+            return reply(
+                ctx,
+                None,
+                json_error(413, "request body too large", &id),
+                HeaderMap::new(),
+            )
+            .await;
+        }
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() { "connect" } else { "reset" };
+            state.shared.metrics.upstream_error(&svc.service.name, kind);
+            let message = if e.is_connect() {
+                "upstream connection failed"
+            } else {
+                "upstream connection reset"
+            };
+            ctx.entry.error = Some(format!("{message}: {e}"));
+            return reply(ctx, None, json_error(502, message, &id), HeaderMap::new()).await;
+        }
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    let status = rparts.status.as_u16();
+    ctx.entry.upstream_status = Some(status);
+    HopByHop::of(&rparts.headers).strip(&mut rparts.headers);
+    let declared = rparts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > svc.service.max_response_body) {
+        state
+            .shared
+            .metrics
+            .upstream_error(&svc.service.name, "response_too_large");
+        ctx.entry.error = Some("upstream response too large".into());
+        return reply(
+            ctx,
+            None,
+            json_error(502, "upstream response too large", &id),
+            HeaderMap::new(),
+        )
+        .await;
+    }
+    if rbody.is_end_stream() {
+        ctx.finish(status);
+        return http::Response::from_parts(rparts, empty());
+    }
+    let service = svc.service.name.clone();
+    let on_end: crate::body::OnEnd = Box::new(move |sent, error| {
+        if let Some(e) = &error {
+            if e.contains("timed out") {
+                ctx.state.shared.metrics.upstream_error(&service, "timeout");
+            }
+        }
+        ctx.entry.bytes_out = sent;
+        ctx.entry.error = error;
+        ctx.finish(status);
+    });
+    let tracked = crate::body::Tracked::new(
+        rbody,
+        svc.service.max_response_body,
+        svc.service.read_timeout,
+        on_end,
+    );
+    http::Response::from_parts(rparts, Box::pin(tracked))
+}
+
+/// Kong's `strip_path`: the matched prefix is removed before proxying.
+fn strip_prefix(route: &crate::config::Route, prefix: &str, path: &str) -> String {
+    if route.strip_path && !prefix.is_empty() && prefix != "/" {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            return if rest.starts_with('/') {
+                rest.to_owned()
+            } else {
+                format!("/{rest}")
+            };
+        }
+    }
+    path.to_owned()
+}
+
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
