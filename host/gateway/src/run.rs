@@ -157,14 +157,29 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
 
 /// SIGHUP: the new configuration is checked completely (on the first worker) before
 /// any worker uses it; a bad one is logged and the old one keeps serving.
-async fn reload(path: &Path, shared: &Arc<Shared>, controls: &[mpsc::UnboundedSender<Control>], running: &Plan) {
+async fn reload(
+    path: &Path,
+    shared: &Arc<Shared>,
+    controls: &[mpsc::UnboundedSender<Control>],
+    running: &Plan,
+) {
     tracing::info!("reloading {}", path.display());
     let plan = match config::load(path, &shared.engine) {
         Ok(p) => {
             // Sockets, workers and the access log are set up once; the rest reloads.
-            let addrs = |p: &Plan| p.listeners.iter().map(|l| (l.name.clone(), l.address)).collect::<Vec<_>>();
-            if addrs(&p) != addrs(running) || p.workers != running.workers || p.admin != running.admin {
-                tracing::warn!("listeners, workers and admin changes take effect at the next restart");
+            let addrs = |p: &Plan| {
+                p.listeners
+                    .iter()
+                    .map(|l| (l.name.clone(), l.address))
+                    .collect::<Vec<_>>()
+            };
+            if addrs(&p) != addrs(running)
+                || p.workers != running.workers
+                || p.admin != running.admin
+            {
+                tracing::warn!(
+                    "listeners, workers and admin changes take effect at the next restart"
+                );
             }
             Arc::new(p)
         }

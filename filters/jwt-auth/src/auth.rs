@@ -1,0 +1,246 @@
+//! The decision for one token: parse, pick the provider, pick the key, verify the
+//! signature, check the claims. Plain data in, a decision out; no proxy-wasm here.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use serde_json::{Map, Value};
+
+use crate::claims;
+use crate::config::{Config, Provider};
+use crate::error::{Denial, Invalid};
+use crate::extract::Found;
+use crate::keys::{Alg, KeySet};
+use crate::token;
+
+/// A token that passed every check.
+#[derive(Debug)]
+pub struct Verified {
+    pub provider: usize,
+    pub claims: Map<String, Value>,
+    pub payload_b64: String,
+    /// Seconds since the epoch after which it is no longer valid (`None`: no `exp`).
+    pub valid_until: Option<u64>,
+}
+
+/// What the keys of a provider look like right now.
+pub enum Keys<'a> {
+    Ready(&'a KeySet),
+    /// Never fetched yet: fetch, then decide.
+    NotYet,
+    /// The fetch failed and nothing is cached.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub enum Check {
+    Ok(Rc<Verified>),
+    Deny(Denial),
+    /// The keys of `provider` are needed (first use, or an unknown `kid` that may be a
+    /// new key: `unknown_kid`).
+    NeedKeys {
+        provider: usize,
+        unknown_kid: bool,
+    },
+}
+
+/// Verifies the token `found` at `now` (seconds since the epoch). `keys` gives a remote
+/// provider's keys; `may_refetch` says whether an unknown `kid` may trigger a refetch.
+pub fn verify<'k>(
+    config: &Config,
+    found: &Found,
+    keys: &dyn Fn(usize) -> Keys<'k>,
+    may_refetch: bool,
+    now: u64,
+) -> Check {
+    let max = found
+        .providers
+        .iter()
+        .map(|p| config.providers[*p].max_token_bytes)
+        .min()
+        .unwrap_or(8192);
+    let token = match token::parse(&found.token, max) {
+        Ok(t) => t,
+        Err(e) => return Check::Deny(Denial::Invalid(e)),
+    };
+    let Some(alg) = Alg::parse(&token.alg) else {
+        return Check::Deny(Denial::Invalid(Invalid::AlgorithmNotAllowed));
+    };
+    // Providers whose issuer the token names come first.
+    let iss = token.claims.get("iss").and_then(Value::as_str);
+    let mut order: Vec<usize> = found.providers.clone();
+    order.sort_by_key(|p| {
+        !config.providers[*p]
+            .issuer
+            .as_deref()
+            .is_some_and(|i| Some(i) == iss)
+    });
+    let mut denial = Denial::Invalid(Invalid::AlgorithmNotAllowed);
+    for pi in order {
+        let p = &config.providers[pi];
+        if !p.algorithms.contains(&alg) {
+            continue;
+        }
+        let set = match &p.local {
+            Some(local) => local,
+            None => match keys(pi) {
+                Keys::Ready(set) => set,
+                Keys::NotYet => {
+                    return Check::NeedKeys {
+                        provider: pi,
+                        unknown_kid: false,
+                    };
+                }
+                Keys::Unavailable => {
+                    denial = Denial::KeysUnavailable;
+                    continue;
+                }
+            },
+        };
+        let candidates: Vec<_> = set
+            .keys
+            .iter()
+            .filter(|k| {
+                k.fits(alg)
+                    && token
+                        .kid
+                        .as_ref()
+                        .is_none_or(|kid| k.kid.as_ref() == Some(kid))
+            })
+            .collect();
+        if candidates.is_empty() {
+            if p.remote.is_some() && token.kid.is_some() && may_refetch {
+                return Check::NeedKeys {
+                    provider: pi,
+                    unknown_kid: true,
+                };
+            }
+            denial = Denial::Invalid(Invalid::UnknownKey);
+            continue;
+        }
+        if !candidates
+            .iter()
+            .any(|k| k.verify(alg, token.signed.as_bytes(), &token.signature))
+        {
+            denial = Denial::Invalid(Invalid::BadSignature);
+            continue;
+        }
+        return match claims::check(p, &token.claims, now) {
+            Ok(valid_until) => Check::Ok(Rc::new(Verified {
+                provider: pi,
+                payload_b64: token.payload_b64.to_owned(),
+                claims: token.claims,
+                valid_until,
+            })),
+            Err(d) => Check::Deny(d),
+        };
+    }
+    Check::Deny(denial)
+}
+
+/// The identity headers for a verified token (DESIGN.md's contract, Kong's names),
+/// the payload and claim headers the provider forwards.
+pub fn identity(p: &Provider, v: &Verified) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let claim = |name: &str| {
+        v.claims
+            .get(name)
+            .map(claims::as_header_value)
+            .filter(|s| !s.is_empty())
+    };
+    if let Some(id) = claim(&p.consumer.id_claim) {
+        out.push((kit::identity::CONSUMER_ID.to_owned(), id));
+    }
+    if let Some(name) = p.consumer.username_claim.as_deref().and_then(claim) {
+        out.push((kit::identity::CONSUMER_USERNAME.to_owned(), name));
+    }
+    if let Some(groups) = p.consumer.groups_claim.as_deref().and_then(claim) {
+        out.push((kit::identity::CONSUMER_GROUPS.to_owned(), groups));
+    }
+    if let Some(tier) = p.consumer.tier_claim.as_deref().and_then(claim) {
+        out.push((kit::identity::CONSUMER_TIER.to_owned(), tier));
+    }
+    let credential = claim("iss").unwrap_or_else(|| p.name.clone());
+    out.push((kit::identity::CREDENTIAL_IDENTIFIER.to_owned(), credential));
+    if let Some(h) = &p.forward_payload_header {
+        out.push((h.clone(), v.payload_b64.clone()));
+    }
+    for c in &p.claim_to_headers {
+        if let Some(value) = claim(&c.claim) {
+            out.push((c.header.clone(), value));
+        }
+    }
+    // Never send a value that could split a header.
+    out.retain(|(_, v)| !v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0));
+    out
+}
+
+/// Every header a client could use to claim an identity: removed from each request
+/// before anything else, whether or not it carries a token.
+pub fn spoofable_headers(config: &Config) -> Vec<String> {
+    let mut out: Vec<String> = kit::identity::ALL.iter().map(|s| s.to_string()).collect();
+    for p in &config.providers {
+        out.extend(p.forward_payload_header.iter().cloned());
+        out.extend(p.claim_to_headers.iter().map(|c| c.header.clone()));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Verified tokens of one VM, keyed by the whole token (a hash map hashes it with a
+/// random key and compares it whole, so no token can stand in for another), valid
+/// until the earlier of its `exp` and the TTL, bounded in number (oldest out first).
+pub struct TokenCache {
+    map: HashMap<String, (Rc<Verified>, u64)>,
+    order: VecDeque<String>,
+    max: usize,
+    ttl: u64,
+}
+
+impl TokenCache {
+    pub fn new(max: usize, ttl: u64) -> TokenCache {
+        TokenCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+            ttl,
+        }
+    }
+
+    pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<Verified>> {
+        let (v, until) = self.map.get(token)?;
+        if now < *until {
+            return Some(v.clone());
+        }
+        self.map.remove(token);
+        None
+    }
+
+    pub fn insert(&mut self, token: &str, v: Rc<Verified>, now: u64) {
+        if self.max == 0 {
+            return;
+        }
+        let until = v
+            .valid_until
+            .map_or(now + self.ttl, |u| u.min(now + self.ttl));
+        if self.map.len() >= self.max {
+            while let Some(old) = self.order.pop_front() {
+                if self.map.remove(&old).is_some() {
+                    break;
+                }
+            }
+        }
+        if self.map.insert(token.to_owned(), (v, until)).is_none() {
+            self.order.push_back(token.to_owned());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

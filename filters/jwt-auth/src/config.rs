@@ -1,0 +1,458 @@
+//! The filter's configuration, modelled on Envoy's `jwt_authn` (providers, rules, token
+//! locations, forwarding, claims to headers) with Kong's names where Kong has the
+//! concept. Parsed and checked once in `on_configure`; a bad one is refused whole,
+//! naming the field.
+
+use std::collections::BTreeMap;
+
+use kit::config::ConfigError;
+use serde::Deserialize;
+
+use crate::keys::{Alg, KeySet, parse_jwks};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// The realm in `WWW-Authenticate` (default "portcullis").
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Verified tokens kept per VM (default 1000); 0 turns the cache off.
+    #[serde(default)]
+    pub cache_entries: Option<usize>,
+    /// Longest a verified token is kept, whatever its `exp` (default 300 s).
+    #[serde(default)]
+    pub cache_ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksConfig>,
+    /// An inline JWKS, as a JSON object or a string holding one.
+    #[serde(default)]
+    pub local_jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default = "default_skew")]
+    pub clock_skew_seconds: u64,
+    #[serde(default)]
+    pub from_headers: Option<Vec<HeaderLocation>>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    #[serde(default)]
+    pub forward: bool,
+    #[serde(default)]
+    pub forward_payload_header: Option<String>,
+    #[serde(default)]
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    #[serde(default)]
+    pub consumer: ConsumerClaims,
+    #[serde(default = "yes")]
+    pub require_expiration: bool,
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u64>,
+    #[serde(default = "default_max_token")]
+    pub max_token_bytes: usize,
+}
+
+fn default_skew() -> u64 {
+    60
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_token() -> usize {
+    8192
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksConfig {
+    /// The cluster (gateway service, Envoy cluster) that reaches the IdP.
+    pub cluster: String,
+    pub path: String,
+    /// `:authority` of the fetch (default: the cluster name).
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default = "default_cache_duration")]
+    pub cache_duration_seconds: u64,
+    #[serde(default = "default_fetch_timeout")]
+    pub timeout_ms: u64,
+    /// A token with an unknown `kid` triggers at most one refetch per this interval.
+    #[serde(default = "default_refetch")]
+    pub refetch_interval_seconds: u64,
+}
+
+fn default_cache_duration() -> u64 {
+    600
+}
+fn default_fetch_timeout() -> u64 {
+    5000
+}
+fn default_refetch() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderLocation {
+    pub name: String,
+    #[serde(default)]
+    pub value_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerClaims {
+    #[serde(default = "sub")]
+    pub id_claim: String,
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub tier_claim: Option<String>,
+}
+
+fn sub() -> String {
+    "sub".into()
+}
+
+impl Default for ConsumerClaims {
+    fn default() -> Self {
+        ConsumerClaims {
+            id_claim: sub(),
+            username_claim: None,
+            groups_claim: None,
+            tier_claim: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(rename = "match")]
+    pub matches: RuleMatch,
+    #[serde(default)]
+    pub requires: Option<Requires>,
+    /// A request without a token passes (without identity); a bad token still fails.
+    #[serde(default)]
+    pub allow_missing: bool,
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMatch {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub any: Vec<String>,
+    /// Every one of these scopes must be in the token (`scope` or `scp`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// A checked provider.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub remote: Option<RemoteJwksConfig>,
+    pub local: Option<KeySet>,
+    pub algorithms: Vec<Alg>,
+    pub skew: u64,
+    pub from_headers: Vec<HeaderLocation>,
+    pub from_params: Vec<String>,
+    pub from_cookies: Vec<String>,
+    pub forward: bool,
+    pub forward_payload_header: Option<String>,
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    pub consumer: ConsumerClaims,
+    pub require_expiration: bool,
+    pub max_lifetime: Option<u64>,
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub matches: RuleMatch,
+    /// Indexes into `Config::providers`; empty: no authentication needed.
+    pub providers: Vec<usize>,
+    pub scopes: Vec<String>,
+    pub allow_missing: bool,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    pub realm: String,
+    pub cache_entries: usize,
+    pub cache_ttl: u64,
+}
+
+impl Config {
+    pub fn parse(bytes: Option<&[u8]>) -> Result<Config, ConfigError> {
+        let file: ConfigFile = kit::config::parse(bytes)?;
+        Config::check(file)
+    }
+
+    fn check(file: ConfigFile) -> Result<Config, ConfigError> {
+        let names: Vec<String> = file.providers.keys().cloned().collect();
+        let mut providers = Vec::new();
+        for (name, p) in file.providers {
+            let field = |f: &str| format!("providers.{name}.{f}");
+            let algorithms = match &p.algorithms {
+                None => Alg::ASYMMETRIC.to_vec(),
+                Some(list) if list.is_empty() => {
+                    return Err(ConfigError::field(field("algorithms"), "must not be empty"));
+                }
+                Some(list) => list
+                    .iter()
+                    .map(|a| {
+                        Alg::parse(a).ok_or_else(|| {
+                            ConfigError::field(
+                                field("algorithms"),
+                                format!("unknown algorithm `{a}` (none is never accepted)"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            let local = match &p.local_jwks {
+                None => None,
+                Some(v) => {
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let (set, _) = parse_jwks(text.as_bytes(), true)
+                        .map_err(|e| ConfigError::field(field("local_jwks"), e.to_string()))?;
+                    if set.keys.is_empty() {
+                        return Err(ConfigError::field(field("local_jwks"), "has no keys"));
+                    }
+                    for k in &set.keys {
+                        if let crate::keys::Material::Hmac(secret) = &k.material {
+                            for a in &algorithms {
+                                if let Some(min) = a.min_hmac_bytes() {
+                                    if secret.len() < min && k.alg.is_none_or(|ka| ka == *a) {
+                                        return Err(ConfigError::field(
+                                            field("local_jwks"),
+                                            format!(
+                                                "{} needs an HMAC key of at least {min} bytes, key `{}` has {}",
+                                                a.name(),
+                                                k.kid.as_deref().unwrap_or("?"),
+                                                secret.len()
+                                            ),
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Some(set)
+                }
+            };
+            if local.is_none() && p.remote_jwks.is_none() {
+                return Err(ConfigError::field(
+                    field("remote_jwks"),
+                    "a provider needs remote_jwks or local_jwks",
+                ));
+            }
+            if let Some(r) = &p.remote_jwks {
+                if !r.path.starts_with('/') {
+                    return Err(ConfigError::field(
+                        field("remote_jwks.path"),
+                        "must start with /",
+                    ));
+                }
+                if r.cache_duration_seconds == 0 {
+                    return Err(ConfigError::field(
+                        field("remote_jwks.cache_duration_seconds"),
+                        "must be positive",
+                    ));
+                }
+            }
+            if p.max_token_bytes == 0 {
+                return Err(ConfigError::field(
+                    field("max_token_bytes"),
+                    "must be positive",
+                ));
+            }
+            let from_headers = p.from_headers.clone().unwrap_or_else(|| {
+                vec![HeaderLocation {
+                    name: "authorization".into(),
+                    value_prefix: Some("Bearer ".into()),
+                }]
+            });
+            for h in from_headers
+                .iter()
+                .map(|h| &h.name)
+                .chain(p.forward_payload_header.iter())
+                .chain(p.claim_to_headers.iter().map(|c| &c.header))
+            {
+                if !is_token(h) {
+                    return Err(ConfigError::field(
+                        field("headers"),
+                        format!("`{h}` is not a valid header name"),
+                    ));
+                }
+            }
+            providers.push(Provider {
+                name: name.clone(),
+                issuer: p.issuer,
+                audiences: p.audiences,
+                remote: p.remote_jwks,
+                local,
+                algorithms,
+                skew: p.clock_skew_seconds,
+                from_headers: from_headers
+                    .into_iter()
+                    .map(|mut h| {
+                        h.name = h.name.to_ascii_lowercase();
+                        h
+                    })
+                    .collect(),
+                from_params: p.from_params,
+                from_cookies: p.from_cookies,
+                forward: p.forward,
+                forward_payload_header: p.forward_payload_header.map(|h| h.to_ascii_lowercase()),
+                claim_to_headers: p
+                    .claim_to_headers
+                    .into_iter()
+                    .map(|mut c| {
+                        c.header = c.header.to_ascii_lowercase();
+                        c
+                    })
+                    .collect(),
+                consumer: p.consumer,
+                require_expiration: p.require_expiration,
+                max_lifetime: p.max_lifetime_seconds,
+                max_token_bytes: p.max_token_bytes,
+            });
+        }
+        let mut rules = Vec::new();
+        for (i, r) in file.rules.into_iter().enumerate() {
+            let field = |f: &str| format!("rules[{i}].{f}");
+            if r.matches.prefix.is_none() && r.matches.path.is_none() {
+                return Err(ConfigError::field(
+                    field("match"),
+                    "needs `prefix` or `path`",
+                ));
+            }
+            let (mut wanted, scopes) = match r.requires {
+                None => (Vec::new(), Vec::new()),
+                Some(req) => {
+                    let mut w: Vec<String> = req.any;
+                    w.extend(req.provider);
+                    if w.is_empty() {
+                        return Err(ConfigError::field(
+                            field("requires"),
+                            "names no provider (`provider` or `any`)",
+                        ));
+                    }
+                    (w, req.scopes)
+                }
+            };
+            wanted.dedup();
+            let mut idx = Vec::new();
+            for w in &wanted {
+                match names.iter().position(|n| n == w) {
+                    Some(p) => idx.push(p),
+                    None => {
+                        return Err(ConfigError::field(
+                            field("requires"),
+                            format!("unknown provider `{w}`"),
+                        ));
+                    }
+                }
+            }
+            rules.push(Rule {
+                matches: r.matches,
+                providers: idx,
+                scopes,
+                allow_missing: r.allow_missing,
+            });
+        }
+        if rules.is_empty() {
+            // No rules: every request needs a token from any provider (the safe reading
+            // of a configuration that names providers and nothing else).
+            rules.push(Rule {
+                matches: RuleMatch {
+                    prefix: Some("/".into()),
+                    path: None,
+                    methods: Vec::new(),
+                },
+                providers: (0..providers.len()).collect(),
+                scopes: Vec::new(),
+                allow_missing: false,
+            });
+        }
+        if providers.is_empty() {
+            return Err(ConfigError::field(
+                "providers",
+                "at least one provider is needed",
+            ));
+        }
+        Ok(Config {
+            providers,
+            rules,
+            realm: file.realm.unwrap_or_else(|| "portcullis".into()),
+            cache_entries: file.cache_entries.unwrap_or(1000),
+            cache_ttl: file.cache_ttl_seconds.unwrap_or(300),
+        })
+    }
+
+    /// The first rule that matches (Envoy's order).
+    pub fn rule_for(&self, path: &str, method: &str) -> Option<&Rule> {
+        let path_only = path.split('?').next().unwrap_or(path);
+        self.rules.iter().find(|r| {
+            let m = &r.matches;
+            let path_ok = match (&m.path, &m.prefix) {
+                (Some(exact), _) => path_only == exact,
+                (None, Some(prefix)) => path_only.starts_with(prefix.as_str()),
+                (None, None) => false,
+            };
+            path_ok
+                && (m.methods.is_empty()
+                    || m.methods.iter().any(|x| x.eq_ignore_ascii_case(method)))
+        })
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}

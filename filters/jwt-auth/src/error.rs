@@ -1,0 +1,104 @@
+//! Why a request is refused, and what the client is told (RFC 6750 section 3).
+
+/// A token that cannot be accepted: 401 with `error="invalid_token"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("token is too large")]
+    TooLarge,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("token has a critical header parameter we do not understand")]
+    UnknownCrit,
+    #[error("token algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    #[error("no key matches the token")]
+    UnknownKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("token issuer is not accepted")]
+    Issuer,
+    #[error("token has expired")]
+    Expired,
+    #[error("token has no expiration")]
+    NoExpiration,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    #[error("token lifetime is longer than allowed")]
+    LifetimeTooLong,
+    #[error("malformed claim: {0}")]
+    BadClaim(&'static str),
+    #[error("more than one token in the request")]
+    Multiple,
+}
+
+/// What the filter decides for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// 401, no token: `WWW-Authenticate: Bearer realm="..."`.
+    Missing,
+    /// 401 `error="invalid_token"`.
+    Invalid(Invalid),
+    /// 403 (as Envoy): the token is valid but not for this audience.
+    Audience,
+    /// 403 `error="insufficient_scope"`.
+    Scope(Vec<String>),
+    /// 503 with `Retry-After`: the keys cannot be had and none are cached.
+    KeysUnavailable,
+}
+
+impl Denial {
+    pub fn status(&self) -> u32 {
+        match self {
+            Denial::Missing | Denial::Invalid(_) => 401,
+            Denial::Audience | Denial::Scope(_) => 403,
+            Denial::KeysUnavailable => 503,
+        }
+    }
+
+    /// The reason as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::Missing => "missing",
+            Denial::Invalid(Invalid::Expired) => "expired",
+            Denial::Invalid(Invalid::BadSignature) => "bad_signature",
+            Denial::Invalid(Invalid::UnknownKey) => "unknown_key",
+            Denial::Invalid(Invalid::AlgorithmNotAllowed) => "algorithm",
+            Denial::Invalid(Invalid::Issuer) => "issuer",
+            Denial::Invalid(_) => "invalid",
+            Denial::Audience => "audience",
+            Denial::Scope(_) => "scope",
+            Denial::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Denial::Missing => "missing bearer token".into(),
+            Denial::Invalid(i) => i.to_string(),
+            Denial::Audience => "token audience is not accepted".into(),
+            Denial::Scope(s) => format!("token lacks the scope {}", s.join(" ")),
+            Denial::KeysUnavailable => "the identity provider's keys are unavailable".into(),
+        }
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750), or none for a 503.
+    pub fn www_authenticate(&self, realm: &str) -> Option<String> {
+        let realm = realm.replace('\\', "\\\\").replace('"', "\\\"");
+        match self {
+            Denial::Missing => Some(format!("Bearer realm=\"{realm}\"")),
+            Denial::Invalid(i) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{i}\""
+            )),
+            Denial::Audience => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"audience not accepted\""
+            )),
+            Denial::Scope(s) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
+                s.join(" ")
+            )),
+            Denial::KeysUnavailable => None,
+        }
+    }
+}

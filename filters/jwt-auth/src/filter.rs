@@ -1,0 +1,544 @@
+//! The proxy-wasm glue: moves bytes between the host and the policy, fetches the JWKS
+//! through `http_call`, keeps it in shared data for every worker, and answers.
+//!
+//! Shared data, per provider, under `jwt-auth/<root id>/<provider>/`:
+//! - `jwks`: 8 bytes fetch time (LE seconds), then the JWKS body; an empty body marks a
+//!   failed first fetch (no keys at all), so workers answer 503 without refetching.
+//! - `lease`: 8 bytes; until that time one VM is refreshing (won by CAS on a tick, so a
+//!   refresh runs once, not once per worker).
+//! - `kid`: 8 bytes; the last refetch for an unknown `kid`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+use crate::auth::{self, Check, Keys, TokenCache, Verified};
+use crate::config::Config;
+use crate::error::Denial;
+use crate::extract::{self, Found, Location};
+use crate::keys::{KeySet, parse_jwks};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root { state: None, fetching: HashMap::new() }));
+}}
+
+/// How long after a failed fetch the next one may start.
+const RETRY_SECONDS: u64 = 10;
+
+struct Metrics {
+    allowed: u32,
+    cache_hits: u32,
+    fetches: u32,
+    fetch_failures: u32,
+    denied: HashMap<&'static str, u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let c = |n: &str| hostcalls::define_metric(MetricType::Counter, n).unwrap_or(0);
+        let mut denied = HashMap::new();
+        for r in [
+            "missing",
+            "expired",
+            "bad_signature",
+            "unknown_key",
+            "algorithm",
+            "issuer",
+            "invalid",
+            "audience",
+            "scope",
+            "keys_unavailable",
+        ] {
+            denied.insert(r, c(&format!("jwt_auth_denied_{r}")));
+        }
+        Metrics {
+            allowed: c("jwt_auth_allowed"),
+            cache_hits: c("jwt_auth_cache_hits"),
+            fetches: c("jwt_auth_jwks_fetches"),
+            fetch_failures: c("jwt_auth_jwks_failures"),
+            denied,
+        }
+    }
+
+    fn bump(id: u32) {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+/// What a VM keeps for all its requests.
+struct State {
+    config: Config,
+    prefix: String,
+    cache: TokenCache,
+    /// Parsed JWKS per provider, with the shared-data CAS it was parsed from.
+    parsed: HashMap<usize, (u32, Rc<KeySet>)>,
+    metrics: Metrics,
+    strip: Vec<String>,
+}
+
+impl State {
+    fn key(&self, provider: usize, what: &str) -> String {
+        format!(
+            "{}{}/{what}",
+            self.prefix, self.config.providers[provider].name
+        )
+    }
+
+    /// The provider's keys as the shared data holds them now.
+    fn keys(&mut self, provider: usize, now: u64) -> KeysNow {
+        let (bytes, cas) = match hostcalls::get_shared_data(&self.key(provider, "jwks")) {
+            Ok((Some(b), Some(cas))) => (b, cas),
+            _ => return KeysNow::NotYet,
+        };
+        if bytes.len() <= 8 {
+            let failed_at = u64::from_le_bytes(
+                bytes
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 8]),
+            );
+            return if now < failed_at + RETRY_SECONDS {
+                KeysNow::Unavailable
+            } else {
+                KeysNow::NotYet
+            };
+        }
+        if let Some((c, set)) = self.parsed.get(&provider) {
+            if *c == cas {
+                return KeysNow::Ready(set.clone());
+            }
+        }
+        match parse_jwks(&bytes[8..], false) {
+            Ok((set, _)) => {
+                let set = Rc::new(set);
+                self.parsed.insert(provider, (cas, set.clone()));
+                KeysNow::Ready(set)
+            }
+            Err(_) => KeysNow::Unavailable,
+        }
+    }
+}
+
+enum KeysNow {
+    Ready(Rc<KeySet>),
+    NotYet,
+    Unavailable,
+}
+
+fn now_secs() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+fn read_u64(key: &str) -> (u64, Option<u32>) {
+    match hostcalls::get_shared_data(key) {
+        Ok((Some(b), cas)) if b.len() >= 8 => {
+            (u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])), cas)
+        }
+        Ok((_, cas)) => (0, cas),
+        Err(_) => (0, None),
+    }
+}
+
+fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
+    hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
+}
+
+/// Stores a fetched JWKS (or, with `None`, marks a failed first fetch). A failed
+/// refresh keeps the stale JWKS: serving stale keys beats refusing everyone.
+fn store_jwks(st: &State, provider: usize, body: Option<&[u8]>, now: u64) {
+    let key = st.key(provider, "jwks");
+    match body {
+        Some(body) => {
+            let mut v = now.to_le_bytes().to_vec();
+            v.extend_from_slice(body);
+            let _ = hostcalls::set_shared_data(&key, Some(&v), None);
+        }
+        None => {
+            let stale = matches!(hostcalls::get_shared_data(&key), Ok((Some(b), _)) if b.len() > 8);
+            if !stale {
+                let _ = hostcalls::set_shared_data(&key, Some(&now.to_le_bytes()), None);
+            }
+        }
+    }
+}
+
+/// Checks a fetched JWKS answer: a 200 whose body is a JWKS with at least one key.
+fn usable_jwks(status: Option<String>, body: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
+    if status.as_deref() != Some("200") {
+        return Err(format!(
+            "JWKS fetch answered {}",
+            status.as_deref().unwrap_or("nothing")
+        ));
+    }
+    let body = body.unwrap_or_default();
+    match parse_jwks(&body, false) {
+        Ok((set, _)) if !set.keys.is_empty() => Ok(body),
+        Ok(_) => Err("the JWKS has no usable key".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn dispatch_fetch(ctx: &dyn Context, st: &State, provider: usize) -> Option<u32> {
+    let remote = st.config.providers[provider].remote.as_ref()?;
+    let authority = remote
+        .authority
+        .clone()
+        .unwrap_or_else(|| remote.cluster.clone());
+    let headers = vec![
+        (":method", "GET"),
+        (":path", remote.path.as_str()),
+        (":authority", authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    match ctx.dispatch_http_call(
+        &remote.cluster,
+        headers,
+        None,
+        vec![],
+        Duration::from_millis(remote.timeout_ms),
+    ) {
+        Ok(token) => {
+            Metrics::bump(st.metrics.fetches);
+            Some(token)
+        }
+        Err(e) => {
+            hostcalls::log(
+                LogLevel::Error,
+                &format!(
+                    "jwt-auth: cannot fetch the JWKS of `{}` from cluster `{}`: {e:?}",
+                    st.config.providers[provider].name, remote.cluster
+                ),
+            )
+            .ok();
+            None
+        }
+    }
+}
+
+struct Root {
+    state: Option<Rc<RefCell<State>>>,
+    /// Refreshes this VM runs from ticks: call token → provider.
+    fetching: HashMap<u32, usize>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let (Some(provider), Some(state)) = (self.fetching.remove(&token), &self.state) else {
+            return;
+        };
+        let st = state.borrow();
+        let now = now_secs();
+        let status = self.get_http_call_response_header(":status");
+        let body = self.get_http_call_response_body(0, body_size);
+        let lease = st.key(provider, "lease");
+        match usable_jwks(status, body) {
+            Ok(body) => {
+                store_jwks(&st, provider, Some(&body), now);
+                write_u64(&lease, 0, None);
+            }
+            Err(e) => {
+                Metrics::bump(st.metrics.fetch_failures);
+                hostcalls::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "jwt-auth: JWKS refresh of `{}` failed: {e}",
+                        st.config.providers[provider].name
+                    ),
+                )
+                .ok();
+                store_jwks(&st, provider, None, now);
+                write_u64(&lease, now + RETRY_SECONDS, None);
+            }
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = self.get_plugin_configuration();
+        let config = match Config::parse(bytes.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                hostcalls::log(LogLevel::Error, &format!("jwt-auth: {e}")).ok();
+                return false;
+            }
+        };
+        let root_id = self
+            .get_property(vec!["plugin_root_id"])
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if config.providers.iter().any(|p| p.remote.is_some()) {
+            self.set_tick_period(Duration::from_secs(1));
+        }
+        let strip = auth::spoofable_headers(&config);
+        self.state = Some(Rc::new(RefCell::new(State {
+            cache: TokenCache::new(config.cache_entries, config.cache_ttl),
+            config,
+            prefix: format!("jwt-auth/{root_id}/"),
+            parsed: HashMap::new(),
+            metrics: Metrics::define(),
+            strip,
+        })));
+        true
+    }
+
+    /// Refreshes each remote JWKS that is missing or older than its cache duration, in
+    /// one VM at a time: the VM that wins the lease by CAS fetches.
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let st = state.borrow();
+        let now = now_secs();
+        for (i, p) in st.config.providers.iter().enumerate() {
+            let Some(remote) = &p.remote else { continue };
+            let (fetched_at, _) = read_u64(&st.key(i, "jwks"));
+            let has_keys = matches!(hostcalls::get_shared_data(&st.key(i, "jwks")), Ok((Some(b), _)) if b.len() > 8);
+            let due = !has_keys || now >= fetched_at + remote.cache_duration_seconds;
+            if !due || self.fetching.values().any(|v| *v == i) {
+                continue;
+            }
+            let lease = st.key(i, "lease");
+            let (until, cas) = read_u64(&lease);
+            if now < until {
+                continue;
+            }
+            let hold = now + remote.timeout_ms / 1000 + 2;
+            if !write_u64(&lease, hold, Some(cas.unwrap_or(0))) {
+                continue; // another VM won the lease
+            }
+            if let Some(token) = dispatch_fetch(self, &st, i) {
+                self.fetching.insert(token, i);
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        let state = self.state.clone()?;
+        Some(Box::new(Request {
+            state,
+            pending: None,
+        }))
+    }
+}
+
+/// A request waiting for a JWKS fetch it started itself.
+struct Pending {
+    token: u32,
+    provider: usize,
+    found: Found,
+    rule: usize,
+}
+
+struct Request {
+    state: Rc<RefCell<State>>,
+    pending: Option<Pending>,
+}
+
+impl Request {
+    fn deny(&self, st: &State, d: Denial) {
+        if let Some(id) = st.metrics.denied.get(d.reason()) {
+            Metrics::bump(*id);
+        }
+        let request_id = self.get_http_request_header("x-request-id");
+        let body = kit::reply::json_body(&d.message(), request_id.as_deref());
+        let mut headers = vec![kit::reply::CONTENT_TYPE_JSON];
+        let www = d.www_authenticate(&st.config.realm);
+        if let Some(w) = &www {
+            headers.push(("www-authenticate", w));
+        }
+        if d == Denial::KeysUnavailable {
+            headers.push(("retry-after", "10"));
+        }
+        self.send_http_response(d.status(), headers, Some(&body));
+    }
+
+    fn allow(&self, st: &State, v: &Verified, found: &Found, scopes: &[String]) -> Action {
+        if let Err(d) = crate::claims::check_scopes(&v.claims, scopes) {
+            self.deny(st, d);
+            return Action::Pause;
+        }
+        let p = &st.config.providers[v.provider];
+        for (k, value) in auth::identity(p, v) {
+            self.set_http_request_header(&k, Some(&value));
+        }
+        if !p.forward {
+            if let Location::Header(h) = &found.location {
+                self.set_http_request_header(h, None);
+            }
+        }
+        Metrics::bump(st.metrics.allowed);
+        Action::Continue
+    }
+
+    /// Decides for `found` under rule `rule`; fetches keys when needed.
+    fn decide(&mut self, found: Found, rule: usize, may_fetch: bool) -> Action {
+        let state = self.state.clone();
+        let mut st = state.borrow_mut();
+        let now = now_secs();
+        let scopes = st.config.rules[rule].scopes.clone();
+        if let Some(v) = st.cache.get(&found.token, now) {
+            if found.providers.contains(&v.provider) {
+                Metrics::bump(st.metrics.cache_hits);
+                return self.allow(&st, &v, &found, &scopes);
+            }
+        }
+        // Keys of every remote provider the token may belong to, as shared data has them.
+        let mut sets: HashMap<usize, KeysNow> = HashMap::new();
+        for &p in &found.providers {
+            if st.config.providers[p].remote.is_some() {
+                let k = st.keys(p, now);
+                sets.insert(p, k);
+            }
+        }
+        let may_refetch = may_fetch
+            && found.providers.iter().any(|&p| {
+                let Some(remote) = &st.config.providers[p].remote else {
+                    return false;
+                };
+                let (last, _) = read_u64(&st.key(p, "kid"));
+                now >= last + remote.refetch_interval_seconds
+            });
+        let lookup = |p: usize| match sets.get(&p) {
+            Some(KeysNow::Ready(set)) => Keys::Ready(set),
+            Some(KeysNow::Unavailable) => Keys::Unavailable,
+            Some(KeysNow::NotYet) | None => {
+                if may_fetch {
+                    Keys::NotYet
+                } else {
+                    Keys::Unavailable
+                }
+            }
+        };
+        match auth::verify(&st.config, &found, &lookup, may_refetch, now) {
+            Check::Ok(v) => {
+                st.cache.insert(&found.token, v.clone(), now);
+                self.allow(&st, &v, &found, &scopes)
+            }
+            Check::Deny(d) => {
+                self.deny(&st, d);
+                Action::Pause
+            }
+            Check::NeedKeys {
+                provider,
+                unknown_kid,
+            } => {
+                if unknown_kid {
+                    write_u64(&st.key(provider, "kid"), now, None);
+                }
+                match dispatch_fetch(self, &st, provider) {
+                    Some(token) => {
+                        drop(st);
+                        self.pending = Some(Pending {
+                            token,
+                            provider,
+                            found,
+                            rule,
+                        });
+                        Action::Pause
+                    }
+                    None => {
+                        self.deny(&st, Denial::KeysUnavailable);
+                        Action::Pause
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Context for Request {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some(p) = self.pending.take() else { return };
+        if p.token != token {
+            return;
+        }
+        let status = self.get_http_call_response_header(":status");
+        let body = self.get_http_call_response_body(0, body_size);
+        {
+            let st = self.state.borrow();
+            let now = now_secs();
+            match usable_jwks(status, body) {
+                Ok(body) => store_jwks(&st, p.provider, Some(&body), now),
+                Err(e) => {
+                    Metrics::bump(st.metrics.fetch_failures);
+                    hostcalls::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "jwt-auth: JWKS fetch of `{}` failed: {e}",
+                            st.config.providers[p.provider].name
+                        ),
+                    )
+                    .ok();
+                    store_jwks(&st, p.provider, None, now);
+                }
+            }
+        }
+        // Decide again with what the shared data holds now; no second fetch.
+        if self.decide(p.found, p.rule, false) == Action::Continue {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let (rule_index, allow_missing, strip) = {
+            let st = self.state.borrow();
+            let path = self.get_http_request_header(":path").unwrap_or_default();
+            let method = self.get_http_request_header(":method").unwrap_or_default();
+            let rule = st.config.rule_for(&path, &method).map(|r| {
+                st.config
+                    .rules
+                    .iter()
+                    .position(|x| std::ptr::eq(x, r))
+                    .unwrap_or(0)
+            });
+            let allow_missing = rule.is_some_and(|r| st.config.rules[r].allow_missing);
+            (rule, allow_missing, st.strip.clone())
+        };
+        // A client never sets its own identity, whatever the route.
+        for h in &strip {
+            self.set_http_request_header(h, None);
+        }
+        let Some(rule) = rule_index else {
+            return Action::Continue;
+        };
+        let found = {
+            let st = self.state.borrow();
+            if st.config.rules[rule].providers.is_empty() {
+                return Action::Continue;
+            }
+            let headers = self.get_http_request_headers();
+            let path = self.get_http_request_header(":path").unwrap_or_default();
+            extract::find(&st.config, &st.config.rules[rule], &headers, &path)
+        };
+        match found {
+            Err(e) => {
+                let st = self.state.borrow();
+                self.deny(&st, Denial::Invalid(e));
+                Action::Pause
+            }
+            Ok(None) if allow_missing => Action::Continue,
+            Ok(None) => {
+                let st = self.state.borrow();
+                self.deny(&st, Denial::Missing);
+                Action::Pause
+            }
+            Ok(Some(found)) => self.decide(found, rule, true),
+        }
+    }
+}
