@@ -1,0 +1,470 @@
+//! `jwt-auth` in the test bed: the built filter on the real host engine, a virtual
+//! clock for time claims, scripted JWKS replies for rotation and outages.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use jwt_mint::{Key, jwks};
+use portcullis_testbed::{CallFailure, MetricValue, Reply, Request, TestBed, wasm};
+use serde_json::{Value, json};
+
+/// The test bed's clock starts at 2026-01-01T00:00:00Z.
+const T0: u64 = 1_767_225_600;
+
+fn claims(extra: Value) -> Value {
+    let mut c = json!({"iss": "https://idp.test", "aud": "orders-api", "sub": "user-1", "preferred_username": "ada",
+        "groups": ["eng", "ops"], "tier": "premium", "email": "ada@example.com", "scope": "orders:read profile",
+        "iat": T0, "exp": T0 + 600});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn provider(keys: Value, extra: Value) -> Value {
+    let mut p = json!({
+        "issuer": "https://idp.test",
+        "audiences": ["orders-api"],
+        "algorithms": ["RS256", "ES256", "EdDSA"],
+        "from_params": ["access_token"],
+        "forward_payload_header": "x-jwt-payload",
+        "claim_to_headers": [{"claim": "email", "header": "x-user-email"}],
+        "consumer": {"id_claim": "sub", "username_claim": "preferred_username", "groups_claim": "groups", "tier_claim": "tier"}
+    });
+    p.as_object_mut()
+        .unwrap()
+        .extend(keys.as_object().unwrap().clone());
+    p.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    p
+}
+
+fn local(key: &Key, extra: Value) -> String {
+    json!({
+        "providers": {"idp": provider(json!({"local_jwks": jwks(&[key])}), extra)},
+        "rules": [
+            {"match": {"prefix": "/health"}},
+            {"match": {"prefix": "/public"}, "requires": {"provider": "idp"}, "allow_missing": true},
+            {"match": {"prefix": "/admin"}, "requires": {"provider": "idp", "scopes": ["orders:admin"]}},
+            {"match": {"prefix": "/"}, "requires": {"any": ["idp"]}}
+        ]
+    })
+    .to_string()
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn a_valid_token_passes_with_verified_identity_and_spoofed_headers_replaced() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({})))
+        .build()
+        .unwrap();
+    let token = key.sign("ES256", claims(json!({})));
+    let res = bed.send(
+        Request::get("/orders")
+            .header("authorization", &bearer(&token))
+            .header("x-consumer-id", "admin")
+            .header("x-consumer-tier", "free")
+            .header("x-user-email", "spoof@evil.test"),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("x-consumer-id").as_deref(),
+        Some("user-1")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-username").as_deref(),
+        Some("ada")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-groups").as_deref(),
+        Some("eng,ops")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-tier").as_deref(),
+        Some("premium")
+    );
+    assert_eq!(
+        res.upstream_header("x-credential-identifier").as_deref(),
+        Some("https://idp.test")
+    );
+    assert_eq!(
+        res.upstream_header("x-user-email").as_deref(),
+        Some("ada@example.com")
+    );
+    assert_eq!(
+        res.upstream_header("x-jwt-payload").as_deref(),
+        Some(token.split('.').nth(1).unwrap())
+    );
+    assert_eq!(
+        res.upstream_header("authorization"),
+        None,
+        "forward is false: the token is stripped"
+    );
+    let up = res.upstream.unwrap();
+    assert_eq!(
+        up.headers.get_all("x-consumer-id").count(),
+        1,
+        "the client's value is gone, not merely shadowed"
+    );
+}
+
+#[test]
+fn without_a_token_identity_headers_are_still_removed() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({})))
+        .build()
+        .unwrap();
+    let res = bed.send(
+        Request::get("/health")
+            .header("x-consumer-id", "admin")
+            .header("x-consumer-tier", "premium"),
+    );
+    assert_eq!(res.status, 200);
+    assert_eq!(res.upstream_header("x-consumer-id"), None);
+    assert_eq!(res.upstream_header("x-consumer-tier"), None);
+    let res = bed.send(Request::get("/public/x").header("x-consumer-id", "admin"));
+    assert_eq!(res.status, 200, "allow_missing");
+    assert_eq!(res.upstream_header("x-consumer-id"), None);
+}
+
+#[test]
+fn forward_true_keeps_the_token_for_the_upstream() {
+    let key = Key::ed25519("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({"forward": true})))
+        .build()
+        .unwrap();
+    let token = key.sign("EdDSA", claims(json!({})));
+    let res = bed.send(Request::get("/orders").header("authorization", &bearer(&token)));
+    assert_eq!(res.upstream_header("authorization"), Some(bearer(&token)));
+}
+
+#[test]
+fn replies_follow_rfc_6750() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({})))
+        .build()
+        .unwrap();
+    let res = bed.send(Request::get("/orders").header("x-request-id", "rid-7"));
+    assert_eq!(res.status, 401);
+    assert_eq!(
+        res.header("www-authenticate"),
+        Some("Bearer realm=\"portcullis\"")
+    );
+    assert_eq!(res.json()["request_id"], "rid-7");
+    assert!(res.upstream.is_none());
+
+    let res = bed.send(Request::get("/orders").header("authorization", "Bearer not.a.jwt"));
+    assert_eq!(res.status, 401);
+    assert!(
+        res.header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+
+    let wrong_aud = key.sign("ES256", claims(json!({"aud": "billing"})));
+    let res = bed.send(Request::get("/orders").header("authorization", &bearer(&wrong_aud)));
+    assert_eq!(res.status, 403, "valid token, wrong audience: 403 as Envoy");
+
+    let token = key.sign("ES256", claims(json!({})));
+    let res = bed.send(Request::get("/admin/x").header("authorization", &bearer(&token)));
+    assert_eq!(res.status, 403);
+    let www = res.header("www-authenticate").unwrap();
+    assert!(
+        www.contains("error=\"insufficient_scope\"") && www.contains("orders:admin"),
+        "{www}"
+    );
+    let admin = key.sign("ES256", claims(json!({"scope": "orders:admin"})));
+    assert_eq!(
+        bed.send(Request::get("/admin/x").header("authorization", &bearer(&admin)))
+            .status,
+        200
+    );
+}
+
+#[test]
+fn two_tokens_in_one_request_are_refused() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({})))
+        .build()
+        .unwrap();
+    let token = key.sign("ES256", claims(json!({})));
+    let res = bed.send(
+        Request::get(&format!("/orders?access_token={token}"))
+            .header("authorization", &bearer(&token)),
+    );
+    assert_eq!(res.status, 401);
+    assert!(
+        res.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than one token")
+    );
+}
+
+#[test]
+fn oversized_tokens_are_refused_before_any_crypto() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("jwt_auth"),
+            local(&key, json!({"max_token_bytes": 512})),
+        )
+        .build()
+        .unwrap();
+    let big = key.sign("ES256", claims(json!({"pad": "x".repeat(600)})));
+    let res = bed.send(Request::get("/orders").header("authorization", &bearer(&big)));
+    assert_eq!(res.status, 401);
+    assert_eq!(res.json()["message"], "token is too large");
+}
+
+#[test]
+fn a_cached_token_still_fails_when_it_expires() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("jwt_auth"),
+            local(&key, json!({"clock_skew_seconds": 0})),
+        )
+        .build()
+        .unwrap();
+    let token = key.sign("ES256", claims(json!({"exp": T0 + 30})));
+    let send = |bed: &mut TestBed| {
+        bed.send(Request::get("/orders").header("authorization", &bearer(&token)))
+            .status
+    };
+    assert_eq!(send(&mut bed), 200);
+    assert_eq!(send(&mut bed), 200);
+    assert_eq!(
+        bed.metric("jwt_auth_cache_hits"),
+        Some(MetricValue::Counter(1))
+    );
+    bed.advance(Duration::from_secs(31));
+    assert_eq!(send(&mut bed), 401, "expired, cache or not");
+    assert_eq!(
+        bed.metric("jwt_auth_denied_expired"),
+        Some(MetricValue::Counter(1))
+    );
+    assert_eq!(
+        bed.metric("jwt_auth_allowed"),
+        Some(MetricValue::Counter(2))
+    );
+}
+
+fn remote(extra: Value) -> String {
+    json!({
+        "providers": {"idp": provider(json!({"remote_jwks": {"cluster": "idp", "path": "/jwks", "cache_duration_seconds": 600, "refetch_interval_seconds": 30}}), extra)},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
+    })
+    .to_string()
+}
+
+/// A scripted IdP whose JWKS can change and which can go down.
+struct Idp {
+    jwks: Rc<std::cell::RefCell<Value>>,
+    down: Rc<Cell<bool>>,
+    fetches: Rc<Cell<u32>>,
+}
+
+fn bed_with_idp(first: &Key) -> (TestBed, Idp) {
+    let idp = Idp {
+        jwks: Rc::new(std::cell::RefCell::new(jwks(&[first]))),
+        down: Rc::default(),
+        fetches: Rc::default(),
+    };
+    let (j, d, f) = (idp.jwks.clone(), idp.down.clone(), idp.fetches.clone());
+    let bed = TestBed::new()
+        .filter(wasm("jwt_auth"), remote(json!({})))
+        .cluster("idp", move |req| {
+            assert_eq!(req.headers.get_str(":path"), Some("/jwks"));
+            f.set(f.get() + 1);
+            if d.get() {
+                Reply::Fail(CallFailure::ConnectFailed("refused".into()))
+            } else {
+                Reply::json(&j.borrow())
+            }
+        })
+        .build()
+        .unwrap();
+    (bed, idp)
+}
+
+#[test]
+fn remote_keys_are_fetched_on_first_use_and_shared() {
+    let key = Key::rsa("r1");
+    let (mut bed, idp) = bed_with_idp(&key);
+    let token = key.sign("RS256", claims(json!({})));
+    let res = bed.send(Request::get("/orders").header("authorization", &bearer(&token)));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(idp.fetches.get(), 1);
+    let other = key.sign("RS256", claims(json!({"sub": "user-2"})));
+    assert_eq!(
+        bed.send(Request::get("/orders").header("authorization", &bearer(&other)))
+            .status,
+        200
+    );
+    assert_eq!(idp.fetches.get(), 1, "the JWKS is kept in shared data");
+    assert!(bed.shared_data("jwt-auth/jwt_auth-0/idp/jwks").is_some());
+}
+
+#[test]
+fn keys_are_refreshed_on_a_tick_once_and_rotation_is_picked_up() {
+    let (k1, k2) = (Key::ec256("k1"), Key::ec256("k2"));
+    let (mut bed, idp) = bed_with_idp(&k1);
+    bed.advance(Duration::from_secs(2));
+    assert_eq!(idp.fetches.get(), 1, "fetched by a tick before any request");
+    *idp.jwks.borrow_mut() = jwks(&[&k2]);
+    bed.advance(Duration::from_secs(599));
+    assert_eq!(
+        idp.fetches.get(),
+        2,
+        "refreshed once when the cache duration ran out"
+    );
+    let t2 = k2.sign("ES256", claims(json!({"iat": T0 + 600, "exp": T0 + 1200})));
+    assert_eq!(
+        bed.send(Request::get("/orders").header("authorization", &bearer(&t2)))
+            .status,
+        200
+    );
+    assert_eq!(
+        bed.metric("jwt_auth_jwks_fetches"),
+        Some(MetricValue::Counter(2))
+    );
+}
+
+#[test]
+fn an_unknown_kid_triggers_at_most_one_refetch_per_interval() {
+    let (k1, k2) = (Key::ec256("k1"), Key::ec256("k2"));
+    let (mut bed, idp) = bed_with_idp(&k1);
+    let t1 = k1.sign("ES256", claims(json!({})));
+    assert_eq!(
+        bed.send(Request::get("/o").header("authorization", &bearer(&t1)))
+            .status,
+        200
+    );
+    assert_eq!(idp.fetches.get(), 1);
+    // The IdP rotates; a token with the new kid arrives before the next refresh.
+    *idp.jwks.borrow_mut() = jwks(&[&k1, &k2]);
+    let t2 = k2.sign("ES256", claims(json!({})));
+    assert_eq!(
+        bed.send(Request::get("/o").header("authorization", &bearer(&t2)))
+            .status,
+        200
+    );
+    assert_eq!(idp.fetches.get(), 2, "one refetch for the new kid");
+    let ghost = Key::ec256("ghost").sign("ES256", claims(json!({})));
+    for _ in 0..5 {
+        assert_eq!(
+            bed.send(Request::get("/o").header("authorization", &bearer(&ghost)))
+                .status,
+            401
+        );
+    }
+    assert_eq!(
+        idp.fetches.get(),
+        2,
+        "no refetch storm: the last one was less than 30 s ago"
+    );
+    bed.advance(Duration::from_secs(31));
+    assert_eq!(
+        bed.send(Request::get("/o").header("authorization", &bearer(&ghost)))
+            .status,
+        401
+    );
+    assert_eq!(idp.fetches.get(), 3, "one more after the interval");
+}
+
+#[test]
+fn keys_unavailable_is_503_with_retry_after_and_stale_keys_serve_during_an_outage() {
+    let key = Key::ec256("k1");
+    let (mut bed, idp) = bed_with_idp(&key);
+    idp.down.set(true);
+    let token = key.sign("ES256", claims(json!({})));
+    let res = bed.send(Request::get("/o").header("authorization", &bearer(&token)));
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert_eq!(res.header("retry-after"), Some("10"));
+    assert!(
+        res.header("www-authenticate").is_none(),
+        "not an authentication failure"
+    );
+    idp.down.set(false);
+    bed.advance(Duration::from_secs(11));
+    assert_eq!(
+        bed.send(Request::get("/o").header("authorization", &bearer(&token)))
+            .status,
+        200
+    );
+    // Down again past the cache duration: the stale JWKS keeps serving.
+    idp.down.set(true);
+    bed.advance(Duration::from_secs(700));
+    let fresh = key.sign("ES256", claims(json!({"iat": T0 + 700, "exp": T0 + 1300})));
+    assert_eq!(
+        bed.send(Request::get("/o").header("authorization", &bearer(&fresh)))
+            .status,
+        200
+    );
+    assert!(
+        bed.metric("jwt_auth_jwks_failures")
+            .is_some_and(|m| m.count() >= 1)
+    );
+}
+
+#[test]
+fn a_jwks_that_is_not_json_or_has_no_key_is_not_stored() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), remote(json!({})))
+        .cluster("idp", |_| Reply::status(200, &[], "<html>login</html>"))
+        .build()
+        .unwrap();
+    let token = key.sign("ES256", claims(json!({})));
+    assert_eq!(
+        bed.send(Request::get("/o").header("authorization", &bearer(&token)))
+            .status,
+        503
+    );
+    assert!(bed.logged("JWKS fetch of `idp` failed"));
+}
+
+#[test]
+fn hostile_tokens_never_crash_the_filter() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({})))
+        .build()
+        .unwrap();
+    let good = key.sign("ES256", claims(json!({})));
+    let hostile = [
+        String::new(),
+        ".".repeat(5),
+        "a.b.c".into(),
+        jwt_mint::raw("{", "{}", b""),
+        jwt_mint::raw(r#"{"alg":"ES256"}"#, "[]", b"x"),
+        jwt_mint::raw(r#"{"alg":["ES256"]}"#, "{}", b"x"),
+        jwt_mint::raw(r#"{"alg":"ES256","kid":7}"#, "{}", b"x"),
+        jwt_mint::raw(r#"{"alg":"ES256"}"#, r#"{"exp":1e400}"#, &[0; 64]),
+        jwt_mint::raw(r#"{"alg":"ES256"}"#, r#"{"exp":-1}"#, &[0; 64]),
+        format!("{good}x"),
+        good.replace('.', ".."),
+        "\u{0}\u{1}".into(),
+    ];
+    for t in hostile {
+        let res = bed.send(Request::get("/o").header("authorization", &format!("Bearer {t}")));
+        assert!(res.status == 401, "{t:?}: {}", res.status);
+    }
+    assert_eq!(
+        bed.send(Request::get("/o").header("authorization", &bearer(&good)))
+            .status,
+        200
+    );
+}
