@@ -116,8 +116,28 @@ fn ensure_envoy() -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Installs the test OpenID provider (npm `oidc-provider`, pinned in
+/// testbed/idp/package.json) when missing.
+fn ensure_idp() -> Result<(), String> {
+    if root()
+        .join("testbed/idp/node_modules/oidc-provider")
+        .exists()
+    {
+        return Ok(());
+    }
+    run(Command::new("npm").args([
+        "install",
+        "--prefix",
+        "testbed/idp",
+        "--no-audit",
+        "--no-fund",
+    ]))
+    .map_err(|e| format!("{e}\n(the end-to-end tests need Node.js 20+ and npm)"))
+}
+
 fn test(extra: &[String]) -> Result<(), String> {
     let envoy = ensure_envoy()?;
+    ensure_idp()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"])
         .args(extra)

@@ -1,0 +1,174 @@
+//! `jwt-auth` end to end against a real OpenID provider (npm `oidc-provider`, started
+//! here on loopback): access tokens it issues (RS256, ES256, EdDSA) pass through the
+//! filter in our gateway and in Envoy, both fetching the provider's real JWKS; keys it
+//! rotates are picked up.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use portcullis_envoy::{Envoy, EnvoyConfig, WasmFilter};
+use serde_json::json;
+
+const RESOURCES: [&str; 3] = [
+    "urn:portcullis:rs256",
+    "urn:portcullis:es256",
+    "urn:portcullis:eddsa",
+];
+
+struct Idp {
+    child: Child,
+    port: u16,
+}
+
+impl Idp {
+    fn start(port: u16, keys: &std::path::Path) -> Idp {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testbed/idp");
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "the test IdP is not installed: run `npm install --prefix testbed/idp` (cargo xtask test does)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("idp.mjs"))
+            .env("IDP_PORT", port.to_string())
+            .env("IDP_KEYS", keys)
+            .env("IDP_CLIENT_SECRET", "test-secret")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs (Node.js 20+ is needed)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready"), "the IdP did not start: {line}");
+        Idp { child, port }
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client-credentials access token for `resource` (its algorithm).
+    fn token(&self, resource: &str) -> String {
+        let body = format!("grant_type=client_credentials&scope=orders:read&resource={resource}");
+        let r = send(
+            &self.issuer(),
+            "POST",
+            "/token",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", "Basic YXBpLWNsaWVudDp0ZXN0LXNlY3JldA=="),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "token endpoint: {}", r.body);
+        r.json()["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn jwt_config(issuer: &str) -> serde_json::Value {
+    json!({
+        "providers": {"idp": {
+            "issuer": issuer,
+            "audiences": RESOURCES,
+            "algorithms": ["RS256", "ES256", "EdDSA"],
+            "remote_jwks": {"cluster": "idp", "path": "/jwks", "cache_duration_seconds": 300, "refetch_interval_seconds": 1},
+            "consumer": {"id_claim": "sub"}
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
+    })
+}
+
+fn through(base: &str, token: &str) -> Res {
+    send(
+        base,
+        "GET",
+        "/orders",
+        &[("authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .unwrap()
+}
+
+#[test]
+fn provider_tokens_pass_in_our_gateway_and_in_envoy_and_rotation_is_picked_up() {
+    let dir = TempDir::new();
+    let keys = dir.0.join("idp-keys.json");
+    let port = free_port();
+    let idp = Idp::start(port, &keys);
+    let upstream = echo();
+    let config = jwt_config(&idp.issuer());
+
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+workers: 2
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
+filters:
+  - {{ name: jwt, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: api, match: {{ paths: [/] }}, service: echo, filters: [jwt], strip_path: false }}
+"#,
+        wasm("jwt_auth")
+    ));
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream)
+            .filter(WasmFilter::new(
+                "jwt",
+                portcullis_testbed::wasm("jwt_auth"),
+                &config.to_string(),
+            ))
+            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let envoy_url = format!("http://{}", envoy.listener);
+
+    for resource in RESOURCES {
+        let token = idp.token(resource);
+        for (host, base) in [("portcullis", gw.url()), ("envoy", envoy_url.clone())] {
+            let r = through(&base, &token);
+            assert_eq!(r.status, 200, "{resource} through {host}: {}", r.body);
+            assert_eq!(
+                r.upstream_header("x-consumer-id").as_deref(),
+                Some("api-client"),
+                "{host}"
+            );
+        }
+    }
+    assert_eq!(through(&gw.url(), "not-a-token").status, 401);
+    assert_eq!(through(&envoy_url, "not-a-token").status, 401);
+
+    // The IdP restarts with new keys: tokens with new key ids must pass once the
+    // filter refetches the JWKS for the unknown kid.
+    drop(idp);
+    std::fs::remove_file(&keys).unwrap();
+    let idp = Idp::start(port, &keys);
+    std::thread::sleep(Duration::from_millis(1100)); // past the refetch interval
+    for resource in RESOURCES {
+        let token = idp.token(resource);
+        for (host, base) in [("portcullis", gw.url()), ("envoy", envoy_url.clone())] {
+            let r = through(&base, &token);
+            assert_eq!(
+                r.status, 200,
+                "rotated {resource} through {host}: {}",
+                r.body
+            );
+        }
+    }
+}

@@ -1,0 +1,82 @@
+// A real OpenID provider for end-to-end tests, on loopback.
+//
+// Environment:
+//   IDP_PORT        port to listen on (127.0.0.1)
+//   IDP_KEYS        file with the signing keys (private JWKs); created with new keys
+//                   when missing, so a restart with a fresh file rotates the keys
+//   IDP_CLIENTS     JSON array of extra client metadata (optional)
+//   IDP_TOKEN_TTL   access/ID token lifetime in seconds (default 600)
+//
+// Access tokens are JWTs. Each resource server signs with one algorithm, so a test
+// picks the algorithm with the `resource` parameter:
+//   urn:portcullis:rs256, urn:portcullis:es256, urn:portcullis:eddsa
+// Prints "ready <issuer>" on stdout when it serves.
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import Provider from 'oidc-provider';
+
+const port = Number(process.env.IDP_PORT || 4000);
+const issuer = `http://127.0.0.1:${port}`;
+const keysFile = process.env.IDP_KEYS;
+const ttl = Number(process.env.IDP_TOKEN_TTL || 600);
+
+function newKeys() {
+  const jwk = (pair, extra) => ({ ...pair.privateKey.export({ format: 'jwk' }), kid: `${extra.alg.toLowerCase()}-${randomUUID().slice(0, 8)}`, use: 'sig', ...extra });
+  return [
+    jwk(generateKeyPairSync('rsa', { modulusLength: 2048 }), { alg: 'RS256' }),
+    jwk(generateKeyPairSync('ec', { namedCurve: 'P-256' }), { alg: 'ES256' }),
+    jwk(generateKeyPairSync('ed25519'), { alg: 'EdDSA' }),
+  ];
+}
+
+let keys;
+if (keysFile && existsSync(keysFile)) {
+  keys = JSON.parse(readFileSync(keysFile, 'utf8'));
+} else {
+  keys = newKeys();
+  if (keysFile) writeFileSync(keysFile, JSON.stringify(keys), { mode: 0o600 });
+}
+
+const resources = {
+  'urn:portcullis:rs256': 'RS256',
+  'urn:portcullis:es256': 'ES256',
+  'urn:portcullis:eddsa': 'EdDSA',
+};
+
+const clients = [
+  {
+    client_id: 'api-client',
+    client_secret: process.env.IDP_CLIENT_SECRET || randomUUID(),
+    grant_types: ['client_credentials'],
+    redirect_uris: [],
+    response_types: [],
+    scope: 'orders:read',
+  },
+  ...JSON.parse(process.env.IDP_CLIENTS || '[]'),
+];
+
+const provider = new Provider(issuer, {
+  clients,
+  jwks: { keys },
+  scopes: ['openid', 'offline_access', 'orders:read'],
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => 'urn:portcullis:rs256',
+      useGrantedResource: () => true,
+      getResourceServerInfo: (ctx, resource) => {
+        const alg = resources[resource];
+        if (!alg) throw new Error(`unknown resource ${resource}`);
+        return { scope: 'orders:read', audience: resource, accessTokenTTL: ttl, accessTokenFormat: 'jwt', jwt: { sign: { alg } } };
+      },
+    },
+  },
+  ttl: { ClientCredentials: ttl, AccessToken: ttl, IdToken: ttl },
+});
+provider.proxy = true;
+
+provider.listen(port, '127.0.0.1', () => {
+  console.log(`ready ${issuer}`);
+});
