@@ -21,8 +21,11 @@ fn main() -> ExitCode {
         Some("test") => build().and_then(|()| test(&args[1..])),
         Some("demo") => build().and_then(|()| demo(&args[1..])),
         Some("bench") => build().and_then(|()| bench(&args[1..])),
+        Some("token") => token(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <build | test | demo | bench>");
+            eprintln!(
+                "usage: cargo xtask <build | test | demo | bench | token [--tier T] [--sub S] [--ttl SECONDS]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -148,21 +151,69 @@ fn test(extra: &[String]) -> Result<(), String> {
 /// Builds the gateway, starts the echo upstream on 127.0.0.1:9000 and the gateway on
 /// `examples/quickstart.yaml` (127.0.0.1:8080, admin 127.0.0.1:9901) until Ctrl-C.
 fn demo(extra: &[String]) -> Result<(), String> {
-    run(cargo().args(["build", "--profile", "host", "-p", "portcullis"]))?;
+    run(cargo().args([
+        "build",
+        "--profile",
+        "host",
+        "-p",
+        "portcullis",
+        "-p",
+        "jwt-mint",
+    ]))?;
     let bin = target_dir().join("host/portcullis");
-    let mut echo = Command::new(&bin)
-        .args(["echo", "--address", "127.0.0.1:9000"])
-        .spawn()
-        .map_err(|e| format!("cannot start the echo upstream: {e}"))?;
-    eprintln!("\nTry:  curl -s localhost:8080/orders/42 | python3 -m json.tool");
+    let demo_dir = target_dir().join("demo");
+    let mut helpers = vec![
+        Command::new(&bin)
+            .args(["echo", "--address", "127.0.0.1:9000"])
+            .spawn()
+            .map_err(|e| format!("cannot start the echo upstream: {e}"))?,
+        Command::new(target_dir().join("host/demo-idp"))
+            .args(["serve", "--address", "127.0.0.1:9001", "--dir"])
+            .arg(&demo_dir)
+            .spawn()
+            .map_err(|e| format!("cannot start the demo IdP: {e}"))?,
+    ];
+    eprintln!("\nTry:  TOKEN=$(cargo xtask token --tier premium --sub ada)");
+    eprintln!(
+        "      curl -s localhost:8080/orders/42 -H \"authorization: Bearer $TOKEN\" | python3 -m json.tool"
+    );
+    eprintln!("      curl -si localhost:8080/orders/42");
     eprintln!("      curl -s localhost:9901/metrics\n");
     let config = extra
         .first()
         .map_or("examples/quickstart.yaml", String::as_str);
     let result = run(Command::new(&bin).args(["run", "--config", config]));
-    let _ = echo.kill();
-    let _ = echo.wait();
+    for h in &mut helpers {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
     result
+}
+
+/// Prints a token from the demo IdP's key (made on first use in target/demo/).
+fn token(extra: &[String]) -> Result<(), String> {
+    let bin = target_dir().join("host/demo-idp");
+    if !bin.exists() {
+        let status = cargo()
+            .args(["build", "--quiet", "--profile", "host", "-p", "jwt-mint"])
+            .current_dir(root())
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            return Err("cannot build demo-idp".into());
+        }
+    }
+    let status = Command::new(bin)
+        .arg("token")
+        .arg("--dir")
+        .arg(target_dir().join("demo"))
+        .args(extra)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("demo-idp token failed".into())
+    }
 }
 
 fn target_dir() -> PathBuf {

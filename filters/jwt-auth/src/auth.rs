@@ -21,6 +21,8 @@ pub struct Verified {
     pub payload_b64: String,
     /// Seconds since the epoch after which it is no longer valid (`None`: no `exp`).
     pub valid_until: Option<u64>,
+    /// The headers to set upstream, worked out once (a cached token reuses them).
+    pub identity: Vec<(String, String)>,
 }
 
 /// What the keys of a provider look like right now.
@@ -126,12 +128,17 @@ pub fn verify<'k>(
             continue;
         }
         return match claims::check(p, &token.claims, now) {
-            Ok(valid_until) => Check::Ok(Rc::new(Verified {
-                provider: pi,
-                payload_b64: token.payload_b64.to_owned(),
-                claims: token.claims,
-                valid_until,
-            })),
+            Ok(valid_until) => {
+                let mut v = Verified {
+                    provider: pi,
+                    payload_b64: token.payload_b64.to_owned(),
+                    claims: token.claims,
+                    valid_until,
+                    identity: Vec::new(),
+                };
+                v.identity = identity(p, &v);
+                Check::Ok(Rc::new(v))
+            }
             Err(d) => Check::Deny(d),
         };
     }

@@ -366,14 +366,14 @@ impl Request {
         self.send_http_response(d.status(), headers, Some(&body));
     }
 
-    fn allow(&self, st: &State, v: &Verified, found: &Found, scopes: &[String]) -> Action {
-        if let Err(d) = crate::claims::check_scopes(&v.claims, scopes) {
+    fn allow(&self, st: &State, v: &Verified, found: &Found, rule: usize) -> Action {
+        if let Err(d) = crate::claims::check_scopes(&v.claims, &st.config.rules[rule].scopes) {
             self.deny(st, d);
             return Action::Pause;
         }
         let p = &st.config.providers[v.provider];
-        for (k, value) in auth::identity(p, v) {
-            self.set_http_request_header(&k, Some(&value));
+        for (k, value) in &v.identity {
+            self.set_http_request_header(k, Some(value));
         }
         if !p.forward {
             if let Location::Header(h) = &found.location {
@@ -389,11 +389,10 @@ impl Request {
         let state = self.state.clone();
         let mut st = state.borrow_mut();
         let now = now_secs();
-        let scopes = st.config.rules[rule].scopes.clone();
         if let Some(v) = st.cache.get(&found.token, now) {
             if found.providers.contains(&v.provider) {
                 Metrics::bump(st.metrics.cache_hits);
-                return self.allow(&st, &v, &found, &scopes);
+                return self.allow(&st, &v, &found, rule);
             }
         }
         // Keys of every remote provider the token may belong to, as shared data has them.
@@ -426,7 +425,7 @@ impl Request {
         match auth::verify(&st.config, &found, &lookup, may_refetch, now) {
             Check::Ok(v) => {
                 st.cache.insert(&found.token, v.clone(), now);
-                self.allow(&st, &v, &found, &scopes)
+                self.allow(&st, &v, &found, rule)
             }
             Check::Deny(d) => {
                 self.deny(&st, d);
@@ -496,49 +495,51 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let (rule_index, allow_missing, strip) = {
-            let st = self.state.borrow();
-            let path = self.get_http_request_header(":path").unwrap_or_default();
-            let method = self.get_http_request_header(":method").unwrap_or_default();
-            let rule = st.config.rule_for(&path, &method).map(|r| {
-                st.config
-                    .rules
-                    .iter()
-                    .position(|x| std::ptr::eq(x, r))
-                    .unwrap_or(0)
-            });
-            let allow_missing = rule.is_some_and(|r| st.config.rules[r].allow_missing);
-            (rule, allow_missing, st.strip.clone())
+        // One read of the whole map serves the rule, the stripping and the token: each
+        // host call costs more than the work done with its answer.
+        let headers = self.get_http_request_headers();
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
         };
+        let (path, method) = (value(":path"), value(":method"));
+        let state = self.state.clone();
+        let st = state.borrow();
         // A client never sets its own identity, whatever the route.
-        for h in &strip {
-            self.set_http_request_header(h, None);
+        for h in &st.strip {
+            if headers.iter().any(|(k, _)| k == h) {
+                self.set_http_request_header(h, None);
+            }
         }
-        let Some(rule) = rule_index else {
+        let Some(rule) = st.config.rule_for(path, method).map(|r| {
+            st.config
+                .rules
+                .iter()
+                .position(|x| std::ptr::eq(x, r))
+                .unwrap_or(0)
+        }) else {
             return Action::Continue;
         };
-        let found = {
-            let st = self.state.borrow();
-            if st.config.rules[rule].providers.is_empty() {
-                return Action::Continue;
-            }
-            let headers = self.get_http_request_headers();
-            let path = self.get_http_request_header(":path").unwrap_or_default();
-            extract::find(&st.config, &st.config.rules[rule], &headers, &path)
-        };
-        match found {
+        if st.config.rules[rule].providers.is_empty() {
+            return Action::Continue;
+        }
+        let allow_missing = st.config.rules[rule].allow_missing;
+        match extract::find(&st.config, &st.config.rules[rule], &headers, path) {
             Err(e) => {
-                let st = self.state.borrow();
                 self.deny(&st, Denial::Invalid(e));
                 Action::Pause
             }
             Ok(None) if allow_missing => Action::Continue,
             Ok(None) => {
-                let st = self.state.borrow();
                 self.deny(&st, Denial::Missing);
                 Action::Pause
             }
-            Ok(Some(found)) => self.decide(found, rule, true),
+            Ok(Some(found)) => {
+                drop(st);
+                self.decide(found, rule, true)
+            }
         }
     }
 }

@@ -91,6 +91,29 @@ impl Key {
         }
     }
 
+    /// An EC P-256 key from a private JWK (with `d`), as `private_jwk` writes it.
+    pub fn from_private_jwk(jwk: &Value) -> Option<Key> {
+        let d = URL_SAFE_NO_PAD.decode(jwk.get("d")?.as_str()?).ok()?;
+        let kid = jwk.get("kid")?.as_str()?.to_owned();
+        match jwk.get("crv")?.as_str()? {
+            "P-256" => Some(Key {
+                kid,
+                secret: Secret::P256(p256::ecdsa::SigningKey::from_slice(&d).ok()?),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The private JWK of an EC P-256 key (for keeping a demo key on disk).
+    pub fn private_jwk(&self) -> Option<Value> {
+        let Secret::P256(k) = &self.secret else {
+            return None;
+        };
+        let mut j = self.jwk();
+        j["d"] = json!(b64(&k.to_bytes()));
+        Some(j)
+    }
+
     /// The public JWK (for HMAC, the secret itself, as JWKS `oct` keys are).
     pub fn jwk(&self) -> Value {
         let mut j = match &self.secret {
