@@ -58,7 +58,38 @@ fn bench(c: &mut Criterion) {
     let uncached = vec![start(0)];
     let native = Config::parse(Some(config(&refs, 0).as_bytes())).unwrap();
 
+    let noop_module = engine.load_file(&wasm("noop_filter")).expect("noop loads");
+    let noop = {
+        let _g = local.enter();
+        let _r = rt.enter();
+        vec![
+            Filter::start(
+                &engine,
+                PluginSpec::new("noop", noop_module, Vec::new()),
+                no_clusters(),
+            )
+            .expect("starts"),
+        ]
+    };
     let mut group = c.benchmark_group("jwt");
+    // The same request through a no-op filter: what the harness and the host cost, so
+    // the difference is the filter's own work.
+    let mut noop_headers = ten_headers();
+    noop_headers.set("authorization", "Bearer x");
+    group.bench_function("baseline_noop_in_host", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(local.run_until(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut h = noop_headers.clone();
+                    let mut stream = HttpStream::new(&noop, request_info());
+                    let flow = stream.request_headers(&mut h, true).await;
+                    assert_eq!(flow, Flow::Continue);
+                }
+                start.elapsed()
+            }))
+        })
+    });
     for (alg, key) in &keys {
         let token = key.sign(alg, claims.clone());
         let mut headers = ten_headers();

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_envoy::{Envoy, EnvoyConfig, free_port};
+use portcullis_envoy::{Envoy, EnvoyConfig, WasmFilter, free_port};
 
 struct Args {
     rounds: usize,
@@ -114,46 +114,16 @@ fn main() {
     std::thread::sleep(Duration::from_millis(300));
     let envoy_rest = rss_kb(envoy.pid());
 
-    let targets: [(&str, SocketAddr, Option<u32>); 3] = [
+    let targets: Vec<(&str, SocketAddr, Option<u32>)> = vec![
         ("upstream alone", up_addr, Some(upstream.0.id())),
         ("portcullis", gw_addr, Some(gw.0.id())),
         ("envoy", envoy.listener, Some(envoy.pid())),
     ];
-    let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
-    for round in 0..a.rounds {
-        for (i, (name, addr, pid)) in targets.iter().enumerate() {
-            let r = measure(*addr, *pid, &a);
-            eprintln!(
-                "round {} {name:>15}: {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>5.2} s",
-                round + 1,
-                r.rps,
-                r.p50_ms,
-                r.p99_ms,
-                r.cpu_s
-            );
-            results[i].push(r);
-        }
-    }
-    println!(
-        "\n## Pass-through, no filters ({} worker(s), wrk -t1 -c{} -d{}s, {} interleaved rounds, medians)\n",
+    let title = format!(
+        "Pass-through, no filters ({} worker(s), wrk -t1 -c{} -d{}s, {} interleaved rounds, medians)",
         a.workers, a.connections, a.seconds, a.rounds
     );
-    println!("| target | req/s | p50 ms | p99 ms | req per CPU-second | peak RSS MB |");
-    println!("|---|---|---|---|---|---|");
-    let mut med = Vec::new();
-    for (i, (name, _, pid)) in targets.iter().enumerate() {
-        let m = Run::median(&results[i]);
-        let peak = pid.map_or(0, peak_rss_kb) as f64 / 1024.0;
-        println!(
-            "| {name} | {:.0} | {:.3} | {:.3} | {:.0} | {:.1} |",
-            m.rps,
-            m.p50_ms,
-            m.p99_ms,
-            m.rps_per_cpu(),
-            peak
-        );
-        med.push(m);
-    }
+    let med = compare(&title, &targets, None, &a);
     let (ours, theirs) = (&med[1], &med[2]);
     println!("\n| ratio (portcullis / envoy) | value |");
     println!("|---|---|");
@@ -180,8 +150,154 @@ fn main() {
     );
     drop(envoy);
     gw.stop();
+    jwt_section(&portcullis, up_addr, &dir, &a);
     upstream.stop();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Interleaved rounds over `targets` (optionally with one request header), a table
+/// of medians; returns the medians in target order.
+fn compare(
+    title: &str,
+    targets: &[(&str, SocketAddr, Option<u32>)],
+    header: Option<&str>,
+    a: &Args,
+) -> Vec<Run> {
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+    for round in 0..a.rounds {
+        for (i, (name, addr, pid)) in targets.iter().enumerate() {
+            let r = measure(*addr, *pid, header, a);
+            eprintln!(
+                "round {} {name:>22}: {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>5.2} s",
+                round + 1,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                r.cpu_s
+            );
+            results[i].push(r);
+        }
+    }
+    println!("\n## {title}\n");
+    println!("| target | req/s | p50 ms | p99 ms | req per CPU-second | peak RSS MB |");
+    println!("|---|---|---|---|---|---|");
+    let mut med = Vec::new();
+    for (i, (name, _, pid)) in targets.iter().enumerate() {
+        let m = Run::median(&results[i]);
+        let peak = pid.map_or(0, peak_rss_kb) as f64 / 1024.0;
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.0} | {:.1} |",
+            m.rps,
+            m.p50_ms,
+            m.p99_ms,
+            m.rps_per_cpu(),
+            peak
+        );
+        med.push(m);
+    }
+    med
+}
+
+/// jwt-auth with a valid, cached token: our filter in portcullis and in Envoy, and
+/// Envoy's native jwt_authn with its JWT cache.
+fn jwt_section(portcullis: &std::path::Path, up_addr: SocketAddr, dir: &std::path::Path, a: &Args) {
+    let key = jwt_mint::Key::ec256("bench");
+    let set = jwt_mint::jwks(&[&key]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let token = key.sign("ES256", serde_json::json!({"iss": "https://idp.bench", "aud": "api", "sub": "user-1", "iat": now, "exp": now + 3600}));
+    let ours = serde_json::json!({
+        "providers": {"idp": {"issuer": "https://idp.bench", "audiences": ["api"], "local_jwks": set, "algorithms": ["ES256"], "forward": true}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
+    });
+    let wasm = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip1/release/jwt_auth.wasm");
+    let gw_port = free_port();
+    let config = dir.join("jwt.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{ name: bench, address: \"127.0.0.1:{gw_port}\" }}]\nworkers: {}\naccess_log: \"off\"\nservices: [{{ name: up, url: \"http://{up_addr}\" }}]\nfilters: [{{ name: jwt, wasm: \"{}\", config: {ours} }}]\nroutes: [{{ name: all, service: up, filters: [jwt] }}]\n",
+            a.workers,
+            wasm.display()
+        ),
+    )
+    .expect("config");
+    let mut gw = Proc(
+        Command::new(portcullis)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("portcullis starts"),
+    );
+    let gw_addr = SocketAddr::from(([127, 0, 0, 1], gw_port));
+    wait_listening(gw_addr, Duration::from_secs(30));
+    let wasm_envoy = Envoy::start(
+        &EnvoyConfig::new(up_addr)
+            .concurrency(a.workers)
+            .filter(WasmFilter::new("jwt", &wasm, &ours.to_string())),
+    )
+    .expect("envoy starts");
+    let native = serde_json::json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"idp": {"issuer": "https://idp.bench", "audiences": ["api"], "local_jwks": {"inline_string": set.to_string()},
+                "forward": true, "jwt_cache_config": {"jwt_cache_size": 1000}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+        }
+    });
+    let native_envoy = Envoy::start(
+        &EnvoyConfig::new(up_addr)
+            .concurrency(a.workers)
+            .native_filter(native),
+    )
+    .expect("envoy starts");
+    let header = format!("authorization: Bearer {token}");
+    let targets = vec![
+        ("portcullis + jwt-auth", gw_addr, Some(gw.0.id())),
+        (
+            "envoy + jwt-auth (wasm)",
+            wasm_envoy.listener,
+            Some(wasm_envoy.pid()),
+        ),
+        (
+            "envoy + jwt_authn (native)",
+            native_envoy.listener,
+            Some(native_envoy.pid()),
+        ),
+    ];
+    let title = format!(
+        "jwt-auth, one valid ES256 token (cached), {} worker(s)",
+        a.workers
+    );
+    let med = compare(&title, &targets, Some(&header), a);
+    println!("\n| ratio | value |");
+    println!("|---|---|");
+    println!(
+        "| our filter in Envoy / native jwt_authn, req/s | {:.2}x |",
+        med[1].rps / med[2].rps
+    );
+    println!(
+        "| portcullis + jwt-auth / Envoy + jwt-auth, req per CPU-second | {:.2}x |",
+        med[0].rps_per_cpu() / med[1].rps_per_cpu()
+    );
+    gw.stop();
+}
+
+/// Waits for a listener to accept (the JWT routes answer 401 without a token).
+fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{addr} did not listen within {limit:?}");
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -218,9 +334,13 @@ impl Run {
     }
 }
 
-fn measure(addr: SocketAddr, pid: Option<u32>, a: &Args) -> Run {
+fn measure(addr: SocketAddr, pid: Option<u32>, header: Option<&str>, a: &Args) -> Run {
     let cpu0 = pid.map_or(0.0, cpu_seconds);
-    let out = Command::new("wrk")
+    let mut wrk = Command::new("wrk");
+    if let Some(h) = header {
+        wrk.args(["-H", h]);
+    }
+    let out = wrk
         .args([
             "-t1",
             &format!("-c{}", a.connections),

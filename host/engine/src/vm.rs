@@ -154,7 +154,8 @@ const ROOT_CONTEXT_ID: u32 = 1;
 
 pub struct Vm {
     store: Store<HostState>,
-    cb: Callbacks,
+    /// Shared with each call, so calling needs no clone of the typed functions.
+    cb: std::rc::Rc<Callbacks>,
     queue_rx: UnboundedReceiver<QueueReady>,
     deadline_ticks: u64,
     next_context_id: u32,
@@ -244,7 +245,8 @@ impl Vm {
             };
         store.data_mut().memory = Some(memory);
         store.data_mut().alloc = Some(alloc);
-        let cb = Callbacks::resolve(&mut store, &instance).map_err(instantiate_err)?;
+        let cb =
+            std::rc::Rc::new(Callbacks::resolve(&mut store, &instance).map_err(instantiate_err)?);
         let mut vm = Vm {
             store,
             cb,
@@ -295,23 +297,26 @@ impl Vm {
                     break;
                 }
             }
-            if let Some(f) = self.cb.on_context_create.clone() {
-                self.call_raw("proxy_on_context_create", &f, (ROOT_CONTEXT_ID, 0))?;
+            let cb = self.cb.clone();
+            if let Some(f) = cb.on_context_create.as_ref() {
+                self.call_raw("proxy_on_context_create", f, (ROOT_CONTEXT_ID, 0))?;
             }
-            if let Some(f) = self.cb.on_vm_start.clone() {
+            let cb = self.cb.clone();
+            if let Some(f) = cb.on_vm_start.as_ref() {
                 let ok = self.call_raw(
                     "proxy_on_vm_start",
-                    &f,
+                    f,
                     (ROOT_CONTEXT_ID, spec.vm_configuration.len() as u32),
                 )?;
                 if ok == 0 {
                     return Ok(false);
                 }
             }
-            if let Some(f) = self.cb.on_configure.clone() {
+            let cb = self.cb.clone();
+            if let Some(f) = cb.on_configure.as_ref() {
                 let ok = self.call_raw(
                     "proxy_on_configure",
-                    &f,
+                    f,
                     (ROOT_CONTEXT_ID, spec.configuration.len() as u32),
                 )?;
                 if ok == 0 {
@@ -386,9 +391,10 @@ impl Vm {
             }
         };
         self.store.data_mut().http.insert(id, HttpCtx::new(info));
-        if let Some(f) = self.cb.on_context_create.clone() {
+        let cb = self.cb.clone();
+        if let Some(f) = cb.on_context_create.as_ref() {
             self.with_context(id, |vm| {
-                vm.call_raw("proxy_on_context_create", &f, (id, ROOT_CONTEXT_ID))
+                vm.call_raw("proxy_on_context_create", f, (id, ROOT_CONTEXT_ID))
             })?;
         }
         Ok(id)
@@ -410,7 +416,7 @@ impl Vm {
     pub fn on_request_headers(&mut self, id: u32, count: u32, eos: bool) -> Result<Action, Fault> {
         self.stream_call(
             "proxy_on_request_headers",
-            self.cb.on_request_headers.clone(),
+            |c| c.on_request_headers.as_ref(),
             id,
             count,
             eos,
@@ -420,7 +426,7 @@ impl Vm {
     pub fn on_request_body(&mut self, id: u32, size: u32, eos: bool) -> Result<Action, Fault> {
         self.stream_call(
             "proxy_on_request_body",
-            self.cb.on_request_body.clone(),
+            |c| c.on_request_body.as_ref(),
             id,
             size,
             eos,
@@ -430,7 +436,7 @@ impl Vm {
     pub fn on_response_headers(&mut self, id: u32, count: u32, eos: bool) -> Result<Action, Fault> {
         self.stream_call(
             "proxy_on_response_headers",
-            self.cb.on_response_headers.clone(),
+            |c| c.on_response_headers.as_ref(),
             id,
             count,
             eos,
@@ -440,7 +446,7 @@ impl Vm {
     pub fn on_response_body(&mut self, id: u32, size: u32, eos: bool) -> Result<Action, Fault> {
         self.stream_call(
             "proxy_on_response_body",
-            self.cb.on_response_body.clone(),
+            |c| c.on_response_body.as_ref(),
             id,
             size,
             eos,
@@ -448,21 +454,23 @@ impl Vm {
     }
 
     pub fn on_request_trailers(&mut self, id: u32, count: u32) -> Result<Action, Fault> {
-        let Some(f) = self.cb.on_request_trailers.clone() else {
+        let cb = self.cb.clone();
+        let Some(f) = cb.on_request_trailers.as_ref() else {
             return Ok(Action::Continue);
         };
         let v = self.with_context(id, |vm| {
-            vm.call_raw("proxy_on_request_trailers", &f, (id, count))
+            vm.call_raw("proxy_on_request_trailers", f, (id, count))
         })?;
         self.action("proxy_on_request_trailers", v)
     }
 
     pub fn on_response_trailers(&mut self, id: u32, count: u32) -> Result<Action, Fault> {
-        let Some(f) = self.cb.on_response_trailers.clone() else {
+        let cb = self.cb.clone();
+        let Some(f) = cb.on_response_trailers.as_ref() else {
             return Ok(Action::Continue);
         };
         let v = self.with_context(id, |vm| {
-            vm.call_raw("proxy_on_response_trailers", &f, (id, count))
+            vm.call_raw("proxy_on_response_trailers", f, (id, count))
         })?;
         self.action("proxy_on_response_trailers", v)
     }
@@ -470,15 +478,16 @@ impl Vm {
     fn stream_call(
         &mut self,
         name: &'static str,
-        f: Option<TypedFunc<(u32, u32, u32), u32>>,
+        pick: fn(&Callbacks) -> Option<&TypedFunc<(u32, u32, u32), u32>>,
         id: u32,
         n: u32,
         eos: bool,
     ) -> Result<Action, Fault> {
-        let Some(f) = f else {
+        let cb = self.cb.clone();
+        let Some(f) = pick(&cb) else {
             return Ok(Action::Continue);
         };
-        let v = self.with_context(id, |vm| vm.call_raw(name, &f, (id, n, eos as u32)))?;
+        let v = self.with_context(id, |vm| vm.call_raw(name, f, (id, n, eos as u32)))?;
         self.action(name, v)
     }
 
@@ -490,14 +499,17 @@ impl Vm {
             None => return Ok(Default::default()),
         }
         let result = (|| {
-            if let Some(f) = self.cb.on_log.clone() {
-                self.with_context(id, |vm| vm.call_raw("proxy_on_log", &f, (id,)))?;
+            let cb = self.cb.clone();
+            if let Some(f) = cb.on_log.as_ref() {
+                self.with_context(id, |vm| vm.call_raw("proxy_on_log", f, (id,)))?;
             }
-            if let Some(f) = self.cb.on_done.clone() {
-                self.with_context(id, |vm| vm.call_raw("proxy_on_done", &f, (id,)))?;
+            let cb = self.cb.clone();
+            if let Some(f) = cb.on_done.as_ref() {
+                self.with_context(id, |vm| vm.call_raw("proxy_on_done", f, (id,)))?;
             }
-            if let Some(f) = self.cb.on_delete.clone() {
-                self.with_context(id, |vm| vm.call_raw("proxy_on_delete", &f, (id,)))?;
+            let cb = self.cb.clone();
+            if let Some(f) = cb.on_delete.as_ref() {
+                self.with_context(id, |vm| vm.call_raw("proxy_on_delete", f, (id,)))?;
             }
             Ok(())
         })();
@@ -520,7 +532,8 @@ impl Vm {
         token: u32,
         response: Option<HttpCallResponse>,
     ) -> Result<(), Fault> {
-        let Some(f) = self.cb.on_http_call_response.clone() else {
+        let cb = self.cb.clone();
+        let Some(f) = cb.on_http_call_response.as_ref() else {
             return Ok(());
         };
         if context_id != ROOT_CONTEXT_ID && !self.store.data().http.contains_key(&context_id) {
@@ -538,7 +551,7 @@ impl Vm {
         self.with_context(context_id, |vm| {
             vm.call_raw(
                 "proxy_on_http_call_response",
-                &f,
+                f,
                 (context_id, token, h, b, t),
             )
         })
@@ -559,7 +572,8 @@ impl Vm {
         }
         match result {
             Ok(r) => {
-                let Some(f) = self.cb.on_grpc_receive.clone() else {
+                let cb = self.cb.clone();
+                let Some(f) = cb.on_grpc_receive.as_ref() else {
                     return Ok(());
                 };
                 let size = r.message.len() as u32;
@@ -570,35 +584,38 @@ impl Vm {
                 };
                 self.store.data_mut().grpc_status = (0, Vec::new());
                 self.with_context(context_id, |vm| {
-                    vm.call_raw("proxy_on_grpc_receive", &f, (context_id, token, size))
+                    vm.call_raw("proxy_on_grpc_receive", f, (context_id, token, size))
                 })
             }
             Err(status) => {
-                let Some(f) = self.cb.on_grpc_close.clone() else {
+                let cb = self.cb.clone();
+                let Some(f) = cb.on_grpc_close.as_ref() else {
                     return Ok(());
                 };
                 self.store.data_mut().grpc_status = (status.code, status.message.into_bytes());
                 self.with_context(context_id, |vm| {
-                    vm.call_raw("proxy_on_grpc_close", &f, (context_id, token, status.code))
+                    vm.call_raw("proxy_on_grpc_close", f, (context_id, token, status.code))
                 })
             }
         }
     }
 
     pub fn on_tick(&mut self) -> Result<(), Fault> {
-        let Some(f) = self.cb.on_tick.clone() else {
+        let cb = self.cb.clone();
+        let Some(f) = cb.on_tick.as_ref() else {
             return Ok(());
         };
-        self.call_raw("proxy_on_tick", &f, (ROOT_CONTEXT_ID,))
+        self.call_raw("proxy_on_tick", f, (ROOT_CONTEXT_ID,))
     }
 
     /// Runs `on_queue_ready` for every queue notification waiting for this VM.
     pub fn drain_queue_notifications(&mut self) -> Result<(), Fault> {
         while let Ok(ready) = self.queue_rx.try_recv() {
-            if let Some(f) = self.cb.on_queue_ready.clone() {
+            let cb = self.cb.clone();
+            if let Some(f) = cb.on_queue_ready.as_ref() {
                 self.call_raw(
                     "proxy_on_queue_ready",
-                    &f,
+                    f,
                     (ready.root_context_id, ready.token),
                 )?;
             }
