@@ -1,10 +1,14 @@
-//! `header-forwarder`: Forward the token and identity upstream; add, remove, rename headers (issue 5).
+//! `header-forwarder`: forward the verified credential and identity upstream, and
+//! transform request and response headers (and the query string) the way Kong's
+//! request-transformer and response-transformer do.
 //!
-//! Until its policy lands this filter passes every request through; it already
-//! refuses a configuration that is not a JSON object, so chains can be built and
-//! loaded in both hosts today.
+//! [`config`] holds the operations, [`template`] the `$(source.name)` values, [`ops`]
+//! applies a phase to a header list; the proxy-wasm glue (wasm32 only) reads each
+//! header map once and writes it once.
+
+pub mod config;
+pub mod ops;
+pub mod template;
 
 #[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    kit::glue::install_pass_through("header-forwarder");
-}}
+mod filter;

@@ -380,6 +380,11 @@ impl Request {
                 self.set_http_request_header(h, None);
             }
         }
+        // For header-forwarder's forward_authorization: the credential that was verified.
+        self.set_property(
+            vec![kit::identity::CREDENTIAL_PROPERTY],
+            Some(found.token.as_bytes()),
+        );
         Metrics::bump(st.metrics.allowed);
         Action::Continue
     }

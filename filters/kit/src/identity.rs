@@ -8,6 +8,10 @@ pub const CONSUMER_GROUPS: &str = "x-consumer-groups";
 pub const CREDENTIAL_IDENTIFIER: &str = "x-credential-identifier";
 pub const CONSUMER_TIER: &str = "x-consumer-tier";
 
+/// The stream property (Envoy filter state) where an auth filter leaves the credential
+/// it verified, so `header-forwarder` can make sure the upstream receives that one.
+pub const CREDENTIAL_PROPERTY: &str = "portcullis.credential";
+
 /// Every identity header, in the order an auth filter strips them.
 pub const ALL: [&str; 5] = [
     CONSUMER_ID,

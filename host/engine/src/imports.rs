@@ -483,7 +483,7 @@ fn define_proxy(
             let s = c.data_mut();
             let effective = s.effective;
             match s.http.get_mut(&effective) {
-                Some(ctx) => ctx.properties.insert(path, value),
+                Some(ctx) => ctx.properties.lock().insert(path, value),
                 None => s.root_properties.insert(path, value),
             };
             Ok(())

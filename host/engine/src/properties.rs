@@ -21,7 +21,7 @@ pub fn get(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         Some(ctx) => ctx,
         None => return state_root_property(state, &joined),
     };
-    if let Some(v) = ctx.properties.get(&joined) {
+    if let Some(v) = ctx.properties.lock().get(&joined) {
         return Some(v.clone());
     }
     let info = &ctx.info;

@@ -79,12 +79,16 @@ pub struct HttpCtx {
     pub close: bool,
     /// Woken when the filter resumes, replies, or fails while the stream waits.
     pub signal: Arc<Notify>,
-    pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    /// Properties filters set on this request (Envoy's filter state): shared by every
+    /// filter of the request, so one filter can hand a value to the next.
+    pub properties: StreamProperties,
     pub response_code: Option<u16>,
 }
 
+pub type StreamProperties = Arc<parking_lot::Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
+
 impl HttpCtx {
-    pub fn new(info: Arc<RequestInfo>) -> Self {
+    pub fn new(info: Arc<RequestInfo>, properties: StreamProperties) -> Self {
         HttpCtx {
             info,
             phase: Phase::Request,
@@ -98,7 +102,7 @@ impl HttpCtx {
             resume_response: false,
             close: false,
             signal: Arc::new(Notify::new()),
-            properties: HashMap::new(),
+            properties,
             response_code: None,
         }
     }

@@ -78,11 +78,12 @@ impl HttpStream {
     /// Creates the request's context in every filter of the chain.
     pub fn new(chain: &[Filter], info: RequestInfo) -> HttpStream {
         let info = Arc::new(info);
+        let properties = crate::state::StreamProperties::default();
         let mut failed_at_start = None;
         let mut slots = Vec::with_capacity(chain.len());
         for filter in chain {
             filter.reload_if_failed();
-            let ctx = match filter.with_vm(|vm| create(vm, &info)) {
+            let ctx = match filter.with_vm(|vm| create(vm, &info, &properties)) {
                 Some(Ok((id, _, signal))) => Some((id, filter.generation(), signal)),
                 _ => {
                     if filter.policy() != FailurePolicy::FailOpen && failed_at_start.is_none() {
@@ -497,8 +498,12 @@ fn reset_reply(request_id: &str) -> LocalReply {
     }
 }
 
-fn create(vm: &mut Vm, info: &Arc<RequestInfo>) -> Result<(u32, u64, Arc<Notify>), Fault> {
-    let id = vm.create_http_context(info.clone())?;
+fn create(
+    vm: &mut Vm,
+    info: &Arc<RequestInfo>,
+    properties: &crate::state::StreamProperties,
+) -> Result<(u32, u64, Arc<Notify>), Fault> {
+    let id = vm.create_http_context(info.clone(), properties.clone())?;
     let signal = vm.ctx(id).map(|c| c.signal.clone()).unwrap_or_default();
     Ok((id, 0, signal))
 }

@@ -379,7 +379,11 @@ impl Vm {
     }
 
     /// Creates an HTTP context for a new request.
-    pub fn create_http_context(&mut self, info: Arc<RequestInfo>) -> Result<u32, Fault> {
+    pub fn create_http_context(
+        &mut self,
+        info: Arc<RequestInfo>,
+        properties: crate::state::StreamProperties,
+    ) -> Result<u32, Fault> {
         let id = loop {
             let id = self.next_context_id;
             self.next_context_id = self
@@ -390,7 +394,10 @@ impl Vm {
                 break id;
             }
         };
-        self.store.data_mut().http.insert(id, HttpCtx::new(info));
+        self.store
+            .data_mut()
+            .http
+            .insert(id, HttpCtx::new(info, properties));
         let cb = self.cb.clone();
         if let Some(f) = cb.on_context_create.as_ref() {
             self.with_context(id, |vm| {

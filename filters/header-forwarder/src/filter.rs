@@ -1,0 +1,162 @@
+//! The proxy-wasm glue: one read and one write of each header map per phase.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+use crate::config::Config;
+use crate::ops;
+use crate::template::{Facts, Part, Source};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
+}}
+
+/// Where an auth filter leaves the credential it verified for this request.
+pub const CREDENTIAL_PROPERTY: &str = kit::identity::CREDENTIAL_PROPERTY;
+
+struct Shared {
+    config: Config,
+    blocked_metric: u32,
+    uses_source_address: bool,
+}
+
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = self.get_plugin_configuration();
+        match Config::parse(bytes.as_deref()) {
+            Ok(config) => {
+                let uses_source_address = [&config.request, &config.response].iter().any(|p| {
+                    p.replace
+                        .iter()
+                        .chain(&p.add)
+                        .chain(&p.append)
+                        .any(|(_, t)| {
+                            t.parts
+                                .iter()
+                                .any(|x| *x == Part::Ref(Source::SourceAddress))
+                        })
+                });
+                let blocked_metric = hostcalls::define_metric(
+                    MetricType::Counter,
+                    "header_forwarder_injection_blocked",
+                )
+                .unwrap_or(0);
+                self.shared = Some(Rc::new(Shared {
+                    config,
+                    blocked_metric,
+                    uses_source_address,
+                }));
+                true
+            }
+            Err(e) => {
+                hostcalls::log(LogLevel::Error, &format!("header-forwarder: {e}")).ok();
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Forward {
+            shared: self.shared.clone()?,
+            facts: None,
+        }))
+    }
+}
+
+struct Forward {
+    shared: Rc<Shared>,
+    /// The request as templates saw it, kept for the response phase.
+    facts: Option<Facts>,
+}
+
+impl Forward {
+    fn report(&self, blocked: &[String]) {
+        for name in blocked {
+            let _ = hostcalls::increment_metric(self.shared.blocked_metric, 1);
+            hostcalls::log(LogLevel::Warn, &format!("header-forwarder: not setting `{name}`: its value would carry CR, LF or NUL (header injection)")).ok();
+        }
+    }
+}
+
+impl Context for Forward {}
+
+impl HttpContext for Forward {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let c = &self.shared.config;
+        let response_needs_facts = c.response.uses_templates();
+        if c.request.is_empty() && !response_needs_facts && !c.forward_authorization {
+            return Action::Continue;
+        }
+        let mut headers = self.get_http_request_headers();
+        let source = if self.shared.uses_source_address {
+            self.get_property(vec!["source", "address"])
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        } else {
+            None
+        };
+        let credential = self.get_property(vec![CREDENTIAL_PROPERTY]);
+        let mut facts = Facts::from_headers(&headers, source);
+        facts.verified = credential.is_some();
+        let before = headers.clone();
+        let outcome = ops::apply(&c.request, &mut headers, &facts, c.skip_missing);
+        if c.forward_authorization {
+            // The credential the auth filter verified wins over anything the transforms
+            // or the client put in `authorization`.
+            if let Some(cred) = &credential {
+                ops::set(
+                    &mut headers,
+                    "authorization",
+                    format!("Bearer {}", String::from_utf8_lossy(cred)),
+                );
+            }
+        }
+        if headers != before {
+            self.set_http_request_headers(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            );
+        }
+        self.report(&outcome.blocked);
+        if response_needs_facts {
+            self.facts = Some(facts);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let c = &self.shared.config;
+        if c.response.is_empty() {
+            return Action::Continue;
+        }
+        let mut headers = self.get_http_response_headers();
+        let facts = self.facts.take().unwrap_or_default();
+        let before = headers.clone();
+        let outcome = ops::apply(&c.response, &mut headers, &facts, c.skip_missing);
+        if headers != before {
+            self.set_http_response_headers(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            );
+        }
+        self.report(&outcome.blocked);
+        Action::Continue
+    }
+}
