@@ -20,6 +20,7 @@ pub const CREDENTIAL_PROPERTY: &str = kit::identity::CREDENTIAL_PROPERTY;
 
 struct Shared {
     config: Config,
+    needs: crate::template::Needs,
     blocked_metric: u32,
     uses_source_address: bool,
 }
@@ -51,8 +52,23 @@ impl RootContext for Root {
                     "header_forwarder_injection_blocked",
                 )
                 .unwrap_or(0);
+                let needs = crate::template::Needs::of(
+                    [&config.request, &config.response]
+                        .into_iter()
+                        .flat_map(|p| {
+                            p.replace
+                                .iter()
+                                .chain(&p.add)
+                                .chain(&p.append)
+                                .chain(&p.query_replace)
+                                .chain(&p.query_add)
+                                .chain(&p.query_append)
+                        })
+                        .map(|(_, t)| t),
+                );
                 self.shared = Some(Rc::new(Shared {
                     config,
+                    needs,
                     blocked_metric,
                     uses_source_address,
                 }));
@@ -96,35 +112,38 @@ impl Context for Forward {}
 
 impl HttpContext for Forward {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let c = &self.shared.config;
+        let shared = self.shared.clone();
+        let c = &shared.config;
         let response_needs_facts = c.response.uses_templates();
         if c.request.is_empty() && !response_needs_facts && !c.forward_authorization {
             return Action::Continue;
         }
         let mut headers = self.get_http_request_headers();
-        let source = if self.shared.uses_source_address {
+        let source = if shared.uses_source_address {
             self.get_property(vec!["source", "address"])
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
         } else {
             None
         };
         let credential = self.get_property(vec![CREDENTIAL_PROPERTY]);
-        let mut facts = Facts::from_headers(&headers, source);
+        let mut facts = Facts::gather(&headers, source, Some(&shared.needs));
         facts.verified = credential.is_some();
-        let before = headers.clone();
-        let outcome = ops::apply(&c.request, &mut headers, &facts, c.skip_missing);
+        let mut outcome = ops::apply(&c.request, &mut headers, &facts, c.skip_missing);
         if c.forward_authorization {
             // The credential the auth filter verified wins over anything the transforms
             // or the client put in `authorization`.
             if let Some(cred) = &credential {
-                ops::set(
-                    &mut headers,
-                    "authorization",
-                    format!("Bearer {}", String::from_utf8_lossy(cred)),
-                );
+                let value = format!("Bearer {}", String::from_utf8_lossy(cred));
+                let mut present = headers.iter().filter(|(k, _)| k == "authorization");
+                let already =
+                    present.next().is_some_and(|(_, v)| *v == value) && present.next().is_none();
+                if !already {
+                    ops::set(&mut headers, "authorization", value);
+                    outcome.changed = true;
+                }
             }
         }
-        if headers != before {
+        if outcome.changed {
             self.set_http_request_headers(
                 headers
                     .iter()
@@ -140,15 +159,15 @@ impl HttpContext for Forward {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let c = &self.shared.config;
+        let shared = self.shared.clone();
+        let c = &shared.config;
         if c.response.is_empty() {
             return Action::Continue;
         }
         let mut headers = self.get_http_response_headers();
         let facts = self.facts.take().unwrap_or_default();
-        let before = headers.clone();
         let outcome = ops::apply(&c.response, &mut headers, &facts, c.skip_missing);
-        if headers != before {
+        if outcome.changed {
             self.set_http_response_headers(
                 headers
                     .iter()

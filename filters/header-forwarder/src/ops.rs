@@ -10,6 +10,8 @@ pub struct Outcome {
     /// Headers (or query parameters) not set because their value would have carried
     /// CR, LF or NUL: a header-injection attempt through a template.
     pub blocked: Vec<String>,
+    /// Whether the headers changed (so the filter writes them back).
+    pub changed: bool,
 }
 
 fn render(t: &Template, facts: &Facts, skip_missing: bool) -> Option<String> {
@@ -32,11 +34,14 @@ pub fn apply(
     skip_missing: bool,
 ) -> Outcome {
     let mut out = Outcome::default();
+    let len = headers.len();
     for name in &phase.remove {
         headers.retain(|(k, _)| k != name);
     }
+    out.changed |= headers.len() != len;
     for (from, to) in &phase.rename {
         if headers.iter().any(|(k, _)| k == from) {
+            out.changed = true;
             headers.retain(|(k, _)| k != to);
             for (k, _) in headers.iter_mut().filter(|(k, _)| k == from) {
                 *k = to.clone();
@@ -55,6 +60,7 @@ pub fn apply(
         if headers.iter().any(|(k, _)| k == name) {
             if let Some(v) = value(name, t, &mut out) {
                 set(headers, name, v);
+                out.changed = true;
             }
         }
     }
@@ -62,12 +68,14 @@ pub fn apply(
         if !headers.iter().any(|(k, _)| k == name) {
             if let Some(v) = value(name, t, &mut out) {
                 headers.push((name.clone(), v));
+                out.changed = true;
             }
         }
     }
     for (name, t) in &phase.append {
         if let Some(v) = value(name, t, &mut out) {
             headers.push((name.clone(), v));
+            out.changed = true;
         }
     }
     let query_ops = !(phase.query_remove.is_empty()
@@ -78,7 +86,10 @@ pub fn apply(
     if query_ops {
         if let Some(i) = headers.iter().position(|(k, _)| k == ":path") {
             let path = apply_query(phase, &headers[i].1, facts, skip_missing, &mut out);
-            headers[i].1 = path;
+            if path != headers[i].1 {
+                headers[i].1 = path;
+                out.changed = true;
+            }
         }
     }
     out

@@ -123,14 +123,55 @@ pub struct Facts {
     pub verified: bool,
 }
 
+/// The header names templates read (so only those are copied per request).
+#[derive(Debug, Default, Clone)]
+pub struct Needs {
+    pub headers: Vec<String>,
+}
+
+impl Needs {
+    pub fn of<'a>(templates: impl Iterator<Item = &'a Template>) -> Needs {
+        let mut headers: Vec<String> = vec![
+            ":path".into(),
+            ":method".into(),
+            ":authority".into(),
+            "x-request-id".into(),
+        ];
+        for t in templates {
+            for p in &t.parts {
+                match p {
+                    Part::Ref(Source::Header(h)) => headers.push(h.clone()),
+                    Part::Ref(Source::Consumer(h)) => headers.push((*h).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        headers.sort();
+        headers.dedup();
+        Needs { headers }
+    }
+}
+
 impl Facts {
     /// From the request headers (lower-case names; the first value of each counts).
     pub fn from_headers(headers: &[(String, String)], source_address: Option<String>) -> Facts {
+        Self::gather(headers, source_address, None)
+    }
+
+    /// As `from_headers`, copying only the headers `needs` names.
+    pub fn gather(
+        headers: &[(String, String)],
+        source_address: Option<String>,
+        needs: Option<&Needs>,
+    ) -> Facts {
         let mut f = Facts {
             source_address,
             ..Facts::default()
         };
         for (k, v) in headers {
+            if needs.is_some_and(|n| !n.headers.iter().any(|h| h == k)) {
+                continue;
+            }
             f.headers.entry(k.clone()).or_insert_with(|| v.clone());
         }
         f.path = f.headers.get(":path").cloned().unwrap_or_default();

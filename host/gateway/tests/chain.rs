@@ -37,12 +37,23 @@ routes: [{{ name: api, match: {{ paths: [/] }}, service: echo, filters: [auth, f
     ));
     let envoy = Envoy::start(
         &EnvoyConfig::new(upstream)
-            .filter(WasmFilter::new("auth", portcullis_testbed::wasm("jwt_auth"), &auth.to_string()))
-            .filter(WasmFilter::new("forward", portcullis_testbed::wasm("header_forwarder"), &forward.to_string())),
+            .filter(WasmFilter::new(
+                "auth",
+                portcullis_testbed::wasm("jwt_auth"),
+                &auth.to_string(),
+            ))
+            .filter(WasmFilter::new(
+                "forward",
+                portcullis_testbed::wasm("header_forwarder"),
+                &forward.to_string(),
+            )),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let token = key.sign("ES256", json!({"iss": "https://idp.test", "sub": "u1", "preferred_username": "ada", "tier": "premium", "exp": 4_102_444_800u64}));
-    for (host, base) in [("portcullis", gw.url()), ("envoy", format!("http://{}", envoy.listener))] {
+    for (host, base) in [
+        ("portcullis", gw.url()),
+        ("envoy", format!("http://{}", envoy.listener)),
+    ] {
         let r = send(
             &base,
             "GET",
@@ -59,18 +70,57 @@ routes: [{{ name: api, match: {{ paths: [/] }}, service: echo, filters: [auth, f
         )
         .unwrap();
         assert_eq!(r.status, 200, "{host}: {}", r.body);
-        assert_eq!(r.upstream_header("x-consumer-username").as_deref(), Some("ada"), "{host}");
-        assert_eq!(r.upstream_header("x-consumer-tier").as_deref(), Some("premium"), "{host}");
-        assert_eq!(r.upstream_header("x-consumer-id").as_deref(), Some("u1"), "{host}");
-        assert_eq!(r.upstream_header("x-consumer").as_deref(), Some("ada"), "{host}");
-        assert_eq!(r.upstream_header("x-path").as_deref(), Some("/orders/7"), "{host}");
+        assert_eq!(
+            r.upstream_header("x-consumer-username").as_deref(),
+            Some("ada"),
+            "{host}"
+        );
+        assert_eq!(
+            r.upstream_header("x-consumer-tier").as_deref(),
+            Some("premium"),
+            "{host}"
+        );
+        assert_eq!(
+            r.upstream_header("x-consumer-id").as_deref(),
+            Some("u1"),
+            "{host}"
+        );
+        assert_eq!(
+            r.upstream_header("x-consumer").as_deref(),
+            Some("ada"),
+            "{host}"
+        );
+        assert_eq!(
+            r.upstream_header("x-path").as_deref(),
+            Some("/orders/7"),
+            "{host}"
+        );
         assert_eq!(r.upstream_header("x-internal"), None, "{host}");
-        assert_eq!(r.upstream_header("authorization"), Some(format!("Bearer {token}")), "{host}: the verified credential");
+        assert_eq!(
+            r.upstream_header("authorization"),
+            Some(format!("Bearer {token}")),
+            "{host}: the verified credential"
+        );
         assert_eq!(r.headers.get_str("x-request-id"), Some("rid-42"), "{host}");
-        let all_ids = r.json()["headers"].as_array().unwrap().iter().filter(|p| p[0] == "x-consumer-id").count();
-        assert_eq!(all_ids, 1, "{host}: one identity, not the client's next to ours");
+        let all_ids = r.json()["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p[0] == "x-consumer-id")
+            .count();
+        assert_eq!(
+            all_ids, 1,
+            "{host}: one identity, not the client's next to ours"
+        );
         // Without a token: spoofed identity is still removed on an open route.
-        let r = send(&base, "GET", "/health", &[("x-consumer-tier", "enterprise")], b"").unwrap();
+        let r = send(
+            &base,
+            "GET",
+            "/health",
+            &[("x-consumer-tier", "enterprise")],
+            b"",
+        )
+        .unwrap();
         assert_eq!(r.status, 200, "{host}");
         assert_eq!(r.upstream_header("x-consumer-tier"), None, "{host}");
     }
