@@ -26,19 +26,7 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
 ];
 
 fn spawn_echo() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tx.send(portcullis_clients::echo::start().await.unwrap())
-                .unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    portcullis_clients::echo::spawn_thread().expect("echo upstream starts")
 }
 
 fn corpus(now: u64, rsa: &Key, ec: &Key, ed: &Key, hs: &Key, ec384: &Key) -> Vec<(String, String)> {

@@ -115,19 +115,7 @@ fn observe(
 }
 
 fn spawn_echo() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let addr = portcullis_clients::echo::start().await.expect("echo binds");
-            tx.send(addr).expect("send addr");
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().expect("echo address")
+    portcullis_clients::echo::spawn_thread().expect("echo upstream starts")
 }
 
 fn config(envoy: bool) -> String {

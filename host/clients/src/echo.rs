@@ -36,6 +36,38 @@ pub async fn start() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Serves the echo upstream on a thread of its own (for tests and tools that have no
+/// runtime of theirs to lend it); returns its address.
+pub fn spawn_thread() -> std::io::Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("echo-upstream".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match start().await {
+                    Ok(addr) => {
+                        let _ = tx.send(Ok(addr));
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    rx.recv().map_err(std::io::Error::other)?
+}
+
 async fn respond(
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {

@@ -156,6 +156,22 @@ impl Ctx {
     }
 }
 
+/// Records the gateway's own refusal (an upstream-error metric when `kind` says so, the
+/// access log's `error`) and builds its JSON reply.
+fn refusal(
+    ctx: &mut Ctx,
+    kind: Option<&'static str>,
+    status: u16,
+    message: &str,
+    id: &str,
+) -> LocalReply {
+    if let (Some(kind), Some(service)) = (kind, ctx.entry.service.as_deref()) {
+        ctx.state.shared.metrics.upstream_error(service, kind);
+    }
+    ctx.entry.error = Some(message.to_owned());
+    json_error(status, message, id)
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -475,18 +491,14 @@ pub async fn handle(
             return reply(ctx, stream, r, headers).await;
         }
         Sent::TooLarge => {
-            state
-                .shared
-                .metrics
-                .upstream_error(&svc.service.name, "body_too_large");
-            ctx.entry.error = Some("request body too large".into());
-            return reply(
-                ctx,
-                stream,
-                json_error(413, "request body too large", &id),
-                headers,
-            )
-            .await;
+            let r = refusal(
+                &mut ctx,
+                Some("body_too_large"),
+                413,
+                "request body too large",
+                &id,
+            );
+            return reply(ctx, stream, r, headers).await;
         }
         Sent::ClientGone => {
             ctx.entry.error = Some("client closed the request body".into());
@@ -516,18 +528,14 @@ pub async fn handle(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > svc.service.max_response_body) {
-        state
-            .shared
-            .metrics
-            .upstream_error(&svc.service.name, "response_too_large");
-        ctx.entry.error = Some("upstream response too large".into());
-        return reply(
-            ctx,
-            stream,
-            json_error(502, "upstream response too large", &id),
-            headers,
-        )
-        .await;
+        let r = refusal(
+            &mut ctx,
+            Some("response_too_large"),
+            502,
+            "upstream response too large",
+            &id,
+        );
+        return reply(ctx, stream, r, headers).await;
     }
     let rbody_eos = rbody.is_end_stream();
     if let Some(s) = &mut stream {
@@ -833,18 +841,14 @@ async fn direct(
             .await;
         }
         Ok(Err(e)) if caused_by_body_limit(&e) => {
-            state
-                .shared
-                .metrics
-                .upstream_error(&svc.service.name, "body_too_large");
-            ctx.entry.error = Some("request body too large".into());
-            return reply(
-                ctx,
-                None,
-                json_error(413, "request body too large", &id),
-                HeaderMap::new(),
-            )
-            .await;
+            let r = refusal(
+                &mut ctx,
+                Some("body_too_large"),
+                413,
+                "request body too large",
+                &id,
+            );
+            return reply(ctx, None, r, HeaderMap::new()).await;
         }
         Ok(Err(e)) => {
             let kind = if e.is_connect() { "connect" } else { "reset" };
@@ -867,18 +871,14 @@ async fn direct(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > svc.service.max_response_body) {
-        state
-            .shared
-            .metrics
-            .upstream_error(&svc.service.name, "response_too_large");
-        ctx.entry.error = Some("upstream response too large".into());
-        return reply(
-            ctx,
-            None,
-            json_error(502, "upstream response too large", &id),
-            HeaderMap::new(),
-        )
-        .await;
+        let r = refusal(
+            &mut ctx,
+            Some("response_too_large"),
+            502,
+            "upstream response too large",
+            &id,
+        );
+        return reply(ctx, None, r, HeaderMap::new()).await;
     }
     if rbody.is_end_stream() {
         ctx.finish(status);

@@ -62,7 +62,7 @@ pub fn background<F: std::future::Future<Output = SocketAddr> + Send + 'static>(
 }
 
 pub fn echo() -> SocketAddr {
-    background(async { portcullis_clients::echo::start().await.unwrap() })
+    portcullis_clients::echo::spawn_thread().unwrap()
 }
 
 /// An upstream that answers 200 "slow" after `delay`.
