@@ -93,6 +93,31 @@ impl RootContext for Root {
     }
 }
 
+/// Writes back only the headers that changed: a host call per changed header costs
+/// less than moving the whole map across the boundary and back.
+fn write_back(
+    outcome: &ops::Outcome,
+    headers: &[(String, String)],
+    set: impl Fn(&str, Option<&str>),
+    add: impl Fn(&str, &str),
+) {
+    for name in &outcome.touched {
+        let mut values = headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        match values.next() {
+            None => set(name, None),
+            Some(first) => {
+                set(name, Some(first));
+                for v in values {
+                    add(name, v);
+                }
+            }
+        }
+    }
+}
+
 struct Forward {
     shared: Rc<Shared>,
     /// The request as templates saw it, kept for the response phase.
@@ -139,18 +164,16 @@ impl HttpContext for Forward {
                     present.next().is_some_and(|(_, v)| *v == value) && present.next().is_none();
                 if !already {
                     ops::set(&mut headers, "authorization", value);
-                    outcome.changed = true;
+                    outcome.touch("authorization");
                 }
             }
         }
-        if outcome.changed {
-            self.set_http_request_headers(
-                headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-            );
-        }
+        write_back(
+            &outcome,
+            &headers,
+            |k, v| self.set_http_request_header(k, v),
+            |k, v| self.add_http_request_header(k, v),
+        );
         self.report(&outcome.blocked);
         if response_needs_facts {
             self.facts = Some(facts);
@@ -167,14 +190,12 @@ impl HttpContext for Forward {
         let mut headers = self.get_http_response_headers();
         let facts = self.facts.take().unwrap_or_default();
         let outcome = ops::apply(&c.response, &mut headers, &facts, c.skip_missing);
-        if outcome.changed {
-            self.set_http_response_headers(
-                headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-            );
-        }
+        write_back(
+            &outcome,
+            &headers,
+            |k, v| self.set_http_response_header(k, v),
+            |k, v| self.add_http_response_header(k, v),
+        );
         self.report(&outcome.blocked);
         Action::Continue
     }

@@ -10,8 +10,20 @@ pub struct Outcome {
     /// Headers (or query parameters) not set because their value would have carried
     /// CR, LF or NUL: a header-injection attempt through a template.
     pub blocked: Vec<String>,
-    /// Whether the headers changed (so the filter writes them back).
-    pub changed: bool,
+    /// The header names whose values changed (so the filter writes back only those).
+    pub touched: Vec<String>,
+}
+
+impl Outcome {
+    pub fn changed(&self) -> bool {
+        !self.touched.is_empty()
+    }
+
+    pub fn touch(&mut self, name: &str) {
+        if !self.touched.iter().any(|t| t == name) {
+            self.touched.push(name.to_owned());
+        }
+    }
 }
 
 fn render(t: &Template, facts: &Facts, skip_missing: bool) -> Option<String> {
@@ -34,14 +46,17 @@ pub fn apply(
     skip_missing: bool,
 ) -> Outcome {
     let mut out = Outcome::default();
-    let len = headers.len();
     for name in &phase.remove {
+        let len = headers.len();
         headers.retain(|(k, _)| k != name);
+        if headers.len() != len {
+            out.touch(name);
+        }
     }
-    out.changed |= headers.len() != len;
     for (from, to) in &phase.rename {
         if headers.iter().any(|(k, _)| k == from) {
-            out.changed = true;
+            out.touch(from);
+            out.touch(to);
             headers.retain(|(k, _)| k != to);
             for (k, _) in headers.iter_mut().filter(|(k, _)| k == from) {
                 *k = to.clone();
@@ -60,7 +75,7 @@ pub fn apply(
         if headers.iter().any(|(k, _)| k == name) {
             if let Some(v) = value(name, t, &mut out) {
                 set(headers, name, v);
-                out.changed = true;
+                out.touch(name);
             }
         }
     }
@@ -68,14 +83,14 @@ pub fn apply(
         if !headers.iter().any(|(k, _)| k == name) {
             if let Some(v) = value(name, t, &mut out) {
                 headers.push((name.clone(), v));
-                out.changed = true;
+                out.touch(name);
             }
         }
     }
     for (name, t) in &phase.append {
         if let Some(v) = value(name, t, &mut out) {
             headers.push((name.clone(), v));
-            out.changed = true;
+            out.touch(name);
         }
     }
     let query_ops = !(phase.query_remove.is_empty()
@@ -88,7 +103,7 @@ pub fn apply(
             let path = apply_query(phase, &headers[i].1, facts, skip_missing, &mut out);
             if path != headers[i].1 {
                 headers[i].1 = path;
-                out.changed = true;
+                out.touch(":path");
             }
         }
     }

@@ -4,8 +4,6 @@
 //! identity headers an auth filter set, never from anything else a client sent),
 //! `request.path|method|host|id`, `source.address`.
 
-use std::collections::HashMap;
-
 use kit::config::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,8 +109,9 @@ fn source(r: &str) -> Result<Source, String> {
 /// response phase can use it: request headers cannot be read then).
 #[derive(Debug, Default, Clone)]
 pub struct Facts {
-    pub headers: HashMap<String, String>,
-    pub query: HashMap<String, String>,
+    /// A few entries each: a list beats a hash map here (no hashing, one allocation).
+    pub headers: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
     pub path: String,
     pub method: String,
     pub host: String,
@@ -121,6 +120,12 @@ pub struct Facts {
     /// Whether an auth filter verified this request: only then do the identity headers
     /// say who the consumer is (otherwise they are whatever the client sent).
     pub verified: bool,
+}
+
+fn lookup<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    list.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The header names templates read (so only those are copied per request).
@@ -172,16 +177,28 @@ impl Facts {
             if needs.is_some_and(|n| !n.headers.iter().any(|h| h == k)) {
                 continue;
             }
-            f.headers.entry(k.clone()).or_insert_with(|| v.clone());
+            if !f.headers.iter().any(|(h, _)| h == k) {
+                f.headers.push((k.clone(), v.clone()));
+            }
         }
-        f.path = f.headers.get(":path").cloned().unwrap_or_default();
-        f.method = f.headers.get(":method").cloned().unwrap_or_default();
-        f.host = f.headers.get(":authority").cloned().unwrap_or_default();
-        f.request_id = f.headers.get("x-request-id").cloned().unwrap_or_default();
+        f.path = lookup(&f.headers, ":path")
+            .map(str::to_owned)
+            .unwrap_or_default();
+        f.method = lookup(&f.headers, ":method")
+            .map(str::to_owned)
+            .unwrap_or_default();
+        f.host = lookup(&f.headers, ":authority")
+            .map(str::to_owned)
+            .unwrap_or_default();
+        f.request_id = lookup(&f.headers, "x-request-id")
+            .map(str::to_owned)
+            .unwrap_or_default();
         if let Some((_, q)) = f.path.split_once('?') {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                f.query.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+                if !f.query.iter().any(|(q, _)| q == k) {
+                    f.query.push((k.to_owned(), v.to_owned()));
+                }
             }
         }
         f
@@ -189,9 +206,9 @@ impl Facts {
 
     pub fn get(&self, s: &Source) -> Option<&str> {
         let v = match s {
-            Source::Header(n) => self.headers.get(n)?.as_str(),
-            Source::Query(n) => self.query.get(n)?.as_str(),
-            Source::Consumer(h) if self.verified => self.headers.get(*h)?.as_str(),
+            Source::Header(n) => lookup(&self.headers, n)?,
+            Source::Query(n) => lookup(&self.query, n)?,
+            Source::Consumer(h) if self.verified => lookup(&self.headers, h)?,
             Source::Consumer(_) => return None,
             Source::Path => self.path.split('?').next().unwrap_or(""),
             Source::Method => &self.method,

@@ -137,6 +137,29 @@ pub enum CallbackData {
     },
 }
 
+/// Context ids are small numbers the host hands out itself, looked up on every host
+/// call: they need no keyed hash (nobody outside chooses them), so they are their own.
+pub type ContextIds = std::hash::BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
+    }
+}
+
 pub struct HostState {
     pub limits: StoreLimits,
     pub memory: Option<Memory>,
@@ -144,7 +167,7 @@ pub struct HostState {
     pub env: Arc<PluginEnv>,
     pub root_context_id: u32,
     pub tick_period_ms: u32,
-    pub http: HashMap<u32, HttpCtx>,
+    pub http: HashMap<u32, HttpCtx, ContextIds>,
     /// The context host calls act on (`proxy_set_effective_context` changes it).
     pub effective: u32,
     pub outgoing: Vec<Outgoing>,

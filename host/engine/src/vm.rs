@@ -200,7 +200,7 @@ impl Vm {
             env,
             root_context_id: ROOT_CONTEXT_ID,
             tick_period_ms: 0,
-            http: HashMap::new(),
+            http: HashMap::default(),
             effective: ROOT_CONTEXT_ID,
             outgoing: Vec::new(),
             next_token: 0,
