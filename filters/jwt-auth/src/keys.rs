@@ -332,3 +332,50 @@ fn sec1(x: &[u8], y: &[u8], size: usize) -> Result<Vec<u8>, String> {
     p.extend_from_slice(y);
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_named_for_one_algorithm_refuses_others() {
+        let jwks = br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI", "alg": "HS256", "kid": "h"}]}"#;
+        let (set, _) = parse_jwks(jwks, true).unwrap();
+        assert!(set.keys[0].fits(Alg::HS256));
+        assert!(!set.keys[0].fits(Alg::HS384));
+        assert!(!set.keys[0].fits(Alg::RS256));
+    }
+
+    #[test]
+    fn strict_parsing_names_the_bad_key_and_lenient_parsing_skips_it() {
+        let jwks = br#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}, {"kty": "oct", "k": "c2VjcmV0", "use": "enc"}]}"#;
+        assert!(matches!(
+            parse_jwks(jwks, true),
+            Err(JwksError::BadKey { index: 0, .. })
+        ));
+        let (set, skipped) = parse_jwks(jwks, false).unwrap();
+        assert!(set.keys.is_empty());
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(parse_jwks(b"[]", false).unwrap_err(), JwksError::NotAJwks);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_jwks_text_never_panics(s in "\\PC{0,400}") {
+            let _ = parse_jwks(s.as_bytes(), false);
+            let _ = parse_jwks(s.as_bytes(), true);
+        }
+
+        #[test]
+        fn arbitrary_key_fields_never_panic(
+            kty in proptest::sample::select(vec!["RSA", "EC", "OKP", "oct", "x"]),
+            crv in proptest::sample::select(vec!["P-256", "P-384", "Ed25519", "P-521"]),
+            a in "[A-Za-z0-9_-]{0,400}",
+            b in "[A-Za-z0-9_-]{0,120}",
+            alg in proptest::sample::select(vec!["RS256", "ES256", "EdDSA", "HS256", "none", "PS512"]),
+        ) {
+            let doc = serde_json::json!({"keys": [{"kty": kty, "crv": crv, "n": a, "e": b, "x": a, "y": b, "k": a, "alg": alg}]});
+            let _ = parse_jwks(doc.to_string().as_bytes(), false);
+        }
+    }
+}
