@@ -1,10 +1,14 @@
-//! `tier-limiter`: Token-bucket rate limits per consumer tier (issue 6).
+//! `tier-limiter`: token-bucket rate limits per consumer tier (free / standard /
+//! premium ...), several windows at once (second, minute, hour, day), exact across the
+//! workers of one host through shared data with compare-and-swap.
 //!
-//! Until its policy lands this filter passes every request through; it already
-//! refuses a configuration that is not a JSON object, so chains can be built and
-//! loaded in both hosts today.
+//! [`config`] holds the plans, [`bucket`] the token arithmetic, [`slots`] where buckets
+//! live, [`headers`] what clients are told; the proxy-wasm glue is wasm32 only.
+
+pub mod bucket;
+pub mod config;
+pub mod headers;
+pub mod slots;
 
 #[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    kit::glue::install_pass_through("tier-limiter");
-}}
+mod filter;
