@@ -29,7 +29,11 @@ pub fn current(plan: &Plan, state: Option<&Buckets>, now_ns: u64) -> Vec<f64> {
     match state {
         Some(s) if s.tokens.len() == plan.limits.len() => {
             let elapsed = now_ns.saturating_sub(s.last_ns);
-            plan.limits.iter().zip(&s.tokens).map(|(l, t)| refill(l, *t, elapsed)).collect()
+            plan.limits
+                .iter()
+                .zip(&s.tokens)
+                .map(|(l, t)| refill(l, *t, elapsed))
+                .collect()
         }
         _ => plan.limits.iter().map(|l| l.capacity).collect(),
     }
@@ -52,13 +56,26 @@ pub fn take(plan: &Plan, state: Option<&Buckets>, now_ns: u64) -> (Buckets, Deci
             }
         }
     }
-    (Buckets { last_ns: now_ns, tokens: tokens.clone() }, Decision { allowed, remaining: tokens, retry_after })
+    (
+        Buckets {
+            last_ns: now_ns,
+            tokens: tokens.clone(),
+        },
+        Decision {
+            allowed,
+            remaining: tokens,
+            retry_after,
+        },
+    )
 }
 
 /// Whether stored buckets are as good as none: every one full again by `now_ns`.
 pub fn idle(plan_limits: &[Limit], state: &Buckets, now_ns: u64) -> bool {
     let elapsed = now_ns.saturating_sub(state.last_ns);
-    plan_limits.iter().zip(&state.tokens).all(|(l, t)| refill(l, *t, elapsed) >= l.capacity)
+    plan_limits
+        .iter()
+        .zip(&state.tokens)
+        .all(|(l, t)| refill(l, *t, elapsed) >= l.capacity)
 }
 
 /// Seconds until a bucket is full again (the reset the headers report).
@@ -77,8 +94,16 @@ mod tests {
         Plan {
             name: "t".into(),
             limits: vec![
-                Limit { window: Window::Second, limit: 5.0, capacity: 10.0 },
-                Limit { window: Window::Hour, limit: 100.0, capacity: 100.0 },
+                Limit {
+                    window: Window::Second,
+                    limit: 5.0,
+                    capacity: 10.0,
+                },
+                Limit {
+                    window: Window::Hour,
+                    limit: 100.0,
+                    capacity: 100.0,
+                },
             ],
         }
     }
@@ -107,12 +132,21 @@ mod tests {
     #[test]
     fn a_refused_request_takes_nothing_and_says_when_to_retry() {
         let p = plan();
-        let full = Buckets { last_ns: 0, tokens: vec![0.2, 50.0] };
+        let full = Buckets {
+            last_ns: 0,
+            tokens: vec![0.2, 50.0],
+        };
         let (s, d) = take(&p, Some(&full), 0);
         assert!(!d.allowed);
         assert_eq!(s.tokens, vec![0.2, 50.0]);
-        assert_eq!(d.retry_after, 1, "0.8 tokens at 5/s: 0.16 s, rounded up to 1");
-        let hourly = Buckets { last_ns: 0, tokens: vec![10.0, 0.0] };
+        assert_eq!(
+            d.retry_after, 1,
+            "0.8 tokens at 5/s: 0.16 s, rounded up to 1"
+        );
+        let hourly = Buckets {
+            last_ns: 0,
+            tokens: vec![10.0, 0.0],
+        };
         let (_, d) = take(&p, Some(&hourly), 0);
         assert_eq!(d.retry_after, 36, "one token at 100/h");
     }
@@ -120,14 +154,24 @@ mod tests {
     #[test]
     fn every_window_must_fit() {
         let p = plan();
-        let (_, d) = take(&p, Some(&Buckets { last_ns: 0, tokens: vec![10.0, 0.5] }), 0);
+        let (_, d) = take(
+            &p,
+            Some(&Buckets {
+                last_ns: 0,
+                tokens: vec![10.0, 0.5],
+            }),
+            0,
+        );
         assert!(!d.allowed);
     }
 
     #[test]
     fn idle_buckets_are_full_again() {
         let p = plan();
-        let s = Buckets { last_ns: 0, tokens: vec![0.0, 0.0] };
+        let s = Buckets {
+            last_ns: 0,
+            tokens: vec![0.0, 0.0],
+        };
         assert!(!idle(&p.limits, &s, 10 * S));
         assert!(idle(&p.limits, &s, 3600 * S));
     }

@@ -60,7 +60,10 @@ pub struct HeadersFile {
 
 impl Default for HeadersFile {
     fn default() -> Self {
-        HeadersFile { ietf: true, legacy: true }
+        HeadersFile {
+            ietf: true,
+            legacy: true,
+        }
     }
 }
 
@@ -160,21 +163,37 @@ fn plan(name: &str, t: &TierFile, field: &str) -> Result<Plan, ConfigError> {
         };
         if let Some(v) = v {
             if !(v.is_finite() && v > 0.0) {
-                return Err(ConfigError::field(format!("{field}.{}", w.name()), "must be a positive number"));
+                return Err(ConfigError::field(
+                    format!("{field}.{}", w.name()),
+                    "must be a positive number",
+                ));
             }
-            limits.push(Limit { window: w, limit: v, capacity: v });
+            limits.push(Limit {
+                window: w,
+                limit: v,
+                capacity: v,
+            });
         }
     }
     if limits.is_empty() {
-        return Err(ConfigError::field(field, "needs at least one of second, minute, hour, day"));
+        return Err(ConfigError::field(
+            field,
+            "needs at least one of second, minute, hour, day",
+        ));
     }
     if let Some(b) = t.burst {
         if !(b.is_finite() && b >= limits[0].limit) {
-            return Err(ConfigError::field(format!("{field}.burst"), "must be at least the shortest window's limit"));
+            return Err(ConfigError::field(
+                format!("{field}.burst"),
+                "must be at least the shortest window's limit",
+            ));
         }
         limits[0].capacity = b;
     }
-    Ok(Plan { name: name.to_owned(), limits })
+    Ok(Plan {
+        name: name.to_owned(),
+        limits,
+    })
 }
 
 impl Config {
@@ -185,32 +204,51 @@ impl Config {
             tiers.insert(name.clone(), plan(name, t, &format!("tiers.{name}"))?);
         }
         if !tiers.contains_key(&f.default_tier) {
-            return Err(ConfigError::field("default_tier", format!("`{}` is not one of the tiers", f.default_tier)));
+            return Err(ConfigError::field(
+                "default_tier",
+                format!("`{}` is not one of the tiers", f.default_tier),
+            ));
         }
         let identify_by = match &f.identify_by {
             None => vec![Identify::Consumer, Identify::Ip],
-            Some(list) if list.is_empty() => return Err(ConfigError::field("identify_by", "must not be empty")),
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::field("identify_by", "must not be empty"));
+            }
             Some(list) => list
                 .iter()
                 .map(|s| match s.as_str() {
                     "consumer" => Ok(Identify::Consumer),
                     "ip" => Ok(Identify::Ip),
-                    h if h.starts_with("header:") && h.len() > 7 => Ok(Identify::Header(h[7..].to_ascii_lowercase())),
-                    other => Err(ConfigError::field("identify_by", format!("`{other}`: expected consumer, ip or header:NAME"))),
+                    h if h.starts_with("header:") && h.len() > 7 => {
+                        Ok(Identify::Header(h[7..].to_ascii_lowercase()))
+                    }
+                    other => Err(ConfigError::field(
+                        "identify_by",
+                        format!("`{other}`: expected consumer, ip or header:NAME"),
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
         };
         let policy = f.policy.as_deref().unwrap_or("local");
         if policy != "local" {
-            return Err(ConfigError::field("policy", format!("`{policy}` is not available yet (local)")));
+            return Err(ConfigError::field(
+                "policy",
+                format!("`{policy}` is not available yet (local)"),
+            ));
         }
         let error_code = f.error_code.unwrap_or(429);
         if !(400..=599).contains(&error_code) {
-            return Err(ConfigError::field("error_code", "must be an HTTP error status (400-599)"));
+            return Err(ConfigError::field(
+                "error_code",
+                "must be an HTTP error status (400-599)",
+            ));
         }
         let mut overrides = BTreeMap::new();
         for (id, t) in &f.overrides {
-            overrides.insert(id.clone(), plan(&format!("override-{id}"), t, &format!("overrides.{id}"))?);
+            overrides.insert(
+                id.clone(),
+                plan(&format!("override-{id}"), t, &format!("overrides.{id}"))?,
+            );
         }
         let max_buckets = f.max_buckets.unwrap_or(65_536);
         if max_buckets == 0 {
@@ -218,14 +256,20 @@ impl Config {
         }
         Ok(Config {
             identify_by,
-            anonymous: f.anonymous.as_ref().map(|a| plan("anonymous", a, "anonymous")).transpose()?,
+            anonymous: f
+                .anonymous
+                .as_ref()
+                .map(|a| plan("anonymous", a, "anonymous"))
+                .transpose()?,
             tiers,
             default_tier: f.default_tier,
             overrides,
             ietf_headers: f.headers.ietf,
             legacy_headers: f.headers.legacy,
             error_code,
-            error_message: f.error_message.unwrap_or_else(|| "API rate limit exceeded".into()),
+            error_message: f
+                .error_message
+                .unwrap_or_else(|| "API rate limit exceeded".into()),
             max_buckets,
         })
     }
@@ -242,6 +286,8 @@ impl Config {
             }
             return &self.tiers[&self.default_tier];
         }
-        self.anonymous.as_ref().unwrap_or(&self.tiers[&self.default_tier])
+        self.anonymous
+            .as_ref()
+            .unwrap_or(&self.tiers[&self.default_tier])
     }
 }

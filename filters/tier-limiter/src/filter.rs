@@ -26,7 +26,8 @@ impl Store for HostStore {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
-        hostcalls::set_shared_data(key, Some(value), if cas == 0 { None } else { Some(cas) }).is_ok()
+        hostcalls::set_shared_data(key, Some(value), if cas == 0 { None } else { Some(cas) })
+            .is_ok()
     }
 }
 
@@ -49,7 +50,10 @@ impl RootContext for Root {
         let bytes = self.get_plugin_configuration();
         match Config::parse(bytes.as_deref()) {
             Ok(config) => {
-                let root = self.get_property(vec!["plugin_root_id"]).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let root = self
+                    .get_property(vec!["plugin_root_id"])
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
                 let c = |n: &str| hostcalls::define_metric(MetricType::Counter, n).unwrap_or(0);
                 self.shared = Some(Rc::new(Shared {
                     config,
@@ -72,7 +76,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Limit { shared: self.shared.clone()?, response_headers: Vec::new() }))
+        Some(Box::new(Limit {
+            shared: self.shared.clone()?,
+            response_headers: Vec::new(),
+        }))
     }
 }
 
@@ -90,17 +97,35 @@ impl HttpContext for Limit {
         let c = &shared.config;
         // Identity counts only when an auth filter verified it; otherwise the identity
         // headers are the client's own words.
-        let verified = self.get_property(vec![kit::identity::CREDENTIAL_PROPERTY]).is_some();
-        let consumer = if verified { self.get_http_request_header(kit::identity::CONSUMER_ID) } else { None };
-        let tier = if verified { self.get_http_request_header(kit::identity::CONSUMER_TIER) } else { None };
+        let verified = self
+            .get_property(vec![kit::identity::CREDENTIAL_PROPERTY])
+            .is_some();
+        let consumer = if verified {
+            self.get_http_request_header(kit::identity::CONSUMER_ID)
+        } else {
+            None
+        };
+        let tier = if verified {
+            self.get_http_request_header(kit::identity::CONSUMER_TIER)
+        } else {
+            None
+        };
         let mut identity = None;
         for way in &c.identify_by {
             identity = match way {
                 Identify::Consumer => consumer.clone().map(|c| format!("consumer:{c}")),
-                Identify::Header(h) => self.get_http_request_header(h).filter(|v| !v.is_empty()).map(|v| format!("{h}:{v}")),
+                Identify::Header(h) => self
+                    .get_http_request_header(h)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| format!("{h}:{v}")),
                 Identify::Ip => self
                     .get_property(vec!["source", "address"])
-                    .map(|a| String::from_utf8_lossy(&a).rsplit_once(':').map_or_else(|| String::from_utf8_lossy(&a).into_owned(), |(ip, _)| ip.to_owned()))
+                    .map(|a| {
+                        String::from_utf8_lossy(&a).rsplit_once(':').map_or_else(
+                            || String::from_utf8_lossy(&a).into_owned(),
+                            |(ip, _)| ip.to_owned(),
+                        )
+                    })
                     .map(|ip| format!("ip:{ip}")),
             };
             if identity.is_some() {
@@ -109,8 +134,18 @@ impl HttpContext for Limit {
         }
         let identity = identity.unwrap_or_else(|| "anonymous".to_owned());
         let plan = c.plan_for(consumer.as_deref(), tier.as_deref());
-        let now = self.get_current_time().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        match slots::take(&HostStore, &shared.prefix, c.max_buckets, plan, &identity, now) {
+        let now = self
+            .get_current_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        match slots::take(
+            &HostStore,
+            &shared.prefix,
+            c.max_buckets,
+            plan,
+            &identity,
+            now,
+        ) {
             Taken::Decided(d) => {
                 let headers = crate::headers::for_decision(c, plan, &d);
                 if d.allowed {
@@ -122,7 +157,10 @@ impl HttpContext for Limit {
                     let request_id = self.get_http_request_header("x-request-id");
                     let body = kit::reply::json_body(&c.error_message, request_id.as_deref());
                     let retry = d.retry_after.to_string();
-                    let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let mut h: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
                     h.push(("retry-after", &retry));
                     h.push(kit::reply::CONTENT_TYPE_JSON);
                     self.send_http_response(c.error_code, h, Some(&body));

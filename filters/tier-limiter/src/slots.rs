@@ -46,7 +46,10 @@ fn decode(v: &[u8]) -> Option<(&str, Buckets)> {
     let id = std::str::from_utf8(v.get(2..2 + n)?).ok()?;
     let rest = v.get(2 + n..)?;
     let last_ns = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-    let tokens = rest[8..].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+    let tokens = rest[8..]
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
     Some((id, Buckets { last_ns, tokens }))
 }
 
@@ -60,7 +63,14 @@ pub enum Taken {
 }
 
 /// Takes a token for `identity` under `plan` at `now_ns` from the table `prefix`.
-pub fn take(store: &dyn Store, prefix: &str, slots: u32, plan: &Plan, identity: &str, now_ns: u64) -> Taken {
+pub fn take(
+    store: &dyn Store,
+    prefix: &str,
+    slots: u32,
+    plan: &Plan,
+    identity: &str,
+    now_ns: u64,
+) -> Taken {
     let id = format!("{}\u{0}{identity}", plan.name);
     let start = hash(&id);
     for _ in 0..ATTEMPTS {
@@ -77,7 +87,10 @@ pub fn take(store: &dyn Store, prefix: &str, slots: u32, plan: &Plan, identity: 
                         mine = Some((key, cas, b));
                         break;
                     }
-                    Some((_, b)) if bucket::idle(&plan.limits, &b, now_ns) || b.tokens.len() != plan.limits.len() => {
+                    Some((_, b))
+                        if bucket::idle(&plan.limits, &b, now_ns)
+                            || b.tokens.len() != plan.limits.len() =>
+                    {
                         free.get_or_insert((key, cas));
                     }
                     None => {
@@ -131,14 +144,22 @@ mod tests {
     }
 
     fn plan(limit: f64) -> Plan {
-        Plan { name: "p".into(), limits: vec![Limit { window: Window::Minute, limit, capacity: limit }] }
+        Plan {
+            name: "p".into(),
+            limits: vec![Limit {
+                window: Window::Minute,
+                limit,
+                capacity: limit,
+            }],
+        }
     }
 
     #[test]
     fn counts_per_identity() {
         let m = Map::default();
         let p = plan(3.0);
-        let allowed = |id: &str| matches!(take(&m, "t/", 64, &p, id, 0), Taken::Decided(d) if d.allowed);
+        let allowed =
+            |id: &str| matches!(take(&m, "t/", 64, &p, id, 0), Taken::Decided(d) if d.allowed);
         assert!(allowed("a") && allowed("a") && allowed("a"));
         assert!(!allowed("a"));
         assert!(allowed("b"), "another identity has its own buckets");
@@ -149,9 +170,20 @@ mod tests {
         let m = Map::default();
         let p = plan(10.0);
         for i in 0..1000 {
-            take(&m, "t/", 16, &p, &format!("consumer-{i}"), i as u64 * 60_000_000_000);
+            take(
+                &m,
+                "t/",
+                16,
+                &p,
+                &format!("consumer-{i}"),
+                i as u64 * 60_000_000_000,
+            );
         }
-        assert!(m.0.borrow().len() <= 16, "never more keys than slots: {}", m.0.borrow().len());
+        assert!(
+            m.0.borrow().len() <= 16,
+            "never more keys than slots: {}",
+            m.0.borrow().len()
+        );
     }
 
     #[test]

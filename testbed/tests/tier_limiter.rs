@@ -1,0 +1,296 @@
+//! `tier-limiter` in the test bed, on the virtual clock.
+
+use std::time::Duration;
+
+use jwt_mint::{Key, jwks};
+use portcullis_testbed::{MetricValue, Request, TestBed, wasm};
+use serde_json::{Value, json};
+
+fn limits() -> Value {
+    json!({
+        "identify_by": ["consumer", "header:x-api-key", "ip"],
+        "tiers": {
+            "free": {"second": 5, "hour": 1000},
+            "standard": {"second": 20, "hour": 72000},
+            "premium": {"second": 100, "burst": 200, "hour": 360000}
+        },
+        "default_tier": "free",
+        "anonymous": {"second": 1, "minute": 30},
+        "overrides": {"vip": {"second": 2}}
+    })
+}
+
+/// jwt-auth (so the tier is verified) then the limiter.
+fn chain(limiter: Value) -> (TestBed, Key) {
+    let key = Key::ec256("k1");
+    let auth = json!({
+        "providers": {"idp": {"local_jwks": jwks(&[&key]), "algorithms": ["ES256"], "consumer": {"id_claim": "sub", "tier_claim": "tier"}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}, "allow_missing": true}]
+    });
+    let bed = TestBed::new()
+        .filter(wasm("jwt_auth"), auth.to_string())
+        .filter(wasm("tier_limiter"), limiter.to_string())
+        .build()
+        .unwrap();
+    (bed, key)
+}
+
+fn token(key: &Key, sub: &str, tier: &str) -> String {
+    format!(
+        "Bearer {}",
+        key.sign(
+            "ES256",
+            json!({"sub": sub, "tier": tier, "exp": 4_102_444_800u64})
+        )
+    )
+}
+
+fn burst(bed: &mut TestBed, req: impl Fn() -> Request, n: usize) -> usize {
+    (0..n).filter(|_| bed.send(req()).status == 200).count()
+}
+
+#[test]
+fn each_tier_gets_its_burst_then_its_refill() {
+    let (mut bed, key) = chain(limits());
+    let free = token(&key, "alice", "free");
+    let premium = token(&key, "bob", "premium");
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &free),
+            20
+        ),
+        5
+    );
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &premium),
+            300
+        ),
+        200,
+        "premium's burst"
+    );
+    bed.advance(Duration::from_millis(1000));
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &free),
+            20
+        ),
+        5,
+        "refilled at 5/s"
+    );
+    bed.advance(Duration::from_millis(200));
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &free),
+            20
+        ),
+        1,
+        "0.2 s at 5/s is one token"
+    );
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &premium),
+            300
+        ),
+        120,
+        "1.2 s at 100/s since its burst"
+    );
+}
+
+#[test]
+fn a_request_must_fit_every_window() {
+    let limiter = json!({"tiers": {"t": {"second": 10, "minute": 12}}, "default_tier": "t", "identify_by": ["header:x-api-key"]});
+    let mut bed = TestBed::new()
+        .filter(wasm("tier_limiter"), limiter.to_string())
+        .build()
+        .unwrap();
+    let req = || Request::get("/").header("x-api-key", "k");
+    assert_eq!(burst(&mut bed, req, 20), 10);
+    bed.advance(Duration::from_secs(1));
+    assert_eq!(
+        burst(&mut bed, req, 20),
+        2,
+        "the minute bucket had 2 left (plus 0.2 refilled)"
+    );
+    assert_eq!(
+        bed.metric("tier_limiter_limited").map(|m| m.count()),
+        Some(28)
+    );
+}
+
+#[test]
+fn refusals_carry_retry_after_and_both_header_families() {
+    let (mut bed, key) = chain(limits());
+    let free = token(&key, "carol", "free");
+    let ok = bed.send(Request::get("/").header("authorization", &free));
+    assert_eq!(ok.header("x-ratelimit-limit-second"), Some("5"));
+    assert_eq!(ok.header("x-ratelimit-remaining-second"), Some("4"));
+    assert_eq!(ok.header("x-ratelimit-limit-hour"), Some("1000"));
+    assert_eq!(ok.header("x-ratelimit-remaining-hour"), Some("999"));
+    assert_eq!(
+        ok.header("ratelimit-policy"),
+        Some("\"free-second\";q=5;w=1, \"free-hour\";q=1000;w=3600")
+    );
+    assert_eq!(
+        ok.header("ratelimit"),
+        Some("\"free-second\";r=4;t=1, \"free-hour\";r=999;t=4")
+    );
+    for _ in 0..4 {
+        bed.send(Request::get("/").header("authorization", &free));
+    }
+    let no = bed.send(
+        Request::get("/")
+            .header("authorization", &free)
+            .header("x-request-id", "r1"),
+    );
+    assert_eq!(no.status, 429);
+    assert_eq!(no.header("retry-after"), Some("1"));
+    assert_eq!(no.json()["message"], "API rate limit exceeded");
+    assert_eq!(no.json()["request_id"], "r1");
+    assert_eq!(no.header("x-ratelimit-remaining-second"), Some("0"));
+    assert!(no.upstream.is_none());
+}
+
+#[test]
+fn the_tier_comes_only_from_verified_identity() {
+    let (mut bed, key) = chain(limits());
+    // No token: the client's claimed tier is ignored; anonymous limits by IP apply.
+    let spoof = || {
+        Request::get("/")
+            .header("x-consumer-tier", "premium")
+            .header("x-consumer-id", "mallory")
+    };
+    assert_eq!(burst(&mut bed, spoof, 10), 1, "anonymous: 1 per second");
+    // A verified consumer whose tier changes gets the new plan's buckets.
+    let std = token(&key, "dave", "standard");
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &std),
+            30
+        ),
+        20
+    );
+    let upgraded = token(&key, "dave", "premium");
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &upgraded),
+            300
+        ),
+        200
+    );
+    // An unknown tier falls back to the default tier.
+    let odd = token(&key, "erin", "platinum");
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &odd),
+            10
+        ),
+        5
+    );
+    // A per-consumer override wins over the tier.
+    let vip = token(&key, "vip", "premium");
+    assert_eq!(
+        burst(
+            &mut bed,
+            || Request::get("/").header("authorization", &vip),
+            10
+        ),
+        2
+    );
+}
+
+#[test]
+fn api_keys_and_addresses_identify_anonymous_clients_separately() {
+    let limiter = json!({"tiers": {"t": {"second": 1}}, "default_tier": "t", "identify_by": ["header:x-api-key", "ip"], "anonymous": {"second": 2}});
+    let mut bed = TestBed::new()
+        .filter(wasm("tier_limiter"), limiter.to_string())
+        .build()
+        .unwrap();
+    assert_eq!(
+        burst(&mut bed, || Request::get("/").header("x-api-key", "a"), 5),
+        2
+    );
+    assert_eq!(
+        burst(&mut bed, || Request::get("/").header("x-api-key", "b"), 5),
+        2
+    );
+    let from = |ip: [u8; 4]| {
+        move || Request::get("/").from_address(std::net::SocketAddr::from((ip, 5000)))
+    };
+    assert_eq!(burst(&mut bed, from([10, 0, 0, 1]), 5), 2);
+    assert_eq!(burst(&mut bed, from([10, 0, 0, 2]), 5), 2);
+}
+
+#[test]
+fn memory_stays_bounded_and_idle_buckets_are_reused() {
+    let limiter = json!({"tiers": {"t": {"second": 3}}, "default_tier": "t", "identify_by": ["header:x-api-key"], "max_buckets": 64});
+    let mut bed = TestBed::new()
+        .filter(wasm("tier_limiter"), limiter.to_string())
+        .build()
+        .unwrap();
+    for i in 0..500 {
+        let res = bed.send(Request::get("/").header("x-api-key", &format!("key-{i}")));
+        assert_eq!(res.status, 200);
+        if i % 20 == 19 {
+            bed.advance(Duration::from_secs(2));
+        }
+    }
+    let keys = (0..64)
+        .filter(|i| {
+            bed.shared_data(&format!("tier-limiter/tier_limiter-0/{i}"))
+                .is_some()
+        })
+        .count();
+    assert!(keys <= 64, "{keys}");
+    assert!(
+        bed.metric("tier_limiter_contended")
+            .is_none_or(|m| m == MetricValue::Counter(0)),
+        "idle buckets were reused"
+    );
+}
+
+#[test]
+fn invalid_configurations_are_refused_naming_the_field() {
+    for (config, field) in [
+        (
+            json!({"tiers": {"t": {"second": 0}}, "default_tier": "t"}),
+            "tiers.t.second",
+        ),
+        (
+            json!({"tiers": {"t": {"second": -3}}, "default_tier": "t"}),
+            "tiers.t.second",
+        ),
+        (
+            json!({"tiers": {"t": {"fortnight": 3}}, "default_tier": "t"}),
+            "fortnight",
+        ),
+        (
+            json!({"tiers": {"t": {"second": 3}}, "default_tier": "gold"}),
+            "default_tier",
+        ),
+        (
+            json!({"tiers": {"t": {"second": 3}}, "default_tier": "t", "identify_by": ["cookie"]}),
+            "identify_by",
+        ),
+        (
+            json!({"tiers": {"t": {"second": 3, "burst": 1}}, "default_tier": "t"}),
+            "burst",
+        ),
+    ] {
+        let err = TestBed::new()
+            .filter(wasm("tier_limiter"), config.to_string())
+            .build()
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
