@@ -18,12 +18,18 @@ const LIMIT: f64 = 50.0;
 const RATE: f64 = 100.0;
 
 fn seconds() -> u64 {
-    std::env::var("PORTCULLIS_LIMIT_TEST_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)
+    std::env::var("PORTCULLIS_LIMIT_TEST_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
 }
 
 /// Sends RATE requests per second for `secs`; returns (admitted, refused, others, elapsed).
 fn overload(base: &str, secs: u64) -> (u64, u64, u64, f64) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let local = tokio::task::LocalSet::new();
     let client = HttpCluster::new(base, Duration::from_secs(2)).unwrap();
     let counts = Rc::new((Cell::new(0u64), Cell::new(0u64), Cell::new(0u64)));
@@ -42,8 +48,19 @@ fn overload(base: &str, secs: u64) -> (u64, u64, u64, f64) {
                 h.add(":path", "/");
                 h.add(":authority", "limits.test");
                 h.add("x-api-key", "one-client");
-                let req = HttpCallRequest { headers: h, body: Vec::new(), trailers: HeaderMap::new(), timeout: Duration::from_secs(5) };
-                match client.call(req).await.ok().and_then(|r| r.headers.get_str(":status").map(str::to_owned)).as_deref() {
+                let req = HttpCallRequest {
+                    headers: h,
+                    body: Vec::new(),
+                    trailers: HeaderMap::new(),
+                    timeout: Duration::from_secs(5),
+                };
+                match client
+                    .call(req)
+                    .await
+                    .ok()
+                    .and_then(|r| r.headers.get_str(":status").map(str::to_owned))
+                    .as_deref()
+                {
                     Some("200") => counts.0.set(counts.0.get() + 1),
                     Some("429") => counts.1.set(counts.1.get() + 1),
                     _ => counts.2.set(counts.2.get() + 1),
@@ -54,7 +71,12 @@ fn overload(base: &str, secs: u64) -> (u64, u64, u64, f64) {
             let _ = t.await;
         }
     });
-    (counts.0.get(), counts.1.get(), counts.2.get(), start.elapsed().as_secs_f64())
+    (
+        counts.0.get(),
+        counts.1.get(),
+        counts.2.get(),
+        start.elapsed().as_secs_f64(),
+    )
 }
 
 fn check(host: &str, (admitted, refused, others, elapsed): (u64, u64, u64, f64), secs: u64) {
@@ -62,9 +84,16 @@ fn check(host: &str, (admitted, refused, others, elapsed): (u64, u64, u64, f64),
     let sending = ((RATE * secs as f64) - 1.0) / RATE;
     let ideal = LIMIT * sending + LIMIT;
     let error = (admitted as f64 - ideal) / ideal;
-    eprintln!("{host}: admitted {admitted}, refused {refused}, other {others}, ideal {ideal:.0}, error {:+.2}% over {elapsed:.1} s", error * 100.0);
+    eprintln!(
+        "{host}: admitted {admitted}, refused {refused}, other {others}, ideal {ideal:.0}, error {:+.2}% over {elapsed:.1} s",
+        error * 100.0
+    );
     assert_eq!(others, 0, "{host}: every request got 200 or 429");
-    assert!(error.abs() <= 0.01, "{host}: admitted {admitted} against an ideal of {ideal:.0} ({:+.2}%)", error * 100.0);
+    assert!(
+        error.abs() <= 0.01,
+        "{host}: admitted {admitted} against an ideal of {ideal:.0} ({:+.2}%)",
+        error * 100.0
+    );
 }
 
 #[test]
@@ -88,8 +117,16 @@ routes: [{{ name: api, service: echo, filters: [limits] }}]
     let envoy = Envoy::start(
         &EnvoyConfig::new(upstream)
             .concurrency(2)
-            .filter(WasmFilter::new("limits", portcullis_testbed::wasm("tier_limiter"), &config.to_string())),
+            .filter(WasmFilter::new(
+                "limits",
+                portcullis_testbed::wasm("tier_limiter"),
+                &config.to_string(),
+            )),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    check("envoy, --concurrency 2", overload(&format!("http://{}", envoy.listener), secs), secs);
+    check(
+        "envoy, --concurrency 2",
+        overload(&format!("http://{}", envoy.listener), secs),
+        secs,
+    );
 }
