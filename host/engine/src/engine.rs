@@ -216,12 +216,54 @@ fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Module, EngineErro
     Module::new(engine, bytes).map_err(|e| EngineError::Invalid(format!("{e:#}")))
 }
 
+/// Precompiled modules kept in the cache; every rebuilt filter adds one, so the oldest
+/// go once there are more (a development machine rebuilds often).
+const CACHE_KEEP: usize = 64;
+
 fn store_atomically(dir: &Path, path: &Path, module: &Module) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let bytes = module.serialize().map_err(std::io::Error::other)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    prune(dir, CACHE_KEEP);
+    Ok(())
+}
+
+/// Removes the least recently written `.cwasm` files beyond `keep`.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort();
+    for (_, p) in &files[..files.len() - keep] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pruning_keeps_the_newest_files() {
+        let dir = std::env::temp_dir().join(format!("portcullis-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("{i}.cwasm")), b"x").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(dir.join("other.txt"), b"x").unwrap();
+        super::prune(&dir, 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, vec!["3.cwasm", "4.cwasm", "other.txt"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 fn abi_version(module: &Module) -> Result<&'static str, EngineError> {
