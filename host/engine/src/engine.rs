@@ -232,7 +232,9 @@ fn store_atomically(dir: &Path, path: &Path, module: &Module) -> std::io::Result
 
 /// Removes the least recently written `.cwasm` files beyond `keep`.
 fn prune(dir: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
@@ -259,7 +261,11 @@ mod tests {
         }
         std::fs::write(dir.join("other.txt"), b"x").unwrap();
         super::prune(&dir, 2);
-        let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         left.sort();
         assert_eq!(left, vec!["3.cwasm", "4.cwasm", "other.txt"]);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -21,6 +21,9 @@ use crate::vm::{Fault, PluginSpec, StartError, Vm};
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
+/// How often, at most, a worker looks for shared-queue notifications.
+const QUEUE_POLL: Duration = Duration::from_millis(20);
+
 /// The clusters filters reach with `http_call` and `grpc_call`. The gateway answers
 /// with real connections; the test bed with scripted replies or loopback services.
 pub trait Clusters {
@@ -267,6 +270,9 @@ impl Filter {
         }
     }
 
+    /// Keeps the next tick in step with the period the filter asked for, and on the
+    /// system clock runs a timer task that fires ticks on time and delivers shared-queue
+    /// notifications (within `QUEUE_POLL`; a VM's queue has no waker the host can hold).
     fn schedule_ticks(&self, period: Option<Duration>) {
         let clock = self.inner.engine.clock().clone();
         match period {
@@ -277,26 +283,27 @@ impl Filter {
                         .next_tick
                         .set(Some(clock.monotonic_ns() + p.as_nanos() as u64));
                 }
-                if !clock.is_manual() && !self.inner.ticker_started.replace(true) {
-                    let weak = Rc::downgrade(&self.inner);
-                    tokio::task::spawn_local(async move {
-                        loop {
-                            let Some(inner) = weak.upgrade() else { return };
-                            let filter = Filter { inner };
-                            let now = filter.inner.engine.clock().monotonic_ns();
-                            let wait = match filter.inner.next_tick.get() {
-                                Some(due) => Duration::from_nanos(due.saturating_sub(now)),
-                                None => Duration::from_millis(100),
-                            };
-                            drop(filter);
-                            tokio::time::sleep(wait).await;
-                            let Some(inner) = weak.upgrade() else { return };
-                            Filter { inner }.run_due_ticks();
-                        }
-                    });
-                }
             }
         }
+        if clock.is_manual() || self.inner.ticker_started.replace(true) {
+            return;
+        }
+        let weak = Rc::downgrade(&self.inner);
+        tokio::task::spawn_local(async move {
+            loop {
+                let wait = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let now = inner.engine.clock().monotonic_ns();
+                    match inner.next_tick.get() {
+                        Some(due) => Duration::from_nanos(due.saturating_sub(now)).min(QUEUE_POLL),
+                        None => QUEUE_POLL,
+                    }
+                };
+                tokio::time::sleep(wait).await;
+                let Some(inner) = weak.upgrade() else { return };
+                Filter { inner }.run_due_ticks();
+            }
+        });
     }
 
     /// Fires `on_tick` if a tick is due (the test bed calls this after moving its

@@ -375,3 +375,36 @@ fn the_shipped_examples_validate() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn ticks_and_shared_queue_notifications_run_on_the_real_clock() {
+    let up = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+workers: 1
+services: [{{ name: backend, url: "http://{up}" }}]
+filters: [{{ name: conformance, wasm: "{}", config: {{ upstream: backend, tick_ms: 50 }} }}]
+routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [conformance], strip_path: false }}]
+"#,
+        wasm("conformance_filter")
+    ));
+    let r = get(&gw, "/case/enqueue", &[]);
+    assert!(r.body.contains("enqueue=Some(Ok(()))"), "{}", r.body);
+    std::thread::sleep(Duration::from_millis(400));
+    let r = get(&gw, "/case/queue-last", &[]);
+    assert!(
+        r.body.contains("value=item-1"),
+        "the registrant was notified: {}",
+        r.body
+    );
+    let r = get(&gw, "/case/ticks", &[]);
+    let ticks: u64 = r
+        .body
+        .trim()
+        .strip_prefix("value=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(ticks >= 4, "ticks every 50 ms: {ticks} after ~400 ms");
+}
