@@ -552,25 +552,24 @@ pub async fn handle(
     if rbody_eos {
         return finish_now(ctx, stream, headers, rh, Vec::new());
     }
-    // Stream the body back, through the filters when there are any; the request is
-    // logged when the body ends.
-    let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
-    let response = to_response(&rh, Box::pin(rx));
-    let max = svc.service.max_response_body;
-    let read_timeout = svc.service.read_timeout;
-    let deadline = start + svc.service.timeout;
-    tokio::task::spawn_local(pump_response(
-        ctx,
+    // Stream the body back through the filters; the request is logged when it ends.
+    let mut response = to_response(&rh, empty());
+    let pump = Pump {
+        ctx: Some(ctx),
         stream,
-        headers,
-        rh,
-        rbody,
-        tx,
-        max,
-        read_timeout,
-        deadline,
+        req_headers: headers,
+        resp_headers: rh,
+        body: rbody,
+        max: svc.service.max_response_body,
+        read_timeout: svc.service.read_timeout,
+        deadline: start + svc.service.timeout,
         status,
-    ));
+        total: 0,
+    };
+    *response.body_mut() = Box::pin(PumpBody {
+        pump: Some(pump),
+        step: None,
+    });
     response
 }
 
@@ -672,85 +671,147 @@ async fn pump_request(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn pump_response(
-    mut ctx: Ctx,
-    mut stream: Option<HttpStream>,
-    mut req_headers: HeaderMap,
-    mut resp_headers: HeaderMap,
-    mut body: Incoming,
-    mut tx: http_body_util::channel::Sender<Bytes, BoxError>,
+/// The response body through the filters' body callbacks, produced as the client
+/// reads it (no task, no channel): each frame is one step of [`Pump::next`], which owns
+/// the request's state while it runs and hands it back.
+struct Pump {
+    ctx: Option<Ctx>,
+    stream: Option<HttpStream>,
+    req_headers: HeaderMap,
+    resp_headers: HeaderMap,
+    body: Incoming,
     max: u64,
     read_timeout: Duration,
     deadline: Instant,
     status: u16,
-) {
-    let mut total = 0u64;
-    loop {
-        let wait = read_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        let frame = match tokio::time::timeout(wait, body.frame()).await {
-            Err(_) => {
-                ctx.state
-                    .shared
-                    .metrics
-                    .upstream_error(ctx.entry.service.as_deref().unwrap_or(""), "timeout");
-                ctx.entry.error = Some("upstream response body timed out".into());
-                tx.abort("upstream timeout".into());
-                break;
+    total: u64,
+}
+
+type Step = (Pump, Option<Result<Frame<Bytes>, BoxError>>);
+
+impl Pump {
+    /// Ends the request: `on_log` and friends, the access log line.
+    fn end(&mut self, error: Option<String>) {
+        if let Some(mut ctx) = self.ctx.take() {
+            if error.is_some() {
+                ctx.entry.error = error;
             }
-            Ok(None) => None,
-            Ok(Some(Ok(f))) => Some(f),
-            Ok(Some(Err(e))) => {
-                ctx.entry.error = Some(format!("upstream response body failed: {e}"));
-                tx.abort("upstream reset".into());
-                break;
+            if let Some(s) = self.stream.take() {
+                s.finish(&mut self.req_headers, &mut self.resp_headers);
             }
-        };
-        let (mut chunk, eos, trailers) = match frame {
-            None => (Vec::new(), true, None),
-            Some(f) => match f.into_data() {
-                Ok(d) => (d.to_vec(), body.is_end_stream(), None),
-                Err(f) => (Vec::new(), true, f.into_trailers().ok()),
-            },
-        };
-        total += chunk.len() as u64;
-        if total > max {
-            ctx.state.shared.metrics.upstream_error(
-                ctx.entry.service.as_deref().unwrap_or(""),
-                "response_too_large",
-            );
-            ctx.entry.error = Some("upstream response too large".into());
-            tx.abort("response too large".into());
-            break;
+            let status = self.status;
+            ctx.finish(status);
         }
-        if let Some(s) = &mut stream {
-            match s.response_body(&mut chunk, eos).await {
-                Flow::Buffering => continue,
-                // Headers are gone already: a reply now can only cut the body.
-                Flow::Reply(_) => {
-                    ctx.entry.error = Some("a filter replied after the response began".into());
-                    tx.abort("filter reply".into());
-                    break;
+    }
+
+    fn fail(mut self, kind: Option<&'static str>, message: &str) -> Step {
+        if let (Some(kind), Some(ctx)) = (kind, &self.ctx) {
+            if let Some(service) = ctx.entry.service.as_deref() {
+                ctx.state.shared.metrics.upstream_error(service, kind);
+            }
+        }
+        self.end(Some(message.to_owned()));
+        (self, Some(Err(message.to_owned().into())))
+    }
+
+    async fn next(mut self) -> Step {
+        loop {
+            let wait = self
+                .read_timeout
+                .min(self.deadline.saturating_duration_since(Instant::now()));
+            let frame = match tokio::time::timeout(wait, self.body.frame()).await {
+                Err(_) => return self.fail(Some("timeout"), "upstream response body timed out"),
+                Ok(None) => None,
+                Ok(Some(Ok(f))) => Some(f),
+                Ok(Some(Err(e))) => {
+                    return self.fail(None, &format!("upstream response body failed: {e}"));
                 }
-                Flow::Continue => {}
+            };
+            let (mut chunk, eos, trailers) = match frame {
+                None => (Vec::new(), true, None),
+                Some(f) => match f.into_data() {
+                    Ok(d) => (d.to_vec(), self.body.is_end_stream(), None),
+                    Err(f) => (Vec::new(), true, f.into_trailers().ok()),
+                },
+            };
+            self.total += chunk.len() as u64;
+            if self.total > self.max {
+                return self.fail(Some("response_too_large"), "upstream response too large");
+            }
+            if let Some(s) = &mut self.stream {
+                match s.response_body(&mut chunk, eos).await {
+                    Flow::Buffering => continue,
+                    // Headers are gone already: a reply now can only cut the body.
+                    Flow::Reply(_) => {
+                        return self.fail(None, "a filter replied after the response began");
+                    }
+                    Flow::Continue => {}
+                }
+            }
+            if let Some(ctx) = &mut self.ctx {
+                ctx.entry.bytes_out += chunk.len() as u64;
+            }
+            if eos {
+                // Data, then trailers, then the end: the end comes on the next step.
+                let last = if !chunk.is_empty() {
+                    Some(Ok(Frame::data(Bytes::from(chunk))))
+                } else {
+                    trailers.map(|t| Ok(Frame::trailers(t)))
+                };
+                self.end(None);
+                return (self, last);
+            }
+            if !chunk.is_empty() {
+                return (self, Some(Ok(Frame::data(Bytes::from(chunk)))));
             }
         }
-        ctx.entry.bytes_out += chunk.len() as u64;
-        if !chunk.is_empty() && tx.send_data(Bytes::from(chunk)).await.is_err() {
-            ctx.entry.error = Some("client went away".into());
-            break;
-        }
-        if eos {
-            if let Some(t) = trailers {
-                let _ = tx.send(Frame::trailers(t)).await;
+    }
+}
+
+struct PumpBody {
+    pump: Option<Pump>,
+    step: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Step>>>>,
+}
+
+impl Body for PumpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.step.is_none() {
+            match this.pump.take() {
+                Some(p) if p.ctx.is_some() => this.step = Some(Box::pin(p.next())),
+                Some(p) => {
+                    this.pump = Some(p);
+                    return std::task::Poll::Ready(None);
+                }
+                None => return std::task::Poll::Ready(None),
             }
-            break;
+        }
+        let Some(step) = this.step.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        match step.as_mut().poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready((pump, item)) => {
+                this.step = None;
+                this.pump = Some(pump);
+                std::task::Poll::Ready(item)
+            }
         }
     }
-    if let Some(s) = stream {
-        s.finish(&mut req_headers, &mut resp_headers);
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        // Dropped before its end (the client went away, even mid-step): the request
+        // still ends and is logged.
+        self.end(Some("client went away".into()));
     }
-    ctx.finish(status);
 }
 
 /// A route without filters: the request and response pass through hyper's own header
