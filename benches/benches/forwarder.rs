@@ -1,11 +1,9 @@
 //! `header-forwarder`: the cost of a request through a 10-operation configuration in
 //! our host, against the same request through a no-op filter.
 
-use std::time::Instant;
-
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis_benches::{no_clusters, quiet_engine, request_info, ten_headers, wasm};
-use portcullis_engine::{Filter, Flow, HeaderMap, HttpStream, PluginSpec};
+use portcullis_benches::{full_requests, no_clusters, quiet_engine, ten_headers, wasm};
+use portcullis_engine::{Filter, PluginSpec};
 use serde_json::json;
 use tokio::task::LocalSet;
 
@@ -54,27 +52,7 @@ fn bench(c: &mut Criterion) {
     for (name, chain) in &chains {
         group.bench_function(format!("{name}_full_request_in_host"), |b| {
             b.iter_custom(|iters| {
-                rt.block_on(local.run_until(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let mut h = ten_headers();
-                        let mut resp: HeaderMap = [
-                            (":status", "200"),
-                            ("server", "upstream"),
-                            ("content-type", "application/json"),
-                        ]
-                        .into_iter()
-                        .collect();
-                        let mut stream = HttpStream::new(chain, request_info());
-                        assert_eq!(stream.request_headers(&mut h, true).await, Flow::Continue);
-                        assert_eq!(
-                            stream.response_headers(&mut resp, true).await,
-                            Flow::Continue
-                        );
-                        stream.finish(&mut h, &mut resp);
-                    }
-                    start.elapsed()
-                }))
+                rt.block_on(local.run_until(full_requests(chain, iters, ten_headers)))
             })
         });
     }
