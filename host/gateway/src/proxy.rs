@@ -277,11 +277,7 @@ pub async fn handle(
     ctx.entry.route = Some(route.name.clone());
     ctx.entry.service = Some(svc.service.name.clone());
 
-    let declared_len = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared_len.is_some_and(|n| n > svc.service.max_request_body) {
+    if declared_length(&parts.headers).is_some_and(|n| n > svc.service.max_request_body) {
         ctx.entry.error = Some("request body too large".into());
         return reply(
             ctx,
@@ -476,15 +472,8 @@ pub async fn handle(
             .await;
         }
         Sent::Response(Ok(Err(e))) => {
-            let kind = if e.is_connect() { "connect" } else { "reset" };
-            state.shared.metrics.upstream_error(&svc.service.name, kind);
-            let message = if e.is_connect() {
-                "upstream connection failed"
-            } else {
-                "upstream connection reset"
-            };
-            ctx.entry.error = Some(format!("{message}: {e}"));
-            return reply(ctx, stream, json_error(502, message, &id), headers).await;
+            let r = send_failure(&mut ctx, &e, &id);
+            return reply(ctx, stream, r, headers).await;
         }
         Sent::Reply(r) => {
             ctx.entry.error = Some(format!("answered by a filter: {}", r.details));
@@ -523,11 +512,7 @@ pub async fn handle(
         }
         rh.add(k.as_str(), v.as_bytes());
     }
-    let declared = rparts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > svc.service.max_response_body) {
+    if declared_length(&rparts.headers).is_some_and(|n| n > svc.service.max_response_body) {
         let r = refusal(
             &mut ctx,
             Some("response_too_large"),
@@ -901,37 +886,16 @@ async fn direct(
             )
             .await;
         }
-        Ok(Err(e)) if caused_by_body_limit(&e) => {
-            let r = refusal(
-                &mut ctx,
-                Some("body_too_large"),
-                413,
-                "request body too large",
-                &id,
-            );
-            return reply(ctx, None, r, HeaderMap::new()).await;
-        }
         Ok(Err(e)) => {
-            let kind = if e.is_connect() { "connect" } else { "reset" };
-            state.shared.metrics.upstream_error(&svc.service.name, kind);
-            let message = if e.is_connect() {
-                "upstream connection failed"
-            } else {
-                "upstream connection reset"
-            };
-            ctx.entry.error = Some(format!("{message}: {e}"));
-            return reply(ctx, None, json_error(502, message, &id), HeaderMap::new()).await;
+            let r = send_failure(&mut ctx, &e, &id);
+            return reply(ctx, None, r, HeaderMap::new()).await;
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
     let status = rparts.status.as_u16();
     ctx.entry.upstream_status = Some(status);
     HopByHop::of(&rparts.headers).strip(&mut rparts.headers);
-    let declared = rparts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > svc.service.max_response_body) {
+    if declared_length(&rparts.headers).is_some_and(|n| n > svc.service.max_response_body) {
         let r = refusal(
             &mut ctx,
             Some("response_too_large"),
@@ -977,6 +941,34 @@ fn strip_prefix(route: &crate::config::Route, prefix: &str, path: &str) -> Strin
         }
     }
     path.to_owned()
+}
+
+/// A failed upstream request as the gateway answers it: 413 when our own request-body
+/// limit cut it, else 502 (refused or reset), with the metric and the log's reason.
+fn send_failure(ctx: &mut Ctx, e: &hyper_util::client::legacy::Error, id: &str) -> LocalReply {
+    if caused_by_body_limit(e) {
+        return refusal(
+            ctx,
+            Some("body_too_large"),
+            413,
+            "request body too large",
+            id,
+        );
+    }
+    let (kind, message) = if e.is_connect() {
+        ("connect", "upstream connection failed")
+    } else {
+        ("reset", "upstream connection reset")
+    };
+    let r = refusal(ctx, Some(kind), 502, message, id);
+    ctx.entry.error = Some(format!("{message}: {e}"));
+    r
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
 fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
