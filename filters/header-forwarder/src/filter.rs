@@ -97,7 +97,7 @@ impl RootContext for Root {
 /// less than moving the whole map across the boundary and back.
 fn write_back(
     outcome: &ops::Outcome,
-    headers: &[(String, String)],
+    headers: &ops::Headers<'_>,
     set: impl Fn(&str, Option<&str>),
     add: impl Fn(&str, &str),
 ) {
@@ -105,7 +105,7 @@ fn write_back(
         let mut values = headers
             .iter()
             .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str());
+            .map(|(_, v)| v.as_ref());
         match values.next() {
             None => set(name, None),
             Some(first) => {
@@ -143,7 +143,8 @@ impl HttpContext for Forward {
         if c.request.is_empty() && !response_needs_facts && !c.forward_authorization {
             return Action::Continue;
         }
-        let mut headers = self.get_http_request_headers();
+        let raw = kit::glue::RawMap::read(proxy_wasm::types::MapType::HttpRequestHeaders);
+        let mut headers = raw.pairs();
         let source = if shared.uses_source_address {
             self.get_property(vec!["source", "address"])
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -187,7 +188,8 @@ impl HttpContext for Forward {
         if c.response.is_empty() {
             return Action::Continue;
         }
-        let mut headers = self.get_http_response_headers();
+        let raw = kit::glue::RawMap::read(proxy_wasm::types::MapType::HttpResponseHeaders);
+        let mut headers = raw.pairs();
         let facts = self.facts.take().unwrap_or_default();
         let outcome = ops::apply(&c.response, &mut headers, &facts, c.skip_missing);
         write_back(

@@ -1,7 +1,12 @@
 //! Applying a phase's operations to a header list: plain data in and out, so the
 //! order and every edge case are tested natively.
 
+use std::borrow::Cow;
+
 use crate::config::Phase;
+
+/// A header list: names and values borrowed from the host's buffer until changed.
+pub type Headers<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
 use crate::template::{Facts, Template};
 
 /// What a phase did that the filter reports (a metric and a log line each).
@@ -41,25 +46,25 @@ fn injection(v: &str) -> bool {
 /// Applies `phase` to `headers` (lower-case names) in Kong's order.
 pub fn apply(
     phase: &Phase,
-    headers: &mut Vec<(String, String)>,
+    headers: &mut Headers<'_>,
     facts: &Facts,
     skip_missing: bool,
 ) -> Outcome {
     let mut out = Outcome::default();
     for name in &phase.remove {
         let len = headers.len();
-        headers.retain(|(k, _)| k != name);
+        headers.retain(|(k, _)| k.as_ref() != name);
         if headers.len() != len {
             out.touch(name);
         }
     }
     for (from, to) in &phase.rename {
-        if headers.iter().any(|(k, _)| k == from) {
+        if headers.iter().any(|(k, _)| k.as_ref() == from) {
             out.touch(from);
             out.touch(to);
-            headers.retain(|(k, _)| k != to);
-            for (k, _) in headers.iter_mut().filter(|(k, _)| k == from) {
-                *k = to.clone();
+            headers.retain(|(k, _)| k.as_ref() != to);
+            for (k, _) in headers.iter_mut().filter(|(k, _)| k.as_ref() == from) {
+                *k = Cow::Owned(to.clone());
             }
         }
     }
@@ -72,7 +77,7 @@ pub fn apply(
         Some(v)
     };
     for (name, t) in &phase.replace {
-        if headers.iter().any(|(k, _)| k == name) {
+        if headers.iter().any(|(k, _)| k.as_ref() == name) {
             if let Some(v) = value(name, t, &mut out) {
                 set(headers, name, v);
                 out.touch(name);
@@ -80,16 +85,16 @@ pub fn apply(
         }
     }
     for (name, t) in &phase.add {
-        if !headers.iter().any(|(k, _)| k == name) {
+        if !headers.iter().any(|(k, _)| k.as_ref() == name) {
             if let Some(v) = value(name, t, &mut out) {
-                headers.push((name.clone(), v));
+                headers.push((Cow::Owned(name.clone()), Cow::Owned(v)));
                 out.touch(name);
             }
         }
     }
     for (name, t) in &phase.append {
         if let Some(v) = value(name, t, &mut out) {
-            headers.push((name.clone(), v));
+            headers.push((Cow::Owned(name.clone()), Cow::Owned(v)));
             out.touch(name);
         }
     }
@@ -102,7 +107,7 @@ pub fn apply(
         if let Some(i) = headers.iter().position(|(k, _)| k == ":path") {
             let path = apply_query(phase, &headers[i].1, facts, skip_missing, &mut out);
             if path != headers[i].1 {
-                headers[i].1 = path;
+                headers[i].1 = Cow::Owned(path);
                 out.touch(":path");
             }
         }
@@ -111,10 +116,10 @@ pub fn apply(
 }
 
 /// Sets `name` to one value, in the place of the first one.
-pub fn set(headers: &mut Vec<(String, String)>, name: &str, value: String) {
+pub fn set(headers: &mut Headers<'_>, name: &str, value: String) {
     match headers.iter().position(|(k, _)| k == name) {
         Some(i) => {
-            headers[i].1 = value;
+            headers[i].1 = Cow::Owned(value);
             let mut seen = false;
             headers.retain(|(k, _)| {
                 if k != name {
@@ -125,7 +130,7 @@ pub fn set(headers: &mut Vec<(String, String)>, name: &str, value: String) {
                 keep
             });
         }
-        None => headers.push((name.to_owned(), value)),
+        None => headers.push((Cow::Owned(name.to_owned()), Cow::Owned(value))),
     }
 }
 
@@ -213,18 +218,18 @@ mod tests {
         Config::parse(Some(json.as_bytes())).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn h(pairs: &[(&'static str, &'static str)]) -> Headers<'static> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
             .collect()
     }
 
-    fn get<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fn get<'a>(headers: &'a Headers<'_>, name: &str) -> Vec<&'a str> {
         headers
             .iter()
             .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
             .collect()
     }
 

@@ -159,13 +159,16 @@ impl Needs {
 
 impl Facts {
     /// From the request headers (lower-case names; the first value of each counts).
-    pub fn from_headers(headers: &[(String, String)], source_address: Option<String>) -> Facts {
+    pub fn from_headers(
+        headers: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)],
+        source_address: Option<String>,
+    ) -> Facts {
         Self::gather(headers, source_address, None)
     }
 
     /// As `from_headers`, copying only the headers `needs` names.
     pub fn gather(
-        headers: &[(String, String)],
+        headers: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)],
         source_address: Option<String>,
         needs: Option<&Needs>,
     ) -> Facts {
@@ -178,7 +181,7 @@ impl Facts {
                 continue;
             }
             if !f.headers.iter().any(|(h, _)| h == k) {
-                f.headers.push((k.clone(), v.clone()));
+                f.headers.push((k.to_string(), v.to_string()));
             }
         }
         f.path = lookup(&f.headers, ":path")

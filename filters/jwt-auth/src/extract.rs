@@ -25,7 +25,7 @@ pub enum Location {
 pub fn find(
     config: &Config,
     rule: &Rule,
-    headers: &[(String, String)],
+    headers: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)],
     path: &str,
 ) -> Result<Option<Found>, Invalid> {
     // Each occurrence is keyed by where exactly it sits, so a header two providers both
@@ -57,7 +57,7 @@ pub fn find(
             for (hi, (k, v)) in headers
                 .iter()
                 .enumerate()
-                .filter(|(_, (k, _))| *k == loc.name)
+                .filter(|(_, (k, _))| k.as_ref() == loc.name)
             {
                 let value = match &loc.value_prefix {
                     // The scheme is case-insensitive (RFC 9110 11.1).
@@ -68,7 +68,7 @@ pub fn find(
                     None => v.trim(),
                 };
                 if !value.is_empty() {
-                    add((0, hi, 0), value, Location::Header(k.clone()), pi);
+                    add((0, hi, 0), value, Location::Header(k.to_string()), pi);
                 }
             }
         }
@@ -84,7 +84,7 @@ pub fn find(
             for (hi, (_, v)) in headers
                 .iter()
                 .enumerate()
-                .filter(|(_, (k, _))| k == "cookie")
+                .filter(|(_, (k, _))| k.as_ref() == "cookie")
             {
                 for (ci, c) in v.split(';').enumerate() {
                     let (k, val) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
@@ -116,10 +116,15 @@ mod tests {
         "b": {"local_jwks": {"keys": [{"kty":"oct","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI","alg":"HS256"}]}, "algorithms": ["HS256"]}
       }, "rules": [{"match": {"prefix": "/"}, "requires": {"any": ["a", "b"]}}]}"#;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn h(
+        pairs: &[(&'static str, &'static str)],
+    ) -> Vec<(
+        std::borrow::Cow<'static, str>,
+        std::borrow::Cow<'static, str>,
+    )> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
     }
 

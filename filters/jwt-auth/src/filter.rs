@@ -502,12 +502,13 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         // One read of the whole map serves the rule, the stripping and the token: each
         // host call costs more than the work done with its answer.
-        let headers = self.get_http_request_headers();
+        let raw = kit::glue::RawMap::read(proxy_wasm::types::MapType::HttpRequestHeaders);
+        let headers = raw.pairs();
         let value = |name: &str| {
             headers
                 .iter()
                 .find(|(k, _)| k == name)
-                .map_or("", |(_, v)| v.as_str())
+                .map_or("", |(_, v)| v.as_ref())
         };
         let (path, method) = (value(":path"), value(":method"));
         let state = self.state.clone();

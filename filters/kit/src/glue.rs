@@ -1,5 +1,7 @@
 //! Thin proxy-wasm helpers every filter's glue uses. Only compiled for wasm32.
 
+use std::borrow::Cow;
+
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
@@ -51,3 +53,73 @@ impl RootContext for PassThroughRoot {
 struct PassThrough;
 impl Context for PassThrough {}
 impl HttpContext for PassThrough {}
+
+/// A header map read in one host call, kept as the bytes the host sent: the pairs
+/// borrow from it, so reading a map costs one allocation instead of two per header
+/// (the SDK's `get_http_request_headers` makes a `String` of every name and value).
+pub struct RawMap {
+    buf: Vec<u8>,
+}
+
+#[allow(unsafe_code)]
+#[link(wasm_import_module = "env")]
+unsafe extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+}
+
+impl RawMap {
+    /// Reads map `map_type` (0 request headers, 2 response headers); empty when the host
+    /// has none to give.
+    #[allow(unsafe_code)]
+    pub fn read(map_type: proxy_wasm::types::MapType) -> RawMap {
+        let mut ptr: *mut u8 = std::ptr::null_mut();
+        let mut len: usize = 0;
+        // SAFETY: on Ok the host wrote a pointer it got from this module's allocator
+        // (`proxy_on_memory_allocate`, which hands out a boxed slice of exactly `len`
+        // bytes), so this module owns it and may rebuild the Vec.
+        let buf = unsafe {
+            if proxy_get_header_map_pairs(map_type as u32, &mut ptr, &mut len) == 0
+                && !ptr.is_null()
+            {
+                Vec::from_raw_parts(ptr, len, len)
+            } else {
+                Vec::new()
+            }
+        };
+        RawMap { buf }
+    }
+
+    /// The pairs in order. A malformed map is empty; a name or value that is not UTF-8
+    /// is kept lossily (the SDK would panic on it).
+    pub fn pairs(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+        let b = &self.buf;
+        let u32_at = |i: usize| {
+            b.get(i..i + 4)
+                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+        };
+        let Some(n) = u32_at(0) else {
+            return Vec::new();
+        };
+        if n.saturating_mul(10).saturating_add(4) > b.len() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut at = 4 + n * 8;
+        for i in 0..n {
+            let (Some(kl), Some(vl)) = (u32_at(4 + i * 8), u32_at(8 + i * 8)) else {
+                return Vec::new();
+            };
+            let (Some(k), Some(v)) = (b.get(at..at + kl), b.get(at + kl + 1..at + kl + 1 + vl))
+            else {
+                return Vec::new();
+            };
+            at += kl + vl + 2;
+            out.push((String::from_utf8_lossy(k), String::from_utf8_lossy(v)));
+        }
+        out
+    }
+}

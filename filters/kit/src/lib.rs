@@ -1,7 +1,7 @@
 //! What every Portcullis filter shares, in plain Rust with no proxy-wasm glue:
 //! parsing a filter's JSON configuration, the identity-header contract between
 //! filters (DESIGN.md, "Identity contract"), and the JSON body of local replies.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 #[cfg(target_arch = "wasm32")]
