@@ -44,9 +44,9 @@ fn injection(v: &str) -> bool {
 }
 
 /// Applies `phase` to `headers` (lower-case names) in Kong's order.
-pub fn apply(
-    phase: &Phase,
-    headers: &mut Headers<'_>,
+pub fn apply<'a>(
+    phase: &'a Phase,
+    headers: &mut Headers<'a>,
     facts: &Facts,
     skip_missing: bool,
 ) -> Outcome {
@@ -64,7 +64,7 @@ pub fn apply(
             out.touch(to);
             headers.retain(|(k, _)| k.as_ref() != to);
             for (k, _) in headers.iter_mut().filter(|(k, _)| k.as_ref() == from) {
-                *k = Cow::Owned(to.clone());
+                *k = Cow::Borrowed(to.as_str());
             }
         }
     }
@@ -87,14 +87,14 @@ pub fn apply(
     for (name, t) in &phase.add {
         if !headers.iter().any(|(k, _)| k.as_ref() == name) {
             if let Some(v) = value(name, t, &mut out) {
-                headers.push((Cow::Owned(name.clone()), Cow::Owned(v)));
+                headers.push((Cow::Borrowed(name.as_str()), Cow::Owned(v)));
                 out.touch(name);
             }
         }
     }
     for (name, t) in &phase.append {
         if let Some(v) = value(name, t, &mut out) {
-            headers.push((Cow::Owned(name.clone()), Cow::Owned(v)));
+            headers.push((Cow::Borrowed(name.as_str()), Cow::Owned(v)));
             out.touch(name);
         }
     }
@@ -218,7 +218,7 @@ mod tests {
         Config::parse(Some(json.as_bytes())).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn h(pairs: &[(&'static str, &'static str)]) -> Headers<'static> {
+    fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Headers<'a> {
         pairs
             .iter()
             .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))

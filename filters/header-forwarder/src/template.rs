@@ -136,12 +136,7 @@ pub struct Needs {
 
 impl Needs {
     pub fn of<'a>(templates: impl Iterator<Item = &'a Template>) -> Needs {
-        let mut headers: Vec<String> = vec![
-            ":path".into(),
-            ":method".into(),
-            ":authority".into(),
-            "x-request-id".into(),
-        ];
+        let mut headers: Vec<String> = Vec::new();
         for t in templates {
             for p in &t.parts {
                 match p {
@@ -177,6 +172,19 @@ impl Facts {
             ..Facts::default()
         };
         for (k, v) in headers {
+            // The request facts every template may read, copied once each.
+            let slot = match k.as_ref() {
+                ":path" => Some(&mut f.path),
+                ":method" => Some(&mut f.method),
+                ":authority" => Some(&mut f.host),
+                "x-request-id" => Some(&mut f.request_id),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                if slot.is_empty() {
+                    *slot = v.to_string();
+                }
+            }
             if needs.is_some_and(|n| !n.headers.iter().any(|h| h == k)) {
                 continue;
             }
@@ -184,18 +192,6 @@ impl Facts {
                 f.headers.push((k.to_string(), v.to_string()));
             }
         }
-        f.path = lookup(&f.headers, ":path")
-            .map(str::to_owned)
-            .unwrap_or_default();
-        f.method = lookup(&f.headers, ":method")
-            .map(str::to_owned)
-            .unwrap_or_default();
-        f.host = lookup(&f.headers, ":authority")
-            .map(str::to_owned)
-            .unwrap_or_default();
-        f.request_id = lookup(&f.headers, "x-request-id")
-            .map(str::to_owned)
-            .unwrap_or_default();
         if let Some((_, q)) = f.path.split_once('?') {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
