@@ -207,3 +207,40 @@ fn forward_authorization_never_passes_a_client_replacement() {
         Some(format!("Bearer {token}"))
     );
 }
+
+#[test]
+fn response_remove_add_and_append_without_reading_the_map() {
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("header_forwarder"),
+            json!({"response": {"remove": {"headers": ["server"]}, "add": {"headers": {"x-kept": "ours", "x-new": "$(request.id)", "x-echo": "$(headers.x-user)"}},
+                "append": {"headers": {"x-trace": "gw"}}}, "forward_authorization": false})
+            .to_string(),
+        )
+        .upstream(|_| {
+            let mut h = HeaderMap::new();
+            h.add(":status", "200");
+            h.add("server", "echo/1.0");
+            h.add("x-kept", "theirs");
+            h.add("x-trace", "upstream");
+            (200, h, b"ok".to_vec())
+        })
+        .build()
+        .unwrap();
+    let mut req = Request::get("/").header("x-request-id", "rid-3");
+    req.headers.add("x-user", b"a\r\nb".to_vec());
+    let res = bed.send(req);
+    assert_eq!(res.header("server"), None);
+    assert_eq!(res.header("x-kept"), Some("theirs"), "add only when absent");
+    assert_eq!(res.header("x-new"), Some("rid-3"));
+    assert_eq!(res.headers.get_all("x-trace").count(), 2, "append adds");
+    assert_eq!(
+        res.header("x-echo"),
+        None,
+        "an injection attempt is not set"
+    );
+    assert_eq!(
+        bed.metric("header_forwarder_injection_blocked"),
+        Some(MetricValue::Counter(1))
+    );
+}

@@ -188,9 +188,31 @@ impl HttpContext for Forward {
         if c.response.is_empty() {
             return Action::Continue;
         }
+        let facts = self.facts.take().unwrap_or_default();
+        if c.response.rename.is_empty() && c.response.replace.is_empty() {
+            // Remove, add and append need no look at the map: a call each.
+            let mut blocked = Vec::new();
+            for name in &c.response.remove {
+                self.set_http_response_header(name, None);
+            }
+            for (name, t) in &c.response.add {
+                if self.get_http_response_header(name).is_none() {
+                    match ops::value(name, t, &facts, c.skip_missing, &mut blocked) {
+                        Some(v) => self.set_http_response_header(name, Some(&v)),
+                        None => {}
+                    }
+                }
+            }
+            for (name, t) in &c.response.append {
+                if let Some(v) = ops::value(name, t, &facts, c.skip_missing, &mut blocked) {
+                    self.add_http_response_header(name, &v);
+                }
+            }
+            self.report(&blocked);
+            return Action::Continue;
+        }
         let raw = kit::glue::RawMap::read(proxy_wasm::types::MapType::HttpResponseHeaders);
         let mut headers = raw.pairs();
-        let facts = self.facts.take().unwrap_or_default();
         let outcome = ops::apply(&c.response, &mut headers, &facts, c.skip_missing);
         write_back(
             &outcome,

@@ -39,6 +39,24 @@ fn render(t: &Template, facts: &Facts, skip_missing: bool) -> Option<String> {
     }
 }
 
+/// The value of one operation: `None` when it is to be skipped (a missing template
+/// value under `skip`, or a value that would carry CR, LF or NUL, recorded in
+/// `blocked`).
+pub fn value(
+    name: &str,
+    t: &Template,
+    facts: &Facts,
+    skip_missing: bool,
+    blocked: &mut Vec<String>,
+) -> Option<String> {
+    let v = render(t, facts, skip_missing)?;
+    if injection(&v) {
+        blocked.push(name.to_owned());
+        return None;
+    }
+    Some(v)
+}
+
 fn injection(v: &str) -> bool {
     v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
 }
@@ -68,13 +86,8 @@ pub fn apply<'a>(
             }
         }
     }
-    let value = |name: &str, t: &Template, out: &mut Outcome| -> Option<String> {
-        let v = render(t, facts, skip_missing)?;
-        if injection(&v) {
-            out.blocked.push(name.to_owned());
-            return None;
-        }
-        Some(v)
+    let value = |name: &str, t: &Template, out: &mut Outcome| {
+        value(name, t, facts, skip_missing, &mut out.blocked)
     };
     for (name, t) in &phase.replace {
         if headers.iter().any(|(k, _)| k.as_ref() == name) {
