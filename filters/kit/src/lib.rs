@@ -7,4 +7,5 @@ pub mod config;
 #[cfg(target_arch = "wasm32")]
 pub mod glue;
 pub mod identity;
+pub mod ratelimit;
 pub mod reply;

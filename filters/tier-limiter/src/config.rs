@@ -21,7 +21,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub policy: Option<String>,
     #[serde(default)]
-    pub global: Option<serde_json::Value>,
+    pub global: Option<GlobalFile>,
     #[serde(default)]
     pub headers: HeadersFile,
     #[serde(default)]
@@ -31,6 +31,29 @@ pub struct ConfigFile {
     /// Buckets kept per gateway (shared data slots); idle ones are reused.
     #[serde(default)]
     pub max_buckets: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalFile {
+    /// The cluster (gateway service, Envoy cluster) of the rate-limit service.
+    pub cluster: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// `open` (default): a failed or slow service lets the request through; `closed`: 503.
+    #[serde(default)]
+    pub failure_mode: Option<String>,
+}
+
+/// The global policy: every node asks one rate-limit service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    pub cluster: String,
+    pub domain: String,
+    pub timeout_ms: u64,
+    pub fail_open: bool,
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]
@@ -150,6 +173,8 @@ pub struct Config {
     pub error_code: u32,
     pub error_message: String,
     pub max_buckets: u32,
+    /// `None`: the local policy.
+    pub global: Option<Global>,
 }
 
 fn plan(name: &str, t: &TierFile, field: &str) -> Result<Plan, ConfigError> {
@@ -229,13 +254,39 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let policy = f.policy.as_deref().unwrap_or("local");
-        if policy != "local" {
-            return Err(ConfigError::field(
-                "policy",
-                format!("`{policy}` is not available yet (local)"),
-            ));
-        }
+        let global = match f.policy.as_deref().unwrap_or("local") {
+            "local" => None,
+            "global" => {
+                let g = f.global.as_ref().ok_or_else(|| {
+                    ConfigError::field("global", "policy global needs `global.cluster`")
+                })?;
+                let fail_open = match g.failure_mode.as_deref() {
+                    None | Some("open") => true,
+                    Some("closed") => false,
+                    Some(other) => {
+                        return Err(ConfigError::field(
+                            "global.failure_mode",
+                            format!("`{other}`: expected open or closed"),
+                        ));
+                    }
+                };
+                if g.cluster.is_empty() {
+                    return Err(ConfigError::field("global.cluster", "must not be empty"));
+                }
+                Some(Global {
+                    cluster: g.cluster.clone(),
+                    domain: g.domain.clone().unwrap_or_else(|| "portcullis".into()),
+                    timeout_ms: g.timeout_ms.unwrap_or(20).max(1),
+                    fail_open,
+                })
+            }
+            other => {
+                return Err(ConfigError::field(
+                    "policy",
+                    format!("`{other}`: expected local or global"),
+                ));
+            }
+        };
         let error_code = f.error_code.unwrap_or(429);
         if !(400..=599).contains(&error_code) {
             return Err(ConfigError::field(
@@ -271,6 +322,7 @@ impl Config {
                 .error_message
                 .unwrap_or_else(|| "API rate limit exceeded".into()),
             max_buckets,
+            global,
         })
     }
 

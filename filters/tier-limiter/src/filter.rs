@@ -37,6 +37,7 @@ struct Shared {
     allowed: u32,
     limited: u32,
     contended: u32,
+    global_failures: u32,
 }
 
 struct Root {
@@ -61,6 +62,7 @@ impl RootContext for Root {
                     allowed: c("tier_limiter_allowed"),
                     limited: c("tier_limiter_limited"),
                     contended: c("tier_limiter_contended"),
+                    global_failures: c("tier_limiter_global_failures"),
                 }));
                 true
             }
@@ -79,6 +81,7 @@ impl RootContext for Root {
         Some(Box::new(Limit {
             shared: self.shared.clone()?,
             response_headers: Vec::new(),
+            waiting: None,
         }))
     }
 }
@@ -87,9 +90,86 @@ struct Limit {
     shared: Rc<Shared>,
     /// The limit headers, added to the upstream's response.
     response_headers: Vec<(String, String)>,
+    /// The plan a global-policy request is waiting on the service for.
+    waiting: Option<(u32, crate::config::Plan)>,
 }
 
-impl Context for Limit {}
+impl Limit {
+    /// Lets the request through with the limit headers, or answers it.
+    fn act(&mut self, plan: &crate::config::Plan, d: &crate::bucket::Decision) -> Action {
+        let shared = self.shared.clone();
+        let c = &shared.config;
+        let headers = crate::headers::for_decision(c, plan, d);
+        if d.allowed {
+            let _ = hostcalls::increment_metric(shared.allowed, 1);
+            self.response_headers = headers;
+            return Action::Continue;
+        }
+        let _ = hostcalls::increment_metric(shared.limited, 1);
+        let request_id = self.get_http_request_header("x-request-id");
+        let body = kit::reply::json_body(&c.error_message, request_id.as_deref());
+        let retry = d.retry_after.to_string();
+        let mut h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        h.push(("retry-after", &retry));
+        h.push(kit::reply::CONTENT_TYPE_JSON);
+        self.send_http_response(c.error_code, h, Some(&body));
+        Action::Pause
+    }
+
+    /// The rate-limit service failed or was too slow: `failure_mode` decides.
+    fn global_failure(&mut self, why: &str) -> Action {
+        let shared = self.shared.clone();
+        let _ = hostcalls::increment_metric(shared.global_failures, 1);
+        let open = shared.config.global.as_ref().is_none_or(|g| g.fail_open);
+        hostcalls::log(
+            LogLevel::Warn,
+            &format!(
+                "tier-limiter: rate-limit service: {why}; request {}",
+                if open {
+                    "let through (failure_mode open)"
+                } else {
+                    "refused (failure_mode closed)"
+                }
+            ),
+        )
+        .ok();
+        if open {
+            return Action::Continue;
+        }
+        let request_id = self.get_http_request_header("x-request-id");
+        let body = kit::reply::json_body("rate-limit service unavailable", request_id.as_deref());
+        self.send_http_response(503, vec![kit::reply::CONTENT_TYPE_JSON], Some(&body));
+        Action::Pause
+    }
+}
+
+impl Context for Limit {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        let Some((t, plan)) = self.waiting.take() else {
+            return;
+        };
+        if t != token {
+            return;
+        }
+        let action = if status_code != 0 {
+            self.global_failure(&format!("gRPC status {status_code}"))
+        } else {
+            let answer = self
+                .get_grpc_call_response_body(0, response_size)
+                .unwrap_or_default();
+            match crate::global::decision(&plan, &answer) {
+                Some(d) => self.act(&plan, &d),
+                None => self.global_failure("an answer that is not a RateLimitResponse"),
+            }
+        };
+        if action == Action::Continue {
+            self.resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for Limit {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
@@ -138,6 +218,26 @@ impl HttpContext for Limit {
             .get_current_time()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        if let Some(g) = &c.global {
+            let message = crate::global::request(&g.domain, plan, &identity);
+            let sent = self.dispatch_grpc_call(
+                &g.cluster,
+                kit::ratelimit::SERVICE,
+                kit::ratelimit::METHOD,
+                vec![],
+                Some(&message),
+                std::time::Duration::from_millis(g.timeout_ms),
+            );
+            return match sent {
+                Ok(token) => {
+                    self.waiting = Some((token, plan.clone()));
+                    Action::Pause
+                }
+                Err(e) => {
+                    self.global_failure(&format!("cannot call cluster `{}`: {e:?}", g.cluster))
+                }
+            };
+        }
         match slots::take(
             &HostStore,
             &shared.prefix,
@@ -146,27 +246,7 @@ impl HttpContext for Limit {
             &identity,
             now,
         ) {
-            Taken::Decided(d) => {
-                let headers = crate::headers::for_decision(c, plan, &d);
-                if d.allowed {
-                    let _ = hostcalls::increment_metric(shared.allowed, 1);
-                    self.response_headers = headers;
-                    Action::Continue
-                } else {
-                    let _ = hostcalls::increment_metric(shared.limited, 1);
-                    let request_id = self.get_http_request_header("x-request-id");
-                    let body = kit::reply::json_body(&c.error_message, request_id.as_deref());
-                    let retry = d.retry_after.to_string();
-                    let mut h: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
-                    h.push(("retry-after", &retry));
-                    h.push(kit::reply::CONTENT_TYPE_JSON);
-                    self.send_http_response(c.error_code, h, Some(&body));
-                    Action::Pause
-                }
-            }
+            Taken::Decided(d) => self.act(plan, &d),
             Taken::Contended => {
                 // Fail open: a full table of active consumers must not stop traffic.
                 let _ = hostcalls::increment_metric(shared.contended, 1);

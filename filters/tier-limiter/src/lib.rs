@@ -7,6 +7,7 @@
 
 pub mod bucket;
 pub mod config;
+pub mod global;
 pub mod headers;
 pub mod slots;
 
