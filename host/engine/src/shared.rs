@@ -40,7 +40,13 @@ impl SharedData {
         let mut inner = self.inner.lock();
         inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
         let next = inner.next_cas;
-        let map = inner.by_vm.entry(vm_id.to_owned()).or_default();
+        // The vm_id's map exists after its first write: look it up without allocating.
+        if !inner.by_vm.contains_key(vm_id) {
+            inner.by_vm.insert(vm_id.to_owned(), HashMap::new());
+        }
+        let Some(map) = inner.by_vm.get_mut(vm_id) else {
+            return Err(Status::InternalFailure);
+        };
         match map.get_mut(key) {
             Some(entry) => {
                 if cas != 0 && cas != entry.1 {
