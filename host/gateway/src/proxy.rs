@@ -458,18 +458,8 @@ pub async fn handle(
     let resp = match sent {
         Sent::Response(Ok(Ok(resp))) => resp,
         Sent::Response(Err(_)) => {
-            state
-                .shared
-                .metrics
-                .upstream_error(&svc.service.name, "timeout");
-            ctx.entry.error = Some("upstream timeout".into());
-            return reply(
-                ctx,
-                stream,
-                json_error(504, "upstream timed out", &id),
-                headers,
-            )
-            .await;
+            let r = refusal(&mut ctx, Some("timeout"), 504, "upstream timed out", &id);
+            return reply(ctx, stream, r, headers).await;
         }
         Sent::Response(Ok(Err(e))) => {
             let r = send_failure(&mut ctx, &e, &id);
@@ -873,18 +863,8 @@ async fn direct(
     let resp = match sent {
         Ok(Ok(resp)) => resp,
         Err(_) => {
-            state
-                .shared
-                .metrics
-                .upstream_error(&svc.service.name, "timeout");
-            ctx.entry.error = Some("upstream timeout".into());
-            return reply(
-                ctx,
-                None,
-                json_error(504, "upstream timed out", &id),
-                HeaderMap::new(),
-            )
-            .await;
+            let r = refusal(&mut ctx, Some("timeout"), 504, "upstream timed out", &id);
+            return reply(ctx, None, r, HeaderMap::new()).await;
         }
         Ok(Err(e)) => {
             let r = send_failure(&mut ctx, &e, &id);
