@@ -2,31 +2,11 @@
 //! our host, against the same request through a no-op filter.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis_benches::{full_requests, no_clusters, quiet_engine, ten_headers, wasm};
-use portcullis_engine::{Filter, PluginSpec};
+use portcullis_benches::{Harness, ten_headers};
 use serde_json::json;
-use tokio::task::LocalSet;
 
 fn bench(c: &mut Criterion) {
-    let engine = quiet_engine();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = LocalSet::new();
-    let start = |name: &str, config: String| {
-        let module = engine.load_file(&wasm(name)).expect("loads");
-        let _g = local.enter();
-        let _r = rt.enter();
-        vec![
-            Filter::start(
-                &engine,
-                PluginSpec::new(name, module, config),
-                no_clusters(),
-            )
-            .expect("starts"),
-        ]
-    };
+    let h = Harness::default();
     // Ten operations over both phases, templates included.
     let ten_ops = json!({
         "request": {
@@ -45,15 +25,13 @@ fn bench(c: &mut Criterion) {
     })
     .to_string();
     let chains = [
-        ("noop", start("noop_filter", String::new())),
-        ("ten_operations", start("header_forwarder", ten_ops)),
+        ("noop", h.chain("noop_filter", String::new())),
+        ("ten_operations", h.chain("header_forwarder", ten_ops)),
     ];
     let mut group = c.benchmark_group("forwarder");
     for (name, chain) in &chains {
         group.bench_function(format!("{name}_full_request_in_host"), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(local.run_until(full_requests(chain, iters, ten_headers)))
-            })
+            b.iter_custom(|iters| h.full_requests(chain, iters, ten_headers))
         });
     }
     group.finish();

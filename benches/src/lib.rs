@@ -125,3 +125,52 @@ pub async fn full_requests(
     }
     start.elapsed()
 }
+
+/// A quiet engine, a current-thread runtime and the LocalSet filters run in: what every
+/// filter benchmark sets up.
+pub struct Harness {
+    pub engine: Engine,
+    pub rt: tokio::runtime::Runtime,
+    pub local: tokio::task::LocalSet,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Harness {
+            engine: quiet_engine(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            local: tokio::task::LocalSet::new(),
+        }
+    }
+}
+
+impl Harness {
+    /// A chain of one built filter with `config`.
+    pub fn chain(&self, name: &str, config: String) -> Vec<portcullis_engine::Filter> {
+        let module = self.engine.load_file(&wasm(name)).expect("filter loads");
+        let _g = self.local.enter();
+        let _r = self.rt.enter();
+        vec![
+            portcullis_engine::Filter::start(
+                &self.engine,
+                portcullis_engine::PluginSpec::new(name, module, config),
+                no_clusters(),
+            )
+            .expect("filter starts"),
+        ]
+    }
+
+    /// Time of `iters` whole requests through `chain`.
+    pub fn full_requests(
+        &self,
+        chain: &[portcullis_engine::Filter],
+        iters: u64,
+        headers: impl Fn() -> HeaderMap,
+    ) -> std::time::Duration {
+        self.rt
+            .block_on(self.local.run_until(full_requests(chain, iters, headers)))
+    }
+}
