@@ -103,6 +103,11 @@ pub struct EnvoyConfig {
     /// Native HTTP filters placed before the wasm ones (JSON, as in an Envoy config).
     pub native_filters: Vec<Value>,
     pub clusters: Vec<(String, SocketAddr)>,
+    /// Clusters spoken to over HTTP/2 (gRPC services such as a rate-limit service).
+    pub grpc_clusters: Vec<(String, SocketAddr)>,
+    /// The virtual host's `rate_limits` (descriptor actions for Envoy's native
+    /// ratelimit filter).
+    pub rate_limits: Vec<Value>,
     pub concurrency: usize,
     pub route_timeout_ms: u64,
 }
@@ -114,6 +119,8 @@ impl EnvoyConfig {
             filters: Vec::new(),
             native_filters: Vec::new(),
             clusters: Vec::new(),
+            grpc_clusters: Vec::new(),
+            rate_limits: Vec::new(),
             concurrency: 1,
             route_timeout_ms: 15_000,
         }
@@ -134,6 +141,16 @@ impl EnvoyConfig {
         self
     }
 
+    pub fn grpc_cluster(mut self, name: &str, addr: SocketAddr) -> Self {
+        self.grpc_clusters.push((name.into(), addr));
+        self
+    }
+
+    pub fn rate_limit(mut self, r: Value) -> Self {
+        self.rate_limits.push(r);
+        self
+    }
+
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
@@ -149,6 +166,16 @@ impl EnvoyConfig {
         }));
         let mut clusters = vec![cluster_json("upstream", self.upstream)];
         clusters.extend(self.clusters.iter().map(|(n, a)| cluster_json(n, *a)));
+        clusters.extend(self.grpc_clusters.iter().map(|(n, a)| {
+            let mut c = cluster_json(n, *a);
+            c["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": { "http2_protocol_options": {} }
+                }
+            });
+            c
+        }));
         json!({
             "admin": { "address": socket("127.0.0.1", admin_port) },
             "static_resources": {
@@ -167,6 +194,7 @@ impl EnvoyConfig {
                                     "virtual_hosts": [{
                                         "name": "all",
                                         "domains": ["*"],
+                                        "rate_limits": self.rate_limits,
                                         "routes": [{
                                             "match": { "prefix": "/" },
                                             "route": { "cluster": "upstream", "timeout": format!("{}s", self.route_timeout_ms as f64 / 1000.0) }
