@@ -138,9 +138,23 @@ fn ensure_idp() -> Result<(), String> {
     .map_err(|e| format!("{e}\n(the end-to-end tests need Node.js 20+ and npm)"))
 }
 
+/// The global rate-limit tests start real Redis servers.
+fn ensure_redis() -> Result<(), String> {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        Ok(())
+    } else {
+        Err("redis-server is missing: the tests need it (Debian: apt-get install redis-server; .ci/run installs it)".into())
+    }
+}
+
 fn test(extra: &[String]) -> Result<(), String> {
     let envoy = ensure_envoy()?;
     ensure_idp()?;
+    ensure_redis()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"])
         .args(extra)

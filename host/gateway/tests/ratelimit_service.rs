@@ -301,3 +301,35 @@ fn the_gateway_limits_through_the_service_and_redis_outages_follow_the_failure_m
     }
     assert_eq!(statuses(&closed, "k8", 3), vec![200, 200, 429]);
 }
+
+#[test]
+fn our_filter_in_envoy_limits_through_the_service_too() {
+    let redis = redis();
+    let svc = RatelimitService::start(&redis.url(), &[]);
+    let config = json!({
+        "identify_by": ["header:x-api-key"],
+        "tiers": {"t": {"second": 3}},
+        "default_tier": "t",
+        "policy": "global",
+        "global": {"cluster": "ratelimit", "domain": "envoy-wasm", "timeout_ms": 200, "failure_mode": "closed"}
+    });
+    let envoy = portcullis_envoy::Envoy::start(
+        &portcullis_envoy::EnvoyConfig::new(echo())
+            .grpc_cluster("ratelimit", svc.addr)
+            .filter(portcullis_envoy::WasmFilter::new(
+                "limits",
+                portcullis_testbed::wasm("tier_limiter"),
+                &config.to_string(),
+            )),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", envoy.listener);
+    let got: Vec<u16> = (0..4)
+        .map(|_| {
+            send(&base, "GET", "/", &[("x-api-key", "e1")], b"")
+                .unwrap()
+                .status
+        })
+        .collect();
+    assert_eq!(got, vec![200, 200, 200, 429]);
+}

@@ -226,6 +226,20 @@ descriptors:
     }
 
     #[test]
+    fn the_shipped_example_rules_load() {
+        let text = include_str!("../../../examples/ratelimit-rules.yaml");
+        let mut r = Rules::default();
+        r.add_yaml(text).unwrap();
+        let l = r
+            .limit(
+                "envoy-native",
+                &entries(&[("tier", "premium"), ("identity", "k")]),
+            )
+            .unwrap();
+        assert_eq!((l.requests_per_unit, l.capacity), (100, 200));
+    }
+
+    #[test]
     fn bad_files_are_refused_naming_the_place() {
         let cases = [
             (
