@@ -108,6 +108,8 @@ pub struct EnvoyConfig {
     /// The virtual host's `rate_limits` (descriptor actions for Envoy's native
     /// ratelimit filter).
     pub rate_limits: Vec<Value>,
+    /// Extra keys of the route (e.g. `request_headers_to_add`), beside match and route.
+    pub route_options: serde_json::Map<String, Value>,
     pub concurrency: usize,
     pub route_timeout_ms: u64,
 }
@@ -121,6 +123,7 @@ impl EnvoyConfig {
             clusters: Vec::new(),
             grpc_clusters: Vec::new(),
             rate_limits: Vec::new(),
+            route_options: serde_json::Map::new(),
             concurrency: 1,
             route_timeout_ms: 15_000,
         }
@@ -151,6 +154,11 @@ impl EnvoyConfig {
         self
     }
 
+    pub fn route_option(mut self, key: &str, value: Value) -> Self {
+        self.route_options.insert(key.into(), value);
+        self
+    }
+
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
@@ -164,6 +172,13 @@ impl EnvoyConfig {
             "name": "envoy.filters.http.router",
             "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
         }));
+        let mut route = json!({
+            "match": { "prefix": "/" },
+            "route": { "cluster": "upstream", "timeout": format!("{}s", self.route_timeout_ms as f64 / 1000.0) }
+        });
+        for (k, v) in &self.route_options {
+            route[k] = v.clone();
+        }
         let mut clusters = vec![cluster_json("upstream", self.upstream)];
         clusters.extend(self.clusters.iter().map(|(n, a)| cluster_json(n, *a)));
         clusters.extend(self.grpc_clusters.iter().map(|(n, a)| {
@@ -195,10 +210,7 @@ impl EnvoyConfig {
                                         "name": "all",
                                         "domains": ["*"],
                                         "rate_limits": self.rate_limits,
-                                        "routes": [{
-                                            "match": { "prefix": "/" },
-                                            "route": { "cluster": "upstream", "timeout": format!("{}s", self.route_timeout_ms as f64 / 1000.0) }
-                                        }]
+                                        "routes": [route]
                                     }]
                                 },
                                 "http_filters": http_filters,
