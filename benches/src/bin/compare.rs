@@ -134,7 +134,9 @@ fn main() {
         es256,
         rs256,
         portcullis,
-        wasm: root.join("target/wasm32-wasip1/release"),
+        // Where the built filters are, as in the test bed (`$PORTCULLIS_WASM_DIR` to
+        // profile unstripped builds).
+        wasm: portcullis_testbed::wasm_dir(),
         dir,
         upstream: up_addr,
         upstream_pid: upstream.0.id(),
