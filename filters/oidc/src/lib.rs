@@ -18,6 +18,4 @@ pub mod session;
 pub mod url;
 
 #[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    kit::glue::install_pass_through("oidc");
-}}
+mod filter;
