@@ -7,6 +7,10 @@
 //   IDP_CLIENTS     JSON array of extra client metadata (optional)
 //   IDP_TOKEN_TTL   access/ID token lifetime in seconds (default 600)
 //
+// Browser logins (the `oidc` filter's tests): devInteractions serves the login and
+// consent forms (any login and password; the login is the subject); a client whose
+// grant_types include refresh_token gets a refresh token; end_session is on.
+//
 // Access tokens are JWTs. Each resource server signs with one algorithm, so a test
 // picks the algorithm with the `resource` parameter:
 //   urn:portcullis:rs256, urn:portcullis:es256, urn:portcullis:eddsa
@@ -74,8 +78,13 @@ const provider = new Provider(issuer, {
     },
   },
   ttl: { ClientCredentials: ttl, AccessToken: ttl, IdToken: ttl },
+  // Refresh tokens for every client allowed the grant, not only with offline_access
+  // and a consent prompt (the library's default).
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
 });
 provider.proxy = true;
+// Internal errors on stderr (the tests show it when they fail), never in a reply.
+provider.on('server_error', (ctx, err) => console.error('server_error', ctx.path, err));
 
 provider.listen(port, '127.0.0.1', () => {
   console.log(`ready ${issuer}`);

@@ -118,33 +118,7 @@ pub struct ClaimToHeader {
     pub header: String,
 }
 
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumerClaims {
-    #[serde(default = "sub")]
-    pub id_claim: String,
-    #[serde(default)]
-    pub username_claim: Option<String>,
-    #[serde(default)]
-    pub groups_claim: Option<String>,
-    #[serde(default)]
-    pub tier_claim: Option<String>,
-}
-
-fn sub() -> String {
-    "sub".into()
-}
-
-impl Default for ConsumerClaims {
-    fn default() -> Self {
-        ConsumerClaims {
-            id_claim: sub(),
-            username_claim: None,
-            groups_claim: None,
-            tier_claim: None,
-        }
-    }
-}
+pub use kit::jwt::consumer::ConsumerClaims;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,37 +1,7 @@
 //! Why a request is refused, and what the client is told (RFC 6750 section 3).
 
 /// A token that cannot be accepted: 401 with `error="invalid_token"`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Invalid {
-    #[error("token is too large")]
-    TooLarge,
-    #[error("malformed token: {0}")]
-    Malformed(&'static str),
-    #[error("token has a critical header parameter we do not understand")]
-    UnknownCrit,
-    #[error("token algorithm is not allowed")]
-    AlgorithmNotAllowed,
-    #[error("no key matches the token")]
-    UnknownKey,
-    #[error("signature does not verify")]
-    BadSignature,
-    #[error("token issuer is not accepted")]
-    Issuer,
-    #[error("token has expired")]
-    Expired,
-    #[error("token has no expiration")]
-    NoExpiration,
-    #[error("token is not valid yet")]
-    NotYetValid,
-    #[error("token was issued in the future")]
-    IssuedInFuture,
-    #[error("token lifetime is longer than allowed")]
-    LifetimeTooLong,
-    #[error("malformed claim: {0}")]
-    BadClaim(&'static str),
-    #[error("more than one token in the request")]
-    Multiple,
-}
+pub use kit::jwt::Invalid;
 
 /// What the filter decides for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

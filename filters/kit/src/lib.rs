@@ -1,11 +1,14 @@
 //! What every Portcullis filter shares, in plain Rust with no proxy-wasm glue:
 //! parsing a filter's JSON configuration, the identity-header contract between
-//! filters (DESIGN.md, "Identity contract"), and the JSON body of local replies.
+//! filters (DESIGN.md, "Identity contract"), the JSON body of local replies, and (with
+//! the `jwt` feature) JWT and JWKS verification for the filters that check tokens.
 #![deny(unsafe_code)]
 
 pub mod config;
 #[cfg(target_arch = "wasm32")]
 pub mod glue;
 pub mod identity;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub mod ratelimit;
 pub mod reply;

@@ -191,6 +191,20 @@ pub struct KeySet {
     pub keys: Vec<Jwk>,
 }
 
+impl KeySet {
+    /// The keys a token signed with `alg` (and naming `kid`, when it does) may be
+    /// checked with.
+    pub fn candidates<'a>(
+        &'a self,
+        alg: Alg,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Jwk> {
+        self.keys
+            .iter()
+            .filter(move |k| k.fits(alg) && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+    }
+}
+
 /// A JWKS document that cannot be used at all.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JwksError {

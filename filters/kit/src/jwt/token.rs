@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
-use crate::error::Invalid;
+use super::Invalid;
 
 /// A parsed, not yet verified token.
 #[derive(Debug, Clone)]

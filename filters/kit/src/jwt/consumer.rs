@@ -1,0 +1,102 @@
+//! Which claims name the consumer (Kong's consumer, DESIGN.md's identity contract), and
+//! the identity headers a verified token gives.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::claims::as_header_value;
+use crate::identity;
+
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerClaims {
+    #[serde(default = "sub")]
+    pub id_claim: String,
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub tier_claim: Option<String>,
+}
+
+fn sub() -> String {
+    "sub".into()
+}
+
+impl Default for ConsumerClaims {
+    fn default() -> Self {
+        ConsumerClaims {
+            id_claim: sub(),
+            username_claim: None,
+            groups_claim: None,
+            tier_claim: None,
+        }
+    }
+}
+
+/// A non-empty claim as a header value.
+pub fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    claims
+        .get(name)
+        .map(as_header_value)
+        .filter(|s| !s.is_empty())
+}
+
+/// The identity headers (Kong's names) for verified `claims`: consumer id, username,
+/// groups, tier when their claims are present, and `x-credential-identifier` (the
+/// token's `iss`, else `credential`). A value that could split a header is dropped.
+pub fn identity_headers(
+    consumer: &ConsumerClaims,
+    claims: &Map<String, Value>,
+    credential: &str,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let get = |name: &str| claim(claims, name);
+    if let Some(id) = get(&consumer.id_claim) {
+        out.push((identity::CONSUMER_ID.to_owned(), id));
+    }
+    if let Some(name) = consumer.username_claim.as_deref().and_then(get) {
+        out.push((identity::CONSUMER_USERNAME.to_owned(), name));
+    }
+    if let Some(groups) = consumer.groups_claim.as_deref().and_then(get) {
+        out.push((identity::CONSUMER_GROUPS.to_owned(), groups));
+    }
+    if let Some(tier) = consumer.tier_claim.as_deref().and_then(get) {
+        out.push((identity::CONSUMER_TIER.to_owned(), tier));
+    }
+    let credential = get("iss").unwrap_or_else(|| credential.to_owned());
+    out.push((identity::CREDENTIAL_IDENTIFIER.to_owned(), credential));
+    out.retain(|(_, v)| safe_header_value(v));
+    out
+}
+
+/// Whether `v` can be a header value as it is (no CR, LF or NUL).
+pub fn safe_header_value(v: &str) -> bool {
+    !v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn identity_follows_the_configured_claims() {
+        let c = ConsumerClaims {
+            username_claim: Some("name".into()),
+            groups_claim: Some("groups".into()),
+            ..ConsumerClaims::default()
+        };
+        let claims = json!({"sub": "u1", "name": "ada\r\nx-evil: 1", "groups": ["a", "b"], "iss": "https://idp"});
+        let h = identity_headers(&c, claims.as_object().unwrap(), "fallback");
+        assert_eq!(
+            h,
+            vec![
+                ("x-consumer-id".into(), "u1".into()),
+                ("x-consumer-groups".into(), "a,b".into()),
+                ("x-credential-identifier".into(), "https://idp".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,668 @@
+//! The filter's configuration, with Kong `openid-connect` names where Kong has them.
+//! Parsed and checked once in `on_configure`; a bad one is refused whole, naming the
+//! field.
+
+use kit::config::ConfigError;
+use kit::jwt::consumer::ConsumerClaims;
+use kit::jwt::keys::Alg;
+use serde::Deserialize;
+
+use crate::cookie::SessionKeys;
+use crate::url::Url;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_auth: Option<String>,
+    pub redirect_uri: String,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    pub idp_cluster: String,
+    /// `:authority` of calls to the IdP (default: the issuer's host).
+    #[serde(default)]
+    pub idp_authority: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub idp_timeout_ms: u64,
+    #[serde(default = "default_discovery_ttl")]
+    pub discovery_ttl_seconds: u64,
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_ttl_seconds: u64,
+    pub session: SessionFile,
+    #[serde(default)]
+    pub logout: Option<LogoutFile>,
+    #[serde(default)]
+    pub backchannel_logout_path: Option<String>,
+    /// Absent: `authorization:bearer`; `null` or "": not sent.
+    #[serde(default, deserialize_with = "present")]
+    pub upstream_access_token_header: Option<Option<String>>,
+    #[serde(default)]
+    pub upstream_id_token_header: Option<String>,
+    #[serde(default)]
+    pub consumer: ConsumerClaims,
+    #[serde(default)]
+    pub bearer_passthrough: bool,
+    /// Audiences a pass-through bearer token may carry (default: the client id).
+    #[serde(default)]
+    pub bearer_audiences: Vec<String>,
+    #[serde(default = "default_unauthenticated")]
+    pub unauthenticated_api: u32,
+    #[serde(default = "yes")]
+    pub refresh_tokens: bool,
+    /// Refresh this long before the access token expires.
+    #[serde(default = "default_leeway")]
+    pub refresh_leeway_seconds: u64,
+    #[serde(default = "default_skew")]
+    pub clock_skew_seconds: u64,
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    #[serde(default)]
+    pub id_token_algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    pub realm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFile {
+    pub secrets: Vec<SecretFile>,
+    #[serde(default)]
+    pub cookie_name: Option<String>,
+    #[serde(default = "default_lifetime")]
+    pub lifetime: u64,
+    #[serde(default = "default_idle")]
+    pub idle_timeout: u64,
+    #[serde(default)]
+    pub samesite: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Decrypted sessions kept per VM (default 1000; 0 turns the cache off).
+    #[serde(default = "default_cache")]
+    pub cache_entries: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFile {
+    pub id: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutFile {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub post_logout_redirect_uri: Option<String>,
+}
+
+/// Tells an explicit `null` (Some(None)) from an absent field (None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+fn default_timeout() -> u64 {
+    5000
+}
+fn default_discovery_ttl() -> u64 {
+    3600
+}
+fn default_jwks_ttl() -> u64 {
+    600
+}
+fn default_unauthenticated() -> u32 {
+    401
+}
+fn yes() -> bool {
+    true
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_skew() -> u64 {
+    60
+}
+fn default_lifetime() -> u64 {
+    8 * 3600
+}
+fn default_idle() -> u64 {
+    3600
+}
+fn default_cache() -> usize {
+    1000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Basic,
+    Post,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// Where the access token goes upstream: a header, and whether its value is
+/// `Bearer <token>` or the bare token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHeader {
+    pub name: String,
+    pub bearer: bool,
+}
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_auth: ClientAuth,
+    pub redirect_uri: String,
+    /// The path (without query) the IdP sends the browser back to.
+    pub callback_path: String,
+    pub scopes: String,
+    pub idp_cluster: String,
+    pub idp_authority: String,
+    pub idp_timeout_ms: u64,
+    /// `:path` of the discovery document on the IdP.
+    pub discovery_path: String,
+    pub discovery_ttl: u64,
+    pub jwks_ttl: u64,
+    pub keys: SessionKeys,
+    pub cookie: CookieSettings,
+    pub lifetime: u64,
+    pub idle_timeout: u64,
+    pub cache_entries: usize,
+    pub logout_path: Option<String>,
+    pub post_logout_redirect_uri: Option<String>,
+    pub backchannel_logout_path: Option<String>,
+    pub access_token_header: Option<TokenHeader>,
+    pub id_token_header: Option<String>,
+    pub consumer: ConsumerClaims,
+    pub bearer_passthrough: bool,
+    pub bearer_audiences: Vec<String>,
+    pub unauthenticated_api: u32,
+    pub refresh_tokens: bool,
+    pub refresh_leeway: u64,
+    pub skew: u64,
+    pub algorithms: Vec<Alg>,
+    pub realm: String,
+}
+
+/// How the session cookies are written.
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    /// The session cookie's name, with the `__Host-` prefix when it applies.
+    pub name: String,
+    /// The login-state cookie's name.
+    pub state_name: String,
+    pub secure: bool,
+    pub samesite: SameSite,
+    pub domain: Option<String>,
+    pub path: String,
+}
+
+fn valid_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+}
+
+fn valid_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn local_path(field: &str, p: &str) -> Result<(), ConfigError> {
+    if !p.starts_with('/') || p.starts_with("//") || p.contains(['?', '#', ' ']) {
+        return Err(ConfigError::field(
+            field,
+            "must be a path that starts with a single /",
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn parse(bytes: Option<&[u8]>) -> Result<Config, ConfigError> {
+        let file: ConfigFile = kit::config::parse(bytes)?;
+        Config::check(file)
+    }
+
+    fn check(f: ConfigFile) -> Result<Config, ConfigError> {
+        fn err(field: &str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::field(field, reason)
+        }
+        let issuer_url = Url::parse(&f.issuer).ok_or_else(|| {
+            err(
+                "issuer",
+                "must be an absolute http(s) URL such as https://idp.example.com",
+            )
+        })?;
+        if issuer_url.query.is_some() {
+            return Err(err("issuer", "must not have a query"));
+        }
+        if issuer_url.scheme == "http" && !f.allow_insecure_http {
+            return Err(err(
+                "issuer",
+                "must be https (set allow_insecure_http for a local test IdP)",
+            ));
+        }
+        if f.client_id.is_empty() {
+            return Err(err("client_id", "must not be empty"));
+        }
+        let client_auth = match f.client_auth.as_deref() {
+            None if f.client_secret.is_some() => ClientAuth::Basic,
+            None => ClientAuth::None,
+            Some("client_secret_basic") => ClientAuth::Basic,
+            Some("client_secret_post") => ClientAuth::Post,
+            Some("none") => ClientAuth::None,
+            Some(other) => {
+                return Err(err(
+                    "client_auth",
+                    format!(
+                        "unknown method `{other}` (client_secret_basic, client_secret_post or none)"
+                    ),
+                ));
+            }
+        };
+        match (client_auth, &f.client_secret) {
+            (ClientAuth::Basic | ClientAuth::Post, None) => {
+                return Err(err(
+                    "client_secret",
+                    "is required by client_secret_basic and client_secret_post",
+                ));
+            }
+            (ClientAuth::Basic | ClientAuth::Post, Some(s)) if s.is_empty() => {
+                return Err(err("client_secret", "must not be empty"));
+            }
+            (ClientAuth::None, Some(_)) => {
+                return Err(err(
+                    "client_secret",
+                    "a public client (client_auth: none) has no secret",
+                ));
+            }
+            _ => {}
+        }
+        let redirect = Url::parse(&f.redirect_uri).ok_or_else(|| {
+            err(
+                "redirect_uri",
+                "must be an absolute URL such as https://app.example.com/callback",
+            )
+        })?;
+        if redirect.scheme != "https" && !f.allow_insecure_http {
+            return Err(err(
+                "redirect_uri",
+                "must be https: IdPs and browsers require it (allow_insecure_http: true for local tests only)",
+            ));
+        }
+        if redirect.query.is_some() {
+            return Err(err("redirect_uri", "must not have a query"));
+        }
+        let scopes = f
+            .scopes
+            .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]);
+        if !scopes.iter().any(|s| s == "openid") {
+            return Err(err("scopes", "must include `openid`"));
+        }
+        if scopes
+            .iter()
+            .any(|s| s.is_empty() || s.bytes().any(|b| b <= b' ' || b == b'"' || b == b'\\'))
+        {
+            return Err(err("scopes", "a scope is empty or has a space or quote"));
+        }
+        if f.idp_cluster.is_empty() {
+            return Err(err("idp_cluster", "must not be empty"));
+        }
+        if f.idp_timeout_ms == 0 {
+            return Err(err("idp_timeout_ms", "must be positive"));
+        }
+        if f.discovery_ttl_seconds == 0 {
+            return Err(err("discovery_ttl_seconds", "must be positive"));
+        }
+        if f.jwks_ttl_seconds == 0 {
+            return Err(err("jwks_ttl_seconds", "must be positive"));
+        }
+
+        // Session.
+        let s = f.session;
+        let keys = SessionKeys::new(s.secrets.iter().map(|k| (k.id.as_str(), k.secret.as_str())))
+            .map_err(|e| err("session.secrets", e))?;
+        if s.lifetime == 0 {
+            return Err(err("session.lifetime", "must be positive"));
+        }
+        let samesite = match s.samesite.as_deref() {
+            None | Some("Lax") | Some("lax") => SameSite::Lax,
+            Some("Strict") | Some("strict") => SameSite::Strict,
+            Some("None") | Some("none") => SameSite::None,
+            Some(other) => {
+                return Err(err(
+                    "session.samesite",
+                    format!("`{other}` is not Lax, Strict or None"),
+                ));
+            }
+        };
+        let secure = redirect.scheme == "https";
+        if samesite == SameSite::None && !secure {
+            return Err(err(
+                "session.samesite",
+                "None needs Secure cookies, so an https redirect_uri",
+            ));
+        }
+        let path = s.path.unwrap_or_else(|| "/".into());
+        local_path("session.path", &path)?;
+        if let Some(d) = &s.domain {
+            if d.is_empty()
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            {
+                return Err(err("session.domain", "is not a host name"));
+            }
+        }
+        let base = s.cookie_name.unwrap_or_else(|| "portcullis_session".into());
+        if !valid_cookie_name(&base) || base.starts_with("__") {
+            return Err(err(
+                "session.cookie_name",
+                "letters, digits, - _ . only, and no __ prefix (added when it applies)",
+            ));
+        }
+        // RFC 6265bis: `__Host-` needs Secure, Path=/ and no Domain; it pins the cookie
+        // to this host so a sibling subdomain cannot plant or overwrite it.
+        let host_prefix = secure && path == "/" && s.domain.is_none();
+        let prefix = if host_prefix { "__Host-" } else { "" };
+        let cookie = CookieSettings {
+            name: format!("{prefix}{base}"),
+            state_name: format!("{prefix}{base}_login"),
+            secure,
+            samesite,
+            domain: s.domain,
+            path,
+        };
+
+        // Paths.
+        let logout = f.logout.unwrap_or(LogoutFile {
+            path: None,
+            post_logout_redirect_uri: None,
+        });
+        let logout_path = logout.path.or_else(|| Some("/logout".into()));
+        if let Some(p) = &logout_path {
+            local_path("logout.path", p)?;
+        }
+        if let Some(u) = &logout.post_logout_redirect_uri {
+            let parsed = Url::parse(u)
+                .ok_or_else(|| err("logout.post_logout_redirect_uri", "must be an absolute URL"))?;
+            if parsed.scheme != "https" && !f.allow_insecure_http {
+                return Err(err("logout.post_logout_redirect_uri", "must be https"));
+            }
+        }
+        if let Some(p) = &f.backchannel_logout_path {
+            local_path("backchannel_logout_path", p)?;
+        }
+        let callback_path = redirect.path.clone();
+        for (name, p) in [
+            ("logout.path", logout_path.as_deref()),
+            (
+                "backchannel_logout_path",
+                f.backchannel_logout_path.as_deref(),
+            ),
+        ] {
+            if p == Some(callback_path.as_str()) {
+                return Err(err(name, "must differ from the redirect_uri path"));
+            }
+        }
+
+        // Upstream headers.
+        let access_token_header = match f.upstream_access_token_header {
+            None => Some(TokenHeader {
+                name: "authorization".into(),
+                bearer: true,
+            }),
+            Some(None) => None,
+            Some(Some(spec)) if spec.is_empty() => None,
+            Some(Some(spec)) => {
+                let (name, bearer) = match spec.split_once(':') {
+                    Some((n, "bearer")) => (n, true),
+                    Some(_) => {
+                        return Err(err(
+                            "upstream_access_token_header",
+                            "is `name` or `name:bearer`",
+                        ));
+                    }
+                    None => (spec.as_str(), false),
+                };
+                if !valid_header_name(name) {
+                    return Err(err("upstream_access_token_header", "is not a header name"));
+                }
+                Some(TokenHeader {
+                    name: name.to_ascii_lowercase(),
+                    bearer,
+                })
+            }
+        };
+        if let Some(h) = &f.upstream_id_token_header {
+            if !valid_header_name(h) {
+                return Err(err("upstream_id_token_header", "is not a header name"));
+            }
+        }
+        if ![401, 403].contains(&f.unauthenticated_api) {
+            return Err(err("unauthenticated_api", "must be 401 or 403"));
+        }
+        let algorithms = match &f.id_token_algorithms {
+            None => Alg::ASYMMETRIC.to_vec(),
+            Some(list) if list.is_empty() => {
+                return Err(err("id_token_algorithms", "must not be empty"));
+            }
+            Some(list) => list
+                .iter()
+                .map(|a| match Alg::parse(a) {
+                    Some(alg) if alg.min_hmac_bytes().is_none() => Ok(alg),
+                    _ => Err(err(
+                        "id_token_algorithms",
+                        format!("`{a}` is not an asymmetric JWS algorithm we verify"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let idp_authority = f
+            .idp_authority
+            .unwrap_or_else(|| issuer_url.authority.clone());
+        let discovery_path = format!(
+            "{}/.well-known/openid-configuration",
+            issuer_url.path.trim_end_matches('/')
+        );
+        let bearer_audiences = if f.bearer_audiences.is_empty() {
+            vec![f.client_id.clone()]
+        } else {
+            f.bearer_audiences
+        };
+        Ok(Config {
+            issuer: f.issuer,
+            client_id: f.client_id,
+            client_secret: f.client_secret,
+            client_auth,
+            redirect_uri: f.redirect_uri,
+            callback_path,
+            scopes: scopes.join(" "),
+            idp_cluster: f.idp_cluster,
+            idp_authority,
+            idp_timeout_ms: f.idp_timeout_ms,
+            discovery_path,
+            discovery_ttl: f.discovery_ttl_seconds,
+            jwks_ttl: f.jwks_ttl_seconds,
+            keys,
+            cookie,
+            lifetime: s.lifetime,
+            idle_timeout: s.idle_timeout,
+            cache_entries: s.cache_entries,
+            logout_path,
+            post_logout_redirect_uri: logout.post_logout_redirect_uri,
+            backchannel_logout_path: f.backchannel_logout_path,
+            access_token_header,
+            id_token_header: f.upstream_id_token_header.map(|h| h.to_ascii_lowercase()),
+            consumer: f.consumer,
+            bearer_passthrough: f.bearer_passthrough,
+            bearer_audiences,
+            unauthenticated_api: f.unauthenticated_api,
+            refresh_tokens: f.refresh_tokens,
+            refresh_leeway: f.refresh_leeway_seconds,
+            skew: f.clock_skew_seconds,
+            algorithms,
+            realm: f.realm.unwrap_or_else(|| "portcullis".into()),
+        })
+    }
+
+    /// Every header a client could use to claim an identity or a token: removed from
+    /// each request before anything else.
+    pub fn spoofable_headers(&self) -> Vec<String> {
+        let mut out: Vec<String> = kit::identity::ALL.iter().map(|s| s.to_string()).collect();
+        out.extend(self.id_token_header.iter().cloned());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn base() -> Value {
+        json!({
+            "issuer": "https://idp.example.com",
+            "client_id": "web",
+            "client_secret": "s3cret",
+            "redirect_uri": "https://app.example.com/callback",
+            "idp_cluster": "idp",
+            "session": {"secrets": [{"id": "k1", "secret": "0123456789abcdef0123456789abcdef"}]}
+        })
+    }
+
+    fn with(path: &[&str], v: Value) -> Value {
+        let mut doc = base();
+        let mut at = &mut doc;
+        for p in &path[..path.len() - 1] {
+            at = &mut at[*p];
+        }
+        at[path[path.len() - 1]] = v;
+        doc
+    }
+
+    fn parse(v: &Value) -> Result<Config, ConfigError> {
+        Config::parse(Some(v.to_string().as_bytes()))
+    }
+
+    fn refused_naming(v: Value, field: &str) {
+        match parse(&v) {
+            Err(e) => assert!(e.to_string().contains(field), "{e} should name {field}"),
+            Ok(_) => panic!("accepted a bad {field}: {v}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_gets_safe_defaults() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.client_auth, ClientAuth::Basic);
+        assert_eq!(c.callback_path, "/callback");
+        assert_eq!(c.cookie.name, "__Host-portcullis_session");
+        assert!(c.cookie.secure);
+        assert_eq!(c.cookie.samesite, SameSite::Lax);
+        assert_eq!(c.scopes, "openid profile email");
+        assert_eq!(c.idp_authority, "idp.example.com");
+        assert_eq!(c.discovery_path, "/.well-known/openid-configuration");
+        assert_eq!(
+            c.access_token_header,
+            Some(TokenHeader {
+                name: "authorization".into(),
+                bearer: true
+            })
+        );
+        assert_eq!(c.logout_path.as_deref(), Some("/logout"));
+        assert!(c.refresh_tokens);
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_naming_the_field() {
+        refused_naming(
+            with(&["redirect_uri"], json!("http://app.example.com/cb")),
+            "redirect_uri",
+        );
+        refused_naming(with(&["issuer"], json!("idp.example.com")), "issuer");
+        refused_naming(
+            with(&["client_auth"], json!("private_key_jwt")),
+            "client_auth",
+        );
+        refused_naming(with(&["scopes"], json!(["profile"])), "scopes");
+        refused_naming(with(&["session", "secrets"], json!([])), "session.secrets");
+        refused_naming(
+            with(
+                &["session", "secrets"],
+                json!([{"id": "k1", "secret": "short"}]),
+            ),
+            "session.secrets",
+        );
+        refused_naming(
+            with(&["session", "samesite"], json!("Loose")),
+            "session.samesite",
+        );
+        refused_naming(with(&["logout"], json!({"path": "logout"})), "logout.path");
+        refused_naming(
+            with(&["unauthenticated_api"], json!(302)),
+            "unauthenticated_api",
+        );
+        refused_naming(
+            with(&["id_token_algorithms"], json!(["HS256"])),
+            "id_token_algorithms",
+        );
+        refused_naming(with(&["nonsense"], json!(1)), "nonsense");
+        let mut public = base();
+        public["client_auth"] = json!("none");
+        refused_naming(public, "client_secret");
+    }
+
+    #[test]
+    fn insecure_http_is_allowed_only_when_asked_and_drops_the_host_prefix() {
+        let mut v = with(&["redirect_uri"], json!("http://127.0.0.1:8080/callback"));
+        v["issuer"] = json!("http://127.0.0.1:4000");
+        v["allow_insecure_http"] = json!(true);
+        let c = parse(&v).unwrap();
+        assert!(!c.cookie.secure);
+        assert_eq!(c.cookie.name, "portcullis_session");
+        assert_eq!(c.idp_authority, "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn upstream_token_header_follows_kongs_syntax() {
+        let c = parse(&with(&["upstream_access_token_header"], json!("X-Token"))).unwrap();
+        assert_eq!(
+            c.access_token_header,
+            Some(TokenHeader {
+                name: "x-token".into(),
+                bearer: false
+            })
+        );
+        let c = parse(&with(&["upstream_access_token_header"], Value::Null)).unwrap();
+        assert_eq!(c.access_token_header, None);
+    }
+}

@@ -1,0 +1,1442 @@
+//! The proxy-wasm glue: reads the request, runs the flow (login redirect, callback,
+//! session, refresh, logout, back-channel logout), makes the `http_call`s to the IdP
+//! (pausing the request and resuming it), and keeps what every worker shares.
+//!
+//! Shared data, under `oidc/<root id>/`:
+//! - `discovery`, `jwks`: 8 bytes fetch time (LE seconds), then the document; a value
+//!   of only the 8 bytes marks a failed fetch (retried after `RETRY_SECONDS`).
+//! - `lease/discovery`, `lease/jwks`: 8 bytes; until then one VM is refreshing (won by
+//!   CAS on a tick, so a refresh runs once, not once per worker).
+//! - `states`: login states already used (`<state> <expiry>` lines), so a replayed
+//!   callback is refused.
+//! - `revoked` and `revoked-gen`: the revocation list ([`Revoked`]) and a counter
+//!   bumped on each change, so a request reads 8 bytes unless the list changed.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kit::jwt::keys::{KeySet, parse_jwks};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+
+use crate::config::{Config, SameSite};
+use crate::cookie;
+use crate::idp::{self, Discovery, TokenError, TokenRefused, Tokens};
+use crate::session::{
+    self, Kind, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache, Standing,
+};
+use crate::url::{self, is_local_target};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root { state: None, fetching: Vec::new() }));
+}}
+
+/// How long after a failed fetch the next one may start.
+const RETRY_SECONDS: u64 = 10;
+
+fn now_secs() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, &format!("oidc: {msg}"));
+}
+
+fn random_b64(n: usize) -> Option<String> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(b))
+}
+
+fn read_u64(key: &str) -> (u64, Option<u32>) {
+    match hostcalls::get_shared_data(key) {
+        Ok((Some(b), cas)) if b.len() >= 8 => {
+            (u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])), cas)
+        }
+        Ok((_, cas)) => (0, cas),
+        Err(_) => (0, None),
+    }
+}
+
+fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
+    hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
+}
+
+/// Read-modify-write of a shared value with CAS, retried a few times.
+fn update_shared(key: &str, f: impl Fn(Option<&[u8]>) -> Vec<u8>) -> bool {
+    for _ in 0..8 {
+        let (cur, cas) = match hostcalls::get_shared_data(key) {
+            Ok((v, cas)) => (v, cas),
+            Err(_) => (None, None),
+        };
+        let next = f(cur.as_deref());
+        if hostcalls::set_shared_data(key, Some(&next), Some(cas.unwrap_or(0))).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+struct Metrics {
+    logins_started: u32,
+    logins_completed: u32,
+    login_failures: u32,
+    sessions: u32,
+    refreshes: u32,
+    refresh_failures: u32,
+    cookies_rejected: u32,
+    unauthenticated: u32,
+    backchannel_logouts: u32,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let c = |n: &str| hostcalls::define_metric(MetricType::Counter, n).unwrap_or(0);
+        Metrics {
+            logins_started: c("oidc_logins_started"),
+            logins_completed: c("oidc_logins_completed"),
+            login_failures: c("oidc_login_failures"),
+            sessions: c("oidc_session_requests"),
+            refreshes: c("oidc_refreshes"),
+            refresh_failures: c("oidc_refresh_failures"),
+            cookies_rejected: c("oidc_cookies_rejected"),
+            unauthenticated: c("oidc_unauthenticated"),
+            backchannel_logouts: c("oidc_backchannel_logouts"),
+        }
+    }
+}
+
+fn bump(id: u32) {
+    let _ = hostcalls::increment_metric(id, 1);
+}
+
+/// A document the IdP serves, as shared data holds it now.
+enum Meta<T> {
+    Ready(Rc<T>),
+    /// Never fetched, or the last failure is old enough to try again.
+    NotYet,
+    /// The last fetch failed a moment ago.
+    Failed,
+}
+
+/// What a VM keeps for all its requests.
+struct State {
+    config: Config,
+    prefix: String,
+    discovery: Option<(u32, Rc<Discovery>)>,
+    keys: Option<(u32, Rc<KeySet>)>,
+    revoked: (u64, Rc<Revoked>),
+    cache: SessionCache,
+    strip: Vec<String>,
+    metrics: Metrics,
+}
+
+impl State {
+    fn key(&self, what: &str) -> String {
+        format!("{}{what}", self.prefix)
+    }
+
+    fn stored(&self, what: &str, now: u64) -> Result<(Vec<u8>, u32), Meta<()>> {
+        match hostcalls::get_shared_data(&self.key(what)) {
+            Ok((Some(b), Some(cas))) if b.len() > 8 => Ok((b, cas)),
+            Ok((Some(b), Some(_))) => {
+                let at = u64::from_le_bytes(
+                    b.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]),
+                );
+                Err(if now < at + RETRY_SECONDS {
+                    Meta::Failed
+                } else {
+                    Meta::NotYet
+                })
+            }
+            _ => Err(Meta::NotYet),
+        }
+    }
+
+    fn discovery(&mut self, now: u64) -> Meta<Discovery> {
+        let (bytes, cas) = match self.stored("discovery", now) {
+            Ok(v) => v,
+            Err(Meta::Failed) => return Meta::Failed,
+            Err(_) => return Meta::NotYet,
+        };
+        if let Some((c, d)) = &self.discovery {
+            if *c == cas {
+                return Meta::Ready(d.clone());
+            }
+        }
+        match Discovery::parse(&bytes[8..], &self.config.issuer) {
+            Ok(d) => {
+                let d = Rc::new(d);
+                self.discovery = Some((cas, d.clone()));
+                Meta::Ready(d)
+            }
+            Err(_) => Meta::Failed,
+        }
+    }
+
+    fn keys(&mut self, now: u64) -> Meta<KeySet> {
+        let (bytes, cas) = match self.stored("jwks", now) {
+            Ok(v) => v,
+            Err(Meta::Failed) => return Meta::Failed,
+            Err(_) => return Meta::NotYet,
+        };
+        if let Some((c, k)) = &self.keys {
+            if *c == cas {
+                return Meta::Ready(k.clone());
+            }
+        }
+        match parse_jwks(&bytes[8..], false) {
+            Ok((set, _)) => {
+                let set = Rc::new(set);
+                self.keys = Some((cas, set.clone()));
+                Meta::Ready(set)
+            }
+            Err(_) => Meta::Failed,
+        }
+    }
+
+    /// The revocation list: 8 bytes read per request, the list only when it changed.
+    fn revoked(&mut self) -> Rc<Revoked> {
+        let (generation, _) = read_u64(&self.key("revoked-gen"));
+        if generation != self.revoked.0 {
+            let list = match hostcalls::get_shared_data(&self.key("revoked")) {
+                Ok((Some(b), _)) => Revoked::parse(&b),
+                _ => Revoked::default(),
+            };
+            self.revoked = (generation, Rc::new(list));
+        }
+        self.revoked.1.clone()
+    }
+
+    fn revoke(&self, kind: Kind, value: &str, now: u64) {
+        let lifetime = self.config.lifetime;
+        let ok = update_shared(&self.key("revoked"), |cur| {
+            let mut r = cur.map(Revoked::parse).unwrap_or_default();
+            r.add(kind, value, now, lifetime);
+            r.encode()
+        });
+        let gen_key = self.key("revoked-gen");
+        let bumped = update_shared(&gen_key, |cur| {
+            let n = cur
+                .and_then(|b| b.get(..8))
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            (n + 1).to_le_bytes().to_vec()
+        });
+        if !ok || !bumped {
+            log(
+                LogLevel::Error,
+                "could not record a revocation in shared data",
+            );
+        }
+    }
+
+    /// Marks a login state used; false when it already was (a replayed callback).
+    fn use_state(&self, state: &str, now: u64) -> bool {
+        let key = self.key("states");
+        let mut fresh = true;
+        for _ in 0..8 {
+            let (cur, cas) = match hostcalls::get_shared_data(&key) {
+                Ok((v, cas)) => (v.unwrap_or_default(), cas),
+                Err(_) => (Vec::new(), None),
+            };
+            let text = String::from_utf8_lossy(&cur);
+            let mut out = String::new();
+            for line in text.lines() {
+                let Some((s, exp)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Ok(exp) = exp.parse::<u64>() else {
+                    continue;
+                };
+                if exp <= now {
+                    continue;
+                }
+                if s == state {
+                    fresh = false;
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+            if !fresh {
+                return false;
+            }
+            out.push_str(&format!("{state} {}\n", now + LOGIN_TTL));
+            if hostcalls::set_shared_data(&key, Some(out.as_bytes()), Some(cas.unwrap_or(0)))
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Stores a fetched document (or, with `None`, marks a failed fetch, keeping a stale
+/// document: serving stale keys beats refusing everyone).
+fn store(st: &State, what: &str, body: Option<&[u8]>, now: u64) {
+    let key = st.key(what);
+    match body {
+        Some(body) => {
+            let mut v = now.to_le_bytes().to_vec();
+            v.extend_from_slice(body);
+            let _ = hostcalls::set_shared_data(&key, Some(&v), None);
+        }
+        None => {
+            let stale = matches!(hostcalls::get_shared_data(&key), Ok((Some(b), _)) if b.len() > 8);
+            if !stale {
+                let _ = hostcalls::set_shared_data(&key, Some(&now.to_le_bytes()), None);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fetch {
+    Discovery,
+    Jwks,
+}
+
+impl Fetch {
+    fn name(self) -> &'static str {
+        match self {
+            Fetch::Discovery => "discovery",
+            Fetch::Jwks => "jwks",
+        }
+    }
+}
+
+/// Starts a GET of the discovery document or the JWKS.
+fn dispatch_fetch(ctx: &dyn Context, st: &mut State, what: Fetch, now: u64) -> Option<u32> {
+    let (authority, path) = match what {
+        Fetch::Discovery => (
+            st.config.idp_authority.clone(),
+            st.config.discovery_path.clone(),
+        ),
+        Fetch::Jwks => {
+            let Meta::Ready(d) = st.discovery(now) else {
+                return None;
+            };
+            let u = url::Url::parse(&d.jwks_uri)?;
+            (u.authority.clone(), u.path_and_query())
+        }
+    };
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path.as_str()),
+        (":authority", authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    match ctx.dispatch_http_call(
+        &st.config.idp_cluster,
+        headers,
+        None,
+        vec![],
+        Duration::from_millis(st.config.idp_timeout_ms),
+    ) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            log(
+                LogLevel::Error,
+                &format!(
+                    "cannot fetch the {} from cluster `{}`: {e:?}",
+                    what.name(),
+                    st.config.idp_cluster
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Checks and stores a fetched document; false when it is not usable.
+fn take_fetch(
+    st: &mut State,
+    what: Fetch,
+    status: Option<String>,
+    body: Option<Vec<u8>>,
+    now: u64,
+) -> bool {
+    let body = body.unwrap_or_default();
+    let usable = if status.as_deref() != Some("200") {
+        Err(format!(
+            "answered {}",
+            status.as_deref().unwrap_or("nothing")
+        ))
+    } else {
+        match what {
+            Fetch::Discovery => Discovery::parse(&body, &st.config.issuer).map(|_| ()),
+            Fetch::Jwks => match parse_jwks(&body, false) {
+                Ok((set, _)) if !set.keys.is_empty() => Ok(()),
+                Ok(_) => Err("the JWKS has no usable key".into()),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    };
+    match usable {
+        Ok(()) => {
+            store(st, what.name(), Some(&body), now);
+            true
+        }
+        Err(e) => {
+            log(
+                LogLevel::Warn,
+                &format!("fetching the {} failed: {e}", what.name()),
+            );
+            store(st, what.name(), None, now);
+            false
+        }
+    }
+}
+
+struct Root {
+    state: Option<Rc<RefCell<State>>>,
+    /// Refreshes this VM runs from ticks.
+    fetching: Vec<(u32, Fetch)>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some(i) = self.fetching.iter().position(|(t, _)| *t == token) else {
+            return;
+        };
+        let (_, what) = self.fetching.remove(i);
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let mut st = state.borrow_mut();
+        let now = now_secs();
+        let status = self.get_http_call_response_header(":status");
+        let body = self.get_http_call_response_body(0, body_size);
+        let ok = take_fetch(&mut st, what, status, body, now);
+        let lease = st.key(&format!("lease/{}", what.name()));
+        write_u64(&lease, if ok { 0 } else { now + RETRY_SECONDS }, None);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = self.get_plugin_configuration();
+        let config = match Config::parse(bytes.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                log(LogLevel::Error, &e.to_string());
+                return false;
+            }
+        };
+        let root_id = self
+            .get_property(vec!["plugin_root_id"])
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        self.set_tick_period(Duration::from_secs(1));
+        let strip = config.spoofable_headers();
+        self.state = Some(Rc::new(RefCell::new(State {
+            cache: SessionCache::new(config.cache_entries),
+            config,
+            prefix: format!("oidc/{root_id}/"),
+            discovery: None,
+            keys: None,
+            revoked: (0, Rc::new(Revoked::default())),
+            strip,
+            metrics: Metrics::define(),
+        })));
+        true
+    }
+
+    /// Fetches the discovery document and then the JWKS when missing or older than
+    /// their TTL, in one VM at a time (the one that wins the lease by CAS).
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let mut st = state.borrow_mut();
+        let now = now_secs();
+        for what in [Fetch::Discovery, Fetch::Jwks] {
+            if self.fetching.iter().any(|(_, w)| *w == what) {
+                continue;
+            }
+            let ttl = match what {
+                Fetch::Discovery => st.config.discovery_ttl,
+                Fetch::Jwks => st.config.jwks_ttl,
+            };
+            let (fetched_at, _) = read_u64(&st.key(what.name()));
+            let has = matches!(hostcalls::get_shared_data(&st.key(what.name())), Ok((Some(b), _)) if b.len() > 8);
+            if has && now < fetched_at + ttl {
+                continue;
+            }
+            if what == Fetch::Jwks && !matches!(st.discovery(now), Meta::Ready(_)) {
+                continue;
+            }
+            let lease = st.key(&format!("lease/{}", what.name()));
+            let (until, cas) = read_u64(&lease);
+            if now < until {
+                continue;
+            }
+            let hold = now + st.config.idp_timeout_ms / 1000 + 2;
+            if !write_u64(&lease, hold, Some(cas.unwrap_or(0))) {
+                continue;
+            }
+            if let Some(t) = dispatch_fetch(self, &mut st, what, now) {
+                self.fetching.push((t, what));
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        let state = self.state.clone()?;
+        Some(Box::new(Request {
+            state,
+            facts: Facts::default(),
+            stage: Stage::Start,
+            pending: None,
+            set_cookies: Vec::new(),
+            fetched: Vec::new(),
+        }))
+    }
+}
+
+/// What the filter needs from the request, copied in the request phase.
+#[derive(Default)]
+struct Facts {
+    method: String,
+    /// `:path` as sent (path and query).
+    path: String,
+    cookies: Vec<String>,
+    browser: bool,
+    bearer: Option<String>,
+    request_id: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Facts {
+    fn cookie_refs(&self) -> Vec<&str> {
+        self.cookies.iter().map(String::as_str).collect()
+    }
+
+    fn query(&self) -> &str {
+        self.path.split_once('?').map_or("", |(_, q)| q)
+    }
+
+    fn path_only(&self) -> &str {
+        self.path
+            .split_once('?')
+            .map_or(self.path.as_str(), |(p, _)| p)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Callback,
+    Logout,
+    Backchannel,
+    Protected,
+}
+
+/// Where a paused request is in the flow.
+enum Stage {
+    Start,
+    /// Code exchanged: verify the ID token and open the session.
+    Verify(Login, Tokens),
+    /// Tokens refreshed: check and store them.
+    Refreshed(Session, Tokens),
+}
+
+enum Pending {
+    Fetch(u32, Fetch),
+    Exchange(u32, Login),
+    Refresh(u32, Session),
+}
+
+struct Request {
+    state: Rc<RefCell<State>>,
+    facts: Facts,
+    stage: Stage,
+    pending: Option<Pending>,
+    /// `Set-Cookie` values for the response.
+    set_cookies: Vec<String>,
+    /// Documents this request fetched already (at most once each).
+    fetched: Vec<Fetch>,
+}
+
+impl Request {
+    fn route(&self, c: &Config) -> Route {
+        let p = self.facts.path_only();
+        if p == c.callback_path {
+            Route::Callback
+        } else if c.logout_path.as_deref() == Some(p) {
+            Route::Logout
+        } else if c.backchannel_logout_path.as_deref() == Some(p) {
+            Route::Backchannel
+        } else {
+            Route::Protected
+        }
+    }
+
+    fn reply(&mut self, status: u32, message: &str, extra: &[(&str, &str)]) -> Action {
+        let body = kit::reply::json_body(message, self.facts.request_id.as_deref());
+        let cookies = std::mem::take(&mut self.set_cookies);
+        let mut headers: Vec<(&str, &str)> =
+            vec![kit::reply::CONTENT_TYPE_JSON, ("cache-control", "no-store")];
+        headers.extend_from_slice(extra);
+        for c in &cookies {
+            headers.push(("set-cookie", c));
+        }
+        self.send_http_response(status, headers, Some(&body));
+        Action::Pause
+    }
+
+    fn redirect(&mut self, location: &str) -> Action {
+        let cookies = std::mem::take(&mut self.set_cookies);
+        let mut headers: Vec<(&str, &str)> =
+            vec![("location", location), ("cache-control", "no-store")];
+        for c in &cookies {
+            headers.push(("set-cookie", c));
+        }
+        self.send_http_response(302, headers, None);
+        Action::Pause
+    }
+
+    fn unavailable(&mut self, what: &str) -> Action {
+        self.reply(
+            503,
+            &format!("the identity provider is unavailable ({what}); try again shortly"),
+            &[("retry-after", "10")],
+        )
+    }
+
+    /// Clears the session cookies (and chunks) the browser sent, and the login cookie.
+    fn clear_cookies(&mut self, st: &State, login_too: bool) {
+        let refs = self.facts.cookie_refs();
+        let c = &st.config.cookie;
+        let mut names = cookie::names_present(&refs, &c.name);
+        if login_too && cookie::find(&refs, &c.state_name).is_some() {
+            names.push(c.state_name.clone());
+        }
+        for n in names {
+            let samesite = if n == c.state_name {
+                SameSite::Lax
+            } else {
+                c.samesite
+            };
+            self.set_cookies
+                .push(cookie::set_cookie(c, &n, "", Some(0), samesite));
+        }
+    }
+
+    /// Needs the discovery document: Ok, or the request is paused for a fetch or
+    /// answered 503.
+    fn need_discovery(&mut self, st: &mut State, now: u64) -> Result<Rc<Discovery>, Action> {
+        match st.discovery(now) {
+            Meta::Ready(d) => Ok(d),
+            Meta::NotYet if !self.fetched.contains(&Fetch::Discovery) => {
+                match dispatch_fetch(self, st, Fetch::Discovery, now) {
+                    Some(t) => {
+                        self.pending = Some(Pending::Fetch(t, Fetch::Discovery));
+                        Err(Action::Pause)
+                    }
+                    None => Err(self.unavailable("discovery")),
+                }
+            }
+            _ => Err(self.unavailable("discovery document")),
+        }
+    }
+
+    /// Needs the JWKS (`refetch`: the one we have lacks the token's key).
+    fn need_keys(&mut self, st: &mut State, now: u64, refetch: bool) -> Result<Rc<KeySet>, Action> {
+        let meta = st.keys(now);
+        match meta {
+            Meta::Ready(k) if !refetch => Ok(k),
+            Meta::Failed if !refetch => Err(self.unavailable("signing keys")),
+            _ if self.fetched.contains(&Fetch::Jwks) => match meta {
+                Meta::Ready(k) => Ok(k),
+                _ => Err(self.unavailable("signing keys")),
+            },
+            _ => {
+                self.need_discovery(st, now)?;
+                match dispatch_fetch(self, st, Fetch::Jwks, now) {
+                    Some(t) => {
+                        self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
+                        Err(Action::Pause)
+                    }
+                    None => Err(self.unavailable("signing keys")),
+                }
+            }
+        }
+    }
+
+    /// Runs the flow from where the request is; called again after each fetch.
+    fn proceed(&mut self) -> Action {
+        let state = self.state.clone();
+        let mut st = state.borrow_mut();
+        let now = now_secs();
+        let result = match std::mem::replace(&mut self.stage, Stage::Start) {
+            Stage::Verify(login, tokens) => self.finish_login(&mut st, now, login, tokens),
+            Stage::Refreshed(s, tokens) => self.finish_refresh(&mut st, now, s, tokens),
+            Stage::Start => match self.route(&st.config) {
+                Route::Callback => self.callback(&mut st, now),
+                Route::Logout => self.logout(&mut st, now),
+                Route::Backchannel => self.backchannel(&mut st, now),
+                Route::Protected => self.protected(&mut st, now),
+            },
+        };
+        result.unwrap_or_else(|a| a)
+    }
+
+    // ---- A protected request.
+
+    fn protected(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
+        if let Some(token) = self.facts.bearer.clone() {
+            if st.config.bearer_passthrough {
+                return self.passthrough(st, now, &token, false);
+            }
+        }
+        let refs = self.facts.cookie_refs();
+        let Some(value) = cookie::read_chunked(&refs, &st.config.cookie.name) else {
+            return self.unauthenticated(st, now);
+        };
+        let session = match st.cache.get(&value) {
+            Some(s) => s,
+            None => match session::open::<Session>(&st.config.keys, SESSION, &value) {
+                Ok(s) => {
+                    let s = Rc::new(s);
+                    st.cache.insert(&value, s.clone());
+                    s
+                }
+                Err(e) => {
+                    bump(st.metrics.cookies_rejected);
+                    log(LogLevel::Info, &format!("session cookie rejected: {e}"));
+                    self.clear_cookies(st, false);
+                    return self.unauthenticated(st, now);
+                }
+            },
+        };
+        if st.revoked().revokes(&session) {
+            log(
+                LogLevel::Info,
+                "session cookie rejected: the session was logged out",
+            );
+            st.cache.remove(&value);
+            self.clear_cookies(st, false);
+            return self.unauthenticated(st, now);
+        }
+        match session.standing(&st.config, now) {
+            Standing::Good | Standing::GoodUntilExpiry => {
+                if session.wants_touch(&st.config, now) {
+                    let mut s = (*session).clone();
+                    s.seen = now;
+                    self.write_session(st, &s);
+                }
+                self.apply(st, &session);
+                Ok(Action::Continue)
+            }
+            Standing::Refresh => {
+                let d = self.need_discovery(st, now)?;
+                let rt = session.refresh_token.clone().unwrap_or_default();
+                let (headers, body) = idp::refresh_grant(&st.config, &rt);
+                match self.token_call(st, &d, headers, &body) {
+                    Some(t) => {
+                        self.pending = Some(Pending::Refresh(t, (*session).clone()));
+                        Ok(Action::Pause)
+                    }
+                    None => Err(self.unavailable("token endpoint")),
+                }
+            }
+            Standing::Over(why) => {
+                log(LogLevel::Info, &format!("session ended: {why}"));
+                st.cache.remove(&value);
+                self.clear_cookies(st, false);
+                self.unauthenticated(st, now)
+            }
+        }
+    }
+
+    /// A bearer token the client sent: verified with the IdP's keys (no redirect).
+    fn passthrough(
+        &mut self,
+        st: &mut State,
+        now: u64,
+        token: &str,
+        refetched: bool,
+    ) -> Result<Action, Action> {
+        let keys = self.need_keys(st, now, refetched)?;
+        match idp::verify_bearer(&st.config, &keys, token, now) {
+            Ok(claims) => {
+                let identity = kit::jwt::consumer::identity_headers(
+                    &st.config.consumer,
+                    &claims,
+                    &st.config.issuer,
+                );
+                for (k, v) in &identity {
+                    self.set_http_request_header(k, Some(v));
+                }
+                self.set_property(
+                    vec![kit::identity::CREDENTIAL_PROPERTY],
+                    Some(token.as_bytes()),
+                );
+                Ok(Action::Continue)
+            }
+            Err(TokenRefused::UnknownKey) if !refetched && !self.fetched.contains(&Fetch::Jwks) => {
+                self.passthrough(st, now, token, true)
+            }
+            Err(e) => {
+                let realm = st.config.realm.replace(['"', '\\'], "");
+                let www = format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{e}\""
+                );
+                Err(self.reply(
+                    401,
+                    &format!("bearer token refused: {e}"),
+                    &[("www-authenticate", &www)],
+                ))
+            }
+        }
+    }
+
+    /// No session: a browser asking for a page logs in; anything else gets 401.
+    fn unauthenticated(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
+        let page = matches!(self.facts.method.as_str(), "GET" | "HEAD");
+        if !(self.facts.browser && page && self.facts.bearer.is_none()) {
+            bump(st.metrics.unauthenticated);
+            let realm = st.config.realm.replace(['"', '\\'], "");
+            let www = format!("Bearer realm=\"{realm}\"");
+            let status = st.config.unauthenticated_api;
+            return Err(self.reply(
+                status,
+                "authentication required",
+                &[("www-authenticate", &www)],
+            ));
+        }
+        let d = self.need_discovery(st, now)?;
+        let (Some(state), Some(nonce), Some(verifier)) =
+            (random_b64(24), random_b64(24), random_b64(32))
+        else {
+            return Err(self.reply(500, "no randomness available", &[]));
+        };
+        let target = if is_local_target(&self.facts.path) {
+            self.facts.path.clone()
+        } else {
+            "/".into()
+        };
+        let login = Login {
+            state,
+            nonce,
+            verifier,
+            target,
+            created: now,
+        };
+        let sealed = match session::seal(&st.config.keys, LOGIN, &login) {
+            Ok(s) => s,
+            Err(e) => {
+                log(LogLevel::Error, &e);
+                return Err(self.reply(500, "cannot start the login", &[]));
+            }
+        };
+        let c = &st.config.cookie;
+        // Lax whatever the session's SameSite: the IdP's redirect back is a cross-site
+        // top-level navigation, which Lax cookies accompany and Strict ones do not.
+        self.set_cookies.push(cookie::set_cookie(
+            c,
+            &c.state_name,
+            &sealed,
+            Some(LOGIN_TTL),
+            SameSite::Lax,
+        ));
+        bump(st.metrics.logins_started);
+        let location =
+            idp::authorize_url(&st.config, &d, &login.state, &login.nonce, &login.verifier);
+        Err(self.redirect(&location))
+    }
+
+    /// Upstream headers for a good session.
+    fn apply(&mut self, st: &State, s: &Session) {
+        bump(st.metrics.sessions);
+        let c = &st.config;
+        if let Some(h) = &c.access_token_header {
+            if h.bearer {
+                let v = format!("Bearer {}", s.access_token);
+                self.set_http_request_header(&h.name, Some(&v));
+            } else {
+                self.set_http_request_header(&h.name, Some(&s.access_token));
+            }
+        }
+        if let Some(h) = &c.id_token_header {
+            self.set_http_request_header(h, Some(&s.id_token));
+        }
+        for (k, v) in &s.identity {
+            self.set_http_request_header(k, Some(v));
+        }
+        self.set_property(
+            vec![kit::identity::CREDENTIAL_PROPERTY],
+            Some(s.access_token.as_bytes()),
+        );
+        // The upstream does not need our cookies; other cookies pass.
+        let names = [c.cookie.name.as_str(), c.cookie.state_name.as_str()];
+        let mut kept = String::new();
+        let mut dropped = false;
+        for h in &self.facts.cookies {
+            for pair in h.split(';') {
+                let pair = pair.trim();
+                let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+                let ours = names.iter().any(|n| {
+                    name == *n
+                        || name
+                            .strip_prefix(n)
+                            .and_then(|r| r.strip_prefix('.'))
+                            .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                });
+                if ours {
+                    dropped = true;
+                } else if !pair.is_empty() {
+                    if !kept.is_empty() {
+                        kept.push_str("; ");
+                    }
+                    kept.push_str(pair);
+                }
+            }
+        }
+        if dropped {
+            self.set_http_request_header("cookie", (!kept.is_empty()).then_some(kept.as_str()));
+        }
+    }
+
+    /// Seals `s` and queues its cookies (chunks when long; stale chunks cleared).
+    fn write_session(&mut self, st: &State, s: &Session) {
+        let sealed = match session::seal(&st.config.keys, SESSION, s) {
+            Ok(v) => v,
+            Err(e) => {
+                log(LogLevel::Error, &e);
+                return;
+            }
+        };
+        let c = &st.config.cookie;
+        let parts = cookie::chunks(&c.name, &sealed);
+        let refs = self.facts.cookie_refs();
+        let stale: Vec<String> = cookie::names_present(&refs, &c.name)
+            .into_iter()
+            .filter(|n| !parts.iter().any(|(p, _)| p == n))
+            .collect();
+        let age = s.expires.saturating_sub(now_secs());
+        for (name, value) in &parts {
+            self.set_cookies
+                .push(cookie::set_cookie(c, name, value, Some(age), c.samesite));
+        }
+        for n in stale {
+            self.set_cookies
+                .push(cookie::set_cookie(c, &n, "", Some(0), c.samesite));
+        }
+    }
+
+    fn token_call(
+        &mut self,
+        st: &State,
+        d: &Discovery,
+        headers: Vec<(String, String)>,
+        body: &[u8],
+    ) -> Option<u32> {
+        let u = url::Url::parse(&d.token_endpoint)?;
+        let path = u.path_and_query();
+        let mut h: Vec<(&str, &str)> = vec![
+            (":method", "POST"),
+            (":path", &path),
+            (":authority", &u.authority),
+        ];
+        h.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        match self.dispatch_http_call(
+            &st.config.idp_cluster,
+            h,
+            Some(body),
+            vec![],
+            Duration::from_millis(st.config.idp_timeout_ms),
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("cannot call the token endpoint: {e:?}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn finish_refresh(
+        &mut self,
+        st: &mut State,
+        now: u64,
+        old: Session,
+        tokens: Tokens,
+    ) -> Result<Action, Action> {
+        let mut s = old.clone();
+        s.access_expires = access_expiry(&tokens, now);
+        s.access_token = tokens.access_token;
+        if let Some(rt) = tokens.refresh_token {
+            s.refresh_token = Some(rt);
+        }
+        if let Some(idt) = tokens.id_token {
+            // A refreshed ID token must verify and be about the same user; if our keys
+            // cannot tell, the old one stays (it is only used as a logout hint).
+            let keys = self.need_keys(st, now, false)?;
+            match idp::verify_id_token(&st.config, &keys, &idt, None, now) {
+                Ok(claims)
+                    if claims.get("sub").and_then(|v| v.as_str()) == Some(old.sub.as_str()) =>
+                {
+                    s.id_token = idt;
+                }
+                Ok(_) => {
+                    log(
+                        LogLevel::Warn,
+                        "refreshed ID token is about another user: session ended",
+                    );
+                    self.clear_cookies(st, false);
+                    return Err(self.reply(401, "the session could not be refreshed", &[]));
+                }
+                Err(e) => log(LogLevel::Info, &format!("refreshed ID token not used: {e}")),
+            }
+        }
+        s.seen = now;
+        bump(st.metrics.refreshes);
+        self.write_session(st, &s);
+        self.apply(st, &s);
+        Ok(Action::Continue)
+    }
+
+    // ---- The callback.
+
+    fn callback(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
+        let query = self.facts.query().to_owned();
+        let param = |n: &str| url::param(&query, n);
+        if let Ok(Some(error)) = param("error") {
+            bump(st.metrics.login_failures);
+            self.clear_cookies(st, true);
+            let error = idp::sanitize(&error);
+            log(
+                LogLevel::Info,
+                &format!("the IdP answered the login with error `{error}`"),
+            );
+            return Err(self.reply(
+                401,
+                &format!("login failed: the identity provider answered `{error}`"),
+                &[],
+            ));
+        }
+        let (Ok(Some(code)), Ok(Some(state))) = (param("code"), param("state")) else {
+            bump(st.metrics.login_failures);
+            return Err(self.reply(
+                400,
+                "login failed: the callback needs one code and one state",
+                &[],
+            ));
+        };
+        let refs = self.facts.cookie_refs();
+        let login = match cookie::find(&refs, &st.config.cookie.state_name)
+            .map(|v| session::open::<Login>(&st.config.keys, LOGIN, v))
+        {
+            Some(Ok(l)) if now < l.created + LOGIN_TTL => l,
+            other => {
+                bump(st.metrics.login_failures);
+                if let Some(Err(e)) = other {
+                    log(LogLevel::Info, &format!("login cookie rejected: {e}"));
+                }
+                self.clear_cookies(st, true);
+                return Err(self.reply(401, "login failed: no login in progress or it took too long; start again from the application", &[]));
+            }
+        };
+        if state != login.state {
+            bump(st.metrics.login_failures);
+            self.clear_cookies(st, true);
+            return Err(self.reply(
+                401,
+                "login failed: the state does not match this browser's login",
+                &[],
+            ));
+        }
+        let d = self.need_discovery(st, now)?;
+        if !st.use_state(&login.state, now) {
+            bump(st.metrics.login_failures);
+            self.clear_cookies(st, true);
+            return Err(self.reply(401, "login failed: this login was already completed", &[]));
+        }
+        let (headers, body) = idp::code_grant(&st.config, &code, &login.verifier);
+        match self.token_call(st, &d, headers, &body) {
+            Some(t) => {
+                self.pending = Some(Pending::Exchange(t, login));
+                Ok(Action::Pause)
+            }
+            None => Err(self.unavailable("token endpoint")),
+        }
+    }
+
+    fn finish_login(
+        &mut self,
+        st: &mut State,
+        now: u64,
+        login: Login,
+        tokens: Tokens,
+    ) -> Result<Action, Action> {
+        let Some(id_token) = tokens.id_token.clone() else {
+            bump(st.metrics.login_failures);
+            return Err(self.reply(
+                401,
+                "login failed: the identity provider sent no ID token",
+                &[],
+            ));
+        };
+        let refetch = self.fetched.contains(&Fetch::Jwks);
+        let keys = match self.need_keys(st, now, false) {
+            Ok(k) => k,
+            Err(a) => {
+                self.stage = Stage::Verify(login, tokens);
+                return Err(a);
+            }
+        };
+        let claims =
+            match idp::verify_id_token(&st.config, &keys, &id_token, Some(&login.nonce), now) {
+                Ok(c) => c,
+                Err(TokenRefused::UnknownKey) if !refetch => {
+                    // A key the IdP rotated in: fetch the JWKS once, then decide again
+                    // (need_keys with refetch always pauses or answers).
+                    self.stage = Stage::Verify(login, tokens);
+                    return match self.need_keys(st, now, true) {
+                        Ok(_) => {
+                            self.stage = Stage::Start;
+                            Err(self.reply(401, "login failed: no key matches the ID token", &[]))
+                        }
+                        Err(a) => Err(a),
+                    };
+                }
+                Err(e) => {
+                    bump(st.metrics.login_failures);
+                    log(LogLevel::Warn, &format!("ID token refused: {e}"));
+                    self.clear_cookies(st, true);
+                    return Err(self.reply(
+                        401,
+                        &format!("login failed: the ID token was refused ({e})"),
+                        &[],
+                    ));
+                }
+            };
+        let Some(sub) = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+        else {
+            return Err(self.reply(401, "login failed: the ID token has no subject", &[]));
+        };
+        let Some(id) = random_b64(18) else {
+            return Err(self.reply(500, "no randomness available", &[]));
+        };
+        let identity =
+            kit::jwt::consumer::identity_headers(&st.config.consumer, &claims, &st.config.issuer);
+        let s = Session {
+            id,
+            sub,
+            idp_sid: claims
+                .get("sid")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            created: now,
+            expires: now + st.config.lifetime,
+            seen: now,
+            access_expires: access_expiry(&tokens, now),
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            id_token,
+            identity,
+        };
+        // The login cookie is spent; stale session chunks go too.
+        let c = st.config.cookie.clone();
+        if cookie::find(&self.facts.cookie_refs(), &c.state_name).is_some() {
+            self.set_cookies.push(cookie::set_cookie(
+                &c,
+                &c.state_name,
+                "",
+                Some(0),
+                SameSite::Lax,
+            ));
+        }
+        self.write_session(st, &s);
+        bump(st.metrics.logins_completed);
+        let target = if is_local_target(&login.target) {
+            login.target
+        } else {
+            "/".into()
+        };
+        Err(self.redirect(&target))
+    }
+
+    // ---- Logout.
+
+    fn logout(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
+        let refs = self.facts.cookie_refs();
+        let session = cookie::read_chunked(&refs, &st.config.cookie.name)
+            .and_then(|v| session::open::<Session>(&st.config.keys, SESSION, &v).ok());
+        // Without discovery the cookies are still cleared: logout never fails.
+        let d = match st.discovery(now) {
+            Meta::Ready(d) => Some(d),
+            Meta::NotYet if !self.fetched.contains(&Fetch::Discovery) => {
+                if let Some(t) = dispatch_fetch(self, st, Fetch::Discovery, now) {
+                    self.pending = Some(Pending::Fetch(t, Fetch::Discovery));
+                    return Ok(Action::Pause);
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(s) = &session {
+            st.revoke(Kind::Session, &s.id, now);
+        }
+        self.clear_cookies(st, true);
+        let post = st.config.post_logout_redirect_uri.clone();
+        match (
+            d.as_ref().and_then(|d| d.end_session_endpoint.clone()),
+            &session,
+        ) {
+            (Some(end), _) => {
+                let mut params: Vec<(&str, &str)> = vec![("client_id", &st.config.client_id)];
+                if let Some(s) = &session {
+                    params.push(("id_token_hint", &s.id_token));
+                }
+                if let Some(p) = &post {
+                    params.push(("post_logout_redirect_uri", p));
+                }
+                let sep = if end.contains('?') { '&' } else { '?' };
+                let location = format!("{end}{sep}{}", url::form(&params));
+                Err(self.redirect(&location))
+            }
+            (None, _) => match post {
+                Some(p) => Err(self.redirect(&p)),
+                None => Err(self.reply(200, "logged out", &[])),
+            },
+        }
+    }
+
+    // ---- Back-channel logout.
+
+    fn backchannel(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
+        if self.facts.method != "POST" {
+            return Err(self.reply(
+                405,
+                "back-channel logout takes a POST",
+                &[("allow", "POST")],
+            ));
+        }
+        let body = String::from_utf8_lossy(&self.facts.body).into_owned();
+        let Ok(Some(token)) = url::param(&body, "logout_token") else {
+            return Err(self.reply(400, "invalid_request: one logout_token is needed", &[]));
+        };
+        let refetch = self.fetched.contains(&Fetch::Jwks);
+        let keys = self.need_keys(st, now, false)?;
+        match idp::verify_logout_token(&st.config, &keys, &token, now) {
+            Ok((sid, sub)) => {
+                match (&sid, &sub) {
+                    (Some(sid), _) => st.revoke(Kind::IdpSid, sid, now),
+                    (None, Some(sub)) => st.revoke(Kind::Sub, sub, now),
+                    (None, None) => {}
+                }
+                bump(st.metrics.backchannel_logouts);
+                log(LogLevel::Info, "back-channel logout: sessions revoked");
+                Err(self.reply(200, "logged out", &[]))
+            }
+            Err(TokenRefused::UnknownKey) if !refetch => {
+                // Fetch the JWKS once (need_keys with refetch always pauses or answers).
+                self.need_keys(st, now, true)?;
+                Err(self.reply(400, "invalid_request: no key matches the logout token", &[]))
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("back-channel logout token refused: {e}"),
+                );
+                Err(self.reply(400, &format!("invalid_request: {e}"), &[]))
+            }
+        }
+    }
+}
+
+fn access_expiry(t: &Tokens, now: u64) -> u64 {
+    t.expires_in
+        .map(|e| now.saturating_add(e))
+        .or_else(|| idp::unverified_exp(&t.access_token))
+        .unwrap_or(0)
+}
+
+impl Context for Request {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let status = self.get_http_call_response_header(":status");
+        let body = self.get_http_call_response_body(0, body_size);
+        let now = now_secs();
+        let action = match pending {
+            Pending::Fetch(t, what) if t == token => {
+                self.fetched.push(what);
+                let state = self.state.clone();
+                take_fetch(&mut state.borrow_mut(), what, status, body, now);
+                self.proceed()
+            }
+            Pending::Exchange(t, login) if t == token => {
+                let st = self.state.clone();
+                match idp::parse_tokens(status.as_deref(), &body.unwrap_or_default()) {
+                    Ok(tokens) => {
+                        self.stage = Stage::Verify(login, tokens);
+                        self.proceed()
+                    }
+                    Err(TokenError::Unreachable(e)) => {
+                        bump(st.borrow().metrics.login_failures);
+                        log(LogLevel::Warn, &format!("code exchange failed: {e}"));
+                        self.reply(
+                            502,
+                            "login failed: the identity provider's token endpoint is unreachable",
+                            &[],
+                        )
+                    }
+                    Err(TokenError::Refused(e)) => {
+                        bump(st.borrow().metrics.login_failures);
+                        log(LogLevel::Info, &format!("code exchange refused: {e}"));
+                        self.clear_cookies(&st.borrow(), true);
+                        self.reply(
+                            401,
+                            &format!("login failed: the identity provider refused the code ({e})"),
+                            &[],
+                        )
+                    }
+                }
+            }
+            Pending::Refresh(t, session) if t == token => {
+                let st = self.state.clone();
+                match idp::parse_tokens(status.as_deref(), &body.unwrap_or_default()) {
+                    Ok(tokens) => {
+                        self.stage = Stage::Refreshed(session, tokens);
+                        self.proceed()
+                    }
+                    Err(e) => {
+                        let mut st = st.borrow_mut();
+                        bump(st.metrics.refresh_failures);
+                        match e {
+                            TokenError::Unreachable(e) if now < session.access_expires => {
+                                // The token still works: use it, refresh next time.
+                                log(
+                                    LogLevel::Warn,
+                                    &format!("refresh failed, current token kept: {e}"),
+                                );
+                                self.apply(&st, &session);
+                                Action::Continue
+                            }
+                            TokenError::Unreachable(e) => {
+                                log(LogLevel::Warn, &format!("refresh failed: {e}"));
+                                self.reply(503, "the session cannot be refreshed: the identity provider is unreachable", &[("retry-after", "10")])
+                            }
+                            TokenError::Refused(e) => {
+                                log(
+                                    LogLevel::Info,
+                                    &format!("refresh refused, session ended: {e}"),
+                                );
+                                self.clear_cookies(&st, false);
+                                // The old cookie is no session any more, should the
+                                // login below pause and run the flow again.
+                                let name = st.config.cookie.name.clone();
+                                self.facts.cookies.retain(|h| !h.contains(name.as_str()));
+                                self.unauthenticated(&mut st, now).unwrap_or_else(|a| a)
+                            }
+                        }
+                    }
+                }
+            }
+            other => {
+                self.pending = Some(other);
+                return;
+            }
+        };
+        if action == Action::Continue {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        let raw = kit::glue::RawMap::read(MapType::HttpRequestHeaders);
+        let headers = raw.pairs();
+        let state = self.state.clone();
+        {
+            let st = state.borrow();
+            // A client never sets its own identity, whatever the route.
+            for h in &st.strip {
+                if headers.iter().any(|(k, _)| k == h) {
+                    self.set_http_request_header(h, None);
+                }
+            }
+        }
+        let mut f = Facts::default();
+        let mut html = false;
+        let mut xhr = false;
+        for (k, v) in &headers {
+            match k.as_ref() {
+                ":method" => f.method = v.to_string(),
+                ":path" => f.path = v.to_string(),
+                "cookie" => f.cookies.push(v.to_string()),
+                "accept" => html |= v.contains("text/html"),
+                "x-requested-with" => xhr = true,
+                "x-request-id" => f.request_id = Some(v.to_string()),
+                "authorization" => {
+                    if let Some(t) = v
+                        .strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                    {
+                        f.bearer = Some(t.trim().to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        f.browser = html && !xhr;
+        self.facts = f;
+        let route = self.route(&state.borrow().config);
+        if route == Route::Backchannel && !end_of_stream {
+            // Decided in the body callback, once the logout token is in. Continue, not
+            // Pause: a host that pauses headers delivers no body until they resume (ours),
+            // and Envoy holds the request at the body anyway.
+            return Action::Continue;
+        }
+        self.proceed()
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.route(&self.state.borrow().config) != Route::Backchannel {
+            // Hold the body while the headers wait for the IdP.
+            return if self.pending.is_some() {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if size > 64 * 1024 {
+            return self.reply(413, "logout request too large", &[]);
+        }
+        self.facts.body = self.get_http_request_body(0, size).unwrap_or_default();
+        self.proceed()
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        for c in std::mem::take(&mut self.set_cookies) {
+            self.add_http_response_header("set-cookie", &c);
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,469 @@
+//! Talking to the OpenID provider, as plain data: the discovery document, the
+//! authorization request, token-endpoint requests and answers, and verification of
+//! the tokens it signs (ID tokens, back-channel logout tokens, pass-through bearer
+//! tokens) with `kit::jwt`.
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use kit::jwt::claims::{Rejected, Rules};
+use kit::jwt::keys::KeySet;
+use kit::jwt::{Invalid, token};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::Digest;
+
+use crate::config::{ClientAuth, Config};
+use crate::url::{Url, form};
+
+/// The fields of `/.well-known/openid-configuration` the filter uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+}
+
+impl Discovery {
+    /// Parses and checks a discovery document: its `issuer` must be ours exactly
+    /// (OpenID Connect Discovery 4.3), and the endpoints must be URLs.
+    pub fn parse(body: &[u8], issuer: &str) -> Result<Discovery, String> {
+        let d: Discovery = serde_json::from_slice(body)
+            .map_err(|e| format!("the discovery document is not usable: {e}"))?;
+        if d.issuer != issuer {
+            return Err(format!(
+                "the discovery document names issuer `{}`, not `{issuer}`",
+                d.issuer
+            ));
+        }
+        for (name, u) in [
+            ("authorization_endpoint", Some(&d.authorization_endpoint)),
+            ("token_endpoint", Some(&d.token_endpoint)),
+            ("jwks_uri", Some(&d.jwks_uri)),
+            ("end_session_endpoint", d.end_session_endpoint.as_ref()),
+        ] {
+            if let Some(u) = u {
+                if Url::parse(u).is_none() {
+                    return Err(format!("discovery: {name} is not a URL"));
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
+/// `:path` for an `http_call` to an IdP endpoint URL.
+pub fn call_path(endpoint: &str) -> String {
+    Url::parse(endpoint).map_or_else(|| "/".into(), |u| u.path_and_query())
+}
+
+/// PKCE S256 (RFC 7636): the challenge for a verifier.
+pub fn pkce_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+/// Where the browser goes to log in.
+pub fn authorize_url(
+    c: &Config,
+    d: &Discovery,
+    state: &str,
+    nonce: &str,
+    verifier: &str,
+) -> String {
+    let challenge = pkce_challenge(verifier);
+    let query = form(&[
+        ("response_type", "code"),
+        ("client_id", &c.client_id),
+        ("redirect_uri", &c.redirect_uri),
+        ("scope", &c.scopes),
+        ("state", state),
+        ("nonce", nonce),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    let sep = if d.authorization_endpoint.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!("{}{sep}{query}", d.authorization_endpoint)
+}
+
+/// Headers (besides `:method`, `:path`, `:authority`) and body of a token-endpoint
+/// request with the client's authentication.
+pub fn token_request(c: &Config, grant: &[(&str, &str)]) -> (Vec<(String, String)>, Vec<u8>) {
+    let mut pairs: Vec<(&str, &str)> = grant.to_vec();
+    let mut headers = vec![
+        (
+            "content-type".to_owned(),
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
+        ("accept".to_owned(), "application/json".to_owned()),
+    ];
+    let secret = c.client_secret.as_deref().unwrap_or("");
+    match c.client_auth {
+        ClientAuth::Basic => {
+            // RFC 6749 2.3.1: id and secret are form-encoded before base64.
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let creds = format!("{}:{}", enc(&c.client_id), enc(secret));
+            headers.push((
+                "authorization".to_owned(),
+                format!("Basic {}", STANDARD.encode(creds)),
+            ));
+        }
+        ClientAuth::Post => {
+            pairs.push(("client_id", &c.client_id));
+            pairs.push(("client_secret", secret));
+        }
+        ClientAuth::None => pairs.push(("client_id", &c.client_id)),
+    }
+    (headers, form(&pairs).into_bytes())
+}
+
+pub fn code_grant(c: &Config, code: &str, verifier: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    token_request(
+        c,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &c.redirect_uri),
+            ("code_verifier", verifier),
+        ],
+    )
+}
+
+pub fn refresh_grant(c: &Config, refresh_token: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    token_request(
+        c,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ],
+    )
+}
+
+/// A successful token-endpoint answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    #[serde(default)]
+    pub token_type: Option<String>,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub id_token: Option<String>,
+}
+
+/// What the token endpoint said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// The IdP could not be reached (the host's 503/504, or a 5xx).
+    Unreachable(String),
+    /// It answered with an OAuth error (`invalid_grant` for a used or expired code or
+    /// refresh token, say).
+    Refused(String),
+}
+
+/// Reads a token-endpoint answer.
+pub fn parse_tokens(status: Option<&str>, body: &[u8]) -> Result<Tokens, TokenError> {
+    match status {
+        Some("200") => {}
+        Some(s) if s.starts_with('4') => {
+            let error = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| format!("status {s}"));
+            // Only the OAuth error code: the description may echo request data.
+            return Err(TokenError::Refused(sanitize(&error)));
+        }
+        other => {
+            return Err(TokenError::Unreachable(format!(
+                "token endpoint answered {}",
+                other.unwrap_or("nothing")
+            )));
+        }
+    }
+    let t: Tokens = serde_json::from_slice(body)
+        .map_err(|_| TokenError::Refused("the token answer is not valid JSON".into()))?;
+    if t.access_token.is_empty() {
+        return Err(TokenError::Refused("empty access_token".into()));
+    }
+    if t.token_type
+        .as_deref()
+        .is_some_and(|tt| !tt.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(TokenError::Refused("token_type is not Bearer".into()));
+    }
+    Ok(t)
+}
+
+/// An IdP-provided string made safe for a log line or a reply: printable ASCII, short.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(120)
+        .collect()
+}
+
+/// Why an ID token or logout token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefused {
+    #[error("{0}")]
+    Invalid(Invalid),
+    #[error("token audience does not include this client")]
+    Audience,
+    #[error("azp is not this client")]
+    AuthorizedParty,
+    #[error("nonce does not match the login")]
+    Nonce,
+    #[error("no iat")]
+    NoIssuedAt,
+    #[error("not a back-channel logout token")]
+    NotLogoutToken,
+    #[error("logout token names neither sid nor sub")]
+    NoSubject,
+    /// The signing key is not in the JWKS we hold: refetch once, then refuse.
+    #[error("no key matches the token")]
+    UnknownKey,
+}
+
+fn rejected(r: Rejected) -> TokenRefused {
+    match r {
+        Rejected::Invalid(i) => TokenRefused::Invalid(i),
+        Rejected::Audience => TokenRefused::Audience,
+    }
+}
+
+/// Signature, `iss` and `aud` (our client id or the given audiences), time claims.
+fn verify_signed(
+    c: &Config,
+    keys: &KeySet,
+    jwt: &str,
+    audiences: &[String],
+    now: u64,
+) -> Result<Map<String, Value>, TokenRefused> {
+    let t = token::parse(jwt, 16 * 1024).map_err(TokenRefused::Invalid)?;
+    match kit::jwt::verify_signature(&t, &c.algorithms, keys) {
+        Ok(_) => {}
+        Err(Invalid::UnknownKey) => return Err(TokenRefused::UnknownKey),
+        Err(e) => return Err(TokenRefused::Invalid(e)),
+    }
+    let rules = Rules {
+        issuer: Some(&c.issuer),
+        audiences,
+        skew: c.skew,
+        require_expiration: true,
+        max_lifetime: None,
+    };
+    kit::jwt::claims::check(&rules, &t.claims, now).map_err(rejected)?;
+    Ok(t.claims)
+}
+
+/// Verifies an ID token (OpenID Connect Core 3.1.3.7): signature with the IdP's keys
+/// and an allowed algorithm, `iss` exactly ours, `aud` containing our client id, `azp`
+/// (when present, or when there are several audiences) our client id, `exp`, `iat`,
+/// and `nonce` equal to the login's (when `nonce` is given: refreshed ID tokens have
+/// none to compare).
+pub fn verify_id_token(
+    c: &Config,
+    keys: &KeySet,
+    jwt: &str,
+    nonce: Option<&str>,
+    now: u64,
+) -> Result<Map<String, Value>, TokenRefused> {
+    let claims = verify_signed(c, keys, jwt, std::slice::from_ref(&c.client_id), now)?;
+    if kit::jwt::claims::numeric(&claims, "iat")
+        .map_err(TokenRefused::Invalid)?
+        .is_none()
+    {
+        return Err(TokenRefused::NoIssuedAt);
+    }
+    let several = matches!(claims.get("aud"), Some(Value::Array(a)) if a.len() > 1);
+    match claims.get("azp") {
+        Some(Value::String(azp)) if *azp == c.client_id => {}
+        None if !several => {}
+        _ => return Err(TokenRefused::AuthorizedParty),
+    }
+    if let Some(expected) = nonce {
+        match claims.get("nonce") {
+            Some(Value::String(n)) if n == expected => {}
+            _ => return Err(TokenRefused::Nonce),
+        }
+    }
+    Ok(claims)
+}
+
+/// Verifies a back-channel logout token (OpenID Connect Back-Channel Logout 2.6):
+/// signature, `iss`, `aud`, `iat`, the logout event, `sid` or `sub`, and no `nonce`.
+/// Returns (sid, sub).
+pub fn verify_logout_token(
+    c: &Config,
+    keys: &KeySet,
+    jwt: &str,
+    now: u64,
+) -> Result<(Option<String>, Option<String>), TokenRefused> {
+    // A logout token may lack `exp` (the spec only recommends a short one).
+    let t = token::parse(jwt, 16 * 1024).map_err(TokenRefused::Invalid)?;
+    match kit::jwt::verify_signature(&t, &c.algorithms, keys) {
+        Ok(_) => {}
+        Err(Invalid::UnknownKey) => return Err(TokenRefused::UnknownKey),
+        Err(e) => return Err(TokenRefused::Invalid(e)),
+    }
+    let rules = Rules {
+        issuer: Some(&c.issuer),
+        audiences: std::slice::from_ref(&c.client_id),
+        skew: c.skew,
+        require_expiration: false,
+        max_lifetime: None,
+    };
+    kit::jwt::claims::check(&rules, &t.claims, now).map_err(rejected)?;
+    let claims = t.claims;
+    if kit::jwt::claims::numeric(&claims, "iat")
+        .map_err(TokenRefused::Invalid)?
+        .is_none()
+    {
+        return Err(TokenRefused::NoIssuedAt);
+    }
+    let event = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .is_some_and(|e| e.contains_key("http://schemas.openid.net/event/backchannel-logout"));
+    if !event || claims.contains_key("nonce") {
+        return Err(TokenRefused::NotLogoutToken);
+    }
+    let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (sid, sub) = (text("sid"), text("sub"));
+    if sid.is_none() && sub.is_none() {
+        return Err(TokenRefused::NoSubject);
+    }
+    Ok((sid, sub))
+}
+
+/// Verifies a bearer access token a client sent itself (`bearer_passthrough`): our
+/// IdP's signature, `iss`, an audience from `bearer_audiences`, time claims.
+pub fn verify_bearer(
+    c: &Config,
+    keys: &KeySet,
+    jwt: &str,
+    now: u64,
+) -> Result<Map<String, Value>, TokenRefused> {
+    verify_signed(c, keys, jwt, &c.bearer_audiences, now)
+}
+
+/// The `exp` of a JWT access token, read without verification: only used to refresh
+/// earlier, never to accept anything.
+pub fn unverified_exp(jwt: &str) -> Option<u64> {
+    let t = token::parse(jwt, 16 * 1024).ok()?;
+    kit::jwt::claims::numeric(&t.claims, "exp").ok()?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config::parse(Some(
+            json!({
+                "issuer": "https://idp.test",
+                "client_id": "web app",
+                "client_secret": "p@ss:word",
+                "redirect_uri": "https://app.test/callback",
+                "idp_cluster": "idp",
+                "scopes": ["openid", "offline_access"],
+                "session": {"secrets": [{"id": "k1", "secret": "0123456789abcdef0123456789abcdef"}]}
+            })
+            .to_string()
+            .as_bytes(),
+        ))
+        .unwrap()
+    }
+
+    fn discovery() -> Discovery {
+        Discovery::parse(
+            json!({"issuer": "https://idp.test", "authorization_endpoint": "https://idp.test/auth",
+                "token_endpoint": "https://idp.test/token", "jwks_uri": "https://idp.test/jwks"})
+            .to_string()
+            .as_bytes(),
+            "https://idp.test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn discovery_must_name_our_issuer() {
+        let doc = json!({"issuer": "https://evil.test", "authorization_endpoint": "https://idp.test/auth",
+            "token_endpoint": "https://idp.test/token", "jwks_uri": "https://idp.test/jwks"});
+        assert!(Discovery::parse(doc.to_string().as_bytes(), "https://idp.test").is_err());
+        assert!(Discovery::parse(b"<html>", "https://idp.test").is_err());
+    }
+
+    #[test]
+    fn the_authorization_request_carries_state_nonce_and_pkce() {
+        let url = authorize_url(&config(), &discovery(), "st", "no", "verifier");
+        let q = url.strip_prefix("https://idp.test/auth?").unwrap();
+        let p = |n| crate::url::param(q, n).unwrap().unwrap();
+        assert_eq!(p("response_type"), "code");
+        assert_eq!(p("client_id"), "web app");
+        assert_eq!(p("scope"), "openid offline_access");
+        assert_eq!(p("state"), "st");
+        assert_eq!(p("nonce"), "no");
+        assert_eq!(p("code_challenge_method"), "S256");
+        // RFC 7636 appendix B.
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn client_secret_basic_form_encodes_before_base64() {
+        let (h, body) = code_grant(&config(), "c0de", "v");
+        let auth = &h.iter().find(|(k, _)| k == "authorization").unwrap().1;
+        let decoded = STANDARD
+            .decode(auth.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(decoded, b"web+app:p%40ss%3Aword");
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(
+            crate::url::param(&body, "code").unwrap().as_deref(),
+            Some("c0de")
+        );
+        assert_eq!(crate::url::param(&body, "client_secret").unwrap(), None);
+    }
+
+    #[test]
+    fn token_answers_are_classified() {
+        assert!(
+            parse_tokens(
+                Some("200"),
+                br#"{"access_token":"a","token_type":"Bearer"}"#
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            parse_tokens(
+                Some("400"),
+                br#"{"error":"invalid_grant","error_description":"secret stuff"}"#
+            )
+            .unwrap_err(),
+            TokenError::Refused("invalid_grant".into())
+        );
+        assert!(matches!(
+            parse_tokens(Some("503"), b""),
+            Err(TokenError::Unreachable(_))
+        ));
+        assert!(matches!(
+            parse_tokens(None, b""),
+            Err(TokenError::Unreachable(_))
+        ));
+        assert!(matches!(
+            parse_tokens(Some("200"), br#"{"access_token":"a","token_type":"mac"}"#),
+            Err(TokenError::Refused(_))
+        ));
+    }
+}

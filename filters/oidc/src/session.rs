@@ -1,0 +1,374 @@
+//! What the cookies hold, and the decisions about them: a login in progress
+//! ([`Login`]), a session ([`Session`]) and whether it is still good, due for a
+//! refresh or over; the per-VM cache of opened sessions; the revocation list that
+//! back-channel logout and local logout write for every worker.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::cookie::{CookieError, SessionKeys};
+
+pub const SESSION: &str = "session";
+pub const LOGIN: &str = "login";
+/// How long a login may take, from the redirect to the IdP to the callback.
+pub const LOGIN_TTL: u64 = 600;
+
+/// A login in progress, in the short-lived login cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    pub state: String,
+    pub nonce: String,
+    pub verifier: String,
+    /// The local path and query the browser first asked for.
+    pub target: String,
+    pub created: u64,
+}
+
+/// A session, in the session cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Our own random id, so local logout can revoke a copied cookie.
+    pub id: String,
+    pub sub: String,
+    /// The IdP's session id (`sid` claim), for back-channel logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_sid: Option<String>,
+    pub created: u64,
+    /// Absolute end: `created + lifetime`.
+    pub expires: u64,
+    /// When the cookie was last written (for the idle timeout).
+    pub seen: u64,
+    pub access_token: String,
+    /// When the access token expires (0: unknown).
+    pub access_expires: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    pub id_token: String,
+    /// The identity headers, worked out once from the verified ID token.
+    pub identity: Vec<(String, String)>,
+}
+
+/// What a session is at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Good,
+    /// The access token is expired or about to be, and can be refreshed.
+    Refresh,
+    /// The access token is expired or about to be and cannot be refreshed, but is
+    /// still valid: use it (no refresh possible means no better option).
+    GoodUntilExpiry,
+    /// Over: lifetime, idle timeout, or an expired access token with no refresh.
+    Over(&'static str),
+}
+
+impl Session {
+    pub fn standing(&self, c: &Config, now: u64) -> Standing {
+        if now >= self.expires {
+            return Standing::Over("session lifetime reached");
+        }
+        if c.idle_timeout > 0 && now >= self.seen.saturating_add(c.idle_timeout) {
+            return Standing::Over("session idle timeout");
+        }
+        if self.access_expires == 0 || now + c.refresh_leeway < self.access_expires {
+            return Standing::Good;
+        }
+        let can_refresh = c.refresh_tokens && self.refresh_token.is_some();
+        if can_refresh {
+            Standing::Refresh
+        } else if now < self.access_expires {
+            Standing::GoodUntilExpiry
+        } else {
+            // Never forward an expired access token.
+            Standing::Over("access token expired and no refresh token")
+        }
+    }
+
+    /// Whether the cookie should be written again so the idle timeout restarts: once
+    /// a tenth of the timeout has passed, not on every request.
+    pub fn wants_touch(&self, c: &Config, now: u64) -> bool {
+        c.idle_timeout > 0 && now >= self.seen + (c.idle_timeout / 10).max(1)
+    }
+}
+
+pub fn seal<T: Serialize>(keys: &SessionKeys, purpose: &str, v: &T) -> Result<String, String> {
+    let json = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+    keys.seal(purpose, &json)
+        .map_err(|e| format!("no randomness from the host: {e}"))
+}
+
+/// Why a cookie gave no session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("{0}")]
+    Cookie(CookieError),
+    #[error("decrypted but not a {0} record")]
+    Shape(&'static str),
+}
+
+pub fn open<T: for<'de> Deserialize<'de>>(
+    keys: &SessionKeys,
+    purpose: &'static str,
+    value: &str,
+) -> Result<T, Unusable> {
+    let plain = keys.open(purpose, value).map_err(Unusable::Cookie)?;
+    serde_json::from_slice(&plain).map_err(|_| Unusable::Shape(purpose))
+}
+
+/// Hashes only the last 16 bytes of a key: a sealed cookie ends with its
+/// authentication tag, which is random, so that is as good as hashing all of it and
+/// costs nothing for a 3 KB value. Equality still compares the whole value, so no
+/// other cookie can ever stand in for a cached one.
+#[derive(Default)]
+pub struct TailHasher(u64);
+
+impl Hasher for TailHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = &bytes[bytes.len().saturating_sub(16)..];
+        for &b in tail {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        self.0 ^= bytes.len() as u64;
+    }
+}
+
+/// Sessions this VM opened, keyed by the whole cookie value, so the common request
+/// costs a lookup instead of a decryption; bounded, oldest out first. A cached
+/// session is judged again (expiry, idle, revocation) on every use.
+pub struct SessionCache {
+    map: HashMap<String, Rc<Session>, BuildHasherDefault<TailHasher>>,
+    order: VecDeque<String>,
+    max: usize,
+}
+
+impl SessionCache {
+    pub fn new(max: usize) -> SessionCache {
+        SessionCache {
+            map: HashMap::default(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    pub fn get(&self, cookie: &str) -> Option<Rc<Session>> {
+        self.map.get(cookie).cloned()
+    }
+
+    pub fn insert(&mut self, cookie: &str, s: Rc<Session>) {
+        if self.max == 0 {
+            return;
+        }
+        if self.map.len() >= self.max {
+            while let Some(old) = self.order.pop_front() {
+                if self.map.remove(&old).is_some() {
+                    break;
+                }
+            }
+        }
+        if self.map.insert(cookie.to_owned(), s).is_none() {
+            self.order.push_back(cookie.to_owned());
+        }
+    }
+
+    pub fn remove(&mut self, cookie: &str) {
+        self.map.remove(cookie);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Revoked sessions, shared by every worker: by our session id (local logout), by
+/// the IdP's `sid` or by `sub` (back-channel logout). Each entry has the time it was
+/// written; a `sub` entry revokes the sessions created before it; entries older than
+/// the session lifetime are dropped when the list is written.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub entries: Vec<(Kind, String, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Session,
+    IdpSid,
+    Sub,
+}
+
+impl Kind {
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::Session => "s",
+            Kind::IdpSid => "sid",
+            Kind::Sub => "sub",
+        }
+    }
+}
+
+impl Revoked {
+    /// One entry a line: `<kind> <time> <value>`; lines that do not parse are skipped.
+    pub fn parse(bytes: &[u8]) -> Revoked {
+        let text = String::from_utf8_lossy(bytes);
+        let entries = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ' ');
+                let kind = match it.next()? {
+                    "s" => Kind::Session,
+                    "sid" => Kind::IdpSid,
+                    "sub" => Kind::Sub,
+                    _ => return None,
+                };
+                let at = it.next()?.parse().ok()?;
+                Some((kind, it.next()?.to_owned(), at))
+            })
+            .collect();
+        Revoked { entries }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::new();
+        for (k, v, at) in &self.entries {
+            out.push_str(&format!("{} {at} {v}\n", k.tag()));
+        }
+        out.into_bytes()
+    }
+
+    /// Adds an entry (values with a line break are refused) and forgets the ones no
+    /// session can outlive.
+    pub fn add(&mut self, kind: Kind, value: &str, now: u64, lifetime: u64) {
+        if value.is_empty() || value.contains(['\n', '\r']) || value.len() > 512 {
+            return;
+        }
+        self.entries.retain(|(_, _, at)| at + lifetime > now);
+        self.entries.push((kind, value.to_owned(), now));
+    }
+
+    pub fn revokes(&self, s: &Session) -> bool {
+        self.entries.iter().any(|(k, v, at)| match k {
+            Kind::Session => *v == s.id,
+            Kind::IdpSid => s.idp_sid.as_deref() == Some(v.as_str()),
+            Kind::Sub => *v == s.sub && s.created <= *at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(extra: serde_json::Value) -> Config {
+        let mut v = json!({
+            "issuer": "https://idp.test", "client_id": "web", "client_secret": "s",
+            "redirect_uri": "https://app.test/callback", "idp_cluster": "idp",
+            "session": {"secrets": [{"id": "k1", "secret": "0123456789abcdef0123456789abcdef"}],
+                "lifetime": 1000, "idle_timeout": 100},
+            "refresh_leeway_seconds": 10
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Config::parse(Some(v.to_string().as_bytes())).unwrap()
+    }
+
+    fn session() -> Session {
+        Session {
+            id: "id1".into(),
+            sub: "ada".into(),
+            idp_sid: Some("sid1".into()),
+            created: 0,
+            expires: 1000,
+            seen: 0,
+            access_token: "at".into(),
+            access_expires: 60,
+            refresh_token: Some("rt".into()),
+            id_token: "idt".into(),
+            identity: vec![("x-consumer-id".into(), "ada".into())],
+        }
+    }
+
+    #[test]
+    fn standing_follows_the_clock() {
+        let c = config(json!({}));
+        let s = session();
+        assert_eq!(s.standing(&c, 10), Standing::Good);
+        assert_eq!(s.standing(&c, 50), Standing::Refresh, "within the leeway");
+        assert_eq!(s.standing(&c, 99), Standing::Refresh);
+        assert!(matches!(s.standing(&c, 100), Standing::Over(_)), "idle");
+        let mut fresh = s.clone();
+        fresh.seen = 950;
+        fresh.access_expires = 5000;
+        assert!(
+            matches!(fresh.standing(&c, 1000), Standing::Over(_)),
+            "lifetime"
+        );
+        let mut no_rt = s.clone();
+        no_rt.refresh_token = None;
+        assert_eq!(no_rt.standing(&c, 55), Standing::GoodUntilExpiry);
+        assert!(
+            matches!(no_rt.standing(&c, 60), Standing::Over(_)),
+            "never an expired token"
+        );
+        let off = config(json!({"refresh_tokens": false}));
+        assert_eq!(s.standing(&off, 55), Standing::GoodUntilExpiry);
+    }
+
+    #[test]
+    fn sessions_round_trip_through_the_cookie_and_purposes_do_not_mix() {
+        let c = config(json!({}));
+        let v = seal(&c.keys, SESSION, &session()).unwrap();
+        assert_eq!(open::<Session>(&c.keys, SESSION, &v).unwrap(), session());
+        assert!(open::<Login>(&c.keys, LOGIN, &v).is_err());
+        assert!(
+            !v.contains("ada") && !v.contains("rt"),
+            "the content is encrypted"
+        );
+    }
+
+    #[test]
+    fn revocations_match_and_age_out() {
+        let mut r = Revoked::default();
+        r.add(Kind::Sub, "ada", 5, 1000);
+        assert!(
+            !r.revokes(&Session {
+                created: 6,
+                ..session()
+            }),
+            "a later login stays"
+        );
+        assert!(r.revokes(&session()));
+        let mut r2 = Revoked::parse(&r.encode());
+        assert_eq!(r2, r);
+        r2.add(Kind::IdpSid, "other", 2000, 1000);
+        assert_eq!(r2.entries.len(), 1, "the old entry aged out");
+        r2.add(Kind::Session, "bad\nline", 2000, 1000);
+        assert_eq!(r2.entries.len(), 1);
+        let mut r3 = Revoked::default();
+        r3.add(Kind::Session, "id1", 1, 1000);
+        assert!(r3.revokes(&session()));
+        assert_eq!(Revoked::parse(b"junk\nsid x y\n"), Revoked::default());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_compares_whole_values() {
+        let mut cache = SessionCache::new(2);
+        let s = Rc::new(session());
+        cache.insert("aaaa-same-tail", s.clone());
+        assert!(cache.get("bbbb-same-tail").is_none());
+        cache.insert("b", s.clone());
+        cache.insert("c", s);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("aaaa-same-tail").is_none());
+    }
+}

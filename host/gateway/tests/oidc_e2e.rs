@@ -1,0 +1,438 @@
+//! `oidc` end to end against a real OpenID provider (npm `oidc-provider`, started here
+//! on loopback with its dev login and consent forms): a scripted browser follows the
+//! redirects, posts the forms, reaches the echo upstream with a session, sees
+//! `Authorization: Bearer` and the identity upstream, survives an access-token expiry
+//! through refresh, and logs out; through our gateway and through Envoy.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use portcullis_envoy::{Envoy, EnvoyConfig, WasmFilter};
+use serde_json::{Value, json};
+
+/// Access and ID tokens live this long, so refresh happens within the test.
+const TOKEN_TTL: u64 = 4;
+/// The application's origin as the IdP knows it; the scripted browser sends what is
+/// addressed there to the host under test (gateway or Envoy).
+const APP: &str = "http://app.test";
+
+struct Idp {
+    child: Child,
+    port: u16,
+}
+
+impl Idp {
+    fn start(port: u16) -> Idp {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testbed/idp");
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "the test IdP is not installed: run `npm install --prefix testbed/idp` (cargo xtask test does)"
+        );
+        let client = json!([{
+            "client_id": "web",
+            "client_secret": "web-secret",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": [format!("{APP}/callback")],
+            "post_logout_redirect_uris": [format!("{APP}/bye")],
+            "scope": "openid offline_access"
+        }]);
+        let mut child = Command::new("node")
+            .arg(dir.join("idp.mjs"))
+            .env("IDP_PORT", port.to_string())
+            .env("IDP_CLIENTS", client.to_string())
+            .env("IDP_TOKEN_TTL", TOKEN_TTL.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs (Node.js 20+ is needed)");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready"), "the IdP did not start: {line}");
+        // Keep reading: the provider prints notices later, and a closed pipe kills it.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        Idp { child, port }
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn oidc_config(issuer: &str) -> Value {
+    json!({
+        "issuer": issuer,
+        "client_id": "web",
+        "client_secret": "web-secret",
+        "client_auth": "client_secret_basic",
+        "redirect_uri": format!("{APP}/callback"),
+        "scopes": ["openid", "offline_access"],
+        "idp_cluster": "idp",
+        "allow_insecure_http": true,
+        "refresh_leeway_seconds": 1,
+        "session": {"secrets": [{"id": "k1", "secret": "an-e2e-test-secret-of-at-least-32-chars"}]},
+        "logout": {"path": "/logout", "post_logout_redirect_uri": format!("{APP}/bye")},
+        "upstream_id_token_header": "x-id-token"
+    })
+}
+
+/// A scripted browser: one cookie jar per origin, redirects followed by hand.
+struct Browser {
+    /// Where `APP` requests really go.
+    app: String,
+    idp: String,
+    jars: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+struct Page {
+    url: String,
+    res: Res,
+}
+
+impl Browser {
+    fn new(app: &str, idp: &str) -> Browser {
+        Browser {
+            app: app.into(),
+            idp: idp.into(),
+            jars: BTreeMap::new(),
+        }
+    }
+
+    /// One request to an absolute URL; cookies sent and stored.
+    fn request(&mut self, method: &str, url: &str, form: Option<&str>) -> Page {
+        let (origin, path) = split(url);
+        let base = if origin == APP {
+            self.app.clone()
+        } else {
+            origin.clone()
+        };
+        assert!(
+            origin == APP || origin == self.idp,
+            "the browser was sent to a foreign origin: {url}"
+        );
+        let jar = self.jars.entry(origin.clone()).or_default();
+        let cookie = jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let host = origin
+            .split_once("://")
+            .map_or(origin.as_str(), |(_, h)| h)
+            .to_owned();
+        let mut headers = vec![
+            ("host", host.as_str()),
+            ("accept", "text/html,application/xhtml+xml"),
+        ];
+        if !cookie.is_empty() {
+            headers.push(("cookie", cookie.as_str()));
+        }
+        if form.is_some() {
+            headers.push(("content-type", "application/x-www-form-urlencoded"));
+        }
+        let res = send(
+            &base,
+            method,
+            &path,
+            &headers,
+            form.unwrap_or("").as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        for sc in res.headers.get_all("set-cookie") {
+            let sc = String::from_utf8_lossy(sc);
+            let (pair, attrs) = sc.split_once(';').unwrap_or((&sc, ""));
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let gone = attrs.to_ascii_lowercase().contains("max-age=0")
+                || attrs.contains("1970")
+                || v.is_empty();
+            if gone {
+                jar.remove(k.trim());
+            } else {
+                jar.insert(k.trim().to_owned(), v.to_owned());
+            }
+        }
+        Page {
+            url: url.to_owned(),
+            res,
+        }
+    }
+
+    /// Follows redirects and submits the IdP's forms (login as `user`, consent, logout
+    /// confirmation) until a page that is neither.
+    /// Stops before requesting `stop`, returning the redirect that leads there.
+    fn browse(&mut self, url: &str, user: &str, stop: Option<&str>) -> Page {
+        let mut page = self.request("GET", url, None);
+        for _ in 0..20 {
+            if (300..400).contains(&page.res.status) {
+                let loc = page
+                    .res
+                    .headers
+                    .get_str("location")
+                    .expect("location")
+                    .to_owned();
+                let next = resolve(&page.url, &loc);
+                if stop == Some(next.as_str()) {
+                    return Page {
+                        url: next,
+                        res: page.res,
+                    };
+                }
+                page = self.request("GET", &next, None);
+                continue;
+            }
+            let (origin, _) = split(&page.url);
+            if origin == self.idp && page.res.status == 200 && page.res.body.contains("<form") {
+                let (action, mut fields) = form_of(&page.res.body);
+                if fields.iter().any(|(k, v)| k == "prompt" && v == "login") {
+                    fields.push(("login".into(), user.into()));
+                    fields.push(("password".into(), "any".into()));
+                }
+                if action.contains("session/end") {
+                    fields.push(("logout".into(), "yes".into()));
+                }
+                let body = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(fields.iter())
+                    .finish();
+                let target = resolve(&page.url, &action);
+                page = self.request("POST", &target, Some(&body));
+                continue;
+            }
+            return page;
+        }
+        panic!("too many redirects from {url}");
+    }
+
+    fn has_session(&self) -> bool {
+        self.jars.get(APP).is_some_and(|j| {
+            j.keys()
+                .any(|k| k.starts_with("portcullis_session") && !k.ends_with("_login"))
+        })
+    }
+}
+
+fn split(url: &str) -> (String, String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let scheme = url.split_once("://").map_or("http", |(s, _)| s);
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    (
+        format!("{scheme}://{host}"),
+        if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        },
+    )
+}
+
+fn resolve(base: &str, loc: &str) -> String {
+    if loc.contains("://") {
+        loc.to_owned()
+    } else {
+        format!("{}{loc}", split(base).0)
+    }
+}
+
+/// The first form's action and its hidden fields.
+fn form_of(html: &str) -> (String, Vec<(String, String)>) {
+    let attr = |tag: &str, name: &str| {
+        let key = format!("{name}=\"");
+        tag.find(&key).map(|i| {
+            let rest = &tag[i + key.len()..];
+            rest[..rest.find('"').unwrap_or(rest.len())].replace("&amp;", "&")
+        })
+    };
+    let start = html.find("<form").expect("a form");
+    let form_tag = &html[start..start + html[start..].find('>').unwrap()];
+    let action = attr(form_tag, "action").expect("form action");
+    let mut fields = Vec::new();
+    for piece in html[start..].split("<input").skip(1) {
+        let tag = &piece[..piece.find('>').unwrap_or(piece.len())];
+        if attr(tag, "type").as_deref() == Some("hidden") {
+            if let (Some(n), Some(v)) = (attr(tag, "name"), attr(tag, "value")) {
+                fields.push((n, v));
+            }
+        }
+    }
+    (action, fields)
+}
+
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The whole journey through one host at `app`.
+fn journey(host: &str, app: &str, idp: &Idp) {
+    let mut b = Browser::new(app, &idp.issuer());
+    // An API client without a session: 401, no redirect.
+    let r = send(
+        app,
+        "GET",
+        "/orders",
+        &[("accept", "application/json")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 401, "{host}: {}", r.body);
+
+    // Log in: redirect to the IdP, login form, consent form, back with a code.
+    let page = b.browse(&format!("{APP}/orders/42?view=full"), "ada", None);
+    assert_eq!(
+        page.res.status, 200,
+        "{host}: {} at {}",
+        page.res.body, page.url
+    );
+    assert_eq!(
+        page.url,
+        format!("{APP}/orders/42?view=full"),
+        "{host}: back where it started"
+    );
+    assert!(b.has_session(), "{host}");
+    let auth = page
+        .res
+        .upstream_header("authorization")
+        .expect("a token upstream");
+    let token = auth.strip_prefix("Bearer ").expect("a bearer token");
+    let claims = jwt_claims(token);
+    assert_eq!(
+        claims["iss"],
+        idp.issuer(),
+        "{host}: the IdP's access token"
+    );
+    assert_eq!(
+        page.res.upstream_header("x-consumer-id").as_deref(),
+        Some("ada"),
+        "{host}"
+    );
+    assert_eq!(
+        page.res.upstream_header("x-credential-identifier"),
+        Some(idp.issuer()),
+        "{host}"
+    );
+    assert!(
+        page.res
+            .upstream_header("x-id-token")
+            .is_some_and(|t| t.starts_with("eyJ"))
+    );
+    assert_eq!(
+        page.res.upstream_header("cookie"),
+        None,
+        "{host}: session cookie kept at the edge"
+    );
+
+    // The access token expires; the next request refreshes it (paused, resumed).
+    let first_exp = claims["exp"].as_u64().unwrap();
+    while now() <= first_exp {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let page = b.request("GET", &format!("{APP}/orders/43"), None);
+    assert_eq!(page.res.status, 200, "{host}: {}", page.res.body);
+    let refreshed = page.res.upstream_header("authorization").unwrap();
+    assert_ne!(refreshed, auth, "{host}: a new access token after expiry");
+    let exp = jwt_claims(refreshed.strip_prefix("Bearer ").unwrap())["exp"]
+        .as_u64()
+        .unwrap();
+    assert!(exp > now(), "{host}: never an expired token upstream");
+    let page = b.request("GET", &format!("{APP}/orders/44"), None);
+    assert_eq!(
+        page.res.upstream_header("authorization"),
+        Some(refreshed.clone()),
+        "{host}: the refreshed session cookie"
+    );
+
+    // Log out: cookies cleared, the IdP's end_session with our hint, back to /bye.
+    let page = b.request("GET", &format!("{APP}/logout"), None);
+    assert_eq!(page.res.status, 302, "{host}");
+    let loc = page.res.headers.get_str("location").unwrap().to_owned();
+    assert!(
+        loc.starts_with(&format!("{}/session/end?", idp.issuer())),
+        "{host}: {loc}"
+    );
+    assert!(loc.contains("id_token_hint="), "{host}");
+    assert!(!b.has_session(), "{host}: cookies cleared");
+    let bye = format!("{APP}/bye");
+    let end = b.browse(&loc, "ada", Some(&bye));
+    assert_eq!(end.url, bye, "{host}: back from the IdP's logout");
+    // No session any more: a browser is sent to log in again.
+    let again = b.request("GET", &format!("{APP}/orders/42"), None);
+    assert_eq!(again.res.status, 302, "{host}");
+    assert!(
+        again
+            .res
+            .headers
+            .get_str("location")
+            .unwrap()
+            .starts_with(&format!("{}/auth?", idp.issuer())),
+        "{host}"
+    );
+}
+
+#[test]
+fn a_browser_logs_in_refreshes_and_logs_out_through_our_gateway_and_envoy() {
+    let port = free_port();
+    let idp = Idp::start(port);
+    let upstream = echo();
+    let config = oidc_config(&idp.issuer());
+
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+workers: 2
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
+filters:
+  - {{ name: oidc, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
+"#,
+        wasm("oidc")
+    ));
+    journey("portcullis", &gw.url(), &idp);
+
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream)
+            .filter(WasmFilter::new(
+                "oidc",
+                portcullis_testbed::wasm("oidc"),
+                &config.to_string(),
+            ))
+            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .concurrency(2),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    journey("envoy", &format!("http://{}", envoy.listener), &idp);
+}

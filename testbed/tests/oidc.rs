@@ -1,0 +1,1052 @@
+//! `oidc` in the test bed: the built filter on the real host engine, with a scripted
+//! OpenID provider (discovery, JWKS, token endpoint) and a virtual clock for session
+//! lifetimes, idle timeouts and access-token refresh.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jwt_mint::{Key, jwks};
+use portcullis_testbed::{CallFailure, HttpCallRequest, Reply, Request, Response, TestBed, wasm};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+/// The test bed's clock starts at 2026-01-01T00:00:00Z.
+const T0: u64 = 1_767_225_600;
+const ISS: &str = "https://idp.test";
+const SECRET_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const SECRET_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const COOKIE: &str = "__Host-portcullis_session";
+const LOGIN_COOKIE: &str = "__Host-portcullis_session_login";
+
+/// A scripted OpenID provider: what its token endpoint answers next, and what it saw.
+#[derive(Clone)]
+struct Idp {
+    key: Rc<Key>,
+    /// Claims of the next ID token, merged over the defaults (`nonce` is filled in
+    /// from the last authorization request unless given).
+    id_claims: Rc<RefCell<Value>>,
+    /// The next token answer, when scripted whole.
+    token_reply: Rc<RefCell<Option<Reply>>>,
+    /// The nonce of the last authorization request.
+    nonce: Rc<RefCell<String>>,
+    access_ttl: Rc<Cell<u64>>,
+    issued: Rc<Cell<u32>>,
+    down: Rc<Cell<bool>>,
+    token_requests: Rc<RefCell<Vec<(BTreeMap<String, String>, Option<String>)>>>,
+    discovery_fetches: Rc<Cell<u32>>,
+    jwks_keys: Rc<RefCell<Vec<Rc<Key>>>>,
+    now: Rc<Cell<u64>>,
+}
+
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+impl Idp {
+    fn new() -> Idp {
+        let key = Rc::new(Key::ec256("idp-1"));
+        Idp {
+            jwks_keys: Rc::new(RefCell::new(vec![key.clone()])),
+            key,
+            id_claims: Rc::new(RefCell::new(json!({}))),
+            token_reply: Rc::default(),
+            nonce: Rc::default(),
+            access_ttl: Rc::new(Cell::new(300)),
+            issued: Rc::default(),
+            down: Rc::default(),
+            token_requests: Rc::default(),
+            discovery_fetches: Rc::default(),
+            now: Rc::new(Cell::new(T0)),
+        }
+    }
+
+    fn id_token(&self, extra: &Value) -> String {
+        let now = self.now.get();
+        let mut c = json!({"iss": ISS, "aud": "web", "sub": "ada", "sid": "idp-session-1",
+            "preferred_username": "ada.l", "groups": ["eng", "ops"], "tier": "premium",
+            "nonce": *self.nonce.borrow(), "iat": now, "exp": now + 300});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        self.key.sign("ES256", c)
+    }
+
+    fn answer(&self, req: &HttpCallRequest) -> Reply {
+        if self.down.get() {
+            return Reply::Fail(CallFailure::ConnectFailed("down".into()));
+        }
+        let path = req.headers.get_str(":path").unwrap_or("");
+        match path {
+            "/.well-known/openid-configuration" => {
+                self.discovery_fetches.set(self.discovery_fetches.get() + 1);
+                Reply::json(&json!({
+                    "issuer": ISS,
+                    "authorization_endpoint": "https://idp.test/authorize",
+                    "token_endpoint": "https://idp.test/token",
+                    "jwks_uri": "https://idp.test/jwks",
+                    "end_session_endpoint": "https://idp.test/logout"
+                }))
+            }
+            "/jwks" => {
+                let keys = self.jwks_keys.borrow();
+                let refs: Vec<&Key> = keys.iter().map(|k| k.as_ref()).collect();
+                Reply::json(&jwks(&refs))
+            }
+            "/token" => {
+                let body = form(&req.body);
+                self.token_requests.borrow_mut().push((
+                    body.clone(),
+                    req.headers.get_str("authorization").map(str::to_owned),
+                ));
+                if let Some(r) = self.token_reply.borrow_mut().take() {
+                    return r;
+                }
+                let n = self.issued.get() + 1;
+                self.issued.set(n);
+                let mut answer = json!({
+                    "access_token": format!("at-{n}"),
+                    "token_type": "Bearer",
+                    "expires_in": self.access_ttl.get(),
+                    "refresh_token": format!("rt-{n}"),
+                });
+                if body.get("grant_type").map(String::as_str) == Some("authorization_code") {
+                    answer["id_token"] = json!(self.id_token(&self.id_claims.borrow()));
+                }
+                Reply::json(&answer)
+            }
+            _ => Reply::status(404, &[], "not found"),
+        }
+    }
+}
+
+fn config(extra: Value) -> String {
+    let mut c = json!({
+        "issuer": ISS,
+        "client_id": "web",
+        "client_secret": "web-secret",
+        "redirect_uri": "https://app.test/callback",
+        "scopes": ["openid", "profile", "offline_access"],
+        "idp_cluster": "idp",
+        "session": {"secrets": [{"id": "a", "secret": SECRET_A}], "lifetime": 3600, "idle_timeout": 900},
+        "logout": {"path": "/logout", "post_logout_redirect_uri": "https://app.test/bye"},
+        "backchannel_logout_path": "/oidc/backchannel",
+        "upstream_id_token_header": "x-id-token",
+        "consumer": {"id_claim": "sub", "username_claim": "preferred_username", "groups_claim": "groups", "tier_claim": "tier"},
+        "refresh_leeway_seconds": 30
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c.to_string()
+}
+
+fn bed(idp: &Idp, extra: Value) -> TestBed {
+    let i = idp.clone();
+    TestBed::new()
+        .filter(wasm("oidc"), config(extra))
+        .cluster("idp", move |req| i.answer(req))
+        .build()
+        .unwrap()
+}
+
+/// Advances the bed's clock and the IdP's with it.
+fn advance(bed: &mut TestBed, idp: &Idp, secs: u64) {
+    bed.advance(Duration::from_secs(secs));
+    idp.now.set(idp.now.get() + secs);
+}
+
+/// The browser's cookies.
+#[derive(Default, Clone, Debug)]
+struct Jar(BTreeMap<String, String>);
+
+impl Jar {
+    fn take(&mut self, res: &Response) {
+        for sc in res.headers.get_all("set-cookie") {
+            let sc = String::from_utf8_lossy(sc);
+            let (pair, attrs) = sc.split_once(';').unwrap_or((&sc, ""));
+            let (k, v) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.0.remove(k);
+            } else {
+                self.0.insert(k.to_owned(), v.to_owned());
+            }
+        }
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn has_session(&self) -> bool {
+        self.0
+            .keys()
+            .any(|k| k.starts_with(COOKIE) && k != LOGIN_COOKIE)
+    }
+}
+
+fn browser(path: &str, jar: &Jar) -> Request {
+    let r = Request::get(path).header("accept", "text/html,application/xhtml+xml");
+    if jar.0.is_empty() {
+        r
+    } else {
+        r.header("cookie", &jar.header())
+    }
+}
+
+fn api(path: &str, jar: &Jar) -> Request {
+    let r = Request::get(path).header("accept", "application/json");
+    if jar.0.is_empty() {
+        r
+    } else {
+        r.header("cookie", &jar.header())
+    }
+}
+
+fn query(location: &str) -> BTreeMap<String, String> {
+    let q = location.split_once('?').map_or("", |(_, q)| q);
+    form(q.as_bytes())
+}
+
+/// Starts a login at `path`: the 302 to the IdP, the login cookie in the jar.
+fn start_login(
+    bed: &mut TestBed,
+    idp: &Idp,
+    path: &str,
+    jar: &mut Jar,
+) -> BTreeMap<String, String> {
+    let res = bed.send(browser(path, jar));
+    assert_eq!(res.status, 302, "{}", res.text());
+    let location = res.header("location").unwrap().to_owned();
+    assert!(
+        location.starts_with("https://idp.test/authorize?"),
+        "{location}"
+    );
+    jar.take(&res);
+    let q = query(&location);
+    *idp.nonce.borrow_mut() = q["nonce"].clone();
+    q
+}
+
+/// A whole login; returns the jar with the session.
+fn login(bed: &mut TestBed, idp: &Idp, path: &str) -> Jar {
+    let mut jar = Jar::default();
+    let q = start_login(bed, idp, path, &mut jar);
+    let res = bed.send(browser(
+        &format!("/callback?code=c-1&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 302, "{}", res.text());
+    jar.take(&res);
+    assert!(jar.has_session(), "{:?}", res.headers);
+    assert!(
+        !jar.0.contains_key(LOGIN_COOKIE),
+        "the login cookie is spent"
+    );
+    jar
+}
+
+#[test]
+fn a_browser_logs_in_and_the_upstream_gets_the_token_and_identity() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/orders/7?x=1", &mut jar);
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["client_id"], "web");
+    assert_eq!(q["redirect_uri"], "https://app.test/callback");
+    assert_eq!(q["scope"], "openid profile offline_access");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(q["state"].len() >= 32 && q["nonce"].len() >= 32);
+    assert!(jar.0.contains_key(LOGIN_COOKIE));
+
+    let res = bed.send(browser(
+        &format!("/callback?code=c-1&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 302, "{}", res.text());
+    assert_eq!(
+        res.header("location"),
+        Some("/orders/7?x=1"),
+        "back where it started"
+    );
+    let set: Vec<String> = res
+        .headers
+        .get_all("set-cookie")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with(&format!("{COOKIE}=")))
+        .unwrap();
+    for attr in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=3600",
+    ] {
+        assert!(session.contains(attr), "{attr} in {session}");
+    }
+    assert!(
+        !session.contains("Domain="),
+        "__Host- cookies have no Domain"
+    );
+    jar.take(&res);
+
+    // The code exchange: client_secret_basic, the code, and the PKCE verifier that
+    // hashes to the challenge sent to the browser.
+    let (body, auth) = idp.token_requests.borrow()[0].clone();
+    assert_eq!(body["grant_type"], "authorization_code");
+    assert_eq!(body["code"], "c-1");
+    assert_eq!(body["redirect_uri"], "https://app.test/callback");
+    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(body["code_verifier"].as_bytes()));
+    assert_eq!(challenge, q["code_challenge"]);
+    assert_eq!(
+        auth.as_deref(),
+        Some(
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("web:web-secret")
+            )
+            .as_str()
+        )
+    );
+    assert!(!body.contains_key("client_secret"));
+
+    let res = bed.send(
+        browser("/orders/7", &jar)
+            .header("x-consumer-id", "mallory")
+            .header("x-consumer-tier", "gold"),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1")
+    );
+    assert_eq!(res.upstream_header("x-consumer-id").as_deref(), Some("ada"));
+    assert_eq!(
+        res.upstream_header("x-consumer-username").as_deref(),
+        Some("ada.l")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-groups").as_deref(),
+        Some("eng,ops")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-tier").as_deref(),
+        Some("premium")
+    );
+    assert_eq!(
+        res.upstream_header("x-credential-identifier").as_deref(),
+        Some(ISS)
+    );
+    assert!(
+        res.upstream_header("x-id-token")
+            .unwrap()
+            .starts_with("eyJ")
+    );
+    let up = res.upstream.as_ref().unwrap();
+    assert_eq!(up.headers.get_all("x-consumer-id").count(), 1);
+    assert_eq!(
+        res.upstream_header("cookie"),
+        None,
+        "our cookies stay at the gateway"
+    );
+    assert_eq!(
+        idp.token_requests.borrow().len(),
+        1,
+        "no IdP call with a session"
+    );
+}
+
+#[test]
+fn other_cookies_still_reach_the_upstream() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(browser("/", &jar).header("cookie", "theme=dark"));
+    assert_eq!(res.status, 200);
+    assert_eq!(res.upstream_header("cookie").as_deref(), Some("theme=dark"));
+}
+
+#[test]
+fn api_clients_get_401_and_never_a_redirect() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = Jar::default();
+    for req in [
+        api("/orders", &jar),
+        Request::get("/orders"),
+        browser("/orders", &jar).header("x-requested-with", "XMLHttpRequest"),
+        browser("/orders", &jar).header("authorization", "Bearer abc"),
+        Request::post("/orders", "{}").header("accept", "text/html"),
+    ] {
+        let res = bed.send(req.header("x-consumer-id", "mallory"));
+        assert_eq!(res.status, 401, "{}", res.text());
+        assert!(res.header("location").is_none());
+        assert_eq!(
+            res.header("www-authenticate"),
+            Some("Bearer realm=\"portcullis\"")
+        );
+        assert_eq!(res.json()["message"], "authentication required");
+    }
+    let mut bed = self::bed(&idp, json!({"unauthenticated_api": 403}));
+    assert_eq!(bed.send(api("/orders", &jar)).status, 403);
+}
+
+#[test]
+fn the_idp_error_at_the_callback_is_a_clear_401_without_a_loop() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let res = bed.send(browser(
+        &format!(
+            "/callback?error=access_denied&error_description=User+said+no&state={}",
+            q["state"]
+        ),
+        &jar,
+    ));
+    assert_eq!(res.status, 401);
+    assert!(res.header("location").is_none(), "no redirect loop");
+    assert!(
+        res.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("access_denied")
+    );
+    jar.take(&res);
+    assert!(
+        !jar.0.contains_key(LOGIN_COOKIE),
+        "the failed login is cleared"
+    );
+    assert!(idp.token_requests.borrow().is_empty());
+}
+
+#[test]
+fn a_wrong_or_missing_state_and_a_replayed_callback_are_refused() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let res = bed.send(browser("/callback?code=c-1&state=forged", &jar));
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert!(res.text().contains("state does not match"));
+    // No login cookie at all (another browser, or it expired).
+    let res = bed.send(browser(
+        &format!("/callback?code=c-1&state={}", q["state"]),
+        &Jar::default(),
+    ));
+    assert_eq!(res.status, 401);
+    assert!(res.text().contains("no login in progress"));
+    // Two states in one callback are ambiguous.
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={0}&state={0}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 400);
+    assert!(
+        idp.token_requests.borrow().is_empty(),
+        "nothing reached the IdP"
+    );
+
+    // The real callback works once; replaying it (same cookie, state, code) does not.
+    let cb = format!("/callback?code=c-1&state={}", q["state"]);
+    let res = bed.send(browser(&cb, &jar));
+    assert_eq!(res.status, 302, "{}", res.text());
+    let res = bed.send(browser(&cb, &jar));
+    assert_eq!(res.status, 401);
+    assert!(res.text().contains("already completed"), "{}", res.text());
+    assert_eq!(
+        idp.token_requests.borrow().len(),
+        1,
+        "the replay did not reach the IdP"
+    );
+
+    // A login cookie older than the login timeout is refused.
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    advance(&mut bed, &idp, 601);
+    let res = bed.send(browser(
+        &format!("/callback?code=c-1&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 401);
+}
+
+#[test]
+fn a_code_the_idp_refuses_is_401() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    *idp.token_reply.borrow_mut() = Some(Reply::status(
+        400,
+        &[("content-type", "application/json")],
+        r#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,
+    ));
+    let res = bed.send(browser(
+        &format!("/callback?code=used&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 401);
+    assert!(res.text().contains("invalid_grant"), "{}", res.text());
+    jar.take(&res);
+    assert!(!jar.has_session());
+}
+
+#[test]
+fn id_tokens_with_a_wrong_nonce_issuer_audience_or_signature_are_refused() {
+    let other_key = Key::ec256("idp-1");
+    let cases: Vec<(&str, Value)> = vec![
+        ("nonce", json!({"nonce": "another-login"})),
+        ("issuer", json!({"iss": "https://evil.test"})),
+        ("audience", json!({"aud": "another-client"})),
+        ("azp", json!({"aud": ["web", "other"], "azp": "other"})),
+        ("expired", json!({"exp": T0 - 120, "iat": T0 - 600})),
+        ("future iat", json!({"iat": T0 + 3600, "exp": T0 + 7200})),
+        ("no iat", json!({"iat": null})),
+    ];
+    for (what, claims) in cases {
+        let idp = Idp::new();
+        let mut bed = bed(&idp, json!({}));
+        let mut jar = Jar::default();
+        let q = start_login(&mut bed, &idp, "/", &mut jar);
+        let mut claims = claims;
+        if claims.get("iat") == Some(&Value::Null) {
+            // Sign without iat at all.
+            let now = T0;
+            let t = idp.key.sign(
+                "ES256",
+                json!({"iss": ISS, "aud": "web", "sub": "ada", "nonce": q["nonce"], "exp": now + 300}),
+            );
+            *idp.token_reply.borrow_mut() = Some(Reply::json(
+                &json!({"access_token": "at", "token_type": "Bearer", "id_token": t}),
+            ));
+            claims = json!({});
+        }
+        *idp.id_claims.borrow_mut() = claims;
+        let res = bed.send(browser(
+            &format!("/callback?code=c&state={}", q["state"]),
+            &jar,
+        ));
+        assert_eq!(res.status, 401, "{what}: {}", res.text());
+        assert!(
+            res.text().contains("ID token was refused"),
+            "{what}: {}",
+            res.text()
+        );
+        jar.take(&res);
+        assert!(!jar.has_session(), "{what}");
+    }
+    // Signed by a key that is not the IdP's (same kid): the signature fails.
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let forged = other_key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "sub": "ada", "nonce": q["nonce"], "iat": T0, "exp": T0 + 300}),
+    );
+    *idp.token_reply.borrow_mut() = Some(Reply::json(
+        &json!({"access_token": "at", "token_type": "Bearer", "id_token": forged}),
+    ));
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 401);
+    assert!(res.text().contains("signature"), "{}", res.text());
+}
+
+#[test]
+fn a_rotated_idp_key_is_fetched_once() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let _ = login(&mut bed, &idp, "/");
+    // The IdP signs with a new key that our cached JWKS does not have yet.
+    let new_key = Rc::new(Key::rsa("idp-2"));
+    idp.jwks_keys.borrow_mut().push(new_key.clone());
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let t = new_key.sign(
+        "RS256",
+        json!({"iss": ISS, "aud": "web", "sub": "bob", "nonce": q["nonce"], "iat": T0, "exp": T0 + 300}),
+    );
+    *idp.token_reply.borrow_mut() = Some(Reply::json(
+        &json!({"access_token": "at-x", "token_type": "Bearer", "id_token": t}),
+    ));
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 302, "{}", res.text());
+    let jwks_calls = bed
+        .calls()
+        .iter()
+        .filter(|(_, r)| r.headers.get_str(":path") == Some("/jwks"))
+        .count();
+    assert_eq!(
+        jwks_calls, 2,
+        "the first fetch and one refetch for the new kid"
+    );
+}
+
+#[test]
+fn an_unreachable_idp_is_503_or_502_with_a_message() {
+    let idp = Idp::new();
+    idp.down.set(true);
+    let mut bed = bed(&idp, json!({}));
+    let res = bed.send(browser("/", &Jar::default()));
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert!(res.text().contains("identity provider is unavailable"));
+    assert_eq!(res.header("retry-after"), Some("10"));
+
+    // Discovery worked, then the token endpoint fails.
+    let idp = Idp::new();
+    let mut bed = self::bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    *idp.token_reply.borrow_mut() = Some(Reply::Fail(CallFailure::ConnectFailed("refused".into())));
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 502, "{}", res.text());
+    assert!(res.text().contains("token endpoint is unreachable"));
+}
+
+#[test]
+fn discovery_and_keys_are_fetched_once_and_shared() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    bed.advance(Duration::from_secs(2));
+    assert_eq!(
+        idp.discovery_fetches.get(),
+        1,
+        "a tick fetched it before any request"
+    );
+    assert!(bed.shared_data("oidc/oidc-0/discovery").is_some());
+    assert!(bed.shared_data("oidc/oidc-0/jwks").is_some());
+    let _ = login(&mut bed, &idp, "/");
+    let _ = login(&mut bed, &idp, "/");
+    assert_eq!(idp.discovery_fetches.get(), 1);
+    // Re-read after its TTL, on a tick.
+    advance(&mut bed, &idp, 3601);
+    assert_eq!(idp.discovery_fetches.get(), 2);
+}
+
+/// Flips one bit in the middle of a cookie's value.
+fn flip(v: &str) -> String {
+    let mut b = v.as_bytes().to_vec();
+    let i = b.len() / 2;
+    b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(b).unwrap()
+}
+
+#[test]
+fn tampered_truncated_foreign_and_expired_cookies_are_no_session() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    let value = jar.0[COOKIE].clone();
+    let foreign = {
+        let idp2 = Idp::new();
+        let mut other = self::bed(
+            &idp2,
+            json!({"session": {"secrets": [{"id": "a", "secret": SECRET_B}]}}),
+        );
+        login(&mut other, &idp2, "/").0[COOKIE].clone()
+    };
+    for (what, bad) in [
+        ("tampered", flip(&value)),
+        ("truncated", value[..value.len() - 10].to_owned()),
+        ("foreign key", foreign),
+        ("unknown key id", format!("zz{}", &value[1..])),
+        ("garbage", "%%%".to_owned()),
+    ] {
+        let mut j = Jar::default();
+        j.0.insert(COOKIE.into(), bad.clone());
+        let res = bed.send(api("/orders", &j));
+        assert_eq!(res.status, 401, "{what}");
+        let res = bed.send(browser("/orders", &j));
+        assert_eq!(res.status, 302, "{what}: a browser logs in again");
+        assert!(bed.logged("session cookie rejected"), "{what}");
+    }
+    assert!(
+        !bed.logs().iter().any(|l| l.message.contains(&value[5..40])),
+        "no cookie value in the logs"
+    );
+    // Still good, then past the lifetime (idle timeout kept at bay by touches).
+    let mut jar = jar;
+    for _ in 0..8 {
+        advance(&mut bed, &idp, 400);
+        let res = bed.send(api("/orders", &jar));
+        assert_eq!(res.status, 200, "{}", res.text());
+        jar.take(&res);
+    }
+    advance(&mut bed, &idp, 400);
+    let res = bed.send(api("/orders", &jar));
+    assert_eq!(res.status, 401, "3600 s lifetime is over");
+    assert!(bed.logged("session lifetime reached"));
+}
+
+#[test]
+fn an_idle_session_ends_and_touches_keep_it_alive() {
+    let idp = Idp::new();
+    idp.access_ttl.set(100_000);
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 600);
+    let res = bed.send(api("/", &jar));
+    assert_eq!(res.status, 200);
+    assert!(
+        res.headers.get_all("set-cookie").count() > 0,
+        "the idle clock restarts"
+    );
+    jar.take(&res);
+    advance(&mut bed, &idp, 600);
+    assert_eq!(
+        bed.send(api("/", &jar)).status,
+        200,
+        "600 s after the touch: fine"
+    );
+    advance(&mut bed, &idp, 901);
+    assert_eq!(
+        bed.send(api("/", &jar)).status,
+        401,
+        "idle for longer than 900 s"
+    );
+    assert!(bed.logged("session idle timeout"));
+}
+
+#[test]
+fn rotated_session_secrets_keep_sessions_and_a_dropped_secret_ends_them() {
+    let idp = Idp::new();
+    let mut old = bed(&idp, json!({}));
+    let jar = login(&mut old, &idp, "/");
+    let mut rotated = bed(
+        &idp,
+        json!({"session": {"secrets": [{"id": "b", "secret": SECRET_B}, {"id": "a", "secret": SECRET_A}]}}),
+    );
+    let res = rotated.send(api("/", &jar));
+    assert_eq!(res.status, 200, "an old key still decrypts");
+    let fresh = login(&mut rotated, &idp, "/");
+    assert!(
+        fresh.0[COOKIE].starts_with("b."),
+        "the first secret encrypts"
+    );
+    let mut dropped = bed(
+        &idp,
+        json!({"session": {"secrets": [{"id": "b", "secret": SECRET_B}]}}),
+    );
+    assert_eq!(dropped.send(api("/", &jar)).status, 401);
+    assert_eq!(dropped.send(api("/", &fresh)).status, 200);
+}
+
+#[test]
+fn an_expiring_access_token_is_refreshed_and_never_forwarded_expired() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 60);
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1")
+    );
+    // Within the 30 s leeway: refreshed, the request paused and resumed.
+    advance(&mut bed, &idp, 40);
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    let (body, _) = idp.token_requests.borrow().last().unwrap().clone();
+    assert_eq!(body["grant_type"], "refresh_token");
+    assert_eq!(body["refresh_token"], "rt-1");
+    jar.take(&res);
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(
+        idp.token_requests.borrow().len(),
+        2,
+        "the new cookie needs no refresh"
+    );
+
+    // The IdP refuses the refresh token: the session is over.
+    advance(&mut bed, &idp, 100);
+    *idp.token_reply.borrow_mut() = Some(Reply::status(400, &[], r#"{"error":"invalid_grant"}"#));
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 401);
+    assert!(res.upstream.is_none());
+    *idp.token_reply.borrow_mut() = Some(Reply::status(400, &[], r#"{"error":"invalid_grant"}"#));
+    let res = bed.send(browser("/a", &jar));
+    assert_eq!(res.status, 302, "a browser logs in again");
+}
+
+#[test]
+fn without_refresh_an_expired_access_token_ends_the_session() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({"refresh_tokens": false}));
+    let jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 100);
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 200, "still valid, no refresh possible: used");
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1")
+    );
+    advance(&mut bed, &idp, 20);
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 401, "an expired token is never forwarded");
+    assert_eq!(idp.token_requests.borrow().len(), 1);
+}
+
+#[test]
+fn an_unreachable_token_endpoint_during_refresh_keeps_a_valid_token_or_answers_503() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 100);
+    *idp.token_reply.borrow_mut() = Some(Reply::Fail(CallFailure::ConnectFailed("x".into())));
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 200, "the current token is still valid");
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1")
+    );
+    advance(&mut bed, &idp, 30);
+    *idp.token_reply.borrow_mut() = Some(Reply::Fail(CallFailure::ConnectFailed("x".into())));
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert!(res.upstream.is_none());
+}
+
+#[test]
+fn logout_clears_cookies_goes_to_the_idp_and_revokes_the_copied_cookie() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = login(&mut bed, &idp, "/");
+    let copy = jar.clone();
+    let res = bed.send(browser("/logout", &jar));
+    assert_eq!(res.status, 302);
+    let location = res.header("location").unwrap().to_owned();
+    assert!(
+        location.starts_with("https://idp.test/logout?"),
+        "{location}"
+    );
+    let q = query(&location);
+    assert!(q["id_token_hint"].starts_with("eyJ"));
+    assert_eq!(q["post_logout_redirect_uri"], "https://app.test/bye");
+    assert_eq!(q["client_id"], "web");
+    jar.take(&res);
+    assert!(!jar.has_session(), "cleared: {:?}", jar.0);
+    let res = bed.send(api("/", &copy));
+    assert_eq!(
+        res.status, 401,
+        "a copy of the logged-out cookie is no session"
+    );
+}
+
+#[test]
+fn back_channel_logout_revokes_the_idp_session_on_every_worker() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    assert_eq!(bed.send(api("/", &jar)).status, 200);
+    let logout_token = |claims: Value| {
+        let mut c = json!({"iss": ISS, "aud": "web", "iat": T0, "jti": "j1",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+        for (k, v) in claims.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        idp.key.sign("ES256", c)
+    };
+    let post = |t: &str| {
+        Request::post("/oidc/backchannel", format!("logout_token={t}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+    };
+    // Refused: not a logout token, a nonce, another audience, a forged signature.
+    for bad in [
+        logout_token(json!({"sid": "idp-session-1", "events": {}})),
+        logout_token(json!({"sid": "idp-session-1", "nonce": "n"})),
+        logout_token(json!({"sid": "idp-session-1", "aud": "other"})),
+        logout_token(json!({})),
+        Key::ec256("idp-1").sign(
+            "ES256",
+            json!({"iss": ISS, "aud": "web", "iat": T0, "sid": "idp-session-1",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+        ),
+    ] {
+        let res = bed.send(post(&bad));
+        assert_eq!(res.status, 400, "{}", res.text());
+    }
+    assert_eq!(bed.send(api("/", &jar)).status, 200, "still logged in");
+    let res = bed.send(post(&logout_token(json!({"sid": "idp-session-1"}))));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        bed.send(api("/", &jar)).status,
+        401,
+        "the session is revoked"
+    );
+    assert!(bed.shared_data("oidc/oidc-0/revoked").is_some());
+    // A new login after the logout is a new session.
+    let jar2 = {
+        *idp.id_claims.borrow_mut() = json!({"sid": "idp-session-2"});
+        login(&mut bed, &idp, "/")
+    };
+    assert_eq!(bed.send(api("/", &jar2)).status, 200);
+    // By subject: every session of the user created before it.
+    let res = bed.send(post(&logout_token(json!({"sub": "ada"}))));
+    assert_eq!(res.status, 200);
+    assert_eq!(bed.send(api("/", &jar2)).status, 401);
+}
+
+#[test]
+fn a_large_session_is_split_across_cookies_and_read_back() {
+    let idp = Idp::new();
+    let groups: Vec<String> = (0..300).map(|i| format!("group-number-{i:04}")).collect();
+    *idp.id_claims.borrow_mut() = json!({"groups": groups});
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = login(&mut bed, &idp, "/");
+    assert!(!jar.0.contains_key(COOKIE));
+    assert!(
+        jar.0.contains_key(&format!("{COOKIE}.0")) && jar.0.contains_key(&format!("{COOKIE}.1"))
+    );
+    assert!(jar.0.values().all(|v| v.len() <= 3800));
+    let res = bed.send(api("/", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert!(
+        res.upstream_header("x-consumer-groups")
+            .unwrap()
+            .contains("group-number-0299")
+    );
+    // A missing chunk is no session.
+    jar.0.remove(&format!("{COOKIE}.1"));
+    assert_eq!(bed.send(api("/", &jar)).status, 401);
+}
+
+#[test]
+fn the_return_url_is_always_local() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    for (asked, back) in [("//evil.example/x", "/"), ("/ok/path?q=1", "/ok/path?q=1")] {
+        let mut jar = Jar::default();
+        let q = start_login(&mut bed, &idp, asked, &mut jar);
+        let res = bed.send(browser(
+            &format!("/callback?code=c&state={}", q["state"]),
+            &jar,
+        ));
+        assert_eq!(res.status, 302);
+        assert_eq!(res.header("location"), Some(back), "{asked}");
+    }
+}
+
+#[test]
+fn bearer_passthrough_validates_the_token_instead_of_redirecting() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"]}),
+    );
+    let good = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "orders-api", "sub": "svc-1", "iat": T0, "exp": T0 + 300}),
+    );
+    let res =
+        bed.send(browser("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("x-consumer-id").as_deref(),
+        Some("svc-1")
+    );
+    assert_eq!(
+        res.upstream_header("authorization"),
+        Some(format!("Bearer {good}"))
+    );
+    let wrong_aud = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web2", "sub": "x", "iat": T0, "exp": T0 + 300}),
+    );
+    for bad in [wrong_aud.as_str(), "not-a-jwt"] {
+        let res =
+            bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {bad}")));
+        assert_eq!(res.status, 401);
+        assert!(
+            res.header("www-authenticate")
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
+}
+
+#[test]
+fn a_bad_configuration_is_refused_naming_the_field() {
+    let idp = Idp::new();
+    let i = idp.clone();
+    let bed = TestBed::new()
+        .filter(
+            wasm("oidc"),
+            config(json!({"redirect_uri": "http://app.test/callback"})),
+        )
+        .cluster("idp", move |r| i.answer(r))
+        .build();
+    assert!(bed.is_err());
+}
+
+#[test]
+fn hostile_callbacks_and_cookies_never_crash_the_filter() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let _ = start_login(&mut bed, &idp, "/", &mut jar);
+    for path in [
+        "/callback",
+        "/callback?",
+        "/callback?code=&state=",
+        "/callback?code=%ff%fe&state=%00",
+        "/callback?state=x&code=y&code=z",
+        "/logout?x=%",
+    ] {
+        let res = bed.send(browser(path, &jar));
+        assert!(
+            res.status >= 300 && res.status < 500,
+            "{path}: {}",
+            res.status
+        );
+    }
+    for cookie in [
+        format!("{COOKIE}="),
+        format!("{COOKIE}=a.b.c"),
+        format!("{COOKIE}.0=x; {COOKIE}.1=y"),
+        format!("{COOKIE}={}", "A".repeat(30_000)),
+        format!("{LOGIN_COOKIE}=a.{}", "B".repeat(100)),
+        ";;;===; ;".into(),
+    ] {
+        let res = bed.send(Request::get("/x").header("cookie", &cookie));
+        assert_eq!(res.status, 401, "{cookie:.40}");
+    }
+    let mut jar = login(&mut bed, &idp, "/");
+    jar.0.insert("x".into(), "y".into());
+    assert_eq!(
+        bed.send(api("/", &jar)).status,
+        200,
+        "the filter still serves"
+    );
+}
