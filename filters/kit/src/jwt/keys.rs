@@ -24,8 +24,8 @@ macro_rules! hmac_verify {
 macro_rules! rsa_pkcs1 {
     ($d:ty, $key:expr, $msg:expr, $sig:expr) => {{
         use sha2::Digest;
-        $key.verify(rsa::Pkcs1v15Sign::new::<$d>(), &<$d>::digest($msg), $sig)
-            .is_ok()
+        let scheme = rsa::Pkcs1v15Sign::new::<$d>();
+        crate::jwt::rsa_pkcs1::verify($key, &scheme.prefix, &<$d>::digest($msg), $sig)
     }};
 }
 
