@@ -187,6 +187,19 @@ fn start_portcullis(
     services: &[(&str, String)],
     headers: &[String],
 ) -> Started {
+    start_portcullis_routes(ctx, name, filters, &[], services, headers)
+}
+
+/// The same, with `side` filters on a route of their own under `/app` (loaded and
+/// started, but not on the measured path).
+fn start_portcullis_routes(
+    ctx: &Ctx,
+    name: &str,
+    filters: &[Filter],
+    side: &[Filter],
+    services: &[(&str, String)],
+    headers: &[String],
+) -> Started {
     let port = free_port();
     let mut yaml = format!(
         "listeners: [{{ name: bench, address: \"127.0.0.1:{port}\" }}]\nworkers: {}\naccess_log: \"off\"\nservices:\n  - {{ name: up, url: \"http://{}\" }}\n",
@@ -196,7 +209,7 @@ fn start_portcullis(
         yaml.push_str(&format!("  - {{ name: {n}, url: \"{url}\" }}\n"));
     }
     yaml.push_str("filters:\n");
-    for f in filters {
+    for f in filters.iter().chain(side) {
         yaml.push_str(&format!(
             "  - {{ name: {}, wasm: \"{}\", config: {} }}\n",
             f.name,
@@ -204,13 +217,20 @@ fn start_portcullis(
             f.config
         ));
     }
-    if filters.is_empty() {
+    if filters.is_empty() && side.is_empty() {
         yaml.push_str("  []\n");
     }
-    let names: Vec<&str> = filters.iter().map(|f| f.name).collect();
+    let names = |list: &[Filter]| list.iter().map(|f| f.name).collect::<Vec<_>>().join(", ");
+    yaml.push_str("routes:\n");
+    if !side.is_empty() {
+        yaml.push_str(&format!(
+            "  - {{ name: side, match: {{ paths: [/app] }}, service: up, filters: [{}] }}\n",
+            names(side)
+        ));
+    }
     yaml.push_str(&format!(
-        "routes: [{{ name: all, service: up, filters: [{}] }}]\n",
-        names.join(", ")
+        "  - {{ name: all, service: up, filters: [{}] }}\n",
+        names(filters)
     ));
     let config = ctx.dir.join(format!("{name}.yaml"));
     std::fs::write(&config, yaml).expect("config");
@@ -362,6 +382,21 @@ fn chain_section(ctx: &Ctx) {
     ];
     let p_none = start_portcullis(ctx, "none", &[], &[], &headers);
     let p_chain = start_portcullis(ctx, "chain", &chain_filters(ctx), &[], &headers);
+    // Start-up with all four filters: the chain, and oidc on a route of its own (its
+    // IdP need not answer for the gateway to start).
+    let oidc = [Filter {
+        name: "login",
+        wasm: "oidc",
+        config: json!({
+            "issuer": "https://idp.bench", "client_id": "web", "client_secret": "bench-secret",
+            "redirect_uri": "https://app.bench/app/callback", "idp_cluster": "idp",
+            "session": {"secrets": [{"id": "k1", "secret": "0123456789abcdef0123456789abcdef"}]}
+        }),
+    }];
+    let idp = [("idp", format!("http://127.0.0.1:{}", free_port()))];
+    let p_four = start_portcullis_routes(ctx, "four", &chain_filters(ctx), &oidc, &idp, &headers);
+    let four = (p_four.startup, p_four.rest_kb);
+    drop(p_four);
     let e_none = start_envoy(
         &EnvoyConfig::new(ctx.upstream).concurrency(a.workers),
         &headers,
@@ -411,6 +446,18 @@ fn chain_section(ctx: &Ctx) {
     );
     println!("\n| host | start-up to first proxied 200 | RSS at rest |");
     println!("|---|---|---|");
+    let row = |name: &str, startup: Duration, kb: u64| {
+        println!(
+            "| {name} | {:.0} ms | {:.1} MB |",
+            startup.as_secs_f64() * 1000.0,
+            kb as f64 / 1024.0
+        );
+    };
+    row(
+        "portcullis, the four filters (chain + oidc)",
+        four.0,
+        four.1,
+    );
     for (name, s) in [
         ("portcullis, no filters", &p_none),
         ("portcullis, the chain (3 filters)", &p_chain),
@@ -418,11 +465,7 @@ fn chain_section(ctx: &Ctx) {
         ("envoy, the chain (3 wasm filters)", &e_chain),
         ("envoy, native equivalent", &e_native),
     ] {
-        println!(
-            "| {name} | {:.0} ms | {:.1} MB |",
-            s.startup.as_secs_f64() * 1000.0,
-            s.rest_kb as f64 / 1024.0
-        );
+        row(name, s.startup, s.rest_kb);
     }
 }
 
