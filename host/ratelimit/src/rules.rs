@@ -227,7 +227,7 @@ descriptors:
 
     #[test]
     fn the_shipped_example_rules_load() {
-        let text = include_str!("../../../examples/ratelimit-rules.yaml");
+        let text = include_str!("../../../examples/ratelimit/rules.yaml");
         let mut r = Rules::default();
         r.add_yaml(text).unwrap();
         let l = r
