@@ -245,6 +245,12 @@ fn a_cached_token_still_fails_when_it_expires() {
     };
     assert_eq!(send(&mut bed), 200);
     assert_eq!(send(&mut bed), 200);
+    // The hot counters reach the host on the next tick.
+    assert_eq!(
+        bed.metric("jwt_auth_cache_hits"),
+        Some(MetricValue::Counter(0))
+    );
+    bed.advance(Duration::from_secs(1));
     assert_eq!(
         bed.metric("jwt_auth_cache_hits"),
         Some(MetricValue::Counter(1))

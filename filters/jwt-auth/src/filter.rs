@@ -8,7 +8,7 @@
 //!   refresh runs once, not once per worker).
 //! - `kid`: 8 bytes; the last refetch for an unknown `kid`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -37,6 +37,11 @@ struct Metrics {
     fetches: u32,
     fetch_failures: u32,
     denied: HashMap<&'static str, u32>,
+    /// The two counters every admitted request bumps, kept in the VM and added to the
+    /// host's on the next tick (at most a second later): two host calls fewer per
+    /// request, which in Envoy are two crossings from V8 into C++.
+    pending_allowed: Cell<u64>,
+    pending_hits: Cell<u64>,
 }
 
 impl Metrics {
@@ -63,6 +68,25 @@ impl Metrics {
             fetches: c("jwt_auth_jwks_fetches"),
             fetch_failures: c("jwt_auth_jwks_failures"),
             denied,
+            pending_allowed: Cell::new(0),
+            pending_hits: Cell::new(0),
+        }
+    }
+
+    fn count(pending: &Cell<u64>) {
+        pending.set(pending.get() + 1);
+    }
+
+    /// Adds the counts kept in the VM to the host's counters.
+    fn flush(&self) {
+        for (id, pending) in [
+            (self.allowed, &self.pending_allowed),
+            (self.cache_hits, &self.pending_hits),
+        ] {
+            let n = pending.replace(0);
+            if n > 0 {
+                let _ = hostcalls::increment_metric(id, n as i64);
+            }
         }
     }
 
@@ -276,9 +300,8 @@ impl RootContext for Root {
             .get_property(vec!["plugin_root_id"])
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        if config.providers.iter().any(|p| p.remote.is_some()) {
-            self.set_tick_period(Duration::from_secs(1));
-        }
+        // Every second: the counters kept in the VM, and the JWKS refresh.
+        self.set_tick_period(Duration::from_secs(1));
         let strip = auth::spoofable_headers(&config);
         self.state = Some(Rc::new(RefCell::new(State {
             cache: TokenCache::new(config.cache_entries, config.cache_ttl),
@@ -298,6 +321,7 @@ impl RootContext for Root {
             return;
         };
         let st = state.borrow();
+        st.metrics.flush();
         let now = now_secs();
         for (i, p) in st.config.providers.iter().enumerate() {
             let Some(remote) = &p.remote else { continue };
@@ -385,7 +409,7 @@ impl Request {
             vec![kit::identity::CREDENTIAL_PROPERTY],
             Some(found.token.as_bytes()),
         );
-        Metrics::bump(st.metrics.allowed);
+        Metrics::count(&st.metrics.pending_allowed);
         Action::Continue
     }
 
@@ -396,7 +420,7 @@ impl Request {
         let now = now_secs();
         if let Some(v) = st.cache.get(&found.token, now) {
             if found.providers.contains(&v.provider) {
-                Metrics::bump(st.metrics.cache_hits);
+                Metrics::count(&st.metrics.pending_hits);
                 return self.allow(&st, &v, &found, rule);
             }
         }
