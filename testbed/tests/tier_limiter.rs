@@ -294,3 +294,27 @@ fn invalid_configurations_are_refused_naming_the_field() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+#[test]
+fn admitted_and_refused_requests_are_counted() {
+    let (mut bed, _) = chain(limits());
+    let key = || Request::get("/").header("x-api-key", "counted");
+    // Anonymous plan: one per second.
+    assert_eq!(burst(&mut bed, key, 3), 1);
+    assert_eq!(
+        bed.metric("tier_limiter_limited"),
+        Some(MetricValue::Counter(2))
+    );
+    // Admitted requests reach the host's counter on the next tick.
+    bed.advance(Duration::from_secs(1));
+    assert_eq!(
+        bed.metric("tier_limiter_allowed"),
+        Some(MetricValue::Counter(1))
+    );
+    assert_eq!(burst(&mut bed, key, 1), 1);
+    bed.advance(Duration::from_secs(1));
+    assert_eq!(
+        bed.metric("tier_limiter_allowed"),
+        Some(MetricValue::Counter(2))
+    );
+}

@@ -38,6 +38,10 @@ struct Shared {
     limited: u32,
     contended: u32,
     global_failures: u32,
+    /// Admitted requests not yet added to `allowed`: every admitted request counts
+    /// here, and the tick adds them to the host's counter once a second (one host
+    /// call fewer per request).
+    pending_allowed: std::cell::Cell<u64>,
 }
 
 struct Root {
@@ -63,12 +67,23 @@ impl RootContext for Root {
                     limited: c("tier_limiter_limited"),
                     contended: c("tier_limiter_contended"),
                     global_failures: c("tier_limiter_global_failures"),
+                    pending_allowed: std::cell::Cell::new(0),
                 }));
+                self.set_tick_period(std::time::Duration::from_secs(1));
                 true
             }
             Err(e) => {
                 hostcalls::log(LogLevel::Error, &format!("tier-limiter: {e}")).ok();
                 false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(s) = &self.shared {
+            let n = s.pending_allowed.replace(0);
+            if n > 0 {
+                let _ = hostcalls::increment_metric(s.allowed, n as i64);
             }
         }
     }
@@ -101,7 +116,7 @@ impl Limit {
         let c = &shared.config;
         let headers = crate::headers::for_decision(c, plan, d);
         if d.allowed {
-            let _ = hostcalls::increment_metric(shared.allowed, 1);
+            shared.pending_allowed.set(shared.pending_allowed.get() + 1);
             self.response_headers = headers;
             return Action::Continue;
         }
