@@ -318,6 +318,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Any Cookie header: parsing never panics, and what it yields never opens.
+        #[test]
+        fn random_cookie_headers_never_panic_or_authenticate(
+            h1 in "[ -~]{0,400}",
+            h2 in "(s(\\.[0-9])?=[A-Za-z0-9_.-]{0,80}; ?){0,8}",
+        ) {
+            let k = keys(&[("k1", A)]);
+            let headers = [h1.as_str(), h2.as_str()];
+            let _ = names_present(&headers, "s");
+            if let Some(v) = read_chunked(&headers, "s") {
+                proptest::prop_assert!(k.open("session", &v).is_err());
+            }
+        }
+
         // Random input never panics and never opens.
         #[test]
         fn random_values_never_open(s in "\\PC{0,600}") {
