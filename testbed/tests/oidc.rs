@@ -447,6 +447,17 @@ fn a_wrong_or_missing_state_and_a_replayed_callback_are_refused() {
     ));
     assert_eq!(res.status, 401);
     assert!(res.text().contains("no login in progress"));
+    // An answer naming another issuer (RFC 9207) is a mix-up.
+    let res = bed.send(browser(
+        &format!(
+            "/callback?code=c-1&state={}&iss=https%3A%2F%2Fevil.test",
+            q["state"]
+        ),
+        &jar,
+    ));
+    assert_eq!(res.status, 401);
+    assert!(res.text().contains("another issuer"), "{}", res.text());
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
     // Two states in one callback are ambiguous.
     let res = bed.send(browser(
         &format!("/callback?code=c&state={0}&state={0}", q["state"]),

@@ -1031,6 +1031,12 @@ impl Request {
                 &[],
             ));
         }
+        // RFC 9207: an IdP that names itself must be ours (mix-up defence).
+        if param("iss").is_ok_and(|iss| iss.is_some_and(|iss| iss != st.config.issuer)) {
+            bump(st.metrics.login_failures);
+            self.clear_cookies(st, true);
+            return Err(self.reply(401, "login failed: the answer names another issuer", &[]));
+        }
         let (Ok(Some(code)), Ok(Some(state))) = (param("code"), param("state")) else {
             bump(st.metrics.login_failures);
             return Err(self.reply(
