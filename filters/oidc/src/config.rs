@@ -373,14 +373,13 @@ impl Config {
         }
         let path = s.path.unwrap_or_else(|| "/".into());
         local_path("session.path", &path)?;
-        if let Some(d) = &s.domain {
-            if d.is_empty()
+        if let Some(d) = &s.domain
+            && (d.is_empty()
                 || !d
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
-            {
-                return Err(err("session.domain", "is not a host name"));
-            }
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)))
+        {
+            return Err(err("session.domain", "is not a host name"));
         }
         let base = s.cookie_name.unwrap_or_else(|| "portcullis_session".into());
         if !valid_cookie_name(&base) || base.starts_with("__") {
@@ -462,10 +461,10 @@ impl Config {
                 })
             }
         };
-        if let Some(h) = &f.upstream_id_token_header {
-            if !valid_header_name(h) {
-                return Err(err("upstream_id_token_header", "is not a header name"));
-            }
+        if let Some(h) = &f.upstream_id_token_header
+            && !valid_header_name(h)
+        {
+            return Err(err("upstream_id_token_header", "is not a header name"));
         }
         if ![401, 403].contains(&f.unauthenticated_api) {
             return Err(err("unauthenticated_api", "must be 401 or 403"));

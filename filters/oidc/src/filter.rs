@@ -167,10 +167,10 @@ impl State {
             Err(Meta::Failed) => return Meta::Failed,
             Err(_) => return Meta::NotYet,
         };
-        if let Some((c, d)) = &self.discovery {
-            if *c == cas {
-                return Meta::Ready(d.clone());
-            }
+        if let Some((c, d)) = &self.discovery
+            && *c == cas
+        {
+            return Meta::Ready(d.clone());
         }
         match Discovery::parse(&bytes[8..], &self.config.issuer) {
             Ok(d) => {
@@ -188,10 +188,10 @@ impl State {
             Err(Meta::Failed) => return Meta::Failed,
             Err(_) => return Meta::NotYet,
         };
-        if let Some((c, k)) = &self.keys {
-            if *c == cas {
-                return Meta::Ready(k.clone());
-            }
+        if let Some((c, k)) = &self.keys
+            && *c == cas
+        {
+            return Meta::Ready(k.clone());
         }
         match parse_jwks(&bytes[8..], false) {
             Ok((set, _)) => {
@@ -697,10 +697,10 @@ impl Request {
     // ---- A protected request.
 
     fn protected(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
-        if let Some(token) = self.facts.bearer.clone() {
-            if st.config.bearer_passthrough {
-                return self.passthrough(st, now, &token, false);
-            }
+        if let Some(token) = self.facts.bearer.clone()
+            && st.config.bearer_passthrough
+        {
+            return self.passthrough(st, now, &token, false);
         }
         let refs = self.facts.cookie_refs();
         let Some(value) = cookie::read_chunked(&refs, &st.config.cookie.name) else {

@@ -44,10 +44,10 @@ impl Discovery {
             ("jwks_uri", Some(&d.jwks_uri)),
             ("end_session_endpoint", d.end_session_endpoint.as_ref()),
         ] {
-            if let Some(u) = u {
-                if Url::parse(u).is_none() {
-                    return Err(format!("discovery: {name} is not a URL"));
-                }
+            if let Some(u) = u
+                && Url::parse(u).is_none()
+            {
+                return Err(format!("discovery: {name} is not a URL"));
             }
         }
         Ok(d)
