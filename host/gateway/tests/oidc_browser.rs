@@ -299,7 +299,21 @@ routes:
     );
 
     let browser = Driver::start();
-    browser.go(&format!("{app}/orders/42"));
+    // The gateway started before the IdP: until the filter has the discovery document
+    // it answers 503 (and retries the fetch); then the browser is sent to log in.
+    let start = Instant::now();
+    loop {
+        browser.go(&format!("{app}/orders/42"));
+        if browser.url().starts_with(&issuer) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never sent to the IdP: {}",
+            browser.text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // The IdP's login form, then its consent form.
     browser.wait_url(&format!("{issuer}/interaction/"));
     browser.type_into("input[name=login]", "ada");
