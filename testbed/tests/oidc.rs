@@ -38,6 +38,8 @@ struct Idp {
     down: Rc<Cell<bool>>,
     token_requests: Rc<RefCell<Vec<(BTreeMap<String, String>, Option<String>)>>>,
     discovery_fetches: Rc<Cell<u32>>,
+    /// Refresh tokens already used: refused again (rotation, as most IdPs do).
+    used_refresh_tokens: Rc<RefCell<Vec<String>>>,
     jwks_keys: Rc<RefCell<Vec<Rc<Key>>>>,
     now: Rc<Cell<u64>>,
 }
@@ -60,6 +62,7 @@ impl Idp {
             down: Rc::default(),
             token_requests: Rc::default(),
             discovery_fetches: Rc::default(),
+            used_refresh_tokens: Rc::default(),
             now: Rc::new(Cell::new(T0)),
         }
     }
@@ -104,6 +107,12 @@ impl Idp {
                 ));
                 if let Some(r) = self.token_reply.borrow_mut().take() {
                     return r;
+                }
+                if let Some(rt) = body.get("refresh_token") {
+                    if self.used_refresh_tokens.borrow().contains(rt) {
+                        return Reply::status(400, &[], r#"{"error":"invalid_grant"}"#);
+                    }
+                    self.used_refresh_tokens.borrow_mut().push(rt.clone());
                 }
                 let n = self.issued.get() + 1;
                 self.issued.set(n);
@@ -807,6 +816,34 @@ fn an_expiring_access_token_is_refreshed_and_never_forwarded_expired() {
     *idp.token_reply.borrow_mut() = Some(Reply::status(400, &[], r#"{"error":"invalid_grant"}"#));
     let res = bed.send(browser("/a", &jar));
     assert_eq!(res.status, 302, "a browser logs in again");
+}
+
+#[test]
+fn requests_still_carrying_the_old_cookie_use_the_refreshed_session() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    let old = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 100);
+    let res = bed.send(api("/a", &old));
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 2);
+    // A request sent with the old cookie (in parallel, before the browser stored the
+    // new one) does not refresh again: the IdP rotated the refresh token, so a second
+    // refresh would be refused and the user logged out.
+    let res = bed.send(api("/b", &old));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 2, "no second refresh");
+    let mut jar = old.clone();
+    jar.take(&res);
+    assert_ne!(jar.0[COOKIE], old.0[COOKIE], "it gets the new cookie too");
 }
 
 #[test]

@@ -239,6 +239,50 @@ impl State {
         }
     }
 
+    /// The shared-data slot where a refreshed session is published: one of 256, by
+    /// the session id, so memory stays bounded (a collision only loses the shortcut).
+    fn refreshed_key(&self, id: &str) -> String {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in id.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        self.key(&format!("refreshed/{}", h % 256))
+    }
+
+    /// Publishes a refreshed session (its sealed cookie, never the tokens in clear) for
+    /// the requests still carrying the old cookie.
+    fn publish_refreshed(&self, s: &Session, sealed: &str) {
+        let _ =
+            hostcalls::set_shared_data(&self.refreshed_key(&s.id), Some(sealed.as_bytes()), None);
+    }
+
+    /// The session another request refreshed from `old`, when it is newer and good.
+    fn refreshed(&mut self, old: &Session, now: u64) -> Option<(String, Rc<Session>)> {
+        let bytes = match hostcalls::get_shared_data(&self.refreshed_key(&old.id)) {
+            Ok((Some(b), _)) => b,
+            _ => return None,
+        };
+        let sealed = String::from_utf8(bytes).ok()?;
+        let newer = match self.cache.get(&sealed) {
+            Some(s) => s,
+            None => {
+                let s =
+                    Rc::new(session::open::<Session>(&self.config.keys, SESSION, &sealed).ok()?);
+                self.cache.insert(&sealed, s.clone());
+                s
+            }
+        };
+        let good = matches!(
+            newer.standing(&self.config, now),
+            Standing::Good | Standing::GoodUntilExpiry
+        );
+        (newer.id == old.id
+            && newer.access_expires > old.access_expires
+            && good
+            && !self.revoked().revokes(&newer))
+        .then_some((sealed, newer))
+    }
+
     /// Marks a login state used; false when it already was (a replayed callback).
     fn use_state(&self, state: &str, now: u64) -> bool {
         let key = self.key("states");
@@ -736,12 +780,19 @@ impl Request {
                 if session.wants_touch(&st.config, now) {
                     let mut s = (*session).clone();
                     s.seen = now;
-                    self.write_session(st, &s);
+                    let _ = self.write_session(st, &s);
                 }
                 self.apply(st, &session);
                 Ok(Action::Continue)
             }
             Standing::Refresh => {
+                // Another request (on any worker) may have refreshed this session
+                // already: with rotating refresh tokens a second refresh would fail.
+                if let Some((sealed, newer)) = st.refreshed(&session, now) {
+                    self.queue_session_cookies(st, &sealed, newer.expires);
+                    self.apply(st, &newer);
+                    return Ok(Action::Continue);
+                }
                 let d = self.need_discovery(st, now)?;
                 let rt = session.refresh_token.clone().unwrap_or_default();
                 let (headers, body) = idp::refresh_grant(&st.config, &rt);
@@ -912,22 +963,28 @@ impl Request {
     }
 
     /// Seals `s` and queues its cookies (chunks when long; stale chunks cleared).
-    fn write_session(&mut self, st: &State, s: &Session) {
+    fn write_session(&mut self, st: &State, s: &Session) -> Option<String> {
         let sealed = match session::seal(&st.config.keys, SESSION, s) {
             Ok(v) => v,
             Err(e) => {
                 log(LogLevel::Error, &e);
-                return;
+                return None;
             }
         };
+        self.queue_session_cookies(st, &sealed, s.expires);
+        Some(sealed)
+    }
+
+    /// Queues the `Set-Cookie`s that carry a sealed session.
+    fn queue_session_cookies(&mut self, st: &State, sealed: &str, expires: u64) {
         let c = &st.config.cookie;
-        let parts = cookie::chunks(&c.name, &sealed);
+        let parts = cookie::chunks(&c.name, sealed);
         let refs = self.facts.cookie_refs();
         let stale: Vec<String> = cookie::names_present(&refs, &c.name)
             .into_iter()
             .filter(|n| !parts.iter().any(|(p, _)| p == n))
             .collect();
-        let age = s.expires.saturating_sub(now_secs());
+        let age = expires.saturating_sub(now_secs());
         for (name, value) in &parts {
             self.set_cookies
                 .push(cookie::set_cookie(c, name, value, Some(age), c.samesite));
@@ -1007,7 +1064,9 @@ impl Request {
         }
         s.seen = now;
         bump(st.metrics.refreshes);
-        self.write_session(st, &s);
+        if let Some(sealed) = self.write_session(st, &s) {
+            st.publish_refreshed(&s, &sealed);
+        }
         self.apply(st, &s);
         Ok(Action::Continue)
     }
@@ -1344,6 +1403,15 @@ impl Context for Request {
                             TokenError::Unreachable(e) => {
                                 log(LogLevel::Warn, &format!("refresh failed: {e}"));
                                 self.reply(503, "the session cannot be refreshed: the identity provider is unreachable", &[("retry-after", "10")])
+                            }
+                            TokenError::Refused(_)
+                                if let Some((sealed, newer)) = st.refreshed(&session, now) =>
+                            {
+                                // A concurrent request rotated the refresh token first:
+                                // use what it got.
+                                self.queue_session_cookies(&st, &sealed, newer.expires);
+                                self.apply(&st, &newer);
+                                Action::Continue
                             }
                             TokenError::Refused(e) => {
                                 log(
