@@ -421,6 +421,14 @@ impl Config {
             local_path("backchannel_logout_path", p)?;
         }
         let callback_path = redirect.path.clone();
+        // The login cookie carries the session path: the browser must send it to the
+        // callback.
+        if !callback_path.starts_with(&cookie.path) {
+            return Err(err(
+                "session.path",
+                format!("must contain the redirect_uri path {callback_path}"),
+            ));
+        }
         for (name, p) in [
             ("logout.path", logout_path.as_deref()),
             (
@@ -635,6 +643,7 @@ mod tests {
             "id_token_algorithms",
         );
         refused_naming(with(&["nonsense"], json!(1)), "nonsense");
+        refused_naming(with(&["session", "path"], json!("/app")), "session.path");
         let mut public = base();
         public["client_auth"] = json!("none");
         refused_naming(public, "client_secret");
