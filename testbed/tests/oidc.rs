@@ -20,6 +20,7 @@ const ISS: &str = "https://idp.test";
 const SECRET_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const SECRET_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const COOKIE: &str = "__Host-portcullis_session";
+/// Login cookies are `LOGIN_COOKIE.<16 characters of the state>`.
 const LOGIN_COOKIE: &str = "__Host-portcullis_session_login";
 
 /// A scripted OpenID provider: what its token endpoint answers next, and what it saw.
@@ -194,10 +195,16 @@ impl Jar {
             .join("; ")
     }
 
+    fn has_login(&self) -> bool {
+        self.0
+            .keys()
+            .any(|k| k.starts_with(&format!("{LOGIN_COOKIE}.")))
+    }
+
     fn has_session(&self) -> bool {
         self.0
             .keys()
-            .any(|k| k.starts_with(COOKIE) && k != LOGIN_COOKIE)
+            .any(|k| k.starts_with(COOKIE) && !k.starts_with(LOGIN_COOKIE))
     }
 }
 
@@ -255,10 +262,7 @@ fn login(bed: &mut TestBed, idp: &Idp, path: &str) -> Jar {
     assert_eq!(res.status, 302, "{}", res.text());
     jar.take(&res);
     assert!(jar.has_session(), "{:?}", res.headers);
-    assert!(
-        !jar.0.contains_key(LOGIN_COOKIE),
-        "the login cookie is spent"
-    );
+    assert!(!jar.has_login(), "the login cookie is spent");
     jar
 }
 
@@ -274,7 +278,7 @@ fn a_browser_logs_in_and_the_upstream_gets_the_token_and_identity() {
     assert_eq!(q["scope"], "openid profile offline_access");
     assert_eq!(q["code_challenge_method"], "S256");
     assert!(q["state"].len() >= 32 && q["nonce"].len() >= 32);
-    assert!(jar.0.contains_key(LOGIN_COOKIE));
+    assert!(jar.has_login());
 
     let res = bed.send(browser(
         &format!("/callback?code=c-1&state={}", q["state"]),
@@ -433,10 +437,7 @@ fn the_idp_error_at_the_callback_is_a_clear_401_without_a_loop() {
             .contains("access_denied")
     );
     jar.take(&res);
-    assert!(
-        !jar.0.contains_key(LOGIN_COOKIE),
-        "the failed login is cleared"
-    );
+    assert!(!jar.has_login(), "the failed login is cleared");
     assert!(idp.token_requests.borrow().is_empty());
 }
 
@@ -500,6 +501,39 @@ fn a_wrong_or_missing_state_and_a_replayed_callback_are_refused() {
         &jar,
     ));
     assert_eq!(res.status, 401);
+}
+
+#[test]
+fn two_tabs_can_log_in_at_once() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let first = start_login(&mut bed, &idp, "/one", &mut jar);
+    let first_nonce = idp.nonce.borrow().clone();
+    let second = start_login(&mut bed, &idp, "/two", &mut jar);
+    assert_eq!(
+        jar.0.keys().filter(|k| k.starts_with(LOGIN_COOKIE)).count(),
+        2,
+        "one login cookie per login"
+    );
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", second["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 302, "{}", res.text());
+    assert_eq!(res.header("location"), Some("/two"));
+    jar.take(&res);
+    assert!(jar.has_login(), "the other tab's login is still there");
+    *idp.nonce.borrow_mut() = first_nonce;
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", first["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 302, "{}", res.text());
+    assert_eq!(res.header("location"), Some("/one"));
+    jar.take(&res);
+    assert!(!jar.has_login());
+    assert!(jar.has_session());
 }
 
 #[test]
@@ -1084,7 +1118,7 @@ fn hostile_callbacks_and_cookies_never_crash_the_filter() {
         format!("{COOKIE}=a.b.c"),
         format!("{COOKIE}.0=x; {COOKIE}.1=y"),
         format!("{COOKIE}={}", "A".repeat(30_000)),
-        format!("{LOGIN_COOKIE}=a.{}", "B".repeat(100)),
+        format!("{LOGIN_COOKIE}.AAAAAAAAAAAAAAAA=a.{}", "B".repeat(100)),
         ";;;===; ;".into(),
     ] {
         let res = bed.send(Request::get("/x").header("cookie", &cookie));

@@ -185,6 +185,37 @@ pub fn names_present(cookie_headers: &[&str], name: &str) -> Vec<String> {
     out
 }
 
+/// Characters of the state that name a login's cookie: one cookie per login, so
+/// several tabs can log in at once without overwriting each other's login.
+const LOGIN_SUFFIX: usize = 16;
+
+/// The cookie of the login whose state is `state`: `<base>.<first 16 characters>`;
+/// `None` for a state we could not have made.
+pub fn login_name(base: &str, state: &str) -> Option<String> {
+    let suffix = state.get(..LOGIN_SUFFIX)?;
+    suffix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        .then(|| format!("{base}.{suffix}"))
+}
+
+/// Every login cookie (`<base>.<suffix>`) in the request.
+pub fn login_names_present(cookie_headers: &[&str], base: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in cookie_headers {
+        for pair in h.split(';') {
+            if let Some((k, _)) = pair.trim().split_once('=') {
+                if k.strip_prefix(base).is_some_and(|r| r.starts_with('.'))
+                    && !out.iter().any(|o| o == k)
+                {
+                    out.push(k.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The session value: cookie `name` when it stands alone, else `name.0`, `name.1`, ...
 /// joined (at most `MAX_CHUNKS`). `None` when absent.
 pub fn read_chunked(cookie_headers: &[&str], name: &str) -> Option<String> {
@@ -293,6 +324,20 @@ mod tests {
         assert!(SessionKeys::new(std::iter::empty()).is_err());
         let dbg = format!("{:?}", keys(&[("k1", A)]));
         assert!(!dbg.contains(A) && dbg.contains("k1"));
+    }
+
+    #[test]
+    fn each_login_has_its_own_cookie() {
+        assert_eq!(
+            login_name("l", "abcdefghijklmnopqrstuvwxyz").as_deref(),
+            Some("l.abcdefghijklmnop")
+        );
+        assert_eq!(login_name("l", "short"), None);
+        assert_eq!(login_name("l", "abcdefgh;jklmnopq"), None);
+        assert_eq!(
+            login_names_present(&["l.a=1; l=2; lx.b=3; l.b=4"], "l"),
+            vec!["l.a", "l.b"]
+        );
     }
 
     #[test]

@@ -234,7 +234,7 @@ impl Browser {
     fn has_session(&self) -> bool {
         self.jars.get(APP).is_some_and(|j| {
             j.keys()
-                .any(|k| k.starts_with("portcullis_session") && !k.ends_with("_login"))
+                .any(|k| k.starts_with("portcullis_session") && !k.contains("_login"))
         })
     }
 }

@@ -251,18 +251,31 @@ impl Request {
     fn clear_cookies(&mut self, st: &State, login_too: bool) {
         let refs = self.facts.cookie_refs();
         let c = &st.config.cookie;
-        let mut names = cookie::names_present(&refs, &c.name);
-        if login_too && cookie::find(&refs, &c.state_name).is_some() {
-            names.push(c.state_name.clone());
-        }
+        let names = cookie::names_present(&refs, &c.name);
+        let logins = if login_too {
+            cookie::login_names_present(&refs, &c.state_name)
+        } else {
+            Vec::new()
+        };
         for n in names {
-            let samesite = if n == c.state_name {
-                SameSite::Lax
-            } else {
-                c.samesite
-            };
             self.set_cookies
-                .push(cookie::set_cookie(c, &n, "", Some(0), samesite));
+                .push(cookie::set_cookie(c, &n, "", Some(0), c.samesite));
+        }
+        for n in logins {
+            self.set_cookies
+                .push(cookie::set_cookie(c, &n, "", Some(0), SameSite::Lax));
+        }
+    }
+
+    /// Clears the cookie of the login with this state, when the browser sent it (the
+    /// other logins in progress, in other tabs, stay).
+    fn clear_login(&mut self, st: &State, state: &str) {
+        let c = &st.config.cookie;
+        if let Some(name) = cookie::login_name(&c.state_name, state) {
+            if cookie::find(&self.facts.cookie_refs(), &name).is_some() {
+                self.set_cookies
+                    .push(cookie::set_cookie(c, &name, "", Some(0), SameSite::Lax));
+            }
         }
     }
 
@@ -484,9 +497,12 @@ impl Request {
         let c = &st.config.cookie;
         // Lax whatever the session's SameSite: the IdP's redirect back is a cross-site
         // top-level navigation, which Lax cookies accompany and Strict ones do not.
+        let Some(name) = cookie::login_name(&c.state_name, &login.state) else {
+            return Err(self.reply(500, "cannot start the login", &[]));
+        };
         self.set_cookies.push(cookie::set_cookie(
             c,
-            &c.state_name,
+            &name,
             &sealed,
             Some(LOGIN_TTL),
             SameSite::Lax,
@@ -520,20 +536,21 @@ impl Request {
             Some(s.access_token.as_bytes()),
         );
         // The upstream does not need our cookies; other cookies pass.
-        let names = [c.cookie.name.as_str(), c.cookie.state_name.as_str()];
+        let (session_name, login_name) = (c.cookie.name.as_str(), c.cookie.state_name.as_str());
         let mut kept = String::new();
         let mut dropped = false;
         for h in &self.facts.cookies {
             for pair in h.split(';') {
                 let pair = pair.trim();
                 let name = pair.split_once('=').map_or(pair, |(k, _)| k);
-                let ours = names.iter().any(|n| {
-                    name == *n
-                        || name
-                            .strip_prefix(n)
-                            .and_then(|r| r.strip_prefix('.'))
-                            .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
-                });
+                let ours = name == session_name
+                    || name
+                        .strip_prefix(session_name)
+                        .and_then(|r| r.strip_prefix('.'))
+                        .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                    || name
+                        .strip_prefix(login_name)
+                        .is_some_and(|r| r.starts_with('.'));
                 if ours {
                     dropped = true;
                 } else if !pair.is_empty() {
@@ -665,7 +682,9 @@ impl Request {
         let param = |n: &str| url::param(&query, n);
         if let Ok(Some(error)) = param("error") {
             bump(st.metrics.login_failures);
-            self.clear_cookies(st, true);
+            if let Ok(Some(state)) = param("state") {
+                self.clear_login(st, &state);
+            }
             let error = idp::sanitize(&error);
             log(
                 LogLevel::Info,
@@ -680,7 +699,9 @@ impl Request {
         // RFC 9207: an IdP that names itself must be ours (mix-up defence).
         if param("iss").is_ok_and(|iss| iss.is_some_and(|iss| iss != st.config.issuer)) {
             bump(st.metrics.login_failures);
-            self.clear_cookies(st, true);
+            if let Ok(Some(state)) = param("state") {
+                self.clear_login(st, &state);
+            }
             return Err(self.reply(401, "login failed: the answer names another issuer", &[]));
         }
         let (Ok(Some(code)), Ok(Some(state))) = (param("code"), param("state")) else {
@@ -692,22 +713,36 @@ impl Request {
             ));
         };
         let refs = self.facts.cookie_refs();
-        let login = match cookie::find(&refs, &st.config.cookie.state_name)
+        let name = cookie::login_name(&st.config.cookie.state_name, &state);
+        let login = match name
+            .as_deref()
+            .and_then(|n| cookie::find(&refs, n))
             .map(|v| session::open::<Login>(&st.config.keys, LOGIN, v))
         {
             Some(Ok(l)) if now < l.created + LOGIN_TTL => l,
+            None if !cookie::login_names_present(&refs, &st.config.cookie.state_name)
+                .is_empty() =>
+            {
+                // Logins are in progress, none with this state.
+                bump(st.metrics.login_failures);
+                return Err(self.reply(
+                    401,
+                    "login failed: the state does not match this browser's login",
+                    &[],
+                ));
+            }
             other => {
                 bump(st.metrics.login_failures);
                 if let Some(Err(e)) = other {
                     log(LogLevel::Info, &format!("login cookie rejected: {e}"));
                 }
-                self.clear_cookies(st, true);
+                self.clear_login(st, &state);
                 return Err(self.reply(401, "login failed: no login in progress or it took too long; start again from the application", &[]));
             }
         };
         if state != login.state {
             bump(st.metrics.login_failures);
-            self.clear_cookies(st, true);
+            self.clear_login(st, &state);
             return Err(self.reply(
                 401,
                 "login failed: the state does not match this browser's login",
@@ -717,7 +752,7 @@ impl Request {
         let d = self.need_discovery(st, now)?;
         if !st.use_state(&login.state, now) {
             bump(st.metrics.login_failures);
-            self.clear_cookies(st, true);
+            self.clear_login(st, &login.state);
             return Err(self.reply(401, "login failed: this login was already completed", &[]));
         }
         let (headers, body) = idp::code_grant(&st.config, &code, &login.verifier);
@@ -771,7 +806,7 @@ impl Request {
                 Err(e) => {
                     bump(st.metrics.login_failures);
                     log(LogLevel::Warn, &format!("ID token refused: {e}"));
-                    self.clear_cookies(st, true);
+                    self.clear_login(st, &login.state);
                     return Err(self.reply(
                         401,
                         &format!("login failed: the ID token was refused ({e})"),
@@ -808,16 +843,7 @@ impl Request {
             identity,
         };
         // The login cookie is spent; stale session chunks go too.
-        let c = st.config.cookie.clone();
-        if cookie::find(&self.facts.cookie_refs(), &c.state_name).is_some() {
-            self.set_cookies.push(cookie::set_cookie(
-                &c,
-                &c.state_name,
-                "",
-                Some(0),
-                SameSite::Lax,
-            ));
-        }
+        self.clear_login(st, &login.state);
         self.write_session(st, &s);
         bump(st.metrics.logins_completed);
         let target = if is_local_target(&login.target) {
@@ -958,7 +984,7 @@ impl Context for Request {
                     Err(TokenError::Refused(e)) => {
                         bump(st.borrow().metrics.login_failures);
                         log(LogLevel::Info, &format!("code exchange refused: {e}"));
-                        self.clear_cookies(&st.borrow(), true);
+                        self.clear_login(&st.borrow(), &login.state);
                         self.reply(
                             401,
                             &format!("login failed: the identity provider refused the code ({e})"),
