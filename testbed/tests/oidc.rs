@@ -1062,6 +1062,21 @@ fn bearer_passthrough_validates_the_token_instead_of_redirecting() {
         res.upstream_header("authorization"),
         Some(format!("Bearer {good}"))
     );
+    // Verified once: the next request is a cache hit, until the token's exp.
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        bed.metric("oidc_bearer_cache_hits").map(|m| m.count()),
+        Some(1)
+    );
+    advance(&mut bed, &idp, 361);
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));
+    assert_eq!(
+        res.status, 401,
+        "a cached token does not outlive its exp (and the 60 s skew)"
+    );
     let wrong_aud = idp.key.sign(
         "ES256",
         json!({"iss": ISS, "aud": "web2", "sub": "x", "iat": T0, "exp": T0 + 300}),

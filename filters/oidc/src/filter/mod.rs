@@ -17,7 +17,8 @@ use crate::config::{Config, SameSite};
 use crate::cookie;
 use crate::idp::{self, Discovery, TokenError, TokenRefused, Tokens};
 use crate::session::{
-    self, Kind, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache, Standing,
+    self, BearerCache, Kind, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache,
+    Standing,
 };
 use crate::url::{self, is_local_target};
 use shared::*;
@@ -71,6 +72,7 @@ impl RootContext for Root {
         let strip = config.spoofable_headers();
         self.state = Some(Rc::new(RefCell::new(State {
             cache: SessionCache::new(config.cache_entries),
+            bearer: BearerCache::new(config.cache_entries),
             config,
             prefix: format!("oidc/{root_id}/"),
             discovery: None,
@@ -421,21 +423,25 @@ impl Request {
         token: &str,
         refetched: bool,
     ) -> Result<Action, Action> {
+        if let Some(identity) = st.bearer.get(token, now) {
+            bump(st.metrics.bearer_cache_hits);
+            self.apply_bearer(token, &identity);
+            return Ok(Action::Continue);
+        }
         let keys = self.need_keys(st, now, refetched)?;
         match idp::verify_bearer(&st.config, &keys, token, now) {
             Ok(claims) => {
-                let identity = kit::jwt::consumer::identity_headers(
+                let identity = Rc::new(kit::jwt::consumer::identity_headers(
                     &st.config.consumer,
                     &claims,
                     &st.config.issuer,
-                );
-                for (k, v) in &identity {
-                    self.set_http_request_header(k, Some(v));
+                ));
+                // Valid until `exp` (verify_bearer requires one), without the skew: a
+                // cached token never outlives its own expiry.
+                if let Ok(Some(exp)) = kit::jwt::claims::numeric(&claims, "exp") {
+                    st.bearer.insert(token, identity.clone(), exp);
                 }
-                self.set_property(
-                    vec![kit::identity::CREDENTIAL_PROPERTY],
-                    Some(token.as_bytes()),
-                );
+                self.apply_bearer(token, &identity);
                 Ok(Action::Continue)
             }
             Err(TokenRefused::UnknownKey) if !refetched && !self.fetched.contains(&Fetch::Jwks) => {
@@ -453,6 +459,16 @@ impl Request {
                 ))
             }
         }
+    }
+
+    fn apply_bearer(&mut self, token: &str, identity: &[(String, String)]) {
+        for (k, v) in identity {
+            self.set_http_request_header(k, Some(v));
+        }
+        self.set_property(
+            vec![kit::identity::CREDENTIAL_PROPERTY],
+            Some(token.as_bytes()),
+        );
     }
 
     /// No session: a browser asking for a page logs in; anything else gets 401.

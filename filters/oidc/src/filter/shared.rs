@@ -26,7 +26,9 @@ use proxy_wasm::types::{LogLevel, MetricType};
 
 use crate::config::Config;
 use crate::idp::Discovery;
-use crate::session::{self, Kind, LOGIN_TTL, Revoked, SESSION, Session, SessionCache, Standing};
+use crate::session::{
+    self, BearerCache, Kind, LOGIN_TTL, Revoked, SESSION, Session, SessionCache, Standing,
+};
 use crate::url;
 
 pub(super) const RETRY_SECONDS: u64 = 10;
@@ -87,6 +89,7 @@ pub(super) struct Metrics {
     pub(super) cookies_rejected: u32,
     pub(super) unauthenticated: u32,
     pub(super) backchannel_logouts: u32,
+    pub(super) bearer_cache_hits: u32,
 }
 
 impl Metrics {
@@ -102,6 +105,7 @@ impl Metrics {
             cookies_rejected: c("oidc_cookies_rejected"),
             unauthenticated: c("oidc_unauthenticated"),
             backchannel_logouts: c("oidc_backchannel_logouts"),
+            bearer_cache_hits: c("oidc_bearer_cache_hits"),
         }
     }
 }
@@ -127,6 +131,7 @@ pub(super) struct State {
     pub(super) keys: Option<(u32, Rc<KeySet>)>,
     pub(super) revoked: (u64, Rc<Revoked>),
     pub(super) cache: SessionCache,
+    pub(super) bearer: BearerCache,
     pub(super) strip: Vec<String>,
     pub(super) metrics: Metrics,
 }
