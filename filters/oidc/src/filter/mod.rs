@@ -259,13 +259,23 @@ impl Request {
         } else {
             Vec::new()
         };
+        let queued = |cookies: &[String], n: &str| {
+            cookies
+                .iter()
+                .any(|q| q.strip_prefix(n).is_some_and(|r| r.starts_with('=')))
+        };
+        // A flow that ran again after a fetch does not clear the same cookie twice.
         for n in names {
-            self.set_cookies
-                .push(cookie::set_cookie(c, &n, "", Some(0), c.samesite));
+            if !queued(&self.set_cookies, &n) {
+                self.set_cookies
+                    .push(cookie::set_cookie(c, &n, "", Some(0), c.samesite));
+            }
         }
         for n in logins {
-            self.set_cookies
-                .push(cookie::set_cookie(c, &n, "", Some(0), SameSite::Lax));
+            if !queued(&self.set_cookies, &n) {
+                self.set_cookies
+                    .push(cookie::set_cookie(c, &n, "", Some(0), SameSite::Lax));
+            }
         }
     }
 
