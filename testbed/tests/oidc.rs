@@ -1147,3 +1147,42 @@ fn hostile_callbacks_and_cookies_never_crash_the_filter() {
         "the filter still serves"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Random cookies, callback queries and logout bodies through the built filter: it
+    /// always answers (redirect, 400 or 401; 200 only for a valid back-channel call,
+    /// which random input is not), never traps, and keeps serving.
+    #[test]
+    fn random_requests_never_crash_the_filter(
+        cookie in "[ -~]{0,300}",
+        query in "[ -~]{0,200}",
+        body in "[ -~]{0,200}",
+    ) {
+        thread_local! {
+            static BED: std::cell::RefCell<Option<(TestBed, Idp)>> = const { std::cell::RefCell::new(None) };
+        }
+        BED.with(|b| {
+            let mut b = b.borrow_mut();
+            let (bed, _) = b.get_or_insert_with(|| {
+                let idp = Idp::new();
+                (bed(&idp, json!({})), idp)
+            });
+            let with_cookie = |r: Request| r.header("cookie", &cookie);
+            for req in [
+                with_cookie(browser(&format!("/callback?{query}"), &Jar::default())),
+                with_cookie(api(&format!("/x?{query}"), &Jar::default())),
+                with_cookie(Request::get(&format!("/logout?{query}"))),
+                Request::post("/oidc/backchannel", body.clone()),
+            ] {
+                let res = bed.send(req);
+                proptest::prop_assert!(
+                    [302, 400, 401, 503].contains(&res.status),
+                    "{} for cookie {cookie:?} query {query:?}: {}", res.status, res.text()
+                );
+            }
+            Ok(())
+        })?;
+    }
+}
