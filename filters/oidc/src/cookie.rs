@@ -204,12 +204,11 @@ pub fn login_names_present(cookie_headers: &[&str], base: &str) -> Vec<String> {
     let mut out = Vec::new();
     for h in cookie_headers {
         for pair in h.split(';') {
-            if let Some((k, _)) = pair.trim().split_once('=') {
-                if k.strip_prefix(base).is_some_and(|r| r.starts_with('.'))
-                    && !out.iter().any(|o| o == k)
-                {
-                    out.push(k.to_owned());
-                }
+            if let Some((k, _)) = pair.trim().split_once('=')
+                && k.strip_prefix(base).is_some_and(|r| r.starts_with('.'))
+                && !out.iter().any(|o| o == k)
+            {
+                out.push(k.to_owned());
             }
         }
     }
@@ -284,6 +283,7 @@ pub fn set_cookie(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

@@ -283,11 +283,11 @@ impl Request {
     /// other logins in progress, in other tabs, stay).
     fn clear_login(&mut self, st: &State, state: &str) {
         let c = &st.config.cookie;
-        if let Some(name) = cookie::login_name(&c.state_name, state) {
-            if cookie::find(&self.facts.cookie_refs(), &name).is_some() {
-                self.set_cookies
-                    .push(cookie::set_cookie(c, &name, "", Some(0), SameSite::Lax));
-            }
+        if let Some(name) = cookie::login_name(&c.state_name, state)
+            && cookie::find(&self.facts.cookie_refs(), &name).is_some()
+        {
+            self.set_cookies
+                .push(cookie::set_cookie(c, &name, "", Some(0), SameSite::Lax));
         }
     }
 
