@@ -139,6 +139,16 @@ fn default_cache() -> usize {
     1000
 }
 
+/// A secret from the configuration: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
     Basic,
@@ -176,7 +186,7 @@ pub struct TokenHeader {
 pub struct Config {
     pub issuer: String,
     pub client_id: String,
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     pub client_auth: ClientAuth,
     pub redirect_uri: String,
     /// The path (without query) the IdP sends the browser back to.
@@ -508,7 +518,7 @@ impl Config {
         Ok(Config {
             issuer: f.issuer,
             client_id: f.client_id,
-            client_secret: f.client_secret,
+            client_secret: f.client_secret.map(Secret),
             client_auth,
             redirect_uri: f.redirect_uri,
             callback_path,
@@ -591,6 +601,11 @@ mod tests {
     #[test]
     fn a_minimal_config_gets_safe_defaults() {
         let c = parse(&base()).unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("0123456789abcdef"),
+            "{shown}"
+        );
         assert_eq!(c.client_auth, ClientAuth::Basic);
         assert_eq!(c.callback_path, "/callback");
         assert_eq!(c.cookie.name, "__Host-portcullis_session");

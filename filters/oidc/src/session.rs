@@ -16,8 +16,8 @@ pub const LOGIN: &str = "login";
 /// How long a login may take, from the redirect to the IdP to the callback.
 pub const LOGIN_TTL: u64 = 600;
 
-/// A login in progress, in the short-lived login cookie.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A login in progress, in the short-lived login cookie. `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Login {
     pub state: String,
     pub nonce: String,
@@ -27,8 +27,8 @@ pub struct Login {
     pub created: u64,
 }
 
-/// A session, in the session cookie.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A session, in the session cookie. `Debug` shows no token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Our own random id, so local logout can revoke a copied cookie.
     pub id: String,
@@ -49,6 +49,28 @@ pub struct Session {
     pub id_token: String,
     /// The identity headers, worked out once from the verified ID token.
     pub identity: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("target", &self.target)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("sub", &self.sub)
+            .field("created", &self.created)
+            .field("expires", &self.expires)
+            .field("seen", &self.seen)
+            .field("access_expires", &self.access_expires)
+            .field("refresh_token", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a session is at a given time.
