@@ -381,6 +381,29 @@ fn a_browser_logs_in_and_the_upstream_gets_the_token_and_identity() {
 }
 
 #[test]
+fn client_secret_post_and_public_clients_authenticate_in_the_body() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({"client_auth": "client_secret_post"}));
+    let _ = login(&mut bed, &idp, "/");
+    let (body, auth) = idp.token_requests.borrow()[0].clone();
+    assert_eq!(auth, None, "no Basic header");
+    assert_eq!(body["client_id"], "web");
+    assert_eq!(body["client_secret"], "web-secret");
+
+    let idp = Idp::new();
+    let mut bed = self::bed(&idp, json!({"client_auth": "none", "client_secret": null}));
+    let _ = login(&mut bed, &idp, "/");
+    let (body, auth) = idp.token_requests.borrow()[0].clone();
+    assert_eq!(auth, None);
+    assert_eq!(body["client_id"], "web");
+    assert!(!body.contains_key("client_secret"));
+    assert!(
+        body.contains_key("code_verifier"),
+        "a public client relies on PKCE"
+    );
+}
+
+#[test]
 fn other_cookies_still_reach_the_upstream() {
     let idp = Idp::new();
     let mut bed = bed(&idp, json!({}));
