@@ -702,6 +702,73 @@ fn an_unreachable_idp_is_503_or_502_with_a_message() {
 }
 
 #[test]
+fn a_discovery_document_for_another_issuer_or_missing_keys_is_503() {
+    // Discovery names another issuer (OpenID Connect Discovery 4.3): not used.
+    let mut bed = TestBed::new()
+        .filter(wasm("oidc"), config(json!({})))
+        .cluster("idp", |_| {
+            Reply::json(&json!({"issuer": "https://evil.test", "authorization_endpoint": "https://evil.test/a",
+                "token_endpoint": "https://evil.test/t", "jwks_uri": "https://evil.test/k"}))
+        })
+        .build()
+        .unwrap();
+    let res = bed.send(browser("/", &Jar::default()));
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert!(bed.logged("names issuer `https://evil.test`"));
+
+    // Keys unreachable at the callback: 503, no session.
+    let idp = Idp::new();
+    let i = idp.clone();
+    let mut bed = TestBed::new()
+        .filter(wasm("oidc"), config(json!({})))
+        .cluster("idp", move |req| {
+            if req.headers.get_str(":path") == Some("/jwks") {
+                Reply::status(500, &[], "down")
+            } else {
+                i.answer(req)
+            }
+        })
+        .build()
+        .unwrap();
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert!(res.text().contains("signing keys"), "{}", res.text());
+    jar.take(&res);
+    assert!(!jar.has_session());
+}
+
+#[test]
+fn the_token_header_is_configurable_and_logout_works_without_end_session() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"upstream_access_token_header": "x-access-token", "logout": {"path": "/bye-bye"}}),
+    );
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(api("/", &jar).header("authorization", "Bearer from-client"));
+    assert_eq!(
+        res.upstream_header("x-access-token").as_deref(),
+        Some("at-1")
+    );
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer from-client"),
+        "only the configured header is set"
+    );
+    // No post_logout_redirect_uri configured: still the IdP's end_session, without it.
+    let res = bed.send(browser("/bye-bye", &jar));
+    assert_eq!(res.status, 302);
+    let q = query(res.header("location").unwrap());
+    assert!(q.contains_key("id_token_hint") && !q.contains_key("post_logout_redirect_uri"));
+    assert_eq!(bed.send(api("/", &jar)).status, 401);
+}
+
+#[test]
 fn discovery_and_keys_are_fetched_once_and_shared() {
     let idp = Idp::new();
     let mut bed = bed(&idp, json!({}));
