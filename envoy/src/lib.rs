@@ -103,6 +103,13 @@ pub struct EnvoyConfig {
     /// Native HTTP filters placed before the wasm ones (JSON, as in an Envoy config).
     pub native_filters: Vec<Value>,
     pub clusters: Vec<(String, SocketAddr)>,
+    /// Clusters spoken to over HTTP/2 (gRPC services such as a rate-limit service).
+    pub grpc_clusters: Vec<(String, SocketAddr)>,
+    /// The virtual host's `rate_limits` (descriptor actions for Envoy's native
+    /// ratelimit filter).
+    pub rate_limits: Vec<Value>,
+    /// Extra keys of the route (e.g. `request_headers_to_add`), beside match and route.
+    pub route_options: serde_json::Map<String, Value>,
     pub concurrency: usize,
     pub route_timeout_ms: u64,
 }
@@ -114,6 +121,9 @@ impl EnvoyConfig {
             filters: Vec::new(),
             native_filters: Vec::new(),
             clusters: Vec::new(),
+            grpc_clusters: Vec::new(),
+            rate_limits: Vec::new(),
+            route_options: serde_json::Map::new(),
             concurrency: 1,
             route_timeout_ms: 15_000,
         }
@@ -134,6 +144,21 @@ impl EnvoyConfig {
         self
     }
 
+    pub fn grpc_cluster(mut self, name: &str, addr: SocketAddr) -> Self {
+        self.grpc_clusters.push((name.into(), addr));
+        self
+    }
+
+    pub fn rate_limit(mut self, r: Value) -> Self {
+        self.rate_limits.push(r);
+        self
+    }
+
+    pub fn route_option(mut self, key: &str, value: Value) -> Self {
+        self.route_options.insert(key.into(), value);
+        self
+    }
+
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
@@ -147,8 +172,25 @@ impl EnvoyConfig {
             "name": "envoy.filters.http.router",
             "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
         }));
+        let mut route = json!({
+            "match": { "prefix": "/" },
+            "route": { "cluster": "upstream", "timeout": format!("{}s", self.route_timeout_ms as f64 / 1000.0) }
+        });
+        for (k, v) in &self.route_options {
+            route[k] = v.clone();
+        }
         let mut clusters = vec![cluster_json("upstream", self.upstream)];
         clusters.extend(self.clusters.iter().map(|(n, a)| cluster_json(n, *a)));
+        clusters.extend(self.grpc_clusters.iter().map(|(n, a)| {
+            let mut c = cluster_json(n, *a);
+            c["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": { "http2_protocol_options": {} }
+                }
+            });
+            c
+        }));
         json!({
             "admin": { "address": socket("127.0.0.1", admin_port) },
             "static_resources": {
@@ -167,10 +209,8 @@ impl EnvoyConfig {
                                     "virtual_hosts": [{
                                         "name": "all",
                                         "domains": ["*"],
-                                        "routes": [{
-                                            "match": { "prefix": "/" },
-                                            "route": { "cluster": "upstream", "timeout": format!("{}s", self.route_timeout_ms as f64 / 1000.0) }
-                                        }]
+                                        "rate_limits": self.rate_limits,
+                                        "routes": [route]
                                     }]
                                 },
                                 "http_filters": http_filters,

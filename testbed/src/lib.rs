@@ -11,6 +11,7 @@
 
 mod bed;
 mod clusters;
+pub mod redis;
 
 pub use bed::{Request, Response, TestBed, TestBedBuilder, UpstreamRequest, wasm, wasm_dir};
 pub use clusters::Reply;

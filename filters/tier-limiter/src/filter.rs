@@ -89,7 +89,7 @@ impl RootContext for Root {
 struct Limit {
     shared: Rc<Shared>,
     /// The limit headers, added to the upstream's response.
-    response_headers: Vec<(String, String)>,
+    response_headers: Vec<(&'static str, String)>,
     /// The plan a global-policy request is waiting on the service for.
     waiting: Option<(u32, crate::config::Plan)>,
 }
@@ -109,10 +109,7 @@ impl Limit {
         let request_id = self.get_http_request_header("x-request-id");
         let body = kit::reply::json_body(&c.error_message, request_id.as_deref());
         let retry = d.retry_after.to_string();
-        let mut h: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         h.push(("retry-after", &retry));
         h.push(kit::reply::CONTENT_TYPE_JSON);
         self.send_http_response(c.error_code, h, Some(&body));
@@ -258,7 +255,7 @@ impl HttpContext for Limit {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         for (k, v) in std::mem::take(&mut self.response_headers) {
-            self.set_http_response_header(&k, Some(&v));
+            self.set_http_response_header(k, Some(&v));
         }
         Action::Continue
     }

@@ -30,6 +30,29 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Serve Envoy's rate-limit gRPC protocol (ShouldRateLimit) on Redis, for the
+    /// tier-limiter's `global` policy and any other client of the protocol (Envoy's
+    /// native ratelimit filter included).
+    RatelimitService {
+        /// Where to listen (cleartext HTTP/2, as gRPC clusters speak it).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// The Redis that holds the buckets: redis://[:password@]host:port[/db].
+        #[arg(long)]
+        redis: String,
+        /// Limits for descriptors that carry none (envoyproxy/ratelimit's rule file
+        /// format); may be given several times, one domain per file.
+        #[arg(long)]
+        rules: Vec<PathBuf>,
+        /// How long to wait for Redis before answering UNAVAILABLE.
+        #[arg(long, default_value_t = 100)]
+        redis_timeout_ms: u64,
+        /// Prefix of every Redis key the service writes.
+        #[arg(long, default_value = "portcullis:rl:")]
+        key_prefix: String,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Serve the echo upstream: it answers with what it received, as JSON.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -59,6 +82,21 @@ fn main() -> ExitCode {
             );
         }),
         Command::Echo { address } => echo(&address),
+        Command::RatelimitService {
+            listen,
+            redis,
+            rules,
+            redis_timeout_ms,
+            key_prefix,
+            threads,
+        } => portcullis_ratelimit::run(portcullis_ratelimit::Options {
+            listen,
+            redis,
+            rules,
+            redis_timeout: std::time::Duration::from_millis(redis_timeout_ms),
+            key_prefix,
+            threads,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,8 +24,8 @@ macro_rules! hmac_verify {
 macro_rules! rsa_pkcs1 {
     ($d:ty, $key:expr, $msg:expr, $sig:expr) => {{
         use sha2::Digest;
-        $key.verify(rsa::Pkcs1v15Sign::new::<$d>(), &<$d>::digest($msg), $sig)
-            .is_ok()
+        let scheme = rsa::Pkcs1v15Sign::new::<$d>();
+        crate::jwt::rsa_pkcs1::verify($key, &scheme.prefix, &<$d>::digest($msg), $sig)
     }};
 }
 
@@ -118,7 +118,7 @@ pub enum Material {
     Rsa(rsa::PublicKey),
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
-    Ed25519(ed25519_compact::PublicKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
     Hmac(Vec<u8>),
 }
 
@@ -175,8 +175,9 @@ impl Jwk {
                 .is_ok_and(|s| k.verify(signed, &s).is_ok()),
             (Material::P384(k), Alg::ES384) => p384::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|s| k.verify(signed, &s).is_ok()),
-            (Material::Ed25519(k), Alg::EdDSA) => ed25519_compact::Signature::from_slice(signature)
-                .is_ok_and(|s| k.verify(signed, &s).is_ok()),
+            // Strict (RFC 8032 with canonical S, no small-order R or A).
+            (Material::Ed25519(k), Alg::EdDSA) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|s| k.verify_strict(signed, &s).is_ok()),
             (Material::Hmac(k), Alg::HS256) => hmac_verify!(sha2::Sha256, k, signed, signature),
             (Material::Hmac(k), Alg::HS384) => hmac_verify!(sha2::Sha384, k, signed, signature),
             (Material::Hmac(k), Alg::HS512) => hmac_verify!(sha2::Sha512, k, signed, signature),
@@ -284,7 +285,10 @@ fn parse_jwk(k: &Value) -> Result<Option<Jwk>, String> {
                 .map_err(|_| "not a point on P-384")?,
         ),
         ("OKP", Some("Ed25519")) => Material::Ed25519(
-            ed25519_compact::PublicKey::from_slice(&b64(k, "x")?).map_err(|_| "bad Ed25519 key")?,
+            <[u8; 32]>::try_from(b64(k, "x")?.as_slice())
+                .ok()
+                .and_then(|x| ed25519_dalek::VerifyingKey::from_bytes(&x).ok())
+                .ok_or("bad Ed25519 key")?,
         ),
         ("oct", _) => {
             let secret = b64(k, "k")?;

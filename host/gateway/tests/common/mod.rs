@@ -272,3 +272,73 @@ pub fn send(
 pub fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Res {
     send(&gw.url(), "GET", path, headers, b"").unwrap()
 }
+
+/// `portcullis ratelimit-service` on a free port, in front of `redis`.
+pub struct RatelimitService {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl RatelimitService {
+    pub fn start(redis: &str, extra: &[&str]) -> RatelimitService {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "ratelimit-service",
+                "--listen",
+                &addr.to_string(),
+                "--redis",
+                redis,
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut s = RatelimitService {
+            child,
+            addr,
+            stderr,
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if s.logged("ratelimit-service listening") {
+                return s;
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("ratelimit-service exited ({status}):\n{}", s.stderr_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ratelimit-service did not start:\n{}", s.stderr_text());
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn logged(&self, text: &str) -> bool {
+        self.stderr.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RatelimitService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

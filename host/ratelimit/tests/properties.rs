@@ -1,0 +1,72 @@
+//! Properties of what the service reads from the network: any call body is either a
+//! request or a clear gRPC error (never a panic), and distinct descriptors never
+//! share a Redis key, whatever bytes their entries hold.
+
+use kit::ratelimit::{Entry, RateLimitDescriptor, RateLimitOverride, RateLimitRequest, Unit};
+use portcullis_ratelimit::{Failure, Plan, Rules, bucket_key, grpc::decode_call, plan};
+use proptest::prelude::*;
+use prost::Message;
+
+fn entries() -> impl Strategy<Value = Vec<(String, String)>> {
+    prop::collection::vec((".{0,6}", ".{0,6}"), 1..4)
+}
+
+fn to_entries(v: &[(String, String)]) -> Vec<Entry> {
+    v.iter()
+        .map(|(k, v)| Entry {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn any_call_body_is_a_request_or_a_grpc_error(body in prop::collection::vec(any::<u8>(), 0..300)) {
+        match decode_call(&body) {
+            Ok(_) => {}
+            Err(f) => prop_assert!(
+                f.code == Failure::INVALID_ARGUMENT || f.code == Failure::UNIMPLEMENTED,
+                "{f:?}"
+            ),
+        }
+    }
+
+    #[test]
+    fn a_valid_frame_around_any_message_bytes_decodes_or_is_invalid(msg in prop::collection::vec(any::<u8>(), 0..200)) {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        body.extend_from_slice(&msg);
+        if let Ok(req) = decode_call(&body) {
+            // Whatever it decoded to, planning it answers or refuses cleanly.
+            let _ = plan(&Rules::default(), "p:", &req);
+        }
+    }
+
+    #[test]
+    fn distinct_descriptors_never_share_a_key(a in entries(), b in entries(), domain in ".{0,5}") {
+        let (ka, kb) = (
+            bucket_key("p:", &domain, &to_entries(&a), Unit::Second),
+            bucket_key("p:", &domain, &to_entries(&b), Unit::Second),
+        );
+        prop_assert_eq!(ka == kb, a == b);
+    }
+
+    #[test]
+    fn planned_buckets_refill_at_the_limit_per_window(n in 1u32..1_000_000, unit in 1i32..=4, burst in 0u32..2_000_000) {
+        let req = RateLimitRequest {
+            domain: "d".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry { key: "k".into(), value: "v".into() }, Entry { key: "burst".into(), value: burst.to_string() }],
+                limit: Some(RateLimitOverride { requests_per_unit: n, unit }),
+            }],
+            hits_addend: 1,
+        };
+        let plans = plan(&Rules::default(), "p:", &req).unwrap();
+        let Plan::Bucket(b) = &plans[0] else { panic!("{plans:?}") };
+        let secs = [1.0, 60.0, 3600.0, 86400.0][(unit - 1) as usize];
+        prop_assert!((b.rate * secs * 1e6 - f64::from(n)).abs() < 1e-6 * f64::from(n));
+        prop_assert_eq!(b.limit.capacity, n.max(burst));
+        let _ = RateLimitRequest::decode(&req.encode_to_vec()[..]).unwrap();
+    }
+}
