@@ -66,6 +66,7 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
+    backchannelLogout: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => 'urn:portcullis:rs256',
@@ -81,10 +82,17 @@ const provider = new Provider(issuer, {
   // Refresh tokens for every client allowed the grant, not only with offline_access
   // and a consent prompt (the library's default).
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // Back-channel logout tokens go to the gateway under test on loopback, which the
+  // library's SSRF guard (no special-use addresses) would refuse: a test IdP only.
+  fetch: (url, options) => {
+    delete options.dispatcher;
+    return globalThis.fetch(url, options);
+  },
 });
 provider.proxy = true;
 // Internal errors on stderr (the tests show it when they fail), never in a reply.
 provider.on('server_error', (ctx, err) => console.error('server_error', ctx.path, err));
+provider.on('backchannel.error', (ctx, err, client) => console.error('backchannel.error', client.clientId, err.message, err.cause && (err.cause.code || err.cause.message)));
 
 provider.listen(port, '127.0.0.1', () => {
   console.log(`ready ${issuer}`);

@@ -20,6 +20,7 @@ const ISS: &str = "https://idp.test";
 const SECRET_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const SECRET_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const COOKIE: &str = "__Host-portcullis_session";
+/// Login cookies are `LOGIN_COOKIE.<16 characters of the state>`.
 const LOGIN_COOKIE: &str = "__Host-portcullis_session_login";
 
 /// A scripted OpenID provider: what its token endpoint answers next, and what it saw.
@@ -38,6 +39,8 @@ struct Idp {
     down: Rc<Cell<bool>>,
     token_requests: Rc<RefCell<Vec<(BTreeMap<String, String>, Option<String>)>>>,
     discovery_fetches: Rc<Cell<u32>>,
+    /// Refresh tokens already used: refused again (rotation, as most IdPs do).
+    used_refresh_tokens: Rc<RefCell<Vec<String>>>,
     jwks_keys: Rc<RefCell<Vec<Rc<Key>>>>,
     now: Rc<Cell<u64>>,
 }
@@ -60,6 +63,7 @@ impl Idp {
             down: Rc::default(),
             token_requests: Rc::default(),
             discovery_fetches: Rc::default(),
+            used_refresh_tokens: Rc::default(),
             now: Rc::new(Cell::new(T0)),
         }
     }
@@ -104,6 +108,12 @@ impl Idp {
                 ));
                 if let Some(r) = self.token_reply.borrow_mut().take() {
                     return r;
+                }
+                if let Some(rt) = body.get("refresh_token") {
+                    if self.used_refresh_tokens.borrow().contains(rt) {
+                        return Reply::status(400, &[], r#"{"error":"invalid_grant"}"#);
+                    }
+                    self.used_refresh_tokens.borrow_mut().push(rt.clone());
                 }
                 let n = self.issued.get() + 1;
                 self.issued.set(n);
@@ -185,10 +195,16 @@ impl Jar {
             .join("; ")
     }
 
+    fn has_login(&self) -> bool {
+        self.0
+            .keys()
+            .any(|k| k.starts_with(&format!("{LOGIN_COOKIE}.")))
+    }
+
     fn has_session(&self) -> bool {
         self.0
             .keys()
-            .any(|k| k.starts_with(COOKIE) && k != LOGIN_COOKIE)
+            .any(|k| k.starts_with(COOKIE) && !k.starts_with(LOGIN_COOKIE))
     }
 }
 
@@ -246,10 +262,7 @@ fn login(bed: &mut TestBed, idp: &Idp, path: &str) -> Jar {
     assert_eq!(res.status, 302, "{}", res.text());
     jar.take(&res);
     assert!(jar.has_session(), "{:?}", res.headers);
-    assert!(
-        !jar.0.contains_key(LOGIN_COOKIE),
-        "the login cookie is spent"
-    );
+    assert!(!jar.has_login(), "the login cookie is spent");
     jar
 }
 
@@ -265,7 +278,7 @@ fn a_browser_logs_in_and_the_upstream_gets_the_token_and_identity() {
     assert_eq!(q["scope"], "openid profile offline_access");
     assert_eq!(q["code_challenge_method"], "S256");
     assert!(q["state"].len() >= 32 && q["nonce"].len() >= 32);
-    assert!(jar.0.contains_key(LOGIN_COOKIE));
+    assert!(jar.has_login());
 
     let res = bed.send(browser(
         &format!("/callback?code=c-1&state={}", q["state"]),
@@ -368,6 +381,29 @@ fn a_browser_logs_in_and_the_upstream_gets_the_token_and_identity() {
 }
 
 #[test]
+fn client_secret_post_and_public_clients_authenticate_in_the_body() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({"client_auth": "client_secret_post"}));
+    let _ = login(&mut bed, &idp, "/");
+    let (body, auth) = idp.token_requests.borrow()[0].clone();
+    assert_eq!(auth, None, "no Basic header");
+    assert_eq!(body["client_id"], "web");
+    assert_eq!(body["client_secret"], "web-secret");
+
+    let idp = Idp::new();
+    let mut bed = self::bed(&idp, json!({"client_auth": "none", "client_secret": null}));
+    let _ = login(&mut bed, &idp, "/");
+    let (body, auth) = idp.token_requests.borrow()[0].clone();
+    assert_eq!(auth, None);
+    assert_eq!(body["client_id"], "web");
+    assert!(!body.contains_key("client_secret"));
+    assert!(
+        body.contains_key("code_verifier"),
+        "a public client relies on PKCE"
+    );
+}
+
+#[test]
 fn other_cookies_still_reach_the_upstream() {
     let idp = Idp::new();
     let mut bed = bed(&idp, json!({}));
@@ -424,10 +460,7 @@ fn the_idp_error_at_the_callback_is_a_clear_401_without_a_loop() {
             .contains("access_denied")
     );
     jar.take(&res);
-    assert!(
-        !jar.0.contains_key(LOGIN_COOKIE),
-        "the failed login is cleared"
-    );
+    assert!(!jar.has_login(), "the failed login is cleared");
     assert!(idp.token_requests.borrow().is_empty());
 }
 
@@ -447,6 +480,17 @@ fn a_wrong_or_missing_state_and_a_replayed_callback_are_refused() {
     ));
     assert_eq!(res.status, 401);
     assert!(res.text().contains("no login in progress"));
+    // An answer naming another issuer (RFC 9207) is a mix-up.
+    let res = bed.send(browser(
+        &format!(
+            "/callback?code=c-1&state={}&iss=https%3A%2F%2Fevil.test",
+            q["state"]
+        ),
+        &jar,
+    ));
+    assert_eq!(res.status, 401);
+    assert!(res.text().contains("another issuer"), "{}", res.text());
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
     // Two states in one callback are ambiguous.
     let res = bed.send(browser(
         &format!("/callback?code=c&state={0}&state={0}", q["state"]),
@@ -480,6 +524,39 @@ fn a_wrong_or_missing_state_and_a_replayed_callback_are_refused() {
         &jar,
     ));
     assert_eq!(res.status, 401);
+}
+
+#[test]
+fn two_tabs_can_log_in_at_once() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let first = start_login(&mut bed, &idp, "/one", &mut jar);
+    let first_nonce = idp.nonce.borrow().clone();
+    let second = start_login(&mut bed, &idp, "/two", &mut jar);
+    assert_eq!(
+        jar.0.keys().filter(|k| k.starts_with(LOGIN_COOKIE)).count(),
+        2,
+        "one login cookie per login"
+    );
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", second["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 302, "{}", res.text());
+    assert_eq!(res.header("location"), Some("/two"));
+    jar.take(&res);
+    assert!(jar.has_login(), "the other tab's login is still there");
+    *idp.nonce.borrow_mut() = first_nonce;
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", first["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 302, "{}", res.text());
+    assert_eq!(res.header("location"), Some("/one"));
+    jar.take(&res);
+    assert!(!jar.has_login());
+    assert!(jar.has_session());
 }
 
 #[test]
@@ -622,6 +699,73 @@ fn an_unreachable_idp_is_503_or_502_with_a_message() {
     ));
     assert_eq!(res.status, 502, "{}", res.text());
     assert!(res.text().contains("token endpoint is unreachable"));
+}
+
+#[test]
+fn a_discovery_document_for_another_issuer_or_missing_keys_is_503() {
+    // Discovery names another issuer (OpenID Connect Discovery 4.3): not used.
+    let mut bed = TestBed::new()
+        .filter(wasm("oidc"), config(json!({})))
+        .cluster("idp", |_| {
+            Reply::json(&json!({"issuer": "https://evil.test", "authorization_endpoint": "https://evil.test/a",
+                "token_endpoint": "https://evil.test/t", "jwks_uri": "https://evil.test/k"}))
+        })
+        .build()
+        .unwrap();
+    let res = bed.send(browser("/", &Jar::default()));
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert!(bed.logged("names issuer `https://evil.test`"));
+
+    // Keys unreachable at the callback: 503, no session.
+    let idp = Idp::new();
+    let i = idp.clone();
+    let mut bed = TestBed::new()
+        .filter(wasm("oidc"), config(json!({})))
+        .cluster("idp", move |req| {
+            if req.headers.get_str(":path") == Some("/jwks") {
+                Reply::status(500, &[], "down")
+            } else {
+                i.answer(req)
+            }
+        })
+        .build()
+        .unwrap();
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert!(res.text().contains("signing keys"), "{}", res.text());
+    jar.take(&res);
+    assert!(!jar.has_session());
+}
+
+#[test]
+fn the_token_header_is_configurable_and_logout_works_without_end_session() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"upstream_access_token_header": "x-access-token", "logout": {"path": "/bye-bye"}}),
+    );
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(api("/", &jar).header("authorization", "Bearer from-client"));
+    assert_eq!(
+        res.upstream_header("x-access-token").as_deref(),
+        Some("at-1")
+    );
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer from-client"),
+        "only the configured header is set"
+    );
+    // No post_logout_redirect_uri configured: still the IdP's end_session, without it.
+    let res = bed.send(browser("/bye-bye", &jar));
+    assert_eq!(res.status, 302);
+    let q = query(res.header("location").unwrap());
+    assert!(q.contains_key("id_token_hint") && !q.contains_key("post_logout_redirect_uri"));
+    assert_eq!(bed.send(api("/", &jar)).status, 401);
 }
 
 #[test]
@@ -796,6 +940,34 @@ fn an_expiring_access_token_is_refreshed_and_never_forwarded_expired() {
     *idp.token_reply.borrow_mut() = Some(Reply::status(400, &[], r#"{"error":"invalid_grant"}"#));
     let res = bed.send(browser("/a", &jar));
     assert_eq!(res.status, 302, "a browser logs in again");
+}
+
+#[test]
+fn requests_still_carrying_the_old_cookie_use_the_refreshed_session() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    let old = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 100);
+    let res = bed.send(api("/a", &old));
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 2);
+    // A request sent with the old cookie (in parallel, before the browser stored the
+    // new one) does not refresh again: the IdP rotated the refresh token, so a second
+    // refresh would be refused and the user logged out.
+    let res = bed.send(api("/b", &old));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 2, "no second refresh");
+    let mut jar = old.clone();
+    jar.take(&res);
+    assert_ne!(jar.0[COOKIE], old.0[COOKIE], "it gets the new cookie too");
 }
 
 #[test]
@@ -980,6 +1152,21 @@ fn bearer_passthrough_validates_the_token_instead_of_redirecting() {
         res.upstream_header("authorization"),
         Some(format!("Bearer {good}"))
     );
+    // Verified once: the next request is a cache hit, until the token's exp.
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        bed.metric("oidc_bearer_cache_hits").map(|m| m.count()),
+        Some(1)
+    );
+    advance(&mut bed, &idp, 361);
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));
+    assert_eq!(
+        res.status, 401,
+        "a cached token does not outlive its exp (and the 60 s skew)"
+    );
     let wrong_aud = idp.key.sign(
         "ES256",
         json!({"iss": ISS, "aud": "web2", "sub": "x", "iat": T0, "exp": T0 + 300}),
@@ -1036,7 +1223,7 @@ fn hostile_callbacks_and_cookies_never_crash_the_filter() {
         format!("{COOKIE}=a.b.c"),
         format!("{COOKIE}.0=x; {COOKIE}.1=y"),
         format!("{COOKIE}={}", "A".repeat(30_000)),
-        format!("{LOGIN_COOKIE}=a.{}", "B".repeat(100)),
+        format!("{LOGIN_COOKIE}.AAAAAAAAAAAAAAAA=a.{}", "B".repeat(100)),
         ";;;===; ;".into(),
     ] {
         let res = bed.send(Request::get("/x").header("cookie", &cookie));
@@ -1049,4 +1236,43 @@ fn hostile_callbacks_and_cookies_never_crash_the_filter() {
         200,
         "the filter still serves"
     );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Random cookies, callback queries and logout bodies through the built filter: it
+    /// always answers (redirect, 400 or 401; 200 only for a valid back-channel call,
+    /// which random input is not), never traps, and keeps serving.
+    #[test]
+    fn random_requests_never_crash_the_filter(
+        cookie in "[ -~]{0,300}",
+        query in "[ -~]{0,200}",
+        body in "[ -~]{0,200}",
+    ) {
+        thread_local! {
+            static BED: std::cell::RefCell<Option<(TestBed, Idp)>> = const { std::cell::RefCell::new(None) };
+        }
+        BED.with(|b| {
+            let mut b = b.borrow_mut();
+            let (bed, _) = b.get_or_insert_with(|| {
+                let idp = Idp::new();
+                (bed(&idp, json!({})), idp)
+            });
+            let with_cookie = |r: Request| r.header("cookie", &cookie);
+            for req in [
+                with_cookie(browser(&format!("/callback?{query}"), &Jar::default())),
+                with_cookie(api(&format!("/x?{query}"), &Jar::default())),
+                with_cookie(Request::get(&format!("/logout?{query}"))),
+                Request::post("/oidc/backchannel", body.clone()),
+            ] {
+                let res = bed.send(req);
+                proptest::prop_assert!(
+                    [302, 400, 401, 503].contains(&res.status),
+                    "{} for cookie {cookie:?} query {query:?}: {}", res.status, res.text()
+                );
+            }
+            Ok(())
+        })?;
+    }
 }

