@@ -155,7 +155,7 @@ fn global_node(service: &str) -> Gateway {
     let config = json!({
         "tiers": {"t": {"second": LIMIT}}, "default_tier": "t", "identify_by": ["header:x-api-key"],
         "policy": "global",
-        "global": {"cluster": "ratelimit", "domain": "nodes", "timeout_ms": 100, "failure_mode": "closed"}
+        "global": {"cluster": "ratelimit", "domain": "nodes", "timeout_ms": 1000, "failure_mode": "closed"}
     });
     Gateway::start(&format!(
         r#"
@@ -177,9 +177,12 @@ fn two_gateway_nodes_sharing_redis_admit_within_two_percent_of_the_ideal() {
     let secs = seconds();
     let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     // Each node has its own service instance, as a deployment would; Redis is shared.
+    // Generous timeouts: this test is about accuracy, on a machine that may be busy
+    // (the failure modes have their own test).
+    let slow_ok = ["--redis-timeout-ms", "1000"];
     let (svc_a, svc_b) = (
-        RatelimitService::start(&redis.url(), &[]),
-        RatelimitService::start(&redis.url(), &[]),
+        RatelimitService::start(&redis.url(), &slow_ok),
+        RatelimitService::start(&redis.url(), &slow_ok),
     );
     let (a, b) = (global_node(&svc_a.url()), global_node(&svc_b.url()));
     check(
@@ -204,7 +207,15 @@ fn envoys_native_ratelimit_filter_is_a_client_of_our_service_within_two_percent(
         ),
     )
     .unwrap();
-    let svc = RatelimitService::start(&redis.url(), &["--rules", rules.to_str().unwrap()]);
+    let svc = RatelimitService::start(
+        &redis.url(),
+        &[
+            "--rules",
+            rules.to_str().unwrap(),
+            "--redis-timeout-ms",
+            "1000",
+        ],
+    );
     let envoy = Envoy::start(
         &EnvoyConfig::new(echo())
             .concurrency(2)
@@ -219,7 +230,7 @@ fn envoys_native_ratelimit_filter_is_a_client_of_our_service_within_two_percent(
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
                     "domain": "envoy",
                     "failure_mode_deny": true,
-                    "timeout": "0.5s",
+                    "timeout": "2s",
                     "rate_limit_service": {
                         "transport_api_version": "V3",
                         "grpc_service": { "envoy_grpc": { "cluster_name": "ratelimit" } }

@@ -445,13 +445,15 @@ routes:
     journey("envoy", &format!("http://{}", envoy.listener), &idp);
 }
 
-/// Waits until the filter at `app` has the IdP's discovery document (an API request is
-/// answered 401, not 503): it was started before the IdP.
+/// Waits until the filter at `app` has the IdP's discovery document: a browser is sent
+/// to the IdP (302) rather than told it is unavailable (503). An API request would not
+/// do: it is answered 401 without the document. The gateway started before the IdP,
+/// and a failed discovery is retried only after a pause.
 fn wait_ready(app: &str) {
     let start = std::time::Instant::now();
     loop {
-        let r = send(app, "GET", "/", &[("accept", "application/json")], b"").unwrap();
-        if r.status == 401 {
+        let r = send(app, "GET", "/", &[("accept", "text/html")], b"").unwrap();
+        if r.status == 302 {
             return;
         }
         assert!(
