@@ -1276,3 +1276,34 @@ proptest::proptest! {
         })?;
     }
 }
+
+#[test]
+fn a_custom_access_token_header_cannot_be_forged_by_the_client() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"],
+            "upstream_access_token_header": "x-access-token"}),
+    );
+    let good = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "orders-api", "sub": "svc-1", "iat": T0, "exp": T0 + 300}),
+    );
+    // Pass-through: the header carries the verified token, never the client's.
+    let res = bed.send(
+        api("/", &Jar::default())
+            .header("authorization", &format!("Bearer {good}"))
+            .header("x-access-token", "forged"),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.as_ref().unwrap();
+    let values: Vec<&[u8]> = up.headers.get_all("x-access-token").collect();
+    assert_eq!(values, vec![good.as_bytes()]);
+    // A session: the session's token, not the client's.
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(api("/", &jar).header("x-access-token", "forged"));
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.as_ref().unwrap();
+    let values: Vec<&[u8]> = up.headers.get_all("x-access-token").collect();
+    assert_eq!(values, vec![b"at-1".as_slice()]);
+}

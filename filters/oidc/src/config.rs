@@ -556,6 +556,13 @@ impl Config {
     pub fn spoofable_headers(&self) -> Vec<String> {
         let mut out: Vec<String> = kit::identity::ALL.iter().map(|s| s.to_string()).collect();
         out.extend(self.id_token_header.iter().cloned());
+        // `authorization` is what a pass-through client presents its token in; any
+        // other access-token header is ours alone to set.
+        if let Some(h) = &self.access_token_header
+            && h.name != "authorization"
+        {
+            out.push(h.name.clone());
+        }
         out
     }
 }
@@ -688,5 +695,13 @@ mod tests {
         );
         let c = parse(&with(&["upstream_access_token_header"], Value::Null)).unwrap();
         assert_eq!(c.access_token_header, None);
+    }
+
+    #[test]
+    fn a_custom_access_token_header_is_stripped_from_requests() {
+        let c = parse(&with(&["upstream_access_token_header"], json!("X-Token"))).unwrap();
+        assert!(c.spoofable_headers().contains(&"x-token".to_string()));
+        let c = parse(&base()).unwrap();
+        assert!(!c.spoofable_headers().contains(&"authorization".to_string()));
     }
 }

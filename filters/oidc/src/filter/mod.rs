@@ -435,7 +435,7 @@ impl Request {
     ) -> Result<Action, Action> {
         if let Some(identity) = st.bearer.get(token, now) {
             bump(st.metrics.bearer_cache_hits);
-            self.apply_bearer(token, &identity);
+            self.apply_bearer(st, token, &identity);
             return Ok(Action::Continue);
         }
         let keys = self.need_keys(st, now, refetched)?;
@@ -451,7 +451,7 @@ impl Request {
                 if let Ok(Some(exp)) = kit::jwt::claims::numeric(&claims, "exp") {
                     st.bearer.insert(token, identity.clone(), exp);
                 }
-                self.apply_bearer(token, &identity);
+                self.apply_bearer(st, token, &identity);
                 Ok(Action::Continue)
             }
             Err(TokenRefused::UnknownKey) if !refetched && !self.fetched.contains(&Fetch::Jwks) => {
@@ -471,9 +471,19 @@ impl Request {
         }
     }
 
-    fn apply_bearer(&mut self, token: &str, identity: &[(String, String)]) {
+    fn apply_bearer(&mut self, st: &State, token: &str, identity: &[(String, String)]) {
         for (k, v) in identity {
             self.set_http_request_header(k, Some(v));
+        }
+        // The upstream sees the token that was verified, in the configured header,
+        // whatever else the client sent.
+        if let Some(h) = &st.config.access_token_header {
+            let v = if h.bearer {
+                format!("Bearer {token}")
+            } else {
+                token.to_owned()
+            };
+            self.set_http_request_header(&h.name, Some(&v));
         }
         self.set_property(
             vec![kit::identity::CREDENTIAL_PROPERTY],
