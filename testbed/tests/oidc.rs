@@ -1307,3 +1307,34 @@ fn a_custom_access_token_header_cannot_be_forged_by_the_client() {
     let values: Vec<&[u8]> = up.headers.get_all("x-access-token").collect();
     assert_eq!(values, vec![b"at-1".as_slice()]);
 }
+
+#[test]
+fn two_authorization_headers_are_refused_in_pass_through() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"]}),
+    );
+    let good = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "orders-api", "sub": "svc-1", "iat": T0, "exp": T0 + 300}),
+    );
+    let res = bed.send(
+        api("/", &Jar::default())
+            .header("authorization", "Bearer forged")
+            .header("authorization", &format!("Bearer {good}")),
+    );
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert!(res.upstream.is_none());
+    assert!(
+        res.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_request"),
+        "{:?}",
+        res.headers
+    );
+    // One header: fine.
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));
+    assert_eq!(res.status, 200, "{}", res.text());
+}

@@ -149,6 +149,8 @@ struct Facts {
     cookies: Vec<String>,
     browser: bool,
     bearer: Option<String>,
+    /// How many `Authorization` headers the request has.
+    authorizations: usize,
     request_id: Option<String>,
     body: Vec<u8>,
 }
@@ -353,6 +355,19 @@ impl Request {
     // ---- A protected request.
 
     fn protected(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
+        if st.config.bearer_passthrough && self.facts.authorizations > 1 {
+            // Which one would the upstream read? Refused, as jwt-auth does.
+            let realm = st.config.realm.replace(['"', '\\'], "");
+            let e = kit::jwt::Invalid::Multiple;
+            let www = format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{e}\""
+            );
+            return Err(self.reply(
+                401,
+                &format!("invalid_request: {e}"),
+                &[("www-authenticate", &www)],
+            ));
+        }
         if let Some(token) = self.facts.bearer.clone()
             && st.config.bearer_passthrough
         {
@@ -1115,6 +1130,7 @@ impl HttpContext for Request {
                 "x-requested-with" => xhr = true,
                 "x-request-id" => f.request_id = Some(v.to_string()),
                 "authorization" => {
+                    f.authorizations += 1;
                     if let Some(t) = v
                         .strip_prefix("Bearer ")
                         .or_else(|| v.strip_prefix("bearer "))
