@@ -1338,3 +1338,35 @@ fn two_authorization_headers_are_refused_in_pass_through() {
         bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));
     assert_eq!(res.status, 200, "{}", res.text());
 }
+
+#[test]
+fn pass_through_refuses_id_tokens_and_logout_tokens() {
+    let idp = Idp::new();
+    // Even when the operator lists the client id as an audience.
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["web"]}),
+    );
+    let id_token = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "sub": "ada", "nonce": "n", "iat": T0, "exp": T0 + 300}),
+    );
+    let logout_token = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "sub": "ada", "iat": T0, "exp": T0 + 300, "jti": "j",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+    );
+    for (what, t) in [("ID token", &id_token), ("logout token", &logout_token)] {
+        let res =
+            bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {t}")));
+        assert_eq!(res.status, 401, "{what}: {}", res.text());
+        assert!(res.upstream.is_none(), "{what}");
+    }
+    let access = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "sub": "svc", "iat": T0, "exp": T0 + 300}),
+    );
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {access}")));
+    assert_eq!(res.status, 200, "{}", res.text());
+}

@@ -46,7 +46,8 @@ pub struct ConfigFile {
     pub consumer: ConsumerClaims,
     #[serde(default)]
     pub bearer_passthrough: bool,
-    /// Audiences a pass-through bearer token may carry (default: the client id).
+    /// Audiences a pass-through bearer token may carry (required with
+    /// `bearer_passthrough`).
     #[serde(default)]
     pub bearer_audiences: Vec<String>,
     #[serde(default = "default_unauthenticated")]
@@ -510,11 +511,18 @@ impl Config {
             "{}/.well-known/openid-configuration",
             issuer_url.path.trim_end_matches('/')
         );
-        let bearer_audiences = if f.bearer_audiences.is_empty() {
-            vec![f.client_id.clone()]
-        } else {
-            f.bearer_audiences
-        };
+        // No default: the client id is the audience of our own ID tokens, which are
+        // not access tokens.
+        if f.bearer_passthrough && f.bearer_audiences.is_empty() {
+            return Err(err(
+                "bearer_audiences",
+                "is required with bearer_passthrough: the audiences of the access tokens the API accepts",
+            ));
+        }
+        if f.bearer_audiences.iter().any(String::is_empty) {
+            return Err(err("bearer_audiences", "an audience is empty"));
+        }
+        let bearer_audiences = f.bearer_audiences;
         Ok(Config {
             issuer: f.issuer,
             client_id: f.client_id,
@@ -667,6 +675,10 @@ mod tests {
         );
         refused_naming(with(&["nonsense"], json!(1)), "nonsense");
         refused_naming(with(&["session", "path"], json!("/app")), "session.path");
+        refused_naming(
+            with(&["bearer_passthrough"], json!(true)),
+            "bearer_audiences",
+        );
         let mut public = base();
         public["client_auth"] = json!("none");
         refused_naming(public, "client_secret");

@@ -234,6 +234,8 @@ pub enum TokenRefused {
     NoIssuedAt,
     #[error("not a back-channel logout token")]
     NotLogoutToken,
+    #[error("an ID token or logout token is not an access token")]
+    NotAccessToken,
     #[error("logout token names neither sid nor sub")]
     NoSubject,
     /// The signing key is not in the JWKS we hold: refetch once, then refuse.
@@ -354,14 +356,19 @@ pub fn verify_logout_token(
 }
 
 /// Verifies a bearer access token a client sent itself (`bearer_passthrough`): our
-/// IdP's signature, `iss`, an audience from `bearer_audiences`, time claims.
+/// IdP's signature, `iss`, an audience from `bearer_audiences`, time claims, and not
+/// an ID token (`nonce`) or a logout token (`events`) the IdP signed with the same key.
 pub fn verify_bearer(
     c: &Config,
     keys: &KeySet,
     jwt: &str,
     now: u64,
 ) -> Result<Map<String, Value>, TokenRefused> {
-    verify_signed(c, keys, jwt, &c.bearer_audiences, now)
+    let claims = verify_signed(c, keys, jwt, &c.bearer_audiences, now)?;
+    if claims.contains_key("nonce") || claims.contains_key("events") {
+        return Err(TokenRefused::NotAccessToken);
+    }
+    Ok(claims)
 }
 
 /// The `exp` of a JWT access token, read without verification: only used to refresh
