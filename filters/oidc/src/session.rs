@@ -200,7 +200,7 @@ impl SessionCache {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            self.remove(&old);
+            self.forget(&old);
         }
         self.buckets
             .entry(tail_hash(cookie))
@@ -210,16 +210,32 @@ impl SessionCache {
         self.len += 1;
     }
 
+    /// Forgets a session; `order` too, so removals never leave it growing.
     pub fn remove(&mut self, cookie: &str) {
-        let h = tail_hash(cookie);
-        if let Some(bucket) = self.buckets.get_mut(&h) {
-            let before = bucket.len();
-            bucket.retain(|(k, _)| !same(k.as_bytes(), cookie.as_bytes()));
-            self.len -= before - bucket.len();
-            if bucket.is_empty() {
-                self.buckets.remove(&h);
-            }
+        if self.forget(cookie)
+            && let Some(i) = self
+                .order
+                .iter()
+                .position(|k| same(k.as_bytes(), cookie.as_bytes()))
+        {
+            self.order.remove(i);
         }
+    }
+
+    /// Takes a session out of its bucket (not out of `order`); true when it was there.
+    fn forget(&mut self, cookie: &str) -> bool {
+        let h = tail_hash(cookie);
+        let Some(bucket) = self.buckets.get_mut(&h) else {
+            return false;
+        };
+        let before = bucket.len();
+        bucket.retain(|(k, _)| !same(k.as_bytes(), cookie.as_bytes()));
+        let removed = before - bucket.len();
+        self.len -= removed;
+        if bucket.is_empty() {
+            self.buckets.remove(&h);
+        }
+        removed > 0
     }
 
     pub fn len(&self) -> usize {
@@ -258,7 +274,11 @@ impl BearerCache {
         if now < *until {
             return Some(identity.clone());
         }
+        // Out of `order` too, so expired tokens never leave it growing.
         self.map.remove(token);
+        if let Some(i) = self.order.iter().position(|k| k == token) {
+            self.order.remove(i);
+        }
         None
     }
 
@@ -494,5 +514,36 @@ mod tests {
         cache.insert("c", s);
         assert_eq!(cache.len(), 2);
         assert!(cache.get("aaaa-same-tail").is_none());
+    }
+
+    #[test]
+    fn removing_from_the_cache_keeps_it_bounded() {
+        let mut cache = SessionCache::new(2);
+        let s = Rc::new(session());
+        cache.insert("keep", s.clone());
+        for _ in 0..1000 {
+            cache.insert("replayed", s.clone());
+            cache.remove("replayed");
+            cache.remove("never-there");
+        }
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.order.len(), 1, "order follows map");
+        cache.insert("b", s.clone());
+        cache.insert("c", s);
+        assert!(cache.get("keep").is_none(), "oldest out first");
+        assert_eq!(cache.order.len(), 2);
+    }
+
+    #[test]
+    fn expired_bearer_tokens_leave_the_cache_order_too() {
+        let mut cache = BearerCache::new(4);
+        let id: Identity = Rc::new(vec![]);
+        for i in 0..1000 {
+            let t = format!("t{i}");
+            cache.insert(&t, id.clone(), 10);
+            assert!(cache.get(&t, 20).is_none(), "expired");
+        }
+        assert!(cache.map.is_empty());
+        assert!(cache.order.is_empty(), "order follows map");
     }
 }

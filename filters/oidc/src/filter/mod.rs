@@ -377,14 +377,12 @@ impl Request {
         let Some(value) = cookie::read_chunked(&refs, &st.config.cookie.name) else {
             return self.unauthenticated(st, now);
         };
-        let session = match st.cache.get(&value) {
+        let cached = st.cache.get(&value);
+        let fresh = cached.is_none();
+        let session = match cached {
             Some(s) => s,
             None => match session::open::<Session>(&st.config.keys, SESSION, &value) {
-                Ok(s) => {
-                    let s = Rc::new(s);
-                    st.cache.insert(&value, s.clone());
-                    s
-                }
+                Ok(s) => Rc::new(s),
                 Err(e) => {
                     bump(st.metrics.cookies_rejected);
                     log(LogLevel::Info, &format!("session cookie rejected: {e}"));
@@ -402,7 +400,12 @@ impl Request {
             self.clear_cookies(st, false);
             return self.unauthenticated(st, now);
         }
-        match session.standing(&st.config, now) {
+        let standing = session.standing(&st.config, now);
+        // Cached only once judged good: a replayed dead cookie is never stored.
+        if fresh && !matches!(standing, Standing::Over(_)) {
+            st.cache.insert(&value, session.clone());
+        }
+        match standing {
             Standing::Good | Standing::GoodUntilExpiry => {
                 if session.wants_touch(&st.config, now) {
                     let mut s = (*session).clone();

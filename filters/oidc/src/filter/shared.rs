@@ -260,24 +260,25 @@ impl State {
             _ => return None,
         };
         let sealed = String::from_utf8(bytes).ok()?;
-        let newer = match self.cache.get(&sealed) {
+        let cached = self.cache.get(&sealed);
+        let fresh = cached.is_none();
+        let newer = match cached {
             Some(s) => s,
-            None => {
-                let s =
-                    Rc::new(session::open::<Session>(&self.config.keys, SESSION, &sealed).ok()?);
-                self.cache.insert(&sealed, s.clone());
-                s
-            }
+            None => Rc::new(session::open::<Session>(&self.config.keys, SESSION, &sealed).ok()?),
         };
         let good = matches!(
             newer.standing(&self.config, now),
             Standing::Good | Standing::GoodUntilExpiry
         );
-        (newer.id == old.id
+        let usable = newer.id == old.id
             && newer.access_expires > old.access_expires
             && good
-            && !self.revoked().revokes(&newer))
-        .then_some((sealed, newer))
+            && !self.revoked().revokes(&newer);
+        // Cached only once judged good: a dead session is never stored.
+        if usable && fresh {
+            self.cache.insert(&sealed, newer.clone());
+        }
+        usable.then_some((sealed, newer))
     }
 
     /// Marks a login state used; false when it already was (a replayed callback).
