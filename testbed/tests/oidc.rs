@@ -1370,3 +1370,30 @@ fn pass_through_refuses_id_tokens_and_logout_tokens() {
         bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {access}")));
     assert_eq!(res.status, 200, "{}", res.text());
 }
+
+#[test]
+fn replayed_logouts_do_not_grow_the_revocation_list() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    for _ in 0..20 {
+        let res = bed.send(browser("/logout", &jar));
+        assert_eq!(res.status, 302);
+    }
+    let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
+    assert_eq!(
+        list.iter().filter(|b| **b == b'\n').count(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&list)
+    );
+    let generation = bed.shared_data("oidc/oidc-0/revoked-gen").unwrap();
+    assert_eq!(generation, 1u64.to_le_bytes(), "one change, one bump");
+    assert_eq!(bed.send(api("/", &jar)).status, 401);
+    // An expired session's logout revokes nothing either.
+    let jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 3601);
+    assert_eq!(bed.send(browser("/logout", &jar)).status, 302);
+    let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
+    assert_eq!(list.iter().filter(|b| **b == b'\n').count(), 1);
+}

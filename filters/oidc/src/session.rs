@@ -3,7 +3,7 @@
 //! refresh or over; the per-VM cache of opened sessions; the revocation list that
 //! back-channel logout and local logout write for every worker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -306,11 +306,20 @@ impl BearerCache {
 /// Revoked sessions, shared by every worker: by our session id (local logout), by
 /// the IdP's `sid` or by `sub` (back-channel logout). Each entry has the time it was
 /// written; a `sub` entry revokes the sessions created before it; entries older than
-/// the session lifetime are dropped when the list is written.
+/// the session lifetime are dropped when the list is written, one entry per value is
+/// kept, and at most [`MAX_REVOKED`] (the oldest go first: they are the nearest to
+/// expiring anyway). Lookups go through hash sets, not a scan.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Revoked {
     pub entries: Vec<(Kind, String, u64)>,
+    sessions: HashSet<String>,
+    sids: HashSet<String>,
+    /// `sub` -> the latest revocation time.
+    subs: HashMap<String, u64>,
 }
+
+/// The most revocations kept (a line is about 40 bytes for a session id).
+pub const MAX_REVOKED: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -347,7 +356,29 @@ impl Revoked {
                 Some((kind, it.next()?.to_owned(), at))
             })
             .collect();
-        Revoked { entries }
+        Revoked::from_entries(entries)
+    }
+
+    fn from_entries(entries: Vec<(Kind, String, u64)>) -> Revoked {
+        let mut r = Revoked {
+            entries,
+            ..Revoked::default()
+        };
+        for (k, v, at) in &r.entries {
+            match k {
+                Kind::Session => {
+                    r.sessions.insert(v.clone());
+                }
+                Kind::IdpSid => {
+                    r.sids.insert(v.clone());
+                }
+                Kind::Sub => {
+                    let t = r.subs.entry(v.clone()).or_insert(*at);
+                    *t = (*t).max(*at);
+                }
+            }
+        }
+        r
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -359,21 +390,40 @@ impl Revoked {
     }
 
     /// Adds an entry (values with a line break are refused) and forgets the ones no
-    /// session can outlive.
-    pub fn add(&mut self, kind: Kind, value: &str, now: u64, lifetime: u64) {
+    /// session can outlive. False when nothing changed (the value was already
+    /// revoked, or refused), so the caller need not tell every worker.
+    pub fn add(&mut self, kind: Kind, value: &str, now: u64, lifetime: u64) -> bool {
         if value.is_empty() || value.contains(['\n', '\r']) || value.len() > 512 {
-            return;
+            return false;
         }
-        self.entries.retain(|(_, _, at)| at + lifetime > now);
-        self.entries.push((kind, value.to_owned(), now));
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.retain(|(_, _, at)| at.saturating_add(lifetime) > now);
+        let mut changed = true;
+        if let Some(e) = entries
+            .iter_mut()
+            .find(|(k, v, _)| *k == kind && v == value)
+        {
+            // A later `sub` revocation reaches later sessions; the others are final.
+            changed = kind == Kind::Sub && e.2 < now;
+            if changed {
+                e.2 = now;
+            }
+        } else {
+            if entries.len() >= MAX_REVOKED {
+                entries.drain(..=entries.len() - MAX_REVOKED);
+            }
+            entries.push((kind, value.to_owned(), now));
+        }
+        *self = Revoked::from_entries(entries);
+        changed
     }
 
     pub fn revokes(&self, s: &Session) -> bool {
-        self.entries.iter().any(|(k, v, at)| match k {
-            Kind::Session => *v == s.id,
-            Kind::IdpSid => s.idp_sid.as_deref() == Some(v.as_str()),
-            Kind::Sub => *v == s.sub && s.created <= *at,
-        })
+        self.sessions.contains(&s.id)
+            || s.idp_sid
+                .as_ref()
+                .is_some_and(|sid| self.sids.contains(sid))
+            || self.subs.get(&s.sub).is_some_and(|at| s.created <= *at)
     }
 }
 
@@ -502,6 +552,44 @@ mod tests {
         let mut y = x.clone().into_bytes();
         y[1500] = b'B';
         assert!(!same(x.as_bytes(), &y));
+    }
+
+    #[test]
+    fn revocations_are_deduplicated_and_capped() {
+        let mut r = Revoked::default();
+        assert!(r.add(Kind::Session, "id1", 1, 1000));
+        for t in 2..50 {
+            assert!(!r.add(Kind::Session, "id1", t, 1000), "already revoked");
+        }
+        assert_eq!(r.entries.len(), 1);
+        assert!(r.add(Kind::Sub, "ada", 5, 1000));
+        assert!(!r.add(Kind::Sub, "ada", 5, 1000));
+        assert!(r.add(Kind::Sub, "ada", 9, 1000), "a later cutoff counts");
+        assert_eq!(r.entries.len(), 2);
+        assert!(r.revokes(&Session {
+            created: 8,
+            id: "other".into(),
+            idp_sid: None,
+            ..session()
+        }));
+        for i in 0..MAX_REVOKED + 10 {
+            r.add(Kind::Session, &format!("s{i}"), 10, 1000);
+        }
+        assert_eq!(r.entries.len(), MAX_REVOKED);
+        assert!(
+            !r.revokes(&Session {
+                id: "s0".into(),
+                idp_sid: None,
+                sub: "bob".into(),
+                ..session()
+            }),
+            "the oldest went first"
+        );
+        assert!(r.revokes(&Session {
+            id: format!("s{}", MAX_REVOKED + 9),
+            ..session()
+        }));
+        assert_eq!(Revoked::parse(&r.encode()), r);
     }
 
     #[test]

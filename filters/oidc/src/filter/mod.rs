@@ -927,7 +927,12 @@ impl Request {
             _ => None,
         };
         if let Some(s) = &session {
-            st.revoke(Kind::Session, &s.id, now);
+            // Only a live session needs revoking: a replayed logout of a dead cookie
+            // must not grow the list.
+            let live = !matches!(s.standing(&st.config, now), Standing::Over(_));
+            if live && !st.revoked().revokes(s) {
+                st.revoke(Kind::Session, &s.id, now);
+            }
         }
         self.clear_cookies(st, true);
         let post = st.config.post_logout_redirect_uri.clone();

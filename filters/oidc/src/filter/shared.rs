@@ -215,11 +215,16 @@ impl State {
 
     pub(super) fn revoke(&self, kind: Kind, value: &str, now: u64) {
         let lifetime = self.config.lifetime;
+        let changed = std::cell::Cell::new(false);
         let ok = update_shared(&self.key("revoked"), |cur| {
             let mut r = cur.map(Revoked::parse).unwrap_or_default();
-            r.add(kind, value, now, lifetime);
+            changed.set(r.add(kind, value, now, lifetime));
             r.encode()
         });
+        if ok && !changed.get() {
+            // Already revoked: no worker needs to read the list again.
+            return;
+        }
         let gen_key = self.key("revoked-gen");
         let bumped = update_shared(&gen_key, |cur| {
             let n = cur
