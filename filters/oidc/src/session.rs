@@ -139,6 +139,38 @@ pub fn open<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&plain).map_err(|_| Unusable::Shape(purpose))
 }
 
+/// Marks a one-time value (a login state, a logout token's `jti`) used in a list of
+/// `<value> <expiry>` lines, oldest first: expired lines go, and past `cap` lines the
+/// oldest go too (the nearest to expiring), so the list stays bounded whatever a
+/// client sends. `None` when `value` is already there (a replay); else the new list.
+pub fn mark_used(cur: &[u8], value: &str, until: u64, now: u64, cap: usize) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(cur);
+    let mut kept: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let Some((v, exp)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(exp) = exp.parse::<u64>() else {
+            continue;
+        };
+        if exp <= now {
+            continue;
+        }
+        if v == value {
+            return None;
+        }
+        kept.push(line);
+    }
+    let skip = (kept.len() + 1).saturating_sub(cap.max(1));
+    let mut out = String::new();
+    for line in &kept[skip..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!("{value} {until}\n"));
+    Some(out.into_bytes())
+}
+
 /// Sessions this VM opened, keyed by the whole cookie value, so the common request
 /// costs a lookup instead of a decryption; bounded, oldest out first. A cached
 /// session is judged again (expiry, idle, revocation) on every use.
@@ -602,6 +634,24 @@ mod tests {
         cache.insert("c", s);
         assert_eq!(cache.len(), 2);
         assert!(cache.get("aaaa-same-tail").is_none());
+    }
+
+    #[test]
+    fn used_values_are_remembered_until_they_expire_and_bounded() {
+        let l = mark_used(b"", "a", 100, 0, 3).unwrap();
+        assert_eq!(mark_used(&l, "a", 100, 50, 3), None, "a replay");
+        let l = mark_used(&l, "b", 110, 1, 3).unwrap();
+        let l = mark_used(&l, "c", 120, 2, 3).unwrap();
+        let l = mark_used(&l, "d", 130, 3, 3).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&l),
+            "b 110\nc 120\nd 130\n",
+            "capped"
+        );
+        assert!(mark_used(&l, "b", 200, 111, 3).is_some(), "expired");
+        let l = mark_used(&l, "e", 200, 125, 3).unwrap();
+        assert_eq!(String::from_utf8_lossy(&l), "d 130\ne 200\n");
+        assert!(mark_used(b"junk\nx y\n", "x", 1, 0, 3).is_some());
     }
 
     #[test]

@@ -804,10 +804,25 @@ impl Request {
             ));
         }
         let d = self.need_discovery(st, now)?;
-        if !st.use_state(&login.state, now) {
-            bump(st.metrics.login_failures);
-            self.clear_login(st, &login.state);
-            return Err(self.reply(401, "login failed: this login was already completed", &[]));
+        match st.use_state(&login.state, now) {
+            StateUse::Fresh => {}
+            StateUse::Replayed => {
+                bump(st.metrics.login_failures);
+                self.clear_login(st, &login.state);
+                return Err(self.reply(401, "login failed: this login was already completed", &[]));
+            }
+            StateUse::Busy => {
+                // The login cookie stays: the same callback can be retried.
+                log(
+                    LogLevel::Warn,
+                    "could not record a login state: shared data busy",
+                );
+                return Err(self.reply(
+                    503,
+                    "login busy: try again in a moment",
+                    &[("retry-after", "1")],
+                ));
+            }
         }
         let (headers, body) = idp::code_grant(&st.config, &code, &login.verifier);
         match self.token_call(st, &d, headers, &body) {

@@ -7,8 +7,9 @@
 //!   of only the 8 bytes marks a failed fetch (retried after `RETRY_SECONDS`).
 //! - `lease/discovery`, `lease/jwks`: 8 bytes; until then one VM is refreshing (won by
 //!   CAS on a tick, so a refresh runs once, not once per worker).
-//! - `states`: login states already used (`<state> <expiry>` lines), so a replayed
-//!   callback is refused.
+//! - `states/<0-f>`: login states already used (`<state> <expiry>` lines, sharded
+//!   by the state's first byte, each shard capped at `STATES_PER_SHARD`), so a
+//!   replayed callback is refused.
 //! - `revoked` and `revoked-gen`: the revocation list ([`Revoked`]) and a counter
 //!   bumped on each change, so a request reads 8 bytes unless the list changed.
 //! - `refreshed/<n>`: the sealed cookie of a session just refreshed, for requests
@@ -32,6 +33,19 @@ use crate::session::{
 use crate::url;
 
 pub(super) const RETRY_SECONDS: u64 = 10;
+
+/// Used login states kept per shard (16 shards): a client can start logins for free,
+/// so the list is bounded; past it the oldest go (the code is one-time at the IdP
+/// too).
+const STATES_PER_SHARD: usize = 1024;
+
+/// Whether a login state could be marked used.
+pub(super) enum StateUse {
+    Fresh,
+    Replayed,
+    /// Shared data kept changing under us (CAS conflicts): not a replay, retry.
+    Busy,
+}
 
 pub(super) fn now_secs() -> u64 {
     hostcalls::get_current_time()
@@ -286,44 +300,25 @@ impl State {
         usable.then_some((sealed, newer))
     }
 
-    /// Marks a login state used; false when it already was (a replayed callback).
-    pub(super) fn use_state(&self, state: &str, now: u64) -> bool {
-        let key = self.key("states");
-        let mut fresh = true;
+    /// Marks a login state used.
+    pub(super) fn use_state(&self, state: &str, now: u64) -> StateUse {
+        let shard = state.bytes().next().unwrap_or(0) % 16;
+        let key = self.key(&format!("states/{shard:x}"));
         for _ in 0..8 {
             let (cur, cas) = match hostcalls::get_shared_data(&key) {
                 Ok((v, cas)) => (v.unwrap_or_default(), cas),
                 Err(_) => (Vec::new(), None),
             };
-            let text = String::from_utf8_lossy(&cur);
-            let mut out = String::new();
-            for line in text.lines() {
-                let Some((s, exp)) = line.split_once(' ') else {
-                    continue;
-                };
-                let Ok(exp) = exp.parse::<u64>() else {
-                    continue;
-                };
-                if exp <= now {
-                    continue;
-                }
-                if s == state {
-                    fresh = false;
-                }
-                out.push_str(line);
-                out.push('\n');
-            }
-            if !fresh {
-                return false;
-            }
-            out.push_str(&format!("{state} {}\n", now + LOGIN_TTL));
-            if hostcalls::set_shared_data(&key, Some(out.as_bytes()), Some(cas.unwrap_or(0)))
-                .is_ok()
-            {
-                return true;
+            let Some(next) =
+                session::mark_used(&cur, state, now + LOGIN_TTL, now, STATES_PER_SHARD)
+            else {
+                return StateUse::Replayed;
+            };
+            if hostcalls::set_shared_data(&key, Some(&next), Some(cas.unwrap_or(0))).is_ok() {
+                return StateUse::Fresh;
             }
         }
-        false
+        StateUse::Busy
     }
 }
 
