@@ -1397,3 +1397,40 @@ fn replayed_logouts_do_not_grow_the_revocation_list() {
     let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
     assert_eq!(list.iter().filter(|b| **b == b'\n').count(), 1);
 }
+
+#[test]
+fn unknown_kids_force_at_most_one_jwks_refetch_per_30_seconds() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"]}),
+    );
+    bed.advance(Duration::from_secs(2));
+    let jwks_calls = |bed: &TestBed| {
+        bed.calls()
+            .iter()
+            .filter(|(_, r)| r.headers.get_str(":path") == Some("/jwks"))
+            .count()
+    };
+    let before = jwks_calls(&bed);
+    assert_eq!(before, 1, "the tick fetched the JWKS");
+    let now = T0 + 2;
+    let forged = |i: u32| {
+        Key::ec256(&format!("random-{i}")).sign(
+            "ES256",
+            json!({"iss": ISS, "aud": "orders-api", "sub": "x", "iat": now, "exp": now + 300}),
+        )
+    };
+    for i in 0..5 {
+        let res = bed.send(
+            api("/", &Jar::default()).header("authorization", &format!("Bearer {}", forged(i))),
+        );
+        assert_eq!(res.status, 401, "{}", res.text());
+    }
+    assert_eq!(jwks_calls(&bed), before + 1, "one forced refetch");
+    advance(&mut bed, &idp, 31);
+    let res = bed
+        .send(api("/", &Jar::default()).header("authorization", &format!("Bearer {}", forged(9))));
+    assert_eq!(res.status, 401);
+    assert_eq!(jwks_calls(&bed), before + 2, "another after 30 s");
+}

@@ -321,6 +321,9 @@ impl Request {
                 Meta::Ready(k) => Ok(k),
                 _ => Err(self.unavailable("signing keys")),
             },
+            // The keys we have, when another refetch ran a moment ago: the token's
+            // key is then refused as unknown.
+            Meta::Ready(k) if !st.claim_forced_refetch(now) => Ok(k),
             _ => {
                 self.need_discovery(st, now)?;
                 match dispatch_fetch(self, st, Fetch::Jwks, now) {

@@ -6,7 +6,9 @@
 //! - `discovery`, `jwks`: 8 bytes fetch time (LE seconds), then the document; a value
 //!   of only the 8 bytes marks a failed fetch (retried after `RETRY_SECONDS`).
 //! - `lease/discovery`, `lease/jwks`: 8 bytes; until then one VM is refreshing (won by
-//!   CAS on a tick, so a refresh runs once, not once per worker).
+//!   CAS on a tick, so a refresh runs once, not once per worker); a request whose
+//!   token names an unknown key wins `lease/jwks` the same way for a forced refetch,
+//!   held `FORCED_REFETCH_SECONDS`.
 //! - `states/<0-f>`: login states already used (`<state> <expiry>` lines, sharded
 //!   by the state's first byte, each shard capped at `STATES_PER_SHARD`), so a
 //!   replayed callback is refused.
@@ -33,6 +35,11 @@ use crate::session::{
 use crate::url;
 
 pub(super) const RETRY_SECONDS: u64 = 10;
+
+/// A token naming a key we lack forces a JWKS refetch at most once per this many
+/// seconds across workers (through `lease/jwks`), so random `kid`s cannot make every
+/// request fetch.
+const FORCED_REFETCH_SECONDS: u64 = 30;
 
 /// Used login states kept per shard (16 shards): a client can start logins for free,
 /// so the list is bounded; past it the oldest go (the code is one-time at the IdP
@@ -298,6 +305,14 @@ impl State {
             self.cache.insert(&sealed, newer.clone());
         }
         usable.then_some((sealed, newer))
+    }
+
+    /// Wins the JWKS lease for a forced refetch, or false when one ran (or a tick's
+    /// fetch is running) within `FORCED_REFETCH_SECONDS`.
+    pub(super) fn claim_forced_refetch(&self, now: u64) -> bool {
+        let lease = self.key("lease/jwks");
+        let (until, cas) = read_u64(&lease);
+        now >= until && write_u64(&lease, now + FORCED_REFETCH_SECONDS, Some(cas.unwrap_or(0)))
     }
 
     /// Marks a login state used.
