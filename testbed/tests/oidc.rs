@@ -1085,7 +1085,7 @@ fn back_channel_logout_revokes_the_idp_session_on_every_worker() {
     };
     assert_eq!(bed.send(api("/", &jar2)).status, 200);
     // By subject: every session of the user created before it.
-    let res = bed.send(post(&logout_token(json!({"sub": "ada"}))));
+    let res = bed.send(post(&logout_token(json!({"sub": "ada", "jti": "j2"}))));
     assert_eq!(res.status, 200);
     assert_eq!(bed.send(api("/", &jar2)).status, 401);
 }
@@ -1433,4 +1433,43 @@ fn unknown_kids_force_at_most_one_jwks_refetch_per_30_seconds() {
         .send(api("/", &Jar::default()).header("authorization", &format!("Bearer {}", forged(9))));
     assert_eq!(res.status, 401);
     assert_eq!(jwks_calls(&bed), before + 2, "another after 30 s");
+}
+
+#[test]
+fn back_channel_logout_tokens_cannot_be_replayed_or_reach_later_logins() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let logout_token = |jti: &str, iat: u64| {
+        idp.key.sign(
+            "ES256",
+            json!({"iss": ISS, "aud": "web", "iat": iat, "jti": jti, "sub": "ada",
+                "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+        )
+    };
+    let post = |t: &str| {
+        Request::post("/oidc/backchannel", format!("logout_token={t}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+    };
+    let jar = login(&mut bed, &idp, "/");
+    let first = logout_token("k1", T0);
+    assert_eq!(bed.send(post(&first)).status, 200);
+    assert_eq!(bed.send(api("/", &jar)).status, 401);
+
+    // Ada logs in again; the same token, replayed, does not log her out.
+    advance(&mut bed, &idp, 10);
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(post(&first));
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(res.text().contains("already used"), "{}", res.text());
+    assert_eq!(bed.send(api("/", &jar)).status, 200);
+
+    // Another token issued before that login: its cutoff is its iat, not now.
+    assert_eq!(bed.send(post(&logout_token("k2", T0))).status, 200);
+    assert_eq!(bed.send(api("/", &jar)).status, 200, "a later login stays");
+
+    // A token issued too long ago is refused.
+    advance(&mut bed, &idp, 400);
+    let res = bed.send(post(&logout_token("k3", T0 + 10)));
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(res.text().contains("too long ago"), "{}", res.text());
 }

@@ -425,6 +425,12 @@ impl Revoked {
     /// session can outlive. False when nothing changed (the value was already
     /// revoked, or refused), so the caller need not tell every worker.
     pub fn add(&mut self, kind: Kind, value: &str, now: u64, lifetime: u64) -> bool {
+        self.add_at(kind, value, now, now, lifetime)
+    }
+
+    /// [`Revoked::add`] with the entry's time `at` (for `sub`, the cutoff: sessions
+    /// created until then are revoked) other than `now`.
+    pub fn add_at(&mut self, kind: Kind, value: &str, at: u64, now: u64, lifetime: u64) -> bool {
         if value.is_empty() || value.contains(['\n', '\r']) || value.len() > 512 {
             return false;
         }
@@ -436,15 +442,15 @@ impl Revoked {
             .find(|(k, v, _)| *k == kind && v == value)
         {
             // A later `sub` revocation reaches later sessions; the others are final.
-            changed = kind == Kind::Sub && e.2 < now;
+            changed = kind == Kind::Sub && e.2 < at;
             if changed {
-                e.2 = now;
+                e.2 = at;
             }
         } else {
             if entries.len() >= MAX_REVOKED {
                 entries.drain(..=entries.len() - MAX_REVOKED);
             }
-            entries.push((kind, value.to_owned(), now));
+            entries.push((kind, value.to_owned(), at));
         }
         *self = Revoked::from_entries(entries);
         changed

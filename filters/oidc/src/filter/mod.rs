@@ -949,7 +949,7 @@ impl Request {
             // must not grow the list.
             let live = !matches!(s.standing(&st.config, now), Standing::Over(_));
             if live && !st.revoked().revokes(s) {
-                st.revoke(Kind::Session, &s.id, now);
+                st.revoke(Kind::Session, &s.id, now, now);
             }
         }
         self.clear_cookies(st, true);
@@ -994,10 +994,33 @@ impl Request {
         let refetch = self.fetched.contains(&Fetch::Jwks);
         let keys = self.need_keys(st, now, false)?;
         match idp::verify_logout_token(&st.config, &keys, &token, now) {
-            Ok((sid, sub)) => {
-                match (&sid, &sub) {
-                    (Some(sid), _) => st.revoke(Kind::IdpSid, sid, now),
-                    (None, Some(sub)) => st.revoke(Kind::Sub, sub, now),
+            Ok(t) => {
+                // Only the IdP signs these, so the jti list cannot be flooded; a replay
+                // must not revoke the sessions opened since.
+                let key = st.key("logout-jtis");
+                match st.use_once(&key, &t.jti, t.accepted_until(&st.config), now, 4096) {
+                    StateUse::Fresh => {}
+                    StateUse::Replayed => {
+                        log(LogLevel::Warn, "back-channel logout token replayed");
+                        return Err(self.reply(
+                            400,
+                            "invalid_request: the logout token was already used",
+                            &[],
+                        ));
+                    }
+                    StateUse::Busy => {
+                        return Err(self.reply(
+                            503,
+                            "logout busy: try again in a moment",
+                            &[("retry-after", "1")],
+                        ));
+                    }
+                }
+                match (&t.sid, &t.sub) {
+                    (Some(sid), _) => st.revoke(Kind::IdpSid, sid, now, now),
+                    // The cutoff is when the IdP ended the session, not now: a login
+                    // since then is a new session.
+                    (None, Some(sub)) => st.revoke(Kind::Sub, sub, t.iat.min(now), now),
                     (None, None) => {}
                 }
                 bump(st.metrics.backchannel_logouts);

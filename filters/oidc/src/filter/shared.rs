@@ -12,6 +12,8 @@
 //! - `states/<0-f>`: login states already used (`<state> <expiry>` lines, sharded
 //!   by the state's first byte, each shard capped at `STATES_PER_SHARD`), so a
 //!   replayed callback is refused.
+//! - `logout-jtis`: `jti`s of back-channel logout tokens accepted, until the token is
+//!   too old to be accepted anyway, so a replay is refused.
 //! - `revoked` and `revoked-gen`: the revocation list ([`Revoked`]) and a counter
 //!   bumped on each change, so a request reads 8 bytes unless the list changed.
 //! - `refreshed/<n>`: the sealed cookie of a session just refreshed, for requests
@@ -234,12 +236,13 @@ impl State {
         self.revoked.1.clone()
     }
 
-    pub(super) fn revoke(&self, kind: Kind, value: &str, now: u64) {
+    /// Revokes sessions by `kind`; `at` is the entry's time (for `sub`, the cutoff).
+    pub(super) fn revoke(&self, kind: Kind, value: &str, at: u64, now: u64) {
         let lifetime = self.config.lifetime;
         let changed = std::cell::Cell::new(false);
         let ok = update_shared(&self.key("revoked"), |cur| {
             let mut r = cur.map(Revoked::parse).unwrap_or_default();
-            changed.set(r.add(kind, value, now, lifetime));
+            changed.set(r.add_at(kind, value, at, now, lifetime));
             r.encode()
         });
         if ok && !changed.get() {
@@ -319,17 +322,28 @@ impl State {
     pub(super) fn use_state(&self, state: &str, now: u64) -> StateUse {
         let shard = state.bytes().next().unwrap_or(0) % 16;
         let key = self.key(&format!("states/{shard:x}"));
+        self.use_once(&key, state, now + LOGIN_TTL, now, STATES_PER_SHARD)
+    }
+
+    /// Marks `value` used until `until` in the list at `key` (see
+    /// [`session::mark_used`]), with CAS.
+    pub(super) fn use_once(
+        &self,
+        key: &str,
+        value: &str,
+        until: u64,
+        now: u64,
+        cap: usize,
+    ) -> StateUse {
         for _ in 0..8 {
-            let (cur, cas) = match hostcalls::get_shared_data(&key) {
+            let (cur, cas) = match hostcalls::get_shared_data(key) {
                 Ok((v, cas)) => (v.unwrap_or_default(), cas),
                 Err(_) => (Vec::new(), None),
             };
-            let Some(next) =
-                session::mark_used(&cur, state, now + LOGIN_TTL, now, STATES_PER_SHARD)
-            else {
+            let Some(next) = session::mark_used(&cur, value, until, now, cap) else {
                 return StateUse::Replayed;
             };
-            if hostcalls::set_shared_data(&key, Some(&next), Some(cas.unwrap_or(0))).is_ok() {
+            if hostcalls::set_shared_data(key, Some(&next), Some(cas.unwrap_or(0))).is_ok() {
                 return StateUse::Fresh;
             }
         }
