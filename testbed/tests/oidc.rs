@@ -1473,3 +1473,33 @@ fn back_channel_logout_tokens_cannot_be_replayed_or_reach_later_logins() {
     assert_eq!(res.status, 400, "{}", res.text());
     assert!(res.text().contains("too long ago"), "{}", res.text());
 }
+
+#[test]
+fn a_refresh_that_waits_for_the_keys_keeps_the_refreshed_tokens() {
+    let idp = Idp::new();
+    idp.access_ttl.set(20);
+    let mut first = bed(&idp, json!({}));
+    let jar = login(&mut first, &idp, "/");
+    // Another gateway (fresh shared data: no discovery, no keys yet) gets the cookie,
+    // whose access token is within the refresh leeway; the IdP rotates the refresh
+    // token and sends a new ID token.
+    let mut bed = bed(&idp, json!({}));
+    *idp.token_reply.borrow_mut() = Some(Reply::json(&json!({
+        "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 300,
+        "refresh_token": "rt-rotated", "id_token": idp.id_token(&json!({}))
+    })));
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-refreshed")
+    );
+    let refreshes: Vec<String> = idp
+        .token_requests
+        .borrow()
+        .iter()
+        .filter(|(b, _)| b["grant_type"] == "refresh_token")
+        .map(|(b, _)| b["refresh_token"].clone())
+        .collect();
+    assert_eq!(refreshes, vec!["rt-1".to_string()], "one refresh, not two");
+}

@@ -696,6 +696,24 @@ impl Request {
         old: Session,
         tokens: Tokens,
     ) -> Result<Action, Action> {
+        // Keys to check a refreshed ID token with. When they must be fetched first,
+        // the refreshed tokens wait in the stage: dropping them would refresh again
+        // with the old refresh token, which an IdP that rotates them refuses.
+        let keys = match &tokens.id_token {
+            None => None,
+            Some(_) => match st.keys(now) {
+                Meta::Ready(k) => Some(k),
+                Meta::NotYet if !self.fetched.contains(&Fetch::Jwks) => {
+                    if let Some(t) = dispatch_fetch(self, st, Fetch::Jwks, now) {
+                        self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
+                        self.stage = Stage::Refreshed(old, tokens);
+                        return Ok(Action::Pause);
+                    }
+                    None
+                }
+                _ => None,
+            },
+        };
         let mut s = old.clone();
         s.access_expires = access_expiry(&tokens, now);
         s.access_token = tokens.access_token;
@@ -705,8 +723,11 @@ impl Request {
         if let Some(idt) = tokens.id_token {
             // A refreshed ID token must verify and be about the same user; if our keys
             // cannot tell, the old one stays (it is only used as a logout hint).
-            let keys = self.need_keys(st, now, false)?;
-            match idp::verify_id_token(&st.config, &keys, &idt, None, now) {
+            let checked = match &keys {
+                Some(keys) => idp::verify_id_token(&st.config, keys, &idt, None, now),
+                None => Err(TokenRefused::Invalid(kit::jwt::Invalid::UnknownKey)),
+            };
+            match checked {
                 Ok(claims)
                     if claims.get("sub").and_then(|v| v.as_str()) == Some(old.sub.as_str()) =>
                 {
