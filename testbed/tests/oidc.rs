@@ -1503,3 +1503,26 @@ fn a_refresh_that_waits_for_the_keys_keeps_the_refreshed_tokens() {
         .collect();
     assert_eq!(refreshes, vec!["rt-1".to_string()], "one refresh, not two");
 }
+
+#[test]
+fn a_session_too_large_to_read_back_is_a_clear_error_not_a_login_loop() {
+    let idp = Idp::new();
+    let groups: Vec<String> = (0..500).map(|i| format!("group-number-{i:04}")).collect();
+    *idp.id_claims.borrow_mut() = json!({"groups": groups});
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let res = bed.send(browser(
+        &format!("/callback?code=c-1&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 500, "{}", res.text());
+    assert!(res.text().contains("too large"), "{}", res.text());
+    jar.take(&res);
+    assert!(
+        !jar.has_session(),
+        "no unreadable cookie: {:?}",
+        jar.0.keys()
+    );
+    assert!(!jar.has_login(), "the spent login goes too: {:?}", jar.0.keys());
+}

@@ -413,6 +413,7 @@ impl Request {
                 if session.wants_touch(&st.config, now) {
                     let mut s = (*session).clone();
                     s.seen = now;
+                    // Unwritten, the idle clock restarts on a later request.
                     let _ = self.write_session(st, &s);
                 }
                 self.apply(st, &session);
@@ -624,6 +625,7 @@ impl Request {
     }
 
     /// Seals `s` and queues its cookies (chunks when long; stale chunks cleared).
+    /// None (logged) when it cannot be sealed or would be too large to read back.
     fn write_session(&mut self, st: &State, s: &Session) -> Option<String> {
         let sealed = match session::seal(&st.config.keys, SESSION, s) {
             Ok(v) => v,
@@ -632,8 +634,33 @@ impl Request {
                 return None;
             }
         };
+        if sealed.len() > cookie::MAX_READABLE {
+            log(
+                LogLevel::Error,
+                &format!(
+                    "the session is {} bytes sealed, more than the {} its cookies can carry: \
+                     the ID token or the identity claims are too large",
+                    sealed.len(),
+                    cookie::MAX_READABLE
+                ),
+            );
+            return None;
+        }
         self.queue_session_cookies(st, &sealed, s.expires);
         Some(sealed)
+    }
+
+    /// The answer when a session cannot be written: a clear error, not a cookie the
+    /// next request cannot read (which would send the browser round the login again).
+    fn session_too_large(&mut self, st: &State, what: &str) -> Action {
+        self.clear_cookies(st, false);
+        self.reply(
+            500,
+            &format!(
+                "{what}: the session is too large for cookies (too many claims in the ID token?)"
+            ),
+            &[],
+        )
     }
 
     /// Queues the `Set-Cookie`s that carry a sealed session.
@@ -746,9 +773,10 @@ impl Request {
         }
         s.seen = now;
         bump(st.metrics.refreshes);
-        if let Some(sealed) = self.write_session(st, &s) {
-            st.publish_refreshed(&s, &sealed);
-        }
+        let Some(sealed) = self.write_session(st, &s) else {
+            return Err(self.session_too_large(st, "the session could not be refreshed"));
+        };
+        st.publish_refreshed(&s, &sealed);
         self.apply(st, &s);
         Ok(Action::Continue)
     }
@@ -937,7 +965,10 @@ impl Request {
         };
         // The login cookie is spent; stale session chunks go too.
         self.clear_login(st, &login.state);
-        self.write_session(st, &s);
+        if self.write_session(st, &s).is_none() {
+            bump(st.metrics.login_failures);
+            return Err(self.session_too_large(st, "login failed"));
+        }
         bump(st.metrics.logins_completed);
         let target = if is_local_target(&login.target) {
             login.target
