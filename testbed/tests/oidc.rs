@@ -931,8 +931,9 @@ fn an_expiring_access_token_is_refreshed_and_never_forwarded_expired() {
         "the new cookie needs no refresh"
     );
 
-    // The IdP refuses the refresh token: the session is over.
-    advance(&mut bed, &idp, 100);
+    // The IdP refuses the refresh token once the access token has expired: the
+    // session is over.
+    advance(&mut bed, &idp, 130);
     *idp.token_reply.borrow_mut() = Some(Reply::status(400, &[], r#"{"error":"invalid_grant"}"#));
     let res = bed.send(api("/a", &jar));
     assert_eq!(res.status, 401);
@@ -1525,4 +1526,50 @@ fn a_session_too_large_to_read_back_is_a_clear_error_not_a_login_loop() {
         jar.0.keys()
     );
     assert!(!jar.has_login(), "the spent login goes too: {:?}", jar.0.keys());
+}
+
+#[test]
+fn a_parallel_refresh_refused_with_invalid_grant_keeps_the_session() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    // Another gateway (same secrets, its own shared data): it cannot see the session
+    // the first one refreshed and published.
+    let mut other = self::bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 100);
+    other.advance(Duration::from_secs(100));
+    // Two requests with the same cookie: the first refreshes (the IdP rotates the
+    // refresh token), the second presents the spent one.
+    let first = bed.send(api("/a", &jar));
+    assert_eq!(
+        first.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    *idp.token_reply.borrow_mut() = Some(Reply::status(400, &[], r#"{"error":"invalid_grant"}"#));
+    let second = other.send(api("/a", &jar));
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1"),
+        "the current token, still valid"
+    );
+    assert!(
+        !second
+            .headers
+            .get_all("set-cookie")
+            .any(|c| String::from_utf8_lossy(c).contains("Max-Age=0")),
+        "the session cookie is not cleared"
+    );
+    // On the gateway that refreshed, the old cookie gets the published session.
+    let third = bed.send(api("/a", &jar));
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert_eq!(
+        third.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    let mut jar = jar;
+    jar.take(&first);
+    assert_eq!(bed.send(api("/a", &jar)).status, 200);
+    assert_eq!(other.send(api("/a", &jar)).status, 200);
 }

@@ -1178,6 +1178,22 @@ impl Context for Request {
                                 self.apply(&st, &newer);
                                 Action::Continue
                             }
+                            TokenError::Refused(e)
+                                if e == "invalid_grant" && now < session.access_expires =>
+                            {
+                                // Most often a parallel request refreshed first (on a
+                                // gateway whose shared data we do not see, or not yet
+                                // published) and the IdP rotated the refresh token: that
+                                // request's answer brings the browser the new cookie.
+                                // The current token is still valid, so the session is
+                                // not ended here.
+                                log(
+                                    LogLevel::Info,
+                                    "refresh refused (invalid_grant), current token kept until it expires",
+                                );
+                                self.apply(&st, &session);
+                                Action::Continue
+                            }
                             TokenError::Refused(e) => {
                                 log(
                                     LogLevel::Info,
