@@ -1554,6 +1554,11 @@ fn a_parallel_refresh_refused_with_invalid_grant_keeps_the_session() {
         Some("Bearer at-1"),
         "the current token, still valid"
     );
+    assert_eq!(
+        idp.token_requests.borrow().len(),
+        3,
+        "the second refresh reached the IdP"
+    );
     assert!(
         !second
             .headers
@@ -1572,4 +1577,42 @@ fn a_parallel_refresh_refused_with_invalid_grant_keeps_the_session() {
     jar.take(&first);
     assert_eq!(bed.send(api("/a", &jar)).status, 200);
     assert_eq!(other.send(api("/a", &jar)).status, 200);
+}
+
+#[test]
+fn parallel_requests_of_a_session_refresh_once() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 100);
+    // The test bed runs one request at a time and a finished refresh is published
+    // (the old cookie then gets the new session), so the refresh still "in flight"
+    // here is one the IdP did not answer: its lease is held all the same.
+    *idp.token_reply.borrow_mut() = Some(Reply::status(503, &[], "down"));
+    let first = bed.send(api("/a", &jar));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 2, "login and one refresh");
+    // The same cookie again while the first refresh holds the lease: the current,
+    // still valid token, and no second refresh.
+    let second = bed.send(api("/a", &jar));
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 2, "no second refresh");
+    // Past the lease (one token call long), the next request refreshes.
+    advance(&mut bed, &idp, 8);
+    let third = bed.send(api("/a", &jar));
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert_eq!(
+        third.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 3);
 }

@@ -428,6 +428,12 @@ impl Request {
                     return Ok(Action::Continue);
                 }
                 let d = self.need_discovery(st, now)?;
+                if now < session.access_expires && !st.claim_refresh(&session.id, now) {
+                    // Another request is refreshing this session (its answer brings
+                    // the browser the new cookie); the current token is still valid.
+                    self.apply(st, &session);
+                    return Ok(Action::Continue);
+                }
                 let rt = session.refresh_token.clone().unwrap_or_default();
                 let (headers, body) = idp::refresh_grant(&st.config, &rt);
                 match self.token_call(st, &d, headers, &body) {

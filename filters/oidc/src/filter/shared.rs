@@ -12,6 +12,8 @@
 //! - `states/<0-f>`: login states already used (`<state> <expiry>` lines, sharded
 //!   by the state's first byte, each shard capped at `STATES_PER_SHARD`), so a
 //!   replayed callback is refused.
+//! - `refreshing`: sessions with a refresh in flight (`<session id> <until>` lines),
+//!   so parallel requests of one session refresh once.
 //! - `logout-jtis`: `jti`s of back-channel logout tokens accepted, until the token is
 //!   too old to be accepted anyway, so a replay is refused.
 //! - `revoked` and `revoked-gen`: the revocation list ([`Revoked`]) and a counter
@@ -47,6 +49,9 @@ const FORCED_REFETCH_SECONDS: u64 = 30;
 /// so the list is bounded; past it the oldest go (the code is one-time at the IdP
 /// too).
 const STATES_PER_SHARD: usize = 1024;
+
+/// Sessions with a refresh in flight, at most (entries last one token call).
+const REFRESHING_MAX: usize = 1024;
 
 /// Whether a login state could be marked used.
 pub(super) enum StateUse {
@@ -316,6 +321,19 @@ impl State {
         let lease = self.key("lease/jwks");
         let (until, cas) = read_u64(&lease);
         now >= until && write_u64(&lease, now + FORCED_REFETCH_SECONDS, Some(cas.unwrap_or(0)))
+    }
+
+    /// Wins the right to refresh session `id` for the length of one token call, so
+    /// parallel requests of a session do not all refresh (the IdP would refuse all
+    /// but the first once it rotates the refresh token). True when shared data is
+    /// too busy to tell: refreshing anyway is safe.
+    pub(super) fn claim_refresh(&self, id: &str, now: u64) -> bool {
+        let until = now + self.config.idp_timeout_ms / 1000 + 2;
+        let key = self.key("refreshing");
+        !matches!(
+            self.use_once(&key, id, until, now, REFRESHING_MAX),
+            StateUse::Replayed
+        )
     }
 
     /// Marks a login state used.
