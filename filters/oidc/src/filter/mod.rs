@@ -631,13 +631,14 @@ impl Request {
     }
 
     /// Seals `s` and queues its cookies (chunks when long; stale chunks cleared).
-    /// None (logged) when it cannot be sealed or would be too large to read back.
-    fn write_session(&mut self, st: &State, s: &Session) -> Option<String> {
+    /// Err (logged, with the reason for the user) when it cannot be sealed or would
+    /// be too large to read back.
+    fn write_session(&mut self, st: &State, s: &Session) -> Result<String, &'static str> {
         let sealed = match session::seal(&st.config.keys, SESSION, s) {
             Ok(v) => v,
             Err(e) => {
                 log(LogLevel::Error, &e);
-                return None;
+                return Err("no randomness available to seal the session");
             }
         };
         if sealed.len() > cookie::MAX_READABLE {
@@ -650,23 +651,17 @@ impl Request {
                     cookie::MAX_READABLE
                 ),
             );
-            return None;
+            return Err("the session is too large for cookies (too many claims in the ID token?)");
         }
         self.queue_session_cookies(st, &sealed, s.expires);
-        Some(sealed)
+        Ok(sealed)
     }
 
     /// The answer when a session cannot be written: a clear error, not a cookie the
     /// next request cannot read (which would send the browser round the login again).
-    fn session_too_large(&mut self, st: &State, what: &str) -> Action {
+    fn unwritten(&mut self, st: &State, what: &str, why: &str) -> Action {
         self.clear_cookies(st, false);
-        self.reply(
-            500,
-            &format!(
-                "{what}: the session is too large for cookies (too many claims in the ID token?)"
-            ),
-            &[],
-        )
+        self.reply(500, &format!("{what}: {why}"), &[])
     }
 
     /// Queues the `Set-Cookie`s that carry a sealed session.
@@ -779,8 +774,9 @@ impl Request {
         }
         s.seen = now;
         bump(st.metrics.refreshes);
-        let Some(sealed) = self.write_session(st, &s) else {
-            return Err(self.session_too_large(st, "the session could not be refreshed"));
+        let sealed = match self.write_session(st, &s) {
+            Ok(sealed) => sealed,
+            Err(why) => return Err(self.unwritten(st, "the session could not be refreshed", why)),
         };
         st.publish_refreshed(&s, &sealed);
         self.apply(st, &s);
@@ -971,9 +967,9 @@ impl Request {
         };
         // The login cookie is spent; stale session chunks go too.
         self.clear_login(st, &login.state);
-        if self.write_session(st, &s).is_none() {
+        if let Err(why) = self.write_session(st, &s) {
             bump(st.metrics.login_failures);
-            return Err(self.session_too_large(st, "login failed"));
+            return Err(self.unwritten(st, "login failed", why));
         }
         bump(st.metrics.logins_completed);
         let target = if is_local_target(&login.target) {
