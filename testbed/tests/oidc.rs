@@ -1525,7 +1525,11 @@ fn a_session_too_large_to_read_back_is_a_clear_error_not_a_login_loop() {
         "no unreadable cookie: {:?}",
         jar.0.keys()
     );
-    assert!(!jar.has_login(), "the spent login goes too: {:?}", jar.0.keys());
+    assert!(
+        !jar.has_login(),
+        "the spent login goes too: {:?}",
+        jar.0.keys()
+    );
 }
 
 #[test]
@@ -1596,7 +1600,11 @@ fn parallel_requests_of_a_session_refresh_once() {
         first.upstream_header("authorization").as_deref(),
         Some("Bearer at-1")
     );
-    assert_eq!(idp.token_requests.borrow().len(), 2, "login and one refresh");
+    assert_eq!(
+        idp.token_requests.borrow().len(),
+        2,
+        "login and one refresh"
+    );
     // The same cookie again while the first refresh holds the lease: the current,
     // still valid token, and no second refresh.
     let second = bed.send(api("/a", &jar));
