@@ -931,8 +931,9 @@ fn an_expiring_access_token_is_refreshed_and_never_forwarded_expired() {
         "the new cookie needs no refresh"
     );
 
-    // The IdP refuses the refresh token: the session is over.
-    advance(&mut bed, &idp, 100);
+    // The IdP refuses the refresh token once the access token has expired: the
+    // session is over.
+    advance(&mut bed, &idp, 130);
     *idp.token_reply.borrow_mut() = Some(Reply::status(400, &[], r#"{"error":"invalid_grant"}"#));
     let res = bed.send(api("/a", &jar));
     assert_eq!(res.status, 401);
@@ -1085,7 +1086,7 @@ fn back_channel_logout_revokes_the_idp_session_on_every_worker() {
     };
     assert_eq!(bed.send(api("/", &jar2)).status, 200);
     // By subject: every session of the user created before it.
-    let res = bed.send(post(&logout_token(json!({"sub": "ada"}))));
+    let res = bed.send(post(&logout_token(json!({"sub": "ada", "jti": "j2"}))));
     assert_eq!(res.status, 200);
     assert_eq!(bed.send(api("/", &jar2)).status, 401);
 }
@@ -1275,4 +1276,351 @@ proptest::proptest! {
             Ok(())
         })?;
     }
+}
+
+#[test]
+fn a_custom_access_token_header_cannot_be_forged_by_the_client() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"],
+            "upstream_access_token_header": "x-access-token"}),
+    );
+    let good = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "orders-api", "sub": "svc-1", "iat": T0, "exp": T0 + 300}),
+    );
+    // Pass-through: the header carries the verified token, never the client's.
+    let res = bed.send(
+        api("/", &Jar::default())
+            .header("authorization", &format!("Bearer {good}"))
+            .header("x-access-token", "forged"),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.as_ref().unwrap();
+    let values: Vec<&[u8]> = up.headers.get_all("x-access-token").collect();
+    assert_eq!(values, vec![good.as_bytes()]);
+    // A session: the session's token, not the client's.
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(api("/", &jar).header("x-access-token", "forged"));
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.as_ref().unwrap();
+    let values: Vec<&[u8]> = up.headers.get_all("x-access-token").collect();
+    assert_eq!(values, vec![b"at-1".as_slice()]);
+}
+
+#[test]
+fn two_authorization_headers_are_refused_in_pass_through() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"]}),
+    );
+    let good = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "orders-api", "sub": "svc-1", "iat": T0, "exp": T0 + 300}),
+    );
+    let res = bed.send(
+        api("/", &Jar::default())
+            .header("authorization", "Bearer forged")
+            .header("authorization", &format!("Bearer {good}")),
+    );
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert!(res.upstream.is_none());
+    assert!(
+        res.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_request"),
+        "{:?}",
+        res.headers
+    );
+    // One header: fine.
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));
+    assert_eq!(res.status, 200, "{}", res.text());
+}
+
+#[test]
+fn pass_through_refuses_id_tokens_and_logout_tokens() {
+    let idp = Idp::new();
+    // Even when the operator lists the client id as an audience.
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["web"]}),
+    );
+    let id_token = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "sub": "ada", "nonce": "n", "iat": T0, "exp": T0 + 300}),
+    );
+    let logout_token = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "sub": "ada", "iat": T0, "exp": T0 + 300, "jti": "j",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+    );
+    for (what, t) in [("ID token", &id_token), ("logout token", &logout_token)] {
+        let res =
+            bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {t}")));
+        assert_eq!(res.status, 401, "{what}: {}", res.text());
+        assert!(res.upstream.is_none(), "{what}");
+    }
+    let access = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "sub": "svc", "iat": T0, "exp": T0 + 300}),
+    );
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {access}")));
+    assert_eq!(res.status, 200, "{}", res.text());
+}
+
+#[test]
+fn replayed_logouts_do_not_grow_the_revocation_list() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    for _ in 0..20 {
+        let res = bed.send(browser("/logout", &jar));
+        assert_eq!(res.status, 302);
+    }
+    let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
+    assert_eq!(
+        list.iter().filter(|b| **b == b'\n').count(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&list)
+    );
+    let generation = bed.shared_data("oidc/oidc-0/revoked-gen").unwrap();
+    assert_eq!(generation, 1u64.to_le_bytes(), "one change, one bump");
+    assert_eq!(bed.send(api("/", &jar)).status, 401);
+    // An expired session's logout revokes nothing either.
+    let jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 3601);
+    assert_eq!(bed.send(browser("/logout", &jar)).status, 302);
+    let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
+    assert_eq!(list.iter().filter(|b| **b == b'\n').count(), 1);
+}
+
+#[test]
+fn unknown_kids_force_at_most_one_jwks_refetch_per_30_seconds() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"]}),
+    );
+    bed.advance(Duration::from_secs(2));
+    let jwks_calls = |bed: &TestBed| {
+        bed.calls()
+            .iter()
+            .filter(|(_, r)| r.headers.get_str(":path") == Some("/jwks"))
+            .count()
+    };
+    let before = jwks_calls(&bed);
+    assert_eq!(before, 1, "the tick fetched the JWKS");
+    let now = T0 + 2;
+    let forged = |i: u32| {
+        Key::ec256(&format!("random-{i}")).sign(
+            "ES256",
+            json!({"iss": ISS, "aud": "orders-api", "sub": "x", "iat": now, "exp": now + 300}),
+        )
+    };
+    for i in 0..5 {
+        let res = bed.send(
+            api("/", &Jar::default()).header("authorization", &format!("Bearer {}", forged(i))),
+        );
+        assert_eq!(res.status, 401, "{}", res.text());
+    }
+    assert_eq!(jwks_calls(&bed), before + 1, "one forced refetch");
+    advance(&mut bed, &idp, 31);
+    let res = bed
+        .send(api("/", &Jar::default()).header("authorization", &format!("Bearer {}", forged(9))));
+    assert_eq!(res.status, 401);
+    assert_eq!(jwks_calls(&bed), before + 2, "another after 30 s");
+}
+
+#[test]
+fn back_channel_logout_tokens_cannot_be_replayed_or_reach_later_logins() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let logout_token = |jti: &str, iat: u64| {
+        idp.key.sign(
+            "ES256",
+            json!({"iss": ISS, "aud": "web", "iat": iat, "jti": jti, "sub": "ada",
+                "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+        )
+    };
+    let post = |t: &str| {
+        Request::post("/oidc/backchannel", format!("logout_token={t}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+    };
+    let jar = login(&mut bed, &idp, "/");
+    let first = logout_token("k1", T0);
+    assert_eq!(bed.send(post(&first)).status, 200);
+    assert_eq!(bed.send(api("/", &jar)).status, 401);
+
+    // Ada logs in again; the same token, replayed, does not log her out.
+    advance(&mut bed, &idp, 10);
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(post(&first));
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(res.text().contains("already used"), "{}", res.text());
+    assert_eq!(bed.send(api("/", &jar)).status, 200);
+
+    // Another token issued before that login: its cutoff is its iat, not now.
+    assert_eq!(bed.send(post(&logout_token("k2", T0))).status, 200);
+    assert_eq!(bed.send(api("/", &jar)).status, 200, "a later login stays");
+
+    // A token issued too long ago is refused.
+    advance(&mut bed, &idp, 400);
+    let res = bed.send(post(&logout_token("k3", T0 + 10)));
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(res.text().contains("too long ago"), "{}", res.text());
+}
+
+#[test]
+fn a_refresh_that_waits_for_the_keys_keeps_the_refreshed_tokens() {
+    let idp = Idp::new();
+    idp.access_ttl.set(20);
+    let mut first = bed(&idp, json!({}));
+    let jar = login(&mut first, &idp, "/");
+    // Another gateway (fresh shared data: no discovery, no keys yet) gets the cookie,
+    // whose access token is within the refresh leeway; the IdP rotates the refresh
+    // token and sends a new ID token.
+    let mut bed = bed(&idp, json!({}));
+    *idp.token_reply.borrow_mut() = Some(Reply::json(&json!({
+        "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 300,
+        "refresh_token": "rt-rotated", "id_token": idp.id_token(&json!({}))
+    })));
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-refreshed")
+    );
+    let refreshes: Vec<String> = idp
+        .token_requests
+        .borrow()
+        .iter()
+        .filter(|(b, _)| b["grant_type"] == "refresh_token")
+        .map(|(b, _)| b["refresh_token"].clone())
+        .collect();
+    assert_eq!(refreshes, vec!["rt-1".to_string()], "one refresh, not two");
+}
+
+#[test]
+fn a_session_too_large_to_read_back_is_a_clear_error_not_a_login_loop() {
+    let idp = Idp::new();
+    let groups: Vec<String> = (0..500).map(|i| format!("group-number-{i:04}")).collect();
+    *idp.id_claims.borrow_mut() = json!({"groups": groups});
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let res = bed.send(browser(
+        &format!("/callback?code=c-1&state={}", q["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 500, "{}", res.text());
+    assert!(res.text().contains("too large"), "{}", res.text());
+    jar.take(&res);
+    assert!(
+        !jar.has_session(),
+        "no unreadable cookie: {:?}",
+        jar.0.keys()
+    );
+    assert!(
+        !jar.has_login(),
+        "the spent login goes too: {:?}",
+        jar.0.keys()
+    );
+}
+
+#[test]
+fn a_parallel_refresh_refused_with_invalid_grant_keeps_the_session() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    // Another gateway (same secrets, its own shared data): it cannot see the session
+    // the first one refreshed and published.
+    let mut other = self::bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 100);
+    other.advance(Duration::from_secs(100));
+    // Two requests with the same cookie: the first refreshes (the IdP rotates the
+    // refresh token), the second presents the spent one.
+    let first = bed.send(api("/a", &jar));
+    assert_eq!(
+        first.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    *idp.token_reply.borrow_mut() = Some(Reply::status(400, &[], r#"{"error":"invalid_grant"}"#));
+    let second = other.send(api("/a", &jar));
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1"),
+        "the current token, still valid"
+    );
+    assert_eq!(
+        idp.token_requests.borrow().len(),
+        3,
+        "the second refresh reached the IdP"
+    );
+    assert!(
+        !second
+            .headers
+            .get_all("set-cookie")
+            .any(|c| String::from_utf8_lossy(c).contains("Max-Age=0")),
+        "the session cookie is not cleared"
+    );
+    // On the gateway that refreshed, the old cookie gets the published session.
+    let third = bed.send(api("/a", &jar));
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert_eq!(
+        third.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    let mut jar = jar;
+    jar.take(&first);
+    assert_eq!(bed.send(api("/a", &jar)).status, 200);
+    assert_eq!(other.send(api("/a", &jar)).status, 200);
+}
+
+#[test]
+fn parallel_requests_of_a_session_refresh_once() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    advance(&mut bed, &idp, 100);
+    // The test bed runs one request at a time and a finished refresh is published
+    // (the old cookie then gets the new session), so the refresh still "in flight"
+    // here is one the IdP did not answer: its lease is held all the same.
+    *idp.token_reply.borrow_mut() = Some(Reply::status(503, &[], "down"));
+    let first = bed.send(api("/a", &jar));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1")
+    );
+    assert_eq!(
+        idp.token_requests.borrow().len(),
+        2,
+        "login and one refresh"
+    );
+    // The same cookie again while the first refresh holds the lease: the current,
+    // still valid token, and no second refresh.
+    let second = bed.send(api("/a", &jar));
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.upstream_header("authorization").as_deref(),
+        Some("Bearer at-1")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 2, "no second refresh");
+    // Past the lease (one token call long), the next request refreshes.
+    advance(&mut bed, &idp, 8);
+    let third = bed.send(api("/a", &jar));
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert_eq!(
+        third.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(idp.token_requests.borrow().len(), 3);
 }

@@ -46,7 +46,8 @@ pub struct ConfigFile {
     pub consumer: ConsumerClaims,
     #[serde(default)]
     pub bearer_passthrough: bool,
-    /// Audiences a pass-through bearer token may carry (default: the client id).
+    /// Audiences a pass-through bearer token may carry (required with
+    /// `bearer_passthrough`).
     #[serde(default)]
     pub bearer_audiences: Vec<String>,
     #[serde(default = "default_unauthenticated")]
@@ -245,6 +246,26 @@ fn valid_cookie_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// RFC 6265 5.1.4: whether a cookie with `Path=cookie_path` is sent to `path`.
+fn path_covers(cookie_path: &str, path: &str) -> bool {
+    path == cookie_path
+        || (path.starts_with(cookie_path)
+            && (cookie_path.ends_with('/') || path[cookie_path.len()..].starts_with('/')))
+}
+
+/// Upper bounds, so `now + x` never overflows and a typo is not a decade-long session.
+const MAX_LIFETIME: u64 = 366 * 24 * 3600;
+const MAX_TTL: u64 = 7 * 24 * 3600;
+const MAX_LEEWAY: u64 = 3600;
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+fn at_most(field: &str, v: u64, max: u64) -> Result<(), ConfigError> {
+    if v > max {
+        return Err(ConfigError::field(field, format!("must be at most {max}")));
+    }
+    Ok(())
+}
+
 fn local_path(field: &str, p: &str) -> Result<(), ConfigError> {
     if !p.starts_with('/') || p.starts_with("//") || p.contains(['?', '#', ' ']) {
         return Err(ConfigError::field(
@@ -355,6 +376,15 @@ impl Config {
         if f.jwks_ttl_seconds == 0 {
             return Err(err("jwks_ttl_seconds", "must be positive"));
         }
+        at_most("idp_timeout_ms", f.idp_timeout_ms, MAX_TIMEOUT_MS)?;
+        at_most("discovery_ttl_seconds", f.discovery_ttl_seconds, MAX_TTL)?;
+        at_most("jwks_ttl_seconds", f.jwks_ttl_seconds, MAX_TTL)?;
+        at_most(
+            "refresh_leeway_seconds",
+            f.refresh_leeway_seconds,
+            MAX_LEEWAY,
+        )?;
+        at_most("clock_skew_seconds", f.clock_skew_seconds, MAX_LEEWAY)?;
 
         // Session.
         let s = f.session;
@@ -363,9 +393,19 @@ impl Config {
         if s.lifetime == 0 {
             return Err(err("session.lifetime", "must be positive"));
         }
+        at_most("session.lifetime", s.lifetime, MAX_LIFETIME)?;
+        at_most("session.idle_timeout", s.idle_timeout, MAX_LIFETIME)?;
         let samesite = match s.samesite.as_deref() {
             None | Some("Lax") | Some("lax") => SameSite::Lax,
-            Some("Strict") | Some("strict") => SameSite::Strict,
+            Some("Strict") | Some("strict") => {
+                // The IdP sends the browser back cross-site; the redirect from the
+                // callback to the page still counts as cross-site, so a Strict session
+                // cookie is not sent there and the browser logs in again, forever.
+                return Err(err(
+                    "session.samesite",
+                    "Strict is not sent after the identity provider's cross-site redirect back, so every login would loop; use Lax",
+                ));
+            }
             Some("None") | Some("none") => SameSite::None,
             Some(other) => {
                 return Err(err(
@@ -431,12 +471,20 @@ impl Config {
             local_path("backchannel_logout_path", p)?;
         }
         let callback_path = redirect.path.clone();
-        // The login cookie carries the session path: the browser must send it to the
-        // callback.
-        if !callback_path.starts_with(&cookie.path) {
+        // The login cookie must reach the callback, the session cookie the logout.
+        if !path_covers(&cookie.path, &callback_path) {
             return Err(err(
                 "session.path",
-                format!("must contain the redirect_uri path {callback_path}"),
+                format!("must cover the redirect_uri path `{callback_path}`"),
+            ));
+        }
+        if let Some(p) = logout_path
+            .as_deref()
+            .filter(|p| !path_covers(&cookie.path, p))
+        {
+            return Err(err(
+                "session.path",
+                format!("must cover the logout path `{p}`"),
             ));
         }
         for (name, p) in [
@@ -510,11 +558,18 @@ impl Config {
             "{}/.well-known/openid-configuration",
             issuer_url.path.trim_end_matches('/')
         );
-        let bearer_audiences = if f.bearer_audiences.is_empty() {
-            vec![f.client_id.clone()]
-        } else {
-            f.bearer_audiences
-        };
+        // No default: the client id is the audience of our own ID tokens, which are
+        // not access tokens.
+        if f.bearer_passthrough && f.bearer_audiences.is_empty() {
+            return Err(err(
+                "bearer_audiences",
+                "is required with bearer_passthrough: the audiences of the access tokens the API accepts",
+            ));
+        }
+        if f.bearer_audiences.iter().any(String::is_empty) {
+            return Err(err("bearer_audiences", "an audience is empty"));
+        }
+        let bearer_audiences = f.bearer_audiences;
         Ok(Config {
             issuer: f.issuer,
             client_id: f.client_id,
@@ -556,6 +611,13 @@ impl Config {
     pub fn spoofable_headers(&self) -> Vec<String> {
         let mut out: Vec<String> = kit::identity::ALL.iter().map(|s| s.to_string()).collect();
         out.extend(self.id_token_header.iter().cloned());
+        // `authorization` is what a pass-through client presents its token in; any
+        // other access-token header is ours alone to set.
+        if let Some(h) = &self.access_token_header
+            && h.name != "authorization"
+        {
+            out.push(h.name.clone());
+        }
         out
     }
 }
@@ -660,9 +722,53 @@ mod tests {
         );
         refused_naming(with(&["nonsense"], json!(1)), "nonsense");
         refused_naming(with(&["session", "path"], json!("/app")), "session.path");
+        refused_naming(
+            with(&["session", "samesite"], json!("Strict")),
+            "session.samesite",
+        );
+        refused_naming(with(&["session", "path"], json!("/call")), "session.path");
+        let mut logout_elsewhere = with(&["session", "path"], json!("/callback"));
+        logout_elsewhere["redirect_uri"] = json!("https://app.example.com/callback/done");
+        refused_naming(logout_elsewhere, "session.path");
+        refused_naming(
+            with(&["session", "lifetime"], json!(u64::MAX)),
+            "session.lifetime",
+        );
+        refused_naming(
+            with(&["session", "idle_timeout"], json!(u64::MAX)),
+            "session.idle_timeout",
+        );
+        refused_naming(
+            with(&["refresh_leeway_seconds"], json!(u64::MAX)),
+            "refresh_leeway_seconds",
+        );
+        refused_naming(
+            with(&["clock_skew_seconds"], json!(u64::MAX)),
+            "clock_skew_seconds",
+        );
+        refused_naming(
+            with(&["jwks_ttl_seconds"], json!(u64::MAX)),
+            "jwks_ttl_seconds",
+        );
+        refused_naming(
+            with(&["bearer_passthrough"], json!(true)),
+            "bearer_audiences",
+        );
         let mut public = base();
         public["client_auth"] = json!("none");
         refused_naming(public, "client_secret");
+    }
+
+    #[test]
+    fn a_session_path_that_covers_callback_and_logout_is_accepted() {
+        let mut v = with(&["session", "path"], json!("/app"));
+        v["redirect_uri"] = json!("https://app.example.com/app/callback");
+        v["logout"] = json!({"path": "/app/logout"});
+        let c = parse(&v).unwrap();
+        assert_eq!(c.cookie.path, "/app");
+        assert!(path_covers("/", "/x"));
+        assert!(path_covers("/app/", "/app/x"));
+        assert!(!path_covers("/app", "/application"));
     }
 
     #[test]
@@ -688,5 +794,13 @@ mod tests {
         );
         let c = parse(&with(&["upstream_access_token_header"], Value::Null)).unwrap();
         assert_eq!(c.access_token_header, None);
+    }
+
+    #[test]
+    fn a_custom_access_token_header_is_stripped_from_requests() {
+        let c = parse(&with(&["upstream_access_token_header"], json!("X-Token"))).unwrap();
+        assert!(c.spoofable_headers().contains(&"x-token".to_string()));
+        let c = parse(&base()).unwrap();
+        assert!(!c.spoofable_headers().contains(&"authorization".to_string()));
     }
 }

@@ -25,6 +25,14 @@ pub const MAX_SEALED: usize = 24 * 1024;
 pub const CHUNK: usize = 3800;
 /// At most this many chunks are read back.
 pub const MAX_CHUNKS: usize = 6;
+/// The longest value [`read_chunked`] and [`SessionKeys::open`] take back: a longer
+/// one must never be set, or the browser would carry a session nobody can read (and
+/// log in again and again).
+pub const MAX_READABLE: usize = if MAX_SEALED < CHUNK * MAX_CHUNKS {
+    MAX_SEALED
+} else {
+    CHUNK * MAX_CHUNKS
+};
 /// Shortest secret accepted: 32 characters (a 256-bit key needs that much entropy from
 /// a random string).
 pub const MIN_SECRET: usize = 32;

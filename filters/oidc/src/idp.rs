@@ -234,8 +234,14 @@ pub enum TokenRefused {
     NoIssuedAt,
     #[error("not a back-channel logout token")]
     NotLogoutToken,
+    #[error("an ID token or logout token is not an access token")]
+    NotAccessToken,
     #[error("logout token names neither sid nor sub")]
     NoSubject,
+    #[error("logout token has no jti")]
+    NoTokenId,
+    #[error("logout token was issued too long ago")]
+    Stale,
     /// The signing key is not in the JWKS we hold: refetch once, then refuse.
     #[error("no key matches the token")]
     UnknownKey,
@@ -307,15 +313,37 @@ pub fn verify_id_token(
     Ok(claims)
 }
 
+/// How long after its `iat` a logout token is accepted (plus the clock skew); its
+/// `jti` is remembered that long, so a replay is refused.
+pub const LOGOUT_TOKEN_MAX_AGE: u64 = 300;
+
+/// What a verified logout token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutToken {
+    pub sid: Option<String>,
+    pub sub: Option<String>,
+    pub iat: u64,
+    pub jti: String,
+}
+
+impl LogoutToken {
+    /// Until when its `jti` must be remembered.
+    pub fn accepted_until(&self, c: &Config) -> u64 {
+        self.iat
+            .saturating_add(LOGOUT_TOKEN_MAX_AGE)
+            .saturating_add(c.skew)
+    }
+}
+
 /// Verifies a back-channel logout token (OpenID Connect Back-Channel Logout 2.6):
-/// signature, `iss`, `aud`, `iat`, the logout event, `sid` or `sub`, and no `nonce`.
-/// Returns (sid, sub).
+/// signature, `iss`, `aud`, a recent `iat`, a `jti`, the logout event, `sid` or
+/// `sub`, and no `nonce`.
 pub fn verify_logout_token(
     c: &Config,
     keys: &KeySet,
     jwt: &str,
     now: u64,
-) -> Result<(Option<String>, Option<String>), TokenRefused> {
+) -> Result<LogoutToken, TokenRefused> {
     // A logout token may lack `exp` (the spec only recommends a short one).
     let t = token::parse(jwt, 16 * 1024).map_err(TokenRefused::Invalid)?;
     match kit::jwt::verify_signature(&t, &c.algorithms, keys) {
@@ -332,12 +360,10 @@ pub fn verify_logout_token(
     };
     kit::jwt::claims::check(&rules, &t.claims, now).map_err(rejected)?;
     let claims = t.claims;
-    if kit::jwt::claims::numeric(&claims, "iat")
-        .map_err(TokenRefused::Invalid)?
-        .is_none()
-    {
+    let Some(iat) = kit::jwt::claims::numeric(&claims, "iat").map_err(TokenRefused::Invalid)?
+    else {
         return Err(TokenRefused::NoIssuedAt);
-    }
+    };
     let event = claims
         .get("events")
         .and_then(Value::as_object)
@@ -350,18 +376,31 @@ pub fn verify_logout_token(
     if sid.is_none() && sub.is_none() {
         return Err(TokenRefused::NoSubject);
     }
-    Ok((sid, sub))
+    let jti = match text("jti") {
+        Some(j) if !j.is_empty() && j.len() <= 256 && !j.contains(['\n', '\r', ' ']) => j,
+        _ => return Err(TokenRefused::NoTokenId),
+    };
+    let token = LogoutToken { sid, sub, iat, jti };
+    if token.accepted_until(c) < now {
+        return Err(TokenRefused::Stale);
+    }
+    Ok(token)
 }
 
 /// Verifies a bearer access token a client sent itself (`bearer_passthrough`): our
-/// IdP's signature, `iss`, an audience from `bearer_audiences`, time claims.
+/// IdP's signature, `iss`, an audience from `bearer_audiences`, time claims, and not
+/// an ID token (`nonce`) or a logout token (`events`) the IdP signed with the same key.
 pub fn verify_bearer(
     c: &Config,
     keys: &KeySet,
     jwt: &str,
     now: u64,
 ) -> Result<Map<String, Value>, TokenRefused> {
-    verify_signed(c, keys, jwt, &c.bearer_audiences, now)
+    let claims = verify_signed(c, keys, jwt, &c.bearer_audiences, now)?;
+    if claims.contains_key("nonce") || claims.contains_key("events") {
+        return Err(TokenRefused::NotAccessToken);
+    }
+    Ok(claims)
 }
 
 /// The `exp` of a JWT access token, read without verification: only used to refresh

@@ -3,7 +3,7 @@
 //! refresh or over; the per-VM cache of opened sessions; the revocation list that
 //! back-channel logout and local logout write for every worker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -139,6 +139,38 @@ pub fn open<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&plain).map_err(|_| Unusable::Shape(purpose))
 }
 
+/// Marks a one-time value (a login state, a logout token's `jti`) used in a list of
+/// `<value> <expiry>` lines, oldest first: expired lines go, and past `cap` lines the
+/// oldest go too (the nearest to expiring), so the list stays bounded whatever a
+/// client sends. `None` when `value` is already there (a replay); else the new list.
+pub fn mark_used(cur: &[u8], value: &str, until: u64, now: u64, cap: usize) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(cur);
+    let mut kept: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let Some((v, exp)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(exp) = exp.parse::<u64>() else {
+            continue;
+        };
+        if exp <= now {
+            continue;
+        }
+        if v == value {
+            return None;
+        }
+        kept.push(line);
+    }
+    let skip = (kept.len() + 1).saturating_sub(cap.max(1));
+    let mut out = String::new();
+    for line in &kept[skip..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!("{value} {until}\n"));
+    Some(out.into_bytes())
+}
+
 /// Sessions this VM opened, keyed by the whole cookie value, so the common request
 /// costs a lookup instead of a decryption; bounded, oldest out first. A cached
 /// session is judged again (expiry, idle, revocation) on every use.
@@ -200,7 +232,7 @@ impl SessionCache {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            self.remove(&old);
+            self.forget(&old);
         }
         self.buckets
             .entry(tail_hash(cookie))
@@ -210,16 +242,32 @@ impl SessionCache {
         self.len += 1;
     }
 
+    /// Forgets a session; `order` too, so removals never leave it growing.
     pub fn remove(&mut self, cookie: &str) {
-        let h = tail_hash(cookie);
-        if let Some(bucket) = self.buckets.get_mut(&h) {
-            let before = bucket.len();
-            bucket.retain(|(k, _)| !same(k.as_bytes(), cookie.as_bytes()));
-            self.len -= before - bucket.len();
-            if bucket.is_empty() {
-                self.buckets.remove(&h);
-            }
+        if self.forget(cookie)
+            && let Some(i) = self
+                .order
+                .iter()
+                .position(|k| same(k.as_bytes(), cookie.as_bytes()))
+        {
+            self.order.remove(i);
         }
+    }
+
+    /// Takes a session out of its bucket (not out of `order`); true when it was there.
+    fn forget(&mut self, cookie: &str) -> bool {
+        let h = tail_hash(cookie);
+        let Some(bucket) = self.buckets.get_mut(&h) else {
+            return false;
+        };
+        let before = bucket.len();
+        bucket.retain(|(k, _)| !same(k.as_bytes(), cookie.as_bytes()));
+        let removed = before - bucket.len();
+        self.len -= removed;
+        if bucket.is_empty() {
+            self.buckets.remove(&h);
+        }
+        removed > 0
     }
 
     pub fn len(&self) -> usize {
@@ -258,7 +306,11 @@ impl BearerCache {
         if now < *until {
             return Some(identity.clone());
         }
+        // Out of `order` too, so expired tokens never leave it growing.
         self.map.remove(token);
+        if let Some(i) = self.order.iter().position(|k| k == token) {
+            self.order.remove(i);
+        }
         None
     }
 
@@ -286,11 +338,20 @@ impl BearerCache {
 /// Revoked sessions, shared by every worker: by our session id (local logout), by
 /// the IdP's `sid` or by `sub` (back-channel logout). Each entry has the time it was
 /// written; a `sub` entry revokes the sessions created before it; entries older than
-/// the session lifetime are dropped when the list is written.
+/// the session lifetime are dropped when the list is written, one entry per value is
+/// kept, and at most [`MAX_REVOKED`] (the oldest go first: they are the nearest to
+/// expiring anyway). Lookups go through hash sets, not a scan.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Revoked {
     pub entries: Vec<(Kind, String, u64)>,
+    sessions: HashSet<String>,
+    sids: HashSet<String>,
+    /// `sub` -> the latest revocation time.
+    subs: HashMap<String, u64>,
 }
+
+/// The most revocations kept (a line is about 40 bytes for a session id).
+pub const MAX_REVOKED: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -327,7 +388,29 @@ impl Revoked {
                 Some((kind, it.next()?.to_owned(), at))
             })
             .collect();
-        Revoked { entries }
+        Revoked::from_entries(entries)
+    }
+
+    fn from_entries(entries: Vec<(Kind, String, u64)>) -> Revoked {
+        let mut r = Revoked {
+            entries,
+            ..Revoked::default()
+        };
+        for (k, v, at) in &r.entries {
+            match k {
+                Kind::Session => {
+                    r.sessions.insert(v.clone());
+                }
+                Kind::IdpSid => {
+                    r.sids.insert(v.clone());
+                }
+                Kind::Sub => {
+                    let t = r.subs.entry(v.clone()).or_insert(*at);
+                    *t = (*t).max(*at);
+                }
+            }
+        }
+        r
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -339,21 +422,46 @@ impl Revoked {
     }
 
     /// Adds an entry (values with a line break are refused) and forgets the ones no
-    /// session can outlive.
-    pub fn add(&mut self, kind: Kind, value: &str, now: u64, lifetime: u64) {
+    /// session can outlive. False when nothing changed (the value was already
+    /// revoked, or refused), so the caller need not tell every worker.
+    pub fn add(&mut self, kind: Kind, value: &str, now: u64, lifetime: u64) -> bool {
+        self.add_at(kind, value, now, now, lifetime)
+    }
+
+    /// [`Revoked::add`] with the entry's time `at` (for `sub`, the cutoff: sessions
+    /// created until then are revoked) other than `now`.
+    pub fn add_at(&mut self, kind: Kind, value: &str, at: u64, now: u64, lifetime: u64) -> bool {
         if value.is_empty() || value.contains(['\n', '\r']) || value.len() > 512 {
-            return;
+            return false;
         }
-        self.entries.retain(|(_, _, at)| at + lifetime > now);
-        self.entries.push((kind, value.to_owned(), now));
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.retain(|(_, _, at)| at.saturating_add(lifetime) > now);
+        let mut changed = true;
+        if let Some(e) = entries
+            .iter_mut()
+            .find(|(k, v, _)| *k == kind && v == value)
+        {
+            // A later `sub` revocation reaches later sessions; the others are final.
+            changed = kind == Kind::Sub && e.2 < at;
+            if changed {
+                e.2 = at;
+            }
+        } else {
+            if entries.len() >= MAX_REVOKED {
+                entries.drain(..=entries.len() - MAX_REVOKED);
+            }
+            entries.push((kind, value.to_owned(), at));
+        }
+        *self = Revoked::from_entries(entries);
+        changed
     }
 
     pub fn revokes(&self, s: &Session) -> bool {
-        self.entries.iter().any(|(k, v, at)| match k {
-            Kind::Session => *v == s.id,
-            Kind::IdpSid => s.idp_sid.as_deref() == Some(v.as_str()),
-            Kind::Sub => *v == s.sub && s.created <= *at,
-        })
+        self.sessions.contains(&s.id)
+            || s.idp_sid
+                .as_ref()
+                .is_some_and(|sid| self.sids.contains(sid))
+            || self.subs.get(&s.sub).is_some_and(|at| s.created <= *at)
     }
 }
 
@@ -426,7 +534,8 @@ mod tests {
         assert_eq!(open::<Session>(&c.keys, SESSION, &v).unwrap(), session());
         assert!(open::<Login>(&c.keys, LOGIN, &v).is_err());
         assert!(
-            !v.contains("ada") && !v.contains("rt"),
+            // Long markers: two-letter ones turn up in random base64 now and then.
+            !v.contains("access_token") && !v.contains("x-consumer-id"),
             "the content is encrypted"
         );
     }
@@ -485,6 +594,46 @@ mod tests {
     }
 
     #[test]
+    fn revocations_are_deduplicated_and_capped() {
+        let mut r = Revoked::default();
+        assert!(r.add(Kind::Session, "id1", 1, 1000));
+        for t in 2..50 {
+            assert!(!r.add(Kind::Session, "id1", t, 1000), "already revoked");
+        }
+        assert_eq!(r.entries.len(), 1);
+        assert!(r.add(Kind::Sub, "ada", 5, 1000));
+        assert!(!r.add(Kind::Sub, "ada", 5, 1000));
+        assert!(r.add(Kind::Sub, "ada", 9, 1000), "a later cutoff counts");
+        assert_eq!(r.entries.len(), 2);
+        assert!(r.revokes(&Session {
+            created: 8,
+            id: "other".into(),
+            idp_sid: None,
+            ..session()
+        }));
+        let full: String = (0..MAX_REVOKED + 9)
+            .map(|i| format!("s 10 s{i}\n"))
+            .collect();
+        let mut r = Revoked::parse(full.as_bytes());
+        assert!(r.add(Kind::Session, &format!("s{}", MAX_REVOKED + 9), 10, 1000));
+        assert_eq!(r.entries.len(), MAX_REVOKED);
+        assert!(
+            !r.revokes(&Session {
+                id: "s0".into(),
+                idp_sid: None,
+                sub: "bob".into(),
+                ..session()
+            }),
+            "the oldest went first"
+        );
+        assert!(r.revokes(&Session {
+            id: format!("s{}", MAX_REVOKED + 9),
+            ..session()
+        }));
+        assert_eq!(Revoked::parse(&r.encode()), r);
+    }
+
+    #[test]
     fn the_cache_is_bounded_and_compares_whole_values() {
         let mut cache = SessionCache::new(2);
         let s = Rc::new(session());
@@ -494,5 +643,54 @@ mod tests {
         cache.insert("c", s);
         assert_eq!(cache.len(), 2);
         assert!(cache.get("aaaa-same-tail").is_none());
+    }
+
+    #[test]
+    fn used_values_are_remembered_until_they_expire_and_bounded() {
+        let l = mark_used(b"", "a", 100, 0, 3).unwrap();
+        assert_eq!(mark_used(&l, "a", 100, 50, 3), None, "a replay");
+        let l = mark_used(&l, "b", 110, 1, 3).unwrap();
+        let l = mark_used(&l, "c", 120, 2, 3).unwrap();
+        let l = mark_used(&l, "d", 130, 3, 3).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&l),
+            "b 110\nc 120\nd 130\n",
+            "capped"
+        );
+        assert!(mark_used(&l, "b", 200, 111, 3).is_some(), "expired");
+        let l = mark_used(&l, "e", 200, 125, 3).unwrap();
+        assert_eq!(String::from_utf8_lossy(&l), "d 130\ne 200\n");
+        assert!(mark_used(b"junk\nx y\n", "x", 1, 0, 3).is_some());
+    }
+
+    #[test]
+    fn removing_from_the_cache_keeps_it_bounded() {
+        let mut cache = SessionCache::new(2);
+        let s = Rc::new(session());
+        cache.insert("keep", s.clone());
+        for _ in 0..1000 {
+            cache.insert("replayed", s.clone());
+            cache.remove("replayed");
+            cache.remove("never-there");
+        }
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.order.len(), 1, "order follows map");
+        cache.insert("b", s.clone());
+        cache.insert("c", s);
+        assert!(cache.get("keep").is_none(), "oldest out first");
+        assert_eq!(cache.order.len(), 2);
+    }
+
+    #[test]
+    fn expired_bearer_tokens_leave_the_cache_order_too() {
+        let mut cache = BearerCache::new(4);
+        let id: Identity = Rc::new(vec![]);
+        for i in 0..1000 {
+            let t = format!("t{i}");
+            cache.insert(&t, id.clone(), 10);
+            assert!(cache.get(&t, 20).is_none(), "expired");
+        }
+        assert!(cache.map.is_empty());
+        assert!(cache.order.is_empty(), "order follows map");
     }
 }

@@ -149,6 +149,8 @@ struct Facts {
     cookies: Vec<String>,
     browser: bool,
     bearer: Option<String>,
+    /// How many `Authorization` headers the request has.
+    authorizations: usize,
     request_id: Option<String>,
     body: Vec<u8>,
 }
@@ -319,6 +321,9 @@ impl Request {
                 Meta::Ready(k) => Ok(k),
                 _ => Err(self.unavailable("signing keys")),
             },
+            // The keys we have, when another refetch ran a moment ago: the token's
+            // key is then refused as unknown.
+            Meta::Ready(k) if !st.claim_forced_refetch(now) => Ok(k),
             _ => {
                 self.need_discovery(st, now)?;
                 match dispatch_fetch(self, st, Fetch::Jwks, now) {
@@ -353,6 +358,19 @@ impl Request {
     // ---- A protected request.
 
     fn protected(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
+        if st.config.bearer_passthrough && self.facts.authorizations > 1 {
+            // Which one would the upstream read? Refused, as jwt-auth does.
+            let realm = st.config.realm.replace(['"', '\\'], "");
+            let e = kit::jwt::Invalid::Multiple;
+            let www = format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{e}\""
+            );
+            return Err(self.reply(
+                401,
+                &format!("invalid_request: {e}"),
+                &[("www-authenticate", &www)],
+            ));
+        }
         if let Some(token) = self.facts.bearer.clone()
             && st.config.bearer_passthrough
         {
@@ -362,14 +380,12 @@ impl Request {
         let Some(value) = cookie::read_chunked(&refs, &st.config.cookie.name) else {
             return self.unauthenticated(st, now);
         };
-        let session = match st.cache.get(&value) {
+        let cached = st.cache.get(&value);
+        let fresh = cached.is_none();
+        let session = match cached {
             Some(s) => s,
             None => match session::open::<Session>(&st.config.keys, SESSION, &value) {
-                Ok(s) => {
-                    let s = Rc::new(s);
-                    st.cache.insert(&value, s.clone());
-                    s
-                }
+                Ok(s) => Rc::new(s),
                 Err(e) => {
                     bump(st.metrics.cookies_rejected);
                     log(LogLevel::Info, &format!("session cookie rejected: {e}"));
@@ -387,11 +403,17 @@ impl Request {
             self.clear_cookies(st, false);
             return self.unauthenticated(st, now);
         }
-        match session.standing(&st.config, now) {
+        let standing = session.standing(&st.config, now);
+        // Cached only once judged good: a replayed dead cookie is never stored.
+        if fresh && !matches!(standing, Standing::Over(_)) {
+            st.cache.insert(&value, session.clone());
+        }
+        match standing {
             Standing::Good | Standing::GoodUntilExpiry => {
                 if session.wants_touch(&st.config, now) {
                     let mut s = (*session).clone();
                     s.seen = now;
+                    // Unwritten, the idle clock restarts on a later request.
                     let _ = self.write_session(st, &s);
                 }
                 self.apply(st, &session);
@@ -406,6 +428,12 @@ impl Request {
                     return Ok(Action::Continue);
                 }
                 let d = self.need_discovery(st, now)?;
+                if now < session.access_expires && !st.claim_refresh(&session.id, now) {
+                    // Another request is refreshing this session (its answer brings
+                    // the browser the new cookie); the current token is still valid.
+                    self.apply(st, &session);
+                    return Ok(Action::Continue);
+                }
                 let rt = session.refresh_token.clone().unwrap_or_default();
                 let (headers, body) = idp::refresh_grant(&st.config, &rt);
                 match self.token_call(st, &d, headers, &body) {
@@ -435,7 +463,7 @@ impl Request {
     ) -> Result<Action, Action> {
         if let Some(identity) = st.bearer.get(token, now) {
             bump(st.metrics.bearer_cache_hits);
-            self.apply_bearer(token, &identity);
+            self.apply_bearer(st, token, &identity);
             return Ok(Action::Continue);
         }
         let keys = self.need_keys(st, now, refetched)?;
@@ -451,7 +479,7 @@ impl Request {
                 if let Ok(Some(exp)) = kit::jwt::claims::numeric(&claims, "exp") {
                     st.bearer.insert(token, identity.clone(), exp);
                 }
-                self.apply_bearer(token, &identity);
+                self.apply_bearer(st, token, &identity);
                 Ok(Action::Continue)
             }
             Err(TokenRefused::UnknownKey) if !refetched && !self.fetched.contains(&Fetch::Jwks) => {
@@ -471,9 +499,19 @@ impl Request {
         }
     }
 
-    fn apply_bearer(&mut self, token: &str, identity: &[(String, String)]) {
+    fn apply_bearer(&mut self, st: &State, token: &str, identity: &[(String, String)]) {
         for (k, v) in identity {
             self.set_http_request_header(k, Some(v));
+        }
+        // The upstream sees the token that was verified, in the configured header,
+        // whatever else the client sent.
+        if let Some(h) = &st.config.access_token_header {
+            let v = if h.bearer {
+                format!("Bearer {token}")
+            } else {
+                token.to_owned()
+            };
+            self.set_http_request_header(&h.name, Some(&v));
         }
         self.set_property(
             vec![kit::identity::CREDENTIAL_PROPERTY],
@@ -593,16 +631,37 @@ impl Request {
     }
 
     /// Seals `s` and queues its cookies (chunks when long; stale chunks cleared).
-    fn write_session(&mut self, st: &State, s: &Session) -> Option<String> {
+    /// Err (logged, with the reason for the user) when it cannot be sealed or would
+    /// be too large to read back.
+    fn write_session(&mut self, st: &State, s: &Session) -> Result<String, &'static str> {
         let sealed = match session::seal(&st.config.keys, SESSION, s) {
             Ok(v) => v,
             Err(e) => {
                 log(LogLevel::Error, &e);
-                return None;
+                return Err("no randomness available to seal the session");
             }
         };
+        if sealed.len() > cookie::MAX_READABLE {
+            log(
+                LogLevel::Error,
+                &format!(
+                    "the session is {} bytes sealed, more than the {} its cookies can carry: \
+                     the ID token or the identity claims are too large",
+                    sealed.len(),
+                    cookie::MAX_READABLE
+                ),
+            );
+            return Err("the session is too large for cookies (too many claims in the ID token?)");
+        }
         self.queue_session_cookies(st, &sealed, s.expires);
-        Some(sealed)
+        Ok(sealed)
+    }
+
+    /// The answer when a session cannot be written: a clear error, not a cookie the
+    /// next request cannot read (which would send the browser round the login again).
+    fn unwritten(&mut self, st: &State, what: &str, why: &str) -> Action {
+        self.clear_cookies(st, false);
+        self.reply(500, &format!("{what}: {why}"), &[])
     }
 
     /// Queues the `Set-Cookie`s that carry a sealed session.
@@ -665,6 +724,24 @@ impl Request {
         old: Session,
         tokens: Tokens,
     ) -> Result<Action, Action> {
+        // Keys to check a refreshed ID token with. When they must be fetched first,
+        // the refreshed tokens wait in the stage: dropping them would refresh again
+        // with the old refresh token, which an IdP that rotates them refuses.
+        let keys = match &tokens.id_token {
+            None => None,
+            Some(_) => match st.keys(now) {
+                Meta::Ready(k) => Some(k),
+                Meta::NotYet if !self.fetched.contains(&Fetch::Jwks) => {
+                    if let Some(t) = dispatch_fetch(self, st, Fetch::Jwks, now) {
+                        self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
+                        self.stage = Stage::Refreshed(old, tokens);
+                        return Ok(Action::Pause);
+                    }
+                    None
+                }
+                _ => None,
+            },
+        };
         let mut s = old.clone();
         s.access_expires = access_expiry(&tokens, now);
         s.access_token = tokens.access_token;
@@ -674,8 +751,11 @@ impl Request {
         if let Some(idt) = tokens.id_token {
             // A refreshed ID token must verify and be about the same user; if our keys
             // cannot tell, the old one stays (it is only used as a logout hint).
-            let keys = self.need_keys(st, now, false)?;
-            match idp::verify_id_token(&st.config, &keys, &idt, None, now) {
+            let checked = match &keys {
+                Some(keys) => idp::verify_id_token(&st.config, keys, &idt, None, now),
+                None => Err(TokenRefused::Invalid(kit::jwt::Invalid::UnknownKey)),
+            };
+            match checked {
                 Ok(claims)
                     if claims.get("sub").and_then(|v| v.as_str()) == Some(old.sub.as_str()) =>
                 {
@@ -694,9 +774,11 @@ impl Request {
         }
         s.seen = now;
         bump(st.metrics.refreshes);
-        if let Some(sealed) = self.write_session(st, &s) {
-            st.publish_refreshed(&s, &sealed);
-        }
+        let sealed = match self.write_session(st, &s) {
+            Ok(sealed) => sealed,
+            Err(why) => return Err(self.unwritten(st, "the session could not be refreshed", why)),
+        };
+        st.publish_refreshed(&s, &sealed);
         self.apply(st, &s);
         Ok(Action::Continue)
     }
@@ -776,10 +858,25 @@ impl Request {
             ));
         }
         let d = self.need_discovery(st, now)?;
-        if !st.use_state(&login.state, now) {
-            bump(st.metrics.login_failures);
-            self.clear_login(st, &login.state);
-            return Err(self.reply(401, "login failed: this login was already completed", &[]));
+        match st.use_state(&login.state, now) {
+            StateUse::Fresh => {}
+            StateUse::Replayed => {
+                bump(st.metrics.login_failures);
+                self.clear_login(st, &login.state);
+                return Err(self.reply(401, "login failed: this login was already completed", &[]));
+            }
+            StateUse::Busy => {
+                // The login cookie stays: the same callback can be retried.
+                log(
+                    LogLevel::Warn,
+                    "could not record a login state: shared data busy",
+                );
+                return Err(self.reply(
+                    503,
+                    "login busy: try again in a moment",
+                    &[("retry-after", "1")],
+                ));
+            }
         }
         let (headers, body) = idp::code_grant(&st.config, &code, &login.verifier);
         match self.token_call(st, &d, headers, &body) {
@@ -870,7 +967,10 @@ impl Request {
         };
         // The login cookie is spent; stale session chunks go too.
         self.clear_login(st, &login.state);
-        self.write_session(st, &s);
+        if let Err(why) = self.write_session(st, &s) {
+            bump(st.metrics.login_failures);
+            return Err(self.unwritten(st, "login failed", why));
+        }
         bump(st.metrics.logins_completed);
         let target = if is_local_target(&login.target) {
             login.target
@@ -899,7 +999,12 @@ impl Request {
             _ => None,
         };
         if let Some(s) = &session {
-            st.revoke(Kind::Session, &s.id, now);
+            // Only a live session needs revoking: a replayed logout of a dead cookie
+            // must not grow the list.
+            let live = !matches!(s.standing(&st.config, now), Standing::Over(_));
+            if live && !st.revoked().revokes(s) {
+                st.revoke(Kind::Session, &s.id, now, now);
+            }
         }
         self.clear_cookies(st, true);
         let post = st.config.post_logout_redirect_uri.clone();
@@ -943,10 +1048,33 @@ impl Request {
         let refetch = self.fetched.contains(&Fetch::Jwks);
         let keys = self.need_keys(st, now, false)?;
         match idp::verify_logout_token(&st.config, &keys, &token, now) {
-            Ok((sid, sub)) => {
-                match (&sid, &sub) {
-                    (Some(sid), _) => st.revoke(Kind::IdpSid, sid, now),
-                    (None, Some(sub)) => st.revoke(Kind::Sub, sub, now),
+            Ok(t) => {
+                // Only the IdP signs these, so the jti list cannot be flooded; a replay
+                // must not revoke the sessions opened since.
+                let key = st.key("logout-jtis");
+                match st.use_once(&key, &t.jti, t.accepted_until(&st.config), now, 4096) {
+                    StateUse::Fresh => {}
+                    StateUse::Replayed => {
+                        log(LogLevel::Warn, "back-channel logout token replayed");
+                        return Err(self.reply(
+                            400,
+                            "invalid_request: the logout token was already used",
+                            &[],
+                        ));
+                    }
+                    StateUse::Busy => {
+                        return Err(self.reply(
+                            503,
+                            "logout busy: try again in a moment",
+                            &[("retry-after", "1")],
+                        ));
+                    }
+                }
+                match (&t.sid, &t.sub) {
+                    (Some(sid), _) => st.revoke(Kind::IdpSid, sid, now, now),
+                    // The cutoff is when the IdP ended the session, not now: a login
+                    // since then is a new session.
+                    (None, Some(sub)) => st.revoke(Kind::Sub, sub, t.iat.min(now), now),
                     (None, None) => {}
                 }
                 bump(st.metrics.backchannel_logouts);
@@ -1052,6 +1180,22 @@ impl Context for Request {
                                 self.apply(&st, &newer);
                                 Action::Continue
                             }
+                            TokenError::Refused(e)
+                                if e == "invalid_grant" && now < session.access_expires =>
+                            {
+                                // Most often a parallel request refreshed first (on a
+                                // gateway whose shared data we do not see, or not yet
+                                // published) and the IdP rotated the refresh token: that
+                                // request's answer brings the browser the new cookie.
+                                // The current token is still valid, so the session is
+                                // not ended here.
+                                log(
+                                    LogLevel::Info,
+                                    "refresh refused (invalid_grant), current token kept until it expires",
+                                );
+                                self.apply(&st, &session);
+                                Action::Continue
+                            }
                             TokenError::Refused(e) => {
                                 log(
                                     LogLevel::Info,
@@ -1105,6 +1249,7 @@ impl HttpContext for Request {
                 "x-requested-with" => xhr = true,
                 "x-request-id" => f.request_id = Some(v.to_string()),
                 "authorization" => {
+                    f.authorizations += 1;
                     if let Some(t) = v
                         .strip_prefix("Bearer ")
                         .or_else(|| v.strip_prefix("bearer "))

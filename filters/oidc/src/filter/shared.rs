@@ -6,9 +6,16 @@
 //! - `discovery`, `jwks`: 8 bytes fetch time (LE seconds), then the document; a value
 //!   of only the 8 bytes marks a failed fetch (retried after `RETRY_SECONDS`).
 //! - `lease/discovery`, `lease/jwks`: 8 bytes; until then one VM is refreshing (won by
-//!   CAS on a tick, so a refresh runs once, not once per worker).
-//! - `states`: login states already used (`<state> <expiry>` lines), so a replayed
-//!   callback is refused.
+//!   CAS on a tick, so a refresh runs once, not once per worker); a request whose
+//!   token names an unknown key wins `lease/jwks` the same way for a forced refetch,
+//!   held `FORCED_REFETCH_SECONDS`.
+//! - `states/<0-f>`: login states already used (`<state> <expiry>` lines, sharded
+//!   by the state's first byte, each shard capped at `STATES_PER_SHARD`), so a
+//!   replayed callback is refused.
+//! - `refreshing`: sessions with a refresh in flight (`<session id> <until>` lines),
+//!   so parallel requests of one session refresh once.
+//! - `logout-jtis`: `jti`s of back-channel logout tokens accepted, until the token is
+//!   too old to be accepted anyway, so a replay is refused.
 //! - `revoked` and `revoked-gen`: the revocation list ([`Revoked`]) and a counter
 //!   bumped on each change, so a request reads 8 bytes unless the list changed.
 //! - `refreshed/<n>`: the sealed cookie of a session just refreshed, for requests
@@ -32,6 +39,27 @@ use crate::session::{
 use crate::url;
 
 pub(super) const RETRY_SECONDS: u64 = 10;
+
+/// A token naming a key we lack forces a JWKS refetch at most once per this many
+/// seconds across workers (through `lease/jwks`), so random `kid`s cannot make every
+/// request fetch.
+const FORCED_REFETCH_SECONDS: u64 = 30;
+
+/// Used login states kept per shard (16 shards): a client can start logins for free,
+/// so the list is bounded; past it the oldest go (the code is one-time at the IdP
+/// too).
+const STATES_PER_SHARD: usize = 1024;
+
+/// Sessions with a refresh in flight, at most (entries last one token call).
+const REFRESHING_MAX: usize = 1024;
+
+/// Whether a login state could be marked used.
+pub(super) enum StateUse {
+    Fresh,
+    Replayed,
+    /// Shared data kept changing under us (CAS conflicts): not a replay, retry.
+    Busy,
+}
 
 pub(super) fn now_secs() -> u64 {
     hostcalls::get_current_time()
@@ -213,13 +241,19 @@ impl State {
         self.revoked.1.clone()
     }
 
-    pub(super) fn revoke(&self, kind: Kind, value: &str, now: u64) {
+    /// Revokes sessions by `kind`; `at` is the entry's time (for `sub`, the cutoff).
+    pub(super) fn revoke(&self, kind: Kind, value: &str, at: u64, now: u64) {
         let lifetime = self.config.lifetime;
+        let changed = std::cell::Cell::new(false);
         let ok = update_shared(&self.key("revoked"), |cur| {
             let mut r = cur.map(Revoked::parse).unwrap_or_default();
-            r.add(kind, value, now, lifetime);
+            changed.set(r.add_at(kind, value, at, now, lifetime));
             r.encode()
         });
+        if ok && !changed.get() {
+            // Already revoked: no worker needs to read the list again.
+            return;
+        }
         let gen_key = self.key("revoked-gen");
         let bumped = update_shared(&gen_key, |cur| {
             let n = cur
@@ -260,64 +294,78 @@ impl State {
             _ => return None,
         };
         let sealed = String::from_utf8(bytes).ok()?;
-        let newer = match self.cache.get(&sealed) {
+        let cached = self.cache.get(&sealed);
+        let fresh = cached.is_none();
+        let newer = match cached {
             Some(s) => s,
-            None => {
-                let s =
-                    Rc::new(session::open::<Session>(&self.config.keys, SESSION, &sealed).ok()?);
-                self.cache.insert(&sealed, s.clone());
-                s
-            }
+            None => Rc::new(session::open::<Session>(&self.config.keys, SESSION, &sealed).ok()?),
         };
         let good = matches!(
             newer.standing(&self.config, now),
             Standing::Good | Standing::GoodUntilExpiry
         );
-        (newer.id == old.id
+        let usable = newer.id == old.id
             && newer.access_expires > old.access_expires
             && good
-            && !self.revoked().revokes(&newer))
-        .then_some((sealed, newer))
+            && !self.revoked().revokes(&newer);
+        // Cached only once judged good: a dead session is never stored.
+        if usable && fresh {
+            self.cache.insert(&sealed, newer.clone());
+        }
+        usable.then_some((sealed, newer))
     }
 
-    /// Marks a login state used; false when it already was (a replayed callback).
-    pub(super) fn use_state(&self, state: &str, now: u64) -> bool {
-        let key = self.key("states");
-        let mut fresh = true;
+    /// Wins the JWKS lease for a forced refetch, or false when one ran (or a tick's
+    /// fetch is running) within `FORCED_REFETCH_SECONDS`.
+    pub(super) fn claim_forced_refetch(&self, now: u64) -> bool {
+        let lease = self.key("lease/jwks");
+        let (until, cas) = read_u64(&lease);
+        now >= until && write_u64(&lease, now + FORCED_REFETCH_SECONDS, Some(cas.unwrap_or(0)))
+    }
+
+    /// Wins the right to refresh session `id` for the length of one token call, so
+    /// parallel requests of a session do not all refresh (the IdP would refuse all
+    /// but the first once it rotates the refresh token). True when shared data is
+    /// too busy to tell: refreshing anyway is safe.
+    pub(super) fn claim_refresh(&self, id: &str, now: u64) -> bool {
+        let until = now + self.config.idp_timeout_ms / 1000 + 2;
+        let key = self.key("refreshing");
+        !matches!(
+            self.use_once(&key, id, until, now, REFRESHING_MAX),
+            StateUse::Replayed
+        )
+    }
+
+    /// Marks a login state used.
+    pub(super) fn use_state(&self, state: &str, now: u64) -> StateUse {
+        let shard = state.bytes().next().unwrap_or(0) % 16;
+        let key = self.key(&format!("states/{shard:x}"));
+        self.use_once(&key, state, now + LOGIN_TTL, now, STATES_PER_SHARD)
+    }
+
+    /// Marks `value` used until `until` in the list at `key` (see
+    /// [`session::mark_used`]), with CAS.
+    pub(super) fn use_once(
+        &self,
+        key: &str,
+        value: &str,
+        until: u64,
+        now: u64,
+        cap: usize,
+    ) -> StateUse {
         for _ in 0..8 {
-            let (cur, cas) = match hostcalls::get_shared_data(&key) {
+            let (cur, cas) = match hostcalls::get_shared_data(key) {
                 Ok((v, cas)) => (v.unwrap_or_default(), cas),
                 Err(_) => (Vec::new(), None),
             };
-            let text = String::from_utf8_lossy(&cur);
-            let mut out = String::new();
-            for line in text.lines() {
-                let Some((s, exp)) = line.split_once(' ') else {
-                    continue;
-                };
-                let Ok(exp) = exp.parse::<u64>() else {
-                    continue;
-                };
-                if exp <= now {
-                    continue;
-                }
-                if s == state {
-                    fresh = false;
-                }
-                out.push_str(line);
-                out.push('\n');
-            }
-            if !fresh {
-                return false;
-            }
-            out.push_str(&format!("{state} {}\n", now + LOGIN_TTL));
-            if hostcalls::set_shared_data(&key, Some(out.as_bytes()), Some(cas.unwrap_or(0)))
-                .is_ok()
-            {
-                return true;
+            let Some(next) = session::mark_used(&cur, value, until, now, cap) else {
+                return StateUse::Replayed;
+            };
+            if hostcalls::set_shared_data(key, Some(&next), Some(cas.unwrap_or(0))).is_ok() {
+                return StateUse::Fresh;
             }
         }
-        false
+        StateUse::Busy
     }
 }
 
