@@ -139,30 +139,33 @@ fn ensure_idp() -> Result<(), String> {
     .map_err(|e| format!("{e}\n(the end-to-end tests need Node.js 20+ and npm)"))
 }
 
-/// The global rate-limit tests start real Redis servers.
-fn ensure_redis() -> Result<(), String> {
-    let found = Command::new("redis-server")
+/// A tool the tests start, checked by running `binary --version`.
+fn ensure_tool(binary: &str, missing: &str) -> Result<(), String> {
+    let found = Command::new(binary)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if found {
         Ok(())
     } else {
-        Err("redis-server is missing: the tests need it (Debian: apt-get install redis-server; .ci/run installs it)".into())
+        Err(format!("{binary} is missing: {missing}"))
     }
+}
+
+/// The global rate-limit tests start real Redis servers.
+fn ensure_redis() -> Result<(), String> {
+    ensure_tool(
+        "redis-server",
+        "the tests need it (Debian: apt-get install redis-server; .ci/run installs it)",
+    )
 }
 
 /// The oidc browser test drives headless Chromium through chromedriver.
 fn ensure_chromium() -> Result<(), String> {
-    let found = Command::new("chromedriver")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        Ok(())
-    } else {
-        Err("chromedriver is missing: the oidc browser test needs it (Debian: apt-get install chromium chromium-driver; .ci/run installs them)".into())
-    }
+    ensure_tool(
+        "chromedriver",
+        "the oidc browser test needs it (Debian: apt-get install chromium chromium-driver; .ci/run installs them)",
+    )
 }
 
 fn test(extra: &[String]) -> Result<(), String> {

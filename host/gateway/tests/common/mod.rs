@@ -98,6 +98,24 @@ pub fn wasm(name: &str) -> String {
     portcullis_testbed::wasm(name).display().to_string()
 }
 
+/// Starts `cmd` with its standard error collected line by line (for `logged`).
+fn spawn_logged(mut cmd: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let lines = stderr.clone();
+    let pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
+    (child, stderr)
+}
+
 pub struct Gateway {
     pub child: Child,
     pub port: u16,
@@ -120,21 +138,10 @@ impl Gateway {
             .replace("{ADMIN}", &admin.to_string())
             .replace("{DIR}", &dir.0.display().to_string());
         std::fs::write(dir.0.join("gateway.yaml"), config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "--config"])
-            .arg(dir.0.join("gateway.yaml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args(["run", "--config"])
+            .arg(dir.0.join("gateway.yaml"));
+        let (child, stderr) = spawn_logged(cmd);
         let mut gw = Gateway {
             child,
             port,
@@ -283,27 +290,16 @@ pub struct RatelimitService {
 impl RatelimitService {
     pub fn start(redis: &str, extra: &[&str]) -> RatelimitService {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args([
-                "ratelimit-service",
-                "--listen",
-                &addr.to_string(),
-                "--redis",
-                redis,
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args([
+            "ratelimit-service",
+            "--listen",
+            &addr.to_string(),
+            "--redis",
+            redis,
+        ])
+        .args(extra);
+        let (child, stderr) = spawn_logged(cmd);
         let mut s = RatelimitService {
             child,
             addr,
