@@ -119,6 +119,10 @@ impl Engine {
         c.cranelift_opt_level(wasmtime::OptLevel::Speed);
         c.memory_init_cow(true);
         c.parallel_compilation(true);
+        // `perf` can name the filters' functions (a /tmp/perf-PID.map) when asked.
+        if std::env::var_os("PORTCULLIS_PERF_MAP").is_some() {
+            c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let wasmtime = wasmtime::Engine::new(&c).map_err(|e| EngineError::Setup(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(wasmtime.weak(), stop.clone());

@@ -12,6 +12,12 @@ impl HeaderMap {
         Self::default()
     }
 
+    pub fn with_capacity(n: usize) -> Self {
+        HeaderMap {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -47,6 +53,18 @@ impl HeaderMap {
 
     pub fn add(&mut self, name: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
         self.entries.push((lower(name.as_ref()), value.into()));
+    }
+
+    /// Adds a name the caller knows is lower-case already, such as an `http` crate
+    /// header name (always lower-case): no case folding pass. A name that is not
+    /// lower-case is folded all the same.
+    pub fn add_lowercase(&mut self, name: &str, value: &[u8]) {
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase()
+        } else {
+            name.to_owned()
+        };
+        self.entries.push((name, value.to_vec()));
     }
 
     /// Sets `name` to one value: the first entry is replaced in place (so a pseudo-header
@@ -97,7 +115,10 @@ impl<K: AsRef<[u8]>, V: Into<Vec<u8>>> FromIterator<(K, V)> for HeaderMap {
 fn lower(name: &[u8]) -> String {
     // Header names are tokens (ASCII); anything else is kept lossily rather than
     // refused, as Envoy's map stores whatever bytes the filter gives it.
-    String::from_utf8_lossy(name).to_ascii_lowercase()
+    match std::str::from_utf8(name) {
+        Ok(s) => s.to_ascii_lowercase(),
+        Err(_) => String::from_utf8_lossy(name).to_ascii_lowercase(),
+    }
 }
 
 #[cfg(test)]
