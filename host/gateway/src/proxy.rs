@@ -142,15 +142,16 @@ struct Ctx {
 
 impl Ctx {
     fn finish(mut self, status: u16) {
-        self.entry.status = status;
-        self.entry.time = rfc3339(self.started_at);
-        self.entry.total_ms = ms(self.start.elapsed());
+        let elapsed = self.start.elapsed();
         let route = self.entry.route.as_deref().unwrap_or("(none)");
         self.state
             .shared
             .metrics
-            .record(route, status, self.start.elapsed().as_secs_f64());
+            .record(route, status, elapsed.as_secs_f64());
         if let Some(log) = &self.state.shared.access_log {
+            self.entry.status = status;
+            self.entry.time = rfc3339(self.started_at);
+            self.entry.total_ms = ms(elapsed);
             log.write(&self.entry);
         }
     }
@@ -308,18 +309,18 @@ pub async fn handle(
     // forwarding headers and the request id set (as Envoy's connection manager does
     // before its filters run).
     let scheme = if conn.tls { "https" } else { "http" };
-    let mut headers = HeaderMap::new();
-    headers.add(":method", parts.method.as_str());
-    headers.add(":path", path.as_str());
-    headers.add(":authority", host.as_str());
-    headers.add(":scheme", scheme);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 8);
+    headers.add_lowercase(":method", parts.method.as_str().as_bytes());
+    headers.add_lowercase(":path", path.as_bytes());
+    headers.add_lowercase(":authority", host.as_bytes());
+    headers.add_lowercase(":scheme", scheme.as_bytes());
     let hop = HopByHop::of(&parts.headers);
     for (k, v) in &parts.headers {
         let k = k.as_str();
         if k == "host" || hop.contains(k) {
             continue;
         }
-        headers.add(k, v.as_bytes());
+        headers.add_lowercase(k, v.as_bytes());
     }
     headers.set("x-request-id", id.as_str());
     let xff = match headers.get_str("x-forwarded-for") {
@@ -394,18 +395,43 @@ pub async fn handle(
     };
     let method = http::Method::from_bytes(headers.get(":method").unwrap_or(b"GET"))
         .unwrap_or(http::Method::GET);
-    let mut builder = http::Request::builder().method(method).uri(uri);
     let upstream_host = if route.preserve_host {
         host.clone()
     } else {
         authority.to_string()
     };
-    builder = builder.header(http::header::HOST, upstream_host);
+    // The map is built in place (a request builder moves its whole state per header).
+    let mut up_headers = http::HeaderMap::with_capacity(headers.len() + 1);
+    let mut bad_header = None;
+    match http::HeaderValue::from_str(&upstream_host) {
+        Ok(v) => {
+            up_headers.insert(http::header::HOST, v);
+        }
+        Err(e) => bad_header = Some(e.to_string()),
+    }
     for (k, v) in headers.iter() {
         if k.starts_with(':') {
             continue;
         }
-        builder = builder.header(k, v);
+        match (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_bytes(v),
+        ) {
+            (Ok(name), Ok(value)) => {
+                up_headers.append(name, value);
+            }
+            (Err(e), _) => bad_header = Some(e.to_string()),
+            (_, Err(e)) => bad_header = Some(e.to_string()),
+        }
+    }
+    if let Some(e) = bad_header {
+        return reply(
+            ctx,
+            stream,
+            json_error(400, &format!("the request cannot be forwarded: {e}"), &id),
+            headers,
+        )
+        .await;
     }
 
     let limit = svc.service.max_request_body;
@@ -418,18 +444,10 @@ pub async fn handle(
         let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
         (Some(tx), rx.boxed_unsync())
     };
-    let up_req = match builder.body(up_body) {
-        Ok(r) => r,
-        Err(e) => {
-            return reply(
-                ctx,
-                stream,
-                json_error(400, &format!("the request cannot be forwarded: {e}"), &id),
-                headers,
-            )
-            .await;
-        }
-    };
+    let mut up_req = http::Request::new(up_body);
+    *up_req.method_mut() = method;
+    *up_req.uri_mut() = uri;
+    *up_req.headers_mut() = up_headers;
 
     let header_deadline = svc.service.read_timeout.min(svc.service.timeout);
     let upstream_start = Instant::now();
@@ -493,14 +511,14 @@ pub async fn handle(
 
     let (rparts, rbody) = resp.into_parts();
     ctx.entry.upstream_status = Some(rparts.status.as_u16());
-    let mut rh = HeaderMap::new();
-    rh.add(":status", rparts.status.as_str());
+    let mut rh = HeaderMap::with_capacity(rparts.headers.len() + 8);
+    rh.add_lowercase(":status", rparts.status.as_str().as_bytes());
     let hop = HopByHop::of(&rparts.headers);
     for (k, v) in &rparts.headers {
         if hop.contains(k.as_str()) {
             continue;
         }
-        rh.add(k.as_str(), v.as_bytes());
+        rh.add_lowercase(k.as_str(), v.as_bytes());
     }
     if declared_length(&rparts.headers).is_some_and(|n| n > svc.service.max_response_body) {
         let r = refusal(
