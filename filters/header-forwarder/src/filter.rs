@@ -159,11 +159,21 @@ impl HttpContext for Forward {
             // The credential the auth filter verified wins over anything the transforms
             // or the client put in `authorization`.
             if let Some(cred) = &credential {
-                let value = format!("Bearer {}", String::from_utf8_lossy(cred));
+                // The common case (the client's own header, untouched) is found without
+                // building the value: wasm's byte-wise memcmp and lossy decoder are
+                // slow over a whole token.
+                let is_it = |v: &str| {
+                    v.strip_prefix("Bearer ")
+                        .is_some_and(|t| kit::bytes::same(t.as_bytes(), cred))
+                };
                 let mut present = headers.iter().filter(|(k, _)| k == "authorization");
                 let already =
-                    present.next().is_some_and(|(_, v)| *v == value) && present.next().is_none();
+                    present.next().is_some_and(|(_, v)| is_it(v)) && present.next().is_none();
                 if !already {
+                    let value = match std::str::from_utf8(cred) {
+                        Ok(t) => format!("Bearer {t}"),
+                        Err(_) => format!("Bearer {}", String::from_utf8_lossy(cred)),
+                    };
                     ops::set(&mut headers, "authorization", value);
                     outcome.touch("authorization");
                 }

@@ -163,12 +163,17 @@ pub fn spoofable_headers(config: &Config) -> Vec<String> {
     out
 }
 
-/// Verified tokens of one VM, keyed by the whole token (a hash map hashes it with a
-/// random key and compares it whole, so no token can stand in for another), valid
-/// until the earlier of its `exp` and the TTL, bounded in number (oldest out first).
+/// Verified tokens of one VM, keyed by the whole token, valid until the earlier of
+/// its `exp` and the TTL, bounded in number (oldest out first).
+///
+/// The bucket is picked by the token's last 16 bytes (the end of its signature) and a
+/// match compares the whole token eight bytes at a time: SipHash of the token and
+/// wasm's byte-wise `memcmp` were most of a cached request's lookup. Only verified
+/// tokens get in, and no token can stand in for another (the whole value decides).
 pub struct TokenCache {
-    map: HashMap<String, (Rc<Verified>, u64)>,
+    buckets: HashMap<u64, Vec<(String, Rc<Verified>, u64)>>,
     order: VecDeque<String>,
+    len: usize,
     max: usize,
     ttl: u64,
 }
@@ -176,20 +181,48 @@ pub struct TokenCache {
 impl TokenCache {
     pub fn new(max: usize, ttl: u64) -> TokenCache {
         TokenCache {
-            map: HashMap::new(),
+            buckets: HashMap::new(),
             order: VecDeque::new(),
+            len: 0,
             max,
             ttl,
         }
     }
 
     pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<Verified>> {
-        let (v, until) = self.map.get(token)?;
-        if now < *until {
-            return Some(v.clone());
+        let h = kit::bytes::tail_hash(token.as_bytes());
+        let bucket = self.buckets.get_mut(&h)?;
+        let i = bucket
+            .iter()
+            .position(|(k, _, _)| kit::bytes::same(k.as_bytes(), token.as_bytes()))?;
+        if now < bucket[i].2 {
+            return Some(bucket[i].1.clone());
         }
-        self.map.remove(token);
+        bucket.swap_remove(i);
+        self.len -= 1;
+        if bucket.is_empty() {
+            self.buckets.remove(&h);
+        }
         None
+    }
+
+    fn remove(&mut self, token: &str) -> bool {
+        let h = kit::bytes::tail_hash(token.as_bytes());
+        let Some(bucket) = self.buckets.get_mut(&h) else {
+            return false;
+        };
+        let Some(i) = bucket
+            .iter()
+            .position(|(k, _, _)| kit::bytes::same(k.as_bytes(), token.as_bytes()))
+        else {
+            return false;
+        };
+        bucket.swap_remove(i);
+        self.len -= 1;
+        if bucket.is_empty() {
+            self.buckets.remove(&h);
+        }
+        true
     }
 
     pub fn insert(&mut self, token: &str, v: Rc<Verified>, now: u64) {
@@ -199,23 +232,88 @@ impl TokenCache {
         let until = v
             .valid_until
             .map_or(now + self.ttl, |u| u.min(now + self.ttl));
-        if self.map.len() >= self.max {
+        // A token already here (expired, or verified again) is replaced in place.
+        if self.remove(token) {
+            self.order
+                .retain(|k| !kit::bytes::same(k.as_bytes(), token.as_bytes()));
+        }
+        if self.len >= self.max {
             while let Some(old) = self.order.pop_front() {
-                if self.map.remove(&old).is_some() {
+                if self.remove(&old) {
                     break;
                 }
             }
         }
-        if self.map.insert(token.to_owned(), (v, until)).is_none() {
-            self.order.push_back(token.to_owned());
-        }
+        self.buckets
+            .entry(kit::bytes::tail_hash(token.as_bytes()))
+            .or_default()
+            .push((token.to_owned(), v, until));
+        self.len += 1;
+        self.order.push_back(token.to_owned());
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verified(until: Option<u64>) -> Rc<Verified> {
+        Rc::new(Verified {
+            provider: 0,
+            claims: Map::new(),
+            payload_b64: String::new(),
+            valid_until: until,
+            identity: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn cache_hits_until_the_earlier_of_exp_and_ttl() {
+        let mut c = TokenCache::new(10, 100);
+        c.insert("a.b.sig1", verified(Some(50)), 0);
+        c.insert("a.b.sig2", verified(None), 0);
+        assert!(c.get("a.b.sig1", 49).is_some());
+        assert!(c.get("a.b.sig1", 50).is_none(), "exp reached");
+        assert!(c.get("a.b.sig2", 99).is_some());
+        assert!(c.get("a.b.sig2", 100).is_none(), "ttl reached");
+        assert!(c.is_empty(), "expired entries leave");
+    }
+
+    #[test]
+    fn a_token_sharing_the_tail_is_not_a_hit() {
+        // Same length and last 16 bytes: one bucket, and still two tokens.
+        let mut c = TokenCache::new(10, 100);
+        let tail = "-the-same-sixteen";
+        c.insert(&format!("AAAA{tail}"), verified(None), 0);
+        assert!(c.get(&format!("AAAB{tail}"), 1).is_none());
+        assert!(c.get(&format!("AAAA{tail}"), 1).is_some());
+        c.insert(&format!("AAAB{tail}"), verified(Some(5)), 0);
+        assert_eq!(c.len(), 2);
+        assert!(c.get(&format!("AAAB{tail}"), 6).is_none());
+        assert!(c.get(&format!("AAAA{tail}"), 6).is_some());
+    }
+
+    #[test]
+    fn cache_is_bounded_oldest_out_and_reinsertion_replaces() {
+        let mut c = TokenCache::new(2, 100);
+        c.insert("t1", verified(None), 0);
+        c.insert("t1", verified(None), 0);
+        assert_eq!(c.len(), 1, "verified twice is one entry");
+        c.insert("t2", verified(None), 0);
+        c.insert("t3", verified(None), 0);
+        assert_eq!(c.len(), 2);
+        assert!(c.get("t1", 1).is_none(), "the oldest went");
+        assert!(c.get("t2", 1).is_some() && c.get("t3", 1).is_some());
+        let mut none = TokenCache::new(0, 100);
+        none.insert("t1", verified(None), 0);
+        assert!(none.get("t1", 1).is_none(), "size 0 caches nothing");
     }
 }

@@ -4,6 +4,7 @@
 //! the `jwt` feature) JWT and JWKS verification for the filters that check tokens.
 #![deny(unsafe_code)]
 
+pub mod bytes;
 pub mod config;
 #[cfg(target_arch = "wasm32")]
 pub mod glue;

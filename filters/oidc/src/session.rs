@@ -187,24 +187,10 @@ pub struct SessionCache {
 }
 
 fn tail_hash(v: &str) -> u64 {
-    let b = v.as_bytes();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ b.len() as u64;
-    for &x in &b[b.len().saturating_sub(16)..] {
-        h = (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3);
-    }
-    h
+    kit::bytes::tail_hash(v.as_bytes())
 }
 
-/// Equality of two byte strings, a word at a time.
-pub fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    let word = |c: &[u8]| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-    ca.zip(cb).all(|(x, y)| word(x) == word(y)) && ra == rb
-}
+use kit::bytes::same;
 
 impl SessionCache {
     pub fn new(max: usize) -> SessionCache {
@@ -575,22 +561,6 @@ mod tests {
         c.insert("t3", id, 100);
         assert!(c.get("t2", 1).is_none(), "bounded: the oldest went");
         assert!(c.get("t3", 1).is_some());
-    }
-
-    #[test]
-    fn word_equality_is_equality() {
-        for (a, b) in [
-            ("", ""),
-            ("abcdefgh", "abcdefgh"),
-            ("abcdefghi", "abcdefghj"),
-            ("abcdefgh1", "abcdefgh"),
-        ] {
-            assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
-        }
-        let x = "k1.".to_owned() + &"A".repeat(3000);
-        let mut y = x.clone().into_bytes();
-        y[1500] = b'B';
-        assert!(!same(x.as_bytes(), &y));
     }
 
     #[test]
