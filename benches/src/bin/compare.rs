@@ -13,6 +13,8 @@
 //! - `limiter`: portcullis without filters, with tier-limiter `local`, with `global`
 //!   (Redis through `portcullis ratelimit-service`).
 //! - `jwt`: jwt-auth alone in both hosts against Envoy's native jwt_authn.
+//! - `floor`: one and three no-op wasm filters in each host: what running a wasm
+//!   filter costs a host before the filter does anything (the floor under the chain).
 //!
 //! `cargo xtask bench` runs it; directly:
 //! `target/host/compare --rounds 3 --seconds 5 [--workers 1] [--only chain]`
@@ -157,6 +159,9 @@ fn main() {
     }
     if ctx.runs("jwt") {
         jwt_section(&ctx);
+    }
+    if ctx.runs("floor") {
+        floor_section(&ctx);
     }
     let _ = std::fs::remove_dir_all(&ctx.dir);
 }
@@ -382,6 +387,14 @@ fn chain_section(ctx: &Ctx) {
     ];
     let p_none = start_portcullis(ctx, "none", &[], &[], &headers);
     let p_chain = start_portcullis(ctx, "chain", &chain_filters(ctx), &[], &headers);
+    // What the filter path itself costs (a filter that does nothing), apart from what
+    // the three filters do.
+    let noop = [Filter {
+        name: "noop",
+        wasm: "noop_filter",
+        config: json!({}),
+    }];
+    let p_noop = start_portcullis(ctx, "noop", &noop, &[], &headers);
     // Start-up with all four filters: the chain, and oidc on a route of its own (its
     // IdP need not answer for the gateway to start).
     let oidc = [Filter {
@@ -410,6 +423,7 @@ fn chain_section(ctx: &Ctx) {
         target("envoy", &e_none),
         target("envoy + chain (same wasm)", &e_chain),
         target("envoy + native equivalent", &e_native),
+        target("portcullis + one no-op filter", &p_noop),
     ];
     let m = compare(
         "The chain jwt-auth (cached ES256 token) → tier-limiter (local) → header-forwarder",
@@ -440,6 +454,10 @@ fn chain_section(ctx: &Ctx) {
         m[4].rps / m[5].rps
     );
     println!(
+        "| portcullis: one no-op filter / no filters, req/s | {:.2} | |",
+        m[6].rps / m[1].rps
+    );
+    println!(
         "| no filters: portcullis / Envoy, req/s (per CPU-second) | {:.2}x ({:.2}x) | |",
         m[1].rps / m[3].rps,
         m[1].rps_per_cpu() / m[3].rps_per_cpu()
@@ -466,6 +484,69 @@ fn chain_section(ctx: &Ctx) {
         ("envoy, native equivalent", &e_native),
     ] {
         row(name, s.startup, s.rest_kb);
+    }
+}
+
+/// One and three filters that do nothing, in both hosts: the per-filter cost of the
+/// host itself, which no filter can go under.
+fn floor_section(ctx: &Ctx) {
+    let a = &ctx.a;
+    let noop = |name: &'static str| Filter {
+        name,
+        wasm: "noop_filter",
+        config: json!({}),
+    };
+    let p_none = start_portcullis(ctx, "none", &[], &[], &[]);
+    let p_one = start_portcullis(ctx, "noop1", &[noop("n1")], &[], &[]);
+    let p_three = start_portcullis(
+        ctx,
+        "noop3",
+        &[noop("n1"), noop("n2"), noop("n3")],
+        &[],
+        &[],
+    );
+    let envoy_noops = |n: usize| {
+        (0..n).fold(
+            EnvoyConfig::new(ctx.upstream).concurrency(a.workers),
+            |c, i| {
+                c.filter(WasmFilter::new(
+                    &format!("n{i}"),
+                    ctx.wasm.join("noop_filter.wasm"),
+                    "{}",
+                ))
+            },
+        )
+    };
+    let e_none = start_envoy(&EnvoyConfig::new(ctx.upstream).concurrency(a.workers), &[]);
+    let e_one = start_envoy(&envoy_noops(1), &[]);
+    let e_three = start_envoy(&envoy_noops(3), &[]);
+    let targets = vec![
+        target("portcullis", &p_none),
+        target("portcullis + 1 no-op", &p_one),
+        target("portcullis + 3 no-ops", &p_three),
+        target("envoy", &e_none),
+        target("envoy + 1 no-op", &e_one),
+        target("envoy + 3 no-ops", &e_three),
+    ];
+    let m = compare(
+        "No-op wasm filters: the hosts' own cost per filter",
+        &targets,
+        &Load::headers(&[]),
+        a,
+    );
+    let per_filter =
+        |none: &Run, three: &Run| (1e6 / three.rps_per_cpu() - 1e6 / none.rps_per_cpu()) / 3.0;
+    println!(
+        "\n| host | 1 no-op / none, req/s | 3 no-ops / none, req/s | CPU µs per no-op filter per request |"
+    );
+    println!("|---|---|---|---|");
+    for (name, i) in [("portcullis", 0), ("envoy", 3)] {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.1} |",
+            m[i + 1].rps / m[i].rps,
+            m[i + 2].rps / m[i].rps,
+            per_filter(&m[i], &m[i + 2])
+        );
     }
 }
 
