@@ -107,6 +107,29 @@ fn give(c: &mut C, bytes: &[u8], ret_ptr: u32, ret_size: u32) -> R<()> {
     Ok(())
 }
 
+/// Runs `f` on header map `t` with two ranges of guest memory borrowed in place: a
+/// header call costs no copy of its key and value on the way in. The ranges are
+/// checked first (`InvalidMemoryAccess`), then the map (`BadArgument`), as when they
+/// were copied out.
+fn with_map<T>(
+    c: &mut C,
+    t: MapType,
+    a: (u32, u32),
+    b: (u32, u32),
+    f: impl FnOnce(&mut HeaderMap, &[u8], &[u8]) -> Result<T, Status>,
+) -> Result<T, Status> {
+    let mem = c.data().memory.ok_or(IMA)?;
+    let (data, state) = mem.data_and_store_mut(&mut *c);
+    let ra = range(a.0, a.1, data.len())?;
+    let rb = range(b.0, b.1, data.len())?;
+    f(map_mut(state, t)?, &data[ra], &data[rb])
+}
+
+/// A header name passed by the guest, as text (`BadArgument` when not UTF-8).
+fn key_str(k: &[u8]) -> Result<&str, Status> {
+    std::str::from_utf8(k).map_err(|_| Status::BadArgument)
+}
+
 fn map_type(t: u32) -> Result<MapType, Status> {
     MapType::from_abi(t).ok_or(Status::BadArgument)
 }
@@ -411,11 +434,10 @@ fn define_proxy(
         "proxy_get_header_map_value",
         |c, t: u32, kp: u32, kl: u32, rp: u32, rl: u32| {
             let t = map_type(t)?;
-            let key = read_str(&c, kp, kl)?;
-            let value = map_mut(c.data_mut(), t)?
-                .get(&key)
-                .map(<[u8]>::to_vec)
-                .ok_or(Status::NotFound)?;
+            let value = with_map(&mut c, t, (kp, kl), (0, 0), |m, k, _| {
+                let k = key_str(k)?;
+                m.get(k).map(<[u8]>::to_vec).ok_or(Status::NotFound)
+            })?;
             give(&mut c, &value, rp, rl)
         }
     );
@@ -425,8 +447,10 @@ fn define_proxy(
         "proxy_add_header_map_value",
         |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
             let t = map_type(t)?;
-            let (k, v) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
-            map_mut(c.data_mut(), t)?.add(k, v);
+            with_map(&mut c, t, (kp, kl), (vp, vl), |m, k, v| {
+                m.add(k, v);
+                Ok(())
+            })?;
             Ok(())
         }
     );
@@ -436,8 +460,10 @@ fn define_proxy(
         "proxy_replace_header_map_value",
         |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
             let t = map_type(t)?;
-            let (k, v) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
-            map_mut(c.data_mut(), t)?.set(k, v);
+            with_map(&mut c, t, (kp, kl), (vp, vl), |m, k, v| {
+                m.set(k, v);
+                Ok(())
+            })?;
             Ok(())
         }
     );
@@ -447,8 +473,10 @@ fn define_proxy(
         "proxy_remove_header_map_value",
         |c, t: u32, kp: u32, kl: u32| {
             let t = map_type(t)?;
-            let k = read_str(&c, kp, kl)?;
-            map_mut(c.data_mut(), t)?.remove(&k);
+            with_map(&mut c, t, (kp, kl), (0, 0), |m, k, _| {
+                m.remove(key_str(k)?);
+                Ok(())
+            })?;
             Ok(())
         }
     );
