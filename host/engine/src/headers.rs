@@ -99,13 +99,15 @@ impl HeaderMap {
     /// filter gives it).
     fn push_name(&mut self, name: &[u8]) -> (usize, usize) {
         let at = self.buf.len();
-        match std::str::from_utf8(name) {
-            Ok(s) => self.buf.extend(s.bytes().map(|b| b.to_ascii_lowercase())),
-            Err(_) => self.buf.extend_from_slice(
+        if name.is_ascii() {
+            // The usual case, checked a word at a time and folded in one pass.
+            self.buf.extend(name.iter().map(u8::to_ascii_lowercase));
+        } else {
+            self.buf.extend_from_slice(
                 String::from_utf8_lossy(name)
                     .to_ascii_lowercase()
                     .as_bytes(),
-            ),
+            );
         }
         (at, self.buf.len() - at)
     }
