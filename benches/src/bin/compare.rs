@@ -387,14 +387,20 @@ fn chain_section(ctx: &Ctx) {
     ];
     let p_none = start_portcullis(ctx, "none", &[], &[], &headers);
     let p_chain = start_portcullis(ctx, "chain", &chain_filters(ctx), &[], &headers);
-    // What the filter path itself costs (a filter that does nothing), apart from what
-    // the three filters do.
-    let noop = [Filter {
-        name: "noop",
+    // The ceilings: three filters that do nothing, in each host. No chain of three
+    // wasm filters can beat them.
+    let noop = |name: &'static str| Filter {
+        name,
         wasm: "noop_filter",
         config: json!({}),
-    }];
-    let p_noop = start_portcullis(ctx, "noop", &noop, &[], &headers);
+    };
+    let p_noop = start_portcullis(
+        ctx,
+        "noop3",
+        &[noop("n1"), noop("n2"), noop("n3")],
+        &[],
+        &headers,
+    );
     // Start-up with all four filters: the chain, and oidc on a route of its own (its
     // IdP need not answer for the gateway to start).
     let oidc = [Filter {
@@ -416,6 +422,19 @@ fn chain_section(ctx: &Ctx) {
     );
     let e_chain = start_envoy(&envoy_chain(ctx), &headers);
     let e_native = start_envoy(&envoy_native(ctx), &headers);
+    let e_noop = start_envoy(
+        &(0..3).fold(
+            EnvoyConfig::new(ctx.upstream).concurrency(a.workers),
+            |c, i| {
+                c.filter(WasmFilter::new(
+                    &format!("n{i}"),
+                    ctx.wasm.join("noop_filter.wasm"),
+                    "{}",
+                ))
+            },
+        ),
+        &headers,
+    );
     let targets = vec![
         ("upstream alone", ctx.upstream, Some(ctx.upstream_pid)),
         target("portcullis", &p_none),
@@ -423,7 +442,8 @@ fn chain_section(ctx: &Ctx) {
         target("envoy", &e_none),
         target("envoy + chain (same wasm)", &e_chain),
         target("envoy + native equivalent", &e_native),
-        target("portcullis + one no-op filter", &p_noop),
+        target("portcullis + 3 no-op filters", &p_noop),
+        target("envoy + 3 no-op wasm filters", &e_noop),
     ];
     let m = compare(
         "The chain jwt-auth (cached ES256 token) → tier-limiter (local) → header-forwarder",
@@ -454,8 +474,12 @@ fn chain_section(ctx: &Ctx) {
         m[4].rps / m[5].rps
     );
     println!(
-        "| portcullis: one no-op filter / no filters, req/s | {:.2} | |",
+        "| ceiling of chain / no filters: portcullis, 3 no-op filters / no filters, req/s | {:.2} | |",
         m[6].rps / m[1].rps
+    );
+    println!(
+        "| ceiling of our chain / native: Envoy, 3 no-op wasm filters / native equivalent, req/s | {:.2} | |",
+        m[7].rps / m[5].rps
     );
     println!(
         "| no filters: portcullis / Envoy, req/s (per CPU-second) | {:.2}x ({:.2}x) | |",
@@ -724,10 +748,22 @@ fn jwt_section(ctx: &Ctx) {
             })),
         &headers,
     );
+    // The ceiling for any wasm filter in Envoy: one that does nothing.
+    let noop = start_envoy(
+        &EnvoyConfig::new(ctx.upstream)
+            .concurrency(a.workers)
+            .filter(WasmFilter::new(
+                "noop",
+                ctx.wasm.join("noop_filter.wasm"),
+                "{}",
+            )),
+        &headers,
+    );
     let targets = vec![
         target("portcullis + jwt-auth", &p),
         target("envoy + jwt-auth (wasm)", &e),
         target("envoy + jwt_authn (native)", &native),
+        target("envoy + a no-op wasm filter", &noop),
     ];
     let m = compare(
         "jwt-auth alone, one valid ES256 token (cached)",
@@ -740,6 +776,10 @@ fn jwt_section(ctx: &Ctx) {
     println!(
         "| our filter in Envoy / native jwt_authn, req/s | {:.2}x |",
         m[1].rps / m[2].rps
+    );
+    println!(
+        "| a no-op wasm filter in Envoy / native jwt_authn, req/s (the ceiling of the above) | {:.2}x |",
+        m[3].rps / m[2].rps
     );
     println!(
         "| portcullis + jwt-auth / Envoy + jwt-auth, req per CPU-second | {:.2}x |",
