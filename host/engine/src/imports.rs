@@ -423,8 +423,11 @@ fn define_proxy(
         "proxy_set_header_map_pairs",
         |c, t: u32, ptr: u32, len: u32| {
             let t = map_type(t)?;
-            let new = decode_map(&read(&c, ptr, len)?)?;
-            *map_mut(c.data_mut(), t)? = new;
+            // Decoded straight from guest memory into the new map: no copy of the blob.
+            with_map(&mut c, t, (ptr, len), (0, 0), |m, blob, _| {
+                *m = decode_map(blob)?;
+                Ok(())
+            })?;
             Ok(())
         }
     );
