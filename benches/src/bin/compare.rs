@@ -16,6 +16,10 @@
 //! - `floor`: one and three no-op wasm filters in each host: what running a wasm
 //!   filter costs a host before the filter does anything (the floor under the chain).
 //!
+//! `$PORTCULLIS_COMPARE_ALT_WASM=DIR` adds the chain built from a second directory of
+//! filters to the chain section, in both hosts, interleaved with the first: an A/B of
+//! a filter change within one run (this machine's run-to-run noise is ±5-7%).
+//!
 //! `cargo xtask bench` runs it; directly:
 //! `target/host/compare --rounds 3 --seconds 5 [--workers 1] [--only chain]`
 
@@ -64,7 +68,10 @@ fn args() -> Args {
 struct Ctx {
     a: Args,
     portcullis: PathBuf,
-    wasm: PathBuf,
+    wasm: std::cell::RefCell<PathBuf>,
+    /// `$PORTCULLIS_COMPARE_ALT_WASM`: a second build of the filters, run beside the
+    /// first in the chain section (an A/B of a filter change in one run).
+    alt_wasm: Option<PathBuf>,
     dir: PathBuf,
     upstream: SocketAddr,
     upstream_pid: u32,
@@ -78,7 +85,14 @@ const ISSUER: &str = "https://idp.bench";
 
 impl Ctx {
     fn wasm(&self, name: &str) -> String {
-        self.wasm.join(format!("{name}.wasm")).display().to_string()
+        self.wasm_dir()
+            .join(format!("{name}.wasm"))
+            .display()
+            .to_string()
+    }
+
+    fn wasm_dir(&self) -> PathBuf {
+        self.wasm.borrow().clone()
     }
 
     fn token(&self, key: &jwt_mint::Key, alg: &str, sub: &str) -> String {
@@ -138,7 +152,8 @@ fn main() {
         portcullis,
         // Where the built filters are, as in the test bed (`$PORTCULLIS_WASM_DIR` to
         // profile unstripped builds).
-        wasm: portcullis_testbed::wasm_dir(),
+        wasm: std::cell::RefCell::new(portcullis_testbed::wasm_dir()),
+        alt_wasm: std::env::var_os("PORTCULLIS_COMPARE_ALT_WASM").map(PathBuf::from),
         dir,
         upstream: up_addr,
         upstream_pid: upstream.0.id(),
@@ -326,7 +341,7 @@ fn envoy_chain(ctx: &Ctx) -> EnvoyConfig {
         |c, (name, wasm, config)| {
             c.filter(WasmFilter::new(
                 name,
-                ctx.wasm.join(format!("{wasm}.wasm")),
+                ctx.wasm_dir().join(format!("{wasm}.wasm")),
                 &config.to_string(),
             ))
         },
@@ -428,14 +443,22 @@ fn chain_section(ctx: &Ctx) {
             |c, i| {
                 c.filter(WasmFilter::new(
                     &format!("n{i}"),
-                    ctx.wasm.join("noop_filter.wasm"),
+                    ctx.wasm_dir().join("noop_filter.wasm"),
                     "{}",
                 ))
             },
         ),
         &headers,
     );
-    let targets = vec![
+    // The same chain from a second build of the filters, when asked for.
+    let alt = ctx.alt_wasm.as_ref().map(|dir| {
+        let main = ctx.wasm.replace(dir.clone());
+        let p = start_portcullis(ctx, "chain-alt", &chain_filters(ctx), &[], &headers);
+        let e = start_envoy(&envoy_chain(ctx), &headers);
+        ctx.wasm.replace(main);
+        (p, e)
+    });
+    let mut targets = vec![
         ("upstream alone", ctx.upstream, Some(ctx.upstream_pid)),
         target("portcullis", &p_none),
         target("portcullis + chain", &p_chain),
@@ -445,6 +468,10 @@ fn chain_section(ctx: &Ctx) {
         target("portcullis + 3 no-op filters", &p_noop),
         target("envoy + 3 no-op wasm filters", &e_noop),
     ];
+    if let Some((p, e)) = &alt {
+        targets.push(target("portcullis + chain (alt wasm)", p));
+        targets.push(target("envoy + chain (alt wasm)", e));
+    }
     let m = compare(
         "The chain jwt-auth (cached ES256 token) → tier-limiter (local) → header-forwarder",
         &targets,
@@ -481,6 +508,16 @@ fn chain_section(ctx: &Ctx) {
         "| ceiling of our chain / native: Envoy, 3 no-op wasm filters / native equivalent, req/s | {:.2} | |",
         m[7].rps / m[5].rps
     );
+    if alt.is_some() {
+        println!(
+            "| alt wasm / wasm, chain in portcullis, req per CPU-second | {:.3} | |",
+            m[8].rps_per_cpu() / m[2].rps_per_cpu()
+        );
+        println!(
+            "| alt wasm / wasm, chain in Envoy, req per CPU-second | {:.3} | |",
+            m[9].rps_per_cpu() / m[4].rps_per_cpu()
+        );
+    }
     println!(
         "| no filters: portcullis / Envoy, req/s (per CPU-second) | {:.2}x ({:.2}x) | |",
         m[1].rps / m[3].rps,
@@ -535,7 +572,7 @@ fn floor_section(ctx: &Ctx) {
             |c, i| {
                 c.filter(WasmFilter::new(
                     &format!("n{i}"),
-                    ctx.wasm.join("noop_filter.wasm"),
+                    ctx.wasm_dir().join("noop_filter.wasm"),
                     "{}",
                 ))
             },
@@ -729,7 +766,7 @@ fn jwt_section(ctx: &Ctx) {
             .concurrency(a.workers)
             .filter(WasmFilter::new(
                 "jwt",
-                ctx.wasm.join("jwt_auth.wasm"),
+                ctx.wasm_dir().join("jwt_auth.wasm"),
                 &ours.to_string(),
             )),
         &headers,
@@ -754,7 +791,7 @@ fn jwt_section(ctx: &Ctx) {
             .concurrency(a.workers)
             .filter(WasmFilter::new(
                 "noop",
-                ctx.wasm.join("noop_filter.wasm"),
+                ctx.wasm_dir().join("noop_filter.wasm"),
                 "{}",
             )),
         &headers,
