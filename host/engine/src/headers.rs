@@ -69,6 +69,13 @@ impl HeaderMap {
             .map(|e| (self.name_of(e), &self.buf[e.value()]))
     }
 
+    /// The pairs as bytes: what the ABI encodes, without checking names are UTF-8.
+    pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.entries
+            .iter()
+            .map(|e| (&self.buf[e.name()], &self.buf[e.value()]))
+    }
+
     fn matches(&self, e: &Entry, name: &[u8]) -> bool {
         self.buf[e.name()].eq_ignore_ascii_case(name)
     }

@@ -412,7 +412,7 @@ fn define_proxy(
             let t = map_type(t)?;
             let bytes = {
                 let m = map_mut(c.data_mut(), t)?;
-                abi::encode_pairs(m.iter().map(|(k, v)| (k.as_bytes(), v)))
+                abi::encode_pairs(m.iter_bytes())
             };
             give(&mut c, &bytes, rp, rl)
         }

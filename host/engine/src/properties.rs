@@ -98,5 +98,5 @@ fn strip_query(p: &[u8]) -> &[u8] {
 }
 
 fn encode_map(h: &HeaderMap) -> Vec<u8> {
-    encode_pairs(h.iter().map(|(k, v)| (k.as_bytes(), v)))
+    encode_pairs(h.iter_bytes())
 }
