@@ -499,9 +499,13 @@ fn define_proxy(
         names,
         "proxy_get_property",
         |c, pp: u32, pl: u32, rp: u32, rl: u32| {
-            let path = read(&c, pp, pl)?;
-            let segments: Vec<&[u8]> = path.split(|&b| b == 0).collect();
-            let value = crate::properties::get(c.data(), &segments).ok_or(Status::NotFound)?;
+            // The path is read in place from guest memory.
+            let value = {
+                let mem = c.data().memory.ok_or(IMA)?;
+                let (data, state) = mem.data_and_store_mut(&mut c);
+                let r = range(pp, pl, data.len())?;
+                crate::properties::get(state, &data[r]).ok_or(Status::NotFound)?
+            };
             give(&mut c, &value, rp, rl)
         }
     );

@@ -6,24 +6,26 @@ use crate::abi::encode_pairs;
 use crate::headers::HeaderMap;
 use crate::state::{HostState, Phase};
 
-/// The value at `path` (segments were NUL-separated in the call), or `None` for an
-/// unknown or absent attribute (`NotFound`).
-pub fn get(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
+/// The value at `raw`, the path as the call passed it (segments NUL-separated), or
+/// `None` for an unknown or absent attribute (`NotFound`). Properties filters set are
+/// looked up by the raw path as it is; it is split only for the built-in attributes.
+pub fn get(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
     let env = &state.env;
-    match path {
-        [b"plugin_name"] => return Some(env.name.clone().into_bytes()),
-        [b"plugin_root_id"] => return Some(env.root_id.clone().into_bytes()),
-        [b"plugin_vm_id"] => return Some(env.vm_id.clone().into_bytes()),
+    match raw {
+        b"plugin_name" => return Some(env.name.clone().into_bytes()),
+        b"plugin_root_id" => return Some(env.root_id.clone().into_bytes()),
+        b"plugin_vm_id" => return Some(env.vm_id.clone().into_bytes()),
         _ => {}
     }
-    let joined = path.join(&b'\0');
     let ctx = match state.http.get(&state.effective) {
         Some(ctx) => ctx,
-        None => return state_root_property(state, &joined),
+        None => return state_root_property(state, raw),
     };
-    if let Some(v) = ctx.properties.lock().get(&joined) {
+    if let Some(v) = ctx.properties.lock().get(raw) {
         return Some(v.clone());
     }
+    let segments: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+    let path = segments.as_slice();
     let info = &ctx.info;
     // Request headers as they are now when this filter holds them, otherwise as they
     // arrived (Envoy reads the live stream's headers; between filters ours are in
