@@ -335,6 +335,33 @@ fn chain_filters(ctx: &Ctx) -> Vec<Filter<'static>> {
         .collect()
 }
 
+/// `n` filters that do nothing, for our gateway: the host's own cost per filter.
+fn noop_filters(n: usize) -> Vec<Filter<'static>> {
+    const NAMES: [&str; 3] = ["n1", "n2", "n3"];
+    NAMES[..n]
+        .iter()
+        .map(|&name| Filter {
+            name,
+            wasm: "noop_filter",
+            config: json!({}),
+        })
+        .collect()
+}
+
+/// Envoy with `n` wasm filters that do nothing.
+fn envoy_noops(ctx: &Ctx, n: usize) -> EnvoyConfig {
+    (0..n).fold(
+        EnvoyConfig::new(ctx.upstream).concurrency(ctx.a.workers),
+        |c, i| {
+            c.filter(WasmFilter::new(
+                &format!("n{i}"),
+                ctx.wasm_dir().join("noop_filter.wasm"),
+                "{}",
+            ))
+        },
+    )
+}
+
 fn envoy_chain(ctx: &Ctx) -> EnvoyConfig {
     chain_configs(ctx).into_iter().fold(
         EnvoyConfig::new(ctx.upstream).concurrency(ctx.a.workers),
@@ -404,18 +431,7 @@ fn chain_section(ctx: &Ctx) {
     let p_chain = start_portcullis(ctx, "chain", &chain_filters(ctx), &[], &headers);
     // The ceilings: three filters that do nothing, in each host. No chain of three
     // wasm filters can beat them.
-    let noop = |name: &'static str| Filter {
-        name,
-        wasm: "noop_filter",
-        config: json!({}),
-    };
-    let p_noop = start_portcullis(
-        ctx,
-        "noop3",
-        &[noop("n1"), noop("n2"), noop("n3")],
-        &[],
-        &headers,
-    );
+    let p_noop = start_portcullis(ctx, "noop3", &noop_filters(3), &[], &headers);
     // Start-up with all four filters: the chain, and oidc on a route of its own (its
     // IdP need not answer for the gateway to start).
     let oidc = [Filter {
@@ -437,19 +453,7 @@ fn chain_section(ctx: &Ctx) {
     );
     let e_chain = start_envoy(&envoy_chain(ctx), &headers);
     let e_native = start_envoy(&envoy_native(ctx), &headers);
-    let e_noop = start_envoy(
-        &(0..3).fold(
-            EnvoyConfig::new(ctx.upstream).concurrency(a.workers),
-            |c, i| {
-                c.filter(WasmFilter::new(
-                    &format!("n{i}"),
-                    ctx.wasm_dir().join("noop_filter.wasm"),
-                    "{}",
-                ))
-            },
-        ),
-        &headers,
-    );
+    let e_noop = start_envoy(&envoy_noops(ctx, 3), &headers);
     // The same chain from a second build of the filters, when asked for.
     let alt = ctx.alt_wasm.as_ref().map(|dir| {
         let main = ctx.wasm.replace(dir.clone());
@@ -552,35 +556,12 @@ fn chain_section(ctx: &Ctx) {
 /// host itself, which no filter can go under.
 fn floor_section(ctx: &Ctx) {
     let a = &ctx.a;
-    let noop = |name: &'static str| Filter {
-        name,
-        wasm: "noop_filter",
-        config: json!({}),
-    };
     let p_none = start_portcullis(ctx, "none", &[], &[], &[]);
-    let p_one = start_portcullis(ctx, "noop1", &[noop("n1")], &[], &[]);
-    let p_three = start_portcullis(
-        ctx,
-        "noop3",
-        &[noop("n1"), noop("n2"), noop("n3")],
-        &[],
-        &[],
-    );
-    let envoy_noops = |n: usize| {
-        (0..n).fold(
-            EnvoyConfig::new(ctx.upstream).concurrency(a.workers),
-            |c, i| {
-                c.filter(WasmFilter::new(
-                    &format!("n{i}"),
-                    ctx.wasm_dir().join("noop_filter.wasm"),
-                    "{}",
-                ))
-            },
-        )
-    };
-    let e_none = start_envoy(&EnvoyConfig::new(ctx.upstream).concurrency(a.workers), &[]);
-    let e_one = start_envoy(&envoy_noops(1), &[]);
-    let e_three = start_envoy(&envoy_noops(3), &[]);
+    let p_one = start_portcullis(ctx, "noop1", &noop_filters(1), &[], &[]);
+    let p_three = start_portcullis(ctx, "noop3", &noop_filters(3), &[], &[]);
+    let e_none = start_envoy(&envoy_noops(ctx, 0), &[]);
+    let e_one = start_envoy(&envoy_noops(ctx, 1), &[]);
+    let e_three = start_envoy(&envoy_noops(ctx, 3), &[]);
     let targets = vec![
         target("portcullis", &p_none),
         target("portcullis + 1 no-op", &p_one),
@@ -786,16 +767,7 @@ fn jwt_section(ctx: &Ctx) {
         &headers,
     );
     // The ceiling for any wasm filter in Envoy: one that does nothing.
-    let noop = start_envoy(
-        &EnvoyConfig::new(ctx.upstream)
-            .concurrency(a.workers)
-            .filter(WasmFilter::new(
-                "noop",
-                ctx.wasm_dir().join("noop_filter.wasm"),
-                "{}",
-            )),
-        &headers,
-    );
+    let noop = start_envoy(&envoy_noops(ctx, 1), &headers);
     let targets = vec![
         target("portcullis + jwt-auth", &p),
         target("envoy + jwt-auth (wasm)", &e),
