@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::error::Denial;
 use crate::extract::{self, Found, Location};
 use crate::keys::{KeySet, parse_jwks};
+use kit::glue::{now_secs, read_u64, write_u64};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -155,44 +156,10 @@ enum KeysNow {
     Unavailable,
 }
 
-fn now_secs() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
-fn read_u64(key: &str) -> (u64, Option<u32>) {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(b), cas)) if b.len() >= 8 => {
-            (u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])), cas)
-        }
-        Ok((_, cas)) => (0, cas),
-        Err(_) => (0, None),
-    }
-}
-
-fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
-    hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
-}
-
 /// Stores a fetched JWKS (or, with `None`, marks a failed first fetch). A failed
 /// refresh keeps the stale JWKS: serving stale keys beats refusing everyone.
 fn store_jwks(st: &State, provider: usize, body: Option<&[u8]>, now: u64) {
-    let key = st.key(provider, "jwks");
-    match body {
-        Some(body) => {
-            let mut v = now.to_le_bytes().to_vec();
-            v.extend_from_slice(body);
-            let _ = hostcalls::set_shared_data(&key, Some(&v), None);
-        }
-        None => {
-            let stale = matches!(hostcalls::get_shared_data(&key), Ok((Some(b), _)) if b.len() > 8);
-            if !stale {
-                let _ = hostcalls::set_shared_data(&key, Some(&now.to_le_bytes()), None);
-            }
-        }
-    }
+    kit::glue::store_fetched(&st.key(provider, "jwks"), body, now);
 }
 
 /// Checks a fetched JWKS answer: a 200 whose body is a JWKS with at least one key.

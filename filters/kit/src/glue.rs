@@ -132,3 +132,50 @@ impl RawMap {
         out
     }
 }
+
+/// A u64 kept in shared data (a timestamp, a lease's end), with its CAS; 0 when absent
+/// or shorter than 8 bytes.
+pub fn read_u64(key: &str) -> (u64, Option<u32>) {
+    match proxy_wasm::hostcalls::get_shared_data(key) {
+        Ok((Some(b), cas)) if b.len() >= 8 => {
+            (u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])), cas)
+        }
+        Ok((_, cas)) => (0, cas),
+        Err(_) => (0, None),
+    }
+}
+
+/// Writes a u64 to shared data (with `cas`, as proxy-wasm: `None` unconditionally);
+/// false on a CAS mismatch.
+pub fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
+    proxy_wasm::hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
+}
+
+/// Stores a document fetched from an IdP (JWKS, discovery) under `key` as the fetch
+/// time followed by the body. With `None` (the fetch failed) only the time is
+/// written, and only when nothing was fetched before: serving a stale document beats
+/// refusing everyone.
+pub fn store_fetched(key: &str, body: Option<&[u8]>, now: u64) {
+    use proxy_wasm::hostcalls::{get_shared_data, set_shared_data};
+    match body {
+        Some(body) => {
+            let mut v = now.to_le_bytes().to_vec();
+            v.extend_from_slice(body);
+            let _ = set_shared_data(key, Some(&v), None);
+        }
+        None => {
+            let stale = matches!(get_shared_data(key), Ok((Some(b), _)) if b.len() > 8);
+            if !stale {
+                let _ = set_shared_data(key, Some(&now.to_le_bytes()), None);
+            }
+        }
+    }
+}
+
+/// The host's clock in whole seconds since the epoch (0 if it cannot say).
+pub fn now_secs() -> u64 {
+    proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}

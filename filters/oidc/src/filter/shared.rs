@@ -22,7 +22,7 @@
 //!   still carrying the old one.
 
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -61,13 +61,6 @@ pub(super) enum StateUse {
     Busy,
 }
 
-pub(super) fn now_secs() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
 pub(super) fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, &format!("oidc: {msg}"));
 }
@@ -78,19 +71,7 @@ pub(super) fn random_b64(n: usize) -> Option<String> {
     Some(URL_SAFE_NO_PAD.encode(b))
 }
 
-pub(super) fn read_u64(key: &str) -> (u64, Option<u32>) {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(b), cas)) if b.len() >= 8 => {
-            (u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])), cas)
-        }
-        Ok((_, cas)) => (0, cas),
-        Err(_) => (0, None),
-    }
-}
-
-pub(super) fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
-    hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
-}
+pub(super) use kit::glue::{now_secs, read_u64, write_u64};
 
 /// Read-modify-write of a shared value with CAS, retried a few times.
 pub(super) fn update_shared(key: &str, f: impl Fn(Option<&[u8]>) -> Vec<u8>) -> bool {
@@ -372,20 +353,7 @@ impl State {
 /// Stores a fetched document (or, with `None`, marks a failed fetch, keeping a stale
 /// document: serving stale keys beats refusing everyone).
 pub(super) fn store(st: &State, what: &str, body: Option<&[u8]>, now: u64) {
-    let key = st.key(what);
-    match body {
-        Some(body) => {
-            let mut v = now.to_le_bytes().to_vec();
-            v.extend_from_slice(body);
-            let _ = hostcalls::set_shared_data(&key, Some(&v), None);
-        }
-        None => {
-            let stale = matches!(hostcalls::get_shared_data(&key), Ok((Some(b), _)) if b.len() > 8);
-            if !stale {
-                let _ = hostcalls::set_shared_data(&key, Some(&now.to_le_bytes()), None);
-            }
-        }
-    }
+    kit::glue::store_fetched(&st.key(what), body, now);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
