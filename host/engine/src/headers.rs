@@ -132,13 +132,6 @@ impl HeaderMap {
         self.entries.push(Entry { name, value });
     }
 
-    /// Adds a name the caller knows is lower-case already, such as an `http` crate
-    /// header name (always lower-case). A name that is not lower-case is folded all
-    /// the same.
-    pub fn add_lowercase(&mut self, name: &str, value: &[u8]) {
-        self.add(name, value);
-    }
-
     /// Sets `name` to one value: the first entry is replaced in place (so a pseudo-header
     /// keeps its position) and any others are removed; appended when absent.
     pub fn set(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {

@@ -310,17 +310,17 @@ pub async fn handle(
     // before its filters run).
     let scheme = if conn.tls { "https" } else { "http" };
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 8);
-    headers.add_lowercase(":method", parts.method.as_str().as_bytes());
-    headers.add_lowercase(":path", path.as_bytes());
-    headers.add_lowercase(":authority", host.as_bytes());
-    headers.add_lowercase(":scheme", scheme.as_bytes());
+    headers.add(":method", parts.method.as_str());
+    headers.add(":path", &path);
+    headers.add(":authority", &host);
+    headers.add(":scheme", scheme);
     let hop = HopByHop::of(&parts.headers);
     for (k, v) in &parts.headers {
         let k = k.as_str();
         if k == "host" || hop.contains(k) {
             continue;
         }
-        headers.add_lowercase(k, v.as_bytes());
+        headers.add(k, v);
     }
     headers.set("x-request-id", id.as_str());
     let xff = match headers.get_str("x-forwarded-for") {
@@ -512,13 +512,13 @@ pub async fn handle(
     let (rparts, rbody) = resp.into_parts();
     ctx.entry.upstream_status = Some(rparts.status.as_u16());
     let mut rh = HeaderMap::with_capacity(rparts.headers.len() + 8);
-    rh.add_lowercase(":status", rparts.status.as_str().as_bytes());
+    rh.add(":status", rparts.status.as_str());
     let hop = HopByHop::of(&rparts.headers);
     for (k, v) in &rparts.headers {
         if hop.contains(k.as_str()) {
             continue;
         }
-        rh.add_lowercase(k.as_str(), v.as_bytes());
+        rh.add(k.as_str(), v);
     }
     if declared_length(&rparts.headers).is_some_and(|n| n > svc.service.max_response_body) {
         let r = refusal(
