@@ -190,19 +190,15 @@ impl TokenCache {
     }
 
     pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<Verified>> {
-        let h = kit::bytes::tail_hash(token.as_bytes());
-        let bucket = self.buckets.get_mut(&h)?;
-        let i = bucket
+        let bucket = self.buckets.get(&kit::bytes::tail_hash(token.as_bytes()))?;
+        let (_, v, until) = bucket
             .iter()
-            .position(|(k, _, _)| kit::bytes::same(k.as_bytes(), token.as_bytes()))?;
-        if now < bucket[i].2 {
-            return Some(bucket[i].1.clone());
+            .find(|(k, _, _)| kit::bytes::same(k.as_bytes(), token.as_bytes()))?;
+        if now < *until {
+            return Some(v.clone());
         }
-        bucket.swap_remove(i);
-        self.len -= 1;
-        if bucket.is_empty() {
-            self.buckets.remove(&h);
-        }
+        // Expired: it leaves (the rare path looks it up a second time).
+        self.remove(token);
         None
     }
 
