@@ -1,10 +1,16 @@
 //! `jwt-auth`: the cost of a request through the filter in our host, by algorithm,
 //! with the verified-token cache and without it, and the same verification compiled
-//! natively.
+//! natively; and RS256's modular exponentiation alone, natively, ours against
+//! crypto-bigint's.
 
+use std::hint::black_box;
 use std::time::Instant;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
+use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
+use crypto_bigint::{BoxedUint, Odd, Resize};
 use jwt_auth::auth::{Check, Keys, verify};
 use jwt_auth::config::Config;
 use jwt_auth::extract::{Found, Location};
@@ -127,5 +133,51 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// s^e mod n for an RS256 signature, natively: `kit::jwt::modexp` (28-bit limbs laid
+/// out for wasm, what the filter runs) against square-and-multiply on crypto-bigint's
+/// Montgomery arithmetic with its native 64-bit limbs (what the filter ran before).
+/// Their difference is what the wasm layout costs a native build, so the
+/// `RS256_uncached_native` above can be read against the fastest native code too.
+fn modexp_native(c: &mut Criterion) {
+    let key = Key::rsa("rs");
+    let jwk = key.jwk();
+    let part = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(jwk[name].as_str().expect("an RSA JWK"))
+            .expect("base64url")
+    };
+    let (n, e) = (part("n"), part("e"));
+    let sig = key.signature("RS256", b"payload");
+    let ours = kit::jwt::modexp::PublicExp::new(&n, &e).expect("a usable key");
+    let modulus = BoxedUint::from_be_slice_vartime(&n);
+    let params = BoxedMontyParams::new_vartime(Odd::new(modulus.clone()).expect("odd"));
+    let s = BoxedUint::from_be_slice_vartime(&sig).resize(modulus.bits_precision());
+    let e = BoxedUint::from_be_slice_vartime(&e);
+    let theirs = |s: &BoxedUint| {
+        let base = BoxedMontyForm::new(s.clone(), &params);
+        let mut acc = base.clone();
+        for i in (0..e.bit_width() - 1).rev() {
+            acc = acc.square();
+            if e.bit_vartime(i) {
+                acc = acc.mul(&base);
+            }
+        }
+        acc.retrieve().to_be_bytes()
+    };
+    let expected = theirs(&s);
+    assert_eq!(
+        ours.apply(&sig).as_deref(),
+        Some(&expected[expected.len() - n.len()..])
+    );
+    let mut group = c.benchmark_group("jwt");
+    group.bench_function("RS256_modexp_native_ours", |b| {
+        b.iter(|| ours.apply(black_box(&sig)))
+    });
+    group.bench_function("RS256_modexp_native_crypto_bigint", |b| {
+        b.iter(|| theirs(black_box(&s)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, modexp_native);
 criterion_main!(benches);

@@ -115,7 +115,8 @@ impl Alg {
 }
 
 pub enum Material {
-    Rsa(rsa::PublicKey),
+    /// The crate's key for PS256/384/512; ours for RS256/384/512.
+    Rsa(rsa::PublicKey, super::modexp::PublicExp),
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_dalek::VerifyingKey),
@@ -125,7 +126,7 @@ pub enum Material {
 impl std::fmt::Debug for Material {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Material::Rsa(_) => "RSA",
+            Material::Rsa(..) => "RSA",
             Material::P256(_) => "EC P-256",
             Material::P384(_) => "EC P-384",
             Material::Ed25519(_) => "OKP Ed25519",
@@ -150,7 +151,7 @@ impl Jwk {
         }
         match (&self.material, alg) {
             (
-                Material::Rsa(_),
+                Material::Rsa(..),
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
             ) => true,
             (Material::P256(_), Alg::ES256)
@@ -165,12 +166,12 @@ impl Jwk {
     pub fn verify(&self, alg: Alg, signed: &[u8], signature: &[u8]) -> bool {
         use p256::ecdsa::signature::Verifier;
         match (&self.material, alg) {
-            (Material::Rsa(k), Alg::RS256) => rsa_pkcs1!(sha2::Sha256, k, signed, signature),
-            (Material::Rsa(k), Alg::RS384) => rsa_pkcs1!(sha2::Sha384, k, signed, signature),
-            (Material::Rsa(k), Alg::RS512) => rsa_pkcs1!(sha2::Sha512, k, signed, signature),
-            (Material::Rsa(k), Alg::PS256) => rsa_pss!(sha2::Sha256, k, signed, signature),
-            (Material::Rsa(k), Alg::PS384) => rsa_pss!(sha2::Sha384, k, signed, signature),
-            (Material::Rsa(k), Alg::PS512) => rsa_pss!(sha2::Sha512, k, signed, signature),
+            (Material::Rsa(_, k), Alg::RS256) => rsa_pkcs1!(sha2::Sha256, k, signed, signature),
+            (Material::Rsa(_, k), Alg::RS384) => rsa_pkcs1!(sha2::Sha384, k, signed, signature),
+            (Material::Rsa(_, k), Alg::RS512) => rsa_pkcs1!(sha2::Sha512, k, signed, signature),
+            (Material::Rsa(k, _), Alg::PS256) => rsa_pss!(sha2::Sha256, k, signed, signature),
+            (Material::Rsa(k, _), Alg::PS384) => rsa_pss!(sha2::Sha384, k, signed, signature),
+            (Material::Rsa(k, _), Alg::PS512) => rsa_pss!(sha2::Sha512, k, signed, signature),
             (Material::P256(k), Alg::ES256) => p256::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|s| k.verify(signed, &s).is_ok()),
             (Material::P384(k), Alg::ES384) => p384::ecdsa::Signature::from_slice(signature)
@@ -272,9 +273,14 @@ fn parse_jwk(k: &Value) -> Result<Option<Jwk>, String> {
     let crv = k.get("crv").and_then(Value::as_str);
     let material = match (kty, crv) {
         ("RSA", _) => {
-            let n = rsa::BoxedUint::from_be_slice_vartime(&b64(k, "n")?);
-            let e = rsa::BoxedUint::from_be_slice_vartime(&b64(k, "e")?);
-            Material::Rsa(rsa::PublicKey::new(n, e).map_err(|e| format!("unusable RSA key: {e}"))?)
+            let (n, e) = (b64(k, "n")?, b64(k, "e")?);
+            let public = rsa::PublicKey::new(
+                rsa::BoxedUint::from_be_slice_vartime(&n),
+                rsa::BoxedUint::from_be_slice_vartime(&e),
+            )
+            .map_err(|e| format!("unusable RSA key: {e}"))?;
+            let exp = super::modexp::PublicExp::new(&n, &e).ok_or("unusable RSA key")?;
+            Material::Rsa(public, exp)
         }
         ("EC", Some("P-256")) => Material::P256(
             p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(&b64(k, "x")?, &b64(k, "y")?, 32)?)
@@ -330,7 +336,7 @@ fn jwk_type_matches(jwk: &Jwk, alg: Alg) -> bool {
     matches!(
         (&jwk.material, alg),
         (
-            Material::Rsa(_),
+            Material::Rsa(..),
             Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512
         ) | (Material::P256(_), Alg::ES256)
             | (Material::P384(_), Alg::ES384)

@@ -10,6 +10,7 @@
 pub mod claims;
 pub mod consumer;
 pub mod keys;
+pub mod modexp;
 pub mod rsa_pkcs1;
 pub mod token;
 

@@ -1,57 +1,27 @@
 //! RSASSA-PKCS1-v1_5 signature verification (RFC 8017 §8.2.2), the RS256/384/512 of
-//! JWS, with the public exponent applied by square-and-multiply on the `rsa` crate's
-//! own Montgomery arithmetic (crypto-bigint).
+//! JWS, with the public exponent applied by [`PublicExp`] (square-and-multiply on
+//! Montgomery arithmetic laid out for wasm) instead of the `rsa` crate's `verify`.
 //!
-//! Why not the crate's `verify`: it raises the signature to `e` with a constant-time
-//! 4-bit-window exponentiation, which for e = 65537 precomputes a table of 14 products
-//! and scans it in constant time for every window: about 35 Montgomery operations
-//! where 16 squarings and one multiplication are enough. Signature and exponent are
-//! public, so a variable-time exponentiation leaks nothing. In wasm, where
-//! crypto-bigint runs 32-bit limbs, this halves the cost of an uncached RS256 token.
-//! Every other step is the crate's, in the same order: length of S, s < n, I2OSP,
-//! then EM compared with 0x00 || 0x01 || PS || 0x00 || DigestInfo || H.
+//! Why not the crate's: it raises the signature to `e` with a constant-time 4-bit-window
+//! exponentiation, which for e = 65537 precomputes a table of 14 products and scans it
+//! in constant time for every window: about 35 Montgomery operations where 16
+//! squarings and one multiplication are enough, each on 32-bit limbs that wasm handles
+//! poorly (see `modexp`). Signature and exponent are public, so a variable-time
+//! exponentiation leaks nothing. Every other step is the crate's, in the same order:
+//! length of S, s < n, I2OSP, then EM compared with
+//! 0x00 || 0x01 || PS || 0x00 || DigestInfo || H.
 
-use crypto_bigint::modular::BoxedMontyForm;
-use rsa::BoxedUint;
-use rsa::traits::PublicKeyParts;
-
-/// s^e mod n, variable time in the public exponent `e`.
-fn public_op(key: &rsa::PublicKey, s: &BoxedUint) -> BoxedUint {
-    let base = BoxedMontyForm::new(s.clone(), key.n_params());
-    let e = key.e();
-    let mut acc = base.clone();
-    for i in (0..e.bit_width().saturating_sub(1)).rev() {
-        acc = acc.square();
-        if e.bit_vartime(i) {
-            acc = acc.mul(&base);
-        }
-    }
-    acc.retrieve()
-}
+use super::modexp::PublicExp;
 
 /// Whether `sig` is `key`'s PKCS#1 v1.5 signature of the digest `hashed`, whose hash
 /// has the DigestInfo `prefix`.
-pub fn verify(key: &rsa::PublicKey, prefix: &[u8], hashed: &[u8], sig: &[u8]) -> bool {
+pub fn verify(key: &PublicExp, prefix: &[u8], hashed: &[u8], sig: &[u8]) -> bool {
     let k = key.size();
-    // Steps 1 and 2: S is k octets, and s = OS2IP(S) is below n.
-    if sig.len() != k || key.e().bit_width() < 2 {
-        return false;
-    }
-    let Ok(s) = BoxedUint::from_be_slice(sig, key.n_params().bits_precision()) else {
+    // Steps 1 and 2: S is k octets and s = OS2IP(S) is below n; then
+    // EM = I2OSP(s^e mod n, k).
+    let Some(em) = key.apply(sig) else {
         return false;
     };
-    if s >= *key.n().as_ref() {
-        return false;
-    }
-    // EM = I2OSP(s^e mod n, k); the value is below n, so it fits k octets.
-    let m = public_op(key, &s).to_be_bytes();
-    let Some(cut) = m.len().checked_sub(k) else {
-        return false;
-    };
-    if m[..cut].iter().any(|b| *b != 0) {
-        return false;
-    }
-    let em = &m[cut..];
     let t_len = prefix.len() + hashed.len();
     if k < t_len + 11 {
         return false;
@@ -69,12 +39,13 @@ mod tests {
     use super::*;
     use base64::Engine;
     use proptest::prelude::*;
+    use rsa::BoxedUint;
     use sha2::Digest;
     use std::sync::OnceLock;
 
     /// Keys made at run time (never committed): a 2048-bit and a 3072-bit one.
-    fn keys() -> &'static [(jwt_mint::Key, rsa::PublicKey)] {
-        static KEYS: OnceLock<Vec<(jwt_mint::Key, rsa::PublicKey)>> = OnceLock::new();
+    fn keys() -> &'static [(jwt_mint::Key, rsa::PublicKey, PublicExp)] {
+        static KEYS: OnceLock<Vec<(jwt_mint::Key, rsa::PublicKey, PublicExp)>> = OnceLock::new();
         KEYS.get_or_init(|| {
             [2048, 3072]
                 .into_iter()
@@ -91,19 +62,25 @@ mod tests {
                         BoxedUint::from_be_slice_vartime(&part("e")),
                     )
                     .expect("a usable key");
-                    (key, public)
+                    let exp = PublicExp::new(&part("n"), &part("e")).expect("a usable key");
+                    (key, public, exp)
                 })
                 .collect()
         })
     }
 
     /// Our answer and the crate's `verify` for the same input, by JWS algorithm.
-    fn both(alg: &str, public: &rsa::PublicKey, msg: &[u8], sig: &[u8]) -> (bool, bool) {
+    fn both(
+        alg: &str,
+        (public, exp): (&rsa::PublicKey, &PublicExp),
+        msg: &[u8],
+        sig: &[u8],
+    ) -> (bool, bool) {
         macro_rules! pair {
             ($d:ty) => {{
                 let hashed = <$d>::digest(msg);
                 let scheme = rsa::Pkcs1v15Sign::new::<$d>();
-                let ours = verify(public, &scheme.prefix, &hashed, sig);
+                let ours = verify(exp, &scheme.prefix, &hashed, sig);
                 (ours, public.verify(scheme, &hashed, sig).is_ok())
             }};
         }
@@ -116,14 +93,18 @@ mod tests {
 
     #[test]
     fn genuine_signatures_verify_for_every_hash_and_size() {
-        for (key, public) in keys() {
+        for (key, public, exp) in keys() {
             for alg in ["RS256", "RS384", "RS512"] {
                 let sig = key.signature(alg, b"payload");
-                assert_eq!(both(alg, public, b"payload", &sig), (true, true), "{alg}");
+                assert_eq!(
+                    both(alg, (public, exp), b"payload", &sig),
+                    (true, true),
+                    "{alg}"
+                );
                 // Signed with another hash: refused by both.
                 let other = if alg == "RS256" { "RS512" } else { "RS256" };
                 let sig = key.signature(other, b"payload");
-                assert_eq!(both(alg, public, b"payload", &sig), (false, false));
+                assert_eq!(both(alg, (public, exp), b"payload", &sig), (false, false));
             }
         }
     }
@@ -142,7 +123,7 @@ mod tests {
             mode in 0u8..6,
             random in prop::collection::vec(any::<u8>(), 0..400),
         ) {
-            let (key, public) = &keys()[which];
+            let (key, public, exp) = &keys()[which];
             let mut sig = key.signature(alg, &msg);
             let mut signed = msg.clone();
             match mode {
@@ -153,7 +134,7 @@ mod tests {
                 4 => sig.push(flip.1),
                 _ => sig = random,
             }
-            let (ours, theirs) = both(alg, public, &signed, &sig);
+            let (ours, theirs) = both(alg, (public, exp), &signed, &sig);
             prop_assert_eq!(ours, theirs);
             prop_assert_eq!(ours, mode == 0);
         }
