@@ -52,16 +52,30 @@ impl std::fmt::Debug for PublicExp {
 fn dot(x: &[u32], y: &[u32]) -> u64 {
     use core::arch::wasm32::*;
     debug_assert_eq!(x.len(), y.len());
-    let (xs, x_rest) = x.as_chunks::<4>();
-    let (ys, y_rest) = y.as_chunks::<4>();
-    let mut acc = u64x2_splat(0);
-    for (a, b) in xs.iter().zip(ys) {
+    // Four limbs of each side: four products, into two accumulators of two lanes.
+    let step = |acc: &mut [v128; 2], a: &[u32; 4], b: &[u32; 4]| {
         let va = u32x4(a[0], a[1], a[2], a[3]);
         let vb = u32x4(b[0], b[1], b[2], b[3]);
-        acc = u64x2_add(acc, u64x2_extmul_low_u32x4(va, vb));
-        acc = u64x2_add(acc, u64x2_extmul_high_u32x4(va, vb));
+        acc[0] = u64x2_add(acc[0], u64x2_extmul_low_u32x4(va, vb));
+        acc[1] = u64x2_add(acc[1], u64x2_extmul_high_u32x4(va, vb));
+    };
+    let mut acc = [u64x2_splat(0); 2];
+    // Sixteen products per loop iteration: the engine checks for interruption at every
+    // loop head (RS256: 4 per iteration 103 us, 8 83 us, 16 78 us in our host).
+    let (x4, x_rest) = x.as_chunks::<4>();
+    let (y4, y_rest) = y.as_chunks::<4>();
+    let (x16, x4) = x4.as_chunks::<4>();
+    let (y16, y4) = y4.as_chunks::<4>();
+    for (a, b) in x16.iter().zip(y16) {
+        for (a, b) in a.iter().zip(b) {
+            step(&mut acc, a, b);
+        }
     }
-    let sum = u64x2_extract_lane::<0>(acc) + u64x2_extract_lane::<1>(acc);
+    for (a, b) in x4.iter().zip(y4) {
+        step(&mut acc, a, b);
+    }
+    let lanes = u64x2_add(acc[0], acc[1]);
+    let sum = u64x2_extract_lane::<0>(lanes) + u64x2_extract_lane::<1>(lanes);
     sum + x_rest
         .iter()
         .zip(y_rest)
