@@ -23,7 +23,7 @@ use tokio::task::LocalSet;
 fn config(keys: &[&Key], cache_entries: usize) -> String {
     json!({
         "providers": {"idp": {"issuer": "https://idp.test", "audiences": ["api"], "local_jwks": jwks(keys),
-            "algorithms": ["RS256", "ES256", "EdDSA"]}},
+            "algorithms": ["RS256", "PS256", "ES256", "EdDSA"]}},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}],
         "cache_entries": cache_entries
     })
@@ -33,6 +33,7 @@ fn config(keys: &[&Key], cache_entries: usize) -> String {
 fn bench(c: &mut Criterion) {
     let keys = [
         ("RS256", Key::rsa("rs")),
+        ("PS256", Key::rsa("ps")),
         ("ES256", Key::ec256("es")),
         ("EdDSA", Key::ed25519("ed")),
     ];

@@ -475,8 +475,9 @@ fn hostile_tokens_never_crash_the_filter() {
     );
 }
 
-/// RS256/384/512 run our own modular exponentiation (`kit::jwt::modexp`, SIMD in
-/// wasm): every key size the rsa crate takes, through the built filter. A genuine
+/// RS256/384/512 and PS256/384/512 run our own modular exponentiation
+/// (`kit::jwt::modexp`, SIMD in wasm) and padding checks: key sizes from the smallest
+/// usual to the largest the rsa crate takes, through the built filter. A genuine
 /// signature passes; one bit flipped, or the same claims signed by another key under
 /// the same kid, do not.
 #[test]
@@ -487,11 +488,14 @@ fn rsa_signatures_of_every_key_size_and_hash_are_checked_in_wasm() {
         let mut bed = TestBed::new()
             .filter(
                 wasm("jwt_auth"),
-                local(&key, json!({"algorithms": ["RS256", "RS384", "RS512"]})),
+                local(
+                    &key,
+                    json!({"algorithms": ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]}),
+                ),
             )
             .build()
             .unwrap();
-        for alg in ["RS256", "RS384", "RS512"] {
+        for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
             let good = key.sign(alg, claims(json!({})));
             let send = |bed: &mut TestBed, t: &str| {
                 bed.send(Request::get("/o").header("authorization", &bearer(t)))

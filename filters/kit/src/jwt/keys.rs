@@ -29,12 +29,10 @@ macro_rules! rsa_pkcs1 {
     }};
 }
 
-// RFC 7518 3.5: the PSS salt is as long as the hash.
 macro_rules! rsa_pss {
     ($d:ty, $key:expr, $msg:expr, $sig:expr) => {{
         use sha2::Digest;
-        $key.verify(rsa::pss::Pss::<$d>::new(), &<$d>::digest($msg), $sig)
-            .is_ok()
+        crate::jwt::rsa_pss::verify::<$d>($key, &<$d>::digest($msg), $sig)
     }};
 }
 
@@ -115,8 +113,7 @@ impl Alg {
 }
 
 pub enum Material {
-    /// The crate's key for PS256/384/512; ours for RS256/384/512.
-    Rsa(rsa::PublicKey, super::modexp::PublicExp),
+    Rsa(super::modexp::PublicExp),
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_dalek::VerifyingKey),
@@ -166,12 +163,12 @@ impl Jwk {
     pub fn verify(&self, alg: Alg, signed: &[u8], signature: &[u8]) -> bool {
         use p256::ecdsa::signature::Verifier;
         match (&self.material, alg) {
-            (Material::Rsa(_, k), Alg::RS256) => rsa_pkcs1!(sha2::Sha256, k, signed, signature),
-            (Material::Rsa(_, k), Alg::RS384) => rsa_pkcs1!(sha2::Sha384, k, signed, signature),
-            (Material::Rsa(_, k), Alg::RS512) => rsa_pkcs1!(sha2::Sha512, k, signed, signature),
-            (Material::Rsa(k, _), Alg::PS256) => rsa_pss!(sha2::Sha256, k, signed, signature),
-            (Material::Rsa(k, _), Alg::PS384) => rsa_pss!(sha2::Sha384, k, signed, signature),
-            (Material::Rsa(k, _), Alg::PS512) => rsa_pss!(sha2::Sha512, k, signed, signature),
+            (Material::Rsa(k), Alg::RS256) => rsa_pkcs1!(sha2::Sha256, k, signed, signature),
+            (Material::Rsa(k), Alg::RS384) => rsa_pkcs1!(sha2::Sha384, k, signed, signature),
+            (Material::Rsa(k), Alg::RS512) => rsa_pkcs1!(sha2::Sha512, k, signed, signature),
+            (Material::Rsa(k), Alg::PS256) => rsa_pss!(sha2::Sha256, k, signed, signature),
+            (Material::Rsa(k), Alg::PS384) => rsa_pss!(sha2::Sha384, k, signed, signature),
+            (Material::Rsa(k), Alg::PS512) => rsa_pss!(sha2::Sha512, k, signed, signature),
             (Material::P256(k), Alg::ES256) => p256::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|s| k.verify(signed, &s).is_ok()),
             (Material::P384(k), Alg::ES384) => p384::ecdsa::Signature::from_slice(signature)
@@ -274,13 +271,13 @@ fn parse_jwk(k: &Value) -> Result<Option<Jwk>, String> {
     let material = match (kty, crv) {
         ("RSA", _) => {
             let (n, e) = (b64(k, "n")?, b64(k, "e")?);
-            let public = rsa::PublicKey::new(
+            // The rsa crate's checks of size and exponent, then our own form of the key.
+            rsa::PublicKey::new(
                 rsa::BoxedUint::from_be_slice_vartime(&n),
                 rsa::BoxedUint::from_be_slice_vartime(&e),
             )
             .map_err(|e| format!("unusable RSA key: {e}"))?;
-            let exp = super::modexp::PublicExp::new(&n, &e).ok_or("unusable RSA key")?;
-            Material::Rsa(public, exp)
+            Material::Rsa(super::modexp::PublicExp::new(&n, &e).ok_or("unusable RSA key")?)
         }
         ("EC", Some("P-256")) => Material::P256(
             p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(&b64(k, "x")?, &b64(k, "y")?, 32)?)

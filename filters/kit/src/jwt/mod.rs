@@ -12,6 +12,9 @@ pub mod consumer;
 pub mod keys;
 pub mod modexp;
 pub mod rsa_pkcs1;
+pub mod rsa_pss;
+#[cfg(test)]
+mod rsa_test_keys;
 pub mod token;
 
 use keys::{Alg, KeySet};

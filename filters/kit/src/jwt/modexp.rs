@@ -35,6 +35,8 @@ pub struct PublicExp {
     e: Box<[u8]>,
     /// Length of n in bytes: the length of a signature and of the result.
     k: usize,
+    /// Length of n in bits.
+    bits: usize,
 }
 
 impl std::fmt::Debug for PublicExp {
@@ -214,12 +216,18 @@ impl PublicExp {
             r2_rev: r2_rev.into(),
             e: e_be.into(),
             k: n_be.len(),
+            bits: n_bits,
         })
     }
 
     /// Length of n in bytes.
     pub fn size(&self) -> usize {
         self.k
+    }
+
+    /// Length of n in bits.
+    pub fn bits(&self) -> usize {
+        self.bits
     }
 
     /// out = a b R^-1 mod n, below 2n for a and b below 2n (R > 4n). `b_rev` is b

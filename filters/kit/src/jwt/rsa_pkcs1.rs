@@ -37,51 +37,18 @@ pub fn verify(key: &PublicExp, prefix: &[u8], hashed: &[u8], sig: &[u8]) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine;
+    use crate::jwt::rsa_test_keys::{TestKey, keys};
     use proptest::prelude::*;
-    use rsa::BoxedUint;
     use sha2::Digest;
-    use std::sync::OnceLock;
-
-    /// Keys made at run time (never committed): a 2048-bit and a 3072-bit one.
-    fn keys() -> &'static [(jwt_mint::Key, rsa::PublicKey, PublicExp)] {
-        static KEYS: OnceLock<Vec<(jwt_mint::Key, rsa::PublicKey, PublicExp)>> = OnceLock::new();
-        KEYS.get_or_init(|| {
-            [2048, 3072]
-                .into_iter()
-                .map(|bits| {
-                    let key = jwt_mint::Key::rsa_bits("k", bits);
-                    let jwk = key.jwk();
-                    let part = |name: &str| {
-                        base64::engine::general_purpose::URL_SAFE_NO_PAD
-                            .decode(jwk[name].as_str().unwrap_or_default())
-                            .unwrap_or_default()
-                    };
-                    let public = rsa::PublicKey::new(
-                        BoxedUint::from_be_slice_vartime(&part("n")),
-                        BoxedUint::from_be_slice_vartime(&part("e")),
-                    )
-                    .expect("a usable key");
-                    let exp = PublicExp::new(&part("n"), &part("e")).expect("a usable key");
-                    (key, public, exp)
-                })
-                .collect()
-        })
-    }
 
     /// Our answer and the crate's `verify` for the same input, by JWS algorithm.
-    fn both(
-        alg: &str,
-        (public, exp): (&rsa::PublicKey, &PublicExp),
-        msg: &[u8],
-        sig: &[u8],
-    ) -> (bool, bool) {
+    fn both(alg: &str, key: &TestKey, msg: &[u8], sig: &[u8]) -> (bool, bool) {
         macro_rules! pair {
             ($d:ty) => {{
                 let hashed = <$d>::digest(msg);
                 let scheme = rsa::Pkcs1v15Sign::new::<$d>();
-                let ours = verify(exp, &scheme.prefix, &hashed, sig);
-                (ours, public.verify(scheme, &hashed, sig).is_ok())
+                let ours = verify(&key.exp, &scheme.prefix, &hashed, sig);
+                (ours, key.public.verify(scheme, &hashed, sig).is_ok())
             }};
         }
         match alg {
@@ -93,18 +60,14 @@ mod tests {
 
     #[test]
     fn genuine_signatures_verify_for_every_hash_and_size() {
-        for (key, public, exp) in keys() {
+        for key in keys() {
             for alg in ["RS256", "RS384", "RS512"] {
-                let sig = key.signature(alg, b"payload");
-                assert_eq!(
-                    both(alg, (public, exp), b"payload", &sig),
-                    (true, true),
-                    "{alg}"
-                );
+                let sig = key.mint.signature(alg, b"payload");
+                assert_eq!(both(alg, key, b"payload", &sig), (true, true), "{alg}");
                 // Signed with another hash: refused by both.
                 let other = if alg == "RS256" { "RS512" } else { "RS256" };
-                let sig = key.signature(other, b"payload");
-                assert_eq!(both(alg, (public, exp), b"payload", &sig), (false, false));
+                let sig = key.mint.signature(other, b"payload");
+                assert_eq!(both(alg, key, b"payload", &sig), (false, false));
             }
         }
     }
@@ -116,15 +79,15 @@ mod tests {
         /// signatures: exactly the crate's decision every time.
         #[test]
         fn decisions_match_the_rsa_crate(
-            which in 0usize..2,
+            which in 0usize..3,
             alg in prop::sample::select(vec!["RS256", "RS384", "RS512"]),
             msg in prop::collection::vec(any::<u8>(), 0..64),
             flip in any::<(usize, u8)>(),
             mode in 0u8..6,
             random in prop::collection::vec(any::<u8>(), 0..400),
         ) {
-            let (key, public, exp) = &keys()[which];
-            let mut sig = key.signature(alg, &msg);
+            let key = &keys()[which];
+            let mut sig = key.mint.signature(alg, &msg);
             let mut signed = msg.clone();
             match mode {
                 0 => {}
@@ -134,7 +97,7 @@ mod tests {
                 4 => sig.push(flip.1),
                 _ => sig = random,
             }
-            let (ours, theirs) = both(alg, (public, exp), &signed, &sig);
+            let (ours, theirs) = both(alg, key, &signed, &sig);
             prop_assert_eq!(ours, theirs);
             prop_assert_eq!(ours, mode == 0);
         }
