@@ -12,13 +12,24 @@ use crate::config::Plan;
 pub trait Store {
     /// The value and its CAS, `None` when absent.
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
-    /// Stores with `cas` (0: only if absent... as proxy-wasm: a missing key accepts any);
-    /// false on a CAS mismatch.
+    /// Stores with `cas` (0: unconditionally); false on a CAS mismatch. As in
+    /// proxy-wasm, a missing key accepts any `cas`.
     fn set(&self, key: &str, value: &[u8], cas: u32) -> bool;
 }
 
 const PROBES: u64 = 8;
 const ATTEMPTS: usize = 16;
+
+/// The CAS to create an absent key with. proxy-wasm has no create-if-absent: a missing
+/// key accepts any CAS, and with CAS 0 a worker that saw the key absent would write
+/// over the bucket another worker created since, losing what that one counted. Hosts
+/// number writes with one counter (Envoy and ours), so a key created since we looked
+/// has a CAS close to those just seen; one half the counter's range away from them
+/// matches no such key, and a creation that lost the race fails like any CAS mismatch
+/// and is retried on what the winner stored.
+fn creation_cas(seen: Option<u32>) -> u32 {
+    seen.unwrap_or(0).wrapping_add(1 << 31).max(1)
+}
 
 /// FNV-1a: stable across VMs and workers (a keyed hash would differ per VM).
 fn hash(s: &str) -> u64 {
@@ -76,10 +87,16 @@ pub fn take(
     for _ in 0..ATTEMPTS {
         let mut free: Option<(String, u32)> = None;
         let mut mine: Option<(String, u32, Buckets)> = None;
+        let mut seen: Option<u32> = None;
         for i in 0..PROBES {
             let key = format!("{prefix}{}", (start.wrapping_add(i)) % u64::from(slots));
-            match store.get(&key) {
+            let got = store.get(&key);
+            if let Some((_, cas)) = &got {
+                seen = Some(*cas);
+            }
+            match got {
                 None => {
+                    // Absent: the CAS is chosen below, once every probe has been seen.
                     free.get_or_insert((key, 0));
                 }
                 Some((v, cas)) => match decode(&v) {
@@ -102,6 +119,7 @@ pub fn take(
         }
         let (key, cas, state) = match (mine, free) {
             (Some((k, c, b)), _) => (k, c, Some(b)),
+            (None, Some((k, 0))) => (k, creation_cas(seen), None),
             (None, Some((k, c))) => (k, c, None),
             (None, None) => return Taken::Contended,
         };
@@ -194,6 +212,57 @@ mod tests {
             take(&m, "t/", 8, &p, &format!("c{i}"), 0);
         }
         assert_eq!(take(&m, "t/", 8, &p, "newcomer", 0), Taken::Contended);
+    }
+
+    /// A store where, just before the first write lands, another worker's `take` runs
+    /// on the same table: the race of two workers meeting a new identity at once.
+    struct Racing<'a> {
+        map: &'a Map,
+        other: RefCell<Option<Box<dyn FnOnce(&Map) + 'a>>>,
+    }
+
+    impl Store for Racing<'_> {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.map.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+            if let Some(other) = self.other.borrow_mut().take() {
+                other(self.map);
+            }
+            self.map.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_bucket_created_by_another_worker_meanwhile_is_not_written_over() {
+        let p = plan(2.0);
+        for (theirs, size) in [("a", 64), ("b", 1)] {
+            // Both workers see the slot absent; the other one creates it first (for the
+            // same identity, or, in a table of one slot, for another).
+            let m = Map::default();
+            let racing = Racing {
+                map: &m,
+                other: RefCell::new(Some(Box::new(|m: &Map| {
+                    take(m, "t/", size, &p, theirs, 0);
+                }))),
+            };
+            let first = take(&racing, "t/", size, &p, "a", 0);
+            if theirs == "a" {
+                assert!(matches!(first, Taken::Decided(d) if d.allowed));
+                // Both requests counted: the limit of 2 is reached.
+                assert!(
+                    matches!(take(&m, "t/", size, &p, "a", 0), Taken::Decided(d) if !d.allowed)
+                );
+            } else {
+                // The only slot now holds another active identity: contended, and its
+                // bucket is intact (one of two taken).
+                assert_eq!(first, Taken::Contended);
+                assert!(matches!(take(&m, "t/", size, &p, "b", 0), Taken::Decided(d) if d.allowed));
+                assert!(
+                    matches!(take(&m, "t/", size, &p, "b", 0), Taken::Decided(d) if !d.allowed)
+                );
+            }
+        }
     }
 
     #[test]
