@@ -216,9 +216,11 @@ mod tests {
 
     /// A store where, just before the first write lands, another worker's `take` runs
     /// on the same table: the race of two workers meeting a new identity at once.
+    type OtherWorker<'a> = Box<dyn FnOnce(&Map) + 'a>;
+
     struct Racing<'a> {
         map: &'a Map,
-        other: RefCell<Option<Box<dyn FnOnce(&Map) + 'a>>>,
+        other: RefCell<Option<OtherWorker<'a>>>,
     }
 
     impl Store for Racing<'_> {
