@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const FILTERS: [&str; 4] = ["oidc", "jwt-auth", "tier-limiter", "header-forwarder"];
-const TEST_FILTERS: [&str; 2] = ["conformance-filter", "noop-filter"];
+const TEST_FILTERS: [&str; 3] = ["conformance-filter", "noop-filter", "calls-filter"];
 const TARGET: &str = "wasm32-wasip1";
 
 fn main() -> ExitCode {

@@ -12,9 +12,13 @@
 //! - `uncached`: the same chains with a fresh RS256 token per request from a pool.
 //! - `limiter`: portcullis without filters, with tier-limiter `local`, with `global`
 //!   (Redis through `portcullis ratelimit-service`).
-//! - `jwt`: jwt-auth alone in both hosts against Envoy's native jwt_authn.
+//! - `jwt`: jwt-auth alone in both hosts against Envoy's native jwt_authn, and in Envoy
+//!   a filter making only jwt-auth's host calls (the floor under any filter doing its
+//!   job).
 //! - `floor`: one and three no-op wasm filters in each host: what running a wasm
 //!   filter costs a host before the filter does anything (the floor under the chain).
+//! - `calls` (only when asked for: 34 targets): the price of each kind of proxy-wasm
+//!   host call in each host, the first of a request and each further one.
 //!
 //! `$PORTCULLIS_COMPARE_ALT_WASM=DIR` adds the chain built from a second directory of
 //! filters to the chain section, in both hosts, interleaved with the first: an A/B of
@@ -178,6 +182,9 @@ fn main() {
     if ctx.runs("floor") {
         floor_section(&ctx);
     }
+    if ctx.a.only.as_deref() == Some("calls") {
+        calls_section(&ctx);
+    }
     let _ = std::fs::remove_dir_all(&ctx.dir);
 }
 
@@ -335,6 +342,48 @@ fn chain_filters(ctx: &Ctx) -> Vec<Filter<'static>> {
         .collect()
 }
 
+/// The chain's host calls without its work: three calls-filters making, on a cached
+/// request, exactly the calls jwt-auth, tier-limiter and header-forwarder make (counted
+/// in the test bed): the floor under any three filters that do the chain's job through
+/// proxy-wasm.
+fn chain_calls_filters(token: &str) -> Vec<Filter<'static>> {
+    let ratelimit_headers = [
+        "x-ratelimit-limit-second",
+        "x-ratelimit-remaining-second",
+        "x-ratelimit-limit-hour",
+        "x-ratelimit-remaining-hour",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "ratelimit-policy",
+        "ratelimit",
+    ];
+    vec![
+        Filter {
+            name: "auth",
+            wasm: "calls_filter",
+            config: json!({"calls": ["headers", "time", "set_header x-consumer-id user-1",
+                "set_header x-consumer-tier premium", "set_header x-credential-identifier user-1",
+                "remove_header authorization", format!("set_property portcullis.credential {token}")]}),
+        },
+        Filter {
+            name: "limits",
+            wasm: "calls_filter",
+            config: json!({"setup": ["shared_set bucket 0123456789abcdef0123456789abcdef01234567"],
+                "calls": ["property portcullis.credential", "header x-consumer-id", "header x-consumer-tier",
+                    "time", "shared_get bucket", "shared_set bucket 0123456789abcdef0123456789abcdef01234567"],
+                "response_calls": ratelimit_headers.iter().map(|h| format!("set_header {h} 999999998")).collect::<Vec<_>>()}),
+        },
+        Filter {
+            name: "forward",
+            wasm: "calls_filter",
+            config: json!({"calls": ["headers", "property portcullis.credential", "remove_header x-internal",
+                "set_header x-consumer user-1", "set_header x-plan premium", format!("set_header authorization Bearer-{token}")],
+                "response_calls": ["remove_header server"]}),
+        },
+    ]
+}
+
 /// `n` filters that do nothing, for our gateway: the host's own cost per filter.
 fn noop_filters(n: usize) -> Vec<Filter<'static>> {
     const NAMES: [&str; 3] = ["n1", "n2", "n3"];
@@ -454,6 +503,22 @@ fn chain_section(ctx: &Ctx) {
     let e_chain = start_envoy(&envoy_chain(ctx), &headers);
     let e_native = start_envoy(&envoy_native(ctx), &headers);
     let e_noop = start_envoy(&envoy_noops(ctx, 3), &headers);
+    // The floors: the chain's host calls alone, in each host.
+    let calls = chain_calls_filters(&token);
+    let p_calls = start_portcullis(ctx, "calls3", &calls, &[], &headers);
+    let e_calls = start_envoy(
+        &calls.iter().fold(
+            EnvoyConfig::new(ctx.upstream).concurrency(a.workers),
+            |c, f| {
+                c.filter(WasmFilter::new(
+                    f.name,
+                    ctx.wasm_dir().join(format!("{}.wasm", f.wasm)),
+                    &f.config.to_string(),
+                ))
+            },
+        ),
+        &headers,
+    );
     // The same chain from a second build of the filters, when asked for.
     let alt = ctx.alt_wasm.as_ref().map(|dir| {
         let main = ctx.wasm.replace(dir.clone());
@@ -471,6 +536,8 @@ fn chain_section(ctx: &Ctx) {
         target("envoy + native equivalent", &e_native),
         target("portcullis + 3 no-op filters", &p_noop),
         target("envoy + 3 no-op wasm filters", &e_noop),
+        target("portcullis + the chain's host calls alone", &p_calls),
+        target("envoy + the chain's host calls alone", &e_calls),
     ];
     if let Some((p, e)) = &alt {
         targets.push(target("portcullis + chain (alt wasm)", p));
@@ -512,14 +579,22 @@ fn chain_section(ctx: &Ctx) {
         "| ceiling of our chain / native: Envoy, 3 no-op wasm filters / native equivalent, req/s | {:.2} | |",
         m[7].rps / m[5].rps
     );
+    println!(
+        "| floor of chain / no filters: portcullis, the chain's host calls alone / no filters, req/s | {:.2} | |",
+        m[8].rps / m[1].rps
+    );
+    println!(
+        "| floor of our chain / native: Envoy, the chain's host calls alone / native equivalent, req/s | {:.2} | |",
+        m[9].rps / m[5].rps
+    );
     if alt.is_some() {
         println!(
             "| alt wasm / wasm, chain in portcullis, req per CPU-second | {:.3} | |",
-            m[8].rps_per_cpu() / m[2].rps_per_cpu()
+            m[10].rps_per_cpu() / m[2].rps_per_cpu()
         );
         println!(
             "| alt wasm / wasm, chain in Envoy, req per CPU-second | {:.3} | |",
-            m[9].rps_per_cpu() / m[4].rps_per_cpu()
+            m[11].rps_per_cpu() / m[4].rps_per_cpu()
         );
     }
     println!(
@@ -588,6 +663,89 @@ fn floor_section(ctx: &Ctx) {
             m[i + 1].rps / m[i].rps,
             m[i + 2].rps / m[i].rps,
             per_filter(&m[i], &m[i + 2])
+        );
+    }
+}
+
+/// What each kind of proxy-wasm host call costs in each host: calls-filter making it
+/// once and ten times per request, against the same filter making none. The first
+/// call of a request can cost more than the next ones (Envoy clears the route cache on
+/// a header change, creates the filter state on a property write), so both are shown:
+/// the first, and each further one (the difference between ten and one, over nine), in
+/// the proxy's CPU per request.
+fn calls_section(ctx: &Ctx) {
+    const TIMES: usize = 10;
+    const KINDS: [(&str, &str); 8] = [
+        ("read the request header map", "headers"),
+        ("read one request header", "header authorization"),
+        ("set a request header", "set_header x-priced yes"),
+        ("read a property (request.path)", "property request/path"),
+        ("set a property", "set_property portcullis.priced yes"),
+        ("read shared data", "shared_get priced"),
+        ("write shared data", "shared_set priced yes"),
+        ("read the time", "time"),
+    ];
+    let headers = vec!["authorization: Bearer x".to_string()];
+    let config = |call: &str, times: usize| json!({"setup": ["shared_set priced yes"], "calls": vec![call; times]});
+    // No call, then each kind once and ten times: in each host.
+    let runs: Vec<(&str, usize)> = std::iter::once(("", 0))
+        .chain(KINDS.iter().flat_map(|k| [(k.1, 1), (k.1, TIMES)]))
+        .collect();
+    let names: Vec<String> = (0..runs.len()).map(|i| format!("c{i}")).collect();
+    let mut started = Vec::new();
+    let mut labels = Vec::new();
+    for (name, (call, times)) in names.iter().zip(&runs) {
+        let what = if *times == 0 {
+            "no call".to_string()
+        } else {
+            format!("{times} x {call}")
+        };
+        let filter = [Filter {
+            name,
+            wasm: "calls_filter",
+            config: config(call, *times),
+        }];
+        started.push(start_portcullis(ctx, name, &filter, &[], &headers));
+        labels.push(format!("portcullis, {what}"));
+        started.push(start_envoy(
+            &EnvoyConfig::new(ctx.upstream)
+                .concurrency(ctx.a.workers)
+                .filter(WasmFilter::new(
+                    "calls",
+                    ctx.wasm_dir().join("calls_filter.wasm"),
+                    &config(call, *times).to_string(),
+                )),
+            &headers,
+        ));
+        labels.push(format!("envoy, {what}"));
+    }
+    let targets: Vec<_> = labels
+        .iter()
+        .zip(&started)
+        .map(|(l, s)| target(l, s))
+        .collect();
+    let m = compare(
+        "The price of each host call: one kind of call, once and ten times per request",
+        &targets,
+        &Load::headers(&headers),
+        &ctx.a,
+    );
+    let us = |i: usize| 1e6 / m[i].rps_per_cpu();
+    println!(
+        "\n| host call | portcullis: first, further (CPU µs) | Envoy: first, further (CPU µs) |"
+    );
+    println!("|---|---|---|");
+    for (k, (label, _)) in KINDS.iter().enumerate() {
+        // Targets: 2 per run (portcullis, envoy); runs: none, then once and ten times.
+        let (once, ten) = (2 * (1 + 2 * k), 2 * (2 + 2 * k));
+        let first = |host: usize| us(once + host) - us(host);
+        let further = |host: usize| (us(ten + host) - us(once + host)) / (TIMES - 1) as f64;
+        println!(
+            "| {label} | {:.2}, {:.2} | {:.2}, {:.2} |",
+            first(0),
+            further(0),
+            first(1),
+            further(1)
         );
     }
 }
@@ -768,11 +926,28 @@ fn jwt_section(ctx: &Ctx) {
     );
     // The ceiling for any wasm filter in Envoy: one that does nothing.
     let noop = start_envoy(&envoy_noops(ctx, 1), &headers);
+    // The floor under jwt-auth in Envoy: the five host calls it makes on a cached token
+    // (the request headers, the time, two identity headers, the verified credential
+    // for header-forwarder), made by a filter that does nothing else.
+    let calls = json!({"calls": ["headers", "time", "set_header x-consumer-id user-1",
+        "set_header x-credential-identifier user-1",
+        format!("set_property portcullis.credential {token}")]});
+    let floor = start_envoy(
+        &EnvoyConfig::new(ctx.upstream)
+            .concurrency(a.workers)
+            .filter(WasmFilter::new(
+                "calls",
+                ctx.wasm_dir().join("calls_filter.wasm"),
+                &calls.to_string(),
+            )),
+        &headers,
+    );
     let targets = vec![
         target("portcullis + jwt-auth", &p),
         target("envoy + jwt-auth (wasm)", &e),
         target("envoy + jwt_authn (native)", &native),
         target("envoy + a no-op wasm filter", &noop),
+        target("envoy + jwt-auth's host calls alone", &floor),
     ];
     let m = compare(
         "jwt-auth alone, one valid ES256 token (cached)",
@@ -789,6 +964,10 @@ fn jwt_section(ctx: &Ctx) {
     println!(
         "| a no-op wasm filter in Envoy / native jwt_authn, req/s (the ceiling of the above) | {:.2}x |",
         m[3].rps / m[2].rps
+    );
+    println!(
+        "| a wasm filter making only jwt-auth's host calls in Envoy / native jwt_authn, req/s (the floor under any wasm filter doing its job) | {:.2}x |",
+        m[4].rps / m[2].rps
     );
     println!(
         "| portcullis + jwt-auth / Envoy + jwt-auth, req per CPU-second | {:.2}x |",
