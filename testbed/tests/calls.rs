@@ -8,7 +8,7 @@ use serde_json::json;
 fn listed_calls_take_effect_and_nothing_else_changes() {
     let calls = json!({"calls": ["headers", "header authorization", "time", "property request/path",
         "shared_set k v", "shared_get k", "set_header x-consumer-id user-1",
-        "set_property portcullis.credential tok", "remove_header x-gone"],
+        "set_property portcullis.credential tok", "remove_header x-gone", "copy 64"],
         "setup": ["shared_set at-start yes"],
         "response_calls": ["headers", "set_header x-answered yes", "remove_header x-secret"]});
     let mut bed = TestBed::new()
@@ -60,6 +60,7 @@ fn no_calls_is_a_no_op_and_unknown_calls_are_refused() {
         r#"{"calls": "headers"}"#,
         "not json",
         r#"{"calls": ["set_header x"]}"#,
+        r#"{"calls": ["copy many"]}"#,
     ] {
         assert!(
             TestBed::new()

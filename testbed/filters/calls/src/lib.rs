@@ -15,6 +15,8 @@
 //! shared_get KEY          read shared data
 //! shared_set KEY VALUE    write shared data
 //! time                    read the current time
+//! copy BYTES              no host call: copy BYTES bytes inside the filter, a hundred
+//!                         times (`memory.copy`: what a host's wasm runtime makes of it)
 //! ```
 //!
 //! With the calls a real filter makes, it prices them with none of that filter's work:
@@ -41,6 +43,7 @@ enum Call {
     SharedGet(String),
     SharedSet(String, String),
     Time,
+    Copy(usize),
 }
 
 fn parse(line: &str) -> Option<Call> {
@@ -55,6 +58,7 @@ fn parse(line: &str) -> Option<Call> {
         ("shared_get", Some(k), None) => Call::SharedGet(k.into()),
         ("shared_set", Some(k), Some(v)) => Call::SharedSet(k.into(), v.into()),
         ("time", None, None) => Call::Time,
+        ("copy", Some(n), None) => Call::Copy(n.parse().ok()?),
         _ => return None,
     };
     words.next().is_none().then_some(call)
@@ -105,6 +109,17 @@ fn make(call: &Call, map: MapType) {
         Call::SharedGet(k) => hostcalls::get_shared_data(k).map(drop),
         Call::SharedSet(k, v) => hostcalls::set_shared_data(k, Some(v.as_bytes()), None),
         Call::Time => hostcalls::get_current_time().map(drop),
+        Call::Copy(n) => {
+            let from = vec![7u8; *n];
+            let mut to = vec![0u8; *n];
+            for _ in 0..100 {
+                // A length the compiler cannot see: a real memory.copy each time.
+                let len = std::hint::black_box(*n);
+                to[..len].copy_from_slice(&from[..len]);
+                std::hint::black_box(&mut to);
+            }
+            Ok(())
+        }
     };
 }
 
