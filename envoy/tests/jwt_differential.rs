@@ -328,11 +328,13 @@ fn our_filter_in_envoy_decides_as_envoys_jwt_authn() {
     let a = HttpCluster::new(
         &format!("http://{}", wasm_envoy.listener),
         Duration::from_secs(1),
+        None,
     )
     .unwrap();
     let b = HttpCluster::new(
         &format!("http://{}", native_envoy.listener),
         Duration::from_secs(1),
+        None,
     )
     .unwrap();
 

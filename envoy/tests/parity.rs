@@ -173,6 +173,7 @@ fn run_envoy(
     let client = HttpCluster::new(
         &format!("http://{}", envoy.listener),
         Duration::from_secs(1),
+        None,
     )
     .expect("client");
     let mut out = BTreeMap::new();

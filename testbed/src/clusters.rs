@@ -68,8 +68,10 @@ impl BedClusters {
     pub fn connect_real(&mut self) -> Result<(), String> {
         for (name, c) in &self.clusters {
             if let Cluster::Url(url) = c {
-                self.real
-                    .insert(name.clone(), HttpCluster::new(url, Duration::from_secs(1))?);
+                self.real.insert(
+                    name.clone(),
+                    HttpCluster::new(url, Duration::from_secs(1), None)?,
+                );
             }
         }
         Ok(())

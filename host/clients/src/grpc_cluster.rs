@@ -27,6 +27,11 @@ impl GrpcCluster {
             .authority()
             .cloned()
             .ok_or_else(|| format!("cluster url `{url}` has no host"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "cluster url `{url}`: gRPC calls go over h2c (http://) only"
+            ));
+        }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);

@@ -1,32 +1,43 @@
 //! `http_call` over a real connection to one cluster address.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_engine::{CallFailure, HeaderMap, HttpCallRequest, HttpCallResponse, LocalFuture};
 
-/// A cluster reached over plain HTTP/1.1 at `base` (e.g. `http://127.0.0.1:9000`).
+/// A cluster reached over HTTP/1.1 at `base` (e.g. `http://127.0.0.1:9000`), or over
+/// TLS for an `https://` URL.
 #[derive(Clone, Debug)]
 pub struct HttpCluster {
     base: http::uri::Authority,
     scheme: http::uri::Scheme,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl HttpCluster {
-    pub fn new(url: &str, connect_timeout: Duration) -> Result<HttpCluster, String> {
+    /// A cluster at `url`; an `https://` one needs `tls` (see [`crate::tls`]).
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<HttpCluster, String> {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| format!("bad cluster url `{url}`: {e}"))?;
         let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
-        if scheme != http::uri::Scheme::HTTP {
+        if scheme == http::uri::Scheme::HTTPS && tls.is_none() {
             return Err(format!(
-                "cluster url `{url}`: only http:// is supported here"
+                "cluster url `{url}`: https needs a TLS configuration"
             ));
+        }
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("cluster url `{url}`: expected http:// or https://"));
         }
         let base = uri
             .authority()
@@ -37,7 +48,7 @@ impl HttpCluster {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(crate::tls::connector(connector, tls));
         Ok(HttpCluster {
             base,
             scheme,

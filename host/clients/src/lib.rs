@@ -6,6 +6,7 @@
 pub mod echo;
 pub mod grpc_cluster;
 pub mod http_cluster;
+pub mod tls;
 
 pub use grpc_cluster::GrpcCluster;
 pub use http_cluster::HttpCluster;

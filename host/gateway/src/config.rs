@@ -91,6 +91,10 @@ pub struct ServiceConfig {
     pub max_request_body_bytes: u64,
     #[serde(default = "default_body")]
     pub max_response_body_bytes: u64,
+    /// For `https://` URLs: trust only the CAs in this PEM file instead of the
+    /// system's certificate store.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_connect() -> u64 {
@@ -186,6 +190,10 @@ pub struct Listener {
 pub struct Service {
     pub name: String,
     pub urls: Vec<http::Uri>,
+    /// `http` or `https`, the same for every URL of the service.
+    pub scheme: http::uri::Scheme,
+    /// The TLS client configuration, for an `https` service.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub timeout: Duration,
@@ -293,16 +301,39 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         let mut urls = Vec::new();
         for u in raw {
             match u.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some() =>
+                {
                     urls.push(uri)
                 }
                 Ok(_) => errors.push(format!(
-                    "service `{}`: url `{u}`: expected http://HOST:PORT",
+                    "service `{}`: url `{u}`: expected http://HOST:PORT or https://HOST:PORT",
                     s.name
                 )),
                 Err(e) => errors.push(format!("service `{}`: url `{u}`: {e}", s.name)),
             }
         }
+        let https = urls.iter().any(|u| u.scheme_str() == Some("https"));
+        if https && urls.iter().any(|u| u.scheme_str() == Some("http")) {
+            errors.push(format!("service `{}`: its urls mix http and https", s.name));
+        }
+        let tls = match (&s.ca_file, https) {
+            (Some(_), false) => {
+                errors.push(format!("service `{}`: ca_file is for https urls", s.name));
+                None
+            }
+            (ca_file, true) => {
+                match portcullis_clients::tls::client_config(ca_file.as_deref().map(Path::new)) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.push(format!("service `{}`: {e}", s.name));
+                        None
+                    }
+                }
+            }
+            (None, false) => None,
+        };
         for (field, v) in [
             ("connect_timeout_ms", s.connect_timeout_ms),
             ("read_timeout_ms", s.read_timeout_ms),
@@ -315,6 +346,12 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         services.push(Arc::new(Service {
             name: s.name.clone(),
             urls,
+            scheme: if https {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
+            tls,
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
             read_timeout: Duration::from_millis(s.read_timeout_ms),
             timeout: Duration::from_millis(s.timeout_ms),

@@ -19,7 +19,7 @@ pub struct GatewayMetrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// route → latency histogram.
     latency: Mutex<BTreeMap<String, Histogram>>,
-    /// (service, kind) → count; kind is connect, timeout, reset, body_too_large.
+    /// (service, kind) → count; kind is connect, tls, timeout, reset, body_too_large.
     upstream_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     pub in_flight: AtomicU64,
 }

@@ -377,7 +377,7 @@ pub async fn handle(
     let authority = svc.next_authority().clone();
     let up_path = strip_prefix(&route, &prefix, headers.get_str(":path").unwrap_or("/"));
     let uri = match http::Uri::builder()
-        .scheme("http")
+        .scheme(svc.service.scheme.clone())
         .authority(authority.clone())
         .path_and_query(up_path.as_str())
         .build()
@@ -845,7 +845,7 @@ async fn direct(
     let authority = svc.next_authority().clone();
     let up_path = strip_prefix(&route, &prefix, &path);
     let Ok(uri) = http::Uri::builder()
-        .scheme("http")
+        .scheme(svc.service.scheme.clone())
         .authority(authority.clone())
         .path_and_query(up_path.as_str())
         .build()
@@ -953,6 +953,11 @@ fn send_failure(ctx: &mut Ctx, e: &hyper_util::client::legacy::Error, id: &str) 
             id,
         );
     }
+    if let Some(cause) = tls_failure(e) {
+        let r = refusal(ctx, Some("tls"), 502, "upstream TLS handshake failed", id);
+        ctx.entry.error = Some(format!("upstream TLS handshake failed: {cause}"));
+        return r;
+    }
     let (kind, message) = if e.is_connect() {
         ("connect", "upstream connection failed")
     } else {
@@ -961,6 +966,26 @@ fn send_failure(ctx: &mut Ctx, e: &hyper_util::client::legacy::Error, id: &str) 
     let r = refusal(ctx, Some(kind), 502, message, id);
     ctx.entry.error = Some(format!("{message}: {e}"));
     r
+}
+
+/// The TLS error behind a failed upstream connection (an untrusted or mismatched
+/// certificate, a protocol failure), for the access log.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // The connector reports it inside io::Errors, whose `source` skips the error
+        // they wrap: follow the wrapped one.
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -24,7 +25,7 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 /// A service as one worker reaches it.
 pub struct ServiceClient {
     pub service: Arc<Service>,
-    pub client: Client<HttpConnector, UpstreamBody>,
+    pub client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     next: Cell<usize>,
 }
 
@@ -37,7 +38,10 @@ impl ServiceClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(portcullis_clients::tls::connector(
+                connector,
+                service.tls.clone(),
+            ));
         ServiceClient {
             service,
             client,
@@ -69,7 +73,7 @@ impl GatewayClusters {
             let urls: Vec<String> = s.urls.iter().map(|u| u.to_string()).collect();
             let h: Vec<HttpCluster> = urls
                 .iter()
-                .filter_map(|u| HttpCluster::new(u, s.connect_timeout).ok())
+                .filter_map(|u| HttpCluster::new(u, s.connect_timeout, s.tls.clone()).ok())
                 .collect();
             let g: Vec<GrpcCluster> = urls
                 .iter()

@@ -37,7 +37,7 @@ fn overload(bases: &[String], secs: u64) -> (u64, u64, u64, f64) {
     let local = tokio::task::LocalSet::new();
     let clients: Vec<HttpCluster> = bases
         .iter()
-        .map(|b| HttpCluster::new(b, Duration::from_secs(2)).unwrap())
+        .map(|b| HttpCluster::new(b, Duration::from_secs(2), None).unwrap())
         .collect();
     let counts = Rc::new((Cell::new(0u64), Cell::new(0u64), Cell::new(0u64)));
     let start = Instant::now();

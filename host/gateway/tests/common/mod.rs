@@ -67,18 +67,25 @@ pub fn echo() -> SocketAddr {
 
 /// An upstream that answers 200 "slow" after `delay`.
 pub fn slow(delay: Duration) -> SocketAddr {
+    answering(delay, Bytes::from_static(b"slow"))
+}
+
+/// An upstream that answers every request 200 with `body`, after `delay`.
+pub fn answering(delay: Duration, body: Bytes) -> SocketAddr {
     background(async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
                 let (s, _) = l.accept().await.unwrap();
+                let body = body.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |_req| async move {
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"slow"),
-                        )))
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let body = body.clone();
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
@@ -242,7 +249,7 @@ pub fn send(
         .enable_all()
         .build()
         .unwrap();
-    let client = HttpCluster::new(base, Duration::from_secs(2))?;
+    let client = HttpCluster::new(base, Duration::from_secs(2), None)?;
     let mut h = HeaderMap::new();
     h.add(":method", method);
     h.add(":path", path);
