@@ -174,3 +174,39 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: api, filters: [jwt] }}]
         res.body
     );
 }
+
+/// An https upstream that accepts the connection and never answers the handshake is a
+/// timeout like any other, not a hung request.
+#[test]
+fn a_silent_tls_upstream_times_out() {
+    let silent = background(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                held.push(s);
+            }
+        });
+        addr
+    });
+    let dir = TempDir::new();
+    let ca = dir.0.join("ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: main, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: s, url: "https://localhost:{}", ca_file: "{}", read_timeout_ms: 300, timeout_ms: 600 }}]
+routes: [{{ name: r, match: {{ paths: [/] }}, service: s }}]
+"#,
+        silent.port(),
+        ca.display()
+    ));
+    let started = std::time::Instant::now();
+    let res = get(&gw, "/hello", &[]);
+    assert_eq!(res.status, 504, "{}", res.body);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
