@@ -65,6 +65,16 @@ pub struct ConfigFile {
     pub id_token_algorithms: Option<Vec<String>>,
     #[serde(default)]
     pub realm: Option<String>,
+    /// OpenID Connect Core 3.1.2.1: sent as `max_age`; the ID token must then carry an
+    /// `auth_time` no older than this (plus the clock skew).
+    #[serde(default)]
+    pub max_age: Option<u64>,
+    /// Extra authorization-request parameters (`prompt`, `acr_values`, `login_hint`,
+    /// `ui_locales`...), names and values in the same order, as in Kong.
+    #[serde(default)]
+    pub authorization_query_args_names: Vec<String>,
+    #[serde(default)]
+    pub authorization_query_args_values: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,7 +229,23 @@ pub struct Config {
     pub skew: u64,
     pub algorithms: Vec<Alg>,
     pub realm: String,
+    pub max_age: Option<u64>,
+    /// Extra authorization-request parameters, in order.
+    pub authorize_args: Vec<(String, String)>,
 }
+
+/// The authorization-request parameters the filter sets itself.
+const OWN_AUTHORIZE_ARGS: [&str; 9] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "max_age",
+];
 
 /// How the session cookies are written.
 #[derive(Debug, Clone)]
@@ -570,6 +596,31 @@ impl Config {
             return Err(err("bearer_audiences", "an audience is empty"));
         }
         let bearer_audiences = f.bearer_audiences;
+        if let Some(max_age) = f.max_age {
+            at_most("max_age", max_age, MAX_LIFETIME)?;
+        }
+        if f.authorization_query_args_names.len() != f.authorization_query_args_values.len() {
+            return Err(err(
+                "authorization_query_args_values",
+                "must have one value for each of authorization_query_args_names",
+            ));
+        }
+        for name in &f.authorization_query_args_names {
+            if name.is_empty() {
+                return Err(err("authorization_query_args_names", "a name is empty"));
+            }
+            if OWN_AUTHORIZE_ARGS.contains(&name.as_str()) {
+                return Err(err(
+                    "authorization_query_args_names",
+                    &format!("`{name}` is set by the filter itself (max_age has its own field)"),
+                ));
+            }
+        }
+        let authorize_args = f
+            .authorization_query_args_names
+            .into_iter()
+            .zip(f.authorization_query_args_values)
+            .collect();
         Ok(Config {
             issuer: f.issuer,
             client_id: f.client_id,
@@ -603,6 +654,8 @@ impl Config {
             skew: f.clock_skew_seconds,
             algorithms,
             realm: f.realm.unwrap_or_else(|| "portcullis".into()),
+            max_age: f.max_age,
+            authorize_args,
         })
     }
 
@@ -657,6 +710,42 @@ mod tests {
         match parse(&v) {
             Err(e) => assert!(e.to_string().contains(field), "{e} should name {field}"),
             Ok(_) => panic!("accepted a bad {field}: {v}"),
+        }
+    }
+
+    #[test]
+    fn extra_authorization_arguments_and_max_age_are_checked() {
+        let mut doc = base();
+        doc["max_age"] = json!(600);
+        doc["authorization_query_args_names"] = json!(["prompt", "acr_values"]);
+        doc["authorization_query_args_values"] = json!(["login", "urn:mace:incommon:iap:silver"]);
+        let c = parse(&doc).unwrap();
+        assert_eq!(c.max_age, Some(600));
+        assert_eq!(
+            c.authorize_args,
+            vec![
+                ("prompt".to_string(), "login".to_string()),
+                (
+                    "acr_values".to_string(),
+                    "urn:mace:incommon:iap:silver".to_string()
+                )
+            ]
+        );
+        refused_naming(with(&["max_age"], json!(MAX_LIFETIME + 1)), "max_age");
+        let mut uneven = doc.clone();
+        uneven["authorization_query_args_values"] = json!(["login"]);
+        refused_naming(uneven, "authorization_query_args_values");
+        for own in [
+            "state",
+            "nonce",
+            "redirect_uri",
+            "max_age",
+            "",
+            "code_challenge",
+        ] {
+            let mut d = doc.clone();
+            d["authorization_query_args_names"] = json!([own, "acr_values"]);
+            refused_naming(d, "authorization_query_args_names");
         }
     }
 

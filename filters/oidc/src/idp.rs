@@ -73,16 +73,26 @@ pub fn authorize_url(
     verifier: &str,
 ) -> String {
     let challenge = pkce_challenge(verifier);
-    let query = form(&[
+    let max_age = c.max_age.map(|m| m.to_string());
+    let mut pairs = vec![
         ("response_type", "code"),
-        ("client_id", &c.client_id),
-        ("redirect_uri", &c.redirect_uri),
-        ("scope", &c.scopes),
+        ("client_id", c.client_id.as_str()),
+        ("redirect_uri", c.redirect_uri.as_str()),
+        ("scope", c.scopes.as_str()),
         ("state", state),
         ("nonce", nonce),
-        ("code_challenge", &challenge),
+        ("code_challenge", challenge.as_str()),
         ("code_challenge_method", "S256"),
-    ]);
+    ];
+    if let Some(m) = &max_age {
+        pairs.push(("max_age", m));
+    }
+    pairs.extend(
+        c.authorize_args
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let query = form(&pairs);
     let sep = if d.authorization_endpoint.contains('?') {
         '&'
     } else {
@@ -232,6 +242,10 @@ pub enum TokenRefused {
     Nonce,
     #[error("no iat")]
     NoIssuedAt,
+    #[error("no auth_time, which max_age requires")]
+    NoAuthTime,
+    #[error("the user authenticated longer ago than max_age")]
+    AuthTooOld,
     #[error("not a back-channel logout token")]
     NotLogoutToken,
     #[error("an ID token or logout token is not an access token")]
@@ -283,7 +297,8 @@ fn verify_signed(
 /// and an allowed algorithm, `iss` exactly ours, `aud` containing our client id, `azp`
 /// (when present, or when there are several audiences) our client id, `exp`, `iat`,
 /// and `nonce` equal to the login's (when `nonce` is given: refreshed ID tokens have
-/// none to compare).
+/// none to compare). At login (with `nonce`) and with `max_age` configured, also
+/// `auth_time`, present and recent enough (3.1.2.1).
 pub fn verify_id_token(
     c: &Config,
     keys: &KeySet,
@@ -308,6 +323,14 @@ pub fn verify_id_token(
         match claims.get("nonce") {
             Some(Value::String(n)) if n == expected => {}
             _ => return Err(TokenRefused::Nonce),
+        }
+        if let Some(max_age) = c.max_age {
+            let auth_time = kit::jwt::claims::numeric(&claims, "auth_time")
+                .map_err(TokenRefused::Invalid)?
+                .ok_or(TokenRefused::NoAuthTime)?;
+            if now > auth_time.saturating_add(max_age).saturating_add(c.skew) {
+                return Err(TokenRefused::AuthTooOld);
+            }
         }
     }
     Ok(claims)
@@ -468,6 +491,56 @@ mod tests {
             pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
+    }
+
+    #[test]
+    fn max_age_and_extra_arguments_go_into_the_authorization_request() {
+        let mut c = config();
+        assert!(!authorize_url(&c, &discovery(), "st", "no", "v").contains("max_age"));
+        c.max_age = Some(300);
+        c.authorize_args = vec![
+            ("prompt".into(), "login".into()),
+            ("login_hint".into(), "ada@example.com".into()),
+        ];
+        let url = authorize_url(&c, &discovery(), "st", "no", "v");
+        let q = url.strip_prefix("https://idp.test/auth?").unwrap();
+        let p = |n| crate::url::param(q, n).unwrap().unwrap();
+        assert_eq!(p("max_age"), "300");
+        assert_eq!(p("prompt"), "login");
+        assert_eq!(p("login_hint"), "ada@example.com");
+        assert_eq!(p("state"), "st");
+    }
+
+    /// With max_age, the login's ID token needs a recent `auth_time`; a refreshed one
+    /// (no nonce to compare) is not held to it.
+    #[test]
+    fn max_age_holds_the_login_id_token_to_its_auth_time() {
+        let key = jwt_mint::Key::ec256("k1");
+        let (keys, _) =
+            kit::jwt::keys::parse_jwks(jwt_mint::jwks(&[&key]).to_string().as_bytes(), true)
+                .unwrap();
+        let mut c = config();
+        c.max_age = Some(300);
+        let now = 1_800_000_000u64;
+        let token = |auth_time: Option<u64>| {
+            let mut claims = json!({"iss": "https://idp.test", "aud": "web app", "sub": "u",
+                "nonce": "n1", "iat": now, "exp": now + 600});
+            if let Some(t) = auth_time {
+                claims["auth_time"] = json!(t);
+            }
+            key.sign("ES256", claims)
+        };
+        let at_login = |t: &str| verify_id_token(&c, &keys, t, Some("n1"), now);
+        assert!(at_login(&token(Some(now - 100))).is_ok());
+        assert!(at_login(&token(Some(now - 300 - c.skew))).is_ok());
+        assert_eq!(
+            at_login(&token(Some(now - 301 - c.skew))),
+            Err(TokenRefused::AuthTooOld)
+        );
+        assert_eq!(at_login(&token(None)), Err(TokenRefused::NoAuthTime));
+        assert!(verify_id_token(&c, &keys, &token(None), None, now).is_ok());
+        c.max_age = None;
+        assert!(verify_id_token(&c, &keys, &token(None), Some("n1"), now).is_ok());
     }
 
     #[test]

@@ -99,7 +99,11 @@ fn oidc_config(issuer: &str) -> Value {
         "session": {"secrets": [{"id": "k1", "secret": "an-e2e-test-secret-of-at-least-32-chars"}]},
         "logout": {"path": "/logout", "post_logout_redirect_uri": format!("{APP}/bye")},
         "backchannel_logout_path": "/oidc/backchannel-logout",
-        "upstream_id_token_header": "x-id-token"
+        "upstream_id_token_header": "x-id-token",
+        // The IdP must then put auth_time in the ID token, and the filter checks it.
+        "max_age": 3600,
+        "authorization_query_args_names": ["ui_locales"],
+        "authorization_query_args_values": ["en"]
     })
 }
 
