@@ -612,7 +612,7 @@ impl Config {
             if OWN_AUTHORIZE_ARGS.contains(&name.as_str()) {
                 return Err(err(
                     "authorization_query_args_names",
-                    &format!("`{name}` is set by the filter itself (max_age has its own field)"),
+                    format!("`{name}` is set by the filter itself (max_age has its own field)"),
                 ));
             }
         }
