@@ -91,6 +91,19 @@ pub fn json_error(status: u16, message: &str, request_id: &str) -> LocalReply {
     }
 }
 
+/// What the gateway answers when a filter keeps a request paused past the service's
+/// `timeout_ms`.
+const FILTER_TIMEOUT: &str = "a filter did not let the request go on in time";
+
+/// Runs a filter phase, bounded by `limit`: a filter that pauses and never resumes is
+/// answered 504, not waited on for ever.
+async fn within(limit: Duration, id: &str, phase: impl std::future::Future<Output = Flow>) -> Flow {
+    match tokio::time::timeout(limit, phase).await {
+        Ok(flow) => flow,
+        Err(_) => Flow::Reply(json_error(504, FILTER_TIMEOUT, id)),
+    }
+}
+
 /// A request id: the client's when it is sane, else 16 random bytes in hex.
 fn request_id(headers: &http::HeaderMap) -> String {
     if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
@@ -141,6 +154,16 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// How long filters may hold a local reply: the route's service's `timeout_ms`.
+    fn reply_limit(&self) -> Duration {
+        let service = self.entry.service.as_deref();
+        self.state
+            .services
+            .iter()
+            .find(|s| Some(s.service.name.as_str()) == service)
+            .map_or(Duration::from_secs(60), |s| s.service.timeout)
+    }
+
     fn finish(mut self, status: u16) {
         let elapsed = self.start.elapsed();
         let route = self.entry.route.as_deref().unwrap_or("(none)");
@@ -187,8 +210,13 @@ async fn reply(
 ) -> http::Response<GwBody> {
     let (mut headers, body) = match stream {
         Some(mut s) => {
-            let out = s.encode_local_reply(reply).await;
-            let (mut h, b) = out;
+            // The filters see the reply's response; one that pauses on it for ever is
+            // cut short and the reply goes out as it was.
+            let limit = ctx.reply_limit();
+            let plain = (reply.response_headers(), reply.body.clone());
+            let (mut h, b) = tokio::time::timeout(limit, s.encode_local_reply(reply))
+                .await
+                .unwrap_or(plain);
             s.finish(&mut req_headers, &mut h);
             (h, b)
         }
@@ -359,7 +387,12 @@ pub async fn handle(
         Some(HttpStream::new(chain, info))
     };
     if let Some(s) = &mut stream {
-        let mut flow = s.request_headers(&mut headers, end_of_stream).await;
+        let mut flow = within(
+            svc.service.timeout,
+            &id,
+            s.request_headers(&mut headers, end_of_stream),
+        )
+        .await;
         if let Some(r) = s.take_failure() {
             flow = Flow::Reply(r);
         }
@@ -532,7 +565,13 @@ pub async fn handle(
     }
     let rbody_eos = rbody.is_end_stream();
     if let Some(s) = &mut stream {
-        if let Flow::Reply(r) = s.response_headers(&mut rh, rbody_eos).await {
+        let flow = within(
+            svc.service.timeout,
+            &id,
+            s.response_headers(&mut rh, rbody_eos),
+        )
+        .await;
+        if let Flow::Reply(r) = flow {
             ctx.entry.error = Some(format!("answered by a filter: {}", r.details));
             let h = r.response_headers();
             return finish_now(ctx, stream, headers, h, r.body);

@@ -275,6 +275,36 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [confor
     assert_eq!(r.body, "denied");
 }
 
+/// A filter that pauses and never resumes, in the request or in the response phase,
+/// is answered 504 once the service's timeout has passed; the gateway goes on serving.
+#[test]
+fn a_filter_that_never_resumes_is_a_504_not_a_hung_request() {
+    let up = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: backend, url: "http://{up}", timeout_ms: 400 }}]
+filters: [{{ name: conformance, wasm: "{}", config: {{ upstream: backend }} }}]
+routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [conformance], strip_path: false }}]
+"#,
+        wasm("conformance_filter")
+    ));
+    for case in ["/case/pause-forever", "/case/pause-response-forever"] {
+        let started = std::time::Instant::now();
+        let r = get(&gw, case, &[]);
+        assert_eq!(r.status, 504, "{case}: {}", r.body);
+        assert!(
+            r.body
+                .contains("a filter did not let the request go on in time"),
+            "{}",
+            r.body
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{case}");
+    }
+    assert_eq!(get(&gw, "/case/headers", &[]).status, 200);
+}
+
 #[test]
 fn admin_serves_metrics_health_and_readiness() {
     let gw = Gateway::start(&single_route(echo(), ""));

@@ -385,6 +385,8 @@ impl HttpContext for Case {
                 self.send_http_response(403, vec![("x-reason", "case")], Some(b"denied"));
                 Action::Pause
             }
+            // A filter that pauses and never resumes: the host must not hang on it.
+            "pause-forever" => Action::Pause,
             "props" => {
                 let lines = vec![
                     ("request.path", prop(self, &["request", "path"])),
@@ -480,7 +482,9 @@ impl HttpContext for Case {
                 self.call(&self.config.refused.clone(), "/", 5000).unwrap();
                 Action::Pause
             }
-            "request-headers-in-response" | "response-phase" => Action::Continue,
+            "request-headers-in-response" | "response-phase" | "pause-response-forever" => {
+                Action::Continue
+            }
             "grpc-unknown-cluster" => {
                 let (up, svc, m) = ("no-such-cluster", "svc.S", "M");
                 let mut token = 0u32;
@@ -709,6 +713,7 @@ impl HttpContext for Case {
                 );
                 self.set_http_response_header("server", None);
             }
+            "pause-response-forever" => return Action::Pause,
             _ => {}
         }
         Action::Continue
