@@ -771,13 +771,16 @@ impl Pump {
                 return self.fail(Some("response_too_large"), "upstream response too large");
             }
             if let Some(s) = &mut self.stream {
-                match s.response_body(&mut chunk, eos).await {
-                    Flow::Buffering => continue,
+                // A filter holding the body past the deadline cuts it, as a timeout.
+                let left = self.deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, s.response_body(&mut chunk, eos)).await {
+                    Err(_) => return self.fail(Some("timeout"), FILTER_TIMEOUT),
+                    Ok(Flow::Buffering) => continue,
                     // Headers are gone already: a reply now can only cut the body.
-                    Flow::Reply(_) => {
+                    Ok(Flow::Reply(_)) => {
                         return self.fail(None, "a filter replied after the response began");
                     }
-                    Flow::Continue => {}
+                    Ok(Flow::Continue) => {}
                 }
             }
             if let Some(ctx) = &mut self.ctx {

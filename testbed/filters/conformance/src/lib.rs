@@ -482,9 +482,10 @@ impl HttpContext for Case {
                 self.call(&self.config.refused.clone(), "/", 5000).unwrap();
                 Action::Pause
             }
-            "request-headers-in-response" | "response-phase" | "pause-response-forever" => {
-                Action::Continue
-            }
+            "request-headers-in-response"
+            | "response-phase"
+            | "pause-response-forever"
+            | "pause-body-forever" => Action::Continue,
             "grpc-unknown-cluster" => {
                 let (up, svc, m) = ("no-such-cluster", "svc.S", "M");
                 let mut token = 0u32;
@@ -679,6 +680,13 @@ impl HttpContext for Case {
                 Action::Pause
             }
         }
+    }
+
+    fn on_http_response_body(&mut self, _: usize, _: bool) -> Action {
+        if self.case == "pause-body-forever" {
+            return Action::Pause;
+        }
+        Action::Continue
     }
 
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
