@@ -266,6 +266,54 @@ fn login(bed: &mut TestBed, idp: &Idp, path: &str) -> Jar {
     jar
 }
 
+/// `max_age`, static authorization arguments and arguments passed on from the
+/// browser's request reach the IdP; with `max_age` the ID token needs a recent
+/// `auth_time`.
+#[test]
+fn max_age_and_authorization_arguments_reach_the_idp_and_auth_time_is_checked() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"max_age": 600, "authorization_query_args_names": ["prompt"],
+            "authorization_query_args_values": ["login"],
+            "authorization_query_args_client": ["login_hint"]}),
+    );
+    let mut jar = Jar::default();
+    let q = start_login(
+        &mut bed,
+        &idp,
+        "/orders?login_hint=ada%40example.com&x=1",
+        &mut jar,
+    );
+    assert_eq!(q["max_age"], "600");
+    assert_eq!(q["prompt"], "login");
+    assert_eq!(q["login_hint"], "ada@example.com");
+    assert!(!q.contains_key("x"));
+    let callback = |bed: &mut TestBed, q: &BTreeMap<String, String>, jar: &Jar| {
+        bed.send(browser(
+            &format!("/callback?code=c-1&state={}", q["state"]),
+            jar,
+        ))
+    };
+    // No auth_time: the login fails, clearly.
+    let res = callback(&mut bed, &q, &jar);
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert!(res.text().contains("auth_time"), "{}", res.text());
+    // Authenticated too long ago: refused too.
+    let now = idp.now.get();
+    *idp.id_claims.borrow_mut() = json!({"auth_time": now - 3600});
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/orders", &mut jar);
+    let res = callback(&mut bed, &q, &jar);
+    assert_eq!(res.status, 401, "{}", res.text());
+    // Recently: in.
+    *idp.id_claims.borrow_mut() = json!({"auth_time": now - 60});
+    let mut jar = Jar::default();
+    let q = start_login(&mut bed, &idp, "/orders", &mut jar);
+    let res = callback(&mut bed, &q, &jar);
+    assert_eq!(res.status, 302, "{}", res.text());
+}
+
 #[test]
 fn a_browser_logs_in_and_the_upstream_gets_the_token_and_identity() {
     let idp = Idp::new();

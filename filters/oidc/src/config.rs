@@ -75,6 +75,10 @@ pub struct ConfigFile {
     pub authorization_query_args_names: Vec<String>,
     #[serde(default)]
     pub authorization_query_args_values: Vec<String>,
+    /// Query parameters of the browser's request passed on to the authorization
+    /// request when present (`login_hint`, `ui_locales`...), as in Kong.
+    #[serde(default)]
+    pub authorization_query_args_client: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +236,8 @@ pub struct Config {
     pub max_age: Option<u64>,
     /// Extra authorization-request parameters, in order.
     pub authorize_args: Vec<(String, String)>,
+    /// Parameters of the browser's request passed on to the authorization request.
+    pub client_args: Vec<String>,
 }
 
 /// The authorization-request parameters the filter sets itself.
@@ -616,6 +622,19 @@ impl Config {
                 ));
             }
         }
+        for name in &f.authorization_query_args_client {
+            if name.is_empty()
+                || OWN_AUTHORIZE_ARGS.contains(&name.as_str())
+                || f.authorization_query_args_names.contains(name)
+            {
+                return Err(err(
+                    "authorization_query_args_client",
+                    format!(
+                        "`{name}` is empty, set by the filter itself, or already in authorization_query_args_names"
+                    ),
+                ));
+            }
+        }
         let authorize_args = f
             .authorization_query_args_names
             .into_iter()
@@ -656,6 +675,7 @@ impl Config {
             realm: f.realm.unwrap_or_else(|| "portcullis".into()),
             max_age: f.max_age,
             authorize_args,
+            client_args: f.authorization_query_args_client,
         })
     }
 
@@ -746,6 +766,17 @@ mod tests {
             let mut d = doc.clone();
             d["authorization_query_args_names"] = json!([own, "acr_values"]);
             refused_naming(d, "authorization_query_args_names");
+        }
+        let mut d = doc.clone();
+        d["authorization_query_args_client"] = json!(["login_hint", "ui_locales"]);
+        assert_eq!(
+            parse(&d).unwrap().client_args,
+            vec!["login_hint", "ui_locales"]
+        );
+        for bad in ["state", "prompt", ""] {
+            let mut d = doc.clone();
+            d["authorization_query_args_client"] = json!([bad]);
+            refused_naming(d, "authorization_query_args_client");
         }
     }
 

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use sha2::Digest;
 
 use crate::config::{ClientAuth, Config};
-use crate::url::{Url, form};
+use crate::url::{Url, form, param};
 
 /// The fields of `/.well-known/openid-configuration` the filter uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,13 +64,16 @@ pub fn pkce_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 
-/// Where the browser goes to log in.
+/// Where the browser goes to log in. `request_query` is the query of the browser's
+/// request, for the parameters configured to pass on (`authorization_query_args_client`);
+/// one given twice there is not passed on.
 pub fn authorize_url(
     c: &Config,
     d: &Discovery,
     state: &str,
     nonce: &str,
     verifier: &str,
+    request_query: &str,
 ) -> String {
     let challenge = pkce_challenge(verifier);
     let max_age = c.max_age.map(|m| m.to_string());
@@ -92,6 +95,12 @@ pub fn authorize_url(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
+    let from_client: Vec<(&str, String)> = c
+        .client_args
+        .iter()
+        .filter_map(|name| Some((name.as_str(), param(request_query, name).ok()??)))
+        .collect();
+    pairs.extend(from_client.iter().map(|(k, v)| (*k, v.as_str())));
     let query = form(&pairs);
     let sep = if d.authorization_endpoint.contains('?') {
         '&'
@@ -477,7 +486,7 @@ mod tests {
 
     #[test]
     fn the_authorization_request_carries_state_nonce_and_pkce() {
-        let url = authorize_url(&config(), &discovery(), "st", "no", "verifier");
+        let url = authorize_url(&config(), &discovery(), "st", "no", "verifier", "");
         let q = url.strip_prefix("https://idp.test/auth?").unwrap();
         let p = |n| crate::url::param(q, n).unwrap().unwrap();
         assert_eq!(p("response_type"), "code");
@@ -496,15 +505,27 @@ mod tests {
     #[test]
     fn max_age_and_extra_arguments_go_into_the_authorization_request() {
         let mut c = config();
-        assert!(!authorize_url(&c, &discovery(), "st", "no", "v").contains("max_age"));
+        assert!(!authorize_url(&c, &discovery(), "st", "no", "v", "").contains("max_age"));
         c.max_age = Some(300);
         c.authorize_args = vec![
             ("prompt".into(), "login".into()),
             ("login_hint".into(), "ada@example.com".into()),
         ];
-        let url = authorize_url(&c, &discovery(), "st", "no", "v");
+        c.client_args = vec!["ui_locales".into(), "acr_values".into()];
+        let url = authorize_url(
+            &c,
+            &discovery(),
+            "st",
+            "no",
+            "v",
+            "view=full&ui_locales=fr%20en&state=forged&acr_values=a&acr_values=b",
+        );
         let q = url.strip_prefix("https://idp.test/auth?").unwrap();
         let p = |n| crate::url::param(q, n).unwrap().unwrap();
+        // Passed on when configured and given once; the browser's own `state` is not.
+        assert_eq!(p("ui_locales"), "fr en");
+        assert_eq!(crate::url::param(q, "acr_values"), Ok(None));
+        assert_eq!(crate::url::param(q, "view"), Ok(None));
         assert_eq!(p("max_age"), "300");
         assert_eq!(p("prompt"), "login");
         assert_eq!(p("login_hint"), "ada@example.com");

@@ -572,8 +572,15 @@ impl Request {
             SameSite::Lax,
         ));
         bump(st.metrics.logins_started);
-        let location =
-            idp::authorize_url(&st.config, &d, &login.state, &login.nonce, &login.verifier);
+        let query = self.facts.path.split_once('?').map_or("", |(_, q)| q);
+        let location = idp::authorize_url(
+            &st.config,
+            &d,
+            &login.state,
+            &login.nonce,
+            &login.verifier,
+            query,
+        );
         Err(self.redirect(&location))
     }
 
