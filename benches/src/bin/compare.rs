@@ -397,31 +397,27 @@ fn noop_filters(n: usize) -> Vec<Filter<'static>> {
         .collect()
 }
 
-/// Envoy with `n` wasm filters that do nothing.
-fn envoy_noops(ctx: &Ctx, n: usize) -> EnvoyConfig {
-    (0..n).fold(
+/// Envoy with `filters`, the same wasm and configurations our gateway gets.
+fn envoy_with(ctx: &Ctx, filters: &[Filter]) -> EnvoyConfig {
+    filters.iter().fold(
         EnvoyConfig::new(ctx.upstream).concurrency(ctx.a.workers),
-        |c, i| {
+        |c, f| {
             c.filter(WasmFilter::new(
-                &format!("n{i}"),
-                ctx.wasm_dir().join("noop_filter.wasm"),
-                "{}",
+                f.name,
+                ctx.wasm_dir().join(format!("{}.wasm", f.wasm)),
+                &f.config.to_string(),
             ))
         },
     )
 }
 
+/// Envoy with `n` wasm filters that do nothing.
+fn envoy_noops(ctx: &Ctx, n: usize) -> EnvoyConfig {
+    envoy_with(ctx, &noop_filters(n))
+}
+
 fn envoy_chain(ctx: &Ctx) -> EnvoyConfig {
-    chain_configs(ctx).into_iter().fold(
-        EnvoyConfig::new(ctx.upstream).concurrency(ctx.a.workers),
-        |c, (name, wasm, config)| {
-            c.filter(WasmFilter::new(
-                name,
-                ctx.wasm_dir().join(format!("{wasm}.wasm")),
-                &config.to_string(),
-            ))
-        },
-    )
+    envoy_with(ctx, &chain_filters(ctx))
 }
 
 /// Envoy's native equivalent of the chain: jwt_authn (with its cache, claims to
@@ -506,19 +502,7 @@ fn chain_section(ctx: &Ctx) {
     // The floors: the chain's host calls alone, in each host.
     let calls = chain_calls_filters(&token);
     let p_calls = start_portcullis(ctx, "calls3", &calls, &[], &headers);
-    let e_calls = start_envoy(
-        &calls.iter().fold(
-            EnvoyConfig::new(ctx.upstream).concurrency(a.workers),
-            |c, f| {
-                c.filter(WasmFilter::new(
-                    f.name,
-                    ctx.wasm_dir().join(format!("{}.wasm", f.wasm)),
-                    &f.config.to_string(),
-                ))
-            },
-        ),
-        &headers,
-    );
+    let e_calls = start_envoy(&envoy_with(ctx, &calls), &headers);
     // The same chain from a second build of the filters, when asked for.
     let alt = ctx.alt_wasm.as_ref().map(|dir| {
         let main = ctx.wasm.replace(dir.clone());
@@ -709,16 +693,7 @@ fn calls_section(ctx: &Ctx) {
         }];
         started.push(start_portcullis(ctx, name, &filter, &[], &headers));
         labels.push(format!("portcullis, {what}"));
-        started.push(start_envoy(
-            &EnvoyConfig::new(ctx.upstream)
-                .concurrency(ctx.a.workers)
-                .filter(WasmFilter::new(
-                    "calls",
-                    ctx.wasm_dir().join("calls_filter.wasm"),
-                    &config(call, *times).to_string(),
-                )),
-            &headers,
-        ));
+        started.push(start_envoy(&envoy_with(ctx, &filter), &headers));
         labels.push(format!("envoy, {what}"));
     }
     let targets: Vec<_> = labels
@@ -902,16 +877,7 @@ fn jwt_section(ctx: &Ctx) {
         config: ours.clone(),
     }];
     let p = start_portcullis(ctx, "jwt", &jwt, &[], &headers);
-    let e = start_envoy(
-        &EnvoyConfig::new(ctx.upstream)
-            .concurrency(a.workers)
-            .filter(WasmFilter::new(
-                "jwt",
-                ctx.wasm_dir().join("jwt_auth.wasm"),
-                &ours.to_string(),
-            )),
-        &headers,
-    );
+    let e = start_envoy(&envoy_with(ctx, &jwt), &headers);
     let native = start_envoy(
         &EnvoyConfig::new(ctx.upstream)
             .concurrency(a.workers)
@@ -935,13 +901,14 @@ fn jwt_section(ctx: &Ctx) {
         "set_header x-credential-identifier user-1",
         format!("set_property portcullis.credential {token}")]});
     let floor = start_envoy(
-        &EnvoyConfig::new(ctx.upstream)
-            .concurrency(a.workers)
-            .filter(WasmFilter::new(
-                "calls",
-                ctx.wasm_dir().join("calls_filter.wasm"),
-                &calls.to_string(),
-            )),
+        &envoy_with(
+            ctx,
+            &[Filter {
+                name: "calls",
+                wasm: "calls_filter",
+                config: calls,
+            }],
+        ),
         &headers,
     );
     let targets = vec![

@@ -254,19 +254,25 @@ routes: [{{ name: r, service: s, filters: [picky] }}]
     );
 }
 
-#[test]
-fn filters_reach_services_with_http_call() {
+/// The conformance filter on every path, in front of an echo service `backend` (with
+/// `service_fields` added to it).
+fn conformance_gateway(service_fields: &str) -> Gateway {
     let up = echo();
-    let gw = Gateway::start(&format!(
+    Gateway::start(&format!(
         r#"
 listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
 access_log: "off"
-services: [{{ name: backend, url: "http://{up}" }}]
+services: [{{ name: backend, url: "http://{up}"{service_fields} }}]
 filters: [{{ name: conformance, wasm: "{}", config: {{ upstream: backend }} }}]
 routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [conformance], strip_path: false }}]
 "#,
         wasm("conformance_filter")
-    ));
+    ))
+}
+
+#[test]
+fn filters_reach_services_with_http_call() {
+    let gw = conformance_gateway("");
     let r = get(&gw, "/case/http-call-resume", &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.upstream_header("x-call-status").as_deref(), Some("200"));
@@ -279,17 +285,7 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [confor
 /// is answered 504 once the service's timeout has passed; the gateway goes on serving.
 #[test]
 fn a_filter_that_never_resumes_is_a_504_not_a_hung_request() {
-    let up = echo();
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
-access_log: "off"
-services: [{{ name: backend, url: "http://{up}", timeout_ms: 400 }}]
-filters: [{{ name: conformance, wasm: "{}", config: {{ upstream: backend }} }}]
-routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [conformance], strip_path: false }}]
-"#,
-        wasm("conformance_filter")
-    ));
+    let gw = conformance_gateway(", timeout_ms: 400");
     for case in ["/case/pause-forever", "/case/pause-response-forever"] {
         let started = std::time::Instant::now();
         let r = get(&gw, case, &[]);

@@ -247,10 +247,7 @@ fn chromium_logs_in_through_the_gateway_on_tls_and_logs_out() {
     let issuer = format!("http://127.0.0.1:{idp_port}");
     let upstream = echo();
     let dir = TempDir::new();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert_path, key_path) = (dir.0.join("gw.pem"), dir.0.join("gw.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (_, cert_path, key_path) = localhost_cert(&dir);
     // `{PORT}` is the gateway's port, filled in when it starts; the IdP learns the
     // redirect URI after.
     let config = json!({

@@ -12,27 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 
 fn tls_gateway() -> (Gateway, rcgen::CertifiedKey<rcgen::KeyPair>) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let up = echo();
-    let dir = TempDir::new();
-    let (cert_path, key_path) = (dir.0.join("gw.pem"), dir.0.join("gw.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let gw = Gateway::start(&format!(
-        r#"
-listeners:
-  - name: secure
-    address: 127.0.0.1:{{PORT}}
-    tls: {{ cert: "{}", key: "{}" }}
-access_log: "off"
-services: [{{ name: s, url: "http://{up}" }}]
-routes: [{{ name: r, match: {{ paths: [/] }}, service: s }}]
-"#,
-        cert_path.display(),
-        key_path.display()
-    ));
-    drop(dir); // the gateway read the files at start
-    (gw, cert)
+    tls_gateway_in_front_of(echo())
 }
 
 fn client_config(

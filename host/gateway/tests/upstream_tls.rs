@@ -12,27 +12,9 @@ use common::*;
 use jwt_mint::{Key, jwks};
 use serde_json::json;
 
-/// A gateway on TLS (certificate for `localhost`, made now) in front of `up`; returns
-/// it and the certificate's PEM.
+/// A gateway on TLS in front of `up`, and its certificate's PEM.
 fn tls_front_of(up: std::net::SocketAddr) -> (Gateway, String) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let dir = TempDir::new();
-    let (cert_path, key_path) = (dir.0.join("up.pem"), dir.0.join("up.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let gw = Gateway::start(&format!(
-        r#"
-listeners:
-  - name: secure
-    address: 127.0.0.1:{{PORT}}
-    tls: {{ cert: "{}", key: "{}" }}
-access_log: "off"
-services: [{{ name: s, url: "http://{up}" }}]
-routes: [{{ name: r, match: {{ paths: [/] }}, service: s }}]
-"#,
-        cert_path.display(),
-        key_path.display()
-    ));
+    let (gw, cert) = tls_gateway_in_front_of(up);
     (gw, cert.cert.pem())
 }
 
@@ -192,9 +174,7 @@ fn a_silent_tls_upstream_times_out() {
         addr
     });
     let dir = TempDir::new();
-    let ca = dir.0.join("ca.pem");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let (_, ca, _) = localhost_cert(&dir);
     let gw = Gateway::start(&format!(
         r#"
 listeners: [{{ name: main, address: "127.0.0.1:{{PORT}}" }}]

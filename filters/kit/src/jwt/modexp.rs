@@ -230,52 +230,17 @@ impl PublicExp {
         self.bits
     }
 
-    /// out = a b R^-1 mod n, below 2n for a and b below 2n (R > 4n). `b_rev` is b
-    /// reversed; `m` is scratch.
+    /// out = p R^-1 mod n for the 2L-limb product p whose column k (the sum of its
+    /// limb products a[i] b[k-i], i from `lo` = max(0, k+1-L)) is `column(k, lo)`:
+    /// Montgomery reduction interleaved column by column. Below 2n for p below 4n^2,
+    /// since R > 4n. `m` is scratch.
     #[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
-    fn mul(&self, a: &[u32], b_rev: &[u32], m: &mut [u32], out: &mut [u32]) {
+    #[inline]
+    fn reduce(&self, column: impl Fn(usize, usize) -> u128, m: &mut [u32], out: &mut [u32]) {
         let l = self.n.len();
         let mut acc: u128 = 0;
         for k in 0..l {
-            // Column k: a[i] b[k-i] for i in 0..=k, m[i] n[k-i] for i in 0..k.
-            acc += u128::from(dot(&a[..=k], &b_rev[l - 1 - k..]));
-            acc += u128::from(dot(&m[..k], &self.n_rev[l - 1 - k..l - 1]));
-            let mk = (acc as u32).wrapping_mul(self.n0inv) & MASK;
-            m[k] = mk;
-            acc += u128::from(u64::from(mk) * u64::from(self.n[0]));
-            debug_assert_eq!(acc as u32 & MASK, 0);
-            acc >>= W;
-        }
-        for k in l..2 * l - 1 {
-            let lo = k + 1 - l;
-            acc += u128::from(dot(&a[lo..], &b_rev[..l - lo]));
-            acc += u128::from(dot(&m[lo..], &self.n_rev[..l - lo]));
-            out[k - l] = acc as u32 & MASK;
-            acc >>= W;
-        }
-        debug_assert!(acc >> W == 0);
-        out[l - 1] = acc as u32;
-    }
-
-    /// out = a^2 R^-1 mod n, below 2n for a below 2n. `a_rev` is a reversed.
-    #[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
-    fn square(&self, a: &[u32], a_rev: &[u32], m: &mut [u32], out: &mut [u32]) {
-        let l = self.n.len();
-        // Column k of a^2: twice a[i] a[k-i] for i < k-i, plus a[k/2]^2 for even k.
-        let column = |k: usize, lo: usize| {
-            let h = k.div_ceil(2);
-            // a[k-i] = a_rev[l-1-k+i]; lo >= k+1-l keeps the start from underflowing.
-            let start = l - 1 + lo - k;
-            let pairs = dot(&a[lo..h], &a_rev[start..start + h - lo]);
-            let middle = if k.is_multiple_of(2) {
-                u64::from(a[k / 2]) * u64::from(a[k / 2])
-            } else {
-                0
-            };
-            u128::from(2 * pairs + middle)
-        };
-        let mut acc: u128 = 0;
-        for k in 0..l {
+            // Column k of m n: m[i] n[k-i] for i in 0..k; m[k] is chosen to clear it.
             acc += column(k, 0);
             acc += u128::from(dot(&m[..k], &self.n_rev[l - 1 - k..l - 1]));
             let mk = (acc as u32).wrapping_mul(self.n0inv) & MASK;
@@ -293,6 +258,39 @@ impl PublicExp {
         }
         debug_assert!(acc >> W == 0);
         out[l - 1] = acc as u32;
+    }
+
+    /// out = a b R^-1 mod n, below 2n for a and b below 2n. `b_rev` is b reversed.
+    #[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
+    fn mul(&self, a: &[u32], b_rev: &[u32], m: &mut [u32], out: &mut [u32]) {
+        let l = self.n.len();
+        // a[i] b[k-i] = a[i] b_rev[l-1-k+i], for i from lo to min(k, l-1); lo >= k+1-l
+        // keeps the start from underflowing.
+        let column = |k: usize, lo: usize| {
+            let hi = k.min(l - 1);
+            u128::from(dot(&a[lo..=hi], &b_rev[l - 1 + lo - k..=l - 1 + hi - k]))
+        };
+        self.reduce(column, m, out);
+    }
+
+    /// out = a^2 R^-1 mod n, below 2n for a below 2n. `a_rev` is a reversed.
+    #[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
+    fn square(&self, a: &[u32], a_rev: &[u32], m: &mut [u32], out: &mut [u32]) {
+        let l = self.n.len();
+        // Twice a[i] a[k-i] for i < k-i, plus a[k/2]^2 for even k.
+        let column = |k: usize, lo: usize| {
+            let h = k.div_ceil(2);
+            // a[k-i] = a_rev[l-1-k+i]; lo >= k+1-l keeps the start from underflowing.
+            let start = l - 1 + lo - k;
+            let pairs = dot(&a[lo..h], &a_rev[start..start + h - lo]);
+            let middle = if k.is_multiple_of(2) {
+                u64::from(a[k / 2]) * u64::from(a[k / 2])
+            } else {
+                0
+            };
+            u128::from(2 * pairs + middle)
+        };
+        self.reduce(column, m, out);
     }
 
     /// s^e mod n as `size()` big-endian bytes, for s given as `size()` big-endian

@@ -97,6 +97,37 @@ pub fn answering(delay: Duration, body: Bytes) -> SocketAddr {
     })
 }
 
+/// A certificate for `localhost` made now, written as PEM in `dir`: the certificate,
+/// its file and its key's file.
+pub fn localhost_cert(dir: &TempDir) -> (rcgen::CertifiedKey<rcgen::KeyPair>, PathBuf, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.0.join("localhost.pem"), dir.0.join("localhost.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    (cert, cert_path, key_path)
+}
+
+/// A gateway on TLS (a `localhost` certificate made now) in front of `up`.
+pub fn tls_gateway_in_front_of(up: SocketAddr) -> (Gateway, rcgen::CertifiedKey<rcgen::KeyPair>) {
+    let dir = TempDir::new();
+    let (cert, cert_path, key_path) = localhost_cert(&dir);
+    let gw = Gateway::start(&format!(
+        r#"
+listeners:
+  - name: secure
+    address: 127.0.0.1:{{PORT}}
+    tls: {{ cert: "{}", key: "{}" }}
+access_log: "off"
+services: [{{ name: s, url: "http://{up}" }}]
+routes: [{{ name: r, match: {{ paths: [/] }}, service: s }}]
+"#,
+        cert_path.display(),
+        key_path.display()
+    ));
+    // The gateway read the files at start.
+    (gw, cert)
+}
+
 pub fn refused() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
