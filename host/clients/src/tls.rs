@@ -43,14 +43,17 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
             }
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(Arc::new(trusting(roots)))
+}
+
+/// A ring-backed client configuration with rustls' default protocol versions,
+/// trusting `roots`.
+fn trusting(roots: RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls' default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// A connector for http:// and, with `tls`, https:// URLs (HTTP/1.1; the server name
@@ -64,15 +67,7 @@ pub fn connector(
     let builder = match tls {
         Some(config) => builder.with_tls_config((*config).clone()),
         // Never used for an http:// URL, but the connector's type wants one.
-        None => builder.with_tls_config(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth(),
-        ),
+        None => builder.with_tls_config(trusting(RootCertStore::empty())),
     };
     builder.https_or_http().enable_http1().wrap_connector(http)
 }

@@ -91,14 +91,18 @@ pub fn json_error(status: u16, message: &str, request_id: &str) -> LocalReply {
     }
 }
 
-/// What the gateway answers when a filter keeps a request paused past the service's
-/// `timeout_ms`.
+/// What the gateway answers when a filter keeps a request paused past the request's
+/// deadline (the service's `timeout_ms` from the start).
 const FILTER_TIMEOUT: &str = "a filter did not let the request go on in time";
 
-/// Runs a filter phase, bounded by `limit`: a filter that pauses and never resumes is
-/// answered 504, not waited on for ever.
-async fn within(limit: Duration, id: &str, phase: impl std::future::Future<Output = Flow>) -> Flow {
-    match tokio::time::timeout(limit, phase).await {
+/// Runs a filter phase until `deadline` at the latest: a filter that pauses and never
+/// resumes is answered 504, not waited on for ever.
+async fn within(
+    deadline: Instant,
+    id: &str,
+    phase: impl std::future::Future<Output = Flow>,
+) -> Flow {
+    match tokio::time::timeout_at(deadline.into(), phase).await {
         Ok(flow) => flow,
         Err(_) => Flow::Reply(json_error(504, FILTER_TIMEOUT, id)),
     }
@@ -148,22 +152,15 @@ fn to_response(headers: &HeaderMap, body: GwBody) -> http::Response<GwBody> {
 
 struct Ctx {
     start: Instant,
+    /// When the request must be over: the start plus the service's `timeout_ms`, once
+    /// the route has chosen the service.
+    deadline: Instant,
     started_at: std::time::SystemTime,
     entry: Entry,
     state: Rc<WorkerState>,
 }
 
 impl Ctx {
-    /// How long filters may hold a local reply: the route's service's `timeout_ms`.
-    fn reply_limit(&self) -> Duration {
-        let service = self.entry.service.as_deref();
-        self.state
-            .services
-            .iter()
-            .find(|s| Some(s.service.name.as_str()) == service)
-            .map_or(Duration::from_secs(60), |s| s.service.timeout)
-    }
-
     fn finish(mut self, status: u16) {
         let elapsed = self.start.elapsed();
         let route = self.entry.route.as_deref().unwrap_or("(none)");
@@ -212,11 +209,11 @@ async fn reply(
         Some(mut s) => {
             // The filters see the reply's response; one that pauses on it for ever is
             // cut short and the reply goes out as it was.
-            let limit = ctx.reply_limit();
             let plain = (reply.response_headers(), reply.body.clone());
-            let (mut h, b) = tokio::time::timeout(limit, s.encode_local_reply(reply))
-                .await
-                .unwrap_or(plain);
+            let (mut h, b) =
+                tokio::time::timeout_at(ctx.deadline.into(), s.encode_local_reply(reply))
+                    .await
+                    .unwrap_or(plain);
             s.finish(&mut req_headers, &mut h);
             (h, b)
         }
@@ -255,6 +252,7 @@ pub async fn handle(
         .unwrap_or_default();
     let mut ctx = Ctx {
         start,
+        deadline: start + Duration::from_secs(60),
         started_at: std::time::SystemTime::now(),
         entry: Entry {
             request_id: id.clone(),
@@ -305,6 +303,7 @@ pub async fn handle(
     let svc = &state.services[route.service];
     ctx.entry.route = Some(route.name.clone());
     ctx.entry.service = Some(svc.service.name.clone());
+    ctx.deadline = start + svc.service.timeout;
 
     if declared_length(&parts.headers).is_some_and(|n| n > svc.service.max_request_body) {
         ctx.entry.error = Some("request body too large".into());
@@ -388,7 +387,7 @@ pub async fn handle(
     };
     if let Some(s) = &mut stream {
         let mut flow = within(
-            svc.service.timeout,
+            ctx.deadline,
             &id,
             s.request_headers(&mut headers, end_of_stream),
         )
@@ -565,12 +564,7 @@ pub async fn handle(
     }
     let rbody_eos = rbody.is_end_stream();
     if let Some(s) = &mut stream {
-        let flow = within(
-            svc.service.timeout,
-            &id,
-            s.response_headers(&mut rh, rbody_eos),
-        )
-        .await;
+        let flow = within(ctx.deadline, &id, s.response_headers(&mut rh, rbody_eos)).await;
         if let Flow::Reply(r) = flow {
             ctx.entry.error = Some(format!("answered by a filter: {}", r.details));
             let h = r.response_headers();
@@ -587,6 +581,7 @@ pub async fn handle(
     // Stream the body back through the filters; the request is logged when it ends.
     let mut response = to_response(&rh, empty());
     let pump = Pump {
+        deadline: ctx.deadline,
         ctx: Some(ctx),
         stream,
         req_headers: headers,
@@ -594,7 +589,6 @@ pub async fn handle(
         body: rbody,
         max: svc.service.max_response_body,
         read_timeout: svc.service.read_timeout,
-        deadline: start + svc.service.timeout,
         status,
         total: 0,
     };
