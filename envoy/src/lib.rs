@@ -204,6 +204,11 @@ impl EnvoyConfig {
                                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                                 "stat_prefix": "ingress",
                                 "codec_type": "AUTO",
+                                "normalize_path": true,
+                                "merge_slashes": true,
+                                "path_with_escaped_slashes_action": "REJECT_REQUEST",
+                                "use_remote_address": true,
+                                "early_header_mutation_extensions": [edge_mutation()],
                                 "route_config": {
                                     "name": "local",
                                     "virtual_hosts": [{
@@ -222,6 +227,31 @@ impl EnvoyConfig {
             }
         })
     }
+}
+
+/// What Envoy must do before its filters run so that it holds against the attacks our
+/// gateway refuses at its edge: a client's forwarding headers dropped (with
+/// `use_remote_address`, Envoy then sets `X-Forwarded-For` and `-Proto` from the
+/// connection) and the identity contract's headers removed, whatever the filters.
+/// The same block is in every config of `envoy/configs/`.
+pub fn edge_mutation() -> Value {
+    let remove = |h: &str| json!({ "remove": h });
+    json!({
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+            "mutations": [
+                { "remove_on_match": { "key_matcher": { "prefix": "x-consumer-" } } },
+                remove("x-credential-identifier"),
+                remove("x-anonymous-consumer"),
+                remove("x-forwarded-for"),
+                remove("x-forwarded-host"),
+                remove("x-forwarded-port"),
+                remove("forwarded"),
+                remove("x-real-ip"),
+            ]
+        }
+    })
 }
 
 fn socket(addr: &str, port: u16) -> Value {

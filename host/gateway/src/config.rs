@@ -32,6 +32,11 @@ pub struct ConfigFile {
     /// How long SIGTERM waits for requests in flight.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
+    /// Header names removed from every client request besides the identity contract's
+    /// own (`x-consumer-*`, `x-credential-identifier`, `x-anonymous-consumer`): those
+    /// an auth filter sets from verified claims (`claim_to_headers`, a payload header).
+    #[serde(default)]
+    pub identity_headers: Vec<String>,
 }
 
 fn default_drain() -> u64 {
@@ -50,6 +55,14 @@ pub struct ListenerConfig {
     pub max_request_headers_kb: usize,
     #[serde(default = "default_headers_count")]
     pub max_request_headers_count: usize,
+    /// What `%2F` and `%5C` in a path get: `reject` (400, the default), `keep`, or
+    /// `unescape` (Envoy's `path_with_escaped_slashes_action`).
+    #[serde(default)]
+    pub escaped_slashes: crate::path::EscapedSlashes,
+    /// Peers (CIDRs or addresses) whose forwarding headers are believed (Kong's
+    /// `trusted_ips`). Empty by default: every client's are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_headers_kb() -> usize {
@@ -146,6 +159,10 @@ pub struct RouteConfig {
     /// service's (Kong's default, false).
     #[serde(default)]
     pub preserve_host: bool,
+    /// Keep the identity headers a trusted proxy (the listener's `trusted_proxies`)
+    /// sent, for a route behind an inner hop that authenticated the request already.
+    #[serde(default)]
+    pub trust_identity_headers: bool,
 }
 
 fn yes() -> bool {
@@ -157,8 +174,13 @@ fn yes() -> bool {
 pub struct MatchConfig {
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Kong's `paths`: plain prefixes (`/health` matches `/healthcare` too).
     #[serde(default)]
     pub paths: Vec<String>,
+    /// Envoy's `path_separated_prefix`: `/health` matches `/health` and `/health/x`,
+    /// not `/healthcare`.
+    #[serde(default)]
+    pub path_separated_prefixes: Vec<String>,
     #[serde(default)]
     pub methods: Vec<String>,
     #[serde(default)]
@@ -176,6 +198,8 @@ pub struct Plan {
     pub workers: usize,
     pub access_log: Option<String>,
     pub drain_timeout: Duration,
+    /// Extra identity header names stripped from client requests (lower case).
+    pub identity_headers: Vec<String>,
 }
 
 pub struct Listener {
@@ -184,6 +208,8 @@ pub struct Listener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub max_headers_bytes: usize,
     pub max_headers_count: usize,
+    pub escaped_slashes: crate::path::EscapedSlashes,
+    pub trusted_proxies: crate::edge::Trusted,
 }
 
 #[derive(Debug)]
@@ -220,6 +246,7 @@ pub struct Route {
     pub filters: Vec<usize>,
     pub strip_path: bool,
     pub preserve_host: bool,
+    pub trust_identity_headers: bool,
 }
 
 /// Reads, parses and checks a configuration file. Every problem found is reported
@@ -262,6 +289,13 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 }
             }
         };
+        let mut nets = Vec::new();
+        for t in &l.trusted_proxies {
+            match crate::edge::parse_net(t) {
+                Ok(n) => nets.push(n),
+                Err(e) => errors.push(format!("listener `{}`: trusted_proxies: {e}", l.name)),
+            }
+        }
         if let Some(address) = address {
             listeners.push(Listener {
                 name: l.name.clone(),
@@ -269,6 +303,8 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 tls,
                 max_headers_bytes: l.max_request_headers_kb * 1024,
                 max_headers_count: l.max_request_headers_count,
+                escaped_slashes: l.escaped_slashes,
+                trusted_proxies: crate::edge::Trusted::new(nets),
             });
         }
     }
@@ -433,6 +469,23 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 ));
             }
         }
+        for p in &matches.path_separated_prefixes {
+            if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) {
+                errors.push(format!(
+                    "route `{}`: path_separated_prefixes: `{p}` must start with `/` and not end with one",
+                    r.name
+                ));
+            }
+        }
+        for p in matches.paths.iter().chain(&matches.path_separated_prefixes) {
+            if matches!(crate::path::normalize(p, crate::path::EscapedSlashes::Keep), Ok(n) if n != p.as_str())
+            {
+                errors.push(format!(
+                    "route `{}`: path `{p}` is not in normal form (requests are normalized before routing, so it could never match as written)",
+                    r.name
+                ));
+            }
+        }
         let key = format!("{matches:?}");
         if let Some(other) = seen.insert(key, r.name.clone()) {
             errors.push(format!(
@@ -448,7 +501,13 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             filters: fidx,
             strip_path: r.strip_path,
             preserve_host: r.preserve_host,
+            trust_identity_headers: r.trust_identity_headers,
         }));
+    }
+    for h in &file.identity_headers {
+        if http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).is_err() {
+            errors.push(format!("identity_headers: `{h}` is not a header name"));
+        }
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -470,6 +529,11 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             None => Some("stdout".to_owned()),
         },
         drain_timeout: Duration::from_millis(file.drain_timeout_ms),
+        identity_headers: file
+            .identity_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
     })
 }
 
@@ -490,6 +554,9 @@ fn normalize(m: &MatchConfig) -> MatchConfig {
     let mut paths = m.paths.clone();
     paths.sort();
     paths.dedup();
+    let mut path_separated_prefixes = m.path_separated_prefixes.clone();
+    path_separated_prefixes.sort();
+    path_separated_prefixes.dedup();
     let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
     methods.sort();
     methods.dedup();
@@ -501,6 +568,7 @@ fn normalize(m: &MatchConfig) -> MatchConfig {
     MatchConfig {
         hosts,
         paths,
+        path_separated_prefixes,
         methods,
         headers,
     }

@@ -236,20 +236,13 @@ pub async fn handle(
     req: http::Request<Incoming>,
 ) -> http::Response<GwBody> {
     let start = Instant::now();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let id = request_id(&parts.headers);
-    let path = parts
+    let raw_path = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default();
     let mut ctx = Ctx {
         start,
         deadline: start + Duration::from_secs(60),
@@ -257,7 +250,7 @@ pub async fn handle(
         entry: Entry {
             request_id: id.clone(),
             method: parts.method.to_string(),
-            path: path.clone(),
+            path: raw_path.clone(),
             client: conn.peer.to_string(),
             ..Entry::default()
         },
@@ -281,6 +274,51 @@ pub async fn handle(
         )
         .await;
     }
+    // One path for routing, the filters and the upstream.
+    let path = match crate::path::normalize(&raw_path, listener.escaped_slashes) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            let message = e.to_string();
+            ctx.entry.error = Some(message.clone());
+            return reply(ctx, None, json_error(400, &message, &id), HeaderMap::new()).await;
+        }
+    };
+    ctx.entry.path.clone_from(&path);
+    // RFC 9112 3.2: a request with more than one Host is refused; the authority of an
+    // absolute-form target (and HTTP/2's :authority) is the host.
+    if parts.headers.get_all(http::header::HOST).iter().count() > 1 {
+        ctx.entry.error = Some("more than one Host header".into());
+        return reply(
+            ctx,
+            None,
+            json_error(400, "more than one Host header", &id),
+            HeaderMap::new(),
+        )
+        .await;
+    }
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let peer = crate::edge::forwarding(
+        &mut parts.headers,
+        conn.peer,
+        conn.local,
+        conn.tls,
+        &host,
+        &listener.trusted_proxies,
+    );
+    if !peer.trusted {
+        crate::edge::strip_identity(&mut parts.headers, &state.identity_headers);
+    }
 
     let facts = crate::router::RequestFacts {
         host: &host,
@@ -300,6 +338,9 @@ pub async fn handle(
     };
     let route = matched.route.clone();
     let prefix = matched.prefix.to_owned();
+    if peer.trusted && !route.trust_identity_headers {
+        crate::edge::strip_identity(&mut parts.headers, &state.identity_headers);
+    }
     let svc = &state.services[route.service];
     ctx.entry.route = Some(route.name.clone());
     ctx.entry.service = Some(svc.service.name.clone());
@@ -320,7 +361,6 @@ pub async fn handle(
         return direct(
             ctx,
             state.clone(),
-            conn,
             parts,
             body,
             route,
@@ -333,8 +373,8 @@ pub async fn handle(
     }
 
     // The request as filters see it: pseudo-headers first, hop-by-hop headers gone,
-    // forwarding headers and the request id set (as Envoy's connection manager does
-    // before its filters run).
+    // forwarding headers (settled at the edge) and the request id set, as Envoy's
+    // connection manager does before its filters run.
     let scheme = if conn.tls { "https" } else { "http" };
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 8);
     headers.add(":method", parts.method.as_str());
@@ -350,15 +390,6 @@ pub async fn handle(
         headers.add(k, v);
     }
     headers.set("x-request-id", id.as_str());
-    let xff = match headers.get_str("x-forwarded-for") {
-        Some(prev) => format!("{prev}, {}", conn.peer.ip()),
-        None => conn.peer.ip().to_string(),
-    };
-    headers.set("x-forwarded-for", xff);
-    headers.set("x-forwarded-proto", scheme);
-    if headers.get("x-forwarded-host").is_none() {
-        headers.set("x-forwarded-host", host.as_str());
-    }
 
     let chain: &[Filter] = &state.chains[route.index];
     let mut body = body;
@@ -374,7 +405,7 @@ pub async fn handle(
                 _ => "HTTP/1.1".into(),
             },
             scheme: scheme.into(),
-            source: Some(conn.peer),
+            source: Some(peer.client),
             destination: Some(conn.local),
             start_unix_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -849,7 +880,6 @@ impl Drop for Pump {
 async fn direct(
     mut ctx: Ctx,
     state: Rc<WorkerState>,
-    conn: Rc<Conn>,
     mut parts: http::request::Parts,
     body: Incoming,
     route: std::sync::Arc<crate::config::Route>,
@@ -859,7 +889,6 @@ async fn direct(
     path: String,
 ) -> http::Response<GwBody> {
     let svc = &state.services[route.service];
-    let scheme = if conn.tls { "https" } else { "http" };
     let mut headers = std::mem::take(&mut parts.headers);
     HopByHop::of(&headers).strip(&mut headers);
     headers.remove(http::header::HOST);
@@ -869,15 +898,6 @@ async fn direct(
         }
     };
     set(&mut headers, "x-request-id", &id);
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", conn.peer.ip()),
-        None => conn.peer.ip().to_string(),
-    };
-    set(&mut headers, "x-forwarded-for", &xff);
-    set(&mut headers, "x-forwarded-proto", scheme);
-    if !headers.contains_key("x-forwarded-host") {
-        set(&mut headers, "x-forwarded-host", &host);
-    }
     let authority = svc.next_authority().clone();
     let up_path = strip_prefix(&route, &prefix, &path);
     let Ok(uri) = http::Uri::builder()

@@ -1,5 +1,7 @@
 //! Which route a request takes: the most specific match wins (host, then the longest
-//! path prefix, then methods, then headers), as Kong orders them.
+//! path prefix, then methods, then headers), as Kong orders them. Paths are matched on
+//! the normalized path (`crate::path`), without its query: Kong's `paths` as plain
+//! prefixes, `path_separated_prefixes` only at a segment boundary.
 
 use std::sync::Arc;
 
@@ -34,6 +36,7 @@ impl Router {
 
     pub fn route(&self, req: &RequestFacts<'_>) -> Option<Matched<'_>> {
         let host = strip_port(req.host);
+        let path = req.path.split('?').next().unwrap_or(req.path);
         let mut best: Option<(Matched<'_>, (u8, usize, bool, usize))> = None;
         for r in &self.routes {
             let m = &r.matches;
@@ -44,15 +47,15 @@ impl Router {
             } else {
                 continue;
             };
-            let prefix = if m.paths.is_empty() {
+            let prefix = if m.paths.is_empty() && m.path_separated_prefixes.is_empty() {
                 ""
             } else {
-                match m
-                    .paths
+                let plain = m.paths.iter().filter(|p| path.starts_with(p.as_str()));
+                let separated = m
+                    .path_separated_prefixes
                     .iter()
-                    .filter(|p| req.path.starts_with(p.as_str()))
-                    .max_by_key(|p| p.len())
-                {
+                    .filter(|p| separated_prefix(p, path));
+                match plain.chain(separated).max_by_key(|p| p.len()) {
                     Some(p) => p.as_str(),
                     None => continue,
                 }
@@ -83,10 +86,23 @@ impl Router {
     }
 }
 
+/// Envoy's `path_separated_prefix`: `prefix` is the whole path or is followed by `/`.
+pub fn separated_prefix(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix == "/",
+        None => false,
+    }
+}
+
 fn specificity(m: &MatchConfig) -> (bool, usize, bool, usize) {
     (
         !m.hosts.is_empty(),
-        m.paths.iter().map(String::len).max().unwrap_or(0),
+        m.paths
+            .iter()
+            .chain(&m.path_separated_prefixes)
+            .map(String::len)
+            .max()
+            .unwrap_or(0),
         !m.methods.is_empty(),
         m.headers.len(),
     )
@@ -127,7 +143,16 @@ mod tests {
             name: name.into(),
             matches: MatchConfig {
                 hosts: hosts.iter().map(|s| s.to_string()).collect(),
-                paths: paths.iter().map(|s| s.to_string()).collect(),
+                paths: paths
+                    .iter()
+                    .filter(|s| !s.starts_with('='))
+                    .map(|s| s.to_string())
+                    .collect(),
+                path_separated_prefixes: paths
+                    .iter()
+                    .filter_map(|s| s.strip_prefix('='))
+                    .map(|s| s.to_string())
+                    .collect(),
                 methods: methods.iter().map(|s| s.to_string()).collect(),
                 headers: headers
                     .iter()
@@ -138,6 +163,7 @@ mod tests {
             filters: vec![],
             strip_path: false,
             preserve_host: false,
+            trust_identity_headers: false,
         })
     }
 
@@ -221,6 +247,24 @@ mod tests {
             pick(&router, "api.example.com", "/orders", "DELETE", &[]),
             None
         );
+    }
+
+    #[test]
+    fn separated_prefixes_stop_at_a_segment_boundary() {
+        // `=` marks a path_separated_prefix in these tests.
+        let router = Router::new(&[
+            route("api", &[], &["/"], &[], &[]),
+            route("health", &[], &["=/health"], &[], &[]),
+            route("plain", &[], &["/pub"], &[], &[]),
+        ]);
+        assert_eq!(pick(&router, "h", "/health", "GET", &[]), Some("health"));
+        assert_eq!(pick(&router, "h", "/health/x", "GET", &[]), Some("health"));
+        assert_eq!(pick(&router, "h", "/health?x=1", "GET", &[]), Some("health"));
+        assert_eq!(pick(&router, "h", "/healthcare", "GET", &[]), Some("api"));
+        assert_eq!(pick(&router, "h", "/health;x", "GET", &[]), Some("api"));
+        assert_eq!(pick(&router, "h", "/publication", "GET", &[]), Some("plain"));
+        assert!(separated_prefix("/", "/anything"));
+        assert!(!separated_prefix("/a", "/"));
     }
 
     #[test]

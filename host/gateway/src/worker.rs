@@ -37,6 +37,8 @@ pub struct Shared {
 pub struct ListenerLimits {
     pub max_headers_bytes: usize,
     pub max_headers_count: usize,
+    pub escaped_slashes: crate::path::EscapedSlashes,
+    pub trusted_proxies: crate::edge::Trusted,
 }
 
 /// One worker's view of a configuration: routes, service pools, and the filter chain
@@ -46,6 +48,8 @@ pub struct WorkerState {
     pub router: Router,
     pub services: Vec<ServiceClient>,
     pub chains: Vec<Vec<Filter>>,
+    /// Extra identity header names stripped from client requests.
+    pub identity_headers: Vec<String>,
     pub shared: Arc<Shared>,
 }
 
@@ -95,6 +99,8 @@ impl WorkerState {
                 .map(|l| ListenerLimits {
                     max_headers_bytes: l.max_headers_bytes,
                     max_headers_count: l.max_headers_count,
+                    escaped_slashes: l.escaped_slashes,
+                    trusted_proxies: l.trusted_proxies.clone(),
                 })
                 .collect(),
             router: Router::new(&plan.routes),
@@ -104,6 +110,7 @@ impl WorkerState {
                 .map(|s| ServiceClient::new(s.clone()))
                 .collect(),
             chains,
+            identity_headers: plan.identity_headers.clone(),
             shared,
         })
     }

@@ -1,0 +1,311 @@
+//! What the gateway settles about a client's request before routing and before any
+//! filter runs: which forwarding headers to believe, who the client is, and that no
+//! identity header the client wrote survives.
+//!
+//! `X-Forwarded-For`, `-Host`, `-Proto`, `-Port`, `Forwarded` and `X-Real-IP` are
+//! believed only from a peer in the listener's `trusted_proxies` (Kong's
+//! `trusted_ips`); from anyone else they are replaced with what the gateway itself
+//! saw. The client's address is then the right-most address of the trusted chain that
+//! is not itself a trusted proxy (Kong's `real_ip_recursive`), else the peer.
+//!
+//! The identity contract's headers (`x-consumer-*`, `x-credential-identifier`,
+//! `x-anonymous-consumer`, and the names configured in `identity_headers`) are set
+//! only by an auth filter from a verified credential. The gateway removes them from
+//! every client request, so no route, no filter order and no `fail_open` can let a
+//! client's own identity through; only a route marked `trust_identity_headers`, reached
+//! through a trusted proxy, keeps them.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use http::header::HeaderValue;
+use ipnet::IpNet;
+
+/// Headers a client may use to say where a request came from.
+const FORWARDING: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// Identity headers of the contract between filters, besides the `x-consumer-` family.
+const IDENTITY: [&str; 2] = ["x-credential-identifier", "x-anonymous-consumer"];
+const IDENTITY_PREFIX: &str = "x-consumer-";
+
+/// A listener's trusted proxies.
+#[derive(Debug, Clone, Default)]
+pub struct Trusted {
+    nets: Vec<IpNet>,
+}
+
+impl Trusted {
+    pub fn new(nets: Vec<IpNet>) -> Trusted {
+        Trusted { nets }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`, as a dual-stack socket reports
+/// it) is the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Parses a CIDR (`10.0.0.0/8`) or a single address (`10.1.2.3`, a /32 or /128).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR"))
+}
+
+/// What the edge decided about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The client as far as trusted proxies tell (the peer when they tell nothing).
+    pub client: SocketAddr,
+    /// Whether the connection came from a trusted proxy.
+    pub trusted: bool,
+}
+
+/// The forwarding headers the upstream and the filters get, and the client's address.
+pub fn forwarding(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+    host: &str,
+    trusted: &Trusted,
+) -> Peer {
+    let scheme = if tls { "https" } else { "http" };
+    let from_proxy = trusted.contains(peer.ip());
+    let peer_ip = canonical(peer.ip());
+    if !from_proxy {
+        for h in FORWARDING {
+            headers.remove(h);
+        }
+    }
+    // The chain so far: every X-Forwarded-For line, in order, then the peer.
+    let mut chain: Vec<String> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        if let Ok(v) = v.to_str() {
+            chain.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+    }
+    chain.push(peer_ip.to_string());
+    // The peer keeps its port; an address from the chain has none.
+    let client = match client_of(&chain, trusted) {
+        Some((i, ip)) if i + 1 < chain.len() => SocketAddr::new(ip, 0),
+        _ => SocketAddr::new(peer_ip, peer.port()),
+    };
+    set(headers, "x-forwarded-for", &chain.join(", "));
+    let keep = |headers: &HeaderMap, name: &str| from_proxy && headers.contains_key(name);
+    if !keep(headers, "x-forwarded-proto") {
+        set(headers, "x-forwarded-proto", scheme);
+    }
+    if !keep(headers, "x-forwarded-host") {
+        set(headers, "x-forwarded-host", host);
+    }
+    if !keep(headers, "x-forwarded-port") {
+        set(headers, "x-forwarded-port", &local.port().to_string());
+    }
+    set(headers, "x-real-ip", &client.ip().to_string());
+    Peer {
+        client,
+        trusted: from_proxy,
+    }
+}
+
+/// The right-most address of the chain that is not a trusted proxy (the left-most
+/// when all are), with its position; `None` when an entry that matters is not an
+/// address.
+fn client_of(chain: &[String], trusted: &Trusted) -> Option<(usize, IpAddr)> {
+    let mut last = None;
+    for (i, entry) in chain.iter().enumerate().rev() {
+        let ip = parse_hop(entry)?;
+        last = Some((i, ip));
+        if !trusted.contains(ip) {
+            return last;
+        }
+    }
+    last
+}
+
+/// An X-Forwarded-For entry: an address, possibly with a port (`1.2.3.4:80`,
+/// `[::1]:80`).
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    s.parse::<SocketAddr>().ok().map(|a| canonical(a.ip()))
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// Whether `name` (lower case) is an identity header of the contract or one of the
+/// configured extra names.
+pub fn is_identity(name: &str, extra: &[String]) -> bool {
+    name.starts_with(IDENTITY_PREFIX)
+        || IDENTITY.contains(&name)
+        || extra.iter().any(|e| e == name)
+}
+
+/// Removes every identity header a client sent.
+pub fn strip_identity(headers: &mut HeaderMap, extra: &[String]) {
+    let doomed: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| is_identity(k.as_str(), extra))
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn trusted(nets: &[&str]) -> Trusted {
+        Trusted::new(nets.iter().map(|n| parse_net(n).unwrap()).collect())
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn get(h: &HeaderMap, k: &str) -> Option<String> {
+        h.get(k).map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn an_untrusted_client_cannot_forge_forwarding_headers() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "1"),
+            ("forwarded", "for=1.1.1.1;host=evil.example"),
+            ("x-real-ip", "1.1.1.1"),
+        ]);
+        let p = forwarding(
+            &mut h,
+            addr("203.0.113.9:5555"),
+            addr("127.0.0.1:8080"),
+            false,
+            "api.example.com",
+            &trusted(&["10.0.0.0/8"]),
+        );
+        assert_eq!(p.client, addr("203.0.113.9:5555"));
+        assert!(!p.trusted);
+        assert_eq!(get(&h, "x-forwarded-for").as_deref(), Some("203.0.113.9"));
+        assert_eq!(get(&h, "x-forwarded-host").as_deref(), Some("api.example.com"));
+        assert_eq!(get(&h, "x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(get(&h, "x-forwarded-port").as_deref(), Some("8080"));
+        assert_eq!(get(&h, "x-real-ip").as_deref(), Some("203.0.113.9"));
+        assert_eq!(get(&h, "forwarded"), None);
+    }
+
+    #[test]
+    fn a_trusted_proxy_extends_the_chain_and_names_the_client() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "198.51.100.7, 10.0.0.2"),
+            ("x-forwarded-for", "10.0.0.3"),
+            ("x-forwarded-host", "shop.example.com"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let p = forwarding(
+            &mut h,
+            addr("10.0.0.4:4000"),
+            addr("127.0.0.1:8080"),
+            false,
+            "internal",
+            &trusted(&["10.0.0.0/8"]),
+        );
+        assert!(p.trusted);
+        assert_eq!(p.client.ip(), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            get(&h, "x-forwarded-for").as_deref(),
+            Some("198.51.100.7, 10.0.0.2, 10.0.0.3, 10.0.0.4")
+        );
+        assert_eq!(get(&h, "x-forwarded-host").as_deref(), Some("shop.example.com"));
+        assert_eq!(get(&h, "x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(get(&h, "x-real-ip").as_deref(), Some("198.51.100.7"));
+    }
+
+    #[test]
+    fn a_forged_entry_left_of_an_untrusted_hop_is_ignored() {
+        // The client (an untrusted hop) wrote 6.6.6.6 itself; the trusted proxy added
+        // the client's real address after it.
+        let mut h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7")]);
+        let p = forwarding(
+            &mut h,
+            addr("10.0.0.4:4000"),
+            addr("127.0.0.1:8080"),
+            false,
+            "h",
+            &trusted(&["10.0.0.0/8"]),
+        );
+        assert_eq!(p.client.ip(), "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn mapped_ipv4_and_single_addresses() {
+        let t = trusted(&["127.0.0.1", "fd00::/8"]);
+        assert!(t.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(t.contains("fd12::1".parse().unwrap()));
+        assert!(!t.contains("127.0.0.2".parse().unwrap()));
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("nope").is_err());
+        assert_eq!(parse_hop("[::1]:80"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_hop("unknown"), None);
+    }
+
+    #[test]
+    fn identity_headers_are_recognised() {
+        let extra = vec!["x-user-email".to_owned()];
+        let mut h = headers(&[
+            ("x-consumer-id", "admin"),
+            ("x-consumer-username", "admin"),
+            ("x-consumer-custom-id", "1"),
+            ("x-credential-identifier", "i"),
+            ("x-anonymous-consumer", "false"),
+            ("x-user-email", "a@b"),
+            ("x-consumerid", "kept"),
+            ("accept", "*/*"),
+        ]);
+        strip_identity(&mut h, &extra);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "x-consumerid"]);
+    }
+}

@@ -1,0 +1,365 @@
+//! The gateway's edge, attacked as a client would with nothing but crafted requests:
+//! path tricks against a protected route behind a public one, forged forwarding
+//! headers, a client's own identity headers. In our gateway and in Envoy with the
+//! shipped edge settings.
+
+mod common;
+
+use common::*;
+use jwt_mint::{Key, jwks};
+use portcullis_envoy::{Envoy, EnvoyConfig, WasmFilter};
+use serde_json::json;
+
+/// Requests that try to reach `/orders/42` (protected) through `/health` (public).
+const TRICKS: &[&[u8]] = &[
+    b"/health/../orders/42",
+    b"/health/./../orders/42",
+    b"/health/%2e%2e/orders/42",
+    b"/health/%2E%2e/orders/42",
+    b"/health/.%2e/orders/42",
+    b"/health//../orders/42",
+    b"/health/..//orders/42",
+    b"//health/../orders/42",
+    b"/health/..%2forders/42",
+    b"/health%2F..%2Forders%2F42",
+    b"/health/..%5corders/42",
+    b"/health/..%5Corders%5C42",
+    b"/health\\..\\orders\\42",
+    b"/health/..;/orders/42",
+    b"/health;/../orders/42",
+    b"/health;x=1/../orders/42",
+    b"/health/%2e%2e;/orders/42",
+    b"/health/.;/../orders/42",
+    b"/health/%00/../../orders/42",
+    b"/health/%2e%2e%00/orders/42",
+    b"/health/%c0%ae%c0%ae/orders/42",
+    b"/health/%e0%80%ae%e0%80%ae/orders/42",
+    b"/health/%c0%af../orders/42",
+    b"/health/%252e%252e/orders/42",
+    b"/healthcare/../orders/42",
+    b"/healthcare",
+    b"/health/../../orders/42",
+    b"/health/%2e/../orders/42",
+    b"/HEALTH/../orders/42",
+];
+
+fn auth_config(key: &Key, public_rule: bool) -> serde_json::Value {
+    let mut rules = vec![json!({"match": {"prefix": "/"}, "requires": {"provider": "idp"}})];
+    if public_rule {
+        rules.insert(0, json!({"match": {"path_separated_prefix": "/health"}}));
+    }
+    json!({
+        "providers": {"idp": {"issuer": "https://idp.test", "local_jwks": jwks(&[key]), "algorithms": ["ES256"]}},
+        "rules": rules
+    })
+}
+
+/// Sends every trick without a token: each is refused, or reaches the upstream on a
+/// path that even a lax reading keeps under `/health`.
+fn assert_no_trick_passes(host: &str, addr: &str) {
+    let mut refused = 0;
+    for trick in TRICKS {
+        let shown = String::from_utf8_lossy(trick);
+        let (status, body) = raw_get(addr, trick, &[]);
+        if (200..300).contains(&status) {
+            let seen: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|_| panic!("{host}: {shown}: not from the echo upstream: {body}"));
+            let path = seen["path"].as_str().unwrap_or("");
+            let lax = lax_reading(path);
+            assert!(
+                lax == "/health" || lax.starts_with("/health/"),
+                "{host}: {shown} reached the upstream as {path} (read as {lax}) without a token"
+            );
+        } else {
+            assert!(
+                (400..500).contains(&status),
+                "{host}: {shown}: {status} {body}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused > TRICKS.len() / 2, "{host}: most tricks are refused");
+}
+
+/// The controls: the public path is public, the protected one needs a token and
+/// passes with one. Without them the trick test could pass for a broken setup.
+fn assert_controls(host: &str, addr: &str, token: &str) {
+    assert_eq!(raw_get(addr, b"/health", &[]).0, 200, "{host}");
+    assert_eq!(raw_get(addr, b"/health/live", &[]).0, 200, "{host}");
+    assert_eq!(raw_get(addr, b"/orders/42", &[]).0, 401, "{host}");
+    let bearer = format!("Bearer {token}");
+    let (status, body) = raw_get(addr, b"/orders/42", &[("authorization", &bearer)]);
+    assert_eq!(status, 200, "{host}: {body}");
+}
+
+#[test]
+fn path_tricks_never_reach_a_protected_route_without_a_token_in_both_hosts() {
+    let key = Key::ec256("k1");
+    let token = key.sign(
+        "ES256",
+        json!({"iss": "https://idp.test", "sub": "u1", "exp": 4_102_444_800u64}),
+    );
+    let upstream = echo();
+
+    // The quickstart's shape: one route, the public prefix is a jwt-auth rule.
+    let auth = auth_config(&key, true);
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+filters: [{{ name: auth, wasm: "{}", config: {auth} }}]
+routes: [{{ name: api, match: {{ paths: [/] }}, service: echo, filters: [auth], strip_path: false }}]
+"#,
+        wasm("jwt_auth")
+    ));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    assert_controls("portcullis, rules", &addr, &token);
+    assert_no_trick_passes("portcullis, rules", &addr);
+
+    // The public prefix as a gateway route of its own, without filters.
+    let auth = auth_config(&key, false);
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+filters: [{{ name: auth, wasm: "{}", config: {auth} }}]
+routes:
+  - {{ name: health, match: {{ path_separated_prefixes: [/health] }}, service: echo, strip_path: false }}
+  - {{ name: api, match: {{ paths: [/] }}, service: echo, filters: [auth], strip_path: false }}
+"#,
+        wasm("jwt_auth")
+    ));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    assert_controls("portcullis, routes", &addr, &token);
+    assert_no_trick_passes("portcullis, routes", &addr);
+
+    // Envoy with the shipped edge settings and the same filter and rules.
+    let envoy = Envoy::start(&EnvoyConfig::new(upstream).filter(WasmFilter::new(
+        "auth",
+        portcullis_testbed::wasm("jwt_auth"),
+        &auth_config(&key, true).to_string(),
+    )))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr = envoy.listener.to_string();
+    assert_controls("envoy", &addr, &token);
+    assert_no_trick_passes("envoy", &addr);
+}
+
+#[test]
+fn the_upstream_gets_the_normalized_path_and_bad_paths_are_400() {
+    let upstream = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners:
+  - {{ name: public, address: "127.0.0.1:{{PORT}}" }}
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+routes: [{{ name: api, match: {{ paths: [/] }}, service: echo, strip_path: false }}]
+"#
+    ));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let path_of = |target: &[u8]| {
+        let (status, body) = raw_get(&addr, target, &[]);
+        assert_eq!(status, 200, "{}: {body}", String::from_utf8_lossy(target));
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["path"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(path_of(b"/a/./b/../c//d?x=/../%2f"), "/a/c/d?x=/../%2f");
+    assert_eq!(path_of(b"/%7eada/%41%3a%3f"), "/~ada/A%3A%3F");
+    for (target, why) in [
+        (&b"/../etc/passwd"[..], "climbs above the root"),
+        (b"/a/%2e%2e/%2e%2e/b", "climbs above the root"),
+        (b"/a%2fb", "encoded slash"),
+        (b"/a%5Cb", "encoded slash"),
+        (b"/a%zzb", "invalid percent-encoding"),
+        (b"/a%00b", "NUL or control"),
+        (b"/a%c0%afb", "not UTF-8"),
+        (b"/a\\b", "backslash"),
+        (b"/a/..;/b", "dot segment with parameters"),
+    ] {
+        let (status, body) = raw_get(&addr, target, &[]);
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(target));
+        assert!(body.contains(why), "{body}");
+        assert!(body.contains("request_id"), "{body}");
+    }
+}
+
+#[test]
+fn the_escaped_slash_action_is_per_listener() {
+    let upstream = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners:
+  - {{ name: public, address: "127.0.0.1:{{PORT}}", escaped_slashes: keep }}
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+routes:
+  - {{ name: files, match: {{ path_separated_prefixes: [/files] }}, service: echo, strip_path: false }}
+"#
+    ));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let (status, body) = raw_get(&addr, b"/files/a%2fb", &[]);
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["path"], "/files/a%2Fb", "kept, as one segment");
+    let bad = Gateway::try_start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}", escaped_slashes: sometimes }}]
+services: [{{ name: echo, url: "http://{upstream}" }}]
+"#
+    ));
+    assert!(bad.is_err_and(|e| e.contains("escaped_slashes")));
+}
+
+/// A client's forwarding and identity headers on routes with and without filters.
+#[test]
+fn a_client_cannot_set_forwarding_or_identity_headers() {
+    let upstream = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+identity_headers: [x-user-email]
+services: [{{ name: echo, url: "http://{upstream}" }}]
+filters: [{{ name: noop, wasm: "{}" }}]
+routes:
+  - {{ name: plain, match: {{ path_separated_prefixes: [/plain] }}, service: echo, strip_path: false }}
+  - {{ name: filtered, match: {{ path_separated_prefixes: [/filtered] }}, service: echo, filters: [noop], strip_path: false }}
+"#,
+        wasm("noop_filter")
+    ));
+    let forged = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-port", "443"),
+        ("forwarded", "for=6.6.6.6;host=evil.example;proto=https"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-consumer-id", "admin"),
+        ("x-consumer-username", "admin"),
+        ("x-consumer-groups", "admins"),
+        ("x-consumer-tier", "premium"),
+        ("x-credential-identifier", "forged"),
+        ("x-anonymous-consumer", "false"),
+        ("x-user-email", "ceo@example.com"),
+    ];
+    for path in ["/plain/x", "/filtered/x"] {
+        let r = get(&gw, path, &forged);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let h = |n: &str| r.upstream_header(n);
+        assert_eq!(h("x-forwarded-for").as_deref(), Some("127.0.0.1"), "{path}");
+        assert_eq!(h("x-forwarded-host").as_deref(), Some("gateway.test"), "{path}");
+        assert_eq!(h("x-forwarded-proto").as_deref(), Some("http"), "{path}");
+        assert_eq!(h("x-forwarded-port").as_deref(), Some(&*gw.port.to_string()), "{path}");
+        assert_eq!(h("x-real-ip").as_deref(), Some("127.0.0.1"), "{path}");
+        for (name, _) in &forged[4..] {
+            if *name != "x-real-ip" {
+                assert_eq!(h(name), None, "{path}: {name} reached the upstream");
+            }
+        }
+    }
+}
+
+/// Behind a trusted proxy the chain is extended and the client's address taken from
+/// it; identity headers survive only on a route that trusts them.
+#[test]
+fn forwarding_headers_are_believed_from_trusted_proxies_only() {
+    let upstream = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}", trusted_proxies: ["127.0.0.0/8", "10.0.0.0/8"] }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+routes:
+  - {{ name: inner, match: {{ path_separated_prefixes: [/inner] }}, service: echo, strip_path: false, trust_identity_headers: true }}
+  - {{ name: api, match: {{ paths: [/] }}, service: echo, strip_path: false }}
+"#
+    ));
+    let sent = [
+        ("x-forwarded-for", "198.51.100.7, 10.1.2.3"),
+        ("x-forwarded-host", "shop.example.com"),
+        ("x-forwarded-proto", "https"),
+        ("x-consumer-id", "u-1"),
+    ];
+    let r = get(&gw, "/api", &sent);
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("198.51.100.7, 10.1.2.3, 127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("shop.example.com")
+    );
+    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("198.51.100.7"));
+    assert_eq!(
+        r.upstream_header("x-consumer-id"),
+        None,
+        "a route that does not trust identity headers drops them even from a proxy"
+    );
+    let r = get(&gw, "/inner/x", &sent);
+    assert_eq!(r.upstream_header("x-consumer-id").as_deref(), Some("u-1"));
+
+    let bad = Gateway::try_start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}", trusted_proxies: ["10.0.0.0/40"] }}]
+services: [{{ name: echo, url: "http://{upstream}" }}]
+"#
+    ));
+    assert!(bad.is_err_and(|e| e.contains("trusted_proxies")));
+}
+
+/// A route marked `trust_identity_headers` does not trust a client that is not a
+/// trusted proxy.
+#[test]
+fn trusting_identity_headers_needs_a_trusted_peer() {
+    let upstream = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}", trusted_proxies: ["10.0.0.0/8"] }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+routes:
+  - {{ name: inner, match: {{ paths: [/] }}, service: echo, trust_identity_headers: true }}
+"#
+    ));
+    let r = get(&gw, "/x", &[("x-consumer-id", "admin")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-consumer-id"), None);
+}
+
+#[test]
+fn envoy_drops_a_clients_forwarding_and_identity_headers_before_its_filters() {
+    let upstream = echo();
+    let envoy = Envoy::start(&EnvoyConfig::new(upstream).filter(WasmFilter::new(
+        "noop",
+        portcullis_testbed::wasm("noop_filter"),
+        "",
+    )))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = get_url(
+        &format!("http://{}", envoy.listener),
+        "/x",
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-consumer-id", "admin"),
+            ("x-credential-identifier", "forged"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Envoy writes its own address for a loopback peer: one address, not the forgery.
+    let xff = r.upstream_header("x-forwarded-for").unwrap_or_default();
+    assert!(!xff.contains("6.6.6.6") && !xff.contains(','), "{xff}");
+    assert_eq!(r.upstream_header("x-forwarded-host"), None);
+    assert_eq!(r.upstream_header("x-consumer-id"), None);
+    assert_eq!(r.upstream_header("x-credential-identifier"), None);
+}
+
+fn get_url(base: &str, path: &str, headers: &[(&str, &str)]) -> Res {
+    send(base, "GET", path, headers, b"").unwrap()
+}
