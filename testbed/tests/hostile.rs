@@ -87,6 +87,102 @@ fn fail_open_lets_requests_through_without_the_filter() {
     assert_eq!(res.status, 200, "the filter is skipped from then on");
 }
 
+/// A filter that fails open after changing the request must not leave its changes,
+/// nor an emptied header map, to the rest of the chain: the next filters and the
+/// upstream get the request as it was before it.
+#[test]
+fn fail_open_passes_on_the_request_as_it_was_before_the_failing_filter() {
+    let mut bed = TestBed::new()
+        .filter(wasm("conformance_filter"), r#"{"upstream": "echo"}"#)
+        .named("hostile")
+        .failure_policy(FailurePolicy::FailOpen)
+        .filter(wasm("header_forwarder"), r#"{"forward_authorization": true}"#)
+        .cluster("echo", |_| Reply::status(200, &[], "ok"))
+        .upstream(|req| {
+            let mut h = portcullis_testbed::HeaderMap::new();
+            h.add(":status", "200");
+            h.add("x-upstream", "1");
+            (200, h, req.body.clone())
+        })
+        .build()
+        .expect("starts");
+    let res = bed.send(
+        Request::post("/case/tamper-then-trap", "the body").header("x-keep", "kept"),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.as_ref().expect("reached the upstream");
+    assert_eq!(up.headers.get_str(":path"), Some("/case/tamper-then-trap"));
+    assert_eq!(up.headers.get_str("x-keep"), Some("kept"));
+    assert_eq!(up.headers.get_str("x-tampered"), None);
+    assert_eq!(up.body, b"the body");
+    assert_eq!(
+        up.headers.get_str("authorization"),
+        None,
+        "the credential property the failing filter forged is gone"
+    );
+}
+
+#[test]
+fn fail_open_keeps_the_body_and_the_response_a_failing_filter_changed() {
+    for (case, check) in [
+        ("tamper-body-then-trap", "body"),
+        ("tamper-response-then-trap", "response"),
+    ] {
+        let mut bed = TestBed::new()
+            .filter(wasm("conformance_filter"), r#"{"upstream": "echo"}"#)
+            .named("hostile")
+            .failure_policy(FailurePolicy::FailOpen)
+            .cluster("echo", |_| Reply::status(200, &[], "ok"))
+            .upstream(|req| {
+                let mut h = portcullis_testbed::HeaderMap::new();
+                h.add(":status", "200");
+                h.add("x-upstream", "1");
+                (200, h, req.body.clone())
+            })
+            .build()
+            .expect("starts");
+        let res = bed.send(Request::post(&format!("/case/{case}"), "the body"));
+        assert!(bed.logged("panic after changing"), "{case}: the filter did fail");
+        assert_eq!(res.status, 200, "{case}: {}", res.text());
+        match check {
+            "body" => assert_eq!(
+                res.upstream.as_ref().map(|u| u.body.clone()),
+                Some(b"the body".to_vec()),
+                "{case}"
+            ),
+            _ => {
+                assert_eq!(res.header("x-upstream"), Some("1"), "{case}");
+                assert_eq!(res.body, b"the body", "{case}");
+            }
+        }
+    }
+}
+
+/// The issue's report: a failing `fail_open` filter placed before jwt-auth must not
+/// let a request without a token through.
+#[test]
+fn a_fail_open_filter_failing_before_jwt_auth_does_not_bypass_it() {
+    let key = jwt_mint::Key::ec256("k1");
+    let auth = serde_json::json!({
+        "providers": {"idp": {"issuer": "https://idp.test", "local_jwks": jwt_mint::jwks(&[&key]), "algorithms": ["ES256"]}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
+    });
+    for case in ["trap", "tamper-then-trap"] {
+        let mut bed = TestBed::new()
+            .filter(wasm("conformance_filter"), r#"{"upstream": "echo"}"#)
+            .named("hostile")
+            .failure_policy(FailurePolicy::FailOpen)
+            .filter(wasm("jwt_auth"), auth.to_string())
+            .cluster("echo", |_| Reply::status(200, &[], "ok"))
+            .build()
+            .expect("starts");
+        let res = bed.send(Request::get(&format!("/case/{case}")));
+        assert!(bed.logged("conformance: panic"), "{case}: the filter did fail");
+        assert_eq!(res.status, 401, "{case}: {}", res.text());
+        assert!(res.upstream.is_none(), "{case}");
+    }
+}
+
 #[test]
 fn out_of_bounds_pointers_and_lengths_are_invalid_memory_access() {
     let mut bed = bed(FailurePolicy::FailClosed);

@@ -37,6 +37,8 @@ struct Slot {
 pub struct HttpStream {
     slots: Vec<Slot>,
     info: Arc<RequestInfo>,
+    /// The request's filter state, shared by its filters.
+    properties: crate::state::StreamProperties,
     /// A filter that failed closed before the request began: its 503.
     failed_at_start: Option<LocalReply>,
     finished: bool,
@@ -101,6 +103,7 @@ impl HttpStream {
         HttpStream {
             slots,
             info,
+            properties,
             failed_at_start,
             finished: false,
             replied: false,
@@ -120,6 +123,7 @@ impl HttpStream {
         for i in 0..self.slots.len() {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let n = headers.len() as u32;
+            let before = self.before(i, headers);
             let map = std::mem::take(headers);
             let outcome = self
                 .run(
@@ -130,9 +134,10 @@ impl HttpStream {
                     |vm, id| vm.on_request_headers(id, n, end_of_stream),
                 )
                 .await;
-            *headers = self
-                .take_back(i, |c| c.request_headers.take())
-                .unwrap_or_default();
+            *headers = match self.take_back(i, |c| c.request_headers.take()) {
+                Some(h) => h,
+                None => self.restore(before),
+            };
             if let Some(flow) = outcome {
                 return flow;
             }
@@ -203,6 +208,7 @@ impl HttpStream {
         for i in (0..self.slots.len()).rev() {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let n = headers.len() as u32;
+            let before = self.before(i, headers);
             let map = std::mem::take(headers);
             let outcome = self
                 .run(
@@ -216,9 +222,10 @@ impl HttpStream {
                     |vm, id| vm.on_response_headers(id, n, end_of_stream),
                 )
                 .await;
-            *headers = self
-                .take_back(i, |c| c.response_headers.take())
-                .unwrap_or_default();
+            *headers = match self.take_back(i, |c| c.response_headers.take()) {
+                Some(h) => h,
+                None => self.restore(before),
+            };
             if let Some(flow) = outcome {
                 return flow;
             }
@@ -256,6 +263,7 @@ impl HttpStream {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let mut buf = std::mem::take(&mut self.slots[i].held);
             buf.append(chunk);
+            let before = self.before(i, &buf);
             let size = buf.len() as u32;
             let outcome = self
                 .run_body(i, ctx, phase, buf, eos, move |vm, id| match phase {
@@ -263,7 +271,10 @@ impl HttpStream {
                     _ => vm.on_response_body(id, size, eos),
                 })
                 .await;
-            let buf = self.take_back(i, |c| c.body.take()).unwrap_or_default();
+            let buf = match self.take_back(i, |c| c.body.take()) {
+                Some(b) => b,
+                None => self.restore(before),
+            };
             match outcome {
                 BodyOutcome::Pass => *chunk = buf,
                 BodyOutcome::Hold => {
@@ -388,6 +399,29 @@ impl HttpStream {
         Flow::Reply(reply)
     }
 
+    /// What filter `i` is given, kept aside when the filter fails open: if it fails
+    /// while holding the data, the rest of the chain and the upstream get the request
+    /// exactly as it was before that filter (its data and the request's filter state),
+    /// not what a dying VM left of it.
+    fn before<T: Clone>(&self, i: usize, data: &T) -> Option<Before<T>> {
+        (self.slots[i].filter.policy() == FailurePolicy::FailOpen).then(|| Before {
+            data: data.clone(),
+            properties: self.properties.lock().clone(),
+        })
+    }
+
+    /// The data as it was before a filter that failed (see [`HttpStream::before`]);
+    /// empty when the filter was not failing open, since the request then ends.
+    fn restore<T: Default>(&self, before: Option<Before<T>>) -> T {
+        match before {
+            Some(b) => {
+                *self.properties.lock() = b.properties;
+                b.data
+            }
+            None => T::default(),
+        }
+    }
+
     /// The live context of filter `i`, if its VM still is the one it was created in.
     fn ctx_of(&mut self, i: usize) -> Option<(u32, u64, Arc<Notify>)> {
         let slot = &mut self.slots[i];
@@ -466,6 +500,11 @@ impl Drop for HttpStream {
         let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
         self.finish_inner(&mut a, &mut b);
     }
+}
+
+struct Before<T> {
+    data: T,
+    properties: std::collections::HashMap<Vec<u8>, Vec<u8>>,
 }
 
 enum Settled {

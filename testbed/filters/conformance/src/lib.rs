@@ -569,9 +569,18 @@ impl HttpContext for Case {
                 self.report(&[("after_2020", (secs > 1_577_836_800).to_string())]);
                 Action::Pause
             }
-            "body" => Action::Continue,
+            "body" | "tamper-body-then-trap" | "tamper-response-then-trap" => Action::Continue,
             // Hostile cases.
             "trap" => panic!("conformance: panic in on_request_headers"),
+            // Changes the request, then fails: a fail-open host must pass on the
+            // request as it was before this filter, not what the filter left of it.
+            "tamper-then-trap" => {
+                self.set_http_request_header("x-tampered", Some("1"));
+                self.set_http_request_header("x-keep", None);
+                self.set_http_request_header(":path", Some("/tampered"));
+                self.set_property(vec!["portcullis.credential"], Some(b"forged"));
+                panic!("conformance: panic after changing the request headers")
+            }
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
@@ -690,6 +699,10 @@ impl HttpContext for Case {
     }
 
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
+        if self.case == "tamper-body-then-trap" {
+            self.set_http_request_body(0, size, b"tampered");
+            panic!("conformance: panic after changing the request body");
+        }
         if self.case != "body" {
             return Action::Continue;
         }
@@ -703,6 +716,11 @@ impl HttpContext for Case {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.case == "tamper-response-then-trap" {
+            self.set_http_response_header("x-upstream", None);
+            self.set_http_response_header(":status", Some("299"));
+            panic!("conformance: panic after changing the response headers");
+        }
         self.set_http_response_header("x-saw-response", Some(&self.case.clone()));
         match self.case.as_str() {
             "request-headers-in-response" => {
