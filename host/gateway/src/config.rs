@@ -63,6 +63,15 @@ pub struct ListenerConfig {
     /// `trusted_ips`). Empty by default: every client's are replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Limits on clients; see `crate::downstream::ClientLimits` for the defaults.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub request_headers_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub http2_max_concurrent_streams: Option<u32>,
 }
 
 fn default_headers_kb() -> usize {
@@ -210,6 +219,7 @@ pub struct Listener {
     pub max_headers_count: usize,
     pub escaped_slashes: crate::path::EscapedSlashes,
     pub trusted_proxies: crate::edge::Trusted,
+    pub clients: crate::downstream::ClientLimits,
 }
 
 #[derive(Debug)]
@@ -296,6 +306,38 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 Err(e) => errors.push(format!("listener `{}`: trusted_proxies: {e}", l.name)),
             }
         }
+        let mut clients = crate::downstream::ClientLimits::default();
+        if let Some(n) = l.max_connections {
+            clients.max_connections = n;
+        }
+        if let Some(ms) = l.request_headers_timeout_ms {
+            clients.request_headers_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = l.idle_timeout_ms {
+            clients.idle_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = l.http2_max_concurrent_streams {
+            clients.http2_max_concurrent_streams = n;
+        }
+        // An HTTP/2 header block as large as the listener's header limit, plus
+        // HPACK's 32 bytes of accounting per header.
+        clients.http2_max_header_list_bytes = u32::try_from(
+            l.max_request_headers_kb * 1024 + l.max_request_headers_count * 32,
+        )
+        .unwrap_or(u32::MAX);
+        for (field, zero) in [
+            ("max_connections", clients.max_connections == 0),
+            ("request_headers_timeout_ms", clients.request_headers_timeout.is_zero()),
+            ("idle_timeout_ms", clients.idle_timeout.is_zero()),
+            (
+                "http2_max_concurrent_streams",
+                clients.http2_max_concurrent_streams == 0,
+            ),
+        ] {
+            if zero {
+                errors.push(format!("listener `{}`: {field} must be positive", l.name));
+            }
+        }
         if let Some(address) = address {
             listeners.push(Listener {
                 name: l.name.clone(),
@@ -305,6 +347,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 max_headers_count: l.max_request_headers_count,
                 escaped_slashes: l.escaped_slashes,
                 trusted_proxies: crate::edge::Trusted::new(nets),
+                clients,
             });
         }
     }

@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod downstream;
 pub mod edge;
 pub mod metrics;
 pub mod path;

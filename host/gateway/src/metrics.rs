@@ -22,6 +22,10 @@ pub struct GatewayMetrics {
     /// (service, kind) → count; kind is connect, tls, timeout, reset, body_too_large.
     upstream_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     pub in_flight: AtomicU64,
+    /// Connections closed at accept because the listener had `max_connections` open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed after `idle_timeout_ms` without a request.
+    pub connections_idle_closed: AtomicU64,
 }
 
 #[derive(Default, Clone)]
@@ -118,6 +122,16 @@ impl GatewayMetrics {
             out,
             "# TYPE portcullis_requests_in_flight gauge\nportcullis_requests_in_flight {}",
             self.in_flight.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE portcullis_downstream_connections_refused_total counter\nportcullis_downstream_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE portcullis_downstream_connections_idle_closed_total counter\nportcullis_downstream_connections_idle_closed_total {}",
+            self.connections_idle_closed.load(Ordering::Relaxed)
         );
         for (name, value) in filters.snapshot() {
             let name = format!("portcullis_filter_{}", sanitize(&name));

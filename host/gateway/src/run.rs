@@ -62,7 +62,12 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
                 )]
             })?;
         let tls = l.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        sockets.push(ListenerSocket { std, tls });
+        sockets.push(ListenerSocket {
+            std,
+            tls,
+            limits: l.clients,
+            open: Default::default(),
+        });
     }
     let sockets = Arc::new(sockets);
     let shared = Arc::new(Shared {

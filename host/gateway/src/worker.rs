@@ -2,7 +2,7 @@
 //! accepting on the shared listening sockets, serving HTTP/1.1 and HTTP/2, and
 //! swapping its configuration on reload.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use portcullis_engine::{Engine, Filter, PluginSpec};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -134,6 +133,10 @@ impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
 pub struct ListenerSocket {
     pub std: std::net::TcpListener,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Set at start (a reload does not change them).
+    pub limits: crate::downstream::ClientLimits,
+    /// Open connections, across workers.
+    pub open: Arc<crate::downstream::ConnectionCount>,
 }
 
 /// Starts a worker thread. It reports once whether its filters started.
@@ -170,7 +173,7 @@ pub fn spawn(
                     }
                 };
                 let (stop_tx, stop_rx) = watch::channel(false);
-                let graceful = Rc::new(GracefulShutdown::new());
+                let open = Rc::new(Cell::new(0usize));
                 for (i, socket) in sockets.iter().enumerate() {
                     let listener = match socket.std.try_clone().and_then(TcpListener::from_std) {
                         Ok(l) => l,
@@ -184,8 +187,10 @@ pub fn spawn(
                         i,
                         listener,
                         socket.tls.clone(),
+                        socket.limits,
+                        socket.open.clone(),
                         state.clone(),
-                        graceful.clone(),
+                        open.clone(),
                         stop_rx.clone(),
                     ));
                 }
@@ -199,19 +204,13 @@ pub fn spawn(
                             let _ = done.send(result);
                         }
                         Control::Drain(deadline) => {
+                            // Accept loops stop; each connection is told to finish
+                            // (HTTP/2: GOAWAY) and ends when its requests are done.
                             let _ = stop_tx.send(true);
-                            // The accept loops let go of the shutdown handle as they stop.
-                            let mut g = graceful;
-                            let graceful = loop {
-                                match Rc::try_unwrap(g) {
-                                    Ok(inner) => break inner,
-                                    Err(still_shared) => {
-                                        g = still_shared;
-                                        tokio::task::yield_now().await;
-                                    }
-                                }
-                            };
-                            let _ = tokio::time::timeout(deadline, graceful.shutdown()).await;
+                            let until = tokio::time::Instant::now() + deadline;
+                            while open.get() > 0 && tokio::time::Instant::now() < until {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                             return;
                         }
                     }
@@ -220,14 +219,19 @@ pub fn spawn(
         })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     index: usize,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: crate::downstream::ClientLimits,
+    count: Arc<crate::downstream::ConnectionCount>,
     state: Rc<RefCell<Rc<WorkerState>>>,
-    graceful: Rc<GracefulShutdown>,
+    open: Rc<Cell<usize>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    use crate::downstream::{Activity, Watched, drive};
+    let drain = stop.clone();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -240,6 +244,16 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
+        let metrics = state.borrow().shared.clone();
+        let Some(slot) = count.acquire(limits.max_connections) else {
+            // Closed at once: a client over the cap learns it now, not after a wait.
+            metrics
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let conn = Rc::new(Conn {
@@ -248,14 +262,19 @@ async fn accept_loop(
             tls: tls.is_some(),
             listener: index,
         });
+        let activity = Activity::new();
         let state = state.clone();
+        let requests = activity.clone();
         let service = service_fn(move |req| {
             let st = state.borrow().clone();
             let conn = conn.clone();
+            let in_flight = requests.request();
             async move {
                 st.shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                 let resp = handle(st.clone(), conn, req).await;
                 st.shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                // The response body is still to be sent: its bytes count as activity.
+                drop(in_flight);
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -266,31 +285,48 @@ async fn accept_loop(
             .http1()
             .max_buf_size(1 << 20)
             .max_headers(4096)
+            .header_read_timeout(limits.request_headers_timeout)
             .timer(hyper_util::rt::TokioTimer::new());
-        builder.http2().timer(hyper_util::rt::TokioTimer::new());
-        let watcher = graceful.watcher();
-        match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                tokio::task::spawn_local(watcher.watch(conn));
+        builder
+            .http2()
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.http2_max_pending_resets)
+            .max_header_list_size(limits.http2_max_header_list_bytes)
+            .timer(hyper_util::rt::TokioTimer::new());
+        let drain = drain.clone();
+        let open = open.clone();
+        let tls = tls.clone();
+        tokio::task::spawn_local(async move {
+            open.set(open.get() + 1);
+            let idle = {
+                let metrics = metrics.clone();
+                move || {
+                    metrics
+                        .metrics
+                        .connections_idle_closed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            let watched = Watched::new(stream, activity.clone());
+            match tls {
+                None => {
+                    let c = builder.serve_connection(TokioIo::new(watched), service);
+                    drive(c, activity, &limits, drain, idle).await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        limits.request_headers_timeout.min(Duration::from_secs(10)),
+                        acceptor.accept(watched),
+                    )
+                    .await;
+                    if let Ok(Ok(tls_stream)) = handshake {
+                        let c = builder.serve_connection(TokioIo::new(tls_stream), service);
+                        drive(c, activity, &limits, drain, idle).await;
+                    }
+                }
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::task::spawn_local(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await;
-                    let Ok(Ok(tls_stream)) = handshake else {
-                        return;
-                    };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls_stream), service)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
-                });
-            }
-        }
+            open.set(open.get() - 1);
+            drop(slot);
+        });
     }
 }
