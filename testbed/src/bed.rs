@@ -9,8 +9,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use portcullis_engine::{
     Clock, Engine, EngineConfig, FailurePolicy, Filter, Flow, GrpcCallRequest, GrpcCallResponse,
-    GrpcStatus, HeaderMap, HttpCallRequest, HttpStream, LogRecord, ManualClock, PluginSpec,
-    RequestInfo, StartError, VmLimits, abi::LogLevel, metrics::MetricValue,
+    GrpcStatus, HeaderMap, HostLimits, HttpCallRequest, HttpStream, Limit, LogRecord, ManualClock,
+    PluginSpec, RequestInfo, StartError, VmLimits, abi::LogLevel, metrics::MetricValue,
 };
 use tokio::task::LocalSet;
 
@@ -140,6 +140,7 @@ pub struct TestBedBuilder {
     upstream: Option<Upstream>,
     start: Duration,
     vm_id: Option<String>,
+    host_limits: HostLimits,
 }
 
 impl TestBed {
@@ -152,6 +153,7 @@ impl TestBed {
             // 2026-01-01T00:00:00Z: a fixed, realistic wall clock.
             start: Duration::from_secs(1_767_225_600),
             vm_id: None,
+            host_limits: HostLimits::default(),
         }
     }
 }
@@ -195,6 +197,12 @@ impl TestBedBuilder {
         if let Some(f) = self.filters.last_mut() {
             f.3 = limits;
         }
+        self
+    }
+
+    /// The engine's limits on what filters make the host hold.
+    pub fn host_limits(mut self, limits: HostLimits) -> Self {
+        self.host_limits = limits;
         self
     }
 
@@ -256,6 +264,7 @@ impl TestBedBuilder {
             clock,
             log: Arc::new(move |r| sink.lock().push(r)),
             log_level: LogLevel::Trace,
+            limits: self.host_limits.clone(),
             ..EngineConfig::default()
         })
         .map_err(|e| StartError::Instantiate {
@@ -425,6 +434,39 @@ impl TestBed {
 
     pub fn metric(&self, name: &str) -> Option<MetricValue> {
         self.engine.metrics().get(name)
+    }
+
+    /// How many host calls of the chain's filters the host refused at `limit`.
+    pub fn refusals(&self, limit: Limit) -> u64 {
+        self.chain
+            .iter()
+            .map(|f| self.engine.metrics().refused(f.name(), limit))
+            .sum()
+    }
+
+    /// Log lines that contain `text`.
+    pub fn count_logged(&self, text: &str) -> usize {
+        self.logs
+            .lock()
+            .iter()
+            .filter(|r| r.message.contains(text))
+            .count()
+    }
+
+    /// Every shared-data key of the chain's first filter's `vm_id`.
+    pub fn shared_keys(&self) -> Vec<Vec<u8>> {
+        self.chain
+            .first()
+            .map(|f| self.engine.shared_data().keys(&f.spec().vm_id))
+            .unwrap_or_default()
+    }
+
+    /// Whether the queue `name` of the chain's first filter's `vm_id` has an owner (a
+    /// live VM that registered it) to notify.
+    pub fn queue_has_owner(&self, name: &str) -> bool {
+        self.chain
+            .first()
+            .is_some_and(|f| self.engine.queues().has_owner(&f.spec().vm_id, name))
     }
 
     /// A shared-data value of the chain's first filter's `vm_id`.

@@ -17,5 +17,6 @@ pub use bed::{Request, Response, TestBed, TestBedBuilder, UpstreamRequest, wasm,
 pub use clusters::Reply;
 pub use portcullis_engine::{
     CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap,
-    HttpCallRequest, HttpCallResponse, LogRecord, VmLimits, abi::LogLevel, metrics::MetricValue,
+    HostLimits, HttpCallRequest, HttpCallResponse, Limit, LogRecord, VmLimits, abi::LogLevel,
+    metrics::MetricValue,
 };

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use portcullis_testbed::{FailurePolicy, Reply, Request, TestBed, VmLimits, wasm};
+use portcullis_testbed::{
+    FailurePolicy, GrpcCallResponse, HostLimits, Limit, Reply, Request, TestBed, VmLimits, wasm,
+};
 
 fn bed(policy: FailurePolicy) -> TestBed {
     TestBed::new()
@@ -343,4 +345,439 @@ fn a_trap_while_configuring_is_a_start_error_not_a_crash() {
         err.contains("boom") && err.contains("proxy_on_configure"),
         "{err}"
     );
+}
+
+// Host limits: what a filter may make the host hold outside its own memory. Each case
+// asks for more than a limit allows; the call is refused with the ABI's status, the
+// refusal is counted per filter and limit and logged (at most a line a second).
+
+const MIB: usize = 1 << 20;
+
+fn limited(limits: HostLimits) -> TestBed {
+    TestBed::new()
+        .host_limits(limits)
+        .filter(
+            wasm("conformance_filter"),
+            r#"{"upstream": "echo", "blackhole": "blackhole", "grpc": "grpc"}"#,
+        )
+        .named("hostile")
+        .cluster("echo", |_| Reply::status(200, &[], "ok"))
+        .cluster("blackhole", |_| Reply::Never)
+        .grpc_cluster("grpc", |_| Ok(GrpcCallResponse::default()))
+        .build()
+        .expect("starts")
+}
+
+/// The report of a `limit-*` case: (calls accepted, calls refused, first refusal).
+fn tally(res: &portcullis_testbed::Response) -> (usize, usize, String) {
+    let n = |k: &str| {
+        res.report(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{k}` in {}", res.text()))
+    };
+    (
+        n("ok"),
+        n("refused"),
+        res.report("status").unwrap_or_default(),
+    )
+}
+
+#[test]
+fn a_shared_data_value_past_value_bytes_is_refused_as_a_failed_cas() {
+    let mut bed = limited(HostLimits::default());
+    let res = bed.send(Request::get(&format!(
+        "/case/limit-shared?n=3&size={}",
+        4 * MIB + 1
+    )));
+    assert_eq!(tally(&res), (0, 3, "CasMismatch".into()), "{}", res.text());
+    assert!(bed.shared_keys().is_empty(), "nothing was stored");
+    assert_eq!(bed.refusals(Limit::ValueBytes), 3);
+    assert_eq!(
+        bed.count_logged("host limit value_bytes (4194304) reached"),
+        1,
+        "one line for three refusals in the same second: {:?}",
+        bed.logs()
+    );
+    // At the limit is allowed.
+    let res = bed.send(Request::get(&format!(
+        "/case/limit-shared?size={}",
+        4 * MIB
+    )));
+    assert_eq!(tally(&res), (1, 0, "none".into()));
+    assert_eq!(bed.send(Request::get("/plain")).status, 200);
+}
+
+#[test]
+fn a_shared_data_key_past_key_bytes_is_refused() {
+    let mut bed = limited(HostLimits::default());
+    let res = bed.send(Request::get("/case/limit-shared?key_size=4097"));
+    assert_eq!(tally(&res), (0, 1, "CasMismatch".into()));
+    assert_eq!(bed.refusals(Limit::KeyBytes), 1);
+    assert!(bed.logged("host limit key_bytes (4096) reached"));
+    let res = bed.send(Request::get("/case/limit-shared?key_size=4096"));
+    assert_eq!(tally(&res), (1, 0, "none".into()));
+}
+
+/// The issue's filter: 20 values of 1 MiB per request. A vm_id's shared data stops
+/// at `shared_data_bytes`; values already stored can still be overwritten.
+#[test]
+fn shared_data_of_a_vm_id_stops_at_shared_data_bytes_and_says_so_once_a_second() {
+    let mut bed = limited(HostLimits {
+        shared_data_bytes: 8 * MIB,
+        ..HostLimits::default()
+    });
+    let mut stored = 0;
+    for _ in 0..3 {
+        let res = bed.send(Request::get(&format!("/case/limit-shared?n=20&size={MIB}")));
+        stored += tally(&res).0;
+    }
+    // Seven values and their keys fit in 8 MiB; the eighth would not.
+    assert_eq!(stored, 7);
+    assert_eq!(bed.shared_keys().len(), 7);
+    assert_eq!(bed.refusals(Limit::SharedDataBytes), 53);
+    assert_eq!(bed.count_logged("host limit shared_data_bytes"), 1);
+    bed.advance(Duration::from_secs(1));
+    bed.send(Request::get(&format!("/case/limit-shared?size={MIB}")));
+    assert_eq!(bed.count_logged("host limit shared_data_bytes"), 2);
+    assert!(
+        bed.logged("52 more refused since the last line"),
+        "{:?}",
+        bed.logs()
+    );
+    // A value written over with one of the same size needs no more room.
+    let full = bed.send(Request::get(&format!(
+        "/case/limit-shared?n=7&size={MIB}&tag=t"
+    )));
+    assert_eq!(tally(&full).0, 0, "the table is full");
+    let keys = bed.shared_keys();
+    let key = String::from_utf8_lossy(&keys[0]).into_owned();
+    let tag = key
+        .strip_prefix("flood-")
+        .and_then(|k| k.rsplit_once('-'))
+        .map(|(t, _)| t.to_owned())
+        .expect("keys are flood-<tag>-<i>");
+    let res = bed.send(Request::get(&format!(
+        "/case/limit-shared?n=7&size={MIB}&tag={tag}"
+    )));
+    assert_eq!(tally(&res).0, 7, "{}", res.text());
+}
+
+#[test]
+fn shared_data_keys_of_a_vm_id_stop_at_shared_data_keys() {
+    let mut bed = limited(HostLimits {
+        shared_data_keys: 50,
+        ..HostLimits::default()
+    });
+    let res = bed.send(Request::get("/case/limit-shared?n=60&size=1"));
+    assert_eq!(tally(&res), (50, 10, "CasMismatch".into()));
+    assert_eq!(bed.refusals(Limit::SharedDataKeys), 10);
+    assert!(bed.logged("host limit shared_data_keys (50) reached"));
+}
+
+#[test]
+fn properties_of_a_request_stop_at_property_bytes() {
+    let mut bed = limited(HostLimits {
+        property_bytes: 64 * 1024,
+        ..HostLimits::default()
+    });
+    // Six paths of 7 bytes and values of 10 000 fit in 64 KiB; the seventh does not.
+    for _ in 0..2 {
+        let res = bed.send(Request::get("/case/limit-property?n=10&size=10000"));
+        assert_eq!(
+            tally(&res),
+            (6, 4, "InternalFailure".into()),
+            "{}",
+            res.text()
+        );
+    }
+    assert_eq!(bed.refusals(Limit::PropertyBytes), 8);
+    assert!(bed.logged("host limit property_bytes (65536) reached"));
+    let res = bed.send(Request::get("/case/limit-property?path_size=4097"));
+    assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::KeyBytes), 1);
+}
+
+#[test]
+fn a_body_a_filter_grows_stops_at_the_body_limit() {
+    let mut bed = limited(HostLimits {
+        body_bytes: MIB,
+        ..HostLimits::default()
+    });
+    let res = bed.send(Request::post(
+        &format!("/case/limit-body?size={}", MIB - 2),
+        "abc",
+    ));
+    assert_eq!(res.report("status").as_deref(), Some("InternalFailure"));
+    assert_eq!(res.report("body_len").as_deref(), Some("3"));
+    assert_eq!(bed.refusals(Limit::BodyBytes), 1);
+    assert!(bed.logged("host limit body_bytes (1048576) reached"));
+    let res = bed.send(Request::post(
+        &format!("/case/limit-body?size={}", MIB - 3),
+        "abc",
+    ));
+    assert_eq!(res.report("status").as_deref(), Some("Ok"));
+    assert_eq!(res.report("body_len"), Some(MIB.to_string()));
+}
+
+#[test]
+fn calls_in_flight_stop_at_calls_per_request() {
+    let mut bed = limited(HostLimits::default());
+    let res = bed.send(Request::get("/case/limit-calls?n=40"));
+    assert_eq!(tally(&res), (32, 8, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::CallsPerRequest), 8);
+    assert!(bed.logged("host limit calls_per_request (32) reached"));
+    let res = bed.send(Request::get("/case/limit-grpc?n=40"));
+    assert_eq!(tally(&res), (32, 8, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::CallsPerRequest), 16);
+}
+
+#[test]
+fn calls_in_flight_stop_at_calls_per_vm_and_answered_calls_free_their_place() {
+    let mut bed = limited(HostLimits {
+        calls_per_request: 4,
+        calls_per_vm: 10,
+        ..HostLimits::default()
+    });
+    // Calls without a timeout to a service that never answers stay in flight.
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        let res = bed.send(Request::get(
+            "/case/limit-calls?n=4&cluster=blackhole&timeout=0",
+        ));
+        accepted.push(tally(&res).0);
+    }
+    assert_eq!(accepted, [4, 4, 2]);
+    assert_eq!(bed.refusals(Limit::CallsPerVm), 2);
+    assert!(bed.logged("host limit calls_per_vm (10) reached"));
+
+    // Calls that are answered give their place back: a filter making one call per
+    // request never meets the limit.
+    let mut bed = limited(HostLimits {
+        calls_per_request: 4,
+        calls_per_vm: 10,
+        ..HostLimits::default()
+    });
+    for i in 0..50 {
+        let res = bed.send(Request::get("/case/http-call-resume"));
+        assert_eq!(
+            res.upstream_header("x-call-status").as_deref(),
+            Some("200"),
+            "{i}"
+        );
+        let res = bed.send(Request::get("/case/limit-grpc?n=1"));
+        assert_eq!(tally(&res).0, 1, "{i}");
+        bed.poll();
+    }
+    assert_eq!(bed.refusals(Limit::CallsPerVm), 0);
+}
+
+#[test]
+fn a_call_past_call_bytes_is_refused() {
+    let mut bed = limited(HostLimits::default());
+    let res = bed.send(Request::get(&format!("/case/limit-calls?size={}", MIB + 1)));
+    assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
+    let res = bed.send(Request::get(&format!("/case/limit-grpc?size={}", MIB + 1)));
+    assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::CallBytes), 2);
+    assert!(bed.logged("host limit call_bytes (1048576) reached"));
+    assert!(bed.calls().is_empty() && bed.grpc_calls().is_empty());
+    let res = bed.send(Request::get(&format!("/case/limit-calls?size={}", MIB / 2)));
+    assert_eq!(tally(&res), (1, 0, "none".into()));
+}
+
+#[test]
+fn queued_bytes_of_a_vm_id_stop_at_queue_bytes() {
+    let mut bed = limited(HostLimits {
+        queue_bytes: 4 * MIB,
+        value_bytes: MIB,
+        ..HostLimits::default()
+    });
+    let res = bed.send(Request::get(&format!("/case/limit-queue?n=6&size={MIB}")));
+    assert_eq!(res.report("register").as_deref(), Some("Ok"));
+    assert_eq!(tally(&res), (4, 2, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::QueueBytes), 2);
+    assert!(bed.logged("host limit queue_bytes (4194304) reached"));
+    // Another queue of the same vm_id shares the budget.
+    let res = bed.send(Request::get("/case/limit-queue?n=1&size=1&name=other"));
+    assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
+    let res = bed.send(Request::get(&format!(
+        "/case/limit-queue?n=1&size={}&name=big",
+        MIB + 1
+    )));
+    assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::ValueBytes), 1);
+}
+
+#[test]
+fn a_full_queue_drops_its_oldest_item_and_says_so() {
+    let mut bed = limited(HostLimits {
+        queue_items: 5,
+        ..HostLimits::default()
+    });
+    let res = bed.send(Request::get("/case/limit-queue?n=8&size=10"));
+    assert_eq!(tally(&res), (8, 0, "none".into()));
+    assert_eq!(bed.refusals(Limit::QueueItems), 3);
+    assert!(bed.logged("host limit queue_items (5) reached"));
+}
+
+#[test]
+fn queues_of_a_vm_id_stop_at_queues() {
+    let mut bed = limited(HostLimits {
+        queues: 3,
+        ..HostLimits::default()
+    });
+    // The filter registered its own queue at start: two more fit.
+    let res = bed.send(Request::get("/case/limit-queues?n=5"));
+    assert_eq!(tally(&res), (2, 3, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::Queues), 3);
+    assert!(bed.logged("host limit queues (3) reached"));
+    // Registering a queue that exists needs no room.
+    let res = bed.send(Request::get("/case/limit-queue?n=0&name=conformance"));
+    assert_eq!(res.report("register").as_deref(), Some("Ok"));
+    let res = bed.send(Request::get("/case/limit-queue?n=0&name_size=4097"));
+    assert_eq!(res.report("register").as_deref(), Some("InternalFailure"));
+    assert_eq!(bed.refusals(Limit::KeyBytes), 1);
+}
+
+#[test]
+fn metric_names_of_a_vm_id_stop_at_metrics() {
+    let mut bed = limited(HostLimits {
+        metrics: 20,
+        ..HostLimits::default()
+    });
+    let res = bed.send(Request::get("/case/limit-metrics?n=30&tag=a"));
+    assert_eq!(tally(&res), (20, 10, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::Metrics), 10);
+    assert!(bed.logged("host limit metrics (20) reached"));
+    // Names it has are defined again freely.
+    let res = bed.send(Request::get("/case/limit-metrics?n=20&tag=a"));
+    assert_eq!(tally(&res), (20, 0, "none".into()));
+    let res = bed.send(Request::get("/case/limit-metrics?name_size=1025"));
+    assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::MetricNameBytes), 1);
+}
+
+#[test]
+fn a_table_grown_past_table_elements_is_refused() {
+    let module = wat(r#"
+        (export "proxy_abi_version_0_2_1" (func $abi)) (func $abi)
+        (memory (export "memory") 1)
+        (table 8 funcref)
+        (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 0))
+        (func (export "proxy_on_context_create") (param i32 i32))
+        ;; Grows the table by a million elements; a refused grow answers -1 and the
+        ;; request goes on, a granted one traps.
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+          (if (i32.ne (table.grow (ref.null func) (i32.const 1000000)) (i32.const -1))
+            (then unreachable))
+          (i32.const 0))"#);
+    let mut bed = TestBed::new()
+        .filter_bytes(&module, "")
+        .named("tables")
+        .build()
+        .expect("starts");
+    assert_eq!(bed.send(Request::get("/")).status, 200);
+    assert_eq!(bed.refusals(Limit::TableElements), 1);
+    assert!(
+        bed.logged("host limit table_elements (10000) reached"),
+        "{:?}",
+        bed.logs()
+    );
+    // A module that declares a table past the limit does not start.
+    let module = wat(r#"
+        (export "proxy_abi_version_0_2_1" (func $abi)) (func $abi)
+        (memory (export "memory") 1)
+        (table 2000000 funcref)
+        (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 0))"#);
+    let err = TestBed::new()
+        .filter_bytes(&module, "")
+        .build()
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("could not start"), "{err}");
+}
+
+#[test]
+fn a_memory_bomb_is_counted_at_the_memory_limit() {
+    let bed = fails_then_recovers("memory-bomb");
+    assert!(bed.refusals(Limit::Memory) >= 1);
+    assert!(bed.logged("host limit memory reached"), "{:?}", bed.logs());
+}
+
+/// A failed VM's calls still in flight are cancelled with it (`reload`), and the
+/// queues it registered no longer name it: nothing of the dead VM stays behind, even
+/// a call without a timeout that would never end.
+#[test]
+fn a_failed_vm_leaves_no_call_or_queue_owner_behind() {
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("conformance_filter"),
+            r#"{"upstream": "echo", "blackhole": "blackhole"}"#,
+        )
+        .named("hostile")
+        .failure_policy(FailurePolicy::Reload)
+        .cluster("echo", |_| Reply::status(200, &[], "ok"))
+        .cluster("blackhole", |_| Reply::Never)
+        .build()
+        .expect("starts");
+    let res = bed.send(Request::get(
+        "/case/limit-calls?n=5&cluster=blackhole&timeout=0",
+    ));
+    assert_eq!(tally(&res).0, 5);
+    let res = bed.send(Request::get("/case/limit-queue?n=0&name=flood"));
+    assert_eq!(res.report("register").as_deref(), Some("Ok"));
+    bed.poll();
+    assert_eq!(bed.filter(0).pending_calls(), 5);
+    assert!(bed.queue_has_owner("flood"));
+    assert_eq!(bed.send(Request::get("/case/trap")).status, 503);
+    bed.poll();
+    assert_eq!(bed.filter(0).pending_calls(), 0);
+    assert!(
+        !bed.queue_has_owner("flood"),
+        "the queue stays, its dead owner goes"
+    );
+    assert_eq!(bed.send(Request::get("/plain")).status, 200);
+    assert_eq!(bed.filter(0).reloads(), 1);
+}
+
+/// Cancelling calls that were never made is `NotFound`, as the ABI says for an unknown
+/// call: the host keeps no note of such tokens (a filter cancelling every number it can
+/// think of must not grow the host's state).
+#[test]
+fn cancelling_a_call_that_was_never_made_is_not_found() {
+    let mut bed = limited(HostLimits::default());
+    let res = bed.send(Request::get("/case/limit-grpc-cancel?n=1000"));
+    assert_eq!(tally(&res), (0, 1000, "NotFound".into()), "{}", res.text());
+    assert_eq!(bed.send(Request::get("/plain")).status, 200);
+}
+
+/// A log line is cut at `log_bytes`, before it is copied whole: through `proxy_log`,
+/// and through WASI `fd_write`, where a few bytes of iovecs pointing again and again
+/// at one buffer would otherwise make the host assemble a line of any size.
+#[test]
+fn a_log_line_past_log_bytes_is_cut() {
+    let mut bed = limited(HostLimits::default());
+    let longest = |bed: &TestBed| {
+        bed.logs()
+            .iter()
+            .filter(|r| r.message.starts_with("lll"))
+            .map(|r| r.message.len())
+            .max()
+            .unwrap_or(0)
+    };
+    // 1000 iovecs of 64 KiB: a 64 MiB line from 8 KB of arguments.
+    let res = bed.send(Request::get("/case/limit-log?iovs=1000&size=65536"));
+    assert_eq!(res.report("status").as_deref(), Some("0"), "{}", res.text());
+    let cut = longest(&bed);
+    assert!((64 * 1024..64 * 1024 + 100).contains(&cut), "{cut} bytes");
+    let res = bed.send(Request::get("/case/limit-log?size=200000"));
+    assert_eq!(res.report("status").as_deref(), Some("0"));
+    assert_eq!(longest(&bed), cut);
+    assert_eq!(bed.refusals(Limit::LogBytes), 2);
+    assert!(bed.logged("host limit log_bytes (65536) reached"));
+    // At the limit a line is whole.
+    bed.send(Request::get("/case/limit-log?size=65536"));
+    assert!(bed.logs().iter().any(|r| r.message.len() == 65536));
+    assert_eq!(bed.refusals(Limit::LogBytes), 2);
 }

@@ -11,6 +11,7 @@ use wasmtime::{InstancePre, Linker, Module};
 
 use crate::abi::LogLevel;
 use crate::clock::Clock;
+use crate::limits::HostLimits;
 use crate::metrics::Metrics;
 use crate::shared::{SharedData, SharedQueues};
 use crate::state::HostState;
@@ -37,6 +38,9 @@ pub struct EngineConfig {
     pub clock: Clock,
     pub log: Arc<dyn Fn(LogRecord) + Send + Sync>,
     pub log_level: LogLevel,
+    /// What filters may make the host hold (see [`HostLimits`]); changed later with
+    /// [`Engine::set_limits`].
+    pub limits: HostLimits,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +57,7 @@ impl Default for EngineConfig {
                 _ => tracing::error!(plugin = %r.plugin, "{}", r.message),
             }),
             log_level: LogLevel::Info,
+            limits: HostLimits::default(),
         }
     }
 }
@@ -84,6 +89,8 @@ pub(crate) struct EngineInner {
     pub metrics: Arc<Metrics>,
     pub log: Arc<dyn Fn(LogRecord) + Send + Sync>,
     pub log_level: LogLevel,
+    /// Read when a VM starts: a VM keeps the limits it started with.
+    pub limits: parking_lot::RwLock<Arc<HostLimits>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -136,6 +143,7 @@ impl Engine {
                 metrics: Arc::default(),
                 log: config.log,
                 log_level: config.log_level,
+                limits: parking_lot::RwLock::new(Arc::new(config.limits)),
                 stop,
             }),
         })
@@ -149,8 +157,22 @@ impl Engine {
         &self.inner.shared_data
     }
 
+    pub fn queues(&self) -> &SharedQueues {
+        &self.inner.queues
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub fn limits(&self) -> Arc<HostLimits> {
+        self.inner.limits.read().clone()
+    }
+
+    /// New limits for the VMs started from now on (the gateway's configuration
+    /// reload); running VMs keep theirs.
+    pub fn set_limits(&self, limits: HostLimits) {
+        *self.inner.limits.write() = Arc::new(limits);
     }
 
     pub fn load_file(&self, path: &Path) -> Result<Arc<CompiledModule>, EngineError> {

@@ -68,6 +68,26 @@ pub(crate) struct FilterInner {
     /// Monotonic time (ns) the next tick is due.
     pub next_tick: Cell<Option<u64>>,
     pub ticker_started: Cell<bool>,
+    /// The tasks carrying out this filter's calls, by a number of their own; each
+    /// removes itself when its answer has been delivered. A failed VM's calls are
+    /// cancelled with it, and every call goes with the filter.
+    pub calls: RefCell<std::collections::HashMap<u64, tokio::task::AbortHandle>>,
+    pub next_call: Cell<u64>,
+}
+
+impl FilterInner {
+    fn cancel_calls(&self) {
+        let calls = std::mem::take(&mut *self.calls.borrow_mut());
+        for (_, call) in calls {
+            call.abort();
+        }
+    }
+}
+
+impl Drop for FilterInner {
+    fn drop(&mut self) {
+        self.cancel_calls();
+    }
 }
 
 /// Answer a filter gets for a call whose cluster could not answer (Envoy's
@@ -114,6 +134,8 @@ impl Filter {
                 reloads: Cell::new(0),
                 next_tick: Cell::new(None),
                 ticker_started: Cell::new(false),
+                calls: RefCell::default(),
+                next_call: Cell::new(0),
             }),
         };
         filter.after_callback();
@@ -167,6 +189,9 @@ impl Filter {
         if let Some(vm) = self.inner.vm.borrow_mut().take() {
             vm.wake_all();
         }
+        // Their answers would be dropped (the generation changes): stop them now, so
+        // a call without a timeout does not outlive the VM that made it.
+        self.inner.cancel_calls();
         self.inner.generation.set(self.inner.generation.get() + 1);
         self.inner.next_tick.set(None);
         *self.inner.health.borrow_mut() = Health::Failed(fault);
@@ -224,8 +249,12 @@ impl Filter {
 
     fn dispatch(&self, call: Outgoing) {
         let generation = self.generation();
-        let this = self.clone();
-        match call {
+        // The task holds the filter weakly: a filter dropped (a configuration reload)
+        // cancels its calls instead of being kept alive by them.
+        let weak = Rc::downgrade(&self.inner);
+        let n = self.inner.next_call.get();
+        self.inner.next_call.set(n.wrapping_add(1));
+        let task = match call {
             Outgoing::Http {
                 token,
                 context_id,
@@ -242,10 +271,13 @@ impl Filter {
                         Ok(r) => Some(r),
                         Err(f) => failure_response(&f),
                     };
+                    let Some(inner) = weak.upgrade() else { return };
+                    let this = Filter { inner };
                     if this.generation() == generation {
                         this.with_vm(|vm| vm.on_http_call_response(context_id, token, response));
                     }
-                });
+                    this.inner.calls.borrow_mut().remove(&n);
+                })
             }
             Outgoing::Grpc {
                 token,
@@ -262,12 +294,16 @@ impl Filter {
                             message: "deadline exceeded".into(),
                         })
                     });
+                    let Some(inner) = weak.upgrade() else { return };
+                    let this = Filter { inner };
                     if this.generation() == generation {
                         this.with_vm(|vm| vm.on_grpc_call_response(context_id, token, result));
                     }
-                });
+                    this.inner.calls.borrow_mut().remove(&n);
+                })
             }
-        }
+        };
+        self.inner.calls.borrow_mut().insert(n, task.abort_handle());
     }
 
     /// Keeps the next tick in step with the period the filter asked for, and on the
@@ -343,6 +379,11 @@ impl Filter {
             .borrow()
             .as_ref()
             .map_or(0, |vm| vm.memory_bytes())
+    }
+
+    /// Calls (`http_call`, `grpc_call`) still being carried out for this filter.
+    pub fn pending_calls(&self) -> usize {
+        self.inner.calls.borrow().len()
     }
 
     pub fn live_contexts(&self) -> usize {

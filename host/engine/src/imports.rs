@@ -4,16 +4,19 @@
 //! Guest memory is untrusted: every pointer and length is checked against the
 //! module's memory before use, and a bad one is `InvalidMemoryAccess`, never a host
 //! panic. Returned data goes into memory the guest's own allocator hands out, and
-//! that pointer is checked too.
+//! that pointer is checked too. What a call would make the host hold is checked
+//! against the host's limits (`crate::limits`) before any guest bytes are copied.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::{Caller, Linker, Module, Val, ValType};
 
 use crate::abi::{self, BufferType, LogLevel, MapType, Status, StreamType};
 use crate::headers::HeaderMap;
+use crate::limits::{Limit, Refusal};
 use crate::metrics::MetricKind;
-use crate::shared::QueueOwner;
+use crate::shared::{Enqueued, QueueOwner};
 use crate::state::{CallbackData, HostState, Outgoing, Phase};
 use crate::types::{GrpcCallRequest, HttpCallRequest, LocalReply};
 
@@ -43,6 +46,52 @@ fn finish(r: R<()>) -> wasmtime::Result<u32> {
 }
 
 const IMA: Status = Status::InvalidMemoryAccess;
+
+/// A call refused at `limit`: counted and logged (`what` says what was refused), and
+/// answered `status`, the call's status for a refusal (see `docs/parity.md`).
+fn refuse(s: &HostState, limit: Limit, status: Status, what: impl FnOnce() -> String) -> HostErr {
+    s.env.refused(limit, what);
+    HostErr::Status(status)
+}
+
+/// A refusal from shared data or queues: the ABI's own status as it is, a limit as
+/// [`refuse`] answers it.
+fn refusal(s: &HostState, r: Refusal, status: Status, what: impl FnOnce() -> String) -> HostErr {
+    match r {
+        Refusal::Status(st) => HostErr::Status(st),
+        Refusal::Limit(limit) => refuse(s, limit, status, what),
+    }
+}
+
+/// Checks that each (pointer, length) lies in guest memory, without copying, and
+/// returns their total length.
+fn check_ranges(c: &C, ranges: &[(u32, u32)]) -> Result<usize, Status> {
+    let mem = c.data().memory.ok_or(IMA)?;
+    let size = mem.data_size(c);
+    let mut total = 0usize;
+    for &(p, l) in ranges {
+        range(p, l, size)?;
+        total = total.saturating_add(l as usize);
+    }
+    Ok(total)
+}
+
+/// The text of a log line of `len` bytes of which `bytes` were copied: when it was
+/// longer than `log_bytes`, it says so (and the cut is counted as a refusal).
+fn log_line(s: &HostState, bytes: &[u8], len: usize) -> String {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    if len <= bytes.len() {
+        return text;
+    }
+    s.env
+        .refused(Limit::LogBytes, || format!("a log line of {len} bytes cut"));
+    format!("{text}... ({len} bytes, cut)")
+}
+
+/// Ids one VM's `proxy_define_metric` hands out; past them a definition gets the id
+/// its metric already has (Envoy gives a new id every time, and a filter that defines
+/// its metrics on every request would otherwise grow this table for ever).
+const METRIC_IDS_PER_VM: usize = 65_536;
 
 fn range(ptr: u32, len: u32, size: usize) -> Result<std::ops::Range<usize>, Status> {
     let start = ptr as usize;
@@ -281,10 +330,13 @@ fn define_proxy(
         names,
         "proxy_log",
         |c, level: u32, ptr: u32, len: u32| {
-            let msg = read(&c, ptr, len)?;
+            check_ranges(&c, &[(ptr, len)])?;
             let level = LogLevel::from_abi(level).ok_or(Status::BadArgument)?;
-            c.data_mut()
-                .log(level, String::from_utf8_lossy(&msg).into_owned());
+            // Only what the line may hold is copied.
+            let max = c.data().env.limits.log_bytes;
+            let msg = read(&c, ptr, len.min(u32::try_from(max).unwrap_or(u32::MAX)))?;
+            let line = log_line(c.data(), &msg, len as usize);
+            c.data_mut().log(level, line);
             Ok(())
         }
     );
@@ -387,20 +439,42 @@ fn define_proxy(
         "proxy_set_buffer_bytes",
         |c, t: u32, start: u32, size: u32, dp: u32, dl: u32| {
             let t = BufferType::from_abi(t).ok_or(Status::BadArgument)?;
-            let data = read(&c, dp, dl)?;
-            let buf = buffer(c.data_mut(), t)?;
+            // The new bytes are read in place: a body past its limit costs no copy.
+            let mem = c.data().memory.ok_or(IMA)?;
+            let (data, s) = mem.data_and_store_mut(&mut c);
+            let new = &data[range(dp, dl, data.len())?];
+            let limit = match t {
+                BufferType::RequestBody | BufferType::ResponseBody => {
+                    s.http_ctx().and_then(|x| x.body_limit)
+                }
+                _ => None,
+            }
+            .unwrap_or(s.env.limits.body_bytes);
+            let buf = buffer(s, t)?;
             // Envoy's semantics: start 0 and size 0 prepends; start 0 and size covering
             // the buffer replaces it; start at or past the end appends.
             let (start, size) = (start as usize, size as usize);
-            if start == 0 && size == 0 {
-                buf.splice(0..0, data);
+            let (replace, at, len) = if start == 0 && size == 0 {
+                (false, 0, buf.len() + new.len())
             } else if start == 0 && size >= buf.len() {
-                *buf = data;
+                (true, 0, new.len())
             } else if start >= buf.len() {
-                buf.extend_from_slice(&data);
+                (false, buf.len(), buf.len() + new.len())
             } else {
                 return Err(Status::BadArgument.into());
+            };
+            // A body may always shrink; it may not grow past its limit.
+            let had = buf.len();
+            if len > limit && len > had {
+                return Err(refuse(s, Limit::BodyBytes, Status::InternalFailure, || {
+                    format!("set_buffer_bytes making a body of {had} bytes {len} bytes refused")
+                }));
             }
+            let buf = buffer(s, t)?;
+            if replace {
+                buf.clear();
+            }
+            buf.splice(at..at, new.iter().copied());
             Ok(())
         }
     );
@@ -514,14 +588,30 @@ fn define_proxy(
         names,
         "proxy_set_property",
         |c, pp: u32, pl: u32, vp: u32, vl: u32| {
-            let (path, value) = (read(&c, pp, pl)?, read(&c, vp, vl)?);
-            let s = c.data_mut();
+            // Read in place, and copied only once they fit.
+            let mem = c.data().memory.ok_or(IMA)?;
+            let (data, s) = mem.data_and_store_mut(&mut c);
+            let path = &data[range(pp, pl, data.len())?];
+            let value = &data[range(vp, vl, data.len())?];
+            if path.len() > s.env.limits.key_bytes {
+                return Err(refuse(s, Limit::KeyBytes, Status::InternalFailure, || {
+                    format!("set_property with a path of {pl} bytes refused")
+                }));
+            }
+            let max = s.env.limits.property_bytes;
             let effective = s.effective;
-            match s.http.get_mut(&effective) {
-                Some(ctx) => ctx.properties.lock().insert(path, value),
-                None => s.root_properties.insert(path, value),
+            let set = match s.http.get_mut(&effective) {
+                Some(ctx) => ctx.properties.lock().set(path, value, max),
+                None => s.root_properties.set(path, value, max),
             };
-            Ok(())
+            set.map_err(|limit| {
+                refuse(s, limit, Status::InternalFailure, || {
+                    format!(
+                        "set_property of {} bytes refused",
+                        pl as usize + vl as usize
+                    )
+                })
+            })
         }
     );
     wrap!(
@@ -529,10 +619,12 @@ fn define_proxy(
         names,
         "proxy_get_shared_data",
         |c, kp: u32, kl: u32, rp: u32, rl: u32, rcas: u32| {
-            let key = read(&c, kp, kl)?;
             let (value, cas) = {
-                let env = &c.data().env;
-                env.shared_data.get(&env.vm_id, &key)?
+                // The key is looked up in place.
+                let mem = c.data().memory.ok_or(IMA)?;
+                let (data, s) = mem.data_and_store_mut(&mut c);
+                let key = &data[range(kp, kl, data.len())?];
+                s.env.shared_data.get(&s.env.vm_id, key)?
             };
             give(&mut c, &value, rp, rl)?;
             write_u32(&mut c, rcas, cas)?;
@@ -544,10 +636,22 @@ fn define_proxy(
         names,
         "proxy_set_shared_data",
         |c, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32| {
-            let (key, value) = (read(&c, kp, kl)?, read(&c, vp, vl)?);
-            let env = &c.data().env;
-            env.shared_data.set(&env.vm_id, &key, &value, cas)?;
-            Ok(())
+            // Key and value are read in place: a write past a limit is refused before
+            // anything is copied.
+            let mem = c.data().memory.ok_or(IMA)?;
+            let (data, s) = mem.data_and_store_mut(&mut c);
+            let key = &data[range(kp, kl, data.len())?];
+            let value = &data[range(vp, vl, data.len())?];
+            let env = &s.env;
+            env.shared_data
+                .set(&env.vm_id, key, value, cas, &env.limits)
+                .map_err(|r| {
+                    // CasMismatch: the only refusal the ABI names for this call, and one
+                    // the Rust SDK returns as an error instead of panicking.
+                    refusal(s, r, Status::CasMismatch, || {
+                        format!("set_shared_data of a {kl}-byte key and a {vl}-byte value refused")
+                    })
+                })
         }
     );
     wrap!(
@@ -555,6 +659,15 @@ fn define_proxy(
         names,
         "proxy_register_shared_queue",
         |c, np: u32, nl: u32, rt: u32| {
+            check_ranges(&c, &[(np, nl)])?;
+            if nl as usize > c.data().env.limits.key_bytes {
+                return Err(refuse(
+                    c.data(),
+                    Limit::KeyBytes,
+                    Status::InternalFailure,
+                    || format!("register_shared_queue with a name of {nl} bytes refused"),
+                ));
+            }
             let name = read_str(&c, np, nl)?;
             let token = {
                 let s = c.data();
@@ -562,7 +675,14 @@ fn define_proxy(
                     root_context_id: s.root_context_id,
                     notify: s.queue_tx.clone(),
                 };
-                s.env.queues.register(&s.env.vm_id, &name, owner)
+                s.env
+                    .queues
+                    .register(&s.env.vm_id, &name, owner, &s.env.limits)
+                    .map_err(|limit| {
+                        refuse(s, limit, Status::InternalFailure, || {
+                            "register_shared_queue of a new queue refused".to_owned()
+                        })
+                    })?
             };
             write_u32(&mut c, rt, token)?;
             Ok(())
@@ -573,6 +693,11 @@ fn define_proxy(
         names,
         "proxy_resolve_shared_queue",
         |c, vp: u32, vl: u32, np: u32, nl: u32, rt: u32| {
+            // No queue has a name (or vm_id) longer than a key may be.
+            check_ranges(&c, &[(vp, vl), (np, nl)])?;
+            if vl.max(nl) as usize > c.data().env.limits.key_bytes {
+                return Err(Status::NotFound.into());
+            }
             let (vm_id, name) = (read_str(&c, vp, vl)?, read_str(&c, np, nl)?);
             let token = c
                 .data()
@@ -598,9 +723,21 @@ fn define_proxy(
         names,
         "proxy_enqueue_shared_queue",
         |c, token: u32, vp: u32, vl: u32| {
-            let value = read(&c, vp, vl)?;
-            c.data().env.queues.enqueue(token, &value)?;
-            Ok(())
+            let mem = c.data().memory.ok_or(IMA)?;
+            let (data, s) = mem.data_and_store_mut(&mut c);
+            let value = &data[range(vp, vl, data.len())?];
+            match s.env.queues.enqueue(token, value, &s.env.limits) {
+                Ok(Enqueued::Added) => Ok(()),
+                Ok(Enqueued::DroppedOldest) => {
+                    s.env.refused(Limit::QueueItems, || {
+                        "enqueue_shared_queue to a full queue: its oldest item dropped".to_owned()
+                    });
+                    Ok(())
+                }
+                Err(r) => Err(refusal(s, r, Status::InternalFailure, || {
+                    format!("enqueue_shared_queue of {vl} bytes refused")
+                })),
+            }
         }
     );
     wrap!(l, names, "proxy_continue_stream", |c, t: u32| {
@@ -662,6 +799,15 @@ fn define_proxy(
          tl: u32,
          timeout: u32,
          rt: u32| {
+            let total = check_ranges(&c, &[(up, ul), (hp, hl), (bp, bl), (tp, tl)])?;
+            if total > c.data().env.limits.call_bytes {
+                return Err(refuse(
+                    c.data(),
+                    Limit::CallBytes,
+                    Status::InternalFailure,
+                    || format!("http_call of {total} bytes refused"),
+                ));
+            }
             let cluster = read_str(&c, up, ul)?;
             let headers = decode_map(&read(&c, hp, hl)?)?;
             let body = read(&c, bp, bl)?;
@@ -678,6 +824,7 @@ fn define_proxy(
                 return Err(Status::BadArgument.into());
             }
             let s = c.data_mut();
+            admit_call(s, "http_call")?;
             s.next_token = s.next_token.wrapping_add(1).max(1);
             let token = s.next_token;
             let request = HttpCallRequest {
@@ -713,6 +860,15 @@ fn define_proxy(
          msgl: u32,
          timeout: u32,
          rt: u32| {
+            let total = check_ranges(&c, &[(up, ul), (sp, sl), (mp, ml), (ip, il), (msgp, msgl)])?;
+            if total > c.data().env.limits.call_bytes {
+                return Err(refuse(
+                    c.data(),
+                    Limit::CallBytes,
+                    Status::InternalFailure,
+                    || format!("grpc_call of {total} bytes refused"),
+                ));
+            }
             let cluster = read_str(&c, up, ul)?;
             let service = read_str(&c, sp, sl)?;
             let method = read_str(&c, mp, ml)?;
@@ -724,8 +880,10 @@ fn define_proxy(
                 return Err(Status::ParseFailure.into());
             }
             let s = c.data_mut();
+            admit_call(s, "grpc_call")?;
             s.next_token = s.next_token.wrapping_add(1).max(1);
             let token = s.next_token;
+            s.grpc_in_flight.insert(token);
             let request = GrpcCallRequest {
                 service,
                 method,
@@ -787,13 +945,40 @@ fn define_proxy(
         "proxy_define_metric",
         |c, t: u32, np: u32, nl: u32, rid: u32| {
             let kind = MetricKind::from_abi(t).ok_or(Status::BadArgument)?;
+            check_ranges(&c, &[(np, nl)])?;
+            if nl as usize > c.data().env.limits.metric_name_bytes {
+                return Err(refuse(
+                    c.data(),
+                    Limit::MetricNameBytes,
+                    Status::InternalFailure,
+                    || format!("define_metric with a name of {nl} bytes refused"),
+                ));
+            }
             let name = read_str(&c, np, nl)?;
-            let metric = c.data().env.metrics.define(kind, &name)?;
+            let metric = {
+                let s = c.data();
+                let env = &s.env;
+                env.metrics
+                    .define_by(kind, &name, &env.vm_id, env.limits.metrics)
+                    .map_err(|r| {
+                        refusal(s, r, Status::InternalFailure, || {
+                            "define_metric of a new name refused".to_owned()
+                        })
+                    })?
+            };
             // Envoy hands out a new id for every definition, even of the same name; each
             // id reaches the one metric of that name.
             let s = c.data_mut();
-            s.metric_ids.push(metric);
-            let id = s.metric_ids.len() as u32 - 1;
+            let known = (s.metric_ids.len() >= METRIC_IDS_PER_VM)
+                .then(|| s.metric_ids.iter().position(|m| Arc::ptr_eq(m, &metric)))
+                .flatten();
+            let id = match known {
+                Some(i) => i as u32,
+                None => {
+                    s.metric_ids.push(metric);
+                    s.metric_ids.len() as u32 - 1
+                }
+            };
             write_u32(&mut c, rid, id)?;
             Ok(())
         }
@@ -845,14 +1030,58 @@ fn resume(s: &mut HostState, t: Option<StreamType>) -> R<()> {
     Ok(())
 }
 
+/// Counts a new call in flight, or refuses it past the request's or the VM's limit
+/// (`InternalFailure`: the ABI's "the host failed to send the call", which the Rust SDK
+/// returns as an error).
+fn admit_call(s: &mut HostState, call: &'static str) -> R<()> {
+    let effective = s.effective;
+    let (per_request, per_vm) = (s.env.limits.calls_per_request, s.env.limits.calls_per_vm);
+    if s.http
+        .get(&effective)
+        .is_some_and(|x| x.pending_calls >= per_request)
+    {
+        return Err(refuse(
+            s,
+            Limit::CallsPerRequest,
+            Status::InternalFailure,
+            || format!("{call} refused"),
+        ));
+    }
+    if s.pending_calls >= per_vm {
+        return Err(refuse(
+            s,
+            Limit::CallsPerVm,
+            Status::InternalFailure,
+            || format!("{call} refused"),
+        ));
+    }
+    s.pending_calls += 1;
+    if let Some(ctx) = s.http.get_mut(&effective) {
+        ctx.pending_calls += 1;
+    }
+    Ok(())
+}
+
 fn cancel_call(s: &mut HostState, token: u32) -> R<()> {
-    let before = s.outgoing.len();
-    s.outgoing
-        .retain(|o| !matches!(o, Outgoing::Grpc { token: t, .. } if *t == token));
-    if s.outgoing.len() == before {
+    // Only calls in flight can be cancelled: the set of cancelled tokens stays as small
+    // as the calls are few.
+    if !s.grpc_in_flight.contains(&token) || s.cancelled_grpc.contains(&token) {
+        return Err(Status::NotFound.into());
+    }
+    let queued = s
+        .outgoing
+        .iter()
+        .position(|o| matches!(o, Outgoing::Grpc { token: t, .. } if *t == token));
+    match queued {
+        Some(i) => {
+            if let Outgoing::Grpc { context_id, .. } = s.outgoing.remove(i) {
+                s.grpc_in_flight.remove(&token);
+                s.call_done(context_id);
+            }
+        }
         // A call already on its way is cancelled by dropping its answer.
-        if !s.cancelled_grpc.insert(token) {
-            return Err(Status::NotFound.into());
+        None => {
+            s.cancelled_grpc.insert(token);
         }
     }
     Ok(())
@@ -889,20 +1118,29 @@ fn define_wasi(
                     return Err(Status::BadArgument);
                 }
                 let table = read(&c, iovs, n.checked_mul(8).ok_or(IMA)?)?;
+                // Iovecs may point at the same bytes again and again: the line is
+                // assembled only up to what it may hold, and the rest only counted.
+                let max = c.data().env.limits.log_bytes;
                 let mut text = Vec::new();
+                let mut total = 0usize;
                 for iov in table.chunks_exact(8) {
                     let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
                     let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-                    text.extend(read(&c, ptr, len)?);
+                    check_ranges(&c, &[(ptr, len)])?;
+                    total = total.saturating_add(len as usize);
+                    let room = max.saturating_sub(text.len());
+                    if room > 0 {
+                        text.extend(read(&c, ptr, len.min(room as u32))?);
+                    }
                 }
-                let written = text.len() as u32;
+                let written = u32::try_from(total).unwrap_or(u32::MAX);
                 // Envoy: stdout goes to the info log, stderr to the error log.
                 let level = if fd == 1 {
                     LogLevel::Info
                 } else {
                     LogLevel::Error
                 };
-                let msg = String::from_utf8_lossy(&text);
+                let msg = log_line(c.data(), &text, total);
                 let msg = msg.strip_suffix('\n').unwrap_or(&msg);
                 if !msg.is_empty() {
                     c.data_mut().log(level, msg.to_owned());

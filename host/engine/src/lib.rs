@@ -13,6 +13,7 @@ mod engine;
 mod filter;
 pub mod headers;
 mod imports;
+pub mod limits;
 pub mod metrics;
 mod properties;
 pub mod shared;
@@ -27,6 +28,7 @@ pub use engine::{
 };
 pub use filter::{Clusters, Filter, Health, LocalFuture};
 pub use headers::HeaderMap;
+pub use limits::{HostLimits, Limit};
 pub use stream::{Flow, HttpStream, failure_reply};
 pub use types::*;
 pub use vm::{Fault, PluginSpec, StartError, VmLimits};

@@ -1,13 +1,15 @@
 //! Metrics that filters define (`proxy_define_metric`), kept host-wide by name as in
-//! Envoy's stats store: the same name from every worker's VM is one metric.
+//! Envoy's stats store: the same name from every worker's VM is one metric; and the
+//! host's own count of the calls it refused a filter ([`Refusals`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
 use crate::abi::Status;
+use crate::limits::{Limit, Refusal, Refusals};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum MetricKind {
@@ -129,38 +131,83 @@ impl MetricValue {
 
 #[derive(Default, Debug)]
 pub struct Metrics {
-    by_name: RwLock<BTreeMap<String, Arc<Metric>>>,
+    by_name: RwLock<Names>,
+    refusals: Refusals,
+}
+
+#[derive(Default, Debug)]
+struct Names {
+    metrics: BTreeMap<String, Arc<Metric>>,
+    /// Names each `vm_id` created, for its `metrics` limit.
+    created_by: HashMap<String, usize>,
 }
 
 impl Metrics {
     /// The metric called `name`; defining it again with the same kind returns the same
     /// one. A name already used with another kind is refused.
     pub fn define(&self, kind: MetricKind, name: &str) -> Result<Arc<Metric>, Status> {
-        if let Some(m) = self.by_name.read().get(name) {
-            return if m.kind == kind {
+        self.define_by(kind, name, "", usize::MAX)
+            .map_err(|r| match r {
+                Refusal::Status(s) => s,
+                Refusal::Limit(_) => Status::InternalFailure,
+            })
+    }
+
+    /// [`Metrics::define`] by a VM of `vm_id`, which may create at most `max` names:
+    /// past them a new name is refused (names it has are defined again freely).
+    pub fn define_by(
+        &self,
+        kind: MetricKind,
+        name: &str,
+        vm_id: &str,
+        max: usize,
+    ) -> Result<Arc<Metric>, Refusal> {
+        let same_kind = |m: &Arc<Metric>| {
+            if m.kind == kind {
                 Ok(m.clone())
             } else {
-                Err(Status::BadArgument)
-            };
+                Err(Refusal::Status(Status::BadArgument))
+            }
+        };
+        if let Some(m) = self.by_name.read().metrics.get(name) {
+            return same_kind(m);
         }
         let mut w = self.by_name.write();
-        let m = w
-            .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Metric::new(kind)));
-        if m.kind == kind {
-            Ok(m.clone())
-        } else {
-            Err(Status::BadArgument)
+        let Names {
+            metrics,
+            created_by,
+        } = &mut *w;
+        if let Some(m) = metrics.get(name) {
+            return same_kind(m);
         }
+        let created = created_by.get(vm_id).copied().unwrap_or(0);
+        if created >= max {
+            return Err(Limit::Metrics.into());
+        }
+        created_by.insert(vm_id.to_owned(), created + 1);
+        let m = Arc::new(Metric::new(kind));
+        metrics.insert(name.to_owned(), m.clone());
+        Ok(m)
     }
 
     pub fn get(&self, name: &str) -> Option<MetricValue> {
-        self.by_name.read().get(name).map(|m| m.snapshot())
+        self.by_name.read().metrics.get(name).map(|m| m.snapshot())
+    }
+
+    /// Host calls refused to filters, per filter and limit.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
+    /// How many calls of `filter` the host refused at `limit`.
+    pub fn refused(&self, filter: &str, limit: Limit) -> u64 {
+        self.refusals.count(filter, limit)
     }
 
     pub fn snapshot(&self) -> Vec<(String, MetricValue)> {
         self.by_name
             .read()
+            .metrics
             .iter()
             .map(|(k, m)| (k.clone(), m.snapshot()))
             .collect()
@@ -168,6 +215,7 @@ impl Metrics {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -195,5 +243,26 @@ mod tests {
         h.record(1_000_000_000);
         assert_eq!(h.get(), Err(Status::BadArgument));
         assert_eq!(ms.get("h").unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_vm_id_creates_at_most_its_names() {
+        let ms = Metrics::default();
+        for name in ["a", "b"] {
+            ms.define_by(MetricKind::Counter, name, "vm", 2).unwrap();
+        }
+        assert_eq!(
+            ms.define_by(MetricKind::Counter, "c", "vm", 2).unwrap_err(),
+            Refusal::Limit(Limit::Metrics)
+        );
+        // Its own names again, and names another vm_id created, cost nothing.
+        ms.define_by(MetricKind::Counter, "a", "vm", 2).unwrap();
+        ms.define_by(MetricKind::Counter, "x", "other", 2).unwrap();
+        ms.define_by(MetricKind::Counter, "x", "vm", 2).unwrap();
+        assert_eq!(
+            ms.define_by(MetricKind::Gauge, "a", "vm", 2).unwrap_err(),
+            Refusal::Status(Status::BadArgument)
+        );
+        assert!(ms.get("c").is_none());
     }
 }

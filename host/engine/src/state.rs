@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
-use wasmtime::{Memory, StoreLimits, TypedFunc};
+use wasmtime::{Memory, ResourceLimiter, StoreLimits, TypedFunc};
 
 use crate::abi::LogLevel;
 use crate::clock::Clock;
 use crate::headers::HeaderMap;
+use crate::limits::{HostLimits, Limit};
 use crate::metrics::{Metric, Metrics};
 use crate::shared::{QueueReady, SharedData, SharedQueues};
 use crate::types::{
@@ -31,6 +32,8 @@ pub struct PluginEnv {
     pub log_level: LogLevel,
     /// Whether a cluster of this name exists (http_call to another is BadArgument).
     pub has_cluster: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// What the host holds for this VM at most (the engine's when the VM started).
+    pub limits: Arc<HostLimits>,
 }
 
 impl std::fmt::Debug for PluginEnv {
@@ -51,6 +54,32 @@ impl PluginEnv {
                 message,
             });
         }
+    }
+
+    /// Counts a call refused at `limit` and logs it, at most one line per limit a
+    /// second (`what` says what was refused; it is built only for a line).
+    pub fn refused(&self, limit: Limit, what: impl FnOnce() -> String) {
+        let now = self.clock.monotonic_ns();
+        let Some(unlogged) = self.metrics.refusals().refuse(&self.name, limit, now) else {
+            return;
+        };
+        let value = match limit.value(&self.limits) {
+            Some(v) => format!(" ({v})"),
+            None => String::new(),
+        };
+        let more = if unlogged > 0 {
+            format!("; {unlogged} more refused since the last line")
+        } else {
+            String::new()
+        };
+        self.log(
+            LogLevel::Warn,
+            format!(
+                "host limit {}{value} reached: {}{more}",
+                limit.name(),
+                what()
+            ),
+        );
     }
 }
 
@@ -73,6 +102,8 @@ pub struct HttpCtx {
     pub response_trailers: Option<HeaderMap>,
     /// The body buffer of the current phase (request or response).
     pub body: Option<Vec<u8>>,
+    /// How large the filter may make `body` (`None`: the engine's `body_bytes`).
+    pub body_limit: Option<usize>,
     pub local_reply: Option<LocalReply>,
     pub resume_request: bool,
     pub resume_response: bool,
@@ -83,9 +114,47 @@ pub struct HttpCtx {
     /// filter of the request, so one filter can hand a value to the next.
     pub properties: StreamProperties,
     pub response_code: Option<u16>,
+    /// Calls this context made that have not been answered yet.
+    pub pending_calls: usize,
 }
 
-pub type StreamProperties = Arc<parking_lot::Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
+pub type StreamProperties = Arc<parking_lot::Mutex<Properties>>;
+
+/// Properties filters set (`set_property`), by path, and what they hold.
+#[derive(Default, Debug, Clone)]
+pub struct Properties {
+    map: HashMap<Vec<u8>, Vec<u8>>,
+    /// Bytes of every path and value.
+    bytes: usize,
+}
+
+impl Properties {
+    pub fn get(&self, path: &[u8]) -> Option<&Vec<u8>> {
+        self.map.get(path)
+    }
+
+    /// Sets `path` to `value`, unless paths and values would then pass `max` bytes.
+    pub fn set(&mut self, path: &[u8], value: &[u8], max: usize) -> Result<(), Limit> {
+        let bytes = match self.map.get(path) {
+            Some(old) => self.bytes.saturating_sub(old.len()) + value.len(),
+            None => self.bytes + path.len() + value.len(),
+        };
+        if bytes > max {
+            return Err(Limit::PropertyBytes);
+        }
+        match self.map.get_mut(path) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            None => {
+                self.map.insert(path.to_vec(), value.to_vec());
+            }
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
+}
 
 impl HttpCtx {
     pub fn new(info: Arc<RequestInfo>, properties: StreamProperties) -> Self {
@@ -97,6 +166,7 @@ impl HttpCtx {
             response_headers: None,
             response_trailers: None,
             body: None,
+            body_limit: None,
             local_reply: None,
             resume_request: false,
             resume_response: false,
@@ -104,6 +174,7 @@ impl HttpCtx {
             signal: Arc::new(Notify::new()),
             properties,
             response_code: None,
+            pending_calls: 0,
         }
     }
 }
@@ -160,8 +231,70 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-pub struct HostState {
+/// The VM's resource limiter: wasmtime's limits on memory and tables, with each
+/// refused growth counted and logged as the host's other limits are.
+pub struct VmLimiter {
     pub limits: StoreLimits,
+    pub memory_bytes: usize,
+    pub table_elements: usize,
+    pub env: Arc<PluginEnv>,
+}
+
+impl ResourceLimiter for VmLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.limits.memory_growing(current, desired, maximum)?;
+        // Counted when our limit refused it, not the module's own declared maximum.
+        if !ok && desired > self.memory_bytes {
+            self.env.refused(Limit::Memory, || {
+                format!("growing the VM's memory from {current} to {desired} bytes")
+            });
+        }
+        Ok(ok)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.limits.table_growing(current, desired, maximum)?;
+        if !ok && desired > self.table_elements {
+            self.env.refused(Limit::TableElements, || {
+                format!("growing a table from {current} to {desired} elements")
+            });
+        }
+        Ok(ok)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+pub struct HostState {
+    pub limiter: VmLimiter,
     pub memory: Option<Memory>,
     pub alloc: Option<TypedFunc<u32, u32>>,
     pub env: Arc<PluginEnv>,
@@ -180,17 +313,29 @@ pub struct HostState {
     /// memory outside its own memory, say); the callback is then treated as failed.
     pub fault: Option<String>,
     pub foreign_args: Vec<u8>,
+    /// gRPC calls made and not answered yet (only these can be cancelled).
+    pub grpc_in_flight: std::collections::HashSet<u32>,
     /// gRPC calls the filter cancelled after they were sent; their answers are dropped.
     pub cancelled_grpc: std::collections::HashSet<u32>,
     /// Log lines kept while the VM starts, for the error of a rejected configuration.
     pub captured: Option<Vec<String>>,
     /// Properties a filter set from its root context.
-    pub root_properties: HashMap<Vec<u8>, Vec<u8>>,
+    pub root_properties: Properties,
+    /// Calls made and not answered yet, every context's.
+    pub pending_calls: usize,
 }
 
 impl HostState {
     pub fn http_ctx(&mut self) -> Option<&mut HttpCtx> {
         self.http.get_mut(&self.effective)
+    }
+
+    /// A call of `context_id` was answered (or dropped): it is no longer in flight.
+    pub fn call_done(&mut self, context_id: u32) {
+        self.pending_calls = self.pending_calls.saturating_sub(1);
+        if let Some(ctx) = self.http.get_mut(&context_id) {
+            ctx.pending_calls = ctx.pending_calls.saturating_sub(1);
+        }
     }
 
     pub fn log(&mut self, level: LogLevel, message: String) {

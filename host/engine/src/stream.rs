@@ -43,6 +43,9 @@ pub struct HttpStream {
     failed_at_start: Option<LocalReply>,
     finished: bool,
     replied: bool,
+    /// How large a filter may make the request and the response body it rewrites
+    /// (`None`: the engine's `body_bytes`).
+    body_limits: Option<(usize, usize)>,
 }
 
 /// The reply for a request that met a failed filter.
@@ -107,7 +110,17 @@ impl HttpStream {
             failed_at_start,
             finished: false,
             replied: false,
+            body_limits: None,
         }
+    }
+
+    /// Bounds the request and response bodies filters rewrite with
+    /// `set_buffer_bytes` (the gateway: what the service accepts from the client and
+    /// from the upstream). Without it the engine's `body_bytes` bounds both.
+    pub fn with_body_limits(mut self, request: u64, response: u64) -> HttpStream {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        self.body_limits = Some((size(request), size(response)));
+        self
     }
 
     pub fn info(&self) -> &RequestInfo {
@@ -298,10 +311,15 @@ impl HttpStream {
     ) -> BodyOutcome {
         let filter = self.slots[i].filter.clone();
         let id = ctx.0;
+        let limit = self.body_limits.map(|(request, response)| match phase {
+            Phase::Request => request,
+            _ => response,
+        });
         let result = filter.with_vm(|vm| {
             if let Some(c) = vm.ctx(id) {
                 c.phase = phase;
                 c.body = Some(buf);
+                c.body_limit = limit;
             }
             call(vm, id)
         });
@@ -504,7 +522,7 @@ impl Drop for HttpStream {
 
 struct Before<T> {
     data: T,
-    properties: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    properties: crate::state::Properties,
 }
 
 enum Settled {

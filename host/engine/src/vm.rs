@@ -16,7 +16,7 @@ use crate::abi::{Action, LogLevel};
 use crate::engine::{CompiledModule, EPOCH_PERIOD, Engine};
 use crate::headers::HeaderMap;
 use crate::shared::QueueReady;
-use crate::state::{CallbackData, HostState, HttpCtx, Outgoing, Phase, PluginEnv};
+use crate::state::{CallbackData, HostState, HttpCtx, Outgoing, Phase, PluginEnv, VmLimiter};
 use crate::types::{FailurePolicy, GrpcCallResponse, GrpcStatus, HttpCallResponse, RequestInfo};
 
 /// Everything needed to start a plugin's VM on a worker.
@@ -184,17 +184,25 @@ impl Vm {
             log: inner.log.clone(),
             log_level: inner.log_level,
             has_cluster,
+            limits: engine.limits(),
         });
         let (queue_tx, queue_rx) = unbounded_channel();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(spec.limits.memory_bytes)
-            .instances(1)
-            .memories(1)
-            .tables(8)
-            .trap_on_grow_failure(false)
-            .build();
+        let table_elements = env.limits.table_elements;
+        let limiter = VmLimiter {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(spec.limits.memory_bytes)
+                .table_elements(table_elements)
+                .instances(1)
+                .memories(1)
+                .tables(8)
+                .trap_on_grow_failure(false)
+                .build(),
+            memory_bytes: spec.limits.memory_bytes,
+            table_elements,
+            env: env.clone(),
+        };
         let state = HostState {
-            limits,
+            limiter,
             memory: None,
             alloc: None,
             env,
@@ -210,12 +218,14 @@ impl Vm {
             queue_tx,
             fault: None,
             foreign_args: Vec::new(),
+            grpc_in_flight: Default::default(),
             cancelled_grpc: Default::default(),
-            root_properties: HashMap::new(),
+            root_properties: Default::default(),
+            pending_calls: 0,
             captured: Some(Vec::new()),
         };
         let mut store = Store::new(&inner.wasmtime, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         let start_ticks = ticks(spec.limits.start_timeout);
         store.set_epoch_deadline(start_ticks);
@@ -539,6 +549,7 @@ impl Vm {
         token: u32,
         response: Option<HttpCallResponse>,
     ) -> Result<(), Fault> {
+        self.store.data_mut().call_done(context_id);
         let cb = self.cb.clone();
         let Some(f) = cb.on_http_call_response.as_ref() else {
             return Ok(());
@@ -571,7 +582,10 @@ impl Vm {
         token: u32,
         result: Result<GrpcCallResponse, GrpcStatus>,
     ) -> Result<(), Fault> {
-        if self.store.data_mut().cancelled_grpc.remove(&token) {
+        let s = self.store.data_mut();
+        s.call_done(context_id);
+        s.grpc_in_flight.remove(&token);
+        if s.cancelled_grpc.remove(&token) {
             return Ok(());
         }
         if context_id != ROOT_CONTEXT_ID && !self.store.data().http.contains_key(&context_id) {
@@ -658,6 +672,15 @@ impl Vm {
         for ctx in self.store.data().http.values() {
             ctx.signal.notify_one();
         }
+    }
+}
+
+impl Drop for Vm {
+    /// The queues this VM registered stay (with their items, for the next
+    /// registrant), but no longer name it as the owner to notify.
+    fn drop(&mut self) {
+        let s = self.store.data();
+        s.env.queues.release(&s.queue_tx);
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_engine::{CompiledModule, Engine, FailurePolicy, VmLimits};
+use portcullis_engine::{CompiledModule, Engine, FailurePolicy, HostLimits, VmLimits};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +37,77 @@ pub struct ConfigFile {
     /// an auth filter sets from verified claims (`claim_to_headers`, a payload header).
     #[serde(default)]
     pub identity_headers: Vec<String>,
+    /// What filters may make the host hold (the engine's [`HostLimits`]).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The `limits:` section: any of the engine's host limits, the rest at their
+/// defaults. A body a filter rewrites is bounded by its service's body limits instead.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub shared_data_bytes: Option<usize>,
+    pub shared_data_keys: Option<usize>,
+    pub value_bytes: Option<usize>,
+    pub key_bytes: Option<usize>,
+    pub property_bytes: Option<usize>,
+    pub calls_per_request: Option<usize>,
+    pub calls_per_vm: Option<usize>,
+    pub call_bytes: Option<usize>,
+    pub queues: Option<usize>,
+    pub queue_bytes: Option<usize>,
+    pub queue_items: Option<usize>,
+    pub metrics: Option<usize>,
+    pub metric_name_bytes: Option<usize>,
+    pub table_elements: Option<usize>,
+}
+
+impl LimitsConfig {
+    /// The engine's limits with these set; a zero is an error naming the field.
+    fn apply(&self, errors: &mut Vec<String>) -> HostLimits {
+        let mut l = HostLimits::default();
+        let fields: [(&str, Option<usize>, &mut usize); 14] = [
+            (
+                "shared_data_bytes",
+                self.shared_data_bytes,
+                &mut l.shared_data_bytes,
+            ),
+            (
+                "shared_data_keys",
+                self.shared_data_keys,
+                &mut l.shared_data_keys,
+            ),
+            ("value_bytes", self.value_bytes, &mut l.value_bytes),
+            ("key_bytes", self.key_bytes, &mut l.key_bytes),
+            ("property_bytes", self.property_bytes, &mut l.property_bytes),
+            (
+                "calls_per_request",
+                self.calls_per_request,
+                &mut l.calls_per_request,
+            ),
+            ("calls_per_vm", self.calls_per_vm, &mut l.calls_per_vm),
+            ("call_bytes", self.call_bytes, &mut l.call_bytes),
+            ("queues", self.queues, &mut l.queues),
+            ("queue_bytes", self.queue_bytes, &mut l.queue_bytes),
+            ("queue_items", self.queue_items, &mut l.queue_items),
+            ("metrics", self.metrics, &mut l.metrics),
+            (
+                "metric_name_bytes",
+                self.metric_name_bytes,
+                &mut l.metric_name_bytes,
+            ),
+            ("table_elements", self.table_elements, &mut l.table_elements),
+        ];
+        for (name, set, field) in fields {
+            match set {
+                Some(0) => errors.push(format!("limits: {name} must be positive")),
+                Some(v) => *field = v,
+                None => {}
+            }
+        }
+        l
+    }
 }
 
 fn default_drain() -> u64 {
@@ -209,6 +280,7 @@ pub struct Plan {
     pub drain_timeout: Duration,
     /// Extra identity header names stripped from client requests (lower case).
     pub identity_headers: Vec<String>,
+    pub limits: HostLimits,
 }
 
 pub struct Listener {
@@ -272,6 +344,7 @@ pub fn load(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
 
 pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
     let mut errors = Vec::new();
+    let limits = file.limits.apply(&mut errors);
     if file.listeners.is_empty() {
         errors.push("listeners: at least one listener is needed".into());
     }
@@ -577,6 +650,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
+        limits,
     })
 }
 

@@ -133,6 +133,16 @@ impl GatewayMetrics {
             "# TYPE portcullis_downstream_connections_idle_closed_total counter\nportcullis_downstream_connections_idle_closed_total {}",
             self.connections_idle_closed.load(Ordering::Relaxed)
         );
+        // Host calls refused to a filter at one of the host's limits.
+        out.push_str("# TYPE portcullis_host_limit_refusals_total counter\n");
+        for (filter, limit, n) in filters.refusals().snapshot() {
+            let _ = writeln!(
+                out,
+                "portcullis_host_limit_refusals_total{{filter=\"{}\",limit=\"{}\"}} {n}",
+                esc(&filter),
+                limit.name()
+            );
+        }
         for (name, value) in filters.snapshot() {
             let name = format!("portcullis_filter_{}", sanitize(&name));
             match value {
@@ -191,6 +201,9 @@ mod tests {
         m.upstream_error("orders", "timeout");
         let filters = Metrics::default();
         filters
+            .refusals()
+            .refuse("auth", portcullis_engine::Limit::SharedDataBytes, 0);
+        filters
             .define(
                 portcullis_engine::metrics::MetricKind::Counter,
                 "jwt.allowed",
@@ -212,5 +225,8 @@ mod tests {
             )
         );
         assert!(text.contains("portcullis_filter_jwt_allowed 2"));
+        assert!(text.contains(
+            "portcullis_host_limit_refusals_total{filter=\"auth\",limit=\"shared_data_bytes\"} 1"
+        ));
     }
 }

@@ -414,7 +414,11 @@ pub async fn handle(
             path: path.clone(),
             host: host.clone(),
         };
-        Some(HttpStream::new(chain, info))
+        // A body a filter rewrites may grow to what the service accepts, no further.
+        Some(
+            HttpStream::new(chain, info)
+                .with_body_limits(svc.service.max_request_body, svc.service.max_response_body),
+        )
     };
     if let Some(s) = &mut stream {
         let mut flow = within(

@@ -24,6 +24,7 @@ pub fn validate(path: &Path) -> Result<Plan, Vec<String>> {
 
 fn validate_with(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
     let plan = config::load(path, engine)?;
+    engine.set_limits(plan.limits.clone());
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         metrics: GatewayMetrics::default(),
@@ -45,6 +46,7 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
     let engine = Engine::new(EngineConfig::default()).map_err(|e| vec![e.to_string()])?;
     let started = std::time::Instant::now();
     let plan = Arc::new(config::load(&path, &engine)?);
+    engine.set_limits(plan.limits.clone());
     let access_log = match &plan.access_log {
         None => None,
         Some(target) => {
@@ -195,6 +197,10 @@ async fn reload(
             return;
         }
     };
+    // The VMs the workers start for the new configuration take its limits; if the
+    // first worker refuses it, the old limits stand with the old configuration.
+    let old_limits = shared.engine.limits();
+    shared.engine.set_limits(plan.limits.clone());
     for (i, c) in controls.iter().enumerate() {
         let (tx, rx) = oneshot::channel();
         if c.send(Control::Reload(plan.clone(), tx)).is_err() {
@@ -207,6 +213,7 @@ async fn reload(
                     tracing::error!("reload refused: {e}");
                 }
                 if i == 0 {
+                    shared.engine.set_limits((*old_limits).clone());
                     return;
                 }
             }

@@ -6,9 +6,15 @@
 //! A case answers with a local reply whose body is `key=value` lines, or lets the
 //! request through to the upstream with changes the upstream can see.
 //!
+//! The `limit-*` cases ask the host to hold more than it should (shared data, queues,
+//! properties, bodies, calls, metrics), as many times and as large as the query says
+//! (`?n=20&size=1048576`), through the raw host calls, and report how many calls were
+//! accepted and the status of the first refused one. They are host-specific (Envoy has
+//! no such limits) and stay out of the parity suite.
+//!
 //! Configuration (JSON): `{"upstream": "<cluster>", "blackhole": "<cluster>",
-//! "refused": "<cluster>"}`: a cluster that answers, one that accepts connections and
-//! never answers, one whose port is closed.
+//! "refused": "<cluster>", "grpc": "<cluster>"}`: a cluster that answers, one that
+//! accepts connections and never answers, one whose port is closed, a gRPC service.
 #![cfg(target_arch = "wasm32")]
 #![allow(clippy::unwrap_used)] // a test filter: a panic is an observable outcome
 
@@ -77,6 +83,23 @@ mod raw {
         pub fn register_queue3(a: u32, b: u32, c: u32) -> u32;
         #[link_name = "proxy_enqueue_shared_queue"]
         pub fn enqueue3(a: u32, b: u32, c: u32) -> u32;
+        #[link_name = "proxy_grpc_cancel"]
+        pub fn grpc_cancel1(a: u32) -> u32;
+        #[link_name = "proxy_grpc_call"]
+        pub fn grpc_call12(
+            a: u32,
+            b: u32,
+            c: u32,
+            d: u32,
+            e: u32,
+            f: u32,
+            g: u32,
+            h: u32,
+            i: u32,
+            j: u32,
+            k: u32,
+            l: u32,
+        ) -> u32;
         #[link_name = "proxy_get_current_time_nanoseconds"]
         pub fn time1(a: u32) -> u32;
         #[link_name = "proxy_set_effective_context"]
@@ -176,10 +199,36 @@ struct Config {
     upstream: String,
     blackhole: String,
     refused: String,
+    grpc: String,
 }
 
 thread_local! {
     static QUEUE: RefCell<u32> = const { RefCell::new(0) };
+}
+
+/// The guest address of `b`, as the raw host calls take it (wasm32: 32-bit pointers).
+fn addr(b: &[u8]) -> u32 {
+    b.as_ptr() as usize as u32
+}
+
+/// The outcome of `n` calls: how many were accepted, and the first refusal's status.
+fn tally(statuses: impl IntoIterator<Item = u32>) -> Vec<(&'static str, String)> {
+    let (mut ok, mut refused, mut first) = (0, 0, "none");
+    for s in statuses {
+        if s == 0 {
+            ok += 1;
+        } else {
+            refused += 1;
+            if first == "none" {
+                first = status_name(s);
+            }
+        }
+    }
+    vec![
+        ("ok", ok.to_string()),
+        ("refused", refused.to_string()),
+        ("status", first.to_owned()),
+    ]
 }
 
 proxy_wasm::main! {{
@@ -218,6 +267,7 @@ impl RootContext for Root {
             upstream: s("upstream"),
             blackhole: s("blackhole"),
             refused: s("refused"),
+            grpc: s("grpc"),
         };
         if let Some(ms) = v.get("tick_ms").and_then(|x| x.as_u64()) {
             self.set_tick_period(Duration::from_millis(ms));
@@ -234,6 +284,10 @@ impl RootContext for Root {
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
+        // Only our own queue has a consumer: the limit cases' queues must fill up.
+        if queue_id != QUEUE.with(|c| *c.borrow()) {
+            return;
+        }
         while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
             self.set_shared_data("queue-last", Some(&item), None)
                 .unwrap();
@@ -248,6 +302,7 @@ impl RootContext for Root {
         Some(Box::new(Case {
             config: self.config.clone(),
             case: String::new(),
+            query: String::new(),
         }))
     }
 }
@@ -255,6 +310,7 @@ impl RootContext for Root {
 struct Case {
     config: Config,
     case: String,
+    query: String,
 }
 
 fn status_name(code: u32) -> &'static str {
@@ -281,6 +337,28 @@ impl Case {
             vec![("content-type", "text/plain"), ("x-case", &self.case)],
             Some(body.as_bytes()),
         );
+    }
+
+    /// `name=value` of the request's query.
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    fn number(&self, name: &str, default: usize) -> usize {
+        self.param(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// A prefix unique to this request (on every worker), or the query's `tag`: keys
+    /// and names of the limit cases.
+    fn tag(&self) -> String {
+        match self.param("tag") {
+            Some(t) => t.to_owned(),
+            None => prop(self, &["request", "id"]),
+        }
     }
 
     fn call(&self, cluster: &str, path: &str, timeout_ms: u64) -> Result<u32, Status> {
@@ -348,13 +426,13 @@ impl Context for Case {
 impl HttpContext for Case {
     fn on_http_request_headers(&mut self, _: usize, _eos: bool) -> Action {
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        let case = path
+        let (case, query) = path
             .strip_prefix("/case/")
             .unwrap_or("")
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .to_owned();
+            .split_once('?')
+            .unwrap_or((path.strip_prefix("/case/").unwrap_or(""), ""));
+        let case = case.to_owned();
+        self.query = query.to_owned();
         self.case = case.clone();
         match case.as_str() {
             "" => Action::Continue,
@@ -676,6 +754,216 @@ impl HttpContext for Case {
                 )]);
                 Action::Pause
             }
+            // Hostile: the host must refuse to hold what these ask for.
+            "limit-shared" => {
+                // `n` values of `size` bytes under distinct keys (or one key of
+                // `key_size` bytes).
+                let (n, size) = (self.number("n", 1), self.number("size", 1));
+                let value = vec![b'v'; size];
+                let tag = self.tag();
+                let keys: Vec<String> = match self.param("key_size") {
+                    Some(k) => vec!["k".repeat(k.parse().unwrap_or(1))],
+                    None => (0..n).map(|i| format!("flood-{tag}-{i}")).collect(),
+                };
+                let statuses: Vec<u32> = keys
+                    .iter()
+                    .map(|k| unsafe {
+                        raw::set_shared5(
+                            addr(k.as_bytes()),
+                            k.len() as u32,
+                            addr(&value),
+                            value.len() as u32,
+                            0,
+                        )
+                    })
+                    .collect();
+                self.report(&tally(statuses));
+                Action::Pause
+            }
+            "limit-property" => {
+                let (n, size) = (self.number("n", 1), self.number("size", 1));
+                let value = vec![b'p'; size];
+                let paths: Vec<String> = match self.param("path_size") {
+                    Some(k) => vec!["p".repeat(k.parse().unwrap_or(1))],
+                    None => (0..n).map(|i| format!("limit.{i}")).collect(),
+                };
+                let statuses: Vec<u32> = paths
+                    .iter()
+                    .map(|p| unsafe {
+                        raw::set_property4(
+                            addr(p.as_bytes()),
+                            p.len() as u32,
+                            addr(&value),
+                            value.len() as u32,
+                        )
+                    })
+                    .collect();
+                self.report(&tally(statuses));
+                Action::Pause
+            }
+            // Grows the request body in `on_http_request_body`.
+            "limit-body" => Action::Continue,
+            "limit-calls" => {
+                let (n, size) = (self.number("n", 1), self.number("size", 0));
+                let cluster = match self.param("cluster") {
+                    Some("blackhole") => self.config.blackhole.clone(),
+                    _ => self.config.upstream.clone(),
+                };
+                let timeout = Duration::from_millis(self.number("timeout", 5000) as u64);
+                let body = vec![b'b'; size];
+                let headers = vec![
+                    (":method", "POST"),
+                    (":path", "/from-limit-calls"),
+                    (":authority", "conformance"),
+                ];
+                let statuses: Vec<u32> = (0..n)
+                    .map(|_| {
+                        match self.dispatch_http_call(
+                            &cluster,
+                            headers.clone(),
+                            Some(&body),
+                            vec![],
+                            timeout,
+                        ) {
+                            Ok(_) => 0,
+                            Err(e) => e as u32,
+                        }
+                    })
+                    .collect();
+                self.report(&tally(statuses));
+                Action::Pause
+            }
+            "limit-grpc" => {
+                let (n, size) = (self.number("n", 1), self.number("size", 0));
+                let (up, svc, m) = (self.config.grpc.clone(), "svc.S", "M");
+                let message = vec![b'g'; size];
+                let statuses: Vec<u32> = (0..n)
+                    .map(|_| {
+                        let mut token = 0u32;
+                        unsafe {
+                            raw::grpc_call12(
+                                addr(up.as_bytes()),
+                                up.len() as u32,
+                                addr(svc.as_bytes()),
+                                svc.len() as u32,
+                                addr(m.as_bytes()),
+                                m.len() as u32,
+                                0,
+                                0,
+                                addr(&message),
+                                message.len() as u32,
+                                self.number("timeout", 5000) as u32,
+                                &mut token as *mut u32 as usize as u32,
+                            )
+                        }
+                    })
+                    .collect();
+                self.report(&tally(statuses));
+                Action::Pause
+            }
+            // One log line of `size` bytes through proxy_log, or through fd_write as
+            // `iovs` pieces that all point at the same `size` bytes.
+            "limit-log" => {
+                let size = self.number("size", 1);
+                let text = vec![b'l'; size];
+                let status = match self.number("iovs", 0) {
+                    0 => unsafe { raw::log3(2, addr(&text), text.len() as u32) },
+                    n => {
+                        let iovs: Vec<u32> = (0..n)
+                            .flat_map(|_| [addr(&text), text.len() as u32])
+                            .collect();
+                        let mut written = 0u32;
+                        unsafe {
+                            raw::fd_write4(
+                                1,
+                                iovs.as_ptr() as usize as u32,
+                                n as u32,
+                                &mut written as *mut u32 as usize as u32,
+                            )
+                        }
+                    }
+                };
+                self.report(&[("status", status.to_string())]);
+                Action::Pause
+            }
+            // Cancels `n` calls that were never made: each must be NotFound, and the
+            // host must remember none of them.
+            "limit-grpc-cancel" => {
+                let n = self.number("n", 1) as u32;
+                let statuses: Vec<u32> = (0..n)
+                    .map(|i| unsafe { raw::grpc_cancel1(1_000_000 + i) })
+                    .collect();
+                self.report(&tally(statuses));
+                Action::Pause
+            }
+            "limit-queue" => {
+                // Registers the queue `name` (nobody drains it) and enqueues `n` items
+                // of `size` bytes.
+                let (n, size) = (self.number("n", 1), self.number("size", 1));
+                let name = match self.param("name_size") {
+                    Some(k) => "q".repeat(k.parse().unwrap_or(1)),
+                    None => self.param("name").unwrap_or("flood").to_owned(),
+                };
+                let mut token = 0u32;
+                let registered = unsafe {
+                    raw::register_queue3(
+                        addr(name.as_bytes()),
+                        name.len() as u32,
+                        &mut token as *mut u32 as usize as u32,
+                    )
+                };
+                let item = vec![b'i'; size];
+                let statuses: Vec<u32> = (0..n)
+                    .map(|_| unsafe { raw::enqueue3(token, addr(&item), item.len() as u32) })
+                    .collect();
+                let mut lines = vec![("register", status_name(registered).to_owned())];
+                lines.extend(tally(statuses));
+                self.report(&lines);
+                Action::Pause
+            }
+            "limit-queues" => {
+                let n = self.number("n", 1);
+                let tag = self.tag();
+                let statuses: Vec<u32> = (0..n)
+                    .map(|i| {
+                        let name = format!("queue-{tag}-{i}");
+                        let mut token = 0u32;
+                        unsafe {
+                            raw::register_queue3(
+                                addr(name.as_bytes()),
+                                name.len() as u32,
+                                &mut token as *mut u32 as usize as u32,
+                            )
+                        }
+                    })
+                    .collect();
+                self.report(&tally(statuses));
+                Action::Pause
+            }
+            "limit-metrics" => {
+                let n = self.number("n", 1);
+                let tag = self.tag();
+                let names: Vec<String> = match self.param("name_size") {
+                    Some(k) => vec!["m".repeat(k.parse().unwrap_or(1))],
+                    None => (0..n).map(|i| format!("flood_{tag}_{i}")).collect(),
+                };
+                let statuses: Vec<u32> = names
+                    .iter()
+                    .map(|name| {
+                        let mut id = 0u32;
+                        unsafe {
+                            raw::define_metric4(
+                                MetricType::Counter as u32,
+                                addr(name.as_bytes()),
+                                name.len() as u32,
+                                &mut id as *mut u32 as usize as u32,
+                            )
+                        }
+                    })
+                    .collect();
+                self.report(&tally(statuses));
+                Action::Pause
+            }
             "huge-headers" => {
                 for i in 0..2000 {
                     self.add_http_request_header(&format!("x-huge-{i}"), &"v".repeat(100));
@@ -702,6 +990,20 @@ impl HttpContext for Case {
         if self.case == "tamper-body-then-trap" {
             self.set_http_request_body(0, size, b"tampered");
             panic!("conformance: panic after changing the request body");
+        }
+        if self.case == "limit-body" && eos {
+            // Appends `size` bytes to the request body.
+            let extra = vec![b'x'; self.number("size", 1)];
+            let status =
+                unsafe { raw::set_buffer5(0, size as u32, 0, addr(&extra), extra.len() as u32) };
+            let now = self
+                .get_http_request_body(0, usize::MAX)
+                .map_or(0, |b| b.len());
+            self.report(&[
+                ("status", status_name(status).into()),
+                ("body_len", now.to_string()),
+            ]);
+            return Action::Pause;
         }
         if self.case != "body" {
             return Action::Continue;
