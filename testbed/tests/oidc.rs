@@ -1426,7 +1426,7 @@ fn replayed_logouts_do_not_grow_the_revocation_list() {
     let mut bed = bed(&idp, json!({}));
     let jar = login(&mut bed, &idp, "/");
     for _ in 0..20 {
-        let res = bed.send(browser("/logout", &jar));
+        let res = bed.send(app_logout("/logout", &jar));
         assert_eq!(res.status, 302);
     }
     let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
@@ -1442,7 +1442,7 @@ fn replayed_logouts_do_not_grow_the_revocation_list() {
     // An expired session's logout revokes nothing either.
     let jar = login(&mut bed, &idp, "/");
     advance(&mut bed, &idp, 3601);
-    assert_eq!(bed.send(browser("/logout", &jar)).status, 302);
+    assert_eq!(bed.send(app_logout("/logout", &jar)).status, 302);
     let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
     assert_eq!(list.iter().filter(|b| **b == b'\n').count(), 1);
 }
@@ -1671,4 +1671,53 @@ fn parallel_requests_of_a_session_refresh_once() {
         Some("Bearer at-2")
     );
     assert_eq!(idp.token_requests.borrow().len(), 3);
+}
+
+// ---- Hardening: back-channel logout, logout CSRF, revocations by volume, refreshed
+// identity.
+
+/// A logout the application itself sends: a POST from its own origin.
+fn app_logout(path: &str, jar: &Jar) -> Request {
+    Request::new("POST", path)
+        .header("accept", "text/html")
+        .header("origin", "https://app.test")
+        .header("sec-fetch-site", "same-origin")
+        .header("cookie", &jar.header())
+}
+
+/// A logged-out session stays revoked until its own end, however many other sessions
+/// are logged out meanwhile: 5,000 logouts by another account do not bring a stolen
+/// copy of the cookie back.
+#[test]
+fn thousands_of_logouts_by_another_account_never_revive_a_logged_out_cookie() {
+    let idp = Idp::new();
+    idp.access_ttl.set(100_000);
+    let mut bed = bed(
+        &idp,
+        json!({"session": {"secrets": [{"id": "a", "secret": SECRET_A}],
+        "lifetime": 3600, "idle_timeout": 0}}),
+    );
+    let victim = login(&mut bed, &idp, "/");
+    let stolen = victim.clone();
+    assert_eq!(bed.send(app_logout("/logout", &victim)).status, 302);
+    assert_eq!(bed.send(api("/", &stolen)).status, 401);
+    *idp.id_claims.borrow_mut() = json!({"sub": "mallory", "sid": "mallory-idp"});
+    for i in 0..5000 {
+        let jar = login(&mut bed, &idp, "/");
+        let res = bed.send(app_logout("/logout", &jar));
+        assert_eq!(res.status, 302, "logout {i}: {}", res.text());
+    }
+    let res = bed.send(api("/", &stolen));
+    assert_eq!(
+        res.status,
+        401,
+        "the stolen cookie came back: {}",
+        res.text()
+    );
+    let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
+    assert!(list.len() < 16 * 1024, "bounded: {} bytes", list.len());
+    // A login of the victim's after all that is a session like any other.
+    *idp.id_claims.borrow_mut() = json!({});
+    let fresh = login(&mut bed, &idp, "/");
+    assert_eq!(bed.send(api("/", &fresh)).status, 200);
 }

@@ -17,8 +17,7 @@ use crate::config::{Config, SameSite};
 use crate::cookie;
 use crate::idp::{self, Discovery, TokenError, TokenRefused, Tokens};
 use crate::session::{
-    self, BearerCache, Kind, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache,
-    Standing,
+    self, BearerCache, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache, Standing,
 };
 use crate::url::{self, is_local_target};
 use shared::*;
@@ -1009,8 +1008,14 @@ impl Request {
             // Only a live session needs revoking: a replayed logout of a dead cookie
             // must not grow the list.
             let live = !matches!(s.standing(&st.config, now), Standing::Over(_));
-            if live && !st.revoked().revokes(s) {
-                st.revoke(Kind::Session, &s.id, now, now);
+            if live && !st.revoked().revokes(s) && !st.revoke(|r, l| r.revoke_session(s, now, l)) {
+                // Not recorded: a copy of the cookie would still work, so the user must
+                // not be told it is over. The cookies stay, so the logout can be retried.
+                return Err(self.reply(
+                    503,
+                    "logout busy: try again in a moment",
+                    &[("retry-after", "1")],
+                ));
             }
         }
         self.clear_cookies(st, true);
@@ -1077,12 +1082,24 @@ impl Request {
                         ));
                     }
                 }
-                match (&t.sid, &t.sub) {
-                    (Some(sid), _) => st.revoke(Kind::IdpSid, sid, now, now),
+                let recorded = match (&t.sid, &t.sub) {
+                    (Some(sid), sub) => st.revoke(|r, l| r.revoke_sid(sid, sub.as_deref(), now, l)),
                     // The cutoff is when the IdP ended the session, not now: a login
                     // since then is a new session.
-                    (None, Some(sub)) => st.revoke(Kind::Sub, sub, t.iat.min(now), now),
-                    (None, None) => {}
+                    (None, Some(sub)) => {
+                        st.revoke(|r, l| r.revoke_sub(sub, t.iat.min(now), now, l))
+                    }
+                    (None, None) => true,
+                };
+                if !recorded {
+                    // The IdP may send it again (its jti is spent here, so forget it).
+                    let key = st.key("logout-jtis");
+                    forget_used(&key, &t.jti);
+                    return Err(self.reply(
+                        503,
+                        "logout busy: try again in a moment",
+                        &[("retry-after", "1")],
+                    ));
                 }
                 bump(st.metrics.backchannel_logouts);
                 log(LogLevel::Info, "back-channel logout: sessions revoked");
