@@ -809,7 +809,7 @@ fn the_token_header_is_configurable_and_logout_works_without_end_session() {
         "only the configured header is set"
     );
     // No post_logout_redirect_uri configured: still the IdP's end_session, without it.
-    let res = bed.send(browser("/bye-bye", &jar));
+    let res = bed.send(app_logout("/bye-bye", &jar));
     assert_eq!(res.status, 302);
     let q = query(res.header("location").unwrap());
     assert!(q.contains_key("id_token_hint") && !q.contains_key("post_logout_redirect_uri"));
@@ -1065,7 +1065,7 @@ fn logout_clears_cookies_goes_to_the_idp_and_revokes_the_copied_cookie() {
     let mut bed = bed(&idp, json!({}));
     let mut jar = login(&mut bed, &idp, "/");
     let copy = jar.clone();
-    let res = bed.send(browser("/logout", &jar));
+    let res = bed.send(app_logout("/logout", &jar));
     assert_eq!(res.status, 302);
     let location = res.header("location").unwrap().to_owned();
     assert!(
@@ -1258,7 +1258,6 @@ fn hostile_callbacks_and_cookies_never_crash_the_filter() {
         "/callback?code=&state=",
         "/callback?code=%ff%fe&state=%00",
         "/callback?state=x&code=y&code=z",
-        "/logout?x=%",
     ] {
         let res = bed.send(browser(path, &jar));
         assert!(
@@ -1267,6 +1266,8 @@ fn hostile_callbacks_and_cookies_never_crash_the_filter() {
             res.status
         );
     }
+    let res = bed.send(browser("/logout?x=%&id_token_hint=%ff", &jar));
+    assert_eq!(res.status, 200, "asked to confirm: {}", res.text());
     for cookie in [
         format!("{COOKIE}="),
         format!("{COOKIE}=a.b.c"),
@@ -1291,7 +1292,7 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
 
     /// Random cookies, callback queries and logout bodies through the built filter: it
-    /// always answers (redirect, 400 or 401; 200 only for a valid back-channel call,
+    /// always answers (redirect, 400, 401 or 403; 200 only for a valid back-channel call,
     /// which random input is not), never traps, and keeps serving.
     #[test]
     fn random_requests_never_crash_the_filter(
@@ -1317,7 +1318,7 @@ proptest::proptest! {
             ] {
                 let res = bed.send(req);
                 proptest::prop_assert!(
-                    [302, 400, 401, 503].contains(&res.status),
+                    [302, 400, 401, 403, 503].contains(&res.status),
                     "{} for cookie {cookie:?} query {query:?}: {}", res.status, res.text()
                 );
             }
@@ -1683,6 +1684,184 @@ fn app_logout(path: &str, jar: &Jar) -> Request {
         .header("origin", "https://app.test")
         .header("sec-fetch-site", "same-origin")
         .header("cookie", &jar.header())
+}
+
+/// A cross-site page cannot log the user out: a GET without proof that it came from
+/// the application gets a confirmation page (or, for a non-browser, a 403), and a
+/// cross-origin POST a 403; the session goes on working and no cookie is cleared.
+#[test]
+fn a_cross_site_request_cannot_end_the_session() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    let wrong_hint = idp.id_token(&json!({"sub": "mallory"}));
+    let cases: Vec<(&str, Request, u16)> = vec![
+        (
+            "a cross-site link",
+            browser("/logout", &jar).header("sec-fetch-site", "cross-site"),
+            200,
+        ),
+        (
+            "a same-site page",
+            browser("/logout", &jar).header("sec-fetch-site", "same-site"),
+            200,
+        ),
+        (
+            "opened from outside the browser",
+            browser("/logout", &jar).header("sec-fetch-site", "none"),
+            200,
+        ),
+        ("an old browser's link", browser("/logout", &jar), 200),
+        (
+            "an image tag",
+            api("/logout", &jar).header("sec-fetch-site", "cross-site"),
+            403,
+        ),
+        (
+            "another user's hint",
+            browser(&format!("/logout?id_token_hint={wrong_hint}"), &jar)
+                .header("sec-fetch-site", "cross-site"),
+            200,
+        ),
+        (
+            "a cross-site form",
+            Request::new("POST", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "https://evil.test")
+                .header("sec-fetch-site", "cross-site"),
+            403,
+        ),
+        (
+            "a cross-origin fetch",
+            Request::new("DELETE", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "https://evil.test"),
+            403,
+        ),
+        (
+            "a same-site form",
+            Request::new("POST", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "https://sub.app.test")
+                .header("sec-fetch-site", "same-site"),
+            403,
+        ),
+        (
+            "an opaque origin",
+            Request::new("POST", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "null"),
+            403,
+        ),
+        (
+            "PUT",
+            Request::new("PUT", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "https://app.test"),
+            405,
+        ),
+    ];
+    for (what, req, status) in cases {
+        let res = bed.send(req);
+        assert_eq!(res.status, status, "{what}: {}", res.text());
+        assert!(
+            res.header("location").is_none(),
+            "{what}: not sent to the IdP"
+        );
+        assert_eq!(
+            res.headers.get_all("set-cookie").count(),
+            0,
+            "{what}: cookies kept"
+        );
+        if status == 200 {
+            assert!(
+                res.header("content-type").unwrap().starts_with("text/html"),
+                "{what}"
+            );
+            assert!(
+                res.text().contains("<form method=\"post\""),
+                "{what}: {}",
+                res.text()
+            );
+            let csp = res.header("content-security-policy").unwrap_or_default();
+            assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+        }
+        assert_eq!(
+            bed.send(api("/", &jar)).status,
+            200,
+            "{what}: the session still works"
+        );
+    }
+}
+
+/// The ways an application logs its user out: a POST from its pages (its origin, or
+/// the host it is served on, or a browser that sends neither header), a DELETE from its
+/// scripts, a link on its own pages (`Sec-Fetch-Site: same-origin`), or a link carrying
+/// the session's ID token as `id_token_hint` (for browsers without `Sec-Fetch-Site`).
+#[test]
+fn the_application_logs_out_with_a_post_its_own_links_or_the_id_token_hint() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let id_token = |bed: &mut TestBed, jar: &Jar| {
+        bed.send(api("/", jar))
+            .upstream_header("x-id-token")
+            .unwrap()
+    };
+    let ways: Vec<(&str, Box<dyn Fn(&Jar, &str) -> Request>)> = vec![
+        (
+            "a form on its pages",
+            Box::new(|j: &Jar, _: &str| app_logout("/logout", j)),
+        ),
+        (
+            "a POST naming the host it is on",
+            Box::new(|j: &Jar, _: &str| {
+                Request::new("POST", "/logout")
+                    .header("cookie", &j.header())
+                    .header("origin", "https://gateway.test")
+            }),
+        ),
+        (
+            "a POST from a browser that sends no Origin",
+            Box::new(|j: &Jar, _: &str| {
+                Request::new("POST", "/logout").header("cookie", &j.header())
+            }),
+        ),
+        (
+            "a DELETE from its scripts",
+            Box::new(|j: &Jar, _: &str| {
+                Request::new("DELETE", "/logout")
+                    .header("cookie", &j.header())
+                    .header("origin", "https://app.test")
+                    .header("sec-fetch-site", "same-origin")
+            }),
+        ),
+        (
+            "a link on its pages",
+            Box::new(|j: &Jar, _: &str| {
+                browser("/logout", j).header("sec-fetch-site", "same-origin")
+            }),
+        ),
+        (
+            "a link with the ID token as hint",
+            Box::new(|j: &Jar, t: &str| browser(&format!("/logout?id_token_hint={t}"), j)),
+        ),
+    ];
+    for (what, make) in ways {
+        let jar = login(&mut bed, &idp, "/");
+        let hint = id_token(&mut bed, &jar);
+        let res = bed.send(make(&jar, &hint));
+        assert_eq!(res.status, 302, "{what}: {}", res.text());
+        assert!(
+            res.header("location")
+                .unwrap()
+                .starts_with("https://idp.test/logout?"),
+            "{what}"
+        );
+        let mut after = jar.clone();
+        after.take(&res);
+        assert!(!after.has_session(), "{what}: cookies cleared");
+        assert_eq!(bed.send(api("/", &jar)).status, 401, "{what}: revoked");
+    }
 }
 
 /// A logged-out session stays revoked until its own end, however many other sessions

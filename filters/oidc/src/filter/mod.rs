@@ -16,6 +16,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use crate::config::{Config, SameSite};
 use crate::cookie;
 use crate::idp::{self, Discovery, TokenError, TokenRefused, Tokens};
+use crate::logout::{self, Verdict};
 use crate::session::{
     self, BearerCache, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache, Standing,
 };
@@ -151,6 +152,10 @@ struct Facts {
     /// How many `Authorization` headers the request has.
     authorizations: usize,
     request_id: Option<String>,
+    authority: String,
+    /// `Origin` and `Sec-Fetch-Site`, for logout (two of either read as cross-site).
+    origin: Option<String>,
+    fetch_site: Option<String>,
     body: Vec<u8>,
 }
 
@@ -992,6 +997,44 @@ impl Request {
         let refs = self.facts.cookie_refs();
         let session = cookie::read_chunked(&refs, &st.config.cookie.name)
             .and_then(|v| session::open::<Session>(&st.config.keys, SESSION, &v).ok());
+        let hint = url::param(self.facts.query(), "id_token_hint")
+            .ok()
+            .flatten();
+        let ask = logout::Ask {
+            method: &self.facts.method,
+            origin: self.facts.origin.as_deref(),
+            fetch_site: self.facts.fetch_site.as_deref(),
+            authority: &self.facts.authority,
+            app_origin: &st.config.app_origin,
+            hint: hint.as_deref(),
+            id_token: session.as_ref().map(|s| s.id_token.as_str()),
+        };
+        match logout::decide(&ask) {
+            Verdict::End => {}
+            Verdict::Confirm if self.facts.browser => {
+                let body = logout::CONFIRM_PAGE.as_bytes();
+                self.send_http_response(200, logout::CONFIRM_HEADERS.to_vec(), Some(body));
+                return Err(Action::Pause);
+            }
+            Verdict::Confirm => {
+                return Err(self.reply(
+                    403,
+                    "logout needs a POST from the application, or a link on its own pages",
+                    &[],
+                ));
+            }
+            Verdict::CrossSite(why) => {
+                log(LogLevel::Info, &format!("cross-site logout refused: {why}"));
+                return Err(self.reply(403, &format!("logout refused: {why}"), &[]));
+            }
+            Verdict::Method => {
+                return Err(self.reply(
+                    405,
+                    "logout takes a POST or DELETE from the application (or a GET from its pages)",
+                    &[("allow", "GET, POST, DELETE")],
+                ));
+            }
+        }
         // Without discovery the cookies are still cleared: logout never fails.
         let d = match st.discovery(now) {
             Meta::Ready(d) => Some(d),
@@ -1272,6 +1315,19 @@ impl HttpContext for Request {
                 "accept" => html |= v.contains("text/html"),
                 "x-requested-with" => xhr = true,
                 "x-request-id" => f.request_id = Some(v.to_string()),
+                ":authority" => f.authority = v.to_string(),
+                "origin" => {
+                    let v = if f.origin.is_some() { "null" } else { v };
+                    f.origin = Some(v.to_string());
+                }
+                "sec-fetch-site" => {
+                    let v = if f.fetch_site.is_some() {
+                        "cross-site"
+                    } else {
+                        v
+                    };
+                    f.fetch_site = Some(v.to_string());
+                }
                 "authorization" => {
                     f.authorizations += 1;
                     if let Some(t) = v
