@@ -1686,6 +1686,126 @@ fn app_logout(path: &str, jar: &Jar) -> Request {
         .header("cookie", &jar.header())
 }
 
+/// A valid back-channel logout token for `sid`.
+fn logout_token(idp: &Idp, sid: &str, jti: &str) -> String {
+    let now = idp.now.get();
+    idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "iat": now, "jti": jti, "sid": sid,
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+    )
+}
+
+/// Whatever the method, body, chunking, trailers, content type or size, and whether or
+/// not the filter pauses for the IdP's keys, a request to the back-channel path is
+/// answered by the filter and the upstream sees nothing of it.
+#[test]
+fn no_request_to_the_back_channel_path_ever_reaches_the_upstream() {
+    let idp = Idp::new();
+    let seen = Rc::new(Cell::new(0u32));
+    let count = seen.clone();
+    let i = idp.clone();
+    // A fresh bed: no keys yet, so the first valid token pauses for the JWKS.
+    let mut bed = TestBed::new()
+        .filter(wasm("oidc"), config(json!({})))
+        .cluster("idp", move |req| i.answer(req))
+        .upstream(move |_| {
+            count.set(count.get() + 1);
+            let mut h = portcullis_testbed::HeaderMap::new();
+            h.add(":status", "200");
+            (200, h, b"the upstream answered".to_vec())
+        })
+        .build()
+        .unwrap();
+    let form = "application/x-www-form-urlencoded";
+    let valid = |jti: &str| format!("logout_token={}", logout_token(&idp, "idp-session-1", jti));
+    let post = |path: &str| Request::new("POST", path).header("content-type", form);
+    let split = |s: &str| -> Vec<Vec<u8>> { s.as_bytes().chunks(7).map(<[u8]>::to_vec).collect() };
+    let cases: Vec<(&str, Request, u16)> = vec![
+        (
+            "valid, in chunks, keys fetched meanwhile",
+            post("/oidc/backchannel").in_chunks(split(&valid("j1"))),
+            200,
+        ),
+        (
+            "valid, with a query",
+            post("/oidc/backchannel?x=1").body(valid("j2")),
+            200,
+        ),
+        ("replayed", post("/oidc/backchannel").body(valid("j2")), 400),
+        (
+            "trailers after a valid body",
+            post("/oidc/backchannel")
+                .in_chunks(split(&valid("j3")))
+                .trailer("x-t", "1"),
+            400,
+        ),
+        (
+            "trailers only",
+            post("/oidc/backchannel").trailer("x-t", "1"),
+            400,
+        ),
+        ("no body", post("/oidc/backchannel"), 400),
+        (
+            "not a form",
+            Request::new("POST", "/oidc/backchannel")
+                .header("content-type", "text/plain")
+                .body(valid("j4")),
+            400,
+        ),
+        (
+            "no content type",
+            Request::post("/oidc/backchannel", valid("j5")),
+            400,
+        ),
+        (
+            "garbage",
+            post("/oidc/backchannel").in_chunks(vec![b"logout_token=".to_vec(), b"x.y.z".to_vec()]),
+            400,
+        ),
+        (
+            "too large, streamed",
+            post("/oidc/backchannel").in_chunks(vec![vec![b'a'; 40_000]; 3]),
+            413,
+        ),
+        (
+            "too large, declared",
+            post("/oidc/backchannel")
+                .header("content-length", "1000000")
+                .in_chunks(vec![b"logout_token=x".to_vec()]),
+            413,
+        ),
+        ("GET", Request::get("/oidc/backchannel"), 405),
+        (
+            "GET with a body",
+            Request::get("/oidc/backchannel").body(valid("j6")),
+            405,
+        ),
+        (
+            "PUT with a body",
+            Request::new("PUT", "/oidc/backchannel")
+                .header("content-type", form)
+                .in_chunks(split(&valid("j7"))),
+            405,
+        ),
+        ("DELETE", Request::new("DELETE", "/oidc/backchannel"), 405),
+    ];
+    for (what, req, status) in cases {
+        let res = bed.send(req);
+        assert_eq!(res.status, status, "{what}: {}", res.text());
+        assert!(res.upstream.is_none(), "{what}: reached the upstream");
+        assert!(!res.text().contains("the upstream answered"), "{what}");
+        if status == 405 {
+            assert_eq!(res.header("allow"), Some("POST"), "{what}");
+        }
+    }
+    assert_eq!(seen.get(), 0, "the upstream saw a back-channel request");
+    assert_eq!(
+        bed.metric("oidc_backchannel_logouts").map(|m| m.count()),
+        Some(2)
+    );
+}
+
 /// A cross-site page cannot log the user out: a GET without proof that it came from
 /// the application gets a confirmation page (or, for a non-browser, a 403), and a
 /// cross-origin POST a 403; the session goes on working and no cookie is cleared.

@@ -345,6 +345,47 @@ pub fn verify_id_token(
     Ok(claims)
 }
 
+/// The most a back-channel logout request may carry (a logout token is a few KB).
+pub const MAX_LOGOUT_BODY: usize = 64 * 1024;
+
+/// What the headers of a request to the back-channel logout path decide alone (OpenID
+/// Connect Back-Channel Logout 2.5 and 2.8: a form POST; a 400 otherwise): `Err` with
+/// the status and message to answer now, `Ok` when the body must be read. Answering
+/// from the headers whenever possible means a request that cannot be a logout never
+/// waits for (or streams) a body.
+pub fn backchannel_headers(
+    method: &str,
+    content_type: Option<&str>,
+    content_length: Option<&str>,
+    has_body: bool,
+) -> Result<(), (u32, &'static str)> {
+    if method != "POST" {
+        return Err((405, "back-channel logout takes a POST"));
+    }
+    if !has_body {
+        return Err((400, "invalid_request: one logout_token is needed"));
+    }
+    let form = content_type
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err((
+            400,
+            "invalid_request: the logout token comes as application/x-www-form-urlencoded",
+        ));
+    }
+    if content_length
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .is_some_and(|l| l > MAX_LOGOUT_BODY as u64)
+    {
+        return Err((413, "logout request too large"));
+    }
+    Ok(())
+}
+
 /// How long after its `iat` a logout token is accepted (plus the clock skew); its
 /// `jti` is remembered that long, so a replay is refused.
 pub const LOGOUT_TOKEN_MAX_AGE: u64 = 300;
@@ -562,6 +603,48 @@ mod tests {
         assert!(verify_id_token(&c, &keys, &token(None), None, now).is_ok());
         c.max_age = None;
         assert!(verify_id_token(&c, &keys, &token(None), Some("n1"), now).is_ok());
+    }
+
+    #[test]
+    fn back_channel_requests_are_answered_from_their_headers_when_they_can_be() {
+        let form = Some("application/x-www-form-urlencoded");
+        assert_eq!(backchannel_headers("POST", form, Some("900"), true), Ok(()));
+        assert_eq!(
+            backchannel_headers(
+                "POST",
+                Some("Application/X-WWW-Form-Urlencoded; charset=UTF-8"),
+                None,
+                true
+            ),
+            Ok(())
+        );
+        for (method, ct, len, body, status) in [
+            ("GET", form, None, false, 405),
+            ("GET", form, None, true, 405),
+            ("PUT", form, None, true, 405),
+            ("post", form, None, true, 405),
+            ("POST", form, None, false, 400),
+            ("POST", None, None, true, 400),
+            ("POST", Some("application/json"), None, true, 400),
+            (
+                "POST",
+                Some("application/x-www-form-urlencodedx"),
+                None,
+                true,
+                400,
+            ),
+            ("POST", form, Some("65537"), true, 413),
+        ] {
+            assert_eq!(
+                backchannel_headers(method, ct, len, body).map_err(|e| e.0),
+                Err(status),
+                "{method} {ct:?} {len:?} {body}"
+            );
+        }
+        assert_eq!(
+            backchannel_headers("POST", form, Some("junk"), true),
+            Ok(())
+        );
     }
 
     #[test]

@@ -156,6 +156,8 @@ struct Facts {
     /// `Origin` and `Sec-Fetch-Site`, for logout (two of either read as cross-site).
     origin: Option<String>,
     fetch_site: Option<String>,
+    content_type: Option<String>,
+    content_length: Option<String>,
     body: Vec<u8>,
 }
 
@@ -1328,6 +1330,8 @@ impl HttpContext for Request {
                     };
                     f.fetch_site = Some(v.to_string());
                 }
+                "content-type" => f.content_type = Some(v.to_string()),
+                "content-length" => f.content_length = Some(v.to_string()),
                 "authorization" => {
                     f.authorizations += 1;
                     if let Some(t) = v
@@ -1343,11 +1347,23 @@ impl HttpContext for Request {
         f.browser = html && !xhr;
         self.facts = f;
         let route = self.route(&state.borrow().config);
-        if route == Route::Backchannel && !end_of_stream {
-            // Decided in the body callback, once the logout token is in. Continue, not
-            // Pause: a host that pauses headers delivers no body until they resume (ours),
-            // and Envoy holds the request at the body anyway.
-            return Action::Continue;
+        if route == Route::Backchannel {
+            // Every request here is answered by the filter, never passed on: from the
+            // headers when they decide (a GET, no body, not a form, too large), else
+            // once the body is in. Continue, not Pause: neither host (Envoy nor ours)
+            // hands a filter the body while it holds the headers; the body callback
+            // holds the request from there and answers at its end.
+            let f = &self.facts;
+            return match idp::backchannel_headers(
+                &f.method,
+                f.content_type.as_deref(),
+                f.content_length.as_deref(),
+                !end_of_stream,
+            ) {
+                Err((405, message)) => self.reply(405, message, &[("allow", "POST")]),
+                Err((status, message)) => self.reply(status, message, &[]),
+                Ok(()) => Action::Continue,
+            };
         }
         self.proceed()
     }
@@ -1361,14 +1377,31 @@ impl HttpContext for Request {
                 Action::Continue
             };
         }
+        if size > idp::MAX_LOGOUT_BODY {
+            return self.reply(413, "logout request too large", &[]);
+        }
         if !end_of_stream {
             return Action::Pause;
         }
-        if size > 64 * 1024 {
-            return self.reply(413, "logout request too large", &[]);
-        }
         self.facts.body = self.get_http_request_body(0, size).unwrap_or_default();
         self.proceed()
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        if self.route(&self.state.borrow().config) == Route::Backchannel {
+            // The body ended without end of stream: no logout token form has trailers,
+            // and continuing would let the held body go upstream (Envoy).
+            return self.reply(
+                400,
+                "invalid_request: a back-channel logout request has no trailers",
+                &[],
+            );
+        }
+        if self.pending.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
