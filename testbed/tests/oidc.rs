@@ -2020,3 +2020,132 @@ fn thousands_of_logouts_by_another_account_never_revive_a_logged_out_cookie() {
     let fresh = login(&mut bed, &idp, "/");
     assert_eq!(bed.send(api("/", &fresh)).status, 200);
 }
+
+/// A refreshed ID token is verified as at login and is where the identity comes from
+/// afterwards: a user whose groups, tier or name changed at the IdP gets the new ones.
+#[test]
+fn a_refresh_takes_the_identity_from_the_refreshed_id_token() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    let before = bed.send(api("/a", &jar));
+    assert_eq!(
+        before.upstream_header("x-consumer-tier").as_deref(),
+        Some("premium")
+    );
+    advance(&mut bed, &idp, 100);
+    let refreshed = idp.id_token(&json!({"groups": ["eng"], "tier": "basic",
+        "preferred_username": "ada.lovelace"}));
+    *idp.token_reply.borrow_mut() = Some(Reply::json(&json!({
+        "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 300,
+        "refresh_token": "rt-2", "id_token": refreshed
+    })));
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-refreshed")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-groups").as_deref(),
+        Some("eng")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-tier").as_deref(),
+        Some("basic")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-username").as_deref(),
+        Some("ada.lovelace")
+    );
+    assert_eq!(res.upstream_header("x-consumer-id").as_deref(), Some("ada"));
+    assert_eq!(res.upstream_header("x-id-token"), Some(refreshed.clone()));
+    // The new cookie carries the new identity.
+    let mut jar = jar;
+    jar.take(&res);
+    let res = bed.send(api("/b", &jar));
+    assert_eq!(
+        res.upstream_header("x-consumer-tier").as_deref(),
+        Some("basic")
+    );
+    // A refresh without an ID token keeps the identity it has.
+    advance(&mut bed, &idp, 290);
+    let res = bed.send(api("/c", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-tier").as_deref(),
+        Some("basic")
+    );
+}
+
+/// A refreshed ID token that does not verify (signature, issuer, audience, expiry),
+/// or is about another user or another IdP session, ends the session: its claims are
+/// never used, and neither is the old identity with the new token.
+#[test]
+fn a_refreshed_id_token_that_does_not_verify_ends_the_session() {
+    let other_key = Key::ec256("idp-1");
+    let cases: Vec<(&str, Box<dyn Fn(&Idp) -> String>)> = vec![
+        (
+            "forged signature",
+            Box::new(|idp: &Idp| {
+                let now = idp.now.get();
+                other_key.sign(
+                    "ES256",
+                    json!({"iss": ISS, "aud": "web", "sub": "ada",
+                "sid": "idp-session-1", "tier": "gold", "iat": now, "exp": now + 300}),
+                )
+            }),
+        ),
+        (
+            "another issuer",
+            Box::new(|idp: &Idp| {
+                idp.id_token(&json!({"iss": "https://evil.test", "tier": "gold"}))
+            }),
+        ),
+        (
+            "another audience",
+            Box::new(|idp: &Idp| idp.id_token(&json!({"aud": "other", "tier": "gold"}))),
+        ),
+        (
+            "expired",
+            Box::new(|idp: &Idp| {
+                let now = idp.now.get();
+                idp.id_token(&json!({"iat": now - 900, "exp": now - 600, "tier": "gold"}))
+            }),
+        ),
+        (
+            "another user",
+            Box::new(|idp: &Idp| idp.id_token(&json!({"sub": "mallory", "tier": "gold"}))),
+        ),
+        (
+            "another IdP session",
+            Box::new(|idp: &Idp| idp.id_token(&json!({"sid": "idp-session-9", "tier": "gold"}))),
+        ),
+        ("not a JWT", Box::new(|_: &Idp| "not-a-jwt".to_owned())),
+    ];
+    for (what, make) in cases {
+        let idp = Idp::new();
+        idp.access_ttl.set(120);
+        let mut bed = bed(&idp, json!({}));
+        let jar = login(&mut bed, &idp, "/");
+        advance(&mut bed, &idp, 100);
+        *idp.token_reply.borrow_mut() = Some(Reply::json(&json!({
+            "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 300,
+            "refresh_token": "rt-2", "id_token": make(&idp)
+        })));
+        let res = bed.send(api("/a", &jar));
+        assert_eq!(res.status, 401, "{what}: {}", res.text());
+        assert!(res.upstream.is_none(), "{what}: reached the upstream");
+        let mut after = jar.clone();
+        after.take(&res);
+        assert!(
+            !after.has_session(),
+            "{what}: the session cookie is cleared"
+        );
+    }
+}

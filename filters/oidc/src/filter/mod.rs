@@ -737,23 +737,64 @@ impl Request {
         old: Session,
         tokens: Tokens,
     ) -> Result<Action, Action> {
-        // Keys to check a refreshed ID token with. When they must be fetched first,
-        // the refreshed tokens wait in the stage: dropping them would refresh again
-        // with the old refresh token, which an IdP that rotates them refuses.
-        let keys = match &tokens.id_token {
+        // A refreshed ID token is verified as at login, and the identity comes from it:
+        // a user whose groups or tier changed at the IdP gets the new ones. While the
+        // keys are fetched the refreshed tokens wait in the stage: dropping them would
+        // refresh again with the old refresh token, which an IdP that rotates them
+        // refuses.
+        let claims = match &tokens.id_token {
             None => None,
-            Some(_) => match st.keys(now) {
-                Meta::Ready(k) => Some(k),
-                Meta::NotYet if !self.fetched.contains(&Fetch::Jwks) => {
-                    if let Some(t) = dispatch_fetch(self, st, Fetch::Jwks, now) {
-                        self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
-                        self.stage = Stage::Refreshed(old, tokens);
-                        return Ok(Action::Pause);
+            Some(idt) => {
+                let keys = match st.keys(now) {
+                    Meta::Ready(k) => Some(k),
+                    Meta::NotYet if !self.fetched.contains(&Fetch::Jwks) => {
+                        if let Some(t) = dispatch_fetch(self, st, Fetch::Jwks, now) {
+                            self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
+                            self.stage = Stage::Refreshed(old, tokens);
+                            return Ok(Action::Pause);
+                        }
+                        None
                     }
-                    None
+                    _ => None,
+                };
+                let Some(keys) = keys else {
+                    // Nothing to verify it with: not a word of it is used. The session
+                    // as it was serves while its token is valid; the next request
+                    // refreshes again.
+                    if now < old.access_expires {
+                        log(
+                            LogLevel::Warn,
+                            "refreshed ID token not verifiable (no signing keys): current session kept",
+                        );
+                        self.apply(st, &old);
+                        return Ok(Action::Continue);
+                    }
+                    return Err(self.unavailable("signing keys"));
+                };
+                let sid = old.idp_sid.as_deref();
+                match idp::verify_refreshed_id_token(&st.config, &keys, idt, &old.sub, sid, now) {
+                    Ok(claims) => Some(claims),
+                    Err(TokenRefused::UnknownKey) if !self.fetched.contains(&Fetch::Jwks) => {
+                        // A key the IdP rotated in: fetch the JWKS once, then decide
+                        // again (need_keys with refetch pauses, answers 503, or gives
+                        // the keys we have when a refetch ran a moment ago).
+                        self.stage = Stage::Refreshed(old.clone(), tokens);
+                        match self.need_keys(st, now, true) {
+                            Err(a) => return Err(a),
+                            Ok(_) => {
+                                self.stage = Stage::Start;
+                                return Err(self.end_refreshed(
+                                    st,
+                                    now,
+                                    &old,
+                                    TokenRefused::UnknownKey,
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => return Err(self.end_refreshed(st, now, &old, e)),
                 }
-                _ => None,
-            },
+            }
         };
         let mut s = old.clone();
         s.access_expires = access_expiry(&tokens, now);
@@ -761,29 +802,19 @@ impl Request {
         if let Some(rt) = tokens.refresh_token {
             s.refresh_token = Some(rt);
         }
-        if let Some(idt) = tokens.id_token {
-            // A refreshed ID token must verify and be about the same user; if our keys
-            // cannot tell, the old one stays (it is only used as a logout hint).
-            let checked = match &keys {
-                Some(keys) => idp::verify_id_token(&st.config, keys, &idt, None, now),
-                None => Err(TokenRefused::Invalid(kit::jwt::Invalid::UnknownKey)),
-            };
-            match checked {
-                Ok(claims)
-                    if claims.get("sub").and_then(|v| v.as_str()) == Some(old.sub.as_str()) =>
-                {
-                    s.id_token = idt;
-                }
-                Ok(_) => {
-                    log(
-                        LogLevel::Warn,
-                        "refreshed ID token is about another user: session ended",
-                    );
-                    self.clear_cookies(st, false);
-                    return Err(self.reply(401, "the session could not be refreshed", &[]));
-                }
-                Err(e) => log(LogLevel::Info, &format!("refreshed ID token not used: {e}")),
+        if let (Some(claims), Some(idt)) = (claims, tokens.id_token) {
+            s.identity = kit::jwt::consumer::identity_headers(
+                &st.config.consumer,
+                &claims,
+                &st.config.issuer,
+            );
+            if s.idp_sid.is_none() {
+                s.idp_sid = claims
+                    .get("sid")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
             }
+            s.id_token = idt;
         }
         s.seen = now;
         bump(st.metrics.refreshes);
@@ -794,6 +825,36 @@ impl Request {
         st.publish_refreshed(&s, &sealed);
         self.apply(st, &s);
         Ok(Action::Continue)
+    }
+
+    /// A refresh whose ID token was refused: the session is over (revoked, so a copy of
+    /// the cookie cannot use its still valid access token either) and the client logs
+    /// in again.
+    fn end_refreshed(
+        &mut self,
+        st: &mut State,
+        now: u64,
+        old: &Session,
+        why: TokenRefused,
+    ) -> Action {
+        log(
+            LogLevel::Warn,
+            &format!("refreshed ID token refused, session ended: {why}"),
+        );
+        bump(st.metrics.refresh_failures);
+        if !st.revoke(|r, l| r.revoke_session(old, now, l)) {
+            return self.reply(
+                503,
+                "the session could not be refreshed: try again in a moment",
+                &[("retry-after", "1")],
+            );
+        }
+        self.clear_cookies(st, false);
+        // The old cookie is no session any more, should the login below pause and run
+        // the flow again.
+        let name = st.config.cookie.name.clone();
+        self.facts.cookies.retain(|h| !h.contains(name.as_str()));
+        self.unauthenticated(st, now).unwrap_or_else(|a| a)
     }
 
     // ---- The callback.
