@@ -560,3 +560,73 @@ routes:
     };
     backchannel_journey("envoy", &app, &idp, &envoy_count);
 }
+
+/// Requests to the back-channel logout path never reach the upstream, whatever their
+/// method or body, even from a client that sends the head and then pauses before the
+/// body: the gateway must not start the upstream request before the filter has seen
+/// the body and answered. The IdP is not even up (the filter answers 503 for the keys).
+#[test]
+fn a_back_channel_request_with_a_slow_body_never_reaches_the_upstream() {
+    use std::sync::atomic::Ordering;
+    let (upstream, seen) = counting();
+    let config = oidc_config(&format!("http://{}", refused()));
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services:
+  - {{ name: app, url: "http://{upstream}", timeout_ms: 1500 }}
+  - {{ name: idp, url: "http://{}", timeout_ms: 1000 }}
+filters:
+  - {{ name: oidc, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: app, match: {{ paths: [/] }}, service: app, filters: [oidc], strip_path: false }}
+"#,
+        refused(),
+        wasm("oidc")
+    ));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let body = b"logout_token=eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
+    for (method, content_type) in [
+        ("POST", "application/x-www-form-urlencoded"),
+        ("POST", "text/plain"),
+        ("GET", "application/x-www-form-urlencoded"),
+    ] {
+        let head = format!(
+            "{method} /oidc/backchannel-logout HTTP/1.1\r\nhost: app.test\r\n\
+             content-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let res = raw_request(&addr, &head, Duration::from_millis(500), body);
+        assert!(
+            !res.contains("\r\n\r\nupstream"),
+            "{method} {content_type}: the upstream answered: {res}"
+        );
+        assert!(
+            res.starts_with("HTTP/1.1 4") || res.starts_with("HTTP/1.1 5"),
+            "{method} {content_type}: {res}"
+        );
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            0,
+            "{method} {content_type}: the upstream saw the request"
+        );
+    }
+    // A body that never comes: the request's deadline, not the upstream.
+    let head = format!(
+        "POST /oidc/backchannel-logout HTTP/1.1\r\nhost: app.test\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let res = raw_request(&addr, &head, Duration::from_millis(3000), b"");
+    assert!(res.starts_with("HTTP/1.1 504"), "{res}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "the upstream saw the request"
+    );
+    // The counter counts: the upstream itself sees a request.
+    let r = send(&format!("http://{upstream}"), "GET", "/", &[], b"").unwrap();
+    assert_eq!(r.body, "upstream");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
