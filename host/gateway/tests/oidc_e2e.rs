@@ -131,6 +131,17 @@ impl Browser {
 
     /// One request to an absolute URL; cookies sent and stored.
     fn request(&mut self, method: &str, url: &str, form: Option<&str>) -> Page {
+        self.request_with(method, url, form, &[])
+    }
+
+    /// [`Browser::request`] with more headers (`Origin`, `Sec-Fetch-Site`).
+    fn request_with(
+        &mut self,
+        method: &str,
+        url: &str,
+        form: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Page {
         let (origin, path) = split(url);
         let base = if origin == APP {
             self.app.clone()
@@ -161,6 +172,7 @@ impl Browser {
         if form.is_some() {
             headers.push(("content-type", "application/x-www-form-urlencoded"));
         }
+        headers.extend_from_slice(extra);
         let res = send(
             &base,
             method,
@@ -384,9 +396,28 @@ fn journey(host: &str, app: &str, idp: &Idp) {
         "{host}: the refreshed session cookie"
     );
 
-    // Log out: cookies cleared, the IdP's end_session with our hint, back to /bye.
-    let page = b.request("GET", &format!("{APP}/logout"), None);
-    assert_eq!(page.res.status, 302, "{host}");
+    // A link to /logout from another site does not log out: a page asks to confirm.
+    let page = b.request_with(
+        "GET",
+        &format!("{APP}/logout"),
+        None,
+        &[("sec-fetch-site", "cross-site")],
+    );
+    assert_eq!(page.res.status, 200, "{host}: {}", page.res.body);
+    assert!(page.res.body.contains("<form method=\"post\""), "{host}");
+    assert!(
+        b.has_session(),
+        "{host}: a cross-site link kept the session"
+    );
+    // Log out with the page's button (a POST from the application's origin): cookies
+    // cleared, the IdP's end_session with our hint, back to /bye.
+    let page = b.request_with(
+        "POST",
+        &format!("{APP}/logout"),
+        Some(""),
+        &[("origin", APP), ("sec-fetch-site", "same-origin")],
+    );
+    assert_eq!(page.res.status, 302, "{host}: {}", page.res.body);
     let loc = page.res.headers.get_str("location").unwrap().to_owned();
     assert!(
         loc.starts_with(&format!("{}/session/end?", idp.issuer())),
