@@ -110,6 +110,8 @@ impl Request {
 pub struct UpstreamRequest {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The request's trailers as the filters left them (none: the request had none).
+    pub trailers: Option<HeaderMap>,
 }
 
 /// What the client got, and what reached the upstream (`None`: the request was
@@ -519,6 +521,7 @@ async fn run(
             let sent = UpstreamRequest {
                 headers: headers.clone(),
                 body: body.clone(),
+                trailers: trailers.clone(),
             };
             let (_status, mut h, mut b) = upstream(&sent);
             let eos = b.is_empty();
