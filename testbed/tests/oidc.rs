@@ -2149,3 +2149,29 @@ fn a_refreshed_id_token_that_does_not_verify_ends_the_session() {
         );
     }
 }
+
+/// A client cannot smuggle an identity in request trailers (which Envoy passes on to
+/// an HTTP/2 upstream): the identity names are removed from the trailers as from the
+/// headers, whatever the route.
+#[test]
+fn identity_trailers_are_removed_like_identity_headers() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(
+        api("/orders", &jar)
+            .in_chunks(vec![b"{}".to_vec()])
+            .trailer("x-consumer-id", "mallory")
+            .trailer("x-consumer-groups", "admin")
+            .trailer("x-id-token", "forged")
+            .trailer("x-checksum", "kept"),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.as_ref().unwrap();
+    assert_eq!(up.headers.get_str("x-consumer-id"), Some("ada"));
+    let trailers = up.trailers.as_ref().unwrap();
+    for name in ["x-consumer-id", "x-consumer-groups", "x-id-token"] {
+        assert_eq!(trailers.get_str(name), None, "{name} reached the upstream");
+    }
+    assert_eq!(trailers.get_str("x-checksum"), Some("kept"));
+}

@@ -1449,7 +1449,17 @@ impl HttpContext for Request {
     }
 
     fn on_http_request_trailers(&mut self, _: usize) -> Action {
-        if self.route(&self.state.borrow().config) == Route::Backchannel {
+        let state = self.state.clone();
+        let st = state.borrow();
+        // Envoy passes request trailers on (to an HTTP/2 upstream): an identity there
+        // is the client's, removed as from the headers.
+        let raw = kit::glue::RawMap::read(MapType::HttpRequestTrailers);
+        for (k, _) in raw.pairs() {
+            if st.strip.iter().any(|h| *h == k) {
+                self.set_http_request_trailer(&k, None);
+            }
+        }
+        if self.route(&st.config) == Route::Backchannel {
             // The body ended without end of stream: no logout token form has trailers,
             // and continuing would let the held body go upstream (Envoy).
             return self.reply(
