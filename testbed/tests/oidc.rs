@@ -2,6 +2,8 @@
 //! OpenID provider (discovery, JWKS, token endpoint) and a virtual clock for session
 //! lifetimes, idle timeouts and access-token refresh.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -1927,7 +1929,8 @@ fn the_application_logs_out_with_a_post_its_own_links_or_the_id_token_hint() {
             .upstream_header("x-id-token")
             .unwrap()
     };
-    let ways: Vec<(&str, Box<dyn Fn(&Jar, &str) -> Request>)> = vec![
+    type Logout = Box<dyn Fn(&Jar, &str) -> Request>;
+    let ways: Vec<(&str, Logout)> = vec![
         (
             "a form on its pages",
             Box::new(|j: &Jar, _: &str| app_logout("/logout", j)),
@@ -2089,7 +2092,8 @@ fn a_refresh_takes_the_identity_from_the_refreshed_id_token() {
 #[test]
 fn a_refreshed_id_token_that_does_not_verify_ends_the_session() {
     let other_key = Key::ec256("idp-1");
-    let cases: Vec<(&str, Box<dyn Fn(&Idp) -> String>)> = vec![
+    type Token<'a> = Box<dyn Fn(&Idp) -> String + 'a>;
+    let cases: Vec<(&str, Token<'_>)> = vec![
         (
             "forged signature",
             Box::new(|idp: &Idp| {

@@ -2,8 +2,12 @@
 //! on loopback with its dev login and consent forms): a scripted browser follows the
 //! redirects, posts the forms, reaches the echo upstream with a session, sees
 //! `Authorization: Bearer` and the identity upstream, survives an access-token expiry
-//! through refresh, and logs out; and a logout at the IdP reaches the filter by the
-//! back-channel; through our gateway and through Envoy.
+//! through refresh, and logs out (a POST from the application; a cross-site link only
+//! gets a confirmation page); and a logout at the IdP reaches the filter by the
+//! back-channel; through our gateway and through Envoy. In our gateway, a back-channel
+//! request with a slow body never reaches the upstream.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
 

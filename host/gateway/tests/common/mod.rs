@@ -104,11 +104,15 @@ pub fn counting() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let seen = Arc::new(AtomicUsize::new(0));
     let count = seen.clone();
     let addr = background(async move {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = l.local_addr().expect("its address");
         tokio::spawn(async move {
             loop {
-                let (s, _) = l.accept().await.unwrap();
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
                 let count = count.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |_req| {
@@ -134,9 +138,10 @@ pub fn counting() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
 /// the body (as a client on a slow link does); the raw response, read to the end.
 pub fn raw_request(addr: &str, head: &str, pause: Duration, body: &[u8]) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).expect("the host under test listens");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a read timeout");
+    s.write_all(head.as_bytes()).expect("the head is sent");
     std::thread::sleep(pause);
     // The gateway may have answered and closed already.
     let _ = s.write_all(body);
