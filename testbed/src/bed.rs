@@ -42,6 +42,10 @@ pub fn wasm(name: &str) -> PathBuf {
 pub struct Request {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The body as the client sends it, chunk by chunk (empty: `body` in one chunk).
+    pub chunks: Vec<Vec<u8>>,
+    /// Trailers after the body (the body's last chunk then does not end the stream).
+    pub trailers: Option<HeaderMap>,
     pub source: SocketAddr,
 }
 
@@ -55,6 +59,8 @@ impl Request {
         Request {
             headers,
             body: Vec::new(),
+            chunks: Vec::new(),
+            trailers: None,
             source: SocketAddr::from(([127, 0, 0, 1], 40000)),
         }
     }
@@ -74,6 +80,22 @@ impl Request {
 
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
         self.body = body.into();
+        self.chunks.clear();
+        self
+    }
+
+    /// The body sent in these chunks, each through the filters' body callback.
+    pub fn in_chunks(mut self, chunks: Vec<Vec<u8>>) -> Request {
+        self.body = chunks.concat();
+        self.chunks = chunks;
+        self
+    }
+
+    /// Adds a trailer: the request then ends with trailers, not with its body.
+    pub fn trailer(mut self, name: &str, value: &str) -> Request {
+        self.trailers
+            .get_or_insert_with(HeaderMap::new)
+            .add(name, value);
         self
     }
 
@@ -88,6 +110,8 @@ impl Request {
 pub struct UpstreamRequest {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The request's trailers as the filters left them (none: the request had none).
+    pub trailers: Option<HeaderMap>,
 }
 
 /// What the client got, and what reached the upstream (`None`: the request was
@@ -501,11 +525,31 @@ async fn run(
 ) -> Response {
     let mut stream = HttpStream::new(&chain, info);
     let mut headers = request.headers;
-    let mut body = request.body;
-    let eos = body.is_empty();
+    let mut chunks = if request.chunks.is_empty() && !request.body.is_empty() {
+        vec![request.body]
+    } else {
+        request.chunks
+    };
+    let mut trailers = request.trailers;
+    let eos = chunks.is_empty() && trailers.is_none();
     let mut flow = stream.request_headers(&mut headers, eos).await;
-    if flow == Flow::Continue && !eos {
-        flow = stream.request_body(&mut body, true).await;
+    // What the filters let through, chunk by chunk, as a host sends it upstream.
+    let mut body = Vec::new();
+    let last = chunks.len();
+    for (i, chunk) in chunks.iter_mut().enumerate() {
+        if matches!(flow, Flow::Reply(_)) {
+            break;
+        }
+        let end = i + 1 == last && trailers.is_none();
+        flow = stream.request_body(chunk, end).await;
+        if flow == Flow::Continue {
+            body.append(chunk);
+        }
+    }
+    if let Some(t) = trailers.as_mut()
+        && !matches!(flow, Flow::Reply(_))
+    {
+        flow = stream.request_trailers(t).await;
     }
     if let Some(reply) = stream.take_failure() {
         flow = Flow::Reply(reply);
@@ -519,6 +563,7 @@ async fn run(
             let sent = UpstreamRequest {
                 headers: headers.clone(),
                 body: body.clone(),
+                trailers: trailers.clone(),
             };
             let (_status, mut h, mut b) = upstream(&sent);
             let eos = b.is_empty();

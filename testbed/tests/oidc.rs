@@ -2,6 +2,8 @@
 //! OpenID provider (discovery, JWKS, token endpoint) and a virtual clock for session
 //! lifetimes, idle timeouts and access-token refresh.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -809,7 +811,7 @@ fn the_token_header_is_configurable_and_logout_works_without_end_session() {
         "only the configured header is set"
     );
     // No post_logout_redirect_uri configured: still the IdP's end_session, without it.
-    let res = bed.send(browser("/bye-bye", &jar));
+    let res = bed.send(app_logout("/bye-bye", &jar));
     assert_eq!(res.status, 302);
     let q = query(res.header("location").unwrap());
     assert!(q.contains_key("id_token_hint") && !q.contains_key("post_logout_redirect_uri"));
@@ -1065,7 +1067,7 @@ fn logout_clears_cookies_goes_to_the_idp_and_revokes_the_copied_cookie() {
     let mut bed = bed(&idp, json!({}));
     let mut jar = login(&mut bed, &idp, "/");
     let copy = jar.clone();
-    let res = bed.send(browser("/logout", &jar));
+    let res = bed.send(app_logout("/logout", &jar));
     assert_eq!(res.status, 302);
     let location = res.header("location").unwrap().to_owned();
     assert!(
@@ -1258,7 +1260,6 @@ fn hostile_callbacks_and_cookies_never_crash_the_filter() {
         "/callback?code=&state=",
         "/callback?code=%ff%fe&state=%00",
         "/callback?state=x&code=y&code=z",
-        "/logout?x=%",
     ] {
         let res = bed.send(browser(path, &jar));
         assert!(
@@ -1267,6 +1268,8 @@ fn hostile_callbacks_and_cookies_never_crash_the_filter() {
             res.status
         );
     }
+    let res = bed.send(browser("/logout?x=%&id_token_hint=%ff", &jar));
+    assert_eq!(res.status, 200, "asked to confirm: {}", res.text());
     for cookie in [
         format!("{COOKIE}="),
         format!("{COOKIE}=a.b.c"),
@@ -1291,7 +1294,7 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
 
     /// Random cookies, callback queries and logout bodies through the built filter: it
-    /// always answers (redirect, 400 or 401; 200 only for a valid back-channel call,
+    /// always answers (redirect, 400, 401 or 403; 200 only for a valid back-channel call,
     /// which random input is not), never traps, and keeps serving.
     #[test]
     fn random_requests_never_crash_the_filter(
@@ -1317,7 +1320,7 @@ proptest::proptest! {
             ] {
                 let res = bed.send(req);
                 proptest::prop_assert!(
-                    [302, 400, 401, 503].contains(&res.status),
+                    [302, 400, 401, 403, 503].contains(&res.status),
                     "{} for cookie {cookie:?} query {query:?}: {}", res.status, res.text()
                 );
             }
@@ -1426,7 +1429,7 @@ fn replayed_logouts_do_not_grow_the_revocation_list() {
     let mut bed = bed(&idp, json!({}));
     let jar = login(&mut bed, &idp, "/");
     for _ in 0..20 {
-        let res = bed.send(browser("/logout", &jar));
+        let res = bed.send(app_logout("/logout", &jar));
         assert_eq!(res.status, 302);
     }
     let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
@@ -1442,7 +1445,7 @@ fn replayed_logouts_do_not_grow_the_revocation_list() {
     // An expired session's logout revokes nothing either.
     let jar = login(&mut bed, &idp, "/");
     advance(&mut bed, &idp, 3601);
-    assert_eq!(bed.send(browser("/logout", &jar)).status, 302);
+    assert_eq!(bed.send(app_logout("/logout", &jar)).status, 302);
     let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
     assert_eq!(list.iter().filter(|b| **b == b'\n').count(), 1);
 }
@@ -1671,4 +1674,508 @@ fn parallel_requests_of_a_session_refresh_once() {
         Some("Bearer at-2")
     );
     assert_eq!(idp.token_requests.borrow().len(), 3);
+}
+
+// ---- Hardening: back-channel logout, logout CSRF, revocations by volume, refreshed
+// identity.
+
+/// A logout the application itself sends: a POST from its own origin.
+fn app_logout(path: &str, jar: &Jar) -> Request {
+    Request::new("POST", path)
+        .header("accept", "text/html")
+        .header("origin", "https://app.test")
+        .header("sec-fetch-site", "same-origin")
+        .header("cookie", &jar.header())
+}
+
+/// A valid back-channel logout token for `sid`.
+fn logout_token(idp: &Idp, sid: &str, jti: &str) -> String {
+    let now = idp.now.get();
+    idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "web", "iat": now, "jti": jti, "sid": sid,
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+    )
+}
+
+/// Whatever the method, body, chunking, trailers, content type or size, and whether or
+/// not the filter pauses for the IdP's keys, a request to the back-channel path is
+/// answered by the filter and the upstream sees nothing of it.
+#[test]
+fn no_request_to_the_back_channel_path_ever_reaches_the_upstream() {
+    let idp = Idp::new();
+    let seen = Rc::new(Cell::new(0u32));
+    let count = seen.clone();
+    let i = idp.clone();
+    // A fresh bed: no keys yet, so the first valid token pauses for the JWKS.
+    let mut bed = TestBed::new()
+        .filter(wasm("oidc"), config(json!({})))
+        .cluster("idp", move |req| i.answer(req))
+        .upstream(move |_| {
+            count.set(count.get() + 1);
+            let mut h = portcullis_testbed::HeaderMap::new();
+            h.add(":status", "200");
+            (200, h, b"the upstream answered".to_vec())
+        })
+        .build()
+        .unwrap();
+    let form = "application/x-www-form-urlencoded";
+    let valid = |jti: &str| format!("logout_token={}", logout_token(&idp, "idp-session-1", jti));
+    let post = |path: &str| Request::new("POST", path).header("content-type", form);
+    let split = |s: &str| -> Vec<Vec<u8>> { s.as_bytes().chunks(7).map(<[u8]>::to_vec).collect() };
+    let cases: Vec<(&str, Request, u16)> = vec![
+        (
+            "valid, in chunks, keys fetched meanwhile",
+            post("/oidc/backchannel").in_chunks(split(&valid("j1"))),
+            200,
+        ),
+        (
+            "valid, with a query",
+            post("/oidc/backchannel?x=1").body(valid("j2")),
+            200,
+        ),
+        ("replayed", post("/oidc/backchannel").body(valid("j2")), 400),
+        (
+            "trailers after a valid body",
+            post("/oidc/backchannel")
+                .in_chunks(split(&valid("j3")))
+                .trailer("x-t", "1"),
+            400,
+        ),
+        (
+            "trailers only",
+            post("/oidc/backchannel").trailer("x-t", "1"),
+            400,
+        ),
+        ("no body", post("/oidc/backchannel"), 400),
+        (
+            "not a form",
+            Request::new("POST", "/oidc/backchannel")
+                .header("content-type", "text/plain")
+                .body(valid("j4")),
+            400,
+        ),
+        (
+            "no content type",
+            Request::post("/oidc/backchannel", valid("j5")),
+            400,
+        ),
+        (
+            "garbage",
+            post("/oidc/backchannel").in_chunks(vec![b"logout_token=".to_vec(), b"x.y.z".to_vec()]),
+            400,
+        ),
+        (
+            "too large, streamed",
+            post("/oidc/backchannel").in_chunks(vec![vec![b'a'; 40_000]; 3]),
+            413,
+        ),
+        (
+            "too large, declared",
+            post("/oidc/backchannel")
+                .header("content-length", "1000000")
+                .in_chunks(vec![b"logout_token=x".to_vec()]),
+            413,
+        ),
+        ("GET", Request::get("/oidc/backchannel"), 405),
+        (
+            "GET with a body",
+            Request::get("/oidc/backchannel").body(valid("j6")),
+            405,
+        ),
+        (
+            "PUT with a body",
+            Request::new("PUT", "/oidc/backchannel")
+                .header("content-type", form)
+                .in_chunks(split(&valid("j7"))),
+            405,
+        ),
+        ("DELETE", Request::new("DELETE", "/oidc/backchannel"), 405),
+    ];
+    for (what, req, status) in cases {
+        let res = bed.send(req);
+        assert_eq!(res.status, status, "{what}: {}", res.text());
+        assert!(res.upstream.is_none(), "{what}: reached the upstream");
+        assert!(!res.text().contains("the upstream answered"), "{what}");
+        if status == 405 {
+            assert_eq!(res.header("allow"), Some("POST"), "{what}");
+        }
+    }
+    assert_eq!(seen.get(), 0, "the upstream saw a back-channel request");
+    assert_eq!(
+        bed.metric("oidc_backchannel_logouts").map(|m| m.count()),
+        Some(2)
+    );
+}
+
+/// A cross-site page cannot log the user out: a GET without proof that it came from
+/// the application gets a confirmation page (or, for a non-browser, a 403), and a
+/// cross-origin POST a 403; the session goes on working and no cookie is cleared.
+#[test]
+fn a_cross_site_request_cannot_end_the_session() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    let wrong_hint = idp.id_token(&json!({"sub": "mallory"}));
+    let cases: Vec<(&str, Request, u16)> = vec![
+        (
+            "a cross-site link",
+            browser("/logout", &jar).header("sec-fetch-site", "cross-site"),
+            200,
+        ),
+        (
+            "a same-site page",
+            browser("/logout", &jar).header("sec-fetch-site", "same-site"),
+            200,
+        ),
+        (
+            "opened from outside the browser",
+            browser("/logout", &jar).header("sec-fetch-site", "none"),
+            200,
+        ),
+        ("an old browser's link", browser("/logout", &jar), 200),
+        (
+            "an image tag",
+            api("/logout", &jar).header("sec-fetch-site", "cross-site"),
+            403,
+        ),
+        (
+            "another user's hint",
+            browser(&format!("/logout?id_token_hint={wrong_hint}"), &jar)
+                .header("sec-fetch-site", "cross-site"),
+            200,
+        ),
+        (
+            "a cross-site form",
+            Request::new("POST", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "https://evil.test")
+                .header("sec-fetch-site", "cross-site"),
+            403,
+        ),
+        (
+            "a cross-origin fetch",
+            Request::new("DELETE", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "https://evil.test"),
+            403,
+        ),
+        (
+            "a same-site form",
+            Request::new("POST", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "https://sub.app.test")
+                .header("sec-fetch-site", "same-site"),
+            403,
+        ),
+        (
+            "an opaque origin",
+            Request::new("POST", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "null"),
+            403,
+        ),
+        (
+            "PUT",
+            Request::new("PUT", "/logout")
+                .header("cookie", &jar.header())
+                .header("origin", "https://app.test"),
+            405,
+        ),
+    ];
+    for (what, req, status) in cases {
+        let res = bed.send(req);
+        assert_eq!(res.status, status, "{what}: {}", res.text());
+        assert!(
+            res.header("location").is_none(),
+            "{what}: not sent to the IdP"
+        );
+        assert_eq!(
+            res.headers.get_all("set-cookie").count(),
+            0,
+            "{what}: cookies kept"
+        );
+        if status == 200 {
+            assert!(
+                res.header("content-type").unwrap().starts_with("text/html"),
+                "{what}"
+            );
+            assert!(
+                res.text().contains("<form method=\"post\""),
+                "{what}: {}",
+                res.text()
+            );
+            let csp = res.header("content-security-policy").unwrap_or_default();
+            assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+        }
+        assert_eq!(
+            bed.send(api("/", &jar)).status,
+            200,
+            "{what}: the session still works"
+        );
+    }
+}
+
+/// The ways an application logs its user out: a POST from its pages (its origin, or
+/// the host it is served on, or a browser that sends neither header), a DELETE from its
+/// scripts, a link on its own pages (`Sec-Fetch-Site: same-origin`), or a link carrying
+/// the session's ID token as `id_token_hint` (for browsers without `Sec-Fetch-Site`).
+#[test]
+fn the_application_logs_out_with_a_post_its_own_links_or_the_id_token_hint() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let id_token = |bed: &mut TestBed, jar: &Jar| {
+        bed.send(api("/", jar))
+            .upstream_header("x-id-token")
+            .unwrap()
+    };
+    type Logout = Box<dyn Fn(&Jar, &str) -> Request>;
+    let ways: Vec<(&str, Logout)> = vec![
+        (
+            "a form on its pages",
+            Box::new(|j: &Jar, _: &str| app_logout("/logout", j)),
+        ),
+        (
+            "a POST naming the host it is on",
+            Box::new(|j: &Jar, _: &str| {
+                Request::new("POST", "/logout")
+                    .header("cookie", &j.header())
+                    .header("origin", "https://gateway.test")
+            }),
+        ),
+        (
+            "a POST from a browser that sends no Origin",
+            Box::new(|j: &Jar, _: &str| {
+                Request::new("POST", "/logout").header("cookie", &j.header())
+            }),
+        ),
+        (
+            "a DELETE from its scripts",
+            Box::new(|j: &Jar, _: &str| {
+                Request::new("DELETE", "/logout")
+                    .header("cookie", &j.header())
+                    .header("origin", "https://app.test")
+                    .header("sec-fetch-site", "same-origin")
+            }),
+        ),
+        (
+            "a link on its pages",
+            Box::new(|j: &Jar, _: &str| {
+                browser("/logout", j).header("sec-fetch-site", "same-origin")
+            }),
+        ),
+        (
+            "a link with the ID token as hint",
+            Box::new(|j: &Jar, t: &str| browser(&format!("/logout?id_token_hint={t}"), j)),
+        ),
+    ];
+    for (what, make) in ways {
+        let jar = login(&mut bed, &idp, "/");
+        let hint = id_token(&mut bed, &jar);
+        let res = bed.send(make(&jar, &hint));
+        assert_eq!(res.status, 302, "{what}: {}", res.text());
+        assert!(
+            res.header("location")
+                .unwrap()
+                .starts_with("https://idp.test/logout?"),
+            "{what}"
+        );
+        let mut after = jar.clone();
+        after.take(&res);
+        assert!(!after.has_session(), "{what}: cookies cleared");
+        assert_eq!(bed.send(api("/", &jar)).status, 401, "{what}: revoked");
+    }
+}
+
+/// A logged-out session stays revoked until its own end, however many other sessions
+/// are logged out meanwhile: 5,000 logouts by another account do not bring a stolen
+/// copy of the cookie back.
+#[test]
+fn thousands_of_logouts_by_another_account_never_revive_a_logged_out_cookie() {
+    let idp = Idp::new();
+    idp.access_ttl.set(100_000);
+    let mut bed = bed(
+        &idp,
+        json!({"session": {"secrets": [{"id": "a", "secret": SECRET_A}],
+        "lifetime": 3600, "idle_timeout": 0}}),
+    );
+    let victim = login(&mut bed, &idp, "/");
+    let stolen = victim.clone();
+    assert_eq!(bed.send(app_logout("/logout", &victim)).status, 302);
+    assert_eq!(bed.send(api("/", &stolen)).status, 401);
+    *idp.id_claims.borrow_mut() = json!({"sub": "mallory", "sid": "mallory-idp"});
+    for i in 0..5000 {
+        let jar = login(&mut bed, &idp, "/");
+        let res = bed.send(app_logout("/logout", &jar));
+        assert_eq!(res.status, 302, "logout {i}: {}", res.text());
+    }
+    let res = bed.send(api("/", &stolen));
+    assert_eq!(
+        res.status,
+        401,
+        "the stolen cookie came back: {}",
+        res.text()
+    );
+    let list = bed.shared_data("oidc/oidc-0/revoked").unwrap();
+    assert!(list.len() < 16 * 1024, "bounded: {} bytes", list.len());
+    // A login of the victim's after all that is a session like any other.
+    *idp.id_claims.borrow_mut() = json!({});
+    let fresh = login(&mut bed, &idp, "/");
+    assert_eq!(bed.send(api("/", &fresh)).status, 200);
+}
+
+/// A refreshed ID token is verified as at login and is where the identity comes from
+/// afterwards: a user whose groups, tier or name changed at the IdP gets the new ones.
+#[test]
+fn a_refresh_takes_the_identity_from_the_refreshed_id_token() {
+    let idp = Idp::new();
+    idp.access_ttl.set(120);
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    let before = bed.send(api("/a", &jar));
+    assert_eq!(
+        before.upstream_header("x-consumer-tier").as_deref(),
+        Some("premium")
+    );
+    advance(&mut bed, &idp, 100);
+    let refreshed = idp.id_token(&json!({"groups": ["eng"], "tier": "basic",
+        "preferred_username": "ada.lovelace"}));
+    *idp.token_reply.borrow_mut() = Some(Reply::json(&json!({
+        "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 300,
+        "refresh_token": "rt-2", "id_token": refreshed
+    })));
+    let res = bed.send(api("/a", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-refreshed")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-groups").as_deref(),
+        Some("eng")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-tier").as_deref(),
+        Some("basic")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-username").as_deref(),
+        Some("ada.lovelace")
+    );
+    assert_eq!(res.upstream_header("x-consumer-id").as_deref(), Some("ada"));
+    assert_eq!(res.upstream_header("x-id-token"), Some(refreshed.clone()));
+    // The new cookie carries the new identity.
+    let mut jar = jar;
+    jar.take(&res);
+    let res = bed.send(api("/b", &jar));
+    assert_eq!(
+        res.upstream_header("x-consumer-tier").as_deref(),
+        Some("basic")
+    );
+    // A refresh without an ID token keeps the identity it has.
+    advance(&mut bed, &idp, 290);
+    let res = bed.send(api("/c", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-2")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-tier").as_deref(),
+        Some("basic")
+    );
+}
+
+/// A refreshed ID token that does not verify (signature, issuer, audience, expiry),
+/// or is about another user or another IdP session, ends the session: its claims are
+/// never used, and neither is the old identity with the new token.
+#[test]
+fn a_refreshed_id_token_that_does_not_verify_ends_the_session() {
+    let other_key = Key::ec256("idp-1");
+    type Token<'a> = Box<dyn Fn(&Idp) -> String + 'a>;
+    let cases: Vec<(&str, Token<'_>)> = vec![
+        (
+            "forged signature",
+            Box::new(|idp: &Idp| {
+                let now = idp.now.get();
+                other_key.sign(
+                    "ES256",
+                    json!({"iss": ISS, "aud": "web", "sub": "ada",
+                "sid": "idp-session-1", "tier": "gold", "iat": now, "exp": now + 300}),
+                )
+            }),
+        ),
+        (
+            "another issuer",
+            Box::new(|idp: &Idp| {
+                idp.id_token(&json!({"iss": "https://evil.test", "tier": "gold"}))
+            }),
+        ),
+        (
+            "another audience",
+            Box::new(|idp: &Idp| idp.id_token(&json!({"aud": "other", "tier": "gold"}))),
+        ),
+        (
+            "expired",
+            Box::new(|idp: &Idp| {
+                let now = idp.now.get();
+                idp.id_token(&json!({"iat": now - 900, "exp": now - 600, "tier": "gold"}))
+            }),
+        ),
+        (
+            "another user",
+            Box::new(|idp: &Idp| idp.id_token(&json!({"sub": "mallory", "tier": "gold"}))),
+        ),
+        (
+            "another IdP session",
+            Box::new(|idp: &Idp| idp.id_token(&json!({"sid": "idp-session-9", "tier": "gold"}))),
+        ),
+        ("not a JWT", Box::new(|_: &Idp| "not-a-jwt".to_owned())),
+    ];
+    for (what, make) in cases {
+        let idp = Idp::new();
+        idp.access_ttl.set(120);
+        let mut bed = bed(&idp, json!({}));
+        let jar = login(&mut bed, &idp, "/");
+        advance(&mut bed, &idp, 100);
+        *idp.token_reply.borrow_mut() = Some(Reply::json(&json!({
+            "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 300,
+            "refresh_token": "rt-2", "id_token": make(&idp)
+        })));
+        let res = bed.send(api("/a", &jar));
+        assert_eq!(res.status, 401, "{what}: {}", res.text());
+        assert!(res.upstream.is_none(), "{what}: reached the upstream");
+        let mut after = jar.clone();
+        after.take(&res);
+        assert!(
+            !after.has_session(),
+            "{what}: the session cookie is cleared"
+        );
+    }
+}
+
+/// A client cannot smuggle an identity in request trailers (which Envoy passes on to
+/// an HTTP/2 upstream): the identity names are removed from the trailers as from the
+/// headers, whatever the route.
+#[test]
+fn identity_trailers_are_removed_like_identity_headers() {
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let jar = login(&mut bed, &idp, "/");
+    let res = bed.send(
+        api("/orders", &jar)
+            .in_chunks(vec![b"{}".to_vec()])
+            .trailer("x-consumer-id", "mallory")
+            .trailer("x-consumer-groups", "admin")
+            .trailer("x-id-token", "forged")
+            .trailer("x-checksum", "kept"),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.as_ref().unwrap();
+    assert_eq!(up.headers.get_str("x-consumer-id"), Some("ada"));
+    let trailers = up.trailers.as_ref().unwrap();
+    for name in ["x-consumer-id", "x-consumer-groups", "x-id-token"] {
+        assert_eq!(trailers.get_str(name), None, "{name} reached the upstream");
+    }
+    assert_eq!(trailers.get_str("x-checksum"), Some("kept"));
 }

@@ -206,6 +206,9 @@ pub struct Config {
     pub redirect_uri: String,
     /// The path (without query) the IdP sends the browser back to.
     pub callback_path: String,
+    /// The application's origin (`redirect_uri`'s scheme and host, as browsers write
+    /// an `Origin`), which a logout POST must come from.
+    pub app_origin: String,
     pub scopes: String,
     pub idp_cluster: String,
     pub idp_authority: String,
@@ -647,6 +650,7 @@ impl Config {
             client_auth,
             redirect_uri: f.redirect_uri,
             callback_path,
+            app_origin: crate::logout::origin(&redirect.scheme, &redirect.authority),
             scopes: scopes.join(" "),
             idp_cluster: f.idp_cluster,
             idp_authority,
@@ -790,6 +794,7 @@ mod tests {
         );
         assert_eq!(c.client_auth, ClientAuth::Basic);
         assert_eq!(c.callback_path, "/callback");
+        assert_eq!(c.app_origin, "https://app.example.com");
         assert_eq!(c.cookie.name, "__Host-portcullis_session");
         assert!(c.cookie.secure);
         assert_eq!(c.cookie.samesite, SameSite::Lax);

@@ -268,6 +268,10 @@ pub enum TokenRefused {
     /// The signing key is not in the JWKS we hold: refetch once, then refuse.
     #[error("no key matches the token")]
     UnknownKey,
+    #[error("the refreshed ID token is about another user")]
+    OtherSubject,
+    #[error("the refreshed ID token is about another IdP session")]
+    OtherSession,
 }
 
 fn rejected(r: Rejected) -> TokenRefused {
@@ -343,6 +347,71 @@ pub fn verify_id_token(
         }
     }
     Ok(claims)
+}
+
+/// Verifies the ID token of a refresh answer (OpenID Connect Core 12.2) as at login
+/// (signature, `iss`, `aud`, `azp`, `exp`, `iat`; there is no nonce to compare), and
+/// that it is about the session's user (`sub`) and, when both name one, its IdP
+/// session (`sid`). Its claims are then the session's identity.
+pub fn verify_refreshed_id_token(
+    c: &Config,
+    keys: &KeySet,
+    jwt: &str,
+    sub: &str,
+    sid: Option<&str>,
+    now: u64,
+) -> Result<Map<String, Value>, TokenRefused> {
+    let claims = verify_id_token(c, keys, jwt, None, now)?;
+    if claims.get("sub").and_then(Value::as_str) != Some(sub) {
+        return Err(TokenRefused::OtherSubject);
+    }
+    if let (Some(old), Some(new)) = (sid, claims.get("sid"))
+        && new.as_str() != Some(old)
+    {
+        return Err(TokenRefused::OtherSession);
+    }
+    Ok(claims)
+}
+
+/// The most a back-channel logout request may carry (a logout token is a few KB).
+pub const MAX_LOGOUT_BODY: usize = 64 * 1024;
+
+/// What the headers of a request to the back-channel logout path decide alone (OpenID
+/// Connect Back-Channel Logout 2.5 and 2.8: a form POST; a 400 otherwise): `Err` with
+/// the status and message to answer now, `Ok` when the body must be read. Answering
+/// from the headers whenever possible means a request that cannot be a logout never
+/// waits for (or streams) a body.
+pub fn backchannel_headers(
+    method: &str,
+    content_type: Option<&str>,
+    content_length: Option<&str>,
+    has_body: bool,
+) -> Result<(), (u32, &'static str)> {
+    if method != "POST" {
+        return Err((405, "back-channel logout takes a POST"));
+    }
+    if !has_body {
+        return Err((400, "invalid_request: one logout_token is needed"));
+    }
+    let form = content_type
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err((
+            400,
+            "invalid_request: the logout token comes as application/x-www-form-urlencoded",
+        ));
+    }
+    if content_length
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .is_some_and(|l| l > MAX_LOGOUT_BODY as u64)
+    {
+        return Err((413, "logout request too large"));
+    }
+    Ok(())
 }
 
 /// How long after its `iat` a logout token is accepted (plus the clock skew); its
@@ -562,6 +631,100 @@ mod tests {
         assert!(verify_id_token(&c, &keys, &token(None), None, now).is_ok());
         c.max_age = None;
         assert!(verify_id_token(&c, &keys, &token(None), Some("n1"), now).is_ok());
+    }
+
+    #[test]
+    fn a_refreshed_id_token_must_verify_and_be_about_the_same_user_and_session() {
+        let key = jwt_mint::Key::ec256("k1");
+        let (keys, _) =
+            kit::jwt::keys::parse_jwks(jwt_mint::jwks(&[&key]).to_string().as_bytes(), true)
+                .unwrap();
+        let c = config();
+        let now = 1_800_000_000u64;
+        let token = |extra: serde_json::Value| {
+            let mut claims = json!({"iss": "https://idp.test", "aud": "web app", "sub": "u",
+                "sid": "s1", "iat": now, "exp": now + 600, "tier": "gold"});
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            key.sign("ES256", claims)
+        };
+        let check = |t: &str| verify_refreshed_id_token(&c, &keys, t, "u", Some("s1"), now);
+        assert_eq!(check(&token(json!({}))).unwrap()["tier"], "gold");
+        assert!(
+            check(&token(json!({"sid": null}))).is_ok(),
+            "no sid to compare"
+        );
+        assert!(
+            verify_refreshed_id_token(&c, &keys, &token(json!({})), "u", None, now).is_ok(),
+            "the session had none"
+        );
+        assert_eq!(
+            check(&token(json!({"sub": "v"}))),
+            Err(TokenRefused::OtherSubject)
+        );
+        assert_eq!(
+            check(&token(json!({"sid": "s2"}))),
+            Err(TokenRefused::OtherSession)
+        );
+        assert_eq!(
+            check(&token(json!({"aud": "other"}))),
+            Err(TokenRefused::Audience)
+        );
+        assert!(check(&token(json!({"iss": "https://evil.test"}))).is_err());
+        assert!(check(&token(json!({"exp": now - 100, "iat": now - 700}))).is_err());
+        let forged = jwt_mint::Key::ec256("k1").sign(
+            "ES256",
+            json!({"iss": "https://idp.test", "aud": "web app", "sub": "u", "iat": now, "exp": now + 600}),
+        );
+        assert!(check(&forged).is_err());
+        assert!(check("not-a-jwt").is_err());
+    }
+
+    #[test]
+    fn back_channel_requests_are_answered_from_their_headers_when_they_can_be() {
+        let form = Some("application/x-www-form-urlencoded");
+        assert_eq!(backchannel_headers("POST", form, Some("900"), true), Ok(()));
+        assert_eq!(
+            backchannel_headers(
+                "POST",
+                Some("Application/X-WWW-Form-Urlencoded; charset=UTF-8"),
+                None,
+                true
+            ),
+            Ok(())
+        );
+        for (method, ct, len, body, status) in [
+            ("GET", form, None, false, 405),
+            ("GET", form, None, true, 405),
+            ("PUT", form, None, true, 405),
+            ("post", form, None, true, 405),
+            ("POST", form, None, false, 400),
+            ("POST", None, None, true, 400),
+            ("POST", Some("application/json"), None, true, 400),
+            (
+                "POST",
+                Some("application/x-www-form-urlencodedx"),
+                None,
+                true,
+                400,
+            ),
+            ("POST", form, Some("65537"), true, 413),
+        ] {
+            assert_eq!(
+                backchannel_headers(method, ct, len, body).map_err(|e| e.0),
+                Err(status),
+                "{method} {ct:?} {len:?} {body}"
+            );
+        }
+        assert_eq!(
+            backchannel_headers("POST", form, Some("junk"), true),
+            Ok(())
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! The policy is plain Rust, tested natively: [`config`] (what the operator wrote),
 //! [`url`] (URLs, forms, the open-redirect check), [`cookie`] (authenticated
 //! encryption, chunking, `Set-Cookie`), [`session`] (what the cookies hold and whether
-//! it is still good, the session cache, revocations), [`idp`] (discovery, the
+//! it is still good, the session cache, revocations), [`logout`] (which requests may
+//! end a session: no cross-site ones), [`idp`] (discovery, the
 //! authorization and token requests, ID-token and logout-token verification with
 //! `kit::jwt`). The proxy-wasm glue in `filter` (wasm32 only) moves bytes between the
 //! host and them, makes the `http_call`s and keeps shared data.
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod cookie;
 pub mod idp;
+pub mod logout;
 pub mod session;
 pub mod url;
 

@@ -88,7 +88,9 @@ pub enum Standing {
 
 impl Session {
     pub fn standing(&self, c: &Config, now: u64) -> Standing {
-        if now >= self.expires {
+        // The configured lifetime bounds a session whatever its cookie says, so a
+        // revocation kept one lifetime covers it even after `lifetime` was lowered.
+        if now >= self.expires.min(self.created.saturating_add(c.lifetime)) {
             return Standing::Over("session lifetime reached");
         }
         if c.idle_timeout > 0 && now >= self.seen.saturating_add(c.idle_timeout) {
@@ -169,6 +171,20 @@ pub fn mark_used(cur: &[u8], value: &str, until: u64, now: u64, cap: usize) -> O
     }
     out.push_str(&format!("{value} {until}\n"));
     Some(out.into_bytes())
+}
+
+/// The list [`mark_used`] keeps, without `value` (a use that did not complete).
+pub fn unmark(cur: &[u8], value: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(cur);
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.split_once(' ').is_some_and(|(v, _)| v == value) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.into_bytes()
 }
 
 /// Sessions this VM opened, keyed by the whole cookie value, so the common request
@@ -322,22 +338,74 @@ impl BearerCache {
 }
 
 /// Revoked sessions, shared by every worker: by our session id (local logout), by
-/// the IdP's `sid` or by `sub` (back-channel logout). Each entry has the time it was
-/// written; a `sub` entry revokes the sessions created before it; entries older than
-/// the session lifetime are dropped when the list is written, one entry per value is
-/// kept, and at most [`MAX_REVOKED`] (the oldest go first: they are the nearest to
-/// expiring anyway). Lookups go through hash sets, not a scan.
+/// the IdP's `sid` or by `sub` (back-channel logout).
+///
+/// A revocation lasts until no session it revokes can be alive any more, whatever else
+/// is revoked meanwhile: a session's entry until the session's own end, a `sid` or
+/// `sub` entry for one session lifetime. Memory is bounded by widening revocations,
+/// never by forgetting one:
+/// - past [`PER_SUBJECT`] entries about one user, that user's entries become one
+///   cutoff: every session of that user created until the latest of them. Logging
+///   out again and again with one account only ever costs that account's own
+///   sessions;
+/// - past [`MAX_REVOKED`] entries in all, the user with the most entries is folded
+///   the same way; when no user has two, the oldest entry is folded into `floor`:
+///   every session created until then, whoever's, is revoked (those users log in
+///   again).
+///
+/// Lookups go through hash sets, not a scan.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Revoked {
-    pub entries: Vec<(Kind, String, u64)>,
+    pub entries: Vec<Entry>,
+    /// Every session created at or before this second is revoked (0: none).
+    pub floor: u64,
     sessions: HashSet<String>,
     sids: HashSet<String>,
-    /// `sub` -> the latest revocation time.
+    /// `sub` -> the latest cutoff.
     subs: HashMap<String, u64>,
+    pub caps: Caps,
 }
 
-/// The most revocations kept (a line is about 40 bytes for a session id).
+/// The bounds of a [`Revoked`] list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Entries about one user before they become one cutoff.
+    pub per_subject: usize,
+    /// Entries in all.
+    pub total: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            per_subject: PER_SUBJECT,
+            total: MAX_REVOKED,
+        }
+    }
+}
+
+/// One revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// The session id, the IdP's `sid`, or the `sub`.
+    pub value: String,
+    /// The user it is about, when known (a `sid`-only logout token names none).
+    pub sub: Option<String>,
+    /// When it was written (for `Kind::Sub`, the cutoff): every session it revokes was
+    /// created at or before then, so folding it into a cutoff of that time loses
+    /// nothing.
+    pub at: u64,
+    /// From then on no session it revokes is alive: it is dropped.
+    pub until: u64,
+}
+
+/// The most entries kept in all. A line is about 90 bytes (a session id and a `sub`):
+/// some 360 KB when full, read again by each worker only when it changes.
 pub const MAX_REVOKED: usize = 4096;
+
+/// The most entries kept about one user before they become one cutoff.
+pub const PER_SUBJECT: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -349,50 +417,128 @@ pub enum Kind {
 impl Kind {
     fn tag(self) -> &'static str {
         match self {
-            Kind::Session => "s",
-            Kind::IdpSid => "sid",
-            Kind::Sub => "sub",
+            Kind::Session => "S",
+            Kind::IdpSid => "D",
+            Kind::Sub => "U",
         }
     }
 }
 
+/// A value made safe for a space-separated line: `%`, space, CR and LF escaped.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ' ' => out.push_str("%20"),
+            '\n' => out.push_str("%0A"),
+            '\r' => out.push_str("%0D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// [`escape`] undone; `None` for an escape it never writes.
+fn unescape(v: &str) -> Option<String> {
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let c = match rest.get(i + 1..i + 3)? {
+            "25" => '%',
+            "20" => ' ',
+            "0A" => '\n',
+            "0D" => '\r',
+            _ => return None,
+        };
+        out.push(c);
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The longest value or `sub` an entry takes (a longer one is no id we made or an IdP
+/// sends; refused, so a line stays small).
+const MAX_VALUE: usize = 512;
+
 impl Revoked {
-    /// One entry a line: `<kind> <time> <value>`; lines that do not parse are skipped.
-    pub fn parse(bytes: &[u8]) -> Revoked {
+    /// One entry a line, `<S|D|U> <at> <until> <value> <sub>` (value and sub escaped,
+    /// sub empty when unknown), and `F <floor>`. Lines that do not parse are skipped.
+    /// Lines of the earlier format (`s|sid|sub <at> <value>`, kept one `lifetime` from
+    /// `at`) are read too, so an upgrade forgets no revocation.
+    pub fn parse(bytes: &[u8], lifetime: u64) -> Revoked {
         let text = String::from_utf8_lossy(bytes);
-        let entries = text
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.splitn(3, ' ');
-                let kind = match it.next()? {
-                    "s" => Kind::Session,
-                    "sid" => Kind::IdpSid,
-                    "sub" => Kind::Sub,
-                    _ => return None,
-                };
-                let at = it.next()?.parse().ok()?;
-                Some((kind, it.next()?.to_owned(), at))
-            })
-            .collect();
-        Revoked::from_entries(entries)
+        let mut floor = 0;
+        let mut entries = Vec::new();
+        for l in text.lines() {
+            if let Some(f) = l.strip_prefix("F ") {
+                floor = f.parse().unwrap_or(floor);
+            } else if let Some(e) = Revoked::line(l, lifetime) {
+                entries.push(e);
+            }
+        }
+        Revoked::from_entries(entries, floor)
     }
 
-    fn from_entries(entries: Vec<(Kind, String, u64)>) -> Revoked {
+    fn line(l: &str, lifetime: u64) -> Option<Entry> {
+        let legacy = |kind| {
+            let mut it = l.splitn(3, ' ').skip(1);
+            let at: u64 = it.next()?.parse().ok()?;
+            let value = it.next().filter(|v| !v.is_empty())?.to_owned();
+            let sub = (kind == Kind::Sub).then(|| value.clone());
+            Some(Entry {
+                kind,
+                value,
+                sub,
+                at,
+                until: at.saturating_add(lifetime),
+            })
+        };
+        let mut it = l.splitn(5, ' ');
+        let kind = match it.next()? {
+            "S" => Kind::Session,
+            "D" => Kind::IdpSid,
+            "U" => Kind::Sub,
+            "s" => return legacy(Kind::Session),
+            "sid" => return legacy(Kind::IdpSid),
+            "sub" => return legacy(Kind::Sub),
+            _ => return None,
+        };
+        let at = it.next()?.parse().ok()?;
+        let until = it.next()?.parse().ok()?;
+        let value = unescape(it.next()?)?;
+        let sub = match it.next()? {
+            "" => None,
+            s => Some(unescape(s)?),
+        };
+        (!value.is_empty()).then_some(Entry {
+            kind,
+            value,
+            sub,
+            at,
+            until,
+        })
+    }
+
+    fn from_entries(entries: Vec<Entry>, floor: u64) -> Revoked {
         let mut r = Revoked {
             entries,
+            floor,
             ..Revoked::default()
         };
-        for (k, v, at) in &r.entries {
-            match k {
+        for e in &r.entries {
+            match e.kind {
                 Kind::Session => {
-                    r.sessions.insert(v.clone());
+                    r.sessions.insert(e.value.clone());
                 }
                 Kind::IdpSid => {
-                    r.sids.insert(v.clone());
+                    r.sids.insert(e.value.clone());
                 }
                 Kind::Sub => {
-                    let t = r.subs.entry(v.clone()).or_insert(*at);
-                    *t = (*t).max(*at);
+                    let t = r.subs.entry(e.value.clone()).or_insert(e.at);
+                    *t = (*t).max(e.at);
                 }
             }
         }
@@ -401,54 +547,174 @@ impl Revoked {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = String::new();
-        for (k, v, at) in &self.entries {
-            out.push_str(&format!("{} {at} {v}\n", k.tag()));
+        if self.floor > 0 {
+            out.push_str(&format!("F {}\n", self.floor));
+        }
+        for e in &self.entries {
+            out.push_str(&format!(
+                "{} {} {} {} {}\n",
+                e.kind.tag(),
+                e.at,
+                e.until,
+                escape(&e.value),
+                e.sub.as_deref().map(escape).unwrap_or_default()
+            ));
         }
         out.into_bytes()
     }
 
-    /// Adds an entry (values with a line break are refused) and forgets the ones no
-    /// session can outlive. False when nothing changed (the value was already
-    /// revoked, or refused), so the caller need not tell every worker.
-    pub fn add(&mut self, kind: Kind, value: &str, now: u64, lifetime: u64) -> bool {
-        self.add_at(kind, value, now, now, lifetime)
+    /// Revokes session `s` (local logout) until its end. False when nothing changed
+    /// (it was revoked already), so the caller need not tell every worker.
+    pub fn revoke_session(&mut self, s: &Session, now: u64, lifetime: u64) -> bool {
+        if self.revokes(s) {
+            return false;
+        }
+        let until = s.expires.min(s.created.saturating_add(lifetime));
+        self.add(
+            Entry {
+                kind: Kind::Session,
+                value: s.id.clone(),
+                sub: Some(s.sub.clone()),
+                at: now,
+                until,
+            },
+            now,
+            lifetime,
+        )
     }
 
-    /// [`Revoked::add`] with the entry's time `at` (for `sub`, the cutoff: sessions
-    /// created until then are revoked) other than `now`.
-    pub fn add_at(&mut self, kind: Kind, value: &str, at: u64, now: u64, lifetime: u64) -> bool {
-        if value.is_empty() || value.contains(['\n', '\r']) || value.len() > 512 {
+    /// Revokes the sessions of the IdP's session `sid` (of user `sub`, when the logout
+    /// token names one): they were all created by now.
+    pub fn revoke_sid(&mut self, sid: &str, sub: Option<&str>, now: u64, lifetime: u64) -> bool {
+        self.add(
+            Entry {
+                kind: Kind::IdpSid,
+                value: sid.to_owned(),
+                sub: sub.map(str::to_owned),
+                at: now,
+                until: now.saturating_add(lifetime),
+            },
+            now,
+            lifetime,
+        )
+    }
+
+    /// Revokes every session of `sub` created until `cutoff`.
+    pub fn revoke_sub(&mut self, sub: &str, cutoff: u64, now: u64, lifetime: u64) -> bool {
+        self.add(
+            Entry {
+                kind: Kind::Sub,
+                value: sub.to_owned(),
+                sub: Some(sub.to_owned()),
+                at: cutoff,
+                until: cutoff.saturating_add(lifetime),
+            },
+            now,
+            lifetime,
+        )
+    }
+
+    /// Adds an entry, drops the ones no session can outlive, and keeps the list within
+    /// its bounds by folding (see [`Revoked`]). False when nothing changed (already
+    /// there, already over, or a value too long or empty).
+    fn add(&mut self, e: Entry, now: u64, lifetime: u64) -> bool {
+        let bad = |v: &str| v.is_empty() || v.len() > MAX_VALUE;
+        if bad(&e.value) || e.sub.as_deref().is_some_and(bad) || e.until <= now {
             return false;
         }
         let mut entries = std::mem::take(&mut self.entries);
-        entries.retain(|(_, _, at)| at.saturating_add(lifetime) > now);
-        let mut changed = true;
-        if let Some(e) = entries
-            .iter_mut()
-            .find(|(k, v, _)| *k == kind && v == value)
-        {
-            // A later `sub` revocation reaches later sessions; the others are final.
-            changed = kind == Kind::Sub && e.2 < at;
-            if changed {
-                e.2 = at;
-            }
-        } else {
-            if entries.len() >= MAX_REVOKED {
-                entries.drain(..=entries.len() - MAX_REVOKED);
-            }
-            entries.push((kind, value.to_owned(), at));
+        entries.retain(|x| x.until > now);
+        // Every session the floor revokes has ended by then.
+        let mut floor = self.floor;
+        if floor.saturating_add(lifetime) <= now {
+            floor = 0;
         }
-        *self = Revoked::from_entries(entries);
+        let changed = match entries
+            .iter_mut()
+            .find(|x| x.kind == e.kind && x.value == e.value)
+        {
+            // A later `sub` cutoff reaches later sessions; the others are final.
+            Some(x) if e.kind == Kind::Sub && x.at < e.at => {
+                x.at = e.at;
+                x.until = x.until.max(e.until);
+                true
+            }
+            Some(_) => false,
+            None => {
+                let sub = e.sub.clone();
+                entries.push(e);
+                if let Some(sub) = sub
+                    && entries
+                        .iter()
+                        .filter(|x| x.sub.as_deref() == Some(sub.as_str()))
+                        .count()
+                        > self.caps.per_subject
+                {
+                    fold_subject(&mut entries, &sub, lifetime);
+                }
+                while entries.len() > self.caps.total.max(1) {
+                    match busiest_subject(&entries) {
+                        Some(sub) => fold_subject(&mut entries, &sub, lifetime),
+                        None => {
+                            // No user has two entries: the oldest entry goes into the
+                            // floor (never out of the list without a trace).
+                            let Some((i, _)) = entries.iter().enumerate().min_by_key(|(_, x)| x.at)
+                            else {
+                                break;
+                            };
+                            floor = floor.max(entries.remove(i).at);
+                        }
+                    }
+                }
+                true
+            }
+        };
+        let caps = self.caps;
+        *self = Revoked::from_entries(entries, floor);
+        self.caps = caps;
         changed
     }
 
     pub fn revokes(&self, s: &Session) -> bool {
-        self.sessions.contains(&s.id)
+        (self.floor > 0 && s.created <= self.floor)
+            || self.sessions.contains(&s.id)
             || s.idp_sid
                 .as_ref()
                 .is_some_and(|sid| self.sids.contains(sid))
             || self.subs.get(&s.sub).is_some_and(|at| s.created <= *at)
     }
+}
+
+/// The user with the most entries, when one has at least two.
+fn busiest_subject(entries: &[Entry]) -> Option<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for e in entries {
+        if let Some(sub) = &e.sub {
+            *counts.entry(sub).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n >= 2)
+        .max_by_key(|(sub, n)| (*n, std::cmp::Reverse(*sub)))
+        .map(|(sub, _)| sub.to_owned())
+}
+
+/// Replaces every entry about `sub` by one cutoff at the latest of their times: every
+/// session they revoked was created by then.
+fn fold_subject(entries: &mut Vec<Entry>, sub: &str, lifetime: u64) {
+    let mine = |x: &Entry| x.sub.as_deref() == Some(sub);
+    let Some(at) = entries.iter().filter(|x| mine(x)).map(|x| x.at).max() else {
+        return;
+    };
+    entries.retain(|x| !mine(x));
+    entries.push(Entry {
+        kind: Kind::Sub,
+        value: sub.to_owned(),
+        sub: Some(sub.to_owned()),
+        at,
+        until: at.saturating_add(lifetime),
+    });
 }
 
 #[cfg(test)]
@@ -526,28 +792,80 @@ mod tests {
         );
     }
 
+    fn user(id: &str, sub: &str, created: u64) -> Session {
+        Session {
+            id: id.into(),
+            sub: sub.into(),
+            idp_sid: None,
+            created,
+            expires: created + 1000,
+            ..session()
+        }
+    }
+
     #[test]
     fn revocations_match_and_age_out() {
         let mut r = Revoked::default();
-        r.add(Kind::Sub, "ada", 5, 1000);
-        assert!(
-            !r.revokes(&Session {
-                created: 6,
-                ..session()
-            }),
-            "a later login stays"
-        );
+        assert!(r.revoke_sub("ada", 5, 5, 1000));
+        assert!(!r.revokes(&user("x", "ada", 6)), "a later login stays");
         assert!(r.revokes(&session()));
-        let mut r2 = Revoked::parse(&r.encode());
+        let mut r2 = Revoked::parse(&r.encode(), 1000);
         assert_eq!(r2, r);
-        r2.add(Kind::IdpSid, "other", 2000, 1000);
+        r2.revoke_sid("other", None, 2000, 1000);
         assert_eq!(r2.entries.len(), 1, "the old entry aged out");
-        r2.add(Kind::Session, "bad\nline", 2000, 1000);
+        assert!(
+            !r2.revoke_session(&user("", "ada", 1990), 2000, 1000),
+            "empty id"
+        );
         assert_eq!(r2.entries.len(), 1);
         let mut r3 = Revoked::default();
-        r3.add(Kind::Session, "id1", 1, 1000);
+        assert!(r3.revoke_session(&session(), 1, 1000));
         assert!(r3.revokes(&session()));
-        assert_eq!(Revoked::parse(b"junk\nsid x y\n"), Revoked::default());
+        assert!(!r3.revokes(&user("id2", "ada", 0)));
+        assert_eq!(
+            Revoked::parse(b"junk\nS x y\nS 1 2 %zz \n", 1000),
+            Revoked::default()
+        );
+    }
+
+    /// A session's entry lasts until the session's own end, a `sid` or `sub` entry one
+    /// lifetime.
+    #[test]
+    fn an_entry_lasts_until_the_session_it_revokes_has_ended() {
+        let mut r = Revoked::default();
+        let s = user("s1", "ada", 100);
+        assert!(r.revoke_session(&s, 150, 1000));
+        assert_eq!(r.entries[0].until, 1100);
+        // Writing the list at 1099 keeps it; at 1100 the session is over anyway.
+        r.revoke_sid("x", None, 1099, 1000);
+        assert!(r.revokes(&s));
+        r.revoke_sid("y", None, 1100, 1000);
+        assert!(!r.revokes(&s));
+        assert_eq!(r.entries.len(), 2);
+        // A cookie that claims a later end than the configured lifetime allows is held
+        // to the lifetime.
+        let long = Session {
+            expires: 100_000,
+            ..user("s2", "bob", 100)
+        };
+        assert!(r.revoke_session(&long, 150, 1000));
+        assert_eq!(r.entries.last().unwrap().until, 1100);
+    }
+
+    #[test]
+    fn lines_round_trip_with_any_value_and_legacy_lines_are_read() {
+        let mut r = Revoked::default();
+        assert!(r.revoke_sid("a sid%20with spaces", Some("user one"), 10, 1000));
+        assert!(r.revoke_sub("bob\r\nS 1 9999999999 forged ", 10, 10, 1000));
+        assert!(r.revoke_session(&user("s1", "ünï %", 5), 10, 1000));
+        let back = Revoked::parse(&r.encode(), 1000);
+        assert_eq!(back, r);
+        assert_eq!(back.entries.len(), 3, "a value cannot forge a line");
+        let old = Revoked::parse(b"s 10 id1\nsid 10 sid1\nsub 10 ada lovelace\n", 1000);
+        assert!(old.revokes(&session()));
+        assert!(old.revokes(&user("z", "ada lovelace", 10)));
+        assert!(!old.revokes(&user("z", "ada lovelace", 11)));
+        assert_eq!(old.entries[0].until, 1010);
     }
 
     #[test]
@@ -564,43 +882,145 @@ mod tests {
     }
 
     #[test]
-    fn revocations_are_deduplicated_and_capped() {
+    fn revocations_are_deduplicated() {
         let mut r = Revoked::default();
-        assert!(r.add(Kind::Session, "id1", 1, 1000));
+        assert!(r.revoke_session(&session(), 1, 1000));
         for t in 2..50 {
-            assert!(!r.add(Kind::Session, "id1", t, 1000), "already revoked");
+            assert!(!r.revoke_session(&session(), t, 1000), "already revoked");
         }
         assert_eq!(r.entries.len(), 1);
-        assert!(r.add(Kind::Sub, "ada", 5, 1000));
-        assert!(!r.add(Kind::Sub, "ada", 5, 1000));
-        assert!(r.add(Kind::Sub, "ada", 9, 1000), "a later cutoff counts");
+        assert!(r.revoke_sub("ada", 5, 5, 1000));
+        assert!(!r.revoke_sub("ada", 5, 6, 1000));
+        assert!(r.revoke_sub("ada", 9, 9, 1000), "a later cutoff counts");
         assert_eq!(r.entries.len(), 2);
-        assert!(r.revokes(&Session {
-            created: 8,
-            id: "other".into(),
-            idp_sid: None,
-            ..session()
-        }));
-        let full: String = (0..MAX_REVOKED + 9)
-            .map(|i| format!("s 10 s{i}\n"))
-            .collect();
-        let mut r = Revoked::parse(full.as_bytes());
-        assert!(r.add(Kind::Session, &format!("s{}", MAX_REVOKED + 9), 10, 1000));
-        assert_eq!(r.entries.len(), MAX_REVOKED);
+        assert!(r.revokes(&user("other", "ada", 8)));
+        assert!(r.revoke_sid("sid1", Some("ada"), 9, 1000));
         assert!(
-            !r.revokes(&Session {
-                id: "s0".into(),
-                idp_sid: None,
-                sub: "bob".into(),
-                ..session()
-            }),
-            "the oldest went first"
+            !r.revoke_sid("sid1", Some("ada"), 10, 1000),
+            "already revoked"
         );
-        assert!(r.revokes(&Session {
-            id: format!("s{}", MAX_REVOKED + 9),
-            ..session()
-        }));
-        assert_eq!(Revoked::parse(&r.encode()), r);
+        assert_eq!(r.entries.len(), 3);
+    }
+
+    /// 5,000 logouts by another account: the victim's revocation stays, and the list
+    /// stays small (that account's entries became one cutoff).
+    #[test]
+    fn another_accounts_logouts_never_flush_a_revocation() {
+        let mut r = Revoked::default();
+        let victim = session();
+        assert!(r.revoke_session(&victim, 1, 1000));
+        for i in 0..5000u64 {
+            let t = 2 + i / 10;
+            r.revoke_session(&user(&format!("mallory-{i}"), "mallory", t), t, 1000);
+        }
+        assert!(r.revokes(&victim));
+        assert!(r.entries.len() <= PER_SUBJECT + 1, "{}", r.entries.len());
+        assert_eq!(r.floor, 0, "nobody else was logged out");
+        assert!(!r.revokes(&user("bob-1", "bob", 3)));
+        // Mallory's own sessions from before her last logout are gone with it.
+        assert!(r.revokes(&user("m", "mallory", 400)));
+        assert!(!r.revokes(&user("m", "mallory", 503)));
+    }
+
+    /// Thousands of accounts, one logout each: past the cap the oldest go into the
+    /// floor, so the victim's copied cookie is still refused; the list stays bounded.
+    #[test]
+    fn many_accounts_fold_into_the_floor_never_out_of_the_list() {
+        let mut r = Revoked::default();
+        let victim = session();
+        assert!(r.revoke_session(&victim, 1, 1000));
+        for i in 0..(MAX_REVOKED as u64 + 50) {
+            let t = 2 + i / 100;
+            r.revoke_session(&user(&format!("s{i}"), &format!("user-{i}"), t), t, 1000);
+            if i % 1000 == 0 {
+                assert!(r.revokes(&victim), "after {i}");
+            }
+        }
+        assert!(r.revokes(&victim));
+        assert!(r.entries.len() <= MAX_REVOKED);
+        assert!(r.floor >= 1 && r.floor < 10, "{}", r.floor);
+        assert!(
+            !r.revokes(&user("late", "zoe", 100)),
+            "sessions after the floor stay"
+        );
+        let back = Revoked::parse(&r.encode(), 1000);
+        assert_eq!(back, r);
+        // Once nothing under the floor can be alive, it goes.
+        let mut later = back;
+        later.revoke_sid("x", None, 2000, 1000);
+        assert_eq!(later.floor, 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any mix of logins, logouts and back-channel logouts over time, with small
+        /// caps so folding happens: a session once revoked stays revoked until its end,
+        /// the list never passes its cap, and without a floor no user who was never
+        /// revoked loses a session.
+        #[test]
+        fn a_revocation_is_never_forgotten_before_its_session_ends(
+            ops in proptest::collection::vec((0u8..4, 0usize..6, 0u64..40, 0usize..64), 1..160),
+        ) {
+            const LIFETIME: u64 = 300;
+            let caps = Caps { per_subject: 3, total: 8 };
+            let mut r = Revoked { caps, ..Revoked::default() };
+            let mut now = 1u64;
+            let mut alive: Vec<Session> = Vec::new();
+            let mut revoked: Vec<Session> = Vec::new();
+            let mut touched: HashSet<String> = HashSet::new();
+            for (n, (op, who, dt, pick)) in ops.into_iter().enumerate() {
+                now += dt;
+                let sub = format!("user {who}");
+                match op {
+                    0 | 1 => alive.push(Session {
+                        idp_sid: Some(format!("sid-{n}")),
+                        expires: now + LIFETIME,
+                        ..user(&format!("s{n}"), &sub, now)
+                    }),
+                    2 if !alive.is_empty() => {
+                        let s = alive[pick % alive.len()].clone();
+                        r.revoke_session(&s, now, LIFETIME);
+                        touched.insert(s.sub.clone());
+                        revoked.push(s);
+                    }
+                    _ if !alive.is_empty() => {
+                        let s = alive[pick % alive.len()].clone();
+                        let sid = s.idp_sid.clone().unwrap_or_default();
+                        r.revoke_sid(&sid, Some(&s.sub), now, LIFETIME);
+                        touched.insert(s.sub.clone());
+                        revoked.push(s);
+                    }
+                    _ => {}
+                }
+                // Through shared data, as workers read it.
+                r = Revoked { caps, ..Revoked::parse(&r.encode(), LIFETIME) };
+                proptest::prop_assert!(r.entries.len() <= caps.total);
+                for s in &revoked {
+                    if now < s.expires {
+                        proptest::prop_assert!(r.revokes(s), "{} forgotten at {}", s.id, now);
+                    }
+                }
+                if r.floor == 0 {
+                    for s in &alive {
+                        if !touched.contains(&s.sub) {
+                            proptest::prop_assert!(!r.revokes(s), "{} revoked for nothing", s.id);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Any bytes as the shared list: parsing never panics, and what it gives encodes
+        /// and parses back the same.
+        #[test]
+        fn any_shared_list_parses(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+                                  lines in "((S|D|U|F|s|sid|sub) [0-9]{1,3}( [0-9]{1,4})?( [ -~]{0,12}){0,2}\n){0,12}") {
+            for input in [bytes.as_slice(), lines.as_bytes()] {
+                let r = Revoked::parse(input, 1000);
+                proptest::prop_assert_eq!(Revoked::parse(&r.encode(), 1000), r);
+            }
+        }
     }
 
     #[test]
@@ -631,6 +1051,9 @@ mod tests {
         let l = mark_used(&l, "e", 200, 125, 3).unwrap();
         assert_eq!(String::from_utf8_lossy(&l), "d 130\ne 200\n");
         assert!(mark_used(b"junk\nx y\n", "x", 1, 0, 3).is_some());
+        let l = unmark(b"d 130\ne 200\n", "d");
+        assert_eq!(String::from_utf8_lossy(&l), "e 200\n");
+        assert!(mark_used(&l, "d", 300, 150, 3).is_some(), "usable again");
     }
 
     #[test]

@@ -518,15 +518,33 @@ pub async fn handle(
 
     let header_deadline = svc.service.read_timeout.min(svc.service.timeout);
     let upstream_start = Instant::now();
+    let deadline = ctx.deadline;
     let sent = {
-        let send = tokio::time::timeout(header_deadline, svc.client.request(up_req));
+        // With filters and a body, the upstream request starts only once the filters
+        // let the body's first bytes go (or its end): a filter that decides on the body
+        // (a signature, oidc's back-channel logout) answers before the upstream has
+        // seen anything of the request, head included. It waits no longer than the
+        // request's deadline.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let held = (stream.is_some() && !end_of_stream).then_some(released);
+        let send = async {
+            if let Some(released) = held {
+                match tokio::time::timeout_at(deadline.into(), released).await {
+                    Ok(Ok(())) => {}
+                    // The pump ended without letting anything go: its outcome decides.
+                    Ok(Err(_)) => std::future::pending::<()>().await,
+                    Err(_) => return None,
+                }
+            }
+            Some(tokio::time::timeout(header_deadline, svc.client.request(up_req)).await)
+        };
         tokio::pin!(send);
-        let pump = pump_request(stream.as_mut(), &mut body, body_tx, limit);
+        let pump = pump_request(stream.as_mut(), &mut body, body_tx, limit, release);
         tokio::pin!(pump);
         let mut pumping = !end_of_stream;
         loop {
             tokio::select! {
-                r = &mut send => break Sent::Response(r),
+                r = &mut send => break r.map_or(Sent::Held, Sent::Response),
                 p = &mut pump, if pumping => {
                     pumping = false;
                     match p {
@@ -549,6 +567,10 @@ pub async fn handle(
         Sent::Response(Ok(Err(e))) => {
             let r = send_failure(&mut ctx, &e, &id);
             return reply(ctx, stream, r, headers).await;
+        }
+        Sent::Held => {
+            ctx.entry.error = Some(FILTER_TIMEOUT.into());
+            return reply(ctx, stream, json_error(504, FILTER_TIMEOUT, &id), headers).await;
         }
         Sent::Reply(r) => {
             ctx.entry.error = Some(format!("answered by a filter: {}", r.details));
@@ -662,6 +684,8 @@ enum Sent {
         >,
     ),
     Reply(LocalReply),
+    /// The filters held the body past the request's deadline.
+    Held,
     TooLarge,
     ClientGone,
 }
@@ -673,13 +697,16 @@ enum Pumped {
     ClientGone,
 }
 
-/// Moves the request body to the upstream, chunk by chunk, through the filters.
+/// Moves the request body to the upstream, chunk by chunk, through the filters;
+/// `release` fires when the filters first let something go (a chunk, or the end).
 async fn pump_request(
     mut stream: Option<&mut HttpStream>,
     body: &mut Incoming,
     tx: Option<http_body_util::channel::Sender<Bytes, BoxError>>,
     limit: u64,
+    release: tokio::sync::oneshot::Sender<()>,
 ) -> Pumped {
+    let mut release = Some(release);
     let Some(mut tx) = tx else {
         return Pumped::Done(0);
     };
@@ -722,6 +749,9 @@ async fn pump_request(
                 tx.abort("filter failed".into());
                 return Pumped::Reply(r);
             }
+        }
+        if let Some(r) = release.take() {
+            let _ = r.send(());
         }
         if !chunk.is_empty() && tx.send_data(Bytes::from(chunk)).await.is_err() {
             return Pumped::Done(total);

@@ -375,8 +375,32 @@ routes:
     assert_eq!(browser.url(), format!("{app}/orders/43"));
     assert!(browser.text().contains("Bearer ey"));
 
-    // Logout: our cookies go, the IdP asks to confirm, then sends the browser back.
+    // A link to /logout on another site does not log the user out: the gateway asks
+    // to confirm, and the session goes on.
+    let has_session = |b: &Driver| {
+        b.cookies()
+            .iter()
+            .any(|c| c["name"] == "__Host-portcullis_session")
+    };
+    browser.go(&format!(
+        "data:text/html,<a id=out href='{app}/logout'>log out</a>"
+    ));
+    browser.click("#out");
+    browser.wait_url(&format!("{app}/logout"));
+    assert!(
+        browser.text().contains("Log out of this application?"),
+        "{}",
+        browser.text()
+    );
+    assert!(has_session(&browser), "a cross-site link kept the session");
+    browser.go(&format!("{app}/orders/44"));
+    assert!(browser.text().contains("Bearer ey"), "{}", browser.text());
+
+    // Logout: a typed address proves no more than a link (it could come from a mail),
+    // so it is the same page; its button POSTs from the application's own origin, our
+    // cookies go, the IdP asks to confirm, then sends the browser back.
     browser.go(&format!("{app}/logout"));
+    browser.click("button[type=submit]");
     browser.wait_url(&format!("{issuer}/session/end"));
     assert!(
         !browser

@@ -2,8 +2,12 @@
 //! on loopback with its dev login and consent forms): a scripted browser follows the
 //! redirects, posts the forms, reaches the echo upstream with a session, sees
 //! `Authorization: Bearer` and the identity upstream, survives an access-token expiry
-//! through refresh, and logs out; and a logout at the IdP reaches the filter by the
-//! back-channel; through our gateway and through Envoy.
+//! through refresh, and logs out (a POST from the application; a cross-site link only
+//! gets a confirmation page); and a logout at the IdP reaches the filter by the
+//! back-channel; through our gateway and through Envoy. In our gateway, a back-channel
+//! request with a slow body never reaches the upstream.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
 
@@ -131,6 +135,17 @@ impl Browser {
 
     /// One request to an absolute URL; cookies sent and stored.
     fn request(&mut self, method: &str, url: &str, form: Option<&str>) -> Page {
+        self.request_with(method, url, form, &[])
+    }
+
+    /// [`Browser::request`] with more headers (`Origin`, `Sec-Fetch-Site`).
+    fn request_with(
+        &mut self,
+        method: &str,
+        url: &str,
+        form: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Page {
         let (origin, path) = split(url);
         let base = if origin == APP {
             self.app.clone()
@@ -161,6 +176,7 @@ impl Browser {
         if form.is_some() {
             headers.push(("content-type", "application/x-www-form-urlencoded"));
         }
+        headers.extend_from_slice(extra);
         let res = send(
             &base,
             method,
@@ -384,9 +400,28 @@ fn journey(host: &str, app: &str, idp: &Idp) {
         "{host}: the refreshed session cookie"
     );
 
-    // Log out: cookies cleared, the IdP's end_session with our hint, back to /bye.
-    let page = b.request("GET", &format!("{APP}/logout"), None);
-    assert_eq!(page.res.status, 302, "{host}");
+    // A link to /logout from another site does not log out: a page asks to confirm.
+    let page = b.request_with(
+        "GET",
+        &format!("{APP}/logout"),
+        None,
+        &[("sec-fetch-site", "cross-site")],
+    );
+    assert_eq!(page.res.status, 200, "{host}: {}", page.res.body);
+    assert!(page.res.body.contains("<form method=\"post\""), "{host}");
+    assert!(
+        b.has_session(),
+        "{host}: a cross-site link kept the session"
+    );
+    // Log out with the page's button (a POST from the application's origin): cookies
+    // cleared, the IdP's end_session with our hint, back to /bye.
+    let page = b.request_with(
+        "POST",
+        &format!("{APP}/logout"),
+        Some(""),
+        &[("origin", APP), ("sec-fetch-site", "same-origin")],
+    );
+    assert_eq!(page.res.status, 302, "{host}: {}", page.res.body);
     let loc = page.res.headers.get_str("location").unwrap().to_owned();
     assert!(
         loc.starts_with(&format!("{}/session/end?", idp.issuer())),
@@ -559,4 +594,74 @@ routes:
             .unwrap_or(0)
     };
     backchannel_journey("envoy", &app, &idp, &envoy_count);
+}
+
+/// Requests to the back-channel logout path never reach the upstream, whatever their
+/// method or body, even from a client that sends the head and then pauses before the
+/// body: the gateway must not start the upstream request before the filter has seen
+/// the body and answered. The IdP is not even up (the filter answers 503 for the keys).
+#[test]
+fn a_back_channel_request_with_a_slow_body_never_reaches_the_upstream() {
+    use std::sync::atomic::Ordering;
+    let (upstream, seen) = counting();
+    let config = oidc_config(&format!("http://{}", refused()));
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services:
+  - {{ name: app, url: "http://{upstream}", timeout_ms: 1500 }}
+  - {{ name: idp, url: "http://{}", timeout_ms: 1000 }}
+filters:
+  - {{ name: oidc, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: app, match: {{ paths: [/] }}, service: app, filters: [oidc], strip_path: false }}
+"#,
+        refused(),
+        wasm("oidc")
+    ));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let body = b"logout_token=eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
+    for (method, content_type) in [
+        ("POST", "application/x-www-form-urlencoded"),
+        ("POST", "text/plain"),
+        ("GET", "application/x-www-form-urlencoded"),
+    ] {
+        let head = format!(
+            "{method} /oidc/backchannel-logout HTTP/1.1\r\nhost: app.test\r\n\
+             content-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let res = raw_request(&addr, &head, Duration::from_millis(500), body);
+        assert!(
+            !res.contains("\r\n\r\nupstream"),
+            "{method} {content_type}: the upstream answered: {res}"
+        );
+        assert!(
+            res.starts_with("HTTP/1.1 4") || res.starts_with("HTTP/1.1 5"),
+            "{method} {content_type}: {res}"
+        );
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            0,
+            "{method} {content_type}: the upstream saw the request"
+        );
+    }
+    // A body that never comes: the request's deadline, not the upstream.
+    let head = format!(
+        "POST /oidc/backchannel-logout HTTP/1.1\r\nhost: app.test\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let res = raw_request(&addr, &head, Duration::from_millis(3000), b"");
+    assert!(res.starts_with("HTTP/1.1 504"), "{res}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "the upstream saw the request"
+    );
+    // The counter counts: the upstream itself sees a request.
+    let r = send(&format!("http://{upstream}"), "GET", "/", &[], b"").unwrap();
+    assert_eq!(r.body, "upstream");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
 }

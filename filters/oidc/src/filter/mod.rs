@@ -16,9 +16,9 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use crate::config::{Config, SameSite};
 use crate::cookie;
 use crate::idp::{self, Discovery, TokenError, TokenRefused, Tokens};
+use crate::logout::{self, Verdict};
 use crate::session::{
-    self, BearerCache, Kind, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache,
-    Standing,
+    self, BearerCache, LOGIN, LOGIN_TTL, Login, Revoked, SESSION, Session, SessionCache, Standing,
 };
 use crate::url::{self, is_local_target};
 use shared::*;
@@ -152,6 +152,12 @@ struct Facts {
     /// How many `Authorization` headers the request has.
     authorizations: usize,
     request_id: Option<String>,
+    authority: String,
+    /// `Origin` and `Sec-Fetch-Site`, for logout (two of either read as cross-site).
+    origin: Option<String>,
+    fetch_site: Option<String>,
+    content_type: Option<String>,
+    content_length: Option<String>,
     body: Vec<u8>,
 }
 
@@ -731,23 +737,64 @@ impl Request {
         old: Session,
         tokens: Tokens,
     ) -> Result<Action, Action> {
-        // Keys to check a refreshed ID token with. When they must be fetched first,
-        // the refreshed tokens wait in the stage: dropping them would refresh again
-        // with the old refresh token, which an IdP that rotates them refuses.
-        let keys = match &tokens.id_token {
+        // A refreshed ID token is verified as at login, and the identity comes from it:
+        // a user whose groups or tier changed at the IdP gets the new ones. While the
+        // keys are fetched the refreshed tokens wait in the stage: dropping them would
+        // refresh again with the old refresh token, which an IdP that rotates them
+        // refuses.
+        let claims = match &tokens.id_token {
             None => None,
-            Some(_) => match st.keys(now) {
-                Meta::Ready(k) => Some(k),
-                Meta::NotYet if !self.fetched.contains(&Fetch::Jwks) => {
-                    if let Some(t) = dispatch_fetch(self, st, Fetch::Jwks, now) {
-                        self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
-                        self.stage = Stage::Refreshed(old, tokens);
-                        return Ok(Action::Pause);
+            Some(idt) => {
+                let keys = match st.keys(now) {
+                    Meta::Ready(k) => Some(k),
+                    Meta::NotYet if !self.fetched.contains(&Fetch::Jwks) => {
+                        if let Some(t) = dispatch_fetch(self, st, Fetch::Jwks, now) {
+                            self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
+                            self.stage = Stage::Refreshed(old, tokens);
+                            return Ok(Action::Pause);
+                        }
+                        None
                     }
-                    None
+                    _ => None,
+                };
+                let Some(keys) = keys else {
+                    // Nothing to verify it with: not a word of it is used. The session
+                    // as it was serves while its token is valid; the next request
+                    // refreshes again.
+                    if now < old.access_expires {
+                        log(
+                            LogLevel::Warn,
+                            "refreshed ID token not verifiable (no signing keys): current session kept",
+                        );
+                        self.apply(st, &old);
+                        return Ok(Action::Continue);
+                    }
+                    return Err(self.unavailable("signing keys"));
+                };
+                let sid = old.idp_sid.as_deref();
+                match idp::verify_refreshed_id_token(&st.config, &keys, idt, &old.sub, sid, now) {
+                    Ok(claims) => Some(claims),
+                    Err(TokenRefused::UnknownKey) if !self.fetched.contains(&Fetch::Jwks) => {
+                        // A key the IdP rotated in: fetch the JWKS once, then decide
+                        // again (need_keys with refetch pauses, answers 503, or gives
+                        // the keys we have when a refetch ran a moment ago).
+                        self.stage = Stage::Refreshed(old.clone(), tokens);
+                        match self.need_keys(st, now, true) {
+                            Err(a) => return Err(a),
+                            Ok(_) => {
+                                self.stage = Stage::Start;
+                                return Err(self.end_refreshed(
+                                    st,
+                                    now,
+                                    &old,
+                                    TokenRefused::UnknownKey,
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => return Err(self.end_refreshed(st, now, &old, e)),
                 }
-                _ => None,
-            },
+            }
         };
         let mut s = old.clone();
         s.access_expires = access_expiry(&tokens, now);
@@ -755,29 +802,19 @@ impl Request {
         if let Some(rt) = tokens.refresh_token {
             s.refresh_token = Some(rt);
         }
-        if let Some(idt) = tokens.id_token {
-            // A refreshed ID token must verify and be about the same user; if our keys
-            // cannot tell, the old one stays (it is only used as a logout hint).
-            let checked = match &keys {
-                Some(keys) => idp::verify_id_token(&st.config, keys, &idt, None, now),
-                None => Err(TokenRefused::Invalid(kit::jwt::Invalid::UnknownKey)),
-            };
-            match checked {
-                Ok(claims)
-                    if claims.get("sub").and_then(|v| v.as_str()) == Some(old.sub.as_str()) =>
-                {
-                    s.id_token = idt;
-                }
-                Ok(_) => {
-                    log(
-                        LogLevel::Warn,
-                        "refreshed ID token is about another user: session ended",
-                    );
-                    self.clear_cookies(st, false);
-                    return Err(self.reply(401, "the session could not be refreshed", &[]));
-                }
-                Err(e) => log(LogLevel::Info, &format!("refreshed ID token not used: {e}")),
+        if let (Some(claims), Some(idt)) = (claims, tokens.id_token) {
+            s.identity = kit::jwt::consumer::identity_headers(
+                &st.config.consumer,
+                &claims,
+                &st.config.issuer,
+            );
+            if s.idp_sid.is_none() {
+                s.idp_sid = claims
+                    .get("sid")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
             }
+            s.id_token = idt;
         }
         s.seen = now;
         bump(st.metrics.refreshes);
@@ -788,6 +825,36 @@ impl Request {
         st.publish_refreshed(&s, &sealed);
         self.apply(st, &s);
         Ok(Action::Continue)
+    }
+
+    /// A refresh whose ID token was refused: the session is over (revoked, so a copy of
+    /// the cookie cannot use its still valid access token either) and the client logs
+    /// in again.
+    fn end_refreshed(
+        &mut self,
+        st: &mut State,
+        now: u64,
+        old: &Session,
+        why: TokenRefused,
+    ) -> Action {
+        log(
+            LogLevel::Warn,
+            &format!("refreshed ID token refused, session ended: {why}"),
+        );
+        bump(st.metrics.refresh_failures);
+        if !st.revoke(|r, l| r.revoke_session(old, now, l)) {
+            return self.reply(
+                503,
+                "the session could not be refreshed: try again in a moment",
+                &[("retry-after", "1")],
+            );
+        }
+        self.clear_cookies(st, false);
+        // The old cookie is no session any more, should the login below pause and run
+        // the flow again.
+        let name = st.config.cookie.name.clone();
+        self.facts.cookies.retain(|h| !h.contains(name.as_str()));
+        self.unauthenticated(st, now).unwrap_or_else(|a| a)
     }
 
     // ---- The callback.
@@ -993,6 +1060,44 @@ impl Request {
         let refs = self.facts.cookie_refs();
         let session = cookie::read_chunked(&refs, &st.config.cookie.name)
             .and_then(|v| session::open::<Session>(&st.config.keys, SESSION, &v).ok());
+        let hint = url::param(self.facts.query(), "id_token_hint")
+            .ok()
+            .flatten();
+        let ask = logout::Ask {
+            method: &self.facts.method,
+            origin: self.facts.origin.as_deref(),
+            fetch_site: self.facts.fetch_site.as_deref(),
+            authority: &self.facts.authority,
+            app_origin: &st.config.app_origin,
+            hint: hint.as_deref(),
+            id_token: session.as_ref().map(|s| s.id_token.as_str()),
+        };
+        match logout::decide(&ask) {
+            Verdict::End => {}
+            Verdict::Confirm if self.facts.browser => {
+                let body = logout::CONFIRM_PAGE.as_bytes();
+                self.send_http_response(200, logout::CONFIRM_HEADERS.to_vec(), Some(body));
+                return Err(Action::Pause);
+            }
+            Verdict::Confirm => {
+                return Err(self.reply(
+                    403,
+                    "logout needs a POST from the application, or a link on its own pages",
+                    &[],
+                ));
+            }
+            Verdict::CrossSite(why) => {
+                log(LogLevel::Info, &format!("cross-site logout refused: {why}"));
+                return Err(self.reply(403, &format!("logout refused: {why}"), &[]));
+            }
+            Verdict::Method => {
+                return Err(self.reply(
+                    405,
+                    "logout takes a POST or DELETE from the application (or a GET from its pages)",
+                    &[("allow", "GET, POST, DELETE")],
+                ));
+            }
+        }
         // Without discovery the cookies are still cleared: logout never fails.
         let d = match st.discovery(now) {
             Meta::Ready(d) => Some(d),
@@ -1009,8 +1114,14 @@ impl Request {
             // Only a live session needs revoking: a replayed logout of a dead cookie
             // must not grow the list.
             let live = !matches!(s.standing(&st.config, now), Standing::Over(_));
-            if live && !st.revoked().revokes(s) {
-                st.revoke(Kind::Session, &s.id, now, now);
+            if live && !st.revoked().revokes(s) && !st.revoke(|r, l| r.revoke_session(s, now, l)) {
+                // Not recorded: a copy of the cookie would still work, so the user must
+                // not be told it is over. The cookies stay, so the logout can be retried.
+                return Err(self.reply(
+                    503,
+                    "logout busy: try again in a moment",
+                    &[("retry-after", "1")],
+                ));
             }
         }
         self.clear_cookies(st, true);
@@ -1077,12 +1188,24 @@ impl Request {
                         ));
                     }
                 }
-                match (&t.sid, &t.sub) {
-                    (Some(sid), _) => st.revoke(Kind::IdpSid, sid, now, now),
+                let recorded = match (&t.sid, &t.sub) {
+                    (Some(sid), sub) => st.revoke(|r, l| r.revoke_sid(sid, sub.as_deref(), now, l)),
                     // The cutoff is when the IdP ended the session, not now: a login
                     // since then is a new session.
-                    (None, Some(sub)) => st.revoke(Kind::Sub, sub, t.iat.min(now), now),
-                    (None, None) => {}
+                    (None, Some(sub)) => {
+                        st.revoke(|r, l| r.revoke_sub(sub, t.iat.min(now), now, l))
+                    }
+                    (None, None) => true,
+                };
+                if !recorded {
+                    // The IdP may send it again (its jti is spent here, so forget it).
+                    let key = st.key("logout-jtis");
+                    forget_used(&key, &t.jti);
+                    return Err(self.reply(
+                        503,
+                        "logout busy: try again in a moment",
+                        &[("retry-after", "1")],
+                    ));
                 }
                 bump(st.metrics.backchannel_logouts);
                 log(LogLevel::Info, "back-channel logout: sessions revoked");
@@ -1255,6 +1378,21 @@ impl HttpContext for Request {
                 "accept" => html |= v.contains("text/html"),
                 "x-requested-with" => xhr = true,
                 "x-request-id" => f.request_id = Some(v.to_string()),
+                ":authority" => f.authority = v.to_string(),
+                "origin" => {
+                    let v = if f.origin.is_some() { "null" } else { v };
+                    f.origin = Some(v.to_string());
+                }
+                "sec-fetch-site" => {
+                    let v = if f.fetch_site.is_some() {
+                        "cross-site"
+                    } else {
+                        v
+                    };
+                    f.fetch_site = Some(v.to_string());
+                }
+                "content-type" => f.content_type = Some(v.to_string()),
+                "content-length" => f.content_length = Some(v.to_string()),
                 "authorization" => {
                     f.authorizations += 1;
                     if let Some(t) = v
@@ -1270,11 +1408,23 @@ impl HttpContext for Request {
         f.browser = html && !xhr;
         self.facts = f;
         let route = self.route(&state.borrow().config);
-        if route == Route::Backchannel && !end_of_stream {
-            // Decided in the body callback, once the logout token is in. Continue, not
-            // Pause: a host that pauses headers delivers no body until they resume (ours),
-            // and Envoy holds the request at the body anyway.
-            return Action::Continue;
+        if route == Route::Backchannel {
+            // Every request here is answered by the filter, never passed on: from the
+            // headers when they decide (a GET, no body, not a form, too large), else
+            // once the body is in. Continue, not Pause: neither host (Envoy nor ours)
+            // hands a filter the body while it holds the headers; the body callback
+            // holds the request from there and answers at its end.
+            let f = &self.facts;
+            return match idp::backchannel_headers(
+                &f.method,
+                f.content_type.as_deref(),
+                f.content_length.as_deref(),
+                !end_of_stream,
+            ) {
+                Err((405, message)) => self.reply(405, message, &[("allow", "POST")]),
+                Err((status, message)) => self.reply(status, message, &[]),
+                Ok(()) => Action::Continue,
+            };
         }
         self.proceed()
     }
@@ -1288,14 +1438,41 @@ impl HttpContext for Request {
                 Action::Continue
             };
         }
+        if size > idp::MAX_LOGOUT_BODY {
+            return self.reply(413, "logout request too large", &[]);
+        }
         if !end_of_stream {
             return Action::Pause;
         }
-        if size > 64 * 1024 {
-            return self.reply(413, "logout request too large", &[]);
-        }
         self.facts.body = self.get_http_request_body(0, size).unwrap_or_default();
         self.proceed()
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        let state = self.state.clone();
+        let st = state.borrow();
+        // Envoy passes request trailers on (to an HTTP/2 upstream): an identity there
+        // is the client's, removed as from the headers.
+        let raw = kit::glue::RawMap::read(MapType::HttpRequestTrailers);
+        for (k, _) in raw.pairs() {
+            if st.strip.iter().any(|h| *h == k) {
+                self.set_http_request_trailer(&k, None);
+            }
+        }
+        if self.route(&st.config) == Route::Backchannel {
+            // The body ended without end of stream: no logout token form has trailers,
+            // and continuing would let the held body go upstream (Envoy).
+            return self.reply(
+                400,
+                "invalid_request: a back-channel logout request has no trailers",
+                &[],
+            );
+        }
+        if self.pending.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {

@@ -34,7 +34,7 @@ use proxy_wasm::types::{LogLevel, MetricType};
 use crate::config::Config;
 use crate::idp::Discovery;
 use crate::session::{
-    self, BearerCache, Kind, LOGIN_TTL, Revoked, SESSION, Session, SessionCache, Standing,
+    self, BearerCache, LOGIN_TTL, Revoked, SESSION, Session, SessionCache, Standing,
 };
 use crate::url;
 
@@ -214,7 +214,7 @@ impl State {
         let (generation, _) = read_u64(&self.key("revoked-gen"));
         if generation != self.revoked.0 {
             let list = match hostcalls::get_shared_data(&self.key("revoked")) {
-                Ok((Some(b), _)) => Revoked::parse(&b),
+                Ok((Some(b), _)) => Revoked::parse(&b, self.config.lifetime),
                 _ => Revoked::default(),
             };
             self.revoked = (generation, Rc::new(list));
@@ -222,18 +222,28 @@ impl State {
         self.revoked.1.clone()
     }
 
-    /// Revokes sessions by `kind`; `at` is the entry's time (for `sub`, the cutoff).
-    pub(super) fn revoke(&self, kind: Kind, value: &str, at: u64, now: u64) {
+    /// Records a revocation (`change` adds it to the list as it is in shared data, and
+    /// says whether that changed anything) and makes every worker read the list again.
+    /// False when shared data was too busy to take it: the caller must not answer as
+    /// if the sessions were revoked.
+    pub(super) fn revoke(&self, change: impl Fn(&mut Revoked, u64) -> bool) -> bool {
         let lifetime = self.config.lifetime;
         let changed = std::cell::Cell::new(false);
         let ok = update_shared(&self.key("revoked"), |cur| {
-            let mut r = cur.map(Revoked::parse).unwrap_or_default();
-            changed.set(r.add_at(kind, value, at, now, lifetime));
+            let mut r = cur.map(|b| Revoked::parse(b, lifetime)).unwrap_or_default();
+            changed.set(change(&mut r, lifetime));
             r.encode()
         });
-        if ok && !changed.get() {
+        if !ok {
+            log(
+                LogLevel::Error,
+                "could not record a revocation: shared data busy",
+            );
+            return false;
+        }
+        if !changed.get() {
             // Already revoked: no worker needs to read the list again.
-            return;
+            return true;
         }
         let gen_key = self.key("revoked-gen");
         let bumped = update_shared(&gen_key, |cur| {
@@ -243,12 +253,15 @@ impl State {
                 .map_or(0, u64::from_le_bytes);
             (n + 1).to_le_bytes().to_vec()
         });
-        if !ok || !bumped {
+        if !bumped {
+            // The list has it, but workers that do not see a new generation keep the
+            // old one: not done.
             log(
                 LogLevel::Error,
-                "could not record a revocation in shared data",
+                "could not announce a revocation: shared data busy",
             );
         }
+        bumped
     }
 
     /// The shared-data slot where a refreshed session is published: one of 256, by
@@ -348,6 +361,12 @@ impl State {
         }
         StateUse::Busy
     }
+}
+
+/// Takes `value` out of the one-time list at `key` (its use did not complete), so the
+/// same value can be sent again.
+pub(super) fn forget_used(key: &str, value: &str) {
+    let _ = update_shared(key, |cur| session::unmark(cur.unwrap_or_default(), value));
 }
 
 /// Stores a fetched document (or, with `None`, marks a failed fetch, keeping a stale

@@ -97,6 +97,59 @@ pub fn answering(delay: Duration, body: Bytes) -> SocketAddr {
     })
 }
 
+/// An upstream that counts the requests whose head reached it and answers each at once
+/// with 200 "upstream", without reading the body.
+pub fn counting() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    let addr = background(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = l.local_addr().expect("its address");
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"upstream"),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    });
+    (addr, seen)
+}
+
+/// One HTTP/1.1 request written by hand on a new connection: the head, a pause, then
+/// the body (as a client on a slow link does); the raw response, read to the end.
+pub fn raw_request(addr: &str, head: &str, pause: Duration, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the host under test listens");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a read timeout");
+    s.write_all(head.as_bytes()).expect("the head is sent");
+    std::thread::sleep(pause);
+    // The gateway may have answered and closed already.
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A certificate for `localhost` made now, written as PEM in `dir`: the certificate,
 /// its file and its key's file.
 pub fn localhost_cert(dir: &TempDir) -> (rcgen::CertifiedKey<rcgen::KeyPair>, PathBuf, PathBuf) {
