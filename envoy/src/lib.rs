@@ -208,6 +208,7 @@ impl EnvoyConfig {
                                 "merge_slashes": true,
                                 "path_with_escaped_slashes_action": "REJECT_REQUEST",
                                 "use_remote_address": true,
+                                "preserve_external_request_id": true,
                                 "early_header_mutation_extensions": [edge_mutation()],
                                 "route_config": {
                                     "name": "local",
