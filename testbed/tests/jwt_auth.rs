@@ -513,3 +513,53 @@ fn rsa_signatures_of_every_key_size_and_hash_are_checked_in_wasm() {
         }
     }
 }
+
+#[test]
+fn guest_memory_stays_flat_while_cached_tokens_expire() {
+    // Twenty clients, each with its own ~3 KB token, come back after their cache entry
+    // has expired, round after round: the cache must hold at most its bound, not one
+    // more copy of each token per expiry.
+    let key = Key::ec256("k1");
+    let config = json!({
+        "providers": {"idp": provider(json!({"local_jwks": jwks(&[&key])}), json!({}))},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}],
+        "cache_ttl_seconds": 1
+    });
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config.to_string())
+        .build()
+        .unwrap();
+    let pad = "p".repeat(2000);
+    let tokens: Vec<String> = (0..20)
+        .map(|i| {
+            bearer(&key.sign(
+                "ES256",
+                claims(json!({"sub": format!("client-{i}"), "pad": pad, "exp": T0 + 100_000})),
+            ))
+        })
+        .collect();
+    let mut round = |bed: &mut TestBed| {
+        for t in &tokens {
+            let res = bed.send(Request::get("/orders").header("authorization", t));
+            assert_eq!(res.status, 200, "{}", res.text());
+        }
+        bed.advance(Duration::from_secs(2));
+    };
+    for _ in 0..20 {
+        round(&mut bed);
+    }
+    let settled = bed.filter(0).memory_bytes();
+    for _ in 0..200 {
+        round(&mut bed);
+    }
+    assert_eq!(
+        bed.filter(0).memory_bytes(),
+        settled,
+        "jwt-auth's memory grew while tokens expired"
+    );
+    assert_eq!(
+        bed.metric("jwt_auth_allowed"),
+        Some(MetricValue::Counter(20 * 220))
+    );
+}
+

@@ -271,7 +271,17 @@ impl RootContext for Root {
         self.set_tick_period(Duration::from_secs(1));
         let strip = auth::spoofable_headers(&config);
         self.state = Some(Rc::new(RefCell::new(State {
-            cache: TokenCache::new(config.cache_entries, config.cache_ttl),
+            // No verified token is longer than the largest provider's bound.
+            cache: TokenCache::new(
+                config.cache_entries,
+                config.cache_ttl,
+                config
+                    .providers
+                    .iter()
+                    .map(|p| p.max_token_bytes)
+                    .max()
+                    .unwrap_or(0),
+            ),
             config,
             prefix: format!("jwt-auth/{root_id}/"),
             parsed: HashMap::new(),
