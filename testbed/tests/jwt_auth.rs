@@ -563,3 +563,38 @@ fn guest_memory_stays_flat_while_cached_tokens_expire() {
     );
 }
 
+#[test]
+fn a_token_does_not_choose_its_credential_identifier() {
+    // A provider that pins no issuer accepts any `iss`: the credential downstream
+    // filters see is the provider, never what the token says.
+    let key = Key::ec256("k1");
+    let config = json!({
+        "providers": {"partner": {"local_jwks": jwks(&[&key]), "algorithms": ["ES256"]}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "partner"}}]
+    });
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config.to_string())
+        .build()
+        .unwrap();
+    for iss in [Some("https://idp.test"), Some("admin"), None] {
+        let mut c = claims(json!({}));
+        match iss {
+            Some(i) => c["iss"] = json!(i),
+            None => {
+                c.as_object_mut().unwrap().remove("iss");
+            }
+        }
+        let res = bed.send(
+            Request::get("/orders")
+                .header("authorization", &bearer(&key.sign("ES256", c)))
+                .header("x-credential-identifier", "spoofed"),
+        );
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(
+            res.upstream_header("x-credential-identifier").as_deref(),
+            Some("partner"),
+            "iss {iss:?}"
+        );
+    }
+}
+

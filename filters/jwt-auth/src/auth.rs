@@ -133,10 +133,13 @@ pub fn verify<'k>(
 }
 
 /// The identity headers for a verified token (DESIGN.md's contract, Kong's names),
-/// the payload and claim headers the provider forwards.
+/// the payload and claim headers the provider forwards. The credential identifier is
+/// the provider's pinned issuer (which the token's `iss` matched), else the
+/// provider's name: never an `iss` the token chose.
 pub fn identity(p: &Provider, v: &Verified) -> Vec<(String, String)> {
     use kit::jwt::consumer::{claim, identity_headers, safe_header_value};
-    let mut out = identity_headers(&p.consumer, &v.claims, &p.name);
+    let credential = p.issuer.as_deref().unwrap_or(&p.name);
+    let mut out = identity_headers(&p.consumer, &v.claims, credential);
     if let Some(h) = &p.forward_payload_header {
         out.push((h.clone(), v.payload_b64.clone()));
     }
