@@ -598,3 +598,97 @@ fn a_token_does_not_choose_its_credential_identifier() {
     }
 }
 
+#[test]
+fn a_request_without_a_path_is_refused_not_let_through() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({})))
+        .build()
+        .unwrap();
+    let mut req = Request::get("/orders").header("x-request-id", "no-path");
+    req.headers.remove(":path");
+    let res = bed.send(req);
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(res.upstream.is_none());
+    assert_eq!(res.json()["message"], "the request has no path");
+    assert_eq!(res.json()["request_id"], "no-path");
+    assert_eq!(
+        bed.metric("jwt_auth_denied_path"),
+        Some(MetricValue::Counter(1))
+    );
+}
+
+#[test]
+fn path_tricks_never_reach_a_protected_route_without_a_token() {
+    let key = Key::ec256("k1");
+    // A public prefix beside the protected rest, written both ways.
+    for public in [
+        json!({"prefix": "/health"}),
+        json!({"path_separated_prefix": "/health"}),
+    ] {
+        let config = json!({
+            "providers": {"idp": provider(json!({"local_jwks": jwks(&[&key])}), json!({}))},
+            "rules": [
+                {"match": public},
+                {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+            ]
+        });
+        let mut bed = TestBed::new()
+            .filter(wasm("jwt_auth"), config.to_string())
+            .build()
+            .unwrap();
+        for path in ["/health", "/health/live", "/health?x=1"] {
+            assert_eq!(bed.send(Request::get(path)).status, 200, "{public}: {path}");
+        }
+        for trick in [
+            "/health/../orders/42",
+            "/health/%2e%2e/orders",
+            "/health/..;/orders",
+            "/health/%2E%2E%2Forders",
+            "/health\\..\\orders",
+            "/health//../orders",
+            "/health/%252e%252e/orders",
+            "/health/%5c..%5corders",
+        ] {
+            let res = bed.send(Request::get(trick));
+            assert!(
+                res.upstream.is_none(),
+                "{public}: {trick} reached the upstream"
+            );
+            assert!(
+                [400, 401].contains(&res.status),
+                "{public}: {trick}: {}",
+                res.status
+            );
+            if res.status == 400 {
+                assert_eq!(
+                    res.json()["message"],
+                    "the request path is ambiguous",
+                    "{trick}"
+                );
+            }
+        }
+        assert!(
+            bed.metric("jwt_auth_denied_path")
+                .is_some_and(|m| m.count() >= 6),
+            "{public}"
+        );
+        // With a token, a path that reads alike either way passes.
+        let token = bearer(&key.sign("ES256", claims(json!({}))));
+        let res = bed.send(Request::get("/orders/%34%32").header("authorization", &token));
+        assert_eq!(res.status, 200, "{}", res.text());
+    }
+    // Only the segment-bounded prefix keeps `/healthcare` protected.
+    let config = json!({
+        "providers": {"idp": provider(json!({"local_jwks": jwks(&[&key])}), json!({}))},
+        "rules": [
+            {"match": {"path_separated_prefix": "/health"}},
+            {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+        ]
+    });
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config.to_string())
+        .build()
+        .unwrap();
+    assert_eq!(bed.send(Request::get("/healthcare")).status, 401);
+}

@@ -60,6 +60,7 @@ impl Metrics {
             "audience",
             "scope",
             "keys_unavailable",
+            "path",
         ] {
             denied.insert(r, c(&format!("jwt_auth_denied_{r}")));
         }
@@ -520,14 +521,15 @@ impl HttpContext for Request {
                 self.set_http_request_header(h, None);
             }
         }
-        let Some(rule) = st.config.rule_for(path, method).map(|r| {
-            st.config
-                .rules
-                .iter()
-                .position(|x| std::ptr::eq(x, r))
-                .unwrap_or(0)
-        }) else {
-            return Action::Continue;
+        // No path, or one a lax upstream would route elsewhere: refused before any rule
+        // (a request that matches no rule would otherwise pass unauthenticated).
+        let rule = match st.config.route(path, method) {
+            Ok(Some(rule)) => rule,
+            Ok(None) => return Action::Continue,
+            Err(refusal) => {
+                self.deny(&st, Denial::Path(refusal));
+                return Action::Pause;
+            }
         };
         if st.config.rules[rule].providers.is_empty() {
             return Action::Continue;
