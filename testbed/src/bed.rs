@@ -503,6 +503,16 @@ impl TestBed {
             .map(|(v, _)| v.to_vec())
     }
 
+    /// A shared-data value of the `vm_id` of the chain's filter `filter` (0 first).
+    pub fn shared_data_of(&self, filter: usize, key: &str) -> Option<Vec<u8>> {
+        let vm_id = &self.chain.get(filter)?.spec().vm_id;
+        self.engine
+            .shared_data()
+            .get(vm_id, key.as_bytes())
+            .ok()
+            .map(|(v, _)| v.to_vec())
+    }
+
     /// Every `http_call` the filters made: (cluster, request).
     pub fn calls(&self) -> Vec<(String, HttpCallRequest)> {
         self.clusters.calls.borrow().clone()

@@ -513,3 +513,182 @@ fn rsa_signatures_of_every_key_size_and_hash_are_checked_in_wasm() {
         }
     }
 }
+
+#[test]
+fn guest_memory_stays_flat_while_cached_tokens_expire() {
+    // Twenty clients, each with its own ~3 KB token, come back after their cache entry
+    // has expired, round after round: the cache must hold at most its bound, not one
+    // more copy of each token per expiry.
+    let key = Key::ec256("k1");
+    let config = json!({
+        "providers": {"idp": provider(json!({"local_jwks": jwks(&[&key])}), json!({}))},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}],
+        "cache_ttl_seconds": 1
+    });
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config.to_string())
+        .build()
+        .unwrap();
+    let pad = "p".repeat(2000);
+    let tokens: Vec<String> = (0..20)
+        .map(|i| {
+            bearer(&key.sign(
+                "ES256",
+                claims(json!({"sub": format!("client-{i}"), "pad": pad, "exp": T0 + 100_000})),
+            ))
+        })
+        .collect();
+    let mut round = |bed: &mut TestBed| {
+        for t in &tokens {
+            let res = bed.send(Request::get("/orders").header("authorization", t));
+            assert_eq!(res.status, 200, "{}", res.text());
+        }
+        bed.advance(Duration::from_secs(2));
+    };
+    for _ in 0..20 {
+        round(&mut bed);
+    }
+    let settled = bed.filter(0).memory_bytes();
+    for _ in 0..200 {
+        round(&mut bed);
+    }
+    assert_eq!(
+        bed.filter(0).memory_bytes(),
+        settled,
+        "jwt-auth's memory grew while tokens expired"
+    );
+    assert_eq!(
+        bed.metric("jwt_auth_allowed"),
+        Some(MetricValue::Counter(20 * 220))
+    );
+}
+
+#[test]
+fn a_token_does_not_choose_its_credential_identifier() {
+    // A provider that pins no issuer accepts any `iss`: the credential downstream
+    // filters see is the provider, never what the token says.
+    let key = Key::ec256("k1");
+    let config = json!({
+        "providers": {"partner": {"local_jwks": jwks(&[&key]), "algorithms": ["ES256"]}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "partner"}}]
+    });
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config.to_string())
+        .build()
+        .unwrap();
+    for iss in [Some("https://idp.test"), Some("admin"), None] {
+        let mut c = claims(json!({}));
+        match iss {
+            Some(i) => c["iss"] = json!(i),
+            None => {
+                c.as_object_mut().unwrap().remove("iss");
+            }
+        }
+        let res = bed.send(
+            Request::get("/orders")
+                .header("authorization", &bearer(&key.sign("ES256", c)))
+                .header("x-credential-identifier", "spoofed"),
+        );
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(
+            res.upstream_header("x-credential-identifier").as_deref(),
+            Some("partner"),
+            "iss {iss:?}"
+        );
+    }
+}
+
+#[test]
+fn a_request_without_a_path_is_refused_not_let_through() {
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({})))
+        .build()
+        .unwrap();
+    let mut req = Request::get("/orders").header("x-request-id", "no-path");
+    req.headers.remove(":path");
+    let res = bed.send(req);
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(res.upstream.is_none());
+    assert_eq!(res.json()["message"], "the request has no path");
+    assert_eq!(res.json()["request_id"], "no-path");
+    assert_eq!(
+        bed.metric("jwt_auth_denied_path"),
+        Some(MetricValue::Counter(1))
+    );
+}
+
+#[test]
+fn path_tricks_never_reach_a_protected_route_without_a_token() {
+    let key = Key::ec256("k1");
+    // A public prefix beside the protected rest, written both ways.
+    for public in [
+        json!({"prefix": "/health"}),
+        json!({"path_separated_prefix": "/health"}),
+    ] {
+        let config = json!({
+            "providers": {"idp": provider(json!({"local_jwks": jwks(&[&key])}), json!({}))},
+            "rules": [
+                {"match": public},
+                {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+            ]
+        });
+        let mut bed = TestBed::new()
+            .filter(wasm("jwt_auth"), config.to_string())
+            .build()
+            .unwrap();
+        for path in ["/health", "/health/live", "/health?x=1"] {
+            assert_eq!(bed.send(Request::get(path)).status, 200, "{public}: {path}");
+        }
+        for trick in [
+            "/health/../orders/42",
+            "/health/%2e%2e/orders",
+            "/health/..;/orders",
+            "/health/%2E%2E%2Forders",
+            "/health\\..\\orders",
+            "/health//../orders",
+            "/health/%252e%252e/orders",
+            "/health/%5c..%5corders",
+        ] {
+            let res = bed.send(Request::get(trick));
+            assert!(
+                res.upstream.is_none(),
+                "{public}: {trick} reached the upstream"
+            );
+            assert!(
+                [400, 401].contains(&res.status),
+                "{public}: {trick}: {}",
+                res.status
+            );
+            if res.status == 400 {
+                assert_eq!(
+                    res.json()["message"],
+                    "the request path is ambiguous",
+                    "{trick}"
+                );
+            }
+        }
+        assert!(
+            bed.metric("jwt_auth_denied_path")
+                .is_some_and(|m| m.count() >= 6),
+            "{public}"
+        );
+        // With a token, a path that reads alike either way passes.
+        let token = bearer(&key.sign("ES256", claims(json!({}))));
+        let res = bed.send(Request::get("/orders/%34%32").header("authorization", &token));
+        assert_eq!(res.status, 200, "{}", res.text());
+    }
+    // Only the segment-bounded prefix keeps `/healthcare` protected.
+    let config = json!({
+        "providers": {"idp": provider(json!({"local_jwks": jwks(&[&key])}), json!({}))},
+        "rules": [
+            {"match": {"path_separated_prefix": "/health"}},
+            {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+        ]
+    });
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config.to_string())
+        .build()
+        .unwrap();
+    assert_eq!(bed.send(Request::get("/healthcare")).status, 401);
+}

@@ -243,18 +243,22 @@ fn memory_stays_bounded_and_idle_buckets_are_reused() {
             bed.advance(Duration::from_secs(2));
         }
     }
-    let keys = (0..64)
-        .filter(|i| {
-            bed.shared_data(&format!("tier-limiter/tier_limiter-0/{i}"))
-                .is_some()
-        })
-        .count();
-    assert!(keys <= 64, "{keys}");
+    // 500 identities, at most 20 active at once, in 64 slots of fixed size.
+    let slots: Vec<Vec<u8>> = (0..64)
+        .filter_map(|i| bed.shared_data(&format!("tier-limiter/tier_limiter-0/slot/{i}")))
+        .collect();
+    assert!(slots.len() >= 20, "{}", slots.len());
+    assert!(slots.iter().all(|v| v.len() == 40), "tag, full-at, last, one window");
     assert!(
-        bed.metric("tier_limiter_contended")
-            .is_none_or(|m| m == MetricValue::Counter(0)),
-        "idle buckets were reused"
+        bed.shared_data("tier-limiter/tier_limiter-0/slot/64").is_none(),
+        "nothing beyond the table"
     );
+    for m in ["tier_limiter_contended", "tier_limiter_table_full"] {
+        assert!(
+            bed.metric(m).is_none_or(|m| m == MetricValue::Counter(0)),
+            "idle buckets were reused"
+        );
+    }
 }
 
 #[test]
@@ -283,6 +287,14 @@ fn invalid_configurations_are_refused_naming_the_field() {
         (
             json!({"tiers": {"t": {"second": 3, "burst": 1}}, "default_tier": "t"}),
             "burst",
+        ),
+        (
+            json!({"tiers": {"t": {"second": 3}}, "default_tier": "t", "on_full": "open"}),
+            "on_full",
+        ),
+        (
+            json!({"tiers": {"t": {"second": 3}}, "default_tier": "t", "ipv6_prefix_length": 0}),
+            "ipv6_prefix_length",
         ),
     ] {
         let err = TestBed::new()
@@ -317,4 +329,168 @@ fn admitted_and_refused_requests_are_counted() {
         bed.metric("tier_limiter_allowed"),
         Some(MetricValue::Counter(2))
     );
+}
+
+/// jwt-auth, then a limiter where the verified consumers of tier `hourly` get three
+/// requests an hour and anonymous clients (by API key) a hundred a second, in a table
+/// of `max_buckets` slots; `extra` is merged into the limiter's configuration.
+fn hourly_beside_anonymous(max_buckets: u32, extra: Value) -> (TestBed, Key) {
+    let mut limiter = json!({
+        "identify_by": ["consumer", "header:x-api-key"],
+        "tiers": {"hourly": {"hour": 3}},
+        "default_tier": "hourly",
+        "anonymous": {"second": 100},
+        "max_buckets": max_buckets
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        limiter[k] = v.clone();
+    }
+    chain(limiter)
+}
+
+/// The victim's hour is used up: its next request is refused.
+fn exhaust(bed: &mut TestBed, victim: &str) {
+    let req = || Request::get("/").header("authorization", victim);
+    assert_eq!(burst(bed, req, 4), 3, "three an hour");
+}
+
+#[test]
+fn an_owner_is_not_judged_idle_by_a_requester_with_a_shorter_plan() {
+    // One slot: every identity meets the victim's.
+    let (mut bed, key) = hourly_beside_anonymous(1, json!({}));
+    let victim = token(&key, "victim", "hourly");
+    exhaust(&mut bed, &victim);
+    // A second later the victim's buckets are far from full under its own plan (3 an
+    // hour), though they would be under the requester's (100 a second).
+    bed.advance(Duration::from_secs(1));
+    let probe = bed.send(Request::get("/").header("x-api-key", "attacker"));
+    assert_ne!(probe.status, 200, "the slot is not the attacker's to take");
+    assert_eq!(
+        bed.send(Request::get("/").header("authorization", &victim))
+            .status,
+        429,
+        "the victim's hour was not reset"
+    );
+}
+
+/// Where the filter places an identity: SipHash-1-3 (128 bits) of `plan NUL identity`
+/// under the host's key, the low 64 bits modulo the table size (README, tier-limiter).
+fn slot_of(key: &[u8; 16], plan: &str, identity: &str, slots: u64) -> u64 {
+    use siphasher::sip128::{Hasher128, SipHasher13};
+    use std::hash::Hasher;
+    let mut h = SipHasher13::new_with_key(key);
+    h.write(format!("{plan}\u{0}{identity}").as_bytes());
+    (h.finish128().as_u128() as u64) % slots
+}
+
+#[test]
+fn a_collision_crafted_with_the_hash_key_does_not_reset_the_victim() {
+    let slots = 4096;
+    let (mut bed, key) = hourly_beside_anonymous(slots as u32, json!({}));
+    let victim = token(&key, "victim", "hourly");
+    exhaust(&mut bed, &victim);
+    // The per-host key, as a test (or a leak) would know it.
+    let hash_key: [u8; 16] = bed
+        .shared_data_of(1, "tier-limiter/tier_limiter-1/hash-key")
+        .expect("the limiter publishes its hash key in shared data")
+        .try_into()
+        .expect("a 16-byte key");
+    let target = slot_of(&hash_key, "hourly", "consumer:victim", slots);
+    let attacker = (0..1_000_000)
+        .map(|i| format!("attacker-{i}"))
+        .find(|a| slot_of(&hash_key, "anonymous", &format!("x-api-key:{a}"), slots) == target)
+        .expect("a colliding API key");
+    bed.advance(Duration::from_secs(1));
+    let probe = bed.send(Request::get("/").header("x-api-key", &attacker));
+    assert_eq!(probe.status, 200, "the attacker gets a slot of its own");
+    assert_eq!(
+        bed.send(Request::get("/").header("authorization", &victim))
+            .status,
+        429,
+        "the victim's bucket is intact"
+    );
+}
+
+#[test]
+fn the_hash_key_is_random_per_host() {
+    let key_of = || {
+        let (bed, _) = hourly_beside_anonymous(64, json!({}));
+        bed.shared_data_of(1, "tier-limiter/tier_limiter-1/hash-key")
+            .expect("published")
+    };
+    let (a, b) = (key_of(), key_of());
+    assert_eq!(a.len(), 16);
+    assert_ne!(a, b, "two hosts, two keys");
+}
+
+#[test]
+fn every_vm_of_a_host_agrees_on_the_hash_key() {
+    // Two VMs of one plugin (as two workers): both count in the one table, so each
+    // request takes a token twice from the same bucket when they place it alike.
+    let limiter = json!({"tiers": {"t": {"second": 4}}, "default_tier": "t", "identify_by": ["header:x-api-key"], "max_buckets": 65536});
+    let mut bed = TestBed::new()
+        .filter(wasm("tier_limiter"), limiter.to_string())
+        .named("limits")
+        .filter(wasm("tier_limiter"), limiter.to_string())
+        .named("limits")
+        .build()
+        .unwrap();
+    assert_eq!(
+        burst(&mut bed, || Request::get("/").header("x-api-key", "k"), 4),
+        2,
+        "both VMs took from one bucket"
+    );
+}
+
+#[test]
+fn a_full_table_denies_by_default_and_lets_through_when_configured() {
+    for (on_full, admitted) in [(None, false), (Some("deny"), false), (Some("allow"), true)] {
+        let extra = on_full.map_or(json!({}), |m| json!({"on_full": m}));
+        let (mut bed, key) = hourly_beside_anonymous(1, extra);
+        let owner = token(&key, "owner", "hourly");
+        assert_eq!(
+            bed.send(Request::get("/").header("authorization", &owner))
+                .status,
+            200
+        );
+        // The only slot holds an active consumer: no bucket for a newcomer.
+        let res = bed.send(
+            Request::get("/")
+                .header("x-api-key", "newcomer")
+                .header("x-request-id", "r9"),
+        );
+        assert_eq!(
+            bed.metric("tier_limiter_table_full"),
+            Some(MetricValue::Counter(1)),
+            "{on_full:?}"
+        );
+        if admitted {
+            assert_eq!(res.status, 200, "on_full allow");
+            continue;
+        }
+        assert_eq!(res.status, 429, "{on_full:?}: {}", res.text());
+        assert_eq!(res.json()["request_id"], "r9");
+        assert!(res.upstream.is_none());
+        // The owner's slot is full again 20 minutes after its one request (3 an
+        // hour): the newcomer may retry then.
+        assert_eq!(res.header("retry-after"), Some("1200"));
+    }
+}
+
+#[test]
+fn ipv6_clients_are_identified_by_their_64() {
+    let limiter = json!({"tiers": {"t": {"second": 1}}, "default_tier": "t", "identify_by": ["ip"], "anonymous": {"second": 2}});
+    let mut bed = TestBed::new()
+        .filter(wasm("tier_limiter"), limiter.to_string())
+        .build()
+        .unwrap();
+    let from = |ip: &str| {
+        let addr: std::net::SocketAddr = format!("[{ip}]:5000").parse().unwrap();
+        move || Request::get("/").from_address(addr)
+    };
+    // Two addresses of one /64 share the anonymous plan's two a second.
+    assert_eq!(burst(&mut bed, from("2001:db8:1:2::1"), 1), 1);
+    assert_eq!(burst(&mut bed, from("2001:db8:1:2:ffff::9"), 5), 1);
+    // Another /64 is another client.
+    assert_eq!(burst(&mut bed, from("2001:db8:1:3::1"), 5), 2);
 }

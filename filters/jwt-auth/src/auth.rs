@@ -1,7 +1,7 @@
 //! The decision for one token: parse, pick the provider, pick the key, verify the
 //! signature, check the claims. Plain data in, a decision out; no proxy-wasm here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde_json::{Map, Value};
@@ -133,10 +133,13 @@ pub fn verify<'k>(
 }
 
 /// The identity headers for a verified token (DESIGN.md's contract, Kong's names),
-/// the payload and claim headers the provider forwards.
+/// the payload and claim headers the provider forwards. The credential identifier is
+/// the provider's pinned issuer (which the token's `iss` matched), else the
+/// provider's name: never an `iss` the token chose.
 pub fn identity(p: &Provider, v: &Verified) -> Vec<(String, String)> {
     use kit::jwt::consumer::{claim, identity_headers, safe_header_value};
-    let mut out = identity_headers(&p.consumer, &v.claims, &p.name);
+    let credential = p.issuer.as_deref().unwrap_or(&p.name);
+    let mut out = identity_headers(&p.consumer, &v.claims, credential);
     if let Some(h) = &p.forward_payload_header {
         out.push((h.clone(), v.payload_b64.clone()));
     }
@@ -164,96 +167,133 @@ pub fn spoofable_headers(config: &Config) -> Vec<String> {
 }
 
 /// Verified tokens of one VM, keyed by the whole token, valid until the earlier of
-/// its `exp` and the TTL, bounded in number (oldest out first).
+/// its `exp` and the TTL, at most `max` of them (oldest insertion out first).
 ///
-/// The bucket is picked by the token's last 16 bytes (the end of its signature) and a
-/// match compares the whole token eight bytes at a time: SipHash of the token and
-/// wasm's byte-wise `memcmp` were most of a cached request's lookup. Only verified
-/// tokens get in, and no token can stand in for another (the whole value decides).
+/// The bound holds by construction: entries live in a ring of at most `max` slots,
+/// filled in order and then written over round-robin, and the index maps each slot's
+/// hash to that slot, one index entry per slot, replaced whenever its slot is. An entry
+/// that expires on lookup gives up its token and verification at once and keeps its
+/// slot for the token's next verification. Nothing else holds a token, so whatever
+/// the order of inserts, lookups and expiries, the cache holds at most `max` slots and
+/// `max` tokens of at most `max_token_bytes` each.
+///
+/// The index is keyed by the token's last 16 bytes and length (`tail_hash`, the end of
+/// its signature) and a match compares the whole token eight bytes at a time: SipHash
+/// of the token and wasm's byte-wise `memcmp` were most of a cached request's lookup.
+/// The tail hash is not keyed, and need not be: only verified tokens get in, their
+/// tails are signatures no client chooses, and the whole token decides a hit, so a
+/// token that shares another's hash costs one comparison and never stands in for it.
+/// Two verified tokens with one hash (2^-64 per pair) share one slot: the newer one
+/// replaces the older, which is verified again when it comes back.
 pub struct TokenCache {
-    buckets: HashMap<u64, Vec<(String, Rc<Verified>, u64)>>,
-    order: VecDeque<String>,
-    len: usize,
+    ring: Vec<Entry>,
+    /// The slot the next insertion writes over once the ring is full.
+    hand: usize,
+    /// `tail_hash` of each slot's token → the slot.
+    index: HashMap<u64, usize>,
     max: usize,
     ttl: u64,
+    max_token_bytes: usize,
+}
+
+struct Entry {
+    hash: u64,
+    /// Empty, and no verification, once expired.
+    token: Box<str>,
+    verified: Option<Rc<Verified>>,
+    until: u64,
 }
 
 impl TokenCache {
-    pub fn new(max: usize, ttl: u64) -> TokenCache {
+    /// A cache of at most `max` tokens (0: none) of at most `max_token_bytes`, each
+    /// kept at most `ttl` seconds.
+    pub fn new(max: usize, ttl: u64, max_token_bytes: usize) -> TokenCache {
         TokenCache {
-            buckets: HashMap::new(),
-            order: VecDeque::new(),
-            len: 0,
+            ring: Vec::new(),
+            hand: 0,
+            index: HashMap::new(),
             max,
             ttl,
+            max_token_bytes,
         }
     }
 
     pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<Verified>> {
-        let bucket = self.buckets.get(&kit::bytes::tail_hash(token.as_bytes()))?;
-        let (_, v, until) = bucket
-            .iter()
-            .find(|(k, _, _)| kit::bytes::same(k.as_bytes(), token.as_bytes()))?;
-        if now < *until {
-            return Some(v.clone());
+        let slot = *self
+            .index
+            .get(&kit::bytes::tail_hash(token.as_bytes()))?;
+        let e = self.ring.get_mut(slot)?;
+        let verified = e.verified.as_ref()?;
+        if !kit::bytes::same(e.token.as_bytes(), token.as_bytes()) {
+            return None;
         }
-        // Expired: it leaves (the rare path looks it up a second time).
-        self.remove(token);
+        if now < e.until {
+            return Some(verified.clone());
+        }
+        // Expired: what it held goes now; the slot stays for its next verification.
+        e.token = Box::default();
+        e.verified = None;
         None
     }
 
-    fn remove(&mut self, token: &str) -> bool {
-        let h = kit::bytes::tail_hash(token.as_bytes());
-        let Some(bucket) = self.buckets.get_mut(&h) else {
-            return false;
-        };
-        let Some(i) = bucket
-            .iter()
-            .position(|(k, _, _)| kit::bytes::same(k.as_bytes(), token.as_bytes()))
-        else {
-            return false;
-        };
-        bucket.swap_remove(i);
-        self.len -= 1;
-        if bucket.is_empty() {
-            self.buckets.remove(&h);
-        }
-        true
-    }
-
     pub fn insert(&mut self, token: &str, v: Rc<Verified>, now: u64) {
-        if self.max == 0 {
+        if self.max == 0 || token.len() > self.max_token_bytes {
             return;
         }
         let until = v
             .valid_until
             .map_or(now + self.ttl, |u| u.min(now + self.ttl));
-        // A token already here (expired, or verified again) is replaced in place.
-        if self.remove(token) {
-            self.order
-                .retain(|k| !kit::bytes::same(k.as_bytes(), token.as_bytes()));
-        }
-        if self.len >= self.max {
-            while let Some(old) = self.order.pop_front() {
-                if self.remove(&old) {
-                    break;
-                }
+        let hash = kit::bytes::tail_hash(token.as_bytes());
+        let entry = Entry {
+            hash,
+            token: token.into(),
+            verified: Some(v),
+            until,
+        };
+        match self.index.get(&hash) {
+            // The same token verified again (or one sharing its hash): replaced in place.
+            Some(&slot) => self.ring[slot] = entry,
+            None if self.ring.len() < self.max => {
+                self.index.insert(hash, self.ring.len());
+                self.ring.push(entry);
+            }
+            None => {
+                let slot = self.hand;
+                self.hand = (self.hand + 1) % self.max;
+                let old = std::mem::replace(&mut self.ring[slot], entry);
+                self.index.remove(&old.hash);
+                self.index.insert(hash, slot);
             }
         }
-        self.buckets
-            .entry(kit::bytes::tail_hash(token.as_bytes()))
-            .or_default()
-            .push((token.to_owned(), v, until));
-        self.len += 1;
-        self.order.push_back(token.to_owned());
     }
 
+    /// Tokens held and not yet found expired.
     pub fn len(&self) -> usize {
-        self.len
+        self.ring.iter().filter(|e| e.verified.is_some()).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// What the cache holds: (ring slots, index entries, bytes of tokens). For the
+    /// property tests of the bound.
+    #[cfg(test)]
+    fn footprint(&self) -> (usize, usize, usize) {
+        let bytes = self.ring.iter().map(|e| e.token.len()).sum();
+        (self.ring.len(), self.index.len(), bytes)
+    }
+
+    /// Whether the index and the ring agree: one index entry per slot, naming it by
+    /// its hash.
+    #[cfg(test)]
+    fn consistent(&self) -> bool {
+        self.index.len() == self.ring.len()
+            && self
+                .ring
+                .iter()
+                .enumerate()
+                .all(|(i, e)| self.index.get(&e.hash) == Some(&i))
     }
 }
 
@@ -273,7 +313,7 @@ mod tests {
 
     #[test]
     fn cache_hits_until_the_earlier_of_exp_and_ttl() {
-        let mut c = TokenCache::new(10, 100);
+        let mut c = TokenCache::new(10, 100, 8192);
         c.insert("a.b.sig1", verified(Some(50)), 0);
         c.insert("a.b.sig2", verified(None), 0);
         assert!(c.get("a.b.sig1", 49).is_some());
@@ -285,21 +325,49 @@ mod tests {
 
     #[test]
     fn a_token_sharing_the_tail_is_not_a_hit() {
-        // Same length and last 16 bytes: one bucket, and still two tokens.
-        let mut c = TokenCache::new(10, 100);
+        // Same length and last 16 bytes: one index entry, and still two tokens.
+        let mut c = TokenCache::new(10, 100, 8192);
         let tail = "-the-same-sixteen";
         c.insert(&format!("AAAA{tail}"), verified(None), 0);
         assert!(c.get(&format!("AAAB{tail}"), 1).is_none());
         assert!(c.get(&format!("AAAA{tail}"), 1).is_some());
+        // The second takes the first's place; neither ever answers for the other.
         c.insert(&format!("AAAB{tail}"), verified(Some(5)), 0);
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.len(), 1);
+        assert!(c.get(&format!("AAAA{tail}"), 1).is_none());
+        assert!(c.get(&format!("AAAB{tail}"), 1).is_some());
         assert!(c.get(&format!("AAAB{tail}"), 6).is_none());
-        assert!(c.get(&format!("AAAA{tail}"), 6).is_some());
+        assert!(c.consistent());
+    }
+
+    #[test]
+    fn expired_entries_leave_no_trace_however_often_they_come_back() {
+        // The leak this cache once had: an entry that expired on lookup left its copy
+        // in the eviction order, and the next insert added another.
+        let mut c = TokenCache::new(1000, 1, 8192);
+        let tokens: Vec<String> = (0..20).map(|i| format!("h.p.signature-{i:04}")).collect();
+        for round in 0..500u64 {
+            for t in &tokens {
+                assert!(c.get(t, round * 2).is_none(), "expired");
+                c.insert(t, verified(None), round * 2);
+            }
+            assert_eq!(c.footprint().0, 20, "round {round}: one slot per token");
+            assert_eq!(c.len(), 20);
+        }
+    }
+
+    #[test]
+    fn tokens_over_the_size_bound_are_not_kept() {
+        let mut c = TokenCache::new(10, 100, 16);
+        c.insert(&"x".repeat(17), verified(None), 0);
+        assert!(c.is_empty());
+        c.insert(&"x".repeat(16), verified(None), 0);
+        assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn cache_is_bounded_oldest_out_and_reinsertion_replaces() {
-        let mut c = TokenCache::new(2, 100);
+        let mut c = TokenCache::new(2, 100, 8192);
         c.insert("t1", verified(None), 0);
         c.insert("t1", verified(None), 0);
         assert_eq!(c.len(), 1, "verified twice is one entry");
@@ -308,8 +376,95 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(c.get("t1", 1).is_none(), "the oldest went");
         assert!(c.get("t2", 1).is_some() && c.get("t3", 1).is_some());
-        let mut none = TokenCache::new(0, 100);
+        let mut none = TokenCache::new(0, 100, 8192);
         none.insert("t1", verified(None), 0);
         assert!(none.get("t1", 1).is_none(), "size 0 caches nothing");
+    }
+
+    /// An operation on the cache: the token (from a small pool, some sharing their
+    /// tails), a time step, and whether to look it up or insert it.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert { token: usize, exp_in: Option<u64> },
+        Get { token: usize },
+        Wait { seconds: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0usize..40, proptest::option::of(0u64..30))
+                .prop_map(|(token, exp_in)| Op::Insert { token, exp_in }),
+            (0usize..40).prop_map(|token| Op::Get { token }),
+            (0u64..20).prop_map(|seconds| Op::Wait { seconds }),
+        ]
+    }
+
+    /// Token `i` of the pool: lengths vary up to past the size bound, every fourth
+    /// ends alike, and those of them of one length share their tail hash.
+    fn pool(i: usize) -> String {
+        let body = "b".repeat(i % 7 * 9);
+        if i.is_multiple_of(4) {
+            format!("{i:03}.{body}.the-same-tail-16")
+        } else {
+            format!("{i:03}.{body}.sig-{i:012}")
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// Whatever the sequence of inserts, lookups and expiries: the ring, the index
+        /// and the bytes held stay within the bound, the two structures agree, a hit
+        /// is always the token's own latest verification, never past its validity, and
+        /// a token just inserted is found.
+        #[test]
+        fn the_bound_holds_and_no_token_answers_for_another(
+            max in 0usize..8,
+            ttl in 1u64..20,
+            ops in proptest::collection::vec(op(), 0..300),
+        ) {
+            let max_token_bytes = 60;
+            let mut c = TokenCache::new(max, ttl, max_token_bytes);
+            let mut now = 0u64;
+            // The latest insertion of each token: (its marker, valid until).
+            let mut model: HashMap<String, (String, u64)> = HashMap::new();
+            for (n, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Insert { token, exp_in } => {
+                        let t = pool(token);
+                        let marker = format!("insert-{n}");
+                        let v = Rc::new(Verified {
+                            provider: 0,
+                            claims: Map::new(),
+                            payload_b64: marker.clone(),
+                            valid_until: exp_in.map(|e| now + e),
+                            identity: Vec::new(),
+                        });
+                        c.insert(&t, v, now);
+                        let until = exp_in.map_or(now + ttl, |e| (now + e).min(now + ttl));
+                        model.insert(t.clone(), (marker.clone(), until));
+                        if max > 0 && t.len() <= max_token_bytes && now < until {
+                            let hit = c.get(&t, now);
+                            prop_assert_eq!(hit.map(|v| v.payload_b64.clone()), Some(marker));
+                        }
+                    }
+                    Op::Get { token } => {
+                        let t = pool(token);
+                        if let Some(v) = c.get(&t, now) {
+                            let (marker, until) = model.get(&t).cloned().unwrap_or_default();
+                            prop_assert_eq!(&v.payload_b64, &marker, "another's verification");
+                            prop_assert!(now < until, "past its validity");
+                        }
+                    }
+                    Op::Wait { seconds } => now += seconds,
+                }
+                let (slots, indexed, bytes) = c.footprint();
+                prop_assert!(slots <= max && indexed <= max, "{slots} slots, {indexed} indexed, max {max}");
+                prop_assert!(bytes <= max * max_token_bytes);
+                prop_assert!(c.consistent());
+            }
+        }
     }
 }

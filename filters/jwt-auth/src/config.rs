@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use kit::config::ConfigError;
 use serde::Deserialize;
 
+use crate::error::PathRefusal;
 use crate::keys::{Alg, KeySet, parse_jwks};
 
 #[derive(Debug, Deserialize)]
@@ -139,8 +140,58 @@ pub struct RuleMatch {
     pub prefix: Option<String>,
     #[serde(default)]
     pub path: Option<String>,
+    /// Envoy's `path_separated_prefix`: the path is this, or this followed by `/`
+    /// (`/health` matches `/health`, `/health/x`, `/health?x`, not `/healthcare`).
+    #[serde(default)]
+    pub path_separated_prefix: Option<String>,
     #[serde(default)]
     pub methods: Vec<String>,
+}
+
+impl RuleMatch {
+    /// Whether `path` (without its query) matches.
+    pub fn path_matches(&self, path: &str) -> bool {
+        match (&self.path, &self.prefix, &self.path_separated_prefix) {
+            (Some(exact), _, _) => path == exact,
+            (None, Some(prefix), _) => path.starts_with(prefix.as_str()),
+            (None, None, Some(p)) => path
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+            (None, None, None) => false,
+        }
+    }
+
+    fn check(&self, field: impl Fn(&str) -> String) -> Result<(), ConfigError> {
+        let Some(p) = &self.path_separated_prefix else {
+            if self.prefix.is_none() && self.path.is_none() {
+                return Err(ConfigError::field(
+                    field("match"),
+                    "needs `prefix`, `path` or `path_separated_prefix`",
+                ));
+            }
+            return Ok(());
+        };
+        let here = field("match.path_separated_prefix");
+        if self.prefix.is_some() || self.path.is_some() {
+            return Err(ConfigError::field(
+                here,
+                "cannot be combined with `prefix` or `path`",
+            ));
+        }
+        if !p.starts_with('/') {
+            return Err(ConfigError::field(here, "must start with /"));
+        }
+        if p.ends_with('/') {
+            return Err(ConfigError::field(
+                here,
+                "must not end with / (for every path, use `prefix: /`)",
+            ));
+        }
+        if p.contains(['?', '#']) {
+            return Err(ConfigError::field(here, "must not contain ? or #"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,12 +389,7 @@ impl Config {
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             let field = |f: &str| format!("rules[{i}].{f}");
-            if r.matches.prefix.is_none() && r.matches.path.is_none() {
-                return Err(ConfigError::field(
-                    field("match"),
-                    "needs `prefix` or `path`",
-                ));
-            }
+            r.matches.check(field)?;
             let (mut wanted, scopes) = match r.requires {
                 None => (Vec::new(), Vec::new()),
                 Some(req) => {
@@ -384,8 +430,7 @@ impl Config {
             rules.push(Rule {
                 matches: RuleMatch {
                     prefix: Some("/".into()),
-                    path: None,
-                    methods: Vec::new(),
+                    ..RuleMatch::default()
                 },
                 providers: (0..providers.len()).collect(),
                 scopes: Vec::new(),
@@ -407,20 +452,38 @@ impl Config {
         })
     }
 
-    /// The first rule that matches (Envoy's order).
-    pub fn rule_for(&self, path: &str, method: &str) -> Option<&Rule> {
-        let path_only = path.split('?').next().unwrap_or(path);
-        self.rules.iter().find(|r| {
+    /// The first rule that matches `target` (`:path`, its query ignored) as given
+    /// (Envoy's order).
+    pub fn rule_for(&self, target: &str, method: &str) -> Option<&Rule> {
+        self.rule_index(kit::path::path_only(target), method)
+            .map(|i| &self.rules[i])
+    }
+
+    /// The index of the first rule that matches `path` (no query) and `method`.
+    fn rule_index(&self, path: &str, method: &str) -> Option<usize> {
+        self.rules.iter().position(|r| {
             let m = &r.matches;
-            let path_ok = match (&m.path, &m.prefix) {
-                (Some(exact), _) => path_only == exact,
-                (None, Some(prefix)) => path_only.starts_with(prefix.as_str()),
-                (None, None) => false,
-            };
-            path_ok
+            m.path_matches(path)
                 && (m.methods.is_empty()
                     || m.methods.iter().any(|x| x.eq_ignore_ascii_case(method)))
         })
+    }
+
+    /// The rule that decides a request for `target` (`:path`): the first that matches
+    /// the path as given, which must also be the first that matches its lax reading
+    /// (`kit::path::lax`: what an upstream that decodes `%2e%2e` and `%2F`, reads `\`
+    /// as `/`, drops `;params` and resolves `..` would serve). A path without a lax
+    /// reading (missing, not absolute, control characters...) or whose readings pick
+    /// different rules is refused: deciding on one reading while the upstream serves the
+    /// other is how `/public/..;/admin` gets in without a token.
+    pub fn route(&self, target: &str, method: &str) -> Result<Option<usize>, PathRefusal> {
+        let path = kit::path::path_only(target);
+        let lax = kit::path::lax(path).map_err(PathRefusal::Invalid)?;
+        let given = self.rule_index(path, method);
+        if *lax != *path && self.rule_index(&lax, method) != given {
+            return Err(PathRefusal::Ambiguous);
+        }
+        Ok(given)
     }
 }
 

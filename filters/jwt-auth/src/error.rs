@@ -3,6 +3,15 @@
 /// A token that cannot be accepted: 401 with `error="invalid_token"`.
 pub use kit::jwt::Invalid;
 
+/// Why a request's path cannot be routed safely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRefusal {
+    /// No path, or one with no lax reading.
+    Invalid(kit::path::PathError),
+    /// As given and as a lax upstream reads it, the path picks different rules.
+    Ambiguous,
+}
+
 /// What the filter decides for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
@@ -16,6 +25,9 @@ pub enum Denial {
     Scope(Vec<String>),
     /// 503 with `Retry-After`: the keys cannot be had and none are cached.
     KeysUnavailable,
+    /// 400: the request's path is missing, invalid or ambiguous (decided before any
+    /// token is looked at).
+    Path(PathRefusal),
 }
 
 impl Denial {
@@ -24,6 +36,7 @@ impl Denial {
             Denial::Missing | Denial::Invalid(_) => 401,
             Denial::Audience | Denial::Scope(_) => 403,
             Denial::KeysUnavailable => 503,
+            Denial::Path(_) => 400,
         }
     }
 
@@ -40,6 +53,7 @@ impl Denial {
             Denial::Audience => "audience",
             Denial::Scope(_) => "scope",
             Denial::KeysUnavailable => "keys_unavailable",
+            Denial::Path(_) => "path",
         }
     }
 
@@ -50,6 +64,8 @@ impl Denial {
             Denial::Audience => "token audience is not accepted".into(),
             Denial::Scope(s) => format!("token lacks the scope {}", s.join(" ")),
             Denial::KeysUnavailable => "the identity provider's keys are unavailable".into(),
+            Denial::Path(PathRefusal::Invalid(e)) => e.to_string(),
+            Denial::Path(PathRefusal::Ambiguous) => "the request path is ambiguous".into(),
         }
     }
 
@@ -68,7 +84,7 @@ impl Denial {
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
                 s.join(" ")
             )),
-            Denial::KeysUnavailable => None,
+            Denial::KeysUnavailable | Denial::Path(_) => None,
         }
     }
 }

@@ -60,6 +60,7 @@ impl Metrics {
             "audience",
             "scope",
             "keys_unavailable",
+            "path",
         ] {
             denied.insert(r, c(&format!("jwt_auth_denied_{r}")));
         }
@@ -271,7 +272,17 @@ impl RootContext for Root {
         self.set_tick_period(Duration::from_secs(1));
         let strip = auth::spoofable_headers(&config);
         self.state = Some(Rc::new(RefCell::new(State {
-            cache: TokenCache::new(config.cache_entries, config.cache_ttl),
+            // No verified token is longer than the largest provider's bound.
+            cache: TokenCache::new(
+                config.cache_entries,
+                config.cache_ttl,
+                config
+                    .providers
+                    .iter()
+                    .map(|p| p.max_token_bytes)
+                    .max()
+                    .unwrap_or(0),
+            ),
             config,
             prefix: format!("jwt-auth/{root_id}/"),
             parsed: HashMap::new(),
@@ -510,14 +521,15 @@ impl HttpContext for Request {
                 self.set_http_request_header(h, None);
             }
         }
-        let Some(rule) = st.config.rule_for(path, method).map(|r| {
-            st.config
-                .rules
-                .iter()
-                .position(|x| std::ptr::eq(x, r))
-                .unwrap_or(0)
-        }) else {
-            return Action::Continue;
+        // No path, or one a lax upstream would route elsewhere: refused before any rule
+        // (a request that matches no rule would otherwise pass unauthenticated).
+        let rule = match st.config.route(path, method) {
+            Ok(Some(rule)) => rule,
+            Ok(None) => return Action::Continue,
+            Err(refusal) => {
+                self.deny(&st, Denial::Path(refusal));
+                return Action::Pause;
+            }
         };
         if st.config.rules[rule].providers.is_empty() {
             return Action::Continue;

@@ -243,3 +243,119 @@ fn invalid_configurations_are_refused_naming_the_field() {
     );
     assert!(err(json!({"providers": {"p": {}}})).contains("remote_jwks or local_jwks"));
 }
+
+fn routed(rules: Value) -> Config {
+    let k = Key::ec256("k");
+    let doc = json!({"providers": {"idp": {"local_jwks": jwks(&[&k])}}, "rules": rules});
+    Config::parse(Some(doc.to_string().as_bytes())).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_path_separated_prefix_matches_whole_segments() {
+    let c = routed(json!([
+        {"match": {"path_separated_prefix": "/health"}},
+        {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+    ]));
+    for (path, rule) in [
+        ("/health", 0),
+        ("/health/", 0),
+        ("/health/live", 0),
+        ("/health?verbose=1", 0),
+        ("/healthcare", 1),
+        ("/health-admin", 1),
+        ("/healt", 1),
+        ("/", 1),
+    ] {
+        assert_eq!(c.route(path, "GET"), Ok(Some(rule)), "{path}");
+    }
+}
+
+#[test]
+fn a_path_whose_lax_reading_picks_another_rule_is_refused() {
+    use jwt_auth::error::PathRefusal;
+    let c = routed(json!([
+        {"match": {"path_separated_prefix": "/health"}},
+        {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+    ]));
+    for trick in [
+        "/health/../orders/42",
+        "/health/%2e%2e/orders",
+        "/health/..;/orders",
+        "/health/%2E%2E%2Forders",
+        "/health//../orders",
+        "/health/%252e%252e/orders",
+        "/health/;/../orders",
+    ] {
+        assert_eq!(
+            c.route(trick, "GET"),
+            Err(PathRefusal::Ambiguous),
+            "{trick}"
+        );
+    }
+    // Read either way, these need a token: no ambiguity to refuse.
+    for needs_token in ["/health\\..\\orders", "/orders/%2e%2e/orders", "/a/./b"] {
+        assert_eq!(c.route(needs_token, "GET"), Ok(Some(1)), "{needs_token}");
+    }
+    // Encoded, but the same rule either way.
+    assert_eq!(c.route("/health/%6cive", "GET"), Ok(Some(0)));
+    // The same tricks behind a plain prefix.
+    let c = routed(json!([
+        {"match": {"prefix": "/public"}},
+        {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+    ]));
+    assert_eq!(
+        c.route("/public/..;/admin", "GET"),
+        Err(PathRefusal::Ambiguous)
+    );
+    assert_eq!(c.route("/public/x", "GET"), Ok(Some(0)));
+}
+
+#[test]
+fn a_request_without_a_usable_path_is_refused() {
+    use jwt_auth::error::PathRefusal;
+    use kit::path::PathError;
+    let c = routed(json!([{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]));
+    for (target, why) in [
+        ("", PathError::Missing),
+        ("?a=b", PathError::Missing),
+        ("*", PathError::NotAbsolute),
+        ("orders", PathError::NotAbsolute),
+        ("/a%00", PathError::Control),
+    ] {
+        assert_eq!(
+            c.route(target, "GET"),
+            Err(PathRefusal::Invalid(why)),
+            "{target}"
+        );
+    }
+    let d = Denial::Path(PathRefusal::Ambiguous);
+    assert_eq!((d.status(), d.reason()), (400, "path"));
+    assert_eq!(d.www_authenticate("r"), None);
+}
+
+#[test]
+fn a_path_separated_prefix_is_checked_at_load() {
+    let err = |m: Value| {
+        let k = Key::ec256("k");
+        let doc = json!({"providers": {"idp": {"local_jwks": jwks(&[&k])}}, "rules": [{"match": m}]});
+        Config::parse(Some(doc.to_string().as_bytes()))
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string()
+    };
+    for (m, says) in [
+        (json!({"path_separated_prefix": "/a", "prefix": "/a"}), "prefix"),
+        (json!({"path_separated_prefix": "/a", "path": "/a"}), "path"),
+        (json!({"path_separated_prefix": "a"}), "must start with /"),
+        (json!({"path_separated_prefix": "/a/"}), "must not end with /"),
+        (json!({"path_separated_prefix": "/"}), "must not end with /"),
+        (json!({"path_separated_prefix": "/a?b"}), "?"),
+        (json!({}), "path_separated_prefix"),
+    ] {
+        let e = err(m.clone());
+        assert!(
+            e.contains("rules[0].match") && e.contains(says),
+            "{m}: {e}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! What every Portcullis filter shares, in plain Rust with no proxy-wasm glue:
 //! parsing a filter's JSON configuration, the identity-header contract between
-//! filters (DESIGN.md, "Identity contract"), the JSON body of local replies, and (with
-//! the `jwt` feature) JWT and JWKS verification for the filters that check tokens.
+//! filters (DESIGN.md, "Identity contract"), the JSON body of local replies, the lax
+//! reading of request paths a filter checks its routing against, and (with the `jwt`
+//! feature) JWT and JWKS verification for the filters that check tokens.
 #![deny(unsafe_code)]
 
 pub mod bytes;
@@ -11,5 +12,6 @@ pub mod glue;
 pub mod identity;
 #[cfg(feature = "jwt")]
 pub mod jwt;
+pub mod path;
 pub mod ratelimit;
 pub mod reply;

@@ -78,6 +78,22 @@ pub fn idle(plan_limits: &[Limit], state: &Buckets, now_ns: u64) -> bool {
         .all(|(l, t)| refill(l, *t, elapsed) >= l.capacity)
 }
 
+/// When (ns) every bucket of `state` is full again under `plan`, the plan that wrote
+/// it: stored with the buckets, so that whoever meets them later judges them idle by
+/// their owner's plan, never by its own (a requester with a short window would find
+/// an hour's bucket "full again" after a second).
+pub fn full_at(plan: &Plan, state: &Buckets) -> u64 {
+    let wait = plan
+        .limits
+        .iter()
+        .zip(&state.tokens)
+        .map(|(l, t)| ((l.capacity - t).max(0.0) / l.rate_per_ns()).ceil())
+        .fold(0.0, f64::max);
+    // `as` saturates: a wait beyond u64 (or NaN from a broken rate) is "never" or "now";
+    // the rate is positive by construction (config checks every limit).
+    state.last_ns.saturating_add(wait as u64)
+}
+
 /// Seconds until a bucket is full again (the reset the headers report).
 pub fn reset_seconds(l: &Limit, tokens: f64) -> u64 {
     ((l.capacity - tokens).max(0.0) / (l.rate_per_ns() * 1e9)).ceil() as u64
@@ -163,6 +179,24 @@ mod tests {
             0,
         );
         assert!(!d.allowed);
+    }
+
+    #[test]
+    fn full_at_is_when_the_slowest_window_is_full_again() {
+        let p = plan();
+        let s = Buckets {
+            last_ns: 7 * S,
+            tokens: vec![9.0, 99.0],
+        };
+        // One token short in each: 0.2 s at 5/s, 36 s at 100/h; the hour decides.
+        assert_eq!(full_at(&p, &s), 43 * S);
+        let full = Buckets {
+            last_ns: 7 * S,
+            tokens: vec![10.0, 100.0],
+        };
+        assert_eq!(full_at(&p, &full), 7 * S, "full already");
+        assert!(idle(&p.limits, &s, full_at(&p, &s)));
+        assert!(!idle(&p.limits, &s, full_at(&p, &s) - S));
     }
 
     #[test]

@@ -31,6 +31,14 @@ pub struct ConfigFile {
     /// Buckets kept per gateway (shared data slots); idle ones are reused.
     #[serde(default)]
     pub max_buckets: Option<u32>,
+    /// What a request gets when no bucket can be had for it: `deny` (default) or
+    /// `allow`.
+    #[serde(default)]
+    pub on_full: Option<String>,
+    /// IPv6 clients identified by `ip` count as their network of this many bits
+    /// (default 64: one subscriber's, handed out whole).
+    #[serde(default)]
+    pub ipv6_prefix_length: Option<u8>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -161,6 +169,15 @@ pub enum Identify {
     Ip,
 }
 
+/// What a request gets when the bucket table has no slot for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// `error_code` with `Retry-After`: never unlimited.
+    Deny,
+    /// Let through uncounted (the operator prefers availability).
+    Allow,
+}
+
 #[derive(Debug)]
 pub struct Config {
     pub identify_by: Vec<Identify>,
@@ -173,6 +190,8 @@ pub struct Config {
     pub error_code: u32,
     pub error_message: String,
     pub max_buckets: u32,
+    pub on_full: OnFull,
+    pub ipv6_prefix_length: u8,
     /// `None`: the local policy.
     pub global: Option<Global>,
 }
@@ -305,6 +324,23 @@ impl Config {
         if max_buckets == 0 {
             return Err(ConfigError::field("max_buckets", "must be positive"));
         }
+        let on_full = match f.on_full.as_deref() {
+            None | Some("deny") => OnFull::Deny,
+            Some("allow") => OnFull::Allow,
+            Some(other) => {
+                return Err(ConfigError::field(
+                    "on_full",
+                    format!("`{other}`: expected deny or allow"),
+                ));
+            }
+        };
+        let ipv6_prefix_length = f.ipv6_prefix_length.unwrap_or(64);
+        if !(1..=128).contains(&ipv6_prefix_length) {
+            return Err(ConfigError::field(
+                "ipv6_prefix_length",
+                "must be between 1 and 128",
+            ));
+        }
         Ok(Config {
             identify_by,
             anonymous: f
@@ -322,6 +358,8 @@ impl Config {
                 .error_message
                 .unwrap_or_else(|| "API rate limit exceeded".into()),
             max_buckets,
+            on_full,
+            ipv6_prefix_length,
             global,
         })
     }
@@ -341,5 +379,42 @@ impl Config {
         self.anonymous
             .as_ref()
             .unwrap_or(&self.tiers[&self.default_tier])
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        let doc = format!(r#"{{"tiers": {{"t": {{"second": 1}}}}, "default_tier": "t"{extra}}}"#);
+        Config::parse(Some(doc.as_bytes()))
+    }
+
+    #[test]
+    fn a_full_table_denies_unless_told_to_allow() {
+        assert_eq!(parse("").unwrap().on_full, OnFull::Deny);
+        assert_eq!(parse(r#", "on_full": "deny""#).unwrap().on_full, OnFull::Deny);
+        assert_eq!(parse(r#", "on_full": "allow""#).unwrap().on_full, OnFull::Allow);
+        let err = parse(r#", "on_full": "open""#).unwrap_err().to_string();
+        assert!(err.contains("on_full"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_clients_are_their_64_unless_configured() {
+        assert_eq!(parse("").unwrap().ipv6_prefix_length, 64);
+        assert_eq!(
+            parse(r#", "ipv6_prefix_length": 128"#)
+                .unwrap()
+                .ipv6_prefix_length,
+            128
+        );
+        for bad in ["0", "129"] {
+            let err = parse(&format!(r#", "ipv6_prefix_length": {bad}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("ipv6_prefix_length"), "{bad}: {err}");
+        }
     }
 }

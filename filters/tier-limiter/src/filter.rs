@@ -7,8 +7,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
-use crate::config::{Config, Identify};
-use crate::slots::{self, Store, Taken};
+use crate::config::{Config, Identify, OnFull};
+use crate::slots::{self, HashKey, Store, Taken};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -33,11 +33,19 @@ impl Store for HostStore {
 
 struct Shared {
     config: Config,
+    /// The slot table's keys: `tier-limiter/<root id>/slot/<i>`.
     prefix: String,
+    /// The host's slot-placement key (zeros under the global policy, which has no
+    /// table).
+    hash_key: HashKey,
     allowed: u32,
     limited: u32,
     contended: u32,
+    table_full: u32,
     global_failures: u32,
+    /// When (s) this VM last logged a request that found no bucket: at most one line
+    /// a second, whatever the rate of such requests.
+    last_full_log: std::cell::Cell<u64>,
     /// Admitted requests not yet added to `allowed`: every admitted request counts
     /// here, and the tick adds them to the host's counter once a second (one host
     /// call fewer per request).
@@ -59,14 +67,36 @@ impl RootContext for Root {
                     .get_property(vec!["plugin_root_id"])
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
+                // One key for every VM of the host (they share the table): the first to
+                // start draws it, the others read it from shared data.
+                let hash_key = if config.global.is_some() {
+                    [0; 16]
+                } else {
+                    let name = format!("tier-limiter/{root}/hash-key");
+                    let mut random = |b: &mut [u8]| getrandom::fill(b).is_ok();
+                    match slots::hash_key(&HostStore, &name, &mut random) {
+                        Some(k) => k,
+                        None => {
+                            hostcalls::log(
+                                LogLevel::Error,
+                                "tier-limiter: no hash key for the bucket table (no randomness from the host, or shared data refused it)",
+                            )
+                            .ok();
+                            return false;
+                        }
+                    }
+                };
                 let c = |n: &str| hostcalls::define_metric(MetricType::Counter, n).unwrap_or(0);
                 self.shared = Some(Rc::new(Shared {
                     config,
-                    prefix: format!("tier-limiter/{root}/"),
+                    prefix: format!("tier-limiter/{root}/slot/"),
+                    hash_key,
                     allowed: c("tier_limiter_allowed"),
                     limited: c("tier_limiter_limited"),
                     contended: c("tier_limiter_contended"),
+                    table_full: c("tier_limiter_table_full"),
                     global_failures: c("tier_limiter_global_failures"),
+                    last_full_log: std::cell::Cell::new(0),
                     pending_allowed: std::cell::Cell::new(0),
                 }));
                 self.set_tick_period(std::time::Duration::from_secs(1));
@@ -128,6 +158,39 @@ impl Limit {
         h.push(("retry-after", &retry));
         h.push(kit::reply::CONTENT_TYPE_JSON);
         self.send_http_response(c.error_code, h, Some(&body));
+        Action::Pause
+    }
+
+    /// No bucket could be had for the request (`metric` says why): `on_full` decides.
+    /// Denied, it gets `error_code` with a `Retry-After` of when a slot is free again.
+    fn no_bucket(&mut self, metric: u32, retry_after: u64, why: &str) -> Action {
+        let shared = self.shared.clone();
+        let c = &shared.config;
+        let _ = hostcalls::increment_metric(metric, 1);
+        let now = kit::glue::now_secs();
+        if shared.last_full_log.get() != now {
+            shared.last_full_log.set(now);
+            let outcome = match c.on_full {
+                OnFull::Deny => "refused (on_full deny)",
+                OnFull::Allow => "let through uncounted (on_full allow)",
+            };
+            hostcalls::log(
+                LogLevel::Warn,
+                &format!("tier-limiter: no bucket for a request ({why}); {outcome}"),
+            )
+            .ok();
+        }
+        if c.on_full == OnFull::Allow {
+            return Action::Continue;
+        }
+        let request_id = self.get_http_request_header("x-request-id");
+        let body = kit::reply::json_body(&c.error_message, request_id.as_deref());
+        let retry = itoa::Buffer::new().format(retry_after).to_owned();
+        self.send_http_response(
+            c.error_code,
+            vec![("retry-after", retry.as_str()), kit::reply::CONTENT_TYPE_JSON],
+            Some(&body),
+        );
         Action::Pause
     }
 
@@ -210,15 +273,9 @@ impl HttpContext for Limit {
                     .get_http_request_header(h)
                     .filter(|v| !v.is_empty())
                     .map(|v| format!("{h}:{v}")),
-                Identify::Ip => self
-                    .get_property(vec!["source", "address"])
-                    .map(|a| {
-                        String::from_utf8_lossy(&a).rsplit_once(':').map_or_else(
-                            || String::from_utf8_lossy(&a).into_owned(),
-                            |(ip, _)| ip.to_owned(),
-                        )
-                    })
-                    .map(|ip| format!("ip:{ip}")),
+                Identify::Ip => self.get_property(vec!["source", "address"]).map(|a| {
+                    crate::address::identity(&String::from_utf8_lossy(&a), c.ipv6_prefix_length)
+                }),
             };
             if identity.is_some() {
                 break;
@@ -254,17 +311,20 @@ impl HttpContext for Limit {
             &HostStore,
             &shared.prefix,
             c.max_buckets,
+            &shared.hash_key,
             plan,
             &identity,
             now,
         ) {
             Taken::Decided(d) => self.act(plan, &d),
-            Taken::Contended => {
-                // Fail open: a full table of active consumers must not stop traffic.
-                let _ = hostcalls::increment_metric(shared.contended, 1);
-                hostcalls::log(LogLevel::Warn, "tier-limiter: no bucket for this consumer (table full or contended); request let through").ok();
-                Action::Continue
+            Taken::Full { retry_after } => {
+                self.no_bucket(shared.table_full, retry_after, "the bucket table is full")
             }
+            Taken::Contended => self.no_bucket(
+                shared.contended,
+                1,
+                "the store kept refusing the bucket's update",
+            ),
         }
     }
 

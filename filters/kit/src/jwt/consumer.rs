@@ -44,8 +44,11 @@ pub fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
 }
 
 /// The identity headers (Kong's names) for verified `claims`: consumer id, username,
-/// groups, tier when their claims are present, and `x-credential-identifier` (the
-/// token's `iss`, else `credential`). A value that could split a header is dropped.
+/// groups, tier when their claims are present, and `x-credential-identifier`:
+/// `credential`, which the caller names from its configuration (the issuer it pinned
+/// and checked, or the provider's name), never from the token: a token accepted
+/// without a pinned issuer could name any `iss`, and downstream filters trust this
+/// header. A value that could split a header is dropped.
 pub fn identity_headers(
     consumer: &ConsumerClaims,
     claims: &Map<String, Value>,
@@ -65,8 +68,10 @@ pub fn identity_headers(
     if let Some(tier) = consumer.tier_claim.as_deref().and_then(get) {
         out.push((identity::CONSUMER_TIER.to_owned(), tier));
     }
-    let credential = get("iss").unwrap_or_else(|| credential.to_owned());
-    out.push((identity::CREDENTIAL_IDENTIFIER.to_owned(), credential));
+    out.push((
+        identity::CREDENTIAL_IDENTIFIER.to_owned(),
+        credential.to_owned(),
+    ));
     out.retain(|(_, v)| safe_header_value(v));
     out
 }
@@ -89,7 +94,7 @@ mod tests {
             ..ConsumerClaims::default()
         };
         let claims = json!({"sub": "u1", "name": "ada\r\nx-evil: 1", "groups": ["a", "b"], "iss": "https://idp"});
-        let h = identity_headers(&c, claims.as_object().unwrap(), "fallback");
+        let h = identity_headers(&c, claims.as_object().unwrap(), "https://idp");
         assert_eq!(
             h,
             vec![
@@ -98,5 +103,20 @@ mod tests {
                 ("x-credential-identifier".into(), "https://idp".into()),
             ]
         );
+    }
+
+    #[test]
+    fn the_credential_is_the_callers_not_the_tokens() {
+        let claims = json!({"sub": "u1", "iss": "https://attacker.example"});
+        let h = identity_headers(
+            &ConsumerClaims::default(),
+            claims.as_object().expect("an object"),
+            "partner",
+        );
+        assert!(
+            h.contains(&("x-credential-identifier".into(), "partner".into())),
+            "{h:?}"
+        );
+        assert!(!h.iter().any(|(_, v)| v.contains("attacker")));
     }
 }
