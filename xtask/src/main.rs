@@ -7,6 +7,10 @@
 //!   `.ci/run` installs), and runs every test.
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the fuzz targets, N seconds each
+//!   (see `fuzz.rs`).
+
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -23,9 +27,10 @@ fn main() -> ExitCode {
         Some("demo") => build().and_then(|()| demo(&args[1..])),
         Some("bench") => build().and_then(|()| bench(&args[1..])),
         Some("token") => token(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | token [--tier T] [--sub S] [--ttl SECONDS]>"
+                "usage: cargo xtask <build | test | demo | bench | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...]>"
             );
             return ExitCode::from(2);
         }
