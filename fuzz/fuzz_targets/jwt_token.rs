@@ -125,7 +125,16 @@ fn signed_round_trip(data: &[u8]) {
         return;
     }
     let t = token::parse(&compact, MAX).expect("a token we signed parses");
-    assert_eq!(t.claims, payload);
+    // The claims of the text we signed: serde_json (without `float_roundtrip`) may
+    // read a long decimal one unit in the last place off, so its own output of a
+    // float need not read back to the value it printed.
+    let Ok(Value::Object(sent)) = serde_json::from_str::<Value>(&payload_text) else {
+        panic!("our own payload text is a JSON object");
+    };
+    assert_eq!(t.claims, sent);
+    if !portcullis_fuzz::has_float(&Value::Object(payload.clone())) {
+        assert_eq!(t.claims, payload);
+    }
     assert_eq!(t.kid.as_deref(), Some("k1"));
     assert_eq!(verify_signature(&t, &[Alg::HS256], &key().1), Ok(Alg::HS256));
     // The same token under any other allowed set without HS256 is refused.
