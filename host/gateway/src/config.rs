@@ -262,12 +262,20 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 }
             }
         };
-        if let Some(address) = address {
+        // Checked: a wrapped product would be a limit of a few bytes (or none).
+        let max_headers_bytes = l.max_request_headers_kb.checked_mul(1024);
+        if max_headers_bytes.is_none() {
+            errors.push(format!(
+                "listener `{}`: max_request_headers_kb {} is too large",
+                l.name, l.max_request_headers_kb
+            ));
+        }
+        if let (Some(address), Some(max_headers_bytes)) = (address, max_headers_bytes) {
             listeners.push(Listener {
                 name: l.name.clone(),
                 address,
                 tls,
-                max_headers_bytes: l.max_request_headers_kb * 1024,
+                max_headers_bytes,
                 max_headers_count: l.max_request_headers_count,
             });
         }
@@ -383,7 +391,14 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         };
         let mut limits = VmLimits::default();
         if let Some(mb) = f.memory_limit_mb {
-            limits.memory_bytes = mb << 20;
+            // `mb << 20` would drop the high bits: a huge limit turned into a small one.
+            match mb.checked_mul(1 << 20) {
+                Some(bytes) => limits.memory_bytes = bytes,
+                None => errors.push(format!(
+                    "filter `{}`: memory_limit_mb {mb} is too large",
+                    f.name
+                )),
+            }
         }
         if let Some(ms) = f.callback_timeout_ms {
             limits.callback_timeout = Duration::from_millis(ms.max(1));
