@@ -237,12 +237,12 @@ listeners: [{ name: public, address: "127.0.0.1:1", max_request_headers_kb: 1801
 filters: [{ name: f, wasm: /no/such/file.wasm, memory_limit_mb: 17592186044417 }]
 "#,
     )
-    .unwrap();
+    .expect("write the configuration");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["validate", "--config"])
         .arg(&path)
         .output()
-        .unwrap();
+        .expect("run portcullis validate");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
