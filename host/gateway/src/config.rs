@@ -337,9 +337,23 @@ pub fn load(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
     let file: ConfigFile =
-        serde_norway::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        serde_norway::from_str(&text).map_err(|e| vec![yaml_error(path, &e)])?;
     let base = path.parent().unwrap_or(Path::new("."));
     check(file, base, engine)
+}
+
+/// A YAML error as compilers give theirs: `FILE:LINE:COLUMN: FIELD: what is wrong`
+/// (the field path comes from serde_norway; the location moves to the front).
+fn yaml_error(path: &Path, e: &serde_norway::Error) -> String {
+    let message = e.to_string();
+    match e.location() {
+        Some(at) => {
+            let suffix = format!(" at line {} column {}", at.line(), at.column());
+            let message = message.strip_suffix(&suffix).unwrap_or(&message);
+            format!("{}:{}:{}: {message}", path.display(), at.line(), at.column())
+        }
+        None => format!("{}: {message}", path.display()),
+    }
 }
 
 pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {

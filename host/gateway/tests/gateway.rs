@@ -285,6 +285,54 @@ routes: [{{ name: r, service: s, filters: [picky] }}]
     );
 }
 
+/// Configuration errors name their place: the YAML's file, line and column with the
+/// field's path, and inside a filter's own configuration the path of the field.
+#[test]
+fn configuration_errors_name_file_line_column_and_field_path() {
+    let dir = TempDir::new();
+    let path = dir.0.join("typo.yaml");
+    std::fs::write(
+        &path,
+        "listeners: [{ name: public, address: \"127.0.0.1:0\" }]\nservices:\n  - name: s\n    url: http://127.0.0.1:1\n    timeout_ms: five\n",
+    )
+    .expect("write the configuration");
+    let validate = |path: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["validate", "--config"])
+            .arg(path)
+            .output()
+            .expect("run portcullis validate");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = validate(&path);
+    let at = format!("{}:5:17: services[0].timeout_ms: invalid type", path.display());
+    assert!(err.contains(&at), "missing `{at}` in:\n{err}");
+
+    let path = dir.0.join("filter.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+services: [{{ name: s, url: "http://127.0.0.1:1" }}]
+filters:
+  - name: auth
+    wasm: "{}"
+    config: {{ providers: {{ ping: {{ issuer: "https://idp", introspection: {{}} }} }} }}
+routes: [{{ name: r, service: s, filters: [auth] }}]
+"#,
+            wasm("jwt_auth")
+        ),
+    )
+    .expect("write the configuration");
+    let err = validate(&path);
+    assert!(
+        err.contains("providers.ping.introspection") && err.contains("unknown field"),
+        "{err}"
+    );
+}
+
 /// The conformance filter on every path, in front of an echo service `backend` (with
 /// `service_fields` added to it).
 fn conformance_gateway(service_fields: &str) -> Gateway {
