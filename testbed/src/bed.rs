@@ -561,9 +561,6 @@ async fn run(
     {
         flow = stream.request_trailers(t).await;
     }
-    if let Some(reply) = stream.take_failure() {
-        flow = Flow::Reply(reply);
-    }
     let (mut resp_headers, resp_body, upstream_req) = match flow {
         Flow::Reply(reply) => {
             let (h, b) = stream.encode_local_reply(reply).await;
@@ -588,10 +585,6 @@ async fn run(
                             h = reply.response_headers();
                             b = reply.body;
                         }
-                    }
-                    if let Some(reply) = stream.take_failure() {
-                        h = reply.response_headers();
-                        b = reply.body;
                     }
                     (h, b, Some(sent))
                 }

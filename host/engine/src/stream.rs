@@ -25,11 +25,21 @@ pub enum Flow {
     Reply(LocalReply),
 }
 
+/// A filter's live context for this request.
+#[derive(Clone)]
+struct Live {
+    /// The context id in the filter's VM.
+    id: u32,
+    /// The VM generation the context was created in: a reloaded VM no longer has it.
+    generation: u64,
+    /// Woken when the filter resumes or replies after a pause.
+    signal: Arc<Notify>,
+}
+
 struct Slot {
     filter: Filter,
-    /// Context id and the VM generation it belongs to; `None` when the filter is
-    /// skipped (failed open) for this request.
-    ctx: Option<(u32, u64, Arc<Notify>)>,
+    /// `None` when the filter is skipped (failed open) for this request.
+    ctx: Option<Live>,
     /// Body bytes this filter is holding (it paused on a chunk before the end).
     held: Vec<u8>,
 }
@@ -89,7 +99,11 @@ impl HttpStream {
         for filter in chain {
             filter.reload_if_failed();
             let ctx = match filter.with_vm(|vm| create(vm, &info, &properties)) {
-                Some(Ok((id, _, signal))) => Some((id, filter.generation(), signal)),
+                Some(Ok((id, signal))) => Some(Live {
+                    id,
+                    generation: filter.generation(),
+                    signal,
+                }),
                 _ => {
                     if filter.policy() != FailurePolicy::FailOpen && failed_at_start.is_none() {
                         failed_at_start = Some(failure_reply(filter.name(), &info.id));
@@ -130,6 +144,11 @@ impl HttpStream {
     /// Runs `on_request_headers` through the chain. The headers are the filters' to
     /// change; on `Continue` they are what goes upstream.
     pub async fn request_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
+        let flow = self.request_headers_inner(headers, end_of_stream).await;
+        self.outcome(flow)
+    }
+
+    async fn request_headers_inner(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
         if let Some(reply) = self.failed_at_start.take() {
             return self.reply(reply);
         }
@@ -161,12 +180,18 @@ impl HttpStream {
     /// Runs `on_request_body` through the chain with one chunk. A filter that pauses
     /// before the end holds the bytes (`Flow::Buffering`); at the end it must resume.
     pub async fn request_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Flow {
-        self.body(Phase::Request, chunk, end_of_stream).await
+        let flow = self.body(Phase::Request, chunk, end_of_stream).await;
+        self.outcome(flow)
     }
 
     /// Runs `on_request_trailers` through the chain; the trailers are the filters' to
     /// change.
     pub async fn request_trailers(&mut self, trailers: &mut HeaderMap) -> Flow {
+        let flow = self.request_trailers_inner(trailers).await;
+        self.outcome(flow)
+    }
+
+    async fn request_trailers_inner(&mut self, trailers: &mut HeaderMap) -> Flow {
         for i in 0..self.slots.len() {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let n = trailers.len() as u32;
@@ -192,6 +217,11 @@ impl HttpStream {
 
     /// Runs `on_response_trailers` through the chain in reverse order.
     pub async fn response_trailers(&mut self, trailers: &mut HeaderMap) -> Flow {
+        let flow = self.response_trailers_inner(trailers).await;
+        self.outcome(flow)
+    }
+
+    async fn response_trailers_inner(&mut self, trailers: &mut HeaderMap) -> Flow {
         for i in (0..self.slots.len()).rev() {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let n = trailers.len() as u32;
@@ -217,6 +247,11 @@ impl HttpStream {
 
     /// Runs `on_response_headers` through the chain in reverse order.
     pub async fn response_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
+        let flow = self.response_headers_inner(headers, end_of_stream).await;
+        self.outcome(flow)
+    }
+
+    async fn response_headers_inner(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
         let code = headers.get_str(":status").and_then(|s| s.parse().ok());
         for i in (0..self.slots.len()).rev() {
             let Some(ctx) = self.ctx_of(i) else { continue };
@@ -246,8 +281,10 @@ impl HttpStream {
         Flow::Continue
     }
 
+    /// Runs `on_response_body` through the chain in reverse order with one chunk.
     pub async fn response_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Flow {
-        self.body(Phase::Response, chunk, end_of_stream).await
+        let flow = self.body(Phase::Response, chunk, end_of_stream).await;
+        self.outcome(flow)
     }
 
     /// Sends a local reply back through every filter's response callbacks (Envoy runs
@@ -303,14 +340,14 @@ impl HttpStream {
     async fn run_body(
         &mut self,
         i: usize,
-        ctx: (u32, u64, Arc<Notify>),
+        ctx: Live,
         phase: Phase,
         buf: Vec<u8>,
         eos: bool,
         call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
     ) -> BodyOutcome {
         let filter = self.slots[i].filter.clone();
-        let id = ctx.0;
+        let id = ctx.id;
         let limit = self.body_limits.map(|(request, response)| match phase {
             Phase::Request => request,
             _ => response,
@@ -335,13 +372,13 @@ impl HttpStream {
     async fn run(
         &mut self,
         i: usize,
-        ctx: (u32, u64, Arc<Notify>),
+        ctx: Live,
         phase: Phase,
         place: impl FnOnce(&mut crate::state::HttpCtx),
         call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
     ) -> Option<Flow> {
         let filter = self.slots[i].filter.clone();
-        let id = ctx.0;
+        let id = ctx.id;
         let result = filter.with_vm(|vm| {
             if let Some(c) = vm.ctx(id) {
                 c.phase = phase;
@@ -359,12 +396,16 @@ impl HttpStream {
     async fn settle(
         &mut self,
         i: usize,
-        ctx: &(u32, u64, Arc<Notify>),
+        ctx: &Live,
         phase: Phase,
         result: Option<Result<Action, Fault>>,
         may_hold: bool,
     ) -> Settled {
-        let (id, generation, signal) = ctx;
+        let Live {
+            id,
+            generation,
+            signal,
+        } = ctx;
         let filter = self.slots[i].filter.clone();
         let mut action = match result {
             Some(Ok(a)) => a,
@@ -441,10 +482,10 @@ impl HttpStream {
     }
 
     /// The live context of filter `i`, if its VM still is the one it was created in.
-    fn ctx_of(&mut self, i: usize) -> Option<(u32, u64, Arc<Notify>)> {
+    fn ctx_of(&mut self, i: usize) -> Option<Live> {
         let slot = &mut self.slots[i];
         let ctx = slot.ctx.clone()?;
-        if slot.filter.generation() != ctx.1 || slot.filter.health() != Health::Running {
+        if slot.filter.generation() != ctx.generation || slot.filter.health() != Health::Running {
             // The VM failed under a paused or earlier phase of this request.
             slot.ctx = None;
             if slot.filter.policy() != FailurePolicy::FailOpen
@@ -464,15 +505,23 @@ impl HttpStream {
         f: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>,
     ) -> Option<T> {
         let slot = &self.slots[i];
-        let (id, _, _) = slot.ctx.as_ref()?;
+        let id = slot.ctx.as_ref()?.id;
         let mut vm = slot.filter.inner.vm.borrow_mut();
-        vm.as_mut()?.ctx(*id).and_then(f)
+        vm.as_mut()?.ctx(id).and_then(f)
     }
 
-    /// Whether a filter failed under this request after it began (the embedder should
-    /// answer with the reply instead of going on).
-    pub fn take_failure(&mut self) -> Option<LocalReply> {
-        self.failed_at_start.take()
+    /// A phase's result with any failure found on the way folded in: a fail-closed
+    /// filter whose VM died under this request (found when its turn came and it was
+    /// skipped) turns the phase's `Continue` into its 503, so an embedder that acts on
+    /// the result cannot forget it.
+    fn outcome(&mut self, flow: Flow) -> Flow {
+        if matches!(flow, Flow::Reply(_)) {
+            return flow;
+        }
+        match self.failed_at_start.take() {
+            Some(reply) => self.reply(reply),
+            None => flow,
+        }
     }
 
     /// Ends the request: `on_log` (which may read both header maps), `on_done` and
@@ -487,7 +536,7 @@ impl HttpStream {
         }
         self.finished = true;
         for slot in &mut self.slots {
-            let Some((id, generation, _)) = slot.ctx.take() else {
+            let Some(Live { id, generation, .. }) = slot.ctx.take() else {
                 continue;
             };
             if slot.filter.generation() != generation {
@@ -559,8 +608,8 @@ fn create(
     vm: &mut Vm,
     info: &Arc<RequestInfo>,
     properties: &crate::state::StreamProperties,
-) -> Result<(u32, u64, Arc<Notify>), Fault> {
+) -> Result<(u32, Arc<Notify>), Fault> {
     let id = vm.create_http_context(info.clone(), properties.clone())?;
     let signal = vm.ctx(id).map(|c| c.signal.clone()).unwrap_or_default();
-    Ok((id, 0, signal))
+    Ok((id, signal))
 }
