@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::worker::Shared;
+use crate::state::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {

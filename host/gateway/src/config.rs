@@ -336,8 +336,7 @@ pub struct Route {
 pub fn load(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
-    let file: ConfigFile =
-        serde_norway::from_str(&text).map_err(|e| vec![yaml_error(path, &e)])?;
+    let file: ConfigFile = serde_norway::from_str(&text).map_err(|e| vec![yaml_error(path, &e)])?;
     let base = path.parent().unwrap_or(Path::new("."));
     check(file, base, engine)
 }
@@ -350,7 +349,12 @@ fn yaml_error(path: &Path, e: &serde_norway::Error) -> String {
         Some(at) => {
             let suffix = format!(" at line {} column {}", at.line(), at.column());
             let message = message.strip_suffix(&suffix).unwrap_or(&message);
-            format!("{}:{}:{}: {message}", path.display(), at.line(), at.column())
+            format!(
+                "{}:{}:{}: {message}",
+                path.display(),
+                at.line(),
+                at.column()
+            )
         }
         None => format!("{}: {message}", path.display()),
     }
@@ -422,7 +426,10 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             .unwrap_or(u32::MAX);
         for (field, zero) in [
             ("max_connections", clients.max_connections == 0),
-            ("request_headers_timeout_ms", clients.request_headers_timeout.is_zero()),
+            (
+                "request_headers_timeout_ms",
+                clients.request_headers_timeout.is_zero(),
+            ),
             ("idle_timeout_ms", clients.idle_timeout.is_zero()),
             (
                 "http2_max_concurrent_streams",

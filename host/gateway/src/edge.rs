@@ -166,9 +166,7 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 /// Whether `name` (lower case) is an identity header of the contract or one of the
 /// configured extra names.
 pub fn is_identity(name: &str, extra: &[String]) -> bool {
-    name.starts_with(IDENTITY_PREFIX)
-        || IDENTITY.contains(&name)
-        || extra.iter().any(|e| e == name)
+    name.starts_with(IDENTITY_PREFIX) || IDENTITY.contains(&name) || extra.iter().any(|e| e == name)
 }
 
 /// Removes every identity header a client sent.
@@ -228,7 +226,10 @@ mod tests {
         assert_eq!(p.client, addr("203.0.113.9:5555"));
         assert!(!p.trusted);
         assert_eq!(get(&h, "x-forwarded-for").as_deref(), Some("203.0.113.9"));
-        assert_eq!(get(&h, "x-forwarded-host").as_deref(), Some("api.example.com"));
+        assert_eq!(
+            get(&h, "x-forwarded-host").as_deref(),
+            Some("api.example.com")
+        );
         assert_eq!(get(&h, "x-forwarded-proto").as_deref(), Some("http"));
         assert_eq!(get(&h, "x-forwarded-port").as_deref(), Some("8080"));
         assert_eq!(get(&h, "x-real-ip").as_deref(), Some("203.0.113.9"));
@@ -257,7 +258,10 @@ mod tests {
             get(&h, "x-forwarded-for").as_deref(),
             Some("198.51.100.7, 10.0.0.2, 10.0.0.3, 10.0.0.4")
         );
-        assert_eq!(get(&h, "x-forwarded-host").as_deref(), Some("shop.example.com"));
+        assert_eq!(
+            get(&h, "x-forwarded-host").as_deref(),
+            Some("shop.example.com")
+        );
         assert_eq!(get(&h, "x-forwarded-proto").as_deref(), Some("https"));
         assert_eq!(get(&h, "x-real-ip").as_deref(), Some("198.51.100.7"));
     }

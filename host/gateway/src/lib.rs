@@ -7,7 +7,6 @@
 
 pub mod access_log;
 pub mod admin;
-pub mod body;
 pub mod config;
 pub mod downstream;
 pub mod edge;
@@ -16,6 +15,7 @@ pub mod path;
 pub mod proxy;
 pub mod router;
 pub mod run;
+pub mod state;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

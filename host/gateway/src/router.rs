@@ -259,10 +259,16 @@ mod tests {
         ]);
         assert_eq!(pick(&router, "h", "/health", "GET", &[]), Some("health"));
         assert_eq!(pick(&router, "h", "/health/x", "GET", &[]), Some("health"));
-        assert_eq!(pick(&router, "h", "/health?x=1", "GET", &[]), Some("health"));
+        assert_eq!(
+            pick(&router, "h", "/health?x=1", "GET", &[]),
+            Some("health")
+        );
         assert_eq!(pick(&router, "h", "/healthcare", "GET", &[]), Some("api"));
         assert_eq!(pick(&router, "h", "/health;x", "GET", &[]), Some("api"));
-        assert_eq!(pick(&router, "h", "/publication", "GET", &[]), Some("plain"));
+        assert_eq!(
+            pick(&router, "h", "/publication", "GET", &[]),
+            Some("plain")
+        );
         assert!(separated_prefix("/", "/anything"));
         assert!(!separated_prefix("/a", "/"));
     }

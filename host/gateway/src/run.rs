@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::access_log::AccessLog;
 use crate::config::{self, Plan};
 use crate::metrics::GatewayMetrics;
-use crate::worker::{self, Control, ListenerSocket, Shared, WorkerState};
+use crate::state::{Shared, WorkerState};
+use crate::worker::{self, Control, ListenerSocket};
 
 /// Checks a configuration completely: parse, references, listeners' TLS files, every
 /// module compiled and every filter started once (its `on_configure` accepts its

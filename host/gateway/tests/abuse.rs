@@ -35,14 +35,17 @@ fn honest_client_is_served(gw: &Gateway) {
 
 /// Whether the server closed `s` within `limit` (reads until EOF or an error).
 fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let start = Instant::now();
     let mut buf = [0u8; 4096];
     while start.elapsed() < limit {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return true,
         }
     }
@@ -84,7 +87,10 @@ fn slowloris_connections_are_closed_at_the_header_timeout() {
     }
     honest_client_is_served(&gw);
     for (i, s) in slow.iter_mut().enumerate() {
-        assert!(closed_within(s, Duration::from_secs(5)), "slow connection {i} is still open");
+        assert!(
+            closed_within(s, Duration::from_secs(5)),
+            "slow connection {i} is still open"
+        );
     }
     honest_client_is_served(&gw);
 }
@@ -127,7 +133,10 @@ fn connections_past_the_listener_cap_are_closed_at_once() {
     }
     let mut extra = TcpStream::connect(addr(&gw)).unwrap();
     let _ = extra.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n");
-    assert!(closed_within(&mut extra, Duration::from_secs(5)), "the sixth is closed");
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(5)),
+        "the sixth is closed"
+    );
     assert!(metric(&gw, "portcullis_downstream_connections_refused_total") >= 1);
     drop(held.pop());
     std::thread::sleep(Duration::from_millis(200));
@@ -159,8 +168,13 @@ struct Frame {
 }
 
 /// Reads frames until `want` says stop, EOF, or `limit`; the frames read.
-fn read_frames(s: &mut TcpStream, limit: Duration, want: impl Fn(&Frame) -> bool) -> (Vec<Frame>, bool) {
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+fn read_frames(
+    s: &mut TcpStream,
+    limit: Duration,
+    want: impl Fn(&Frame) -> bool,
+) -> (Vec<Frame>, bool) {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let start = Instant::now();
     let mut buf = Vec::new();
     let mut frames = Vec::new();
@@ -169,11 +183,14 @@ fn read_frames(s: &mut TcpStream, limit: Duration, want: impl Fn(&Frame) -> bool
         match s.read(&mut chunk) {
             Ok(0) => return (frames, true),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return (frames, true),
         }
         while buf.len() >= 9 {
-            let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
             if buf.len() < 9 + len {
                 break;
             }
@@ -201,17 +218,23 @@ fn h2_connect(gw: &Gateway) -> TcpStream {
 }
 
 fn goaway_code(frames: &[Frame]) -> Option<u32> {
-    frames.iter().find(|f| f.kind == 0x7).map(|f| {
-        u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]])
-    })
+    frames
+        .iter()
+        .find(|f| f.kind == 0x7)
+        .map(|f| u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]))
 }
 
 #[test]
 fn http2_advertises_and_enforces_its_stream_limit() {
     let gw = gateway(", http2_max_concurrent_streams: 3");
     let mut s = h2_connect(&gw);
-    let (frames, _) = read_frames(&mut s, Duration::from_secs(5), |f| f.kind == 0x4 && f.stream == 0);
-    let settings = frames.iter().find(|f| f.kind == 0x4).expect("server SETTINGS");
+    let (frames, _) = read_frames(&mut s, Duration::from_secs(5), |f| {
+        f.kind == 0x4 && f.stream == 0
+    });
+    let settings = frames
+        .iter()
+        .find(|f| f.kind == 0x4)
+        .expect("server SETTINGS");
     let max = settings
         .payload
         .chunks(6)
@@ -221,14 +244,21 @@ fn http2_advertises_and_enforces_its_stream_limit() {
     // Acknowledge, then open more streams than allowed without ending them.
     s.write_all(&frame(0x4, 0x1, 0, &[])).unwrap();
     for id in [1u32, 3, 5, 7, 9] {
-        s.write_all(&frame(0x1, END_HEADERS, id, GET_BLOCK)).unwrap();
+        s.write_all(&frame(0x1, END_HEADERS, id, GET_BLOCK))
+            .unwrap();
     }
-    let (frames, _) = read_frames(&mut s, Duration::from_secs(5), |f| f.kind == 0x3 || f.kind == 0x7);
+    let (frames, _) = read_frames(&mut s, Duration::from_secs(5), |f| {
+        f.kind == 0x3 || f.kind == 0x7
+    });
     let refused = frames.iter().any(|f| {
-        (f.kind == 0x3 && u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]) == 0x7)
+        (f.kind == 0x3
+            && u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]) == 0x7)
             || (f.kind == 0x7)
     });
-    assert!(refused, "a stream past the limit is refused (REFUSED_STREAM) or the connection ended");
+    assert!(
+        refused,
+        "a stream past the limit is refused (REFUSED_STREAM) or the connection ended"
+    );
     honest_client_is_served(&gw);
 }
 

@@ -78,7 +78,10 @@ fn assert_no_trick_passes(host: &str, addr: &str) {
             refused += 1;
         }
     }
-    assert!(refused > TRICKS.len() / 2, "{host}: most tricks are refused");
+    assert!(
+        refused > TRICKS.len() / 2,
+        "{host}: most tricks are refused"
+    );
 }
 
 /// The controls: the public path is public, the protected one needs a token and
@@ -252,9 +255,17 @@ routes:
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         let h = |n: &str| r.upstream_header(n);
         assert_eq!(h("x-forwarded-for").as_deref(), Some("127.0.0.1"), "{path}");
-        assert_eq!(h("x-forwarded-host").as_deref(), Some("gateway.test"), "{path}");
+        assert_eq!(
+            h("x-forwarded-host").as_deref(),
+            Some("gateway.test"),
+            "{path}"
+        );
         assert_eq!(h("x-forwarded-proto").as_deref(), Some("http"), "{path}");
-        assert_eq!(h("x-forwarded-port").as_deref(), Some(&*gw.port.to_string()), "{path}");
+        assert_eq!(
+            h("x-forwarded-port").as_deref(),
+            Some(&*gw.port.to_string()),
+            "{path}"
+        );
         assert_eq!(h("x-real-ip").as_deref(), Some("127.0.0.1"), "{path}");
         for (name, _) in &forged[4..] {
             if *name != "x-real-ip" {
@@ -294,8 +305,14 @@ routes:
         r.upstream_header("x-forwarded-host").as_deref(),
         Some("shop.example.com")
     );
-    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("https"));
-    assert_eq!(r.upstream_header("x-real-ip").as_deref(), Some("198.51.100.7"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    assert_eq!(
+        r.upstream_header("x-real-ip").as_deref(),
+        Some("198.51.100.7")
+    );
     assert_eq!(
         r.upstream_header("x-consumer-id"),
         None,

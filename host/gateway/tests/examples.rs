@@ -56,7 +56,10 @@ fn the_quickstart_holds_against_the_attacks_found_in_it() {
         .replace("127.0.0.1:9901", "127.0.0.1:{ADMIN}")
         .replace("127.0.0.1:9000", &upstream.to_string())
         .replace("127.0.0.1:9001", &idp.to_string())
-        .replace("../target/wasm32-wasip1/release", &wasm_dir.display().to_string());
+        .replace(
+            "../target/wasm32-wasip1/release",
+            &wasm_dir.display().to_string(),
+        );
     let gw = Gateway::start(&yaml);
     let addr = format!("127.0.0.1:{}", gw.port);
     let token = key.sign(

@@ -306,7 +306,10 @@ fn configuration_errors_name_file_line_column_and_field_path() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = validate(&path);
-    let at = format!("{}:5:17: services[0].timeout_ms: invalid type", path.display());
+    let at = format!(
+        "{}:5:17: services[0].timeout_ms: invalid type",
+        path.display()
+    );
     assert!(err.contains(&at), "missing `{at}` in:\n{err}");
 
     let path = dir.0.join("filter.yaml");

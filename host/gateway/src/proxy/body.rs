@@ -1,0 +1,251 @@
+//! The response body on its way to the client, one implementation for every route:
+//! read from the upstream frame by frame as the client reads it (no task, no channel),
+//! through the filters' body callbacks when the route has filters, counted, cut at the
+//! service's size limit, at its read timeout between frames and at the request's
+//! deadline, and logged when it ends, however it ends.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use portcullis_engine::Flow;
+
+use super::stop::FILTER_TIMEOUT;
+use super::{Ctx, Filters};
+use crate::upstream::BoxError;
+
+/// A chunk back from the filters: them, the chunk as they left it, the trailers that
+/// follow it, whether it ends the body, and their verdict (or the deadline passing).
+type Filtered = (
+    Filters,
+    Vec<u8>,
+    Option<http::HeaderMap>,
+    bool,
+    Result<Flow, tokio::time::error::Elapsed>,
+);
+
+pub struct ResponseBody {
+    inner: Incoming,
+    /// Fires at the read timeout after the last frame, or at the deadline if sooner.
+    idle: Pin<Box<tokio::time::Sleep>>,
+    read_timeout: Duration,
+    deadline: Instant,
+    max: u64,
+    received: u64,
+    status: u16,
+    /// The request's ending (its log and its filters' `on_log`); `None` once ended.
+    end: Option<(Ctx, Option<Filters>)>,
+    /// A chunk in the filters' hands.
+    step: Option<Pin<Box<dyn Future<Output = Filtered>>>>,
+    /// Frames ready for the client: data, then trailers.
+    out: VecDeque<Frame<Bytes>>,
+    /// The upstream body is over (ended, failed or cut): nothing more is read.
+    done: bool,
+}
+
+impl ResponseBody {
+    pub(super) fn new(
+        inner: Incoming,
+        ctx: Ctx,
+        filters: Option<Filters>,
+        status: u16,
+        max: u64,
+        read_timeout: Duration,
+    ) -> ResponseBody {
+        let deadline = ctx.deadline;
+        ResponseBody {
+            inner,
+            idle: Box::pin(tokio::time::sleep_until(next_wake(read_timeout, deadline))),
+            read_timeout,
+            deadline,
+            max,
+            received: 0,
+            status,
+            end: Some((ctx, filters)),
+            step: None,
+            out: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Ends the request once: the filters' `on_log`, the access log line, the metrics.
+    fn end(&mut self, error: Option<String>) {
+        if let Some((mut ctx, filters)) = self.end.take() {
+            if error.is_some() {
+                ctx.entry.error = error;
+            }
+            if let Some(f) = filters {
+                f.finish();
+            }
+            ctx.finish(self.status);
+        }
+    }
+
+    /// Cuts the body: the client sees the stream fail, the log says why.
+    fn fail(
+        &mut self,
+        metric: Option<&'static str>,
+        message: String,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let (Some(kind), Some((ctx, _))) = (metric, &self.end)
+            && let Some(service) = ctx.entry.service.as_deref()
+        {
+            ctx.state.shared.metrics.upstream_error(service, kind);
+        }
+        self.done = true;
+        self.out.clear();
+        self.step = None;
+        self.end(Some(message.clone()));
+        Poll::Ready(Some(Err(message.into())))
+    }
+
+    fn has_filters(&self) -> bool {
+        matches!(&self.end, Some((_, Some(_))))
+    }
+
+    /// Hands a chunk to the filters' response body callbacks.
+    fn filter(&mut self, chunk: Vec<u8>, trailers: Option<http::HeaderMap>, eos: bool) {
+        let Some(mut filters) = self.end.as_mut().and_then(|(_, f)| f.take()) else {
+            return;
+        };
+        let deadline = self.deadline;
+        self.step = Some(Box::pin(async move {
+            let mut chunk = chunk;
+            let verdict = tokio::time::timeout_at(
+                deadline.into(),
+                filters.stream.response_body(&mut chunk, eos),
+            )
+            .await;
+            (filters, chunk, trailers, eos, verdict)
+        }));
+    }
+
+    /// Queues what goes to the client.
+    fn emit(&mut self, data: Bytes, trailers: Option<http::HeaderMap>, eos: bool) {
+        if let Some((ctx, _)) = &mut self.end {
+            ctx.entry.bytes_out += data.len() as u64;
+        }
+        if !data.is_empty() {
+            self.out.push_back(Frame::data(data));
+        }
+        if let Some(t) = trailers {
+            self.out.push_back(Frame::trailers(t));
+        }
+        if eos {
+            // Logged as the last frames are handed over: a client that has them all
+            // may not poll again.
+            self.done = true;
+            self.end(None);
+        }
+    }
+}
+
+/// When to give up waiting for the next frame.
+fn next_wake(read_timeout: Duration, deadline: Instant) -> tokio::time::Instant {
+    (Instant::now() + read_timeout).min(deadline).into()
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(frame) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.done {
+                this.end(None);
+                return Poll::Ready(None);
+            }
+            if let Some(step) = this.step.as_mut() {
+                let Poll::Ready((filters, chunk, trailers, eos, verdict)) = step.as_mut().poll(cx)
+                else {
+                    return Poll::Pending;
+                };
+                this.step = None;
+                if let Some((_, slot)) = &mut this.end {
+                    *slot = Some(filters);
+                }
+                match verdict {
+                    // A filter holding the body past the deadline cuts it, as a timeout.
+                    Err(_) => return this.fail(Some("timeout"), FILTER_TIMEOUT.into()),
+                    // Headers are gone already: a reply now can only cut the body.
+                    Ok(Flow::Reply(_)) => {
+                        return this.fail(None, "a filter replied after the response began".into());
+                    }
+                    Ok(Flow::Buffering) if !eos => {}
+                    Ok(_) => this.emit(Bytes::from(chunk), trailers, eos),
+                }
+                continue;
+            }
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        return this
+                            .fail(Some("timeout"), "upstream response body timed out".into());
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => None,
+                Poll::Ready(Some(Err(e))) => {
+                    return this.fail(None, format!("upstream response body failed: {e}"));
+                }
+                Poll::Ready(Some(Ok(frame))) => Some(frame),
+            };
+            let wake = next_wake(this.read_timeout, this.deadline);
+            this.idle.as_mut().reset(wake);
+            let (data, trailers, eos) = match frame {
+                None => (Bytes::new(), None, true),
+                Some(f) => match f.into_data() {
+                    Ok(d) => {
+                        let eos = this.inner.is_end_stream();
+                        (d, None, eos)
+                    }
+                    Err(f) => (Bytes::new(), f.into_trailers().ok(), true),
+                },
+            };
+            this.received += data.len() as u64;
+            if this.received > this.max {
+                return this.fail(
+                    Some("response_too_large"),
+                    "upstream response too large".into(),
+                );
+            }
+            if this.has_filters() {
+                this.filter(data.to_vec(), trailers, eos);
+            } else {
+                this.emit(data, trailers, eos);
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.out.is_empty() && self.step.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Filters may change the body's length; without them it is the upstream's.
+        if self.has_filters() || self.step.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Dropped before its end (the client went away, even mid-step): the request
+        // still ends and is logged.
+        self.end(Some("client went away".into()));
+    }
+}

@@ -1,0 +1,107 @@
+//! What a worker holds while it serves: the state every worker shares (the engine,
+//! metrics, access log, readiness) and one worker's view of a configuration (listener
+//! limits, routes, service pools, filter chains). The request path reads it; the
+//! worker builds and swaps it.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use portcullis_engine::{Engine, Filter, PluginSpec};
+
+use crate::access_log::AccessLog;
+use crate::config::Plan;
+use crate::metrics::GatewayMetrics;
+use crate::router::Router;
+use crate::upstream::{GatewayClusters, ServiceClient};
+
+/// What every worker shares.
+pub struct Shared {
+    pub engine: Engine,
+    pub metrics: GatewayMetrics,
+    pub access_log: Option<AccessLog>,
+    pub draining: AtomicBool,
+    pub ready: AtomicBool,
+}
+
+pub struct ListenerLimits {
+    pub max_headers_bytes: usize,
+    pub max_headers_count: usize,
+    pub escaped_slashes: crate::path::EscapedSlashes,
+    pub trusted_proxies: crate::edge::Trusted,
+}
+
+/// One worker's view of a configuration: routes, service pools, and the filter chain
+/// of every route (one VM per filter per worker, shared by the routes that use it).
+pub struct WorkerState {
+    pub listeners: Vec<ListenerLimits>,
+    pub router: Router,
+    pub services: Vec<ServiceClient>,
+    pub chains: Vec<Vec<Filter>>,
+    /// Extra identity header names stripped from client requests.
+    pub identity_headers: Vec<String>,
+    pub shared: Arc<Shared>,
+}
+
+impl WorkerState {
+    /// Starts every filter of `plan` on this thread. Must run inside a `LocalSet`.
+    pub fn build(plan: &Plan, shared: Arc<Shared>) -> Result<WorkerState, Vec<String>> {
+        let clusters: Rc<dyn portcullis_engine::Clusters> =
+            Rc::new(GatewayClusters::new(&plan.services));
+        let mut filters = Vec::new();
+        let mut errors = Vec::new();
+        for f in &plan.filters {
+            let spec = PluginSpec {
+                name: f.name.clone(),
+                root_id: f.name.clone(),
+                vm_id: f.vm_id.clone(),
+                configuration: f.configuration.clone(),
+                vm_configuration: Vec::new(),
+                failure_policy: f.failure_policy,
+                limits: f.limits,
+                module: f.module.clone(),
+            };
+            match Filter::start(&shared.engine, spec, clusters.clone()) {
+                Ok(filter) => filters.push(Some(filter)),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    filters.push(None);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let chains = plan
+            .routes
+            .iter()
+            .map(|r| {
+                r.filters
+                    .iter()
+                    .filter_map(|i| filters[*i].clone())
+                    .collect()
+            })
+            .collect();
+        Ok(WorkerState {
+            listeners: plan
+                .listeners
+                .iter()
+                .map(|l| ListenerLimits {
+                    max_headers_bytes: l.max_headers_bytes,
+                    max_headers_count: l.max_headers_count,
+                    escaped_slashes: l.escaped_slashes,
+                    trusted_proxies: l.trusted_proxies.clone(),
+                })
+                .collect(),
+            router: Router::new(&plan.routes),
+            services: plan
+                .services
+                .iter()
+                .map(|s| ServiceClient::new(s.clone()))
+                .collect(),
+            chains,
+            identity_headers: plan.identity_headers.clone(),
+            shared,
+        })
+    }
+}
