@@ -9,8 +9,12 @@
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 //! - `cargo xtask soak`: the gateway under load for minutes, its memory sampled.
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the fuzz targets, N seconds each
+//!   (see `fuzz.rs`).
 //! - `cargo xtask deploy-manifests`: the manifests of deploy/ rendered into
 //!   `target/deploy/` (see deploy.rs).
+
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -32,12 +36,13 @@ fn main() -> ExitCode {
         Some("bench") => build().and_then(|()| bench(&args[1..])),
         Some("token") => token(&args[1..]),
         Some("soak") => build().and_then(|()| soak::soak(&args[1..])),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("deploy-manifests") => {
             build_only(&FILTERS).and_then(|()| deploy::deploy_manifests(&args[1..]))
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] | token [--tier T] [--sub S] [--ttl SECONDS] | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...] | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
             );
             return ExitCode::from(2);
         }
