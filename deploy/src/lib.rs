@@ -208,9 +208,12 @@ pub fn check_value(name: &str, value: &str) -> Result<(), Error> {
             return bad("expected a SHA-256 digest: 64 lower-case hex digits");
         }
     } else if name == "REGISTRY" {
-        let ok = !value.is_empty()
-            && !value.starts_with('/')
-            && !value.ends_with('/')
+        // Starts and ends with a letter or digit, as an image reference's host and
+        // path components do; that also keeps it a plain YAML scalar where a template
+        // puts it first (`url: ${REGISTRY}/...`).
+        let alnum = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let ok = alnum(value.bytes().next())
+            && alnum(value.bytes().last())
             && !value.contains("//")
             && value.bytes().all(|b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_/:".contains(&b)
@@ -444,6 +447,9 @@ mod tests {
         assert!(check_value("REGISTRY", "registry.example.com/portcullis/").is_err());
         assert!(check_value("REGISTRY", "Registry.example.com").is_err());
         assert!(check_value("REGISTRY", "r.example/x y").is_err());
+        assert!(check_value("REGISTRY", "-r.example").is_err());
+        assert!(check_value("REGISTRY", ":5000/p").is_err());
+        assert!(check_value("REGISTRY", "r.example/p.").is_err());
         assert!(check_value("OIDC_SESSION_SECRET", &"s".repeat(32)).is_ok());
         assert!(check_value("OIDC_SESSION_SECRET", &"s".repeat(31)).is_err());
         assert!(check_value("OIDC_CLIENT_SECRET", "a\"b").is_err());
