@@ -19,7 +19,11 @@ pub fn deploy_manifests(args: &[String]) -> Result<(), String> {
     let mut out = super::target_dir().join("deploy");
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))
+        };
         match a.as_str() {
             "--registry" => registry = value()?,
             "--out" => out = PathBuf::from(value()?),

@@ -314,7 +314,9 @@ fn demo(extra: &[String]) -> Result<(), String> {
             "the OpenID provider (Node.js 20+)",
         )?;
         eprintln!("\nOpen http://127.0.0.1:8080/orders/42 in a browser and log in with any name;");
-        eprintln!("http://127.0.0.1:8080/logout asks to confirm, then logs out. An API client gets 401:");
+        eprintln!(
+            "http://127.0.0.1:8080/logout asks to confirm, then logs out. An API client gets 401:"
+        );
         eprintln!("      curl -si localhost:8080/orders/42\n");
     } else {
         eprintln!("\nTry:  TOKEN=$(cargo xtask token --tier premium --sub ada)");

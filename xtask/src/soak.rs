@@ -85,7 +85,13 @@ pub fn soak(args: &[String]) -> Result<(), String> {
         run(Command::new("apt-get").args(["install", "-y", "-qq", "wrk"]))?;
     }
     run(cargo().args([
-        "build", "--profile", "host", "-p", "portcullis", "-p", "jwt-mint",
+        "build",
+        "--profile",
+        "host",
+        "-p",
+        "portcullis",
+        "-p",
+        "jwt-mint",
     ]))?;
     let dir = target_dir().join("soak");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -96,7 +102,10 @@ pub fn soak(args: &[String]) -> Result<(), String> {
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{gw_port}"))
         .replace("127.0.0.1:9000", &format!("127.0.0.1:{echo_port}"))
         .replace("127.0.0.1:9001", &format!("127.0.0.1:{idp_port}"))
-        .replace("../target/wasm32-wasip1/release", &wasm.display().to_string())
+        .replace(
+            "../target/wasm32-wasip1/release",
+            &wasm.display().to_string(),
+        )
         .replace("admin:\n  address: 127.0.0.1:9901\n", "")
         .replace("listeners:\n", "access_log: \"off\"\nlisteners:\n");
     let config_path = dir.join("soak.yaml");
@@ -110,13 +119,21 @@ pub fn soak(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("{cmd:?}: {e}"))
     };
     let mut children = Killed(Vec::new());
-    children.0.push(spawn(
-        Command::new(bin.join("portcullis"))
-            .args(["echo", "--address", &format!("127.0.0.1:{echo_port}")]),
-    )?);
+    children
+        .0
+        .push(spawn(Command::new(bin.join("portcullis")).args([
+            "echo",
+            "--address",
+            &format!("127.0.0.1:{echo_port}"),
+        ]))?);
     children.0.push(spawn(
         Command::new(bin.join("demo-idp"))
-            .args(["serve", "--address", &format!("127.0.0.1:{idp_port}"), "--dir"])
+            .args([
+                "serve",
+                "--address",
+                &format!("127.0.0.1:{idp_port}"),
+                "--dir",
+            ])
             .arg(&dir),
     )?);
     let gateway = spawn(
@@ -133,7 +150,10 @@ pub fn soak(args: &[String]) -> Result<(), String> {
         "soak: {minutes} min, {tokens} fresh tokens a minute for {} consumers, {connections} connections; RSS every 10 s",
         if new_identities { "new" } else { "the same" }
     );
-    eprintln!("{:>6} {:>9} {:>10} {:>9}", "t(s)", "RSS(MiB)", "requests", "non-2xx");
+    eprintln!(
+        "{:>6} {:>9} {:>10} {:>9}",
+        "t(s)", "RSS(MiB)", "requests", "non-2xx"
+    );
     let start = Instant::now();
     let mut samples: Vec<(u64, u64)> = Vec::new();
     let (mut total, mut bad) = (0u64, 0u64);
@@ -152,10 +172,7 @@ pub fn soak(args: &[String]) -> Result<(), String> {
             let t = start.elapsed().as_secs();
             let rss = rss_kib(pid).ok_or("the gateway is gone")?;
             samples.push((t, rss));
-            eprintln!(
-                "{t:>6} {:>9.1} {total:>10} {bad:>9}",
-                rss as f64 / 1024.0
-            );
+            eprintln!("{t:>6} {:>9.1} {total:>10} {bad:>9}", rss as f64 / 1024.0);
         }
     }
     let warm = samples.get(5).map_or(0, |s| s.1);

@@ -48,7 +48,11 @@ fn serde_path_to_error<T: DeserializeOwned>(
         } else {
             ConfigError::Field {
                 // The root itself (a number where an object belongs) has the path ".".
-                field: if path == "." { "(document)".into() } else { path },
+                field: if path == "." {
+                    "(document)".into()
+                } else {
+                    path
+                },
                 reason: inner.to_string(),
             }
         }

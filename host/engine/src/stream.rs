@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use portcullis_reply::CONTENT_TYPE_JSON;
 use tokio::sync::Notify;
 
 use crate::abi::Action;
@@ -60,33 +61,17 @@ pub struct HttpStream {
 
 /// The reply for a request that met a failed filter.
 pub fn failure_reply(filter: &str, request_id: &str) -> LocalReply {
-    let body = format!(
-        "{{\"message\":\"filter {} is unavailable\",\"request_id\":\"{}\"}}",
-        json_escape(filter),
-        json_escape(request_id)
-    );
+    let body =
+        portcullis_reply::json_body(&format!("filter {filter} is unavailable"), Some(request_id));
     let mut headers = HeaderMap::new();
-    headers.add("content-type", "application/json");
+    headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
     LocalReply {
         status: 503,
         details: "wasm_fail_stream".into(),
-        body: body.into_bytes(),
+        body,
         headers,
         grpc_status: -1,
     }
-}
-
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 impl HttpStream {
@@ -148,7 +133,11 @@ impl HttpStream {
         self.outcome(flow)
     }
 
-    async fn request_headers_inner(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
+    async fn request_headers_inner(
+        &mut self,
+        headers: &mut HeaderMap,
+        end_of_stream: bool,
+    ) -> Flow {
         if let Some(reply) = self.failed_at_start.take() {
             return self.reply(reply);
         }
@@ -251,7 +240,11 @@ impl HttpStream {
         self.outcome(flow)
     }
 
-    async fn response_headers_inner(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
+    async fn response_headers_inner(
+        &mut self,
+        headers: &mut HeaderMap,
+        end_of_stream: bool,
+    ) -> Flow {
         let code = headers.get_str(":status").and_then(|s| s.parse().ok());
         for i in (0..self.slots.len()).rev() {
             let Some(ctx) = self.ctx_of(i) else { continue };
@@ -590,15 +583,11 @@ fn reset_reply(request_id: &str) -> LocalReply {
     // proxy_close_stream resets the stream in Envoy; a client sees the connection
     // closed. We answer 502 with the gateway's JSON body so the reset is visible.
     let mut headers = HeaderMap::new();
-    headers.add("content-type", "application/json");
-    let body = format!(
-        "{{\"message\":\"the request was reset by a filter\",\"request_id\":\"{}\"}}",
-        json_escape(request_id)
-    );
+    headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
     LocalReply {
         status: 502,
         details: "wasm_close_stream".into(),
-        body: body.into_bytes(),
+        body: portcullis_reply::json_body("the request was reset by a filter", Some(request_id)),
         headers,
         grpc_status: -1,
     }

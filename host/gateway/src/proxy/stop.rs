@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use portcullis_engine::{HeaderMap, LocalReply};
+use portcullis_reply::CONTENT_TYPE_JSON;
 
 /// What the gateway answers when a filter keeps a request paused past the request's
 /// deadline (the service's `timeout_ms` from the start).
@@ -95,12 +96,11 @@ impl Stop {
 /// local reply of the product carries.
 pub fn json_error(status: u16, message: &str, request_id: &str) -> LocalReply {
     let mut headers = HeaderMap::new();
-    headers.add("content-type", "application/json");
-    let body = serde_json::json!({ "message": message, "request_id": request_id }).to_string();
+    headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
     LocalReply {
         status,
         details: message.into(),
-        body: body.into_bytes(),
+        body: portcullis_reply::json_body(message, Some(request_id)),
         headers,
         grpc_status: -1,
     }
