@@ -388,6 +388,76 @@ fn a_filter_that_never_resumes_is_a_504_not_a_hung_request() {
     assert_eq!(get(&gw, "/case/headers", &[]).status, 200);
 }
 
+/// An upstream that answers 200 at once, then drips a chunk every 100 ms for ever.
+fn dripping() -> std::net::SocketAddr {
+    background(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = l.local_addr().expect("its address");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await;
+                    loop {
+                        if s.write_all(b"2\r\nx\n\r\n").await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+            }
+        });
+        addr
+    })
+}
+
+/// The service's `timeout_ms` bounds the whole exchange, response body included, on
+/// every route: an upstream that keeps a body dripping (each chunk well within the
+/// read timeout) is cut at the deadline, counted and logged as a timeout. (Routes
+/// without filters once had a body of their own, bounded only by the read timeout.)
+#[test]
+fn a_response_body_that_never_ends_is_cut_at_the_deadline() {
+    let gw = Gateway::start(&single_route(
+        dripping(),
+        "    read_timeout_ms: 2000\n    timeout_ms: 700",
+    ));
+    let started = std::time::Instant::now();
+    let (status, _) = raw_http(
+        &format!("127.0.0.1:{}", gw.port),
+        b"GET /drip HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "the head went out before the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the body ended: {:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let log = access_log(&gw);
+    let e = log.last().expect("the request is logged");
+    assert_eq!(e["error"], "upstream response body timed out", "{e}");
+    let admin = format!("http://127.0.0.1:{}", gw.admin);
+    let m = send(&admin, "GET", "/metrics", &[], b"").expect("metrics");
+    assert!(
+        m.body
+            .contains("portcullis_upstream_errors_total{service=\"backend\",kind=\"timeout\"} 1"),
+        "{}",
+        m.body
+    );
+}
+
 #[test]
 fn admin_serves_metrics_health_and_readiness() {
     let gw = Gateway::start(&single_route(echo(), ""));
