@@ -26,7 +26,7 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
 ];
 
 fn spawn_echo() -> SocketAddr {
-    portcullis_clients::echo::spawn_thread().expect("echo upstream starts")
+    portcullis_echo::spawn_thread().expect("echo upstream starts")
 }
 
 fn corpus(now: u64, rsa: &Key, ec: &Key, ed: &Key, hs: &Key, ec384: &Key) -> Vec<(String, String)> {

@@ -118,7 +118,7 @@ fn observe(
 }
 
 fn spawn_echo() -> SocketAddr {
-    portcullis_clients::echo::spawn_thread().expect("echo upstream starts")
+    portcullis_echo::spawn_thread().expect("echo upstream starts")
 }
 
 fn config(envoy: bool) -> String {

@@ -119,7 +119,7 @@ fn echo(address: &str) -> Result<(), Vec<String>> {
             .await
             .map_err(|e| vec![format!("cannot listen on {address}: {e}")])?;
         eprintln!("echo upstream on http://{address}");
-        portcullis_clients::echo::serve(l).await;
+        portcullis_echo::serve(l).await;
         Ok(())
     })
 }

@@ -62,7 +62,7 @@ pub fn background<F: std::future::Future<Output = SocketAddr> + Send + 'static>(
 }
 
 pub fn echo() -> SocketAddr {
-    portcullis_clients::echo::spawn_thread().unwrap()
+    portcullis_echo::spawn_thread().unwrap()
 }
 
 /// An upstream that answers 200 "slow" after `delay`.
