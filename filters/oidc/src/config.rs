@@ -7,7 +7,7 @@ use kit::jwt::consumer::ConsumerClaims;
 use kit::jwt::keys::Alg;
 use serde::Deserialize;
 
-use crate::cookie::SessionKeys;
+use crate::cookie::{CookieSettings, SameSite, SessionKeys};
 use crate::url::Url;
 
 #[derive(Debug, Deserialize)]
@@ -171,23 +171,6 @@ pub enum ClientAuth {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SameSite {
-    Lax,
-    Strict,
-    None,
-}
-
-impl SameSite {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SameSite::Lax => "Lax",
-            SameSite::Strict => "Strict",
-            SameSite::None => "None",
-        }
-    }
-}
-
 /// Where the access token goes upstream: a header, and whether its value is
 /// `Bearer <token>` or the bare token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,19 +238,6 @@ const OWN_AUTHORIZE_ARGS: [&str; 9] = [
     "code_challenge_method",
     "max_age",
 ];
-
-/// How the session cookies are written.
-#[derive(Debug, Clone)]
-pub struct CookieSettings {
-    /// The session cookie's name, with the `__Host-` prefix when it applies.
-    pub name: String,
-    /// The login-state cookie's name.
-    pub state_name: String,
-    pub secure: bool,
-    pub samesite: SameSite,
-    pub domain: Option<String>,
-    pub path: String,
-}
 
 fn valid_header_name(s: &str) -> bool {
     !s.is_empty()

@@ -14,7 +14,36 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use sha2::Digest;
 
-use crate::config::{CookieSettings, SameSite};
+/// The cookies' `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// How the session cookies are written.
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    /// The session cookie's name, with the `__Host-` prefix when it applies.
+    pub name: String,
+    /// The login-state cookie's name.
+    pub state_name: String,
+    pub secure: bool,
+    pub samesite: SameSite,
+    pub domain: Option<String>,
+    pub path: String,
+}
 
 const NONCE: usize = 24;
 const TAG: usize = 16;

@@ -13,8 +13,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
-use crate::config::{Config, SameSite};
+use crate::config::Config;
 use crate::cookie;
+use crate::cookie::SameSite;
 use crate::idp::{self, Discovery, TokenError, TokenRefused, Tokens};
 use crate::logout::{self, Verdict};
 use crate::session::{
