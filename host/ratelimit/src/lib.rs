@@ -1,8 +1,12 @@
 //! `portcullis ratelimit-service`: Envoy's rate-limit service protocol
 //! (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, unary gRPC on
-//! cleartext HTTP/2) on Redis. Each descriptor is one token bucket in Redis, and one
-//! request's buckets are checked and taken in one atomic script (one round trip):
-//! every bucket gives a token or none does, as in the tier-limiter's local policy.
+//! cleartext HTTP/2) on Redis: one Redis, a Redis Cluster, or the master a set of
+//! Sentinels names ([`Topology`]). Each descriptor is one token bucket in Redis, and
+//! one request's buckets are checked and taken in one atomic script (one round trip):
+//! every bucket gives a token or none does, as in the tier-limiter's local policy. On
+//! a cluster a script runs in one hash slot: the buckets of one consumer share one
+//! ([`hash_tag`]); buckets of one request in several slots are taken slot by slot and
+//! given back when one refuses.
 //!
 //! The limit of a descriptor is its `limit` override when the client sends one (the
 //! tier-limiter does, so the service needs no configuration for it), else the rule
