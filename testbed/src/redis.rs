@@ -77,10 +77,7 @@ fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) -> Result<()
 }
 
 fn scratch_dir(kind: &str, port: u16) -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!(
-        "portcullis-{kind}-{}-{port}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("portcullis-{kind}-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     Ok(dir)
 }
@@ -221,8 +218,9 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes };
         wait_for("the cluster did not settle", 30, || {
             cluster.nodes.iter().all(|n| {
-                cli(n.port, &["CLUSTER", "INFO"])
-                    .is_ok_and(|i| i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:6"))
+                cli(n.port, &["CLUSTER", "INFO"]).is_ok_and(|i| {
+                    i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:6")
+                })
             }) && cluster.masters().len() == 3
                 && cluster
                     .nodes
@@ -370,20 +368,25 @@ impl RedisSentinels {
         }
         // Ready once every sentinel knows the replica and the two other sentinels
         // (learnt from each other's hello messages, every two seconds).
-        wait_for("the sentinels did not find each other and the replica", 30, || {
-            set.sentinels.iter().all(|&p| {
-                cli(p, &["SENTINEL", "MASTER", &set.master_name]).is_ok_and(|m| {
-                    let v: Vec<&str> = m.lines().collect();
-                    let field = |k: &str| {
-                        v.iter()
-                            .position(|l| *l == k)
-                            .and_then(|i| v.get(i + 1))
-                            .copied()
-                    };
-                    field("num-slaves") == Some("1") && field("num-other-sentinels") == Some("2")
+        wait_for(
+            "the sentinels did not find each other and the replica",
+            30,
+            || {
+                set.sentinels.iter().all(|&p| {
+                    cli(p, &["SENTINEL", "MASTER", &set.master_name]).is_ok_and(|m| {
+                        let v: Vec<&str> = m.lines().collect();
+                        let field = |k: &str| {
+                            v.iter()
+                                .position(|l| *l == k)
+                                .and_then(|i| v.get(i + 1))
+                                .copied()
+                        };
+                        field("num-slaves") == Some("1")
+                            && field("num-other-sentinels") == Some("2")
+                    })
                 })
-            })
-        })?;
+            },
+        )?;
         Ok(set)
     }
 
@@ -401,7 +404,10 @@ impl RedisSentinels {
     pub fn master_port(&self) -> Result<u16, String> {
         let mut last = String::new();
         for &p in &self.sentinels {
-            match cli(p, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.master_name]) {
+            match cli(
+                p,
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.master_name],
+            ) {
                 Ok(a) => {
                     if let Some(port) = a.lines().nth(1).and_then(|l| l.trim().parse().ok()) {
                         return Ok(port);

@@ -199,7 +199,12 @@ fn two_gateway_nodes_on_a_redis_cluster_admit_within_two_percent_of_the_ideal() 
     // Shorter than the others (CI time): 10 s, or the set length when shorter.
     let secs = seconds().min(10);
     let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
-    let store = ["--redis-cluster", &cluster.urls(), "--redis-timeout-ms", "1000"];
+    let store = [
+        "--redis-cluster",
+        &cluster.urls(),
+        "--redis-timeout-ms",
+        "1000",
+    ];
     let (svc_a, svc_b) = (
         RatelimitService::start_with(&store),
         RatelimitService::start_with(&store),

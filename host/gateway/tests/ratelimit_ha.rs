@@ -36,8 +36,9 @@ impl Client {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap(),
-            cluster: GrpcCluster::new(&svc.url(), Duration::from_secs(1)).unwrap(),
+                .expect("a runtime"),
+            cluster: GrpcCluster::new(&svc.url(), Duration::from_secs(1))
+                .expect("a gRPC client of the service"),
         }
     }
 
@@ -101,7 +102,7 @@ fn consumer(identity: &str, second: u32, day: u32) -> RateLimitRequest {
 
 fn key_of(req: &RateLimitRequest, i: usize) -> Vec<u8> {
     let d = &req.descriptors[i];
-    let unit = Unit::try_from(d.limit.as_ref().unwrap().unit).unwrap();
+    let unit = Unit::try_from(d.limit.as_ref().expect("a limit").unit).expect("a unit");
     bucket_key(PREFIX, &req.domain, &d.entries, unit)
 }
 
@@ -135,7 +136,7 @@ fn hits_through_a_kill(client: &Client, req: &RateLimitRequest, kill: impl FnOnc
     let (mut outage_seen, mut ok_since_outage) = (false, 0);
     loop {
         if killed_at.is_none() && start.elapsed() >= Duration::from_secs(2) {
-            (kill.take().unwrap())();
+            (kill.take().expect("killed once"))();
             killed_at = Some(Instant::now());
         }
         let answer = client.call(req).map(|r| {
@@ -181,7 +182,9 @@ fn check_failover(what: &str, run: &Run) -> (f64, i64) {
         .answers
         .iter()
         .position(|(t, a)| *t > killed && a.is_err())
-        .unwrap_or_else(|| panic!("{what}: the service answered UNAVAILABLE while no master served the bucket"));
+        .unwrap_or_else(|| {
+            panic!("{what}: the service answered UNAVAILABLE while no master served the bucket")
+        });
     let (before_at, before) = run.answers[..first_failure]
         .iter()
         .rev()
@@ -192,7 +195,10 @@ fn check_failover(what: &str, run: &Run) -> (f64, i64) {
             .iter()
             .position(|(_, a)| a.is_ok())
             .unwrap_or_else(|| panic!("{what}: the service answers OK again by itself"));
-    let (back_at, after) = (run.answers[back].0, run.answers[back].1.unwrap());
+    let (back_at, after) = (
+        run.answers[back].0,
+        run.answers[back].1.expect("an OK answer"),
+    );
     assert!(
         run.answers[back..].iter().all(|(_, a)| a.is_ok()),
         "{what}: once back, the service keeps answering OK"
@@ -203,7 +209,9 @@ fn check_failover(what: &str, run: &Run) -> (f64, i64) {
     let last_second = run
         .answers
         .iter()
-        .filter(|(t, a)| a.is_ok() && *t <= killed && killed.duration_since(*t) <= Duration::from_secs(1))
+        .filter(|(t, a)| {
+            a.is_ok() && *t <= killed && killed.duration_since(*t) <= Duration::from_secs(1)
+        })
         .count() as i64;
     let outage = back_at.duration_since(before_at).as_secs_f64();
     eprintln!(
@@ -221,7 +229,8 @@ fn check_failover(what: &str, run: &Run) -> (f64, i64) {
 fn a_redis_cluster_keeps_a_consumers_windows_in_one_slot_and_survives_a_master_failover() {
     let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
     let urls = cluster.urls();
-    let svc = RatelimitService::start_with(&["--redis-cluster", &urls, "--redis-timeout-ms", "200"]);
+    let svc =
+        RatelimitService::start_with(&["--redis-cluster", &urls, "--redis-timeout-ms", "200"]);
     svc.wait_connected();
     let client = Client::new(&svc);
 
@@ -234,19 +243,28 @@ fn a_redis_cluster_keeps_a_consumers_windows_in_one_slot_and_survives_a_master_f
         hash_tag(&key_of(&consumer("bob", 2, 100), 0))
     );
     for _ in 0..2 {
-        assert!(ok(&client.call(&req).unwrap()));
+        assert!(ok(&client.call(&req).expect("the service answers")));
     }
-    let r = client.call(&req).unwrap();
+    let r = client.call(&req).expect("the service answers");
     assert!(!ok(&r));
     assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
-    assert_eq!(r.statuses[1].limit_remaining, 98, "the day window kept its token");
+    assert_eq!(
+        r.statuses[1].limit_remaining, 98,
+        "the day window kept its token"
+    );
 
     // Thirty consumers: their buckets spread over the three masters.
     for i in 0..30 {
-        assert!(ok(&client.call(&consumer(&format!("c{i}"), 5, 100)).unwrap()));
+        assert!(ok(&client
+            .call(&consumer(&format!("c{i}"), 5, 100))
+            .expect("the service answers")));
     }
     for m in cluster.masters() {
-        let keys: u64 = cli(m, &["DBSIZE"]).unwrap().trim().parse().unwrap();
+        let keys: u64 = cli(m, &["DBSIZE"])
+            .expect("DBSIZE")
+            .trim()
+            .parse()
+            .expect("DBSIZE is a number");
         assert!(keys > 0, "master {m} holds none of 31 consumers' buckets");
     }
 
@@ -264,17 +282,24 @@ fn a_redis_cluster_keeps_a_consumers_windows_in_one_slot_and_survives_a_master_f
                 bucket_key(PREFIX, "ha", &a.entries, Unit::Hour),
                 bucket_key(PREFIX, "ha", &b.entries, Unit::Hour),
             );
-            cluster.master_of(&ka).unwrap() != cluster.master_of(&kb).unwrap()
+            cluster
+                .master_of(&ka)
+                .expect("CLUSTER KEYSLOT and NODES name the master")
+                != cluster
+                    .master_of(&kb)
+                    .expect("CLUSTER KEYSLOT and NODES name the master")
         })
         .expect("two descriptors on different masters");
     let both = request(vec![tight.clone(), loose.clone()]);
-    assert!(ok(&client.call(&both).unwrap()));
-    let r = client.call(&both).unwrap();
+    assert!(ok(&client.call(&both).expect("the service answers")));
+    let r = client.call(&both).expect("the service answers");
     assert!(!ok(&r), "the one-per-hour descriptor refuses: {r:?}");
     assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
     assert_eq!(r.statuses[1].code, Code::Ok as i32);
     assert_eq!(r.statuses[1].limit_remaining, 4, "given back");
-    let r = client.call(&request(vec![loose])).unwrap();
+    let r = client
+        .call(&request(vec![loose]))
+        .expect("the service answers");
     assert_eq!(
         r.statuses[0].limit_remaining, 3,
         "the refused request took nothing from the other slot"
@@ -282,7 +307,9 @@ fn a_redis_cluster_keeps_a_consumers_windows_in_one_slot_and_survives_a_master_f
 
     // A master killed mid-run: its replica takes over, the service follows.
     let req = consumer("failover", 1000, 5000);
-    let victim = cluster.master_of(&key_of(&req, 1)).unwrap();
+    let victim = cluster
+        .master_of(&key_of(&req, 1))
+        .expect("CLUSTER KEYSLOT and NODES name the master");
     let run = hits_through_a_kill(&client, &req, || cluster.kill(victim));
     check_failover("cluster", &run);
     assert!(
@@ -307,15 +334,15 @@ fn sentinels_lead_the_service_to_the_new_master_after_a_failover() {
     let client = Client::new(&svc);
     let req = consumer("ada", 2, 100);
     for _ in 0..2 {
-        assert!(ok(&client.call(&req).unwrap()));
+        assert!(ok(&client.call(&req).expect("the service answers")));
     }
-    assert!(!ok(&client.call(&req).unwrap()));
+    assert!(!ok(&client.call(&req).expect("the service answers")));
 
-    let old = set.master_port().unwrap();
+    let old = set.master_port().expect("a sentinel names the master");
     let req = consumer("failover", 1000, 5000);
     let run = hits_through_a_kill(&client, &req, || set.kill(old));
     check_failover("sentinel", &run);
-    let new = set.master_port().unwrap();
+    let new = set.master_port().expect("a sentinel names the master");
     assert_ne!(new, old, "the sentinels promoted the replica");
     assert!(
         svc.logged(&format!("127.0.0.1:{new}")),
@@ -325,7 +352,11 @@ fn sentinels_lead_the_service_to_the_new_master_after_a_failover() {
     // The consumer counted before the failover is still counted on the new master
     // (two hits taken, the third refused by its second window).
     assert_eq!(
-        client.call(&consumer("ada", 2, 100)).unwrap().statuses[1].limit_remaining,
+        client
+            .call(&consumer("ada", 2, 100))
+            .expect("the service answers")
+            .statuses[1]
+            .limit_remaining,
         97
     );
 }
@@ -335,17 +366,39 @@ fn the_store_options_are_checked_at_start_with_clear_errors() {
     let cases: [(&[&str], &str); 6] = [
         (&[], "--redis"),
         (
-            &["--redis", "redis://127.0.0.1:1", "--redis-cluster", "redis://127.0.0.1:2"],
+            &[
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--redis-cluster",
+                "redis://127.0.0.1:2",
+            ],
             "only one of",
         ),
-        (&["--redis-sentinel", "redis://127.0.0.1:1"], "--sentinel-master"),
-        (&["--redis-cluster", "redis://127.0.0.1:1,,redis://127.0.0.1:2"], "an empty URL"),
         (
-            &["--redis-cluster", "redis://:hunter2@127.0.0.1:1,tcp://127.0.0.1:2"],
+            &["--redis-sentinel", "redis://127.0.0.1:1"],
+            "--sentinel-master",
+        ),
+        (
+            &[
+                "--redis-cluster",
+                "redis://127.0.0.1:1,,redis://127.0.0.1:2",
+            ],
+            "an empty URL",
+        ),
+        (
+            &[
+                "--redis-cluster",
+                "redis://:hunter2@127.0.0.1:1,tcp://127.0.0.1:2",
+            ],
             "is not a Redis URL",
         ),
         (
-            &["--redis-cluster", "redis://127.0.0.1:1", "--key-prefix", "rl:{x}:"],
+            &[
+                "--redis-cluster",
+                "redis://127.0.0.1:1",
+                "--key-prefix",
+                "rl:{x}:",
+            ],
             "no braces",
         ),
     ];
@@ -354,7 +407,7 @@ fn the_store_options_are_checked_at_start_with_clear_errors() {
             .args(["ratelimit-service", "--listen", "127.0.0.1:0"])
             .args(args)
             .output()
-            .unwrap();
+            .expect("portcullis runs");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} is refused");
         assert!(err.contains(want), "{args:?}: `{err}` should say `{want}`");
