@@ -199,12 +199,16 @@ fn is_root() -> bool {
 /// when we run as root and apt is there; otherwise the one command to run.
 fn ensure_system_packages() -> Result<(), String> {
     let mut missing: Vec<&str> = Vec::new();
-    // Redis for the global rate-limit tests; Chromium and its driver for the oidc
-    // browser test; Python's venv module for Envoy's venv (Debian splits it out of
-    // python3); Node.js and npm for the test OpenID provider; systemd-analyze for the
-    // check of the systemd unit (containers often lack systemd).
+    // Redis for the global rate-limit tests (redis-server brings redis-cli, which
+    // creates the test cluster; redis-sentinel for the failover test); Chromium and its
+    // driver for the oidc browser test; Python's venv module for Envoy's venv (Debian
+    // splits it out of python3); Node.js and npm for the test OpenID provider;
+    // systemd-analyze for the check of the systemd unit (containers often lack systemd).
     if !has("redis-server") {
         missing.push("redis-server");
+    }
+    if !has("redis-sentinel") {
+        missing.push("redis-sentinel");
     }
     if !has("chromedriver") {
         missing.extend(["chromium", "chromium-driver"]);

@@ -37,9 +37,21 @@ enum Command {
         /// Where to listen (cleartext HTTP/2, as gRPC clusters speak it).
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
-        /// The Redis that holds the buckets: redis://[:password@]host:port[/db].
-        #[arg(long)]
-        redis: String,
+        /// One Redis that holds the buckets: redis://[:password@]host:port[/db].
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// A Redis Cluster that holds the buckets, from some of its nodes:
+        /// redis://[:password@]host:port,redis://... (the others are discovered).
+        #[arg(long, value_name = "URL,URL,...")]
+        redis_cluster: Option<String>,
+        /// Redis Sentinels that name the master holding the buckets:
+        /// redis://[:password@]host:port[/db],redis://... (the password and database
+        /// serve for the sentinels and the master alike).
+        #[arg(long, value_name = "URL,URL,...", requires = "sentinel_master")]
+        redis_sentinel: Option<String>,
+        /// The name the sentinels monitor the master by (with --redis-sentinel).
+        #[arg(long, value_name = "NAME", requires = "redis_sentinel")]
+        sentinel_master: Option<String>,
         /// Limits for descriptors that carry none (envoyproxy/ratelimit's rule file
         /// format); may be given several times, one domain per file.
         #[arg(long)]
@@ -85,17 +97,29 @@ fn main() -> ExitCode {
         Command::RatelimitService {
             listen,
             redis,
+            redis_cluster,
+            redis_sentinel,
+            sentinel_master,
             rules,
             redis_timeout_ms,
             key_prefix,
             threads,
-        } => portcullis_ratelimit::run(portcullis_ratelimit::Options {
-            listen,
-            redis,
-            rules,
-            redis_timeout: std::time::Duration::from_millis(redis_timeout_ms),
-            key_prefix,
-            threads,
+        } => portcullis_ratelimit::Topology::from_options(
+            redis.as_deref(),
+            redis_cluster.as_deref(),
+            redis_sentinel.as_deref(),
+            sentinel_master.as_deref(),
+        )
+        .map_err(|e| vec![e])
+        .and_then(|redis| {
+            portcullis_ratelimit::run(portcullis_ratelimit::Options {
+                listen,
+                redis,
+                rules,
+                redis_timeout: std::time::Duration::from_millis(redis_timeout_ms),
+                key_prefix,
+                threads,
+            })
         }),
     };
     match result {

@@ -4,7 +4,8 @@
 -- refilled continuously at `rate` tokens per microsecond, never above capacity.
 --
 -- KEYS[i]: the bucket of descriptor i (a hash: t = tokens, at = microseconds).
--- ARGV[1]: hits; ARGV[2i], ARGV[2i+1]: capacity and rate of bucket i.
+-- ARGV[1]: hits; ARGV[2i], ARGV[2i+1]: capacity and rate of bucket i. Negative hits
+-- give tokens back (a request refused in another cluster slot), never above capacity.
 -- The clock is Redis's own, so every service instance and gateway node shares it.
 --
 -- Returns { allowed (1|0), then per bucket: floor(tokens left), microseconds until
@@ -34,7 +35,7 @@ for i = 1, #KEYS do
   local rate = tonumber(ARGV[2 * i + 1])
   local t = tokens[i]
   if allowed then
-    t = t - hits
+    t = math.min(capacity, t - hits)
     local full_ms = math.ceil((capacity - t) / rate / 1000)
     redis.call('HSET', KEYS[i], 't', t, 'at', now)
     -- An idle bucket is full again after full_ms: then it is as good as none.

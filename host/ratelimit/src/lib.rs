@@ -1,8 +1,12 @@
 //! `portcullis ratelimit-service`: Envoy's rate-limit service protocol
 //! (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, unary gRPC on
-//! cleartext HTTP/2) on Redis. Each descriptor is one token bucket in Redis, and one
-//! request's buckets are checked and taken in one atomic script (one round trip):
-//! every bucket gives a token or none does, as in the tier-limiter's local policy.
+//! cleartext HTTP/2) on Redis: one Redis, a Redis Cluster, or the master a set of
+//! Sentinels names ([`Topology`]). Each descriptor is one token bucket in Redis, and
+//! one request's buckets are checked and taken in one atomic script (one round trip):
+//! every bucket gives a token or none does, as in the tier-limiter's local policy. On
+//! a cluster a script runs in one hash slot: the buckets of one consumer share one
+//! ([`hash_tag`]); buckets of one request in several slots are taken slot by slot and
+//! given back when one refuses.
 //!
 //! The limit of a descriptor is its `limit` override when the client sends one (the
 //! tier-limiter does, so the service needs no configuration for it), else the rule
@@ -24,7 +28,7 @@ use kit::ratelimit::{
 };
 
 pub use rules::{Limit, Rules};
-pub use store::Store;
+pub use store::{Store, Topology};
 
 /// Why a call fails: a gRPC status code and a message for the client.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,9 +99,39 @@ fn push_field(key: &mut Vec<u8>, s: &str) {
     key.extend_from_slice(s.as_bytes());
 }
 
-/// The Redis key of a descriptor: the domain, its entries in order and the unit.
+/// The hash tag of a descriptor's bucket, which decides its Redis Cluster slot: a
+/// digest of the domain and the entries but the last (the only entry when there is
+/// one). The descriptors of one request that differ only in their last entry (the
+/// tier-limiter's windows of one consumer) share a slot, so one script takes from them
+/// at once, and consumers spread over the masters. A digest in hex, so no value can
+/// close the tag early (Redis hashes what lies between the first `{` and the next `}`).
+pub fn hash_tag(domain: &str, entries: &[Entry]) -> String {
+    let shared = match entries {
+        [only] => std::slice::from_ref(only),
+        [head @ .., _] => head,
+        [] => &[],
+    };
+    let mut fields = Vec::new();
+    push_field(&mut fields, domain);
+    for e in shared {
+        push_field(&mut fields, &e.key);
+        push_field(&mut fields, &e.value);
+    }
+    // FNV-1a: stable across versions and builds, which the keys must be. Its only
+    // job is spreading; the key that follows the tag keeps the descriptor whole.
+    let hash = fields.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// The Redis key of a descriptor: the prefix, the hash tag in braces, then the domain,
+/// its entries in order and the unit.
 pub fn bucket_key(prefix: &str, domain: &str, entries: &[Entry], unit: Unit) -> Vec<u8> {
     let mut key = prefix.as_bytes().to_vec();
+    key.push(b'{');
+    key.extend_from_slice(hash_tag(domain, entries).as_bytes());
+    key.push(b'}');
     push_field(&mut key, domain);
     for e in entries {
         push_field(&mut key, &e.key);
@@ -317,7 +351,7 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct Options {
     pub listen: String,
-    pub redis: String,
+    pub redis: Topology,
     pub rules: Vec<std::path::PathBuf>,
     pub redis_timeout: Duration,
     pub key_prefix: String,
@@ -348,6 +382,13 @@ pub fn load_rules(files: &[std::path::PathBuf]) -> Result<Rules, Vec<String>> {
 /// Runs the service until SIGTERM or SIGINT.
 pub fn run(opts: Options) -> Result<(), Vec<String>> {
     let rules = load_rules(&opts.rules)?;
+    if matches!(opts.redis, Topology::Cluster(_)) && opts.key_prefix.contains(['{', '}']) {
+        // Redis would hash the prefix's braces instead of the bucket's tag.
+        return Err(vec![format!(
+            "--key-prefix `{}`: no braces with --redis-cluster (the service puts each bucket's hash tag in braces)",
+            opts.key_prefix
+        )]);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.threads.max(1))
         .enable_all()
@@ -364,7 +405,7 @@ pub fn run(opts: Options) -> Result<(), Vec<String>> {
             store,
             key_prefix: opts.key_prefix,
         });
-        tracing::info!(%addr, redis = %store::redact(&opts.redis), "rate-limit service listening (gRPC h2c)");
+        tracing::info!(%addr, redis = %opts.redis.describe(), "rate-limit service listening (gRPC h2c)");
         eprintln!("ratelimit-service listening on {addr}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| vec![e.to_string()])?;

@@ -1,6 +1,7 @@
 //! Properties of what the service reads from the network: any call body is either a
 //! request or a clear gRPC error (never a panic), and distinct descriptors never
-//! share a Redis key, whatever bytes their entries hold.
+//! share a Redis key, whatever bytes their entries hold; the cluster slot of a key
+//! is its hash tag's, which no entry can move.
 
 use kit::ratelimit::{Entry, RateLimitDescriptor, RateLimitOverride, RateLimitRequest, Unit};
 use portcullis_ratelimit::{Failure, Plan, Rules, bucket_key, grpc::decode_call, plan};
@@ -9,6 +10,18 @@ use prost::Message;
 
 fn entries() -> impl Strategy<Value = Vec<(String, String)>> {
     prop::collection::vec((".{0,6}", ".{0,6}"), 1..4)
+}
+
+/// What Redis Cluster hashes for a key's slot: between the first `{` and the next
+/// `}` when that is not empty, else the whole key.
+fn hashed_part(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|&b| b == b'}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
 }
 
 fn to_entries(v: &[(String, String)]) -> Vec<Entry> {
@@ -68,5 +81,33 @@ proptest! {
         prop_assert!((b.rate * secs * 1e6 - f64::from(n)).abs() < 1e-6 * f64::from(n));
         prop_assert_eq!(b.limit.capacity, n.max(burst));
         let _ = RateLimitRequest::decode(&req.encode_to_vec()[..]).unwrap();
+    }
+
+    #[test]
+    fn a_keys_slot_is_its_tag_and_windows_of_one_consumer_share_it(
+        head in prop::collection::vec(("[{}a-z:]{0,4}", "[{}a-z:]{0,4}"), 0..3),
+        last_a in ("[{}a-z:]{0,4}", "[{}a-z:]{0,4}"),
+        last_b in ("[{}a-z:]{0,4}", "[{}a-z:]{0,4}"),
+        domain in "[{}a-z]{0,4}",
+    ) {
+        let mut a = head.clone();
+        a.push(last_a);
+        let mut b = head.clone();
+        b.push(last_b);
+        let (ka, kb) = (
+            bucket_key("p:", &domain, &to_entries(&a), Unit::Second),
+            bucket_key("p:", &domain, &to_entries(&b), Unit::Day),
+        );
+        // Braces in the domain or the entries never reach the hashed part: it is the
+        // 16 hex digits the service put right after the prefix.
+        let tag = hashed_part(&ka);
+        prop_assert_eq!(tag.len(), 16);
+        prop_assert!(tag.iter().all(u8::is_ascii_hexdigit));
+        prop_assert_eq!(&ka[..3], b"p:{");
+        // Descriptors differing only in their last entry (a consumer's windows) share
+        // the slot when they have more than one entry.
+        if !head.is_empty() {
+            prop_assert_eq!(hashed_part(&ka), hashed_part(&kb));
+        }
     }
 }

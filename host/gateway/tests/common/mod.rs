@@ -380,16 +380,18 @@ pub struct RatelimitService {
 
 impl RatelimitService {
     pub fn start(redis: &str, extra: &[&str]) -> RatelimitService {
+        let mut args = vec!["--redis", redis];
+        args.extend(extra);
+        RatelimitService::start_with(&args)
+    }
+
+    /// The service with these arguments, which say where the buckets are
+    /// (`--redis-cluster`, `--redis-sentinel` ...).
+    pub fn start_with(args: &[&str]) -> RatelimitService {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args([
-            "ratelimit-service",
-            "--listen",
-            &addr.to_string(),
-            "--redis",
-            redis,
-        ])
-        .args(extra);
+        cmd.args(["ratelimit-service", "--listen", &addr.to_string()])
+            .args(args);
         let (child, stderr) = spawn_logged(cmd);
         let mut s = RatelimitService {
             child,
@@ -420,6 +422,19 @@ impl RatelimitService {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Waits until the service has connected to Redis (it listens before).
+    pub fn wait_connected(&self) {
+        let start = Instant::now();
+        while !self.logged("connected to redis") {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "ratelimit-service did not connect to redis:\n{}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
