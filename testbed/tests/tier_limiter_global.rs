@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use kit::ratelimit::{Code, DescriptorStatus, Duration, RateLimitRequest, RateLimitResponse};
+use portcullis_rls::{Code, DescriptorStatus, Duration, RateLimitRequest, RateLimitResponse};
 use portcullis_testbed::{GrpcCallResponse, GrpcStatus, MetricValue, Request, TestBed, wasm};
 use prost::Message;
 use serde_json::json;

@@ -13,5 +13,4 @@ pub mod identity;
 #[cfg(feature = "jwt")]
 pub mod jwt;
 pub mod path;
-pub mod ratelimit;
 pub mod reply;

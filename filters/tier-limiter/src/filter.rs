@@ -291,8 +291,8 @@ impl HttpContext for Limit {
             let message = crate::global::request(&g.domain, plan, &identity);
             let sent = self.dispatch_grpc_call(
                 &g.cluster,
-                kit::ratelimit::SERVICE,
-                kit::ratelimit::METHOD,
+                portcullis_rls::SERVICE,
+                portcullis_rls::METHOD,
                 vec![],
                 Some(&message),
                 std::time::Duration::from_millis(g.timeout_ms),

@@ -3,7 +3,7 @@
 //! the service needs no configuration of its own), and the service's answer becomes
 //! the same decision the local policy makes.
 
-use kit::ratelimit::{
+use portcullis_rls::{
     Code, Entry, RateLimitDescriptor, RateLimitOverride, RateLimitRequest, RateLimitResponse, Unit,
 };
 use prost::Message;
@@ -106,7 +106,7 @@ pub fn decision(plan: &Plan, answer: &[u8]) -> Option<Decision> {
 mod tests {
     use super::*;
     use crate::config::Limit;
-    use kit::ratelimit::{DescriptorStatus, Duration};
+    use portcullis_rls::{DescriptorStatus, Duration};
 
     fn plan() -> Plan {
         Plan {

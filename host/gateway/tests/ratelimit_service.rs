@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kit::ratelimit::{
+use portcullis_rls::{
     Code, Entry, METHOD, RateLimitDescriptor, RateLimitOverride, RateLimitRequest,
     RateLimitResponse, SERVICE, Unit,
 };

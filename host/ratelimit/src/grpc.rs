@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use kit::ratelimit::{METHOD, RateLimitRequest, SERVICE};
+use portcullis_rls::{METHOD, RateLimitRequest, SERVICE};
 use prost::Message;
 use tokio::net::TcpListener;
 

@@ -22,7 +22,7 @@ pub mod store;
 
 use std::time::Duration;
 
-use kit::ratelimit::{
+use portcullis_rls::{
     Code, DescriptorStatus, Duration as PbDuration, Entry, RateLimit, RateLimitRequest,
     RateLimitResponse, Unit,
 };
@@ -147,7 +147,7 @@ fn descriptor_limit(
     rules: &Rules,
     domain: &str,
     index: usize,
-    d: &kit::ratelimit::RateLimitDescriptor,
+    d: &portcullis_rls::RateLimitDescriptor,
 ) -> Result<(Vec<Entry>, Option<Limit>), Failure> {
     let mut burst = None;
     let mut entries = Vec::with_capacity(d.entries.len());
@@ -421,7 +421,7 @@ pub fn run(opts: Options) -> Result<(), Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kit::ratelimit::{RateLimitDescriptor, RateLimitOverride};
+    use portcullis_rls::{RateLimitDescriptor, RateLimitOverride};
 
     fn entry(k: &str, v: &str) -> Entry {
         Entry {

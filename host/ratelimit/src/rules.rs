@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 
-use kit::ratelimit::{Entry, Unit};
+use portcullis_rls::{Entry, Unit};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,7 +3,7 @@
 //! share a Redis key, whatever bytes their entries hold; the cluster slot of a key
 //! is its hash tag's, which no entry can move.
 
-use kit::ratelimit::{Entry, RateLimitDescriptor, RateLimitOverride, RateLimitRequest, Unit};
+use portcullis_rls::{Entry, RateLimitDescriptor, RateLimitOverride, RateLimitRequest, Unit};
 use portcullis_ratelimit::{Failure, Plan, Rules, bucket_key, grpc::decode_call, plan};
 use proptest::prelude::*;
 use prost::Message;
