@@ -9,6 +9,10 @@
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 //! - `cargo xtask soak`: the gateway under load for minutes, its memory sampled.
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the fuzz targets, N seconds each
+//!   (see `fuzz.rs`).
+
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -29,9 +33,10 @@ fn main() -> ExitCode {
         Some("bench") => build().and_then(|()| bench(&args[1..])),
         Some("token") => token(&args[1..]),
         Some("soak") => build().and_then(|()| soak::soak(&args[1..])),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] | token [--tier T] [--sub S] [--ttl SECONDS]>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...]>"
             );
             return ExitCode::from(2);
         }

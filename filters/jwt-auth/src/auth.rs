@@ -132,7 +132,7 @@ pub fn verify<'k>(
     Check::Deny(denial)
 }
 
-/// The identity headers for a verified token (DESIGN.md's contract, Kong's names),
+/// The identity headers for a verified token (the identity contract, Kong's names),
 /// the payload and claim headers the provider forwards. The credential identifier is
 /// the provider's pinned issuer (which the token's `iss` matched), else the
 /// provider's name: never an `iss` the token chose.

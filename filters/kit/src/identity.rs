@@ -1,4 +1,4 @@
-//! The identity contract between filters (DESIGN.md): an auth filter removes every
+//! The identity contract between filters (docs/architecture.md): an auth filter removes every
 //! identity header the client sent, then sets them from verified claims; the other
 //! filters read identity only from these headers. Names mirror Kong's defaults.
 

@@ -1,6 +1,6 @@
 //! What every Portcullis filter shares, in plain Rust with no proxy-wasm glue:
 //! parsing a filter's JSON configuration, the identity-header contract between
-//! filters (DESIGN.md, "Identity contract"), the JSON body of local replies, the lax
+//! filters (docs/architecture.md, "Contracts between filters"), the JSON body of local replies, the lax
 //! reading of request paths a filter checks its routing against, and (with the `jwt`
 //! feature) JWT and JWKS verification for the filters that check tokens.
 #![deny(unsafe_code)]

@@ -1,5 +1,5 @@
 //! Local replies: every reply a filter sends itself carries a small JSON body
-//! `{"message": ..., "request_id": ...}` (DESIGN.md, "Replies").
+//! `{"message": ..., "request_id": ...}` (docs/architecture.md, "Contracts between filters").
 
 use serde::Serialize;
 

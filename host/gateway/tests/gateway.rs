@@ -223,6 +223,37 @@ routes:
     }
 }
 
+/// Found with the `gateway_yaml` fuzz target: limits so large that converting them
+/// to bytes overflowed (a panic in a debug build, a silently wrapped limit in release:
+/// a header limit of 0 KiB, a 1 MiB VM). They are refused, naming the field.
+#[test]
+fn limits_too_large_to_convert_are_refused() {
+    let dir = TempDir::new();
+    let path = dir.0.join("huge.yaml");
+    std::fs::write(
+        &path,
+        r#"
+listeners: [{ name: public, address: "127.0.0.1:1", max_request_headers_kb: 18014398509481985 }]
+filters: [{ name: f, wasm: /no/such/file.wasm, memory_limit_mb: 17592186044417 }]
+"#,
+    )
+    .expect("write the configuration");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run portcullis validate");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in [
+        "listener `public`: max_request_headers_kb 18014398509481985 is too large",
+        "filter `f`: memory_limit_mb 17592186044417 is too large",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+}
+
 #[test]
 fn validate_runs_each_filters_own_configuration_check() {
     let dir = TempDir::new();

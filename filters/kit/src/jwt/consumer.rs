@@ -1,4 +1,4 @@
-//! Which claims name the consumer (Kong's consumer, DESIGN.md's identity contract), and
+//! Which claims name the consumer (Kong's consumer, the identity contract of docs/architecture.md), and
 //! the identity headers a verified token gives.
 
 use serde::Deserialize;
