@@ -19,20 +19,20 @@
 //!   out from the application, are logged out by the IdP (back-channel), or just
 //!   leave; the copied cookie of a logged-out session is refused. ~1 400 requests a
 //!   day. ID tokens and logout tokens follow the same daily key rotation.
+//! - jwt-auth's machine clients: 12 services with week-long tokens on a static key,
+//!   each calling every 10 minutes, past the token cache's TTL: ~12 000 requests.
 //! - the chain: per hour 24 returning and 6 new users with hourly tokens of three
 //!   tiers, 2 requests each, and 40 anonymous requests to a public route by address.
 //!
 //! What is asserted, and why:
 //! - Guest memory after the first day (the warm-up: every cache and table a filter
 //!   keeps has filled by then at these volumes) grows by at most `SLACK`, two 64 KiB
-//!   wasm pages, to the end of the week, and not at all from the end of day 4 on.
-//!   Linear memory never shrinks, so "flat" means it stops growing; the slack is for
+//!   wasm pages, to the end of the week (checked as each day ends). Linear memory never shrinks, so "flat" means it stops growing; the slack is for
 //!   the allocator, which takes a fresh page when a rarely-seen size (a two-key JWKS
 //!   on a rotation morning, a longer token) finds its free lists fragmented. Measured:
-//!   jwt-auth takes one page and oidc two, both on day 4, and nothing more in a run
-//!   of 21 days; the others none. A leak of even 20 bytes a request passes the slack
-//!   within the week at these volumes, and a slower one shows as growth late in the
-//!   week.
+//!   jwt-auth takes one page and oidc two, on day 4 or 5 (the day varies from run to
+//!   run), and nothing more in a run of 21 days; the others none. A leak of even 20
+//!   bytes a request passes the slack within the week at these volumes.
 //! - No request context and no call is left between requests.
 //! - Host memory the filters make the host hold stays within what their own
 //!   configuration and constants allow, every day: jwt-auth one JWKS document and two
@@ -75,8 +75,6 @@ const STEP: u64 = 10;
 const STEPS_PER_HOUR: u64 = HOUR / STEP;
 /// Guest memory a filter may take after the warm-up (see the module doc).
 const SLACK: usize = 2 * 65536;
-/// From the end of this day on, guest memory must not grow at all (see the module doc).
-const LATE: usize = 4;
 const ISS: &str = "https://idp.test";
 
 /// A small deterministic generator (SplitMix64): the same week on every run.
@@ -173,8 +171,23 @@ fn week_with(
                 "filter {i}, step {step}: contexts and calls left"
             );
         }
-        if (step + 1) * STEP % DAY == 0 {
-            days.push((0..filters).map(|i| bed.held(i)).collect());
+        if ((step + 1) * STEP).is_multiple_of(DAY) {
+            let today: Vec<Held> = (0..filters).map(|i| bed.held(i)).collect();
+            // Guest memory is checked as each day ends too, so a leak is named as such
+            // before it exhausts the VM and the requests start failing.
+            if let Some(warm) = days.first() {
+                let warm: &Vec<Held> = warm;
+                for i in 0..filters {
+                    assert!(
+                        today[i].memory_bytes <= warm[i].memory_bytes + SLACK,
+                        "filter {i}: guest memory grew from {} after day 1 to {} after day {}",
+                        warm[i].memory_bytes,
+                        today[i].memory_bytes,
+                        days.len() + 1
+                    );
+                }
+            }
+            days.push(today);
             day_end(bed);
         }
     }
@@ -210,8 +223,7 @@ impl Bound {
 }
 
 /// The checks of the module doc for filter `i` of a week's figures: guest memory flat
-/// after the first day within `SLACK` and not growing at all over the last half of the
-/// week, host memory within `bound` every day and after the warm-up no larger than
+/// after the first day within `SLACK`, host memory within `bound` every day and after the warm-up no larger than
 /// before (but for the bound's settling allowance), nothing else held.
 fn assert_steady(name: &str, days: &[Vec<Held>], i: usize, bound: &Bound) {
     let figures: Vec<Held> = days.iter().map(|d| d[i]).collect();
@@ -257,13 +269,6 @@ fn assert_steady(name: &str, days: &[Vec<Held>], i: usize, bound: &Bound) {
             "{name}, day {day}: root properties"
         );
         assert_eq!(h.metrics, warm.metrics, "{name}, day {day}: metric names");
-        if day > LATE {
-            assert_eq!(
-                h.memory_bytes,
-                figures[LATE - 1].memory_bytes,
-                "{name}: guest memory still growing after day {LATE}: {figures:?}"
-            );
-        }
         if d >= 1 {
             let before = &figures[..d];
             let most = |f: fn(&Held) -> usize| before.iter().map(f).max().unwrap_or(0);
@@ -453,6 +458,50 @@ fn jwt_auth_holds_steady_over_a_week() {
     assert_steady("jwt-auth", &days, 0, &jwt_bound("jwt_auth-0", &rotation));
 }
 
+/// Machine clients: 12 services holding tokens that last the week, signed by a key
+/// configured inline, each calling every 10 minutes, twice the cache TTL (300 s), so
+/// every call finds its cached verification expired and verifies again. The cache
+/// (1000 entries) never fills: the regime in which a cache that loses track of
+/// expired entries grows for ever (jwt-auth before "the verified-token cache is
+/// bounded by construction" grew here from 1.77 MB after day 1 to 2.29 MB after day 2,
+/// and in a week ran its VM out of memory: requests failed on day 6).
+#[test]
+fn jwt_auth_machine_clients_hold_steady_over_a_week() {
+    let key = Key::ec256("static");
+    let now = Rc::new(Cell::new(0));
+    let config = json!({
+        "providers": {"idp": {
+            "issuer": ISS, "audiences": ["orders-api"], "algorithms": ["ES256"],
+            "local_jwks": jwks(&[&key])
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
+    });
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config.to_string())
+        .build()
+        .unwrap();
+    let services: Vec<String> = (0..12)
+        .map(|i| {
+            let claims = json!({"iss": ISS, "aud": "orders-api", "sub": format!("svc-{i:02}"),
+                "iat": T0, "exp": T0 + 8 * DAY});
+            bearer(&key.sign("ES256", claims))
+        })
+        .collect();
+    let mut sent = 0u64;
+    let days = week(&mut bed, 1, &now, |bed, step| {
+        for (i, svc) in services.iter().enumerate() {
+            if step % 60 == i as u64 * 5 {
+                let res = bed.send(Request::get("/orders/7").header("authorization", svc));
+                assert_eq!(res.status, 200, "{}", res.text());
+                sent += 1;
+            }
+        }
+    });
+    assert_eq!(sent, 12 * 6 * 24 * DAYS);
+    assert_eq!(counter(&bed, "jwt_auth_allowed"), sent);
+    assert_steady("jwt-auth machine clients", &days, 0, &Bound::fixed(0, 0));
+}
+
 /// jwt-auth's bound for its one provider under the plugin name `root`: the JWKS
 /// after its 8-byte fetch time (two keys at most, on rotation mornings) and two
 /// 8-byte leases (`lease` for the refresh, `kid` for a refetch forced by an unknown key).
@@ -629,10 +678,10 @@ fn header_forwarder_holds_steady_over_a_week() {
         .header("x-long", &long)
         .from_address(from(&format!("192.0.2.{}:4000", n % 200)));
         // Once an hour a client tries to smuggle a header through the echo.
-        let injection = n % 150 == 0;
+        let injection = n.is_multiple_of(150);
         req = if injection {
             req.header("x-client", "evil\r\nx-admin: 1")
-        } else if n % 2 == 0 {
+        } else if n.is_multiple_of(2) {
             req.header("x-legacy-client", &client)
         } else {
             req.header("x-client", &client)
@@ -647,7 +696,7 @@ fn header_forwarder_holds_steady_over_a_week() {
         // header reaches the upstream under its new name but is not echoed.
         if injection {
             assert_eq!(res.upstream_header("x-client-echo"), None);
-        } else if n % 2 == 0 {
+        } else if n.is_multiple_of(2) {
             assert_eq!(
                 res.upstream_header("x-client").as_deref(),
                 Some(client.as_str())
@@ -986,7 +1035,7 @@ fn oidc_holds_steady_over_a_week() {
                     jar.take(&res);
                     assert!(jar.has_session());
                     active.insert(v, Browsing { jar, sid, used: 0 });
-                } else if into > visit.start && (into - visit.start) % visit.every == 0 {
+                } else if into > visit.start && (into - visit.start).is_multiple_of(visit.every) {
                     let Some(b) = active.get_mut(&v) else {
                         continue;
                     };
