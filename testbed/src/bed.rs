@@ -409,7 +409,15 @@ impl TestBed {
 
     /// Moves the virtual clock forward, firing each filter's ticks as they fall due.
     pub fn advance(&mut self, by: Duration) {
-        let step = Duration::from_millis(10);
+        self.advance_in_steps(by, Duration::from_millis(10));
+    }
+
+    /// Moves the virtual clock forward `by` in steps of `step`, firing each filter's
+    /// tick once per step at most (a tick missed within a step is not replayed, as on
+    /// a busy host): days of virtual time in a few thousand polls, for soak tests.
+    /// [`TestBed::advance`] is this with 10 ms steps.
+    pub fn advance_in_steps(&mut self, by: Duration, step: Duration) {
+        let step = step.max(Duration::from_millis(1));
         let mut left = by;
         while !left.is_zero() {
             let d = left.min(step);
@@ -525,6 +533,50 @@ impl TestBed {
     pub fn filter(&self, i: usize) -> &Filter {
         &self.chain[i]
     }
+
+    /// What the chain's filter `i` holds now, in its VM and in the host.
+    pub fn held(&self, i: usize) -> Held {
+        let f = &self.chain[i];
+        let vm_id = &f.spec().vm_id;
+        let shared = self.engine.shared_data();
+        let queues = self.engine.queues().held(vm_id);
+        Held {
+            memory_bytes: f.memory_bytes(),
+            live_contexts: f.live_contexts(),
+            pending_calls: f.pending_calls(),
+            shared_keys: shared.keys(vm_id).len(),
+            shared_bytes: shared.bytes(vm_id),
+            queues: queues.queues,
+            queued_items: queues.items,
+            queued_bytes: queues.bytes,
+            root_property_bytes: f.root_property_bytes(),
+            metrics: self.engine.metrics().created_by(vm_id),
+        }
+    }
+}
+
+/// What one filter holds at a moment: its VM's linear memory, and what it makes the
+/// host hold outside the VM (the figures the host's limits bound), for tests that
+/// watch them over time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Linear memory of the VM (wasm memory only grows).
+    pub memory_bytes: usize,
+    /// HTTP contexts alive in the VM (0 between requests).
+    pub live_contexts: usize,
+    /// `http_call`s and `grpc_call`s in flight.
+    pub pending_calls: usize,
+    /// Shared-data keys of the filter's `vm_id`, and their keys' and values' bytes.
+    pub shared_keys: usize,
+    pub shared_bytes: usize,
+    /// Shared queues the `vm_id` registered, and the items and bytes queued in them.
+    pub queues: usize,
+    pub queued_items: usize,
+    pub queued_bytes: usize,
+    /// Properties the filter set from its root context (a request's go with it).
+    pub root_property_bytes: usize,
+    /// Metric names the `vm_id` defined (metrics live as long as the host).
+    pub metrics: usize,
 }
 
 async fn run(

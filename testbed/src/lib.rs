@@ -13,7 +13,7 @@ mod bed;
 mod clusters;
 pub mod redis;
 
-pub use bed::{Request, Response, TestBed, TestBedBuilder, UpstreamRequest, wasm, wasm_dir};
+pub use bed::{Held, Request, Response, TestBed, TestBedBuilder, UpstreamRequest, wasm, wasm_dir};
 pub use clusters::Reply;
 pub use portcullis_engine::{
     CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap,

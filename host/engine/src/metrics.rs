@@ -194,6 +194,16 @@ impl Metrics {
         self.by_name.read().metrics.get(name).map(|m| m.snapshot())
     }
 
+    /// Metric names VMs of `vm_id` created (what its `metrics` limit counts).
+    pub fn created_by(&self, vm_id: &str) -> usize {
+        self.by_name
+            .read()
+            .created_by
+            .get(vm_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Host calls refused to filters, per filter and limit.
     pub fn refusals(&self) -> &Refusals {
         &self.refusals
@@ -264,5 +274,8 @@ mod tests {
             Refusal::Status(Status::BadArgument)
         );
         assert!(ms.get("c").is_none());
+        assert_eq!(ms.created_by("vm"), 2, "a and b; x was another's");
+        assert_eq!(ms.created_by("other"), 1);
+        assert_eq!(ms.created_by("nobody"), 0);
     }
 }

@@ -125,6 +125,14 @@ pub struct QueueReady {
     pub token: u32,
 }
 
+/// What the queues of one `vm_id` hold.
+#[derive(Copy, Clone, Default, Debug, PartialEq, Eq)]
+pub struct QueuesHeld {
+    pub queues: usize,
+    pub items: usize,
+    pub bytes: usize,
+}
+
 #[derive(Default, Debug)]
 pub struct SharedQueues {
     inner: Mutex<Vec<Queue>>,
@@ -264,6 +272,20 @@ impl SharedQueues {
                 q.owner = None;
             }
         }
+    }
+
+    /// Queues a `vm_id` registered, and the items and bytes queued in them (what its
+    /// `queues` and `queue_bytes` limits count; for the test bed and the admin page).
+    pub fn held(&self, vm_id: &str) -> QueuesHeld {
+        let queues = self.inner.lock();
+        queues
+            .iter()
+            .filter(|q| q.vm_id == vm_id)
+            .fold(QueuesHeld::default(), |h, q| QueuesHeld {
+                queues: h.queues + 1,
+                items: h.items + q.items.len(),
+                bytes: h.bytes + q.bytes,
+            })
     }
 
     /// Whether the queue `name` of `vm_id` has an owner to notify.
@@ -459,6 +481,22 @@ mod tests {
         assert_eq!(q.enqueue(b, &[0; 1], &l), Ok(Enqueued::DroppedOldest));
         assert_eq!(q.dequeue(b).unwrap(), [0; 1], "the 4-byte item went");
         q.enqueue(a, &[0; 6], &l).unwrap();
+        assert_eq!(
+            q.held("vm"),
+            QueuesHeld {
+                queues: 2,
+                items: 3,
+                bytes: 8
+            }
+        );
+        assert_eq!(
+            q.held("other"),
+            QueuesHeld {
+                queues: 1,
+                items: 0,
+                bytes: 0
+            }
+        );
     }
 
     #[test]

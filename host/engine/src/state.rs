@@ -133,6 +133,11 @@ impl Properties {
         self.map.get(path)
     }
 
+    /// Bytes of every path and value (what `property_bytes` bounds).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Sets `path` to `value`, unless paths and values would then pass `max` bytes.
     pub fn set(&mut self, path: &[u8], value: &[u8], max: usize) -> Result<(), Limit> {
         let bytes = match self.map.get(path) {

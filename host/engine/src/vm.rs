@@ -667,6 +667,12 @@ impl Vm {
         self.store.data().http.len()
     }
 
+    /// Bytes of the properties the filter set from its root context (they live as
+    /// long as the VM; a request's own go with the request).
+    pub fn root_property_bytes(&self) -> usize {
+        self.store.data().root_properties.bytes()
+    }
+
     /// Wakes every request waiting on this VM (it is about to be dropped).
     pub fn wake_all(&self) {
         for ctx in self.store.data().http.values() {
