@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oidc::cookie::{self, CookieError, MAX_SEALED, SessionKeys};
+use oidc::cookie::{self, CookieError, MAX_READABLE, MAX_SEALED, SessionKeys};
 use oidc::session::{self, Session};
 
 /// Test-only secrets (the second one only opens).
@@ -64,6 +64,10 @@ fuzz_target!(|data: &[u8]| {
     let sealed = keys.seal_with_nonce(session::SESSION, &json, nonce);
     if sealed.len() > MAX_SEALED {
         assert_eq!(keys.open(session::SESSION, &sealed), Err(CookieError::TooLarge));
+    }
+    if sealed.len() > MAX_READABLE {
+        // Longer than the chunks read back: the filter never sets such a value (the
+        // session is refused as too large when written, see `MAX_READABLE`).
         return;
     }
 
