@@ -9,10 +9,15 @@
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 //! - `cargo xtask soak`: the gateway under load for minutes, its memory sampled.
+//! - `cargo xtask oci [--push PREFIX] [--plain-http]`: the OCI images of the filters
+//!   (Istio's and Envoy Gateway's Wasm image formats) and of the gateway, as layouts
+//!   under `target/oci/`, digests printed; `--push` sends them to a registry.
+//! - `cargo xtask dist`: the release artifacts and their `SHA256SUMS` in `target/dist/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod images;
 mod soak;
 
 const FILTERS: [&str; 4] = ["oidc", "jwt-auth", "tier-limiter", "header-forwarder"];
@@ -29,9 +34,11 @@ fn main() -> ExitCode {
         Some("bench") => build().and_then(|()| bench(&args[1..])),
         Some("token") => token(&args[1..]),
         Some("soak") => build().and_then(|()| soak::soak(&args[1..])),
+        Some("oci") => images::oci(&args[1..]),
+        Some("dist") => images::dist(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] | token [--tier T] [--sub S] [--ttl SECONDS]>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] | token [--tier T] [--sub S] [--ttl SECONDS] | oci [--push PREFIX] [--plain-http] | dist>"
             );
             return ExitCode::from(2);
         }
@@ -174,7 +181,8 @@ fn ensure_system_packages() -> Result<(), String> {
     let mut missing: Vec<&str> = Vec::new();
     // Redis for the global rate-limit tests; Chromium and its driver for the oidc
     // browser test; Python's venv module for Envoy's venv (Debian splits it out of
-    // python3); Node.js and npm for the test OpenID provider.
+    // python3); Node.js and npm for the test OpenID provider; Docker's registry
+    // (distribution) for the image push and pull-by-digest test.
     if !has("redis-server") {
         missing.push("redis-server");
     }
@@ -190,6 +198,9 @@ fn ensure_system_packages() -> Result<(), String> {
     }
     if !has("npm") {
         missing.extend(["nodejs", "npm"]);
+    }
+    if !has("docker-registry") {
+        missing.push("docker-registry");
     }
     if missing.is_empty() {
         return Ok(());
@@ -209,7 +220,17 @@ fn ensure_system_packages() -> Result<(), String> {
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq"];
     args.extend(&missing);
-    apt(&args)
+    apt(&args)?;
+    // The package enables a system-wide registry service on :5000; the tests start
+    // their own on loopback, so under systemd that service is stopped and disabled.
+    if missing.contains(&"docker-registry")
+        && Path::new("/run/systemd/system").exists()
+    {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "docker-registry.service"])
+            .status();
+    }
+    Ok(())
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
