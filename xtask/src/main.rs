@@ -13,10 +13,13 @@
 //!   (Istio's and Envoy Gateway's Wasm image formats) and of the gateway, as layouts
 //!   under `target/oci/`, digests printed; `--push` sends them to a registry.
 //! - `cargo xtask dist`: the release artifacts and their `SHA256SUMS` in `target/dist/`.
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the fuzz targets, N seconds each
+//!   (see `fuzz.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod fuzz;
 mod images;
 mod soak;
 
@@ -36,9 +39,10 @@ fn main() -> ExitCode {
         Some("soak") => build().and_then(|()| soak::soak(&args[1..])),
         Some("oci") => images::oci(&args[1..]),
         Some("dist") => images::dist(),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] | token [--tier T] [--sub S] [--ttl SECONDS] | oci [--push PREFIX] [--plain-http] | dist>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...] | oci [--push PREFIX] [--plain-http] | dist>"
             );
             return ExitCode::from(2);
         }

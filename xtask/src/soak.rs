@@ -1,10 +1,12 @@
-//! `cargo xtask soak [--minutes N] [--tokens N] [--connections N]`: the gateway under
-//! load for a while, in real time, with its memory sampled.
+//! `cargo xtask soak [--minutes N] [--tokens N] [--connections N] [--new-identities]`:
+//! the gateway under load for a while, in real time, with its memory sampled.
 //!
 //! The quickstart's chain (jwt-auth → tier-limiter → header-forwarder) in front of the
 //! echo upstream, the demo IdP serving the JWKS. Each minute a fresh batch of tokens
-//! (new subjects, a short lifetime) replaces the last, so the verified-token cache and
-//! the rate-limit table keep meeting new identities while old ones expire; wrk drives
+//! (a two-minute lifetime) replaces the last: by default for the same `--tokens`
+//! consumers, so the verified-token cache keeps meeting new tokens while old ones
+//! expire; with `--new-identities`, for new consumers each minute, so the rate-limit
+//! table fills too (up to its `max_buckets`, the bound on what it holds). wrk drives
 //! the load. The gateway's RSS is sampled every 10 s and printed as a curve, with the
 //! growth from the end of the first minute (warm-up) to the end.
 
@@ -78,6 +80,7 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     let minutes = flag(args, "--minutes", 10)?.max(2);
     let tokens = flag(args, "--tokens", 2000)?.max(1);
     let connections = flag(args, "--connections", 16)?.max(1);
+    let new_identities = args.iter().any(|a| a == "--new-identities");
     if Command::new("wrk").arg("--version").output().is_err() {
         run(Command::new("apt-get").args(["install", "-y", "-qq", "wrk"]))?;
     }
@@ -127,14 +130,20 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     wait_for_port(idp_port)?;
 
     eprintln!(
-        "soak: {minutes} min, {tokens} fresh tokens a minute, {connections} connections; RSS every 10 s"
+        "soak: {minutes} min, {tokens} fresh tokens a minute for {} consumers, {connections} connections; RSS every 10 s",
+        if new_identities { "new" } else { "the same" }
     );
     eprintln!("{:>6} {:>9} {:>10} {:>9}", "t(s)", "RSS(MiB)", "requests", "non-2xx");
     let start = Instant::now();
     let mut samples: Vec<(u64, u64)> = Vec::new();
     let (mut total, mut bad) = (0u64, 0u64);
     for minute in 0..minutes {
-        mint(&bin, &dir, tokens, minute)?;
+        let subjects = if new_identities {
+            format!("m{minute}")
+        } else {
+            "soak".to_owned()
+        };
+        mint(&bin, &dir, tokens, &subjects)?;
         // Six 10-second runs a minute, one RSS sample after each.
         for _ in 0..6 {
             let (n, non2xx) = wrk(&dir, gw_port, connections)?;
@@ -162,13 +171,13 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// A fresh batch of tokens (subjects `m<minute>-<i>`, two minutes of life) for wrk.
-fn mint(bin: &Path, dir: &Path, count: u64, minute: u64) -> Result<(), String> {
+/// A fresh batch of tokens (subjects `<prefix>-<i>`, two minutes of life) for wrk.
+fn mint(bin: &Path, dir: &Path, count: u64, prefix: &str) -> Result<(), String> {
     let out = Command::new(bin.join("demo-idp"))
         .args(["token", "--tier", "premium", "--ttl", "120", "--count"])
         .arg(count.to_string())
         .arg("--sub")
-        .arg(format!("m{minute}"))
+        .arg(prefix)
         .arg("--dir")
         .arg(dir)
         .output()

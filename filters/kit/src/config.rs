@@ -34,19 +34,22 @@ pub fn parse<T: DeserializeOwned>(bytes: Option<&[u8]>) -> Result<T, ConfigError
     Ok(value)
 }
 
-// serde_json reports the line and column of a type error but not the field path; the
-// message it gives ("unknown field `x`, expected one of ...", "invalid type: ...")
-// already names the field for the common cases, so we keep it whole.
+/// Deserializes while tracking where it is, so a type error or an unknown field is
+/// reported with the path of the field (`providers.ping.issuer`, `tiers.gold.second`,
+/// `rules[2].path`), not only serde_json's line and column.
 fn serde_path_to_error<T: DeserializeOwned>(
     de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
 ) -> Result<T, ConfigError> {
-    T::deserialize(de).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ConfigError::Syntax(e.to_string())
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ConfigError::Syntax(inner.to_string())
         } else {
             ConfigError::Field {
-                field: "(document)".into(),
-                reason: e.to_string(),
+                // The root itself (a number where an object belongs) has the path ".".
+                field: if path == "." { "(document)".into() } else { path },
+                reason: inner.to_string(),
             }
         }
     })
@@ -83,6 +86,53 @@ mod tests {
     fn unknown_field_is_refused_by_name() {
         let err = parse::<Conf>(Some(br#"{"nmae": "x"}"#)).unwrap_err();
         assert!(err.to_string().contains("nmae"), "{err}");
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        providers: std::collections::BTreeMap<String, Provider>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Provider {
+        #[serde(default)]
+        issuer: String,
+        #[serde(default)]
+        audiences: Vec<String>,
+    }
+
+    #[test]
+    fn errors_name_the_path_of_the_field() {
+        for (doc, path, says) in [
+            (
+                r#"{"providers": {"ping": {"introspection": {}}}}"#,
+                "providers.ping.introspection",
+                "unknown field",
+            ),
+            (
+                r#"{"providers": {"ping": {"issuer": 7}}}"#,
+                "providers.ping.issuer",
+                "invalid type",
+            ),
+            (
+                r#"{"providers": {"ping": {"audiences": ["a", 2]}}}"#,
+                "providers.ping.audiences[1]",
+                "invalid type",
+            ),
+            ("7", "(document)", "invalid type"),
+        ] {
+            match parse::<Outer>(Some(doc.as_bytes())) {
+                Err(ConfigError::Field { field, reason }) => {
+                    assert_eq!(field, path, "{doc}");
+                    assert!(reason.contains(says), "{doc}: {reason}");
+                }
+                other => panic!("{doc}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -337,9 +337,23 @@ pub fn load(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
     let file: ConfigFile =
-        serde_norway::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        serde_norway::from_str(&text).map_err(|e| vec![yaml_error(path, &e)])?;
     let base = path.parent().unwrap_or(Path::new("."));
     check(file, base, engine)
+}
+
+/// A YAML error as compilers give theirs: `FILE:LINE:COLUMN: FIELD: what is wrong`
+/// (the field path comes from serde_norway; the location moves to the front).
+fn yaml_error(path: &Path, e: &serde_norway::Error) -> String {
+    let message = e.to_string();
+    match e.location() {
+        Some(at) => {
+            let suffix = format!(" at line {} column {}", at.line(), at.column());
+            let message = message.strip_suffix(&suffix).unwrap_or(&message);
+            format!("{}:{}:{}: {message}", path.display(), at.line(), at.column())
+        }
+        None => format!("{}: {message}", path.display()),
+    }
 }
 
 pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
@@ -372,6 +386,14 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 }
             }
         };
+        // Checked: a wrapped product would be a limit of a few bytes (or none).
+        let max_headers_bytes = l.max_request_headers_kb.checked_mul(1024);
+        if max_headers_bytes.is_none() {
+            errors.push(format!(
+                "listener `{}`: max_request_headers_kb {} is too large",
+                l.name, l.max_request_headers_kb
+            ));
+        }
         let mut nets = Vec::new();
         for t in &l.trusted_proxies {
             match crate::edge::parse_net(t) {
@@ -394,10 +416,10 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         }
         // An HTTP/2 header block as large as the listener's header limit, plus
         // HPACK's 32 bytes of accounting per header.
-        clients.http2_max_header_list_bytes = u32::try_from(
-            l.max_request_headers_kb * 1024 + l.max_request_headers_count * 32,
-        )
-        .unwrap_or(u32::MAX);
+        clients.http2_max_header_list_bytes = max_headers_bytes
+            .and_then(|b| b.checked_add(l.max_request_headers_count.checked_mul(32)?))
+            .and_then(|b| u32::try_from(b).ok())
+            .unwrap_or(u32::MAX);
         for (field, zero) in [
             ("max_connections", clients.max_connections == 0),
             ("request_headers_timeout_ms", clients.request_headers_timeout.is_zero()),
@@ -411,12 +433,12 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 errors.push(format!("listener `{}`: {field} must be positive", l.name));
             }
         }
-        if let Some(address) = address {
+        if let (Some(address), Some(max_headers_bytes)) = (address, max_headers_bytes) {
             listeners.push(Listener {
                 name: l.name.clone(),
                 address,
                 tls,
-                max_headers_bytes: l.max_request_headers_kb * 1024,
+                max_headers_bytes,
                 max_headers_count: l.max_request_headers_count,
                 escaped_slashes: l.escaped_slashes,
                 trusted_proxies: crate::edge::Trusted::new(nets),
@@ -535,7 +557,14 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         };
         let mut limits = VmLimits::default();
         if let Some(mb) = f.memory_limit_mb {
-            limits.memory_bytes = mb << 20;
+            // `mb << 20` would drop the high bits: a huge limit turned into a small one.
+            match mb.checked_mul(1 << 20) {
+                Some(bytes) => limits.memory_bytes = bytes,
+                None => errors.push(format!(
+                    "filter `{}`: memory_limit_mb {mb} is too large",
+                    f.name
+                )),
+            }
         }
         if let Some(ms) = f.callback_timeout_ms {
             limits.callback_timeout = Duration::from_millis(ms.max(1));

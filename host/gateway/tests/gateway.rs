@@ -223,6 +223,37 @@ routes:
     }
 }
 
+/// Found with the `gateway_yaml` fuzz target: limits so large that converting them
+/// to bytes overflowed (a panic in a debug build, a silently wrapped limit in release:
+/// a header limit of 0 KiB, a 1 MiB VM). They are refused, naming the field.
+#[test]
+fn limits_too_large_to_convert_are_refused() {
+    let dir = TempDir::new();
+    let path = dir.0.join("huge.yaml");
+    std::fs::write(
+        &path,
+        r#"
+listeners: [{ name: public, address: "127.0.0.1:1", max_request_headers_kb: 18014398509481985 }]
+filters: [{ name: f, wasm: /no/such/file.wasm, memory_limit_mb: 17592186044417 }]
+"#,
+    )
+    .expect("write the configuration");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run portcullis validate");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in [
+        "listener `public`: max_request_headers_kb 18014398509481985 is too large",
+        "filter `f`: memory_limit_mb 17592186044417 is too large",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+}
+
 #[test]
 fn validate_runs_each_filters_own_configuration_check() {
     let dir = TempDir::new();
@@ -250,6 +281,54 @@ routes: [{{ name: r, service: s, filters: [picky] }}]
     assert!(
         err.contains("filter `picky` rejected its configuration")
             && err.contains("configuration says reject"),
+        "{err}"
+    );
+}
+
+/// Configuration errors name their place: the YAML's file, line and column with the
+/// field's path, and inside a filter's own configuration the path of the field.
+#[test]
+fn configuration_errors_name_file_line_column_and_field_path() {
+    let dir = TempDir::new();
+    let path = dir.0.join("typo.yaml");
+    std::fs::write(
+        &path,
+        "listeners: [{ name: public, address: \"127.0.0.1:0\" }]\nservices:\n  - name: s\n    url: http://127.0.0.1:1\n    timeout_ms: five\n",
+    )
+    .expect("write the configuration");
+    let validate = |path: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["validate", "--config"])
+            .arg(path)
+            .output()
+            .expect("run portcullis validate");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = validate(&path);
+    let at = format!("{}:5:17: services[0].timeout_ms: invalid type", path.display());
+    assert!(err.contains(&at), "missing `{at}` in:\n{err}");
+
+    let path = dir.0.join("filter.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+services: [{{ name: s, url: "http://127.0.0.1:1" }}]
+filters:
+  - name: auth
+    wasm: "{}"
+    config: {{ providers: {{ ping: {{ issuer: "https://idp", introspection: {{}} }} }} }}
+routes: [{{ name: r, service: s, filters: [auth] }}]
+"#,
+            wasm("jwt_auth")
+        ),
+    )
+    .expect("write the configuration");
+    let err = validate(&path);
+    assert!(
+        err.contains("providers.ping.introspection") && err.contains("unknown field"),
         "{err}"
     );
 }
