@@ -340,7 +340,8 @@ fn filter_images_are_reproducible() {
 /// The gateway binary under test without its debug information (the dev profile's is
 /// hundreds of MB): what the image holds is otherwise the same program.
 fn stripped_gateway(dir: &Path) -> PathBuf {
-    let out = dir.join("portcullis");
+    // Not `portcullis`: that is where the test writes the layout.
+    let out = dir.join("portcullis.stripped");
     tool(
         Command::new("strip")
             .arg("--strip-debug")
@@ -356,6 +357,17 @@ fn gateway_filters() -> Vec<PathBuf> {
         .iter()
         .map(|f| portcullis_testbed::wasm(&f.replace('-', "_")))
         .collect()
+}
+
+/// Where `program` is on this process's PATH; missing, the test fails saying which
+/// Debian package has it.
+fn on_path(program: &str, package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is missing: apt-get install {package}"))
 }
 
 fn is_root() -> bool {
@@ -474,7 +486,8 @@ fn the_gateway_image_runs_from_its_own_files_as_nonroot() {
     );
     let inside = |p: &str| root.join(p.trim_start_matches('/'));
     let mut cmd = if is_root() {
-        let mut c = Command::new("setpriv");
+        // By its full path: the command's PATH is the image's, which has no setpriv.
+        let mut c = Command::new(on_path("setpriv", "util-linux"));
         c.args(["--reuid=65532", "--regid=65532", "--clear-groups", "--"])
             .arg(&loader);
         c
