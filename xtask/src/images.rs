@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use portcullis_oci::wasm::Variant;
-use portcullis_oci::{Image, gateway, registry, sums};
+use portcullis_oci::{Image, gateway, registry};
 
 use crate::{FILTERS, build_only, cargo, root, run, target_dir, wasm_dir};
 
@@ -134,35 +134,29 @@ pub fn oci(args: &[String]) -> Result<(), String> {
 pub fn dist() -> Result<(), String> {
     let built = build_images()?;
     let dist = target_dir().join("dist");
-    if dist.exists() {
-        std::fs::remove_dir_all(&dist).map_err(|e| format!("{}: {e}", dist.display()))?;
-    }
-    std::fs::create_dir_all(&dist).map_err(|e| format!("{}: {e}", dist.display()))?;
-    let copy = |from: &Path, name: &str| {
-        std::fs::copy(from, dist.join(name))
-            .map(|_| ())
-            .map_err(|e| format!("{} -> {name}: {e}", from.display()))
-    };
+    let mut files = Vec::new();
     for filter in FILTERS {
         let wasm = filter_wasm(filter);
         let name = wasm
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        copy(&wasm, &name)?;
+        files.push((wasm, name));
     }
     let version = package_version(&root().join("host/gateway/Cargo.toml"))?;
-    copy(
-        &gateway_binary(),
-        &format!("portcullis-{version}-{}-linux-gnu", std::env::consts::ARCH),
-    )?;
-    for b in &built {
-        b.image
-            .write_tar(&dist.join(format!("{}-{}.oci.tar", b.name, b.tag.trim_end_matches("-oci"))))
-            .map_err(|e| format!("{}: {e}", b.name))?;
-    }
-    sums::write_sha256sums(&dist).map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(dist.join("SHA256SUMS")).map_err(|e| e.to_string())?;
+    files.push((
+        gateway_binary(),
+        format!("portcullis-{version}-{}-linux-gnu", std::env::consts::ARCH),
+    ));
+    let images: Vec<(String, &Image)> = built
+        .iter()
+        .map(|b| {
+            let version = b.tag.trim_end_matches("-oci");
+            (format!("{}-{version}.oci.tar", b.name), &b.image)
+        })
+        .collect();
+    let text = portcullis_oci::dist::write_dist(&dist, &files, &images)
+        .map_err(|e| format!("{}: {e}", dist.display()))?;
     println!("\n{}:\n{text}", dist.display());
     Ok(())
 }

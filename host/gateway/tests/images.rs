@@ -710,22 +710,36 @@ fn images_pushed_to_a_real_registry_pull_back_by_digest_byte_for_byte() {
 }
 
 #[test]
-fn sha256sums_check_against_the_release_files() {
+fn the_release_directory_checks_against_its_sha256sums() {
     let dir = TempDir::new();
     let dist = dir.0.join("dist");
-    std::fs::create_dir_all(&dist).expect("a dir");
+    let mut files = Vec::new();
+    let mut images = Vec::new();
     for filter in FILTERS {
         let name = format!("{}.wasm", filter.replace('-', "_"));
-        std::fs::write(dist.join(&name), built_wasm(filter)).expect("written");
-        let image = wasm::image(Variant::Compat, filter, VERSION, &built_wasm(filter)).expect("an image");
-        image
-            .write_tar(&dist.join(format!("{filter}-compat-{VERSION}.oci.tar")))
-            .expect("written");
+        files.push((portcullis_testbed::wasm(&filter.replace('-', "_")), name));
+        for variant in Variant::ALL {
+            let image = wasm::image(variant, filter, VERSION, &built_wasm(filter)).expect("an image");
+            images.push((format!("{filter}-{}-{VERSION}.oci.tar", variant.name()), image));
+        }
     }
-    std::fs::copy(env!("CARGO_BIN_EXE_portcullis"), dist.join("portcullis")).expect("copied");
-    portcullis_oci::sums::write_sha256sums(&dist).expect("SHA256SUMS");
-    let text = std::fs::read_to_string(dist.join("SHA256SUMS")).expect("SHA256SUMS");
-    assert_eq!(text.lines().count(), 9, "{text}");
+    files.push((stripped_gateway(&dir.0), "portcullis-x86_64-linux-gnu".to_owned()));
+    let named: Vec<(String, &Image)> = images.iter().map(|(n, i)| (n.clone(), i)).collect();
+    let text = portcullis_oci::dist::write_dist(&dist, &files, &named).expect("the release");
+    assert_eq!(text, std::fs::read_to_string(dist.join("SHA256SUMS")).expect("SHA256SUMS"));
+
+    // One line per file in the directory, SHA256SUMS aside.
+    let mut listed: Vec<&str> = text.lines().filter_map(|l| l.split_once("  ").map(|p| p.1)).collect();
+    listed.sort_unstable();
+    let mut present: Vec<String> = std::fs::read_dir(&dist)
+        .expect("the release")
+        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "SHA256SUMS")
+        .collect();
+    present.sort();
+    assert_eq!(listed, present);
+    assert_eq!(present.len(), 4 + 1 + 8, "{present:?}");
+
     let check = |dir: &Path| {
         Command::new("sha256sum")
             .args(["--check", "--strict", "SHA256SUMS"])
@@ -735,6 +749,14 @@ fn sha256sums_check_against_the_release_files() {
     };
     let ok = check(&dist);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+
+    // A released layout tarball is the image: unpacked, it reads back with its digest.
+    let (name, image) = &images[0];
+    let unpacked = dir.0.join("unpacked");
+    std::fs::create_dir_all(&unpacked).expect("a dir");
+    tool(Command::new("tar").arg("-xf").arg(dist.join(name)).arg("-C").arg(&unpacked));
+    assert_eq!(read_layout(&unpacked).digest, image.digest());
+
     // A changed artifact no longer checks.
     std::fs::write(dist.join("jwt_auth.wasm"), b"tampered").expect("written");
     let bad = check(&dist);

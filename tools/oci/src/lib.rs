@@ -10,11 +10,13 @@
 //!   one image.
 //! - [`registry`]: push to a registry and pull back by digest (the ORAS project's client).
 //! - [`sums`]: `SHA256SUMS` for release artifacts.
+//! - [`dist`]: the release directory (files, layout tarballs, `SHA256SUMS`).
 //!
 //! Everything here is reproducible: the same inputs make the same bytes, so the same
 //! sources give the same digests (what Istio and Envoy Gateway pin).
 
 pub mod archive;
+pub mod dist;
 pub mod gateway;
 pub mod image;
 pub mod registry;
