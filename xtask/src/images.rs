@@ -108,7 +108,10 @@ pub fn oci(args: &[String]) -> Result<(), String> {
     }
     let built = build_images()?;
     let out = target_dir().join("oci");
-    println!("\n{:<26} {:<73} layout (and .tar)", "image", "manifest digest");
+    println!(
+        "\n{:<26} {:<73} layout (and .tar)",
+        "image", "manifest digest"
+    );
     for b in &built {
         println!(
             "{:<26} {:<73} {}",

@@ -162,7 +162,10 @@ fn module_of(img: &ReadImage, variant: Variant, scratch: &Path) -> Vec<u8> {
                 Some("compat")
             );
             assert_eq!(img.layers.len(), 1);
-            assert_eq!(img.layers[0].0, "application/vnd.oci.image.layer.v1.tar+gzip");
+            assert_eq!(
+                img.layers[0].0,
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            );
             let layer = scratch.join("layer.tar.gz");
             std::fs::write(&layer, &img.layers[0].1).expect("written");
             assert_eq!(layer_names(&layer), ["plugin.wasm"]);
@@ -171,7 +174,13 @@ fn module_of(img: &ReadImage, variant: Variant, scratch: &Path) -> Vec<u8> {
             assert_eq!(config.rootfs().diff_ids(), &[sha256(&tar)], "diff_id");
             let out = scratch.join("rootfs");
             std::fs::create_dir_all(&out).expect("a dir");
-            tool(Command::new("tar").arg("-xzf").arg(&layer).arg("-C").arg(&out));
+            tool(
+                Command::new("tar")
+                    .arg("-xzf")
+                    .arg(&layer)
+                    .arg("-C")
+                    .arg(&out),
+            );
             std::fs::read(out.join("plugin.wasm")).expect("plugin.wasm")
         }
     }
@@ -206,7 +215,13 @@ fn write_and_read(image: &Image, dir: &Path, name: &str) -> ReadImage {
     image.write_tar(&tarball).expect("tarball written");
     let unpacked = dir.join(format!("{name}.unpacked"));
     std::fs::create_dir_all(&unpacked).expect("a dir");
-    tool(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&unpacked));
+    tool(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&unpacked),
+    );
     assert!(
         files(&unpacked) == files(&layout),
         "{name}: the tarball holds the layout"
@@ -245,7 +260,11 @@ fn jwt_auth_config(key: &Key) -> serde_json::Value {
     })
 }
 
-fn gateway_yaml(upstream: std::net::SocketAddr, module: &Path, config: &serde_json::Value) -> String {
+fn gateway_yaml(
+    upstream: std::net::SocketAddr,
+    module: &Path,
+    config: &serde_json::Value,
+) -> String {
     format!(
         r#"
 listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
@@ -325,7 +344,12 @@ fn filter_images_are_reproducible() {
             let second = wasm::image(variant, filter, VERSION, &wasm).expect("an image");
             let second_dir = dir.0.join(format!("{filter}-{}-2", variant.name()));
             second.write_dir(&second_dir).expect("written");
-            assert_eq!(first.digest(), second.digest(), "{filter} {}", variant.name());
+            assert_eq!(
+                first.digest(),
+                second.digest(),
+                "{filter} {}",
+                variant.name()
+            );
             assert!(
                 first.layout_tar().expect("tar") == second.layout_tar().expect("tar"),
                 "{filter} {}: the same tarball",
@@ -407,13 +431,18 @@ fn the_gateway_image_runs_from_its_own_files_as_nonroot() {
 
     // One layer; nothing in it writable by the runtime user but the cache (and /tmp).
     assert_eq!(read.layers.len(), 1);
-    assert_eq!(read.layers[0].0, "application/vnd.oci.image.layer.v1.tar+gzip");
+    assert_eq!(
+        read.layers[0].0,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
     let layer = dir.0.join("gateway-layer.tar.gz");
     std::fs::write(&layer, &read.layers[0].1).expect("written");
     let tar = tool(Command::new("gzip").arg("-dc").arg(&layer));
     assert_eq!(config.rootfs().diff_ids(), &[sha256(&tar)], "diff_id");
     let listing = String::from_utf8_lossy(&tool(
-        Command::new("tar").args(["--numeric-owner", "-tvzf"]).arg(&layer),
+        Command::new("tar")
+            .args(["--numeric-owner", "-tvzf"])
+            .arg(&layer),
     ))
     .into_owned();
     let mut seen = Vec::new();
@@ -454,7 +483,13 @@ fn the_gateway_image_runs_from_its_own_files_as_nonroot() {
     // inside the image: the host's are not needed.
     let root = dir.0.join("rootfs");
     std::fs::create_dir_all(&root).expect("a dir");
-    tool(Command::new("tar").arg("-xzf").arg(&layer).arg("-C").arg(&root));
+    tool(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&layer)
+            .arg("-C")
+            .arg(&root),
+    );
     let loader = root.join("lib64/ld-linux-x86-64.so.2");
     let libs = root.join("lib/x86_64-linux-gnu");
     let list = String::from_utf8_lossy(&tool(
@@ -473,7 +508,10 @@ fn the_gateway_image_runs_from_its_own_files_as_nonroot() {
         .collect();
     assert!(!resolved.is_empty(), "{list}");
     for p in &resolved {
-        assert!(p.starts_with(&root.display().to_string()), "{p} is outside the image:\n{list}");
+        assert!(
+            p.starts_with(&root.display().to_string()),
+            "{p} is outside the image:\n{list}"
+        );
     }
 
     // Started as the image says (its user when we can switch to it, its environment
@@ -510,13 +548,20 @@ fn the_gateway_image_runs_from_its_own_files_as_nonroot() {
     }
     let upstream = echo();
     let module = inside(&format!("{}/jwt_auth.wasm", gateway::FILTERS_DIR));
-    let gw = Gateway::try_start_with(cmd, &gateway_yaml(upstream, &module, &jwt_auth_config(&key)))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let gw = Gateway::try_start_with(
+        cmd,
+        &gateway_yaml(upstream, &module, &jwt_auth_config(&key)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_guards("the gateway image", &gw.url(), &token);
     let cached = std::fs::read_dir(inside(gateway::CACHE_DIR))
         .expect("the cache dir")
         .count();
-    assert!(cached > 0, "the compiled module is cached in $PORTCULLIS_CACHE_DIR:\n{}", gw.stderr_text());
+    assert!(
+        cached > 0,
+        "the compiled module is cached in $PORTCULLIS_CACHE_DIR:\n{}",
+        gw.stderr_text()
+    );
     if is_root() {
         let status = std::fs::read_to_string(format!("/proc/{}/status", gw.child.id()))
             .expect("the gateway's status");
@@ -563,11 +608,23 @@ fn the_dockerfile_makes_the_image_the_xtask_makes() {
                 .join(", ")
         )
     };
-    assert!(has(&format!("ENTRYPOINT {}", quoted(&run.entrypoint))), "{stage:#?}");
+    assert!(
+        has(&format!("ENTRYPOINT {}", quoted(&run.entrypoint))),
+        "{stage:#?}"
+    );
     assert!(has(&format!("CMD {}", quoted(&run.cmd))), "{stage:#?}");
-    assert!(has(&format!("USER {}", run.user.as_deref().unwrap_or(""))), "{stage:#?}");
-    assert!(has(&format!("ENV PORTCULLIS_CACHE_DIR={}", gateway::CACHE_DIR)));
-    assert!(has(&format!("COPY --from=build /out/portcullis {}", gateway::BINARY)));
+    assert!(
+        has(&format!("USER {}", run.user.as_deref().unwrap_or(""))),
+        "{stage:#?}"
+    );
+    assert!(has(&format!(
+        "ENV PORTCULLIS_CACHE_DIR={}",
+        gateway::CACHE_DIR
+    )));
+    assert!(has(&format!(
+        "COPY --from=build /out/portcullis {}",
+        gateway::BINARY
+    )));
     assert!(has(&format!(
         "COPY --from=build /out/filters/ {}/",
         gateway::FILTERS_DIR
@@ -584,7 +641,10 @@ fn the_dockerfile_makes_the_image_the_xtask_makes() {
     let text = dockerfile();
     for f in FILTERS {
         let file = format!("{}.wasm", f.replace('-', "_"));
-        assert!(text.contains(&format!("release/{file}")), "{f} in the image");
+        assert!(
+            text.contains(&format!("release/{file}")),
+            "{f} in the image"
+        );
     }
 }
 
@@ -654,7 +714,10 @@ fn images_pushed_to_a_real_registry_pull_back_by_digest_byte_for_byte() {
     let reg = Registry::start();
     let options = registry::Options::default();
     let wasm = built_wasm("jwt-auth");
-    for (variant, tag) in [(Variant::Compat, VERSION.to_owned()), (Variant::Oci, format!("{VERSION}-oci"))] {
+    for (variant, tag) in [
+        (Variant::Compat, VERSION.to_owned()),
+        (Variant::Oci, format!("{VERSION}-oci")),
+    ] {
         let image = wasm::image(variant, "jwt-auth", VERSION, &wasm).expect("an image");
         let reference = format!("{}/portcullis/jwt-auth:{tag}", reg.addr);
         let pinned = registry::push(&image, &reference, &options)
@@ -671,9 +734,15 @@ fn images_pushed_to_a_real_registry_pull_back_by_digest_byte_for_byte() {
 
         let pulled = registry::pull_by_digest(&pinned, &options)
             .unwrap_or_else(|e| panic!("pull {pinned}: {e}"));
-        assert!(pulled.manifest_bytes == image.manifest_bytes(), "{tag}: the manifest, byte for byte");
+        assert!(
+            pulled.manifest_bytes == image.manifest_bytes(),
+            "{tag}: the manifest, byte for byte"
+        );
         for (digest, bytes) in image.blobs() {
-            assert!(pulled.blobs.get(digest).is_some_and(|b| b == bytes), "{tag}: {digest}");
+            assert!(
+                pulled.blobs.get(digest).is_some_and(|b| b == bytes),
+                "{tag}: {digest}"
+            );
         }
         let module = match variant {
             Variant::Oci => pulled.blobs[&pulled.manifest.layers[1].digest].clone(),
@@ -682,7 +751,13 @@ fn images_pushed_to_a_real_registry_pull_back_by_digest_byte_for_byte() {
                 let layer = dir.0.join("layer.tar.gz");
                 std::fs::write(&layer, &pulled.blobs[&pulled.manifest.layers[0].digest])
                     .expect("written");
-                tool(Command::new("tar").arg("-xzf").arg(&layer).arg("-C").arg(&dir.0));
+                tool(
+                    Command::new("tar")
+                        .arg("-xzf")
+                        .arg(&layer)
+                        .arg("-C")
+                        .arg(&dir.0),
+                );
                 std::fs::read(dir.0.join("plugin.wasm")).expect("plugin.wasm")
             }
         };
@@ -719,21 +794,39 @@ fn the_release_directory_checks_against_its_sha256sums() {
         let name = format!("{}.wasm", filter.replace('-', "_"));
         files.push((portcullis_testbed::wasm(&filter.replace('-', "_")), name));
         for variant in Variant::ALL {
-            let image = wasm::image(variant, filter, VERSION, &built_wasm(filter)).expect("an image");
-            images.push((format!("{filter}-{}-{VERSION}.oci.tar", variant.name()), image));
+            let image =
+                wasm::image(variant, filter, VERSION, &built_wasm(filter)).expect("an image");
+            images.push((
+                format!("{filter}-{}-{VERSION}.oci.tar", variant.name()),
+                image,
+            ));
         }
     }
-    files.push((stripped_gateway(&dir.0), "portcullis-x86_64-linux-gnu".to_owned()));
+    files.push((
+        stripped_gateway(&dir.0),
+        "portcullis-x86_64-linux-gnu".to_owned(),
+    ));
     let named: Vec<(String, &Image)> = images.iter().map(|(n, i)| (n.clone(), i)).collect();
     let text = portcullis_oci::dist::write_dist(&dist, &files, &named).expect("the release");
-    assert_eq!(text, std::fs::read_to_string(dist.join("SHA256SUMS")).expect("SHA256SUMS"));
+    assert_eq!(
+        text,
+        std::fs::read_to_string(dist.join("SHA256SUMS")).expect("SHA256SUMS")
+    );
 
     // One line per file in the directory, SHA256SUMS aside.
-    let mut listed: Vec<&str> = text.lines().filter_map(|l| l.split_once("  ").map(|p| p.1)).collect();
+    let mut listed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|p| p.1))
+        .collect();
     listed.sort_unstable();
     let mut present: Vec<String> = std::fs::read_dir(&dist)
         .expect("the release")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| n != "SHA256SUMS")
         .collect();
     present.sort();
@@ -748,13 +841,23 @@ fn the_release_directory_checks_against_its_sha256sums() {
             .expect("sha256sum runs")
     };
     let ok = check(&dist);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
 
     // A released layout tarball is the image: unpacked, it reads back with its digest.
     let (name, image) = &images[0];
     let unpacked = dir.0.join("unpacked");
     std::fs::create_dir_all(&unpacked).expect("a dir");
-    tool(Command::new("tar").arg("-xf").arg(dist.join(name)).arg("-C").arg(&unpacked));
+    tool(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(dist.join(name))
+            .arg("-C")
+            .arg(&unpacked),
+    );
     assert_eq!(read_layout(&unpacked).digest, image.digest());
 
     // A changed artifact no longer checks.

@@ -18,8 +18,17 @@ pub const GZIP_OS_UNKNOWN: u8 = 255;
 /// One entry of a [`Tree`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
-    Dir { mode: u32, uid: u64, gid: u64 },
-    File { mode: u32, uid: u64, gid: u64, data: Vec<u8> },
+    Dir {
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    },
+    File {
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        data: Vec<u8>,
+    },
 }
 
 /// Files and directories by relative path (`usr/local/bin/portcullis`), made into a tar.
@@ -65,7 +74,13 @@ impl Tree {
     }
 
     /// Adds a directory (or sets the mode and owner of one already implied by a file).
-    pub fn dir(&mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Result<&mut Tree, OciError> {
+    pub fn dir(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> Result<&mut Tree, OciError> {
         let path = check_path(path)?;
         self.parents(&path)?;
         if let Some(Node::File { .. }) = self.nodes.get(&path) {
@@ -82,7 +97,9 @@ impl Tree {
             match self.nodes.get(parent) {
                 Some(Node::Dir { .. }) => {}
                 Some(Node::File { .. }) => {
-                    return Err(OciError::Invalid(format!("{parent} is a file, not a directory")));
+                    return Err(OciError::Invalid(format!(
+                        "{parent} is a file, not a directory"
+                    )));
                 }
                 None => {
                     self.nodes.insert(
@@ -114,7 +131,8 @@ impl Tree {
             h.set_mtime(EPOCH);
             let data: &[u8] = match node {
                 Node::Dir { mode, uid, gid } => {
-                    h.set_path(format!("{path}/")).map_err(|e| invalid(path, e))?;
+                    h.set_path(format!("{path}/"))
+                        .map_err(|e| invalid(path, e))?;
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_mode(*mode);
                     h.set_uid(*uid);
@@ -157,7 +175,9 @@ fn check_path(path: &str) -> Result<String, OciError> {
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..");
     if bad {
-        return Err(OciError::Invalid(format!("bad path in an archive: {path:?}")));
+        return Err(OciError::Invalid(format!(
+            "bad path in an archive: {path:?}"
+        )));
     }
     Ok(trimmed.to_owned())
 }
@@ -168,7 +188,10 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::GzBuilder::new()
         .mtime(EPOCH as u32)
         .operating_system(GZIP_OS_UNKNOWN)
-        .write(Vec::with_capacity(data.len() / 2), flate2::Compression::default());
+        .write(
+            Vec::with_capacity(data.len() / 2),
+            flate2::Compression::default(),
+        );
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(data);
     enc.finish().unwrap_or_default()
@@ -180,7 +203,10 @@ mod tests {
     use proptest::prelude::*;
     use std::io::Read;
 
-    fn read_back(tar_bytes: &[u8]) -> Vec<(String, tar::EntryType, u32, u64, u64, u64, Vec<u8>)> {
+    /// Path, type, mode, uid, gid, mtime and data of each entry.
+    type Entry = (String, tar::EntryType, u32, u64, u64, u64, Vec<u8>);
+
+    fn read_back(tar_bytes: &[u8]) -> Vec<Entry> {
         let mut a = tar::Archive::new(tar_bytes);
         let mut out = Vec::new();
         for e in a.entries().expect("entries") {
@@ -208,7 +234,8 @@ mod tests {
             .expect("a file");
         t.dir("var/cache/portcullis", 0o755, 65532, 65532)
             .expect("a dir");
-        t.file("etc/passwd", b"root".to_vec(), 0o644).expect("a file");
+        t.file("etc/passwd", b"root".to_vec(), 0o644)
+            .expect("a file");
         let entries = read_back(&t.tar().expect("a tar"));
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
@@ -226,9 +253,15 @@ mod tests {
             ]
         );
         let cache = &entries[8];
-        assert_eq!((cache.1, cache.2, cache.3, cache.4), (tar::EntryType::Directory, 0o755, 65532, 65532));
+        assert_eq!(
+            (cache.1, cache.2, cache.3, cache.4),
+            (tar::EntryType::Directory, 0o755, 65532, 65532)
+        );
         let bin = &entries[5];
-        assert_eq!((bin.1, bin.2, bin.3, bin.6.as_slice()), (tar::EntryType::Regular, 0o755, 0, &b"bin"[..]));
+        assert_eq!(
+            (bin.1, bin.2, bin.3, bin.6.as_slice()),
+            (tar::EntryType::Regular, 0o755, 0, &b"bin"[..])
+        );
         assert!(entries.iter().all(|e| e.5 == EPOCH));
     }
 
@@ -248,7 +281,11 @@ mod tests {
     fn gzip_header_has_no_time_name_or_os() {
         let gz = gzip(b"plugin");
         // ID1 ID2 CM FLG MTIME(4) XFL OS
-        assert_eq!(&gz[..4], &[0x1f, 0x8b, 8, 0], "magic, deflate, no flags (no name)");
+        assert_eq!(
+            &gz[..4],
+            &[0x1f, 0x8b, 8, 0],
+            "magic, deflate, no flags (no name)"
+        );
         assert_eq!(&gz[4..8], &[0, 0, 0, 0], "mtime 0");
         assert_eq!(gz[9], GZIP_OS_UNKNOWN);
         let mut back = Vec::new();

@@ -8,7 +8,9 @@ use crate::{Image, OciError, sums};
 /// A release file name: one plain name, no directory.
 fn check_name(name: &str) -> Result<(), OciError> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(OciError::Invalid(format!("{name:?}: not a release file name")));
+        return Err(OciError::Invalid(format!(
+            "{name:?}: not a release file name"
+        )));
     }
     Ok(())
 }
@@ -22,7 +24,11 @@ pub fn write_dist(
     files: &[(PathBuf, String)],
     images: &[(String, &Image)],
 ) -> Result<String, OciError> {
-    for name in files.iter().map(|f| &f.1).chain(images.iter().map(|i| &i.0)) {
+    for name in files
+        .iter()
+        .map(|f| &f.1)
+        .chain(images.iter().map(|i| &i.0))
+    {
         check_name(name)?;
     }
     if dir.exists() {

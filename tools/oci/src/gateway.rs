@@ -43,7 +43,10 @@ pub fn run_config(tag: &str) -> RunConfig {
         working_dir: Some("/".into()),
         labels: BTreeMap::from([
             (TITLE.to_owned(), "portcullis".to_owned()),
-            ("org.opencontainers.image.version".to_owned(), tag.to_owned()),
+            (
+                "org.opencontainers.image.version".to_owned(),
+                tag.to_owned(),
+            ),
         ]),
     }
 }
@@ -62,7 +65,10 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, OciError> {
         if text.contains("not a dynamic executable") || err.contains("not a dynamic executable") {
             return Ok(Vec::new());
         }
-        return Err(OciError::Invalid(format!("ldd {}: {err}", binary.display())));
+        return Err(OciError::Invalid(format!(
+            "ldd {}: {err}",
+            binary.display()
+        )));
     }
     parse_ldd(&text)
 }
@@ -108,7 +114,9 @@ fn copyright_of(lib: &Path) -> Option<PathBuf> {
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let package = text.split(':').next()?.trim();
-        let file = PathBuf::from("/usr/share/doc").join(package).join("copyright");
+        let file = PathBuf::from("/usr/share/doc")
+            .join(package)
+            .join("copyright");
         if file.is_file() {
             return Some(file);
         }
@@ -223,14 +231,20 @@ mod tests {
     fn a_missing_library_or_an_odd_line_is_an_error() {
         assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
         assert!(parse_ldd("\tsomething odd\n").is_err());
-        assert_eq!(parse_ldd("\tstatically linked\n").expect("parsed"), Vec::<PathBuf>::new());
+        assert_eq!(
+            parse_ldd("\tstatically linked\n").expect("parsed"),
+            Vec::<PathBuf>::new()
+        );
     }
 
     #[test]
     fn it_runs_as_nonroot_with_its_cache_outside_the_root_filesystem() {
         let c = run_config("0.1.0");
         assert_eq!(c.user.as_deref(), Some("65532:65532"));
-        assert!(c.env.contains(&"PORTCULLIS_CACHE_DIR=/var/cache/portcullis".to_owned()));
+        assert!(
+            c.env
+                .contains(&"PORTCULLIS_CACHE_DIR=/var/cache/portcullis".to_owned())
+        );
         assert_eq!(c.entrypoint, [BINARY]);
     }
 }

@@ -107,7 +107,12 @@ pub struct RootFs {
 
 impl ImageConfig {
     /// A configuration for one layer whose uncompressed tar is `layer_tar`.
-    pub fn one_layer(architecture: &str, os: &str, config: RunConfig, layer_tar: &[u8]) -> ImageConfig {
+    pub fn one_layer(
+        architecture: &str,
+        os: &str,
+        config: RunConfig,
+        layer_tar: &[u8],
+    ) -> ImageConfig {
         ImageConfig {
             architecture: architecture.into(),
             os: os.into(),
@@ -150,7 +155,10 @@ impl Image {
         let mut descs = Vec::new();
         for (d, bytes) in layers {
             if d.digest != sha256_digest(&bytes) || d.size != bytes.len() as u64 {
-                return Err(OciError::Invalid(format!("layer {} does not match its bytes", d.digest)));
+                return Err(OciError::Invalid(format!(
+                    "layer {} does not match its bytes",
+                    d.digest
+                )));
             }
             blobs.insert(d.digest.clone(), bytes);
             descs.push(d);
@@ -204,9 +212,17 @@ impl Image {
             manifests: vec![self.manifest_descriptor()],
         };
         let mut t = Tree::new();
-        t.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(), 0o644)?;
+        t.file(
+            "oci-layout",
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            0o644,
+        )?;
         t.file("index.json", to_json(&index)?, 0o644)?;
-        t.file(&blob_path(&self.digest()), self.manifest_bytes.clone(), 0o644)?;
+        t.file(
+            &blob_path(&self.digest()),
+            self.manifest_bytes.clone(),
+            0o644,
+        )?;
         for (digest, bytes) in &self.blobs {
             t.file(&blob_path(digest), bytes.clone(), 0o644)?;
         }
@@ -254,7 +270,9 @@ impl Image {
 
 /// `blobs/sha256/<hex>` for `sha256:<hex>`.
 pub fn blob_path(digest: &str) -> String {
-    digest.replacen(':', "/", 1).replace("sha256/", "blobs/sha256/")
+    digest
+        .replacen(':', "/", 1)
+        .replace("sha256/", "blobs/sha256/")
 }
 
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, OciError> {
@@ -270,7 +288,10 @@ mod tests {
         Image::new(
             "1.0.0",
             ("application/vnd.example.config+json", b"{}".to_vec()),
-            vec![(Descriptor::of("application/vnd.example.layer", &layer), layer)],
+            vec![(
+                Descriptor::of("application/vnd.example.layer", &layer),
+                layer,
+            )],
             BTreeMap::from([("b".into(), "2".into()), ("a".into(), "1".into())]),
         )
         .expect("an image")
@@ -297,7 +318,12 @@ mod tests {
     #[test]
     fn a_layer_whose_descriptor_lies_is_refused() {
         let d = Descriptor::of("application/vnd.example.layer", b"one");
-        let r = Image::new("t", ("c", b"{}".to_vec()), vec![(d, b"two".to_vec())], BTreeMap::new());
+        let r = Image::new(
+            "t",
+            ("c", b"{}".to_vec()),
+            vec![(d, b"two".to_vec())],
+            BTreeMap::new(),
+        );
         assert!(r.is_err());
     }
 
@@ -308,7 +334,11 @@ mod tests {
         let names: Vec<&str> = tree.entries().map(|(p, _)| p).collect();
         assert!(names.contains(&"oci-layout"));
         assert!(names.contains(&"index.json"));
-        for d in [img.digest(), img.manifest.config.digest.clone(), img.manifest.layers[0].digest.clone()] {
+        for d in [
+            img.digest(),
+            img.manifest.config.digest.clone(),
+            img.manifest.layers[0].digest.clone(),
+        ] {
             assert!(names.contains(&blob_path(&d).as_str()), "{d}");
         }
         assert_eq!(blob_path("sha256:ab"), "blobs/sha256/ab");

@@ -124,11 +124,7 @@ pub fn push(image: &Image, reference: &str, options: &Options) -> Result<String,
                 image.digest()
             )));
         }
-        Ok(format!(
-            "{}/{}@{digest}",
-            r.registry(),
-            r.repository()
-        ))
+        Ok(format!("{}/{}@{digest}", r.registry(), r.repository()))
     })
 }
 
@@ -154,7 +150,10 @@ pub fn verify(d: &Descriptor, bytes: &[u8]) -> Result<(), OciError> {
     }
     let actual = sha256_digest(bytes);
     if actual != d.digest {
-        return Err(OciError::Invalid(format!("{}: the content is {actual}", d.digest)));
+        return Err(OciError::Invalid(format!(
+            "{}: the content is {actual}",
+            d.digest
+        )));
     }
     Ok(())
 }
@@ -182,7 +181,10 @@ pub fn pull_by_digest(reference: &str, options: &Options) -> Result<Pulled, OciE
             .await
             .map_err(|e| registry_err(&format!("{reference}: the manifest"), e))?;
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(OciError::Invalid(format!("{reference}: a manifest of {} bytes", bytes.len())));
+            return Err(OciError::Invalid(format!(
+                "{reference}: a manifest of {} bytes",
+                bytes.len()
+            )));
         }
         if sha256_digest(&bytes) != want {
             return Err(OciError::Invalid(format!(
@@ -203,7 +205,8 @@ pub fn pull_by_digest(reference: &str, options: &Options) -> Result<Pulled, OciE
                 .map_err(|e| registry_err(&format!("{reference}: {}", d.digest), e))?;
             let mut data = Vec::new();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| registry_err(&format!("{reference}: {}", d.digest), e))?;
+                let chunk =
+                    chunk.map_err(|e| registry_err(&format!("{reference}: {}", d.digest), e))?;
                 if (data.len() + chunk.len()) as u64 > d.size {
                     return Err(OciError::Invalid(format!(
                         "{}: the registry sends more than the descriptor's {} bytes",
@@ -231,10 +234,21 @@ mod tests {
 
     #[test]
     fn loopback_registries_are_recognised() {
-        for r in ["localhost:5000", "127.0.0.1:5000", "127.0.0.1", "[::1]:5000", "localhost"] {
+        for r in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.0.0.1",
+            "[::1]:5000",
+            "localhost",
+        ] {
             assert!(is_loopback(r), "{r}");
         }
-        for r in ["registry.example.com", "localhost.example.com:5000", "10.0.0.1:5000", "[2001:db8::1]:5000"] {
+        for r in [
+            "registry.example.com",
+            "localhost.example.com:5000",
+            "10.0.0.1:5000",
+            "[2001:db8::1]:5000",
+        ] {
             assert!(!is_loopback(r), "{r}");
         }
     }

@@ -17,7 +17,9 @@ pub fn sha256sums(dir: &Path) -> Result<String, OciError> {
             .is_file();
         if is_file && name != "SHA256SUMS" {
             if name.contains(['\n', '\\']) {
-                return Err(OciError::Invalid(format!("{name:?}: not a name SHA256SUMS can hold")));
+                return Err(OciError::Invalid(format!(
+                    "{name:?}: not a name SHA256SUMS can hold"
+                )));
             }
             names.push(name);
         }

@@ -76,12 +76,12 @@ pub fn abi_versions(wasm: &[u8]) -> Result<Vec<String>, OciError> {
     let mut versions = Vec::new();
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         match payload.map_err(|e| OciError::NotAFilter(e.to_string()))? {
-            wasmparser::Payload::Version { encoding, .. } => {
-                if encoding != wasmparser::Encoding::Module {
-                    return Err(OciError::NotAFilter(
-                        "a Wasm component, not a core module".into(),
-                    ));
-                }
+            wasmparser::Payload::Version { encoding, .. }
+                if encoding != wasmparser::Encoding::Module =>
+            {
+                return Err(OciError::NotAFilter(
+                    "a Wasm component, not a core module".into(),
+                ));
             }
             wasmparser::Payload::ExportSection(exports) => {
                 for export in exports {
@@ -239,8 +239,14 @@ mod tests {
             let one = image(v, "f", "1", &a).expect("an image");
             let two = image(v, "f", "1", &a).expect("an image");
             assert_eq!(one.digest(), two.digest());
-            assert_eq!(one.layout_tar().expect("tar"), two.layout_tar().expect("tar"));
-            assert_ne!(one.digest(), image(v, "f", "1", &b).expect("an image").digest());
+            assert_eq!(
+                one.layout_tar().expect("tar"),
+                two.layout_tar().expect("tar")
+            );
+            assert_ne!(
+                one.digest(),
+                image(v, "f", "1", &b).expect("an image").digest()
+            );
         }
     }
 }

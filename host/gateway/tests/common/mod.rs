@@ -235,7 +235,9 @@ impl Gateway {
             .replace("{ADMIN}", &admin.to_string())
             .replace("{DIR}", &dir.0.display().to_string());
         std::fs::write(dir.0.join("gateway.yaml"), config).unwrap();
-        program.args(["run", "--config"]).arg(dir.0.join("gateway.yaml"));
+        program
+            .args(["run", "--config"])
+            .arg(dir.0.join("gateway.yaml"));
         let (child, stderr) = spawn_logged(program);
         let mut gw = Gateway {
             child,
