@@ -156,6 +156,11 @@ mod tests {
 
     /// The smallest proxy-wasm-looking module: one exported ABI marker function.
     fn module(export: &str) -> Vec<u8> {
+        module_with_body(export, &[0x0b])
+    }
+
+    /// As `module`, the function's code being `code` (ending in `end`, 0x0b).
+    fn module_with_body(export: &str, code: &[u8]) -> Vec<u8> {
         let mut m = b"\0asm\x01\0\0\0".to_vec();
         m.extend([1, 4, 1, 0x60, 0, 0]); // type section: () -> ()
         m.extend([3, 2, 1, 0]); // function section: one function of type 0
@@ -166,8 +171,25 @@ mod tests {
         m.push(7);
         m.push(exports.len() as u8);
         m.extend(exports);
-        m.extend([10, 4, 1, 2, 0, 0x0b]); // code section: an empty body
+        // Code section: one body, no locals, then `code`.
+        let body_len = 1 + code.len();
+        m.extend([10, (2 + body_len) as u8, 1, body_len as u8, 0]);
+        m.extend(code);
         m
+    }
+
+    #[test]
+    fn a_module_using_simd_is_a_filter() {
+        // v128.const 0, drop, end: our release builds of oidc carry SIMD instructions
+        // (from its crypto dependencies), which Envoy and the gateway both run.
+        let mut code = vec![0xfd, 0x0c];
+        code.extend([0; 16]);
+        code.extend([0x1a, 0x0b]);
+        let wasm = module_with_body("proxy_abi_version_0_2_1", &code);
+        assert_eq!(
+            abi_versions(&wasm).expect("a filter"),
+            ["proxy_abi_version_0_2_1"]
+        );
     }
 
     #[test]
