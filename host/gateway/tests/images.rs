@@ -103,14 +103,14 @@ fn read_layout(dir: &Path) -> ReadImage {
     let manifest = ImageManifest::from_reader(bytes.as_slice()).expect("a manifest");
     assert_eq!(manifest.schema_version(), 2);
     let c = manifest.config();
-    let config = blob(dir, &c.digest().to_string(), c.size());
+    let config = blob(dir, c.digest().as_ref(), c.size());
     let layers = manifest
         .layers()
         .iter()
         .map(|l| {
             (
                 l.media_type().to_string(),
-                blob(dir, &l.digest().to_string(), l.size()),
+                blob(dir, l.digest().as_ref(), l.size()),
             )
         })
         .collect();
