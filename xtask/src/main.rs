@@ -9,17 +9,21 @@
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 //! - `cargo xtask soak`: the gateway under load for minutes, its memory sampled.
+//! - `cargo xtask oci [--push PREFIX] [--plain-http]`: the OCI images of the filters
+//!   (Istio's and Envoy Gateway's Wasm image formats) and of the gateway, as layouts
+//!   under `target/oci/`, digests printed; `--push` sends them to a registry.
+//! - `cargo xtask dist`: the release artifacts and their `SHA256SUMS` in `target/dist/`.
 //! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the fuzz targets, N seconds each
 //!   (see `fuzz.rs`).
 //! - `cargo xtask deploy-manifests`: the manifests of deploy/ rendered into
 //!   `target/deploy/` (see deploy.rs).
 
-mod fuzz;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod deploy;
+mod fuzz;
+mod images;
 mod soak;
 
 const FILTERS: [&str; 4] = ["oidc", "jwt-auth", "tier-limiter", "header-forwarder"];
@@ -36,13 +40,15 @@ fn main() -> ExitCode {
         Some("bench") => build().and_then(|()| bench(&args[1..])),
         Some("token") => token(&args[1..]),
         Some("soak") => build().and_then(|()| soak::soak(&args[1..])),
+        Some("oci") => images::oci(&args[1..]),
+        Some("dist") => images::dist(),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("deploy-manifests") => {
             build_only(&FILTERS).and_then(|()| deploy::deploy_manifests(&args[1..]))
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...] | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...] | oci [--push PREFIX] [--plain-http] | dist | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
             );
             return ExitCode::from(2);
         }
@@ -203,7 +209,8 @@ fn ensure_system_packages() -> Result<(), String> {
     // creates the test cluster; redis-sentinel for the failover test); Chromium and its
     // driver for the oidc browser test; Python's venv module for Envoy's venv (Debian
     // splits it out of python3); Node.js and npm for the test OpenID provider;
-    // systemd-analyze for the check of the systemd unit (containers often lack systemd).
+    // systemd-analyze for the check of the systemd unit (containers often lack systemd);
+    // Docker's registry (distribution) for the image push and pull-by-digest test.
     if !has("redis-server") {
         missing.push("redis-server");
     }
@@ -226,6 +233,9 @@ fn ensure_system_packages() -> Result<(), String> {
     if !has("systemd-analyze") {
         missing.push("systemd");
     }
+    if !has("docker-registry") {
+        missing.push("docker-registry");
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -244,7 +254,17 @@ fn ensure_system_packages() -> Result<(), String> {
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq"];
     args.extend(&missing);
-    apt(&args)
+    apt(&args)?;
+    // The package enables a system-wide registry service on :5000; the tests start
+    // their own on loopback, so under systemd that service is stopped and disabled.
+    if missing.contains(&"docker-registry")
+        && Path::new("/run/systemd/system").exists()
+    {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "docker-registry.service"])
+            .status();
+    }
+    Ok(())
 }
 
 fn test(extra: &[String]) -> Result<(), String> {

@@ -222,6 +222,12 @@ impl Gateway {
     }
 
     pub fn try_start(yaml: &str) -> Result<Gateway, String> {
+        Self::try_start_with(Command::new(env!("CARGO_BIN_EXE_portcullis")), yaml)
+    }
+
+    /// As `try_start`, the gateway being `program` (another build of it, or the binary
+    /// behind a loader); `run --config FILE` is appended.
+    pub fn try_start_with(mut program: Command, yaml: &str) -> Result<Gateway, String> {
         let dir = TempDir::new();
         let (port, admin) = (free_port(), free_port());
         let config = yaml
@@ -229,10 +235,10 @@ impl Gateway {
             .replace("{ADMIN}", &admin.to_string())
             .replace("{DIR}", &dir.0.display().to_string());
         std::fs::write(dir.0.join("gateway.yaml"), config).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(["run", "--config"])
+        program
+            .args(["run", "--config"])
             .arg(dir.0.join("gateway.yaml"));
-        let (child, stderr) = spawn_logged(cmd);
+        let (child, stderr) = spawn_logged(program);
         let mut gw = Gateway {
             child,
             port,
