@@ -29,12 +29,14 @@
 //!
 //! The modules: `context` (arguments, and what every section shares), `hosts` (starting
 //! the upstream, portcullis and Envoy), `measure` (wrk runs, medians, CPU and RSS from
-//! `/proc`), and `sections`, one module per section.
+//! `/proc`; `compare` returns the medians by target label), `tables` (the markdown
+//! tables: `Ratios`, one named ratio per row), and `sections`, one module per section.
 
 mod context;
 mod hosts;
 mod measure;
 mod sections;
+mod tables;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,15 +3,44 @@
 //! `/proc`.
 
 use std::net::SocketAddr;
+use std::ops::Index;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::context::Args;
 use crate::hosts::Started;
+use crate::tables::Table;
+
+/// One target of a comparison: its label (its row in the table of medians, and the key
+/// its median is looked up by), its address, and the process whose CPU and RSS are read.
+pub struct Target<'a> {
+    pub label: &'a str,
+    pub addr: SocketAddr,
+    pub pid: Option<u32>,
+}
 
 /// A started host as a target of `compare`.
-pub fn target<'a>(name: &'a str, s: &Started) -> (&'a str, SocketAddr, Option<u32>) {
-    (name, s.addr, Some(s.pid))
+pub fn target<'a>(label: &'a str, s: &Started) -> Target<'a> {
+    Target {
+        label,
+        addr: s.addr,
+        pid: Some(s.pid),
+    }
+}
+
+/// The medians of a comparison, in target order, looked up by target label:
+/// `m["portcullis + chain"].rps`.
+pub struct Medians(Vec<(String, Run)>);
+
+impl Index<&str> for Medians {
+    type Output = Run;
+
+    fn index(&self, label: &str) -> &Run {
+        self.0
+            .iter()
+            .find_map(|(l, r)| (l == label).then_some(r))
+            .unwrap_or_else(|| panic!("no target {label:?} in this comparison"))
+    }
 }
 
 /// What wrk sends: fixed headers, or a Lua script.
@@ -36,21 +65,24 @@ impl Load {
     }
 }
 
-/// Interleaved rounds over `targets`, a table of medians; returns the medians in
-/// target order.
-pub fn compare(
-    title: &str,
-    targets: &[(&str, SocketAddr, Option<u32>)],
-    load: &Load,
-    a: &Args,
-) -> Vec<Run> {
+/// Interleaved rounds over `targets`, a table of medians; returns the medians by target
+/// label (labels are unique within a comparison).
+pub fn compare(title: &str, targets: &[Target], load: &Load, a: &Args) -> Medians {
+    for (i, t) in targets.iter().enumerate() {
+        assert!(
+            targets[..i].iter().all(|o| o.label != t.label),
+            "two targets labelled {:?}",
+            t.label
+        );
+    }
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 0..a.rounds {
-        for (i, (name, addr, pid)) in targets.iter().enumerate() {
-            let r = measure(*addr, *pid, load, a);
+        for (i, t) in targets.iter().enumerate() {
+            let r = measure(t.addr, t.pid, load, a);
             eprintln!(
-                "round {} {name:>32}: {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>5.2} s",
+                "round {} {:>32}: {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>5.2} s",
                 round + 1,
+                t.label,
                 r.rps,
                 r.p50_ms,
                 r.p99_ms,
@@ -59,24 +91,31 @@ pub fn compare(
             results[i].push(r);
         }
     }
-    println!("\n## {title}\n");
-    println!("| target | req/s | p50 ms | p99 ms | req per CPU-second | peak RSS MB |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n## {title}");
+    let mut table = Table::new(&[
+        "target",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "req per CPU-second",
+        "peak RSS MB",
+    ]);
     let mut med = Vec::new();
-    for (i, (name, _, pid)) in targets.iter().enumerate() {
-        let m = Run::median(&results[i]);
-        let peak = pid.map_or(0, peak_rss_kb) as f64 / 1024.0;
-        println!(
-            "| {name} | {:.0} | {:.3} | {:.3} | {:.0} | {:.1} |",
-            m.rps,
-            m.p50_ms,
-            m.p99_ms,
-            m.rps_per_cpu(),
-            peak
-        );
-        med.push(m);
+    for (t, runs) in targets.iter().zip(&results) {
+        let m = Run::median(runs);
+        let peak = t.pid.map_or(0, peak_rss_kb) as f64 / 1024.0;
+        table.row(&[
+            t.label.to_owned(),
+            format!("{:.0}", m.rps),
+            format!("{:.3}", m.p50_ms),
+            format!("{:.3}", m.p99_ms),
+            format!("{:.0}", m.rps_per_cpu()),
+            format!("{peak:.1}"),
+        ]);
+        med.push((t.label.to_owned(), m));
     }
-    med
+    table.print();
+    Medians(med)
 }
 
 #[derive(Clone, Copy, Debug, Default)]

@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::context::Ctx;
 use crate::hosts::{Filter, envoy_with, start_envoy, start_portcullis};
 use crate::measure::{Load, compare, target};
+use crate::tables::Table;
 
 /// What each kind of proxy-wasm host call costs in each host: calls-filter making it
 /// once and ten times per request, against the same filter making none. The first
@@ -37,20 +38,15 @@ pub fn run(ctx: &Ctx) {
     let mut started = Vec::new();
     let mut labels = Vec::new();
     for (name, (call, times)) in names.iter().zip(&runs) {
-        let what = if *times == 0 {
-            "no call".to_string()
-        } else {
-            format!("{times} x {call}")
-        };
         let filter = [Filter {
             name,
             wasm: "calls_filter",
             config: config(call, *times),
         }];
         started.push(start_portcullis(ctx, name, &filter, &[], &headers));
-        labels.push(format!("portcullis, {what}"));
+        labels.push(label("portcullis", call, *times));
         started.push(start_envoy(&envoy_with(ctx, &filter), &headers));
-        labels.push(format!("envoy, {what}"));
+        labels.push(label("envoy", call, *times));
     }
     let targets: Vec<_> = labels
         .iter()
@@ -63,22 +59,33 @@ pub fn run(ctx: &Ctx) {
         &Load::headers(&headers),
         &ctx.a,
     );
-    let us = |i: usize| 1e6 / m[i].rps_per_cpu();
-    println!(
-        "\n| host call | portcullis: first, further (CPU µs) | Envoy: first, further (CPU µs) |"
-    );
-    println!("|---|---|---|");
-    for (k, (label, _)) in KINDS.iter().enumerate() {
-        // Targets: 2 per run (portcullis, envoy); runs: none, then once and ten times.
-        let (once, ten) = (2 * (1 + 2 * k), 2 * (2 + 2 * k));
-        let first = |host: usize| us(once + host) - us(host);
-        let further = |host: usize| (us(ten + host) - us(once + host)) / (TIMES - 1) as f64;
-        println!(
-            "| {label} | {:.2}, {:.2} | {:.2}, {:.2} |",
-            first(0),
-            further(0),
-            first(1),
-            further(1)
-        );
+    // CPU µs per request in `host` making `call` `times` times.
+    let us = |host: &str, call: &str, times: usize| {
+        1e6 / m[label(host, call, times).as_str()].rps_per_cpu()
+    };
+    let mut t = Table::new(&[
+        "host call",
+        "portcullis: first, further (CPU µs)",
+        "Envoy: first, further (CPU µs)",
+    ]);
+    for (kind, call) in KINDS {
+        // The first call against none; each further one: ten against one, over nine.
+        let first = |host: &str| us(host, call, 1) - us(host, "", 0);
+        let further = |host: &str| (us(host, call, TIMES) - us(host, call, 1)) / (TIMES - 1) as f64;
+        t.row(&[
+            kind.to_owned(),
+            format!("{:.2}, {:.2}", first("portcullis"), further("portcullis")),
+            format!("{:.2}, {:.2}", first("envoy"), further("envoy")),
+        ]);
+    }
+    t.print();
+}
+
+/// A target's label: `portcullis, no call`, `envoy, 10 x time`.
+fn label(host: &str, call: &str, times: usize) -> String {
+    if times == 0 {
+        format!("{host}, no call")
+    } else {
+        format!("{host}, {times} x {call}")
     }
 }

@@ -16,7 +16,22 @@ use crate::hosts::{
     Filter, envoy_noops, envoy_with, noop_filters, start_envoy, start_portcullis,
     start_portcullis_routes,
 };
-use crate::measure::{Load, compare, target};
+use crate::measure::{Load, Target, compare, target};
+use crate::tables::{Ratios, Table, three, times, two};
+
+// The targets, by label: the rows of the table of medians, and the ratios' operands.
+const UPSTREAM: &str = "upstream alone";
+const P_NONE: &str = "portcullis";
+pub const P_CHAIN: &str = "portcullis + chain";
+const E_NONE: &str = "envoy";
+pub const E_CHAIN: &str = "envoy + chain (same wasm)";
+pub const E_NATIVE: &str = "envoy + native equivalent";
+const P_NOOP: &str = "portcullis + 3 no-op filters";
+const E_NOOP: &str = "envoy + 3 no-op wasm filters";
+const P_CALLS: &str = "portcullis + the chain's host calls alone";
+const E_CALLS: &str = "envoy + the chain's host calls alone";
+const P_ALT: &str = "portcullis + chain (alt wasm)";
+const E_ALT: &str = "envoy + chain (alt wasm)";
 
 /// The chain's three configurations, the same JSON in both hosts.
 fn chain_configs(ctx: &Ctx) -> [(&'static str, &'static str, Value); 3] {
@@ -196,20 +211,24 @@ pub fn run(ctx: &Ctx) {
         (p, e)
     });
     let mut targets = vec![
-        ("upstream alone", ctx.upstream, Some(ctx.upstream_pid)),
-        target("portcullis", &p_none),
-        target("portcullis + chain", &p_chain),
-        target("envoy", &e_none),
-        target("envoy + chain (same wasm)", &e_chain),
-        target("envoy + native equivalent", &e_native),
-        target("portcullis + 3 no-op filters", &p_noop),
-        target("envoy + 3 no-op wasm filters", &e_noop),
-        target("portcullis + the chain's host calls alone", &p_calls),
-        target("envoy + the chain's host calls alone", &e_calls),
+        Target {
+            label: UPSTREAM,
+            addr: ctx.upstream,
+            pid: Some(ctx.upstream_pid),
+        },
+        target(P_NONE, &p_none),
+        target(P_CHAIN, &p_chain),
+        target(E_NONE, &e_none),
+        target(E_CHAIN, &e_chain),
+        target(E_NATIVE, &e_native),
+        target(P_NOOP, &p_noop),
+        target(E_NOOP, &e_noop),
+        target(P_CALLS, &p_calls),
+        target(E_CALLS, &e_calls),
     ];
     if let Some((p, e)) = &alt {
-        targets.push(target("portcullis + chain (alt wasm)", p));
-        targets.push(target("envoy + chain (alt wasm)", e));
+        targets.push(target(P_ALT, p));
+        targets.push(target(E_ALT, e));
     }
     let m = compare(
         "The chain jwt-auth (cached ES256 token) → tier-limiter (local) → header-forwarder",
@@ -217,67 +236,81 @@ pub fn run(ctx: &Ctx) {
         &Load::headers(&headers),
         a,
     );
-    println!("\n| ratio | measured | target |");
-    println!("|---|---|---|");
-    println!(
-        "| chain: portcullis / Envoy, req/s | {:.2}x | ≥ 1.25x |",
-        m[2].rps / m[4].rps
+    let mut r = Ratios::with_goals();
+    r.row(
+        "chain: portcullis / Envoy, req/s",
+        times(m[P_CHAIN].rps / m[E_CHAIN].rps),
+        "≥ 1.25x",
     );
-    println!(
-        "| chain: portcullis / Envoy, p99 | {:.2}x | ≤ 1x |",
-        m[2].p99_ms / m[4].p99_ms
+    r.row(
+        "chain: portcullis / Envoy, p99",
+        times(m[P_CHAIN].p99_ms / m[E_CHAIN].p99_ms),
+        "≤ 1x",
     );
-    println!(
-        "| chain: portcullis / Envoy, req per CPU-second | {:.2}x | |",
-        m[2].rps_per_cpu() / m[4].rps_per_cpu()
+    r.row(
+        "chain: portcullis / Envoy, req per CPU-second",
+        times(m[P_CHAIN].rps_per_cpu() / m[E_CHAIN].rps_per_cpu()),
+        "",
     );
-    println!(
-        "| portcullis: chain / no filters, req/s | {:.2} | ≥ 0.80 |",
-        m[2].rps / m[1].rps
+    r.row(
+        "portcullis: chain / no filters, req/s",
+        two(m[P_CHAIN].rps / m[P_NONE].rps),
+        "≥ 0.80",
     );
-    println!(
-        "| Envoy: our chain / native equivalent, req/s | {:.2} | ≥ 0.90 |",
-        m[4].rps / m[5].rps
+    r.row(
+        "Envoy: our chain / native equivalent, req/s",
+        two(m[E_CHAIN].rps / m[E_NATIVE].rps),
+        "≥ 0.90",
     );
-    println!(
-        "| ceiling of chain / no filters: portcullis, 3 no-op filters / no filters, req/s | {:.2} | |",
-        m[6].rps / m[1].rps
+    r.row(
+        "ceiling of chain / no filters: portcullis, 3 no-op filters / no filters, req/s",
+        two(m[P_NOOP].rps / m[P_NONE].rps),
+        "",
     );
-    println!(
-        "| ceiling of our chain / native: Envoy, 3 no-op wasm filters / native equivalent, req/s | {:.2} | |",
-        m[7].rps / m[5].rps
+    r.row(
+        "ceiling of our chain / native: Envoy, 3 no-op wasm filters / native equivalent, req/s",
+        two(m[E_NOOP].rps / m[E_NATIVE].rps),
+        "",
     );
-    println!(
-        "| floor of chain / no filters: portcullis, the chain's host calls alone / no filters, req/s | {:.2} | |",
-        m[8].rps / m[1].rps
+    r.row(
+        "floor of chain / no filters: portcullis, the chain's host calls alone / no filters, req/s",
+        two(m[P_CALLS].rps / m[P_NONE].rps),
+        "",
     );
-    println!(
-        "| floor of our chain / native: Envoy, the chain's host calls alone / native equivalent, req/s | {:.2} | |",
-        m[9].rps / m[5].rps
+    r.row(
+        "floor of our chain / native: Envoy, the chain's host calls alone / native equivalent, req/s",
+        two(m[E_CALLS].rps / m[E_NATIVE].rps),
+        "",
     );
     if alt.is_some() {
-        println!(
-            "| alt wasm / wasm, chain in portcullis, req per CPU-second | {:.3} | |",
-            m[10].rps_per_cpu() / m[2].rps_per_cpu()
+        r.row(
+            "alt wasm / wasm, chain in portcullis, req per CPU-second",
+            three(m[P_ALT].rps_per_cpu() / m[P_CHAIN].rps_per_cpu()),
+            "",
         );
-        println!(
-            "| alt wasm / wasm, chain in Envoy, req per CPU-second | {:.3} | |",
-            m[11].rps_per_cpu() / m[4].rps_per_cpu()
+        r.row(
+            "alt wasm / wasm, chain in Envoy, req per CPU-second",
+            three(m[E_ALT].rps_per_cpu() / m[E_CHAIN].rps_per_cpu()),
+            "",
         );
     }
-    println!(
-        "| no filters: portcullis / Envoy, req/s (per CPU-second) | {:.2}x ({:.2}x) | |",
-        m[1].rps / m[3].rps,
-        m[1].rps_per_cpu() / m[3].rps_per_cpu()
+    r.row(
+        "no filters: portcullis / Envoy, req/s (per CPU-second)",
+        format!(
+            "{} ({})",
+            times(m[P_NONE].rps / m[E_NONE].rps),
+            times(m[P_NONE].rps_per_cpu() / m[E_NONE].rps_per_cpu())
+        ),
+        "",
     );
-    println!("\n| host | start-up to first proxied 200 | RSS at rest |");
-    println!("|---|---|---|");
-    let row = |name: &str, startup: Duration, kb: u64| {
-        println!(
-            "| {name} | {:.0} ms | {:.1} MB |",
-            startup.as_secs_f64() * 1000.0,
-            kb as f64 / 1024.0
-        );
+    r.print();
+    let mut hosts = Table::new(&["host", "start-up to first proxied 200", "RSS at rest"]);
+    let mut row = |name: &str, startup: Duration, kb: u64| {
+        hosts.row(&[
+            name.to_owned(),
+            format!("{:.0} ms", startup.as_secs_f64() * 1000.0),
+            format!("{:.1} MB", kb as f64 / 1024.0),
+        ]);
     };
     row(
         "portcullis, the four filters (chain + oidc)",
@@ -293,4 +326,5 @@ pub fn run(ctx: &Ctx) {
     ] {
         row(name, s.startup, s.rest_kb);
     }
+    hosts.print();
 }

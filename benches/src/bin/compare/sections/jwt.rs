@@ -8,6 +8,14 @@ use serde_json::json;
 use crate::context::{Ctx, ISSUER};
 use crate::hosts::{Filter, envoy_noops, envoy_with, start_envoy, start_portcullis};
 use crate::measure::{Load, compare, target};
+use crate::tables::{Ratios, times};
+
+// The targets, by label.
+const P_JWT: &str = "portcullis + jwt-auth";
+const E_JWT: &str = "envoy + jwt-auth (wasm)";
+const E_NATIVE: &str = "envoy + jwt_authn (native)";
+const E_NOOP: &str = "envoy + a no-op wasm filter";
+const E_CALLS: &str = "envoy + jwt-auth's host calls alone";
 
 /// jwt-auth alone with a valid, cached token: our filter in portcullis and in Envoy,
 /// and Envoy's native jwt_authn with its JWT cache.
@@ -60,11 +68,11 @@ pub fn run(ctx: &Ctx) {
         &headers,
     );
     let targets = vec![
-        target("portcullis + jwt-auth", &p),
-        target("envoy + jwt-auth (wasm)", &e),
-        target("envoy + jwt_authn (native)", &native),
-        target("envoy + a no-op wasm filter", &noop),
-        target("envoy + jwt-auth's host calls alone", &floor),
+        target(P_JWT, &p),
+        target(E_JWT, &e),
+        target(E_NATIVE, &native),
+        target(E_NOOP, &noop),
+        target(E_CALLS, &floor),
     ];
     let m = compare(
         "jwt-auth alone, one valid ES256 token (cached)",
@@ -72,22 +80,26 @@ pub fn run(ctx: &Ctx) {
         &Load::headers(&headers),
         a,
     );
-    println!("\n| ratio | value |");
-    println!("|---|---|");
-    println!(
-        "| our filter in Envoy / native jwt_authn, req/s | {:.2}x |",
-        m[1].rps / m[2].rps
+    let mut r = Ratios::new("ratio", "value");
+    r.row(
+        "our filter in Envoy / native jwt_authn, req/s",
+        times(m[E_JWT].rps / m[E_NATIVE].rps),
+        "",
     );
-    println!(
-        "| a no-op wasm filter in Envoy / native jwt_authn, req/s (the ceiling of the above) | {:.2}x |",
-        m[3].rps / m[2].rps
+    r.row(
+        "a no-op wasm filter in Envoy / native jwt_authn, req/s (the ceiling of the above)",
+        times(m[E_NOOP].rps / m[E_NATIVE].rps),
+        "",
     );
-    println!(
-        "| a wasm filter making only jwt-auth's host calls in Envoy / native jwt_authn, req/s (the floor under any wasm filter doing its job) | {:.2}x |",
-        m[4].rps / m[2].rps
+    r.row(
+        "a wasm filter making only jwt-auth's host calls in Envoy / native jwt_authn, req/s (the floor under any wasm filter doing its job)",
+        times(m[E_CALLS].rps / m[E_NATIVE].rps),
+        "",
     );
-    println!(
-        "| portcullis + jwt-auth / Envoy + jwt-auth, req per CPU-second | {:.2}x |",
-        m[0].rps_per_cpu() / m[1].rps_per_cpu()
+    r.row(
+        "portcullis + jwt-auth / Envoy + jwt-auth, req per CPU-second",
+        times(m[P_JWT].rps_per_cpu() / m[E_JWT].rps_per_cpu()),
+        "",
     );
+    r.print();
 }

@@ -11,6 +11,12 @@ use serde_json::json;
 use crate::context::Ctx;
 use crate::hosts::{Filter, Proc, start_portcullis, wait_listening};
 use crate::measure::{Load, compare, target};
+use crate::tables::{Ratios, two};
+
+// The targets, by label.
+const NONE: &str = "portcullis";
+const LOCAL: &str = "portcullis + tier-limiter local";
+const GLOBAL: &str = "portcullis + tier-limiter global";
 
 /// Starts Redis and ratelimit-service (skipping the section without `redis-server`),
 /// then compares the three.
@@ -86,9 +92,9 @@ pub fn run(ctx: &Ctx) {
     let svc = [("ratelimit", format!("http://127.0.0.1:{svc_port}"))];
     let p_global = start_portcullis(ctx, "limiter-global", &global, &svc, &headers);
     let targets = vec![
-        target("portcullis", &p_none),
-        target("portcullis + tier-limiter local", &p_local),
-        target("portcullis + tier-limiter global", &p_global),
+        target(NONE, &p_none),
+        target(LOCAL, &p_local),
+        target(GLOBAL, &p_global),
     ];
     let m = compare(
         "tier-limiter: local, and global through ratelimit-service on Redis (one client key, limits that never refuse)",
@@ -96,8 +102,8 @@ pub fn run(ctx: &Ctx) {
         &Load::headers(&headers),
         a,
     );
-    println!("\n| ratio (req/s against no limiter) | measured |");
-    println!("|---|---|");
-    println!("| local | {:.2} |", m[1].rps / m[0].rps);
-    println!("| global | {:.2} |", m[2].rps / m[0].rps);
+    let mut r = Ratios::new("ratio (req/s against no limiter)", "measured");
+    r.row("local", two(m[LOCAL].rps / m[NONE].rps), "");
+    r.row("global", two(m[GLOBAL].rps / m[NONE].rps), "");
+    r.print();
 }

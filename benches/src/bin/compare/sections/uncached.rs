@@ -4,7 +4,10 @@
 use crate::context::Ctx;
 use crate::hosts::{start_envoy, start_portcullis};
 use crate::measure::{Load, compare, target};
-use crate::sections::chain::{chain_filters, envoy_chain, envoy_native};
+use crate::sections::chain::{
+    E_CHAIN, E_NATIVE, P_CHAIN, chain_filters, envoy_chain, envoy_native,
+};
+use crate::tables::{Ratios, times, two};
 
 /// A fresh token per request: wrk cycles through a pool larger than every cache.
 pub fn run(ctx: &Ctx) {
@@ -30,9 +33,9 @@ pub fn run(ctx: &Ctx) {
     let e_chain = start_envoy(&envoy_chain(ctx), &first);
     let e_native = start_envoy(&envoy_native(ctx), &first);
     let targets = vec![
-        target("portcullis + chain", &p_chain),
-        target("envoy + chain (same wasm)", &e_chain),
-        target("envoy + native equivalent", &e_native),
+        target(P_CHAIN, &p_chain),
+        target(E_CHAIN, &e_chain),
+        target(E_NATIVE, &e_native),
     ];
     let m = compare(
         &format!("The chain, a fresh RS256-2048 token per request (a pool of {POOL})"),
@@ -40,14 +43,16 @@ pub fn run(ctx: &Ctx) {
         &Load::script(&script),
         a,
     );
-    println!("\n| ratio | measured |");
-    println!("|---|---|");
-    println!(
-        "| uncached chain: portcullis / Envoy, req/s | {:.2}x |",
-        m[0].rps / m[1].rps
+    let mut r = Ratios::new("ratio", "measured");
+    r.row(
+        "uncached chain: portcullis / Envoy, req/s",
+        times(m[P_CHAIN].rps / m[E_CHAIN].rps),
+        "",
     );
-    println!(
-        "| uncached: our chain in Envoy / native equivalent, req/s | {:.2} |",
-        m[1].rps / m[2].rps
+    r.row(
+        "uncached: our chain in Envoy / native equivalent, req/s",
+        two(m[E_CHAIN].rps / m[E_NATIVE].rps),
+        "",
     );
+    r.print();
 }
