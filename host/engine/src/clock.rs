@@ -24,11 +24,6 @@ impl ManualClock {
         self.realtime_ns.fetch_add(ns, Ordering::SeqCst);
         self.monotonic_ns.fetch_add(ns, Ordering::SeqCst);
     }
-
-    pub fn set_realtime(&self, unix: Duration) {
-        self.realtime_ns
-            .store(unix.as_nanos() as u64, Ordering::SeqCst);
-    }
 }
 
 impl Default for Clock {

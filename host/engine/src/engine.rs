@@ -64,7 +64,7 @@ impl Default for EngineConfig {
 
 /// `$PORTCULLIS_CACHE_DIR`, else `$XDG_CACHE_HOME/portcullis/modules`, else
 /// `$HOME/.cache/portcullis/modules`.
-pub fn default_cache_dir() -> Option<PathBuf> {
+pub(crate) fn default_cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("PORTCULLIS_CACHE_DIR") {
         return Some(PathBuf::from(d));
     }

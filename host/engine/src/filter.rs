@@ -367,11 +367,6 @@ impl Filter {
         let _ = self.with_vm(|vm| vm.on_tick());
     }
 
-    /// Delivers queue notifications now (the test bed; the gateway polls them).
-    pub fn deliver_queue_notifications(&self) {
-        let _ = self.with_vm(|vm| vm.drain_queue_notifications());
-    }
-
     /// Bytes of linear memory the VM uses (0 when it has failed).
     pub fn memory_bytes(&self) -> usize {
         self.inner

@@ -23,12 +23,10 @@ pub mod types;
 mod vm;
 
 pub use clock::{Clock, ManualClock};
-pub use engine::{
-    CompiledModule, EPOCH_PERIOD, Engine, EngineConfig, EngineError, default_cache_dir,
-};
+pub use engine::{CompiledModule, EPOCH_PERIOD, Engine, EngineConfig, EngineError};
 pub use filter::{Clusters, Filter, Health, LocalFuture};
 pub use headers::HeaderMap;
 pub use limits::{HostLimits, Limit};
-pub use stream::{Flow, HttpStream, failure_reply};
+pub use stream::{Flow, HttpStream};
 pub use types::*;
 pub use vm::{Fault, PluginSpec, StartError, VmLimits};

@@ -60,7 +60,7 @@ pub struct HttpStream {
 }
 
 /// The reply for a request that met a failed filter.
-pub fn failure_reply(filter: &str, request_id: &str) -> LocalReply {
+fn failure_reply(filter: &str, request_id: &str) -> LocalReply {
     let body =
         portcullis_reply::json_body(&format!("filter {filter} is unavailable"), Some(request_id));
     let mut headers = HeaderMap::new();
