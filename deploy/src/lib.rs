@@ -215,9 +215,9 @@ pub fn check_value(name: &str, value: &str) -> Result<(), Error> {
         let ok = alnum(value.bytes().next())
             && alnum(value.bytes().last())
             && !value.contains("//")
-            && value.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_/:".contains(&b)
-            });
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_/:".contains(&b));
         if !ok {
             return bad(
                 "expected a registry host and path, lower case, such as registry.example.com/portcullis",
@@ -238,7 +238,9 @@ pub fn check_value(name: &str, value: &str) -> Result<(), Error> {
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 enum ScanError {
@@ -425,7 +427,9 @@ mod tests {
 
     #[test]
     fn a_missing_or_broken_placeholder_is_an_error_naming_it() {
-        let e = render(&t("a: ${NOPE}"), &vars(&[])).err().map(|e| e.to_string());
+        let e = render(&t("a: ${NOPE}"), &vars(&[]))
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(e.as_deref(), Some("x.yaml: no value for ${NOPE}"));
         assert!(matches!(
             render(&t("a: ${OPEN"), &vars(&[])),
@@ -460,7 +464,10 @@ mod tests {
     #[test]
     fn digests_parse_with_or_without_their_algorithm() {
         let hex = "0f".repeat(32);
-        assert_eq!(parse_digest(&format!("sha256:{hex}")).ok(), Some(hex.clone()));
+        assert_eq!(
+            parse_digest(&format!("sha256:{hex}")).ok(),
+            Some(hex.clone())
+        );
         assert_eq!(parse_digest(&hex).ok(), Some(hex.clone()));
         assert!(parse_digest(&format!("sha512:{hex}")).is_err());
         assert!(parse_digest("sha256:").is_err());
@@ -485,10 +492,15 @@ mod tests {
 
     #[test]
     fn every_template_names_only_known_placeholders() {
-        let mut known: BTreeSet<String> = ["REGISTRY", "PORTCULLIS_IMAGE", "OIDC_CLIENT_SECRET", "OIDC_SESSION_SECRET"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut known: BTreeSet<String> = [
+            "REGISTRY",
+            "PORTCULLIS_IMAGE",
+            "OIDC_CLIENT_SECRET",
+            "OIDC_SESSION_SECRET",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         for f in FILTERS {
             known.insert(format!("{}_IMAGE", f.var));
             known.insert(format!("{}_WASM", f.var));
@@ -497,7 +509,11 @@ mod tests {
         assert!(all.len() >= 10, "{} templates", all.len());
         for t in all {
             for v in t.variables().unwrap() {
-                assert!(known.contains(&v), "{}: unknown placeholder ${{{v}}}", t.path.display());
+                assert!(
+                    known.contains(&v),
+                    "{}: unknown placeholder ${{{v}}}",
+                    t.path.display()
+                );
             }
         }
     }
@@ -525,7 +541,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+            let mode =
+                |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode("a/secret.yaml") & 0o077, 0);
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -154,10 +154,7 @@ fn docs() -> Vec<Doc> {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "portcullis-deploy-{name}-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("portcullis-deploy-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -167,7 +164,9 @@ fn kubernetes_validate() -> PathBuf {
     if let Some(p) = std::env::var_os("PORTCULLIS_KUBERNETES_VALIDATE") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let venv = std::env::var_os("PORTCULLIS_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| home.join(".cache/portcullis"))
@@ -187,7 +186,14 @@ fn kubernetes_resources_validate_against_the_api_schemas() {
     let docs = docs();
     let builtin: Vec<&Doc> = docs.iter().filter(|d| d.builtin()).collect();
     let kinds: BTreeSet<&str> = builtin.iter().map(|d| d.kind()).collect();
-    for k in ["Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"] {
+    for k in [
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ] {
         assert!(kinds.contains(k), "no {k} in deploy/: {kinds:?}");
     }
     let dir = scratch("k8s");
@@ -211,9 +217,15 @@ fn kubernetes_resources_validate_against_the_api_schemas() {
         );
         // Every document passes: no error, and no warning either (a warning is a kind
         // it has no schema for: a misspelt apiVersion or kind).
-        let passed = text.lines().filter(|l| l.starts_with("INFO") && l.contains(" passed ")).count();
+        let passed = text
+            .lines()
+            .filter(|l| l.starts_with("INFO") && l.contains(" passed "))
+            .count();
         assert!(
-            out.status.success() && passed == files.len() && !text.contains("WARN") && !text.contains("ERROR"),
+            out.status.success()
+                && passed == files.len()
+                && !text.contains("WARN")
+                && !text.contains("ERROR"),
             "Kubernetes {version}: {passed} of {} passed:\n{text}",
             files.len()
         );
@@ -236,7 +248,11 @@ fn the_schema_validator_refuses_an_unknown_field() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -331,7 +347,9 @@ fn hex64_or_empty(s: &str) -> bool {
     s.is_empty() || hex64(s)
 }
 fn hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 fn non_empty(s: &str) -> bool {
     !s.is_empty()
@@ -339,7 +357,9 @@ fn non_empty(s: &str) -> bool {
 /// Istio's rule on `url`: a scheme of http, https, oci or file, or none (oci).
 fn wasm_plugin_url(s: &str) -> bool {
     match s.split_once("://") {
-        Some((scheme, rest)) => ["http", "https", "oci", "file"].contains(&scheme) && !rest.is_empty(),
+        Some((scheme, rest)) => {
+            ["http", "https", "oci", "file"].contains(&scheme) && !rest.is_empty()
+        }
         None => !s.is_empty(),
     }
 }
@@ -352,7 +372,8 @@ fn dns_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -367,7 +388,8 @@ fn kind_name(s: &str) -> bool {
 fn header_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 256
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn image_pull_secret(s: &str) -> bool {
@@ -387,8 +409,16 @@ fn header_value(s: &str) -> bool {
 }
 
 const METADATA: S = S::Obj(&[
-    ("name", true, S::Matches(dns_subdomain, "a DNS subdomain name")),
-    ("namespace", false, S::Matches(dns_subdomain, "a namespace name")),
+    (
+        "name",
+        true,
+        S::Matches(dns_subdomain, "a DNS subdomain name"),
+    ),
+    (
+        "namespace",
+        false,
+        S::Matches(dns_subdomain, "a namespace name"),
+    ),
     ("labels", false, S::Map(&S::Str)),
     ("annotations", false, S::Map(&S::Str)),
 ]);
@@ -396,7 +426,11 @@ const METADATA: S = S::Obj(&[
 // Istio 1.30 (istio/api v1.30.3, kubernetes/customresourcedefinitions.gen.yaml).
 
 const ISTIO_TARGET_REF: S = S::Obj(&[
-    ("group", false, S::Matches(gateway_api_group, "an API group")),
+    (
+        "group",
+        false,
+        S::Matches(gateway_api_group, "an API group"),
+    ),
     ("kind", true, S::Matches(kind_name, "a kind")),
     ("name", true, S::Matches(non_empty, "a name")),
     ("namespace", false, S::Str),
@@ -404,19 +438,51 @@ const ISTIO_TARGET_REF: S = S::Obj(&[
 
 /// `extensions.istio.io/v1alpha1` WasmPlugin.
 const WASM_PLUGIN: S = S::Obj(&[
-    ("selector", false, S::Obj(&[("matchLabels", false, S::Map(&S::Str))])),
+    (
+        "selector",
+        false,
+        S::Obj(&[("matchLabels", false, S::Map(&S::Str))]),
+    ),
     ("targetRef", false, ISTIO_TARGET_REF),
     ("targetRefs", false, S::List(&ISTIO_TARGET_REF, 16)),
-    ("url", true, S::Matches(wasm_plugin_url, "a URL of scheme oci, http, https or file")),
-    ("sha256", false, S::Matches(hex64_or_empty, "64 lower-case hex digits")),
-    ("imagePullPolicy", false, S::Enum(&["UNSPECIFIED_POLICY", "IfNotPresent", "Always"])),
-    ("imagePullSecret", false, S::Matches(image_pull_secret, "1 to 253 characters")),
+    (
+        "url",
+        true,
+        S::Matches(wasm_plugin_url, "a URL of scheme oci, http, https or file"),
+    ),
+    (
+        "sha256",
+        false,
+        S::Matches(hex64_or_empty, "64 lower-case hex digits"),
+    ),
+    (
+        "imagePullPolicy",
+        false,
+        S::Enum(&["UNSPECIFIED_POLICY", "IfNotPresent", "Always"]),
+    ),
+    (
+        "imagePullSecret",
+        false,
+        S::Matches(image_pull_secret, "1 to 253 characters"),
+    ),
     ("verificationKey", false, S::Str),
     ("pluginConfig", false, S::Map(&S::Any)),
-    ("pluginName", false, S::Matches(plugin_name, "1 to 256 characters")),
-    ("phase", false, S::Enum(&["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"])),
+    (
+        "pluginName",
+        false,
+        S::Matches(plugin_name, "1 to 256 characters"),
+    ),
+    (
+        "phase",
+        false,
+        S::Enum(&["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"]),
+    ),
     ("priority", false, S::Int(i32::MIN as i64, i32::MAX as i64)),
-    ("failStrategy", false, S::Enum(&["FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"])),
+    (
+        "failStrategy",
+        false,
+        S::Enum(&["FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"]),
+    ),
     (
         "vmConfig",
         false,
@@ -438,13 +504,25 @@ const WASM_PLUGIN: S = S::Obj(&[
         false,
         S::List(
             &S::Obj(&[
-                ("mode", false, S::Enum(&["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"])),
-                ("ports", false, S::List(&S::Obj(&[("number", true, S::Int(1, 65535))]), usize::MAX)),
+                (
+                    "mode",
+                    false,
+                    S::Enum(&["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"]),
+                ),
+                (
+                    "ports",
+                    false,
+                    S::List(&S::Obj(&[("number", true, S::Int(1, 65535))]), usize::MAX),
+                ),
             ]),
             usize::MAX,
         ),
     ),
-    ("type", false, S::Enum(&["UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"])),
+    (
+        "type",
+        false,
+        S::Enum(&["UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"]),
+    ),
 ]);
 
 const ISTIO_PORT: S = S::Obj(&[
@@ -456,11 +534,23 @@ const ISTIO_PORT: S = S::Obj(&[
 
 /// `networking.istio.io/v1` ServiceEntry.
 const SERVICE_ENTRY: S = S::Obj(&[
-    ("hosts", true, S::List(&S::Matches(non_empty, "a host"), 256)),
+    (
+        "hosts",
+        true,
+        S::List(&S::Matches(non_empty, "a host"), 256),
+    ),
     ("addresses", false, S::List(&S::Str, 256)),
     ("ports", false, S::List(&ISTIO_PORT, 256)),
-    ("location", false, S::Enum(&["MESH_EXTERNAL", "MESH_INTERNAL"])),
-    ("resolution", false, S::Enum(&["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"])),
+    (
+        "location",
+        false,
+        S::Enum(&["MESH_EXTERNAL", "MESH_INTERNAL"]),
+    ),
+    (
+        "resolution",
+        false,
+        S::Enum(&["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"]),
+    ),
     ("endpoints", false, S::List(&S::Any, 4096)),
     ("workloadSelector", false, S::Any),
     ("exportTo", false, S::List(&S::Str, usize::MAX)),
@@ -468,7 +558,11 @@ const SERVICE_ENTRY: S = S::Obj(&[
 ]);
 
 const ISTIO_TLS: S = S::Obj(&[
-    ("mode", false, S::Enum(&["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"])),
+    (
+        "mode",
+        false,
+        S::Enum(&["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]),
+    ),
     ("sni", false, S::Str),
     ("credentialName", false, S::Str),
     ("caCertificates", false, S::Str),
@@ -491,7 +585,11 @@ const DESTINATION_RULE: S = S::Obj(&[
                 false,
                 S::List(
                     &S::Obj(&[
-                        ("port", false, S::Obj(&[("number", false, S::Int(0, 4294967295))])),
+                        (
+                            "port",
+                            false,
+                            S::Obj(&[("number", false, S::Int(0, 4294967295))]),
+                        ),
                         ("tls", false, ISTIO_TLS),
                         ("connectionPool", false, S::Any),
                         ("loadBalancer", false, S::Any),
@@ -521,11 +619,19 @@ const EG_TARGET_REF: S = S::Obj(&[
     ("group", true, S::Matches(gateway_api_group, "an API group")),
     ("kind", true, S::Matches(kind_name, "a kind")),
     ("name", true, S::Matches(non_empty, "a name")),
-    ("sectionName", false, S::Matches(section_name, "a section name")),
+    (
+        "sectionName",
+        false,
+        S::Matches(section_name, "a section name"),
+    ),
 ]);
 
 const EG_SECRET_REF: S = S::Obj(&[
-    ("group", false, S::Matches(gateway_api_group, "an API group")),
+    (
+        "group",
+        false,
+        S::Matches(gateway_api_group, "an API group"),
+    ),
     ("kind", false, S::Matches(kind_name, "a kind")),
     ("name", true, S::Matches(non_empty, "a name")),
     ("namespace", false, S::Matches(dns_subdomain, "a namespace")),
@@ -545,7 +651,11 @@ const EG_WASM: S = S::Obj(&[
             (
                 "http",
                 false,
-                S::Obj(&[("url", true, S::Str), ("sha256", false, S::Str), ("tls", false, EG_WASM_TLS)]),
+                S::Obj(&[
+                    ("url", true, S::Str),
+                    ("sha256", false, S::Str),
+                    ("tls", false, EG_WASM_TLS),
+                ]),
             ),
             (
                 "image",
@@ -562,7 +672,11 @@ const EG_WASM: S = S::Obj(&[
     ),
     ("config", false, S::Any),
     ("failOpen", false, S::Bool),
-    ("env", false, S::Obj(&[("hostKeys", false, S::List(&S::Str, usize::MAX))])),
+    (
+        "env",
+        false,
+        S::Obj(&[("hostKeys", false, S::List(&S::Str, usize::MAX))]),
+    ),
 ]);
 
 /// `gateway.envoyproxy.io/v1alpha1` EnvoyExtensionPolicy.
@@ -617,14 +731,26 @@ const EG_HEADER_MUTATION: S = S::Obj(&[
     ("add", false, S::List(&EG_HEADER, 64)),
     ("addIfAbsent", false, S::List(&EG_HEADER, 64)),
     ("set", false, S::List(&EG_HEADER, 64)),
-    ("remove", false, S::List(&S::Matches(header_name, "a header name"), 64)),
+    (
+        "remove",
+        false,
+        S::List(&S::Matches(header_name, "a header name"), 64),
+    ),
     (
         "removeOnMatch",
         false,
         S::List(
             &S::Obj(&[
-                ("type", false, S::Enum(&["Exact", "Prefix", "Suffix", "RegularExpression"])),
-                ("value", true, S::Matches(header_value, "1 to 1024 characters")),
+                (
+                    "type",
+                    false,
+                    S::Enum(&["Exact", "Prefix", "Suffix", "RegularExpression"]),
+                ),
+                (
+                    "value",
+                    true,
+                    S::Matches(header_value, "1 to 1024 characters"),
+                ),
             ]),
             64,
         ),
@@ -645,7 +771,12 @@ const CLIENT_TRAFFIC_POLICY: S = S::Obj(&[
             (
                 "escapedSlashesAction",
                 false,
-                S::Enum(&["KeepUnchanged", "RejectRequest", "UnescapeAndForward", "UnescapeAndRedirect"]),
+                S::Enum(&[
+                    "KeepUnchanged",
+                    "RejectRequest",
+                    "UnescapeAndForward",
+                    "UnescapeAndRedirect",
+                ]),
             ),
         ]),
     ),
@@ -683,13 +814,33 @@ const CLIENT_TRAFFIC_POLICY: S = S::Obj(&[
 const CRDS: [(&str, &str, S); 6] = [
     ("extensions.istio.io/v1alpha1", "WasmPlugin", WASM_PLUGIN),
     ("networking.istio.io/v1", "ServiceEntry", SERVICE_ENTRY),
-    ("networking.istio.io/v1", "DestinationRule", DESTINATION_RULE),
-    ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy", EXTENSION_POLICY),
+    (
+        "networking.istio.io/v1",
+        "DestinationRule",
+        DESTINATION_RULE,
+    ),
+    (
+        "gateway.envoyproxy.io/v1alpha1",
+        "EnvoyExtensionPolicy",
+        EXTENSION_POLICY,
+    ),
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy", ENVOY_PROXY),
-    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy", CLIENT_TRAFFIC_POLICY),
+    (
+        "gateway.envoyproxy.io/v1alpha1",
+        "ClientTrafficPolicy",
+        CLIENT_TRAFFIC_POLICY,
+    ),
 ];
 
-const EG_TARGET_KINDS: [&str; 7] = ["Gateway", "ListenerSet", "HTTPRoute", "GRPCRoute", "UDPRoute", "TCPRoute", "TLSRoute"];
+const EG_TARGET_KINDS: [&str; 7] = [
+    "Gateway",
+    "ListenerSet",
+    "HTTPRoute",
+    "GRPCRoute",
+    "UDPRoute",
+    "TCPRoute",
+    "TLSRoute",
+];
 
 /// The CRDs' CEL rules that our resources could break.
 fn rules(kind: &str, spec: &Value, errors: &mut Vec<String>) {
@@ -700,7 +851,12 @@ fn rules(kind: &str, spec: &Value, errors: &mut Vec<String>) {
         .unwrap_or_default();
     match kind {
         "WasmPlugin" => {
-            if ["selector", "targetRef", "targetRefs"].iter().filter(|k| has(k)).count() > 1 {
+            if ["selector", "targetRef", "targetRefs"]
+                .iter()
+                .filter(|k| has(k))
+                .count()
+                > 1
+            {
                 errors.push("only one of targetRefs or selector can be set".into());
             }
             for e in spec["vmConfig"]["env"].as_array().into_iter().flatten() {
@@ -710,7 +866,9 @@ fn rules(kind: &str, spec: &Value, errors: &mut Vec<String>) {
             }
         }
         "EnvoyExtensionPolicy" | "ClientTrafficPolicy" => {
-            let selectors = spec["targetSelectors"].as_array().is_some_and(|a| !a.is_empty());
+            let selectors = spec["targetSelectors"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
             if !((has("targetRef") != has("targetRefs")) || selectors) {
                 errors.push("either targetRef or targetRefs must be used".into());
             }
@@ -721,7 +879,9 @@ fn rules(kind: &str, spec: &Value, errors: &mut Vec<String>) {
             };
             for r in refs.iter().copied().chain(spec.get("targetRef")) {
                 if r["group"] != "gateway.networking.k8s.io" {
-                    errors.push(format!("targetRefs: group must be gateway.networking.k8s.io: {r}"));
+                    errors.push(format!(
+                        "targetRefs: group must be gateway.networking.k8s.io: {r}"
+                    ));
                 }
                 if !r["kind"].as_str().is_some_and(|k| kinds.contains(&k)) {
                     errors.push(format!("targetRefs: kind must be one of {kinds:?}: {r}"));
@@ -746,7 +906,9 @@ fn rules(kind: &str, spec: &Value, errors: &mut Vec<String>) {
                     b.get("value").is_some()
                 };
                 if !ok {
-                    errors.push("provided bootstrap patch doesn't match the configured patch type".into());
+                    errors.push(
+                        "provided bootstrap patch doesn't match the configured patch type".into(),
+                    );
                 }
             }
         }
@@ -785,15 +947,24 @@ fn istio_and_envoy_gateway_resources_match_their_crds() {
     for d in docs.iter().filter(|d| !d.builtin()) {
         match check_custom(d) {
             Some(errors) => {
-                *seen.entry(CRDS.iter().find(|c| c.1 == d.kind()).map_or("", |c| c.1)).or_default() += 1;
+                *seen
+                    .entry(CRDS.iter().find(|c| c.1 == d.kind()).map_or("", |c| c.1))
+                    .or_default() += 1;
                 failures.extend(errors.into_iter().map(|e| format!("{}: {e}", d.what())));
             }
-            None => failures.push(format!("{}: {} is not a kind this test knows", d.what(), d.api_version())),
+            None => failures.push(format!(
+                "{}: {} is not a kind this test knows",
+                d.what(),
+                d.api_version()
+            )),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     for (_, kind, _) in CRDS {
-        assert!(seen.contains_key(kind), "no {kind} in deploy/ (seen: {seen:?})");
+        assert!(
+            seen.contains_key(kind),
+            "no {kind} in deploy/ (seen: {seen:?})"
+        );
     }
 }
 
@@ -813,22 +984,88 @@ fn the_crd_checks_refuse_what_the_crds_refuse() {
     };
     let wp = good("WasmPlugin");
     assert_eq!(check_custom(&wp), Some(vec![]));
-    refused(wp.clone(), &|v| v["spec"]["phase"] = "AUTHENTICATION".into(), "an unknown phase");
-    refused(wp.clone(), &|v| v["spec"]["failStrategy"] = "FAIL_CLOSED".into(), "Envoy's spelling of the fail strategy");
-    refused(wp.clone(), &|v| v["spec"]["sha256"] = "sha256:abc".into(), "a sha256 with its algorithm");
-    refused(wp.clone(), &|v| v["spec"]["priority"] = "10".into(), "a priority as a string");
-    refused(wp.clone(), &|v| v["spec"]["rootID"] = "x".into(), "Envoy Gateway's field name in a WasmPlugin");
-    refused(wp.clone(), &|v| v["spec"].as_object_mut().map(|m| m.remove("url")).map_or((), |_| ()), "no url");
-    refused(wp.clone(), &|v| v["spec"]["targetRefs"] = serde_json::json!([{"kind": "Gateway", "name": "g"}]), "selector and targetRefs");
-    refused(wp, &|v| v["spec"]["url"] = "ftp://x/y".into(), "a url of another scheme");
+    refused(
+        wp.clone(),
+        &|v| v["spec"]["phase"] = "AUTHENTICATION".into(),
+        "an unknown phase",
+    );
+    refused(
+        wp.clone(),
+        &|v| v["spec"]["failStrategy"] = "FAIL_CLOSED".into(),
+        "Envoy's spelling of the fail strategy",
+    );
+    refused(
+        wp.clone(),
+        &|v| v["spec"]["sha256"] = "sha256:abc".into(),
+        "a sha256 with its algorithm",
+    );
+    refused(
+        wp.clone(),
+        &|v| v["spec"]["priority"] = "10".into(),
+        "a priority as a string",
+    );
+    refused(
+        wp.clone(),
+        &|v| v["spec"]["rootID"] = "x".into(),
+        "Envoy Gateway's field name in a WasmPlugin",
+    );
+    refused(
+        wp.clone(),
+        &|v| {
+            v["spec"]
+                .as_object_mut()
+                .map(|m| m.remove("url"))
+                .map_or((), |_| ())
+        },
+        "no url",
+    );
+    refused(
+        wp.clone(),
+        &|v| v["spec"]["targetRefs"] = serde_json::json!([{"kind": "Gateway", "name": "g"}]),
+        "selector and targetRefs",
+    );
+    refused(
+        wp,
+        &|v| v["spec"]["url"] = "ftp://x/y".into(),
+        "a url of another scheme",
+    );
     let eep = good("EnvoyExtensionPolicy");
     assert_eq!(check_custom(&eep), Some(vec![]));
-    refused(eep.clone(), &|v| v["spec"]["wasm"][0]["code"]["type"] = "OCI".into(), "an unknown code type");
-    refused(eep.clone(), &|v| v["spec"]["wasm"][0]["code"]["type"] = "HTTP".into(), "type HTTP with an image");
-    refused(eep.clone(), &|v| v["spec"]["wasm"][0]["failOpen"] = "false".into(), "failOpen as a string");
-    refused(eep.clone(), &|v| v["spec"]["wasm"][0]["root_id"] = "x".into(), "Envoy's field name");
-    refused(eep.clone(), &|v| v["spec"]["targetRefs"][0]["kind"] = "Service".into(), "a Service target");
-    refused(eep, &|v| v["spec"].as_object_mut().map(|m| m.remove("targetRefs")).map_or((), |_| ()), "no target");
+    refused(
+        eep.clone(),
+        &|v| v["spec"]["wasm"][0]["code"]["type"] = "OCI".into(),
+        "an unknown code type",
+    );
+    refused(
+        eep.clone(),
+        &|v| v["spec"]["wasm"][0]["code"]["type"] = "HTTP".into(),
+        "type HTTP with an image",
+    );
+    refused(
+        eep.clone(),
+        &|v| v["spec"]["wasm"][0]["failOpen"] = "false".into(),
+        "failOpen as a string",
+    );
+    refused(
+        eep.clone(),
+        &|v| v["spec"]["wasm"][0]["root_id"] = "x".into(),
+        "Envoy's field name",
+    );
+    refused(
+        eep.clone(),
+        &|v| v["spec"]["targetRefs"][0]["kind"] = "Service".into(),
+        "a Service target",
+    );
+    refused(
+        eep,
+        &|v| {
+            v["spec"]
+                .as_object_mut()
+                .map(|m| m.remove("targetRefs"))
+                .map_or((), |_| ())
+        },
+        "no target",
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -861,7 +1098,8 @@ fn uses(docs: &[Doc]) -> Vec<Use> {
         };
         match d.kind() {
             "WasmPlugin" => {
-                let f = filter_named(d.name()).unwrap_or_else(|| panic!("{}: not named portcullis-<filter>", d.what()));
+                let f = filter_named(d.name())
+                    .unwrap_or_else(|| panic!("{}: not named portcullis-<filter>", d.what()));
                 let spec = &d.value["spec"];
                 out.push(Use {
                     what: d.what(),
@@ -875,7 +1113,9 @@ fn uses(docs: &[Doc]) -> Vec<Use> {
             "EnvoyExtensionPolicy" => {
                 for w in d.value["spec"]["wasm"].as_array().into_iter().flatten() {
                     let name = w["name"].as_str().unwrap_or("");
-                    let f = filter_named(name).unwrap_or_else(|| panic!("{}: wasm `{name}` not named portcullis-<filter>", d.what()));
+                    let f = filter_named(name).unwrap_or_else(|| {
+                        panic!("{}: wasm `{name}` not named portcullis-<filter>", d.what())
+                    });
                     let image = &w["code"]["image"];
                     out.push(Use {
                         what: format!("{} wasm {name}", d.what()),
@@ -901,28 +1141,45 @@ fn images_are_pinned_by_digest_and_annotations_name_the_built_modules() {
     let mut failures = Vec::new();
     for u in &uses {
         let digest = image_digest(u.filter);
-        let scheme = if u.what.contains("WasmPlugin") { "oci://" } else { "" };
+        let scheme = if u.what.contains("WasmPlugin") {
+            "oci://"
+        } else {
+            ""
+        };
         let want = format!("{scheme}{REGISTRY}/{}@sha256:{digest}", u.filter);
         if u.url != want {
             failures.push(format!("{}: url {} (expected {want})", u.what, u.url));
         }
         // Istio and Envoy Gateway compare `sha256` with the pulled image's digest.
         if u.sha256 != digest {
-            failures.push(format!("{}: sha256 {} is not the image's digest {digest}", u.what, u.sha256));
+            failures.push(format!(
+                "{}: sha256 {} is not the image's digest {digest}",
+                u.what, u.sha256
+            ));
         }
         if u.module.as_ref() != modules.get(u.filter) {
             failures.push(format!(
                 "{}: module annotation {:?}, the built {}.wasm is {:?}",
-                u.what, u.module, u.filter, modules.get(u.filter)
+                u.what,
+                u.module,
+                u.filter,
+                modules.get(u.filter)
             ));
         }
     }
     // Every container runs the gateway's image, pinned by digest (Redis aside).
     for d in docs.iter().filter(|d| d.kind() == "Deployment") {
-        for c in d.value["spec"]["template"]["spec"]["containers"].as_array().into_iter().flatten() {
+        for c in d.value["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let image = c["image"].as_str().unwrap_or("");
             if image.starts_with(REGISTRY) {
-                let want = format!("{REGISTRY}/{GATEWAY_IMAGE}@sha256:{}", image_digest(GATEWAY_IMAGE));
+                let want = format!(
+                    "{REGISTRY}/{GATEWAY_IMAGE}@sha256:{}",
+                    image_digest(GATEWAY_IMAGE)
+                );
                 if image != want {
                     failures.push(format!("{}: image {image} (expected {want})", d.what()));
                 }
@@ -936,15 +1193,24 @@ fn images_are_pinned_by_digest_and_annotations_name_the_built_modules() {
     for f in FILTERS {
         for kind in ["WasmPlugin", "EnvoyExtensionPolicy"] {
             assert!(
-                uses.iter().any(|u| u.filter == f.name && u.what.contains(kind)),
+                uses.iter()
+                    .any(|u| u.filter == f.name && u.what.contains(kind)),
                 "no {kind} runs {}",
                 f.name
             );
         }
     }
     for file in ["istio/chain.yaml", "envoy-gateway/chain.yaml"] {
-        let chain: Vec<&str> = uses.iter().filter(|u| u.what.starts_with(file)).map(|u| u.filter).collect();
-        assert_eq!(chain, ["jwt-auth", "tier-limiter", "header-forwarder"], "{file}");
+        let chain: Vec<&str> = uses
+            .iter()
+            .filter(|u| u.what.starts_with(file))
+            .map(|u| u.filter)
+            .collect();
+        assert_eq!(
+            chain,
+            ["jwt-auth", "tier-limiter", "header-forwarder"],
+            "{file}"
+        );
     }
 }
 
@@ -958,17 +1224,28 @@ fn the_chains_hold_the_single_filter_resources() {
         let f = filter_named(d.name()).unwrap_or("?");
         let single = in_file(&format!("istio/{f}.yaml"));
         assert_eq!(single.len(), 1, "istio/{f}.yaml");
-        assert_eq!(d.value, single[0].value, "istio/chain.yaml: {} differs from istio/{f}.yaml", d.name());
+        assert_eq!(
+            d.value,
+            single[0].value,
+            "istio/chain.yaml: {} differs from istio/{f}.yaml",
+            d.name()
+        );
     }
     let chain = in_file("envoy-gateway/chain.yaml");
     assert_eq!(chain.len(), 1);
-    for w in chain[0].value["spec"]["wasm"].as_array().into_iter().flatten() {
+    for w in chain[0].value["spec"]["wasm"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let f = filter_named(w["name"].as_str().unwrap_or("")).unwrap_or("?");
         let single = in_file(&format!("envoy-gateway/{f}.yaml"));
         assert_eq!(single.len(), 1, "envoy-gateway/{f}.yaml");
         assert_eq!(
             Some(w),
-            single[0].value["spec"]["wasm"].as_array().and_then(|a| a.first()),
+            single[0].value["spec"]["wasm"]
+                .as_array()
+                .and_then(|a| a.first()),
             "envoy-gateway/chain.yaml: {f} differs from envoy-gateway/{f}.yaml"
         );
         let key = portcullis_deploy::module_annotation(f);
@@ -985,7 +1262,11 @@ fn gateway_config(filters: &[(&str, &Value)]) -> String {
         .iter()
         .enumerate()
         .map(|(i, (f, config))| {
-            let wasm = FILTERS.iter().find(|x| x.name == *f).map(|x| x.wasm).unwrap_or("?");
+            let wasm = FILTERS
+                .iter()
+                .find(|x| x.name == *f)
+                .map(|x| x.wasm)
+                .unwrap_or("?");
             serde_json::json!({
                 "name": format!("f{i}-{f}"),
                 "wasm": wasm_dir().join(wasm),
@@ -1004,7 +1285,9 @@ fn validate(name: &str, yaml: &str) -> Result<(), String> {
     let dir = scratch(&format!("validate-{name}"));
     let path = dir.join("portcullis.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let r = portcullis::run::validate(&path).map(|_| ()).map_err(|e| e.join("\n"));
+    let r = portcullis::run::validate(&path)
+        .map(|_| ())
+        .map_err(|e| e.join("\n"));
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -1015,7 +1298,10 @@ fn every_filter_configuration_is_accepted_by_its_filter() {
     let mut failures = Vec::new();
     let uses = uses(&docs);
     for (i, u) in uses.iter().enumerate() {
-        if let Err(e) = validate(&format!("use{i}"), &gateway_config(&[(u.filter, &u.config)])) {
+        if let Err(e) = validate(
+            &format!("use{i}"),
+            &gateway_config(&[(u.filter, &u.config)]),
+        ) {
             failures.push(format!("{}: {e}", u.what));
         }
     }
@@ -1025,9 +1311,14 @@ fn every_filter_configuration_is_accepted_by_its_filter() {
         .iter()
         .find(|d| d.kind() == "ConfigMap" && d.name() == "portcullis")
         .expect("the gateway's ConfigMap");
-    let text = cm.value["data"]["portcullis.yaml"].as_str().expect("portcullis.yaml in the ConfigMap");
+    let text = cm.value["data"]["portcullis.yaml"]
+        .as_str()
+        .expect("portcullis.yaml in the ConfigMap");
     assert!(text.contains("/usr/local/lib/portcullis/"));
-    let local = text.replace("/usr/local/lib/portcullis/", &format!("{}/", wasm_dir().display()));
+    let local = text.replace(
+        "/usr/local/lib/portcullis/",
+        &format!("{}/", wasm_dir().display()),
+    );
     if let Err(e) = validate("configmap", &local) {
         failures.push(format!("{}: portcullis.yaml: {e}", cm.what()));
     }
@@ -1038,7 +1329,8 @@ fn every_filter_configuration_is_accepted_by_its_filter() {
 /// A configuration the filter refuses is reported: the check above can fail.
 #[test]
 fn a_configuration_the_filter_refuses_fails_validation() {
-    let bad = serde_json::json!({ "tiers": { "free": { "fortnight": 5 } }, "default_tier": "free" });
+    let bad =
+        serde_json::json!({ "tiers": { "free": { "fortnight": 5 } }, "default_tier": "free" });
     let e = validate("bad", &gateway_config(&[("tier-limiter", &bad)]));
     assert!(e.is_err(), "accepted: {bad}");
 }
@@ -1049,7 +1341,11 @@ fn a_configuration_the_filter_refuses_fails_validation() {
 /// The Envoy clusters a filter configuration names.
 fn clusters_named(config: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    for p in config["providers"].as_object().into_iter().flat_map(|m| m.values()) {
+    for p in config["providers"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
         if let Some(c) = p["remote_jwks"]["cluster"].as_str() {
             out.push(c.to_owned());
         }
@@ -1067,8 +1363,13 @@ fn the_clusters_the_filters_call_exist() {
     let docs = docs();
     let uses = uses(&docs);
     // Envoy Gateway: the bootstrap clusters of envoyproxy.yaml, which Envoy loads.
-    let proxy = docs.iter().find(|d| d.kind() == "EnvoyProxy").expect("an EnvoyProxy");
-    let bootstrap_text = proxy.value["spec"]["bootstrap"]["value"].as_str().expect("a bootstrap");
+    let proxy = docs
+        .iter()
+        .find(|d| d.kind() == "EnvoyProxy")
+        .expect("an EnvoyProxy");
+    let bootstrap_text = proxy.value["spec"]["bootstrap"]["value"]
+        .as_str()
+        .expect("a bootstrap");
     let bootstrap: Value = serde_norway::from_str(bootstrap_text).expect("the bootstrap is YAML");
     let defined: BTreeSet<&str> = bootstrap["static_resources"]["clusters"]
         .as_array()
@@ -1083,14 +1384,24 @@ fn the_clusters_the_filters_call_exist() {
             "ServiceEntry" => {
                 for h in d.value["spec"]["hosts"].as_array().into_iter().flatten() {
                     for p in d.value["spec"]["ports"].as_array().into_iter().flatten() {
-                        istio.insert(format!("outbound|{}||{}", p["number"], h.as_str().unwrap_or("")));
+                        istio.insert(format!(
+                            "outbound|{}||{}",
+                            p["number"],
+                            h.as_str().unwrap_or("")
+                        ));
                     }
                 }
             }
             "Service" => {
-                let ns = d.value["metadata"]["namespace"].as_str().unwrap_or("default");
+                let ns = d.value["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default");
                 for p in d.value["spec"]["ports"].as_array().into_iter().flatten() {
-                    istio.insert(format!("outbound|{}||{}.{ns}.svc.cluster.local", p["port"], d.name()));
+                    istio.insert(format!(
+                        "outbound|{}||{}.{ns}.svc.cluster.local",
+                        p["port"],
+                        d.name()
+                    ));
                 }
             }
             _ => {}
@@ -1107,11 +1418,18 @@ fn the_clusters_the_filters_call_exist() {
                 defined.contains(c.as_str())
             };
             if !known {
-                failures.push(format!("{}: cluster `{c}` is defined nowhere in deploy/", u.what));
+                failures.push(format!(
+                    "{}: cluster `{c}` is defined nowhere in deploy/",
+                    u.what
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{}\nIstio: {istio:?}\nEnvoy Gateway: {defined:?}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{}\nIstio: {istio:?}\nEnvoy Gateway: {defined:?}",
+        failures.join("\n")
+    );
     assert!(named >= 8, "{named} clusters named");
 
     // The bootstrap Envoy Gateway merges in is one Envoy accepts.
@@ -1145,8 +1463,9 @@ fn gateway_deployment(docs: &[Doc]) -> (&Doc, Value) {
         .iter()
         .find(|d| d.kind() == "ConfigMap" && d.name() == "portcullis")
         .expect("the gateway's ConfigMap");
-    let config: Value = serde_norway::from_str(cm.value["data"]["portcullis.yaml"].as_str().unwrap_or(""))
-        .expect("portcullis.yaml is YAML");
+    let config: Value =
+        serde_norway::from_str(cm.value["data"]["portcullis.yaml"].as_str().unwrap_or(""))
+            .expect("portcullis.yaml is YAML");
     (d, config)
 }
 
@@ -1176,7 +1495,11 @@ fn the_gateway_is_probed_on_its_admin_port_and_drains_within_its_grace_period() 
     for (probe, path) in [("readinessProbe", "/ready"), ("livenessProbe", "/healthz")] {
         let get = &c[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
-        assert_eq!(port_number(c, &get["port"]), Some(admin_port), "{probe} port");
+        assert_eq!(
+            port_number(c, &get["port"]),
+            Some(admin_port),
+            "{probe} port"
+        );
     }
     let listen: i64 = config["listeners"][0]["address"]
         .as_str()
@@ -1189,9 +1512,14 @@ fn the_gateway_is_probed_on_its_admin_port_and_drains_within_its_grace_period() 
     // drain_timeout_ms and one second more for its workers); all of it before the
     // grace period's SIGKILL.
     let drain_ms = config["drain_timeout_ms"].as_i64().unwrap_or(15_000);
-    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"].as_i64().unwrap_or(0);
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_i64()
+        .unwrap_or(0);
     let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
-    assert!(pre_stop >= 1, "a preStop sleep lets endpoints drop the pod before it stops accepting");
+    assert!(
+        pre_stop >= 1,
+        "a preStop sleep lets endpoints drop the pod before it stops accepting"
+    );
     let needed_ms = pre_stop * 1000 + drain_ms + 1000;
     assert!(
         grace * 1000 > needed_ms,
@@ -1219,11 +1547,22 @@ fn the_gateway_is_probed_on_its_admin_port_and_drains_within_its_grace_period() 
         .flatten()
         .find(|v| v["name"] == mount["name"])
         .expect("the cache's volume");
-    assert!(volume.get("emptyDir").is_some(), "the cache is an emptyDir: {volume}");
+    assert!(
+        volume.get("emptyDir").is_some(),
+        "the cache is an emptyDir: {volume}"
+    );
 
     // The configuration comes from the ConfigMap, at the path the arguments name.
-    let args: Vec<&str> = c["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
-    let at = args.iter().position(|a| *a == "--config").expect("--config");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| *a == "--config")
+        .expect("--config");
     let file = Path::new(args[at + 1]);
     let mount = c["volumeMounts"]
         .as_array()
@@ -1231,9 +1570,17 @@ fn the_gateway_is_probed_on_its_admin_port_and_drains_within_its_grace_period() 
         .flatten()
         .find(|m| m["mountPath"].as_str().map(Path::new) == file.parent())
         .expect("a volume holding the configuration");
-    let volume = pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == mount["name"]).expect("volume");
+    let volume = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+        .expect("volume");
     assert_eq!(volume["configMap"]["name"], "portcullis");
-    assert_eq!(file.file_name().and_then(|f| f.to_str()), Some("portcullis.yaml"));
+    assert_eq!(
+        file.file_name().and_then(|f| f.to_str()),
+        Some("portcullis.yaml")
+    );
 }
 
 #[test]
@@ -1247,21 +1594,40 @@ fn every_container_runs_unprivileged_read_only_and_with_requests() {
             containers += 1;
             let what = format!("{} container {}", d.what(), c["name"]);
             let sc = &c["securityContext"];
-            let non_root = sc["runAsNonRoot"] == true || (sc.get("runAsNonRoot").is_none() && pod["securityContext"]["runAsNonRoot"] == true);
+            let non_root = sc["runAsNonRoot"] == true
+                || (sc.get("runAsNonRoot").is_none()
+                    && pod["securityContext"]["runAsNonRoot"] == true);
             let checks = [
                 ("runAsNonRoot", non_root),
-                ("readOnlyRootFilesystem", sc["readOnlyRootFilesystem"] == true),
-                ("allowPrivilegeEscalation: false", sc["allowPrivilegeEscalation"] == false),
+                (
+                    "readOnlyRootFilesystem",
+                    sc["readOnlyRootFilesystem"] == true,
+                ),
+                (
+                    "allowPrivilegeEscalation: false",
+                    sc["allowPrivilegeEscalation"] == false,
+                ),
                 (
                     "capabilities dropped",
-                    sc["capabilities"]["drop"].as_array().is_some_and(|a| a.iter().any(|x| x == "ALL")),
+                    sc["capabilities"]["drop"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "ALL")),
                 ),
                 ("cpu request", c["resources"]["requests"]["cpu"].is_string()),
-                ("memory request", c["resources"]["requests"]["memory"].is_string()),
-                ("memory limit", c["resources"]["limits"]["memory"].is_string()),
+                (
+                    "memory request",
+                    c["resources"]["requests"]["memory"].is_string(),
+                ),
+                (
+                    "memory limit",
+                    c["resources"]["limits"]["memory"].is_string(),
+                ),
                 ("readiness probe", c.get("readinessProbe").is_some()),
                 ("liveness probe", c.get("livenessProbe").is_some()),
-                ("seccomp", pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"),
+                (
+                    "seccomp",
+                    pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault",
+                ),
             ];
             for (name, ok) in checks {
                 if !ok {
@@ -1278,7 +1644,10 @@ fn every_container_runs_unprivileged_read_only_and_with_requests() {
 // The systemd unit.
 
 fn systemd_analyze() -> &'static str {
-    let ok = Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     assert!(
         ok,
         "systemd-analyze is missing: `cargo xtask test` installs it (Debian: apt-get install systemd)"
@@ -1326,22 +1695,37 @@ fn analyze(unit: &str) -> (bool, bool, String) {
     let text = format!(
         "{}{}{}",
         String::from_utf8_lossy(&verify.stderr),
-        String::from_utf8_lossy(&security.stdout).lines().last().unwrap_or(""),
+        String::from_utf8_lossy(&security.stdout)
+            .lines()
+            .last()
+            .unwrap_or(""),
         String::from_utf8_lossy(&security.stderr)
     );
     let _ = std::fs::remove_dir_all(&root);
     // An unknown directive is only a warning to verify: count it as a failure.
-    let verified = verify.status.success() && !text.contains("Unknown key") && !text.contains("Failed to parse");
+    let verified = verify.status.success()
+        && !text.contains("Unknown key")
+        && !text.contains("Failed to parse");
     (verified, security.status.success(), text)
 }
 
 #[test]
 fn the_systemd_unit_verifies_and_is_locked_down() {
-    let unit = std::fs::read_to_string(portcullis_deploy::deploy_dir().join("systemd/portcullis.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(portcullis_deploy::deploy_dir().join("systemd/portcullis.service"))
+            .unwrap();
     let (verified, secure, text) = analyze(&unit);
     assert!(verified, "systemd-analyze verify:\n{text}");
-    assert!(secure, "systemd-analyze security rates it above 2.0:\n{text}");
-    for line in ["DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n"] {
+    assert!(
+        secure,
+        "systemd-analyze security rates it above 2.0:\n{text}"
+    );
+    for line in [
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=\n",
+    ] {
         assert!(unit.contains(line), "{line:?} missing");
     }
     // SIGTERM drains for drain_timeout_ms (15 s by default) and a second more.
@@ -1350,14 +1734,26 @@ fn the_systemd_unit_verifies_and_is_locked_down() {
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
         .and_then(|v| v.trim().parse().ok())
         .expect("TimeoutStopSec");
-    assert!(stop > 16, "TimeoutStopSec={stop} does not cover the default drain");
+    assert!(
+        stop > 16,
+        "TimeoutStopSec={stop} does not cover the default drain"
+    );
 
     // The checks can fail: a misspelt directive, and the hardening taken away.
     let (verified, _, _) = analyze(&unit.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"));
     assert!(!verified, "a misspelt directive passed");
     let weak: String = unit
         .lines()
-        .filter(|l| !["DynamicUser", "ProtectSystem", "PrivateUsers", "CapabilityBoundingSet"].iter().any(|k| l.starts_with(k)))
+        .filter(|l| {
+            ![
+                "DynamicUser",
+                "ProtectSystem",
+                "PrivateUsers",
+                "CapabilityBoundingSet",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     let (_, secure, text) = analyze(&weak);

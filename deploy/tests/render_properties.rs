@@ -25,7 +25,10 @@ fn inputs(registry: &str, client: &str, session: &str) -> Inputs {
     Inputs {
         registry: registry.to_owned(),
         images: names.clone().map(|n| (n.to_owned(), hex(n))).collect(),
-        modules: FILTERS.iter().map(|f| (f.name.to_owned(), hex(f.wasm))).collect(),
+        modules: FILTERS
+            .iter()
+            .map(|f| (f.name.to_owned(), hex(f.wasm)))
+            .collect(),
         oidc_secrets: Some((client.to_owned(), session.to_owned())),
     }
 }
@@ -43,7 +46,12 @@ fn parse(text: &str) -> Result<Value, String> {
 
 /// Where each template keeps the oidc configuration and the image URL.
 const OIDC: [(&str, &[&str], &[&str], &str); 2] = [
-    ("istio/oidc.yaml", &["spec", "pluginConfig"], &["spec", "url"], "oci://"),
+    (
+        "istio/oidc.yaml",
+        &["spec", "pluginConfig"],
+        &["spec", "url"],
+        "oci://",
+    ),
     (
         "envoy-gateway/oidc.yaml",
         &["spec", "wasm", "0", "config"],

@@ -35,9 +35,10 @@ fn every_shipped_envoy_config_validates() {
 fn managers(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
     match v {
         serde_json::Value::Object(m) => {
-            if m.get("@type").and_then(|t| t.as_str()).is_some_and(|t| {
-                t.ends_with("http_connection_manager.v3.HttpConnectionManager")
-            }) {
+            if m.get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with("http_connection_manager.v3.HttpConnectionManager"))
+            {
                 out.push(v.clone());
             }
             m.values().for_each(|x| managers(x, out));
@@ -75,7 +76,10 @@ fn every_shipped_envoy_config_holds_the_edge() {
         for h in hcms {
             assert_eq!(h["normalize_path"], true, "{name}");
             assert_eq!(h["merge_slashes"], true, "{name}");
-            assert_eq!(h["path_with_escaped_slashes_action"], "REJECT_REQUEST", "{name}");
+            assert_eq!(
+                h["path_with_escaped_slashes_action"], "REJECT_REQUEST",
+                "{name}"
+            );
             assert_eq!(h["use_remote_address"], true, "{name}");
             let mutations = h["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
                 .as_array()

@@ -98,7 +98,10 @@ fn fail_open_passes_on_the_request_as_it_was_before_the_failing_filter() {
         .filter(wasm("conformance_filter"), r#"{"upstream": "echo"}"#)
         .named("hostile")
         .failure_policy(FailurePolicy::FailOpen)
-        .filter(wasm("header_forwarder"), r#"{"forward_authorization": true}"#)
+        .filter(
+            wasm("header_forwarder"),
+            r#"{"forward_authorization": true}"#,
+        )
         .cluster("echo", |_| Reply::status(200, &[], "ok"))
         .upstream(|req| {
             let mut h = portcullis_testbed::HeaderMap::new();
@@ -108,9 +111,8 @@ fn fail_open_passes_on_the_request_as_it_was_before_the_failing_filter() {
         })
         .build()
         .expect("starts");
-    let res = bed.send(
-        Request::post("/case/tamper-then-trap", "the body").header("x-keep", "kept"),
-    );
+    let res =
+        bed.send(Request::post("/case/tamper-then-trap", "the body").header("x-keep", "kept"));
     assert_eq!(res.status, 200, "{}", res.text());
     let up = res.upstream.as_ref().expect("reached the upstream");
     assert_eq!(up.headers.get_str(":path"), Some("/case/tamper-then-trap"));
@@ -144,7 +146,10 @@ fn fail_open_keeps_the_body_and_the_response_a_failing_filter_changed() {
             .build()
             .expect("starts");
         let res = bed.send(Request::post(&format!("/case/{case}"), "the body"));
-        assert!(bed.logged("panic after changing"), "{case}: the filter did fail");
+        assert!(
+            bed.logged("panic after changing"),
+            "{case}: the filter did fail"
+        );
         assert_eq!(res.status, 200, "{case}: {}", res.text());
         match check {
             "body" => assert_eq!(
@@ -179,7 +184,10 @@ fn a_fail_open_filter_failing_before_jwt_auth_does_not_bypass_it() {
             .build()
             .expect("starts");
         let res = bed.send(Request::get(&format!("/case/{case}")));
-        assert!(bed.logged("conformance: panic"), "{case}: the filter did fail");
+        assert!(
+            bed.logged("conformance: panic"),
+            "{case}: the filter did fail"
+        );
         assert_eq!(res.status, 401, "{case}: {}", res.text());
         assert!(res.upstream.is_none(), "{case}");
     }

@@ -250,9 +250,13 @@ fn memory_stays_bounded_and_idle_buckets_are_reused() {
         .filter_map(|i| bed.shared_data(&format!("tier-limiter/tier_limiter-0/slot/{i}")))
         .collect();
     assert!(slots.len() >= 10, "{}", slots.len());
-    assert!(slots.iter().all(|v| v.len() == 40), "tag, full-at, last, one window");
     assert!(
-        bed.shared_data("tier-limiter/tier_limiter-0/slot/64").is_none(),
+        slots.iter().all(|v| v.len() == 40),
+        "tag, full-at, last, one window"
+    );
+    assert!(
+        bed.shared_data("tier-limiter/tier_limiter-0/slot/64")
+            .is_none(),
         "nothing beyond the table"
     );
     for m in ["tier_limiter_contended", "tier_limiter_table_full"] {

@@ -257,9 +257,7 @@ fn ensure_system_packages() -> Result<(), String> {
     apt(&args)?;
     // The package enables a system-wide registry service on :5000; the tests start
     // their own on loopback, so under systemd that service is stopped and disabled.
-    if missing.contains(&"docker-registry")
-        && Path::new("/run/systemd/system").exists()
-    {
+    if missing.contains(&"docker-registry") && Path::new("/run/systemd/system").exists() {
         let _ = Command::new("systemctl")
             .args(["disable", "--now", "docker-registry.service"])
             .status();

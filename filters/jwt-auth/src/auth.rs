@@ -219,9 +219,7 @@ impl TokenCache {
     }
 
     pub fn get(&mut self, token: &str, now: u64) -> Option<Rc<Verified>> {
-        let slot = *self
-            .index
-            .get(&kit::bytes::tail_hash(token.as_bytes()))?;
+        let slot = *self.index.get(&kit::bytes::tail_hash(token.as_bytes()))?;
         let e = self.ring.get_mut(slot)?;
         let verified = e.verified.as_ref()?;
         if !kit::bytes::same(e.token.as_bytes(), token.as_bytes()) {

@@ -337,25 +337,29 @@ fn a_request_without_a_usable_path_is_refused() {
 fn a_path_separated_prefix_is_checked_at_load() {
     let err = |m: Value| {
         let k = Key::ec256("k");
-        let doc = json!({"providers": {"idp": {"local_jwks": jwks(&[&k])}}, "rules": [{"match": m}]});
+        let doc =
+            json!({"providers": {"idp": {"local_jwks": jwks(&[&k])}}, "rules": [{"match": m}]});
         Config::parse(Some(doc.to_string().as_bytes()))
             .map(|_| ())
             .expect_err("refused")
             .to_string()
     };
     for (m, says) in [
-        (json!({"path_separated_prefix": "/a", "prefix": "/a"}), "prefix"),
+        (
+            json!({"path_separated_prefix": "/a", "prefix": "/a"}),
+            "prefix",
+        ),
         (json!({"path_separated_prefix": "/a", "path": "/a"}), "path"),
         (json!({"path_separated_prefix": "a"}), "must start with /"),
-        (json!({"path_separated_prefix": "/a/"}), "must not end with /"),
+        (
+            json!({"path_separated_prefix": "/a/"}),
+            "must not end with /",
+        ),
         (json!({"path_separated_prefix": "/"}), "must not end with /"),
         (json!({"path_separated_prefix": "/a?b"}), "?"),
         (json!({}), "path_separated_prefix"),
     ] {
         let e = err(m.clone());
-        assert!(
-            e.contains("rules[0].match") && e.contains(says),
-            "{m}: {e}"
-        );
+        assert!(e.contains("rules[0].match") && e.contains(says), "{m}: {e}");
     }
 }

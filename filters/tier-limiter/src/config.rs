@@ -395,8 +395,14 @@ mod tests {
     #[test]
     fn a_full_table_denies_unless_told_to_allow() {
         assert_eq!(parse("").unwrap().on_full, OnFull::Deny);
-        assert_eq!(parse(r#", "on_full": "deny""#).unwrap().on_full, OnFull::Deny);
-        assert_eq!(parse(r#", "on_full": "allow""#).unwrap().on_full, OnFull::Allow);
+        assert_eq!(
+            parse(r#", "on_full": "deny""#).unwrap().on_full,
+            OnFull::Deny
+        );
+        assert_eq!(
+            parse(r#", "on_full": "allow""#).unwrap().on_full,
+            OnFull::Allow
+        );
         let err = parse(r#", "on_full": "open""#).unwrap_err().to_string();
         assert!(err.contains("on_full"), "{err}");
     }

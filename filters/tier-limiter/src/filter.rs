@@ -188,7 +188,10 @@ impl Limit {
         let retry = itoa::Buffer::new().format(retry_after).to_owned();
         self.send_http_response(
             c.error_code,
-            vec![("retry-after", retry.as_str()), kit::reply::CONTENT_TYPE_JSON],
+            vec![
+                ("retry-after", retry.as_str()),
+                kit::reply::CONTENT_TYPE_JSON,
+            ],
             Some(&body),
         );
         Action::Pause

@@ -136,7 +136,9 @@ pub enum Taken {
     /// Every probed slot holds another identity that is still counting: the first of
     /// them is free again in `retry_after` seconds. The caller answers as `on_full`
     /// says.
-    Full { retry_after: u64 },
+    Full {
+        retry_after: u64,
+    },
     /// CAS kept failing (workers racing on these slots): the caller answers as for
     /// a full table.
     Contended,
@@ -350,9 +352,7 @@ mod tests {
         for requester in [per_second("fast", 100.0, 1), per_second("fast2", 100.0, 2)] {
             let m = Map::default();
             let owner = hourly(3.0);
-            let allowed = |p: &Plan, id: &str, t: u64| {
-                matches!(take(&m, "t/", 1, &K, p, id, t), Taken::Decided(d) if d.allowed)
-            };
+            let allowed = |p: &Plan, id: &str, t: u64| matches!(take(&m, "t/", 1, &K, p, id, t), Taken::Decided(d) if d.allowed);
             for _ in 0..3 {
                 assert!(allowed(&owner, "victim", 0));
             }
@@ -374,7 +374,11 @@ mod tests {
         // Identities of many plans in a small table at random-ish times: each one's
         // admissions never exceed what its own buckets allow, checked against the
         // token-bucket bound in every interval (a reset would exceed it).
-        let plans = [hourly(3.0), per_second("a", 2.0, 1), per_second("b", 5.0, 2)];
+        let plans = [
+            hourly(3.0),
+            per_second("a", 2.0, 1),
+            per_second("b", 5.0, 2),
+        ];
         let m = Map::default();
         let mut admitted: HashMap<(usize, u32), Vec<u64>> = HashMap::new();
         let mut t = 0u64;
@@ -418,9 +422,15 @@ mod tests {
     fn a_slot_is_a_fixed_size_whatever_the_identity() {
         let m = Map::default();
         let long = "k".repeat(70_000);
-        assert!(matches!(take(&m, "t/", 4, &K, &plan(2.0), &long, 0), Taken::Decided(d) if d.allowed));
-        assert!(matches!(take(&m, "t/", 4, &K, &plan(2.0), &long, 0), Taken::Decided(d) if d.allowed));
-        assert!(matches!(take(&m, "t/", 4, &K, &plan(2.0), &long, 0), Taken::Decided(d) if !d.allowed));
+        assert!(
+            matches!(take(&m, "t/", 4, &K, &plan(2.0), &long, 0), Taken::Decided(d) if d.allowed)
+        );
+        assert!(
+            matches!(take(&m, "t/", 4, &K, &plan(2.0), &long, 0), Taken::Decided(d) if d.allowed)
+        );
+        assert!(
+            matches!(take(&m, "t/", 4, &K, &plan(2.0), &long, 0), Taken::Decided(d) if !d.allowed)
+        );
         let sizes: Vec<usize> = m.0.borrow().values().map(|(v, _)| v.len()).collect();
         assert_eq!(sizes, vec![40], "tag, full-at, last, one window");
     }
@@ -458,7 +468,13 @@ mod tests {
         // A value of the wrong size is replaced.
         let bad = Map::default();
         bad.set("key", b"short", 0);
-        assert_eq!(hash_key(&bad, "key", &mut |b| { b.fill(9); true }), Some([9; 16]));
+        assert_eq!(
+            hash_key(&bad, "key", &mut |b| {
+                b.fill(9);
+                true
+            }),
+            Some([9; 16])
+        );
     }
 
     /// A store where another VM publishes its key between our read and our write.
@@ -491,7 +507,11 @@ mod tests {
             b.fill(1);
             true
         });
-        assert_eq!(mine, Some([5; 16]), "the other VM's key, stored first, is the key");
+        assert_eq!(
+            mine,
+            Some([5; 16]),
+            "the other VM's key, stored first, is the key"
+        );
         assert_eq!(m.get("key").map(|(v, _)| v), Some(vec![5; 16]));
     }
 
@@ -540,7 +560,9 @@ mod tests {
                 // The only slot now holds another active identity (one of two a minute
                 // taken: full again in 30 s), and its bucket is intact.
                 assert_eq!(first, Taken::Full { retry_after: 30 });
-                assert!(matches!(take(&m, "t/", size, &K, &p, "b", 0), Taken::Decided(d) if d.allowed));
+                assert!(
+                    matches!(take(&m, "t/", size, &K, &p, "b", 0), Taken::Decided(d) if d.allowed)
+                );
                 assert!(
                     matches!(take(&m, "t/", size, &K, &p, "b", 0), Taken::Decided(d) if !d.allowed)
                 );
@@ -554,6 +576,8 @@ mod tests {
         for i in 0..8 {
             m.set(&format!("t/{i}"), b"\xff\xff garbage", 0);
         }
-        assert!(matches!(take(&m, "t/", 8, &K, &plan(2.0), "a", 0), Taken::Decided(d) if d.allowed));
+        assert!(
+            matches!(take(&m, "t/", 8, &K, &plan(2.0), "a", 0), Taken::Decided(d) if d.allowed)
+        );
     }
 }

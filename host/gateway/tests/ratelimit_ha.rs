@@ -11,13 +11,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use portcullis_clients::GrpcCluster;
+use portcullis_engine::{GrpcCallRequest, HeaderMap};
+use portcullis_ratelimit::bucket_key;
 use portcullis_rls::{
     Code, Entry, METHOD, RateLimitDescriptor, RateLimitOverride, RateLimitRequest,
     RateLimitResponse, SERVICE, Unit,
 };
-use portcullis_clients::GrpcCluster;
-use portcullis_engine::{GrpcCallRequest, HeaderMap};
-use portcullis_ratelimit::bucket_key;
 use portcullis_testbed::redis::{RedisCluster, RedisSentinels, cli};
 use prost::Message;
 

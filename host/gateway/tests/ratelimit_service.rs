@@ -7,12 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use portcullis_clients::GrpcCluster;
+use portcullis_engine::{GrpcCallRequest, GrpcStatus, HeaderMap};
 use portcullis_rls::{
     Code, Entry, METHOD, RateLimitDescriptor, RateLimitOverride, RateLimitRequest,
     RateLimitResponse, SERVICE, Unit,
 };
-use portcullis_clients::GrpcCluster;
-use portcullis_engine::{GrpcCallRequest, GrpcStatus, HeaderMap};
 use portcullis_testbed::redis::RedisServer;
 use prost::Message;
 use serde_json::json;

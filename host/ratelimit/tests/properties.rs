@@ -3,8 +3,8 @@
 //! share a Redis key, whatever bytes their entries hold; the cluster slot of a key
 //! is its hash tag's, which no entry can move.
 
-use portcullis_rls::{Entry, RateLimitDescriptor, RateLimitOverride, RateLimitRequest, Unit};
 use portcullis_ratelimit::{Failure, Plan, Rules, bucket_key, grpc::decode_call, plan};
+use portcullis_rls::{Entry, RateLimitDescriptor, RateLimitOverride, RateLimitRequest, Unit};
 use proptest::prelude::*;
 use prost::Message;
 
