@@ -97,6 +97,37 @@ pub struct Duration {
     pub nanos: i32,
 }
 
+impl RateLimitDescriptor {
+    /// A descriptor of `(key, value)` entries, the service's own limit applying.
+    pub fn of(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: pairs
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            limit: None,
+        }
+    }
+
+    /// A descriptor that carries its own limit: `requests_per_unit` per `unit`.
+    pub fn limited(
+        pairs: &[(&str, &str)],
+        requests_per_unit: u32,
+        unit: Unit,
+    ) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            limit: Some(RateLimitOverride {
+                requests_per_unit,
+                unit: unit as i32,
+            }),
+            ..RateLimitDescriptor::of(pairs)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,7 @@ use portcullis_clients::GrpcCluster;
 use portcullis_engine::{GrpcCallRequest, HeaderMap};
 use portcullis_ratelimit::bucket_key;
 use portcullis_rls::{
-    Code, Entry, METHOD, RateLimitDescriptor, RateLimitOverride, RateLimitRequest,
-    RateLimitResponse, SERVICE, Unit,
+    Code, METHOD, RateLimitDescriptor, RateLimitRequest, RateLimitResponse, SERVICE, Unit,
 };
 use portcullis_testbed::redis::{RedisCluster, RedisSentinels, cli};
 use prost::Message;
@@ -57,26 +56,6 @@ impl Client {
     }
 }
 
-fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
-    pairs
-        .iter()
-        .map(|(k, v)| Entry {
-            key: (*k).into(),
-            value: (*v).into(),
-        })
-        .collect()
-}
-
-fn limited(pairs: &[(&str, &str)], n: u32, unit: Unit) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: entries(pairs),
-        limit: Some(RateLimitOverride {
-            requests_per_unit: n,
-            unit: unit as i32,
-        }),
-    }
-}
-
 fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
     RateLimitRequest {
         domain: "ha".into(),
@@ -88,7 +67,7 @@ fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
 /// The tier-limiter's request for one consumer: a second and a day window.
 fn consumer(identity: &str, second: u32, day: u32) -> RateLimitRequest {
     let window = |w: &str, n, unit| {
-        limited(
+        RateLimitDescriptor::limited(
             &[("tier", "t"), ("identity", identity), ("window", w)],
             n,
             unit,
@@ -273,8 +252,8 @@ fn a_redis_cluster_keeps_a_consumers_windows_in_one_slot_and_survives_a_master_f
     let (tight, loose) = (0..100)
         .map(|i| {
             (
-                limited(&[("route", &format!("r{i}"))], 1, Unit::Hour),
-                limited(&[("client", "x")], 5, Unit::Hour),
+                RateLimitDescriptor::limited(&[("route", &format!("r{i}"))], 1, Unit::Hour),
+                RateLimitDescriptor::limited(&[("client", "x")], 5, Unit::Hour),
             )
         })
         .find(|(a, b)| {

@@ -10,8 +10,7 @@ use common::*;
 use portcullis_clients::GrpcCluster;
 use portcullis_engine::{GrpcCallRequest, GrpcStatus, HeaderMap};
 use portcullis_rls::{
-    Code, Entry, METHOD, RateLimitDescriptor, RateLimitOverride, RateLimitRequest,
-    RateLimitResponse, SERVICE, Unit,
+    Code, METHOD, RateLimitDescriptor, RateLimitRequest, RateLimitResponse, SERVICE, Unit,
 };
 use portcullis_testbed::redis::RedisServer;
 use prost::Message;
@@ -42,26 +41,6 @@ fn call(service: &str, req: &RateLimitRequest) -> Result<RateLimitResponse, Grpc
         .map(|m| RateLimitResponse::decode(&m[..]).expect("a RateLimitResponse"))
 }
 
-fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
-    pairs
-        .iter()
-        .map(|(k, v)| Entry {
-            key: (*k).into(),
-            value: (*v).into(),
-        })
-        .collect()
-}
-
-fn limited(pairs: &[(&str, &str)], n: u32, unit: Unit) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: entries(pairs),
-        limit: Some(RateLimitOverride {
-            requests_per_unit: n,
-            unit: unit as i32,
-        }),
-    }
-}
-
 fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
     RateLimitRequest {
         domain: "test".into(),
@@ -80,7 +59,7 @@ fn buckets_in_redis_hold_the_burst_then_refuse_with_the_time_until_a_token() {
     let svc = RatelimitService::start(&redis.url(), &[]);
     // 10 per minute with a burst of 12: twelve pass at once, the 13th waits 6 s for
     // the next token (a token every 6 s).
-    let req = request(vec![limited(
+    let req = request(vec![RateLimitDescriptor::limited(
         &[("tier", "free"), ("identity", "ada"), ("burst", "12")],
         10,
         Unit::Minute,
@@ -104,7 +83,7 @@ fn buckets_in_redis_hold_the_burst_then_refuse_with_the_time_until_a_token() {
         "a token every 6 s, so the wait is at most 6 s: {wait:?}"
     );
     // Another identity has its own bucket.
-    let other = request(vec![limited(
+    let other = request(vec![RateLimitDescriptor::limited(
         &[("tier", "free"), ("identity", "bob")],
         10,
         Unit::Minute,
@@ -119,8 +98,8 @@ fn a_request_takes_from_every_window_or_from_none() {
     let id = [("identity", "carol")];
     let req = |second: u32| {
         request(vec![
-            limited(&[id[0], ("window", "second")], second, Unit::Second),
-            limited(&[id[0], ("window", "hour")], 100, Unit::Hour),
+            RateLimitDescriptor::limited(&[id[0], ("window", "second")], second, Unit::Second),
+            RateLimitDescriptor::limited(&[id[0], ("window", "hour")], 100, Unit::Hour),
         ])
     };
     for _ in 0..2 {
@@ -150,12 +129,7 @@ fn descriptors_without_a_limit_use_the_rule_files_or_are_not_limited() {
     )
     .unwrap();
     let svc = RatelimitService::start(&redis.url(), &["--rules", rules.to_str().unwrap()]);
-    let plain = |pairs: &[(&str, &str)]| {
-        request(vec![RateLimitDescriptor {
-            entries: entries(pairs),
-            limit: None,
-        }])
-    };
+    let plain = |pairs: &[(&str, &str)]| request(vec![RateLimitDescriptor::of(pairs)]);
     let tiny = plain(&[("plan", "tiny"), ("identity", "dan")]);
     assert!(ok(&call(&svc.url(), &tiny).unwrap()));
     assert!(ok(&call(&svc.url(), &tiny).unwrap()));
@@ -167,7 +141,11 @@ fn descriptors_without_a_limit_use_the_rule_files_or_are_not_limited() {
         assert!(r.statuses[0].current_limit.is_none());
     }
     // A limit of zero refuses everything.
-    let zero = request(vec![limited(&[("k", "v")], 0, Unit::Second)]);
+    let zero = request(vec![RateLimitDescriptor::limited(
+        &[("k", "v")],
+        0,
+        Unit::Second,
+    )]);
     assert!(!ok(&call(&svc.url(), &zero).unwrap()));
 }
 
@@ -181,7 +159,11 @@ fn bad_calls_and_bad_rule_files_get_clear_errors() {
     assert_eq!(status.code, 3);
     assert!(status.message.contains("no descriptors"), "{status:?}");
     // Still serving after those.
-    let fine = request(vec![limited(&[("k", "v")], 5, Unit::Second)]);
+    let fine = request(vec![RateLimitDescriptor::limited(
+        &[("k", "v")],
+        5,
+        Unit::Second,
+    )]);
     assert!(ok(&call(&svc.url(), &fine).unwrap()));
 
     let dir = TempDir::new();
