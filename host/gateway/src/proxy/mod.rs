@@ -517,19 +517,12 @@ impl Exchange {
             .get_str(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(500);
-        let response = to_response(
-            &headers,
-            if body.is_empty() {
-                empty()
-            } else {
-                full(body.clone())
-            },
-        );
+        self.ctx.entry.bytes_out = body.len() as u64;
+        let response = to_response(&headers, if body.is_empty() { empty() } else { full(body) });
         if let Some(mut f) = self.filters.take() {
             f.response = headers;
             f.finish();
         }
-        self.ctx.entry.bytes_out = body.len() as u64;
         self.ctx.finish(status);
         response
     }
