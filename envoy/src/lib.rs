@@ -54,6 +54,8 @@ pub struct WasmFilter {
     pub name: String,
     pub wasm: PathBuf,
     pub configuration: String,
+    /// `vm_config.configuration`: the bytes `proxy_on_vm_start` is given (none if unset).
+    pub vm_configuration: Option<String>,
     pub vm_id: String,
     /// FAIL_CLOSED, FAIL_OPEN or FAIL_RELOAD.
     pub failure_policy: &'static str,
@@ -65,12 +67,24 @@ impl WasmFilter {
             name: name.into(),
             wasm: wasm.as_ref().to_path_buf(),
             configuration: configuration.into(),
+            vm_configuration: None,
             vm_id: name.into(),
             failure_policy: "FAIL_CLOSED",
         }
     }
 
     fn to_json(&self) -> Value {
+        let mut vm_config = json!({
+            "vm_id": self.vm_id,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": { "local": { "filename": self.wasm.display().to_string() } },
+        });
+        if let Some(bytes) = &self.vm_configuration {
+            vm_config["configuration"] = json!({
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": bytes,
+            });
+        }
         json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
@@ -83,11 +97,7 @@ impl WasmFilter {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
                         "value": self.configuration,
                     },
-                    "vm_config": {
-                        "vm_id": self.vm_id,
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": { "local": { "filename": self.wasm.display().to_string() } },
-                    },
+                    "vm_config": vm_config,
                 },
             },
         })

@@ -2,7 +2,7 @@
 //! we call filters) plus listeners and an admin address. Parsed and checked whole at
 //! the edge; what comes out of [`load`] is trusted by the rest of the gateway.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +21,9 @@ pub struct ConfigFile {
     pub services: Vec<ServiceConfig>,
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// VMs on no route (Envoy's wasm services).
+    #[serde(default)]
+    pub wasm_services: Vec<WasmServiceConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// Worker threads (default: the number of cores).
@@ -208,9 +211,21 @@ fn default_body() -> u64 {
 pub struct FilterConfig {
     pub name: String,
     pub wasm: PathBuf,
-    /// The filter's own JSON configuration, written as YAML.
+    /// The filter's configuration (`proxy_on_configure`'s bytes), given as Envoy gives
+    /// a `google.protobuf.StringValue`: a YAML string as its raw bytes, a mapping or a
+    /// sequence as JSON text.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// The filter's configuration read from a file, byte for byte (text or binary).
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
+    /// The VM's configuration (`proxy_on_vm_start`'s bytes, Envoy's
+    /// `vm_config.configuration`), by the same rule as `config`.
+    #[serde(default)]
+    pub vm_config: Option<serde_json::Value>,
+    /// The VM's configuration read from a file, byte for byte.
+    #[serde(default)]
+    pub vm_config_file: Option<PathBuf>,
     #[serde(default)]
     pub failure_policy: Option<String>,
     /// Filters with the same `vm_id` share shared data (default: the filter's name).
@@ -220,6 +235,33 @@ pub struct FilterConfig {
     pub memory_limit_mb: Option<usize>,
     #[serde(default)]
     pub callback_timeout_ms: Option<u64>,
+}
+
+/// A wasm service: the fields of a filter (no failure policy: no request waits on
+/// it), and whether it is one VM for the gateway or one per worker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmServiceConfig {
+    pub name: String,
+    pub wasm: PathBuf,
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
+    #[serde(default)]
+    pub vm_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub vm_config_file: Option<PathBuf>,
+    #[serde(default)]
+    pub vm_id: Option<String>,
+    #[serde(default)]
+    pub memory_limit_mb: Option<usize>,
+    #[serde(default)]
+    pub callback_timeout_ms: Option<u64>,
+    /// Envoy's `singleton`: one VM for the whole gateway; false (Envoy's default): one
+    /// per worker.
+    #[serde(default)]
+    pub singleton: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +316,7 @@ pub struct Plan {
     pub admin: Option<SocketAddr>,
     pub services: Vec<Arc<Service>>,
     pub filters: Vec<Arc<FilterPlan>>,
+    pub wasm_services: Vec<WasmServicePlan>,
     pub routes: Vec<Arc<Route>>,
     pub workers: usize,
     pub access_log: Option<String>,
@@ -309,10 +352,19 @@ pub struct Service {
     pub max_response_body: u64,
 }
 
+/// A wasm service: a VM on no route (Envoy's `envoy.bootstrap.wasm`), for the work of
+/// a whole `vm_id` (fetching what the filters read from shared data, ticks).
+pub struct WasmServicePlan {
+    pub filter: Arc<FilterPlan>,
+    /// One VM for the whole gateway (on its own thread) rather than one per worker.
+    pub singleton: bool,
+}
+
 pub struct FilterPlan {
     pub name: String,
     pub module: Arc<CompiledModule>,
     pub configuration: Vec<u8>,
+    pub vm_configuration: Vec<u8>,
     pub failure_policy: FailurePolicy,
     pub vm_id: String,
     pub limits: VmLimits,
@@ -546,50 +598,31 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         if filter_index.insert(f.name.clone(), filters.len()).is_some() {
             errors.push(format!("filter `{}`: defined twice", f.name));
         }
-        let failure_policy = match f
-            .failure_policy
-            .as_deref()
-            .map(str::parse::<FailurePolicy>)
-            .transpose()
-        {
-            Ok(p) => p.unwrap_or_default(),
-            Err(e) => {
-                errors.push(format!("filter `{}`: {e}", f.name));
-                FailurePolicy::default()
-            }
-        };
-        let configuration = match &f.config {
-            None => Vec::new(),
-            Some(v) => v.to_string().into_bytes(),
-        };
-        let mut limits = VmLimits::default();
-        if let Some(mb) = f.memory_limit_mb {
-            // `mb << 20` would drop the high bits: a huge limit turned into a small one.
-            match mb.checked_mul(1 << 20) {
-                Some(bytes) => limits.memory_bytes = bytes,
-                None => errors.push(format!(
-                    "filter `{}`: memory_limit_mb {mb} is too large",
-                    f.name
-                )),
-            }
+        filters.extend(filter_plan(f, "filter", base, engine, &mut errors).map(Arc::new));
+    }
+    let mut wasm_services = Vec::new();
+    let mut service_names = HashSet::new();
+    for w in &file.wasm_services {
+        if !service_names.insert(w.name.as_str()) {
+            errors.push(format!("wasm service `{}`: defined twice", w.name));
         }
-        if let Some(ms) = f.callback_timeout_ms {
-            limits.callback_timeout = Duration::from_millis(ms.max(1));
-        }
-        match engine.load_file(&resolve(base, &f.wasm)) {
-            Ok(module) => filters.push(Arc::new(FilterPlan {
-                name: f.name.clone(),
-                module,
-                configuration,
-                failure_policy,
-                vm_id: f.vm_id.clone().unwrap_or_else(|| f.name.clone()),
-                limits,
-            })),
-            Err(e) => errors.push(format!(
-                "filter `{}`: wasm `{}`: {e}",
-                f.name,
-                f.wasm.display()
-            )),
+        let as_filter = FilterConfig {
+            name: w.name.clone(),
+            wasm: w.wasm.clone(),
+            config: w.config.clone(),
+            config_file: w.config_file.clone(),
+            vm_config: w.vm_config.clone(),
+            vm_config_file: w.vm_config_file.clone(),
+            failure_policy: None,
+            vm_id: w.vm_id.clone(),
+            memory_limit_mb: w.memory_limit_mb,
+            callback_timeout_ms: w.callback_timeout_ms,
+        };
+        if let Some(plan) = filter_plan(&as_filter, "wasm service", base, engine, &mut errors) {
+            wasm_services.push(WasmServicePlan {
+                filter: Arc::new(plan),
+                singleton: w.singleton,
+            });
         }
     }
     let mut routes = Vec::new();
@@ -673,6 +706,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         admin,
         services,
         filters: filters.into_iter().collect(),
+        wasm_services,
         routes,
         workers,
         access_log: match file.access_log.as_deref() {
@@ -688,6 +722,90 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             .collect(),
         limits,
     })
+}
+
+/// A filter's (or a wasm service's) plan: its configuration bytes, limits and module.
+/// Problems are added to `errors`, each naming `what` and the name.
+fn filter_plan(
+    f: &FilterConfig,
+    what: &str,
+    base: &Path,
+    engine: &Engine,
+    errors: &mut Vec<String>,
+) -> Option<FilterPlan> {
+    let name = &f.name;
+    let failure_policy = match f
+        .failure_policy
+        .as_deref()
+        .map(str::parse::<FailurePolicy>)
+        .transpose()
+    {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            errors.push(format!("{what} `{name}`: {e}"));
+            FailurePolicy::default()
+        }
+    };
+    let mut bytes = |field: &str, inline: &Option<serde_json::Value>, file: &Option<PathBuf>| match (
+        inline, file,
+    ) {
+        (Some(_), Some(_)) => {
+            errors.push(format!(
+                "{what} `{name}`: `{field}` and `{field}_file` both given: choose one"
+            ));
+            Vec::new()
+        }
+        (Some(v), None) => plugin_bytes(v),
+        (None, Some(path)) => std::fs::read(resolve(base, path)).unwrap_or_else(|e| {
+            errors.push(format!(
+                "{what} `{name}`: {field}_file `{}`: {e}",
+                path.display()
+            ));
+            Vec::new()
+        }),
+        (None, None) => Vec::new(),
+    };
+    let configuration = bytes("config", &f.config, &f.config_file);
+    let vm_configuration = bytes("vm_config", &f.vm_config, &f.vm_config_file);
+    let mut limits = VmLimits::default();
+    if let Some(mb) = f.memory_limit_mb {
+        // `mb << 20` would drop the high bits: a huge limit turned into a small one.
+        match mb.checked_mul(1 << 20) {
+            Some(bytes) => limits.memory_bytes = bytes,
+            None => errors.push(format!(
+                "{what} `{name}`: memory_limit_mb {mb} is too large"
+            )),
+        }
+    }
+    if let Some(ms) = f.callback_timeout_ms {
+        limits.callback_timeout = Duration::from_millis(ms.max(1));
+    }
+    match engine.load_file(&resolve(base, &f.wasm)) {
+        Ok(module) => Some(FilterPlan {
+            name: name.clone(),
+            module,
+            configuration,
+            vm_configuration,
+            failure_policy,
+            vm_id: f.vm_id.clone().unwrap_or_else(|| name.clone()),
+            limits,
+        }),
+        Err(e) => {
+            errors.push(format!("{what} `{name}`: wasm `{}`: {e}", f.wasm.display()));
+            None
+        }
+    }
+}
+
+/// A configuration value as the filter receives it, the way Envoy hands over a
+/// `StringValue`: a string is its own bytes (no quotes), null is empty, anything else
+/// is its JSON text.
+fn plugin_bytes(value: &serde_json::Value) -> Vec<u8> {
+    match value {
+        serde_json::Value::String(s) => s.as_bytes().to_vec(),
+        serde_json::Value::Null => Vec::new(),
+        other => other.to_string().into_bytes(),
+    }
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {

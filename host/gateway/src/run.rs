@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::access_log::AccessLog;
 use crate::config::{self, Plan};
 use crate::metrics::GatewayMetrics;
-use crate::state::{Shared, WorkerState};
+use crate::state::{Role, Shared, WorkerState};
 use crate::worker::{self, Control, ListenerSocket};
 
 /// Checks a configuration completely: parse, references, listeners' TLS files, every
@@ -38,7 +38,10 @@ fn validate_with(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
         .build()
         .map_err(|e| vec![e.to_string()])?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async { WorkerState::build(&plan, shared).map(|_| ()) })?;
+    local.block_on(&rt, async {
+        WorkerState::build(&plan, shared.clone(), Role::Main)?;
+        WorkerState::build(&plan, shared, Role::Worker).map(|_| ())
+    })?;
     Ok(plan)
 }
 
@@ -88,18 +91,23 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
         let mut controls = Vec::new();
         let mut threads = Vec::new();
         let mut starts = Vec::new();
-        for i in 0..plan.workers {
+        // The main VM thread first: it checks every filter, so a reload it refuses
+        // reaches no worker.
+        let roles = std::iter::once((Role::Main, Arc::new(Vec::new())))
+            .chain((0..plan.workers).map(|_| (Role::Worker, sockets.clone())));
+        for (i, (role, sockets)) in roles.enumerate() {
             let (tx, rx) = mpsc::unbounded_channel();
             let (started_tx, started_rx) = oneshot::channel();
             let t = worker::spawn(
-                i,
+                i.saturating_sub(1),
+                role,
                 plan.clone(),
                 shared.clone(),
-                sockets.clone(),
+                sockets,
                 rx,
                 started_tx,
             )
-            .map_err(|e| vec![format!("cannot start worker {i}: {e}")])?;
+            .map_err(|e| vec![format!("cannot start {role:?} thread {i}: {e}")])?;
             controls.push(tx);
             threads.push(t);
             starts.push(started_rx);
@@ -163,7 +171,7 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
     })
 }
 
-/// SIGHUP: the new configuration is checked completely (on the first worker) before
+/// SIGHUP: the new configuration is checked completely (on the main VM thread) before
 /// any worker uses it; a bad one is logged and the old one keeps serving.
 async fn reload(
     path: &Path,

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use portcullis_engine::{Engine, Filter, PluginSpec};
 
 use crate::access_log::AccessLog;
-use crate::config::Plan;
+use crate::config::{FilterPlan, Plan};
 use crate::metrics::GatewayMetrics;
 use crate::router::Router;
 use crate::upstream::{GatewayClusters, ServiceClient};
@@ -38,39 +38,68 @@ pub struct WorkerState {
     pub router: Router,
     pub services: Vec<ServiceClient>,
     pub chains: Vec<Vec<Filter>>,
+    /// The wasm services this thread runs, kept alive for their ticks and calls.
+    pub wasm_services: Vec<Filter>,
     /// Extra identity header names stripped from client requests.
     pub identity_headers: Vec<String>,
     pub shared: Arc<Shared>,
 }
 
+/// What a thread of the gateway runs: a worker serves requests (filters, and the wasm
+/// services that run per worker); the main VM thread runs the singleton wasm services.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    Worker,
+    Main,
+}
+
 impl WorkerState {
-    /// Starts every filter of `plan` on this thread. Must run inside a `LocalSet`.
-    pub fn build(plan: &Plan, shared: Arc<Shared>) -> Result<WorkerState, Vec<String>> {
+    /// Starts the VMs `plan` gives this thread's `role`. Must run inside a `LocalSet`.
+    ///
+    /// The main thread also starts every filter once, as a check, and drops it: a reload
+    /// reaches it first, so a configuration a filter refuses is refused before any
+    /// thread takes it (Envoy likewise starts a base VM on its main thread).
+    pub fn build(plan: &Plan, shared: Arc<Shared>, role: Role) -> Result<WorkerState, Vec<String>> {
         let clusters: Rc<dyn portcullis_engine::Clusters> =
             Rc::new(GatewayClusters::new(&plan.services));
-        let mut filters = Vec::new();
-        let mut errors = Vec::new();
-        for f in &plan.filters {
+        let start = |f: &FilterPlan| {
             let spec = PluginSpec {
                 name: f.name.clone(),
                 root_id: f.name.clone(),
                 vm_id: f.vm_id.clone(),
                 configuration: f.configuration.clone(),
-                vm_configuration: Vec::new(),
+                vm_configuration: f.vm_configuration.clone(),
                 failure_policy: f.failure_policy,
                 limits: f.limits,
                 module: f.module.clone(),
             };
-            match Filter::start(&shared.engine, spec, clusters.clone()) {
+            Filter::start(&shared.engine, spec, clusters.clone()).map_err(|e| e.to_string())
+        };
+        let mut filters = Vec::new();
+        let mut wasm_services = Vec::new();
+        let mut errors = Vec::new();
+        for f in &plan.filters {
+            match start(f) {
                 Ok(filter) => filters.push(Some(filter)),
                 Err(e) => {
-                    errors.push(e.to_string());
+                    errors.push(e);
                     filters.push(None);
+                }
+            }
+        }
+        for w in &plan.wasm_services {
+            if w.singleton == (role == Role::Main) {
+                match start(&w.filter) {
+                    Ok(service) => wasm_services.push(service),
+                    Err(e) => errors.push(format!("wasm service `{}`: {e}", w.filter.name)),
                 }
             }
         }
         if !errors.is_empty() {
             return Err(errors);
+        }
+        if role == Role::Main {
+            filters.clear();
         }
         let chains = plan
             .routes
@@ -78,7 +107,7 @@ impl WorkerState {
             .map(|r| {
                 r.filters
                     .iter()
-                    .filter_map(|i| filters[*i].clone())
+                    .filter_map(|i| filters.get(*i).cloned().flatten())
                     .collect()
             })
             .collect();
@@ -100,6 +129,7 @@ impl WorkerState {
                 .map(|s| ServiceClient::new(s.clone()))
                 .collect(),
             chains,
+            wasm_services,
             identity_headers: plan.identity_headers.clone(),
             shared,
         })

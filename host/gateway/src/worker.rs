@@ -18,7 +18,7 @@ use tokio::task::LocalSet;
 
 use crate::config::Plan;
 use crate::proxy::{Conn, handle};
-use crate::state::{Shared, WorkerState};
+use crate::state::{Role, Shared, WorkerState};
 
 pub enum Control {
     Reload(Arc<Plan>, oneshot::Sender<Result<(), Vec<String>>>),
@@ -44,9 +44,11 @@ pub struct ListenerSocket {
     pub open: Arc<crate::downstream::ConnectionCount>,
 }
 
-/// Starts a worker thread. It reports once whether its filters started.
+/// Starts a worker thread (or, with `Role::Main` and no sockets, the thread of the
+/// singleton wasm services). It reports once whether its VMs started.
 pub fn spawn(
     index: usize,
+    role: Role,
     plan: Arc<Plan>,
     shared: Arc<Shared>,
     sockets: Arc<Vec<ListenerSocket>>,
@@ -54,7 +56,10 @@ pub fn spawn(
     started: oneshot::Sender<Result<(), Vec<String>>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
-        .name(format!("worker-{index}"))
+        .name(match role {
+            Role::Worker => format!("worker-{index}"),
+            Role::Main => "wasm-main".to_owned(),
+        })
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -70,7 +75,7 @@ pub fn spawn(
             };
             let local = LocalSet::new();
             local.block_on(&rt, async move {
-                let state = match WorkerState::build(&plan, shared.clone()) {
+                let state = match WorkerState::build(&plan, shared.clone(), role) {
                     Ok(s) => Rc::new(RefCell::new(Rc::new(s))),
                     Err(e) => {
                         let _ = started.send(Err(e));
@@ -103,7 +108,7 @@ pub fn spawn(
                 while let Some(msg) = control.recv().await {
                     match msg {
                         Control::Reload(plan, done) => {
-                            let result = WorkerState::build(&plan, shared.clone()).map(|s| {
+                            let result = WorkerState::build(&plan, shared.clone(), role).map(|s| {
                                 *state.borrow_mut() = Rc::new(s);
                             });
                             let _ = done.send(result);

@@ -196,6 +196,8 @@ mod raw {
 
 #[derive(Default, Clone)]
 struct Config {
+    /// The plugin configuration's bytes as the host gave them.
+    raw: Vec<u8>,
     upstream: String,
     blackhole: String,
     refused: String,
@@ -204,6 +206,8 @@ struct Config {
 
 thread_local! {
     static QUEUE: RefCell<u32> = const { RefCell::new(0) };
+    /// The VM configuration's bytes, as `proxy_on_vm_start` was given them.
+    static VM_CONFIG: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The guest address of `b`, as the raw host calls take it (wasm32: 32-bit pointers).
@@ -244,19 +248,17 @@ struct Root {
 impl Context for Root {}
 
 impl RootContext for Root {
+    fn on_vm_start(&mut self, _: usize) -> bool {
+        let bytes = self.get_vm_configuration().unwrap_or_default();
+        VM_CONFIG.with(|c| *c.borrow_mut() = bytes);
+        true
+    }
+
     fn on_configure(&mut self, _: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let v: serde_json::Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                proxy_wasm::hostcalls::log(
-                    LogLevel::Error,
-                    &format!("conformance: bad configuration: {e}"),
-                )
-                .ok();
-                return false;
-            }
-        };
+        // Any bytes are a configuration (the `config` case reports them back); a JSON
+        // object also sets the fields below.
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if v.get("reject").is_some() {
             proxy_wasm::hostcalls::log(LogLevel::Error, "conformance: configuration says reject")
                 .ok();
@@ -264,11 +266,27 @@ impl RootContext for Root {
         }
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
         self.config = Config {
+            raw: bytes,
             upstream: s("upstream"),
             blackhole: s("blackhole"),
             refused: s("refused"),
             grpc: s("grpc"),
         };
+        // Counts the root contexts configured with this key, across the vm_id's VMs.
+        if let Some(key) = v.get("count_key").and_then(|x| x.as_str()) {
+            loop {
+                let (value, cas) = self.get_shared_data(key);
+                let n = value
+                    .and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if self
+                    .set_shared_data(key, Some((n + 1).to_string().as_bytes()), cas)
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        }
         if let Some(ms) = v.get("tick_ms").and_then(|x| x.as_u64()) {
             self.set_tick_period(Duration::from_millis(ms));
         }
@@ -458,6 +476,25 @@ impl HttpContext for Case {
                     .collect();
                 self.set_http_request_headers(refs);
                 Action::Continue
+            }
+            // The configuration bytes the host handed over, as the body of a reply.
+            "config" => {
+                self.send_http_response(200, vec![], Some(&self.config.raw));
+                Action::Pause
+            }
+            "vm-config" => {
+                let bytes = VM_CONFIG.with(|c| c.borrow().clone());
+                self.send_http_response(200, vec![], Some(&bytes));
+                Action::Pause
+            }
+            // A shared-data value of this VM's vm_id, as the body (404 when absent).
+            "shared-get" => {
+                let key = self.param("key").unwrap_or("").to_owned();
+                match self.get_shared_data(&key) {
+                    (Some(value), _) => self.send_http_response(200, vec![], Some(&value)),
+                    (None, _) => self.send_http_response(404, vec![], None),
+                }
+                Action::Pause
             }
             "local-reply" => {
                 self.send_http_response(403, vec![("x-reason", "case")], Some(b"denied"));

@@ -1,0 +1,222 @@
+//! Filters written elsewhere: the gateway hands a filter what Envoy hands it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use portcullis_clients::HttpCluster;
+use portcullis_engine::{HeaderMap, HttpCallRequest};
+use portcullis_envoy::{Envoy, EnvoyConfig, WasmFilter};
+
+/// The status and the body's bytes of `GET path` at `base`, for `host`.
+fn fetch(base: &str, host: &str, path: &str) -> (u16, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = HttpCluster::new(base, Duration::from_secs(2), None).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.add(":method", "GET");
+    headers.add(":path", path);
+    headers.add(":authority", host);
+    let r = rt
+        .block_on(client.call(HttpCallRequest {
+            headers,
+            body: Vec::new(),
+            trailers: HeaderMap::new(),
+            timeout: Duration::from_secs(10),
+        }))
+        .unwrap_or_else(|e| panic!("GET {base}{path}: {e:?}"));
+    let status = r.headers.get_str(":status").and_then(|s| s.parse().ok());
+    (status.unwrap_or(0), r.body)
+}
+
+#[test]
+fn configuration_bytes_reach_the_filter_as_envoy_hands_them() {
+    let upstream = echo();
+    let conformance = wasm("conformance_filter");
+    let dir = TempDir::new();
+    // Not UTF-8, with a NUL and a newline: a file's bytes pass untouched.
+    let binary = b"\x00\xffbinary\nconfig\x80".to_vec();
+    let file = dir.0.join("plugin.bin");
+    std::fs::write(&file, &binary).unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+filters:
+  - {{ name: string, wasm: "{conformance}", config: "hello from config", vm_config: "vm says hi" }}
+  - {{ name: mapping, wasm: "{conformance}", config: {{ greeting: hello, n: [1, 2] }}, vm_config: {{ a: 1 }} }}
+  - {{ name: number, wasm: "{conformance}", config: 42 }}
+  - {{ name: file, wasm: "{conformance}", config_file: "{}", vm_config_file: "{}" }}
+  - {{ name: none, wasm: "{conformance}" }}
+routes:
+  - {{ name: string, match: {{ hosts: [string.test] }}, service: echo, filters: [string] }}
+  - {{ name: mapping, match: {{ hosts: [mapping.test] }}, service: echo, filters: [mapping] }}
+  - {{ name: number, match: {{ hosts: [number.test] }}, service: echo, filters: [number] }}
+  - {{ name: file, match: {{ hosts: [file.test] }}, service: echo, filters: [file] }}
+  - {{ name: none, match: {{ hosts: [none.test] }}, service: echo, filters: [none] }}
+"#,
+        file.display(),
+        file.display(),
+    ));
+    let url = gw.url();
+    let case = |route: &str, case: &str| {
+        let (status, body) = fetch(&url, &format!("{route}.test"), &format!("/case/{case}"));
+        assert_eq!(status, 200, "{route} {case}");
+        body
+    };
+    assert_eq!(case("string", "config"), b"hello from config");
+    assert_eq!(case("string", "vm-config"), b"vm says hi");
+    let mapping: serde_json::Value = serde_json::from_slice(&case("mapping", "config")).unwrap();
+    assert_eq!(
+        mapping,
+        serde_json::json!({"greeting": "hello", "n": [1, 2]})
+    );
+    assert_eq!(case("mapping", "vm-config"), br#"{"a":1}"#);
+    assert_eq!(case("number", "config"), b"42");
+    assert_eq!(case("file", "config"), binary);
+    assert_eq!(case("file", "vm-config"), binary);
+    assert_eq!(case("none", "config"), b"");
+    assert_eq!(case("none", "vm-config"), b"");
+
+    // Envoy, given the same string as a StringValue, hands over the same bytes.
+    let mut filter = WasmFilter::new("string", &conformance, "hello from config");
+    filter.vm_configuration = Some("vm says hi".into());
+    let envoy =
+        Envoy::start(&EnvoyConfig::new(upstream).filter(filter)).unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", envoy.listener);
+    assert_eq!(
+        fetch(&base, "gateway.test", "/case/config"),
+        (200, b"hello from config".to_vec())
+    );
+    assert_eq!(
+        fetch(&base, "gateway.test", "/case/vm-config"),
+        (200, b"vm says hi".to_vec())
+    );
+}
+
+#[test]
+fn a_configuration_given_twice_or_from_a_missing_file_is_refused_at_start() {
+    let conformance = wasm("conformance_filter");
+    let err = Gateway::try_start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+services: [{{ name: echo, url: "http://127.0.0.1:9" }}]
+filters:
+  - {{ name: twice, wasm: "{conformance}", config: "a", config_file: "/etc/hostname" }}
+  - {{ name: missing, wasm: "{conformance}", vm_config_file: "/nonexistent/vm.bin" }}
+routes: [{{ name: r, match: {{ paths: [/] }}, service: echo, filters: [twice, missing] }}]
+"#
+    ))
+    .err()
+    .expect("the gateway must refuse the configuration");
+    assert!(
+        err.contains("filter `twice`: `config` and `config_file` both given"),
+        "{err}"
+    );
+    assert!(
+        err.contains("filter `missing`: vm_config_file `/nonexistent/vm.bin`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wasm_service_ticks_on_no_route_and_fills_shared_data_the_filters_read() {
+    let upstream = echo();
+    let conformance = wasm("conformance_filter");
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+workers: 2
+services: [{{ name: echo, url: "http://{upstream}" }}]
+wasm_services:
+  - {{ name: fetcher, wasm: "{conformance}", vm_id: shared-vm, singleton: true, config: {{ tick_ms: 50, count_key: services }} }}
+filters:
+  - {{ name: reader, wasm: "{conformance}", vm_id: shared-vm }}
+  - {{ name: other, wasm: "{conformance}", vm_id: other-vm }}
+routes:
+  - {{ name: reader, match: {{ hosts: [reader.test] }}, service: echo, filters: [reader] }}
+  - {{ name: other, match: {{ hosts: [other.test] }}, service: echo, filters: [other] }}
+"#
+    ));
+    let url = gw.url();
+    let ticks = || {
+        let (status, body) = fetch(&url, "reader.test", "/case/shared-get?key=ticks");
+        (status == 200).then(|| String::from_utf8(body).unwrap().parse::<u64>().unwrap())
+    };
+    // The service's ticks come, and keep coming, on no route at all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(n) = ticks() {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "no tick in 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let later = ticks().unwrap();
+    assert!(
+        later >= first + 2,
+        "ticks {first} then {later} after 300 ms"
+    );
+    // One VM for the gateway: every worker's filter reads the one count, which grows
+    // by about one per 50 ms (two per-worker services would write two counts).
+    std::thread::sleep(Duration::from_millis(500));
+    let after = ticks().unwrap();
+    assert!(
+        (after - later) <= 15,
+        "ticks went {later} -> {after} in 500 ms at one tick per 50 ms"
+    );
+    let services = fetch(&url, "reader.test", "/case/shared-get?key=services");
+    assert_eq!(services, (200, b"1".to_vec()), "one singleton VM");
+    // Shared data is scoped by vm_id: a filter of another vm_id does not see it.
+    assert_eq!(
+        fetch(&url, "other.test", "/case/shared-get?key=ticks").0,
+        404
+    );
+}
+
+#[test]
+fn a_wasm_service_per_worker_runs_on_every_worker() {
+    let upstream = echo();
+    let conformance = wasm("conformance_filter");
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+workers: 2
+services: [{{ name: echo, url: "http://{upstream}" }}]
+wasm_services:
+  - {{ name: fetcher, wasm: "{conformance}", vm_id: shared-vm, config: {{ tick_ms: 100, count_key: services }} }}
+filters:
+  - {{ name: reader, wasm: "{conformance}", vm_id: shared-vm }}
+routes:
+  - {{ name: reader, match: {{ hosts: [reader.test] }}, service: echo, filters: [reader] }}
+"#
+    ));
+    let url = gw.url();
+    let ticks = || {
+        let (status, body) = fetch(&url, "reader.test", "/case/shared-get?key=ticks");
+        (status == 200).then(|| String::from_utf8(body).unwrap().parse::<u64>().unwrap())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ticks().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no tick in 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One VM per worker: two root contexts configured, and ticks go on.
+    let services = fetch(&url, "reader.test", "/case/shared-get?key=services");
+    assert_eq!(
+        services,
+        (200, b"2".to_vec()),
+        "one VM per worker, two workers"
+    );
+    let a = ticks().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let b = ticks().unwrap();
+    assert!(b > a, "ticks {a} then {b}");
+}
