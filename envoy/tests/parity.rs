@@ -2,6 +2,10 @@
 //! pointed at real loopback services) and in a real Envoy 1.40 with the same `.wasm`,
 //! and what the client and the upstream saw must match. Where the hosts differ on
 //! purpose, the difference is listed in `KNOWN_DIFFERENCES` with the reason.
+//!
+//! Two SDKs: the Rust SDK's conformance filter, and one written with the
+//! AssemblyScript SDK (`testbed/filters/as-conformance`: ABI 0.2.0 exports, its own
+//! allocator, `wasi_unstable` imports).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +15,41 @@ use portcullis_clients::HttpCluster;
 use portcullis_engine::{HeaderMap, HttpCallRequest};
 use portcullis_envoy::{Envoy, EnvoyConfig, WasmFilter, blackhole, refused};
 use portcullis_testbed::{Request, TestBed, wasm};
+
+/// A filter and the cases both hosts must answer alike.
+struct Suite {
+    /// The filter's name, which is also its root_id (the AssemblyScript SDK picks its
+    /// root context by it).
+    name: &'static str,
+    wasm: &'static str,
+    configuration: &'static str,
+    cases: &'static [&'static str],
+}
+
+const RUST_SDK: Suite = Suite {
+    name: "conformance",
+    wasm: "conformance_filter",
+    configuration: r#"{"upstream": "echo", "blackhole": "blackhole", "refused": "refused"}"#,
+    cases: CASES,
+};
+
+/// The AssemblyScript filter's cases; its configuration is the cluster it calls.
+const AS_SDK: Suite = Suite {
+    name: "as_conformance",
+    wasm: "as_conformance",
+    configuration: "echo",
+    cases: &[
+        "headers",
+        "pairs",
+        "local-reply",
+        "shared",
+        "http-call",
+        "body",
+        "props",
+        "none",
+        "tick",
+    ],
+};
 
 /// The conformance cases both hosts must answer alike. The `limit-*` cases are left
 /// out on purpose: they ask the host to hold more than our host's limits allow, and
@@ -43,6 +82,9 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[];
 
 const RESPONSE_HEADERS: &[&str] = &[
     "x-case",
+    "x-as-case",
+    "x-call-status",
+    "x-call-has-body",
     "x-saw-response",
     "x-reason",
     "x-request-header-status",
@@ -54,6 +96,7 @@ const UPSTREAM_HEADERS: &[&str] = &[
     "x-remove",
     "x-seen-multi",
     "x-missing-is-none",
+    "x-missing-is-empty",
     "x-drop-me",
     "x-keep",
     "x-from-pairs",
@@ -121,19 +164,15 @@ fn spawn_echo() -> SocketAddr {
     portcullis_echo::spawn_thread().expect("echo upstream starts")
 }
 
-fn config(envoy: bool) -> String {
-    let _ = envoy;
-    r#"{"upstream": "echo", "blackhole": "blackhole", "refused": "refused"}"#.into()
-}
-
 fn run_ours(
+    suite: &Suite,
     echo: SocketAddr,
     hole: SocketAddr,
     closed: SocketAddr,
 ) -> BTreeMap<&'static str, Observation> {
     let mut bed = TestBed::new()
-        .filter(wasm("conformance_filter"), config(false))
-        .named("conformance")
+        .filter(wasm(suite.wasm), suite.configuration)
+        .named(suite.name)
         .cluster_url("echo", &format!("http://{echo}"))
         .cluster_url("blackhole", &format!("http://{hole}"))
         .cluster_url("refused", &format!("http://{closed}"))
@@ -141,7 +180,12 @@ fn run_ours(
         .build()
         .expect("starts");
     let mut out = BTreeMap::new();
-    for case in CASES {
+    for case in suite.cases {
+        if case == &"tick" {
+            // The test bed's clock moves only when told: as much time as Envoy's real
+            // clock has passed by this case, at least.
+            bed.advance(Duration::from_millis(100));
+        }
         let (headers, body) = request_for(case);
         let mut req = Request::get("/");
         req.headers = headers;
@@ -157,11 +201,12 @@ fn run_ours(
 }
 
 fn run_envoy(
+    suite: &Suite,
     echo: SocketAddr,
     hole: SocketAddr,
     closed: SocketAddr,
 ) -> BTreeMap<&'static str, Observation> {
-    let mut filter = WasmFilter::new("conformance", wasm("conformance_filter"), &config(true));
+    let mut filter = WasmFilter::new(suite.name, wasm(suite.wasm), suite.configuration);
     filter.failure_policy = "FAIL_RELOAD";
     let cfg = EnvoyConfig::new(echo)
         .filter(filter)
@@ -180,7 +225,7 @@ fn run_envoy(
     )
     .expect("client");
     let mut out = BTreeMap::new();
-    for case in CASES {
+    for case in suite.cases {
         let (headers, body) = request_for(case);
         let req = HttpCallRequest {
             headers,
@@ -221,13 +266,13 @@ fn run_envoy(
     out
 }
 
-#[test]
-fn conformance_cases_match_envoy() {
+/// Runs `suite` in both hosts; the differences not listed as known.
+fn differences(suite: &Suite) -> Vec<String> {
     let (echo, hole, closed) = (spawn_echo(), blackhole(), refused());
-    let ours = run_ours(echo, hole, closed);
-    let envoy = run_envoy(echo, hole, closed);
+    let ours = run_ours(suite, echo, hole, closed);
+    let envoy = run_envoy(suite, echo, hole, closed);
     let mut differences = Vec::new();
-    for case in CASES {
+    for case in suite.cases {
         let (a, b) = (&ours[case], &envoy[case]);
         let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         for k in keys {
@@ -241,6 +286,22 @@ fn conformance_cases_match_envoy() {
             }
         }
     }
+    differences
+}
+
+#[test]
+fn conformance_cases_match_envoy() {
+    let differences = differences(&RUST_SDK);
+    assert!(
+        differences.is_empty(),
+        "our host differs from Envoy:\n{}",
+        differences.join("\n")
+    );
+}
+
+#[test]
+fn assemblyscript_sdk_cases_match_envoy() {
+    let differences = differences(&AS_SDK);
     assert!(
         differences.is_empty(),
         "our host differs from Envoy:\n{}",

@@ -104,10 +104,32 @@ fn ensure_target() -> Result<(), String> {
     }
 }
 
-/// Builds the four filters and the test filters for wasm32-wasip1 (release profile).
+/// Builds the four filters and the test filters for wasm32-wasip1 (release profile),
+/// and the AssemblyScript test filter.
 fn build() -> Result<(), String> {
     let all: Vec<&str> = FILTERS.iter().chain(TEST_FILTERS.iter()).copied().collect();
-    build_only(&all)
+    build_only(&all)?;
+    build_assemblyscript()
+}
+
+/// Builds the conformance filter written with the AssemblyScript SDK (npm
+/// `assemblyscript` and `@solo-io/proxy-runtime`, pinned in its package-lock.json)
+/// into the directory of the other filters, as `as_conformance.wasm`.
+fn build_assemblyscript() -> Result<(), String> {
+    let dir = root().join("testbed/filters/as-conformance");
+    if !dir.join("node_modules/.bin/asc").exists() {
+        run(Command::new("npm")
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund"]))
+        .map_err(|e| format!("{e}\n(the AssemblyScript test filter needs Node.js and npm)"))?;
+    }
+    let out = wasm_dir().join("as_conformance.wasm");
+    run(Command::new(dir.join("node_modules/.bin/asc"))
+        .current_dir(&dir)
+        .arg("assembly/index.ts")
+        .arg("-b")
+        .arg(&out)
+        .args(["--use", "abort=abort_proc_exit", "-O", "--noColors"]))
 }
 
 /// Builds these filter packages for wasm32-wasip1 (release profile).

@@ -1102,15 +1102,26 @@ fn errno(r: Result<(), Status>) -> u32 {
     }
 }
 
-const WASI: &str = "wasi_snapshot_preview1";
+/// WASI's module names: preview1, and `wasi_unstable` (preview0), which older
+/// toolchains (AssemblyScript's proxy-wasm SDK) import and Envoy serves with the same
+/// functions. Where the two differ (`fd_seek`'s whence) our answer does not depend on
+/// it.
+const WASI_MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
 
 fn define_wasi(
     l: &mut Linker<HostState>,
     names: &mut Vec<(&'static str, &'static str)>,
 ) -> wasmtime::Result<()> {
-    names.extend(WASI_NAMES.iter().map(|n| (WASI, *n)));
+    for module in WASI_MODULES {
+        names.extend(WASI_NAMES.iter().map(|n| (module, *n)));
+        define_wasi_module(l, module)?;
+    }
+    Ok(())
+}
+
+fn define_wasi_module(l: &mut Linker<HostState>, wasi: &'static str) -> wasmtime::Result<()> {
     l.func_wrap(
-        WASI,
+        wasi,
         "fd_write",
         |mut c: C<'_>, fd: u32, iovs: u32, n: u32, nwritten: u32| -> u32 {
             let r = (|| -> Result<u32, Status> {
@@ -1156,20 +1167,20 @@ fn define_wasi(
         },
     )?;
     l.func_wrap(
-        WASI,
+        wasi,
         "fd_read",
         |_c: C<'_>, _fd: u32, _iovs: u32, _n: u32, _nread: u32| -> u32 { ERRNO_BADF },
     )?;
     l.func_wrap(
-        WASI,
+        wasi,
         "fd_seek",
         |_c: C<'_>, _fd: u32, _off: i64, _whence: u32, _ret: u32| -> u32 { ERRNO_SPIPE },
     )?;
-    l.func_wrap(WASI, "fd_close", |_c: C<'_>, _fd: u32| -> u32 {
+    l.func_wrap(wasi, "fd_close", |_c: C<'_>, _fd: u32| -> u32 {
         ERRNO_SUCCESS
     })?;
     l.func_wrap(
-        WASI,
+        wasi,
         "fd_fdstat_get",
         |mut c: C<'_>, fd: u32, buf: u32| -> u32 {
             if fd > 2 {
@@ -1182,17 +1193,17 @@ fn define_wasi(
         },
     )?;
     l.func_wrap(
-        WASI,
+        wasi,
         "fd_fdstat_set_flags",
         |_c: C<'_>, _fd: u32, _flags: u32| -> u32 { ERRNO_NOSYS },
     )?;
     l.func_wrap(
-        WASI,
+        wasi,
         "fd_prestat_get",
         |_c: C<'_>, _fd: u32, _buf: u32| -> u32 { ERRNO_BADF },
     )?;
     l.func_wrap(
-        WASI,
+        wasi,
         "fd_prestat_dir_name",
         |_c: C<'_>, _fd: u32, _p: u32, _l: u32| -> u32 { ERRNO_BADF },
     )?;
@@ -1200,15 +1211,15 @@ fn define_wasi(
         ("environ_get", "environ_sizes_get"),
         ("args_get", "args_sizes_get"),
     ] {
-        l.func_wrap(WASI, get, |_c: C<'_>, _a: u32, _b: u32| -> u32 {
+        l.func_wrap(wasi, get, |_c: C<'_>, _a: u32, _b: u32| -> u32 {
             ERRNO_SUCCESS
         })?;
-        l.func_wrap(WASI, sizes, |mut c: C<'_>, count: u32, size: u32| -> u32 {
+        l.func_wrap(wasi, sizes, |mut c: C<'_>, count: u32, size: u32| -> u32 {
             errno(write_u32(&mut c, count, 0).and_then(|()| write_u32(&mut c, size, 0)))
         })?;
     }
     l.func_wrap(
-        WASI,
+        wasi,
         "clock_time_get",
         |mut c: C<'_>, id: u32, _precision: u64, ret: u32| -> u32 {
             let clock = &c.data().env.clock;
@@ -1221,7 +1232,7 @@ fn define_wasi(
         },
     )?;
     l.func_wrap(
-        WASI,
+        wasi,
         "random_get",
         |mut c: C<'_>, buf: u32, len: u32| -> u32 {
             // Envoy serves at most 64 KiB a call.
@@ -1235,14 +1246,14 @@ fn define_wasi(
             errno(write(&mut c, buf, &bytes))
         },
     )?;
-    l.func_wrap(WASI, "sched_yield", |_c: C<'_>| -> u32 { ERRNO_SUCCESS })?;
+    l.func_wrap(wasi, "sched_yield", |_c: C<'_>| -> u32 { ERRNO_SUCCESS })?;
     l.func_wrap(
-        WASI,
+        wasi,
         "poll_oneoff",
         |_c: C<'_>, _i: u32, _o: u32, _n: u32, _r: u32| -> u32 { ERRNO_NOSYS },
     )?;
     l.func_wrap(
-        WASI,
+        wasi,
         "proc_exit",
         |_c: C<'_>, code: u32| -> wasmtime::Result<()> {
             wasmtime::bail!("the filter called proc_exit({code})")

@@ -554,9 +554,6 @@ impl Vm {
         let Some(f) = cb.on_http_call_response.as_ref() else {
             return Ok(());
         };
-        if context_id != ROOT_CONTEXT_ID && !self.store.data().http.contains_key(&context_id) {
-            return Ok(());
-        }
         let (h, b, t) = match &response {
             Some(r) => (
                 r.headers.len() as u32,
@@ -566,11 +563,14 @@ impl Vm {
             None => (0, 0, 0),
         };
         self.store.data_mut().callback = response.map_or(CallbackData::None, CallbackData::Http);
-        self.with_context(context_id, |vm| {
+        // As in Envoy, a call belongs to the plugin's root context: its answer comes to
+        // the root context (argument and effective context), whether or not the stream
+        // that made it is still there; the SDKs find the stream by the token.
+        self.with_context(ROOT_CONTEXT_ID, |vm| {
             vm.call_raw(
                 "proxy_on_http_call_response",
                 f,
-                (context_id, token, h, b, t),
+                (ROOT_CONTEXT_ID, token, h, b, t),
             )
         })
     }
@@ -588,9 +588,6 @@ impl Vm {
         if s.cancelled_grpc.remove(&token) {
             return Ok(());
         }
-        if context_id != ROOT_CONTEXT_ID && !self.store.data().http.contains_key(&context_id) {
-            return Ok(());
-        }
         match result {
             Ok(r) => {
                 let cb = self.cb.clone();
@@ -604,8 +601,9 @@ impl Vm {
                     trailing: r.trailing_metadata,
                 };
                 self.store.data_mut().grpc_status = (0, Vec::new());
-                self.with_context(context_id, |vm| {
-                    vm.call_raw("proxy_on_grpc_receive", f, (context_id, token, size))
+                // The root context's, as for http_call.
+                self.with_context(ROOT_CONTEXT_ID, |vm| {
+                    vm.call_raw("proxy_on_grpc_receive", f, (ROOT_CONTEXT_ID, token, size))
                 })
             }
             Err(status) => {
@@ -614,8 +612,12 @@ impl Vm {
                     return Ok(());
                 };
                 self.store.data_mut().grpc_status = (status.code, status.message.into_bytes());
-                self.with_context(context_id, |vm| {
-                    vm.call_raw("proxy_on_grpc_close", f, (context_id, token, status.code))
+                self.with_context(ROOT_CONTEXT_ID, |vm| {
+                    vm.call_raw(
+                        "proxy_on_grpc_close",
+                        f,
+                        (ROOT_CONTEXT_ID, token, status.code),
+                    )
                 })
             }
         }
