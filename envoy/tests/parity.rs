@@ -47,6 +47,7 @@ const AS_SDK: Suite = Suite {
         "body",
         "props",
         "none",
+        "metrics",
         "tick",
     ],
 };

@@ -178,6 +178,14 @@ class Case extends Context {
       reply(200, ticks > 0 ? "ticked" : "no tick yet", []);
       return FilterHeadersStatusValues.StopIteration;
     }
+    if (this.name == "metrics") {
+      // The SDK's own `get_metric` records instead of reading (0.1.8): the ABI call.
+      let id = (requests as Counter).metric_id;
+      let out = new ArrayBuffer(8);
+      let status = imports.proxy_get_metric(id, changetype<usize>(out));
+      reply(200, "status " + status.toString() + " requests " + load<u64>(changetype<usize>(out)).toString(), []);
+      return FilterHeadersStatusValues.StopIteration;
+    }
     if (this.name == "props") {
       reply(200, "root_id " + String.UTF8.decode(get_property("plugin_root_id")), []);
       return FilterHeadersStatusValues.StopIteration;
