@@ -26,9 +26,9 @@
 //!
 //! What it cannot check here: what only a cluster decides (admission webhooks, the
 //! CEL rules not encoded here, that Istio or Envoy Gateway reconcile the resources and
-//! pull the images, that pods start and get ready). The image digests are stand-ins:
-//! real ones come from the images `cargo xtask oci` builds, whose own test checks that
-//! each image holds its module.
+//! pull the images, that pods start and get ready). The filters' image digests are
+//! those of the images `cargo xtask oci` makes of the built modules; the gateway's is a
+//! stand-in (its image needs a release build; `host/gateway/tests/images.rs` checks it).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -69,9 +69,26 @@ fn modules() -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A stand-in image digest per image (the real ones come from the built images).
+/// The image digest per image. A filter's is the digest of the image `cargo xtask oci`
+/// makes of the built module (its compat variant, made here by the same code): the
+/// manifests pin what would be pushed. The gateway's image needs a release build of
+/// the gateway, so it keeps a stand-in here; `host/gateway/tests/images.rs` checks
+/// that image.
 fn image_digest(name: &str) -> String {
-    portcullis_deploy::sha256_hex(format!("stand-in image of {name}").as_bytes())
+    let Some(filter) = FILTERS.iter().find(|f| f.name == name) else {
+        return portcullis_deploy::sha256_hex(format!("stand-in image of {name}").as_bytes());
+    };
+    let wasm = std::fs::read(wasm_dir().join(filter.wasm)).unwrap();
+    let cargo = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../filters/{name}/Cargo.toml"));
+    let text = std::fs::read_to_string(&cargo).unwrap();
+    let version = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("version = \"")?.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{}: no package version", cargo.display()));
+    let image =
+        portcullis_oci::wasm::image(portcullis_oci::wasm::Variant::Compat, name, version, &wasm)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    image.digest().trim_start_matches("sha256:").to_owned()
 }
 
 fn inputs() -> Inputs {
