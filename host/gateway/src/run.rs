@@ -91,15 +91,22 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
         let mut controls = Vec::new();
         let mut threads = Vec::new();
         let mut starts = Vec::new();
-        // The main VM thread first: it checks every filter, so a reload it refuses
-        // reaches no worker.
-        let roles = std::iter::once((Role::Main, Arc::new(Vec::new())))
-            .chain((0..plan.workers).map(|_| (Role::Worker, sockets.clone())));
-        for (i, (role, sockets)) in roles.enumerate() {
+        // The first worker first: a reload it refuses reaches no other thread. The
+        // thread of the singleton wasm services next.
+        let roles = (0..plan.workers)
+            .map(|i| (i, Role::Worker, sockets.clone()))
+            .collect::<Vec<_>>();
+        let mut roles = roles.into_iter();
+        let first = roles.next();
+        let roles = first
+            .into_iter()
+            .chain(std::iter::once((0, Role::Main, Arc::new(Vec::new()))))
+            .chain(roles);
+        for (i, role, sockets) in roles {
             let (tx, rx) = mpsc::unbounded_channel();
             let (started_tx, started_rx) = oneshot::channel();
             let t = worker::spawn(
-                i.saturating_sub(1),
+                i,
                 role,
                 plan.clone(),
                 shared.clone(),
@@ -107,7 +114,7 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
                 rx,
                 started_tx,
             )
-            .map_err(|e| vec![format!("cannot start {role:?} thread {i}: {e}")])?;
+            .map_err(|e| vec![format!("cannot start the {role:?} thread {i}: {e}")])?;
             controls.push(tx);
             threads.push(t);
             starts.push(started_rx);
@@ -171,8 +178,10 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
     })
 }
 
-/// SIGHUP: the new configuration is checked completely (on the main VM thread) before
-/// any worker uses it; a bad one is logged and the old one keeps serving.
+/// SIGHUP: the new configuration is checked completely (on the first worker) before
+/// any other thread uses it; a bad one is logged and the old one keeps serving. The
+/// singleton wasm services start on their own thread after it: if one refuses the new
+/// configuration, the old ones keep running (logged) while the workers take it.
 async fn reload(
     path: &Path,
     shared: &Arc<Shared>,

@@ -54,11 +54,9 @@ pub enum Role {
 }
 
 impl WorkerState {
-    /// Starts the VMs `plan` gives this thread's `role`. Must run inside a `LocalSet`.
-    ///
-    /// The main thread also starts every filter once, as a check, and drops it: a reload
-    /// reaches it first, so a configuration a filter refuses is refused before any
-    /// thread takes it (Envoy likewise starts a base VM on its main thread).
+    /// Starts the VMs `plan` gives this thread's `role`: a worker's filters and
+    /// per-worker wasm services, or the singleton wasm services. Must run inside a
+    /// `LocalSet`.
     pub fn build(plan: &Plan, shared: Arc<Shared>, role: Role) -> Result<WorkerState, Vec<String>> {
         let clusters: Rc<dyn portcullis_engine::Clusters> =
             Rc::new(GatewayClusters::new(&plan.services));
@@ -78,7 +76,7 @@ impl WorkerState {
         let mut filters = Vec::new();
         let mut wasm_services = Vec::new();
         let mut errors = Vec::new();
-        for f in &plan.filters {
+        for f in plan.filters.iter().filter(|_| role == Role::Worker) {
             match start(f) {
                 Ok(filter) => filters.push(Some(filter)),
                 Err(e) => {
@@ -97,9 +95,6 @@ impl WorkerState {
         }
         if !errors.is_empty() {
             return Err(errors);
-        }
-        if role == Role::Main {
-            filters.clear();
         }
         let chains = plan
             .routes
