@@ -34,6 +34,9 @@ pub struct HeaderMap {
     entries: Vec<Entry>,
     /// Bytes of the live names and values (the rest of `buf` is dead).
     live: usize,
+    /// Set by every change since the last `mark_unchanged`: an embedder that built the
+    /// map from its own can keep its own when no filter changed anything.
+    changed: bool,
 }
 
 impl HeaderMap {
@@ -47,7 +50,25 @@ impl HeaderMap {
             buf: Vec::with_capacity(n * 32),
             entries: Vec::with_capacity(n),
             live: 0,
+            changed: false,
         }
+    }
+
+    /// Whether the map changed (an entry added, replaced or removed, or the map
+    /// replaced whole) since `mark_unchanged`.
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Starts tracking changes from here.
+    pub fn mark_unchanged(&mut self) {
+        self.changed = false;
+    }
+
+    /// Records a change made from outside the map's own methods (the map replaced
+    /// whole by another).
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
     }
 
     pub fn len(&self) -> usize {
@@ -126,6 +147,7 @@ impl HeaderMap {
     }
 
     pub fn add(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.changed = true;
         let name = self.push_name(name.as_ref());
         let value = self.push_value(value.as_ref());
         self.live += name.1 + value.1;
@@ -135,6 +157,7 @@ impl HeaderMap {
     /// Sets `name` to one value: the first entry is replaced in place (so a pseudo-header
     /// keeps its position) and any others are removed; appended when absent.
     pub fn set(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.changed = true;
         let mark = self.buf.len();
         let new_name = self.push_name(name.as_ref());
         let lowered = mark..self.buf.len();
@@ -185,12 +208,14 @@ impl HeaderMap {
             !hit
         });
         if self.entries.len() != before {
+            self.changed = true;
             self.live -= dropped;
             self.compact_if_sparse();
         }
     }
 
     pub fn clear(&mut self) {
+        self.changed = true;
         self.buf.clear();
         self.entries.clear();
         self.live = 0;
@@ -250,6 +275,38 @@ impl<K: AsRef<[u8]>, V: AsRef<[u8]>> FromIterator<(K, V)> for HeaderMap {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_change_and_only_a_change_is_recorded() {
+        let built: HeaderMap = [("a", "1"), ("b", "2"), ("b", "3")].into_iter().collect();
+        let fresh = || {
+            let mut m = built.clone();
+            m.mark_unchanged();
+            m
+        };
+        let mut m = fresh();
+        assert!(!m.is_changed());
+        let _ = (m.get("a"), m.get_all("b").count(), m.len(), m.byte_size());
+        m.remove("absent");
+        assert!(!m.is_changed(), "reading, or removing what is not there");
+        for change in [
+            (|m: &mut HeaderMap| m.add("c", "4")) as fn(&mut HeaderMap),
+            |m| m.set("a", "9"),
+            |m| m.set("new", "1"),
+            |m| m.remove("b"),
+            |m| m.clear(),
+            |m| {
+                *m = HeaderMap::new();
+                m.mark_changed();
+            },
+        ] {
+            let mut m = fresh();
+            change(&mut m);
+            assert!(m.is_changed());
+            // A copy carries the mark, as the fail-open copy of a map must.
+            assert!(m.clone().is_changed());
+        }
+    }
 
     #[test]
     fn envoy_map_semantics() {

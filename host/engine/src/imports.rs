@@ -500,6 +500,7 @@ fn define_proxy(
             // Decoded straight from guest memory into the new map: no copy of the blob.
             with_map(&mut c, t, (ptr, len), (0, 0), |m, blob, _| {
                 *m = decode_map(blob)?;
+                m.mark_changed();
                 Ok(())
             })?;
             Ok(())

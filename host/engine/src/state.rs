@@ -232,7 +232,9 @@ impl std::hash::Hasher for IdHasher {
     }
 
     fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n);
+        // Spread over the high bits too: the hash table keeps the top 7 bits of a hash
+        // as each slot's tag, and small ids alone would give every slot the same one.
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

@@ -297,12 +297,14 @@ impl HttpStream {
     }
 
     async fn body(&mut self, phase: Phase, chunk: &mut Vec<u8>, eos: bool) -> Flow {
-        let order: Vec<usize> = if phase == Phase::Request {
-            (0..self.slots.len()).collect()
-        } else {
-            (0..self.slots.len()).rev().collect()
-        };
-        for i in order {
+        let n = self.slots.len();
+        for k in 0..n {
+            // Request bodies in chain order, response bodies in reverse.
+            let i = if phase == Phase::Request {
+                k
+            } else {
+                n - 1 - k
+            };
             let Some(ctx) = self.ctx_of(i) else { continue };
             let mut buf = std::mem::take(&mut self.slots[i].held);
             buf.append(chunk);

@@ -18,17 +18,24 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// Headers a client may use to say where a request came from.
-const FORWARDING: [&str; 6] = [
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "forwarded",
-    "x-real-ip",
+// Names made at compile time: a name given as a string is parsed on every use.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+const FORWARDING: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PORT,
+    http::header::FORWARDED,
+    X_REAL_IP,
 ];
 
 /// Identity headers of the contract between filters, besides the `x-consumer-` family.
@@ -93,13 +100,13 @@ pub fn forwarding(
     let from_proxy = trusted.contains(peer.ip());
     let peer_ip = canonical(peer.ip());
     if !from_proxy {
-        for h in FORWARDING {
+        for h in &FORWARDING {
             headers.remove(h);
         }
     }
     // The chain so far: every X-Forwarded-For line, in order, then the peer.
     let mut chain: Vec<String> = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
+    for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(v) = v.to_str() {
             chain.extend(
                 v.split(',')
@@ -115,18 +122,18 @@ pub fn forwarding(
         Some((i, ip)) if i + 1 < chain.len() => SocketAddr::new(ip, 0),
         _ => SocketAddr::new(peer_ip, peer.port()),
     };
-    set(headers, "x-forwarded-for", &chain.join(", "));
-    let keep = |headers: &HeaderMap, name: &str| from_proxy && headers.contains_key(name);
-    if !keep(headers, "x-forwarded-proto") {
-        set(headers, "x-forwarded-proto", scheme);
+    set(headers, X_FORWARDED_FOR, &chain.join(", "));
+    let keep = |headers: &HeaderMap, name: &HeaderName| from_proxy && headers.contains_key(name);
+    if !keep(headers, &X_FORWARDED_PROTO) {
+        set(headers, X_FORWARDED_PROTO, scheme);
     }
-    if !keep(headers, "x-forwarded-host") {
-        set(headers, "x-forwarded-host", host);
+    if !keep(headers, &X_FORWARDED_HOST) {
+        set(headers, X_FORWARDED_HOST, host);
     }
-    if !keep(headers, "x-forwarded-port") {
-        set(headers, "x-forwarded-port", &local.port().to_string());
+    if !keep(headers, &X_FORWARDED_PORT) {
+        set(headers, X_FORWARDED_PORT, &local.port().to_string());
     }
-    set(headers, "x-real-ip", &client.ip().to_string());
+    set(headers, X_REAL_IP, &client.ip().to_string());
     Peer {
         client,
         trusted: from_proxy,
@@ -157,7 +164,7 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
     s.parse::<SocketAddr>().ok().map(|a| canonical(a.ip()))
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }

@@ -591,3 +591,67 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [confor
         .unwrap_or(0);
     assert!(ticks >= 4, "ticks every 50 ms: {ticks} after ~400 ms");
 }
+
+/// The filters' request map goes back to hyper's only when a filter changed it: every
+/// way of changing it must still reach the upstream, and a map no filter touched
+/// must pass exactly as it came (duplicates and their order included).
+#[test]
+fn what_filters_change_reaches_the_upstream_and_an_untouched_request_passes_as_it_came() {
+    let upstream = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+filters:
+  - {{ name: conformance, wasm: "{}" }}
+  - {{ name: noop, wasm: "{}" }}
+routes:
+  - {{ name: changed, match: {{ hosts: [changed.test] }}, service: echo, filters: [noop, conformance, noop], strip_path: false }}
+  - {{ name: untouched, match: {{ hosts: [untouched.test] }}, service: echo, filters: [noop, noop], strip_path: false }}
+  - {{ name: plain, match: {{ hosts: [plain.test] }}, service: echo, strip_path: false }}
+"#,
+        wasm("conformance_filter"),
+        wasm("noop_filter"),
+    ));
+    let base = [
+        ("x-replace", "old"),
+        ("x-remove", "gone"),
+        ("x-multi", "first"),
+        ("x-multi", "second"),
+        ("x-drop-me", "1"),
+        ("x-keep", "2"),
+    ];
+    let with_host = |host: &'static str| {
+        let mut h = vec![("host", host)];
+        h.extend(base);
+        h
+    };
+    // add, replace, remove (proxy_add/replace/remove_header_map_value)
+    let r = get(&gw, "/case/headers", &with_host("changed.test"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream_header("x-added").as_deref(), Some("1"));
+    assert_eq!(r.upstream_header("x-replace").as_deref(), Some("new"));
+    assert_eq!(r.upstream_header("x-remove"), None);
+    // the whole map replaced (proxy_set_header_map_pairs)
+    let r = get(&gw, "/case/pairs", &with_host("changed.test"));
+    assert_eq!(r.upstream_header("x-from-pairs").as_deref(), Some("yes"));
+    assert_eq!(r.upstream_header("x-drop-me"), None);
+    assert_eq!(r.upstream_header("x-keep").as_deref(), Some("2"));
+    // untouched: the upstream sees what it sees on a route without filters
+    let headers_of = |host: &'static str| {
+        let r = get(&gw, "/any", &with_host(host));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let doc = r.json();
+        doc["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                !["x-request-id", "host", "x-forwarded-host"].contains(&p[0].as_str().unwrap())
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(headers_of("untouched.test"), headers_of("plain.test"));
+}

@@ -19,19 +19,16 @@ use super::{Ctx, Filters};
 use crate::upstream::BoxError;
 
 /// A chunk back from the filters: them, the chunk as they left it, the trailers that
-/// follow it, whether it ends the body, and their verdict (or the deadline passing).
-type Filtered = (
-    Filters,
-    Vec<u8>,
-    Option<http::HeaderMap>,
-    bool,
-    Result<Flow, tokio::time::error::Elapsed>,
-);
+/// follow it, whether it ends the body, and their verdict.
+type Filtered = (Filters, Vec<u8>, Option<http::HeaderMap>, bool, Flow);
 
 pub struct ResponseBody {
     inner: Incoming,
-    /// Fires at the read timeout after the last frame, or at the deadline if sooner.
+    /// Fires at the read timeout after the last frame, or at the deadline if sooner;
+    /// while a filter holds a chunk, at the deadline.
     idle: Pin<Box<tokio::time::Sleep>>,
+    /// `idle` is set to the deadline for a filter holding a chunk.
+    idle_for_filters: bool,
     read_timeout: Duration,
     deadline: Instant,
     max: u64,
@@ -60,6 +57,7 @@ impl ResponseBody {
         ResponseBody {
             inner,
             idle: Box::pin(tokio::time::sleep_until(next_wake(read_timeout, deadline))),
+            idle_for_filters: false,
             read_timeout,
             deadline,
             max,
@@ -112,14 +110,11 @@ impl ResponseBody {
         let Some(mut filters) = self.end.as_mut().and_then(|(_, f)| f.take()) else {
             return;
         };
-        let deadline = self.deadline;
+        // No timer of its own: filters that continue finish on the first poll; one that
+        // holds the chunk is bounded by `idle`, set to the deadline then.
         self.step = Some(Box::pin(async move {
             let mut chunk = chunk;
-            let verdict = tokio::time::timeout_at(
-                deadline.into(),
-                filters.stream.response_body(&mut chunk, eos),
-            )
-            .await;
+            let verdict = filters.stream.response_body(&mut chunk, eos).await;
             (filters, chunk, trailers, eos, verdict)
         }));
     }
@@ -169,21 +164,31 @@ impl Body for ResponseBody {
             if let Some(step) = this.step.as_mut() {
                 let Poll::Ready((filters, chunk, trailers, eos, verdict)) = step.as_mut().poll(cx)
                 else {
+                    if !this.idle_for_filters {
+                        this.idle_for_filters = true;
+                        this.idle.as_mut().reset(this.deadline.into());
+                    }
+                    // A filter holding the body past the deadline cuts it, as a timeout.
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        return this.fail(Some("timeout"), FILTER_TIMEOUT.into());
+                    }
                     return Poll::Pending;
                 };
                 this.step = None;
+                if std::mem::take(&mut this.idle_for_filters) {
+                    let wake = next_wake(this.read_timeout, this.deadline);
+                    this.idle.as_mut().reset(wake);
+                }
                 if let Some((_, slot)) = &mut this.end {
                     *slot = Some(filters);
                 }
                 match verdict {
-                    // A filter holding the body past the deadline cuts it, as a timeout.
-                    Err(_) => return this.fail(Some("timeout"), FILTER_TIMEOUT.into()),
                     // Headers are gone already: a reply now can only cut the body.
-                    Ok(Flow::Reply(_)) => {
+                    Flow::Reply(_) => {
                         return this.fail(None, "a filter replied after the response began".into());
                     }
-                    Ok(Flow::Buffering) if !eos => {}
-                    Ok(_) => this.emit(Bytes::from(chunk), trailers, eos),
+                    Flow::Buffering if !eos => {}
+                    _ => this.emit(Bytes::from(chunk), trailers, eos),
                 }
                 continue;
             }
@@ -221,7 +226,8 @@ impl Body for ResponseBody {
                 );
             }
             if this.has_filters() {
-                this.filter(data.to_vec(), trailers, eos);
+                // No copy when the chunk's bytes are its own.
+                this.filter(Vec::from(data), trailers, eos);
             } else {
                 this.emit(data, trailers, eos);
             }

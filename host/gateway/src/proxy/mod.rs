@@ -317,6 +317,7 @@ impl Exchange {
             for (k, v) in &parts.headers {
                 request.add(k.as_str(), v);
             }
+            request.mark_unchanged();
             let filters = self.filters.insert(Filters {
                 stream,
                 request,
@@ -332,13 +333,19 @@ impl Exchange {
             if let Flow::Reply(r) = flow {
                 return Err(Stop::Filter(r));
             }
-            // What the filters left goes upstream.
+            // What the filters left goes upstream; when they changed nothing, that is
+            // the request as it came (no conversion back).
             let request = &filters.request;
-            routed.path = request.get_str(":path").unwrap_or("/").to_owned();
-            parts.method = http::Method::from_bytes(request.get(":method").unwrap_or(b"GET"))
-                .map_err(|e| Stop::client(400, format!("the request cannot be forwarded: {e}")))?;
-            parts.headers = to_http_headers(request)
-                .map_err(|e| Stop::client(400, format!("the request cannot be forwarded: {e}")))?;
+            if request.is_changed() {
+                routed.path = request.get_str(":path").unwrap_or("/").to_owned();
+                parts.method = http::Method::from_bytes(request.get(":method").unwrap_or(b"GET"))
+                    .map_err(|e| {
+                    Stop::client(400, format!("the request cannot be forwarded: {e}"))
+                })?;
+                parts.headers = to_http_headers(request).map_err(|e| {
+                    Stop::client(400, format!("the request cannot be forwarded: {e}"))
+                })?;
+            }
         }
         self.ctx.entry.consumer = parts
             .headers
@@ -450,6 +457,7 @@ impl Exchange {
             for (k, v) in &rparts.headers {
                 head.add(k.as_str(), v);
             }
+            head.mark_unchanged();
             let flow = within(
                 self.ctx.deadline,
                 filters.stream.response_headers(&mut head, end_of_stream),
@@ -466,12 +474,15 @@ impl Exchange {
                 let reply = stop.into_reply(&self.id);
                 return self.finish(reply.response_headers(), reply.body);
             }
-            rparts.status = head
-                .get_str(":status")
-                .and_then(|s| s.parse().ok())
-                .and_then(|s| http::StatusCode::from_u16(s).ok())
-                .unwrap_or(http::StatusCode::BAD_GATEWAY);
-            rparts.headers = to_http_headers(&head).unwrap_or_else(|_| lossy_http_headers(&head));
+            if head.is_changed() {
+                rparts.status = head
+                    .get_str(":status")
+                    .and_then(|s| s.parse().ok())
+                    .and_then(|s| http::StatusCode::from_u16(s).ok())
+                    .unwrap_or(http::StatusCode::BAD_GATEWAY);
+                rparts.headers =
+                    to_http_headers(&head).unwrap_or_else(|_| lossy_http_headers(&head));
+            }
             filters.response = head;
         }
         let status = rparts.status.as_u16();
