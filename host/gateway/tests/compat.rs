@@ -123,18 +123,20 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: echo, filters: [twice, mi
     );
 }
 
-#[test]
-fn a_wasm_service_ticks_on_no_route_and_fills_shared_data_the_filters_read() {
+/// A gateway of two workers whose route `reader.test` runs a conformance filter of
+/// vm_id `shared-vm` (and `other.test` one of `other-vm`), beside the wasm service
+/// `service` (its YAML mapping, of vm_id `shared-vm`).
+fn with_wasm_service(service: &str) -> Gateway {
     let upstream = echo();
     let conformance = wasm("conformance_filter");
-    let gw = Gateway::start(&format!(
+    Gateway::start(&format!(
         r#"
 listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
 access_log: "off"
 workers: 2
 services: [{{ name: echo, url: "http://{upstream}" }}]
 wasm_services:
-  - {{ name: fetcher, wasm: "{conformance}", vm_id: shared-vm, singleton: true, config: {{ tick_ms: 50, count_key: services }} }}
+  - {{ name: fetcher, wasm: "{conformance}", vm_id: shared-vm, {service} }}
 filters:
   - {{ name: reader, wasm: "{conformance}", vm_id: shared-vm }}
   - {{ name: other, wasm: "{conformance}", vm_id: other-vm }}
@@ -142,23 +144,39 @@ routes:
   - {{ name: reader, match: {{ hosts: [reader.test] }}, service: echo, filters: [reader] }}
   - {{ name: other, match: {{ hosts: [other.test] }}, service: echo, filters: [other] }}
 "#
-    ));
-    let url = gw.url();
-    let ticks = || {
-        let (status, body) = fetch(&url, "reader.test", "/case/shared-get?key=ticks");
-        (status == 200).then(|| String::from_utf8(body).unwrap().parse::<u64>().unwrap())
-    };
-    // The service's ticks come, and keep coming, on no route at all.
+    ))
+}
+
+/// A shared-data value of vm_id `shared-vm`, as the filter of `reader.test` reads it.
+fn shared(gw: &Gateway, key: &str) -> Option<String> {
+    let (status, body) = fetch(
+        &gw.url(),
+        "reader.test",
+        &format!("/case/shared-get?key={key}"),
+    );
+    (status == 200).then(|| String::from_utf8(body).unwrap())
+}
+
+/// The service's tick count once its first tick has come (10 s at most).
+fn first_ticks(gw: &Gateway) -> u64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        if let Some(n) = ticks() {
-            break n;
+    loop {
+        if let Some(n) = shared(gw, "ticks") {
+            return n.parse().unwrap();
         }
         assert!(std::time::Instant::now() < deadline, "no tick in 10 s");
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+}
+
+#[test]
+fn a_wasm_service_ticks_on_no_route_and_fills_shared_data_the_filters_read() {
+    let gw = with_wasm_service("singleton: true, config: { tick_ms: 50, count_key: services }");
+    let ticks = || shared(&gw, "ticks").unwrap().parse::<u64>().unwrap();
+    // The service's ticks come, and keep coming, on no route at all.
+    let first = first_ticks(&gw);
     std::thread::sleep(Duration::from_millis(300));
-    let later = ticks().unwrap();
+    let later = ticks();
     assert!(
         later >= first + 2,
         "ticks {first} then {later} after 300 ms"
@@ -166,57 +184,34 @@ routes:
     // One VM for the gateway: every worker's filter reads the one count, which grows
     // by about one per 50 ms (two per-worker services would write two counts).
     std::thread::sleep(Duration::from_millis(500));
-    let after = ticks().unwrap();
+    let after = ticks();
     assert!(
         (after - later) <= 15,
         "ticks went {later} -> {after} in 500 ms at one tick per 50 ms"
     );
-    let services = fetch(&url, "reader.test", "/case/shared-get?key=services");
-    assert_eq!(services, (200, b"1".to_vec()), "one singleton VM");
+    assert_eq!(
+        shared(&gw, "services").as_deref(),
+        Some("1"),
+        "one singleton VM"
+    );
     // Shared data is scoped by vm_id: a filter of another vm_id does not see it.
     assert_eq!(
-        fetch(&url, "other.test", "/case/shared-get?key=ticks").0,
+        fetch(&gw.url(), "other.test", "/case/shared-get?key=ticks").0,
         404
     );
 }
 
 #[test]
 fn a_wasm_service_per_worker_runs_on_every_worker() {
-    let upstream = echo();
-    let conformance = wasm("conformance_filter");
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
-access_log: "off"
-workers: 2
-services: [{{ name: echo, url: "http://{upstream}" }}]
-wasm_services:
-  - {{ name: fetcher, wasm: "{conformance}", vm_id: shared-vm, config: {{ tick_ms: 100, count_key: services }} }}
-filters:
-  - {{ name: reader, wasm: "{conformance}", vm_id: shared-vm }}
-routes:
-  - {{ name: reader, match: {{ hosts: [reader.test] }}, service: echo, filters: [reader] }}
-"#
-    ));
-    let url = gw.url();
-    let ticks = || {
-        let (status, body) = fetch(&url, "reader.test", "/case/shared-get?key=ticks");
-        (status == 200).then(|| String::from_utf8(body).unwrap().parse::<u64>().unwrap())
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while ticks().is_none() {
-        assert!(std::time::Instant::now() < deadline, "no tick in 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let gw = with_wasm_service("config: { tick_ms: 100, count_key: services }");
+    let a = first_ticks(&gw);
     // One VM per worker: two root contexts configured, and ticks go on.
-    let services = fetch(&url, "reader.test", "/case/shared-get?key=services");
     assert_eq!(
-        services,
-        (200, b"2".to_vec()),
+        shared(&gw, "services").as_deref(),
+        Some("2"),
         "one VM per worker, two workers"
     );
-    let a = ticks().unwrap();
     std::thread::sleep(Duration::from_millis(600));
-    let b = ticks().unwrap();
+    let b: u64 = shared(&gw, "ticks").unwrap().parse().unwrap();
     assert!(b > a, "ticks {a} then {b}");
 }
