@@ -162,7 +162,10 @@ impl Properties {
 }
 
 impl HttpCtx {
-    pub fn new(info: Arc<RequestInfo>, properties: StreamProperties) -> Self {
+    /// A context for a request; `signal` is a fresh `Notify` or one a finished context
+    /// left (a stale wake-up is harmless: a waiter checks what happened and waits
+    /// again).
+    pub fn new(info: Arc<RequestInfo>, properties: StreamProperties, signal: Arc<Notify>) -> Self {
         HttpCtx {
             info,
             phase: Phase::Request,
@@ -176,7 +179,7 @@ impl HttpCtx {
             resume_request: false,
             resume_response: false,
             close: false,
-            signal: Arc::new(Notify::new()),
+            signal,
             properties,
             response_code: None,
             pending_calls: 0,
@@ -330,6 +333,9 @@ pub struct HostState {
     pub root_properties: Properties,
     /// Calls made and not answered yet, every context's.
     pub pending_calls: usize,
+    /// Wake-up signals of finished contexts nobody else holds, for the next ones: a
+    /// context costs no allocation once the VM has served a few requests.
+    pub spare_signals: Vec<Arc<Notify>>,
 }
 
 impl HostState {

@@ -306,8 +306,14 @@ impl HttpStream {
                 n - 1 - k
             };
             let Some(ctx) = self.ctx_of(i) else { continue };
+            // The chunk itself when the filter holds nothing (no copy), else appended to
+            // what it holds.
             let mut buf = std::mem::take(&mut self.slots[i].held);
-            buf.append(chunk);
+            if buf.is_empty() {
+                buf = std::mem::take(chunk);
+            } else {
+                buf.append(chunk);
+            }
             let before = self.before(i, &buf);
             let size = buf.len() as u32;
             let outcome = self

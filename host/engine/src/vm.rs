@@ -152,6 +152,9 @@ callbacks! {
 
 const ROOT_CONTEXT_ID: u32 = 1;
 
+/// How many finished contexts' wake-up signals a VM keeps for its next contexts.
+const SPARE_SIGNALS: usize = 64;
+
 pub struct Vm {
     store: Store<HostState>,
     /// Shared with each call, so calling needs no clone of the typed functions.
@@ -222,6 +225,7 @@ impl Vm {
             cancelled_grpc: Default::default(),
             root_properties: Default::default(),
             pending_calls: 0,
+            spare_signals: Vec::new(),
             captured: Some(Vec::new()),
         };
         let mut store = Store::new(&inner.wasmtime, state);
@@ -404,10 +408,11 @@ impl Vm {
                 break id;
             }
         };
-        self.store
-            .data_mut()
+        let state = self.store.data_mut();
+        let signal = state.spare_signals.pop().unwrap_or_default();
+        state
             .http
-            .insert(id, HttpCtx::new(info, properties));
+            .insert(id, HttpCtx::new(info, properties, signal));
         let cb = self.cb.clone();
         if let Some(f) = cb.on_context_create.as_ref() {
             self.with_context(id, |vm| {
@@ -530,7 +535,14 @@ impl Vm {
             }
             Ok(())
         })();
-        let ctx = self.store.data_mut().http.remove(&id);
+        let state = self.store.data_mut();
+        let ctx = state.http.remove(&id);
+        if let Some(c) = &ctx
+            && Arc::strong_count(&c.signal) == 1
+            && state.spare_signals.len() < SPARE_SIGNALS
+        {
+            state.spare_signals.push(c.signal.clone());
+        }
         result?;
         Ok(ctx
             .map(|c| {
