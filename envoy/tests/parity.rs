@@ -89,6 +89,7 @@ const RESPONSE_HEADERS: &[&str] = &[
     "x-saw-response",
     "x-reason",
     "x-request-header-status",
+    "x-request-pairs-status",
     "x-status-seen",
 ];
 const UPSTREAM_HEADERS: &[&str] = &[

@@ -184,6 +184,13 @@ fn map_type(t: u32) -> Result<MapType, Status> {
 }
 
 /// The header map `t` of the effective context, when the filter may touch it now.
+/// Whether `t` is the request's headers or trailers of a stream whose response has
+/// begun: the filter may no longer read or change them.
+fn request_map_gone(s: &mut HostState, t: MapType) -> bool {
+    matches!(t, MapType::RequestHeaders | MapType::RequestTrailers)
+        && s.http_ctx().is_some_and(|ctx| ctx.phase == Phase::Response)
+}
+
 fn map_mut(s: &mut HostState, t: MapType) -> Result<&mut HeaderMap, Status> {
     match t {
         MapType::HttpCallResponseHeaders => match &mut s.callback {
@@ -484,6 +491,14 @@ fn define_proxy(
         "proxy_get_header_map_pairs",
         |c, t: u32, rp: u32, rl: u32| {
             let t = map_type(t)?;
+            if request_map_gone(c.data_mut(), t) {
+                // Envoy answers the request's map, once the response has begun, with
+                // no pairs (a null pointer and size 0), where a lookup of one value
+                // is `BadArgument` (envoy/tests/parity.rs, request-headers-in-response).
+                write_u32(&mut c, rp, 0)?;
+                write_u32(&mut c, rl, 0)?;
+                return Ok(());
+            }
             let bytes = {
                 let m = map_mut(c.data_mut(), t)?;
                 abi::encode_pairs(m.iter_bytes())

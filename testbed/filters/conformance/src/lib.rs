@@ -164,6 +164,7 @@ mod raw {
             rl: *mut usize,
         ) -> u32;
         pub fn proxy_set_header_map_pairs(t: u32, p: *const u8, l: usize) -> u32;
+        pub fn proxy_get_header_map_pairs(t: u32, rp: *mut *mut u8, rl: *mut usize) -> u32;
         pub fn proxy_log(level: u32, p: *const u8, l: usize) -> u32;
         pub fn proxy_grpc_call(
             up: *const u8,
@@ -1070,6 +1071,12 @@ impl HttpContext for Case {
                     raw::proxy_get_header_map_value(0, key.as_ptr(), key.len(), &mut rp, &mut rl)
                 };
                 self.set_http_response_header("x-request-header-status", Some(status_name(code)));
+                // The whole map, the way the SDK's get_http_request_headers asks for it.
+                let code = unsafe { raw::proxy_get_header_map_pairs(0, &mut rp, &mut rl) };
+                self.set_http_response_header(
+                    "x-request-pairs-status",
+                    Some(&format!("{} {rl}", status_name(code))),
+                );
             }
             "response-phase" => {
                 self.set_http_response_header(
