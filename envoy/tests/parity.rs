@@ -71,6 +71,7 @@ const CASES: &[&str] = &[
     "response-phase",
     "grpc-unknown-cluster",
     "metrics",
+    "abi-edges",
     "body",
     "time",
     "oob",

@@ -715,12 +715,10 @@ fn define_proxy(
                 return Err(Status::NotFound.into());
             }
             let (vm_id, name) = (read_str(&c, vp, vl)?, read_str(&c, np, nl)?);
-            let token = c
-                .data()
-                .env
-                .queues
-                .resolve(&vm_id, &name)
-                .ok_or(Status::NotFound)?;
+            let env = &c.data().env;
+            // An empty vm_id is the caller's own, as in Envoy.
+            let vm_id = if vm_id.is_empty() { &env.vm_id } else { &vm_id };
+            let token = env.queues.resolve(vm_id, &name).ok_or(Status::NotFound)?;
             write_u32(&mut c, rt, token)?;
             Ok(())
         }

@@ -56,7 +56,8 @@ impl Metric {
     /// `proxy_increment_metric`: counters only go up; histograms cannot be incremented.
     pub fn increment(&self, offset: i64) -> Result<(), Status> {
         match self.kind {
-            MetricKind::Counter if offset < 0 => Err(Status::BadArgument),
+            // Envoy takes only a positive increment for a counter (0 too is refused).
+            MetricKind::Counter if offset <= 0 => Err(Status::BadArgument),
             MetricKind::Counter | MetricKind::Gauge => {
                 self.value.fetch_add(offset, Ordering::Relaxed);
                 Ok(())

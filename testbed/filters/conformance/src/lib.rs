@@ -624,6 +624,21 @@ impl HttpContext for Case {
                 self.report(&[("status", status_name(code).into())]);
                 Action::Pause
             }
+            // Edges of the ABI the other cases do not reach.
+            "abi-edges" => {
+                let own = QUEUE.with(|c| *c.borrow());
+                let resolved = hostcalls::resolve_shared_queue("", "conformance");
+                let c = hostcalls::define_metric(MetricType::Counter, "conformance_edges").unwrap();
+                let by_zero = hostcalls::increment_metric(c, 0);
+                self.report(&[
+                    (
+                        "resolve_empty_vm_id",
+                        format!("{:?}", resolved.map(|q| q == Some(own))),
+                    ),
+                    ("counter_by_zero", format!("{by_zero:?}")),
+                ]);
+                Action::Pause
+            }
             "metrics" => {
                 let c =
                     hostcalls::define_metric(MetricType::Counter, "conformance_requests").unwrap();
