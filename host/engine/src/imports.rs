@@ -407,10 +407,9 @@ fn define_proxy(
                     BufferType::PluginConfiguration => &s.env.configuration,
                     _ => buffer(s, t)?,
                 };
-                let start = start as usize;
-                if start > whole.len() {
-                    return Err(Status::BadArgument.into());
-                }
+                // A start past the end is an empty read, as in Envoy (the SDK panics on
+                // the `BadArgument` the spec's wording suggests).
+                let start = (start as usize).min(whole.len());
                 let end = start.saturating_add(max as usize).min(whole.len());
                 whole[start..end].to_vec()
             };

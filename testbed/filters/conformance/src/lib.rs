@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 mod raw {
     // Host calls with every argument a plain i32, for the "raw" case.
@@ -209,6 +209,8 @@ thread_local! {
     static QUEUE: RefCell<u32> = const { RefCell::new(0) };
     /// The VM configuration's bytes, as `proxy_on_vm_start` was given them.
     static VM_CONFIG: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// What reading the plugin configuration from past its end gave in on_configure.
+    static PAST_END: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// The guest address of `b`, as the raw host calls take it (wasm32: 32-bit pointers).
@@ -257,6 +259,8 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, _: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let past = hostcalls::get_buffer(BufferType::PluginConfiguration, bytes.len() + 5, 1);
+        PAST_END.with(|p| *p.borrow_mut() = format!("{:?}", past.map(|b| b.map(|v| v.len()))));
         // Any bytes are a configuration (the `config` case reports them back); a JSON
         // object also sets the fields below.
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -636,6 +640,7 @@ impl HttpContext for Case {
                         format!("{:?}", resolved.map(|q| q == Some(own))),
                     ),
                     ("counter_by_zero", format!("{by_zero:?}")),
+                    ("config_past_end", PAST_END.with(|p| p.borrow().clone())),
                 ]);
                 Action::Pause
             }
