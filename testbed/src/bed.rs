@@ -549,7 +549,6 @@ impl TestBed {
             queues: queues.queues,
             queued_items: queues.items,
             queued_bytes: queues.bytes,
-            root_property_bytes: f.root_property_bytes(),
             metrics: self.engine.metrics().created_by(vm_id),
         }
     }
@@ -573,8 +572,6 @@ pub struct Held {
     pub queues: usize,
     pub queued_items: usize,
     pub queued_bytes: usize,
-    /// Properties the filter set from its root context (a request's go with it).
-    pub root_property_bytes: usize,
     /// Metric names the `vm_id` defined (metrics live as long as the host).
     pub metrics: usize,
 }

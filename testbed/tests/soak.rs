@@ -276,10 +276,6 @@ fn assert_steady(name: &str, days: &[Vec<Held>], i: usize, bound: &Bound) {
             (0, 0, 0),
             "{name}, day {day}: queues"
         );
-        assert_eq!(
-            h.root_property_bytes, warm.root_property_bytes,
-            "{name}, day {day}: root properties"
-        );
         assert_eq!(h.metrics, warm.metrics, "{name}, day {day}: metric names");
         if d >= 1 {
             let before = &figures[..d];

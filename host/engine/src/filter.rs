@@ -381,16 +381,6 @@ impl Filter {
         self.inner.calls.borrow().len()
     }
 
-    /// Bytes of properties the filter set from its root context (0 when it has
-    /// failed).
-    pub fn root_property_bytes(&self) -> usize {
-        self.inner
-            .vm
-            .borrow()
-            .as_ref()
-            .map_or(0, |vm| vm.root_property_bytes())
-    }
-
     pub fn live_contexts(&self) -> usize {
         self.inner
             .vm

@@ -615,9 +615,11 @@ fn define_proxy(
             }
             let max = s.env.limits.property_bytes;
             let effective = s.effective;
+            // Properties belong to a request: a root context has none to set (Envoy
+            // answers `NotFound` there too).
             let set = match s.http.get_mut(&effective) {
                 Some(ctx) => ctx.properties.lock().set(path, value, max),
-                None => s.root_properties.set(path, value, max),
+                None => return Err(Status::NotFound.into()),
             };
             set.map_err(|limit| {
                 refuse(s, limit, Status::InternalFailure, || {
@@ -1033,7 +1035,10 @@ fn define_proxy(
 }
 
 fn resume(s: &mut HostState, t: Option<StreamType>) -> R<()> {
-    let ctx = s.http_ctx().ok_or(Status::NotFound)?;
+    // No stream to resume (a root context): nothing to do, `Ok` as in Envoy.
+    let Some(ctx) = s.http_ctx() else {
+        return Ok(());
+    };
     match t {
         Some(StreamType::Request) => ctx.resume_request = true,
         Some(StreamType::Response) => ctx.resume_response = true,

@@ -19,7 +19,8 @@ pub fn get(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
     }
     let ctx = match state.http.get(&state.effective) {
         Some(ctx) => ctx,
-        None => return state_root_property(state, raw),
+        // A root context holds no request properties (Envoy: `NotFound`).
+        None => return None,
     };
     if let Some(v) = ctx.properties.lock().get(raw) {
         return Some(v.clone());
@@ -76,10 +77,6 @@ pub fn get(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
             .map(|a| (a.port() as i64).to_le_bytes().to_vec()),
         _ => None,
     }
-}
-
-fn state_root_property(state: &HostState, joined: &[u8]) -> Option<Vec<u8>> {
-    state.root_properties.get(joined).cloned()
 }
 
 fn info_header(info: &crate::types::RequestInfo, name: &str) -> Option<Vec<u8>> {

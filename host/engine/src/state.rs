@@ -133,11 +133,6 @@ impl Properties {
         self.map.get(path)
     }
 
-    /// Bytes of every path and value (what `property_bytes` bounds).
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
     /// Sets `path` to `value`, unless paths and values would then pass `max` bytes.
     pub fn set(&mut self, path: &[u8], value: &[u8], max: usize) -> Result<(), Limit> {
         let bytes = match self.map.get(path) {
@@ -329,8 +324,6 @@ pub struct HostState {
     pub cancelled_grpc: std::collections::HashSet<u32>,
     /// Log lines kept while the VM starts, for the error of a rejected configuration.
     pub captured: Option<Vec<String>>,
-    /// Properties a filter set from its root context.
-    pub root_properties: Properties,
     /// Calls made and not answered yet, every context's.
     pub pending_calls: usize,
     /// Wake-up signals of finished contexts nobody else holds, for the next ones: a

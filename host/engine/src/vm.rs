@@ -223,7 +223,6 @@ impl Vm {
             foreign_args: Vec::new(),
             grpc_in_flight: Default::default(),
             cancelled_grpc: Default::default(),
-            root_properties: Default::default(),
             pending_calls: 0,
             spare_signals: Vec::new(),
             captured: Some(Vec::new()),
@@ -679,12 +678,6 @@ impl Vm {
 
     pub fn live_contexts(&self) -> usize {
         self.store.data().http.len()
-    }
-
-    /// Bytes of the properties the filter set from its root context (they live as
-    /// long as the VM; a request's own go with the request).
-    pub fn root_property_bytes(&self) -> usize {
-        self.store.data().root_properties.bytes()
     }
 
     /// Wakes every request waiting on this VM (it is about to be dropped).

@@ -211,6 +211,8 @@ thread_local! {
     static VM_CONFIG: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// What reading the plugin configuration from past its end gave in on_configure.
     static PAST_END: RefCell<String> = const { RefCell::new(String::new()) };
+    /// What stream calls made from the root context in on_configure answered.
+    static ROOT_CALLS: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// The guest address of `b`, as the raw host calls take it (wasm32: 32-bit pointers).
@@ -261,6 +263,25 @@ impl RootContext for Root {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let past = hostcalls::get_buffer(BufferType::PluginConfiguration, bytes.len() + 5, 1);
         PAST_END.with(|p| *p.borrow_mut() = format!("{:?}", past.map(|b| b.map(|v| v.len()))));
+        // Stream calls from the root context, where there is no stream: raw, since the
+        // SDK panics on some statuses.
+        let (path, value) = (b"portcullis\0root-probe".as_slice(), b"x".as_slice());
+        let set = unsafe {
+            raw::set_property4(
+                addr(path),
+                path.len() as u32,
+                addr(value),
+                value.len() as u32,
+            )
+        };
+        let resume = unsafe { raw::continue1(0) };
+        ROOT_CALLS.with(|r| {
+            *r.borrow_mut() = format!(
+                "set_property={} continue={}",
+                status_name(set),
+                status_name(resume)
+            )
+        });
         // Any bytes are a configuration (the `config` case reports them back); a JSON
         // object also sets the fields below.
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -641,6 +662,7 @@ impl HttpContext for Case {
                     ),
                     ("counter_by_zero", format!("{by_zero:?}")),
                     ("config_past_end", PAST_END.with(|p| p.borrow().clone())),
+                    ("root_stream_calls", ROOT_CALLS.with(|r| r.borrow().clone())),
                 ]);
                 Action::Pause
             }
