@@ -215,3 +215,25 @@ fn a_wasm_service_per_worker_runs_on_every_worker() {
     let b: u64 = shared(&gw, "ticks").unwrap().parse().unwrap();
     assert!(b > a, "ticks {a} then {b}");
 }
+
+#[test]
+fn a_wasm_service_calls_out_on_its_ticks_and_the_filters_read_the_answer() {
+    let gw = with_wasm_service(
+        "singleton: true, config: { tick_ms: 50, upstream: echo, tick_call: true }",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = shared(&gw, "tick-call-status") {
+            assert_eq!(
+                status, "200",
+                "the service's http_call to the echo upstream"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call answered in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -242,15 +242,26 @@ fn tally(statuses: impl IntoIterator<Item = u32>) -> Vec<(&'static str, String)>
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: Config::default(), ticks: 0 }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: Config::default(), ticks: 0, tick_call: false }));
 }}
 
 struct Root {
     config: Config,
     ticks: u64,
+    /// Call the upstream cluster on each tick (a wasm service's job: fetch, then let
+    /// the workers read the result from shared data).
+    tick_call: bool,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, _: u32, _: usize, _: usize, _: usize) {
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_else(|| "none".into());
+        self.set_shared_data("tick-call-status", Some(status.as_bytes()), None)
+            .unwrap();
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
@@ -313,6 +324,7 @@ impl RootContext for Root {
                 }
             }
         }
+        self.tick_call = v.get("tick_call").and_then(|x| x.as_bool()) == Some(true);
         if let Some(ms) = v.get("tick_ms").and_then(|x| x.as_u64()) {
             self.set_tick_period(Duration::from_millis(ms));
         }
@@ -322,6 +334,19 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if self.tick_call {
+            let _ = self.dispatch_http_call(
+                &self.config.upstream,
+                vec![
+                    (":method", "GET"),
+                    (":path", "/from-tick"),
+                    (":authority", "tick"),
+                ],
+                None,
+                vec![],
+                Duration::from_secs(5),
+            );
+        }
         self.ticks += 1;
         self.set_shared_data("ticks", Some(self.ticks.to_string().as_bytes()), None)
             .unwrap();
