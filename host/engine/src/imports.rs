@@ -183,7 +183,6 @@ fn map_type(t: u32) -> Result<MapType, Status> {
     MapType::from_abi(t).ok_or(Status::BadArgument)
 }
 
-/// The header map `t` of the effective context, when the filter may touch it now.
 /// Whether `t` is the request's headers or trailers of a stream whose response has
 /// begun: the filter may no longer read or change them.
 fn request_map_gone(s: &mut HostState, t: MapType) -> bool {
@@ -191,6 +190,7 @@ fn request_map_gone(s: &mut HostState, t: MapType) -> bool {
         && s.http_ctx().is_some_and(|ctx| ctx.phase == Phase::Response)
 }
 
+/// The header map `t` of the effective context, when the filter may touch it now.
 fn map_mut(s: &mut HostState, t: MapType) -> Result<&mut HeaderMap, Status> {
     match t {
         MapType::HttpCallResponseHeaders => match &mut s.callback {
