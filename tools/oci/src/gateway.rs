@@ -14,12 +14,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::archive::{Tree, gzip};
-use crate::image::{
-    Descriptor, IMAGE_CONFIG_MEDIA_TYPE, Image, ImageConfig, LAYER_TAR_GZIP_MEDIA_TYPE, RunConfig,
-    TITLE,
-};
-use crate::{OciError, sha256_digest};
+use crate::OciError;
+use crate::archive::Tree;
+use crate::image::{Image, RunConfig, TITLE};
 
 /// The user and group the gateway runs as (distroless's `nonroot`).
 pub const UID: u64 = 65532;
@@ -187,18 +184,11 @@ fn oci_arch() -> &'static str {
 /// The gateway image, tagged `tag`.
 pub fn image(tag: &str, binary: &Path, filters: &[PathBuf]) -> Result<Image, OciError> {
     let tar = rootfs(binary, filters)?.tar()?;
-    let layer = gzip(&tar);
-    let config = ImageConfig::one_layer(oci_arch(), "linux", run_config(tag), &tar);
-    let desc = Descriptor {
-        media_type: LAYER_TAR_GZIP_MEDIA_TYPE.into(),
-        digest: sha256_digest(&layer),
-        size: layer.len() as u64,
-        annotations: BTreeMap::new(),
-    };
-    Image::new(
+    Image::one_tar_gzip_layer(
         tag,
-        (IMAGE_CONFIG_MEDIA_TYPE, config.to_json()?),
-        vec![(desc, layer)],
+        (oci_arch(), "linux"),
+        run_config(tag),
+        &tar,
         BTreeMap::from([(TITLE.to_owned(), "portcullis".to_owned())]),
     )
 }

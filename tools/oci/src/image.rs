@@ -141,6 +141,31 @@ pub struct Image {
 }
 
 impl Image {
+    /// An image of one tar+gzip layer holding `tar` (a container image's or the Wasm
+    /// compat variant's), its config naming `architecture` and `os`.
+    pub fn one_tar_gzip_layer(
+        tag: &str,
+        (architecture, os): (&str, &str),
+        run: RunConfig,
+        tar: &[u8],
+        annotations: BTreeMap<String, String>,
+    ) -> Result<Image, OciError> {
+        let layer = crate::archive::gzip(tar);
+        let config = ImageConfig::one_layer(architecture, os, run, tar);
+        let desc = Descriptor {
+            media_type: LAYER_TAR_GZIP_MEDIA_TYPE.into(),
+            digest: sha256_digest(&layer),
+            size: layer.len() as u64,
+            annotations: BTreeMap::new(),
+        };
+        Image::new(
+            tag,
+            (IMAGE_CONFIG_MEDIA_TYPE, config.to_json()?),
+            vec![(desc, layer)],
+            annotations,
+        )
+    }
+
     /// An image of `config` (with its media type) and `layers` (media type, bytes,
     /// annotations), the manifest annotated with `annotations`.
     pub fn new(

@@ -23,12 +23,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::archive::{Tree, gzip};
-use crate::image::{
-    Descriptor, IMAGE_CONFIG_MEDIA_TYPE, Image, ImageConfig, LAYER_TAR_GZIP_MEDIA_TYPE, RunConfig,
-    TITLE, to_json,
-};
-use crate::{OciError, sha256_digest};
+use crate::OciError;
+use crate::archive::Tree;
+use crate::image::{Descriptor, Image, RunConfig, TITLE, to_json};
 
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.module.wasm.config.v1+json";
 pub const WASM_LAYER_MEDIA_TYPE: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
@@ -130,20 +127,12 @@ pub fn image(variant: Variant, name: &str, tag: &str, wasm: &[u8]) -> Result<Ima
         Variant::Compat => {
             let mut tree = Tree::new();
             tree.file(PLUGIN_FILE, wasm.to_vec(), 0o644)?;
-            let tar = tree.tar()?;
-            let layer = gzip(&tar);
-            let config = ImageConfig::one_layer("wasm", "wasip1", RunConfig::default(), &tar);
             annotations.insert(VARIANT_ANNOTATION.into(), "compat".into());
-            let desc = Descriptor {
-                media_type: LAYER_TAR_GZIP_MEDIA_TYPE.into(),
-                digest: sha256_digest(&layer),
-                size: layer.len() as u64,
-                annotations: BTreeMap::new(),
-            };
-            Image::new(
+            Image::one_tar_gzip_layer(
                 tag,
-                (IMAGE_CONFIG_MEDIA_TYPE, config.to_json()?),
-                vec![(desc, layer)],
+                ("wasm", "wasip1"),
+                RunConfig::default(),
+                &tree.tar()?,
                 annotations,
             )
         }
@@ -153,6 +142,8 @@ pub fn image(variant: Variant, name: &str, tag: &str, wasm: &[u8]) -> Result<Ima
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::{IMAGE_CONFIG_MEDIA_TYPE, ImageConfig, LAYER_TAR_GZIP_MEDIA_TYPE};
+    use crate::sha256_digest;
 
     /// The smallest proxy-wasm-looking module: one exported ABI marker function.
     fn module(export: &str) -> Vec<u8> {
