@@ -8,7 +8,7 @@ use std::process::Command;
 use portcullis_oci::wasm::Variant;
 use portcullis_oci::{Image, gateway, registry};
 
-use crate::{FILTERS, build_only, cargo, root, run, target_dir, wasm_dir};
+use crate::{FILTERS, build_host, build_only, root, run, target_dir, wasm_dir};
 
 /// One image as written: its short name (`jwt-auth-oci`), where the layout is, and the
 /// repository name and tag a push gives it under the prefix.
@@ -56,7 +56,7 @@ fn gateway_binary() -> Result<PathBuf, String> {
 /// directory and a tarball under `target/oci/`.
 fn build_images() -> Result<Vec<Built>, String> {
     build_only(&FILTERS)?;
-    run(cargo().args(["build", "--profile", "host", "-p", "portcullis"]))?;
+    build_host(&["portcullis"])?;
     let mut built = Vec::new();
     for filter in FILTERS {
         let version = package_version(&root().join("filters").join(filter).join("Cargo.toml"))?;

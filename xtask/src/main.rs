@@ -85,6 +85,16 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// Builds these packages with the `host` profile (optimized, as the gateway ships).
+fn build_host(packages: &[&str]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--profile", "host"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -308,15 +318,7 @@ fn test(extra: &[String]) -> Result<(), String> {
 /// With `examples/oidc-demo.yaml` it also starts the test OpenID provider on
 /// 127.0.0.1:4000 with the demo's client.
 fn demo(extra: &[String]) -> Result<(), String> {
-    run(cargo().args([
-        "build",
-        "--profile",
-        "host",
-        "-p",
-        "portcullis",
-        "-p",
-        "jwt-mint",
-    ]))?;
+    build_host(&["portcullis", "jwt-mint"])?;
     let config = extra
         .first()
         .map_or("examples/quickstart.yaml", String::as_str);
@@ -488,14 +490,6 @@ fn bench(extra: &[String]) -> Result<(), String> {
             "host",
         ])
         .args(extra))?;
-    run(cargo().args([
-        "build",
-        "--profile",
-        "host",
-        "-p",
-        "portcullis",
-        "-p",
-        "portcullis-benches",
-    ]))?;
+    build_host(&["portcullis", "portcullis-benches"])?;
     run(Command::new(target_dir().join("host/compare")).env("PORTCULLIS_ENVOY", envoy))
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{cargo, root, run, target_dir};
+use crate::{build_host, root, run, target_dir};
 
 struct Killed(Vec<Child>);
 
@@ -84,15 +84,7 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     if Command::new("wrk").arg("--version").output().is_err() {
         run(Command::new("apt-get").args(["install", "-y", "-qq", "wrk"]))?;
     }
-    run(cargo().args([
-        "build",
-        "--profile",
-        "host",
-        "-p",
-        "portcullis",
-        "-p",
-        "jwt-mint",
-    ]))?;
+    build_host(&["portcullis", "jwt-mint"])?;
     let dir = target_dir().join("soak");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let (gw_port, echo_port, idp_port) = (free_port()?, free_port()?, free_port()?);
