@@ -59,6 +59,8 @@ pub struct WasmFilter {
     pub vm_id: String,
     /// FAIL_CLOSED, FAIL_OPEN or FAIL_RELOAD.
     pub failure_policy: &'static str,
+    /// A pause in the headers holds only them: the body still reaches the filter.
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 impl WasmFilter {
@@ -70,6 +72,7 @@ impl WasmFilter {
             vm_configuration: None,
             vm_id: name.into(),
             failure_policy: "FAIL_CLOSED",
+            allow_on_headers_stop_iteration: false,
         }
     }
 
@@ -93,6 +96,7 @@ impl WasmFilter {
                     "name": self.name,
                     "root_id": self.name,
                     "failure_policy": self.failure_policy,
+                    "allow_on_headers_stop_iteration": self.allow_on_headers_stop_iteration,
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
                         "value": self.configuration,

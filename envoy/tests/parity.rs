@@ -24,6 +24,8 @@ struct Suite {
     wasm: &'static str,
     configuration: &'static str,
     cases: &'static [&'static str],
+    /// The filter's `allow_on_headers_stop_iteration`, in both hosts.
+    holds_headers_for_body: bool,
 }
 
 const RUST_SDK: Suite = Suite {
@@ -31,6 +33,20 @@ const RUST_SDK: Suite = Suite {
     wasm: "conformance_filter",
     configuration: r#"{"upstream": "echo", "blackhole": "blackhole", "refused": "refused"}"#,
     cases: CASES,
+    holds_headers_for_body: false,
+};
+
+/// The Rust SDK's filter with `allow_on_headers_stop_iteration`: a pause in the
+/// request headers holds only the headers, and the body still comes to the filter.
+const HELD_HEADERS: Suite = Suite {
+    cases: &[
+        "headers-wait-for-body",
+        "headers-wait-for-call",
+        "body",
+        "http-call-resume",
+    ],
+    holds_headers_for_body: true,
+    ..RUST_SDK
 };
 
 /// The AssemblyScript filter's cases; its configuration is the cluster it calls.
@@ -50,6 +66,7 @@ const AS_SDK: Suite = Suite {
         "metrics",
         "tick",
     ],
+    holds_headers_for_body: false,
 };
 
 /// The conformance cases both hosts must answer alike. The `limit-*` cases are left
@@ -104,13 +121,18 @@ const UPSTREAM_HEADERS: &[&str] = &[
     "x-keep",
     "x-from-pairs",
     "x-call-status",
+    "x-body-seen",
 ];
 
 type Observation = BTreeMap<String, String>;
 
 fn request_for(case: &str) -> (HeaderMap, Vec<u8>) {
     let mut h = HeaderMap::new();
-    h.add(":method", if case == "body" { "POST" } else { "GET" });
+    let posts = matches!(
+        case,
+        "body" | "headers-wait-for-body" | "headers-wait-for-call"
+    );
+    h.add(":method", if posts { "POST" } else { "GET" });
     h.add(":path", format!("/case/{case}?a=1"));
     h.add(":authority", "gateway.test");
     h.add("x-replace", "old");
@@ -119,7 +141,7 @@ fn request_for(case: &str) -> (HeaderMap, Vec<u8>) {
     h.add("x-multi", "second");
     h.add("x-drop-me", "1");
     h.add("x-keep", "2");
-    let body = if case == "body" {
+    let body = if posts {
         b"hello body".to_vec()
     } else {
         Vec::new()
@@ -173,8 +195,11 @@ fn run_ours(
     hole: SocketAddr,
     closed: SocketAddr,
 ) -> BTreeMap<&'static str, Observation> {
-    let mut bed = TestBed::new()
-        .filter(wasm(suite.wasm), suite.configuration)
+    let mut bed = TestBed::new().filter(wasm(suite.wasm), suite.configuration);
+    if suite.holds_headers_for_body {
+        bed = bed.allow_on_headers_stop_iteration();
+    }
+    let mut bed = bed
         .named(suite.name)
         .cluster_url("echo", &format!("http://{echo}"))
         .cluster_url("blackhole", &format!("http://{hole}"))
@@ -211,6 +236,7 @@ fn run_envoy(
 ) -> BTreeMap<&'static str, Observation> {
     let mut filter = WasmFilter::new(suite.name, wasm(suite.wasm), suite.configuration);
     filter.failure_policy = "FAIL_RELOAD";
+    filter.allow_on_headers_stop_iteration = suite.holds_headers_for_body;
     let cfg = EnvoyConfig::new(echo)
         .filter(filter)
         .cluster("echo", echo)
@@ -308,4 +334,9 @@ fn conformance_cases_match_envoy() {
 #[test]
 fn assemblyscript_sdk_cases_match_envoy() {
     assert_hosts_agree(&AS_SDK);
+}
+
+#[test]
+fn headers_held_for_the_body_match_envoy() {
+    assert_hosts_agree(&HELD_HEADERS);
 }

@@ -158,8 +158,18 @@ impl Response {
 
 type Upstream = Box<dyn Fn(&UpstreamRequest) -> (u16, HeaderMap, Vec<u8>)>;
 
+/// A filter of the chain as the builder collects it.
+struct BedFilter {
+    wasm: PathBuf,
+    config: String,
+    policy: FailurePolicy,
+    limits: VmLimits,
+    name: Option<String>,
+    holds_headers_for_body: bool,
+}
+
 pub struct TestBedBuilder {
-    filters: Vec<(PathBuf, String, FailurePolicy, VmLimits, Option<String>)>,
+    filters: Vec<BedFilter>,
     clusters: BedClusters,
     upstream: Option<Upstream>,
     start: Duration,
@@ -185,13 +195,14 @@ impl TestBed {
 impl TestBedBuilder {
     /// Adds a filter to the chain with its JSON configuration.
     pub fn filter(mut self, wasm: PathBuf, config: impl Into<String>) -> Self {
-        self.filters.push((
+        self.filters.push(BedFilter {
             wasm,
-            config.into(),
-            FailurePolicy::FailClosed,
-            VmLimits::default(),
-            None,
-        ));
+            config: config.into(),
+            policy: FailurePolicy::FailClosed,
+            limits: VmLimits::default(),
+            name: None,
+            holds_headers_for_body: false,
+        });
         self
     }
 
@@ -211,7 +222,7 @@ impl TestBedBuilder {
     /// Sets the failure policy of the filter added last.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         if let Some(f) = self.filters.last_mut() {
-            f.2 = policy;
+            f.policy = policy;
         }
         self
     }
@@ -219,7 +230,17 @@ impl TestBedBuilder {
     /// Sets the VM limits of the filter added last.
     pub fn limits(mut self, limits: VmLimits) -> Self {
         if let Some(f) = self.filters.last_mut() {
-            f.3 = limits;
+            f.limits = limits;
+        }
+        self
+    }
+
+    /// Lets the filter added last hold only the headers when it pauses in
+    /// `on_request_headers`, and still get the body (Envoy's
+    /// `allow_on_headers_stop_iteration`).
+    pub fn allow_on_headers_stop_iteration(mut self) -> Self {
+        if let Some(f) = self.filters.last_mut() {
+            f.holds_headers_for_body = true;
         }
         self
     }
@@ -233,7 +254,7 @@ impl TestBedBuilder {
     /// Names the plugin added last (its `plugin_name`, root id and vm id).
     pub fn named(mut self, name: &str) -> Self {
         if let Some(f) = self.filters.last_mut() {
-            f.4 = Some(name.to_owned());
+            f.name = Some(name.to_owned());
         }
         self
     }
@@ -312,8 +333,9 @@ impl TestBedBuilder {
             })?;
         let local = LocalSet::new();
         let mut chain = Vec::new();
-        for (i, (path, config, policy, limits, name)) in self.filters.into_iter().enumerate() {
-            let name = name.unwrap_or_else(|| {
+        for (i, f) in self.filters.into_iter().enumerate() {
+            let path = f.wasm;
+            let name = f.name.unwrap_or_else(|| {
                 format!(
                     "{}-{i}",
                     path.file_stem()
@@ -326,9 +348,10 @@ impl TestBedBuilder {
                     plugin: name.clone(),
                     reason: e.to_string(),
                 })?;
-            let mut spec = PluginSpec::new(name, module, config.into_bytes());
-            spec.failure_policy = policy;
-            spec.limits = limits;
+            let mut spec = PluginSpec::new(name, module, f.config.into_bytes());
+            spec.failure_policy = f.policy;
+            spec.limits = f.limits;
+            spec.allow_on_headers_stop_iteration = f.holds_headers_for_body;
             if let Some(vm_id) = &self.vm_id {
                 spec.vm_id = vm_id.clone();
             }
@@ -592,6 +615,8 @@ async fn run(
     let mut trailers = request.trailers;
     let eos = chunks.is_empty() && trailers.is_none();
     let mut flow = stream.request_headers(&mut headers, eos).await;
+    // A filter holding the headers while it reads the body.
+    let mut held = flow == Flow::Buffering;
     // What the filters let through, chunk by chunk, as a host sends it upstream.
     let mut body = Vec::new();
     let last = chunks.len();
@@ -600,8 +625,13 @@ async fn run(
             break;
         }
         let end = i + 1 == last && trailers.is_none();
-        flow = stream.request_body(chunk, end).await;
+        flow = if held {
+            stream.request_body_held(&mut headers, chunk, end).await
+        } else {
+            stream.request_body(chunk, end).await
+        };
         if flow == Flow::Continue {
+            held = false;
             body.append(chunk);
         }
     }

@@ -127,6 +127,39 @@ fn fail_open_passes_on_the_request_as_it_was_before_the_failing_filter() {
 }
 
 #[test]
+fn a_filter_failing_while_it_holds_the_headers_leaves_the_request_as_it_came_or_fails_it() {
+    for policy in [FailurePolicy::FailOpen, FailurePolicy::FailClosed] {
+        let mut bed = TestBed::new()
+            .filter(wasm("conformance_filter"), r#"{"upstream": "echo"}"#)
+            .named("hostile")
+            .failure_policy(policy)
+            .allow_on_headers_stop_iteration()
+            .build()
+            .expect("starts");
+        // The filter adds a header, holds the headers, then changes the body and panics
+        // in its body callback.
+        let res = bed.send(Request::post("/case/hold-headers-then-trap", "the body"));
+        assert!(
+            bed.logged("panic after changing"),
+            "{policy:?}: the filter did fail"
+        );
+        if policy == FailurePolicy::FailClosed {
+            assert_eq!(res.status, 503, "{}", res.text());
+            assert!(res.upstream.is_none());
+            continue;
+        }
+        assert_eq!(res.status, 200, "{}", res.text());
+        let up = res.upstream.as_ref().expect("the request went on");
+        assert_eq!(up.body, b"the body");
+        assert_eq!(up.headers.get_str("x-tampered"), None);
+        assert_eq!(
+            up.headers.get_str(":path"),
+            Some("/case/hold-headers-then-trap")
+        );
+    }
+}
+
+#[test]
 fn fail_open_keeps_the_body_and_the_response_a_failing_filter_changed() {
     for (case, check) in [
         ("tamper-body-then-trap", "body"),

@@ -158,6 +158,12 @@ impl Filter {
         self.inner.spec.failure_policy
     }
 
+    /// Whether a pause in `on_request_headers` still lets the body reach the filter
+    /// (see [`PluginSpec::allow_on_headers_stop_iteration`]).
+    pub fn holds_headers_for_body(&self) -> bool {
+        self.inner.spec.allow_on_headers_stop_iteration
+    }
+
     pub fn generation(&self) -> u64 {
         self.inner.generation.get()
     }

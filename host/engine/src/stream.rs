@@ -20,7 +20,9 @@ use crate::vm::{Fault, Vm};
 pub enum Flow {
     /// Go on: send what the filters left in the headers or body.
     Continue,
-    /// A filter is buffering this body and did not pass anything on yet.
+    /// A filter is buffering this body and did not pass anything on yet; after
+    /// `request_headers`, a filter that waits for the body holds the headers (see
+    /// [`HttpStream::request_body_held`]).
     Buffering,
     /// Answer the client with this instead.
     Reply(LocalReply),
@@ -57,6 +59,10 @@ pub struct HttpStream {
     /// How large a filter may make the request and the response body it rewrites
     /// (`None`: the engine's `body_bytes`).
     body_limits: Option<(usize, usize)>,
+    /// The filter holding the request headers while it reads the body (it paused in
+    /// `on_request_headers` with `allow_on_headers_stop_iteration`), and the headers
+    /// as they were before it, for a holder that fails open.
+    headers_held: Option<(usize, Option<Before<HeaderMap>>)>,
 }
 
 /// The reply for a request that met a failed filter.
@@ -110,6 +116,7 @@ impl HttpStream {
             finished: false,
             replied: false,
             body_limits: None,
+            headers_held: None,
         }
     }
 
@@ -127,49 +134,167 @@ impl HttpStream {
     }
 
     /// Runs `on_request_headers` through the chain. The headers are the filters' to
-    /// change; on `Continue` they are what goes upstream.
+    /// change; on `Continue` they are what goes upstream. `Buffering`: a filter that
+    /// may hold the headers while it reads the body (`allow_on_headers_stop_iteration`,
+    /// as Envoy's StopIteration) paused on them; feed the body with
+    /// [`HttpStream::request_body_held`] until it answers `Continue`.
     pub async fn request_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
-        let flow = self.request_headers_inner(headers, end_of_stream).await;
+        if let Some(reply) = self.failed_at_start.take() {
+            let flow = self.reply(reply);
+            return self.outcome(flow);
+        }
+        let flow = self.request_headers_from(0, headers, end_of_stream).await;
         self.outcome(flow)
     }
 
-    async fn request_headers_inner(
+    async fn request_headers_from(
         &mut self,
+        start: usize,
         headers: &mut HeaderMap,
         end_of_stream: bool,
     ) -> Flow {
-        if let Some(reply) = self.failed_at_start.take() {
-            return self.reply(reply);
-        }
-        for i in 0..self.slots.len() {
+        for i in start..self.slots.len() {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let n = headers.len() as u32;
             let before = self.before(i, headers);
             let map = std::mem::take(headers);
-            let outcome = self
+            let may_hold = !end_of_stream && self.slots[i].filter.holds_headers_for_body();
+            let settled = self
                 .run(
                     i,
                     ctx,
                     Phase::Request,
                     |c| c.request_headers = Some(map),
                     |vm, id| vm.on_request_headers(id, n, end_of_stream),
+                    may_hold,
                 )
                 .await;
+            if let Settled::Held = settled {
+                // The holder keeps the map: it may change the headers from its body
+                // callbacks and call answers until it lets them go.
+                self.headers_held = Some((i, before));
+                return Flow::Buffering;
+            }
             *headers = match self.take_back(i, |c| c.request_headers.take()) {
                 Some(h) => h,
                 None => self.restore(before),
             };
-            if let Some(flow) = outcome {
+            if let Settled::Stop(flow) = settled {
                 return flow;
             }
         }
         Flow::Continue
     }
 
+    /// One chunk of the request body while a filter holds the headers (after
+    /// `request_headers` answered `Buffering`): the chunk goes through the filters up
+    /// to the holder; once the holder lets it go (its body callback continues, or it
+    /// resumes), the headers go through the rest of the chain and then the body.
+    /// `Continue`: the headers are final and `chunk` is what goes upstream first;
+    /// `Buffering`: still held, give the next chunk. An empty chunk before the end
+    /// only checks whether the holder resumed meanwhile (see
+    /// [`HttpStream::held_signal`]). Without a holder it is [`HttpStream::request_body`].
+    pub async fn request_body_held(
+        &mut self,
+        headers: &mut HeaderMap,
+        chunk: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> Flow {
+        let flow = self
+            .request_body_held_inner(headers, chunk, end_of_stream)
+            .await;
+        self.outcome(flow)
+    }
+
+    async fn request_body_held_inner(
+        &mut self,
+        headers: &mut HeaderMap,
+        chunk: &mut Vec<u8>,
+        eos: bool,
+    ) -> Flow {
+        let mut from = 0;
+        while let Some(h) = self.headers_held.as_ref().map(|(h, _)| *h) {
+            let flow = if chunk.is_empty() && !eos && from > 0 {
+                // Nothing to hand the next holder yet.
+                return Flow::Buffering;
+            } else if chunk.is_empty() && !eos {
+                // A wake-up, not data: the holder's body callback is not called again.
+                match self.resumed_while_held(h) {
+                    Some(Settled::Continue) => {
+                        *chunk = std::mem::take(&mut self.slots[h].held);
+                        Flow::Continue
+                    }
+                    Some(Settled::Stop(flow)) => return flow,
+                    _ => return Flow::Buffering,
+                }
+            } else {
+                self.body_through(Phase::Request, from, h + 1, chunk, eos)
+                    .await
+            };
+            if flow != Flow::Continue {
+                return flow;
+            }
+            // The holder let go: its headers go on to the rest of the chain (whose
+            // body follows), which may hold them again further on.
+            let before = self.headers_held.take().and_then(|(_, b)| b);
+            *headers = match self.take_back(h, |c| c.request_headers.take()) {
+                Some(map) => map,
+                None => self.restore(before),
+            };
+            match self.request_headers_from(h + 1, headers, false).await {
+                Flow::Continue | Flow::Buffering => from = h + 1,
+                reply => return reply,
+            }
+        }
+        if chunk.is_empty() && !eos {
+            return Flow::Continue;
+        }
+        let n = self.slots.len();
+        self.body_through(Phase::Request, from, n, chunk, eos).await
+    }
+
+    /// The signal the filter holding the headers is woken by when it resumes or
+    /// replies (`None` when no filter holds them): an embedder waiting for the next
+    /// body chunk waits on it too, then calls [`HttpStream::request_body_held`] with
+    /// an empty chunk, so a filter that resumes after a call does not wait for the
+    /// client's next bytes.
+    pub fn held_signal(&self) -> Option<Arc<Notify>> {
+        let slot = &self.slots[self.headers_held.as_ref()?.0];
+        slot.ctx.as_ref().map(|c| c.signal.clone())
+    }
+
+    /// Whether the filter holding the headers resumed or replied since its last
+    /// callback (`None`: it still holds them).
+    fn resumed_while_held(&mut self, h: usize) -> Option<Settled> {
+        let Some(ctx) = self.ctx_of(h) else {
+            return Some(self.failed(h));
+        };
+        let (reply, resumed, closed) = {
+            let mut vm = self.slots[h].filter.inner.vm.borrow_mut();
+            let c = vm.as_mut().and_then(|vm| vm.ctx(ctx.id))?;
+            (
+                c.local_reply.take(),
+                std::mem::take(&mut c.resume_request),
+                c.close,
+            )
+        };
+        if let Some(reply) = reply {
+            return Some(Settled::Stop(self.reply(reply)));
+        }
+        if closed {
+            return Some(Settled::Stop(self.reply(reset_reply(&self.info.id))));
+        }
+        resumed.then_some(Settled::Continue)
+    }
+
     /// Runs `on_request_body` through the chain with one chunk. A filter that pauses
     /// before the end holds the bytes (`Flow::Buffering`); at the end it must resume.
+    /// Once the headers went on (`request_headers` answered `Continue`).
     pub async fn request_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Flow {
-        let flow = self.body(Phase::Request, chunk, end_of_stream).await;
+        let n = self.slots.len();
+        let flow = self
+            .body_through(Phase::Request, 0, n, chunk, end_of_stream)
+            .await;
         self.outcome(flow)
     }
 
@@ -192,12 +317,13 @@ impl HttpStream {
                     Phase::Request,
                     |c| c.request_trailers = Some(map),
                     |vm, id| vm.on_request_trailers(id, n),
+                    false,
                 )
                 .await;
             *trailers = self
                 .take_back(i, |c| c.request_trailers.take())
                 .unwrap_or_default();
-            if let Some(flow) = outcome {
+            if let Settled::Stop(flow) = outcome {
                 return flow;
             }
         }
@@ -222,12 +348,13 @@ impl HttpStream {
                     Phase::Response,
                     |c| c.response_trailers = Some(map),
                     |vm, id| vm.on_response_trailers(id, n),
+                    false,
                 )
                 .await;
             *trailers = self
                 .take_back(i, |c| c.response_trailers.take())
                 .unwrap_or_default();
-            if let Some(flow) = outcome {
+            if let Settled::Stop(flow) = outcome {
                 return flow;
             }
         }
@@ -261,13 +388,14 @@ impl HttpStream {
                         c.response_headers = Some(map);
                     },
                     |vm, id| vm.on_response_headers(id, n, end_of_stream),
+                    false,
                 )
                 .await;
             *headers = match self.take_back(i, |c| c.response_headers.take()) {
                 Some(h) => h,
                 None => self.restore(before),
             };
-            if let Some(flow) = outcome {
+            if let Settled::Stop(flow) = outcome {
                 return flow;
             }
         }
@@ -276,7 +404,10 @@ impl HttpStream {
 
     /// Runs `on_response_body` through the chain in reverse order with one chunk.
     pub async fn response_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Flow {
-        let flow = self.body(Phase::Response, chunk, end_of_stream).await;
+        let n = self.slots.len();
+        let flow = self
+            .body_through(Phase::Response, 0, n, chunk, end_of_stream)
+            .await;
         self.outcome(flow)
     }
 
@@ -296,10 +427,18 @@ impl HttpStream {
         (headers, body)
     }
 
-    async fn body(&mut self, phase: Phase, chunk: &mut Vec<u8>, eos: bool) -> Flow {
+    /// One chunk through filters `from..to` (request bodies in chain order, response
+    /// bodies in reverse: `from..to` counts from the chain's end for them).
+    async fn body_through(
+        &mut self,
+        phase: Phase,
+        from: usize,
+        to: usize,
+        chunk: &mut Vec<u8>,
+        eos: bool,
+    ) -> Flow {
         let n = self.slots.len();
-        for k in 0..n {
-            // Request bodies in chain order, response bodies in reverse.
+        for k in from..to {
             let i = if phase == Phase::Request {
                 k
             } else {
@@ -369,7 +508,7 @@ impl HttpStream {
     }
 
     /// Places data in filter `i`'s context, runs its callback, and waits while it is
-    /// paused. `None`: go on to the next filter; `Some(flow)`: stop here.
+    /// paused (unless `may_hold`: then a pause comes back as `Held`).
     async fn run(
         &mut self,
         i: usize,
@@ -377,7 +516,8 @@ impl HttpStream {
         phase: Phase,
         place: impl FnOnce(&mut crate::state::HttpCtx),
         call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
-    ) -> Option<Flow> {
+        may_hold: bool,
+    ) -> Settled {
         let filter = self.slots[i].filter.clone();
         let id = ctx.id;
         let result = filter.with_vm(|vm| {
@@ -387,10 +527,7 @@ impl HttpStream {
             }
             call(vm, id)
         });
-        match self.settle(i, &ctx, phase, result, false).await {
-            Settled::Continue | Settled::Held => None,
-            Settled::Stop(flow) => Some(flow),
-        }
+        self.settle(i, &ctx, phase, result, may_hold).await
     }
 
     /// What a callback's result means for the request, waiting out a pause.

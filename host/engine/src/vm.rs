@@ -28,6 +28,10 @@ pub struct PluginSpec {
     pub configuration: Vec<u8>,
     pub vm_configuration: Vec<u8>,
     pub failure_policy: FailurePolicy,
+    /// A pause in `on_request_headers` holds only the headers: the filter still gets
+    /// the body (Envoy's `allow_on_headers_stop_iteration`, StopIteration instead of
+    /// StopAllIteration). Off by default, as in Envoy.
+    pub allow_on_headers_stop_iteration: bool,
     pub limits: VmLimits,
     pub module: Arc<CompiledModule>,
 }
@@ -55,6 +59,7 @@ impl PluginSpec {
             configuration: configuration.into(),
             vm_configuration: Vec::new(),
             failure_policy: FailurePolicy::default(),
+            allow_on_headers_stop_iteration: false,
             limits: VmLimits::default(),
             module,
         }

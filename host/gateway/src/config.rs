@@ -228,6 +228,11 @@ pub struct FilterConfig {
     pub vm_config_file: Option<PathBuf>,
     #[serde(default)]
     pub failure_policy: Option<String>,
+    /// A pause in `on_http_request_headers` holds only the headers, and the filter
+    /// still gets the body (Envoy's `allow_on_headers_stop_iteration`; off, as in
+    /// Envoy: the body then waits with the headers).
+    #[serde(default)]
+    pub allow_on_headers_stop_iteration: bool,
     /// Filters with the same `vm_id` share shared data (default: the filter's name).
     #[serde(default)]
     pub vm_id: Option<String>,
@@ -366,6 +371,7 @@ pub struct FilterPlan {
     pub configuration: Vec<u8>,
     pub vm_configuration: Vec<u8>,
     pub failure_policy: FailurePolicy,
+    pub allow_on_headers_stop_iteration: bool,
     pub vm_id: String,
     pub limits: VmLimits,
 }
@@ -614,6 +620,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             vm_config: w.vm_config.clone(),
             vm_config_file: w.vm_config_file.clone(),
             failure_policy: None,
+            allow_on_headers_stop_iteration: false,
             vm_id: w.vm_id.clone(),
             memory_limit_mb: w.memory_limit_mb,
             callback_timeout_ms: w.callback_timeout_ms,
@@ -787,6 +794,7 @@ fn filter_plan(
             configuration,
             vm_configuration,
             failure_policy,
+            allow_on_headers_stop_iteration: f.allow_on_headers_stop_iteration,
             vm_id: f.vm_id.clone().unwrap_or_else(|| name.clone()),
             limits,
         }),

@@ -68,6 +68,7 @@ impl WorkerState {
                 configuration: f.configuration.clone(),
                 vm_configuration: f.vm_configuration.clone(),
                 failure_policy: f.failure_policy,
+                allow_on_headers_stop_iteration: f.allow_on_headers_stop_iteration,
                 limits: f.limits,
                 module: f.module.clone(),
             };

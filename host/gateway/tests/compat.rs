@@ -237,3 +237,132 @@ fn a_wasm_service_calls_out_on_its_ticks_and_the_filters_read_the_answer() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An upstream that tells when a request's head has arrived (before its body has),
+/// then reads the chunked body to its end and answers 200 with what it got.
+fn head_watching_upstream() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut head_told = false;
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).into_owned();
+                if !head_told && text.contains("\r\n\r\n") {
+                    head_told = true;
+                    let _ = tx.send(text.clone());
+                }
+                if text.ends_with("0\r\n\r\n") {
+                    break;
+                }
+            }
+            let body = String::from_utf8_lossy(&got).into_owned();
+            let _ = tx.send(body.clone());
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_filter_holding_the_headers_reads_the_body_as_with_envoys_allow_on_headers_stop_iteration() {
+    let upstream = echo();
+    let (watched, heads) = head_watching_upstream();
+    let conformance = wasm("conformance_filter");
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: watched, url: "http://{watched}" }}
+  - {{ name: small, url: "http://{upstream}", max_request_body_bytes: 16 }}
+  - {{ name: quick, url: "http://{upstream}", timeout_ms: 1000 }}
+filters:
+  - {{ name: holds, wasm: "{conformance}", config: {{ upstream: echo }}, allow_on_headers_stop_iteration: true }}
+  - {{ name: pauses, wasm: "{conformance}", config: {{ upstream: echo }} }}
+routes:
+  - {{ name: holds, match: {{ hosts: [holds.test] }}, service: echo, filters: [holds] }}
+  - {{ name: watched, match: {{ hosts: [watched.test] }}, service: watched, filters: [holds] }}
+  - {{ name: small, match: {{ hosts: [small.test] }}, service: small, filters: [holds] }}
+  - {{ name: pauses, match: {{ hosts: [pauses.test] }}, service: quick, filters: [pauses] }}
+"#
+    ));
+    let addr = gw.url().trim_start_matches("http://").to_owned();
+    let chunked = |host: &str, case: &str| {
+        format!(
+            "POST /case/{case} HTTP/1.1\r\nhost: {host}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        )
+    };
+
+    // The body, sent in two chunks after a pause, reaches the filter while it holds
+    // the headers; what it read is in a header the upstream gets with that body.
+    let out = raw_request(
+        &addr,
+        &chunked("holds.test", "headers-wait-for-body"),
+        Duration::from_millis(200),
+        b"6\r\nhello \r\n4\r\nbody\r\n0\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(r#"["x-body-seen","hello body"]"#), "{out}");
+    assert!(out.contains(r#""body":"hello body""#), "{out}");
+
+    // A filter that resumes after its call lets the headers go at once, without
+    // waiting for the client's next bytes: the upstream has the head (with what the
+    // call set) while the client still holds back the end of its body.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(chunked("watched.test", "headers-wait-for-call").as_bytes())
+            .unwrap();
+        s.write_all(b"5\r\nhello\r\n").unwrap();
+        let head = heads
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the upstream gets the head before the body ends");
+        assert!(head.contains("x-call-status: 200"), "{head}");
+        s.write_all(b"0\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        let whole = heads.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(whole.contains("5\r\nhello\r\n"), "{whole}");
+    }
+
+    // What a filter holds while it reads the body is bounded by the service's limit.
+    let out = raw_request(
+        &addr,
+        &chunked("small.test", "headers-wait-for-body"),
+        Duration::from_millis(50),
+        format!("40\r\n{}\r\n0\r\n\r\n", "x".repeat(64)).as_bytes(),
+    );
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+
+    // Without the option (Envoy's default), a filter paused in the headers gets no
+    // body until it resumes: this one never does, and the request times out.
+    let out = raw_request(
+        &addr,
+        &chunked("pauses.test", "headers-wait-for-body"),
+        Duration::from_millis(50),
+        b"4\r\nbody\r\n0\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(
+        out.contains("did not let the request go on in time"),
+        "{out}"
+    );
+}

@@ -55,13 +55,16 @@ pub async fn handle(
     conn: Rc<Conn>,
     req: http::Request<Incoming>,
 ) -> http::Response<GwBody> {
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
     let mut x = Exchange::accept(state, &parts);
     if let Err(stop) = x.normalize_and_route(&conn, &mut parts) {
         return x.answer(stop).await;
     }
     let end_of_stream = body.is_end_stream();
-    if let Err(stop) = x.request_filters(&conn, &mut parts, end_of_stream).await {
+    if let Err(stop) = x
+        .request_filters(&conn, &mut parts, &mut body, end_of_stream)
+        .await
+    {
         return x.answer(stop).await;
     }
     let response = match x.upstream(parts, body).await {
@@ -115,6 +118,18 @@ pub(crate) struct Filters {
     request: HeaderMap,
     /// The response head as the filters left it, for `on_log`.
     response: HeaderMap,
+    /// The body a filter that held the headers read before letting them go.
+    released: Option<Released>,
+}
+
+/// What the filters let go with the headers after a filter held them for the body.
+struct Released {
+    /// The body bytes that passed every filter, sent upstream first.
+    bytes: Vec<u8>,
+    /// Whether the client's body ended meanwhile.
+    ended: bool,
+    /// The bytes read from the client.
+    read: u64,
 }
 
 impl Filters {
@@ -272,6 +287,7 @@ impl Exchange {
         &mut self,
         conn: &Conn,
         parts: &mut http::request::Parts,
+        body: &mut Incoming,
         end_of_stream: bool,
     ) -> Result<(), Stop> {
         let state = self.ctx.state.clone();
@@ -322,6 +338,7 @@ impl Exchange {
                 stream,
                 request,
                 response: HeaderMap::new(),
+                released: None,
             });
             let flow = within(
                 self.ctx.deadline,
@@ -330,8 +347,20 @@ impl Exchange {
                     .request_headers(&mut filters.request, end_of_stream),
             )
             .await?;
-            if let Flow::Reply(r) = flow {
-                return Err(Stop::Filter(r));
+            match flow {
+                Flow::Reply(r) => return Err(Stop::Filter(r)),
+                // A filter holds the headers while it reads the body.
+                Flow::Buffering => {
+                    let limit = svc.max_request_body;
+                    let held =
+                        hold_for_body(&mut filters.stream, &mut filters.request, body, limit);
+                    filters.released = Some(
+                        tokio::time::timeout_at(self.ctx.deadline.into(), held)
+                            .await
+                            .map_err(|_| Stop::filter_timeout())??,
+                    );
+                }
+                Flow::Continue => {}
             }
             // What the filters left goes upstream; when they changed nothing, that is
             // the request as it came (no conversion back).
@@ -392,7 +421,20 @@ impl Exchange {
         let limit = svc.service.max_request_body;
         let header_deadline = svc.service.read_timeout.min(svc.service.timeout);
         let started = Instant::now();
+        let released = self.filters.as_mut().and_then(|f| f.released.take());
+        if let Some(r) = &released {
+            self.ctx.entry.bytes_in = r.read;
+        }
         let sent = match (self.filters.as_mut(), body.is_end_stream()) {
+            // The client's body ended while a filter held the headers: what it let go is all.
+            (_, _) if released.as_ref().is_some_and(|r| r.ended) => {
+                let bytes = released.map(|r| Bytes::from(r.bytes)).unwrap_or_default();
+                let req = http::Request::from_parts(
+                    parts,
+                    Full::new(bytes).map_err(|e| match e {}).boxed_unsync(),
+                );
+                tokio::time::timeout(header_deadline, svc.client.request(req)).await
+            }
             (_, true) => {
                 let req = http::Request::from_parts(
                     parts,
@@ -414,6 +456,7 @@ impl Exchange {
                     parts,
                     body,
                     &mut filters.stream,
+                    released,
                     limit,
                     header_deadline,
                     self.ctx.deadline,
@@ -549,6 +592,7 @@ async fn send_filtered(
     parts: http::request::Parts,
     mut body: Incoming,
     stream: &mut HttpStream,
+    held: Option<Released>,
     limit: u64,
     header_deadline: Duration,
     deadline: Instant,
@@ -570,7 +614,7 @@ async fn send_filtered(
         }
     };
     tokio::pin!(send);
-    let pump = pump_request(stream, &mut body, tx, limit, release);
+    let pump = pump_request(stream, &mut body, tx, limit, release, held);
     tokio::pin!(pump);
     let mut bytes_in = 0;
     let mut pumping = true;
@@ -594,9 +638,20 @@ async fn pump_request(
     mut tx: http_body_util::channel::Sender<Bytes, BoxError>,
     limit: u64,
     release: tokio::sync::oneshot::Sender<()>,
+    released: Option<Released>,
 ) -> Result<u64, Stop> {
     let mut release = Some(release);
     let mut total = 0u64;
+    if let Some(r) = released {
+        // The filters already let these go, with the headers.
+        total = r.read;
+        if let Some(release) = release.take() {
+            let _ = release.send(());
+        }
+        if !r.bytes.is_empty() && tx.send_data(Bytes::from(r.bytes)).await.is_err() {
+            return Ok(total);
+        }
+    }
     loop {
         let frame = match body.frame().await {
             None => None,
@@ -643,6 +698,65 @@ async fn pump_request(
         }
         if eos {
             return Ok(total);
+        }
+    }
+}
+
+/// While a filter holds the request headers (`allow_on_headers_stop_iteration`): the
+/// body read and fed to the filters until they let the headers go, bounded by the
+/// service's body limit. A filter that resumes after a call is seen at once, not at
+/// the client's next bytes.
+async fn hold_for_body(
+    stream: &mut HttpStream,
+    headers: &mut HeaderMap,
+    body: &mut Incoming,
+    limit: u64,
+) -> Result<Released, Stop> {
+    let mut read = 0u64;
+    loop {
+        let signal = stream.held_signal();
+        let woken = async {
+            match signal {
+                Some(s) => s.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        // `None`: the holder was woken (it resumed or replied), no new bytes.
+        let frame = tokio::select! {
+            f = body.frame() => Some(f),
+            () = woken => None,
+        };
+        let (mut chunk, eos) = match frame {
+            None => (Vec::new(), false),
+            Some(None) => (Vec::new(), true),
+            Some(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => (d.to_vec(), body.is_end_stream()),
+                // Trailers: the end of the body.
+                Err(_) => (Vec::new(), true),
+            },
+            Some(Some(Err(_))) => {
+                return Err(Stop::client(400, "the request body ended early")
+                    .detail("client closed the request body".into()));
+            }
+        };
+        read += chunk.len() as u64;
+        if read > limit {
+            return Err(Stop::upstream(
+                "body_too_large",
+                413,
+                "request body too large",
+            ));
+        }
+        match stream.request_body_held(headers, &mut chunk, eos).await {
+            Flow::Reply(r) => return Err(Stop::Filter(r)),
+            Flow::Continue => {
+                return Ok(Released {
+                    bytes: chunk,
+                    ended: eos,
+                    read,
+                });
+            }
+            Flow::Buffering => {}
         }
     }
 }

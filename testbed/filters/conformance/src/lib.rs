@@ -372,6 +372,7 @@ impl RootContext for Root {
             config: self.config.clone(),
             case: String::new(),
             query: String::new(),
+            answered: false,
         }))
     }
 }
@@ -380,6 +381,8 @@ struct Case {
     config: Config,
     case: String,
     query: String,
+    /// `headers-wait-for-call`: the call made in the headers was answered.
+    answered: bool,
 }
 
 fn status_name(code: u32) -> &'static str {
@@ -467,11 +470,12 @@ impl Context for Case {
     ) {
         match self.case.as_str() {
             "panic-in-callback" => panic!("conformance: panic in on_http_call_response"),
-            "http-call-resume" => {
+            "http-call-resume" | "headers-wait-for-call" => {
                 let status = self
                     .get_http_call_response_header(":status")
                     .unwrap_or_default();
                 self.set_http_request_header("x-call-status", Some(&status));
+                self.answered = true;
                 self.resume_http_request();
             }
             _ => {
@@ -493,7 +497,7 @@ impl Context for Case {
 }
 
 impl HttpContext for Case {
-    fn on_http_request_headers(&mut self, _: usize, _eos: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, eos: bool) -> Action {
         let path = self.get_http_request_header(":path").unwrap_or_default();
         let (case, query) = path
             .strip_prefix("/case/")
@@ -631,7 +635,16 @@ impl HttpContext for Case {
                 self.report(&[("result", format!("{r:?}"))]);
                 Action::Pause
             }
-            "http-call" | "panic-in-callback" | "http-call-resume" => {
+            // Held headers (`allow_on_headers_stop_iteration`): the body comes to
+            // `on_http_request_body` while they wait; it puts what it read in a
+            // header, so the upstream shows the order.
+            "headers-wait-for-body" if !eos => Action::Pause,
+            "headers-wait-for-body" => Action::Continue,
+            "hold-headers-then-trap" => {
+                self.set_http_request_header("x-tampered", Some("1"));
+                Action::Pause
+            }
+            "http-call" | "panic-in-callback" | "http-call-resume" | "headers-wait-for-call" => {
                 match self.call(&self.config.upstream.clone(), "/from-call", 5000) {
                     Ok(_) => Action::Pause,
                     Err(e) => {
@@ -1092,7 +1105,7 @@ impl HttpContext for Case {
     }
 
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
-        if self.case == "tamper-body-then-trap" {
+        if self.case == "tamper-body-then-trap" || self.case == "hold-headers-then-trap" {
             self.set_http_request_body(0, size, b"tampered");
             panic!("conformance: panic after changing the request body");
         }
@@ -1109,6 +1122,23 @@ impl HttpContext for Case {
                 ("body_len", now.to_string()),
             ]);
             return Action::Pause;
+        }
+        if self.case == "headers-wait-for-body" {
+            if !eos {
+                return Action::Pause;
+            }
+            let body = self.get_http_request_body(0, size).unwrap_or_default();
+            let seen = String::from_utf8_lossy(&body).into_owned();
+            self.set_http_request_header("x-body-seen", Some(&seen));
+            return Action::Continue;
+        }
+        if self.case == "headers-wait-for-call" {
+            // The body waits with the headers until the call is answered.
+            return if self.answered {
+                Action::Continue
+            } else {
+                Action::Pause
+            };
         }
         if self.case != "body" {
             return Action::Continue;
