@@ -52,6 +52,8 @@ pub fn free_port() -> u16 {
 #[derive(Clone, Debug)]
 pub struct WasmFilter {
     pub name: String,
+    /// The plugin's root_id (default: its name).
+    pub root_id: String,
     pub wasm: PathBuf,
     pub configuration: String,
     /// `vm_config.configuration`: the bytes `proxy_on_vm_start` is given (none if unset).
@@ -67,6 +69,7 @@ impl WasmFilter {
     pub fn new(name: &str, wasm: impl AsRef<Path>, configuration: &str) -> WasmFilter {
         WasmFilter {
             name: name.into(),
+            root_id: name.into(),
             wasm: wasm.as_ref().to_path_buf(),
             configuration: configuration.into(),
             vm_configuration: None,
@@ -94,7 +97,7 @@ impl WasmFilter {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
                     "name": self.name,
-                    "root_id": self.name,
+                    "root_id": self.root_id,
                     "failure_policy": self.failure_policy,
                     "allow_on_headers_stop_iteration": self.allow_on_headers_stop_iteration,
                     "configuration": {

@@ -165,6 +165,7 @@ struct BedFilter {
     policy: FailurePolicy,
     limits: VmLimits,
     name: Option<String>,
+    vm_id: Option<String>,
     holds_headers_for_body: bool,
 }
 
@@ -173,7 +174,6 @@ pub struct TestBedBuilder {
     clusters: BedClusters,
     upstream: Option<Upstream>,
     start: Duration,
-    vm_id: Option<String>,
     host_limits: HostLimits,
 }
 
@@ -186,7 +186,6 @@ impl TestBed {
             upstream: None,
             // 2026-01-01T00:00:00Z: a fixed, realistic wall clock.
             start: Duration::from_secs(1_767_225_600),
-            vm_id: None,
             host_limits: HostLimits::default(),
         }
     }
@@ -201,6 +200,7 @@ impl TestBedBuilder {
             policy: FailurePolicy::FailClosed,
             limits: VmLimits::default(),
             name: None,
+            vm_id: None,
             holds_headers_for_body: false,
         });
         self
@@ -241,6 +241,16 @@ impl TestBedBuilder {
     pub fn allow_on_headers_stop_iteration(mut self) -> Self {
         if let Some(f) = self.filters.last_mut() {
             f.holds_headers_for_body = true;
+        }
+        self
+    }
+
+    /// Sets the `vm_id` of the filter added last (default: its name). Filters with the
+    /// same `vm_id` and module (and limits and failure policy) share one VM, with a
+    /// root context each.
+    pub fn vm_id(mut self, vm_id: &str) -> Self {
+        if let Some(f) = self.filters.last_mut() {
+            f.vm_id = Some(vm_id.to_owned());
         }
         self
     }
@@ -332,7 +342,7 @@ impl TestBedBuilder {
                 reason: e.to_string(),
             })?;
         let local = LocalSet::new();
-        let mut chain = Vec::new();
+        let mut specs = Vec::new();
         for (i, f) in self.filters.into_iter().enumerate() {
             let path = f.wasm;
             let name = f.name.unwrap_or_else(|| {
@@ -352,16 +362,18 @@ impl TestBedBuilder {
             spec.failure_policy = f.policy;
             spec.limits = f.limits;
             spec.allow_on_headers_stop_iteration = f.holds_headers_for_body;
-            if let Some(vm_id) = &self.vm_id {
-                spec.vm_id = vm_id.clone();
+            if let Some(vm_id) = f.vm_id {
+                spec.vm_id = vm_id;
             }
-            let filter = {
-                let _guard = local.enter();
-                let _rt = runtime.enter();
-                Filter::start(&engine, spec, clusters.clone())?
-            };
-            chain.push(filter);
+            specs.push(spec);
         }
+        // Filters of the same vm_id and module share a VM, as in the gateway.
+        let chain = {
+            let _guard = local.enter();
+            let _rt = runtime.enter();
+            Filter::start_all(&engine, specs, clusters.clone())
+                .map_err(|mut errors| errors.remove(0))?
+        };
         Ok(TestBed {
             engine,
             clock: manual,

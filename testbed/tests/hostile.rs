@@ -127,6 +127,49 @@ fn fail_open_passes_on_the_request_as_it_was_before_the_failing_filter() {
 }
 
 #[test]
+fn plugins_sharing_a_vm_fail_with_it_and_come_back_with_it() {
+    let mut bed = TestBed::new()
+        .filter(wasm("conformance_filter"), r#"{"upstream": "one"}"#)
+        .named("a")
+        .vm_id("shared")
+        .failure_policy(FailurePolicy::Reload)
+        .filter(wasm("conformance_filter"), r#"{"upstream": "two"}"#)
+        .named("b")
+        .vm_id("shared")
+        .failure_policy(FailurePolicy::Reload)
+        .build()
+        .expect("starts");
+    assert!(bed.filter(0).shares_vm_with(bed.filter(1)));
+    assert_eq!(bed.filter(1).root_context_id(), 2);
+    let res = bed.send(Request::get("/case/vm-counter"));
+    assert_eq!(res.header("x-vm-counter-a"), Some("1"));
+    assert_eq!(res.header("x-vm-counter-b"), Some("2"));
+    // `a` traps: the VM goes, and `b` with it; the next request starts a fresh VM
+    // with both root contexts (and fresh memory: the count starts again).
+    let res = bed.send(Request::get("/case/trap"));
+    assert_eq!(res.status, 503);
+    assert!(matches!(
+        bed.filter(1).health(),
+        portcullis_engine::Health::Failed(_)
+    ));
+    let res = bed.send(Request::get("/case/vm-counter"));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.header("x-vm-counter-a"), Some("1"));
+    assert_eq!(res.header("x-vm-counter-b"), Some("2"));
+    assert_eq!(bed.filter(1).reloads(), 1);
+    // A plugin of another policy is not in that VM.
+    let bed = TestBed::new()
+        .filter(wasm("conformance_filter"), "")
+        .vm_id("shared")
+        .filter(wasm("conformance_filter"), "")
+        .vm_id("shared")
+        .failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .expect("starts");
+    assert!(!bed.filter(0).shares_vm_with(bed.filter(1)));
+}
+
+#[test]
 fn a_filter_failing_while_it_holds_the_headers_leaves_the_request_as_it_came_or_fails_it() {
     for policy in [FailurePolicy::FailOpen, FailurePolicy::FailClosed] {
         let mut bed = TestBed::new()

@@ -1,6 +1,9 @@
-//! A plugin as one worker runs it: its VM, the failure policy applied when that VM
-//! fails, and the calls (`http_call`, `grpc_call`), ticks and queue notifications
-//! the VM is waiting for. Lives on one thread (`Rc`); needs a tokio `LocalSet`.
+//! A plugin as one worker runs it: its root context in a VM (plugins with the same
+//! `vm_id`, module, VM configuration, limits and failure policy share one VM per
+//! worker, as Envoy shares a VM by `vm_id` and code), the failure policy applied when
+//! that VM fails, and the calls (`http_call`, `grpc_call`), ticks and queue
+//! notifications the VM is waiting for. Lives on one thread (`Rc`); needs a tokio
+//! `LocalSet`.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -56,8 +59,21 @@ pub struct Filter {
     pub(crate) inner: Rc<FilterInner>,
 }
 
+/// One plugin: its root context in a shared VM.
 pub(crate) struct FilterInner {
-    pub spec: PluginSpec,
+    pub cell: Rc<VmCell>,
+    /// The plugin's root context id in the VM (its place in `cell.plugins`, plus one).
+    pub root: u32,
+    /// Monotonic time (ns) the plugin's next tick is due.
+    pub next_tick: Cell<Option<u64>>,
+    pub ticker_started: Cell<bool>,
+}
+
+/// A VM and what lives and dies with it: the plugins whose root contexts it holds,
+/// its health, and the calls it is waiting for.
+pub(crate) struct VmCell {
+    /// In root-context order; a reload starts them all again, in this order.
+    pub plugins: Vec<PluginSpec>,
     pub engine: Engine,
     pub clusters: Rc<dyn Clusters>,
     pub vm: RefCell<Option<Vm>>,
@@ -65,17 +81,14 @@ pub(crate) struct FilterInner {
     pub generation: Cell<u64>,
     pub health: RefCell<Health>,
     pub reloads: Cell<u64>,
-    /// Monotonic time (ns) the next tick is due.
-    pub next_tick: Cell<Option<u64>>,
-    pub ticker_started: Cell<bool>,
-    /// The tasks carrying out this filter's calls, by a number of their own; each
+    /// The tasks carrying out this VM's calls, by a number of their own; each
     /// removes itself when its answer has been delivered. A failed VM's calls are
-    /// cancelled with it, and every call goes with the filter.
+    /// cancelled with it, and every call goes with the VM.
     pub calls: RefCell<std::collections::HashMap<u64, tokio::task::AbortHandle>>,
     pub next_call: Cell<u64>,
 }
 
-impl FilterInner {
+impl VmCell {
     fn cancel_calls(&self) {
         let calls = std::mem::take(&mut *self.calls.borrow_mut());
         for (_, call) in calls {
@@ -84,10 +97,23 @@ impl FilterInner {
     }
 }
 
-impl Drop for FilterInner {
+impl Drop for VmCell {
     fn drop(&mut self) {
         self.cancel_calls();
     }
+}
+
+/// What plugins must agree on to share a VM: Envoy's key (`vm_id`, code, VM
+/// configuration), plus what a VM has only one of here (its limits and, since a
+/// failure takes the whole VM down, the failure policy).
+fn shares_vm(a: &PluginSpec, b: &PluginSpec) -> bool {
+    a.vm_id == b.vm_id
+        && a.module.hash == b.module.hash
+        && a.vm_configuration == b.vm_configuration
+        && a.failure_policy == b.failure_policy
+        && a.limits.memory_bytes == b.limits.memory_bytes
+        && a.limits.callback_timeout == b.limits.callback_timeout
+        && a.limits.start_timeout == b.limits.start_timeout
 }
 
 /// Answer a filter gets for a call whose cluster could not answer (Envoy's
@@ -122,55 +148,122 @@ impl Filter {
         spec: PluginSpec,
         clusters: Rc<dyn Clusters>,
     ) -> Result<Filter, StartError> {
-        let vm = Vm::start(engine, &spec, clusters.names())?;
-        let filter = Filter {
-            inner: Rc::new(FilterInner {
-                spec,
-                engine: engine.clone(),
-                clusters,
-                vm: RefCell::new(Some(vm)),
-                generation: Cell::new(1),
-                health: RefCell::new(Health::Running),
-                reloads: Cell::new(0),
-                next_tick: Cell::new(None),
-                ticker_started: Cell::new(false),
-                calls: RefCell::default(),
-                next_call: Cell::new(0),
-            }),
-        };
-        filter.after_callback();
-        Ok(filter)
+        let mut started = Filter::start_vm(engine, vec![spec], clusters)?;
+        Ok(started.remove(0))
+    }
+
+    /// Starts a worker's plugins, those that agree on `vm_id`, module, VM
+    /// configuration, limits and failure policy in one VM with a root context each
+    /// (as Envoy does), and gives them back in the order given. Every group that
+    /// failed to start is an error.
+    pub fn start_all(
+        engine: &Engine,
+        specs: Vec<PluginSpec>,
+        clusters: Rc<dyn Clusters>,
+    ) -> Result<Vec<Filter>, Vec<StartError>> {
+        // Groups of (place in `specs`, spec), in the order their first member came.
+        let mut groups: Vec<Vec<(usize, PluginSpec)>> = Vec::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            match groups.iter_mut().find(|g| shares_vm(&g[0].1, &spec)) {
+                Some(g) => g.push((i, spec)),
+                None => groups.push(vec![(i, spec)]),
+            }
+        }
+        let mut placed: Vec<(usize, Filter)> = Vec::new();
+        let mut errors = Vec::new();
+        for group in groups {
+            let (places, plugins): (Vec<usize>, Vec<PluginSpec>) = group.into_iter().unzip();
+            match Filter::start_vm(engine, plugins, clusters.clone()) {
+                Ok(filters) => placed.extend(places.into_iter().zip(filters)),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        placed.sort_by_key(|(i, _)| *i);
+        Ok(placed.into_iter().map(|(_, f)| f).collect())
+    }
+
+    /// One VM for `plugins`, with a root context each; a filter per plugin.
+    fn start_vm(
+        engine: &Engine,
+        plugins: Vec<PluginSpec>,
+        clusters: Rc<dyn Clusters>,
+    ) -> Result<Vec<Filter>, StartError> {
+        let vm = Vm::start(engine, &plugins, clusters.names())?;
+        let n = plugins.len() as u32;
+        let cell = Rc::new(VmCell {
+            plugins,
+            engine: engine.clone(),
+            clusters,
+            vm: RefCell::new(Some(vm)),
+            generation: Cell::new(1),
+            health: RefCell::new(Health::Running),
+            reloads: Cell::new(0),
+            calls: RefCell::default(),
+            next_call: Cell::new(0),
+        });
+        let filters: Vec<Filter> = (crate::vm::ROOT_CONTEXT_ID..crate::vm::ROOT_CONTEXT_ID + n)
+            .map(|root| Filter {
+                inner: Rc::new(FilterInner {
+                    cell: cell.clone(),
+                    root,
+                    next_tick: Cell::new(None),
+                    ticker_started: Cell::new(false),
+                }),
+            })
+            .collect();
+        for f in &filters {
+            f.after_callback();
+        }
+        Ok(filters)
     }
 
     pub fn name(&self) -> &str {
-        &self.inner.spec.name
+        &self.spec().name
     }
 
     pub fn spec(&self) -> &PluginSpec {
-        &self.inner.spec
+        &self.inner.cell.plugins[self.inner.root as usize - 1]
+    }
+
+    /// The plugin's root context id in its VM.
+    pub fn root_context_id(&self) -> u32 {
+        self.inner.root
+    }
+
+    /// Whether this filter and `other` run in the same VM.
+    pub fn shares_vm_with(&self, other: &Filter) -> bool {
+        Rc::ptr_eq(&self.inner.cell, &other.inner.cell)
     }
 
     pub fn health(&self) -> Health {
-        self.inner.health.borrow().clone()
+        self.inner.cell.health.borrow().clone()
     }
 
     pub fn policy(&self) -> FailurePolicy {
-        self.inner.spec.failure_policy
+        self.spec().failure_policy
     }
 
     /// Whether a pause in `on_request_headers` still lets the body reach the filter
     /// (see [`PluginSpec::allow_on_headers_stop_iteration`]).
     pub fn holds_headers_for_body(&self) -> bool {
-        self.inner.spec.allow_on_headers_stop_iteration
+        self.spec().allow_on_headers_stop_iteration
     }
 
     pub fn generation(&self) -> u64 {
-        self.inner.generation.get()
+        self.inner.cell.generation.get()
     }
 
     /// How many times a fresh VM replaced a failed one (`reload` policy).
     pub fn reloads(&self) -> u64 {
-        self.inner.reloads.get()
+        self.inner.cell.reloads.get()
+    }
+
+    /// The VM (`None` once it failed), for the stream to reach its contexts.
+    pub(crate) fn vm(&self) -> &RefCell<Option<Vm>> {
+        &self.inner.cell.vm
     }
 
     /// Runs `f` on the VM if it is healthy; a fault marks the filter failed.
@@ -179,7 +272,7 @@ impl Filter {
         f: impl FnOnce(&mut Vm) -> Result<T, Fault>,
     ) -> Option<Result<T, Fault>> {
         let result = {
-            let mut vm = self.inner.vm.borrow_mut();
+            let mut vm = self.vm().borrow_mut();
             let vm = vm.as_mut()?;
             f(vm)
         };
@@ -190,35 +283,35 @@ impl Filter {
         Some(result)
     }
 
-    /// Marks the VM failed and drops it; requests waiting on it are woken and see it.
+    /// Marks the VM failed and drops it, for every plugin in it; requests waiting on
+    /// it are woken and see it.
     pub(crate) fn fail(&self, fault: Fault) {
-        if let Some(vm) = self.inner.vm.borrow_mut().take() {
+        let cell = &self.inner.cell;
+        if let Some(vm) = cell.vm.borrow_mut().take() {
             vm.wake_all();
         }
         // Their answers would be dropped (the generation changes): stop them now, so
         // a call without a timeout does not outlive the VM that made it.
-        self.inner.cancel_calls();
-        self.inner.generation.set(self.inner.generation.get() + 1);
+        cell.cancel_calls();
+        cell.generation.set(cell.generation.get() + 1);
         self.inner.next_tick.set(None);
-        *self.inner.health.borrow_mut() = Health::Failed(fault);
+        *cell.health.borrow_mut() = Health::Failed(fault);
     }
 
-    /// For the `reload` policy: a fresh VM after a failure. Called when a new request
-    /// arrives, so a filter that fails at every request does not spin.
+    /// For the `reload` policy: a fresh VM after a failure, with every plugin's root
+    /// context. Called when a new request arrives, so a filter that fails at every
+    /// request does not spin.
     pub(crate) fn reload_if_failed(&self) {
-        if self.policy() != FailurePolicy::Reload || self.inner.vm.borrow().is_some() {
+        let cell = &self.inner.cell;
+        if self.policy() != FailurePolicy::Reload || cell.vm.borrow().is_some() {
             return;
         }
-        match Vm::start(
-            &self.inner.engine,
-            &self.inner.spec,
-            self.inner.clusters.names(),
-        ) {
+        match Vm::start(&cell.engine, &cell.plugins, cell.clusters.names()) {
             Ok(vm) => {
-                *self.inner.vm.borrow_mut() = Some(vm);
-                self.inner.generation.set(self.inner.generation.get() + 1);
-                self.inner.reloads.set(self.inner.reloads.get() + 1);
-                *self.inner.health.borrow_mut() = Health::Running;
+                *cell.vm.borrow_mut() = Some(vm);
+                cell.generation.set(cell.generation.get() + 1);
+                cell.reloads.set(cell.reloads.get() + 1);
+                *cell.health.borrow_mut() = Health::Running;
                 self.log(
                     LogLevel::Warn,
                     "started a fresh VM after a failure (failure_policy: reload)".into(),
@@ -230,7 +323,7 @@ impl Filter {
     }
 
     fn log(&self, level: LogLevel, message: String) {
-        (self.inner.engine.inner.log)(LogRecord {
+        (self.inner.cell.engine.inner.log)(LogRecord {
             plugin: self.name().to_owned(),
             level,
             message,
@@ -241,9 +334,9 @@ impl Filter {
     /// schedule in step with the period it asked for.
     fn after_callback(&self) {
         let (outgoing, period) = {
-            let mut vm = self.inner.vm.borrow_mut();
+            let mut vm = self.vm().borrow_mut();
             match vm.as_mut() {
-                Some(vm) => (vm.take_outgoing(), vm.tick_period()),
+                Some(vm) => (vm.take_outgoing(), vm.tick_period(self.inner.root)),
                 None => return,
             }
         };
@@ -258,17 +351,19 @@ impl Filter {
         // The task holds the filter weakly: a filter dropped (a configuration reload)
         // cancels its calls instead of being kept alive by them.
         let weak = Rc::downgrade(&self.inner);
-        let n = self.inner.next_call.get();
-        self.inner.next_call.set(n.wrapping_add(1));
+        let cell = &self.inner.cell;
+        let n = cell.next_call.get();
+        cell.next_call.set(n.wrapping_add(1));
         let task = match call {
             Outgoing::Http {
                 token,
                 context_id,
+                root,
                 cluster,
                 request,
             } => {
                 let timeout = request.timeout;
-                let fut = self.inner.clusters.http_call(&cluster, request);
+                let fut = cell.clusters.http_call(&cluster, request);
                 tokio::task::spawn_local(async move {
                     let result = with_timeout(timeout, fut)
                         .await
@@ -280,19 +375,22 @@ impl Filter {
                     let Some(inner) = weak.upgrade() else { return };
                     let this = Filter { inner };
                     if this.generation() == generation {
-                        this.with_vm(|vm| vm.on_http_call_response(context_id, token, response));
+                        this.with_vm(|vm| {
+                            vm.on_http_call_response(context_id, root, token, response)
+                        });
                     }
-                    this.inner.calls.borrow_mut().remove(&n);
+                    this.inner.cell.calls.borrow_mut().remove(&n);
                 })
             }
             Outgoing::Grpc {
                 token,
                 context_id,
+                root,
                 cluster,
                 request,
             } => {
                 let timeout = request.timeout;
-                let fut = self.inner.clusters.grpc_call(&cluster, request);
+                let fut = cell.clusters.grpc_call(&cluster, request);
                 tokio::task::spawn_local(async move {
                     let result = with_timeout(timeout, fut).await.unwrap_or_else(|| {
                         Err(GrpcStatus {
@@ -303,20 +401,22 @@ impl Filter {
                     let Some(inner) = weak.upgrade() else { return };
                     let this = Filter { inner };
                     if this.generation() == generation {
-                        this.with_vm(|vm| vm.on_grpc_call_response(context_id, token, result));
+                        this.with_vm(|vm| {
+                            vm.on_grpc_call_response(context_id, root, token, result)
+                        });
                     }
-                    this.inner.calls.borrow_mut().remove(&n);
+                    this.inner.cell.calls.borrow_mut().remove(&n);
                 })
             }
         };
-        self.inner.calls.borrow_mut().insert(n, task.abort_handle());
+        cell.calls.borrow_mut().insert(n, task.abort_handle());
     }
 
     /// Keeps the next tick in step with the period the filter asked for, and on the
     /// system clock runs a timer task that fires ticks on time and delivers shared-queue
     /// notifications (within `QUEUE_POLL`; a VM's queue has no waker the host can hold).
     fn schedule_ticks(&self, period: Option<Duration>) {
-        let clock = self.inner.engine.clock().clone();
+        let clock = self.inner.cell.engine.clock().clone();
         match period {
             None => self.inner.next_tick.set(None),
             Some(p) => {
@@ -335,7 +435,7 @@ impl Filter {
             loop {
                 let wait = {
                     let Some(inner) = weak.upgrade() else { return };
-                    let now = inner.engine.clock().monotonic_ns();
+                    let now = inner.cell.engine.clock().monotonic_ns();
                     match inner.next_tick.get() {
                         Some(due) => Duration::from_nanos(due.saturating_sub(now)).min(QUEUE_POLL),
                         None => QUEUE_POLL,
@@ -353,7 +453,7 @@ impl Filter {
     /// notifications.
     pub fn run_due_ticks(&self) {
         let _ = self.with_vm(|vm| vm.drain_queue_notifications());
-        let now = self.inner.engine.clock().monotonic_ns();
+        let now = self.inner.cell.engine.clock().monotonic_ns();
         let Some(due) = self.inner.next_tick.get() else {
             return;
         };
@@ -361,35 +461,34 @@ impl Filter {
             return;
         }
         let period = self
-            .inner
-            .vm
+            .vm()
             .borrow()
             .as_ref()
-            .and_then(|vm| vm.tick_period());
+            .and_then(|vm| vm.tick_period(self.inner.root));
         // The next tick is one period after this one; missed ticks are not replayed.
         self.inner
             .next_tick
             .set(period.map(|p| now + p.as_nanos() as u64));
-        let _ = self.with_vm(|vm| vm.on_tick());
+        let root = self.inner.root;
+        let _ = self.with_vm(|vm| vm.on_tick(root));
     }
 
     /// Bytes of linear memory the VM uses (0 when it has failed).
     pub fn memory_bytes(&self) -> usize {
-        self.inner
-            .vm
+        self.vm()
             .borrow()
             .as_ref()
             .map_or(0, |vm| vm.memory_bytes())
     }
 
-    /// Calls (`http_call`, `grpc_call`) still being carried out for this filter.
+    /// Calls (`http_call`, `grpc_call`) still being carried out for this filter's VM.
     pub fn pending_calls(&self) -> usize {
-        self.inner.calls.borrow().len()
+        self.inner.cell.calls.borrow().len()
     }
 
+    /// Requests in flight in this filter's VM (every plugin's).
     pub fn live_contexts(&self) -> usize {
-        self.inner
-            .vm
+        self.vm()
             .borrow()
             .as_ref()
             .map_or(0, |vm| vm.live_contexts())

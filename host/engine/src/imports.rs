@@ -367,16 +367,18 @@ fn define_proxy(
         names,
         "proxy_set_tick_period_milliseconds",
         |c, period: u32| {
-            c.data_mut().tick_period_ms = period;
+            let s = c.data_mut();
+            let root = s.root_context_id as usize;
+            s.tick_periods[root - 1] = period;
             Ok(())
         }
     );
     wrap!(l, names, "proxy_set_effective_context", |c, id: u32| {
         let s = c.data_mut();
-        if id != s.root_context_id && !s.http.contains_key(&id) {
+        if !s.is_root(id) && !s.http.contains_key(&id) {
             return Err(Status::BadArgument.into());
         }
-        s.effective = id;
+        s.enter(id);
         Ok(())
     });
     wrap!(l, names, "proxy_done", |c| {
@@ -851,6 +853,7 @@ fn define_proxy(
             s.outgoing.push(Outgoing::Http {
                 token,
                 context_id: s.effective,
+                root: s.root_context_id,
                 cluster,
                 request,
             });
@@ -909,6 +912,7 @@ fn define_proxy(
             s.outgoing.push(Outgoing::Grpc {
                 token,
                 context_id: s.effective,
+                root: s.root_context_id,
                 cluster,
                 request,
             });

@@ -94,6 +94,8 @@ pub enum Phase {
 
 /// One HTTP context: one request as one filter sees it.
 pub struct HttpCtx {
+    /// The root context (the plugin) the request belongs to.
+    pub root: u32,
     pub info: Arc<RequestInfo>,
     pub phase: Phase,
     pub request_headers: Option<HeaderMap>,
@@ -160,8 +162,14 @@ impl HttpCtx {
     /// A context for a request; `signal` is a fresh `Notify` or one a finished context
     /// left (a stale wake-up is harmless: a waiter checks what happened and waits
     /// again).
-    pub fn new(info: Arc<RequestInfo>, properties: StreamProperties, signal: Arc<Notify>) -> Self {
+    pub fn new(
+        root: u32,
+        info: Arc<RequestInfo>,
+        properties: StreamProperties,
+        signal: Arc<Notify>,
+    ) -> Self {
         HttpCtx {
+            root,
             info,
             phase: Phase::Request,
             request_headers: None,
@@ -184,15 +192,18 @@ impl HttpCtx {
 
 /// A call a filter made during a callback; the embedder carries it out afterwards.
 pub enum Outgoing {
+    /// `root`: the root context the answer goes to (the caller's plugin).
     Http {
         token: u32,
         context_id: u32,
+        root: u32,
         cluster: String,
         request: HttpCallRequest,
     },
     Grpc {
         token: u32,
         context_id: u32,
+        root: u32,
         cluster: String,
         request: GrpcCallRequest,
     },
@@ -302,9 +313,15 @@ pub struct HostState {
     pub limiter: VmLimiter,
     pub memory: Option<Memory>,
     pub alloc: Option<TypedFunc<u32, u32>>,
+    /// The plugin of the context host calls act on now (one of `roots`).
     pub env: Arc<PluginEnv>,
+    /// The root context of the context host calls act on now.
     pub root_context_id: u32,
-    pub tick_period_ms: u32,
+    /// Every plugin whose root context this VM holds: root context `n` is
+    /// `roots[n - 1]` (Envoy keeps one root context per plugin in a shared VM).
+    pub roots: Vec<Arc<PluginEnv>>,
+    /// Each root context's tick period (ms; 0: none), by the same index.
+    pub tick_periods: Vec<u32>,
     pub http: HashMap<u32, HttpCtx, ContextIds>,
     /// The context host calls act on (`proxy_set_effective_context` changes it).
     pub effective: u32,
@@ -332,6 +349,29 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// Whether `id` is one of the VM's root contexts.
+    pub fn is_root(&self, id: u32) -> bool {
+        id >= 1 && id as usize <= self.roots.len()
+    }
+
+    /// Makes `id` the context host calls act on, and its plugin the current one.
+    pub fn enter(&mut self, id: u32) {
+        self.effective = id;
+        if self.roots.len() == 1 {
+            // The usual VM: one plugin, nothing to switch.
+            return;
+        }
+        let root = if self.is_root(id) {
+            id
+        } else {
+            self.http.get(&id).map_or(self.root_context_id, |c| c.root)
+        };
+        if root != self.root_context_id {
+            self.root_context_id = root;
+            self.env = self.roots[root as usize - 1].clone();
+        }
+    }
+
     pub fn http_ctx(&mut self) -> Option<&mut HttpCtx> {
         self.http.get_mut(&self.effective)
     }

@@ -89,7 +89,8 @@ impl HttpStream {
         let mut slots = Vec::with_capacity(chain.len());
         for filter in chain {
             filter.reload_if_failed();
-            let ctx = match filter.with_vm(|vm| create(vm, &info, &properties)) {
+            let root = filter.root_context_id();
+            let ctx = match filter.with_vm(|vm| create(vm, root, &info, &properties)) {
                 Some(Ok((id, signal))) => Some(Live {
                     id,
                     generation: filter.generation(),
@@ -270,7 +271,7 @@ impl HttpStream {
             return Some(self.failed(h));
         };
         let (reply, resumed, closed) = {
-            let mut vm = self.slots[h].filter.inner.vm.borrow_mut();
+            let mut vm = self.slots[h].filter.vm().borrow_mut();
             let c = vm.as_mut().and_then(|vm| vm.ctx(ctx.id))?;
             (
                 c.local_reply.take(),
@@ -554,7 +555,7 @@ impl HttpStream {
                 return self.failed(i);
             }
             let (reply, resumed, closed) = {
-                let mut vm = filter.inner.vm.borrow_mut();
+                let mut vm = filter.vm().borrow_mut();
                 let Some(c) = vm.as_mut().and_then(|vm| vm.ctx(*id)) else {
                     return self.failed(i);
                 };
@@ -644,7 +645,7 @@ impl HttpStream {
     ) -> Option<T> {
         let slot = &self.slots[i];
         let id = slot.ctx.as_ref()?.id;
-        let mut vm = slot.filter.inner.vm.borrow_mut();
+        let mut vm = slot.filter.vm().borrow_mut();
         vm.as_mut()?.ctx(id).and_then(f)
     }
 
@@ -740,10 +741,11 @@ fn reset_reply(request_id: &str) -> LocalReply {
 
 fn create(
     vm: &mut Vm,
+    root: u32,
     info: &Arc<RequestInfo>,
     properties: &crate::state::StreamProperties,
 ) -> Result<(u32, Arc<Notify>), Fault> {
-    let id = vm.create_http_context(info.clone(), properties.clone())?;
+    let id = vm.create_http_context(root, info.clone(), properties.clone())?;
     let signal = vm.ctx(id).map(|c| c.signal.clone()).unwrap_or_default();
     Ok((id, signal))
 }

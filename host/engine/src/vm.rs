@@ -1,5 +1,6 @@
-//! One VM: a module instance in its own store, with the root context of one plugin and
-//! the HTTP contexts of the requests that plugin is handling on this worker.
+//! One VM: a module instance in its own store, with a root context per plugin it runs
+//! (plugins of the same `vm_id` and module share one VM, as in Envoy) and the HTTP
+//! contexts of the requests those plugins are handling on this worker.
 //!
 //! Every call into the guest runs under an epoch deadline and a memory limit; a trap,
 //! a missed deadline or a broken ABI reply comes back as a [`Fault`] and the VM must
@@ -155,7 +156,8 @@ callbacks! {
     on_delete: "proxy_on_delete" => (u32) -> ();
 }
 
-const ROOT_CONTEXT_ID: u32 = 1;
+/// The first plugin's root context; the others follow, then the HTTP contexts.
+pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
 
 /// How many finished contexts' wake-up signals a VM keeps for its next contexts.
 const SPARE_SIGNALS: usize = 64;
@@ -167,33 +169,48 @@ pub struct Vm {
     queue_rx: UnboundedReceiver<QueueReady>,
     deadline_ticks: u64,
     next_context_id: u32,
-    plugin: String,
+    /// Root contexts are 1..=roots; HTTP contexts are numbered after them.
+    roots: u32,
 }
 
 impl Vm {
-    /// Instantiates the module and runs `_initialize`, `proxy_on_context_create` for
-    /// the root context, `proxy_on_vm_start` and `proxy_on_configure`.
+    /// Instantiates the module and runs `_initialize`, then for each plugin (root
+    /// context `n` for `plugins[n - 1]`) `proxy_on_context_create`, `proxy_on_vm_start`
+    /// and `proxy_on_configure`, as Envoy starts each plugin's root context in a shared
+    /// VM. The module, `vm_id`, VM configuration and limits are the first plugin's (the
+    /// caller groups plugins that agree on them).
     pub fn start(
         engine: &Engine,
-        spec: &PluginSpec,
+        plugins: &[PluginSpec],
         has_cluster: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     ) -> Result<Vm, StartError> {
         let inner = &engine.inner;
-        let env = Arc::new(PluginEnv {
-            name: spec.name.clone(),
-            root_id: spec.root_id.clone(),
-            vm_id: spec.vm_id.clone(),
-            vm_configuration: spec.vm_configuration.clone(),
-            configuration: spec.configuration.clone(),
-            clock: inner.clock.clone(),
-            shared_data: inner.shared_data.clone(),
-            queues: inner.queues.clone(),
-            metrics: inner.metrics.clone(),
-            log: inner.log.clone(),
-            log_level: inner.log_level,
-            has_cluster,
-            limits: engine.limits(),
-        });
+        let spec = plugins.first().ok_or_else(|| StartError::Instantiate {
+            plugin: "(none)".into(),
+            reason: "a VM needs at least one plugin".into(),
+        })?;
+        let limits = engine.limits();
+        let roots: Vec<Arc<PluginEnv>> = plugins
+            .iter()
+            .map(|p| {
+                Arc::new(PluginEnv {
+                    name: p.name.clone(),
+                    root_id: p.root_id.clone(),
+                    vm_id: spec.vm_id.clone(),
+                    vm_configuration: spec.vm_configuration.clone(),
+                    configuration: p.configuration.clone(),
+                    clock: inner.clock.clone(),
+                    shared_data: inner.shared_data.clone(),
+                    queues: inner.queues.clone(),
+                    metrics: inner.metrics.clone(),
+                    log: inner.log.clone(),
+                    log_level: inner.log_level,
+                    has_cluster: has_cluster.clone(),
+                    limits: limits.clone(),
+                })
+            })
+            .collect();
+        let env = roots[0].clone();
         let (queue_tx, queue_rx) = unbounded_channel();
         let table_elements = env.limits.table_elements;
         let limiter = VmLimiter {
@@ -215,7 +232,8 @@ impl Vm {
             alloc: None,
             env,
             root_context_id: ROOT_CONTEXT_ID,
-            tick_period_ms: 0,
+            tick_periods: vec![0; roots.len()],
+            roots,
             http: HashMap::default(),
             effective: ROOT_CONTEXT_ID,
             outgoing: Vec::new(),
@@ -265,24 +283,24 @@ impl Vm {
         store.data_mut().alloc = Some(alloc);
         let cb =
             std::rc::Rc::new(Callbacks::resolve(&mut store, &instance).map_err(instantiate_err)?);
+        let n = plugins.len() as u32;
         let mut vm = Vm {
             store,
             cb,
             queue_rx,
             deadline_ticks: ticks(spec.limits.callback_timeout),
-            next_context_id: ROOT_CONTEXT_ID + 1,
-            plugin: spec.name.clone(),
+            next_context_id: n + 1,
+            roots: n,
         };
-        let started = vm.run_start(&instance, spec, start_ticks);
+        let started = vm.run_start(&instance, plugins, start_ticks);
         let logs = vm.store.data_mut().captured.take().unwrap_or_default();
+        // The plugin whose callback refused or failed.
+        let plugin = vm.store.data().env.name.clone();
         match started {
             Ok(true) => Ok(vm),
-            Ok(false) => Err(StartError::Rejected {
-                plugin: spec.name.clone(),
-                logs,
-            }),
+            Ok(false) => Err(StartError::Rejected { plugin, logs }),
             Err(fault) => Err(StartError::Fault {
-                plugin: spec.name.clone(),
+                plugin,
                 fault,
                 logs,
             }),
@@ -292,13 +310,13 @@ impl Vm {
     fn run_start(
         &mut self,
         instance: &wasmtime::Instance,
-        spec: &PluginSpec,
+        plugins: &[PluginSpec],
         start_ticks: u64,
     ) -> Result<bool, Fault> {
         let saved = self.deadline_ticks;
         // Start-up gets its own, longer deadline: configuration parsing may build keys.
         self.deadline_ticks = start_ticks;
-        let result = self.run_start_callbacks(instance, spec);
+        let result = self.run_start_callbacks(instance, plugins);
         self.deadline_ticks = saved;
         result
     }
@@ -306,43 +324,49 @@ impl Vm {
     fn run_start_callbacks(
         &mut self,
         instance: &wasmtime::Instance,
-        spec: &PluginSpec,
+        plugins: &[PluginSpec],
     ) -> Result<bool, Fault> {
-        {
-            for name in ["_initialize", "_start"] {
-                if let Ok(f) = instance.get_typed_func::<(), ()>(&mut self.store, name) {
-                    self.call_raw(name, &f, ())?;
-                    break;
-                }
+        for name in ["_initialize", "_start"] {
+            if let Ok(f) = instance.get_typed_func::<(), ()>(&mut self.store, name) {
+                self.call_raw(name, &f, ())?;
+                break;
             }
-            let cb = self.cb.clone();
-            if let Some(f) = cb.on_context_create.as_ref() {
-                self.call_raw("proxy_on_context_create", f, (ROOT_CONTEXT_ID, 0))?;
-            }
-            let cb = self.cb.clone();
-            if let Some(f) = cb.on_vm_start.as_ref() {
-                let ok = self.call_raw(
-                    "proxy_on_vm_start",
-                    f,
-                    (ROOT_CONTEXT_ID, spec.vm_configuration.len() as u32),
-                )?;
-                if ok == 0 {
-                    return Ok(false);
-                }
-            }
-            let cb = self.cb.clone();
-            if let Some(f) = cb.on_configure.as_ref() {
-                let ok = self.call_raw(
-                    "proxy_on_configure",
-                    f,
-                    (ROOT_CONTEXT_ID, spec.configuration.len() as u32),
-                )?;
-                if ok == 0 {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
         }
+        for (root, plugin) in (ROOT_CONTEXT_ID..).zip(plugins) {
+            if !self.start_root(root, plugin)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One plugin's root context: created, `proxy_on_vm_start` (Envoy calls it for
+    /// every root context, with the VM's configuration) and `proxy_on_configure`.
+    fn start_root(&mut self, root: u32, plugin: &PluginSpec) -> Result<bool, Fault> {
+        let cb = self.cb.clone();
+        if let Some(f) = cb.on_context_create.as_ref() {
+            self.with_context(root, |vm| {
+                vm.call_raw("proxy_on_context_create", f, (root, 0))
+            })?;
+        }
+        if let Some(f) = cb.on_vm_start.as_ref() {
+            let size = plugin.vm_configuration.len() as u32;
+            let ok =
+                self.with_context(root, |vm| vm.call_raw("proxy_on_vm_start", f, (root, size)))?;
+            if ok == 0 {
+                return Ok(false);
+            }
+        }
+        if let Some(f) = cb.on_configure.as_ref() {
+            let size = plugin.configuration.len() as u32;
+            let ok = self.with_context(root, |vm| {
+                vm.call_raw("proxy_on_configure", f, (root, size))
+            })?;
+            if ok == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn call_raw<P: WasmParams, R: WasmResults>(
@@ -377,7 +401,7 @@ impl Vm {
 
     fn fault(&mut self, callback: &'static str, reason: String) -> Fault {
         let fault = Fault {
-            plugin: self.plugin.clone(),
+            plugin: self.store.data().env.name.clone(),
             callback,
             reason,
         };
@@ -396,9 +420,10 @@ impl Vm {
         })
     }
 
-    /// Creates an HTTP context for a new request.
+    /// Creates an HTTP context for a new request of the plugin at root context `root`.
     pub fn create_http_context(
         &mut self,
+        root: u32,
         info: Arc<RequestInfo>,
         properties: crate::state::StreamProperties,
     ) -> Result<u32, Fault> {
@@ -407,7 +432,7 @@ impl Vm {
             self.next_context_id = self
                 .next_context_id
                 .checked_add(1)
-                .unwrap_or(ROOT_CONTEXT_ID + 1);
+                .unwrap_or(self.roots + 1);
             if !self.store.data().http.contains_key(&id) {
                 break id;
             }
@@ -416,11 +441,11 @@ impl Vm {
         let signal = state.spare_signals.pop().unwrap_or_default();
         state
             .http
-            .insert(id, HttpCtx::new(info, properties, signal));
+            .insert(id, HttpCtx::new(root, info, properties, signal));
         let cb = self.cb.clone();
         if let Some(f) = cb.on_context_create.as_ref() {
             self.with_context(id, |vm| {
-                vm.call_raw("proxy_on_context_create", f, (id, ROOT_CONTEXT_ID))
+                vm.call_raw("proxy_on_context_create", f, (id, root))
             })?;
         }
         Ok(id)
@@ -435,7 +460,7 @@ impl Vm {
         id: u32,
         f: impl FnOnce(&mut Self) -> Result<T, Fault>,
     ) -> Result<T, Fault> {
-        self.store.data_mut().effective = id;
+        self.store.data_mut().enter(id);
         f(self)
     }
 
@@ -562,6 +587,7 @@ impl Vm {
     pub fn on_http_call_response(
         &mut self,
         context_id: u32,
+        root: u32,
         token: u32,
         response: Option<HttpCallResponse>,
     ) -> Result<(), Fault> {
@@ -582,12 +608,8 @@ impl Vm {
         // As in Envoy, a call belongs to the plugin's root context: its answer comes to
         // the root context (argument and effective context), whether or not the stream
         // that made it is still there; the SDKs find the stream by the token.
-        self.with_context(ROOT_CONTEXT_ID, |vm| {
-            vm.call_raw(
-                "proxy_on_http_call_response",
-                f,
-                (ROOT_CONTEXT_ID, token, h, b, t),
-            )
+        self.with_context(root, |vm| {
+            vm.call_raw("proxy_on_http_call_response", f, (root, token, h, b, t))
         })
     }
 
@@ -595,6 +617,7 @@ impl Vm {
     pub fn on_grpc_call_response(
         &mut self,
         context_id: u32,
+        root: u32,
         token: u32,
         result: Result<GrpcCallResponse, GrpcStatus>,
     ) -> Result<(), Fault> {
@@ -618,8 +641,8 @@ impl Vm {
                 };
                 self.store.data_mut().grpc_status = (0, Vec::new());
                 // The root context's, as for http_call.
-                self.with_context(ROOT_CONTEXT_ID, |vm| {
-                    vm.call_raw("proxy_on_grpc_receive", f, (ROOT_CONTEXT_ID, token, size))
+                self.with_context(root, |vm| {
+                    vm.call_raw("proxy_on_grpc_receive", f, (root, token, size))
                 })
             }
             Err(status) => {
@@ -628,23 +651,20 @@ impl Vm {
                     return Ok(());
                 };
                 self.store.data_mut().grpc_status = (status.code, status.message.into_bytes());
-                self.with_context(ROOT_CONTEXT_ID, |vm| {
-                    vm.call_raw(
-                        "proxy_on_grpc_close",
-                        f,
-                        (ROOT_CONTEXT_ID, token, status.code),
-                    )
+                self.with_context(root, |vm| {
+                    vm.call_raw("proxy_on_grpc_close", f, (root, token, status.code))
                 })
             }
         }
     }
 
-    pub fn on_tick(&mut self) -> Result<(), Fault> {
+    /// A tick for the plugin at root context `root`.
+    pub fn on_tick(&mut self, root: u32) -> Result<(), Fault> {
         let cb = self.cb.clone();
         let Some(f) = cb.on_tick.as_ref() else {
             return Ok(());
         };
-        self.call_raw("proxy_on_tick", f, (ROOT_CONTEXT_ID,))
+        self.with_context(root, |vm| vm.call_raw("proxy_on_tick", f, (root,)))
     }
 
     /// Runs `on_queue_ready` for every queue notification waiting for this VM.
@@ -652,11 +672,10 @@ impl Vm {
         while let Ok(ready) = self.queue_rx.try_recv() {
             let cb = self.cb.clone();
             if let Some(f) = cb.on_queue_ready.as_ref() {
-                self.call_raw(
-                    "proxy_on_queue_ready",
-                    f,
-                    (ready.root_context_id, ready.token),
-                )?;
+                let root = ready.root_context_id;
+                self.with_context(root, |vm| {
+                    vm.call_raw("proxy_on_queue_ready", f, (root, ready.token))
+                })?;
             }
         }
         Ok(())
@@ -666,10 +685,12 @@ impl Vm {
         std::mem::take(&mut self.store.data_mut().outgoing)
     }
 
-    pub fn tick_period(&self) -> Option<Duration> {
-        match self.store.data().tick_period_ms {
-            0 => None,
-            ms => Some(Duration::from_millis(ms as u64)),
+    /// The tick period the plugin at root context `root` asked for.
+    pub fn tick_period(&self, root: u32) -> Option<Duration> {
+        let periods = &self.store.data().tick_periods;
+        match periods.get((root as usize).wrapping_sub(1)).copied() {
+            None | Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms as u64)),
         }
     }
 

@@ -233,9 +233,15 @@ pub struct FilterConfig {
     /// Envoy: the body then waits with the headers).
     #[serde(default)]
     pub allow_on_headers_stop_iteration: bool,
-    /// Filters with the same `vm_id` share shared data (default: the filter's name).
+    /// Filters with the same `vm_id` share shared data and queues, and those that
+    /// also share the module (and VM configuration, limits and failure policy) run in
+    /// one VM per worker, a root context each (default: the filter's name).
     #[serde(default)]
     pub vm_id: Option<String>,
+    /// The root context's id (`plugin_root_id`; an SDK may pick one of several root
+    /// contexts a module registers by it). Default: the filter's name.
+    #[serde(default)]
+    pub root_id: Option<String>,
     #[serde(default)]
     pub memory_limit_mb: Option<usize>,
     #[serde(default)]
@@ -259,6 +265,8 @@ pub struct WasmServiceConfig {
     pub vm_config_file: Option<PathBuf>,
     #[serde(default)]
     pub vm_id: Option<String>,
+    #[serde(default)]
+    pub root_id: Option<String>,
     #[serde(default)]
     pub memory_limit_mb: Option<usize>,
     #[serde(default)]
@@ -373,6 +381,7 @@ pub struct FilterPlan {
     pub failure_policy: FailurePolicy,
     pub allow_on_headers_stop_iteration: bool,
     pub vm_id: String,
+    pub root_id: String,
     pub limits: VmLimits,
 }
 
@@ -622,6 +631,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             failure_policy: None,
             allow_on_headers_stop_iteration: false,
             vm_id: w.vm_id.clone(),
+            root_id: w.root_id.clone(),
             memory_limit_mb: w.memory_limit_mb,
             callback_timeout_ms: w.callback_timeout_ms,
         };
@@ -796,6 +806,7 @@ fn filter_plan(
             failure_policy,
             allow_on_headers_stop_iteration: f.allow_on_headers_stop_iteration,
             vm_id: f.vm_id.clone().unwrap_or_else(|| name.clone()),
+            root_id: f.root_id.clone().unwrap_or_else(|| name.clone()),
             limits,
         }),
         Err(e) => {

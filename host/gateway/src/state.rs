@@ -32,7 +32,8 @@ pub struct ListenerLimits {
 }
 
 /// One worker's view of a configuration: routes, service pools, and the filter chain
-/// of every route (one VM per filter per worker, shared by the routes that use it).
+/// of every route (a filter is one root context in the worker's VM of its `vm_id` and
+/// module, shared by the routes that use it).
 pub struct WorkerState {
     pub listeners: Vec<ListenerLimits>,
     pub router: Router,
@@ -60,40 +61,41 @@ impl WorkerState {
     pub fn build(plan: &Plan, shared: Arc<Shared>, role: Role) -> Result<WorkerState, Vec<String>> {
         let clusters: Rc<dyn portcullis_engine::Clusters> =
             Rc::new(GatewayClusters::new(&plan.services));
-        let start = |f: &FilterPlan| {
-            let spec = PluginSpec {
-                name: f.name.clone(),
-                root_id: f.name.clone(),
-                vm_id: f.vm_id.clone(),
-                configuration: f.configuration.clone(),
-                vm_configuration: f.vm_configuration.clone(),
-                failure_policy: f.failure_policy,
-                allow_on_headers_stop_iteration: f.allow_on_headers_stop_iteration,
-                limits: f.limits,
-                module: f.module.clone(),
-            };
-            Filter::start(&shared.engine, spec, clusters.clone()).map_err(|e| e.to_string())
+        let spec = |f: &FilterPlan| PluginSpec {
+            name: f.name.clone(),
+            root_id: f.root_id.clone(),
+            vm_id: f.vm_id.clone(),
+            configuration: f.configuration.clone(),
+            vm_configuration: f.vm_configuration.clone(),
+            failure_policy: f.failure_policy,
+            allow_on_headers_stop_iteration: f.allow_on_headers_stop_iteration,
+            limits: f.limits,
+            module: f.module.clone(),
         };
-        let mut filters = Vec::new();
-        let mut wasm_services = Vec::new();
+        let engine = &shared.engine;
         let mut errors = Vec::new();
-        for f in plan.filters.iter().filter(|_| role == Role::Worker) {
-            match start(f) {
-                Ok(filter) => filters.push(Some(filter)),
-                Err(e) => {
-                    errors.push(e);
-                    filters.push(None);
-                }
-            }
-        }
-        for w in &plan.wasm_services {
-            if w.singleton == (role == Role::Main) {
-                match start(&w.filter) {
-                    Ok(service) => wasm_services.push(service),
-                    Err(e) => errors.push(format!("wasm service `{}`: {e}", w.filter.name)),
-                }
-            }
-        }
+        // Filters of the same vm_id and module share a VM on the worker, with a root
+        // context each (Filter::start_all groups them).
+        let filters: Vec<Filter> = if role == Role::Worker {
+            let specs = plan.filters.iter().map(|f| spec(f)).collect();
+            Filter::start_all(engine, specs, clusters.clone()).unwrap_or_else(|e| {
+                errors.extend(e.iter().map(ToString::to_string));
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        let services: Vec<PluginSpec> = plan
+            .wasm_services
+            .iter()
+            .filter(|w| w.singleton == (role == Role::Main))
+            .map(|w| spec(&w.filter))
+            .collect();
+        let wasm_services =
+            Filter::start_all(engine, services, clusters.clone()).unwrap_or_else(|e| {
+                errors.extend(e.iter().map(|e| format!("wasm service: {e}")));
+                Vec::new()
+            });
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -103,7 +105,7 @@ impl WorkerState {
             .map(|r| {
                 r.filters
                     .iter()
-                    .filter_map(|i| filters.get(*i).cloned().flatten())
+                    .filter_map(|i| filters.get(*i).cloned())
                     .collect()
             })
             .collect();

@@ -366,3 +366,109 @@ routes:
         "{out}"
     );
 }
+
+/// The counters (`x-vm-counter-*`, `x-as-first`, `x-as-second`) in the responses to
+/// two `GET /case/vm-counter` through `base`.
+fn counters(base: &str) -> Vec<Vec<(String, String)>> {
+    (0..2)
+        .map(|_| {
+            let res = send(base, "GET", "/case/vm-counter", &[("host", "vm.test")], b"")
+                .unwrap_or_else(|e| panic!("GET {base}: {e}"));
+            assert_eq!(res.status, 200, "{}", res.body);
+            let mut seen: Vec<(String, String)> = res
+                .headers
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("x-vm-") || *k == "x-as-first" || *k == "x-as-second"
+                })
+                .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            seen.sort();
+            seen
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn filters_of_one_vm_id_and_module_share_a_vm_with_a_root_context_each_as_in_envoy() {
+    let upstream = echo();
+    let conformance = wasm("conformance_filter");
+    let as_conformance = wasm("as_conformance");
+    // `a` and `b`: one module, one vm_id, two configurations and root ids: one VM, two
+    // root contexts, `proxy_on_vm_start` run for each. `c`: another vm_id, its own VM. `first` and `second`: the
+    // AssemblyScript module's two root contexts, picked by root_id, in one VM.
+    let gw = Gateway::start(&format!(
+        r#"
+workers: 1
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+filters:
+  - {{ name: a, wasm: "{conformance}", vm_id: shared, config: {{ upstream: one }} }}
+  - {{ name: b, wasm: "{conformance}", vm_id: shared, config: {{ upstream: two }} }}
+  - {{ name: c, wasm: "{conformance}", vm_id: other }}
+  - {{ name: first, wasm: "{as_conformance}", vm_id: as, root_id: as_conformance, config: echo }}
+  - {{ name: second, wasm: "{as_conformance}", vm_id: as, root_id: as_second, config: echo }}
+routes:
+  - {{ name: vm, match: {{ hosts: [vm.test] }}, service: echo, filters: [a, b, c, first, second] }}
+  - {{ name: a, match: {{ hosts: [a.test] }}, service: echo, filters: [a] }}
+  - {{ name: b, match: {{ hosts: [b.test] }}, service: echo, filters: [b] }}
+"#
+    ));
+    let want = vec![
+        pairs(&[
+            ("x-as-first", "1"),
+            ("x-as-second", "2"),
+            ("x-vm-counter-a", "1"),
+            ("x-vm-counter-b", "2"),
+            ("x-vm-counter-c", "1"),
+            ("x-vm-starts-a", "2"),
+            ("x-vm-starts-b", "2"),
+            ("x-vm-starts-c", "1"),
+        ]),
+        pairs(&[
+            ("x-as-first", "3"),
+            ("x-as-second", "4"),
+            ("x-vm-counter-a", "3"),
+            ("x-vm-counter-b", "4"),
+            ("x-vm-counter-c", "2"),
+            ("x-vm-starts-a", "2"),
+            ("x-vm-starts-b", "2"),
+            ("x-vm-starts-c", "1"),
+        ]),
+    ];
+    assert_eq!(counters(&gw.url()), want);
+    // Each root context has its own configuration in the shared VM.
+    for (host, config) in [("a.test", "one"), ("b.test", "two")] {
+        let res = get(&gw, "/case/config", &[("host", host)]);
+        assert_eq!(res.status, 200, "{}", res.body);
+        assert_eq!(res.json()["upstream"], config, "{host}: {}", res.body);
+    }
+
+    // The same filters in Envoy: the same counts.
+    let mut cfg = EnvoyConfig::new(upstream);
+    for (name, vm_id, config) in [
+        ("a", "shared", r#"{"upstream": "one"}"#),
+        ("b", "shared", r#"{"upstream": "two"}"#),
+        ("c", "other", ""),
+    ] {
+        let mut f = WasmFilter::new(name, &conformance, config);
+        f.vm_id = vm_id.into();
+        cfg = cfg.filter(f);
+    }
+    for (name, root_id) in [("first", "as_conformance"), ("second", "as_second")] {
+        let mut f = WasmFilter::new(name, &as_conformance, "echo");
+        f.vm_id = "as".into();
+        f.root_id = root_id.into();
+        cfg = cfg.filter(f);
+    }
+    let envoy = Envoy::start(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", envoy.listener);
+    assert_eq!(counters(&base), want, "{}", envoy.log_text());
+}

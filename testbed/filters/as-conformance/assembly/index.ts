@@ -19,6 +19,9 @@ const REQUEST_BODY: u32 = 0;
 const CALL_RESPONSE_HEADERS: u32 = 4;
 
 let ticks: u32 = 0;
+// `vm-counter` requests the VM has seen, through either root context: two plugins in
+// one VM share the module's memory.
+let served: u32 = 0;
 let requests: Counter | null = null;
 
 function pairs(list: string[]): Headers {
@@ -115,6 +118,7 @@ function callDone(origin: Context, headers: u32, body_size: usize, trailers: u32
 
 class Case extends Context {
   name: string = "";
+  served: u32 = 0;
   callStatus: string = "";
   callBodySize: usize = 0;
 
@@ -130,6 +134,11 @@ class Case extends Context {
     let req = stream_context.headers.request;
     if (requests != null) {
       (requests as Counter).increment(1);
+    }
+    if (this.name == "vm-counter") {
+      served += 1;
+      this.served = served;
+      return FilterHeadersStatusValues.Continue;
     }
     if (this.name == "headers") {
       req.add("x-added", "1");
@@ -207,6 +216,9 @@ class Case extends Context {
   }
 
   onResponseHeaders(a: u32, end_of_stream: bool): FilterHeadersStatusValues {
+    if (this.name == "vm-counter") {
+      stream_context.headers.response.add("x-as-first", this.served.toString());
+    }
     if (this.name == "http-call") {
       stream_context.headers.response.add("x-call-status", this.callStatus);
       // Whether a body came (its size depends on what each host adds to the request).
@@ -220,3 +232,38 @@ class Case extends Context {
 registerRootContext((context_id: u32): RootContext => {
   return new CaseRoot(context_id);
 }, "as_conformance");
+
+// A second root context in the same module, picked by root_id `as_second`: it counts
+// `vm-counter` requests with the first one.
+class SecondRoot extends RootContext {
+  createContext(context_id: u32): Context {
+    return new SecondCase(context_id, this);
+  }
+}
+
+class SecondCase extends Context {
+  served: u32 = 0;
+
+  constructor(context_id: u32, root_context: SecondRoot) {
+    super(context_id, root_context);
+  }
+
+  onRequestHeaders(a: u32, end_of_stream: bool): FilterHeadersStatusValues {
+    if (stream_context.headers.request.get(":path").startsWith("/case/vm-counter")) {
+      served += 1;
+      this.served = served;
+    }
+    return FilterHeadersStatusValues.Continue;
+  }
+
+  onResponseHeaders(a: u32, end_of_stream: bool): FilterHeadersStatusValues {
+    if (this.served > 0) {
+      stream_context.headers.response.add("x-as-second", this.served.toString());
+    }
+    return FilterHeadersStatusValues.Continue;
+  }
+}
+
+registerRootContext((context_id: u32): RootContext => {
+  return new SecondRoot(context_id);
+}, "as_second");

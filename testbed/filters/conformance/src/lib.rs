@@ -213,6 +213,11 @@ thread_local! {
     static PAST_END: RefCell<String> = const { RefCell::new(String::new()) };
     /// What stream calls made from the root context in on_configure answered.
     static ROOT_CALLS: RefCell<String> = const { RefCell::new(String::new()) };
+    /// `vm-counter` requests this VM has served, whichever plugin served them: plugins
+    /// that share a VM share its memory.
+    static VM_COUNTER: RefCell<u64> = const { RefCell::new(0) };
+    /// How many times `proxy_on_vm_start` ran in this VM.
+    static VM_STARTS: RefCell<u64> = const { RefCell::new(0) };
 }
 
 /// The guest address of `b`, as the raw host calls take it (wasm32: 32-bit pointers).
@@ -267,6 +272,7 @@ impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
         let bytes = self.get_vm_configuration().unwrap_or_default();
         VM_CONFIG.with(|c| *c.borrow_mut() = bytes);
+        VM_STARTS.with(|c| *c.borrow_mut() += 1);
         true
     }
 
@@ -373,6 +379,7 @@ impl RootContext for Root {
             case: String::new(),
             query: String::new(),
             answered: false,
+            counted: 0,
         }))
     }
 }
@@ -383,6 +390,8 @@ struct Case {
     query: String,
     /// `headers-wait-for-call`: the call made in the headers was answered.
     answered: bool,
+    /// `vm-counter`: the VM's count when this request came.
+    counted: u64,
 }
 
 fn status_name(code: u32) -> &'static str {
@@ -536,6 +545,16 @@ impl HttpContext for Case {
             "config" => {
                 self.send_http_response(200, vec![], Some(&self.config.raw));
                 Action::Pause
+            }
+            // Counts in the request, reports in the response (`x-vm-counter-<root id>`),
+            // so every filter of a chain takes part.
+            "vm-counter" => {
+                let n = VM_COUNTER.with(|c| {
+                    *c.borrow_mut() += 1;
+                    *c.borrow()
+                });
+                self.counted = n;
+                Action::Continue
             }
             "vm-config" => {
                 let bytes = VM_CONFIG.with(|c| c.borrow().clone());
@@ -1160,6 +1179,17 @@ impl HttpContext for Case {
         }
         self.set_http_response_header("x-saw-response", Some(&self.case.clone()));
         match self.case.as_str() {
+            "vm-counter" => {
+                let root = self
+                    .get_property(vec!["plugin_root_id"])
+                    .unwrap_or_default();
+                let root = String::from_utf8_lossy(&root);
+                let name = format!("x-vm-counter-{root}");
+                self.set_http_response_header(&name, Some(&self.counted.to_string()));
+                let starts = VM_STARTS.with(|c| *c.borrow());
+                let name = format!("x-vm-starts-{root}");
+                self.set_http_response_header(&name, Some(&starts.to_string()));
+            }
             "request-headers-in-response" => {
                 let key = ":path";
                 let mut rp: *mut u8 = std::ptr::null_mut();
