@@ -265,3 +265,31 @@ fn a_rejected_configuration_names_the_filter_and_carries_its_log() {
     assert!(msg.contains("picky"), "{msg}");
     assert!(msg.contains("configuration says reject"), "{msg}");
 }
+
+#[test]
+fn a_root_context_makes_grpc_calls_on_its_ticks_and_gets_the_answers() {
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("conformance_filter"),
+            r#"{"grpc": "probe", "tick_ms": 100, "tick_grpc": true}"#,
+        )
+        .named("conformance")
+        .grpc_cluster("probe", |req| {
+            assert_eq!(
+                (req.service.as_str(), req.method.as_str()),
+                ("portcullis.test.Probe", "Ping")
+            );
+            let mut answer = portcullis_testbed::GrpcCallResponse::default();
+            answer.message = [b"pong to ".as_slice(), &req.message].concat();
+            Ok(answer)
+        })
+        .build()
+        .expect("starts");
+    assert_eq!(bed.shared_data("tick-grpc"), None, "no tick yet");
+    bed.advance(Duration::from_millis(150));
+    assert_eq!(bed.grpc_calls().len(), 1);
+    assert_eq!(
+        bed.shared_data("tick-grpc").as_deref(),
+        Some(b"status=0 message=pong to ping".as_slice())
+    );
+}

@@ -247,7 +247,7 @@ fn tally(statuses: impl IntoIterator<Item = u32>) -> Vec<(&'static str, String)>
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: Config::default(), ticks: 0, tick_call: false }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: Config::default(), ticks: 0, tick_call: false, tick_grpc: false }));
 }}
 
 struct Root {
@@ -256,9 +256,23 @@ struct Root {
     /// Call the upstream cluster on each tick (a wasm service's job: fetch, then let
     /// the workers read the result from shared data).
     tick_call: bool,
+    /// Make a unary gRPC call to the `grpc` cluster on each tick.
+    tick_grpc: bool,
 }
 
 impl Context for Root {
+    fn on_grpc_call_response(&mut self, _: u32, status: u32, size: usize) {
+        let message = self
+            .get_grpc_call_response_body(0, size)
+            .unwrap_or_default();
+        let seen = format!(
+            "status={status} message={}",
+            String::from_utf8_lossy(&message)
+        );
+        self.set_shared_data("tick-grpc", Some(seen.as_bytes()), None)
+            .unwrap();
+    }
+
     fn on_http_call_response(&mut self, _: u32, _: usize, _: usize, _: usize) {
         let status = self
             .get_http_call_response_header(":status")
@@ -331,6 +345,7 @@ impl RootContext for Root {
             }
         }
         self.tick_call = v.get("tick_call").and_then(|x| x.as_bool()) == Some(true);
+        self.tick_grpc = v.get("tick_grpc").and_then(|x| x.as_bool()) == Some(true);
         if let Some(ms) = v.get("tick_ms").and_then(|x| x.as_u64()) {
             self.set_tick_period(Duration::from_millis(ms));
         }
@@ -350,6 +365,16 @@ impl RootContext for Root {
                 ],
                 None,
                 vec![],
+                Duration::from_secs(5),
+            );
+        }
+        if self.tick_grpc {
+            let _ = self.dispatch_grpc_call(
+                &self.config.grpc,
+                "portcullis.test.Probe",
+                "Ping",
+                vec![],
+                Some(b"ping"),
                 Duration::from_secs(5),
             );
         }
