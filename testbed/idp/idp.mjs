@@ -4,7 +4,8 @@
 //   IDP_PORT        port to listen on (127.0.0.1)
 //   IDP_KEYS        file with the signing keys (private JWKs); created with new keys
 //                   when missing, so a restart with a fresh file rotates the keys
-//   IDP_CLIENTS     JSON array of extra client metadata (optional)
+//   IDP_CLIENTS     JSON array of extra client metadata (optional); `groups` and `org`
+//                   become claims of the client's access tokens
 //   IDP_TOKEN_TTL   access/ID token lifetime in seconds (default 600)
 //
 // Browser logins (the `oidc` filter's tests): devInteractions serves the login and
@@ -79,6 +80,18 @@ const provider = new Provider(issuer, {
     },
   },
   ttl: { ClientCredentials: ttl, AccessToken: ttl, IdToken: ttl },
+  // A client the tests give `groups` or `org` (IDP_CLIENTS) has them as claims in its
+  // access tokens: data for claim rules.
+  extraClientMetadata: { properties: ['groups', 'org'] },
+  extraTokenClaims: async (ctx, token) => {
+    const client = await provider.Client.find(token.clientId);
+    if (!client) return undefined;
+    const { groups, org } = client.metadata();
+    const extra = {};
+    if (groups !== undefined) extra.groups = groups;
+    if (org !== undefined) extra.org = org;
+    return extra;
+  },
   // Refresh tokens for every client allowed the grant, not only with offline_access
   // and a consent prompt (the library's default).
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),

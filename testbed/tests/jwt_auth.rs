@@ -692,3 +692,125 @@ fn path_tricks_never_reach_a_protected_route_without_a_token() {
         .unwrap();
     assert_eq!(bed.send(Request::get("/healthcare")).status, 401);
 }
+
+#[test]
+fn claim_rules_decide_per_route_after_the_scopes() {
+    let key = Key::ec256("k1");
+    let config = json!({
+        "providers": {"idp": provider(json!({"local_jwks": jwks(&[&key])}), json!({}))},
+        "rules": [
+            // Kong's acl: members of ops, unless suspended.
+            {"match": {"prefix": "/ops"}, "requires": {"provider": "idp", "claims": [
+                {"claim": "groups", "contains": "ops"},
+                {"none": [{"claim": "groups", "contains": "suspended"}]}
+            ]}},
+            // Nested claims, and `any`.
+            {"match": {"prefix": "/premium"}, "requires": {"provider": "idp", "scopes": ["orders:read"], "claims": [
+                {"any": [{"claim": "org.tier", "one_of": ["premium", "enterprise"]}, {"claim": "tier", "equals": "premium"}]}
+            ]}},
+            {"match": {"prefix": "/staff"}, "requires": {"provider": "idp", "scopes": ["orders:admin"], "claims": [
+                {"claim": "groups", "contains": "staff"}
+            ]}},
+            {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+        ]
+    })
+    .to_string();
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config)
+        .build()
+        .unwrap();
+    let mut send = |path: &str, extra: Value| {
+        let token = key.sign("ES256", claims(extra));
+        bed.send(Request::get(path).header("authorization", &bearer(&token)))
+    };
+    // ops is in groups (["eng", "ops"] by default).
+    let res = send("/ops/deploy", json!({}));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("x-consumer-id").as_deref(),
+        Some("user-1")
+    );
+    // Not in ops: 403 with a JSON message, no insufficient_scope (this is no scope).
+    let res = send("/ops/deploy", json!({"groups": ["eng"]}));
+    assert_eq!(res.status, 403);
+    assert_eq!(res.header("www-authenticate"), None);
+    assert_eq!(
+        res.json()["message"],
+        "the token's claims do not satisfy this route's rules"
+    );
+    assert!(res.upstream.is_none());
+    assert_eq!(
+        send("/ops/deploy", json!({"groups": ["ops", "suspended"]})).status,
+        403
+    );
+    // A claim of the wrong shape does not pass: a string is not a list of groups, but
+    // a space-separated string holds words.
+    assert_eq!(send("/ops/deploy", json!({"groups": "ops"})).status, 200);
+    assert_eq!(send("/ops/deploy", json!({"groups": "opsx"})).status, 403);
+    assert_eq!(
+        send("/ops/deploy", json!({"groups": {"ops": true}})).status,
+        403
+    );
+    // Nested claim or the top-level one.
+    assert_eq!(
+        send(
+            "/premium",
+            json!({"tier": "free", "org": {"tier": "enterprise"}})
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        send("/premium", json!({"tier": "free", "org": {"tier": "free"}})).status,
+        403
+    );
+    assert_eq!(send("/premium", json!({})).status, 200);
+    // Scopes are checked first, and say so.
+    let res = send("/staff", json!({"groups": ["staff"]}));
+    assert_eq!(res.status, 403);
+    assert!(
+        res.header("www-authenticate")
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+    assert_eq!(
+        send(
+            "/staff",
+            json!({"groups": ["staff"], "scope": "orders:admin"})
+        )
+        .status,
+        200
+    );
+    assert_eq!(send("/staff", json!({"scope": "orders:admin"})).status, 403);
+    // The other routes are not touched by those rules.
+    assert_eq!(send("/orders", json!({"groups": []})).status, 200);
+    assert_eq!(
+        bed.metric("jwt_auth_denied_claims"),
+        Some(MetricValue::Counter(6))
+    );
+}
+
+#[test]
+fn a_claim_rule_written_wrong_is_refused_at_start_with_its_place() {
+    let key = Key::ec256("k1");
+    let config = json!({
+        "providers": {"idp": provider(json!({"local_jwks": jwks(&[&key])}), json!({}))},
+        "rules": [
+            {"match": {"prefix": "/"}, "requires": {"provider": "idp", "claims": [
+                {"claim": "groups", "contains": "ops"},
+                {"any": [{"claim": "tier"}]}
+            ]}}
+        ]
+    })
+    .to_string();
+    let err = TestBed::new()
+        .filter(wasm("jwt_auth"), config)
+        .build()
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("rules[0].requires.claims[1].any[0]") && text.contains("needs one of"),
+        "{text}"
+    );
+}

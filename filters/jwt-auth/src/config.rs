@@ -204,6 +204,9 @@ pub struct Requires {
     /// Every one of these scopes must be in the token (`scope` or `scp`).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Every one of these claim rules must hold (`kit::claim_rule`): 403 otherwise.
+    #[serde(default)]
+    pub claims: Vec<kit::claim_rule::ClaimRuleConfig>,
 }
 
 /// A checked provider.
@@ -234,6 +237,8 @@ pub struct Rule {
     /// Indexes into `Config::providers`; empty: no authentication needed.
     pub providers: Vec<usize>,
     pub scopes: Vec<String>,
+    /// What the token's claims must satisfy besides the scopes.
+    pub claims: Option<kit::claim_rule::ClaimRule>,
     pub allow_missing: bool,
 }
 
@@ -390,8 +395,8 @@ impl Config {
         for (i, r) in file.rules.into_iter().enumerate() {
             let field = |f: &str| format!("rules[{i}].{f}");
             r.matches.check(field)?;
-            let (mut wanted, scopes) = match r.requires {
-                None => (Vec::new(), Vec::new()),
+            let (mut wanted, scopes, claims) = match r.requires {
+                None => (Vec::new(), Vec::new(), None),
                 Some(req) => {
                     let mut w: Vec<String> = req.any;
                     w.extend(req.provider);
@@ -401,7 +406,11 @@ impl Config {
                             "names no provider (`provider` or `any`)",
                         ));
                     }
-                    (w, req.scopes)
+                    let claims =
+                        kit::claim_rule::ClaimRule::compile_all(&req.claims).map_err(|e| {
+                            ConfigError::field(field(&format!("requires.claims{}", e.at)), e.reason)
+                        })?;
+                    (w, req.scopes, claims)
                 }
             };
             wanted.dedup();
@@ -421,6 +430,7 @@ impl Config {
                 matches: r.matches,
                 providers: idx,
                 scopes,
+                claims,
                 allow_missing: r.allow_missing,
             });
         }
@@ -434,6 +444,7 @@ impl Config {
                 },
                 providers: (0..providers.len()).collect(),
                 scopes: Vec::new(),
+                claims: None,
                 allow_missing: false,
             });
         }

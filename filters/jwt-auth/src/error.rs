@@ -23,6 +23,9 @@ pub enum Denial {
     Audience,
     /// 403 `error="insufficient_scope"`.
     Scope(Vec<String>),
+    /// 403: the token's claims do not satisfy the rule's claim rules (no
+    /// `WWW-Authenticate`: this is not about scopes; which rule failed is not said).
+    Claims,
     /// 503 with `Retry-After`: the keys cannot be had and none are cached.
     KeysUnavailable,
     /// 400: the request's path is missing, invalid or ambiguous (decided before any
@@ -34,7 +37,7 @@ impl Denial {
     pub fn status(&self) -> u32 {
         match self {
             Denial::Missing | Denial::Invalid(_) => 401,
-            Denial::Audience | Denial::Scope(_) => 403,
+            Denial::Audience | Denial::Scope(_) | Denial::Claims => 403,
             Denial::KeysUnavailable => 503,
             Denial::Path(_) => 400,
         }
@@ -52,6 +55,7 @@ impl Denial {
             Denial::Invalid(_) => "invalid",
             Denial::Audience => "audience",
             Denial::Scope(_) => "scope",
+            Denial::Claims => "claims",
             Denial::KeysUnavailable => "keys_unavailable",
             Denial::Path(_) => "path",
         }
@@ -63,6 +67,7 @@ impl Denial {
             Denial::Invalid(i) => i.to_string(),
             Denial::Audience => "token audience is not accepted".into(),
             Denial::Scope(s) => format!("token lacks the scope {}", s.join(" ")),
+            Denial::Claims => "the token's claims do not satisfy this route's rules".into(),
             Denial::KeysUnavailable => "the identity provider's keys are unavailable".into(),
             Denial::Path(PathRefusal::Invalid(e)) => e.to_string(),
             Denial::Path(PathRefusal::Ambiguous) => "the request path is ambiguous".into(),
@@ -84,7 +89,7 @@ impl Denial {
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
                 s.join(" ")
             )),
-            Denial::KeysUnavailable | Denial::Path(_) => None,
+            Denial::Claims | Denial::KeysUnavailable | Denial::Path(_) => None,
         }
     }
 }

@@ -59,6 +59,7 @@ impl Metrics {
             "invalid",
             "audience",
             "scope",
+            "claims",
             "keys_unavailable",
             "path",
         ] {
@@ -369,8 +370,13 @@ impl Request {
     }
 
     fn allow(&self, st: &State, v: &Verified, found: &Found, rule: usize) -> Action {
-        if let Err(d) = crate::claims::check_scopes(&v.claims, &st.config.rules[rule].scopes) {
+        let r = &st.config.rules[rule];
+        if let Err(d) = crate::claims::check_scopes(&v.claims, &r.scopes) {
             self.deny(st, d);
+            return Action::Pause;
+        }
+        if r.claims.as_ref().is_some_and(|c| !c.holds(&v.claims)) {
+            self.deny(st, Denial::Claims);
             return Action::Pause;
         }
         let p = &st.config.providers[v.provider];

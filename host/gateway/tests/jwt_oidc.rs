@@ -27,6 +27,11 @@ struct Idp {
 
 impl Idp {
     fn start(port: u16, keys: &std::path::Path) -> Idp {
+        Idp::start_with(port, keys, "[]")
+    }
+
+    /// With extra clients (`IDP_CLIENTS`: JSON client metadata).
+    fn start_with(port: u16, keys: &std::path::Path, clients: &str) -> Idp {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testbed/idp");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -37,6 +42,7 @@ impl Idp {
             .env("IDP_PORT", port.to_string())
             .env("IDP_KEYS", keys)
             .env("IDP_CLIENT_SECRET", "test-secret")
+            .env("IDP_CLIENTS", clients)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -55,14 +61,24 @@ impl Idp {
 
     /// A client-credentials access token for `resource` (its algorithm).
     fn token(&self, resource: &str) -> String {
+        self.token_for("api-client", "test-secret", resource)
+    }
+
+    /// A client-credentials access token of client `id`.
+    fn token_for(&self, id: &str, secret: &str, resource: &str) -> String {
+        use base64::Engine;
         let body = format!("grant_type=client_credentials&scope=orders:read&resource={resource}");
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        );
         let r = send(
             &self.issuer(),
             "POST",
             "/token",
             &[
                 ("content-type", "application/x-www-form-urlencoded"),
-                ("authorization", "Basic YXBpLWNsaWVudDp0ZXN0LXNlY3JldA=="),
+                ("authorization", &basic),
             ],
             body.as_bytes(),
         )
@@ -169,6 +185,100 @@ routes:
                 "rotated {resource} through {host}: {}",
                 r.body
             );
+        }
+    }
+}
+
+#[test]
+fn claim_rules_on_the_providers_tokens_decide_alike_in_our_gateway_and_in_envoy() {
+    let dir = TempDir::new();
+    let keys = dir.0.join("idp-keys.json");
+    let port = free_port();
+    let client = |id: &str, extra: serde_json::Value| {
+        let mut c = json!({"client_id": id, "client_secret": format!("{id}-secret"),
+            "grant_types": ["client_credentials"], "redirect_uris": [], "response_types": [],
+            "scope": "orders:read"});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let clients = json!([
+        client(
+            "ops-client",
+            json!({"groups": ["ops", "staff"], "org": {"tier": "premium"}})
+        ),
+        client("plain-client", json!({})),
+    ]);
+    let idp = Idp::start_with(port, &keys, &clients.to_string());
+    let upstream = echo();
+    let mut config = jwt_config(&idp.issuer());
+    config["rules"] = json!([
+        {"match": {"prefix": "/ops"}, "requires": {"provider": "idp", "claims": [
+            {"claim": "groups", "contains": "ops"}
+        ]}},
+        {"match": {"prefix": "/premium"}, "requires": {"provider": "idp", "claims": [
+            {"claim": "org.tier", "one_of": ["premium", "enterprise"]}
+        ]}},
+        {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
+    ]);
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
+filters:
+  - {{ name: jwt, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: api, match: {{ paths: [/] }}, service: echo, filters: [jwt], strip_path: false }}
+"#,
+        wasm("jwt_auth")
+    ));
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream)
+            .filter(WasmFilter::new(
+                "jwt",
+                portcullis_testbed::wasm("jwt_auth"),
+                &config.to_string(),
+            ))
+            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ops = idp.token_for("ops-client", "ops-client-secret", RESOURCES[0]);
+    let plain = idp.token_for("plain-client", "plain-client-secret", RESOURCES[0]);
+    for (host, base) in [
+        ("portcullis", gw.url()),
+        ("envoy", format!("http://{}", envoy.listener)),
+    ] {
+        let at = |path: &str, token: &str| {
+            send(
+                &base,
+                "GET",
+                path,
+                &[("authorization", &format!("Bearer {token}"))],
+                b"",
+            )
+            .unwrap()
+        };
+        for (path, token, status) in [
+            ("/ops/deploy", &ops, 200),
+            ("/ops/deploy", &plain, 403),
+            ("/premium", &ops, 200),
+            ("/premium", &plain, 403),
+            ("/orders", &plain, 200),
+        ] {
+            let r = at(path, token);
+            assert_eq!(r.status, status, "{path} through {host}: {}", r.body);
+            if status == 403 {
+                assert_eq!(
+                    r.json()["message"],
+                    "the token's claims do not satisfy this route's rules",
+                    "{host}"
+                );
+                assert_eq!(r.headers.get_str("www-authenticate"), None, "{host}");
+            }
         }
     }
 }
