@@ -80,6 +80,17 @@ const provider = new Provider(issuer, {
     },
   },
   ttl: { ClientCredentials: ttl, AccessToken: ttl, IdToken: ttl },
+  // A browser login `name+g1+g2` is the subject `name+g1+g2` in groups g1 and g2: the
+  // ID token carries `groups` (claim rules' test data; none for a plain login).
+  findAccount: (ctx, sub) => ({
+    accountId: sub,
+    claims: () => {
+      const groups = sub.split('+').slice(1);
+      return groups.length ? { sub, groups } : { sub };
+    },
+  }),
+  claims: { acr: null, sid: null, auth_time: null, iss: null, openid: ['sub', 'groups'] },
+  conformIdTokenClaims: false,
   // A client the tests give `groups` or `org` (IDP_CLIENTS) has them as claims in its
   // access tokens: data for claim rules.
   extraClientMetadata: { properties: ['groups', 'org'] },

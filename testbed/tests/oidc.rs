@@ -1235,6 +1235,45 @@ fn bearer_passthrough_validates_the_token_instead_of_redirecting() {
 }
 
 #[test]
+fn claim_rules_refuse_a_good_bearer_token_with_403_and_never_cache_it() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"],
+            "requires": {"claims": [{"claim": "groups", "contains": "ops"}]}}),
+    );
+    let token = |groups: Value| {
+        idp.key.sign(
+            "ES256",
+            json!({"iss": ISS, "aud": "orders-api", "sub": "svc-1", "groups": groups,
+                "iat": T0, "exp": T0 + 300}),
+        )
+    };
+    let ops = token(json!(["ops"]));
+    let sales = token(json!(["sales"]));
+    let send = |bed: &mut TestBed, t: &str| {
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {t}")))
+    };
+    assert_eq!(send(&mut bed, &ops).status, 200);
+    for _ in 0..2 {
+        let res = send(&mut bed, &sales);
+        assert_eq!(res.status, 403, "{}", res.text());
+        assert_eq!(res.header("www-authenticate"), None);
+        assert!(res.upstream.is_none());
+    }
+    assert_eq!(
+        bed.metric("oidc_claims_refused").map(|m| m.count()),
+        Some(2)
+    );
+    assert_eq!(send(&mut bed, &ops).status, 200);
+    assert_eq!(
+        bed.metric("oidc_bearer_cache_hits").map(|m| m.count()),
+        Some(1),
+        "only the admitted token was cached"
+    );
+}
+
+#[test]
 fn a_bad_configuration_is_refused_naming_the_field() {
     let idp = Idp::new();
     let i = idp.clone();

@@ -79,6 +79,18 @@ pub struct ConfigFile {
     /// request when present (`login_hint`, `ui_locales`...), as in Kong.
     #[serde(default)]
     pub authorization_query_args_client: Vec<String>,
+    /// What a signed-in user must be to pass here.
+    #[serde(default)]
+    pub requires: Option<RequiresFile>,
+}
+
+/// `requires`: claim rules (`kit::claim_rule`) on the session's ID token (or a
+/// passed-through bearer token), all of which must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiresFile {
+    #[serde(default)]
+    pub claims: Vec<kit::claim_rule::ClaimRuleConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +236,8 @@ pub struct Config {
     pub authorize_args: Vec<(String, String)>,
     /// Parameters of the browser's request passed on to the authorization request.
     pub client_args: Vec<String>,
+    /// What the signed-in user's claims must satisfy (403 otherwise, not a new login).
+    pub claims: Option<kit::claim_rule::ClaimRule>,
 }
 
 /// The authorization-request parameters the filter sets itself.
@@ -608,6 +622,11 @@ impl Config {
                 ));
             }
         }
+        let claims = match &f.requires {
+            Some(r) => kit::claim_rule::ClaimRule::compile_all(&r.claims)
+                .map_err(|e| err(&format!("requires.claims{}", e.at), e.reason))?,
+            None => None,
+        };
         let authorize_args = f
             .authorization_query_args_names
             .into_iter()
@@ -650,6 +669,7 @@ impl Config {
             max_age: f.max_age,
             authorize_args,
             client_args: f.authorization_query_args_client,
+            claims,
         })
     }
 

@@ -665,3 +665,93 @@ routes:
     assert_eq!(r.body, "upstream");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+/// A route whose claim rules want the `ops` group: a user in it passes; a user who
+/// signs in without it is answered 403 at once (no second trip to the IdP); an API
+/// client without a session still gets 401.
+fn claims_journey(host: &str, app: &str, idp: &Idp) {
+    let mut ops = Browser::new(app, &idp.issuer());
+    let page = ops.browse(&format!("{APP}/orders/1"), "bob+ops", None);
+    assert_eq!(page.res.status, 200, "{host}: {}", page.res.body);
+    assert_eq!(
+        page.res.upstream_header("x-consumer-id").as_deref(),
+        Some("bob+ops"),
+        "{host}"
+    );
+
+    let mut other = Browser::new(app, &idp.issuer());
+    let page = other.browse(&format!("{APP}/orders/1"), "eve+sales", None);
+    assert_eq!(
+        page.res.status, 403,
+        "{host}: {} at {}",
+        page.res.body, page.url
+    );
+    assert_eq!(
+        page.url,
+        format!("{APP}/orders/1"),
+        "{host}: back at the page"
+    );
+    assert!(
+        page.res.body.contains("claim rules refuse"),
+        "{host}: {}",
+        page.res.body
+    );
+    assert!(other.has_session(), "{host}: signed in all the same");
+    // Again: 403 straight away, not a redirect to log in again.
+    let again = other.request("GET", &format!("{APP}/orders/2"), None);
+    assert_eq!(again.res.status, 403, "{host}: {}", again.res.body);
+    assert!(
+        again.res.json()["headers"].is_null(),
+        "{host}: not from the upstream"
+    );
+
+    let r = send(
+        app,
+        "GET",
+        "/orders",
+        &[("accept", "application/json")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 401, "{host}: {}", r.body);
+}
+
+#[test]
+fn a_signed_in_user_the_claim_rules_refuse_gets_403_not_a_new_login_in_our_gateway_and_envoy() {
+    let port = free_port();
+    let idp = Idp::start(port, None);
+    let upstream = echo();
+    let mut config = oidc_config(&idp.issuer());
+    config["requires"] = json!({"claims": [{"claim": "groups", "contains": "ops"}]});
+
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
+filters:
+  - {{ name: oidc, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
+"#,
+        wasm("oidc")
+    ));
+    wait_ready(&gw.url());
+    claims_journey("portcullis", &gw.url(), &idp);
+
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream)
+            .filter(WasmFilter::new(
+                "oidc",
+                portcullis_testbed::wasm("oidc"),
+                &config.to_string(),
+            ))
+            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let app = format!("http://{}", envoy.listener);
+    wait_ready(&app);
+    claims_journey("envoy", &app, &idp);
+}

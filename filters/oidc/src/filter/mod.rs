@@ -435,8 +435,7 @@ impl Context for Request {
                                     LogLevel::Warn,
                                     &format!("refresh failed, current token kept: {e}"),
                                 );
-                                self.apply(&st, &session);
-                                Action::Continue
+                                self.apply(&st, &session)
                             }
                             TokenError::Unreachable(e) => {
                                 log(LogLevel::Warn, &format!("refresh failed: {e}"));
@@ -448,8 +447,7 @@ impl Context for Request {
                                 // A concurrent request rotated the refresh token first:
                                 // use what it got.
                                 self.queue_session_cookies(&st, &sealed, newer.expires);
-                                self.apply(&st, &newer);
-                                Action::Continue
+                                self.apply(&st, &newer)
                             }
                             TokenError::Refused(e)
                                 if e == "invalid_grant" && now < session.access_expires =>
@@ -464,8 +462,7 @@ impl Context for Request {
                                     LogLevel::Info,
                                     "refresh refused (invalid_grant), current token kept until it expires",
                                 );
-                                self.apply(&st, &session);
-                                Action::Continue
+                                self.apply(&st, &session)
                             }
                             TokenError::Refused(e) => {
                                 log(

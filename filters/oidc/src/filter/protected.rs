@@ -64,23 +64,20 @@ impl Request {
                     // Unwritten, the idle clock restarts on a later request.
                     let _ = self.write_session(st, &s);
                 }
-                self.apply(st, &session);
-                Ok(Action::Continue)
+                Ok(self.apply(st, &session))
             }
             Standing::Refresh => {
                 // Another request (on any worker) may have refreshed this session
                 // already: with rotating refresh tokens a second refresh would fail.
                 if let Some((sealed, newer)) = st.refreshed(&session, now) {
                     self.queue_session_cookies(st, &sealed, newer.expires);
-                    self.apply(st, &newer);
-                    return Ok(Action::Continue);
+                    return Ok(self.apply(st, &newer));
                 }
                 let d = self.need_discovery(st, now)?;
                 if now < session.access_expires && !st.claim_refresh(&session.id, now) {
                     // Another request is refreshing this session (its answer brings
                     // the browser the new cookie); the current token is still valid.
-                    self.apply(st, &session);
-                    return Ok(Action::Continue);
+                    return Ok(self.apply(st, &session));
                 }
                 let rt = session.refresh_token.clone().unwrap_or_default();
                 let (headers, body) = idp::refresh_grant(&st.config, &rt);
@@ -109,6 +106,7 @@ impl Request {
         token: &str,
         refetched: bool,
     ) -> Result<Action, Action> {
+        // Only tokens the claim rules admit are cached.
         if let Some(identity) = st.bearer.get(token, now) {
             bump(st.metrics.bearer_cache_hits);
             self.apply_bearer(st, token, &identity);
@@ -117,6 +115,9 @@ impl Request {
         let keys = self.need_keys(st, now, refetched)?;
         match idp::verify_bearer(&st.config, &keys, token, now) {
             Ok(claims) => {
+                if st.config.claims.as_ref().is_some_and(|r| !r.holds(&claims)) {
+                    return Err(self.forbidden(st));
+                }
                 let identity = Rc::new(kit::jwt::consumer::identity_headers(
                     &st.config.consumer,
                     &claims,
@@ -145,6 +146,16 @@ impl Request {
                 ))
             }
         }
+    }
+
+    /// 403: the credential is good, but the route's claim rules refuse it.
+    pub(super) fn forbidden(&mut self, st: &State) -> Action {
+        bump(st.metrics.claims_refused);
+        self.reply(
+            403,
+            "signed in, but not allowed here: the route's claim rules refuse this identity",
+            &[],
+        )
     }
 
     pub(super) fn apply_bearer(&mut self, st: &State, token: &str, identity: &[(String, String)]) {
@@ -232,8 +243,17 @@ impl Request {
         Err(self.redirect(&location))
     }
 
-    /// Upstream headers for a good session.
-    pub(super) fn apply(&mut self, st: &State, s: &Session) {
+    /// Upstream headers for a good session, or 403 for a user the route's claim rules
+    /// do not admit (signed in, so not sent to log in again).
+    pub(super) fn apply(&mut self, st: &State, s: &Session) -> Action {
+        if let Some(rule) = &st.config.claims {
+            // The ID token was verified when the session was made or refreshed.
+            let admitted = kit::jwt::token::parse(&s.id_token, usize::MAX)
+                .is_ok_and(|t| rule.holds(&t.claims));
+            if !admitted {
+                return self.forbidden(st);
+            }
+        }
         bump(st.metrics.sessions);
         let c = &st.config;
         if let Some(h) = &c.access_token_header {
@@ -283,6 +303,7 @@ impl Request {
         if dropped {
             self.set_http_request_header("cookie", (!kept.is_empty()).then_some(kept.as_str()));
         }
+        Action::Continue
     }
 
     /// Seals `s` and queues its cookies (chunks when long; stale chunks cleared).
@@ -412,8 +433,7 @@ impl Request {
                             LogLevel::Warn,
                             "refreshed ID token not verifiable (no signing keys): current session kept",
                         );
-                        self.apply(st, &old);
-                        return Ok(Action::Continue);
+                        return Ok(self.apply(st, &old));
                     }
                     return Err(self.unavailable("signing keys"));
                 };
@@ -469,8 +489,7 @@ impl Request {
             Err(why) => return Err(self.unwritten(st, "the session could not be refreshed", why)),
         };
         st.publish_refreshed(&s, &sealed);
-        self.apply(st, &s);
-        Ok(Action::Continue)
+        Ok(self.apply(st, &s))
     }
 
     /// A refresh whose ID token was refused: the session is over (revoked, so a copy of

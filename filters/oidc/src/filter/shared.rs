@@ -99,6 +99,7 @@ pub(super) struct Metrics {
     pub(super) unauthenticated: u32,
     pub(super) backchannel_logouts: u32,
     pub(super) bearer_cache_hits: u32,
+    pub(super) claims_refused: u32,
 }
 
 impl Metrics {
@@ -115,6 +116,7 @@ impl Metrics {
             unauthenticated: c("oidc_unauthenticated"),
             backchannel_logouts: c("oidc_backchannel_logouts"),
             bearer_cache_hits: c("oidc_bearer_cache_hits"),
+            claims_refused: c("oidc_claims_refused"),
         }
     }
 }
