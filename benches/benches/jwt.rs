@@ -21,13 +21,27 @@ use serde_json::json;
 use tokio::task::LocalSet;
 
 fn config(keys: &[&Key], cache_entries: usize) -> String {
+    config_requiring(keys, cache_entries, json!({"provider": "idp"}))
+}
+
+fn config_requiring(keys: &[&Key], cache_entries: usize, requires: serde_json::Value) -> String {
     json!({
         "providers": {"idp": {"issuer": "https://idp.test", "audiences": ["api"], "local_jwks": jwks(keys),
             "algorithms": ["RS256", "PS256", "ES256", "EdDSA"]}},
-        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}],
+        "rules": [{"match": {"prefix": "/"}, "requires": requires}],
         "cache_entries": cache_entries
     })
     .to_string()
+}
+
+/// Claim rules of the usual kind: a group, a nested claim among values, and one that
+/// must be absent.
+fn claim_rules() -> serde_json::Value {
+    json!([
+        {"claim": "groups", "contains": "ops"},
+        {"any": [{"claim": "org.tier", "one_of": ["premium", "enterprise"]}, {"claim": "tier", "equals": "gold"}]},
+        {"none": [{"claim": "groups", "contains": "suspended"}]}
+    ])
 }
 
 fn bench(c: &mut Criterion) {
@@ -42,7 +56,8 @@ fn bench(c: &mut Criterion) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims = json!({"iss": "https://idp.test", "aud": "api", "sub": "user-1", "iat": now, "exp": now + 3600});
+    let claims = json!({"iss": "https://idp.test", "aud": "api", "sub": "user-1", "iat": now, "exp": now + 3600,
+        "groups": ["eng", "ops"], "org": {"tier": "premium"}});
 
     let engine = quiet_engine();
     let module = engine.load_file(&wasm("jwt_auth")).expect("jwt_auth loads");
@@ -63,6 +78,23 @@ fn bench(c: &mut Criterion) {
     };
     let cached = vec![start(1000)];
     let uncached = vec![start(0)];
+    let with_rules = {
+        let _g = local.enter();
+        let _r = rt.enter();
+        let requires = json!({"provider": "idp", "claims": claim_rules()});
+        vec![
+            Filter::start(
+                &engine,
+                PluginSpec::new(
+                    "jwt",
+                    module.clone(),
+                    config_requiring(&refs, 1000, requires),
+                ),
+                no_clusters(),
+            )
+            .expect("starts"),
+        ]
+    };
     let native = Config::parse(Some(config(&refs, 0).as_bytes())).unwrap();
 
     let noop_module = engine.load_file(&wasm("noop_filter")).expect("noop loads");
@@ -101,7 +133,17 @@ fn bench(c: &mut Criterion) {
         let token = key.sign(alg, claims.clone());
         let mut headers = ten_headers();
         headers.set("authorization", format!("Bearer {token}"));
-        for (name, chain) in [("cached", &cached), ("uncached", &uncached)] {
+        // A cached token with claim rules against one without: what the rules cost.
+        let chains: &[(&str, &Vec<Filter>)] = if *alg == "ES256" {
+            &[
+                ("cached", &cached),
+                ("uncached", &uncached),
+                ("cached_claim_rules", &with_rules),
+            ]
+        } else {
+            &[("cached", &cached), ("uncached", &uncached)]
+        };
+        for (name, chain) in chains {
             group.bench_function(format!("{alg}_{name}_in_host"), |b| {
                 b.iter_custom(|iters| {
                     rt.block_on(local.run_until(async {
@@ -180,5 +222,23 @@ fn modexp_native(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, modexp_native);
+/// The claim rules above, evaluated natively on a token's claims.
+fn claim_rules_native(c: &mut Criterion) {
+    let list: Vec<kit::claim_rule::ClaimRuleConfig> =
+        serde_json::from_value(claim_rules()).expect("rules");
+    let rule = kit::claim_rule::ClaimRule::compile_all(&list)
+        .expect("valid")
+        .expect("some");
+    let claims = json!({"sub": "user-1", "groups": ["eng", "ops"], "org": {"tier": "premium"},
+        "scope": "orders:read", "iat": 1, "exp": 2});
+    let claims = claims.as_object().expect("an object").clone();
+    assert!(rule.holds(&claims));
+    let mut group = c.benchmark_group("jwt");
+    group.bench_function("claim_rules_native", |b| {
+        b.iter(|| black_box(&rule).holds(black_box(&claims)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, modexp_native, claim_rules_native);
 criterion_main!(benches);

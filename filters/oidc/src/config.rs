@@ -19,6 +19,10 @@ pub struct ConfigFile {
     pub client_secret: Option<String>,
     #[serde(default)]
     pub client_auth: Option<String>,
+    /// `private_key_jwt` (RFC 7523): the client's private key, a JWK (EC P-256 or
+    /// Ed25519, with its `kid`); the IdP registers its public half.
+    #[serde(default)]
+    pub client_jwk: Option<serde_json::Value>,
     pub redirect_uri: String,
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
@@ -180,6 +184,8 @@ impl std::fmt::Debug for Secret {
 pub enum ClientAuth {
     Basic,
     Post,
+    /// A client assertion signed with `Config::client_key` (RFC 7523).
+    PrivateKeyJwt,
     None,
 }
 
@@ -198,6 +204,8 @@ pub struct Config {
     pub client_id: String,
     pub client_secret: Option<Secret>,
     pub client_auth: ClientAuth,
+    /// The key of `private_key_jwt`.
+    pub client_key: Option<std::rc::Rc<kit::jwt::sign::SigningKey>>,
     pub redirect_uri: String,
     /// The path (without query) the IdP sends the browser back to.
     pub callback_path: String,
@@ -328,15 +336,31 @@ impl Config {
             None => ClientAuth::None,
             Some("client_secret_basic") => ClientAuth::Basic,
             Some("client_secret_post") => ClientAuth::Post,
+            Some("private_key_jwt") => ClientAuth::PrivateKeyJwt,
             Some("none") => ClientAuth::None,
             Some(other) => {
                 return Err(err(
                     "client_auth",
                     format!(
-                        "unknown method `{other}` (client_secret_basic, client_secret_post or none)"
+                        "unknown method `{other}` (client_secret_basic, client_secret_post, private_key_jwt or none)"
                     ),
                 ));
             }
+        };
+        let client_key = match (client_auth, &f.client_jwk) {
+            (ClientAuth::PrivateKeyJwt, Some(jwk)) => Some(std::rc::Rc::new(
+                kit::jwt::sign::SigningKey::from_jwk(jwk).map_err(|e| err("client_jwk", e))?,
+            )),
+            (ClientAuth::PrivateKeyJwt, None) => {
+                return Err(err("client_jwk", "is required by private_key_jwt"));
+            }
+            (_, Some(_)) => {
+                return Err(err(
+                    "client_jwk",
+                    "is used only with client_auth: private_key_jwt",
+                ));
+            }
+            (_, None) => None,
         };
         match (client_auth, &f.client_secret) {
             (ClientAuth::Basic | ClientAuth::Post, None) => {
@@ -352,6 +376,12 @@ impl Config {
                 return Err(err(
                     "client_secret",
                     "a public client (client_auth: none) has no secret",
+                ));
+            }
+            (ClientAuth::PrivateKeyJwt, Some(_)) => {
+                return Err(err(
+                    "client_secret",
+                    "private_key_jwt authenticates with client_jwk, not a secret",
                 ));
             }
             _ => {}
@@ -637,6 +667,7 @@ impl Config {
             client_id: f.client_id,
             client_secret: f.client_secret.map(Secret),
             client_auth,
+            client_key,
             redirect_uri: f.redirect_uri,
             callback_path,
             app_origin: crate::logout::origin(&redirect.scheme, &redirect.authority),
@@ -811,6 +842,10 @@ mod tests {
         refused_naming(with(&["issuer"], json!("idp.example.com")), "issuer");
         refused_naming(
             with(&["client_auth"], json!("private_key_jwt")),
+            "client_jwk",
+        );
+        refused_naming(
+            with(&["client_auth"], json!("tls_client_auth")),
             "client_auth",
         );
         refused_naming(with(&["scopes"], json!(["profile"])), "scopes");

@@ -136,9 +136,37 @@ pub fn token_request(c: &Config, grant: &[(&str, &str)]) -> (Vec<(String, String
             pairs.push(("client_id", &c.client_id));
             pairs.push(("client_secret", secret));
         }
-        ClientAuth::None => pairs.push(("client_id", &c.client_id)),
+        // The assertion itself is added when the call is made (it names the token
+        // endpoint and the time): `client_assertion`.
+        ClientAuth::None | ClientAuth::PrivateKeyJwt => pairs.push(("client_id", &c.client_id)),
     }
     (headers, form(&pairs).into_bytes())
+}
+
+/// The form fields of `private_key_jwt` client authentication (RFC 7523 2.2) for a call
+/// to `token_endpoint` at `now`, with a fresh random `jti`, good for 60 seconds; `None`
+/// for another method. Err when no randomness can be had.
+pub fn client_assertion(
+    c: &Config,
+    token_endpoint: &str,
+    now: u64,
+) -> Result<Option<String>, getrandom::Error> {
+    let Some(key) = c.client_key.as_deref() else {
+        return Ok(None);
+    };
+    let mut jti = [0u8; 16];
+    getrandom::fill(&mut jti)?;
+    let jti = URL_SAFE_NO_PAD.encode(jti);
+    let claims =
+        kit::jwt::sign::client_assertion_claims(&c.client_id, token_endpoint, &jti, now, 60);
+    let pairs = [
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", &key.sign(&claims)),
+    ];
+    Ok(Some(form(&pairs)))
 }
 
 pub fn code_grant(c: &Config, code: &str, verifier: &str) -> (Vec<(String, String)>, Vec<u8>) {
@@ -725,6 +753,57 @@ mod tests {
             backchannel_headers("POST", form, Some("junk"), true),
             Ok(())
         );
+    }
+
+    #[test]
+    fn private_key_jwt_sends_a_fresh_signed_assertion_for_the_endpoint_and_no_secret() {
+        let key = jwt_mint::Key::ec256("client-key");
+        let mut c = config();
+        c.client_auth = ClientAuth::PrivateKeyJwt;
+        c.client_secret = None;
+        c.client_key = Some(std::rc::Rc::new(
+            kit::jwt::sign::SigningKey::from_jwk(&key.private_jwk().unwrap()).unwrap(),
+        ));
+        let (h, body) = code_grant(&c, "c0de", "v");
+        assert!(!h.iter().any(|(k, _)| k == "authorization"));
+        let body = String::from_utf8(body).unwrap();
+        assert!(
+            body.contains("client_id=web+app") && !body.contains("secret"),
+            "{body}"
+        );
+        let endpoint = "https://idp.test/token";
+        let fields = |at: u64| {
+            let f = client_assertion(&c, endpoint, at).unwrap().unwrap();
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(f.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            assert_eq!(
+                pairs[0],
+                (
+                    "client_assertion_type".to_owned(),
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned()
+                )
+            );
+            pairs[1].1.clone()
+        };
+        let (a, b) = (fields(1000), fields(1000));
+        let set = json!({"keys": [key.jwk()]}).to_string();
+        let (keys, _) = kit::jwt::keys::parse_jwks(set.as_bytes(), true).unwrap();
+        let mut jtis = Vec::new();
+        for jwt in [&a, &b] {
+            let t = token::parse(jwt, 16 * 1024).unwrap();
+            assert!(kit::jwt::verify_signature(&t, &[kit::jwt::keys::Alg::ES256], &keys).is_ok());
+            assert_eq!(t.kid.as_deref(), Some("client-key"));
+            assert_eq!(t.claims["iss"], "web app");
+            assert_eq!(t.claims["sub"], "web app");
+            assert_eq!(t.claims["aud"], endpoint);
+            assert_eq!(t.claims["iat"], 1000);
+            assert_eq!(t.claims["exp"], 1060);
+            jtis.push(t.claims["jti"].as_str().unwrap().to_owned());
+        }
+        assert_ne!(jtis[0], jtis[1], "a fresh jti each time");
+        // Other methods send none.
+        assert_eq!(client_assertion(&config(), endpoint, 1000).unwrap(), None);
     }
 
     #[test]

@@ -32,27 +32,38 @@ struct Idp {
     port: u16,
 }
 
+/// The application's client at the IdP: confidential (`web-secret`), with refresh
+/// tokens and a post-logout redirect.
+fn web_client() -> Value {
+    json!({
+        "client_id": "web",
+        "client_secret": "web-secret",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "redirect_uris": [format!("{APP}/callback")],
+        "post_logout_redirect_uris": [format!("{APP}/bye")],
+        "scope": "openid offline_access"
+    })
+}
+
 impl Idp {
     /// `backchannel`: the client's back-channel logout URI, if any.
     fn start(port: u16, backchannel: Option<String>) -> Idp {
+        let mut client = web_client();
+        if let Some(uri) = backchannel {
+            client["backchannel_logout_uri"] = json!(uri);
+            client["backchannel_logout_session_required"] = json!(true);
+        }
+        Idp::start_with(port, client)
+    }
+
+    /// With the one client `client` (its metadata as the IdP registers it).
+    fn start_with(port: u16, client: Value) -> Idp {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testbed/idp");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "the test IdP is not installed: run `npm install --prefix testbed/idp` (cargo xtask test does)"
         );
-        let mut client = json!({
-            "client_id": "web",
-            "client_secret": "web-secret",
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "redirect_uris": [format!("{APP}/callback")],
-            "post_logout_redirect_uris": [format!("{APP}/bye")],
-            "scope": "openid offline_access"
-        });
-        if let Some(uri) = backchannel {
-            client["backchannel_logout_uri"] = json!(uri);
-            client["backchannel_logout_session_required"] = json!(true);
-        }
         let client = json!([client]);
         let mut child = Command::new("node")
             .arg(dir.join("idp.mjs"))
@@ -754,4 +765,55 @@ routes:
     let app = format!("http://{}", envoy.listener);
     wait_ready(&app);
     claims_journey("envoy", &app, &idp);
+}
+
+#[test]
+fn a_client_authenticating_with_private_key_jwt_logs_in_and_refreshes_in_our_gateway_and_envoy() {
+    // The client's key pair, made now: the IdP registers the public half, the filter
+    // holds the private one.
+    let key = jwt_mint::Key::ec256("web-key");
+    let mut client = web_client();
+    client.as_object_mut().unwrap().remove("client_secret");
+    client["token_endpoint_auth_method"] = json!("private_key_jwt");
+    client["token_endpoint_auth_signing_alg"] = json!("ES256");
+    client["jwks"] = json!({"keys": [key.jwk()]});
+    let port = free_port();
+    let idp = Idp::start_with(port, client);
+    let upstream = echo();
+    let mut config = oidc_config(&idp.issuer());
+    let c = config.as_object_mut().unwrap();
+    c.remove("client_secret");
+    c.insert("client_auth".into(), json!("private_key_jwt"));
+    c.insert("client_jwk".into(), key.private_jwk().unwrap());
+
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
+filters:
+  - {{ name: oidc, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
+"#,
+        wasm("oidc")
+    ));
+    wait_ready(&gw.url());
+    journey("portcullis", &gw.url(), &idp);
+
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream)
+            .filter(WasmFilter::new(
+                "oidc",
+                portcullis_testbed::wasm("oidc"),
+                &config.to_string(),
+            ))
+            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let app = format!("http://{}", envoy.listener);
+    wait_ready(&app);
+    journey("envoy", &app, &idp);
 }

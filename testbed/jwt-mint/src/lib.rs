@@ -104,13 +104,16 @@ impl Key {
         }
     }
 
-    /// The private JWK of an EC P-256 key (for keeping a demo key on disk).
+    /// The private JWK of an EC P-256 or Ed25519 key (for keeping a demo key on disk,
+    /// or configuring a client's `private_key_jwt` key).
     pub fn private_jwk(&self) -> Option<Value> {
-        let Secret::P256(k) = &self.secret else {
-            return None;
+        let d = match &self.secret {
+            Secret::P256(k) => k.to_bytes().to_vec(),
+            Secret::Ed25519(k) => k.sk.seed().to_vec(),
+            _ => return None,
         };
         let mut j = self.jwk();
-        j["d"] = json!(b64(&k.to_bytes()));
+        j["d"] = json!(b64(&d));
         Some(j)
     }
 

@@ -15,6 +15,7 @@ pub mod rsa_pkcs1;
 pub mod rsa_pss;
 #[cfg(test)]
 mod rsa_test_keys;
+pub mod sign;
 pub mod token;
 
 use keys::{Alg, KeySet};

@@ -373,6 +373,22 @@ impl Request {
     ) -> Option<u32> {
         let u = url::Url::parse(&d.token_endpoint)?;
         let path = u.path_and_query();
+        // private_key_jwt: the assertion names this endpoint and now, so it is made here.
+        let mut body = body.to_vec();
+        match idp::client_assertion(&st.config, &d.token_endpoint, now_secs()) {
+            Ok(Some(fields)) => {
+                body.push(b'&');
+                body.extend_from_slice(fields.as_bytes());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("no randomness for a client assertion: {e}"),
+                );
+                return None;
+            }
+        }
         let mut h: Vec<(&str, &str)> = vec![
             (":method", "POST"),
             (":path", &path),
@@ -382,7 +398,7 @@ impl Request {
         match self.dispatch_http_call(
             &st.config.idp_cluster,
             h,
-            Some(body),
+            Some(&body),
             vec![],
             Duration::from_millis(st.config.idp_timeout_ms),
         ) {
