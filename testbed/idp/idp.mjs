@@ -91,6 +91,7 @@ const provider = new Provider(issuer, {
   }),
   claims: { acr: null, sid: null, auth_time: null, iss: null, openid: ['sub', 'groups'] },
   conformIdTokenClaims: false,
+  acrValues: ['urn:portcullis:pwd', 'urn:portcullis:mfa'],
   // A client the tests give `groups` or `org` (IDP_CLIENTS) has them as claims in its
   // access tokens: data for claim rules.
   extraClientMetadata: { properties: ['groups', 'org'] },
@@ -114,6 +115,17 @@ const provider = new Provider(issuer, {
   },
 });
 provider.proxy = true;
+// The dev login form knows nothing of authentication levels: a login whose name holds
+// `+mfa` counts as multi-factor (acr urn:portcullis:mfa), any other as a password
+// (urn:portcullis:pwd). The ID token carries it as `acr`.
+const interactionFinished = provider.interactionFinished.bind(provider);
+provider.interactionFinished = (req, res, result, options) => {
+  if (result?.login?.accountId) {
+    const mfa = result.login.accountId.split('+').includes('mfa');
+    result.login.acr = mfa ? 'urn:portcullis:mfa' : 'urn:portcullis:pwd';
+  }
+  return interactionFinished(req, res, result, options);
+};
 // Internal errors on stderr (the tests show it when they fail), never in a reply.
 provider.on('server_error', (ctx, err) => console.error('server_error', ctx.path, err));
 provider.on('backchannel.error', (ctx, err, client) => console.error('backchannel.error', client.clientId, err.message, err.cause && (err.cause.code || err.cause.message)));

@@ -73,6 +73,11 @@ pub struct ConfigFile {
     /// `auth_time` no older than this (plus the clock skew).
     #[serde(default)]
     pub max_age: Option<u64>,
+    /// Authentication context classes to ask for (`acr_values`, OpenID Connect Core
+    /// 3.1.2.1); the ID token's `acr` must then be one of them, or the login fails
+    /// (step-up: a route that needs MFA gets it or nothing).
+    #[serde(default)]
+    pub acr_values: Vec<String>,
     /// Extra authorization-request parameters (`prompt`, `acr_values`, `login_hint`,
     /// `ui_locales`...), names and values in the same order, as in Kong.
     #[serde(default)]
@@ -240,6 +245,8 @@ pub struct Config {
     pub algorithms: Vec<Alg>,
     pub realm: String,
     pub max_age: Option<u64>,
+    /// Sent as `acr_values`; the login's ID token must carry one of them as `acr`.
+    pub acr_values: Vec<String>,
     /// Extra authorization-request parameters, in order.
     pub authorize_args: Vec<(String, String)>,
     /// Parameters of the browser's request passed on to the authorization request.
@@ -622,6 +629,29 @@ impl Config {
         if let Some(max_age) = f.max_age {
             at_most("max_age", max_age, MAX_LIFETIME)?;
         }
+        if f.acr_values
+            .iter()
+            .any(|v| v.is_empty() || v.contains(char::is_whitespace))
+        {
+            return Err(err(
+                "acr_values",
+                "a value is empty or holds a space (each is one class)",
+            ));
+        }
+        if !f.acr_values.is_empty()
+            && (f
+                .authorization_query_args_names
+                .iter()
+                .any(|n| n == "acr_values")
+                || f.authorization_query_args_client
+                    .iter()
+                    .any(|n| n == "acr_values"))
+        {
+            return Err(err(
+                "acr_values",
+                "is also in authorization_query_args_names or _client: give it once",
+            ));
+        }
         if f.authorization_query_args_names.len() != f.authorization_query_args_values.len() {
             return Err(err(
                 "authorization_query_args_values",
@@ -698,6 +728,7 @@ impl Config {
             algorithms,
             realm: f.realm.unwrap_or_else(|| "portcullis".into()),
             max_age: f.max_age,
+            acr_values: f.acr_values,
             authorize_args,
             client_args: f.authorization_query_args_client,
             claims,

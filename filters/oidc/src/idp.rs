@@ -77,6 +77,7 @@ pub fn authorize_url(
 ) -> String {
     let challenge = pkce_challenge(verifier);
     let max_age = c.max_age.map(|m| m.to_string());
+    let acr_values = c.acr_values.join(" ");
     let mut pairs = vec![
         ("response_type", "code"),
         ("client_id", c.client_id.as_str()),
@@ -89,6 +90,9 @@ pub fn authorize_url(
     ];
     if let Some(m) = &max_age {
         pairs.push(("max_age", m));
+    }
+    if !acr_values.is_empty() {
+        pairs.push(("acr_values", &acr_values));
     }
     pairs.extend(
         c.authorize_args
@@ -283,6 +287,8 @@ pub enum TokenRefused {
     NoAuthTime,
     #[error("the user authenticated longer ago than max_age")]
     AuthTooOld,
+    #[error("the authentication context (acr) is not one of acr_values")]
+    Acr,
     #[error("not a back-channel logout token")]
     NotLogoutToken,
     #[error("an ID token or logout token is not an access token")]
@@ -371,6 +377,14 @@ pub fn verify_id_token(
                 .ok_or(TokenRefused::NoAuthTime)?;
             if now > auth_time.saturating_add(max_age).saturating_add(c.skew) {
                 return Err(TokenRefused::AuthTooOld);
+            }
+        }
+        // Asked for, so required: an IdP may ignore acr_values (they are voluntary
+        // in the request) and authenticate at a lower level.
+        if !c.acr_values.is_empty() {
+            match claims.get("acr") {
+                Some(Value::String(acr)) if c.acr_values.contains(acr) => {}
+                _ => return Err(TokenRefused::Acr),
             }
         }
     }
@@ -659,6 +673,50 @@ mod tests {
         assert!(verify_id_token(&c, &keys, &token(None), None, now).is_ok());
         c.max_age = None;
         assert!(verify_id_token(&c, &keys, &token(None), Some("n1"), now).is_ok());
+    }
+
+    /// With acr_values, the login asks for them and its ID token must carry one of
+    /// them as `acr` (an IdP may ignore the request).
+    #[test]
+    fn acr_values_are_asked_for_and_the_login_id_token_held_to_them() {
+        let key = jwt_mint::Key::ec256("k1");
+        let (keys, _) =
+            kit::jwt::keys::parse_jwks(jwt_mint::jwks(&[&key]).to_string().as_bytes(), true)
+                .unwrap();
+        let mut c = config();
+        assert!(!authorize_url(&c, &discovery(), "st", "no", "v", "").contains("acr_values"));
+        c.acr_values = vec!["urn:mfa".into(), "urn:hw".into()];
+        let url = authorize_url(&c, &discovery(), "st", "no", "v", "");
+        let q = url.strip_prefix("https://idp.test/auth?").unwrap();
+        assert_eq!(
+            crate::url::param(q, "acr_values"),
+            Ok(Some("urn:mfa urn:hw".into()))
+        );
+        let now = 1_800_000_000u64;
+        let token = |acr: serde_json::Value| {
+            let mut claims = json!({"iss": "https://idp.test", "aud": "web app", "sub": "u",
+                "nonce": "n1", "iat": now, "exp": now + 600});
+            if !acr.is_null() {
+                claims["acr"] = acr;
+            }
+            key.sign("ES256", claims)
+        };
+        let at_login = |t: &str| verify_id_token(&c, &keys, t, Some("n1"), now);
+        assert!(at_login(&token(json!("urn:hw"))).is_ok());
+        for bad in [
+            json!("urn:pwd"),
+            json!(null),
+            json!(["urn:mfa"]),
+            json!("urn:mfa urn:hw"),
+        ] {
+            assert_eq!(
+                at_login(&token(bad.clone())),
+                Err(TokenRefused::Acr),
+                "{bad}"
+            );
+        }
+        // A refreshed ID token (no nonce) is not held to it.
+        assert!(verify_id_token(&c, &keys, &token(json!(null)), None, now).is_ok());
     }
 
     #[test]

@@ -817,3 +817,63 @@ routes:
     wait_ready(&app);
     journey("envoy", &app, &idp);
 }
+
+/// Step-up: a route that asks for multi-factor authentication (`acr_values`) admits a
+/// login the IdP made with it, and refuses one it made with a password only (the IdP
+/// may ignore what is asked; the filter checks the ID token's `acr`).
+fn acr_journey(host: &str, app: &str, idp: &Idp) {
+    let mut strong = Browser::new(app, &idp.issuer());
+    let page = strong.browse(&format!("{APP}/orders/1"), "carol+mfa", None);
+    assert_eq!(page.res.status, 200, "{host}: {}", page.res.body);
+    assert!(strong.has_session(), "{host}");
+
+    let mut weak = Browser::new(app, &idp.issuer());
+    let page = weak.browse(&format!("{APP}/orders/1"), "dave", None);
+    assert_eq!(
+        page.res.status, 401,
+        "{host}: {} at {}",
+        page.res.body, page.url
+    );
+    assert!(page.res.body.contains("acr"), "{host}: {}", page.res.body);
+    assert!(!weak.has_session(), "{host}: no session from a weak login");
+}
+
+#[test]
+fn a_route_asking_for_an_acr_refuses_a_weaker_login_in_our_gateway_and_envoy() {
+    let port = free_port();
+    let idp = Idp::start(port, None);
+    let upstream = echo();
+    let mut config = oidc_config(&idp.issuer());
+    config["acr_values"] = json!(["urn:portcullis:mfa"]);
+
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
+filters:
+  - {{ name: oidc, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
+"#,
+        wasm("oidc")
+    ));
+    wait_ready(&gw.url());
+    acr_journey("portcullis", &gw.url(), &idp);
+
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream)
+            .filter(WasmFilter::new(
+                "oidc",
+                portcullis_testbed::wasm("oidc"),
+                &config.to_string(),
+            ))
+            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let app = format!("http://{}", envoy.listener);
+    wait_ready(&app);
+    acr_journey("envoy", &app, &idp);
+}
