@@ -70,7 +70,10 @@ const provider = new Provider(issuer, {
     backchannelLogout: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => 'urn:portcullis:rs256',
+      // A client registered with `userinfo_tokens` gets access tokens for no resource
+      // server (opaque), which the userinfo endpoint accepts; the others get JWTs for
+      // urn:portcullis:rs256, which it refuses.
+      defaultResource: (ctx, client) => (client?.metadata().userinfo_tokens ? undefined : 'urn:portcullis:rs256'),
       useGrantedResource: () => true,
       getResourceServerInfo: (ctx, resource) => {
         const alg = resources[resource];
@@ -94,7 +97,7 @@ const provider = new Provider(issuer, {
   acrValues: ['urn:portcullis:pwd', 'urn:portcullis:mfa'],
   // A client the tests give `groups` or `org` (IDP_CLIENTS) has them as claims in its
   // access tokens: data for claim rules.
-  extraClientMetadata: { properties: ['groups', 'org'] },
+  extraClientMetadata: { properties: ['groups', 'org', 'userinfo_tokens'] },
   extraTokenClaims: async (ctx, token) => {
     const client = await provider.Client.find(token.clientId);
     if (!client) return undefined;

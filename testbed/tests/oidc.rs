@@ -45,6 +45,9 @@ struct Idp {
     used_refresh_tokens: Rc<RefCell<Vec<String>>>,
     jwks_keys: Rc<RefCell<Vec<Rc<Key>>>>,
     now: Rc<Cell<u64>>,
+    /// What the userinfo endpoint answers, and the access tokens it was asked with.
+    userinfo: Rc<RefCell<Reply>>,
+    userinfo_asked: Rc<RefCell<Vec<String>>>,
 }
 
 fn form(body: &[u8]) -> BTreeMap<String, String> {
@@ -67,6 +70,10 @@ impl Idp {
             discovery_fetches: Rc::default(),
             used_refresh_tokens: Rc::default(),
             now: Rc::new(Cell::new(T0)),
+            userinfo: Rc::new(RefCell::new(Reply::json(
+                &json!({"sub": "ada", "nickname": "ada-from-userinfo", "preferred_username": "not-this"}),
+            ))),
+            userinfo_asked: Rc::default(),
         }
     }
 
@@ -94,8 +101,18 @@ impl Idp {
                     "authorization_endpoint": "https://idp.test/authorize",
                     "token_endpoint": "https://idp.test/token",
                     "jwks_uri": "https://idp.test/jwks",
-                    "end_session_endpoint": "https://idp.test/logout"
+                    "end_session_endpoint": "https://idp.test/logout",
+                    "userinfo_endpoint": "https://idp.test/userinfo"
                 }))
+            }
+            "/userinfo" => {
+                self.userinfo_asked.borrow_mut().push(
+                    req.headers
+                        .get_str("authorization")
+                        .unwrap_or("")
+                        .to_owned(),
+                );
+                self.userinfo.borrow().clone()
             }
             "/jwks" => {
                 let keys = self.jwks_keys.borrow();
@@ -2217,4 +2234,59 @@ fn identity_trailers_are_removed_like_identity_headers() {
         assert_eq!(trailers.get_str(name), None, "{name} reached the upstream");
     }
     assert_eq!(trailers.get_str("x-checksum"), Some("kept"));
+}
+
+#[test]
+fn userinfo_claims_fill_the_identity_and_go_upstream_and_another_subject_fails_the_login() {
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"upstream_user_info_header": "X-Userinfo",
+            "consumer": {"id_claim": "sub", "username_claim": "nickname"}}),
+    );
+    let jar = login(&mut bed, &idp, "/orders");
+    assert_eq!(
+        idp.userinfo_asked.borrow().as_slice(),
+        ["Bearer at-1".to_owned()],
+        "asked once, with the access token"
+    );
+    let res = bed.send(browser("/orders", &jar).header("x-userinfo", "e30="));
+    assert_eq!(res.status, 200, "{}", res.text());
+    // The ID token has no `nickname`: it comes from userinfo. The ID token's own
+    // claims win where both have one.
+    assert_eq!(
+        res.upstream_header("x-consumer-username").as_deref(),
+        Some("ada-from-userinfo")
+    );
+    let sent = res
+        .upstream_header("x-userinfo")
+        .expect("the userinfo header");
+    let info: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(sent)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["sub"], "ada");
+    assert_eq!(info["nickname"], "ada-from-userinfo");
+
+    // An answer about another subject must not be used (OpenID Connect Core 5.3.4):
+    // the login fails and no session is made; so does an answer that is not JSON.
+    for answer in [
+        Reply::json(&json!({"sub": "mallory", "nickname": "m"})),
+        Reply::status(200, &[("content-type", "application/jwt")], "e.y.z"),
+        Reply::status(401, &[], "{}"),
+    ] {
+        *idp.userinfo.borrow_mut() = answer;
+        let mut jar = Jar::default();
+        let q = start_login(&mut bed, &idp, "/orders", &mut jar);
+        let res = bed.send(browser(
+            &format!("/callback?code=c-2&state={}", q["state"]),
+            &jar,
+        ));
+        assert_eq!(res.status, 502, "{}", res.text());
+        assert!(res.text().contains("userinfo"), "{}", res.text());
+        jar.take(&res);
+        assert!(!jar.has_session());
+    }
 }

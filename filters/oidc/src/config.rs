@@ -46,6 +46,14 @@ pub struct ConfigFile {
     pub upstream_access_token_header: Option<Option<String>>,
     #[serde(default)]
     pub upstream_id_token_header: Option<String>,
+    /// Fetch the userinfo endpoint's claims at login (OpenID Connect Core 5.3): they
+    /// fill what the ID token lacks, for the identity headers and the claim rules.
+    #[serde(default)]
+    pub userinfo: bool,
+    /// Sends the userinfo claims upstream in this header, as base64 of their JSON
+    /// (Kong's `upstream_user_info_header`); implies `userinfo`.
+    #[serde(default)]
+    pub upstream_user_info_header: Option<String>,
     #[serde(default)]
     pub consumer: ConsumerClaims,
     #[serde(default)]
@@ -235,6 +243,10 @@ pub struct Config {
     pub backchannel_logout_path: Option<String>,
     pub access_token_header: Option<TokenHeader>,
     pub id_token_header: Option<String>,
+    /// Fetch userinfo at login.
+    pub userinfo: bool,
+    /// Where the userinfo claims go upstream (base64 of their JSON).
+    pub userinfo_header: Option<String>,
     pub consumer: ConsumerClaims,
     pub bearer_passthrough: bool,
     pub bearer_audiences: Vec<String>,
@@ -588,6 +600,11 @@ impl Config {
         {
             return Err(err("upstream_id_token_header", "is not a header name"));
         }
+        if let Some(h) = &f.upstream_user_info_header
+            && !valid_header_name(h)
+        {
+            return Err(err("upstream_user_info_header", "is not a header name"));
+        }
         if ![401, 403].contains(&f.unauthenticated_api) {
             return Err(err("unauthenticated_api", "must be 401 or 403"));
         }
@@ -718,6 +735,8 @@ impl Config {
             backchannel_logout_path: f.backchannel_logout_path,
             access_token_header,
             id_token_header: f.upstream_id_token_header.map(|h| h.to_ascii_lowercase()),
+            userinfo: f.userinfo || f.upstream_user_info_header.is_some(),
+            userinfo_header: f.upstream_user_info_header.map(|h| h.to_ascii_lowercase()),
             consumer: f.consumer,
             bearer_passthrough: f.bearer_passthrough,
             bearer_audiences,
@@ -740,6 +759,7 @@ impl Config {
     pub fn spoofable_headers(&self) -> Vec<String> {
         let mut out: Vec<String> = kit::identity::ALL.iter().map(|s| s.to_string()).collect();
         out.extend(self.id_token_header.iter().cloned());
+        out.extend(self.userinfo_header.iter().cloned());
         // `authorization` is what a pass-through client presents its token in; any
         // other access-token header is ours alone to set.
         if let Some(h) = &self.access_token_header

@@ -24,6 +24,8 @@ pub struct Discovery {
     pub jwks_uri: String,
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
 }
 
 impl Discovery {
@@ -43,6 +45,7 @@ impl Discovery {
             ("token_endpoint", Some(&d.token_endpoint)),
             ("jwks_uri", Some(&d.jwks_uri)),
             ("end_session_endpoint", d.end_session_endpoint.as_ref()),
+            ("userinfo_endpoint", d.userinfo_endpoint.as_ref()),
         ] {
             if let Some(u) = u
                 && Url::parse(u).is_none()
@@ -52,6 +55,48 @@ impl Discovery {
         }
         Ok(d)
     }
+}
+
+/// A userinfo answer (OpenID Connect Core 5.3.2): a JSON object whose `sub` must be
+/// the ID token's (5.3.4: otherwise it must not be used). Its claims and their JSON.
+pub fn parse_userinfo(
+    status: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+    sub: &str,
+) -> Result<(Map<String, Value>, String), String> {
+    if status != Some("200") {
+        return Err(format!(
+            "the userinfo endpoint answered {}",
+            status.unwrap_or("nothing")
+        ));
+    }
+    if content_type.is_some_and(|c| {
+        c.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/jwt")
+    }) {
+        return Err("the userinfo answer is a signed JWT, which is not supported".into());
+    }
+    let claims: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|_| "the userinfo answer is not a JSON object".to_owned())?;
+    match claims.get("sub") {
+        Some(Value::String(s)) if s == sub => {}
+        _ => return Err("the userinfo answer is about another subject".into()),
+    }
+    let text = Value::Object(claims.clone()).to_string();
+    Ok((claims, text))
+}
+
+/// `claims` with what `userinfo` adds: the ID token's own claims win.
+pub fn with_userinfo(claims: &Map<String, Value>, userinfo: Option<&str>) -> Map<String, Value> {
+    let mut merged = claims.clone();
+    if let Some(Ok(Value::Object(extra))) = userinfo.map(serde_json::from_str::<Value>) {
+        for (k, v) in extra {
+            merged.entry(k).or_insert(v);
+        }
+    }
+    merged
 }
 
 /// `:path` for an `http_call` to an IdP endpoint URL.

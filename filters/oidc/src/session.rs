@@ -49,6 +49,9 @@ pub struct Session {
     pub id_token: String,
     /// The identity headers, worked out once from the verified ID token.
     pub identity: Vec<(String, String)>,
+    /// The userinfo claims fetched at login (their JSON), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userinfo: Option<String>,
 }
 
 impl std::fmt::Debug for Login {
@@ -750,6 +753,7 @@ mod tests {
             refresh_token: Some("rt".into()),
             id_token: "idt".into(),
             identity: vec![("x-consumer-id".into(), "ada".into())],
+            userinfo: None,
         }
     }
 

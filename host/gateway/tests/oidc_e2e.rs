@@ -689,6 +689,17 @@ fn claims_journey(host: &str, app: &str, idp: &Idp) {
         Some("bob+ops"),
         "{host}"
     );
+    // The IdP's userinfo answer, fetched at login, goes upstream as base64 JSON.
+    let info = page
+        .res
+        .upstream_header("x-userinfo")
+        .expect("userinfo upstream");
+    let info: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, info).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["sub"], "bob+ops", "{host}");
+    assert_eq!(info["groups"], json!(["ops"]), "{host}");
 
     let mut other = Browser::new(app, &idp.issuer());
     let page = other.browse(&format!("{APP}/orders/1"), "eve+sales", None);
@@ -730,10 +741,14 @@ fn claims_journey(host: &str, app: &str, idp: &Idp) {
 #[test]
 fn a_signed_in_user_the_claim_rules_refuse_gets_403_not_a_new_login_in_our_gateway_and_envoy() {
     let port = free_port();
-    let idp = Idp::start(port, None);
+    // Access tokens the userinfo endpoint takes (not bound to a resource server).
+    let mut client = web_client();
+    client["userinfo_tokens"] = json!(true);
+    let idp = Idp::start_with(port, client);
     let upstream = echo();
     let mut config = oidc_config(&idp.issuer());
     config["requires"] = json!({"claims": [{"claim": "groups", "contains": "ops"}]});
+    config["upstream_user_info_header"] = json!("x-userinfo");
 
     let gw = Gateway::start(&format!(
         r#"

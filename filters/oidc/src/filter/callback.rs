@@ -163,11 +163,61 @@ impl Request {
         else {
             return Err(self.reply(401, "login failed: the ID token has no subject", &[]));
         };
+        // Userinfo (OpenID Connect Core 5.3), when configured: fetched once the ID token
+        // is good, then this runs again with the answer.
+        let userinfo = if st.config.userinfo {
+            match self.userinfo_answer.take() {
+                None => {
+                    let d = match self.need_discovery(st, now) {
+                        Ok(d) => d,
+                        Err(a) => {
+                            self.stage = Stage::Verify(login, tokens);
+                            return Err(a);
+                        }
+                    };
+                    let Some(endpoint) = d.userinfo_endpoint.clone() else {
+                        bump(st.metrics.login_failures);
+                        self.clear_login(st, &login.state);
+                        return Err(self.reply(
+                            502,
+                            "login failed: the identity provider has no userinfo endpoint",
+                            &[],
+                        ));
+                    };
+                    return match self.userinfo_call(st, &endpoint, &tokens.access_token) {
+                        Some(t) => {
+                            self.pending = Some(Pending::UserInfo(t, login, tokens));
+                            Ok(Action::Pause)
+                        }
+                        None => Err(self.unavailable("userinfo endpoint")),
+                    };
+                }
+                Some((status, content_type, body)) => {
+                    match idp::parse_userinfo(
+                        status.as_deref(),
+                        content_type.as_deref(),
+                        &body,
+                        &sub,
+                    ) {
+                        Ok((_, text)) => Some(text),
+                        Err(e) => {
+                            bump(st.metrics.login_failures);
+                            log(LogLevel::Warn, &format!("userinfo refused: {e}"));
+                            self.clear_login(st, &login.state);
+                            return Err(self.reply(502, &format!("login failed: {e}"), &[]));
+                        }
+                    }
+                }
+            }
+        } else {
+            None
+        };
         let Some(id) = random_b64(18) else {
             return Err(self.reply(500, "no randomness available", &[]));
         };
+        let merged = idp::with_userinfo(&claims, userinfo.as_deref());
         let identity =
-            kit::jwt::consumer::identity_headers(&st.config.consumer, &claims, &st.config.issuer);
+            kit::jwt::consumer::identity_headers(&st.config.consumer, &merged, &st.config.issuer);
         let s = Session {
             id,
             sub,
@@ -183,6 +233,7 @@ impl Request {
             refresh_token: tokens.refresh_token,
             id_token,
             identity,
+            userinfo,
         };
         // The login cookie is spent; stale session chunks go too.
         self.clear_login(st, &login.state);

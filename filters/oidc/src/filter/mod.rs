@@ -140,6 +140,7 @@ impl RootContext for Root {
             facts: Facts::default(),
             stage: Stage::Start,
             pending: None,
+            userinfo_answer: None,
             set_cookies: Vec::new(),
             fetched: Vec::new(),
         }))
@@ -191,6 +192,9 @@ enum Route {
     Protected,
 }
 
+/// A userinfo answer: status, content type, body.
+type UserInfoAnswer = (Option<String>, Option<String>, Vec<u8>);
+
 /// Where a paused request is in the flow.
 enum Stage {
     Start,
@@ -204,6 +208,8 @@ enum Pending {
     Fetch(u32, Fetch),
     Exchange(u32, Login),
     Refresh(u32, Session),
+    /// The userinfo call of a login whose ID token is verified.
+    UserInfo(u32, Login, Tokens),
 }
 
 struct Request {
@@ -211,6 +217,8 @@ struct Request {
     facts: Facts,
     stage: Stage,
     pending: Option<Pending>,
+    /// A login's userinfo answer as it came: status, content type, body.
+    userinfo_answer: Option<UserInfoAnswer>,
     /// `Set-Cookie` values for the response.
     set_cookies: Vec<String>,
     /// Documents this request fetched already (at most once each).
@@ -417,6 +425,13 @@ impl Context for Request {
                         )
                     }
                 }
+            }
+            Pending::UserInfo(t, login, tokens) if t == token => {
+                let content_type = self.get_http_call_response_header("content-type");
+                // Checked once the ID token is verified again (its subject).
+                self.userinfo_answer = Some((status, content_type, body.unwrap_or_default()));
+                self.stage = Stage::Verify(login, tokens);
+                self.proceed()
             }
             Pending::Refresh(t, session) if t == token => {
                 let st = self.state.clone();

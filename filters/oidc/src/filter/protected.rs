@@ -247,9 +247,10 @@ impl Request {
     /// do not admit (signed in, so not sent to log in again).
     pub(super) fn apply(&mut self, st: &State, s: &Session) -> Action {
         if let Some(rule) = &st.config.claims {
-            // The ID token was verified when the session was made or refreshed.
+            // The ID token was verified when the session was made or refreshed, the
+            // userinfo claims fetched at login (the ID token's own win).
             let admitted = kit::jwt::token::parse(&s.id_token, usize::MAX)
-                .is_ok_and(|t| rule.holds(&t.claims));
+                .is_ok_and(|t| rule.holds(&idp::with_userinfo(&t.claims, s.userinfo.as_deref())));
             if !admitted {
                 return self.forbidden(st);
             }
@@ -266,6 +267,11 @@ impl Request {
         }
         if let Some(h) = &c.id_token_header {
             self.set_http_request_header(h, Some(&s.id_token));
+        }
+        if let (Some(h), Some(info)) = (&c.userinfo_header, &s.userinfo) {
+            // As Kong sends it: base64 of the JSON.
+            let v = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, info);
+            self.set_http_request_header(h, Some(&v));
         }
         for (k, v) in &s.identity {
             self.set_http_request_header(k, Some(v));
@@ -361,6 +367,41 @@ impl Request {
         for n in stale {
             self.set_cookies
                 .push(cookie::set_cookie(c, &n, "", Some(0), c.samesite));
+        }
+    }
+
+    /// GET the userinfo endpoint with the access token (OpenID Connect Core 5.3.1).
+    pub(super) fn userinfo_call(
+        &mut self,
+        st: &State,
+        endpoint: &str,
+        access_token: &str,
+    ) -> Option<u32> {
+        let u = url::Url::parse(endpoint)?;
+        let path = u.path_and_query();
+        let bearer = format!("Bearer {access_token}");
+        let h: Vec<(&str, &str)> = vec![
+            (":method", "GET"),
+            (":path", &path),
+            (":authority", &u.authority),
+            ("authorization", &bearer),
+            ("accept", "application/json"),
+        ];
+        match self.dispatch_http_call(
+            &st.config.idp_cluster,
+            h,
+            None,
+            vec![],
+            Duration::from_millis(st.config.idp_timeout_ms),
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("cannot call the userinfo endpoint: {e:?}"),
+                );
+                None
+            }
         }
     }
 
