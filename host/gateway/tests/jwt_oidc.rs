@@ -119,15 +119,13 @@ fn through(base: &str, token: &str) -> Res {
     .unwrap()
 }
 
-#[test]
-fn provider_tokens_pass_in_our_gateway_and_in_envoy_and_rotation_is_picked_up() {
-    let dir = TempDir::new();
-    let keys = dir.0.join("idp-keys.json");
-    let port = free_port();
-    let idp = Idp::start(port, &keys);
-    let upstream = echo();
-    let config = jwt_config(&idp.issuer());
-
+/// jwt-auth on `config` in front of `upstream`, with the IdP on `idp_port`, in our
+/// gateway (two workers) and in Envoy.
+fn both_hosts(
+    idp_port: u16,
+    upstream: std::net::SocketAddr,
+    config: &serde_json::Value,
+) -> (Gateway, Envoy) {
     let gw = Gateway::start(&format!(
         r#"
 listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
@@ -135,7 +133,7 @@ access_log: "off"
 workers: 2
 services:
   - {{ name: echo, url: "http://{upstream}" }}
-  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{idp_port}" }}
 filters:
   - {{ name: jwt, wasm: "{}", config: {config} }}
 routes:
@@ -150,9 +148,25 @@ routes:
                 portcullis_testbed::wasm("jwt_auth"),
                 &config.to_string(),
             ))
-            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+            .cluster(
+                "idp",
+                std::net::SocketAddr::from(([127, 0, 0, 1], idp_port)),
+            ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    (gw, envoy)
+}
+
+#[test]
+fn provider_tokens_pass_in_our_gateway_and_in_envoy_and_rotation_is_picked_up() {
+    let dir = TempDir::new();
+    let keys = dir.0.join("idp-keys.json");
+    let port = free_port();
+    let idp = Idp::start(port, &keys);
+    let upstream = echo();
+    let config = jwt_config(&idp.issuer());
+
+    let (gw, envoy) = both_hosts(port, upstream, &config);
     let envoy_url = format!("http://{}", envoy.listener);
 
     for resource in RESOURCES {
@@ -222,30 +236,7 @@ fn claim_rules_on_the_providers_tokens_decide_alike_in_our_gateway_and_in_envoy(
         ]}},
         {"match": {"prefix": "/"}, "requires": {"provider": "idp"}}
     ]);
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
-access_log: "off"
-services:
-  - {{ name: echo, url: "http://{upstream}" }}
-  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
-filters:
-  - {{ name: jwt, wasm: "{}", config: {config} }}
-routes:
-  - {{ name: api, match: {{ paths: [/] }}, service: echo, filters: [jwt], strip_path: false }}
-"#,
-        wasm("jwt_auth")
-    ));
-    let envoy = Envoy::start(
-        &EnvoyConfig::new(upstream)
-            .filter(WasmFilter::new(
-                "jwt",
-                portcullis_testbed::wasm("jwt_auth"),
-                &config.to_string(),
-            ))
-            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (gw, envoy) = both_hosts(port, upstream, &config);
     let ops = idp.token_for("ops-client", "ops-client-secret", RESOURCES[0]);
     let plain = idp.token_for("plain-client", "plain-client-secret", RESOURCES[0]);
     for (host, base) in [

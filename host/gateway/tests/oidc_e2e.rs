@@ -677,6 +677,49 @@ routes:
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
 
+/// Runs `journey(host, app)` through our gateway, then through Envoy, each with the
+/// oidc filter on `config` in front of `upstream` and the IdP on `idp_port`.
+fn in_both_hosts(
+    idp_port: u16,
+    upstream: std::net::SocketAddr,
+    config: &Value,
+    journey: impl Fn(&str, &str),
+) {
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: idp, url: "http://127.0.0.1:{idp_port}" }}
+filters:
+  - {{ name: oidc, wasm: "{}", config: {config} }}
+routes:
+  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
+"#,
+        wasm("oidc")
+    ));
+    wait_ready(&gw.url());
+    journey("portcullis", &gw.url());
+
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream)
+            .filter(WasmFilter::new(
+                "oidc",
+                portcullis_testbed::wasm("oidc"),
+                &config.to_string(),
+            ))
+            .cluster(
+                "idp",
+                std::net::SocketAddr::from(([127, 0, 0, 1], idp_port)),
+            ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let app = format!("http://{}", envoy.listener);
+    wait_ready(&app);
+    journey("envoy", &app);
+}
+
 /// A route whose claim rules want the `ops` group: a user in it passes; a user who
 /// signs in without it is answered 403 at once (no second trip to the IdP); an API
 /// client without a session still gets 401.
@@ -750,36 +793,9 @@ fn a_signed_in_user_the_claim_rules_refuse_gets_403_not_a_new_login_in_our_gatew
     config["requires"] = json!({"claims": [{"claim": "groups", "contains": "ops"}]});
     config["upstream_user_info_header"] = json!("x-userinfo");
 
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
-access_log: "off"
-services:
-  - {{ name: echo, url: "http://{upstream}" }}
-  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
-filters:
-  - {{ name: oidc, wasm: "{}", config: {config} }}
-routes:
-  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
-"#,
-        wasm("oidc")
-    ));
-    wait_ready(&gw.url());
-    claims_journey("portcullis", &gw.url(), &idp);
-
-    let envoy = Envoy::start(
-        &EnvoyConfig::new(upstream)
-            .filter(WasmFilter::new(
-                "oidc",
-                portcullis_testbed::wasm("oidc"),
-                &config.to_string(),
-            ))
-            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let app = format!("http://{}", envoy.listener);
-    wait_ready(&app);
-    claims_journey("envoy", &app, &idp);
+    in_both_hosts(port, upstream, &config, |host, app| {
+        claims_journey(host, app, &idp)
+    });
 }
 
 #[test]
@@ -801,36 +817,9 @@ fn a_client_authenticating_with_private_key_jwt_logs_in_and_refreshes_in_our_gat
     c.insert("client_auth".into(), json!("private_key_jwt"));
     c.insert("client_jwk".into(), key.private_jwk().unwrap());
 
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
-access_log: "off"
-services:
-  - {{ name: echo, url: "http://{upstream}" }}
-  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
-filters:
-  - {{ name: oidc, wasm: "{}", config: {config} }}
-routes:
-  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
-"#,
-        wasm("oidc")
-    ));
-    wait_ready(&gw.url());
-    journey("portcullis", &gw.url(), &idp);
-
-    let envoy = Envoy::start(
-        &EnvoyConfig::new(upstream)
-            .filter(WasmFilter::new(
-                "oidc",
-                portcullis_testbed::wasm("oidc"),
-                &config.to_string(),
-            ))
-            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let app = format!("http://{}", envoy.listener);
-    wait_ready(&app);
-    journey("envoy", &app, &idp);
+    in_both_hosts(port, upstream, &config, |host, app| {
+        journey(host, app, &idp)
+    });
 }
 
 /// Step-up: a route that asks for multi-factor authentication (`acr_values`) admits a
@@ -861,34 +850,7 @@ fn a_route_asking_for_an_acr_refuses_a_weaker_login_in_our_gateway_and_envoy() {
     let mut config = oidc_config(&idp.issuer());
     config["acr_values"] = json!(["urn:portcullis:mfa"]);
 
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
-access_log: "off"
-services:
-  - {{ name: echo, url: "http://{upstream}" }}
-  - {{ name: idp, url: "http://127.0.0.1:{port}" }}
-filters:
-  - {{ name: oidc, wasm: "{}", config: {config} }}
-routes:
-  - {{ name: app, match: {{ paths: [/] }}, service: echo, filters: [oidc], strip_path: false }}
-"#,
-        wasm("oidc")
-    ));
-    wait_ready(&gw.url());
-    acr_journey("portcullis", &gw.url(), &idp);
-
-    let envoy = Envoy::start(
-        &EnvoyConfig::new(upstream)
-            .filter(WasmFilter::new(
-                "oidc",
-                portcullis_testbed::wasm("oidc"),
-                &config.to_string(),
-            ))
-            .cluster("idp", std::net::SocketAddr::from(([127, 0, 0, 1], port))),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let app = format!("http://{}", envoy.listener);
-    wait_ready(&app);
-    acr_journey("envoy", &app, &idp);
+    in_both_hosts(port, upstream, &config, |host, app| {
+        acr_journey(host, app, &idp)
+    });
 }

@@ -234,7 +234,8 @@ pub fn parse_jwks(bytes: &[u8], strict: bool) -> Result<(KeySet, Vec<String>), J
     Ok((KeySet { keys }, skipped))
 }
 
-fn b64(k: &Value, field: &str) -> Result<Vec<u8>, String> {
+/// A JWK's base64url field, decoded.
+pub(crate) fn b64(k: &Value, field: &str) -> Result<Vec<u8>, String> {
     let s = k
         .get(field)
         .and_then(Value::as_str)

@@ -6,6 +6,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
+use super::keys::b64;
+
 /// A private key that signs. Its `Debug` shows no key material.
 pub struct SigningKey {
     kid: Option<String>,
@@ -24,16 +26,6 @@ impl std::fmt::Debug for SigningKey {
             .field("kid", &self.kid)
             .finish_non_exhaustive()
     }
-}
-
-fn b64(k: &Value, field: &str) -> Result<Vec<u8>, String> {
-    let s = k
-        .get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("missing `{field}`"))?;
-    URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .map_err(|_| format!("`{field}` is not base64url"))
 }
 
 impl SigningKey {

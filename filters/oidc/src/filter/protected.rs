@@ -387,22 +387,7 @@ impl Request {
             ("authorization", &bearer),
             ("accept", "application/json"),
         ];
-        match self.dispatch_http_call(
-            &st.config.idp_cluster,
-            h,
-            None,
-            vec![],
-            Duration::from_millis(st.config.idp_timeout_ms),
-        ) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log(
-                    LogLevel::Error,
-                    &format!("cannot call the userinfo endpoint: {e:?}"),
-                );
-                None
-            }
-        }
+        call_idp(self, st, h, None, "call the userinfo endpoint")
     }
 
     pub(super) fn token_call(
@@ -436,22 +421,7 @@ impl Request {
             (":authority", &u.authority),
         ];
         h.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        match self.dispatch_http_call(
-            &st.config.idp_cluster,
-            h,
-            Some(&body),
-            vec![],
-            Duration::from_millis(st.config.idp_timeout_ms),
-        ) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log(
-                    LogLevel::Error,
-                    &format!("cannot call the token endpoint: {e:?}"),
-                );
-                None
-            }
-        }
+        call_idp(self, st, h, Some(&body), "call the token endpoint")
     }
 
     pub(super) fn finish_refresh(

@@ -418,10 +418,28 @@ pub(super) fn dispatch_fetch(
         (":authority", authority.as_str()),
         ("accept", "application/json"),
     ];
+    call_idp(
+        ctx,
+        st,
+        headers,
+        None,
+        &format!("fetch the {}", what.name()),
+    )
+}
+
+/// An `http_call` to the IdP's cluster with its timeout; a refused dispatch is logged
+/// (`what`: what the call was for) and is `None`.
+pub(super) fn call_idp(
+    ctx: &dyn Context,
+    st: &State,
+    headers: Vec<(&str, &str)>,
+    body: Option<&[u8]>,
+    what: &str,
+) -> Option<u32> {
     match ctx.dispatch_http_call(
         &st.config.idp_cluster,
         headers,
-        None,
+        body,
         vec![],
         Duration::from_millis(st.config.idp_timeout_ms),
     ) {
@@ -430,8 +448,7 @@ pub(super) fn dispatch_fetch(
             log(
                 LogLevel::Error,
                 &format!(
-                    "cannot fetch the {} from cluster `{}`: {e:?}",
-                    what.name(),
+                    "cannot {what} through cluster `{}`: {e:?}",
                     st.config.idp_cluster
                 ),
             );
