@@ -801,25 +801,28 @@ fn a_signed_in_user_the_claim_rules_refuse_gets_403_not_a_new_login_in_our_gatew
 #[test]
 fn a_client_authenticating_with_private_key_jwt_logs_in_and_refreshes_in_our_gateway_and_envoy() {
     // The client's key pair, made now: the IdP registers the public half, the filter
-    // holds the private one.
-    let key = jwt_mint::Key::ec256("web-key");
-    let mut client = web_client();
-    client.as_object_mut().unwrap().remove("client_secret");
-    client["token_endpoint_auth_method"] = json!("private_key_jwt");
-    client["token_endpoint_auth_signing_alg"] = json!("ES256");
-    client["jwks"] = json!({"keys": [key.jwk()]});
-    let port = free_port();
-    let idp = Idp::start_with(port, client);
-    let upstream = echo();
-    let mut config = oidc_config(&idp.issuer());
-    let c = config.as_object_mut().unwrap();
-    c.remove("client_secret");
-    c.insert("client_auth".into(), json!("private_key_jwt"));
-    c.insert("client_jwk".into(), key.private_jwk().unwrap());
-
-    in_both_hosts(port, upstream, &config, |host, app| {
-        journey(host, app, &idp)
-    });
+    // holds the private one. An EC key (ES256), then an RSA key (RS256).
+    for (key, alg) in [
+        (jwt_mint::Key::ec256("web-ec"), "ES256"),
+        (jwt_mint::Key::rsa("web-rsa"), "RS256"),
+    ] {
+        let mut client = web_client();
+        client.as_object_mut().unwrap().remove("client_secret");
+        client["token_endpoint_auth_method"] = json!("private_key_jwt");
+        client["token_endpoint_auth_signing_alg"] = json!(alg);
+        client["jwks"] = json!({"keys": [key.jwk()]});
+        let port = free_port();
+        let idp = Idp::start_with(port, client);
+        let upstream = echo();
+        let mut config = oidc_config(&idp.issuer());
+        let c = config.as_object_mut().unwrap();
+        c.remove("client_secret");
+        c.insert("client_auth".into(), json!("private_key_jwt"));
+        c.insert("client_jwk".into(), key.private_jwk().unwrap());
+        in_both_hosts(port, upstream, &config, |host, app| {
+            journey(&format!("{host} {alg}"), app, &idp)
+        });
+    }
 }
 
 /// Step-up: a route that asks for multi-factor authentication (`acr_values`) admits a

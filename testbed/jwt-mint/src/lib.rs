@@ -104,15 +104,22 @@ impl Key {
         }
     }
 
-    /// The private JWK of an EC P-256 or Ed25519 key (for keeping a demo key on disk,
+    /// The private JWK of an RSA, EC P-256 or Ed25519 key (for keeping a demo key on disk,
     /// or configuring a client's `private_key_jwt` key).
     pub fn private_jwk(&self) -> Option<Value> {
+        let mut j = self.jwk();
         let d = match &self.secret {
             Secret::P256(k) => k.to_bytes().to_vec(),
             Secret::Ed25519(k) => k.sk.seed().to_vec(),
+            Secret::Rsa(k) => {
+                use rsa::traits::PrivateKeyParts;
+                let primes = k.primes();
+                j["p"] = json!(b64(&primes[0].to_be_bytes_trimmed_vartime()));
+                j["q"] = json!(b64(&primes[1].to_be_bytes_trimmed_vartime()));
+                k.d().to_be_bytes_trimmed_vartime().to_vec()
+            }
             _ => return None,
         };
-        let mut j = self.jwk();
         j["d"] = json!(b64(&d));
         Some(j)
     }

@@ -1,6 +1,7 @@
 //! Signing a JWT with a private key given as a JWK: the client assertion of
 //! `private_key_jwt` client authentication (RFC 7523, OpenID Connect Core 9). ES256
-//! (RFC 6979 deterministic signatures: no randomness needed) and EdDSA (Ed25519).
+//! (RFC 6979 deterministic signatures: no randomness needed), EdDSA (Ed25519) and
+//! RS256 (PKCS#1 v1.5, keys of 2048 bits or more).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +18,12 @@ pub struct SigningKey {
 enum Private {
     Es256(p256::ecdsa::SigningKey),
     EdDsa(ed25519_dalek::SigningKey),
+    Rs256(
+        Box<(
+            rsa::RsaPrivateKey,
+            rsa::pkcs1v15::SigningKey<rsa::sha2::Sha256>,
+        )>,
+    ),
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -63,11 +70,18 @@ impl SigningKey {
                 Private::EdDsa(key)
             }
             (Some("RSA"), _) => {
-                return Err(
-                    "RSA keys are not supported for signing: use EC P-256 or Ed25519".into(),
-                );
+                let big = |f: &str| b64(jwk, f).map(|b| rsa::BoxedUint::from_be_slice_vartime(&b));
+                let (n, e, d) = (big("n")?, big("e")?, big("d")?);
+                let primes = vec![big("p")?, big("q")?];
+                if n.bits_vartime() < 2048 {
+                    return Err("an RSA key must have 2048 bits or more".into());
+                }
+                let key = rsa::RsaPrivateKey::from_components(n, e, d, primes)
+                    .map_err(|e| format!("not a usable RSA private key: {e}"))?;
+                let signer = rsa::pkcs1v15::SigningKey::new(key.clone());
+                Private::Rs256(Box::new((key, signer)))
             }
-            _ => return Err("not an EC P-256 or OKP Ed25519 private JWK".into()),
+            _ => return Err("not an RSA, EC P-256 or OKP Ed25519 private JWK".into()),
         };
         let k = SigningKey { kid, key };
         match field("alg") {
@@ -84,6 +98,7 @@ impl SigningKey {
         match self.key {
             Private::Es256(_) => "ES256",
             Private::EdDsa(_) => "EdDSA",
+            Private::Rs256(_) => "RS256",
         }
     }
 
@@ -98,6 +113,12 @@ impl SigningKey {
             }
             Private::EdDsa(k) => json!({"kty": "OKP", "crv": "Ed25519",
                 "x": URL_SAFE_NO_PAD.encode(k.verifying_key().to_bytes())}),
+            Private::Rs256(k) => {
+                use rsa::traits::PublicKeyParts;
+                json!({"kty": "RSA",
+                    "n": URL_SAFE_NO_PAD.encode(k.0.n().to_be_bytes_trimmed_vartime()),
+                    "e": URL_SAFE_NO_PAD.encode(k.0.e().to_be_bytes_trimmed_vartime())})
+            }
         };
         jwk["alg"] = json!(self.alg());
         if let Some(kid) = &self.kid {
@@ -126,6 +147,10 @@ impl SigningKey {
             Private::EdDsa(k) => {
                 use ed25519_dalek::Signer;
                 k.sign(signed.as_bytes()).to_bytes().to_vec()
+            }
+            Private::Rs256(k) => {
+                use rsa::signature::{SignatureEncoding, Signer};
+                k.1.sign(signed.as_bytes()).to_vec()
             }
         };
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
@@ -165,6 +190,7 @@ mod tests {
         for (key, alg) in [
             (Key::ec256("client-es"), Alg::ES256),
             (Key::ed25519("client-ed"), Alg::EdDSA),
+            (Key::rsa("client-rs"), Alg::RS256),
         ] {
             let private = key.private_jwk().unwrap();
             let k = SigningKey::from_jwk(&private).unwrap();
@@ -196,15 +222,18 @@ mod tests {
             (wrong_alg, "does not fit"),
             (public_only, "missing `d`"),
             (
-                json!({"kty": "RSA", "n": "AQAB", "e": "AQAB", "d": "AQAB"}),
-                "RSA keys are not supported",
+                json!({"kty": "RSA", "n": "AQAB", "e": "AQAB", "d": "AQAB", "p": "AQAB", "q": "AQAB"}),
+                "2048 bits or more",
             ),
             (
                 json!({"kty": "EC", "crv": "P-256", "d": "AAAA"}),
                 "not a P-256 private key",
             ),
-            (json!({"kty": "oct", "k": "c2VjcmV0"}), "not an EC P-256"),
-            (json!("a string"), "not an EC P-256"),
+            (
+                json!({"kty": "oct", "k": "c2VjcmV0"}),
+                "not an RSA, EC P-256",
+            ),
+            (json!("a string"), "not an RSA, EC P-256"),
         ] {
             let e = SigningKey::from_jwk(&jwk).unwrap_err();
             assert!(e.contains(says), "{jwk}: {e}");
