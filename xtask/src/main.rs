@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...] | oci [--push PREFIX] [--plain-http] | dist | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--groups G,..] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...] | oci [--push PREFIX] [--plain-http] | dist | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
             );
             return ExitCode::from(2);
         }

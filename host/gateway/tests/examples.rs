@@ -74,6 +74,21 @@ fn the_quickstart_holds_against_the_attacks_found_in_it() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(raw_get(&addr, b"/orders/42", &[]).0, 401);
     assert_eq!(raw_get(&addr, b"/health", &[]).0, 200);
+    // The claim rule on /admin: a token without the admin group is 403, one with it
+    // passes.
+    let (status, body) = raw_get(&addr, b"/admin/stats", &[("authorization", &bearer)]);
+    assert_eq!(status, 403, "{body}");
+    let admin = key.sign(
+        "ES256",
+        json!({"iss": "https://demo-idp.portcullis.local", "aud": "demo-api", "sub": "root",
+            "groups": ["admin"], "tier": "premium", "exp": 4_102_444_800u64}),
+    );
+    let (status, body) = raw_get(
+        &addr,
+        b"/admin/stats",
+        &[("authorization", &format!("Bearer {admin}"))],
+    );
+    assert_eq!(status, 200, "{body}");
 
     // `curl --path-as-is` tricks and the plain-prefix hole, without a token.
     for trick in [

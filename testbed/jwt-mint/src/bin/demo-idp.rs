@@ -59,6 +59,12 @@ fn main() {
             let ttl: u64 = arg(&args, "--ttl", "3600").parse().unwrap_or(3600);
             let sub = arg(&args, "--sub", "ada");
             let tier = arg(&args, "--tier", "free");
+            // The groups claim, comma-separated (a claim rule of the demo wants `admin`).
+            let groups: Vec<String> = arg(&args, "--groups", "demo")
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect();
             // One token, or many (subjects `<sub>-<i>`) for load tests.
             let count: Option<usize> = args
                 .iter()
@@ -73,7 +79,7 @@ fn main() {
             for sub in subjects {
                 let claims = json!({
                     "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "preferred_username": sub,
-                    "tier": tier, "groups": ["demo"], "scope": "orders:read",
+                    "tier": tier, "groups": groups, "scope": "orders:read",
                     "iat": now, "exp": now + ttl
                 });
                 out.push_str(&key.sign("ES256", claims));
