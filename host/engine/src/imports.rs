@@ -935,6 +935,8 @@ fn define_proxy(
         names,
         "proxy_grpc_send",
         |c, _t: u32, _p: u32, _l: u32, _e: u32| {
+            // No streams are ever opened, so no token is a stream's: `NotFound`, what
+            // Envoy answers for such a token (parity case `abi-edges`).
             let _ = &c;
             Err(Status::NotFound.into())
         }
@@ -1046,7 +1048,11 @@ fn resume(s: &mut HostState, t: Option<StreamType>) -> R<()> {
     match t {
         Some(StreamType::Request) => ctx.resume_request = true,
         Some(StreamType::Response) => ctx.resume_response = true,
-        _ => return Err(Status::BadArgument.into()),
+        // As Envoy: the downstream connection has nothing to resume, and the upstream
+        // one cannot be resumed from a filter.
+        Some(StreamType::Downstream) => return Ok(()),
+        Some(StreamType::Upstream) => return Err(Status::Unimplemented.into()),
+        None => return Err(Status::BadArgument.into()),
     }
     ctx.signal.notify_one();
     Ok(())

@@ -85,6 +85,8 @@ mod raw {
         pub fn enqueue3(a: u32, b: u32, c: u32) -> u32;
         #[link_name = "proxy_grpc_cancel"]
         pub fn grpc_cancel1(a: u32) -> u32;
+        #[link_name = "proxy_grpc_send"]
+        pub fn grpc_send4(a: u32, b: u32, c: u32, d: u32) -> u32;
         #[link_name = "proxy_grpc_call"]
         pub fn grpc_call12(
             a: u32,
@@ -737,7 +739,17 @@ impl HttpContext for Case {
                 let resolved = hostcalls::resolve_shared_queue("", "conformance");
                 let c = hostcalls::define_metric(MetricType::Counter, "conformance_edges").unwrap();
                 let by_zero = hostcalls::increment_metric(c, 0);
+                // continue_stream of the downstream (2), upstream (3) and an unknown (9)
+                // stream type, and grpc_send of a token that is no stream's.
+                let streams: Vec<&str> = [2, 3, 9]
+                    .iter()
+                    .map(|t| status_name(unsafe { raw::continue1(*t) }))
+                    .collect();
+                let msg = b"m";
+                let send = unsafe { raw::grpc_send4(424_242, addr(msg), msg.len() as u32, 0) };
                 self.report(&[
+                    ("continue_stream_2_3_9", streams.join(" ")),
+                    ("grpc_send_unknown", status_name(send).into()),
                     (
                         "resolve_empty_vm_id",
                         format!("{:?}", resolved.map(|q| q == Some(own))),
