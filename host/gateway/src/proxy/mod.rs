@@ -756,6 +756,11 @@ async fn hold_for_body(
                     read,
                 });
             }
+            // At the end of the body every filter has let go or replied: holding on
+            // would read past the end for ever.
+            Flow::Buffering if eos => {
+                return Err(Stop::client(500, "a filter held the request past its end"));
+            }
             Flow::Buffering => {}
         }
     }
