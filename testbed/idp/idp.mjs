@@ -67,6 +67,10 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
+    // RFC 7662 and RFC 7009: opaque tokens checked and revoked (jwt-auth's
+    // introspection providers).
+    introspection: { enabled: true },
+    revocation: { enabled: true },
     backchannelLogout: { enabled: true },
     resourceIndicators: {
       enabled: true,

@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use base64::Engine;
 use jwt_mint::{Key, jwks};
 use portcullis_testbed::{CallFailure, MetricValue, Reply, Request, TestBed, wasm};
 use serde_json::{Value, json};
@@ -812,5 +813,132 @@ fn a_claim_rule_written_wrong_is_refused_at_start_with_its_place() {
     assert!(
         text.contains("rules[0].requires.claims[1].any[0]") && text.contains("needs one of"),
         "{text}"
+    );
+}
+
+/// A provider that checks opaque tokens at an introspection endpoint (RFC 7662),
+/// scripted here: which tokens are active, and whether it answers at all.
+fn introspecting(active: Rc<std::cell::RefCell<Vec<&'static str>>>, up: Rc<Cell<bool>>) -> TestBed {
+    let config = json!({
+        "providers": {"opaque": {
+            "issuer": "https://idp.test",
+            "audiences": ["orders-api"],
+            "introspection": {"cluster": "idp", "path": "/introspect", "client_id": "rs",
+                "client_secret": "rs secret", "cache_ttl_seconds": 60, "negative_cache_seconds": 10},
+            "consumer": {"id_claim": "sub", "username_claim": "client_id"}
+        }},
+        "rules": [
+            {"match": {"prefix": "/admin"}, "requires": {"provider": "opaque", "scopes": ["orders:admin"]}},
+            {"match": {"prefix": "/ops"}, "requires": {"provider": "opaque", "claims": [{"claim": "groups", "contains": "ops"}]}},
+            {"match": {"prefix": "/"}, "requires": {"provider": "opaque"}}
+        ]
+    })
+    .to_string();
+    TestBed::new()
+        .filter(wasm("jwt_auth"), config)
+        .cluster("idp", move |req| {
+            if !up.get() {
+                return Reply::Fail(CallFailure::ConnectFailed("refused".into()));
+            }
+            let form: std::collections::BTreeMap<String, String> =
+                form_urlencoded::parse(&req.body).into_owned().collect();
+            let token = form.get("token").cloned().unwrap_or_default();
+            if active.borrow().contains(&token.as_str()) {
+                Reply::json(
+                    &json!({"active": true, "sub": "svc-1", "client_id": "billing",
+                    "scope": "orders:read", "iss": "https://idp.test", "aud": "orders-api",
+                    "groups": ["ops"], "iat": T0, "exp": T0 + 3600, "token_type": "Bearer"}),
+                )
+            } else {
+                Reply::json(&json!({"active": false}))
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn opaque_tokens_are_introspected_cached_and_refused_once_revoked() {
+    let active = Rc::new(std::cell::RefCell::new(vec!["opaque-1"]));
+    let up = Rc::new(Cell::new(true));
+    let mut bed = introspecting(active.clone(), up.clone());
+    let get = |bed: &mut TestBed, path: &str, token: &str| {
+        bed.send(Request::get(path).header("authorization", &bearer(token)))
+    };
+    let res = get(&mut bed, "/orders", "opaque-1");
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("x-consumer-id").as_deref(),
+        Some("svc-1")
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-username").as_deref(),
+        Some("billing")
+    );
+    let calls = bed.calls();
+    assert_eq!(calls.len(), 1);
+    let (cluster, req) = &calls[0];
+    assert_eq!(cluster, "idp");
+    assert_eq!(req.headers.get_str(":method"), Some("POST"));
+    assert_eq!(req.headers.get_str(":path"), Some("/introspect"));
+    // client_secret_basic: id and secret form-encoded, then base64.
+    assert_eq!(
+        req.headers.get_str("authorization"),
+        Some(
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("rs:rs+secret")
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&req.body),
+        "token=opaque-1&token_type_hint=access_token"
+    );
+    // Cached: no second call; scopes and claim rules apply to its claims.
+    assert_eq!(get(&mut bed, "/orders", "opaque-1").status, 200);
+    assert_eq!(get(&mut bed, "/ops", "opaque-1").status, 200);
+    let res = get(&mut bed, "/admin", "opaque-1");
+    assert_eq!(res.status, 403);
+    assert!(
+        res.header("www-authenticate")
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+    assert_eq!(bed.calls().len(), 1);
+
+    // Unknown: 401 invalid_token, and asked again only after the negative TTL.
+    let res = get(&mut bed, "/orders", "never-issued");
+    assert_eq!(res.status, 401);
+    assert!(
+        res.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
+    assert_eq!(get(&mut bed, "/orders", "never-issued").status, 401);
+    assert_eq!(bed.calls().len(), 2);
+    bed.advance(Duration::from_secs(11));
+    assert_eq!(get(&mut bed, "/orders", "never-issued").status, 401);
+    assert_eq!(bed.calls().len(), 3);
+
+    // Revoked at the IdP: still served from the cache until its entry ends (60 s),
+    // then refused.
+    active.borrow_mut().clear();
+    assert_eq!(get(&mut bed, "/orders", "opaque-1").status, 200);
+    bed.advance(Duration::from_secs(61));
+    assert_eq!(get(&mut bed, "/orders", "opaque-1").status, 401);
+
+    // The endpoint unreachable: 503 with Retry-After, nothing cached.
+    up.set(false);
+    active.borrow_mut().push("opaque-2");
+    let res = get(&mut bed, "/orders", "opaque-2");
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert_eq!(res.header("retry-after"), Some("10"));
+    up.set(true);
+    assert_eq!(get(&mut bed, "/orders", "opaque-2").status, 200);
+    assert_eq!(
+        bed.metric("jwt_auth_denied_inactive").map(|m| m.count()),
+        Some(4)
     );
 }

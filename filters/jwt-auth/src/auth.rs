@@ -132,6 +132,129 @@ pub fn verify<'k>(
     Check::Deny(denial)
 }
 
+/// Whether the token is sent to `pi`'s introspection endpoint rather than verified by
+/// signature: the rule allows an introspection provider, and either it allows no JWKS
+/// provider or the token does not have a JWT's three segments.
+pub fn introspection_provider(config: &Config, found: &Found) -> Option<usize> {
+    let pi = found
+        .providers
+        .iter()
+        .copied()
+        .find(|p| config.providers[*p].introspection.is_some())?;
+    let jwt_providers = found
+        .providers
+        .iter()
+        .any(|p| config.providers[*p].introspection.is_none());
+    let looks_like_jwt = found.token.split('.').count() == 3;
+    (!jwt_providers || !looks_like_jwt).then_some(pi)
+}
+
+/// The form body and headers of an introspection request for `token` (RFC 7662 2.1),
+/// with the provider's client authentication.
+pub fn introspection_request(
+    i: &crate::config::IntrospectionConfig,
+    token: &str,
+) -> (Vec<(String, String)>, String) {
+    use base64::Engine;
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("token", token);
+    form.append_pair("token_type_hint", "access_token");
+    let mut headers = vec![
+        (
+            "content-type".to_owned(),
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
+        ("accept".to_owned(), "application/json".to_owned()),
+    ];
+    if i.client_auth.as_deref() == Some("client_secret_post") {
+        form.append_pair("client_id", &i.client_id);
+        form.append_pair("client_secret", &i.client_secret);
+    } else {
+        // RFC 6749 2.3.1: id and secret form-encoded before base64.
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let creds = format!("{}:{}", enc(&i.client_id), enc(&i.client_secret));
+        headers.push((
+            "authorization".to_owned(),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(creds)
+            ),
+        ));
+    }
+    (headers, form.finish())
+}
+
+/// An introspection answer (RFC 7662 2.2) from provider `pi`: `active` must be true,
+/// and the claims it carries are checked as a JWT's are (`iss`, `aud`, `exp`, `nbf`,
+/// `iat`, the lifetime). `Err(None)`: the endpoint did not answer usably.
+pub fn introspected(
+    config: &Config,
+    pi: usize,
+    status: Option<&str>,
+    body: &[u8],
+    now: u64,
+) -> Result<Rc<Verified>, Option<Denial>> {
+    if status != Some("200") {
+        return Err(None);
+    }
+    let Ok(claims) = serde_json::from_slice::<Map<String, Value>>(body) else {
+        return Err(None);
+    };
+    if claims.get("active") != Some(&Value::Bool(true)) {
+        return Err(Some(Denial::Inactive));
+    }
+    let p = &config.providers[pi];
+    let exp = claims::check(p, &claims, now).map_err(Some)?;
+    // Kept until the earlier of `exp` and the provider's cache TTL: a revoked token
+    // is refused once its answer is that old.
+    let ttl = p.introspection.as_ref().map_or(0, |i| i.cache_ttl_seconds);
+    let valid_until = Some(exp.map_or(now + ttl, |e| e.min(now + ttl)));
+    use base64::Engine;
+    let mut v = Verified {
+        provider: pi,
+        payload_b64: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body),
+        claims,
+        valid_until,
+        identity: Vec::new(),
+    };
+    v.identity = identity(p, &v);
+    Ok(Rc::new(v))
+}
+
+/// Tokens the introspection endpoint called inactive, each until a time: at most `max`
+/// (when full, the expired go, then all), so a flood of unknown tokens costs one call
+/// each at most every `negative_cache_seconds` and never grows the VM.
+#[derive(Debug, Default)]
+pub struct InactiveTokens {
+    until: HashMap<String, u64>,
+}
+
+impl InactiveTokens {
+    const MAX: usize = 1000;
+
+    pub fn is_inactive(&self, token: &str, now: u64) -> bool {
+        self.until.get(token).is_some_and(|u| now < *u)
+    }
+
+    pub fn insert(&mut self, token: &str, until: u64, now: u64) {
+        if self.until.len() >= Self::MAX {
+            self.until.retain(|_, u| now < *u);
+            if self.until.len() >= Self::MAX {
+                self.until.clear();
+            }
+        }
+        self.until.insert(token.to_owned(), until);
+    }
+
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
 /// The identity headers for a verified token (the identity contract, Kong's names),
 /// the payload and claim headers the provider forwards. The credential identifier is
 /// the provider's pinned issuer (which the token's `iss` matched), else the
@@ -181,7 +304,8 @@ pub fn spoofable_headers(config: &Config) -> Vec<String> {
 /// its signature) and a match compares the whole token eight bytes at a time: SipHash
 /// of the token and wasm's byte-wise `memcmp` were most of a cached request's lookup.
 /// The tail hash is not keyed, and need not be: only verified tokens get in, their
-/// tails are signatures no client chooses, and the whole token decides a hit, so a
+/// tails are signatures (or, for an introspected token, what the IdP issued) no client
+/// chooses, and the whole token decides a hit, so a
 /// token that shares another's hash costs one comparison and never stands in for it.
 /// Two verified tokens with one hash (2^-64 per pair) share one slot: the newer one
 /// replaces the older, which is verified again when it comes back.

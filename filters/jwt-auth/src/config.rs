@@ -40,6 +40,10 @@ pub struct ProviderConfig {
     /// An inline JWKS, as a JSON object or a string holding one.
     #[serde(default)]
     pub local_jwks: Option<serde_json::Value>,
+    /// Opaque tokens checked at the IdP's introspection endpoint (RFC 7662) instead
+    /// of by signature.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
     #[serde(default)]
     pub algorithms: Option<Vec<String>>,
     #[serde(default = "default_skew")]
@@ -68,6 +72,39 @@ pub struct ProviderConfig {
 
 fn default_skew() -> u64 {
     60
+}
+
+/// A provider's introspection endpoint and how we authenticate to it.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    pub cluster: String,
+    pub path: String,
+    #[serde(default)]
+    pub authority: Option<String>,
+    pub client_id: String,
+    pub client_secret: String,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub client_auth: Option<String>,
+    /// Longest an active answer is kept (it never outlives the token's `exp`).
+    #[serde(default = "default_introspection_ttl")]
+    pub cache_ttl_seconds: u64,
+    /// How long an inactive answer is kept.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_cache_seconds: u64,
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_introspection_ttl() -> u64 {
+    300
+}
+fn default_negative_ttl() -> u64 {
+    10
+}
+fn default_introspection_timeout() -> u64 {
+    2000
 }
 fn yes() -> bool {
     true
@@ -217,6 +254,7 @@ pub struct Provider {
     pub audiences: Vec<String>,
     pub remote: Option<RemoteJwksConfig>,
     pub local: Option<KeySet>,
+    pub introspection: Option<IntrospectionConfig>,
     pub algorithms: Vec<Alg>,
     pub skew: u64,
     pub from_headers: Vec<HeaderLocation>,
@@ -313,11 +351,43 @@ impl Config {
                     Some(set)
                 }
             };
-            if local.is_none() && p.remote_jwks.is_none() {
+            let sources = [
+                local.is_some(),
+                p.remote_jwks.is_some(),
+                p.introspection.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if sources != 1 {
                 return Err(ConfigError::field(
                     field("remote_jwks"),
-                    "a provider needs remote_jwks or local_jwks",
+                    "a provider needs one of remote_jwks, local_jwks or introspection",
                 ));
+            }
+            if let Some(i) = &p.introspection {
+                if !i.path.starts_with('/') {
+                    return Err(ConfigError::field(
+                        field("introspection.path"),
+                        "must start with /",
+                    ));
+                }
+                if !matches!(
+                    i.client_auth.as_deref(),
+                    None | Some("client_secret_basic" | "client_secret_post")
+                ) {
+                    return Err(ConfigError::field(
+                        field("introspection.client_auth"),
+                        "is client_secret_basic or client_secret_post",
+                    ));
+                }
+                if i.cache_ttl_seconds == 0 || i.client_id.is_empty() || i.client_secret.is_empty()
+                {
+                    return Err(ConfigError::field(
+                        field("introspection"),
+                        "needs a client_id, a client_secret and a positive cache_ttl_seconds",
+                    ));
+                }
             }
             if let Some(r) = &p.remote_jwks {
                 if !r.path.starts_with('/') {
@@ -364,6 +434,7 @@ impl Config {
                 audiences: p.audiences,
                 remote: p.remote_jwks,
                 local,
+                introspection: p.introspection,
                 algorithms,
                 skew: p.clock_skew_seconds,
                 from_headers: from_headers

@@ -28,6 +28,11 @@ pub enum Denial {
     Claims,
     /// 503 with `Retry-After`: the keys cannot be had and none are cached.
     KeysUnavailable,
+    /// 401 `error="invalid_token"`: the introspection endpoint says the token is not
+    /// active (revoked, expired or unknown).
+    Inactive,
+    /// 503 with `Retry-After`: the introspection endpoint cannot be reached.
+    IntrospectionUnavailable,
     /// 400: the request's path is missing, invalid or ambiguous (decided before any
     /// token is looked at).
     Path(PathRefusal),
@@ -36,9 +41,9 @@ pub enum Denial {
 impl Denial {
     pub fn status(&self) -> u32 {
         match self {
-            Denial::Missing | Denial::Invalid(_) => 401,
+            Denial::Missing | Denial::Invalid(_) | Denial::Inactive => 401,
             Denial::Audience | Denial::Scope(_) | Denial::Claims => 403,
-            Denial::KeysUnavailable => 503,
+            Denial::KeysUnavailable | Denial::IntrospectionUnavailable => 503,
             Denial::Path(_) => 400,
         }
     }
@@ -57,6 +62,8 @@ impl Denial {
             Denial::Scope(_) => "scope",
             Denial::Claims => "claims",
             Denial::KeysUnavailable => "keys_unavailable",
+            Denial::Inactive => "inactive",
+            Denial::IntrospectionUnavailable => "introspection_unavailable",
             Denial::Path(_) => "path",
         }
     }
@@ -69,6 +76,10 @@ impl Denial {
             Denial::Scope(s) => format!("token lacks the scope {}", s.join(" ")),
             Denial::Claims => "the token's claims do not satisfy this route's rules".into(),
             Denial::KeysUnavailable => "the identity provider's keys are unavailable".into(),
+            Denial::Inactive => "token is not active".into(),
+            Denial::IntrospectionUnavailable => {
+                "the identity provider's introspection endpoint is unavailable".into()
+            }
             Denial::Path(PathRefusal::Invalid(e)) => e.to_string(),
             Denial::Path(PathRefusal::Ambiguous) => "the request path is ambiguous".into(),
         }
@@ -89,7 +100,13 @@ impl Denial {
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
                 s.join(" ")
             )),
-            Denial::Claims | Denial::KeysUnavailable | Denial::Path(_) => None,
+            Denial::Inactive => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"token is not active\""
+            )),
+            Denial::Claims
+            | Denial::KeysUnavailable
+            | Denial::IntrospectionUnavailable
+            | Denial::Path(_) => None,
         }
     }
 }

@@ -17,7 +17,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
-use crate::auth::{self, Check, Keys, TokenCache, Verified};
+use crate::auth::{self, Check, InactiveTokens, Keys, TokenCache, Verified};
 use crate::config::Config;
 use crate::error::Denial;
 use crate::extract::{self, Found, Location};
@@ -61,6 +61,8 @@ impl Metrics {
             "scope",
             "claims",
             "keys_unavailable",
+            "inactive",
+            "introspection_unavailable",
             "path",
         ] {
             denied.insert(r, c(&format!("jwt_auth_denied_{r}")));
@@ -103,6 +105,8 @@ struct State {
     config: Config,
     prefix: String,
     cache: TokenCache,
+    /// Tokens an introspection endpoint called inactive, for a short while.
+    inactive: InactiveTokens,
     /// Parsed JWKS per provider, with the shared-data CAS it was parsed from.
     parsed: HashMap<usize, (u32, Rc<KeySet>)>,
     metrics: Metrics,
@@ -217,6 +221,39 @@ fn dispatch_fetch(ctx: &dyn Context, st: &State, provider: usize) -> Option<u32>
     }
 }
 
+/// POSTs `token` to provider `pi`'s introspection endpoint.
+fn dispatch_introspection(ctx: &dyn Context, st: &State, pi: usize, token: &str) -> Option<u32> {
+    let i = st.config.providers[pi].introspection.as_ref()?;
+    let authority = i.authority.clone().unwrap_or_else(|| i.cluster.clone());
+    let (extra, body) = auth::introspection_request(i, token);
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", i.path.as_str()),
+        (":authority", authority.as_str()),
+    ];
+    headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    match ctx.dispatch_http_call(
+        &i.cluster,
+        headers,
+        Some(body.as_bytes()),
+        vec![],
+        Duration::from_millis(i.timeout_ms),
+    ) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            hostcalls::log(
+                LogLevel::Error,
+                &format!(
+                    "jwt-auth: cannot call the introspection endpoint of `{}` on cluster `{}`: {e:?}",
+                    st.config.providers[pi].name, i.cluster
+                ),
+            )
+            .ok();
+            None
+        }
+    }
+}
+
 struct Root {
     state: Option<Rc<RefCell<State>>>,
     /// Refreshes this VM runs from ticks: call token → provider.
@@ -285,6 +322,7 @@ impl RootContext for Root {
                     .unwrap_or(0),
             ),
             config,
+            inactive: InactiveTokens::default(),
             prefix: format!("jwt-auth/{root_id}/"),
             parsed: HashMap::new(),
             metrics: Metrics::define(),
@@ -338,12 +376,14 @@ impl RootContext for Root {
     }
 }
 
-/// A request waiting for a JWKS fetch it started itself.
+/// A request waiting for a call it made itself: a JWKS fetch, or the introspection
+/// of its token.
 struct Pending {
     token: u32,
     provider: usize,
     found: Found,
     rule: usize,
+    introspection: bool,
 }
 
 struct Request {
@@ -363,7 +403,10 @@ impl Request {
         if let Some(w) = &www {
             headers.push(("www-authenticate", w));
         }
-        if d == Denial::KeysUnavailable {
+        if matches!(
+            d,
+            Denial::KeysUnavailable | Denial::IntrospectionUnavailable
+        ) {
             headers.push(("retry-after", "10"));
         }
         self.send_http_response(d.status(), headers, Some(&body));
@@ -407,6 +450,29 @@ impl Request {
                 Metrics::count(&st.metrics.pending_hits);
                 return self.allow(&st, &v, &found, rule);
             }
+        }
+        if let Some(pi) = auth::introspection_provider(&st.config, &found) {
+            if st.inactive.is_inactive(&found.token, now) {
+                self.deny(&st, Denial::Inactive);
+                return Action::Pause;
+            }
+            return match dispatch_introspection(self, &st, pi, &found.token) {
+                Some(token) => {
+                    drop(st);
+                    self.pending = Some(Pending {
+                        token,
+                        provider: pi,
+                        found,
+                        rule,
+                        introspection: true,
+                    });
+                    Action::Pause
+                }
+                None => {
+                    self.deny(&st, Denial::IntrospectionUnavailable);
+                    Action::Pause
+                }
+            };
         }
         // Keys of every remote provider the token may belong to, as shared data has them.
         let mut sets: HashMap<usize, KeysNow> = HashMap::new();
@@ -459,6 +525,7 @@ impl Request {
                             provider,
                             found,
                             rule,
+                            introspection: false,
                         });
                         Action::Pause
                     }
@@ -480,6 +547,48 @@ impl Context for Request {
         }
         let status = self.get_http_call_response_header(":status");
         let body = self.get_http_call_response_body(0, body_size);
+        if p.introspection {
+            let state = self.state.clone();
+            let mut st = state.borrow_mut();
+            let now = now_secs();
+            let body = body.unwrap_or_default();
+            let action =
+                match auth::introspected(&st.config, p.provider, status.as_deref(), &body, now) {
+                    Ok(v) => {
+                        st.cache.insert(&p.found.token, v.clone(), now);
+                        self.allow(&st, &v, &p.found, p.rule)
+                    }
+                    Err(Some(d)) => {
+                        if d == Denial::Inactive {
+                            let ttl = st.config.providers[p.provider]
+                                .introspection
+                                .as_ref()
+                                .map_or(0, |i| i.negative_cache_seconds);
+                            st.inactive.insert(&p.found.token, now + ttl, now);
+                        }
+                        self.deny(&st, d);
+                        Action::Pause
+                    }
+                    Err(None) => {
+                        hostcalls::log(
+                            LogLevel::Warn,
+                            &format!(
+                                "jwt-auth: introspection at `{}` failed: status {}",
+                                st.config.providers[p.provider].name,
+                                status.as_deref().unwrap_or("none")
+                            ),
+                        )
+                        .ok();
+                        self.deny(&st, Denial::IntrospectionUnavailable);
+                        Action::Pause
+                    }
+                };
+            drop(st);
+            if action == Action::Continue {
+                self.resume_http_request();
+            }
+            return;
+        }
         {
             let st = self.state.borrow();
             let now = now_secs();

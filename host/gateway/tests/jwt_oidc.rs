@@ -47,11 +47,18 @@ impl Idp {
             .stderr(Stdio::null())
             .spawn()
             .expect("node runs (Node.js 20+ is needed)");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         assert!(line.starts_with("ready"), "the IdP did not start: {line}");
+        // Keep reading: the provider prints notices later (revocation does), and a
+        // closed pipe kills it.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
         Idp { child, port }
     }
 
@@ -64,10 +71,14 @@ impl Idp {
         self.token_for("api-client", "test-secret", resource)
     }
 
-    /// A client-credentials access token of client `id`.
+    /// A client-credentials access token of client `id` (for no resource server when
+    /// `resource` is empty).
     fn token_for(&self, id: &str, secret: &str, resource: &str) -> String {
         use base64::Engine;
-        let body = format!("grant_type=client_credentials&scope=orders:read&resource={resource}");
+        let mut body = "grant_type=client_credentials&scope=orders:read".to_owned();
+        if !resource.is_empty() {
+            body.push_str(&format!("&resource={resource}"));
+        }
         let basic = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
@@ -271,5 +282,81 @@ fn claim_rules_on_the_providers_tokens_decide_alike_in_our_gateway_and_in_envoy(
                 assert_eq!(r.headers.get_str("www-authenticate"), None, "{host}");
             }
         }
+    }
+}
+
+#[test]
+fn opaque_tokens_are_introspected_at_the_provider_in_our_gateway_and_in_envoy() {
+    let dir = TempDir::new();
+    let keys = dir.0.join("idp-keys.json");
+    let port = free_port();
+    // `app` gets opaque access tokens (bound to no resource server); `rs` is the
+    // gateway's own client at the introspection endpoint.
+    let clients = json!([
+        {"client_id": "app", "client_secret": "app-secret", "grant_types": ["client_credentials"],
+            "redirect_uris": [], "response_types": [], "scope": "orders:read", "userinfo_tokens": true},
+        {"client_id": "rs", "client_secret": "rs-secret", "grant_types": [],
+            "redirect_uris": [], "response_types": []},
+    ]);
+    let idp = Idp::start_with(port, &keys, &clients.to_string());
+    let upstream = echo();
+    let config = json!({
+        "providers": {"idp": {
+            "issuer": idp.issuer(),
+            "introspection": {"cluster": "idp", "path": "/token/introspection",
+                "authority": format!("127.0.0.1:{port}"), "client_id": "rs",
+                "client_secret": "rs-secret", "cache_ttl_seconds": 1},
+            "consumer": {"id_claim": "client_id"}
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp", "scopes": ["orders:read"]}}]
+    });
+    let (gw, envoy) = both_hosts(port, upstream, &config);
+    let token = idp.token_for("app", "app-secret", "");
+    assert_eq!(token.split('.').count(), 1, "an opaque token: {token}");
+    for (host, base) in [
+        ("portcullis", gw.url()),
+        ("envoy", format!("http://{}", envoy.listener)),
+    ] {
+        let r = through(&base, &token);
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        assert_eq!(
+            r.upstream_header("x-consumer-id").as_deref(),
+            Some("app"),
+            "{host}"
+        );
+        let r = through(&base, "not-a-token-the-idp-issued");
+        assert_eq!(r.status, 401, "{host}: {}", r.body);
+        assert!(
+            r.headers
+                .get_str("www-authenticate")
+                .unwrap_or("")
+                .contains("invalid_token"),
+            "{host}"
+        );
+    }
+    // Revoked at the IdP (RFC 7009): refused once the cached answer (1 s) ends.
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "app:app-secret")
+    );
+    let r = send(
+        &idp.issuer(),
+        "POST",
+        "/token/revocation",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", &basic),
+        ],
+        format!("token={token}").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "revocation: {}", r.body);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for (host, base) in [
+        ("portcullis", gw.url()),
+        ("envoy", format!("http://{}", envoy.listener)),
+    ] {
+        let r = through(&base, &token);
+        assert_eq!(r.status, 401, "{host}: revoked, {}", r.body);
     }
 }

@@ -20,7 +20,7 @@ enum Private {
     EdDsa(ed25519_dalek::SigningKey),
     Rs256(
         Box<(
-            rsa::RsaPrivateKey,
+            rsa::PrivateKey,
             rsa::pkcs1v15::SigningKey<rsa::sha2::Sha256>,
         )>,
     ),
@@ -73,10 +73,10 @@ impl SigningKey {
                 let big = |f: &str| b64(jwk, f).map(|b| rsa::BoxedUint::from_be_slice_vartime(&b));
                 let (n, e, d) = (big("n")?, big("e")?, big("d")?);
                 let primes = vec![big("p")?, big("q")?];
-                if n.bits_vartime() < 2048 {
+                if n.bit_width_vartime() < 2048 {
                     return Err("an RSA key must have 2048 bits or more".into());
                 }
-                let key = rsa::RsaPrivateKey::from_components(n, e, d, primes)
+                let key = rsa::PrivateKey::from_components(n, e, d, primes)
                     .map_err(|e| format!("not a usable RSA private key: {e}"))?;
                 let signer = rsa::pkcs1v15::SigningKey::new(key.clone());
                 Private::Rs256(Box::new((key, signer)))
