@@ -575,3 +575,51 @@ fn is_token(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn with_provider(p: Value) -> Result<Config, ConfigError> {
+        Config::parse(Some(
+            json!({"providers": {"idp": p}}).to_string().as_bytes(),
+        ))
+    }
+
+    #[test]
+    fn an_introspection_provider_is_checked_like_the_others() {
+        let introspection = json!({"cluster": "idp", "path": "/introspect",
+            "client_id": "rs", "client_secret": "s"});
+        let c = with_provider(json!({"introspection": introspection})).unwrap();
+        let i = c.providers[0].introspection.as_ref().unwrap();
+        assert_eq!((i.cache_ttl_seconds, i.negative_cache_seconds), (300, 10));
+        let jwks = json!({"cluster": "idp", "path": "/jwks"});
+        for (p, says) in [
+            (json!({}), "one of remote_jwks, local_jwks or introspection"),
+            (
+                json!({"introspection": introspection, "remote_jwks": jwks}),
+                "one of remote_jwks, local_jwks or introspection",
+            ),
+            (
+                json!({"introspection": {"cluster": "idp", "path": "introspect",
+                    "client_id": "rs", "client_secret": "s"}}),
+                "must start with /",
+            ),
+            (
+                json!({"introspection": {"cluster": "idp", "path": "/i", "client_id": "rs",
+                    "client_secret": "s", "client_auth": "private_key_jwt"}}),
+                "client_secret_basic or client_secret_post",
+            ),
+            (
+                json!({"introspection": {"cluster": "idp", "path": "/i", "client_id": "rs",
+                    "client_secret": ""}}),
+                "needs a client_id, a client_secret",
+            ),
+        ] {
+            let e = with_provider(p.clone()).err().unwrap().to_string();
+            assert!(e.contains(says), "{p}: {e}");
+        }
+    }
+}
