@@ -15,7 +15,7 @@ use jwt_auth::auth::{Check, Keys, verify};
 use jwt_auth::config::Config;
 use jwt_auth::extract::{Found, Location};
 use jwt_mint::{Key, jwks};
-use portcullis_benches::{no_clusters, quiet_engine, request_info, ten_headers, wasm};
+use portcullis_benches::{Answering, no_clusters, quiet_engine, request_info, ten_headers, wasm};
 use portcullis_engine::{Filter, Flow, HttpStream, PluginSpec};
 use serde_json::json;
 use tokio::task::LocalSet;
@@ -240,5 +240,97 @@ fn claim_rules_native(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, modexp_native, claim_rules_native);
+/// An opaque token introspected once, then served from the cache, against a cached
+/// ES256 JWT: the issue asks that the two cost about the same.
+fn introspected_cached(c: &mut Criterion) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = Key::ec256("es");
+    let engine = quiet_engine();
+    let module = engine.load_file(&wasm("jwt_auth")).expect("jwt_auth loads");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = LocalSet::new();
+    let introspection = json!({
+        "providers": {"idp": {"issuer": "https://idp.test", "audiences": ["api"],
+            "introspection": {"cluster": "idp", "path": "/introspect", "client_id": "rs",
+                "client_secret": "s", "cache_ttl_seconds": 3600}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp"}}]
+    })
+    .to_string();
+    let answer = json!({"active": true, "iss": "https://idp.test", "aud": "api", "sub": "user-1",
+        "scope": "orders:read", "iat": now, "exp": now + 3600})
+    .to_string();
+    let (introspecting, jwt) = {
+        let _g = local.enter();
+        let _r = rt.enter();
+        let start = |config: String, clusters: std::rc::Rc<dyn portcullis_engine::Clusters>| {
+            vec![
+                Filter::start(
+                    &engine,
+                    PluginSpec::new("jwt", module.clone(), config),
+                    clusters,
+                )
+                .expect("starts"),
+            ]
+        };
+        (
+            start(
+                introspection,
+                std::rc::Rc::new(Answering {
+                    name: "idp",
+                    answer,
+                }),
+            ),
+            start(config(&[&key], 1000), no_clusters()),
+        )
+    };
+    let mut opaque = ten_headers();
+    opaque.set("authorization", "Bearer 2YotnFZFEjr1zCsicMWpAA");
+    let mut signed = ten_headers();
+    signed.set(
+        "authorization",
+        format!(
+            "Bearer {}",
+            key.sign(
+                "ES256",
+                json!({"iss": "https://idp.test", "aud": "api", "sub": "user-1",
+                "iat": now, "exp": now + 3600})
+            )
+        ),
+    );
+    let mut group = c.benchmark_group("jwt");
+    for (name, chain, headers) in [
+        ("introspected_cached_in_host", &introspecting, &opaque),
+        ("ES256_cached_again_in_host", &jwt, &signed),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(local.run_until(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let mut h = headers.clone();
+                        let mut stream = HttpStream::new(chain, request_info());
+                        let flow = stream.request_headers(&mut h, true).await;
+                        assert_eq!(flow, Flow::Continue);
+                    }
+                    start.elapsed()
+                }))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench,
+    modexp_native,
+    claim_rules_native,
+    introspected_cached
+);
 criterion_main!(benches);

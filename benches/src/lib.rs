@@ -58,6 +58,46 @@ pub fn no_clusters() -> Rc<dyn Clusters> {
     Rc::new(NoClusters)
 }
 
+/// One cluster, `name`, whose every `http_call` gets `answer` (200, JSON) at once.
+pub struct Answering {
+    pub name: &'static str,
+    pub answer: String,
+}
+
+impl Clusters for Answering {
+    fn has_cluster(&self, name: &str) -> bool {
+        name == self.name
+    }
+    fn names(&self) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
+        let name = self.name;
+        Arc::new(move |n| n == name)
+    }
+    fn http_call(
+        &self,
+        _: &str,
+        _: HttpCallRequest,
+    ) -> LocalFuture<Result<HttpCallResponse, CallFailure>> {
+        let body = self.answer.clone().into_bytes();
+        Box::pin(async move {
+            let mut headers = HeaderMap::new();
+            headers.add(":status", "200");
+            headers.add("content-type", "application/json");
+            Ok(HttpCallResponse {
+                headers,
+                body,
+                trailers: HeaderMap::new(),
+            })
+        })
+    }
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        request: GrpcCallRequest,
+    ) -> LocalFuture<Result<GrpcCallResponse, GrpcStatus>> {
+        NoClusters.grpc_call(cluster, request)
+    }
+}
+
 /// A typical browser-ish request: 10 headers.
 pub fn ten_headers() -> HeaderMap {
     [
