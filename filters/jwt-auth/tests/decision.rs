@@ -241,7 +241,10 @@ fn invalid_configurations_are_refused_naming_the_field() {
         err(json!({"providers": {"p": {"local_jwks": jwks(&[&short]), "algorithms": ["HS256"]}}}))
             .contains("at least 32 bytes")
     );
-    assert!(err(json!({"providers": {"p": {}}})).contains("remote_jwks or local_jwks"));
+    assert!(
+        err(json!({"providers": {"p": {}}}))
+            .contains("one of remote_jwks, local_jwks or introspection")
+    );
 }
 
 fn routed(rules: Value) -> Config {

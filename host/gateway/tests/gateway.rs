@@ -322,7 +322,7 @@ services: [{{ name: s, url: "http://127.0.0.1:1" }}]
 filters:
   - name: auth
     wasm: "{}"
-    config: {{ providers: {{ ping: {{ issuer: "https://idp", introspection: {{}} }} }} }}
+    config: {{ providers: {{ ping: {{ issuer: "https://idp", introspect: {{}} }} }} }}
 routes: [{{ name: r, service: s, filters: [auth] }}]
 "#,
             wasm("jwt_auth")
@@ -331,7 +331,7 @@ routes: [{{ name: r, service: s, filters: [auth] }}]
     .expect("write the configuration");
     let err = validate(&path);
     assert!(
-        err.contains("providers.ping.introspection") && err.contains("unknown field"),
+        err.contains("providers.ping.introspect") && err.contains("unknown field"),
         "{err}"
     );
 }
