@@ -44,6 +44,26 @@ fn claim_rules() -> serde_json::Value {
     ])
 }
 
+/// `iters` requests with `headers` through `chain`, each admitted; their time.
+fn requests(
+    rt: &tokio::runtime::Runtime,
+    local: &LocalSet,
+    chain: &[Filter],
+    headers: &portcullis_engine::HeaderMap,
+    iters: u64,
+) -> std::time::Duration {
+    rt.block_on(local.run_until(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let mut h = headers.clone();
+            let mut stream = HttpStream::new(chain, request_info());
+            let flow = stream.request_headers(&mut h, true).await;
+            assert_eq!(flow, Flow::Continue);
+        }
+        start.elapsed()
+    }))
+}
+
 fn bench(c: &mut Criterion) {
     let keys = [
         ("RS256", Key::rsa("rs")),
@@ -116,18 +136,7 @@ fn bench(c: &mut Criterion) {
     let mut noop_headers = ten_headers();
     noop_headers.set("authorization", "Bearer x");
     group.bench_function("baseline_noop_in_host", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(local.run_until(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let mut h = noop_headers.clone();
-                    let mut stream = HttpStream::new(&noop, request_info());
-                    let flow = stream.request_headers(&mut h, true).await;
-                    assert_eq!(flow, Flow::Continue);
-                }
-                start.elapsed()
-            }))
-        })
+        b.iter_custom(|iters| requests(&rt, &local, &noop, &noop_headers, iters))
     });
     for (alg, key) in &keys {
         let token = key.sign(alg, claims.clone());
@@ -145,18 +154,7 @@ fn bench(c: &mut Criterion) {
         };
         for (name, chain) in chains {
             group.bench_function(format!("{alg}_{name}_in_host"), |b| {
-                b.iter_custom(|iters| {
-                    rt.block_on(local.run_until(async {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            let mut h = headers.clone();
-                            let mut stream = HttpStream::new(chain, request_info());
-                            let flow = stream.request_headers(&mut h, true).await;
-                            assert_eq!(flow, Flow::Continue);
-                        }
-                        start.elapsed()
-                    }))
-                })
+                b.iter_custom(|iters| requests(&rt, &local, chain, &headers, iters))
             });
         }
         let found = Found {
@@ -309,18 +307,7 @@ fn introspected_cached(c: &mut Criterion) {
         ("ES256_cached_again_in_host", &jwt, &signed),
     ] {
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(local.run_until(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let mut h = headers.clone();
-                        let mut stream = HttpStream::new(chain, request_info());
-                        let flow = stream.request_headers(&mut h, true).await;
-                        assert_eq!(flow, Flow::Continue);
-                    }
-                    start.elapsed()
-                }))
-            })
+            b.iter_custom(|iters| requests(&rt, &local, chain, &headers, iters))
         });
     }
     group.finish();
