@@ -2270,6 +2270,25 @@ fn userinfo_claims_fill_the_identity_and_go_upstream_and_another_subject_fails_t
     assert_eq!(info["sub"], "ada");
     assert_eq!(info["nickname"], "ada-from-userinfo");
 
+    // A refresh that brings a new ID token keeps what userinfo filled in.
+    let mut jar = jar;
+    *idp.token_reply.borrow_mut() = Some(Reply::json(&json!({
+        "access_token": "at-refreshed", "token_type": "Bearer", "expires_in": 300,
+        "refresh_token": "rt-2", "id_token": idp.id_token(&json!({}))})));
+    advance(&mut bed, &idp, 290);
+    let res = bed.send(browser("/orders", &jar));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("authorization").as_deref(),
+        Some("Bearer at-refreshed"),
+        "refreshed"
+    );
+    assert_eq!(
+        res.upstream_header("x-consumer-username").as_deref(),
+        Some("ada-from-userinfo")
+    );
+    jar.take(&res);
+
     // An answer about another subject must not be used (OpenID Connect Core 5.3.4):
     // the login fails and no session is made; so does an answer that is not JSON.
     for answer in [

@@ -52,6 +52,11 @@ pub struct Session {
     /// The userinfo claims fetched at login (their JSON), when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userinfo: Option<String>,
+    /// Whether this filter's claim rules admit the session: worked out once per opened
+    /// session (which the VM's session cache keeps), never written to the cookie; a
+    /// refresh that brings a new ID token starts it again.
+    #[serde(skip)]
+    pub admitted: std::cell::OnceCell<bool>,
 }
 
 impl std::fmt::Debug for Login {
@@ -754,6 +759,7 @@ mod tests {
             id_token: "idt".into(),
             identity: vec![("x-consumer-id".into(), "ada".into())],
             userinfo: None,
+            admitted: Default::default(),
         }
     }
 

@@ -234,6 +234,7 @@ impl Request {
             id_token,
             identity,
             userinfo,
+            admitted: Default::default(),
         };
         // The login cookie is spent; stale session chunks go too.
         self.clear_login(st, &login.state);

@@ -248,9 +248,13 @@ impl Request {
     pub(super) fn apply(&mut self, st: &State, s: &Session) -> Action {
         if let Some(rule) = &st.config.claims {
             // The ID token was verified when the session was made or refreshed, the
-            // userinfo claims fetched at login (the ID token's own win).
-            let admitted = kit::jwt::token::parse(&s.id_token, usize::MAX)
-                .is_ok_and(|t| rule.holds(&idp::with_userinfo(&t.claims, s.userinfo.as_deref())));
+            // userinfo claims fetched at login (the ID token's own win). Decided once
+            // per opened session, not on every request.
+            let admitted = *s.admitted.get_or_init(|| {
+                kit::jwt::token::parse(&s.id_token, usize::MAX).is_ok_and(|t| {
+                    rule.holds(&idp::with_userinfo(&t.claims, s.userinfo.as_deref()))
+                })
+            });
             if !admitted {
                 return self.forbidden(st);
             }
@@ -496,9 +500,10 @@ impl Request {
             s.refresh_token = Some(rt);
         }
         if let (Some(claims), Some(idt)) = (claims, tokens.id_token) {
+            // The userinfo claims fetched at login still fill what the ID token lacks.
             s.identity = kit::jwt::consumer::identity_headers(
                 &st.config.consumer,
-                &claims,
+                &idp::with_userinfo(&claims, s.userinfo.as_deref()),
                 &st.config.issuer,
             );
             if s.idp_sid.is_none() {
@@ -508,6 +513,7 @@ impl Request {
                     .map(str::to_owned);
             }
             s.id_token = idt;
+            s.admitted = Default::default();
         }
         s.seen = now;
         bump(st.metrics.refreshes);
