@@ -245,14 +245,6 @@ impl InactiveTokens {
         }
         self.until.insert(token.to_owned(), until);
     }
-
-    pub fn len(&self) -> usize {
-        self.until.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.until.is_empty()
-    }
 }
 
 /// The identity headers for a verified token (the identity contract, Kong's names),

@@ -653,35 +653,14 @@ async fn pump_request(
         }
     }
     loop {
-        let frame = match body.frame().await {
-            None => None,
-            Some(Ok(f)) => Some(f),
-            Some(Err(_)) => {
-                tx.abort("client body error".into());
-                return Err(Stop::client(400, "the request body ended early")
-                    .detail("client closed the request body".into()));
+        let frame = body.frame().await;
+        let (mut chunk, eos) = match client_chunk(frame, body, &mut total, limit) {
+            Ok(c) => c,
+            Err(stop) => {
+                tx.abort(stop.log_error().into());
+                return Err(stop);
             }
         };
-        let (mut chunk, eos) = match frame {
-            None => (Vec::new(), true),
-            Some(f) => match f.into_data() {
-                Ok(d) => {
-                    let eos = body.is_end_stream();
-                    (d.to_vec(), eos)
-                }
-                // Trailers: passed on as the end of the body.
-                Err(_) => (Vec::new(), true),
-            },
-        };
-        total += chunk.len() as u64;
-        if total > limit {
-            tx.abort("request body too large".into());
-            return Err(Stop::upstream(
-                "body_too_large",
-                413,
-                "request body too large",
-            ));
-        }
         match stream.request_body(&mut chunk, eos).await {
             Flow::Reply(r) => {
                 tx.abort("answered by a filter".into());
@@ -728,25 +707,8 @@ async fn hold_for_body(
         };
         let (mut chunk, eos) = match frame {
             None => (Vec::new(), false),
-            Some(None) => (Vec::new(), true),
-            Some(Some(Ok(f))) => match f.into_data() {
-                Ok(d) => (d.to_vec(), body.is_end_stream()),
-                // Trailers: the end of the body.
-                Err(_) => (Vec::new(), true),
-            },
-            Some(Some(Err(_))) => {
-                return Err(Stop::client(400, "the request body ended early")
-                    .detail("client closed the request body".into()));
-            }
+            Some(f) => client_chunk(f, body, &mut read, limit)?,
         };
-        read += chunk.len() as u64;
-        if read > limit {
-            return Err(Stop::upstream(
-                "body_too_large",
-                413,
-                "request body too large",
-            ));
-        }
         match stream.request_body_held(headers, &mut chunk, eos).await {
             Flow::Reply(r) => return Err(Stop::Filter(r)),
             Flow::Continue => {
@@ -764,6 +726,38 @@ async fn hold_for_body(
             Flow::Buffering => {}
         }
     }
+}
+
+/// A frame of the client's body as a chunk and whether it ends the body (trailers end
+/// it too), counted into `read` against the service's `limit`; or why the request
+/// stops (400 for a body that failed, 413 past the limit).
+fn client_chunk(
+    frame: Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>,
+    body: &Incoming,
+    read: &mut u64,
+    limit: u64,
+) -> Result<(Vec<u8>, bool), Stop> {
+    let (chunk, eos) = match frame {
+        None => (Vec::new(), true),
+        Some(Err(_)) => {
+            return Err(Stop::client(400, "the request body ended early")
+                .detail("client closed the request body".into()));
+        }
+        Some(Ok(f)) => match f.into_data() {
+            Ok(d) => (d.to_vec(), body.is_end_stream()),
+            // Trailers: passed on as the end of the body.
+            Err(_) => (Vec::new(), true),
+        },
+    };
+    *read += chunk.len() as u64;
+    if *read > limit {
+        return Err(Stop::upstream(
+            "body_too_large",
+            413,
+            "request body too large",
+        ));
+    }
+    Ok((chunk, eos))
 }
 
 /// Runs a filter phase until `deadline` at the latest: a filter that pauses and never
