@@ -270,22 +270,38 @@ impl HttpStream {
         let Some(ctx) = self.ctx_of(h) else {
             return Some(self.failed(h));
         };
+        match self.since_callback(h, &ctx, Phase::Request) {
+            Err(settled) => Some(settled),
+            Ok(resumed) => resumed.then_some(Settled::Continue),
+        }
+    }
+
+    /// What filter `i` did since its callback returned: replied, closed the stream or
+    /// failed (`Err`, what that means for the request), or whether it resumed `phase`.
+    fn since_callback(&mut self, i: usize, ctx: &Live, phase: Phase) -> Result<bool, Settled> {
+        let filter = self.slots[i].filter.clone();
+        if filter.generation() != ctx.generation {
+            return Err(self.failed(i));
+        }
         let (reply, resumed, closed) = {
-            let mut vm = self.slots[h].filter.vm().borrow_mut();
-            let c = vm.as_mut().and_then(|vm| vm.ctx(ctx.id))?;
-            (
-                c.local_reply.take(),
-                std::mem::take(&mut c.resume_request),
-                c.close,
-            )
+            let mut vm = filter.vm().borrow_mut();
+            let Some(c) = vm.as_mut().and_then(|vm| vm.ctx(ctx.id)) else {
+                drop(vm);
+                return Err(self.failed(i));
+            };
+            let resumed = match phase {
+                Phase::Request => std::mem::take(&mut c.resume_request),
+                _ => std::mem::take(&mut c.resume_response),
+            };
+            (c.local_reply.take(), resumed, c.close)
         };
         if let Some(reply) = reply {
-            return Some(Settled::Stop(self.reply(reply)));
+            return Err(Settled::Stop(self.reply(reply)));
         }
         if closed {
-            return Some(Settled::Stop(self.reply(reset_reply(&self.info.id))));
+            return Err(Settled::Stop(self.reply(reset_reply(&self.info.id))));
         }
-        resumed.then_some(Settled::Continue)
+        Ok(resumed)
     }
 
     /// Runs `on_request_body` through the chain with one chunk. A filter that pauses
@@ -540,44 +556,22 @@ impl HttpStream {
         result: Option<Result<Action, Fault>>,
         may_hold: bool,
     ) -> Settled {
-        let Live {
-            id,
-            generation,
-            signal,
-        } = ctx;
-        let filter = self.slots[i].filter.clone();
         let mut action = match result {
             Some(Ok(a)) => a,
             _ => return self.failed(i),
         };
         loop {
-            if filter.generation() != *generation {
-                return self.failed(i);
-            }
-            let (reply, resumed, closed) = {
-                let mut vm = filter.vm().borrow_mut();
-                let Some(c) = vm.as_mut().and_then(|vm| vm.ctx(*id)) else {
-                    return self.failed(i);
-                };
-                let resumed = match phase {
-                    Phase::Request => std::mem::take(&mut c.resume_request),
-                    _ => std::mem::take(&mut c.resume_response),
-                };
-                (c.local_reply.take(), resumed, c.close)
+            let resumed = match self.since_callback(i, ctx, phase) {
+                Ok(resumed) => resumed,
+                Err(settled) => return settled,
             };
-            if let Some(reply) = reply {
-                return Settled::Stop(self.reply(reply));
-            }
-            if closed {
-                return Settled::Stop(self.reply(reset_reply(&self.info.id)));
-            }
             if action == Action::Continue || resumed {
                 return Settled::Continue;
             }
             if may_hold {
                 return Settled::Held;
             }
-            signal.notified().await;
+            ctx.signal.notified().await;
             action = Action::Pause;
         }
     }
