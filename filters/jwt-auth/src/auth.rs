@@ -154,7 +154,9 @@ pub fn introspection_provider(config: &Config, found: &Found) -> Option<usize> {
 pub fn introspection_request(
     i: &crate::config::IntrospectionConfig,
     token: &str,
-) -> (Vec<(String, String)>, String) {
+    issuer: &str,
+    now: u64,
+) -> Result<(Vec<(String, String)>, String), getrandom::Error> {
     use base64::Engine;
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.append_pair("token", token);
@@ -166,7 +168,13 @@ pub fn introspection_request(
         ),
         ("accept".to_owned(), "application/json".to_owned()),
     ];
-    if i.client_auth.as_deref() == Some("client_secret_post") {
+    if let Some(key) = &i.client_key {
+        // private_key_jwt (RFC 7523 2.2): the client_id, and an assertion for the issuer.
+        form.append_pair("client_id", &i.client_id);
+        for (k, v) in kit::jwt::sign::client_assertion_fields(key, &i.client_id, issuer, now)? {
+            form.append_pair(k, &v);
+        }
+    } else if i.client_auth.as_deref() == Some("client_secret_post") {
         form.append_pair("client_id", &i.client_id);
         form.append_pair("client_secret", &i.client_secret);
     } else {
@@ -181,7 +189,41 @@ pub fn introspection_request(
             ),
         ));
     }
-    (headers, form.finish())
+    Ok((headers, form.finish()))
+}
+
+/// The introspection endpoint's path from the issuer's discovery document (RFC 8414):
+/// a 200 whose `issuer` is `issuer` (RFC 8414 3.3) and whose `introspection_endpoint`
+/// is an http(s) URL.
+pub fn discovered_introspection_path(
+    status: Option<&str>,
+    body: &[u8],
+    issuer: &str,
+) -> Result<String, String> {
+    if status != Some("200") {
+        return Err(format!(
+            "the discovery document answered {}",
+            status.unwrap_or("nothing")
+        ));
+    }
+    let doc: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| format!("the discovery document: {e}"))?;
+    if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
+        return Err(format!("the discovery document's issuer is not `{issuer}`"));
+    }
+    let url = doc
+        .get("introspection_endpoint")
+        .and_then(Value::as_str)
+        .ok_or("the discovery document has no introspection_endpoint")?;
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("the introspection_endpoint is not an http(s) URL")?;
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    if path.contains('#') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err("the introspection_endpoint is not a usable URL".into());
+    }
+    Ok(path.to_owned())
 }
 
 /// An introspection answer (RFC 7662 2.2) from provider `pi`: `active` must be true,
@@ -423,6 +465,88 @@ mod tests {
             valid_until: until,
             identity: Vec::new(),
         })
+    }
+
+    #[test]
+    fn the_introspection_endpoint_is_discovered_only_from_the_issuers_own_document() {
+        let doc = |iss: &str, ep: &str| {
+            serde_json::json!({"issuer": iss, "introspection_endpoint": ep}).to_string()
+        };
+        let iss = "https://idp.test/realm";
+        let ok = doc(iss, "https://idp.test/realm/token/introspection?x=1");
+        assert_eq!(
+            discovered_introspection_path(Some("200"), ok.as_bytes(), iss).as_deref(),
+            Ok("/realm/token/introspection?x=1")
+        );
+        for (status, body, says) in [
+            (Some("503"), ok.clone(), "answered 503"),
+            (Some("200"), "{".to_owned(), "discovery document"),
+            (
+                Some("200"),
+                doc("https://evil.test", "https://idp.test/i"),
+                "issuer",
+            ),
+            (
+                Some("200"),
+                serde_json::json!({"issuer": iss}).to_string(),
+                "no introspection_endpoint",
+            ),
+            (
+                Some("200"),
+                doc(iss, "ftp://idp.test/i"),
+                "not an http(s) URL",
+            ),
+            (
+                Some("200"),
+                doc(iss, "https://idp.test/a b"),
+                "not a usable URL",
+            ),
+        ] {
+            let e = discovered_introspection_path(status, body.as_bytes(), iss).unwrap_err();
+            assert!(e.contains(says), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn private_key_jwt_at_the_introspection_endpoint_sends_a_fresh_assertion_for_the_issuer() {
+        let key = jwt_mint::Key::ec256("rs-key");
+        let config = crate::config::Config::parse(Some(
+            serde_json::json!({"providers": {"idp": {"issuer": "https://idp.test",
+                "introspection": {"cluster": "idp", "path": "/i", "client_id": "rs",
+                    "client_auth": "private_key_jwt", "client_jwk": key.private_jwk().unwrap()}}}})
+            .to_string()
+            .as_bytes(),
+        ))
+        .unwrap();
+        let i = config.providers[0].introspection.as_ref().unwrap();
+        let (headers, body) = introspection_request(i, "tok", "https://idp.test", 1000).unwrap();
+        assert!(
+            headers.iter().all(|(k, _)| k != "authorization"),
+            "no secret sent"
+        );
+        let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        assert_eq!(form["token"], "tok");
+        assert_eq!(form["client_id"], "rs");
+        assert_eq!(
+            form["client_assertion_type"],
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        );
+        let jwt = &form["client_assertion"];
+        let t = token::parse(jwt, 8192).unwrap();
+        let jwks = serde_json::json!({"keys": [key.jwk()]}).to_string();
+        let (set, _) = crate::keys::parse_jwks(jwks.as_bytes(), true).unwrap();
+        assert!(kit::jwt::verify_signature(&t, &[Alg::ES256], &set).is_ok());
+        assert_eq!(t.kid.as_deref(), Some("rs-key"));
+        let c = &t.claims;
+        assert_eq!(c["iss"], "rs");
+        assert_eq!(c["sub"], "rs");
+        assert_eq!(c["aud"], "https://idp.test");
+        assert_eq!(c["exp"], 1060);
+        // A fresh jti each time.
+        let (_, again) = introspection_request(i, "tok", "https://idp.test", 1000).unwrap();
+        assert_ne!(again, body);
     }
 
     #[test]

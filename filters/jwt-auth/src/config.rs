@@ -79,14 +79,22 @@ fn default_skew() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     pub cluster: String,
-    pub path: String,
+    /// The endpoint's path on `cluster`. Without it, the endpoint is discovered: the
+    /// `introspection_endpoint` of the issuer's OpenID configuration (RFC 8414), read
+    /// from the same cluster.
+    #[serde(default)]
+    pub path: Option<String>,
     #[serde(default)]
     pub authority: Option<String>,
     pub client_id: String,
+    #[serde(default)]
     pub client_secret: String,
-    /// `client_secret_basic` (default) or `client_secret_post`.
+    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt`.
     #[serde(default)]
     pub client_auth: Option<String>,
+    /// `private_key_jwt`'s private key, a JWK (EC P-256, Ed25519 or RSA).
+    #[serde(default)]
+    pub client_jwk: Option<serde_json::Value>,
     /// Longest an active answer is kept (it never outlives the token's `exp`).
     #[serde(default = "default_introspection_ttl")]
     pub cache_ttl_seconds: u64,
@@ -95,6 +103,98 @@ pub struct IntrospectionConfig {
     pub negative_cache_seconds: u64,
     #[serde(default = "default_introspection_timeout")]
     pub timeout_ms: u64,
+    /// Worked out at load: the key of `private_key_jwt`.
+    #[serde(skip)]
+    pub client_key: Option<std::rc::Rc<kit::jwt::sign::SigningKey>>,
+    /// Worked out at load: where the discovery document is, when `path` is not given.
+    #[serde(skip)]
+    pub discovery_path: Option<String>,
+}
+
+/// Checks a provider's introspection settings and works out the signing key and the
+/// discovery path. Err: the field under `introspection` (".path", or "" for the whole)
+/// and why.
+fn check_introspection(
+    i: &mut IntrospectionConfig,
+    issuer: Option<&str>,
+) -> Result<(), (&'static str, String)> {
+    match &i.path {
+        Some(path) if !path.starts_with('/') => {
+            return Err((".path", "must start with /".into()));
+        }
+        Some(_) => {}
+        None => {
+            let found = issuer.and_then(discovery_path).ok_or((
+                ".path",
+                "is needed unless the provider's issuer is an http(s) URL to discover it from"
+                    .to_owned(),
+            ))?;
+            i.discovery_path = Some(found);
+        }
+    }
+    if i.cache_ttl_seconds == 0 || i.client_id.is_empty() {
+        return Err((
+            "",
+            "needs a client_id and a positive cache_ttl_seconds".into(),
+        ));
+    }
+    match i.client_auth.as_deref() {
+        None | Some("client_secret_basic" | "client_secret_post") => {
+            if i.client_secret.is_empty() {
+                return Err((
+                    ".client_secret",
+                    "is needed by client_secret_basic and client_secret_post".into(),
+                ));
+            }
+            if i.client_jwk.is_some() {
+                return Err((".client_jwk", "is used only by private_key_jwt".into()));
+            }
+        }
+        Some("private_key_jwt") => {
+            if !i.client_secret.is_empty() {
+                return Err((
+                    ".client_secret",
+                    "private_key_jwt authenticates with client_jwk, not a secret".into(),
+                ));
+            }
+            if issuer.is_none() {
+                return Err((
+                    "",
+                    "private_key_jwt needs the provider's issuer: it is the assertion's audience"
+                        .into(),
+                ));
+            }
+            let jwk = i
+                .client_jwk
+                .as_ref()
+                .ok_or((".client_jwk", "is required by private_key_jwt".to_owned()))?;
+            let key = kit::jwt::sign::SigningKey::from_jwk(jwk).map_err(|e| (".client_jwk", e))?;
+            i.client_key = Some(std::rc::Rc::new(key));
+        }
+        Some(_) => {
+            return Err((
+                ".client_auth",
+                "is client_secret_basic, client_secret_post or private_key_jwt".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The path of an issuer's discovery document (OpenID Connect Discovery 4, RFC 8414 3):
+/// the issuer's own path, then `/.well-known/openid-configuration`.
+pub fn discovery_path(issuer: &str) -> Option<String> {
+    let rest = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"))?;
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    if path.contains(['?', '#']) {
+        return None;
+    }
+    Some(format!(
+        "{}/.well-known/openid-configuration",
+        path.trim_end_matches('/')
+    ))
 }
 
 fn default_introspection_ttl() -> u64 {
@@ -365,29 +465,11 @@ impl Config {
                     "a provider needs one of remote_jwks, local_jwks or introspection",
                 ));
             }
-            if let Some(i) = &p.introspection {
-                if !i.path.starts_with('/') {
-                    return Err(ConfigError::field(
-                        field("introspection.path"),
-                        "must start with /",
-                    ));
-                }
-                if !matches!(
-                    i.client_auth.as_deref(),
-                    None | Some("client_secret_basic" | "client_secret_post")
-                ) {
-                    return Err(ConfigError::field(
-                        field("introspection.client_auth"),
-                        "is client_secret_basic or client_secret_post",
-                    ));
-                }
-                if i.cache_ttl_seconds == 0 || i.client_id.is_empty() || i.client_secret.is_empty()
-                {
-                    return Err(ConfigError::field(
-                        field("introspection"),
-                        "needs a client_id, a client_secret and a positive cache_ttl_seconds",
-                    ));
-                }
+            let mut introspection = p.introspection;
+            if let Some(i) = &mut introspection {
+                check_introspection(i, p.issuer.as_deref()).map_err(|(f, why)| {
+                    ConfigError::field(field(&format!("introspection{f}")), why)
+                })?;
             }
             if let Some(r) = &p.remote_jwks {
                 if !r.path.starts_with('/') {
@@ -434,7 +516,7 @@ impl Config {
                 audiences: p.audiences,
                 remote: p.remote_jwks,
                 local,
-                introspection: p.introspection,
+                introspection,
                 algorithms,
                 skew: p.clock_skew_seconds,
                 from_headers: from_headers
@@ -595,6 +677,21 @@ mod tests {
         let c = with_provider(json!({"introspection": introspection})).unwrap();
         let i = c.providers[0].introspection.as_ref().unwrap();
         assert_eq!((i.cache_ttl_seconds, i.negative_cache_seconds), (300, 10));
+        assert_eq!(i.discovery_path, None);
+        // Without a path, the endpoint is discovered under the issuer's own path.
+        let c = with_provider(json!({"issuer": "https://idp.test/realms/a/",
+            "introspection": {"cluster": "idp", "client_id": "rs", "client_secret": "s"}}))
+        .unwrap();
+        let i = c.providers[0].introspection.as_ref().unwrap();
+        assert_eq!(
+            i.discovery_path.as_deref(),
+            Some("/realms/a/.well-known/openid-configuration")
+        );
+        assert_eq!(
+            super::discovery_path("http://127.0.0.1:9/").as_deref(),
+            Some("/.well-known/openid-configuration")
+        );
+        assert_eq!(super::discovery_path("idp.test"), None);
         let jwks = json!({"cluster": "idp", "path": "/jwks"});
         for (p, says) in [
             (json!({}), "one of remote_jwks, local_jwks or introspection"),
@@ -610,12 +707,33 @@ mod tests {
             (
                 json!({"introspection": {"cluster": "idp", "path": "/i", "client_id": "rs",
                     "client_secret": "s", "client_auth": "private_key_jwt"}}),
-                "client_secret_basic or client_secret_post",
+                "`providers.idp.introspection.client_secret`: private_key_jwt authenticates with client_jwk",
+            ),
+            (
+                json!({"issuer": "https://idp.test", "introspection": {"cluster": "idp",
+                    "client_id": "rs", "client_auth": "private_key_jwt"}}),
+                "introspection.client_jwk`: is required by private_key_jwt",
+            ),
+            (
+                json!({"issuer": "https://idp.test", "introspection": {"cluster": "idp",
+                    "client_id": "rs", "client_auth": "private_key_jwt",
+                    "client_jwk": {"kty": "EC", "crv": "P-256", "d": "AAAA"}}}),
+                "introspection.client_jwk",
+            ),
+            (
+                json!({"introspection": {"cluster": "idp", "path": "/i", "client_id": "rs",
+                    "client_secret": "s", "client_auth": "tls_client_auth"}}),
+                "client_secret_basic, client_secret_post or private_key_jwt",
             ),
             (
                 json!({"introspection": {"cluster": "idp", "path": "/i", "client_id": "rs",
                     "client_secret": ""}}),
-                "needs a client_id, a client_secret",
+                "introspection.client_secret`: is needed by client_secret_basic",
+            ),
+            (
+                json!({"introspection": {"cluster": "idp", "client_id": "rs",
+                    "client_secret": "s"}}),
+                "introspection.path`: is needed unless the provider's issuer",
             ),
         ] {
             let e = with_provider(p.clone()).err().unwrap().to_string();

@@ -7,6 +7,9 @@
 //! - `lease`: 8 bytes; until that time one VM is refreshing (won by CAS on a tick, so a
 //!   refresh runs once, not once per worker).
 //! - `kid`: 8 bytes; the last refetch for an unknown `kid`.
+//!
+//! Introspection (RFC 7662) runs once per token at a time in a VM: the first request
+//! with a token calls, the others with the same token wait for its answer (`Flight`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ use kit::glue::{now_secs, read_u64, write_u64};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { state: None, fetching: HashMap::new() }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { state: None, calls: HashMap::new() }));
 }}
 
 /// How long after a failed fetch the next one may start.
@@ -37,6 +40,7 @@ struct Metrics {
     cache_hits: u32,
     fetches: u32,
     fetch_failures: u32,
+    introspections: u32,
     denied: HashMap<&'static str, u32>,
     /// The two counters every admitted request bumps, kept in the VM and added to the
     /// host's on the next tick (at most a second later): two host calls fewer per
@@ -72,6 +76,7 @@ impl Metrics {
             cache_hits: c("jwt_auth_cache_hits"),
             fetches: c("jwt_auth_jwks_fetches"),
             fetch_failures: c("jwt_auth_jwks_failures"),
+            introspections: c("jwt_auth_introspections"),
             denied,
             pending_allowed: Cell::new(0),
             pending_hits: Cell::new(0),
@@ -111,6 +116,27 @@ struct State {
     parsed: HashMap<usize, (u32, Rc<KeySet>)>,
     metrics: Metrics,
     strip: Vec<String>,
+    /// Introspections in flight, by token.
+    flights: HashMap<String, Flight>,
+    /// Introspection endpoints found by discovery, by provider.
+    discovered: HashMap<usize, String>,
+}
+
+/// One introspection call in flight for a token, and the requests waiting for it
+/// besides the one that made it.
+struct Flight {
+    provider: usize,
+    waiters: Vec<Waiter>,
+    /// The request that made the call ended first (its call goes with it): the root
+    /// context calls again on its next tick, for the waiters.
+    orphaned: bool,
+}
+
+/// A request paused until another request's introspection of the same token answers.
+struct Waiter {
+    context: u32,
+    found: Found,
+    rule: usize,
 }
 
 impl State {
@@ -221,14 +247,24 @@ fn dispatch_fetch(ctx: &dyn Context, st: &State, provider: usize) -> Option<u32>
     }
 }
 
-/// POSTs `token` to provider `pi`'s introspection endpoint.
+/// POSTs `token` to provider `pi`'s introspection endpoint; `None` when it cannot
+/// (the endpoint not yet discovered, the call refused). Counts the call.
 fn dispatch_introspection(ctx: &dyn Context, st: &State, pi: usize, token: &str) -> Option<u32> {
-    let i = st.config.providers[pi].introspection.as_ref()?;
+    let p = &st.config.providers[pi];
+    let i = p.introspection.as_ref()?;
+    let path = i.path.as_ref().or_else(|| st.discovered.get(&pi))?;
     let authority = i.authority.clone().unwrap_or_else(|| i.cluster.clone());
-    let (extra, body) = auth::introspection_request(i, token);
+    let issuer = p.issuer.as_deref().unwrap_or_default();
+    let (extra, body) = match auth::introspection_request(i, token, issuer, now_secs()) {
+        Ok(r) => r,
+        Err(e) => {
+            hostcalls::log(LogLevel::Error, &format!("jwt-auth: no randomness: {e}")).ok();
+            return None;
+        }
+    };
     let mut headers = vec![
         (":method", "POST"),
-        (":path", i.path.as_str()),
+        (":path", path.as_str()),
         (":authority", authority.as_str()),
     ];
     headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -239,13 +275,16 @@ fn dispatch_introspection(ctx: &dyn Context, st: &State, pi: usize, token: &str)
         vec![],
         Duration::from_millis(i.timeout_ms),
     ) {
-        Ok(t) => Some(t),
+        Ok(t) => {
+            Metrics::bump(st.metrics.introspections);
+            Some(t)
+        }
         Err(e) => {
             hostcalls::log(
                 LogLevel::Error,
                 &format!(
                     "jwt-auth: cannot call the introspection endpoint of `{}` on cluster `{}`: {e:?}",
-                    st.config.providers[pi].name, i.cluster
+                    p.name, i.cluster
                 ),
             )
             .ok();
@@ -254,25 +293,132 @@ fn dispatch_introspection(ctx: &dyn Context, st: &State, pi: usize, token: &str)
     }
 }
 
-struct Root {
-    state: Option<Rc<RefCell<State>>>,
-    /// Refreshes this VM runs from ticks: call token → provider.
-    fetching: HashMap<u32, usize>,
+/// GETs provider `pi`'s discovery document, for its introspection endpoint.
+fn dispatch_discovery(ctx: &dyn Context, st: &State, pi: usize) -> Option<u32> {
+    let i = st.config.providers[pi].introspection.as_ref()?;
+    let path = i.discovery_path.as_ref()?;
+    let authority = i.authority.clone().unwrap_or_else(|| i.cluster.clone());
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path.as_str()),
+        (":authority", authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    ctx.dispatch_http_call(
+        &i.cluster,
+        headers,
+        None,
+        vec![],
+        Duration::from_millis(i.timeout_ms),
+    )
+    .map_err(|e| {
+        hostcalls::log(
+            LogLevel::Error,
+            &format!(
+                "jwt-auth: cannot fetch the discovery document of `{}`: {e:?}",
+                st.config.providers[pi].name
+            ),
+        )
+        .ok();
+    })
+    .ok()
 }
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let (Some(provider), Some(state)) = (self.fetching.remove(&token), &self.state) else {
-            return;
-        };
-        let st = state.borrow();
+/// What an introspection answer for `token` decides; kept in the cache (active) or the
+/// negative cache (inactive).
+fn introspection_outcome(
+    st: &mut State,
+    pi: usize,
+    token: &str,
+    status: Option<&str>,
+    body: &[u8],
+) -> Result<Rc<Verified>, Denial> {
+    let now = now_secs();
+    match auth::introspected(&st.config, pi, status, body, now) {
+        Ok(v) => {
+            st.cache.insert(token, v.clone(), now);
+            Ok(v)
+        }
+        Err(Some(d)) => {
+            if d == Denial::Inactive {
+                let ttl = st.config.providers[pi]
+                    .introspection
+                    .as_ref()
+                    .map_or(0, |i| i.negative_cache_seconds);
+                st.inactive.insert(token, now + ttl, now);
+            }
+            Err(d)
+        }
+        Err(None) => {
+            hostcalls::log(
+                LogLevel::Warn,
+                &format!(
+                    "jwt-auth: introspection at `{}` failed: status {}",
+                    st.config.providers[pi].name,
+                    status.unwrap_or("none")
+                ),
+            )
+            .ok();
+            Err(Denial::IntrospectionUnavailable)
+        }
+    }
+}
+
+/// Answers the requests that waited for an introspection of the same token, each in
+/// its own context (one that has ended meanwhile is skipped).
+fn wake(st: &State, waiters: Vec<Waiter>, outcome: &Result<Rc<Verified>, Denial>) {
+    for w in waiters {
+        if hostcalls::set_effective_context(w.context).is_err() {
+            continue;
+        }
+        if settle(st, outcome, &w.found, w.rule) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+/// Allows or denies the current request by `outcome`.
+fn settle(
+    st: &State,
+    outcome: &Result<Rc<Verified>, Denial>,
+    found: &Found,
+    rule: usize,
+) -> Action {
+    match outcome {
+        Ok(v) => allow(st, v, found, rule),
+        Err(d) => {
+            deny(st, d.clone());
+            Action::Pause
+        }
+    }
+}
+
+/// A call the root context made: on a tick, or for requests whose own call went away.
+enum RootCall {
+    Jwks(usize),
+    Discovery(usize),
+    Introspection(String),
+}
+
+struct Root {
+    state: Option<Rc<RefCell<State>>>,
+    /// Calls this root context made, by call token.
+    calls: HashMap<u32, RootCall>,
+}
+
+impl Root {
+    fn jwks_answer(
+        &self,
+        st: &State,
+        provider: usize,
+        status: Option<String>,
+        body: Option<Vec<u8>>,
+    ) {
         let now = now_secs();
-        let status = self.get_http_call_response_header(":status");
-        let body = self.get_http_call_response_body(0, body_size);
         let lease = st.key(provider, "lease");
         match usable_jwks(status, body) {
             Ok(body) => {
-                store_jwks(&st, provider, Some(&body), now);
+                store_jwks(st, provider, Some(&body), now);
                 write_u64(&lease, 0, None);
             }
             Err(e) => {
@@ -285,8 +431,57 @@ impl Context for Root {
                     ),
                 )
                 .ok();
-                store_jwks(&st, provider, None, now);
+                store_jwks(st, provider, None, now);
                 write_u64(&lease, now + RETRY_SECONDS, None);
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let (Some(call), Some(state)) = (self.calls.remove(&token), self.state.clone()) else {
+            return;
+        };
+        let status = self.get_http_call_response_header(":status");
+        let body = self.get_http_call_response_body(0, body_size);
+        let mut st = state.borrow_mut();
+        match call {
+            RootCall::Jwks(provider) => self.jwks_answer(&st, provider, status, body),
+            RootCall::Discovery(pi) => {
+                let issuer = st.config.providers[pi].issuer.clone().unwrap_or_default();
+                match auth::discovered_introspection_path(
+                    status.as_deref(),
+                    &body.unwrap_or_default(),
+                    &issuer,
+                ) {
+                    Ok(path) => {
+                        st.discovered.insert(pi, path);
+                    }
+                    Err(e) => {
+                        hostcalls::log(
+                            LogLevel::Warn,
+                            &format!(
+                                "jwt-auth: discovery of `{}`'s introspection endpoint failed: {e}",
+                                st.config.providers[pi].name
+                            ),
+                        )
+                        .ok();
+                    }
+                }
+            }
+            RootCall::Introspection(token) => {
+                let Some(flight) = st.flights.remove(&token) else {
+                    return;
+                };
+                let outcome = introspection_outcome(
+                    &mut st,
+                    flight.provider,
+                    &token,
+                    status.as_deref(),
+                    &body.unwrap_or_default(),
+                );
+                wake(&st, flight.waiters, &outcome);
             }
         }
     }
@@ -306,7 +501,7 @@ impl RootContext for Root {
             .get_property(vec!["plugin_root_id"])
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        // Every second: the counters kept in the VM, and the JWKS refresh.
+        // Every second: the counters kept in the VM, the JWKS refresh, discovery.
         self.set_tick_period(Duration::from_secs(1));
         let strip = auth::spoofable_headers(&config);
         self.state = Some(Rc::new(RefCell::new(State {
@@ -327,25 +522,44 @@ impl RootContext for Root {
             parsed: HashMap::new(),
             metrics: Metrics::define(),
             strip,
+            flights: HashMap::new(),
+            discovered: HashMap::new(),
         })));
         true
     }
 
     /// Refreshes each remote JWKS that is missing or older than its cache duration, in
-    /// one VM at a time: the VM that wins the lease by CAS fetches.
+    /// one VM at a time: the VM that wins the lease by CAS fetches. Discovers the
+    /// introspection endpoints not yet known, and calls again for the requests whose
+    /// introspection went away with the request that made it.
     fn on_tick(&mut self) {
         let Some(state) = self.state.clone() else {
             return;
         };
-        let st = state.borrow();
+        let mut st = state.borrow_mut();
         st.metrics.flush();
         let now = now_secs();
         for (i, p) in st.config.providers.iter().enumerate() {
+            let asking =
+                |c: &RootCall| matches!(c, RootCall::Jwks(x) | RootCall::Discovery(x) if *x == i);
+            if self.calls.values().any(asking) {
+                continue;
+            }
+            if p.introspection
+                .as_ref()
+                .is_some_and(|x| x.discovery_path.is_some())
+                && !st.discovered.contains_key(&i)
+            {
+                if let Some(token) = dispatch_discovery(self, &st, i) {
+                    self.calls.insert(token, RootCall::Discovery(i));
+                }
+                continue;
+            }
             let Some(remote) = &p.remote else { continue };
             let (fetched_at, _) = read_u64(&st.key(i, "jwks"));
             let has_keys = matches!(hostcalls::get_shared_data(&st.key(i, "jwks")), Ok((Some(b), _)) if b.len() > 8);
             let due = !has_keys || now >= fetched_at + remote.cache_duration_seconds;
-            if !due || self.fetching.values().any(|v| *v == i) {
+            if !due {
                 continue;
             }
             let lease = st.key(i, "lease");
@@ -358,7 +572,29 @@ impl RootContext for Root {
                 continue; // another VM won the lease
             }
             if let Some(token) = dispatch_fetch(self, &st, i) {
-                self.fetching.insert(token, i);
+                self.calls.insert(token, RootCall::Jwks(i));
+            }
+        }
+        let orphaned: Vec<String> = st
+            .flights
+            .iter()
+            .filter(|(_, f)| f.orphaned)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for token in orphaned {
+            let pi = st.flights[&token].provider;
+            match dispatch_introspection(self, &st, pi, &token) {
+                Some(call) => {
+                    if let Some(f) = st.flights.get_mut(&token) {
+                        f.orphaned = false;
+                    }
+                    self.calls.insert(call, RootCall::Introspection(token));
+                }
+                None => {
+                    if let Some(f) = st.flights.remove(&token) {
+                        wake(&st, f.waiters, &Err(Denial::IntrospectionUnavailable));
+                    }
+                }
             }
         }
     }
@@ -367,10 +603,11 @@ impl RootContext for Root {
         Some(ContextType::HttpContext)
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context: u32) -> Option<Box<dyn HttpContext>> {
         let state = self.state.clone()?;
         Some(Box::new(Request {
             state,
+            context,
             pending: None,
         }))
     }
@@ -388,58 +625,68 @@ struct Pending {
 
 struct Request {
     state: Rc<RefCell<State>>,
+    context: u32,
     pending: Option<Pending>,
 }
 
+/// Refuses the current request.
+fn deny(st: &State, d: Denial) {
+    if let Some(id) = st.metrics.denied.get(d.reason()) {
+        Metrics::bump(*id);
+    }
+    let request_id = hostcalls::get_map_value(
+        proxy_wasm::types::MapType::HttpRequestHeaders,
+        "x-request-id",
+    )
+    .ok()
+    .flatten();
+    let body = kit::reply::json_body(&d.message(), request_id.as_deref());
+    let mut headers = vec![kit::reply::CONTENT_TYPE_JSON];
+    let www = d.www_authenticate(&st.config.realm);
+    if let Some(w) = &www {
+        headers.push(("www-authenticate", w));
+    }
+    if matches!(
+        d,
+        Denial::KeysUnavailable | Denial::IntrospectionUnavailable
+    ) {
+        headers.push(("retry-after", "10"));
+    }
+    let _ = hostcalls::send_http_response(d.status(), headers, Some(&body));
+}
+
+/// Admits the current request with the verified token `v` under rule `rule`, when the
+/// rule's scopes and claims hold: identity headers set, the credential property set.
+fn allow(st: &State, v: &Verified, found: &Found, rule: usize) -> Action {
+    let r = &st.config.rules[rule];
+    if let Err(d) = crate::claims::check_scopes(&v.claims, &r.scopes) {
+        deny(st, d);
+        return Action::Pause;
+    }
+    if r.claims.as_ref().is_some_and(|c| !c.holds(&v.claims)) {
+        deny(st, Denial::Claims);
+        return Action::Pause;
+    }
+    let p = &st.config.providers[v.provider];
+    let headers = proxy_wasm::types::MapType::HttpRequestHeaders;
+    for (k, value) in &v.identity {
+        let _ = hostcalls::set_map_value(headers, k, Some(value));
+    }
+    if !p.forward {
+        if let Location::Header(h) = &found.location {
+            let _ = hostcalls::set_map_value(headers, h, None);
+        }
+    }
+    // For header-forwarder's forward_authorization: the credential that was verified.
+    let _ = hostcalls::set_property(
+        vec![kit::identity::CREDENTIAL_PROPERTY],
+        Some(found.token.as_bytes()),
+    );
+    Metrics::count(&st.metrics.pending_allowed);
+    Action::Continue
+}
+
 impl Request {
-    fn deny(&self, st: &State, d: Denial) {
-        if let Some(id) = st.metrics.denied.get(d.reason()) {
-            Metrics::bump(*id);
-        }
-        let request_id = self.get_http_request_header("x-request-id");
-        let body = kit::reply::json_body(&d.message(), request_id.as_deref());
-        let mut headers = vec![kit::reply::CONTENT_TYPE_JSON];
-        let www = d.www_authenticate(&st.config.realm);
-        if let Some(w) = &www {
-            headers.push(("www-authenticate", w));
-        }
-        if matches!(
-            d,
-            Denial::KeysUnavailable | Denial::IntrospectionUnavailable
-        ) {
-            headers.push(("retry-after", "10"));
-        }
-        self.send_http_response(d.status(), headers, Some(&body));
-    }
-
-    fn allow(&self, st: &State, v: &Verified, found: &Found, rule: usize) -> Action {
-        let r = &st.config.rules[rule];
-        if let Err(d) = crate::claims::check_scopes(&v.claims, &r.scopes) {
-            self.deny(st, d);
-            return Action::Pause;
-        }
-        if r.claims.as_ref().is_some_and(|c| !c.holds(&v.claims)) {
-            self.deny(st, Denial::Claims);
-            return Action::Pause;
-        }
-        let p = &st.config.providers[v.provider];
-        for (k, value) in &v.identity {
-            self.set_http_request_header(k, Some(value));
-        }
-        if !p.forward {
-            if let Location::Header(h) = &found.location {
-                self.set_http_request_header(h, None);
-            }
-        }
-        // For header-forwarder's forward_authorization: the credential that was verified.
-        self.set_property(
-            vec![kit::identity::CREDENTIAL_PROPERTY],
-            Some(found.token.as_bytes()),
-        );
-        Metrics::count(&st.metrics.pending_allowed);
-        Action::Continue
-    }
-
     /// Decides for `found` under rule `rule`; fetches keys when needed.
     fn decide(&mut self, found: Found, rule: usize, may_fetch: bool) -> Action {
         let state = self.state.clone();
@@ -448,16 +695,35 @@ impl Request {
         if let Some(v) = st.cache.get(&found.token, now) {
             if found.providers.contains(&v.provider) {
                 Metrics::count(&st.metrics.pending_hits);
-                return self.allow(&st, &v, &found, rule);
+                return allow(&st, &v, &found, rule);
             }
         }
         if let Some(pi) = auth::introspection_provider(&st.config, &found) {
             if st.inactive.is_inactive(&found.token, now) {
-                self.deny(&st, Denial::Inactive);
+                deny(&st, Denial::Inactive);
                 return Action::Pause;
+            }
+            // Another request is asking about this token: wait for its answer.
+            if let Some(f) = st.flights.get_mut(&found.token) {
+                if f.provider == pi {
+                    f.waiters.push(Waiter {
+                        context: self.context,
+                        found,
+                        rule,
+                    });
+                    return Action::Pause;
+                }
             }
             return match dispatch_introspection(self, &st, pi, &found.token) {
                 Some(token) => {
+                    st.flights.insert(
+                        found.token.clone(),
+                        Flight {
+                            provider: pi,
+                            waiters: Vec::new(),
+                            orphaned: false,
+                        },
+                    );
                     drop(st);
                     self.pending = Some(Pending {
                         token,
@@ -469,7 +735,7 @@ impl Request {
                     Action::Pause
                 }
                 None => {
-                    self.deny(&st, Denial::IntrospectionUnavailable);
+                    deny(&st, Denial::IntrospectionUnavailable);
                     Action::Pause
                 }
             };
@@ -504,10 +770,10 @@ impl Request {
         match auth::verify(&st.config, &found, &lookup, may_refetch, now) {
             Check::Ok(v) => {
                 st.cache.insert(&found.token, v.clone(), now);
-                self.allow(&st, &v, &found, rule)
+                allow(&st, &v, &found, rule)
             }
             Check::Deny(d) => {
-                self.deny(&st, d);
+                deny(&st, d);
                 Action::Pause
             }
             Check::NeedKeys {
@@ -530,7 +796,7 @@ impl Request {
                         Action::Pause
                     }
                     None => {
-                        self.deny(&st, Denial::KeysUnavailable);
+                        deny(&st, Denial::KeysUnavailable);
                         Action::Pause
                     }
                 }
@@ -550,43 +816,22 @@ impl Context for Request {
         if p.introspection {
             let state = self.state.clone();
             let mut st = state.borrow_mut();
-            let now = now_secs();
-            let body = body.unwrap_or_default();
-            let action =
-                match auth::introspected(&st.config, p.provider, status.as_deref(), &body, now) {
-                    Ok(v) => {
-                        st.cache.insert(&p.found.token, v.clone(), now);
-                        self.allow(&st, &v, &p.found, p.rule)
-                    }
-                    Err(Some(d)) => {
-                        if d == Denial::Inactive {
-                            let ttl = st.config.providers[p.provider]
-                                .introspection
-                                .as_ref()
-                                .map_or(0, |i| i.negative_cache_seconds);
-                            st.inactive.insert(&p.found.token, now + ttl, now);
-                        }
-                        self.deny(&st, d);
-                        Action::Pause
-                    }
-                    Err(None) => {
-                        hostcalls::log(
-                            LogLevel::Warn,
-                            &format!(
-                                "jwt-auth: introspection at `{}` failed: status {}",
-                                st.config.providers[p.provider].name,
-                                status.as_deref().unwrap_or("none")
-                            ),
-                        )
-                        .ok();
-                        self.deny(&st, Denial::IntrospectionUnavailable);
-                        Action::Pause
-                    }
-                };
-            drop(st);
-            if action == Action::Continue {
+            let waiters = st
+                .flights
+                .remove(&p.found.token)
+                .map(|f| f.waiters)
+                .unwrap_or_default();
+            let outcome = introspection_outcome(
+                &mut st,
+                p.provider,
+                &p.found.token,
+                status.as_deref(),
+                &body.unwrap_or_default(),
+            );
+            if settle(&st, &outcome, &p.found, p.rule) == Action::Continue {
                 self.resume_http_request();
             }
+            wake(&st, waiters, &outcome);
             return;
         }
         {
@@ -612,6 +857,22 @@ impl Context for Request {
         if self.decide(p.found, p.rule, false) == Action::Continue {
             self.resume_http_request();
         }
+    }
+
+    /// A request that ends while its introspection is in flight leaves the waiters to
+    /// the root context; with none, the flight is forgotten.
+    fn on_done(&mut self) -> bool {
+        if let Some(p) = self.pending.take().filter(|p| p.introspection) {
+            let mut st = self.state.borrow_mut();
+            if let Some(f) = st.flights.get_mut(&p.found.token) {
+                if f.waiters.is_empty() {
+                    st.flights.remove(&p.found.token);
+                } else {
+                    f.orphaned = true;
+                }
+            }
+        }
+        true
     }
 }
 
@@ -642,7 +903,7 @@ impl HttpContext for Request {
             Ok(Some(rule)) => rule,
             Ok(None) => return Action::Continue,
             Err(refusal) => {
-                self.deny(&st, Denial::Path(refusal));
+                deny(&st, Denial::Path(refusal));
                 return Action::Pause;
             }
         };
@@ -652,12 +913,12 @@ impl HttpContext for Request {
         let allow_missing = st.config.rules[rule].allow_missing;
         match extract::find(&st.config, &st.config.rules[rule], &headers, path) {
             Err(e) => {
-                self.deny(&st, Denial::Invalid(e));
+                deny(&st, Denial::Invalid(e));
                 Action::Pause
             }
             Ok(None) if allow_missing => Action::Continue,
             Ok(None) => {
-                self.deny(&st, Denial::Missing);
+                deny(&st, Denial::Missing);
                 Action::Pause
             }
             Ok(Some(found)) => {

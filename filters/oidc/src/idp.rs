@@ -203,18 +203,8 @@ pub fn client_assertion(
     let Some(key) = c.client_key.as_deref() else {
         return Ok(None);
     };
-    let mut jti = [0u8; 16];
-    getrandom::fill(&mut jti)?;
-    let jti = URL_SAFE_NO_PAD.encode(jti);
-    let claims =
-        kit::jwt::sign::client_assertion_claims(&c.client_id, token_endpoint, &jti, now, 60);
-    let pairs = [
-        (
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        ),
-        ("client_assertion", &key.sign(&claims)),
-    ];
+    let fields = kit::jwt::sign::client_assertion_fields(key, &c.client_id, token_endpoint, now)?;
+    let pairs = fields.each_ref().map(|(k, v)| (*k, v.as_str()));
     Ok(Some(form(&pairs)))
 }
 

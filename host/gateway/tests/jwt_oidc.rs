@@ -140,6 +140,7 @@ fn both_hosts(
     let gw = Gateway::start(&format!(
         r#"
 listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
 access_log: "off"
 workers: 2
 services:
@@ -358,5 +359,110 @@ fn opaque_tokens_are_introspected_at_the_provider_in_our_gateway_and_in_envoy() 
     ] {
         let r = through(&base, &token);
         assert_eq!(r.status, 401, "{host}: revoked, {}", r.body);
+    }
+}
+
+/// A counter of the gateway's filters, from its admin endpoint.
+fn gateway_counter(gw: &Gateway, name: &str) -> u64 {
+    let m = send(
+        &format!("http://127.0.0.1:{}", gw.admin),
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .unwrap();
+    m.body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("portcullis_filter_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn introspection_is_discovered_authenticated_by_private_key_jwt_and_asked_once_per_token_at_a_time()
+{
+    let dir = TempDir::new();
+    let keys = dir.0.join("idp-keys.json");
+    let port = free_port();
+    // The gateway's client at the IdP authenticates with a key pair made now: the IdP
+    // registers the public half, the filter holds the private one.
+    let rs_key = jwt_mint::Key::ec256("rs-key");
+    let clients = json!([
+        {"client_id": "app", "client_secret": "app-secret", "grant_types": ["client_credentials"],
+            "redirect_uris": [], "response_types": [], "scope": "orders:read", "userinfo_tokens": true},
+        {"client_id": "rs", "token_endpoint_auth_method": "private_key_jwt",
+            "token_endpoint_auth_signing_alg": "ES256", "jwks": {"keys": [rs_key.jwk()]},
+            "grant_types": [], "redirect_uris": [], "response_types": []},
+    ]);
+    let idp = Idp::start_with(port, &keys, &clients.to_string());
+    let upstream = echo();
+    // No path: the endpoint comes from the issuer's discovery document.
+    let config = json!({
+        "providers": {"idp": {
+            "issuer": idp.issuer(),
+            "introspection": {"cluster": "idp", "authority": format!("127.0.0.1:{port}"),
+                "client_id": "rs", "client_auth": "private_key_jwt",
+                "client_jwk": rs_key.private_jwk().unwrap()},
+            "consumer": {"id_claim": "client_id"}
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "idp", "scopes": ["orders:read"]}}]
+    });
+    let (gw, envoy) = both_hosts(port, upstream, &config);
+    let gateway_calls = || gateway_counter(&gw, "jwt_auth_introspections");
+    let envoy_calls = || {
+        envoy
+            .stat("wasmcustom.jwt_auth_introspections")
+            .unwrap_or(0)
+    };
+    let hosts: [(&str, String, &dyn Fn() -> u64, u64); 2] = [
+        ("portcullis", gw.url(), &gateway_calls, 2),
+        (
+            "envoy",
+            format!("http://{}", envoy.listener),
+            &envoy_calls,
+            1,
+        ),
+    ];
+    for (host, base, calls, vms) in hosts {
+        // Until the first tick has discovered the endpoint: 503 with Retry-After.
+        let warm = idp.token_for("app", "app-secret", "");
+        let started = std::time::Instant::now();
+        let r = loop {
+            let r = through(&base, &warm);
+            if r.status != 503 || started.elapsed() > Duration::from_secs(10) {
+                break r;
+            }
+            assert!(r.headers.get_str("retry-after").is_some(), "{host}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        assert_eq!(
+            r.upstream_header("x-consumer-id").as_deref(),
+            Some("app"),
+            "{host}"
+        );
+
+        // Twelve requests at once with a token no VM has seen: one introspection per VM.
+        let token = idp.token_for("app", "app-secret", "");
+        let before = calls();
+        let barrier = std::sync::Barrier::new(12);
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..12)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        through(&base, &token).status
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(statuses.iter().all(|s| *s == 200), "{host}: {statuses:?}");
+        let made = calls() - before;
+        assert!(
+            (1..=vms).contains(&made),
+            "{host}: {made} introspections of one token for 12 requests on {vms} VM(s)"
+        );
     }
 }

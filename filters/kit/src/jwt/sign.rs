@@ -170,6 +170,28 @@ pub fn client_assertion_claims(
         "iat": now, "exp": now + lifetime})
 }
 
+/// The two form fields of `private_key_jwt` client authentication (RFC 7523 2.2) for
+/// `client_id` at `audience` (the issuer or the endpoint's URL): a fresh random `jti`,
+/// good for 60 seconds. Err when no randomness can be had.
+pub fn client_assertion_fields(
+    key: &SigningKey,
+    client_id: &str,
+    audience: &str,
+    now: u64,
+) -> Result<[(&'static str, String); 2], getrandom::Error> {
+    let mut jti = [0u8; 16];
+    getrandom::fill(&mut jti)?;
+    let claims =
+        client_assertion_claims(client_id, audience, &URL_SAFE_NO_PAD.encode(jti), now, 60);
+    Ok([
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+        ),
+        ("client_assertion", key.sign(&claims)),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
