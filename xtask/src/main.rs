@@ -26,7 +26,13 @@ mod fuzz;
 mod images;
 mod soak;
 
-const FILTERS: [&str; 4] = ["oidc", "jwt-auth", "tier-limiter", "header-forwarder"];
+const FILTERS: [&str; 5] = [
+    "oidc",
+    "jwt-auth",
+    "tier-limiter",
+    "header-forwarder",
+    "key-auth",
+];
 const TEST_FILTERS: [&str; 3] = ["conformance-filter", "noop-filter", "calls-filter"];
 const TARGET: &str = "wasm32-wasip1";
 

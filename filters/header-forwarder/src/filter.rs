@@ -158,7 +158,12 @@ impl HttpContext for Forward {
         if c.forward_authorization {
             // The credential the auth filter verified wins over anything the transforms
             // or the client put in `authorization`.
-            if let Some(cred) = &credential {
+            // An API key is no bearer token: it stays where the client put it.
+            let bearer = credential.is_some()
+                && self
+                    .get_property(vec![kit::identity::CREDENTIAL_KIND_PROPERTY])
+                    .is_none_or(|k| k != kit::identity::API_KEY.as_bytes());
+            if let Some(cred) = credential.as_ref().filter(|_| bearer) {
                 // The common case (the client's own header, untouched) is found without
                 // building the value: wasm's byte-wise memcmp and lossy decoder are
                 // slow over a whole token.

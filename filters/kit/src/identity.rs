@@ -12,6 +12,15 @@ pub const CONSUMER_TIER: &str = "x-consumer-tier";
 /// it verified, so `header-forwarder` can make sure the upstream receives that one.
 pub const CREDENTIAL_PROPERTY: &str = "portcullis.credential";
 
+/// The stream property saying what kind of credential `CREDENTIAL_PROPERTY` holds when
+/// it is not a bearer token: [`API_KEY`] (set by `key-auth`). Absent: a bearer token,
+/// which `header-forwarder` forwards as `Authorization`; an API key it leaves where the
+/// client put it (or where `hide_credentials` took it from).
+pub const CREDENTIAL_KIND_PROPERTY: &str = "portcullis.credential_kind";
+
+/// [`CREDENTIAL_KIND_PROPERTY`]'s value for an API key.
+pub const API_KEY: &str = "api_key";
+
 /// Every identity header, in the order an auth filter strips them.
 pub const ALL: [&str; 5] = [
     CONSUMER_ID,

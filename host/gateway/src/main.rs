@@ -65,11 +65,41 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Print the digest key-auth's configuration holds for an API key read from
+    /// standard input (one line): `sha256:<64 hex digits>`. With --new, make a fresh
+    /// random key (256 bits) and print it, then its digest.
+    KeyHash {
+        #[arg(long)]
+        new: bool,
+    },
     /// Serve the echo upstream: it answers with what it received, as JSON.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
         address: String,
     },
+}
+
+/// `portcullis key-hash`.
+fn key_hash(new: bool) -> Result<(), Vec<String>> {
+    let key = if new {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| vec![format!("no randomness: {e}")])?;
+        let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        println!("{key}");
+        key
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| vec![format!("reading the key: {e}")])?;
+        let key = line.trim_end_matches(['\r', '\n']).to_owned();
+        if key.is_empty() {
+            return Err(vec!["no key on standard input".into()]);
+        }
+        key
+    };
+    println!("{}", key_auth::directory::hash_string(key.as_bytes()));
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -94,6 +124,7 @@ fn main() -> ExitCode {
             );
         }),
         Command::Echo { address } => echo(&address),
+        Command::KeyHash { new } => key_hash(new),
         Command::RatelimitService {
             listen,
             redis,
