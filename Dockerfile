@@ -16,11 +16,12 @@ WORKDIR /src
 COPY . .
 RUN cargo build --locked --profile host -p portcullis \
  && cargo build --locked --release --target wasm32-wasip1 \
-      -p oidc -p jwt-auth -p tier-limiter -p header-forwarder \
+      -p oidc -p jwt-auth -p tier-limiter -p header-forwarder -p key-auth \
  && mkdir -p /out/filters /out/cache \
  && cp target/host/portcullis /out/portcullis \
  && cp target/wasm32-wasip1/release/oidc.wasm target/wasm32-wasip1/release/jwt_auth.wasm \
        target/wasm32-wasip1/release/tier_limiter.wasm target/wasm32-wasip1/release/header_forwarder.wasm \
+       target/wasm32-wasip1/release/key_auth.wasm \
        /out/filters/
 
 # glibc, libgcc, CA certificates, /tmp and the nonroot user (65532); no shell.

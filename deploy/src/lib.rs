@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// One of the four filters, as the manifests name it.
+/// One of the five filters, as the manifests name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Filter {
     /// The package and image name: `jwt-auth`.
@@ -34,7 +34,7 @@ pub struct Filter {
     pub var: &'static str,
 }
 
-pub const FILTERS: [Filter; 4] = [
+pub const FILTERS: [Filter; 5] = [
     Filter {
         name: "oidc",
         wasm: "oidc.wasm",
@@ -54,6 +54,11 @@ pub const FILTERS: [Filter; 4] = [
         name: "header-forwarder",
         wasm: "header_forwarder.wasm",
         var: "HEADER_FORWARDER",
+    },
+    Filter {
+        name: "key-auth",
+        wasm: "key_auth.wasm",
+        var: "KEY_AUTH",
     },
 ];
 

@@ -1367,7 +1367,11 @@ fn clusters_named(config: &Value) -> Vec<String> {
             out.push(c.to_owned());
         }
     }
-    for c in [&config["idp_cluster"], &config["global"]["cluster"]] {
+    for c in [
+        &config["idp_cluster"],
+        &config["global"]["cluster"],
+        &config["key_service"]["cluster"],
+    ] {
         if let Some(c) = c.as_str() {
             out.push(c.to_owned());
         }

@@ -144,7 +144,7 @@ pub fn oci(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask dist`: into `target/dist/`, the four `.wasm`, the gateway binary, every
+/// `cargo xtask dist`: into `target/dist/`, the five `.wasm`, the gateway binary, every
 /// image's layout tarball and `SHA256SUMS`.
 pub fn dist() -> Result<(), String> {
     let built = build_images()?;

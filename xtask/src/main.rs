@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--groups G,..] [--ttl SECONDS] | fuzz [--seconds N] [TARGET...] | oci [--push PREFIX] [--plain-http] | dist | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
+                "usage: cargo xtask <build | test | demo | bench | soak [--minutes N] [--tokens N] [--new-identities] | token [--tier T] [--sub S] [--groups G,..] [--ttl SECONDS] [--opaque] | fuzz [--seconds N] [TARGET...] | oci [--push PREFIX] [--plain-http] | dist | deploy-manifests [--registry R] [--image NAME=DIGEST]...>"
             );
             return ExitCode::from(2);
         }
@@ -123,7 +123,7 @@ fn ensure_target() -> Result<(), String> {
     }
 }
 
-/// Builds the four filters and the test filters for wasm32-wasip1 (release profile),
+/// Builds the five filters and the test filters for wasm32-wasip1 (release profile),
 /// and the AssemblyScript test filter.
 fn build() -> Result<(), String> {
     let all: Vec<&str> = FILTERS.iter().chain(TEST_FILTERS.iter()).copied().collect();
@@ -379,6 +379,8 @@ fn demo(extra: &[String]) -> Result<(), String> {
             "      curl -s localhost:8080/orders/42 -H \"authorization: Bearer $TOKEN\" | python3 -m json.tool"
         );
         eprintln!("      curl -si localhost:8080/orders/42");
+        eprintln!("      OPAQUE=$(cargo xtask token --sub bob --opaque)   # introspected");
+        eprintln!("      curl -s localhost:8080/orders/42 -H \"authorization: Bearer $OPAQUE\"");
         eprintln!("      curl -s localhost:9901/metrics\n");
     }
     let gateway = children.spawn(

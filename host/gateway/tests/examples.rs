@@ -6,9 +6,8 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use bytes::Bytes;
 use common::*;
-use jwt_mint::{Key, jwks};
+
 use serde_json::json;
 
 fn examples() -> PathBuf {
@@ -39,16 +38,14 @@ fn every_example_configuration_validates() {
     assert!(checked >= 2);
 }
 
-/// `examples/quickstart.yaml` as `cargo xtask demo` runs it, on free ports, with a
-/// JWKS of a key made now in place of the demo IdP.
+/// `examples/quickstart.yaml` as `cargo xtask demo` runs it, on free ports, with the
+/// demo IdP (`jwt_mint::demo`, what `demo-idp serve` runs) on a key made now.
 #[test]
 fn the_quickstart_holds_against_the_attacks_found_in_it() {
-    let key = Key::ec256("demo");
+    let dir = TempDir::new();
+    let key = jwt_mint::demo::signing_key(&dir.0);
     let upstream = echo();
-    let idp = answering(
-        std::time::Duration::ZERO,
-        Bytes::from(jwks(&[&key]).to_string()),
-    );
+    let idp = jwt_mint::demo::spawn(dir.0.clone());
     let wasm_dir = portcullis_testbed::wasm_dir();
     let yaml = std::fs::read_to_string(examples().join("quickstart.yaml"))
         .unwrap()
@@ -89,6 +86,41 @@ fn the_quickstart_holds_against_the_attacks_found_in_it() {
         &[("authorization", &format!("Bearer {admin}"))],
     );
     assert_eq!(status, 200, "{body}");
+
+    // An opaque token of the demo IdP (`cargo xtask token --opaque`): introspected, and
+    // the same claim rule holds for it.
+    let opaque = |groups: &[&str]| {
+        let now = jwt_mint::demo::now();
+        jwt_mint::demo::mint_opaque(
+            &dir.0,
+            &json!({"iss": "https://demo-idp.portcullis.local", "aud": "demo-api", "sub": "bob",
+                "preferred_username": "bob", "tier": "standard", "groups": groups,
+                "scope": "orders:read", "iat": now, "exp": now + 600}),
+        )
+    };
+    let plain = format!("Bearer {}", opaque(&["demo"]));
+    let r = get(&gw, "/orders/42", &[("authorization", &plain)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream_header("x-consumer-id").as_deref(), Some("bob"));
+    assert_eq!(r.upstream_header("x-plan").as_deref(), Some("standard"));
+    assert_eq!(
+        raw_get(&addr, b"/admin/stats", &[("authorization", &plain)]).0,
+        403
+    );
+    let admin = format!("Bearer {}", opaque(&["admin"]));
+    assert_eq!(
+        raw_get(&addr, b"/admin/stats", &[("authorization", &admin)]).0,
+        200
+    );
+    assert_eq!(
+        raw_get(
+            &addr,
+            b"/orders/42",
+            &[("authorization", "Bearer opq_never_issued")]
+        )
+        .0,
+        401
+    );
 
     // `curl --path-as-is` tricks and the plain-prefix hole, without a token.
     for trick in [

@@ -22,7 +22,13 @@ use portcullis_oci::wasm::{self, Variant};
 use portcullis_oci::{Image, gateway, registry};
 use serde_json::json;
 
-const FILTERS: [&str; 4] = ["oidc", "jwt-auth", "tier-limiter", "header-forwarder"];
+const FILTERS: [&str; 5] = [
+    "oidc",
+    "jwt-auth",
+    "tier-limiter",
+    "header-forwarder",
+    "key-auth",
+];
 const VERSION: &str = "0.1.0";
 
 fn built_wasm(filter: &str) -> Vec<u8> {
@@ -470,6 +476,7 @@ fn the_gateway_image_runs_from_its_own_files_as_nonroot() {
         "usr/local/lib/portcullis/filters/oidc.wasm",
         "usr/local/lib/portcullis/filters/tier_limiter.wasm",
         "usr/local/lib/portcullis/filters/header_forwarder.wasm",
+        "usr/local/lib/portcullis/filters/key_auth.wasm",
         "lib64/ld-linux-x86-64.so.2",
         "lib/x86_64-linux-gnu/libc.so.6",
         "etc/passwd",
@@ -637,7 +644,7 @@ fn the_dockerfile_makes_the_image_the_xtask_makes() {
         !stage.iter().any(|l| l.starts_with("RUN ")),
         "no RUN in the runtime stage: it has no shell"
     );
-    // The build stage copies the four filters to what the runtime stage takes.
+    // The build stage copies the five filters to what the runtime stage takes.
     let text = dockerfile();
     for f in FILTERS {
         let file = format!("{}.wasm", f.replace('-', "_"));

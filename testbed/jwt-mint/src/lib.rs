@@ -11,6 +11,9 @@
 //! ```
 #![allow(clippy::unwrap_used)] // a test and demo tool: a failed key generation is fatal
 
+/// The demo IdP behind `demo-idp` and `cargo xtask demo`.
+pub mod demo;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};

@@ -1,7 +1,7 @@
 //! The gateway as a runnable container image with no base image: one layer holding the
 //! `portcullis` binary, the shared libraries it links (glibc's loader, libc, libm,
 //! libgcc_s, copied from the build machine, with their Debian copyright files), the CA
-//! bundle, a `nonroot` user (65532, as distroless images have) and the four filters.
+//! bundle, a `nonroot` user (65532, as distroless images have) and the five filters.
 //! It runs as 65532 with a read-only root filesystem: the only places it writes are
 //! `$PORTCULLIS_CACHE_DIR` (`/var/cache/portcullis`, owned by 65532: mount a tmpfs or
 //! emptyDir there) and `/tmp`.

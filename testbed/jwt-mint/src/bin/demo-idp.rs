@@ -1,23 +1,17 @@
-//! The demo's identity provider: an EC P-256 signing key made on first use (kept in
-//! the demo directory, never in the repository), its JWKS served over HTTP, and tokens
-//! minted for a chosen consumer and tier.
+//! The demo's identity provider (see `jwt_mint::demo`): its JWKS and introspection
+//! endpoint served over HTTP, and tokens minted for a chosen consumer and tier.
 //!
 //! ```text
 //! demo-idp serve --dir target/demo --address 127.0.0.1:9001
 //! demo-idp token --dir target/demo --sub ada --tier premium --ttl 3600
+//! demo-idp token --dir target/demo --sub ada --opaque        # an opaque token
 //! demo-idp token --dir target/demo --sub soak --count 1000   # soak-0 ... soak-999, one per line
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use jwt_mint::{Key, jwks};
+use jwt_mint::demo::{AUDIENCE, ISSUER, mint_opaque, now, serve, signing_key};
 use serde_json::json;
-
-pub const ISSUER: &str = "https://demo-idp.portcullis.local";
-pub const AUDIENCE: &str = "demo-api";
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
@@ -27,35 +21,12 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-fn key(dir: &Path) -> Key {
-    let path = dir.join("signing-key.json");
-    if let Some(k) = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .and_then(|j| Key::from_private_jwk(&j))
-    {
-        return k;
-    }
-    let k = Key::ec256(&format!(
-        "demo-{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    ));
-    std::fs::create_dir_all(dir).expect("demo directory");
-    std::fs::write(&path, k.private_jwk().expect("an EC key").to_string())
-        .expect("write the demo key");
-    k
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = PathBuf::from(arg(&args, "--dir", "target/demo"));
     match args.first().map(String::as_str) {
         Some("token") => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = now();
             let ttl: u64 = arg(&args, "--ttl", "3600").parse().unwrap_or(3600);
             let sub = arg(&args, "--sub", "ada");
             let tier = arg(&args, "--tier", "free");
@@ -65,12 +36,21 @@ fn main() {
                 .filter(|g| !g.is_empty())
                 .map(str::to_owned)
                 .collect();
+            if args.iter().any(|a| a == "--opaque") {
+                let claims = json!({
+                    "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "client_id": sub,
+                    "preferred_username": sub, "tier": tier, "groups": groups,
+                    "scope": "orders:read", "token_type": "Bearer", "iat": now, "exp": now + ttl
+                });
+                println!("{}", mint_opaque(&dir, &claims));
+                return;
+            }
             // One token, or many (subjects `<sub>-<i>`) for load tests.
             let count: Option<usize> = args
                 .iter()
                 .any(|a| a == "--count")
                 .then(|| arg(&args, "--count", "1").parse().unwrap_or(1));
-            let key = key(&dir);
+            let key = signing_key(&dir);
             let subjects: Vec<String> = match count {
                 None => vec![sub],
                 Some(n) => (0..n).map(|i| format!("{sub}-{i}")).collect(),
@@ -89,7 +69,6 @@ fn main() {
         }
         Some("serve") => {
             let address = arg(&args, "--address", "127.0.0.1:9001");
-            let body = Bytes::from(jwks(&[&key(&dir)]).to_string());
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -98,34 +77,15 @@ fn main() {
                 let listener = tokio::net::TcpListener::bind(&address)
                     .await
                     .unwrap_or_else(|e| panic!("cannot listen on {address}: {e}"));
-                eprintln!("demo IdP: JWKS at http://{address}/jwks (issuer {ISSUER})");
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let body = body.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |_req| {
-                            let body = body.clone();
-                            async move {
-                                let mut r = hyper::Response::new(Full::new(body));
-                                r.headers_mut().insert(
-                                    "content-type",
-                                    hyper::header::HeaderValue::from_static("application/json"),
-                                );
-                                Ok::<_, std::convert::Infallible>(r)
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
+                eprintln!(
+                    "demo IdP: JWKS at http://{address}/jwks, introspection at http://{address}/introspect (issuer {ISSUER})"
+                );
+                serve(dir, listener).await;
             });
         }
         _ => {
             eprintln!(
-                "usage: demo-idp serve [--dir D] [--address A] | token [--dir D] [--sub S] [--tier T] [--ttl SECONDS] [--count N]"
+                "usage: demo-idp serve [--dir D] [--address A] | token [--dir D] [--sub S] [--tier T] [--groups G,..] [--ttl SECONDS] [--count N] [--opaque]"
             );
             std::process::exit(2);
         }
