@@ -118,10 +118,7 @@ fn more_than_one_key_is_refused_wherever_they_are() {
     ] {
         let res = bed.send(req);
         assert_eq!(res.status, 401);
-        assert_eq!(
-            res.json()["message"],
-            "more than one API key in the request"
-        );
+        assert_eq!(res.json()["message"], "Duplicate API key found");
     }
 }
 

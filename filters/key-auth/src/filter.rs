@@ -101,7 +101,8 @@ impl Denial {
         match self {
             Denial::Missing => "No API key found in request",
             Denial::Invalid => "Invalid authentication credentials",
-            Denial::Ambiguous => "more than one API key in the request",
+            // Kong says so of a key name repeated; here of any second key.
+            Denial::Ambiguous => "Duplicate API key found",
             Denial::Forbidden => "You cannot consume this service",
             Denial::Unavailable => "API keys cannot be loaded now",
         }

@@ -72,6 +72,11 @@ enum Command {
         #[arg(long)]
         new: bool,
     },
+    /// Bring another gateway's configuration over.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// Serve the echo upstream: it answers with what it received, as JSON.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -102,6 +107,84 @@ fn key_hash(new: bool) -> Result<(), Vec<String>> {
     Ok(())
 }
 
+#[derive(Subcommand)]
+enum ImportFrom {
+    /// A Kong declarative configuration (decK or DB-less; YAML or JSON; format 1.1,
+    /// 2.1 or 3.0) as a portcullis configuration, with a report of what changed. Exits
+    /// 0 when the output is usable.
+    Kong {
+        /// The Kong file.
+        file: PathBuf,
+        /// Where to write the configuration (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// Where to write the report: Markdown, or JSON when the name ends in .json.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Fail (exit 1) when anything was mapped with differences or not at all.
+        #[arg(long)]
+        strict: bool,
+        /// Take decK's `${{ env "DECK_X" }}` values from the environment.
+        #[arg(long)]
+        env: bool,
+        /// Where the filters' .wasm files are.
+        #[arg(long, default_value = "/usr/local/lib/portcullis/filters")]
+        wasm_dir: String,
+        /// The proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
+        /// The admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:8100")]
+        admin: String,
+    },
+}
+
+/// `portcullis import kong`.
+#[allow(clippy::too_many_arguments)]
+fn import_kong(
+    file: &std::path::Path,
+    out: Option<&std::path::Path>,
+    report: Option<&std::path::Path>,
+    strict: bool,
+    env: bool,
+    options: portcullis_kong::Options,
+) -> Result<(), Vec<String>> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| vec![format!("{}: {e}", file.display())])?;
+    let from_env = |name: &str| std::env::var(name).ok();
+    let imported =
+        portcullis_kong::import(&text, if env { Some(&from_env) } else { None }, &options)
+            .map_err(|e| vec![format!("{}: {e}", file.display())])?;
+    match out {
+        Some(path) => std::fs::write(path, &imported.yaml)
+            .map_err(|e| vec![format!("{}: {e}", path.display())])?,
+        None => print!("{}", imported.yaml),
+    }
+    let r = &imported.report;
+    if let Some(path) = report {
+        let text = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::to_string_pretty(&r.json()).unwrap_or_default()
+        } else {
+            r.markdown()
+        };
+        std::fs::write(path, text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    }
+    eprintln!("{}", r.summary());
+    for e in &r.entries {
+        if e.status != portcullis_kong::Status::Exact {
+            eprintln!("  {} {}: {}", e.kind, e.name, e.notes.join("; "));
+        }
+    }
+    let changed = r.count(portcullis_kong::Status::Differences)
+        + r.count(portcullis_kong::Status::Unsupported);
+    if strict && changed > 0 {
+        return Err(vec![format!(
+            "--strict: {changed} entities were not mapped exactly"
+        )]);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -125,6 +208,31 @@ fn main() -> ExitCode {
         }),
         Command::Echo { address } => echo(&address),
         Command::KeyHash { new } => key_hash(new),
+        Command::Import {
+            from:
+                ImportFrom::Kong {
+                    file,
+                    out,
+                    report,
+                    strict,
+                    env,
+                    wasm_dir,
+                    listen,
+                    admin,
+                },
+        } => import_kong(
+            &file,
+            out.as_deref(),
+            report.as_deref(),
+            strict,
+            env,
+            portcullis_kong::Options {
+                listen,
+                admin,
+                wasm_dir,
+                ..portcullis_kong::Options::default()
+            },
+        ),
         Command::RatelimitService {
             listen,
             redis,

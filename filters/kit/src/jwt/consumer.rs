@@ -18,6 +18,13 @@ pub struct ConsumerClaims {
     pub groups_claim: Option<String>,
     #[serde(default)]
     pub tier_claim: Option<String>,
+    /// A fixed consumer id for every token of the provider (a provider per consumer, as
+    /// Kong's jwt credentials are), instead of a claim's.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// A fixed consumer username, likewise.
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 fn sub() -> String {
@@ -31,6 +38,8 @@ impl Default for ConsumerClaims {
             username_claim: None,
             groups_claim: None,
             tier_claim: None,
+            id: None,
+            username: None,
         }
     }
 }
@@ -56,10 +65,14 @@ pub fn identity_headers(
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let get = |name: &str| claim(claims, name);
-    if let Some(id) = get(&consumer.id_claim) {
+    if let Some(id) = consumer.id.clone().or_else(|| get(&consumer.id_claim)) {
         out.push((identity::CONSUMER_ID.to_owned(), id));
     }
-    if let Some(name) = consumer.username_claim.as_deref().and_then(get) {
+    if let Some(name) = consumer
+        .username
+        .clone()
+        .or_else(|| consumer.username_claim.as_deref().and_then(get))
+    {
         out.push((identity::CONSUMER_USERNAME.to_owned(), name));
     }
     if let Some(groups) = consumer.groups_claim.as_deref().and_then(get) {
@@ -85,6 +98,19 @@ pub fn safe_header_value(v: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_fixed_consumer_wins_over_the_claims() {
+        let c = ConsumerClaims {
+            id: Some("c-1".into()),
+            username: Some("ada".into()),
+            ..ConsumerClaims::default()
+        };
+        let claims = json!({"sub": "someone-else", "iss": "k1"});
+        let h = identity_headers(&c, claims.as_object().unwrap(), "k1");
+        assert_eq!(h[0], ("x-consumer-id".to_owned(), "c-1".to_owned()));
+        assert_eq!(h[1], ("x-consumer-username".to_owned(), "ada".to_owned()));
+    }
 
     #[test]
     fn identity_follows_the_configured_claims() {

@@ -1,0 +1,1072 @@
+//! Kong's entities onto the gateway's configuration: services, routes, and each
+//! route's plugins (Kong's precedence between scopes) as filter instances, in Kong's
+//! plugin order (authentication, then limits, then transforms).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::Options;
+use crate::input::{Consumer, Kong, Plugin, Route, Service};
+use crate::report::Report;
+
+/// Plugins with nothing of ours to map to, and the nearest thing we offer.
+const NEAREST: [(&str, &str); 12] = [
+    ("cors", "none in the gateway; Envoy's CORS filter in Envoy"),
+    (
+        "prometheus",
+        "the admin endpoint's /metrics (Prometheus text)",
+    ),
+    (
+        "correlation-id",
+        "the gateway's x-request-id, kept from a client or made",
+    ),
+    ("ip-restriction", "none; Envoy's RBAC filter in Envoy"),
+    ("proxy-cache", "none"),
+    ("request-termination", "none"),
+    ("bot-detection", "none"),
+    (
+        "file-log",
+        "the gateway's access_log (one JSON line per request)",
+    ),
+    (
+        "http-log",
+        "the gateway's access_log (one JSON line per request)",
+    ),
+    ("basic-auth", "key-auth (API keys) or jwt-auth"),
+    ("hmac-auth", "key-auth (API keys) or jwt-auth"),
+    (
+        "oauth2",
+        "jwt-auth with an introspection provider, and oidc",
+    ),
+];
+
+/// The plugins this importer maps, in Kong's execution order (PRIORITY, highest first).
+const MAPPED: [&str; 10] = [
+    "jwt",
+    "key-auth",
+    "request-size-limiting",
+    "acl",
+    "rate-limiting",
+    "rate-limiting-advanced",
+    "request-transformer",
+    "request-transformer-advanced",
+    "response-transformer",
+    "response-transformer-advanced",
+];
+
+pub struct Mapped {
+    pub config: Value,
+}
+
+/// The plugin of `name` that applies on `route` of `service` without a consumer
+/// (Kong's precedence: route and service, route, service, global).
+fn effective<'a>(k: &'a Kong, name: &str, route: &Route) -> Option<&'a Plugin> {
+    let cands = k.plugins.iter().filter(|p| {
+        p.name == name
+            && p.enabled
+            && p.scope.consumer.is_none()
+            && p.scope.consumer_group.is_none()
+            && p.scope.route.as_ref().is_none_or(|r| *r == route.name)
+            && p.scope
+                .service
+                .as_ref()
+                .is_none_or(|s| Some(s) == route.service.as_ref())
+    });
+    cands.max_by_key(|p| (p.scope.route.is_some(), p.scope.service.is_some()))
+}
+
+/// Plugins scoped to a consumer or a consumer group that apply on `route`.
+fn per_consumer<'a>(k: &'a Kong, names: &[&str], route: &Route) -> Vec<&'a Plugin> {
+    k.plugins
+        .iter()
+        .filter(|p| {
+            names.contains(&p.name.as_str())
+                && p.enabled
+                && (p.scope.consumer.is_some() || p.scope.consumer_group.is_some())
+                && p.scope.route.as_ref().is_none_or(|r| *r == route.name)
+                && p.scope
+                    .service
+                    .as_ref()
+                    .is_none_or(|s| Some(s) == route.service.as_ref())
+        })
+        .collect()
+}
+
+fn str_list(c: &Map<String, Value>, k: &str, default: &[&str]) -> Vec<String> {
+    match c.get(k) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::Null) | None => default.iter().map(|s| s.to_string()).collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(_) => Vec::new(),
+    }
+}
+
+fn flag(c: &Map<String, Value>, k: &str, default: bool) -> bool {
+    c.get(k).and_then(Value::as_bool).unwrap_or(default)
+}
+
+fn number(c: &Map<String, Value>, k: &str) -> Option<f64> {
+    c.get(k).and_then(Value::as_f64)
+}
+
+fn service_url(k: &Kong, s: &Service, notes: &mut Vec<String>) -> Result<Vec<String>, String> {
+    if !matches!(s.protocol.as_str(), "http" | "https") {
+        return Err(format!(
+            "protocol `{}`: the gateway proxies HTTP and HTTPS only",
+            s.protocol
+        ));
+    }
+    if s.host.contains(crate::input::KEPT) {
+        return Err("its host is a decK placeholder: run with --env to take its value".into());
+    }
+    let host_ok = |h: &str| {
+        !h.is_empty()
+            && (h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+                || (h.starts_with('[') && h.ends_with(']')))
+    };
+    if !host_ok(&s.host) {
+        return Err(format!("its host `{}` is not a host name", s.host));
+    }
+    if let Some(targets) = k.upstreams.get(&s.host) {
+        let live: Vec<&(String, u64)> = targets.iter().filter(|(_, w)| *w > 0).collect();
+        if live.is_empty() {
+            return Err(format!("upstream `{}` has no target with weight", s.host));
+        }
+        if live.iter().any(|(_, w)| *w != live[0].1) {
+            notes.push(format!(
+                "upstream `{}`: targets are taken in turn (round robin); Kong's weights ({}) are not kept",
+                s.host,
+                live.iter()
+                    .map(|(t, w)| format!("{t}={w}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        return Ok(live
+            .iter()
+            .map(|(t, _)| format!("{}://{t}", s.protocol))
+            .collect());
+    }
+    Ok(vec![format!("{}://{}:{}", s.protocol, s.host, s.port)])
+}
+
+/// A `name:value` list of Kong's transformers as a map (first `:` splits).
+fn pairs(
+    c: &Map<String, Value>,
+    op: &str,
+    what: &str,
+    notes: &mut Vec<String>,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    let list = c
+        .get(op)
+        .and_then(|o| o.get(what))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for item in list {
+        let Some(item) = item.as_str() else { continue };
+        let (k, v) = item.split_once(':').unwrap_or((item, ""));
+        let v = v
+            .replace("$(query_params.", "$(query.")
+            .replace("$(query_params[", "$(query.[");
+        if v.contains("$(") && !template_ok(&v) {
+            notes.push(format!(
+                "`{op}.{what}` `{k}`: the template `{v}` uses what only Kong's Lua templates have; dropped"
+            ));
+            continue;
+        }
+        out.insert(k.trim().to_ascii_lowercase(), Value::String(v));
+    }
+    out
+}
+
+fn template_ok(v: &str) -> bool {
+    let mut rest = v;
+    while let Some(i) = rest.find("$(") {
+        let after = &rest[i + 2..];
+        let Some(end) = after.find(')') else {
+            return false;
+        };
+        let inner = &after[..end];
+        let ok = inner.starts_with("headers.")
+            || inner.starts_with("query.")
+            || inner.starts_with("consumer.")
+            || inner.starts_with("request.")
+            || inner == "source.address";
+        if !ok {
+            return false;
+        }
+        rest = &after[end + 1..];
+    }
+    true
+}
+
+/// Kong's request-/response-transformer as a header-forwarder phase.
+fn transformer_phase(c: &Map<String, Value>, request: bool, notes: &mut Vec<String>) -> Value {
+    let mut phase = Map::new();
+    let headers_and_query: &[&str] = if request {
+        &["headers", "querystring"]
+    } else {
+        &["headers"]
+    };
+    for op in ["remove", "rename", "replace", "add", "append"] {
+        let mut o = Map::new();
+        for what in headers_and_query {
+            if op == "remove" {
+                let list = c
+                    .get(op)
+                    .and_then(|x| x.get(*what))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if !list.is_empty() {
+                    o.insert(what.to_string(), Value::Array(list));
+                }
+            } else {
+                let m = pairs(c, op, what, notes);
+                if !m.is_empty() {
+                    o.insert(what.to_string(), Value::Object(m));
+                }
+            }
+        }
+        for (what, label) in [("body", "body"), ("json", "JSON body"), ("uri", "URI")] {
+            let present = c
+                .get(op)
+                .and_then(|x| x.get(what))
+                .is_some_and(|v| match v {
+                    Value::Array(a) => !a.is_empty(),
+                    Value::Null => false,
+                    Value::String(s) => !s.is_empty(),
+                    _ => true,
+                });
+            if present {
+                notes.push(format!(
+                    "`{op}.{what}`: {label} transforms are not supported (headers and query only); dropped"
+                ));
+            }
+        }
+        if !o.is_empty() {
+            phase.insert(op.to_owned(), Value::Object(o));
+        }
+    }
+    if c.get("http_method").is_some_and(|m| !m.is_null()) {
+        notes.push("`http_method`: changing the method is not supported; dropped".into());
+    }
+    Value::Object(phase)
+}
+
+/// A tier-limiter plan from rate-limiting's windows (or -advanced's limit/window_size).
+fn limits(p: &Plugin, notes: &mut Vec<String>) -> Map<String, Value> {
+    let c = &p.config;
+    let mut plan = Map::new();
+    if p.name == "rate-limiting-advanced" {
+        let lim: Vec<f64> = c
+            .get("limit")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        let win: Vec<f64> = c
+            .get("window_size")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        for (l, w) in lim.iter().zip(&win) {
+            let name = match *w as u64 {
+                1 => "second",
+                60 => "minute",
+                3600 => "hour",
+                86400 => "day",
+                other => {
+                    notes.push(format!(
+                        "a window of {other} s has no tier-limiter window (second, minute, hour, day); dropped"
+                    ));
+                    continue;
+                }
+            };
+            plan.insert(name.into(), json!(*l as u64));
+        }
+        if c.get("window_type").and_then(Value::as_str) != Some("fixed") {
+            notes.push("Kong's sliding windows become token buckets refilled continuously".into());
+        }
+        notes.push(
+            "headers are named by window (X-RateLimit-Limit-Minute), where rate-limiting-advanced names them by seconds (X-RateLimit-Limit-60)"
+                .into(),
+        );
+    } else {
+        for w in ["second", "minute", "hour", "day"] {
+            if let Some(v) = number(c, w) {
+                plan.insert(w.into(), json!(v as u64));
+            }
+        }
+        for w in ["month", "year"] {
+            if number(c, w).is_some() {
+                notes.push(format!(
+                    "the `{w}` limit has no tier-limiter window (second, minute, hour, day); dropped"
+                ));
+            }
+        }
+        notes.push(
+            "limits are token buckets refilled continuously, where Kong counts fixed calendar windows"
+                .into(),
+        );
+    }
+    plan
+}
+
+struct Filters {
+    /// (kind, config JSON) → name.
+    seen: BTreeMap<(String, String), String>,
+    out: Vec<Value>,
+}
+
+impl Filters {
+    fn add(&mut self, kind: &str, config: Value, opts: &Options) -> String {
+        let key = (kind.to_owned(), config.to_string());
+        if let Some(n) = self.seen.get(&key) {
+            return n.clone();
+        }
+        let name = format!(
+            "{kind}-{}",
+            self.seen.keys().filter(|(k, _)| k == kind).count() + 1
+        );
+        let wasm = format!("{}/{}.wasm", opts.wasm_dir, kind.replace('-', "_"));
+        self.out
+            .push(json!({"name": name, "wasm": wasm, "config": config}));
+        self.seen.insert(key, name.clone());
+        name
+    }
+}
+
+pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
+    for key in &k.ignored {
+        report.unsupported(
+            "file",
+            format!("`{key}`"),
+            "this top-level key is not read",
+            None,
+        );
+    }
+    // Services.
+    let mut services: BTreeMap<String, Value> = BTreeMap::new();
+    for s in &k.services {
+        let mut notes = Vec::new();
+        match service_url(k, s, &mut notes) {
+            Ok(urls) => {
+                if let Some(p) = s.path.as_deref().filter(|p| *p != "/") {
+                    notes.push(format!(
+                        "the service path `{p}` is not put before the request's path upstream"
+                    ));
+                }
+                if s.retries > 0 {
+                    notes.push(format!(
+                        "Kong retries a failed connection up to {} times; the gateway does not retry",
+                        s.retries
+                    ));
+                }
+                if s.write_timeout != 60_000 {
+                    notes.push(format!(
+                        "write_timeout {} ms has no equivalent (the whole exchange is bounded by timeout_ms)",
+                        s.write_timeout
+                    ));
+                }
+                let mut v = json!({"name": s.name, "connect_timeout_ms": s.connect_timeout,
+                    "read_timeout_ms": s.read_timeout});
+                if urls.len() == 1 {
+                    v["url"] = json!(urls[0]);
+                } else {
+                    v["urls"] = json!(urls);
+                }
+                services.insert(s.name.clone(), v);
+                report.mapped("service", format!("`{}`", s.name), notes);
+            }
+            Err(why) => report.unsupported("service", format!("`{}`", s.name), why, None),
+        }
+    }
+    // Consumer-scoped plugins that cannot be mapped, said once each.
+    for p in &k.plugins {
+        let consumer_scoped = p.scope.consumer.is_some() || p.scope.consumer_group.is_some();
+        if consumer_scoped && !matches!(p.name.as_str(), "rate-limiting" | "rate-limiting-advanced")
+        {
+            report.unsupported(
+                "plugin",
+                format!("{} on {}", p.name, p.scope.describe()),
+                "only rate limits can differ by consumer or consumer group here",
+                Some("a route of its own for those consumers"),
+            );
+        }
+        if !MAPPED.contains(&p.name.as_str()) && !consumer_scoped {
+            let nearest = NEAREST.iter().find(|(n, _)| *n == p.name).map(|(_, w)| *w);
+            report.unsupported(
+                "plugin",
+                format!("{} on {}", p.name, p.scope.describe()),
+                "no Portcullis filter does this",
+                nearest,
+            );
+        }
+    }
+    let mut filters = Filters {
+        seen: BTreeMap::new(),
+        out: Vec::new(),
+    };
+    let mut routes_out: Vec<Value> = Vec::new();
+    // Match rules already taken, by the route that took them (Kong accepts duplicates;
+    // the gateway refuses them).
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    let mut plugin_notes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &k.routes {
+        let label = format!("`{}`", r.name);
+        let Some(svc_name) = &r.service else {
+            report.unsupported("route", label, "it has no service", None);
+            continue;
+        };
+        let Some(svc) = services.get(svc_name).cloned() else {
+            report.unsupported(
+                "route",
+                label,
+                format!("its service `{svc_name}` is not supported"),
+                None,
+            );
+            continue;
+        };
+        let mut notes = Vec::new();
+        if r.paths
+            .iter()
+            .chain(&r.hosts)
+            .chain(&r.regex_paths)
+            .any(|x| x.contains(crate::input::KEPT))
+        {
+            report.unsupported(
+                "route",
+                label,
+                "a path or host is a decK placeholder: run with --env to take its value",
+                None,
+            );
+            continue;
+        }
+        if !r.protocols.is_empty() && !r.protocols.iter().any(|p| p == "http" || p == "https") {
+            report.unsupported(
+                "route",
+                label,
+                format!("protocols {:?}: only HTTP routes are proxied", r.protocols),
+                None,
+            );
+            continue;
+        }
+        if r.protocols.len() == 1 && r.protocols[0] == "https" {
+            notes.push(
+                "`protocols: [https]`: the route answers on whichever listener the request came in; Kong answers plain HTTP with 426"
+                    .into(),
+            );
+        }
+        if !r.regex_paths.is_empty() {
+            if r.paths.is_empty() {
+                report.unsupported(
+                    "route",
+                    label,
+                    format!(
+                        "its paths are regular expressions ({}): the gateway routes by prefix only",
+                        r.regex_paths.join(", ")
+                    ),
+                    Some("a prefix path covering them, with `path_separated_prefixes`"),
+                );
+                continue;
+            }
+            notes.push(format!(
+                "its regex paths ({}) are not routed; only its prefix paths are",
+                r.regex_paths.join(", ")
+            ));
+        }
+        if r.path_handling == "v1" {
+            notes
+                .push("`path_handling: v1` is read as v0 (as Kong 3's default router does)".into());
+        }
+        if r.hosts.iter().any(|h| h.ends_with(".*")) {
+            notes.push("hosts with a trailing wildcard (`example.*`) match nothing here".into());
+        }
+        // Header rules: one value each here; a rule with several values becomes one
+        // route per value.
+        let mut header_sets: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
+        for (h, vals) in &r.headers {
+            if vals.iter().any(|v| v.starts_with("~*")) {
+                notes.push(format!(
+                    "header `{h}`: regex values are not supported; dropped"
+                ));
+                continue;
+            }
+            let mut next = Vec::new();
+            for set in &header_sets {
+                for v in vals {
+                    let mut s = set.clone();
+                    s.insert(h.clone(), v.clone());
+                    next.push(s);
+                }
+            }
+            header_sets = next;
+        }
+        if !r.headers.is_empty() {
+            notes.push(
+                "header values are compared as written; Kong compares them ignoring case".into(),
+            );
+        }
+        // The route's plugins.
+        let mut chain: Vec<String> = Vec::new();
+        let mut service = svc.clone();
+        let mut service_name = svc_name.clone();
+        let mut auth: Option<&str> = None;
+        if let Some(p) = effective(k, "jwt", r) {
+            let (cfg, n) = jwt_auth(k, p, effective(k, "acl", r));
+            plugin_notes
+                .entry(format!("jwt on {}", p.scope.describe()))
+                .or_default()
+                .extend(n);
+            chain.push(filters.add("jwt-auth", cfg, opts));
+            auth = Some("jwt");
+        }
+        if let Some(p) = effective(k, "key-auth", r) {
+            if auth.is_some() {
+                notes.push("both jwt and key-auth apply: only jwt is mapped (Kong lets either pass only with `anonymous`)".into());
+            } else {
+                let tiers = tier_of_groups(k, r);
+                let (cfg, n) = key_auth(k, p, effective(k, "acl", r), &tiers);
+                plugin_notes
+                    .entry(format!("key-auth on {}", p.scope.describe()))
+                    .or_default()
+                    .extend(n);
+                chain.push(filters.add("key-auth", cfg, opts));
+                auth = Some("key-auth");
+            }
+        }
+        if let Some(p) = effective(k, "acl", r) {
+            let what = format!("acl on {}", p.scope.describe());
+            if auth.is_none() {
+                plugin_notes.entry(what).or_default().push(format!(
+                    "on route `{}` no authentication plugin names the consumer: not applied there",
+                    r.name
+                ));
+            } else {
+                plugin_notes.entry(what).or_default();
+            }
+        }
+        if let Some(p) = effective(k, "request-size-limiting", r) {
+            let c = &p.config;
+            let size = number(c, "allowed_payload_size").unwrap_or(128.0) as u64;
+            let unit = match c
+                .get("size_unit")
+                .and_then(Value::as_str)
+                .unwrap_or("megabytes")
+            {
+                "bytes" => 1,
+                "kilobytes" => 1024,
+                _ => 1024 * 1024,
+            };
+            let mut n = vec![
+                "the 413 body says \"request body too large\" where Kong says \"Request size limit exceeded\"".to_owned(),
+            ];
+            if flag(c, "require_content_length", false) {
+                n.push("`require_content_length` is not supported: a body without Content-Length is still read".into());
+            }
+            if p.scope.route.is_some() {
+                // The body limit is the service's: a route of its own gets a copy.
+                service_name = format!("{svc_name}~{}", r.name);
+                service["name"] = json!(service_name);
+            }
+            service["max_request_body_bytes"] = json!(size * unit);
+            plugin_notes
+                .entry(format!("request-size-limiting on {}", p.scope.describe()))
+                .or_default()
+                .extend(n);
+        }
+        let limiter =
+            effective(k, "rate-limiting", r).or_else(|| effective(k, "rate-limiting-advanced", r));
+        let scoped = per_consumer(k, &["rate-limiting", "rate-limiting-advanced"], r);
+        if limiter.is_some() || !scoped.is_empty() {
+            let (cfg, n, what) = tier_limiter(k, limiter, &scoped, auth);
+            plugin_notes.entry(what).or_default().extend(n);
+            if let Some(cfg) = cfg {
+                if cfg.get("policy").and_then(Value::as_str) == Some("global") {
+                    services
+                        .entry("ratelimit".into())
+                        .or_insert_with(|| json!({"name": "ratelimit", "url": opts.ratelimit_url}));
+                }
+                chain.push(filters.add("tier-limiter", cfg, opts));
+            }
+        }
+        let req_t = effective(k, "request-transformer", r)
+            .or_else(|| effective(k, "request-transformer-advanced", r));
+        let resp_t = effective(k, "response-transformer", r)
+            .or_else(|| effective(k, "response-transformer-advanced", r));
+        if req_t.is_some() || resp_t.is_some() {
+            let mut cfg = json!({"forward_authorization": false});
+            for (p, request) in [(req_t, true), (resp_t, false)] {
+                let Some(p) = p else { continue };
+                let mut n = Vec::new();
+                cfg[if request { "request" } else { "response" }] =
+                    transformer_phase(&p.config, request, &mut n);
+                plugin_notes
+                    .entry(format!("{} on {}", p.name, p.scope.describe()))
+                    .or_default()
+                    .extend(n);
+            }
+            chain.push(filters.add("header-forwarder", cfg, opts));
+        }
+        if service_name != *svc_name {
+            services.insert(service_name.clone(), service);
+        }
+        // Emit the route (one per header-value combination).
+        for (i, headers) in header_sets.iter().enumerate() {
+            let name = if i == 0 {
+                r.name.clone()
+            } else {
+                format!("{}~{}", r.name, i + 1)
+            };
+            let m = json!({"hosts": r.hosts, "paths": r.paths, "methods": r.methods, "headers": headers});
+            let key = m.to_string();
+            if let Some(first) = taken.get(&key) {
+                report.unsupported(
+                    "route",
+                    format!("`{name}`"),
+                    format!(
+                        "its match rules are those of route `{first}`: Kong would pick one by its internal order; the gateway refuses two such routes"
+                    ),
+                    Some("merge the two routes, or tell them apart by host, method or header"),
+                );
+                continue;
+            }
+            taken.insert(key, name.clone());
+            let mut mm = Map::new();
+            for (f, v) in [
+                ("hosts", json!(r.hosts)),
+                ("paths", json!(r.paths)),
+                ("methods", json!(r.methods)),
+                ("headers", json!(headers)),
+            ] {
+                let empty = v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(Map::is_empty);
+                if !empty {
+                    mm.insert(f.into(), v);
+                }
+            }
+            routes_out.push(json!({"name": name, "match": mm, "service": service_name,
+                "filters": chain, "strip_path": r.strip_path, "preserve_host": r.preserve_host}));
+        }
+        report.mapped("route", label, notes);
+    }
+    for (what, notes) in plugin_notes {
+        let mut notes = notes;
+        notes.sort();
+        notes.dedup();
+        report.mapped("plugin", what, notes);
+    }
+    for c in &k.consumers {
+        let mut notes = Vec::new();
+        if c.id.is_none() {
+            notes.push(
+                "no id in the file: x-consumer-id is the username (Kong makes up a UUID)".into(),
+            );
+        }
+        if c.custom_id.is_some() {
+            notes.push("`custom_id` is not forwarded (Kong's X-Consumer-Custom-ID)".into());
+        }
+        report.mapped("consumer", format!("`{}`", c.label()), notes);
+    }
+    let config = json!({
+        "listeners": [{"name": "proxy", "address": opts.listen}],
+        "admin": {"address": opts.admin},
+        "services": services.into_values().collect::<Vec<_>>(),
+        "filters": filters.out,
+        "routes": routes_out,
+    });
+    Mapped { config }
+}
+
+/// Consumer groups as tiers: a consumer's tier is its first group's name.
+fn tier_of_groups(k: &Kong, _r: &Route) -> BTreeMap<String, String> {
+    k.consumers
+        .iter()
+        .filter_map(|c| c.groups.first().map(|g| (c.key(), g.clone())))
+        .collect()
+}
+
+fn acl_rules(acl: Option<&Plugin>) -> Option<Value> {
+    let p = acl?;
+    let allow = str_list(&p.config, "allow", &[]);
+    let deny = str_list(&p.config, "deny", &[]);
+    let any = |gs: &[String]| -> Value {
+        Value::Array(
+            gs.iter()
+                .map(|g| json!({"claim": "groups", "contains": g}))
+                .collect(),
+        )
+    };
+    let mut rules = Vec::new();
+    if !allow.is_empty() {
+        rules.push(json!({"any": any(&allow)}));
+    }
+    if !deny.is_empty() {
+        rules.push(json!({"none": any(&deny)}));
+    }
+    (!rules.is_empty()).then_some(Value::Array(rules))
+}
+
+fn key_auth(
+    k: &Kong,
+    p: &Plugin,
+    acl: Option<&Plugin>,
+    tiers: &BTreeMap<String, String>,
+) -> (Value, Vec<String>) {
+    let c = &p.config;
+    let mut notes = Vec::new();
+    let consumers: Vec<Value> = k
+        .consumers
+        .iter()
+        .filter(|c| !c.keys.is_empty())
+        .filter_map(|cons| key_consumer(cons, tiers, &mut notes))
+        .collect();
+    let mut cfg = json!({
+        "key_names": str_list(c, "key_names", &["apikey"]),
+        "key_in_header": flag(c, "key_in_header", true),
+        "key_in_query": flag(c, "key_in_query", true),
+        "hide_credentials": flag(c, "hide_credentials", false),
+        "consumers": consumers,
+    });
+    if let Some(realm) = c.get("realm").and_then(Value::as_str) {
+        cfg["realm"] = json!(realm);
+    } else {
+        cfg["realm"] = json!("kong");
+    }
+    if flag(c, "key_in_body", false) {
+        notes.push("`key_in_body`: keys in the body are not read".into());
+    }
+    if c.get("anonymous").is_some_and(|a| !a.is_null()) {
+        notes.push("`anonymous`: a request without a valid key is refused, never passed as the anonymous consumer".into());
+    }
+    if !flag(c, "run_on_preflight", true) {
+        notes.push("`run_on_preflight: false`: OPTIONS requests need a key too".into());
+    }
+    notes.push("keys are kept as SHA-256 digests; x-credential-identifier is the credential's id, or the digest's first 16 hex digits".into());
+    if let Some(rules) = acl_rules(acl) {
+        cfg["claims"] = rules;
+        notes.push("with acl: x-consumer-groups is always set, joined by `,` (Kong's acl sets X-Consumer-Groups joined by `, `)".into());
+    }
+    if consumers.is_empty() {
+        notes.push("no consumer has a key: every request is refused".into());
+        // The filter refuses an empty directory; a digest of nothing stands in.
+        cfg["consumers"] = json!([{"id": "none", "keys": [format!("sha256:{}", "0".repeat(64))]}]);
+    }
+    (cfg, notes)
+}
+
+fn key_consumer(
+    c: &Consumer,
+    tiers: &BTreeMap<String, String>,
+    notes: &mut Vec<String>,
+) -> Option<Value> {
+    let mut keys = Vec::new();
+    for (key, id) in &c.keys {
+        if key.contains(crate::input::KEPT) {
+            notes.push(format!(
+                "consumer `{}`: a key is a decK placeholder; run with --env to take its value",
+                c.label()
+            ));
+            continue;
+        }
+        let hash = key_auth::directory::hash_string(key.as_bytes());
+        keys.push(match id {
+            Some(id) => json!({"id": id, "hash": hash}),
+            None => json!(hash),
+        });
+    }
+    if keys.is_empty() {
+        return None;
+    }
+    let groups: Vec<&String> = c.acl_groups.iter().filter(|g| !g.contains(',')).collect();
+    let mut v = json!({"id": c.key(), "keys": keys});
+    if let Some(u) = &c.username {
+        v["username"] = json!(u);
+    }
+    if !groups.is_empty() {
+        v["groups"] = json!(groups);
+    }
+    if let Some(t) = tiers.get(&c.key()) {
+        v["tier"] = json!(t);
+    }
+    Some(v)
+}
+
+fn jwt_auth(k: &Kong, p: &Plugin, acl: Option<&Plugin>) -> (Value, Vec<String>) {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let c = &p.config;
+    let mut notes = vec![
+        "refusals are RFC 6750 401s with jwt-auth's own messages, where Kong answers {\"message\": ...} naming the failed check".to_owned(),
+        "x-consumer-id is the consumer's id, set from the key that verified the token".to_owned(),
+    ];
+    let key_claim = c
+        .get("key_claim_name")
+        .and_then(Value::as_str)
+        .unwrap_or("iss");
+    if key_claim != "iss" {
+        notes.push(format!(
+            "`key_claim_name: {key_claim}`: tokens are matched to their key by `iss` only"
+        ));
+    }
+    let verify = str_list(c, "claims_to_verify", &[]);
+    if !verify.iter().any(|v| v == "exp") {
+        notes.push(
+            "`exp` is checked when present, though `claims_to_verify` does not name it".into(),
+        );
+    }
+    if !verify.iter().any(|v| v == "nbf") {
+        notes.push(
+            "`nbf` is checked when present, though `claims_to_verify` does not name it".into(),
+        );
+    }
+    let mut providers = Map::new();
+    let secret_is_b64 = flag(c, "secret_is_base64", false);
+    for cons in &k.consumers {
+        for (i, s) in cons.jwt_secrets.iter().enumerate() {
+            let alg = s.algorithm.to_ascii_uppercase();
+            if s.key.is_empty() || s.key.contains(crate::input::KEPT) {
+                notes.push(format!(
+                    "consumer `{}`: a jwt_secret without a usable `key` (Kong makes one up) is left out",
+                    cons.label()
+                ));
+                continue;
+            }
+            let jwk = if alg.starts_with("HS") {
+                let Some(secret) = &s.secret else { continue };
+                let bytes = if secret_is_b64 {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(secret)
+                        .unwrap_or_else(|_| secret.as_bytes().to_vec())
+                } else {
+                    secret.as_bytes().to_vec()
+                };
+                json!({"kty": "oct", "k": b64(&bytes), "alg": alg})
+            } else if alg.starts_with("RS") {
+                match s.rsa_public_key.as_deref().map(rsa_jwk) {
+                    Some(Ok(mut j)) => {
+                        j["alg"] = json!(alg);
+                        j
+                    }
+                    _ => {
+                        notes.push(format!(
+                            "consumer `{}`: the {alg} key of `{}` is not a readable RSA public key; left out",
+                            cons.label(),
+                            s.key
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                notes.push(format!(
+                    "consumer `{}`: {alg} credentials are not imported (HS* and RS* are)",
+                    cons.label()
+                ));
+                continue;
+            };
+            let mut consumer = json!({"id": cons.key(), "id_claim": "sub"});
+            if let Some(u) = &cons.username {
+                consumer["username"] = json!(u);
+            }
+            providers.insert(
+                format!("{}-{}", cons.label(), i + 1),
+                json!({
+                    "issuer": s.key,
+                    "algorithms": [alg],
+                    "local_jwks": {"keys": [jwk]},
+                    "require_expiration": verify.iter().any(|v| v == "exp"),
+                    "from_headers": str_list(c, "header_names", &["authorization"]).iter().map(|h| {
+                        if h.eq_ignore_ascii_case("authorization") {
+                            json!({"name": h, "value_prefix": "Bearer "})
+                        } else {
+                            json!({"name": h})
+                        }
+                    }).collect::<Vec<_>>(),
+                    "from_params": str_list(c, "uri_param_names", &["jwt"]),
+                    "from_cookies": str_list(c, "cookie_names", &[]),
+                    "forward": true,
+                    "consumer": consumer,
+                }),
+            );
+        }
+    }
+    if let Some(max) = number(c, "maximum_expiration").filter(|m| *m > 0.0) {
+        for p in providers.values_mut() {
+            p["max_lifetime_seconds"] = json!(max as u64);
+        }
+        notes.push("`maximum_expiration` bounds `exp - iat`, where Kong bounds `exp - now`".into());
+    }
+    let names: Vec<String> = providers.keys().cloned().collect();
+    let mut requires = json!({"any": names});
+    if let Some(rules) = acl_rules(acl) {
+        requires["claims"] = rules;
+        notes.push(
+            "with acl: the groups are the token's `groups` claim, not the consumer's ACL groups"
+                .into(),
+        );
+    }
+    if names.is_empty() {
+        notes.push("no consumer has a usable jwt_secret: every request is refused".into());
+        providers.insert(
+            "none".into(),
+            json!({"issuer": "none", "algorithms": ["HS256"],
+                "local_jwks": {"keys": [{"kty": "oct", "k": b64(&[0u8; 32]), "alg": "HS256"}]}}),
+        );
+        requires = json!({"any": ["none"]});
+    }
+    (
+        json!({"providers": providers, "rules": [{"match": {"prefix": "/"}, "requires": requires}]}),
+        notes,
+    )
+}
+
+fn rsa_jwk(pem: &str) -> Result<Value, String> {
+    use base64::Engine;
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----") && !l.is_empty())
+        .collect();
+    // One-line PEMs (`-----BEGIN ...-----MIIB...-----END ...-----`) are common in
+    // Kong files.
+    let body = if body.is_empty() {
+        pem.split("-----")
+            .find(|p| p.len() > 40 && !p.contains(' '))
+            .unwrap_or("")
+            .to_owned()
+    } else {
+        body
+    };
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.replace(['\\', 'n'], "").as_bytes())
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(body.as_bytes()))
+        .map_err(|e| e.to_string())?;
+    let key = rsa::PublicKey::from_public_key_der(&der)
+        .or_else(|_| rsa::PublicKey::from_pkcs1_der(&der))
+        .map_err(|e| e.to_string())?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    Ok(
+        json!({"kty": "RSA", "n": b64(&key.n().to_be_bytes_trimmed_vartime()),
+        "e": b64(&key.e().to_be_bytes_trimmed_vartime())}),
+    )
+}
+
+/// rate-limiting(-advanced) as tier-limiter: the plugin's limits as the default tier,
+/// consumer-scoped plugins as overrides, consumer-group-scoped ones as tiers.
+fn tier_limiter(
+    k: &Kong,
+    p: Option<&Plugin>,
+    scoped: &[&Plugin],
+    auth: Option<&str>,
+) -> (Option<Value>, Vec<String>, String) {
+    let mut notes = Vec::new();
+    let what = match p {
+        Some(p) => format!("{} on {}", p.name, p.scope.describe()),
+        None => format!("{} on {}", scoped[0].name, scoped[0].scope.describe()),
+    };
+    let base = p
+        .or(scoped.first().copied())
+        .map(|p| p.config.clone())
+        .unwrap_or_default();
+    let default_plan = p.map(|p| limits(p, &mut notes)).unwrap_or_default();
+    let mut tiers = Map::new();
+    let mut overrides = Map::new();
+    for s in scoped {
+        let mut n = Vec::new();
+        let plan = limits(s, &mut n);
+        if let Some(c) = &s.scope.consumer {
+            let key = k
+                .consumers
+                .iter()
+                .find(|x| x.label() == *c)
+                .map_or(c.clone(), Consumer::key);
+            overrides.insert(key, Value::Object(plan));
+        } else if let Some(g) = &s.scope.consumer_group {
+            tiers.insert(g.clone(), Value::Object(plan));
+        }
+    }
+    if default_plan.is_empty() && tiers.is_empty() && overrides.is_empty() {
+        return (None, vec!["no limit it sets can be kept".into()], what);
+    }
+    tiers.insert(
+        "kong-default".into(),
+        if default_plan.is_empty() {
+            // Only consumers or groups are limited: the others are not.
+            json!({"day": 4_000_000_000u64})
+        } else {
+            Value::Object(default_plan)
+        },
+    );
+    let limit_by = base
+        .get("limit_by")
+        .or_else(|| base.get("identifier"))
+        .and_then(Value::as_str)
+        .unwrap_or("consumer");
+    let identify_by: Vec<String> = match limit_by {
+        "ip" => vec!["ip".into()],
+        "header" => {
+            let h = base
+                .get("header_name")
+                .and_then(Value::as_str)
+                .unwrap_or("x-forwarded-for")
+                .to_ascii_lowercase();
+            vec![format!("header:{h}"), "ip".into()]
+        }
+        "consumer" | "credential" => vec!["consumer".into(), "ip".into()],
+        other => {
+            notes.push(format!(
+                "`limit_by: {other}` is counted per consumer (then per client address)"
+            ));
+            vec!["consumer".into(), "ip".into()]
+        }
+    };
+    if limit_by == "credential" {
+        notes.push("`limit_by: credential` is counted per consumer".into());
+    }
+    if auth.is_none() && identify_by.first().is_some_and(|i| i == "consumer") {
+        notes.push("no authentication plugin names the consumer on this route: clients are counted by address".into());
+    }
+    if !tiers.is_empty() && tiers.len() > 1 && auth != Some("key-auth") {
+        notes.push("consumer-group limits need the consumer's tier: key-auth sets it from the group, jwt-auth from the token's `tier` claim".into());
+    }
+    let mut cfg = json!({
+        "identify_by": identify_by,
+        "tiers": tiers,
+        "default_tier": "kong-default",
+        "error_code": base.get("error_code").and_then(Value::as_u64).unwrap_or(429),
+        "error_message": base.get("error_message").and_then(Value::as_str).unwrap_or("API rate limit exceeded"),
+        "headers": {"legacy": !flag(&base, "hide_client_headers", false), "ietf": false},
+    });
+    if !overrides.is_empty() {
+        cfg["overrides"] = Value::Object(overrides);
+    }
+    let policy = base
+        .get("policy")
+        .or_else(|| base.get("strategy"))
+        .and_then(Value::as_str)
+        .unwrap_or("local");
+    match policy {
+        "redis" => {
+            cfg["policy"] = json!("global");
+            cfg["global"] = json!({"cluster": "ratelimit",
+                "failure_mode": if flag(&base, "fault_tolerant", true) { "open" } else { "closed" }});
+            notes.push("`policy: redis`: counted by the rate-limit service; run `portcullis ratelimit-service --redis redis://HOST:PORT` (service `ratelimit`)".into());
+        }
+        "cluster" => {
+            notes.push("`policy: cluster`: counted per gateway node (exact across its workers); use the rate-limit service for counts across nodes".into());
+        }
+        _ => {}
+    }
+    (Some(cfg), notes, what)
+}
