@@ -616,9 +616,7 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             }
             chain.push(filters.add("header-forwarder", cfg, opts));
         }
-        if service_name != *svc_name {
-            services.insert(service_name.clone(), service);
-        }
+        services.insert(service_name.clone(), service);
         // Emit the route (one per header-value combination).
         for (i, headers) in header_sets.iter().enumerate() {
             let name = if i == 0 {
@@ -849,6 +847,20 @@ fn jwt_auth(k: &Kong, p: &Plugin, acl: Option<&Plugin>) -> (Value, Vec<String>) 
                 } else {
                     secret.as_bytes().to_vec()
                 };
+                let min = match alg.as_str() {
+                    "HS384" => 48,
+                    "HS512" => 64,
+                    _ => 32,
+                };
+                if bytes.len() < min {
+                    notes.push(format!(
+                        "consumer `{}`: the {alg} secret of `{}` is {} bytes, shorter than the hash ({min}): jwt-auth refuses such keys, so it is left out",
+                        cons.label(),
+                        s.key,
+                        bytes.len()
+                    ));
+                    continue;
+                }
                 json!({"kty": "oct", "k": b64(&bytes), "alg": alg})
             } else if alg.starts_with("RS") {
                 match s.rsa_public_key.as_deref().map(rsa_jwk) {

@@ -1,0 +1,366 @@
+//! `portcullis import kong` end to end: Kong configurations written for these tests,
+//! imported, run in our gateway, and held to what Kong's documentation says Kong does
+//! (the page is named beside each expectation). Kong itself cannot be installed here,
+//! so the expectations come from its documentation, not from a Kong run.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+/// Imports `kong` (YAML) with the built filters; the configuration's text, the JSON
+/// report, and the exit status.
+fn import(kong: &str, extra: &[&str]) -> (String, serde_json::Value, bool, String) {
+    let dir = TempDir::new();
+    let input = dir.0.join("kong.yaml");
+    let out = dir.0.join("portcullis.yaml");
+    let report = dir.0.join("report.json");
+    std::fs::write(&input, kong).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["import", "kong"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .arg("--report")
+        .arg(&report)
+        .arg("--wasm-dir")
+        .arg(portcullis_testbed::wasm_dir())
+        .args(extra)
+        .output()
+        .unwrap();
+    let config = std::fs::read_to_string(&out).unwrap_or_default();
+    let report = std::fs::read_to_string(&report)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    (
+        config,
+        report,
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The report's entry for `name` (as the report writes it).
+fn entry<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no `{name}` in {report:#}"))
+}
+
+/// The imported configuration on free ports.
+fn start(config: &str) -> Gateway {
+    Gateway::start(
+        &config
+            .replace("127.0.0.1:8000", "127.0.0.1:{PORT}")
+            .replace("127.0.0.1:8100", "127.0.0.1:{ADMIN}"),
+    )
+}
+
+const API: &str = r#"
+_format_version: "3.0"
+services:
+  - name: orders
+    url: http://UPSTREAM
+    plugins:
+      - name: key-auth
+        config: { key_names: [apikey], hide_credentials: true }
+      - name: rate-limiting
+        config: { minute: 3, policy: local }
+      - name: request-size-limiting
+        config: { allowed_payload_size: 1, size_unit: kilobytes }
+    routes:
+      - name: list
+        paths: [/orders]
+        strip_path: false
+        plugins:
+          - name: rate-limiting
+            config: { minute: 2 }
+          - name: request-transformer
+            config:
+              remove: { headers: [x-internal] }
+              add: { headers: ["x-from:kong-import"] }
+          - name: response-transformer
+            config:
+              add: { headers: ["x-served-by:portcullis"] }
+      - name: admin
+        paths: [/admin]
+        strip_path: false
+        plugins:
+          - name: acl
+            config: { allow: [admins] }
+      - name: open
+        paths: [/open]
+plugins:
+  - name: cors
+consumers:
+  - username: ada
+    id: 5f7a0c3e-6d2b-4a8e-9a41-0c9b1f1e2d3a
+    keyauth_credentials: [{ key: ada-key }]
+    acls: [{ group: admins }]
+  - username: bob
+    id: 0b1c2d3e-4f50-4617-8899-aabbccddeeff
+    keyauth_credentials: [{ key: bob-key }]
+"#;
+
+#[test]
+fn an_imported_key_auth_acl_rate_limit_and_transformer_setup_answers_as_kong_documents() {
+    let upstream = echo();
+    let (config, report, ok, stderr) = import(&API.replace("UPSTREAM", &upstream.to_string()), &[]);
+    assert!(ok, "{stderr}");
+    // No key in clear in the output.
+    assert!(
+        !config.contains("ada-key") && !config.contains("bob-key"),
+        "{config}"
+    );
+    let gw = start(&config);
+    let key = |k: &'static str| [("apikey", k)];
+
+    // key-auth (docs.konghq.com/hub/kong-inc/key-auth): 401 without a key, 401 with a
+    // wrong one, the consumer's headers upstream, the key hidden (hide_credentials).
+    let r = get(&gw, "/orders", &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "No API key found in request");
+    let r = get(&gw, "/orders", &key("nope"));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "Invalid authentication credentials");
+    let r = get(
+        &gw,
+        "/orders",
+        &[("apikey", "ada-key"), ("x-internal", "1")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-consumer-id").as_deref(),
+        Some("5f7a0c3e-6d2b-4a8e-9a41-0c9b1f1e2d3a")
+    );
+    assert_eq!(
+        r.upstream_header("x-consumer-username").as_deref(),
+        Some("ada")
+    );
+    assert_eq!(r.upstream_header("apikey"), None);
+    // request-transformer / response-transformer (docs.konghq.com/hub/kong-inc/
+    // request-transformer, .../response-transformer): headers added and removed.
+    assert_eq!(r.upstream_header("x-from").as_deref(), Some("kong-import"));
+    assert_eq!(r.upstream_header("x-internal"), None);
+    assert_eq!(r.headers.get_str("x-served-by"), Some("portcullis"));
+    // rate-limiting (docs.konghq.com/hub/kong-inc/rate-limiting): X-RateLimit-Limit-Minute
+    // and -Remaining-Minute, then 429 {"message": "API rate limit exceeded"}. The route's
+    // plugin (2 a minute) wins over the service's (3): Kong's plugin precedence
+    // (docs.konghq.com/gateway/latest/key-concepts/plugins/#precedence).
+    assert_eq!(r.headers.get_str("x-ratelimit-limit-minute"), Some("2"));
+    assert_eq!(r.headers.get_str("x-ratelimit-remaining-minute"), Some("1"));
+    assert_eq!(get(&gw, "/orders", &key("ada-key")).status, 200);
+    let r = get(&gw, "/orders", &key("ada-key"));
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["message"], "API rate limit exceeded");
+    assert!(r.headers.get_str("retry-after").is_some());
+    // Counted per consumer: bob still has his.
+    assert_eq!(get(&gw, "/orders", &key("bob-key")).status, 200);
+
+    // acl (docs.konghq.com/hub/kong-inc/acl): a consumer outside `allow` gets 403
+    // {"message": "You cannot consume this service"}; the service's limit (3) applies.
+    let r = get(&gw, "/admin", &key("bob-key"));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["message"], "You cannot consume this service");
+    let r = get(&gw, "/admin", &key("ada-key"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get_str("x-ratelimit-limit-minute"), Some("3"));
+
+    // request-size-limiting (docs.konghq.com/hub/kong-inc/request-size-limiting): 413
+    // above the limit (1 KB here); the message differs, and the report says so.
+    let big = vec![b'x'; 2048];
+    let r = send(&gw.url(), "POST", "/open", &[("apikey", "ada-key")], &big).unwrap();
+    assert_eq!(r.status, 413);
+    let small = send(&gw.url(), "POST", "/open", &[("apikey", "ada-key")], b"x").unwrap();
+    assert_eq!(small.status, 200);
+
+    // The report: each entity, and what differs.
+    assert_eq!(entry(&report, "`list`")["status"], "exact");
+    assert_eq!(
+        entry(&report, "rate-limiting on route `list`")["status"],
+        "differences"
+    );
+    let size = entry(&report, "request-size-limiting on service `orders`");
+    assert!(
+        size["notes"]
+            .to_string()
+            .contains("Request size limit exceeded"),
+        "{size}"
+    );
+    let cors = entry(&report, "cors on global");
+    assert_eq!(cors["status"], "unsupported");
+    assert!(cors["nearest"].as_str().unwrap().contains("CORS"), "{cors}");
+    assert!(stderr.contains("not supported"), "{stderr}");
+}
+
+#[test]
+fn strict_fails_on_any_difference_and_duplicate_routes_are_named() {
+    let upstream = echo();
+    let kong = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: a
+    url: http://{upstream}
+    routes:
+      - {{ name: first, paths: [/x] }}
+      - {{ name: second, paths: [/x] }}
+"#
+    );
+    let (config, report, ok, _) = import(&kong, &[]);
+    assert!(ok, "usable: exit 0");
+    let dup = entry(&report, "`second`");
+    assert_eq!(dup["status"], "unsupported");
+    assert!(
+        dup["notes"][0].as_str().unwrap().contains("route `first`"),
+        "{dup}"
+    );
+    // The output runs.
+    let gw = start(&config);
+    assert_eq!(get(&gw, "/x", &[]).status, 200);
+    let (_, _, ok, stderr) = import(&kong, &["--strict"]);
+    assert!(!ok, "--strict: {stderr}");
+    assert!(stderr.contains("--strict"), "{stderr}");
+}
+
+#[test]
+fn consumers_jwt_secrets_become_providers_and_name_the_consumer() {
+    let upstream = echo();
+    let kong = format!(
+        r#"
+_format_version: "2.1"
+services:
+  - name: api
+    url: http://{upstream}
+    routes: [{{ name: api, paths: [/] }}]
+    plugins:
+      - name: jwt
+        config: {{ claims_to_verify: [exp] }}
+consumers:
+  - username: svc
+    id: 11111111-2222-3333-4444-555555555555
+    jwt_secrets:
+      - {{ key: svc-issuer, algorithm: HS256, secret: a-shared-secret-of-32-bytes-long! }}
+"#
+    );
+    let (config, _report, ok, stderr) = import(&kong, &[]);
+    assert!(ok, "{stderr}");
+    let gw = start(&config);
+    // As Kong's clients sign them: HS256, no `kid`.
+    let sign = |secret: &[u8], claims: serde_json::Value| {
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let payload = claims.to_string();
+        let input = format!(
+            "{}.{}",
+            jwt_mint::b64(header.as_bytes()),
+            jwt_mint::b64(payload.as_bytes())
+        );
+        jwt_mint::raw(
+            header,
+            &payload,
+            &jwt_mint::hmac_sign("HS256", secret, input.as_bytes()),
+        )
+    };
+    let claims = json!({"iss": "svc-issuer", "sub": "x", "exp": 4_102_444_800u64});
+    let token = sign(b"a-shared-secret-of-32-bytes-long!", claims.clone());
+    // jwt (docs.konghq.com/hub/kong-inc/jwt): a token signed with the consumer's
+    // secret, `iss` its key, passes with the consumer's X-Consumer-ID; none is 401.
+    let r = get(&gw, "/", &[("authorization", &format!("Bearer {token}"))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-consumer-id").as_deref(),
+        Some("11111111-2222-3333-4444-555555555555")
+    );
+    assert_eq!(
+        r.upstream_header("x-consumer-username").as_deref(),
+        Some("svc")
+    );
+    assert_eq!(get(&gw, "/", &[]).status, 401);
+    let forged = sign(b"another-secret-of-32-bytes-long!!", claims);
+    assert_eq!(
+        get(&gw, "/", &[("authorization", &format!("Bearer {forged}"))]).status,
+        401
+    );
+}
+
+#[test]
+fn deck_placeholders_are_taken_from_the_environment_only_when_asked() {
+    let upstream = echo();
+    let kong = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: a
+    url: http://{upstream}
+    routes: [{{ name: r, paths: ['/${{{{ env "DECK_PREFIX" }}}}'] }}]
+"#
+    );
+    let (_, report, ok, _) = import(&kong, &[]);
+    assert!(ok);
+    assert_eq!(entry(&report, "`r`")["status"], "unsupported");
+    let dir = TempDir::new();
+    let input = dir.0.join("kong.yaml");
+    std::fs::write(&input, &kong).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["import", "kong", "--env"])
+        .arg(&input)
+        .env("DECK_PREFIX", "v2")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("/v2"));
+    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["import", "kong", "--env"])
+        .arg(&input)
+        .env_remove("DECK_PREFIX")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("DECK_PREFIX"));
+}
+
+#[test]
+fn consumer_group_limits_become_tiers_each_consumer_counted_by_its_group() {
+    let upstream = echo();
+    // Kong Enterprise's consumer-group-scoped rate-limiting-advanced
+    // (docs.konghq.com/hub/kong-inc/rate-limiting-advanced, "consumer groups"): each
+    // group's limit applies to its members; the plugin without a group to the others.
+    let kong = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: api
+    url: http://{upstream}
+    routes: [{{ name: api, paths: [/] }}]
+plugins:
+  - name: key-auth
+  - name: rate-limiting-advanced
+    config: {{ limit: [2], window_size: [60], window_type: fixed }}
+consumer_groups:
+  - name: gold
+    consumers: [{{ username: goldie }}]
+    plugins:
+      - name: rate-limiting-advanced
+        config: {{ limit: [4], window_size: [60], window_type: fixed }}
+consumers:
+  - {{ username: goldie, keyauth_credentials: [{{ key: gold-key }}] }}
+  - {{ username: plain, keyauth_credentials: [{{ key: plain-key }}] }}
+"#
+    );
+    let (config, _, ok, stderr) = import(&kong, &[]);
+    assert!(ok, "{stderr}");
+    let gw = start(&config);
+    let admitted = |key: &'static str| {
+        (0..6)
+            .filter(|_| get(&gw, "/", &[("apikey", key)]).status == 200)
+            .count()
+    };
+    assert_eq!(admitted("gold-key"), 4);
+    assert_eq!(admitted("plain-key"), 2);
+}
