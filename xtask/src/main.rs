@@ -316,7 +316,47 @@ fn test(extra: &[String]) -> Result<(), String> {
         .args(extra)
         .env("PORTCULLIS_ENVOY", envoy)
         .env("PORTCULLIS_KUBERNETES_VALIDATE", kubernetes_validate);
-    run(&mut cmd)
+    let result = run(&mut cmd);
+    prune_test_binaries(&target_dir().join("debug/deps"));
+    result
+}
+
+/// Deletes the test executables that a newer build of the same test replaced. The
+/// target directory is shared between checkouts and CI runs (README, "Set up"); every
+/// change to a test crate's dependencies leaves its old executable behind (hundreds of
+/// megabytes each), and nothing else ever removes them.
+fn prune_test_binaries(deps: &Path) {
+    let Ok(entries) = std::fs::read_dir(deps) else {
+        return;
+    };
+    // Each test's executables (named `<test>-<16 hex digits>`), newest first.
+    let mut by_test: std::collections::HashMap<String, Vec<(std::time::SystemTime, PathBuf)>> =
+        std::collections::HashMap::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((test, hash)) = name.rsplit_once('-') else {
+            continue;
+        };
+        // Test executables have no extension; libraries and their metadata do.
+        if name.contains('.') || hash.len() != 16 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        if let Ok(modified) = e.metadata().and_then(|m| m.modified()) {
+            by_test
+                .entry(test.to_owned())
+                .or_default()
+                .push((modified, e.path()));
+        }
+    }
+    let mut stale = Vec::new();
+    for mut builds in by_test.into_values() {
+        builds.sort_by(|a, b| b.0.cmp(&a.0));
+        stale.extend(builds.into_iter().skip(1).map(|(_, p)| p));
+    }
+    for p in stale {
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_file(p.with_extension("d"));
+    }
 }
 
 /// Builds the gateway, starts the echo upstream on 127.0.0.1:9000 and the gateway on
