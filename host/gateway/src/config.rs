@@ -320,6 +320,14 @@ pub struct MatchConfig {
     pub methods: Vec<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Kong's regex paths (`~/users/\d+` in Kong 3, without the `~` here): matched at
+    /// the start of the normalized path by a linear-time engine (the `regex` crate).
+    /// A route matched by one wins over prefix routes of the same host rank; among
+    /// them the higher `regex_priority` wins. `strip_path` removes the whole match.
+    #[serde(default)]
+    pub regex_paths: Vec<String>,
+    #[serde(default)]
+    pub regex_priority: i64,
 }
 
 /// A checked configuration, with every module compiled and every filter's
@@ -396,6 +404,8 @@ pub struct Route {
     pub strip_path: bool,
     pub preserve_host: bool,
     pub trust_identity_headers: bool,
+    /// `matches.regex_paths`, compiled and anchored at the start.
+    pub regexes: Vec<regex::Regex>,
 }
 
 /// Reads, parses and checks a configuration file. Every problem found is reported
@@ -666,7 +676,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         for p in &matches.paths {
             if !p.starts_with('/') {
                 errors.push(format!(
-                    "route `{}`: path `{p}` must start with `/` (regex paths are not supported)",
+                    "route `{}`: path `{p}` must start with `/` (a regular expression goes in `regex_paths`)",
                     r.name
                 ));
             }
@@ -688,10 +698,26 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                 ));
             }
         }
+        let mut regexes = Vec::new();
+        for p in &matches.regex_paths {
+            // Anchored at the start, as Kong anchors them; bounded in size, and linear
+            // in the path's length whatever the pattern.
+            match regex::RegexBuilder::new(&format!("^(?:{p})"))
+                .size_limit(1 << 20)
+                .build()
+            {
+                Ok(re) => regexes.push(re),
+                Err(e) => errors.push(format!(
+                    "route `{}`: regex path `{p}`: {}",
+                    r.name,
+                    e.to_string().lines().last().unwrap_or("invalid")
+                )),
+            }
+        }
         let key = format!("{matches:?}");
         if let Some(other) = seen.insert(key, r.name.clone()) {
             errors.push(format!(
-                "routes `{other}` and `{}` have identical match rules (Kong answers 409 Conflict for this)",
+                "routes `{other}` and `{}` have identical match rules: which one a request takes would be arbitrary",
                 r.name
             ));
         }
@@ -704,6 +730,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             strip_path: r.strip_path,
             preserve_host: r.preserve_host,
             trust_identity_headers: r.trust_identity_headers,
+            regexes,
         }));
     }
     for h in &file.identity_headers {
@@ -855,11 +882,16 @@ fn normalize(m: &MatchConfig) -> MatchConfig {
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
+    let mut regex_paths = m.regex_paths.clone();
+    regex_paths.sort();
+    regex_paths.dedup();
     MatchConfig {
         hosts,
         paths,
         path_separated_prefixes,
         methods,
         headers,
+        regex_paths,
+        regex_priority: m.regex_priority,
     }
 }

@@ -13,6 +13,10 @@ pub struct Router {
 }
 
 /// The facts routing looks at.
+/// How specific a match is: host rank, by a regex path, its `regex_priority`, the
+/// prefix's length, methods, headers (higher wins).
+type Rank = (u8, bool, i64, usize, bool, usize);
+
 pub struct RequestFacts<'a> {
     pub host: &'a str,
     pub path: &'a str,
@@ -20,10 +24,11 @@ pub struct RequestFacts<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
-/// A match and the path prefix it matched (for `strip_path`).
+/// A match and the path prefix it matched (for `strip_path`): one of the route's
+/// prefixes, or the text a regex path matched.
 pub struct Matched<'r> {
     pub route: &'r Arc<Route>,
-    pub prefix: &'r str,
+    pub prefix: std::borrow::Cow<'r, str>,
 }
 
 impl Router {
@@ -37,7 +42,7 @@ impl Router {
     pub fn route(&self, req: &RequestFacts<'_>) -> Option<Matched<'_>> {
         let host = strip_port(req.host);
         let path = req.path.split('?').next().unwrap_or(req.path);
-        let mut best: Option<(Matched<'_>, (u8, usize, bool, usize))> = None;
+        let mut best: Option<(Matched<'_>, Rank)> = None;
         for r in &self.routes {
             let m = &r.matches;
             let host_rank = if m.hosts.is_empty() {
@@ -47,8 +52,15 @@ impl Router {
             } else {
                 continue;
             };
-            let prefix = if m.paths.is_empty() && m.path_separated_prefixes.is_empty() {
-                ""
+            // A regex path first (Kong ranks them above prefixes), then the prefixes.
+            let by_regex = r.regexes.iter().find_map(|re| re.find(path));
+            let prefix: std::borrow::Cow<'_, str> = if let Some(found) = by_regex {
+                std::borrow::Cow::Owned(found.as_str().to_owned())
+            } else if m.paths.is_empty()
+                && m.path_separated_prefixes.is_empty()
+                && r.regexes.is_empty()
+            {
+                std::borrow::Cow::Borrowed("")
             } else {
                 let plain = m.paths.iter().filter(|p| path.starts_with(p.as_str()));
                 let separated = m
@@ -56,7 +68,7 @@ impl Router {
                     .iter()
                     .filter(|p| separated_prefix(p, path));
                 match plain.chain(separated).max_by_key(|p| p.len()) {
-                    Some(p) => p.as_str(),
+                    Some(p) => std::borrow::Cow::Borrowed(p.as_str()),
                     None => continue,
                 }
             };
@@ -72,9 +84,12 @@ impl Router {
             }) {
                 continue;
             }
+            let regex = by_regex.is_some();
             let rank = (
                 host_rank,
-                prefix.len(),
+                regex,
+                if regex { m.regex_priority } else { 0 },
+                if regex { 0 } else { prefix.len() },
                 !m.methods.is_empty(),
                 m.headers.len(),
             );
@@ -158,13 +173,49 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                regex_paths: paths
+                    .iter()
+                    .filter_map(|s| s.strip_prefix('~'))
+                    .map(|s| s.to_string())
+                    .collect(),
+                regex_priority: 0,
             },
             service: 0,
             filters: vec![],
             strip_path: false,
             preserve_host: false,
             trust_identity_headers: false,
+            regexes: paths
+                .iter()
+                .filter_map(|s| s.strip_prefix('~'))
+                .map(|p| regex::Regex::new(&format!("^(?:{p})")).unwrap())
+                .collect(),
         })
+    }
+
+    #[test]
+    fn regex_paths_beat_prefixes_and_priority_orders_them() {
+        let mut low = route("low", &[], &["~/users/[0-9]+"], &[], &[]);
+        let mut high = route("high", &[], &["~/users/1[0-9]*"], &[], &[]);
+        Arc::get_mut(&mut high).unwrap().matches.regex_priority = 5;
+        Arc::get_mut(&mut low).unwrap().matches.regex_priority = 1;
+        let prefix = route("prefix", &[], &["/users/1"], &[], &[]);
+        let router = Router::new(&[prefix, low, high]);
+        assert_eq!(pick(&router, "h", "/users/12", "GET", &[]), Some("high"));
+        assert_eq!(pick(&router, "h", "/users/42", "GET", &[]), Some("low"));
+        // Anchored at the start: a match deeper in the path does not count.
+        assert_eq!(pick(&router, "h", "/x/users/42", "GET", &[]), None);
+        // The text a regex matched is what strip_path removes.
+        let headers = http::HeaderMap::new();
+        let m = router
+            .route(&RequestFacts {
+                host: "h",
+                path: "/users/42/orders?x=1",
+                method: "GET",
+                headers: &headers,
+            })
+            .unwrap();
+        assert_eq!(m.prefix, "/users/42");
     }
 
     fn pick<'a>(

@@ -202,6 +202,8 @@ routes:
   - { name: first, match: { paths: [/a], methods: [get] }, service: s }
   - { name: second, match: { paths: [/a], methods: [GET] }, service: s }
   - { name: third, match: { paths: [/b] }, service: nope, filters: [ghost] }
+  - { name: fourth, match: { regex_paths: ['/x(?=y)'] }, service: s }
+  - { name: fifth, match: { regex_paths: ['/a{1000}{1000}'] }, service: s }
 "#,
     )
     .unwrap();
@@ -218,6 +220,10 @@ routes:
         "route `third`: unknown service `nope`",
         "route `third`: unknown filter `ghost`",
         "filter `f`: wasm `/no/such/file.wasm`",
+        // PCRE's look-around has no linear-time match; a pattern too large to compile
+        // within the limit is refused too.
+        "route `fourth`: regex path `/x(?=y)`",
+        "route `fifth`: regex path `/a{1000}{1000}`",
     ] {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
     }

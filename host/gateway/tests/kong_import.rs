@@ -364,3 +364,49 @@ consumers:
     assert_eq!(admitted("gold-key"), 4);
     assert_eq!(admitted("plain-key"), 2);
 }
+
+#[test]
+fn regex_paths_route_in_kongs_order_and_pcre_only_ones_are_reported() {
+    let upstream = echo();
+    // Kong 3's `~` paths (docs.konghq.com/gateway/latest/key-concepts/routes/
+    // #regular-expressions): a matching regex route wins over a prefix route, and in
+    // a 2.1 file a path with regex characters is a regex.
+    for (version, path) in [("3.0", "'~/users/\\d+$'"), ("2.1", "'/users/\\d+$'")] {
+        let kong = format!(
+            r#"
+_format_version: "{version}"
+services:
+  - name: a
+    url: http://{upstream}
+    routes:
+      - name: by-id
+        paths: [{path}]
+        regex_priority: 5
+        strip_path: false
+        plugins:
+          - {{ name: request-transformer, config: {{ add: {{ headers: ["x-route:by-id"] }} }} }}
+      - {{ name: all, paths: [/users], strip_path: false }}
+      - {{ name: look-around, paths: ['~/x(?=y)'] }}
+"#
+        );
+        let (config, report, ok, stderr) = import(&kong, &[]);
+        assert!(ok, "{stderr}");
+        let gw = start(&config);
+        let r = get(&gw, "/users/42", &[]);
+        assert_eq!(
+            r.upstream_header("x-route").as_deref(),
+            Some("by-id"),
+            "{version}"
+        );
+        assert_eq!(r.json()["path"], "/users/42");
+        let r = get(&gw, "/users/abc", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.upstream_header("x-route"),
+            None,
+            "{version}: the prefix route"
+        );
+        let la = entry(&report, "`look-around`");
+        assert_eq!(la["status"], "unsupported", "{la}");
+    }
+}

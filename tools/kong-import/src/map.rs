@@ -465,23 +465,25 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
                     .into(),
             );
         }
-        if !r.regex_paths.is_empty() {
-            if r.paths.is_empty() {
-                report.unsupported(
-                    "route",
-                    label,
-                    format!(
-                        "its paths are regular expressions ({}): the gateway routes by prefix only",
-                        r.regex_paths.join(", ")
-                    ),
-                    Some("a prefix path covering them, with `path_separated_prefixes`"),
-                );
-                continue;
+        // Kong's regex paths (PCRE) as the gateway's (the `regex` crate: no
+        // look-around or back-references, linear time).
+        let mut regex_paths = Vec::new();
+        for re in &r.regex_paths {
+            match regex::Regex::new(&format!("^(?:{re})")) {
+                Ok(_) => regex_paths.push(re.clone()),
+                Err(_) => notes.push(format!(
+                    "the regex path `{re}` uses what only PCRE has (look-around, back-references...); dropped"
+                )),
             }
-            notes.push(format!(
-                "its regex paths ({}) are not routed; only its prefix paths are",
-                r.regex_paths.join(", ")
-            ));
+        }
+        if !r.regex_paths.is_empty() && regex_paths.is_empty() && r.paths.is_empty() {
+            report.unsupported(
+                "route",
+                label,
+                "none of its regex paths can be matched here",
+                Some("a regex without look-around or back-references, or a prefix path"),
+            );
+            continue;
         }
         if r.path_handling == "v1" {
             notes
@@ -624,7 +626,8 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             } else {
                 format!("{}~{}", r.name, i + 1)
             };
-            let m = json!({"hosts": r.hosts, "paths": r.paths, "methods": r.methods, "headers": headers});
+            let m = json!({"hosts": r.hosts, "paths": r.paths, "regex_paths": regex_paths,
+                "methods": r.methods, "headers": headers});
             let key = m.to_string();
             if let Some(first) = taken.get(&key) {
                 report.unsupported(
@@ -642,6 +645,7 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             for (f, v) in [
                 ("hosts", json!(r.hosts)),
                 ("paths", json!(r.paths)),
+                ("regex_paths", json!(regex_paths)),
                 ("methods", json!(r.methods)),
                 ("headers", json!(headers)),
             ] {
@@ -650,6 +654,9 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
                 if !empty {
                     mm.insert(f.into(), v);
                 }
+            }
+            if !regex_paths.is_empty() && r.regex_priority != 0 {
+                mm.insert("regex_priority".into(), json!(r.regex_priority));
             }
             routes_out.push(json!({"name": name, "match": mm, "service": service_name,
                 "filters": chain, "strip_path": r.strip_path, "preserve_host": r.preserve_host}));

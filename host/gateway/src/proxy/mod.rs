@@ -256,7 +256,7 @@ impl Exchange {
             );
         };
         let route = matched.route.clone();
-        let prefix = matched.prefix.to_owned();
+        let prefix = matched.prefix.into_owned();
         if peer.trusted && !route.trust_identity_headers {
             crate::edge::strip_identity(&mut parts.headers, &state.identity_headers);
         }
