@@ -362,6 +362,9 @@ pub struct Listener {
 pub struct Service {
     pub name: String,
     pub urls: Vec<http::Uri>,
+    /// The URLs' path (Kong's service `path`), put before the request's path
+    /// upstream; `None` for `/` or none.
+    pub base_path: Option<String>,
     /// `http` or `https`, the same for every URL of the service.
     pub scheme: http::uri::Scheme,
     /// The TLS client configuration, for an `https` service.
@@ -592,6 +595,21 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             }
             (None, false) => None,
         };
+        // Kong's service `path`: one for every URL of the service.
+        let paths: Vec<&str> = urls.iter().map(|u| u.path()).collect();
+        if paths.iter().any(|p| *p != paths[0]) {
+            errors.push(format!(
+                "service `{}`: its urls have different paths",
+                s.name
+            ));
+        }
+        if urls.iter().any(|u| u.query().is_some()) {
+            errors.push(format!("service `{}`: a url has a query", s.name));
+        }
+        let base_path = paths
+            .first()
+            .filter(|p| !p.is_empty() && **p != "/")
+            .map(|p| p.to_string());
         for (field, v) in [
             ("connect_timeout_ms", s.connect_timeout_ms),
             ("read_timeout_ms", s.read_timeout_ms),
@@ -604,6 +622,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         services.push(Arc::new(Service {
             name: s.name.clone(),
             urls,
+            base_path,
             scheme: if https {
                 http::uri::Scheme::HTTPS
             } else {

@@ -53,6 +53,16 @@ fn entry<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("no `{name}` in {report:#}"))
 }
 
+/// The report's entry of this kind (`route`, `service`...) for `name`.
+fn entry_of<'a>(report: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
+    report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == kind && e["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} `{name}` in {report:#}"))
+}
+
 /// The imported configuration on free ports.
 fn start(config: &str) -> Gateway {
     Gateway::start(
@@ -409,4 +419,120 @@ services:
         let la = entry(&report, "`look-around`");
         assert_eq!(la["status"], "unsupported", "{la}");
     }
+}
+
+#[test]
+fn the_service_path_goes_before_the_request_path_as_in_kong() {
+    let upstream = echo();
+    // docs.konghq.com/gateway/latest/key-concepts/routes/ ("strip_path" and the
+    // service's path): /v1/x on a route /v1 with strip_path reaches /api/x.
+    let kong = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: a
+    url: http://{upstream}/api
+    routes:
+      - {{ name: stripped, paths: [/v1] }}
+      - {{ name: kept, paths: [/v2], strip_path: false }}
+"#
+    );
+    let (config, report, ok, stderr) = import(&kong, &[]);
+    assert!(ok, "{stderr}");
+    let gw = start(&config);
+    for (path, want) in [
+        ("/v1/x?q=1", "/api/x?q=1"),
+        ("/v1", "/api"),
+        ("/v2/x", "/api/v2/x"),
+    ] {
+        let r = get(&gw, path, &[]);
+        assert_eq!(r.json()["path"], want, "{path}");
+    }
+    let notes = entry(&report, "`a`")["notes"].to_string();
+    assert!(!notes.contains("path"), "{notes}");
+}
+
+#[test]
+fn openid_connect_becomes_the_oidc_filter_and_what_it_cannot_be_is_said() {
+    let upstream = echo();
+    // Kong Enterprise's openid-connect (docs.konghq.com/hub/kong-inc/openid-connect):
+    // the issuer may be given as its discovery URL; client_id, client_secret and
+    // redirect_uri are arrays; groups_required alternatives.
+    let kong = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: app
+    url: http://{upstream}
+    routes: [{{ name: app, paths: [/] }}]
+    plugins:
+      - name: openid-connect
+        config:
+          issuer: https://pf.example.com/.well-known/openid-configuration
+          client_id: [web]
+          client_secret: [web-secret]
+          redirect_uri: [https://app.example.com/callback]
+          scopes: [openid, profile]
+          auth_methods: [authorization_code, session, bearer, introspection]
+          groups_required: ["staff admins", "ops"]
+          upstream_user_info_header: x-userinfo
+  - name: other
+    url: http://{upstream}
+    routes: [{{ name: other, paths: [/other] }}]
+    plugins:
+      - name: openid-connect
+        config: {{ issuer: https://pf.example.com, client_id: [web], client_secret: [s] }}
+"#
+    );
+    let (config, report, ok, stderr) = import(&kong, &[]);
+    assert!(ok, "{stderr}");
+    let yaml: serde_json::Value = serde_norway::from_str(&config).unwrap();
+    let oidc = yaml["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "oidc-1")
+        .unwrap();
+    let c = &oidc["config"];
+    assert_eq!(c["issuer"], "https://pf.example.com");
+    assert_eq!(c["idp_cluster"], "idp-pf.example.com");
+    assert_eq!(c["bearer_passthrough"], true);
+    assert_eq!(c["userinfo"], true);
+    assert_eq!(
+        c["requires"]["claims"][0]["any"][0]["all"][1],
+        json!({"claim": "groups", "contains": "admins"})
+    );
+    let notes = entry(&report, "openid-connect on service `app`")["notes"].to_string();
+    assert!(notes.contains("introspection"), "{notes}");
+    assert!(notes.contains("session secret was made"), "{notes}");
+    // No redirect_uri: said, and the route it guards is left out, never opened.
+    let other = entry(&report, "openid-connect on service `other`");
+    assert_eq!(other["status"], "unsupported");
+    assert!(other["notes"][0].as_str().unwrap().contains("redirect_uri"));
+    let route = entry_of(&report, "route", "`other`");
+    assert_eq!(route["status"], "unsupported");
+    assert!(
+        route["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("left out rather than opened")
+    );
+    assert!(
+        yaml["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["name"] != "other"),
+        "{config}"
+    );
+    // The filter itself accepts what was made.
+    let dir = TempDir::new();
+    let path = dir.0.join("p.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -42,7 +42,8 @@ const NEAREST: [(&str, &str); 12] = [
 ];
 
 /// The plugins this importer maps, in Kong's execution order (PRIORITY, highest first).
-const MAPPED: [&str; 10] = [
+const MAPPED: [&str; 11] = [
+    "openid-connect",
     "jwt",
     "key-auth",
     "request-size-limiting",
@@ -133,6 +134,14 @@ fn service_url(k: &Kong, s: &Service, notes: &mut Vec<String>) -> Result<Vec<Str
     if !host_ok(&s.host) {
         return Err(format!("its host `{}` is not a host name", s.host));
     }
+    // Kong's service path, put before the request's path upstream (v0 handling).
+    let path = s.path.as_deref().filter(|p| *p != "/").unwrap_or("");
+    if !path.starts_with('/') && !path.is_empty()
+        || path.contains(['?', '#', ' '])
+        || path.contains(crate::input::KEPT)
+    {
+        return Err(format!("its path `{path}` is not a URL path"));
+    }
     if let Some(targets) = k.upstreams.get(&s.host) {
         let live: Vec<&(String, u64)> = targets.iter().filter(|(_, w)| *w > 0).collect();
         if live.is_empty() {
@@ -150,10 +159,13 @@ fn service_url(k: &Kong, s: &Service, notes: &mut Vec<String>) -> Result<Vec<Str
         }
         return Ok(live
             .iter()
-            .map(|(t, _)| format!("{}://{t}", s.protocol))
+            .map(|(t, _)| format!("{}://{t}{}", s.protocol, path))
             .collect());
     }
-    Ok(vec![format!("{}://{}:{}", s.protocol, s.host, s.port)])
+    Ok(vec![format!(
+        "{}://{}:{}{path}",
+        s.protocol, s.host, s.port
+    )])
 }
 
 /// A `name:value` list of Kong's transformers as a map (first `:` splits).
@@ -359,11 +371,6 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
         let mut notes = Vec::new();
         match service_url(k, s, &mut notes) {
             Ok(urls) => {
-                if let Some(p) = s.path.as_deref().filter(|p| *p != "/") {
-                    notes.push(format!(
-                        "the service path `{p}` is not put before the request's path upstream"
-                    ));
-                }
                 if s.retries > 0 {
                     notes.push(format!(
                         "Kong retries a failed connection up to {} times; the gateway does not retry",
@@ -420,6 +427,7 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
     // the gateway refuses them).
     let mut taken: BTreeMap<String, String> = BTreeMap::new();
     let mut plugin_notes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut unsupported_said: Vec<String> = Vec::new();
     for r in &k.routes {
         let label = format!("`{}`", r.name);
         let Some(svc_name) = &r.service else {
@@ -522,7 +530,30 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
         let mut service = svc.clone();
         let mut service_name = svc_name.clone();
         let mut auth: Option<&str> = None;
-        if let Some(p) = effective(k, "jwt", r) {
+        if let Some(p) = effective(k, "openid-connect", r) {
+            let what = format!("openid-connect on {}", p.scope.describe());
+            match oidc(p) {
+                Ok((cfg, idp, n)) => {
+                    let idp_name = idp["name"].as_str().unwrap_or("idp").to_owned();
+                    services.entry(idp_name).or_insert(idp);
+                    plugin_notes.entry(what).or_default().extend(n);
+                    chain.push(filters.add("oidc", cfg, opts));
+                    auth = Some("openid-connect");
+                }
+                Err(why) => {
+                    if !unsupported_said.contains(&what) {
+                        report.unsupported(
+                            "plugin",
+                            what.clone(),
+                            why,
+                            Some("the oidc filter, configured by hand (README, \"oidc\")"),
+                        );
+                        unsupported_said.push(what);
+                    }
+                }
+            }
+        }
+        if let Some(p) = effective(k, "jwt", r).filter(|_| auth.is_none()) {
             let (cfg, n) = jwt_auth(k, p, effective(k, "acl", r));
             plugin_notes
                 .entry(format!("jwt on {}", p.scope.describe()))
@@ -532,8 +563,8 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             auth = Some("jwt");
         }
         if let Some(p) = effective(k, "key-auth", r) {
-            if auth.is_some() {
-                notes.push("both jwt and key-auth apply: only jwt is mapped (Kong lets either pass only with `anonymous`)".into());
+            if let Some(first) = auth {
+                notes.push(format!("both {first} and key-auth apply: only {first} is mapped (Kong lets either pass only with `anonymous`)"));
             } else {
                 let tiers = tier_of_groups(k, r);
                 let (cfg, n) = key_auth(k, p, effective(k, "acl", r), &tiers);
@@ -619,6 +650,46 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             chain.push(filters.add("header-forwarder", cfg, opts));
         }
         services.insert(service_name.clone(), service);
+        // A route Kong guards with what was not mapped is left out, never opened.
+        let guards = [
+            "openid-connect",
+            "jwt",
+            "key-auth",
+            "acl",
+            "basic-auth",
+            "hmac-auth",
+            "oauth2",
+            "oauth2-introspection",
+            "ldap-auth",
+            "ldap-auth-advanced",
+            "mtls-auth",
+            "key-auth-enc",
+            "vault-auth",
+            "saml",
+            "request-termination",
+            "ip-restriction",
+        ];
+        let unguarded = guards.iter().find(|g| {
+            effective(k, g, r).is_some()
+                && match **g {
+                    "openid-connect" => auth != Some("openid-connect"),
+                    "jwt" => auth.is_none(),
+                    "key-auth" => auth.is_none(),
+                    "acl" => auth.is_none(),
+                    _ => true,
+                }
+        });
+        if let Some(g) = unguarded {
+            report.unsupported(
+                "route",
+                label,
+                format!(
+                    "Kong guards it with `{g}`, which is not mapped here: the route is left out rather than opened"
+                ),
+                Some("map the guard by hand, then add the route"),
+            );
+            continue;
+        }
         // Emit the route (one per header-value combination).
         for (i, headers) in header_sets.iter().enumerate() {
             let name = if i == 0 {
@@ -1088,4 +1159,168 @@ fn tier_limiter(
         _ => {}
     }
     (Some(cfg), notes, what)
+}
+
+/// openid-connect as the oidc filter (its authorization-code login, session and bearer
+/// methods), and the service that reaches the IdP. Err: why it cannot be.
+fn oidc(p: &Plugin) -> Result<(Value, Value, Vec<String>), String> {
+    use base64::Engine;
+    let c = &p.config;
+    let first = |k: &str| str_list(c, k, &[]).into_iter().next();
+    let mut notes = Vec::new();
+    let issuer = first("issuer").ok_or("it has no issuer")?;
+    let issuer = issuer
+        .trim_end_matches("/.well-known/openid-configuration")
+        .trim_end_matches('/')
+        .to_owned();
+    let (scheme, rest) = issuer
+        .split_once("://")
+        .ok_or_else(|| format!("the issuer `{issuer}` is not a URL"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    if host.is_empty() || issuer.contains(crate::input::KEPT) {
+        return Err(format!("the issuer `{issuer}` has no usable host"));
+    }
+    let client_id = first("client_id").ok_or("it has no client_id")?;
+    let redirect_uri = first("redirect_uri").ok_or(
+        "it has no redirect_uri (Kong makes one from the request; the oidc filter needs it written)",
+    )?;
+    let idp_name = format!("idp-{host}");
+    let idp = json!({"name": idp_name, "url": format!("{scheme}://{host}:{port}")});
+    let mut scopes = str_list(c, "scopes", &["openid"]);
+    if !scopes.iter().any(|s| s == "openid") {
+        scopes.insert(0, "openid".into());
+    }
+    let mut cfg = json!({
+        "issuer": issuer,
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scopes": scopes,
+        "idp_cluster": idp_name,
+        "idp_authority": authority,
+    });
+    match first("client_auth").as_deref() {
+        None | Some("client_secret_basic") | Some("client_secret_post") | Some("none") => {
+            if let Some(a) = first("client_auth") {
+                cfg["client_auth"] = json!(a);
+            }
+            if let Some(secret) = first("client_secret") {
+                cfg["client_secret"] = json!(secret);
+            } else if first("client_auth").as_deref() != Some("none") {
+                return Err("it has no client_secret".into());
+            }
+        }
+        Some("private_key_jwt") => {
+            let jwk = c
+                .get("client_jwk")
+                .and_then(|j| j.as_array().and_then(|a| a.first()).or(Some(j)))
+                .filter(|j| j.is_object())
+                .ok_or("private_key_jwt without a client_jwk")?;
+            cfg["client_auth"] = json!("private_key_jwt");
+            cfg["client_jwk"] = jwk.clone();
+        }
+        Some(other) => return Err(format!("`client_auth: {other}` is not supported")),
+    }
+    if scheme == "http" {
+        cfg["allow_insecure_http"] = json!(true);
+        notes.push("the issuer is plain HTTP: allowed, as Kong allows it".into());
+    }
+    // The session: Kong's secret when it is long enough, else one made now.
+    let secret = match first("session_secret").filter(|s| s.len() >= 32) {
+        Some(s) => s,
+        None => {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+            notes.push("a session secret was made for this output (Kong's was missing or shorter than 32 characters): keep the file private".into());
+            base64::engine::general_purpose::STANDARD.encode(b)
+        }
+    };
+    let mut session = json!({"secrets": [{"id": "kong", "secret": secret}]});
+    for (kong, ours) in [
+        ("session_cookie_name", "cookie_name"),
+        ("session_cookie_same_site", "samesite"),
+        ("session_cookie_domain", "domain"),
+        ("session_cookie_path", "path"),
+    ] {
+        if let Some(v) = c.get(kong).and_then(Value::as_str) {
+            session[ours] = json!(v);
+        }
+    }
+    for (kong, ours) in [
+        ("session_absolute_timeout", "lifetime"),
+        ("session_idling_timeout", "idle_timeout"),
+    ] {
+        if let Some(v) = c.get(kong).and_then(Value::as_u64).filter(|v| *v > 0) {
+            session[ours] = json!(v);
+        }
+    }
+    cfg["session"] = session;
+    let methods = str_list(c, "auth_methods", &[]);
+    if methods.is_empty() || methods.iter().any(|m| m == "bearer") {
+        cfg["bearer_passthrough"] = json!(true);
+        let audiences: Vec<String> = str_list(c, "audience_required", &[])
+            .iter()
+            .flat_map(|a| a.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        if audiences.is_empty() {
+            notes.push(format!(
+                "bearer tokens must name `{client_id}` in `aud` (no `audience_required` was given)"
+            ));
+            cfg["bearer_audiences"] = json!([client_id]);
+        } else {
+            cfg["bearer_audiences"] = json!(audiences);
+        }
+    }
+    for m in &methods {
+        if !matches!(
+            m.as_str(),
+            "authorization_code" | "session" | "bearer" | "refresh_token"
+        ) {
+            notes.push(format!(
+                "`auth_methods: {m}` is not mapped (introspection: a jwt-auth introspection provider does it)"
+            ));
+        }
+    }
+    for h in [
+        "upstream_access_token_header",
+        "upstream_id_token_header",
+        "upstream_user_info_header",
+    ] {
+        if let Some(v) = c.get(h).and_then(Value::as_str) {
+            cfg[h] = json!(v);
+        }
+    }
+    if cfg.get("upstream_user_info_header").is_some() {
+        cfg["userinfo"] = json!(true);
+    }
+    if let Some(claim) = first("consumer_claim") {
+        cfg["consumer"] = json!({"id_claim": claim});
+        notes.push("`consumer_claim` names the consumer from the token's claim; Kong looks the consumer up in its database".into());
+    }
+    let groups = str_list(c, "groups_required", &[]);
+    if !groups.is_empty() {
+        let claim = first("groups_claim").unwrap_or_else(|| "groups".into());
+        // Each entry is an alternative; the space-separated groups in it must all be there.
+        let any: Vec<Value> = groups
+            .iter()
+            .map(|alt| {
+                json!({"all": alt.split_whitespace().map(|g| json!({"claim": claim, "contains": g})).collect::<Vec<_>>()})
+            })
+            .collect();
+        cfg["requires"] = json!({"claims": [{"any": any}]});
+    }
+    if let Some(l) = c.get("leeway").and_then(Value::as_u64) {
+        cfg["clock_skew_seconds"] = json!(l);
+    }
+    if c.get("logout_uri_suffix").is_some() {
+        notes.push(
+            "`logout_uri_suffix` is not mapped: set `logout.path` to the path it ends".into(),
+        );
+    }
+    notes.push("refusals and redirects are the oidc filter's (README, \"oidc\"): an API client gets 401, a browser is sent to log in".into());
+    Ok((cfg, idp, notes))
 }

@@ -398,7 +398,12 @@ impl Exchange {
         };
         let svc = &state.services[routed.route.service];
         let authority = svc.next_authority().clone();
-        let up_path = strip_prefix(&routed.route, &routed.prefix, &routed.path);
+        let up_path = upstream_path(
+            svc.service.base_path.as_deref(),
+            &routed.route,
+            &routed.prefix,
+            &routed.path,
+        );
         let uri = http::Uri::builder()
             .scheme(svc.service.scheme.clone())
             .authority(authority.clone())
@@ -881,18 +886,108 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// Kong's `strip_path`: the matched prefix is removed before proxying.
-fn strip_prefix(route: &Route, prefix: &str, path: &str) -> String {
-    if route.strip_path && !prefix.is_empty() && prefix != "/" {
-        if let Some(rest) = path.strip_prefix(prefix) {
-            return if rest.starts_with('/') {
-                rest.to_owned()
+/// The upstream request's path, as Kong 3 makes it (its router's "v0" path handling):
+/// `strip_path` removes the matched prefix, then the service's path goes before what
+/// is left. `path` carries the query, which is kept as it is.
+fn upstream_path(base: Option<&str>, route: &Route, prefix: &str, path: &str) -> String {
+    let (req, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let base = base.unwrap_or("/");
+    let stripped = route.strip_path && !prefix.is_empty() && prefix != "/";
+    let post = if stripped {
+        req.strip_prefix(prefix).unwrap_or(req)
+    } else {
+        req
+    };
+    let mut out = if stripped {
+        if let Some(b) = base.strip_suffix('/') {
+            if post.is_empty() {
+                if base == "/" || req.ends_with('/') {
+                    base.to_owned()
+                } else {
+                    b.to_owned()
+                }
+            } else if post.starts_with('/') {
+                format!("{b}{post}")
             } else {
-                format!("/{rest}")
-            };
+                format!("{base}{post}")
+            }
+        } else if post.is_empty() {
+            if req.len() > 1 && req.ends_with('/') {
+                format!("{base}/")
+            } else {
+                base.to_owned()
+            }
+        } else if post.starts_with('/') {
+            format!("{base}{post}")
+        } else {
+            format!("{base}/{post}")
+        }
+    } else if base == "/" {
+        req.to_owned()
+    } else if let Some(b) = base.strip_suffix('/') {
+        format!("{b}{req}")
+    } else if req == "/" {
+        base.to_owned()
+    } else {
+        format!("{base}{req}")
+    };
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod upstream_path_tests {
+    use super::upstream_path;
+
+    fn route(strip: bool) -> crate::config::Route {
+        crate::config::Route {
+            index: 0,
+            name: "r".into(),
+            matches: Default::default(),
+            service: 0,
+            filters: vec![],
+            strip_path: strip,
+            preserve_host: false,
+            trust_identity_headers: false,
+            regexes: vec![],
         }
     }
-    path.to_owned()
+
+    #[test]
+    fn the_service_path_and_strip_path_give_kongs_upstream_paths() {
+        // Kong's own examples (its router's v0 path handling): service path, route
+        // prefix, strip_path, request path -> upstream path.
+        for (base, prefix, strip, req, want) in [
+            (None, "/v1", true, "/v1/x", "/x"),
+            (None, "/v1", true, "/v1", "/"),
+            (None, "/v1", false, "/v1/x?q=1", "/v1/x?q=1"),
+            (Some("/api"), "/v1", true, "/v1", "/api"),
+            (Some("/api"), "/v1", true, "/v1/", "/api/"),
+            (Some("/api"), "/v1", true, "/v1/x", "/api/x"),
+            (Some("/api"), "/v1", true, "/v1x", "/api/x"),
+            (Some("/api"), "/v1", false, "/v1/x", "/api/v1/x"),
+            (Some("/api"), "/v1", false, "/", "/api"),
+            (Some("/api/"), "/v1", true, "/v1/x?a=b", "/api/x?a=b"),
+            (Some("/api/"), "/v1", true, "/v1", "/api"),
+            (Some("/api/"), "/v1", false, "/v1/x", "/api/v1/x"),
+            (Some("/api"), "", true, "/x", "/api/x"),
+        ] {
+            assert_eq!(
+                upstream_path(base, &route(strip), prefix, req),
+                want,
+                "{base:?} {prefix} strip={strip} {req}"
+            );
+        }
+    }
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
