@@ -301,27 +301,60 @@ impl Envoy {
     /// Starts Envoy and waits (up to 20 s) until its listener accepts connections and
     /// the admin endpoint reports it ready.
     pub fn start(config: &EnvoyConfig) -> Result<Envoy, String> {
-        let bin = envoy_binary()?;
         let dir = TempDir::new("envoy")?;
         let (listen_port, admin_port) = (free_port(), free_port());
         let path = dir.0.join("envoy.json");
         std::fs::write(&path, config.bootstrap(listen_port, admin_port).to_string())
             .map_err(|e| e.to_string())?;
+        Self::run(
+            dir,
+            &path,
+            SocketAddr::from(([127, 0, 0, 1], listen_port)),
+            SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            config.concurrency,
+        )
+    }
+
+    /// Starts Envoy on a bootstrap written elsewhere (`portcullis import kong
+    /// --envoy`, say), whose listener and admin are at these addresses.
+    pub fn start_file(
+        bootstrap: &Path,
+        listener: SocketAddr,
+        admin: SocketAddr,
+        concurrency: usize,
+    ) -> Result<Envoy, String> {
+        Self::run(
+            TempDir::new("envoy")?,
+            bootstrap,
+            listener,
+            admin,
+            concurrency,
+        )
+    }
+
+    fn run(
+        dir: TempDir,
+        path: &Path,
+        listener: SocketAddr,
+        admin: SocketAddr,
+        concurrency: usize,
+    ) -> Result<Envoy, String> {
+        let bin = envoy_binary()?;
         let log = dir.0.join("envoy.log");
         let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let child = Command::new(&bin)
             .arg("-c")
-            .arg(&path)
+            .arg(path)
             .args(["--disable-hot-restart", "-l", "warning", "--concurrency"])
-            .arg(config.concurrency.to_string())
+            .arg(concurrency.to_string())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
         let mut envoy = Envoy {
-            listener: SocketAddr::from(([127, 0, 0, 1], listen_port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            listener,
+            admin,
             child,
             log,
             _dir: dir,

@@ -121,6 +121,9 @@ enum ImportFrom {
         /// Where to write the report: Markdown, or JSON when the name ends in .json.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Also write an Envoy bootstrap running the same routes and filters.
+        #[arg(long)]
+        envoy: Option<PathBuf>,
         /// Fail (exit 1) when anything was mapped with differences or not at all.
         #[arg(long)]
         strict: bool,
@@ -145,6 +148,7 @@ fn import_kong(
     file: &std::path::Path,
     out: Option<&std::path::Path>,
     report: Option<&std::path::Path>,
+    envoy: Option<&std::path::Path>,
     strict: bool,
     env: bool,
     options: portcullis_kong::Options,
@@ -159,6 +163,10 @@ fn import_kong(
         Some(path) => std::fs::write(path, &imported.yaml)
             .map_err(|e| vec![format!("{}: {e}", path.display())])?,
         None => print!("{}", imported.yaml),
+    }
+    if let Some(path) = envoy {
+        std::fs::write(path, &imported.envoy_yaml)
+            .map_err(|e| vec![format!("{}: {e}", path.display())])?;
     }
     let r = &imported.report;
     if let Some(path) = report {
@@ -214,6 +222,7 @@ fn main() -> ExitCode {
                     file,
                     out,
                     report,
+                    envoy,
                     strict,
                     env,
                     wasm_dir,
@@ -224,6 +233,7 @@ fn main() -> ExitCode {
             &file,
             out.as_deref(),
             report.as_deref(),
+            envoy.as_deref(),
             strict,
             env,
             portcullis_kong::Options {

@@ -8,6 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use portcullis_envoy::Envoy;
 use serde_json::json;
 
 /// Imports `kong` (YAML) with the built filters; the configuration's text, the JSON
@@ -535,4 +536,66 @@ services:
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn the_envoy_bootstrap_runs_the_same_routes_and_filters_in_envoy() {
+    let upstream = echo();
+    let (port, admin) = (free_port(), free_port());
+    let dir = TempDir::new();
+    let bootstrap = dir.0.join("envoy.yaml");
+    let (_, _, ok, stderr) = import(
+        &API.replace("UPSTREAM", &upstream.to_string()),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--envoy",
+            bootstrap.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let envoy = Envoy::start_file(
+        &bootstrap,
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+        1,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", envoy.listener);
+    let get =
+        |path: &str, headers: &[(&str, &str)]| send(&base, "GET", path, headers, b"").unwrap();
+    // The same answers as in our gateway (the first test of this file).
+    let r = get("/orders", &[]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json()["message"], "No API key found in request");
+    let r = get("/orders", &[("apikey", "ada-key"), ("x-internal", "1")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-consumer-username").as_deref(),
+        Some("ada")
+    );
+    assert_eq!(r.upstream_header("apikey"), None);
+    assert_eq!(r.upstream_header("x-from").as_deref(), Some("kong-import"));
+    assert_eq!(r.upstream_header("x-internal"), None);
+    assert_eq!(r.headers.get_str("x-served-by"), Some("portcullis"));
+    assert_eq!(r.headers.get_str("x-ratelimit-limit-minute"), Some("2"));
+    // strip_path: false keeps the path.
+    assert_eq!(r.json()["path"], "/orders");
+    let r = get("/admin", &[("apikey", "bob-key")]);
+    assert_eq!(r.status, 403);
+    let r = get("/admin", &[("apikey", "ada-key")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get_str("x-ratelimit-limit-minute"), Some("3"));
+    // A route without the transformers does not run them.
+    assert_eq!(r.upstream_header("x-from"), None);
+    // The body limit (request-size-limiting): 413 above 1 KB.
+    let big = vec![b'x'; 2048];
+    let r = send(&base, "POST", "/open", &[("apikey", "ada-key")], &big).unwrap();
+    assert_eq!(r.status, 413);
+    // strip_path (the default) on /open: the prefix is removed upstream.
+    let r = send(&base, "POST", "/open/x", &[("apikey", "ada-key")], b"x").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/x");
 }

@@ -6,6 +6,7 @@
 //! [`input`] reads Kong's file into one flat model (placeholders, nesting, references);
 //! [`map`] maps it; [`report`] says what changed.
 
+pub mod envoy;
 pub mod input;
 pub mod map;
 pub mod report;
@@ -41,6 +42,8 @@ pub struct Imported {
     /// The gateway's configuration (`portcullis run --config`), as YAML.
     pub yaml: String,
     pub config: serde_json::Value,
+    /// The same routes and filters as an Envoy bootstrap, as YAML.
+    pub envoy_yaml: String,
     pub report: Report,
 }
 
@@ -67,9 +70,14 @@ pub fn import(
         kong.format,
         serde_norway::to_string(&mapped.config).map_err(|e| e.to_string())?
     );
+    let envoy_yaml = format!(
+        "# Imported from a Kong configuration by `portcullis import kong --envoy`: the same\n# routes and filters as an Envoy bootstrap.\n{}",
+        serde_norway::to_string(&envoy::bootstrap(&mapped.config)).map_err(|e| e.to_string())?
+    );
     Ok(Imported {
         yaml,
         config: mapped.config,
+        envoy_yaml,
         report,
     })
 }
