@@ -123,14 +123,22 @@ fn specificity(m: &MatchConfig) -> (bool, usize, bool, usize) {
     )
 }
 
-/// 2 for an exact host, 1 for a wildcard (`*.example.com`), `None` for no match.
+/// 2 for an exact host, 1 for a wildcard (`*.example.com`, or Kong's trailing
+/// `example.*`), `None` for no match.
 fn host_match(pattern: &str, host: &str) -> Option<u8> {
     if pattern.eq_ignore_ascii_case(host) {
         return Some(2);
     }
-    let suffix = pattern.strip_prefix('*')?;
-    (host.len() > suffix.len() && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
-        .then_some(1)
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return (host.len() > suffix.len()
+            && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
+        .then_some(1);
+    }
+    let prefix = pattern.strip_suffix('*')?;
+    (host.len() > prefix.len()
+        && host.is_char_boundary(prefix.len())
+        && host[..prefix.len()].eq_ignore_ascii_case(prefix))
+    .then_some(1)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -330,5 +338,10 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(host_match("*.example.com", "example.com"), None);
         assert_eq!(host_match("*.example.com", "a.example.com"), Some(1));
+        // Kong's trailing wildcard: `example.*` is `example.` and at least one more label.
+        assert_eq!(host_match("example.*", "example.org"), Some(1));
+        assert_eq!(host_match("example.*", "EXAMPLE.co.uk"), Some(1));
+        assert_eq!(host_match("example.*", "example."), None);
+        assert_eq!(host_match("example.*", "myexample.org"), None);
     }
 }

@@ -599,3 +599,41 @@ fn the_envoy_bootstrap_runs_the_same_routes_and_filters_in_envoy() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["path"], "/x");
 }
+
+#[test]
+fn a_consumer_scoped_rate_limit_wins_for_that_consumer() {
+    let upstream = echo();
+    // Kong's plugin precedence (docs.konghq.com/gateway/latest/key-concepts/plugins/
+    // #precedence): a plugin on a consumer beats the global one for that consumer.
+    let kong = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: api
+    url: http://{upstream}
+    routes: [{{ name: api, paths: [/] }}]
+plugins:
+  - name: key-auth
+  - name: rate-limiting
+    config: {{ minute: 1 }}
+consumers:
+  - username: partner
+    keyauth_credentials: [{{ key: partner-key }}]
+    plugins:
+      - name: rate-limiting
+        config: {{ minute: 3 }}
+  - username: other
+    keyauth_credentials: [{{ key: other-key }}]
+"#
+    );
+    let (config, _, ok, stderr) = import(&kong, &[]);
+    assert!(ok, "{stderr}");
+    let gw = start(&config);
+    let admitted = |key: &'static str| {
+        (0..5)
+            .filter(|_| get(&gw, "/", &[("apikey", key)]).status == 200)
+            .count()
+    };
+    assert_eq!(admitted("partner-key"), 3);
+    assert_eq!(admitted("other-key"), 1);
+}

@@ -497,9 +497,6 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             notes
                 .push("`path_handling: v1` is read as v0 (as Kong 3's default router does)".into());
         }
-        if r.hosts.iter().any(|h| h.ends_with(".*")) {
-            notes.push("hosts with a trailing wildcard (`example.*`) match nothing here".into());
-        }
         // Header rules: one value each here; a rule with several values becomes one
         // route per value.
         let mut header_sets: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
@@ -1038,9 +1035,9 @@ fn rsa_jwk(pem: &str) -> Result<Value, String> {
     } else {
         body
     };
+    // A PEM written on one line with `\n` escapes, as some Kong files hold them.
     let der = base64::engine::general_purpose::STANDARD
-        .decode(body.replace(['\\', 'n'], "").as_bytes())
-        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(body.as_bytes()))
+        .decode(body.replace("\\n", "").as_bytes())
         .map_err(|e| e.to_string())?;
     let key = rsa::PublicKey::from_public_key_der(&der)
         .or_else(|_| rsa::PublicKey::from_pkcs1_der(&der))
@@ -1323,4 +1320,38 @@ fn oidc(p: &Plugin) -> Result<(Value, Value, Vec<String>), String> {
     }
     notes.push("refusals and redirects are the oidc filter's (README, \"oidc\"): an API client gets 401, a browser is sent to log in".into());
     Ok((cfg, idp, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pem_public_key_becomes_the_jwk_of_the_same_key() {
+        use base64::Engine;
+        use rsa::pkcs8::EncodePublicKey;
+        let key = jwt_mint::Key::rsa("k");
+        let jwt_mint::Secret::Rsa(private) = &key.secret else {
+            unreachable!()
+        };
+        let der = private.to_public_key().to_public_key_der().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_bytes());
+        let lines: Vec<String> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        );
+        let want = key.jwk();
+        for text in [pem.clone(), pem.replace('\n', ""), pem.replace('\n', "\\n")] {
+            let got = rsa_jwk(&text).unwrap();
+            assert_eq!((&got["n"], &got["e"]), (&want["n"], &want["e"]), "{text}");
+        }
+        assert!(
+            rsa_jwk("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----").is_err()
+        );
+    }
 }
