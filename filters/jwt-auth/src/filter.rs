@@ -212,22 +212,12 @@ fn usable_jwks(status: Option<String>, body: Option<Vec<u8>>) -> Result<Vec<u8>,
 
 fn dispatch_fetch(ctx: &dyn Context, st: &State, provider: usize) -> Option<u32> {
     let remote = st.config.providers[provider].remote.as_ref()?;
-    let authority = remote
-        .authority
-        .clone()
-        .unwrap_or_else(|| remote.cluster.clone());
-    let headers = vec![
-        (":method", "GET"),
-        (":path", remote.path.as_str()),
-        (":authority", authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    match ctx.dispatch_http_call(
+    match kit::glue::get_json(
+        ctx,
         &remote.cluster,
-        headers,
-        None,
-        vec![],
-        Duration::from_millis(remote.timeout_ms),
+        &remote.path,
+        remote.authority.as_deref(),
+        remote.timeout_ms,
     ) {
         Ok(token) => {
             Metrics::bump(st.metrics.fetches);
@@ -297,31 +287,18 @@ fn dispatch_introspection(ctx: &dyn Context, st: &State, pi: usize, token: &str)
 fn dispatch_discovery(ctx: &dyn Context, st: &State, pi: usize) -> Option<u32> {
     let i = st.config.providers[pi].introspection.as_ref()?;
     let path = i.discovery_path.as_ref()?;
-    let authority = i.authority.clone().unwrap_or_else(|| i.cluster.clone());
-    let headers = vec![
-        (":method", "GET"),
-        (":path", path.as_str()),
-        (":authority", authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    ctx.dispatch_http_call(
-        &i.cluster,
-        headers,
-        None,
-        vec![],
-        Duration::from_millis(i.timeout_ms),
-    )
-    .map_err(|e| {
-        hostcalls::log(
-            LogLevel::Error,
-            &format!(
-                "jwt-auth: cannot fetch the discovery document of `{}`: {e:?}",
-                st.config.providers[pi].name
-            ),
-        )
-        .ok();
-    })
-    .ok()
+    kit::glue::get_json(ctx, &i.cluster, path, i.authority.as_deref(), i.timeout_ms)
+        .map_err(|e| {
+            hostcalls::log(
+                LogLevel::Error,
+                &format!(
+                    "jwt-auth: cannot fetch the discovery document of `{}`: {e:?}",
+                    st.config.providers[pi].name
+                ),
+            )
+            .ok();
+        })
+        .ok()
 }
 
 /// What an introspection answer for `token` decides; kept in the cache (active) or the

@@ -272,22 +272,12 @@ impl RootContext for Root {
         if !write_u64(&lease, hold, Some(cas.unwrap_or(0))) {
             return; // another VM won the lease
         }
-        let authority = service
-            .authority
-            .clone()
-            .unwrap_or_else(|| service.cluster.clone());
-        let headers = vec![
-            (":method", "GET"),
-            (":path", service.path.as_str()),
-            (":authority", authority.as_str()),
-            ("accept", "application/json"),
-        ];
-        match self.dispatch_http_call(
+        match kit::glue::get_json(
+            self,
             &service.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(service.timeout_ms),
+            &service.path,
+            service.authority.as_deref(),
+            service.timeout_ms,
         ) {
             Ok(token) => {
                 Metrics::bump(st.metrics.fetches);

@@ -151,6 +151,30 @@ pub fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
     proxy_wasm::hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
 }
 
+/// GETs a JSON document (a JWKS, a discovery document, a key service's consumers)
+/// from `cluster` with `http_call`; `authority` defaults to the cluster's name.
+pub fn get_json(
+    ctx: &dyn Context,
+    cluster: &str,
+    path: &str,
+    authority: Option<&str>,
+    timeout_ms: u64,
+) -> Result<u32, proxy_wasm::types::Status> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority.unwrap_or(cluster)),
+        ("accept", "application/json"),
+    ];
+    ctx.dispatch_http_call(
+        cluster,
+        headers,
+        None,
+        vec![],
+        std::time::Duration::from_millis(timeout_ms),
+    )
+}
+
 /// Stores a document fetched from an IdP (JWKS, discovery) under `key` as the fetch
 /// time followed by the body. With `None` (the fetch failed) only the time is
 /// written, and only when nothing was fetched before: serving a stale document beats

@@ -119,6 +119,94 @@ consumers:
     keyauth_credentials: [{ key: bob-key }]
 "#;
 
+/// What Kong's documentation says of `API` (the page beside each expectation), asked
+/// of a host at `base` that runs its import: the gateway, or Envoy on `--envoy`.
+fn answers_as_kong_documents(host: &str, base: &str) {
+    let get = |path: &str, headers: &[(&str, &str)]| send(base, "GET", path, headers, b"").unwrap();
+    let key = |k: &'static str| [("apikey", k)];
+    // key-auth (docs.konghq.com/hub/kong-inc/key-auth): 401 without a key, 401 with a
+    // wrong one, the consumer's headers upstream, the key hidden (hide_credentials).
+    let r = get("/orders", &[]);
+    assert_eq!(r.status, 401, "{host}");
+    assert_eq!(r.json()["message"], "No API key found in request", "{host}");
+    let r = get("/orders", &key("nope"));
+    assert_eq!(r.status, 401, "{host}");
+    assert_eq!(
+        r.json()["message"],
+        "Invalid authentication credentials",
+        "{host}"
+    );
+    let r = get("/orders", &[("apikey", "ada-key"), ("x-internal", "1")]);
+    assert_eq!(r.status, 200, "{host}: {}", r.body);
+    let up = |h: &str| r.upstream_header(h);
+    assert_eq!(
+        up("x-consumer-id").as_deref(),
+        Some("5f7a0c3e-6d2b-4a8e-9a41-0c9b1f1e2d3a"),
+        "{host}"
+    );
+    assert_eq!(up("x-consumer-username").as_deref(), Some("ada"), "{host}");
+    assert_eq!(up("apikey"), None, "{host}");
+    // strip_path: false keeps the path.
+    assert_eq!(r.json()["path"], "/orders", "{host}");
+    // request-transformer / response-transformer (docs.konghq.com/hub/kong-inc/
+    // request-transformer, .../response-transformer): headers added and removed.
+    assert_eq!(up("x-from").as_deref(), Some("kong-import"), "{host}");
+    assert_eq!(up("x-internal"), None, "{host}");
+    assert_eq!(
+        r.headers.get_str("x-served-by"),
+        Some("portcullis"),
+        "{host}"
+    );
+    // rate-limiting (docs.konghq.com/hub/kong-inc/rate-limiting): X-RateLimit-Limit-Minute
+    // and -Remaining-Minute, then 429 {"message": "API rate limit exceeded"}. The route's
+    // plugin (2 a minute) wins over the service's (3): Kong's plugin precedence
+    // (docs.konghq.com/gateway/latest/key-concepts/plugins/#precedence).
+    assert_eq!(
+        r.headers.get_str("x-ratelimit-limit-minute"),
+        Some("2"),
+        "{host}"
+    );
+    assert_eq!(
+        r.headers.get_str("x-ratelimit-remaining-minute"),
+        Some("1"),
+        "{host}"
+    );
+    assert_eq!(get("/orders", &key("ada-key")).status, 200, "{host}");
+    let r = get("/orders", &key("ada-key"));
+    assert_eq!(r.status, 429, "{host}");
+    assert_eq!(r.json()["message"], "API rate limit exceeded", "{host}");
+    assert!(r.headers.get_str("retry-after").is_some(), "{host}");
+    // Counted per consumer: bob still has his.
+    assert_eq!(get("/orders", &key("bob-key")).status, 200, "{host}");
+    // acl (docs.konghq.com/hub/kong-inc/acl): a consumer outside `allow` gets 403
+    // {"message": "You cannot consume this service"}; the service's limit (3) applies,
+    // and the other route's transformers do not run.
+    let r = get("/admin", &key("bob-key"));
+    assert_eq!(r.status, 403, "{host}");
+    assert_eq!(
+        r.json()["message"],
+        "You cannot consume this service",
+        "{host}"
+    );
+    let r = get("/admin", &key("ada-key"));
+    assert_eq!(r.status, 200, "{host}");
+    assert_eq!(
+        r.headers.get_str("x-ratelimit-limit-minute"),
+        Some("3"),
+        "{host}"
+    );
+    assert_eq!(r.upstream_header("x-from"), None, "{host}");
+    // request-size-limiting (docs.konghq.com/hub/kong-inc/request-size-limiting): 413
+    // above the limit (1 KB here); the message differs, and the report says so.
+    let big = vec![b'x'; 2048];
+    let r = send(base, "POST", "/open", &key("ada-key"), &big).unwrap();
+    assert_eq!(r.status, 413, "{host}");
+    // strip_path (the default) on /open removes the prefix upstream.
+    let r = send(base, "POST", "/open/x", &key("ada-key"), b"x").unwrap();
+    assert_eq!(r.status, 200, "{host}: {}", r.body);
+    assert_eq!(r.json()["path"], "/x", "{host}");
+}
+
 #[test]
 fn an_imported_key_auth_acl_rate_limit_and_transformer_setup_answers_as_kong_documents() {
     let upstream = echo();
@@ -130,66 +218,7 @@ fn an_imported_key_auth_acl_rate_limit_and_transformer_setup_answers_as_kong_doc
         "{config}"
     );
     let gw = start(&config);
-    let key = |k: &'static str| [("apikey", k)];
-
-    // key-auth (docs.konghq.com/hub/kong-inc/key-auth): 401 without a key, 401 with a
-    // wrong one, the consumer's headers upstream, the key hidden (hide_credentials).
-    let r = get(&gw, "/orders", &[]);
-    assert_eq!(r.status, 401);
-    assert_eq!(r.json()["message"], "No API key found in request");
-    let r = get(&gw, "/orders", &key("nope"));
-    assert_eq!(r.status, 401);
-    assert_eq!(r.json()["message"], "Invalid authentication credentials");
-    let r = get(
-        &gw,
-        "/orders",
-        &[("apikey", "ada-key"), ("x-internal", "1")],
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        r.upstream_header("x-consumer-id").as_deref(),
-        Some("5f7a0c3e-6d2b-4a8e-9a41-0c9b1f1e2d3a")
-    );
-    assert_eq!(
-        r.upstream_header("x-consumer-username").as_deref(),
-        Some("ada")
-    );
-    assert_eq!(r.upstream_header("apikey"), None);
-    // request-transformer / response-transformer (docs.konghq.com/hub/kong-inc/
-    // request-transformer, .../response-transformer): headers added and removed.
-    assert_eq!(r.upstream_header("x-from").as_deref(), Some("kong-import"));
-    assert_eq!(r.upstream_header("x-internal"), None);
-    assert_eq!(r.headers.get_str("x-served-by"), Some("portcullis"));
-    // rate-limiting (docs.konghq.com/hub/kong-inc/rate-limiting): X-RateLimit-Limit-Minute
-    // and -Remaining-Minute, then 429 {"message": "API rate limit exceeded"}. The route's
-    // plugin (2 a minute) wins over the service's (3): Kong's plugin precedence
-    // (docs.konghq.com/gateway/latest/key-concepts/plugins/#precedence).
-    assert_eq!(r.headers.get_str("x-ratelimit-limit-minute"), Some("2"));
-    assert_eq!(r.headers.get_str("x-ratelimit-remaining-minute"), Some("1"));
-    assert_eq!(get(&gw, "/orders", &key("ada-key")).status, 200);
-    let r = get(&gw, "/orders", &key("ada-key"));
-    assert_eq!(r.status, 429);
-    assert_eq!(r.json()["message"], "API rate limit exceeded");
-    assert!(r.headers.get_str("retry-after").is_some());
-    // Counted per consumer: bob still has his.
-    assert_eq!(get(&gw, "/orders", &key("bob-key")).status, 200);
-
-    // acl (docs.konghq.com/hub/kong-inc/acl): a consumer outside `allow` gets 403
-    // {"message": "You cannot consume this service"}; the service's limit (3) applies.
-    let r = get(&gw, "/admin", &key("bob-key"));
-    assert_eq!(r.status, 403);
-    assert_eq!(r.json()["message"], "You cannot consume this service");
-    let r = get(&gw, "/admin", &key("ada-key"));
-    assert_eq!(r.status, 200);
-    assert_eq!(r.headers.get_str("x-ratelimit-limit-minute"), Some("3"));
-
-    // request-size-limiting (docs.konghq.com/hub/kong-inc/request-size-limiting): 413
-    // above the limit (1 KB here); the message differs, and the report says so.
-    let big = vec![b'x'; 2048];
-    let r = send(&gw.url(), "POST", "/open", &[("apikey", "ada-key")], &big).unwrap();
-    assert_eq!(r.status, 413);
-    let small = send(&gw.url(), "POST", "/open", &[("apikey", "ada-key")], b"x").unwrap();
-    assert_eq!(small.status, 200);
+    answers_as_kong_documents("portcullis", &gw.url());
 
     // The report: each entity, and what differs.
     assert_eq!(entry(&report, "`list`")["status"], "exact");
@@ -563,41 +592,7 @@ fn the_envoy_bootstrap_runs_the_same_routes_and_filters_in_envoy() {
         1,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let base = format!("http://{}", envoy.listener);
-    let get =
-        |path: &str, headers: &[(&str, &str)]| send(&base, "GET", path, headers, b"").unwrap();
-    // The same answers as in our gateway (the first test of this file).
-    let r = get("/orders", &[]);
-    assert_eq!(r.status, 401, "{}", r.body);
-    assert_eq!(r.json()["message"], "No API key found in request");
-    let r = get("/orders", &[("apikey", "ada-key"), ("x-internal", "1")]);
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        r.upstream_header("x-consumer-username").as_deref(),
-        Some("ada")
-    );
-    assert_eq!(r.upstream_header("apikey"), None);
-    assert_eq!(r.upstream_header("x-from").as_deref(), Some("kong-import"));
-    assert_eq!(r.upstream_header("x-internal"), None);
-    assert_eq!(r.headers.get_str("x-served-by"), Some("portcullis"));
-    assert_eq!(r.headers.get_str("x-ratelimit-limit-minute"), Some("2"));
-    // strip_path: false keeps the path.
-    assert_eq!(r.json()["path"], "/orders");
-    let r = get("/admin", &[("apikey", "bob-key")]);
-    assert_eq!(r.status, 403);
-    let r = get("/admin", &[("apikey", "ada-key")]);
-    assert_eq!(r.status, 200);
-    assert_eq!(r.headers.get_str("x-ratelimit-limit-minute"), Some("3"));
-    // A route without the transformers does not run them.
-    assert_eq!(r.upstream_header("x-from"), None);
-    // The body limit (request-size-limiting): 413 above 1 KB.
-    let big = vec![b'x'; 2048];
-    let r = send(&base, "POST", "/open", &[("apikey", "ada-key")], &big).unwrap();
-    assert_eq!(r.status, 413);
-    // strip_path (the default) on /open: the prefix is removed upstream.
-    let r = send(&base, "POST", "/open/x", &[("apikey", "ada-key")], b"x").unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["path"], "/x");
+    answers_as_kong_documents("envoy", &format!("http://{}", envoy.listener));
 }
 
 #[test]
