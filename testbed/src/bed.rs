@@ -78,6 +78,13 @@ impl Request {
         self
     }
 
+    /// A header whose value is raw bytes (obs-text, which HTTP allows and Envoy
+    /// passes on), not necessarily UTF-8.
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Request {
+        self.headers.add(name, value);
+        self
+    }
+
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
         self.body = body.into();
         self.chunks.clear();

@@ -272,3 +272,19 @@ fn tier_limiter_and_header_forwarder_work_behind_it_unchanged() {
     assert_eq!(res.upstream_header("apikey"), None);
     assert_eq!(res.upstream_header("authorization"), None);
 }
+
+#[test]
+fn a_request_id_that_is_not_utf8_is_answered_not_a_crash() {
+    // HTTP allows obs-text in a value, and Envoy passes a client's x-request-id on;
+    // the SDK's string getter panicked on it, failing the VM for every later request.
+    let mut bed = bed(json!({}));
+    let res = bed.send(Request::get("/x").header_bytes("x-request-id", b"id-\xff\xfe"));
+    assert_eq!(res.status, 401);
+    assert_eq!(res.json()["message"], "No API key found in request");
+    assert_eq!(res.json()["request_id"], "id-\u{fffd}\u{fffd}");
+    assert_eq!(
+        bed.send(Request::get("/x").header("apikey", "ada-key-1"))
+            .status,
+        200
+    );
+}

@@ -500,3 +500,26 @@ fn ipv6_clients_are_identified_by_their_64() {
     // Another /64 is another client.
     assert_eq!(burst(&mut bed, from("2001:db8:1:3::1"), 5), 2);
 }
+
+#[test]
+fn keys_that_are_not_utf8_are_counted_each_on_its_own_and_crash_nothing() {
+    let limiter = json!({"tiers": {"t": {"minute": 1}}, "default_tier": "t",
+        "identify_by": ["header:x-api-key"]});
+    let mut bed = TestBed::new()
+        .filter(wasm("tier_limiter"), limiter.to_string())
+        .build()
+        .unwrap();
+    let send = |bed: &mut TestBed, key: &[u8]| {
+        bed.send(
+            Request::get("/")
+                .header_bytes("x-api-key", key)
+                .header_bytes("x-request-id", b"\xff"),
+        )
+        .status
+    };
+    // Two keys a lossy reading would make one (both U+FFFD).
+    assert_eq!(send(&mut bed, b"\xff"), 200);
+    assert_eq!(send(&mut bed, b"\xfe"), 200);
+    assert_eq!(send(&mut bed, b"\xff"), 429);
+    assert_eq!(send(&mut bed, b"\xfe"), 429);
+}

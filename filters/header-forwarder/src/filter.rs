@@ -211,7 +211,9 @@ impl HttpContext for Forward {
                 self.set_http_response_header(name, None);
             }
             for (name, t) in &c.response.add {
-                if self.get_http_response_header(name).is_none() {
+                if kit::glue::header(proxy_wasm::types::MapType::HttpResponseHeaders, name)
+                    .is_none()
+                {
                     match ops::value(name, t, &facts, c.skip_missing, &mut blocked) {
                         Some(v) => self.set_http_response_header(name, Some(&v)),
                         None => {}

@@ -116,8 +116,9 @@ struct State {
     parsed: HashMap<usize, (u32, Rc<KeySet>)>,
     metrics: Metrics,
     strip: Vec<String>,
-    /// Introspections in flight, by token.
-    flights: HashMap<String, Flight>,
+    /// Introspections in flight, by provider and token: a token two providers may
+    /// introspect is asked of each, and each answer is its own provider's.
+    flights: HashMap<(usize, String), Flight>,
     /// Introspection endpoints found by discovery, by provider.
     discovered: HashMap<usize, String>,
 }
@@ -374,7 +375,7 @@ fn settle(
 enum RootCall {
     Jwks(usize),
     Discovery(usize),
-    Introspection(String),
+    Introspection((usize, String)),
 }
 
 struct Root {
@@ -447,14 +448,14 @@ impl Context for Root {
                     }
                 }
             }
-            RootCall::Introspection(token) => {
-                let Some(flight) = st.flights.remove(&token) else {
+            RootCall::Introspection(key) => {
+                let Some(flight) = st.flights.remove(&key) else {
                     return;
                 };
                 let outcome = introspection_outcome(
                     &mut st,
                     flight.provider,
-                    &token,
+                    &key.1,
                     status.as_deref(),
                     &body.unwrap_or_default(),
                 );
@@ -552,23 +553,22 @@ impl RootContext for Root {
                 self.calls.insert(token, RootCall::Jwks(i));
             }
         }
-        let orphaned: Vec<String> = st
+        let orphaned: Vec<(usize, String)> = st
             .flights
             .iter()
             .filter(|(_, f)| f.orphaned)
-            .map(|(t, _)| t.clone())
+            .map(|(k, _)| k.clone())
             .collect();
-        for token in orphaned {
-            let pi = st.flights[&token].provider;
-            match dispatch_introspection(self, &st, pi, &token) {
+        for key in orphaned {
+            match dispatch_introspection(self, &st, key.0, &key.1) {
                 Some(call) => {
-                    if let Some(f) = st.flights.get_mut(&token) {
+                    if let Some(f) = st.flights.get_mut(&key) {
                         f.orphaned = false;
                     }
-                    self.calls.insert(call, RootCall::Introspection(token));
+                    self.calls.insert(call, RootCall::Introspection(key));
                 }
                 None => {
-                    if let Some(f) = st.flights.remove(&token) {
+                    if let Some(f) = st.flights.remove(&key) {
                         wake(&st, f.waiters, &Err(Denial::IntrospectionUnavailable));
                     }
                 }
@@ -611,12 +611,7 @@ fn deny(st: &State, d: Denial) {
     if let Some(id) = st.metrics.denied.get(d.reason()) {
         Metrics::bump(*id);
     }
-    let request_id = hostcalls::get_map_value(
-        proxy_wasm::types::MapType::HttpRequestHeaders,
-        "x-request-id",
-    )
-    .ok()
-    .flatten();
+    let request_id = kit::glue::request_id();
     let body = kit::reply::json_body(&d.message(), request_id.as_deref());
     let mut headers = vec![kit::reply::CONTENT_TYPE_JSON];
     let www = d.www_authenticate(&st.config.realm);
@@ -681,20 +676,18 @@ impl Request {
                 return Action::Pause;
             }
             // Another request is asking about this token: wait for its answer.
-            if let Some(f) = st.flights.get_mut(&found.token) {
-                if f.provider == pi {
-                    f.waiters.push(Waiter {
-                        context: self.context,
-                        found,
-                        rule,
-                    });
-                    return Action::Pause;
-                }
+            if let Some(f) = st.flights.get_mut(&(pi, found.token.clone())) {
+                f.waiters.push(Waiter {
+                    context: self.context,
+                    found,
+                    rule,
+                });
+                return Action::Pause;
             }
             return match dispatch_introspection(self, &st, pi, &found.token) {
                 Some(token) => {
                     st.flights.insert(
-                        found.token.clone(),
+                        (pi, found.token.clone()),
                         Flight {
                             provider: pi,
                             waiters: Vec::new(),
@@ -795,7 +788,7 @@ impl Context for Request {
             let mut st = state.borrow_mut();
             let waiters = st
                 .flights
-                .remove(&p.found.token)
+                .remove(&(p.provider, p.found.token.clone()))
                 .map(|f| f.waiters)
                 .unwrap_or_default();
             let outcome = introspection_outcome(
@@ -841,9 +834,10 @@ impl Context for Request {
     fn on_done(&mut self) -> bool {
         if let Some(p) = self.pending.take().filter(|p| p.introspection) {
             let mut st = self.state.borrow_mut();
-            if let Some(f) = st.flights.get_mut(&p.found.token) {
+            let key = (p.provider, p.found.token.clone());
+            if let Some(f) = st.flights.get_mut(&key) {
                 if f.waiters.is_empty() {
-                    st.flights.remove(&p.found.token);
+                    st.flights.remove(&key);
                 } else {
                     f.orphaned = true;
                 }

@@ -316,7 +316,7 @@ impl Request {
         if let Some(id) = st.metrics.denied.get(d.reason()) {
             Metrics::bump(*id);
         }
-        let request_id = self.get_http_request_header("x-request-id");
+        let request_id = kit::glue::request_id();
         let body = kit::reply::json_body(d.message(), request_id.as_deref());
         let www = format!("Key realm=\"{}\"", st.config.realm);
         let mut headers = vec![kit::reply::CONTENT_TYPE_JSON];
@@ -367,7 +367,8 @@ impl Request {
             match &found.location {
                 Location::Header(h) => self.set_http_request_header(h, None),
                 Location::Param(p) => {
-                    let path = self.get_http_request_header(":path").unwrap_or_default();
+                    let path =
+                        kit::glue::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
                     self.set_http_request_header(":path", Some(&extract::without_param(&path, p)));
                 }
                 Location::Cookie(c) => {

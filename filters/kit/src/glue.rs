@@ -151,6 +151,24 @@ pub fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
     proxy_wasm::hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
 }
 
+/// A header's value, not necessarily UTF-8 (HTTP allows obs-text, and Envoy passes a
+/// client's or an upstream's bytes on): the SDK's string getters panic on such a value,
+/// which in a fail-closed filter turns one request into an outage.
+pub fn header(map: proxy_wasm::types::MapType, name: &str) -> Option<String> {
+    proxy_wasm::hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The request's `x-request-id`, for a local reply's body.
+pub fn request_id() -> Option<String> {
+    header(
+        proxy_wasm::types::MapType::HttpRequestHeaders,
+        "x-request-id",
+    )
+}
+
 /// GETs a JSON document (a JWKS, a discovery document, a key service's consumers)
 /// from `cluster` with `http_call`; `authority` defaults to the cluster's name.
 pub fn get_json(

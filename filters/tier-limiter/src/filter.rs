@@ -151,7 +151,7 @@ impl Limit {
             return Action::Continue;
         }
         let _ = hostcalls::increment_metric(shared.limited, 1);
-        let request_id = self.get_http_request_header("x-request-id");
+        let request_id = kit::glue::request_id();
         let body = kit::reply::json_body(&c.error_message, request_id.as_deref());
         let retry = d.retry_after.to_string();
         let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -183,7 +183,7 @@ impl Limit {
         if c.on_full == OnFull::Allow {
             return Action::Continue;
         }
-        let request_id = self.get_http_request_header("x-request-id");
+        let request_id = kit::glue::request_id();
         let body = kit::reply::json_body(&c.error_message, request_id.as_deref());
         let retry = itoa::Buffer::new().format(retry_after).to_owned();
         self.send_http_response(
@@ -217,7 +217,7 @@ impl Limit {
         if open {
             return Action::Continue;
         }
-        let request_id = self.get_http_request_header("x-request-id");
+        let request_id = kit::glue::request_id();
         let body = kit::reply::json_body("rate-limit service unavailable", request_id.as_deref());
         self.send_http_response(503, vec![kit::reply::CONTENT_TYPE_JSON], Some(&body));
         Action::Pause
@@ -259,12 +259,18 @@ impl HttpContext for Limit {
             .get_property(vec![kit::identity::CREDENTIAL_PROPERTY])
             .is_some();
         let consumer = if verified {
-            self.get_http_request_header(kit::identity::CONSUMER_ID)
+            kit::glue::header(
+                proxy_wasm::types::MapType::HttpRequestHeaders,
+                kit::identity::CONSUMER_ID,
+            )
         } else {
             None
         };
         let tier = if verified {
-            self.get_http_request_header(kit::identity::CONSUMER_TIER)
+            kit::glue::header(
+                proxy_wasm::types::MapType::HttpRequestHeaders,
+                kit::identity::CONSUMER_TIER,
+            )
         } else {
             None
         };
@@ -272,10 +278,22 @@ impl HttpContext for Limit {
         for way in &c.identify_by {
             identity = match way {
                 Identify::Consumer => consumer.clone().map(|c| format!("consumer:{c}")),
-                Identify::Header(h) => self
-                    .get_http_request_header(h)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| format!("{h}:{v}")),
+                // The value's bytes as they are: a lossy reading would count every
+                // client whose key is not UTF-8 as one.
+                Identify::Header(h) => proxy_wasm::hostcalls::get_map_value_bytes(
+                    proxy_wasm::types::MapType::HttpRequestHeaders,
+                    h,
+                )
+                .ok()
+                .flatten()
+                .filter(|v| !v.is_empty())
+                .map(|v| match std::str::from_utf8(&v) {
+                    Ok(text) => format!("{h}:{text}"),
+                    Err(_) => {
+                        let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+                        format!("{h}#{hex}")
+                    }
+                }),
                 Identify::Ip => self.get_property(vec!["source", "address"]).map(|a| {
                     crate::address::identity(&String::from_utf8_lossy(&a), c.ipv6_prefix_length)
                 }),

@@ -427,7 +427,10 @@ impl Context for Request {
                 }
             }
             Pending::UserInfo(t, login, tokens) if t == token => {
-                let content_type = self.get_http_call_response_header("content-type");
+                let content_type = kit::glue::header(
+                    proxy_wasm::types::MapType::HttpCallResponseHeaders,
+                    "content-type",
+                );
                 // Checked once the ID token is verified again (its subject).
                 self.userinfo_answer = Some((status, content_type, body.unwrap_or_default()));
                 self.stage = Stage::Verify(login, tokens);
