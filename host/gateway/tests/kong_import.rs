@@ -535,25 +535,15 @@ services:
     let notes = entry(&report, "openid-connect on service `app`")["notes"].to_string();
     assert!(notes.contains("introspection"), "{notes}");
     assert!(notes.contains("session secret was made"), "{notes}");
-    // No redirect_uri: said, and the route it guards is left out, never opened.
+    // No redirect_uri: said, and the route it guards is kept closed, never opened.
     let other = entry(&report, "openid-connect on service `other`");
     assert_eq!(other["status"], "unsupported");
     assert!(other["notes"][0].as_str().unwrap().contains("redirect_uri"));
     let route = entry_of(&report, "route", "`other`");
     assert_eq!(route["status"], "unsupported");
     assert!(
-        route["notes"][0]
-            .as_str()
-            .unwrap()
-            .contains("left out rather than opened")
-    );
-    assert!(
-        yaml["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["name"] != "other"),
-        "{config}"
+        route["notes"][0].as_str().unwrap().contains("kept closed"),
+        "{route}"
     );
     // The filter itself accepts what was made.
     let dir = TempDir::new();
@@ -631,4 +621,110 @@ consumers:
     };
     assert_eq!(admitted("partner-key"), 3);
     assert_eq!(admitted("other-key"), 1);
+}
+
+#[test]
+fn what_cannot_be_mapped_keeps_a_route_closed_never_open() {
+    let upstream = echo();
+    // Kong answers 401 on each of these routes without the right credential; the
+    // import must never turn one into an open route, nor let a broader route serve
+    // its requests.
+    let kong = format!(
+        r#"
+_format_version: "2.1"
+services:
+  - name: api
+    url: http://{upstream}
+    routes:
+      - {{ name: public, paths: [/] }}
+      - name: basic
+        paths: [/basic]
+        plugins: [{{ name: basic-auth }}]
+      - name: tokens
+        paths: [/tokens]
+        plugins: [{{ name: jwt }}]
+      - name: both
+        paths: [/both]
+        plugins:
+          - {{ name: jwt }}
+          - {{ name: key-auth }}
+      - name: staff
+        paths: [/staff]
+        plugins:
+          - {{ name: jwt }}
+          - {{ name: acl, config: {{ whitelist: [staff] }} }}
+      - name: nobody
+        paths: [/nobody]
+        plugins: [{{ name: acl, config: {{ allow: [x] }} }}]
+consumers:
+  - username: alice
+    acls: [{{ group: staff }}]
+    keyauth_credentials: [{{ key: alice-key }}]
+    jwt_secrets: [{{ key: alice-iss, algorithm: HS256, secret: alice-secret-of-32-bytes-or-more! }}]
+  - username: mallory
+    jwt_secrets: [{{ key: mallory-iss, algorithm: HS256, secret: mallory-secret-32-bytes-or-more!! }}]
+  - username: commas
+    acls: [{{ group: "staff,admins" }}]
+    keyauth_credentials: [{{ key: commas-key }}]
+"#
+    );
+    let (config, report, ok, stderr) = import(&kong, &[]);
+    assert!(ok, "{stderr}");
+    let gw = start(&config);
+    let hs256 = |secret: &[u8], iss: &str| {
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let payload = json!({"iss": iss, "sub": "x", "exp": 4_102_444_800u64}).to_string();
+        let input = format!(
+            "{}.{}",
+            jwt_mint::b64(header.as_bytes()),
+            jwt_mint::b64(payload.as_bytes())
+        );
+        let sig = jwt_mint::hmac_sign("HS256", secret, input.as_bytes());
+        format!("Bearer {}", jwt_mint::raw(header, &payload, &sig))
+    };
+    let alice = hs256(b"alice-secret-of-32-bytes-or-more!", "alice-iss");
+    let mallory = hs256(b"mallory-secret-32-bytes-or-more!!", "mallory-iss");
+    // basic-auth is not mapped: the route stays closed, and `/` does not serve it.
+    assert_eq!(get(&gw, "/", &[]).status, 200);
+    assert_eq!(get(&gw, "/basic/x", &[]).status, 401);
+    assert_eq!(
+        entry_of(&report, "route", "`basic`")["status"],
+        "unsupported"
+    );
+    // jwt: a consumer's token passes.
+    assert_eq!(
+        get(&gw, "/tokens", &[("authorization", &alice)]).status,
+        200
+    );
+    // jwt and key-auth without `anonymous`: Kong wants both.
+    assert_eq!(get(&gw, "/both", &[("authorization", &alice)]).status, 401);
+    assert_eq!(
+        get(
+            &gw,
+            "/both",
+            &[("authorization", &alice), ("apikey", "alice-key")]
+        )
+        .status,
+        200
+    );
+    // acl with jwt decides by the consumer's ACL groups (Kong 1.x's `whitelist`), not by
+    // claims its token could carry: mallory's token is refused whatever it says.
+    assert_eq!(get(&gw, "/staff", &[("authorization", &alice)]).status, 200);
+    assert_eq!(
+        get(&gw, "/staff", &[("authorization", &mallory)]).status,
+        401
+    );
+    // acl without authentication: Kong refuses everyone.
+    assert_eq!(get(&gw, "/nobody", &[]).status, 401);
+    // A consumer whose ACL group holds a comma is left out.
+    assert_eq!(
+        get(
+            &gw,
+            "/both",
+            &[("authorization", &alice), ("apikey", "commas-key")]
+        )
+        .status,
+        401
+    );
+    assert!(stderr.contains("holds a comma"), "{stderr}");
 }

@@ -114,7 +114,11 @@ fn cluster(service: &Value) -> Value {
 
 /// One Envoy route per path of `route`, with `service`'s path put before the request's
 /// as the gateway does (Kong's v0 handling).
-fn routes(route: &Value, service: &Value) -> Vec<(i64, usize, Value)> {
+/// How specific an Envoy route is, as the gateway ranks routes within a host set:
+/// regex (by priority) over prefixes (by length), then methods, then headers.
+type Rank = (i64, usize, bool, usize);
+
+fn routes(route: &Value, service: &Value) -> Vec<(Rank, Value)> {
     let base = service["url"]
         .as_str()
         .or_else(|| service["urls"][0].as_str())
@@ -180,6 +184,8 @@ fn routes(route: &Value, service: &Value) -> Vec<(i64, usize, Value)> {
         );
     }
     let mut out = Vec::new();
+    let methods = m["methods"].as_array().is_some_and(|a| !a.is_empty());
+    let header_count = m["headers"].as_object().map_or(0, |h| h.len());
     let mut add = |matcher: Value, prefix_pattern: String, rank: (i64, usize)| {
         let mut a = action.clone();
         if let Some(rw) = rewrite(prefix_pattern) {
@@ -190,8 +196,7 @@ fn routes(route: &Value, service: &Value) -> Vec<(i64, usize, Value)> {
             mm["headers"] = json!(headers);
         }
         out.push((
-            rank.0,
-            rank.1,
+            (rank.0, rank.1, methods, header_count),
             json!({"name": route["name"], "match": mm, "route": a, "typed_per_filter_config": per_filter}),
         ));
     };
@@ -232,7 +237,7 @@ pub fn bootstrap(config: &Value) -> Value {
             .unwrap_or_default()
     };
     // Virtual hosts by host set, routes in the gateway's order within each.
-    let mut vhosts: Vec<(Vec<String>, Vec<(i64, usize, Value)>)> = Vec::new();
+    let mut vhosts: Vec<(Vec<String>, Vec<(Rank, Value)>)> = Vec::new();
     for r in config["routes"].as_array().unwrap_or(&empty) {
         let mut hosts: Vec<String> = r["match"]["hosts"]
             .as_array()
@@ -253,8 +258,9 @@ pub fn bootstrap(config: &Value) -> Value {
         .into_iter()
         .enumerate()
         .map(|(i, (hosts, mut list))| {
-            // Regex routes first (the higher priority first), then longer prefixes.
-            list.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+            // The most specific first: Envoy takes the first route that matches.
+            // (A stable sort keeps the configuration's order among equals.)
+            list.sort_by(|a, b| b.0.cmp(&a.0));
             let domains = if hosts.is_empty() {
                 vec!["*".to_owned()]
             } else {
@@ -264,7 +270,7 @@ pub fn bootstrap(config: &Value) -> Value {
                     .collect()
             };
             json!({"name": format!("vhost-{i}"), "domains": domains,
-                "routes": list.into_iter().map(|(_, _, r)| r).collect::<Vec<_>>()})
+                "routes": list.into_iter().map(|(_, r)| r).collect::<Vec<_>>()})
         })
         .collect();
     // Every filter instance, in Kong's order, disabled unless a route enables it.

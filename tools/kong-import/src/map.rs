@@ -56,6 +56,39 @@ const MAPPED: [&str; 11] = [
     "response-transformer-advanced",
 ];
 
+/// Plugins that refuse requests, none of which is mapped here: a route one of them
+/// guards is kept closed.
+const GUARDS: [&str; 12] = [
+    "basic-auth",
+    "hmac-auth",
+    "oauth2",
+    "oauth2-introspection",
+    "ldap-auth",
+    "ldap-auth-advanced",
+    "mtls-auth",
+    "key-auth-enc",
+    "vault-auth",
+    "saml",
+    "request-termination",
+    "ip-restriction",
+];
+
+/// A key-auth configuration no request passes: a key header no client has a value
+/// for (the digest of all zeros is no key's).
+fn closed_route() -> Value {
+    json!({"key_names": ["x-portcullis-closed-route"], "key_in_query": false,
+        "realm": "closed", "consumers": [{"id": "none", "keys": [format!("sha256:{}", "0".repeat(64))]}]})
+}
+
+/// Consumers Kong stops on `route` with a plugin of their own (request-termination,
+/// ip-restriction): their credentials are left out.
+fn blocked_consumers(k: &Kong, route: &Route) -> Vec<String> {
+    per_consumer(k, &["request-termination", "ip-restriction"], route)
+        .iter()
+        .filter_map(|p| p.scope.consumer.clone())
+        .collect()
+}
+
 pub struct Mapped {
     pub config: Value,
 }
@@ -497,13 +530,16 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             notes
                 .push("`path_handling: v1` is read as v0 (as Kong 3's default router does)".into());
         }
+        // Why the route must answer no request (it is then emitted closed: left out,
+        // its requests could reach a broader route Kong would not have let them reach).
+        let mut closed: Option<String> = None;
         // Header rules: one value each here; a rule with several values becomes one
         // route per value.
         let mut header_sets: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
         for (h, vals) in &r.headers {
             if vals.iter().any(|v| v.starts_with("~*")) {
-                notes.push(format!(
-                    "header `{h}`: regex values are not supported; dropped"
+                closed.get_or_insert(format!(
+                    "its header rule `{h}` has regex values, which cannot be matched here"
                 ));
                 continue;
             }
@@ -527,61 +563,74 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
         let mut service = svc.clone();
         let mut service_name = svc_name.clone();
         let mut auth: Option<&str> = None;
-        if let Some(p) = effective(k, "openid-connect", r) {
-            let what = format!("openid-connect on {}", p.scope.describe());
-            match oidc(p) {
-                Ok((cfg, idp, n)) => {
+        let acl = effective(k, "acl", r);
+        let blocked = blocked_consumers(k, r);
+        let oidc_p = effective(k, "openid-connect", r);
+        let jwt_p = effective(k, "jwt", r);
+        let key_p = effective(k, "key-auth", r);
+        let auths: Vec<&Plugin> = [oidc_p, jwt_p, key_p].into_iter().flatten().collect();
+        // Several authentication plugins: Kong wants each, unless one has `anonymous`
+        // (then any one will do, which mapping only the first makes stricter).
+        let either = auths
+            .iter()
+            .any(|p| p.config.get("anonymous").is_some_and(|a| !a.is_null()));
+        let wanted: Vec<&Plugin> =
+            if either && auths.len() > 1 {
+                notes.push(format!(
+                "{} apply with `anonymous`: only {} is mapped, so a request needs that credential",
+                auths.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" and "),
+                auths[0].name
+            ));
+                auths[..1].to_vec()
+            } else {
+                auths.clone()
+            };
+        for p in wanted {
+            let what = format!("{} on {}", p.name, p.scope.describe());
+            let mapped = match p.name.as_str() {
+                "openid-connect" => oidc(p, acl).map(|(cfg, idp, n)| {
                     let idp_name = idp["name"].as_str().unwrap_or("idp").to_owned();
                     services.entry(idp_name).or_insert(idp);
+                    ("oidc", cfg, n)
+                }),
+                "jwt" => jwt_auth(k, p, acl, &blocked).map(|(cfg, n)| ("jwt-auth", cfg, n)),
+                _ => {
+                    let tiers = tier_of_groups(k, r);
+                    key_auth(k, p, acl, &tiers, &blocked).map(|(cfg, n)| ("key-auth", cfg, n))
+                }
+            };
+            match mapped {
+                Ok((kind, cfg, n)) => {
                     plugin_notes.entry(what).or_default().extend(n);
-                    chain.push(filters.add("oidc", cfg, opts));
-                    auth = Some("openid-connect");
+                    chain.push(filters.add(kind, cfg, opts));
+                    auth = Some(match kind {
+                        "oidc" => "openid-connect",
+                        "jwt-auth" => "jwt",
+                        _ => "key-auth",
+                    });
                 }
                 Err(why) => {
                     if !unsupported_said.contains(&what) {
-                        report.unsupported(
-                            "plugin",
-                            what.clone(),
-                            why,
-                            Some("the oidc filter, configured by hand (README, \"oidc\")"),
-                        );
-                        unsupported_said.push(what);
+                        report.unsupported("plugin", what.clone(), why.clone(), None);
+                        unsupported_said.push(what.clone());
                     }
+                    closed.get_or_insert(format!("its `{}` cannot be mapped: {why}", p.name));
                 }
             }
         }
-        if let Some(p) = effective(k, "jwt", r).filter(|_| auth.is_none()) {
-            let (cfg, n) = jwt_auth(k, p, effective(k, "acl", r));
-            plugin_notes
-                .entry(format!("jwt on {}", p.scope.describe()))
-                .or_default()
-                .extend(n);
-            chain.push(filters.add("jwt-auth", cfg, opts));
-            auth = Some("jwt");
-        }
-        if let Some(p) = effective(k, "key-auth", r) {
-            if let Some(first) = auth {
-                notes.push(format!("both {first} and key-auth apply: only {first} is mapped (Kong lets either pass only with `anonymous`)"));
-            } else {
-                let tiers = tier_of_groups(k, r);
-                let (cfg, n) = key_auth(k, p, effective(k, "acl", r), &tiers);
-                plugin_notes
-                    .entry(format!("key-auth on {}", p.scope.describe()))
-                    .or_default()
-                    .extend(n);
-                chain.push(filters.add("key-auth", cfg, opts));
-                auth = Some("key-auth");
+        if let Some(p) = acl {
+            let what = format!("acl on {}", p.scope.describe());
+            plugin_notes.entry(what).or_default();
+            if auths.is_empty() {
+                // Kong's acl without a consumer refuses every request (401).
+                closed.get_or_insert("its `acl` has no authentication plugin to name the consumer: Kong refuses every request".into());
             }
         }
-        if let Some(p) = effective(k, "acl", r) {
-            let what = format!("acl on {}", p.scope.describe());
-            if auth.is_none() {
-                plugin_notes.entry(what).or_default().push(format!(
-                    "on route `{}` no authentication plugin names the consumer: not applied there",
-                    r.name
+        for g in GUARDS {
+            if effective(k, g, r).is_some() {
+                closed.get_or_insert(format!(
+                    "Kong guards it with `{g}`, which is not mapped here"
                 ));
-            } else {
-                plugin_notes.entry(what).or_default();
             }
         }
         if let Some(p) = effective(k, "request-size-limiting", r) {
@@ -647,45 +696,18 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             chain.push(filters.add("header-forwarder", cfg, opts));
         }
         services.insert(service_name.clone(), service);
-        // A route Kong guards with what was not mapped is left out, never opened.
-        let guards = [
-            "openid-connect",
-            "jwt",
-            "key-auth",
-            "acl",
-            "basic-auth",
-            "hmac-auth",
-            "oauth2",
-            "oauth2-introspection",
-            "ldap-auth",
-            "ldap-auth-advanced",
-            "mtls-auth",
-            "key-auth-enc",
-            "vault-auth",
-            "saml",
-            "request-termination",
-            "ip-restriction",
-        ];
-        let unguarded = guards.iter().find(|g| {
-            effective(k, g, r).is_some()
-                && match **g {
-                    "openid-connect" => auth != Some("openid-connect"),
-                    "jwt" => auth.is_none(),
-                    "key-auth" => auth.is_none(),
-                    "acl" => auth.is_none(),
-                    _ => true,
-                }
-        });
-        if let Some(g) = unguarded {
+        if let Some(why) = &closed {
+            // Answers 401 to every request: the closed-route filter wants a header no
+            // client has a value for.
             report.unsupported(
                 "route",
-                label,
-                format!(
-                    "Kong guards it with `{g}`, which is not mapped here: the route is left out rather than opened"
-                ),
-                Some("map the guard by hand, then add the route"),
+                label.clone(),
+                format!("{why}; it is kept closed (401 to every request) rather than left out, where a broader route could serve its requests"),
+                Some("map what guards it by hand, then open the route"),
             );
-            continue;
+            chain = vec![filters.add("key-auth", closed_route(), opts)];
+            service = svc.clone();
+            service_name = svc_name.clone();
         }
         // Emit the route (one per header-value combination).
         for (i, headers) in header_sets.iter().enumerate() {
@@ -729,7 +751,9 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
             routes_out.push(json!({"name": name, "match": mm, "service": service_name,
                 "filters": chain, "strip_path": r.strip_path, "preserve_host": r.preserve_host}));
         }
-        report.mapped("route", label, notes);
+        if closed.is_none() {
+            report.mapped("route", label, notes);
+        }
     }
     for (what, notes) in plugin_notes {
         let mut notes = notes;
@@ -767,10 +791,30 @@ fn tier_of_groups(k: &Kong, _r: &Route) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// An acl's `allow` and `deny` (Kong 1.x/2.x: `whitelist`, `blacklist`).
+fn acl_lists(p: &Plugin) -> (Vec<String>, Vec<String>) {
+    let read = |a: &str, b: &str| {
+        let l = str_list(&p.config, a, &[]);
+        if l.is_empty() {
+            str_list(&p.config, b, &[])
+        } else {
+            l
+        }
+    };
+    (read("allow", "whitelist"), read("deny", "blacklist"))
+}
+
+/// Whether Kong's acl lets a consumer of these ACL groups through.
+fn acl_admits(acl: Option<&Plugin>, groups: &[String]) -> bool {
+    let Some(p) = acl else { return true };
+    let (allow, deny) = acl_lists(p);
+    (allow.is_empty() || groups.iter().any(|g| allow.contains(g)))
+        && !groups.iter().any(|g| deny.contains(g))
+}
+
 fn acl_rules(acl: Option<&Plugin>) -> Option<Value> {
     let p = acl?;
-    let allow = str_list(&p.config, "allow", &[]);
-    let deny = str_list(&p.config, "deny", &[]);
+    let (allow, deny) = acl_lists(p);
     let any = |gs: &[String]| -> Value {
         Value::Array(
             gs.iter()
@@ -793,15 +837,26 @@ fn key_auth(
     p: &Plugin,
     acl: Option<&Plugin>,
     tiers: &BTreeMap<String, String>,
-) -> (Value, Vec<String>) {
+    blocked: &[String],
+) -> Result<(Value, Vec<String>), String> {
     let c = &p.config;
     let mut notes = Vec::new();
-    let consumers: Vec<Value> = k
-        .consumers
-        .iter()
-        .filter(|c| !c.keys.is_empty())
-        .filter_map(|cons| key_consumer(cons, tiers, &mut notes))
-        .collect();
+    let mut consumers: Vec<Value> = Vec::new();
+    for cons in k.consumers.iter().filter(|c| !c.keys.is_empty()) {
+        if blocked.contains(&cons.label()) {
+            notes.push(format!(
+                "consumer `{}`: Kong stops it here with a plugin of its own; its keys are left out",
+                cons.label()
+            ));
+            continue;
+        }
+        if let Some(v) = key_consumer(cons, tiers, &mut notes) {
+            consumers.push(v);
+        }
+    }
+    if consumers.is_empty() {
+        return Err("no consumer has a usable key".into());
+    }
     let mut cfg = json!({
         "key_names": str_list(c, "key_names", &["apikey"]),
         "key_in_header": flag(c, "key_in_header", true),
@@ -828,12 +883,7 @@ fn key_auth(
         cfg["claims"] = rules;
         notes.push("with acl: x-consumer-groups is always set, joined by `,` (Kong's acl sets X-Consumer-Groups joined by `, `)".into());
     }
-    if consumers.is_empty() {
-        notes.push("no consumer has a key: every request is refused".into());
-        // The filter refuses an empty directory; a digest of nothing stands in.
-        cfg["consumers"] = json!([{"id": "none", "keys": [format!("sha256:{}", "0".repeat(64))]}]);
-    }
-    (cfg, notes)
+    Ok((cfg, notes))
 }
 
 fn key_consumer(
@@ -859,7 +909,16 @@ fn key_consumer(
     if keys.is_empty() {
         return None;
     }
-    let groups: Vec<&String> = c.acl_groups.iter().filter(|g| !g.contains(',')).collect();
+    // Groups travel joined by commas: a group with one would read as two, and could
+    // slip past a `deny`. Such a consumer is left out.
+    if let Some(g) = c.acl_groups.iter().find(|g| g.contains(',')) {
+        notes.push(format!(
+            "consumer `{}`: its ACL group `{g}` holds a comma; its keys are left out",
+            c.label()
+        ));
+        return None;
+    }
+    let groups = &c.acl_groups;
     let mut v = json!({"id": c.key(), "keys": keys});
     if let Some(u) = &c.username {
         v["username"] = json!(u);
@@ -873,7 +932,12 @@ fn key_consumer(
     Some(v)
 }
 
-fn jwt_auth(k: &Kong, p: &Plugin, acl: Option<&Plugin>) -> (Value, Vec<String>) {
+fn jwt_auth(
+    k: &Kong,
+    p: &Plugin,
+    acl: Option<&Plugin>,
+    blocked: &[String],
+) -> Result<(Value, Vec<String>), String> {
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let c = &p.config;
@@ -904,6 +968,22 @@ fn jwt_auth(k: &Kong, p: &Plugin, acl: Option<&Plugin>) -> (Value, Vec<String>) 
     let mut providers = Map::new();
     let secret_is_b64 = flag(c, "secret_is_base64", false);
     for cons in &k.consumers {
+        // Kong's acl decides by the consumer's own ACL groups, which its token cannot
+        // change: a consumer it refuses gets no provider here.
+        if !cons.jwt_secrets.is_empty() && !acl_admits(acl, &cons.acl_groups) {
+            notes.push(format!(
+                "consumer `{}`: refused by the acl, its tokens get 401 (Kong: 403)",
+                cons.label()
+            ));
+            continue;
+        }
+        if !cons.jwt_secrets.is_empty() && blocked.contains(&cons.label()) {
+            notes.push(format!(
+                "consumer `{}`: Kong stops it here with a plugin of its own; its secrets are left out",
+                cons.label()
+            ));
+            continue;
+        }
         for (i, s) in cons.jwt_secrets.iter().enumerate() {
             let alg = s.algorithm.to_ascii_uppercase();
             if s.key.is_empty() || s.key.contains(crate::input::KEPT) {
@@ -914,7 +994,18 @@ fn jwt_auth(k: &Kong, p: &Plugin, acl: Option<&Plugin>) -> (Value, Vec<String>) 
                 continue;
             }
             let jwk = if alg.starts_with("HS") {
-                let Some(secret) = &s.secret else { continue };
+                let Some(secret) = s
+                    .secret
+                    .as_ref()
+                    .filter(|x| !x.contains(crate::input::KEPT))
+                else {
+                    notes.push(format!(
+                        "consumer `{}`: the secret of `{}` is missing or a decK placeholder (run with --env); left out",
+                        cons.label(),
+                        s.key
+                    ));
+                    continue;
+                };
                 let bytes = if secret_is_b64 {
                     base64::engine::general_purpose::STANDARD
                         .decode(secret)
@@ -992,27 +1083,13 @@ fn jwt_auth(k: &Kong, p: &Plugin, acl: Option<&Plugin>) -> (Value, Vec<String>) 
         notes.push("`maximum_expiration` bounds `exp - iat`, where Kong bounds `exp - now`".into());
     }
     let names: Vec<String> = providers.keys().cloned().collect();
-    let mut requires = json!({"any": names});
-    if let Some(rules) = acl_rules(acl) {
-        requires["claims"] = rules;
-        notes.push(
-            "with acl: the groups are the token's `groups` claim, not the consumer's ACL groups"
-                .into(),
-        );
-    }
     if names.is_empty() {
-        notes.push("no consumer has a usable jwt_secret: every request is refused".into());
-        providers.insert(
-            "none".into(),
-            json!({"issuer": "none", "algorithms": ["HS256"],
-                "local_jwks": {"keys": [{"kty": "oct", "k": b64(&[0u8; 32]), "alg": "HS256"}]}}),
-        );
-        requires = json!({"any": ["none"]});
+        return Err("no consumer has a usable jwt_secret".into());
     }
-    (
-        json!({"providers": providers, "rules": [{"match": {"prefix": "/"}, "requires": requires}]}),
+    Ok((
+        json!({"providers": providers, "rules": [{"match": {"prefix": "/"}, "requires": {"any": names}}]}),
         notes,
-    )
+    ))
 }
 
 fn rsa_jwk(pem: &str) -> Result<Value, String> {
@@ -1160,7 +1237,7 @@ fn tier_limiter(
 
 /// openid-connect as the oidc filter (its authorization-code login, session and bearer
 /// methods), and the service that reaches the IdP. Err: why it cannot be.
-fn oidc(p: &Plugin) -> Result<(Value, Value, Vec<String>), String> {
+fn oidc(p: &Plugin, acl: Option<&Plugin>) -> Result<(Value, Value, Vec<String>), String> {
     use base64::Engine;
     let c = &p.config;
     let first = |k: &str| str_list(c, k, &[]).into_iter().next();
@@ -1206,6 +1283,9 @@ fn oidc(p: &Plugin) -> Result<(Value, Value, Vec<String>), String> {
                 cfg["client_auth"] = json!(a);
             }
             if let Some(secret) = first("client_secret") {
+                if secret.contains(crate::input::KEPT) {
+                    return Err("its client_secret is a decK placeholder: run with --env".into());
+                }
                 cfg["client_secret"] = json!(secret);
             } else if first("client_auth").as_deref() != Some("none") {
                 return Err("it has no client_secret".into());
@@ -1227,7 +1307,9 @@ fn oidc(p: &Plugin) -> Result<(Value, Value, Vec<String>), String> {
         notes.push("the issuer is plain HTTP: allowed, as Kong allows it".into());
     }
     // The session: Kong's secret when it is long enough, else one made now.
-    let secret = match first("session_secret").filter(|s| s.len() >= 32) {
+    let secret = match first("session_secret")
+        .filter(|s| s.len() >= 32 && !s.contains(crate::input::KEPT))
+    {
         Some(s) => s,
         None => {
             let mut b = [0u8; 32];
@@ -1298,17 +1380,37 @@ fn oidc(p: &Plugin) -> Result<(Value, Value, Vec<String>), String> {
         cfg["consumer"] = json!({"id_claim": claim});
         notes.push("`consumer_claim` names the consumer from the token's claim; Kong looks the consumer up in its database".into());
     }
-    let groups = str_list(c, "groups_required", &[]);
-    if !groups.is_empty() {
-        let claim = first("groups_claim").unwrap_or_else(|| "groups".into());
-        // Each entry is an alternative; the space-separated groups in it must all be there.
-        let any: Vec<Value> = groups
+    // groups_required, scopes_required, roles_required: each entry an alternative whose
+    // space-separated values must all be in the claim; and the acl, on the groups the
+    // IdP signed (Kong's authenticated groups).
+    let mut rules: Vec<Value> = Vec::new();
+    for (required, claim_field, default_claim) in [
+        ("groups_required", "groups_claim", "groups"),
+        ("scopes_required", "scopes_claim", "scope"),
+        ("roles_required", "roles_claim", "roles"),
+    ] {
+        let alts = str_list(c, required, &[]);
+        if alts.is_empty() {
+            continue;
+        }
+        let claim = first(claim_field).unwrap_or_else(|| default_claim.into());
+        let any: Vec<Value> = alts
             .iter()
             .map(|alt| {
                 json!({"all": alt.split_whitespace().map(|g| json!({"claim": claim, "contains": g})).collect::<Vec<_>>()})
             })
             .collect();
-        cfg["requires"] = json!({"claims": [{"any": any}]});
+        rules.push(json!({"any": any}));
+    }
+    if let Some(Value::Array(acl_rules)) = acl_rules(acl) {
+        rules.extend(acl_rules);
+        notes.push(
+            "with acl: the groups are the ID token's `groups` claim (Kong's authenticated groups)"
+                .into(),
+        );
+    }
+    if !rules.is_empty() {
+        cfg["requires"] = json!({"claims": rules});
     }
     if let Some(l) = c.get("leeway").and_then(Value::as_u64) {
         cfg["clock_skew_seconds"] = json!(l);
