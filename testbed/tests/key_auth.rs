@@ -177,7 +177,8 @@ fn a_bad_configuration_is_refused_and_names_the_field() {
 fn with_service(doc: Rc<RefCell<serde_json::Value>>, up: Rc<Cell<bool>>) -> TestBed {
     let config = json!({
         "consumers": [{"id": "c-local", "keys": [hash_string(b"local-key")]}],
-        "key_service": {"cluster": "keys", "path": "/consumers", "refresh_seconds": 30}
+        "key_service": {"cluster": "keys", "path": "/consumers", "refresh_seconds": 30,
+            "max_stale_seconds": 100}
     });
     TestBed::new()
         .filter(wasm("key_auth"), config.to_string())
@@ -239,6 +240,13 @@ fn consumers_from_a_key_service_are_fetched_refreshed_and_kept_when_it_fails() {
             >= 2
     );
     assert!(bed.logged("fetching consumers failed"));
+    // Failing for longer than max_stale_seconds (100): what was fetched no longer
+    // counts, so a key revoked meanwhile cannot keep working; the configuration's do.
+    bed.advance_in_steps(Duration::from_secs(60), Duration::from_secs(1));
+    let res = get(&mut bed, "svc-key-2");
+    assert_eq!(res.status, 503);
+    assert_eq!(res.header("retry-after"), Some("10"));
+    assert_eq!(get(&mut bed, "local-key").status, 200);
 }
 
 #[test]

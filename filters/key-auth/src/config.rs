@@ -62,6 +62,14 @@ pub struct KeyService {
     pub refresh_seconds: u64,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// How long consumers fetched last stay good while the service fails (default an
+    /// hour); past it, keys not in the configuration get 503.
+    #[serde(default = "default_max_stale")]
+    pub max_stale_seconds: u64,
+}
+
+fn default_max_stale() -> u64 {
+    3600
 }
 
 fn default_refresh() -> u64 {
@@ -121,6 +129,12 @@ impl Config {
                 return Err(ConfigError::field(
                     "key_service.refresh_seconds",
                     "must be positive",
+                ));
+            }
+            if s.max_stale_seconds < s.refresh_seconds {
+                return Err(ConfigError::field(
+                    "key_service.max_stale_seconds",
+                    "must be at least refresh_seconds",
                 ));
             }
         } else if directory.is_empty() {

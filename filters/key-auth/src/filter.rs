@@ -113,8 +113,8 @@ impl Denial {
 struct State {
     config: Config,
     prefix: String,
-    /// The key service's consumers, parsed from the shared data with this CAS.
-    fetched: Option<(u32, Rc<Directory>)>,
+    /// The key service's consumers, parsed from the shared data fetched at this time.
+    fetched: Option<(u64, Rc<Directory>)>,
     metrics: Metrics,
 }
 
@@ -130,21 +130,34 @@ impl State {
         format!("{}{what}", self.prefix)
     }
 
-    fn fetched(&mut self) -> Fetched {
-        let (bytes, cas) = match hostcalls::get_shared_data(&self.key("consumers")) {
-            Ok((Some(b), Some(cas))) if b.len() > 8 => (b, cas),
-            _ => return Fetched::None,
-        };
-        if let Some((c, d)) = &self.fetched {
-            if *c == cas {
+    /// The fetched consumers. Each request reads only the 8-byte fetch time
+    /// (`consumers-at`); the document itself (up to 16 MiB) is read and parsed only
+    /// when a newer fetch stored one. Older than `max_stale_seconds`, it no longer
+    /// counts: a key service down that long cannot keep revoked keys working.
+    fn fetched(&mut self, now: u64) -> Fetched {
+        let (at, _) = read_u64(&self.key("consumers-at"));
+        let max_stale = self
+            .config
+            .key_service
+            .as_ref()
+            .map_or(0, |k| k.max_stale_seconds);
+        if at == 0 || now > at.saturating_add(max_stale) {
+            return Fetched::None;
+        }
+        if let Some((t, d)) = &self.fetched {
+            if *t == at {
                 return Fetched::Ready(d.clone());
             }
         }
+        let bytes = match hostcalls::get_shared_data(&self.key("consumers")) {
+            Ok((Some(b), _)) if b.len() > 8 => b,
+            _ => return Fetched::None,
+        };
         // Checked before it was stored; a document that no longer parses counts as none.
         match directory::parse_document(&bytes[8..]) {
             Ok(d) => {
                 let d = Rc::new(d);
-                self.fetched = Some((cas, d.clone()));
+                self.fetched = Some((at, d.clone()));
                 Fetched::Ready(d)
             }
             Err(_) => Fetched::None,
@@ -196,6 +209,8 @@ impl Context for Root {
                     .ok();
                 }
                 kit::glue::store_fetched(&st.key("consumers"), Some(&body), now);
+                // Written after the document: a reader that sees the new time reads it.
+                write_u64(&st.key("consumers-at"), now, None);
                 write_u64(&lease, now + st.refresh_seconds(), None);
             }
             Err(e) => {
@@ -419,12 +434,12 @@ impl HttpContext for Request {
         if st.config.key_service.is_none() {
             return self.deny(&st, Denial::Invalid);
         }
-        match st.fetched() {
+        match st.fetched(now_secs()) {
             Fetched::Ready(d) => match d.lookup(&digest) {
                 Some(entry) => self.admit(&st, entry, &found, &headers),
                 None => self.deny(&st, Denial::Invalid),
             },
-            // Nothing fetched yet: whether the key is good cannot be said.
+            // Nothing fetched yet, or too long ago: whether the key is good cannot be said.
             Fetched::None => self.deny(&st, Denial::Unavailable),
         }
     }

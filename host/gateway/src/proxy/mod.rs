@@ -403,7 +403,8 @@ impl Exchange {
             &routed.route,
             &routed.prefix,
             &routed.path,
-        );
+        )
+        .ok_or_else(|| Stop::client(400, "the request path is ambiguous"))?;
         let uri = http::Uri::builder()
             .scheme(svc.service.scheme.clone())
             .authority(authority.clone())
@@ -888,8 +889,11 @@ fn ms(d: Duration) -> f64 {
 
 /// The upstream request's path, as Kong 3 makes it (its router's "v0" path handling):
 /// `strip_path` removes the matched prefix, then the service's path goes before what
-/// is left. `path` carries the query, which is kept as it is.
-fn upstream_path(base: Option<&str>, route: &Route, prefix: &str, path: &str) -> String {
+/// is left. `path` carries the query, which is kept as it is. `None` when the join
+/// made a dot segment (`/api../x` stripped of `/api` under `/svc` is `/svc/../x`,
+/// and `..;x` is `..` to Tomcat): the edge refuses those in requests, and a prefix
+/// that ends inside a segment must not bring one back.
+fn upstream_path(base: Option<&str>, route: &Route, prefix: &str, path: &str) -> Option<String> {
     let (req, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
@@ -937,11 +941,18 @@ fn upstream_path(base: Option<&str>, route: &Route, prefix: &str, path: &str) ->
     if out.is_empty() {
         out.push('/');
     }
+    let dot = |seg: &str| {
+        let name = seg.split(';').next().unwrap_or(seg);
+        name == "." || name == ".."
+    };
+    if out.split('/').any(dot) {
+        return None;
+    }
     if let Some(q) = query {
         out.push('?');
         out.push_str(q);
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -982,9 +993,22 @@ mod upstream_path_tests {
             (Some("/api"), "", true, "/x", "/api/x"),
         ] {
             assert_eq!(
-                upstream_path(base, &route(strip), prefix, req),
-                want,
+                upstream_path(base, &route(strip), prefix, req).as_deref(),
+                Some(want),
                 "{base:?} {prefix} strip={strip} {req}"
+            );
+        }
+        // A prefix that ends inside a segment cannot make a dot segment.
+        for req in ["/api../admin", "/api..;x/admin", "/api./x", "/api.."] {
+            assert_eq!(
+                upstream_path(Some("/svc"), &route(true), "/api", req),
+                None,
+                "{req}"
+            );
+            assert_eq!(
+                upstream_path(None, &route(true), "/api", req),
+                None,
+                "{req}"
             );
         }
     }
