@@ -222,6 +222,9 @@ impl EnvoyConfig {
                                 "stat_prefix": "ingress",
                                 "codec_type": "AUTO",
                                 "normalize_path": true,
+                                // Dropped as nginx (Kong) drops them: CGI-style
+                                // upstreams read `x_consumer_id` as `x-consumer-id`.
+                                "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
                                 "merge_slashes": true,
                                 "path_with_escaped_slashes_action": "REJECT_REQUEST",
                                 "use_remote_address": true,

@@ -81,6 +81,10 @@ fn every_shipped_envoy_config_holds_the_edge() {
                 "{name}"
             );
             assert_eq!(h["use_remote_address"], true, "{name}");
+            assert_eq!(
+                h["common_http_protocol_options"]["headers_with_underscores_action"], "DROP_HEADER",
+                "{name}: x_consumer_id would reach a CGI-style upstream as x-consumer-id"
+            );
             let mutations = h["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
                 .as_array()
                 .cloned()

@@ -30,8 +30,15 @@ pub const ALL: [&str; 5] = [
     CONSUMER_TIER,
 ];
 
+/// Also when written with `_` for `-` (`x_consumer_id`), which CGI-style upstreams
+/// read as the same header.
 pub fn is_identity_header(name: &str) -> bool {
-    ALL.iter().any(|h| h.eq_ignore_ascii_case(name))
+    ALL.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'-' && b == b'_'))
+    })
 }
 
 #[cfg(test)]
@@ -40,5 +47,7 @@ mod tests {
     fn identity_headers_match_case_insensitively() {
         assert!(super::is_identity_header("X-Consumer-Tier"));
         assert!(!super::is_identity_header("x-consumer"));
+        assert!(super::is_identity_header("X_Consumer_Id"));
+        assert!(!super::is_identity_header("x_consumer"));
     }
 }

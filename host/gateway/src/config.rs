@@ -720,7 +720,17 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         let mut regexes = Vec::new();
         for p in &matches.regex_paths {
             // Anchored at the start, as Kong anchors them; bounded in size, and linear
-            // in the path's length whatever the pattern.
+            // in the path's length whatever the pattern. The pattern must stand on its
+            // own first: `/x)|(/admin` would otherwise close the anchoring group and
+            // add an unanchored alternative.
+            if let Err(e) = regex::RegexBuilder::new(p).size_limit(1 << 20).build() {
+                errors.push(format!(
+                    "route `{}`: regex path `{p}`: {}",
+                    r.name,
+                    e.to_string().lines().last().unwrap_or("invalid")
+                ));
+                continue;
+            }
             match regex::RegexBuilder::new(&format!("^(?:{p})"))
                 .size_limit(1 << 20)
                 .build()

@@ -171,8 +171,17 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// Whether `name` (lower case) is an identity header of the contract or one of the
-/// configured extra names.
+/// configured extra names, also when written with `_` for `-` (`x_consumer_id`):
+/// CGI, WSGI and PHP read both spellings as one variable, so an upstream could take a
+/// client's underscore spelling for the verified header.
 pub fn is_identity(name: &str, extra: &[String]) -> bool {
+    let folded;
+    let name = if name.contains('_') {
+        folded = name.replace('_', "-");
+        folded.as_str()
+    } else {
+        name
+    };
     name.starts_with(IDENTITY_PREFIX) || IDENTITY.contains(&name) || extra.iter().any(|e| e == name)
 }
 

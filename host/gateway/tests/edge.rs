@@ -249,6 +249,10 @@ routes:
         ("x-credential-identifier", "forged"),
         ("x-anonymous-consumer", "false"),
         ("x-user-email", "ceo@example.com"),
+        // The underscore spelling, which CGI-style upstreams read as the same header.
+        ("x_consumer_id", "admin"),
+        ("x_credential_identifier", "forged"),
+        ("x_user_email", "ceo@example.com"),
     ];
     for path in ["/plain/x", "/filtered/x"] {
         let r = get(&gw, path, &forged);
@@ -366,9 +370,15 @@ fn envoy_drops_a_clients_forwarding_and_identity_headers_before_its_filters() {
             ("x-forwarded-host", "evil.example"),
             ("x-consumer-id", "admin"),
             ("x-credential-identifier", "forged"),
+            ("x_consumer_id", "admin"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x_consumer_id"),
+        None,
+        "the underscore spelling"
+    );
     // Envoy writes its own address for a loopback peer: one address, not the forgery.
     let xff = r.upstream_header("x-forwarded-for").unwrap_or_default();
     assert!(!xff.contains("6.6.6.6") && !xff.contains(','), "{xff}");

@@ -204,6 +204,7 @@ routes:
   - { name: third, match: { paths: [/b] }, service: nope, filters: [ghost] }
   - { name: fourth, match: { regex_paths: ['/x(?=y)'] }, service: s }
   - { name: fifth, match: { regex_paths: ['/a{1000}{1000}'] }, service: s }
+  - { name: sixth, match: { regex_paths: ['/x)|(/admin'] }, service: s }
 "#,
     )
     .unwrap();
@@ -224,6 +225,8 @@ routes:
         // within the limit is refused too.
         "route `fourth`: regex path `/x(?=y)`",
         "route `fifth`: regex path `/a{1000}{1000}`",
+        // It would close the anchoring group and match /admin anywhere in a path.
+        "route `sixth`: regex path `/x)|(/admin`",
     ] {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
     }

@@ -352,6 +352,7 @@ pub fn bootstrap(config: &Value) -> Value {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "ingress",
                         "normalize_path": true,
+                        "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
                         "merge_slashes": true,
                         "path_with_escaped_slashes_action": "REJECT_REQUEST",
                         "use_remote_address": true,

@@ -510,7 +510,7 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
         // look-around or back-references, linear time).
         let mut regex_paths = Vec::new();
         for re in &r.regex_paths {
-            match regex::Regex::new(&format!("^(?:{re})")) {
+            match regex::Regex::new(re).and_then(|_| regex::Regex::new(&format!("^(?:{re})"))) {
                 Ok(_) => regex_paths.push(re.clone()),
                 Err(_) => notes.push(format!(
                     "the regex path `{re}` uses what only PCRE has (look-around, back-references...); dropped"
@@ -552,6 +552,10 @@ pub fn map(k: &Kong, opts: &Options, report: &mut Report) -> Mapped {
                 }
             }
             header_sets = next;
+            if header_sets.len() > 64 {
+                closed.get_or_insert("its header rules would make more than 64 routes".into());
+                header_sets.truncate(1);
+            }
         }
         if !r.headers.is_empty() {
             notes.push(
