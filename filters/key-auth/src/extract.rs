@@ -57,12 +57,28 @@ pub fn form_decode(s: &str) -> Cow<'_, str> {
 
 /// The request's key. `headers`: every request header (lower-case names, in order);
 /// `path`: `:path` with its query.
+/// A name as lenient servers read it: case, surrounding blanks, and `_`, `.`, `[`
+/// for `-` ignored (ASP.NET ignores case; CGI, WSGI and PHP read `_` as `-` and PHP
+/// `.` and `[` as `_`; some cookie parsers trim names).
+fn folded(name: &str) -> String {
+    name.trim()
+        .chars()
+        .map(|c| match c {
+            '_' | '.' | '[' | ' ' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
 pub fn find(
     config: &Config,
     headers: &[(Cow<'_, str>, Cow<'_, str>)],
     path: &str,
 ) -> Result<Option<Found>, Ambiguous> {
     let mut found: Option<Found> = None;
+    // A value under a name a lenient upstream reads as a key name: with a key also
+    // found, the upstream may read the other one.
+    let mut lookalike = false;
     let mut add = |key: &str, location: Location| {
         let key = key.trim();
         if key.is_empty() {
@@ -77,18 +93,35 @@ pub fn find(
         });
         Ok(())
     };
+    let like = |names: &[String], name: &str| {
+        let f = folded(name);
+        names.iter().any(|n| folded(n) == f)
+    };
     for (k, v) in headers {
         if config.headers.iter().any(|h| h == k) {
             add(v, Location::Header(k.to_string()))?;
+        } else if !v.trim().is_empty() && like(&config.headers, k) {
+            lookalike = true;
         }
     }
     if !config.params.is_empty() {
         if let Some((_, query)) = path.split_once('?') {
             for pair in query.split('&') {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let name = form_decode(k);
-                if let Some(p) = config.params.iter().find(|p| **p == name) {
-                    add(&form_decode(v), Location::Param(p.clone()))?;
+                // `;` separates parameters for some servers, not for Kong.
+                for (i, part) in pair.split(';').enumerate() {
+                    let (k, v) = part.split_once('=').unwrap_or((part, ""));
+                    let name = form_decode(k);
+                    if v.is_empty() {
+                        continue;
+                    }
+                    match config.params.iter().find(|p| **p == name) {
+                        Some(p) if i == 0 => {
+                            let (_, whole) = pair.split_once('=').unwrap_or((pair, ""));
+                            add(&form_decode(whole), Location::Param(p.clone()))?;
+                        }
+                        _ if like(&config.params, &name) => lookalike = true,
+                        _ => {}
+                    }
                 }
             }
         }
@@ -99,9 +132,14 @@ pub fn find(
                 let (k, val) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
                 if let Some(name) = config.cookies.iter().find(|n| *n == k) {
                     add(val, Location::Cookie(name.clone()))?;
+                } else if !val.trim().is_empty() && like(&config.cookies, k) {
+                    lookalike = true;
                 }
             }
         }
+    }
+    if found.is_some() && lookalike {
+        return Err(Ambiguous);
     }
     Ok(found)
 }
@@ -193,6 +231,26 @@ mod tests {
         assert_eq!(
             found(&[("cookie", "apikey=a"), ("cookie", "apikey=a")], "/x"),
             Err(Ambiguous)
+        );
+        // Beside a key, a name a lenient upstream reads as the key name is a second
+        // key; alone, it is none.
+        let c2 = config(json!({"key_names": ["x-api-key"], "key_in_cookie": true}));
+        let f2 =
+            |headers: &[(&'static str, &'static str)], path: &str| find(&c2, &h(headers), path);
+        assert_eq!(
+            f2(&[("x-api-key", "a"), ("x_api_key", "b")], "/x"),
+            Err(Ambiguous)
+        );
+        assert_eq!(f2(&[("x-api-key", "a")], "/x?X-API-KEY=b"), Err(Ambiguous));
+        assert_eq!(f2(&[], "/x?x-api-key=a&q=1;x-api-key=b"), Err(Ambiguous));
+        assert_eq!(
+            f2(&[("x-api-key", "a"), ("cookie", "x_api_key =b")], "/x"),
+            Err(Ambiguous)
+        );
+        assert_eq!(f2(&[("x_api_key", "b")], "/x"), Ok(None));
+        assert_eq!(
+            f2(&[], "/x?x-api-key=a;b").map(|f| f.map(|f| f.key)),
+            Ok(Some("a;b".to_owned()))
         );
         // Where it is not looked for, it is not found.
         let c = config(json!({"key_in_query": false}));
