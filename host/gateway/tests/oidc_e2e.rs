@@ -857,3 +857,69 @@ fn a_route_asking_for_an_acr_refuses_a_weaker_login_in_our_gateway_and_envoy() {
         acr_journey(host, app, &idp)
     });
 }
+
+/// A Kong openid-connect plugin brought over by `portcullis import kong`: the oidc
+/// configuration it makes logs a user in against the real IdP, in both hosts, and
+/// its `groups_required` refuses a user without the group (Kong's 403).
+#[test]
+fn a_kong_openid_connect_plugin_imported_logs_in_in_our_gateway_and_envoy() {
+    let port = free_port();
+    let idp = Idp::start(port, None);
+    let upstream = echo();
+    let kong = format!(
+        r#"
+_format_version: "3.0"
+services:
+  - name: app
+    url: http://{upstream}
+    routes: [{{ name: app, paths: [/] }}]
+    plugins:
+      - name: openid-connect
+        config:
+          issuer: {issuer}/.well-known/openid-configuration
+          client_id: [web]
+          client_secret: [web-secret]
+          redirect_uri: ["{APP}/callback"]
+          scopes: [openid, offline_access]
+          auth_methods: [authorization_code, session]
+          groups_required: [ops]
+          session_secret: an-e2e-test-secret-of-at-least-32-chars
+"#,
+        issuer = idp.issuer()
+    );
+    let imported =
+        portcullis_kong::import(&kong, None, &portcullis_kong::Options::default()).unwrap();
+    let filter = imported.config["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "oidc-1")
+        .unwrap();
+    let mut config = filter["config"].clone();
+    // The import names the IdP's service after its host; the harness calls it `idp`.
+    config["idp_cluster"] = json!("idp");
+    in_both_hosts(port, upstream, &config, |host, app| {
+        let mut ops = Browser::new(app, &idp.issuer());
+        let page = ops.browse(&format!("{APP}/orders/1"), "bob+ops", None);
+        assert_eq!(page.res.status, 200, "{host}: {}", page.res.body);
+        assert_eq!(page.url, format!("{APP}/orders/1"), "{host}");
+        assert!(
+            page.res
+                .upstream_header("authorization")
+                .is_some_and(|a| a.starts_with("Bearer ")),
+            "{host}: the access token upstream"
+        );
+        let mut other = Browser::new(app, &idp.issuer());
+        let page = other.browse(&format!("{APP}/orders/1"), "eve", None);
+        assert_eq!(page.res.status, 403, "{host}: {}", page.res.body);
+        let r = send(
+            app,
+            "GET",
+            "/orders",
+            &[("accept", "application/json")],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 401, "{host}: an API client without a session");
+    });
+}
