@@ -151,6 +151,31 @@ pub fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
     proxy_wasm::hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
 }
 
+/// What a filter's `on_configure` starts with: the plugin configuration parsed by
+/// `parse` (`None`, logged as `<filter>: <error>`, when refused) and the root id the
+/// host gave (`plugin_root_id`; "" when none), under which the filter keys its shared
+/// data.
+pub fn configure<C, E: std::fmt::Display>(
+    ctx: &dyn RootContext,
+    filter: &str,
+    parse: impl FnOnce(Option<&[u8]>) -> Result<C, E>,
+) -> Option<(C, String)> {
+    let bytes = ctx.get_plugin_configuration();
+    match parse(bytes.as_deref()) {
+        Ok(config) => {
+            let root_id = ctx
+                .get_property(vec!["plugin_root_id"])
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            Some((config, root_id))
+        }
+        Err(e) => {
+            proxy_wasm::hostcalls::log(LogLevel::Error, &format!("{filter}: {e}")).ok();
+            None
+        }
+    }
+}
+
 /// A header's value, not necessarily UTF-8 (HTTP allows obs-text, and Envoy passes a
 /// client's or an upstream's bytes on): the SDK's string getters panic on such a value,
 /// which in a fail-closed filter turns one request into an outage.

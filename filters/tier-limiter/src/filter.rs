@@ -60,13 +60,8 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration();
-        match Config::parse(bytes.as_deref()) {
-            Ok(config) => {
-                let root = self
-                    .get_property(vec!["plugin_root_id"])
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
+        match kit::glue::configure(self, "tier-limiter", Config::parse) {
+            Some((config, root)) => {
                 // One key for every VM of the host (they share the table): the first to
                 // start draws it, the others read it from shared data.
                 let hash_key = if config.global.is_some() {
@@ -102,10 +97,7 @@ impl RootContext for Root {
                 self.set_tick_period(std::time::Duration::from_secs(1));
                 true
             }
-            Err(e) => {
-                hostcalls::log(LogLevel::Error, &format!("tier-limiter: {e}")).ok();
-                false
-            }
+            None => false,
         }
     }
 

@@ -62,18 +62,9 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration();
-        let config = match Config::parse(bytes.as_deref()) {
-            Ok(c) => c,
-            Err(e) => {
-                log(LogLevel::Error, &e.to_string());
-                return false;
-            }
+        let Some((config, root_id)) = kit::glue::configure(self, "oidc", Config::parse) else {
+            return false;
         };
-        let root_id = self
-            .get_property(vec!["plugin_root_id"])
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
         self.set_tick_period(Duration::from_secs(1));
         let strip = config.spoofable_headers();
         self.state = Some(Rc::new(RefCell::new(State {
