@@ -539,7 +539,7 @@ fn guest_memory_stays_flat_while_cached_tokens_expire() {
             ))
         })
         .collect();
-    let mut round = |bed: &mut TestBed| {
+    let round = |bed: &mut TestBed| {
         for t in &tokens {
             let res = bed.send(Request::get("/orders").header("authorization", t));
             assert_eq!(res.status, 200, "{}", res.text());
@@ -941,4 +941,56 @@ fn opaque_tokens_are_introspected_cached_and_refused_once_revoked() {
         bed.metric("jwt_auth_denied_inactive").map(|m| m.count()),
         Some(4)
     );
+}
+
+#[test]
+fn a_failing_discovery_is_tried_again_after_a_pause_not_every_tick() {
+    let up = Rc::new(Cell::new(false));
+    let answering = up.clone();
+    let config = json!({
+        "providers": {"opaque": {
+            "issuer": "https://idp.test",
+            "introspection": {"cluster": "idp", "client_id": "rs", "client_secret": "s"},
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider": "opaque"}}]
+    })
+    .to_string();
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), config)
+        .cluster("idp", move |req| {
+            let path = req.headers.get_str(":path").unwrap_or("").to_owned();
+            if !answering.get() {
+                return Reply::status(503, &[], "down");
+            }
+            if path == "/.well-known/openid-configuration" {
+                return Reply::json(&json!({"issuer": "https://idp.test",
+                    "introspection_endpoint": "https://idp.test/oauth/introspect"}));
+            }
+            Reply::json(
+                &json!({"active": true, "sub": "svc", "iss": "https://idp.test",
+                "exp": T0 + 3600}),
+            )
+        })
+        .build()
+        .unwrap();
+    let discoveries = |bed: &TestBed| {
+        bed.calls()
+            .iter()
+            .filter(|(_, r)| {
+                r.headers.get_str(":path") == Some("/.well-known/openid-configuration")
+            })
+            .count()
+    };
+    // Until the endpoint is known: 503 with Retry-After.
+    let res = bed.send(Request::get("/x").header("authorization", &bearer("opaque-1")));
+    assert_eq!(res.status, 503);
+    bed.advance_in_steps(Duration::from_secs(5), Duration::from_secs(1));
+    assert_eq!(discoveries(&bed), 1, "one try, then a pause");
+    up.set(true);
+    bed.advance_in_steps(Duration::from_secs(7), Duration::from_secs(1));
+    assert_eq!(discoveries(&bed), 2);
+    let res = bed.send(Request::get("/x").header("authorization", &bearer("opaque-1")));
+    assert_eq!(res.status, 200, "{}", res.text());
+    let (_, last) = bed.calls().pop().unwrap();
+    assert_eq!(last.headers.get_str(":path"), Some("/oauth/introspect"));
 }

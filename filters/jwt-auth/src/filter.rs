@@ -121,6 +121,8 @@ struct State {
     flights: HashMap<(usize, String), Flight>,
     /// Introspection endpoints found by discovery, by provider.
     discovered: HashMap<usize, String>,
+    /// When a failed discovery may be tried again, by provider.
+    discovery_retry: HashMap<usize, u64>,
 }
 
 /// One introspection call in flight for a token, and the requests waiting for it
@@ -440,11 +442,12 @@ impl Context for Root {
                         hostcalls::log(
                             LogLevel::Warn,
                             &format!(
-                                "jwt-auth: discovery of `{}`'s introspection endpoint failed: {e}",
+                                "jwt-auth: discovery of `{}`'s introspection endpoint failed (again in {RETRY_SECONDS} s): {e}",
                                 st.config.providers[pi].name
                             ),
                         )
                         .ok();
+                        st.discovery_retry.insert(pi, now_secs() + RETRY_SECONDS);
                     }
                 }
             }
@@ -493,6 +496,7 @@ impl RootContext for Root {
             strip,
             flights: HashMap::new(),
             discovered: HashMap::new(),
+            discovery_retry: HashMap::new(),
         })));
         true
     }
@@ -508,6 +512,7 @@ impl RootContext for Root {
         let mut st = state.borrow_mut();
         st.metrics.flush();
         let now = now_secs();
+        let mut undispatched = Vec::new();
         for (i, p) in st.config.providers.iter().enumerate() {
             let asking =
                 |c: &RootCall| matches!(c, RootCall::Jwks(x) | RootCall::Discovery(x) if *x == i);
@@ -519,8 +524,14 @@ impl RootContext for Root {
                 .is_some_and(|x| x.discovery_path.is_some())
                 && !st.discovered.contains_key(&i)
             {
-                if let Some(token) = dispatch_discovery(self, &st, i) {
-                    self.calls.insert(token, RootCall::Discovery(i));
+                // A failed discovery waits RETRY_SECONDS, not a tick, before the next.
+                if st.discovery_retry.get(&i).is_none_or(|at| now >= *at) {
+                    match dispatch_discovery(self, &st, i) {
+                        Some(token) => {
+                            self.calls.insert(token, RootCall::Discovery(i));
+                        }
+                        None => undispatched.push(i),
+                    }
                 }
                 continue;
             }
@@ -543,6 +554,9 @@ impl RootContext for Root {
             if let Some(token) = dispatch_fetch(self, &st, i) {
                 self.calls.insert(token, RootCall::Jwks(i));
             }
+        }
+        for i in undispatched {
+            st.discovery_retry.insert(i, now + RETRY_SECONDS);
         }
         let orphaned: Vec<(usize, String)> = st
             .flights
