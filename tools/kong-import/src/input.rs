@@ -309,16 +309,11 @@ impl Kong {
         for (si, sv) in list(&doc, "services").iter().enumerate() {
             let svc = k.service(sv, si)?;
             for (ri, rv) in list(sv, "routes").iter().enumerate() {
-                let mut r = k.route(rv, ri)?;
+                // Unnamed routes are named after their service, so two services'
+                // unnamed routes never share a name.
+                let mut r = k.route(rv, &format!("{}-route-{ri}", svc.name))?;
                 r.service = Some(svc.name.clone());
-                k.nested_plugins(
-                    rv,
-                    Scope {
-                        route: Some(r.name.clone()),
-                        ..Scope::default()
-                    },
-                );
-                k.routes.push(r);
+                k.push_route(rv, r);
             }
             k.nested_plugins(
                 sv,
@@ -330,16 +325,9 @@ impl Kong {
             k.services.push(svc);
         }
         for (ri, rv) in list(&doc, "routes").iter().enumerate() {
-            let mut r = k.route(rv, ri + 1000)?;
+            let mut r = k.route(rv, &format!("route-{ri}"))?;
             r.service = reference(rv, "service");
-            k.nested_plugins(
-                rv,
-                Scope {
-                    route: Some(r.name.clone()),
-                    ..Scope::default()
-                },
-            );
-            k.routes.push(r);
+            k.push_route(rv, r);
         }
         for cv in list(&doc, "consumers") {
             let mut c = Consumer {
@@ -483,10 +471,23 @@ impl Kong {
         Ok(svc)
     }
 
-    fn route(&self, v: &Value, i: usize) -> Result<Route, String> {
+    /// A route and the plugins nested under it.
+    fn push_route(&mut self, v: &Value, r: Route) {
+        self.nested_plugins(
+            v,
+            Scope {
+                route: Some(r.name.clone()),
+                ..Scope::default()
+            },
+        );
+        self.routes.push(r);
+    }
+
+    /// A route; `unnamed` is its name when it has neither a name nor an id.
+    fn route(&self, v: &Value, unnamed: &str) -> Result<Route, String> {
         let name = s(v, "name")
             .or_else(|| s(v, "id"))
-            .unwrap_or_else(|| format!("route-{i}"));
+            .unwrap_or_else(|| unnamed.to_owned());
         let mut r = Route {
             name,
             id: s(v, "id"),
@@ -704,6 +705,16 @@ plugins:
             let ka = k.plugins.iter().find(|p| p.name == "key-auth").unwrap();
             assert_eq!(ka.scope.service.as_deref(), Some("orders"));
         }
+    }
+
+    #[test]
+    fn unnamed_routes_of_two_services_get_two_names() {
+        let k = Kong::parse(
+            "_format_version: \"3.0\"\nservices:\n  - {name: a, url: http://a, routes: [{paths: [/a]}]}\n  - {name: b, url: http://b, routes: [{paths: [/b]}]}\n",
+        )
+        .unwrap();
+        assert_eq!(k.routes[0].name, "a-route-0");
+        assert_eq!(k.routes[1].name, "b-route-0");
     }
 
     #[test]
