@@ -158,12 +158,7 @@ impl HttpContext for Forward {
         if c.forward_authorization {
             // The credential the auth filter verified wins over anything the transforms
             // or the client put in `authorization`.
-            // An API key is no bearer token: it stays where the client put it.
-            let bearer = credential.is_some()
-                && self
-                    .get_property(vec![kit::identity::CREDENTIAL_KIND_PROPERTY])
-                    .is_none_or(|k| k != kit::identity::API_KEY.as_bytes());
-            if let Some(cred) = credential.as_ref().filter(|_| bearer) {
+            if let Some(cred) = &credential {
                 // The common case (the client's own header, untouched) is found without
                 // building the value: wasm's byte-wise memcmp and lossy decoder are
                 // slow over a whole token.
@@ -174,7 +169,13 @@ impl HttpContext for Forward {
                 let mut present = headers.iter().filter(|(k, _)| k == "authorization");
                 let already =
                     present.next().is_some_and(|(_, v)| is_it(v)) && present.next().is_none();
-                if !already {
+                // An API key is no bearer token: it stays where the client put it. Asked
+                // only when there is something to write (one host call fewer otherwise).
+                let bearer = || {
+                    self.get_property(vec![kit::identity::CREDENTIAL_KIND_PROPERTY])
+                        .is_none_or(|k| k != kit::identity::API_KEY.as_bytes())
+                };
+                if !already && bearer() {
                     let value = match std::str::from_utf8(cred) {
                         Ok(t) => format!("Bearer {t}"),
                         Err(_) => format!("Bearer {}", String::from_utf8_lossy(cred)),

@@ -57,17 +57,17 @@ pub fn form_decode(s: &str) -> Cow<'_, str> {
 
 /// The request's key. `headers`: every request header (lower-case names, in order);
 /// `path`: `:path` with its query.
-/// A name as lenient servers read it: case, surrounding blanks, and `_`, `.`, `[`
-/// for `-` ignored (ASP.NET ignores case; CGI, WSGI and PHP read `_` as `-` and PHP
-/// `.` and `[` as `_`; some cookie parsers trim names).
-fn folded(name: &str) -> String {
-    name.trim()
-        .chars()
-        .map(|c| match c {
-            '_' | '.' | '[' | ' ' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+/// Whether two names are one to a lenient server: case, surrounding blanks, and `_`,
+/// `.`, `[` for `-` ignored (ASP.NET ignores case; CGI, WSGI and PHP read `_` as `-`
+/// and PHP `.` and `[` as `_`; some cookie parsers trim names). No allocation: it runs
+/// for every header of every request.
+fn same_name(a: &str, b: &str) -> bool {
+    let fold = |c: u8| match c {
+        b'_' | b'.' | b'[' | b' ' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    let (a, b) = (a.trim().as_bytes(), b.trim().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
 }
 
 pub fn find(
@@ -93,10 +93,7 @@ pub fn find(
         });
         Ok(())
     };
-    let like = |names: &[String], name: &str| {
-        let f = folded(name);
-        names.iter().any(|n| folded(n) == f)
-    };
+    let like = |names: &[String], name: &str| names.iter().any(|n| same_name(n, name));
     for (k, v) in headers {
         if config.headers.iter().any(|h| h == k) {
             add(v, Location::Header(k.to_string()))?;

@@ -419,8 +419,8 @@ impl HttpContext for Request {
             Err(extract::Ambiguous) => return self.deny(&st, Denial::Ambiguous),
         };
         let digest = directory::digest(found.key.as_bytes());
-        if let Some(entry) = st.config.directory.lookup(&digest).cloned() {
-            return self.admit(&st, &entry, &found, &headers);
+        if let Some(entry) = st.config.directory.lookup(&digest) {
+            return self.admit(&st, entry, &found, &headers);
         }
         if st.config.key_service.is_none() {
             return self.deny(&st, Denial::Invalid);
