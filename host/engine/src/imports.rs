@@ -375,7 +375,7 @@ fn define_proxy(
     );
     wrap!(l, names, "proxy_set_effective_context", |c, id: u32| {
         let s = c.data_mut();
-        if !s.is_root(id) && !s.http.contains_key(&id) {
+        if !s.is_root(id) && !s.http.contains_key(id) {
             return Err(Status::BadArgument.into());
         }
         s.enter(id);
@@ -619,7 +619,7 @@ fn define_proxy(
             let effective = s.effective;
             // Properties belong to a request: a root context has none to set (Envoy
             // answers `NotFound` there too).
-            let set = match s.http.get_mut(&effective) {
+            let set = match s.http.get_mut(effective) {
                 Some(ctx) => ctx.properties.lock().set(path, value, max),
                 None => return Err(Status::NotFound.into()),
             };
@@ -1065,7 +1065,7 @@ fn admit_call(s: &mut HostState, call: &'static str) -> R<()> {
     let effective = s.effective;
     let (per_request, per_vm) = (s.env.limits.calls_per_request, s.env.limits.calls_per_vm);
     if s.http
-        .get(&effective)
+        .get(effective)
         .is_some_and(|x| x.pending_calls >= per_request)
     {
         return Err(refuse(
@@ -1084,7 +1084,7 @@ fn admit_call(s: &mut HostState, call: &'static str) -> R<()> {
         ));
     }
     s.pending_calls += 1;
-    if let Some(ctx) = s.http.get_mut(&effective) {
+    if let Some(ctx) = s.http.get_mut(effective) {
         ctx.pending_calls += 1;
     }
     Ok(())

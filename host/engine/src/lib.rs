@@ -9,6 +9,7 @@
 
 pub mod abi;
 pub mod clock;
+mod contexts;
 mod engine;
 mod filter;
 pub mod headers;

@@ -17,7 +17,7 @@ pub fn get(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
         b"plugin_vm_id" => return Some(env.vm_id.clone().into_bytes()),
         _ => {}
     }
-    let ctx = match state.http.get(&state.effective) {
+    let ctx = match state.http.get(state.effective) {
         Some(ctx) => ctx,
         // A root context holds no request properties (Envoy: `NotFound`).
         None => return None,

@@ -322,7 +322,7 @@ pub struct HostState {
     pub roots: Vec<Arc<PluginEnv>>,
     /// Each root context's tick period (ms; 0: none), by the same index.
     pub tick_periods: Vec<u32>,
-    pub http: HashMap<u32, HttpCtx, ContextIds>,
+    pub http: crate::contexts::Contexts,
     /// The context host calls act on (`proxy_set_effective_context` changes it).
     pub effective: u32,
     pub outgoing: Vec<Outgoing>,
@@ -364,7 +364,7 @@ impl HostState {
         let root = if self.is_root(id) {
             id
         } else {
-            self.http.get(&id).map_or(self.root_context_id, |c| c.root)
+            self.http.get(id).map_or(self.root_context_id, |c| c.root)
         };
         if root != self.root_context_id {
             self.root_context_id = root;
@@ -373,13 +373,13 @@ impl HostState {
     }
 
     pub fn http_ctx(&mut self) -> Option<&mut HttpCtx> {
-        self.http.get_mut(&self.effective)
+        self.http.get_mut(self.effective)
     }
 
     /// A call of `context_id` was answered (or dropped): it is no longer in flight.
     pub fn call_done(&mut self, context_id: u32) {
         self.pending_calls = self.pending_calls.saturating_sub(1);
-        if let Some(ctx) = self.http.get_mut(&context_id) {
+        if let Some(ctx) = self.http.get_mut(context_id) {
             ctx.pending_calls = ctx.pending_calls.saturating_sub(1);
         }
     }

@@ -160,13 +160,14 @@ impl HttpStream {
             let before = self.before(i, headers);
             let map = std::mem::take(headers);
             let may_hold = !end_of_stream && self.slots[i].filter.holds_headers_for_body();
-            let settled = self
+            let (settled, back) = self
                 .run(
                     i,
                     ctx,
                     Phase::Request,
                     |c| c.request_headers = Some(map),
                     |vm, id| vm.on_request_headers(id, n, end_of_stream),
+                    |c| c.request_headers.take(),
                     may_hold,
                 )
                 .await;
@@ -176,7 +177,8 @@ impl HttpStream {
                 self.headers_held = Some((i, before));
                 return Flow::Buffering;
             }
-            *headers = match self.take_back(i, |c| c.request_headers.take()) {
+            *headers = match back.unwrap_or_else(|| self.take_back(i, |c| c.request_headers.take()))
+            {
                 Some(h) => h,
                 None => self.restore(before),
             };
@@ -327,18 +329,19 @@ impl HttpStream {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let n = trailers.len() as u32;
             let map = std::mem::take(trailers);
-            let outcome = self
+            let (outcome, back) = self
                 .run(
                     i,
                     ctx,
                     Phase::Request,
                     |c| c.request_trailers = Some(map),
                     |vm, id| vm.on_request_trailers(id, n),
+                    |c| c.request_trailers.take(),
                     false,
                 )
                 .await;
-            *trailers = self
-                .take_back(i, |c| c.request_trailers.take())
+            *trailers = back
+                .unwrap_or_else(|| self.take_back(i, |c| c.request_trailers.take()))
                 .unwrap_or_default();
             if let Settled::Stop(flow) = outcome {
                 return flow;
@@ -358,18 +361,19 @@ impl HttpStream {
             let Some(ctx) = self.ctx_of(i) else { continue };
             let n = trailers.len() as u32;
             let map = std::mem::take(trailers);
-            let outcome = self
+            let (outcome, back) = self
                 .run(
                     i,
                     ctx,
                     Phase::Response,
                     |c| c.response_trailers = Some(map),
                     |vm, id| vm.on_response_trailers(id, n),
+                    |c| c.response_trailers.take(),
                     false,
                 )
                 .await;
-            *trailers = self
-                .take_back(i, |c| c.response_trailers.take())
+            *trailers = back
+                .unwrap_or_else(|| self.take_back(i, |c| c.response_trailers.take()))
                 .unwrap_or_default();
             if let Settled::Stop(flow) = outcome {
                 return flow;
@@ -395,7 +399,7 @@ impl HttpStream {
             let n = headers.len() as u32;
             let before = self.before(i, headers);
             let map = std::mem::take(headers);
-            let outcome = self
+            let (outcome, back) = self
                 .run(
                     i,
                     ctx,
@@ -405,13 +409,15 @@ impl HttpStream {
                         c.response_headers = Some(map);
                     },
                     |vm, id| vm.on_response_headers(id, n, end_of_stream),
+                    |c| c.response_headers.take(),
                     false,
                 )
                 .await;
-            *headers = match self.take_back(i, |c| c.response_headers.take()) {
-                Some(h) => h,
-                None => self.restore(before),
-            };
+            *headers =
+                match back.unwrap_or_else(|| self.take_back(i, |c| c.response_headers.take())) {
+                    Some(h) => h,
+                    None => self.restore(before),
+                };
             if let Settled::Stop(flow) = outcome {
                 return flow;
             }
@@ -472,13 +478,13 @@ impl HttpStream {
             }
             let before = self.before(i, &buf);
             let size = buf.len() as u32;
-            let outcome = self
+            let (outcome, back) = self
                 .run_body(i, ctx, phase, buf, eos, move |vm, id| match phase {
                     Phase::Request => vm.on_request_body(id, size, eos),
                     _ => vm.on_response_body(id, size, eos),
                 })
                 .await;
-            let buf = match self.take_back(i, |c| c.body.take()) {
+            let buf = match back.unwrap_or_else(|| self.take_back(i, |c| c.body.take())) {
                 Some(b) => b,
                 None => self.restore(before),
             };
@@ -502,39 +508,41 @@ impl HttpStream {
         buf: Vec<u8>,
         eos: bool,
         call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
-    ) -> BodyOutcome {
-        let filter = self.slots[i].filter.clone();
-        let id = ctx.id;
+    ) -> (BodyOutcome, Option<Option<Vec<u8>>>) {
         let limit = self.body_limits.map(|(request, response)| match phase {
             Phase::Request => request,
             _ => response,
         });
-        let result = filter.with_vm(|vm| {
-            if let Some(c) = vm.ctx(id) {
-                c.phase = phase;
-                c.body = Some(buf);
-                c.body_limit = limit;
-            }
-            call(vm, id)
-        });
-        match self.settle(i, &ctx, phase, result, !eos).await {
+        let place = |c: &mut crate::state::HttpCtx| {
+            c.body = Some(buf);
+            c.body_limit = limit;
+        };
+        let (settled, back) = self
+            .run(i, ctx, phase, place, call, |c| c.body.take(), !eos)
+            .await;
+        let outcome = match settled {
             Settled::Continue => BodyOutcome::Pass,
             Settled::Held => BodyOutcome::Hold,
             Settled::Stop(flow) => BodyOutcome::Done(flow),
-        }
+        };
+        (outcome, back)
     }
 
     /// Places data in filter `i`'s context, runs its callback, and waits while it is
-    /// paused (unless `may_hold`: then a pause comes back as `Held`).
-    async fn run(
+    /// paused (unless `may_hold`: then a pause comes back as `Held`). The usual case, a
+    /// callback that continues at once without replying or closing the stream, is
+    /// settled in the same visit to the VM, which then also hands back the data with
+    /// `take` (the second value; `None`: take it back after settling).
+    async fn run<T>(
         &mut self,
         i: usize,
         ctx: Live,
         phase: Phase,
         place: impl FnOnce(&mut crate::state::HttpCtx),
         call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
+        take: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>,
         may_hold: bool,
-    ) -> Settled {
+    ) -> (Settled, Option<Option<T>>) {
         let filter = self.slots[i].filter.clone();
         let id = ctx.id;
         let result = filter.with_vm(|vm| {
@@ -542,9 +550,28 @@ impl HttpStream {
                 c.phase = phase;
                 place(c);
             }
-            call(vm, id)
+            let action = call(vm, id)?;
+            let back = match vm.ctx(id) {
+                Some(c) if action == Action::Continue && c.local_reply.is_none() && !c.close => {
+                    // As `since_callback` would: a resume of this phase during the
+                    // callback is spent.
+                    match phase {
+                        Phase::Request => c.resume_request = false,
+                        _ => c.resume_response = false,
+                    }
+                    Some(take(c))
+                }
+                _ => None,
+            };
+            Ok((action, back))
         });
-        self.settle(i, &ctx, phase, result, may_hold).await
+        match result {
+            Some(Ok((_, Some(back)))) => (Settled::Continue, Some(back)),
+            other => {
+                let result = other.map(|r| r.map(|(action, _)| action));
+                (self.settle(i, &ctx, phase, result, may_hold).await, None)
+            }
+        }
     }
 
     /// What a callback's result means for the request, waiting out a pause.

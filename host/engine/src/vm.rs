@@ -6,7 +6,6 @@
 //! a missed deadline or a broken ABI reply comes back as a [`Fault`] and the VM must
 //! not be used again.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,7 +233,7 @@ impl Vm {
             root_context_id: ROOT_CONTEXT_ID,
             tick_periods: vec![0; roots.len()],
             roots,
-            http: HashMap::default(),
+            http: Default::default(),
             effective: ROOT_CONTEXT_ID,
             outgoing: Vec::new(),
             next_token: 0,
@@ -433,7 +432,7 @@ impl Vm {
                 .next_context_id
                 .checked_add(1)
                 .unwrap_or(self.roots + 1);
-            if !self.store.data().http.contains_key(&id) {
+            if !self.store.data().http.contains_key(id) {
                 break id;
             }
         };
@@ -452,7 +451,7 @@ impl Vm {
     }
 
     pub fn ctx(&mut self, id: u32) -> Option<&mut HttpCtx> {
-        self.store.data_mut().http.get_mut(&id)
+        self.store.data_mut().http.get_mut(id)
     }
 
     fn with_context<T>(
@@ -565,7 +564,7 @@ impl Vm {
             Ok(())
         })();
         let state = self.store.data_mut();
-        let ctx = state.http.remove(&id);
+        let ctx = state.http.remove(id);
         if let Some(c) = &ctx
             && Arc::strong_count(&c.signal) == 1
             && state.spare_signals.len() < SPARE_SIGNALS
