@@ -271,15 +271,17 @@ impl Filter {
         &self,
         f: impl FnOnce(&mut Vm) -> Result<T, Fault>,
     ) -> Option<Result<T, Fault>> {
-        let result = {
+        let (result, outgoing, period) = {
             let mut vm = self.vm().borrow_mut();
             let vm = vm.as_mut()?;
-            f(vm)
+            let result = f(vm);
+            (result, vm.take_outgoing(), vm.tick_period(self.inner.root))
         };
-        if let Err(fault) = &result {
-            self.fail(fault.clone());
+        match &result {
+            // The failed VM is gone, and with it what it would have sent.
+            Err(fault) => self.fail(fault.clone()),
+            Ok(_) => self.dispatch_and_schedule(outgoing, period),
         }
-        self.after_callback();
         Some(result)
     }
 
@@ -340,6 +342,10 @@ impl Filter {
                 None => return,
             }
         };
+        self.dispatch_and_schedule(outgoing, period);
+    }
+
+    fn dispatch_and_schedule(&self, outgoing: Vec<Outgoing>, period: Option<Duration>) {
         for call in outgoing {
             self.dispatch(call);
         }

@@ -29,14 +29,12 @@ pub enum Flow {
 }
 
 /// A filter's live context for this request.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 struct Live {
     /// The context id in the filter's VM.
     id: u32,
     /// The VM generation the context was created in: a reloaded VM no longer has it.
     generation: u64,
-    /// Woken when the filter resumes or replies after a pause.
-    signal: Arc<Notify>,
 }
 
 struct Slot {
@@ -90,11 +88,12 @@ impl HttpStream {
         for filter in chain {
             filter.reload_if_failed();
             let root = filter.root_context_id();
-            let ctx = match filter.with_vm(|vm| create(vm, root, &info, &properties)) {
-                Some(Ok((id, signal))) => Some(Live {
+            let ctx = match filter
+                .with_vm(|vm| vm.create_http_context(root, info.clone(), properties.clone()))
+            {
+                Some(Ok(id)) => Some(Live {
                     id,
                     generation: filter.generation(),
-                    signal,
                 }),
                 _ => {
                     if filter.policy() != FailurePolicy::FailOpen && failed_at_start.is_none() {
@@ -262,8 +261,8 @@ impl HttpStream {
     /// an empty chunk, so a filter that resumes after a call does not wait for the
     /// client's next bytes.
     pub fn held_signal(&self) -> Option<Arc<Notify>> {
-        let slot = &self.slots[self.headers_held.as_ref()?.0];
-        slot.ctx.as_ref().map(|c| c.signal.clone())
+        let h = self.headers_held.as_ref()?.0;
+        self.signal_of(h, self.slots[h].ctx.as_ref()?)
     }
 
     /// Whether the filter holding the headers resumed or replied since its last
@@ -598,7 +597,12 @@ impl HttpStream {
             if may_hold {
                 return Settled::Held;
             }
-            ctx.signal.notified().await;
+            // The signal is fetched only now: a request whose filters never pause
+            // holds none of them.
+            let Some(signal) = self.signal_of(i, ctx) else {
+                return self.failed(i);
+            };
+            signal.notified().await;
             action = Action::Pause;
         }
     }
@@ -644,7 +648,7 @@ impl HttpStream {
     /// The live context of filter `i`, if its VM still is the one it was created in.
     fn ctx_of(&mut self, i: usize) -> Option<Live> {
         let slot = &mut self.slots[i];
-        let ctx = slot.ctx.clone()?;
+        let ctx = slot.ctx?;
         if slot.filter.generation() != ctx.generation || slot.filter.health() != Health::Running {
             // The VM failed under a paused or earlier phase of this request.
             slot.ctx = None;
@@ -657,6 +661,16 @@ impl HttpStream {
             return None;
         }
         Some(ctx)
+    }
+
+    /// What wakes filter `i`'s context when it resumes or replies after a pause.
+    fn signal_of(&self, i: usize, ctx: &Live) -> Option<Arc<Notify>> {
+        let slot = &self.slots[i];
+        if slot.filter.generation() != ctx.generation {
+            return None;
+        }
+        let mut vm = slot.filter.vm().borrow_mut();
+        vm.as_mut()?.ctx(ctx.id).map(|c| c.signal.clone())
     }
 
     fn take_back<T>(
@@ -696,7 +710,7 @@ impl HttpStream {
         }
         self.finished = true;
         for slot in &mut self.slots {
-            let Some(Live { id, generation, .. }) = slot.ctx.take() else {
+            let Some(Live { id, generation }) = slot.ctx.take() else {
                 continue;
             };
             if slot.filter.generation() != generation {
@@ -758,15 +772,4 @@ fn reset_reply(request_id: &str) -> LocalReply {
         headers,
         grpc_status: -1,
     }
-}
-
-fn create(
-    vm: &mut Vm,
-    root: u32,
-    info: &Arc<RequestInfo>,
-    properties: &crate::state::StreamProperties,
-) -> Result<(u32, Arc<Notify>), Fault> {
-    let id = vm.create_http_context(root, info.clone(), properties.clone())?;
-    let signal = vm.ctx(id).map(|c| c.signal.clone()).unwrap_or_default();
-    Ok((id, signal))
 }
