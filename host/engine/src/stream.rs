@@ -262,7 +262,16 @@ impl HttpStream {
     /// client's next bytes.
     pub fn held_signal(&self) -> Option<Arc<Notify>> {
         let h = self.headers_held.as_ref()?.0;
-        self.signal_of(h, self.slots[h].ctx.as_ref()?)
+        let signal = self.slots[h]
+            .ctx
+            .as_ref()
+            .and_then(|c| self.signal_of(h, c));
+        Some(signal.unwrap_or_else(|| {
+            // The holder's VM is gone: wake the waiter at once, to find that out.
+            let now = Arc::new(Notify::new());
+            now.notify_one();
+            now
+        }))
     }
 
     /// Whether the filter holding the headers resumed or replied since its last
