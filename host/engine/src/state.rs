@@ -159,6 +159,14 @@ impl Properties {
 }
 
 impl HttpCtx {
+    /// Whether the filter resumed `phase` since this was last asked (and forgets it).
+    pub fn take_resumed(&mut self, phase: Phase) -> bool {
+        match phase {
+            Phase::Request => std::mem::take(&mut self.resume_request),
+            _ => std::mem::take(&mut self.resume_response),
+        }
+    }
+
     /// A context for a request; `signal` is a fresh `Notify` or one a finished context
     /// left (a stale wake-up is harmless: a waiter checks what happened and waits
     /// again).

@@ -154,7 +154,9 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Flow {
         for i in start..self.slots.len() {
-            let Some(ctx) = self.ctx_of(i) else { continue };
+            if self.ctx_of(i).is_none() {
+                continue;
+            }
             let n = headers.len() as u32;
             let before = self.before(i, headers);
             let map = std::mem::take(headers);
@@ -162,7 +164,6 @@ impl HttpStream {
             let (settled, back) = self
                 .run(
                     i,
-                    ctx,
                     Phase::Request,
                     |c| c.request_headers = Some(map),
                     |vm, id| vm.on_request_headers(id, n, end_of_stream),
@@ -176,8 +177,7 @@ impl HttpStream {
                 self.headers_held = Some((i, before));
                 return Flow::Buffering;
             }
-            *headers = match back.unwrap_or_else(|| self.take_back(i, |c| c.request_headers.take()))
-            {
+            *headers = match back.unwrap_or_else(|| self.in_ctx(i, |c| c.request_headers.take())) {
                 Some(h) => h,
                 None => self.restore(before),
             };
@@ -239,7 +239,7 @@ impl HttpStream {
             // The holder let go: its headers go on to the rest of the chain (whose
             // body follows), which may hold them again further on.
             let before = self.headers_held.take().and_then(|(_, b)| b);
-            *headers = match self.take_back(h, |c| c.request_headers.take()) {
+            *headers = match self.in_ctx(h, |c| c.request_headers.take()) {
                 Some(map) => map,
                 None => self.restore(before),
             };
@@ -262,11 +262,7 @@ impl HttpStream {
     /// client's next bytes.
     pub fn held_signal(&self) -> Option<Arc<Notify>> {
         let h = self.headers_held.as_ref()?.0;
-        let signal = self.slots[h]
-            .ctx
-            .as_ref()
-            .and_then(|c| self.signal_of(h, c));
-        Some(signal.unwrap_or_else(|| {
+        Some(self.signal_of(h).unwrap_or_else(|| {
             // The holder's VM is gone: wake the waiter at once, to find that out.
             let now = Arc::new(Notify::new());
             now.notify_one();
@@ -277,10 +273,10 @@ impl HttpStream {
     /// Whether the filter holding the headers resumed or replied since its last
     /// callback (`None`: it still holds them).
     fn resumed_while_held(&mut self, h: usize) -> Option<Settled> {
-        let Some(ctx) = self.ctx_of(h) else {
+        if self.ctx_of(h).is_none() {
             return Some(self.failed(h));
-        };
-        match self.since_callback(h, &ctx, Phase::Request) {
+        }
+        match self.since_callback(h, Phase::Request) {
             Err(settled) => Some(settled),
             Ok(resumed) => resumed.then_some(Settled::Continue),
         }
@@ -288,22 +284,12 @@ impl HttpStream {
 
     /// What filter `i` did since its callback returned: replied, closed the stream or
     /// failed (`Err`, what that means for the request), or whether it resumed `phase`.
-    fn since_callback(&mut self, i: usize, ctx: &Live, phase: Phase) -> Result<bool, Settled> {
-        let filter = self.slots[i].filter.clone();
-        if filter.generation() != ctx.generation {
+    fn since_callback(&mut self, i: usize, phase: Phase) -> Result<bool, Settled> {
+        let seen = self.in_ctx(i, |c| {
+            Some((c.local_reply.take(), c.take_resumed(phase), c.close))
+        });
+        let Some((reply, resumed, closed)) = seen else {
             return Err(self.failed(i));
-        }
-        let (reply, resumed, closed) = {
-            let mut vm = filter.vm().borrow_mut();
-            let Some(c) = vm.as_mut().and_then(|vm| vm.ctx(ctx.id)) else {
-                drop(vm);
-                return Err(self.failed(i));
-            };
-            let resumed = match phase {
-                Phase::Request => std::mem::take(&mut c.resume_request),
-                _ => std::mem::take(&mut c.resume_response),
-            };
-            (c.local_reply.take(), resumed, c.close)
         };
         if let Some(reply) = reply {
             return Err(Settled::Stop(self.reply(reply)));
@@ -334,13 +320,14 @@ impl HttpStream {
 
     async fn request_trailers_inner(&mut self, trailers: &mut HeaderMap) -> Flow {
         for i in 0..self.slots.len() {
-            let Some(ctx) = self.ctx_of(i) else { continue };
+            if self.ctx_of(i).is_none() {
+                continue;
+            }
             let n = trailers.len() as u32;
             let map = std::mem::take(trailers);
             let (outcome, back) = self
                 .run(
                     i,
-                    ctx,
                     Phase::Request,
                     |c| c.request_trailers = Some(map),
                     |vm, id| vm.on_request_trailers(id, n),
@@ -349,7 +336,7 @@ impl HttpStream {
                 )
                 .await;
             *trailers = back
-                .unwrap_or_else(|| self.take_back(i, |c| c.request_trailers.take()))
+                .unwrap_or_else(|| self.in_ctx(i, |c| c.request_trailers.take()))
                 .unwrap_or_default();
             if let Settled::Stop(flow) = outcome {
                 return flow;
@@ -366,13 +353,14 @@ impl HttpStream {
 
     async fn response_trailers_inner(&mut self, trailers: &mut HeaderMap) -> Flow {
         for i in (0..self.slots.len()).rev() {
-            let Some(ctx) = self.ctx_of(i) else { continue };
+            if self.ctx_of(i).is_none() {
+                continue;
+            }
             let n = trailers.len() as u32;
             let map = std::mem::take(trailers);
             let (outcome, back) = self
                 .run(
                     i,
-                    ctx,
                     Phase::Response,
                     |c| c.response_trailers = Some(map),
                     |vm, id| vm.on_response_trailers(id, n),
@@ -381,7 +369,7 @@ impl HttpStream {
                 )
                 .await;
             *trailers = back
-                .unwrap_or_else(|| self.take_back(i, |c| c.response_trailers.take()))
+                .unwrap_or_else(|| self.in_ctx(i, |c| c.response_trailers.take()))
                 .unwrap_or_default();
             if let Settled::Stop(flow) = outcome {
                 return flow;
@@ -403,14 +391,15 @@ impl HttpStream {
     ) -> Flow {
         let code = headers.get_str(":status").and_then(|s| s.parse().ok());
         for i in (0..self.slots.len()).rev() {
-            let Some(ctx) = self.ctx_of(i) else { continue };
+            if self.ctx_of(i).is_none() {
+                continue;
+            }
             let n = headers.len() as u32;
             let before = self.before(i, headers);
             let map = std::mem::take(headers);
             let (outcome, back) = self
                 .run(
                     i,
-                    ctx,
                     Phase::Response,
                     |c| {
                         c.response_code = code;
@@ -421,11 +410,10 @@ impl HttpStream {
                     false,
                 )
                 .await;
-            *headers =
-                match back.unwrap_or_else(|| self.take_back(i, |c| c.response_headers.take())) {
-                    Some(h) => h,
-                    None => self.restore(before),
-                };
+            *headers = match back.unwrap_or_else(|| self.in_ctx(i, |c| c.response_headers.take())) {
+                Some(h) => h,
+                None => self.restore(before),
+            };
             if let Settled::Stop(flow) = outcome {
                 return flow;
             }
@@ -475,7 +463,9 @@ impl HttpStream {
             } else {
                 n - 1 - k
             };
-            let Some(ctx) = self.ctx_of(i) else { continue };
+            if self.ctx_of(i).is_none() {
+                continue;
+            }
             // The chunk itself when the filter holds nothing (no copy), else appended to
             // what it holds.
             let mut buf = std::mem::take(&mut self.slots[i].held);
@@ -487,12 +477,12 @@ impl HttpStream {
             let before = self.before(i, &buf);
             let size = buf.len() as u32;
             let (outcome, back) = self
-                .run_body(i, ctx, phase, buf, eos, move |vm, id| match phase {
+                .run_body(i, phase, buf, eos, move |vm, id| match phase {
                     Phase::Request => vm.on_request_body(id, size, eos),
                     _ => vm.on_response_body(id, size, eos),
                 })
                 .await;
-            let buf = match back.unwrap_or_else(|| self.take_back(i, |c| c.body.take())) {
+            let buf = match back.unwrap_or_else(|| self.in_ctx(i, |c| c.body.take())) {
                 Some(b) => b,
                 None => self.restore(before),
             };
@@ -511,7 +501,6 @@ impl HttpStream {
     async fn run_body(
         &mut self,
         i: usize,
-        ctx: Live,
         phase: Phase,
         buf: Vec<u8>,
         eos: bool,
@@ -526,7 +515,7 @@ impl HttpStream {
             c.body_limit = limit;
         };
         let (settled, back) = self
-            .run(i, ctx, phase, place, call, |c| c.body.take(), !eos)
+            .run(i, phase, place, call, |c| c.body.take(), !eos)
             .await;
         let outcome = match settled {
             Settled::Continue => BodyOutcome::Pass,
@@ -544,7 +533,6 @@ impl HttpStream {
     async fn run<T>(
         &mut self,
         i: usize,
-        ctx: Live,
         phase: Phase,
         place: impl FnOnce(&mut crate::state::HttpCtx),
         call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
@@ -552,7 +540,9 @@ impl HttpStream {
         may_hold: bool,
     ) -> (Settled, Option<Option<T>>) {
         let filter = self.slots[i].filter.clone();
-        let id = ctx.id;
+        let Some(Live { id, .. }) = self.slots[i].ctx else {
+            return (self.failed(i), None);
+        };
         let result = filter.with_vm(|vm| {
             if let Some(c) = vm.ctx(id) {
                 c.phase = phase;
@@ -563,10 +553,7 @@ impl HttpStream {
                 Some(c) if action == Action::Continue && c.local_reply.is_none() && !c.close => {
                     // As `since_callback` would: a resume of this phase during the
                     // callback is spent.
-                    match phase {
-                        Phase::Request => c.resume_request = false,
-                        _ => c.resume_response = false,
-                    }
+                    c.take_resumed(phase);
                     Some(take(c))
                 }
                 _ => None,
@@ -577,7 +564,7 @@ impl HttpStream {
             Some(Ok((_, Some(back)))) => (Settled::Continue, Some(back)),
             other => {
                 let result = other.map(|r| r.map(|(action, _)| action));
-                (self.settle(i, &ctx, phase, result, may_hold).await, None)
+                (self.settle(i, phase, result, may_hold).await, None)
             }
         }
     }
@@ -586,7 +573,6 @@ impl HttpStream {
     async fn settle(
         &mut self,
         i: usize,
-        ctx: &Live,
         phase: Phase,
         result: Option<Result<Action, Fault>>,
         may_hold: bool,
@@ -596,7 +582,7 @@ impl HttpStream {
             _ => return self.failed(i),
         };
         loop {
-            let resumed = match self.since_callback(i, ctx, phase) {
+            let resumed = match self.since_callback(i, phase) {
                 Ok(resumed) => resumed,
                 Err(settled) => return settled,
             };
@@ -608,7 +594,7 @@ impl HttpStream {
             }
             // The signal is fetched only now: a request whose filters never pause
             // holds none of them.
-            let Some(signal) = self.signal_of(i, ctx) else {
+            let Some(signal) = self.signal_of(i) else {
                 return self.failed(i);
             };
             signal.notified().await;
@@ -672,25 +658,25 @@ impl HttpStream {
         Some(ctx)
     }
 
-    /// What wakes filter `i`'s context when it resumes or replies after a pause.
-    fn signal_of(&self, i: usize, ctx: &Live) -> Option<Arc<Notify>> {
-        let slot = &self.slots[i];
-        if slot.filter.generation() != ctx.generation {
-            return None;
-        }
-        let mut vm = slot.filter.vm().borrow_mut();
-        vm.as_mut()?.ctx(ctx.id).map(|c| c.signal.clone())
-    }
-
-    fn take_back<T>(
-        &mut self,
+    /// `f` on filter `i`'s context for this request, if its VM still is the one the
+    /// context was made in: the data a callback handed back, or the context's signal.
+    fn in_ctx<T>(
+        &self,
         i: usize,
         f: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>,
     ) -> Option<T> {
         let slot = &self.slots[i];
-        let id = slot.ctx.as_ref()?.id;
+        let ctx = slot.ctx.as_ref()?;
+        if slot.filter.generation() != ctx.generation {
+            return None;
+        }
         let mut vm = slot.filter.vm().borrow_mut();
-        vm.as_mut()?.ctx(id).and_then(f)
+        vm.as_mut()?.ctx(ctx.id).and_then(f)
+    }
+
+    /// What wakes filter `i`'s context when it resumes or replies after a pause.
+    fn signal_of(&self, i: usize) -> Option<Arc<Notify>> {
+        self.in_ctx(i, |c| Some(c.signal.clone()))
     }
 
     /// A phase's result with any failure found on the way folded in: a fail-closed
