@@ -293,3 +293,30 @@ fn a_root_context_makes_grpc_calls_on_its_ticks_and_gets_the_answers() {
         Some(b"status=0 message=pong to ping".as_slice())
     );
 }
+
+/// A filter that pauses on the last chunk of the response body keeps the body in the
+/// host until its call is answered; what it does to the body then is what the filter
+/// before it (the next in response order) is given, and that filter may pause on it
+/// again. Two filters each append their call's answer.
+#[test]
+fn a_response_body_waits_for_a_call_then_goes_through_the_rest_of_the_chain() {
+    let mut bed = TestBed::new()
+        .filter(wasm("conformance_filter"), config())
+        .named("outer")
+        .filter(wasm("conformance_filter"), config())
+        .named("inner")
+        .cluster("echo", |_| Reply::status(200, &[], "answer"))
+        .upstream(|_| {
+            let mut h = portcullis_testbed::HeaderMap::new();
+            h.add(":status", "200");
+            (200, h, b"from-upstream".to_vec())
+        })
+        .build()
+        .expect("the chain starts");
+    let res = bed.send(Request::get("/case/response-body-wait-for-call"));
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&res.body),
+        "from-upstream|call=200|call=200"
+    );
+}

@@ -61,6 +61,9 @@ pub struct HttpStream {
     /// `on_request_headers` with `allow_on_headers_stop_iteration`), and the headers
     /// as they were before it, for a holder that fails open.
     headers_held: Option<(usize, Option<Before<HeaderMap>>)>,
+    /// A response chunk waiting for the filter that paused on it
+    /// ([`HttpStream::response_body_now`]).
+    body_waiting: Option<BodyWait>,
 }
 
 /// The reply for a request that met a failed filter.
@@ -117,6 +120,7 @@ impl HttpStream {
             replied: false,
             body_limits: None,
             headers_held: None,
+            body_waiting: None,
         }
     }
 
@@ -423,10 +427,34 @@ impl HttpStream {
 
     /// Runs `on_response_body` through the chain in reverse order with one chunk.
     pub async fn response_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Flow {
+        match self.response_body_now(chunk, end_of_stream) {
+            Some(flow) => flow,
+            None => self.response_body_resume(chunk).await,
+        }
+    }
+
+    /// [`HttpStream::response_body`] without a future, for the usual case where no
+    /// filter makes the chunk wait: the verdict at once. `None`: a filter paused on the
+    /// last chunk and has it in its hands; [`HttpStream::response_body_resume`] waits
+    /// for it and runs the rest of the chain, and must come next.
+    pub fn response_body_now(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Option<Flow> {
         let n = self.slots.len();
-        let flow = self
-            .body_through(Phase::Response, 0, n, chunk, end_of_stream)
-            .await;
+        match self.body_walk(Phase::Response, 0, n, chunk, end_of_stream) {
+            Ok(flow) => Some(self.outcome(flow)),
+            Err(wait) => {
+                self.body_waiting = Some(wait);
+                None
+            }
+        }
+    }
+
+    /// Finishes a chunk [`HttpStream::response_body_now`] left waiting: waits for the
+    /// filter that paused on it, then runs the filters after it.
+    pub async fn response_body_resume(&mut self, chunk: &mut Vec<u8>) -> Flow {
+        let flow = match self.body_waiting.take() {
+            Some(wait) => self.body_finish(Phase::Response, wait, chunk).await,
+            None => Flow::Continue,
+        };
         self.outcome(flow)
     }
 
@@ -456,13 +484,55 @@ impl HttpStream {
         chunk: &mut Vec<u8>,
         eos: bool,
     ) -> Flow {
-        let n = self.slots.len();
+        match self.body_walk(phase, from, to, chunk, eos) {
+            Ok(flow) => flow,
+            Err(wait) => self.body_finish(phase, wait, chunk).await,
+        }
+    }
+
+    /// Waits for the filter a walk stopped at, then walks the rest of the chain (and
+    /// waits again for any later filter that pauses).
+    async fn body_finish(&mut self, phase: Phase, wait: BodyWait, chunk: &mut Vec<u8>) -> Flow {
+        let mut wait = wait;
+        loop {
+            let i = self.walk_index(phase, wait.k);
+            let settled = self.wait_out(i, phase).await;
+            if let Some(flow) = self.body_settled(i, settled, None, wait.before, chunk) {
+                return flow;
+            }
+            match self.body_walk(phase, wait.k + 1, wait.to, chunk, wait.eos) {
+                Ok(flow) => return flow,
+                Err(next) => wait = next,
+            }
+        }
+    }
+
+    /// Filter index of the `k`-th step of a walk in `phase`'s order.
+    fn walk_index(&self, phase: Phase, k: usize) -> usize {
+        if phase == Phase::Request {
+            k
+        } else {
+            self.slots.len() - 1 - k
+        }
+    }
+
+    /// One chunk through filters `from..to` without waiting: the verdict, or where a
+    /// filter that paused on the last chunk must be waited for (the chunk is then in
+    /// its hands).
+    fn body_walk(
+        &mut self,
+        phase: Phase,
+        from: usize,
+        to: usize,
+        chunk: &mut Vec<u8>,
+        eos: bool,
+    ) -> Result<Flow, BodyWait> {
+        let limit = self.body_limits.map(|(request, response)| match phase {
+            Phase::Request => request,
+            _ => response,
+        });
         for k in from..to {
-            let i = if phase == Phase::Request {
-                k
-            } else {
-                n - 1 - k
-            };
+            let i = self.walk_index(phase, k);
             if self.ctx_of(i).is_none() {
                 continue;
             }
@@ -476,53 +546,53 @@ impl HttpStream {
             }
             let before = self.before(i, &buf);
             let size = buf.len() as u32;
-            let (outcome, back) = self
-                .run_body(i, phase, buf, eos, move |vm, id| match phase {
-                    Phase::Request => vm.on_request_body(id, size, eos),
-                    _ => vm.on_response_body(id, size, eos),
-                })
-                .await;
-            let buf = match back.unwrap_or_else(|| self.in_ctx(i, |c| c.body.take())) {
-                Some(b) => b,
-                None => self.restore(before),
+            let place = |c: &mut crate::state::HttpCtx| {
+                c.body = Some(buf);
+                c.body_limit = limit;
             };
-            match outcome {
-                BodyOutcome::Pass => *chunk = buf,
-                BodyOutcome::Hold => {
-                    self.slots[i].held = buf;
-                    return Flow::Buffering;
+            let call = move |vm: &mut Vm, id| match phase {
+                Phase::Request => vm.on_request_body(id, size, eos),
+                _ => vm.on_response_body(id, size, eos),
+            };
+            match self.call_now(i, phase, place, call, |c| c.body.take(), !eos) {
+                Ok((settled, back)) => {
+                    if let Some(flow) = self.body_settled(i, settled, back, before, chunk) {
+                        return Ok(flow);
+                    }
                 }
-                BodyOutcome::Done(flow) => return flow,
+                Err(Waits) => {
+                    return Err(BodyWait { k, to, eos, before });
+                }
             }
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
-    async fn run_body(
+    /// What filter `i`'s settled body callback leaves: the chunk passed on (`None`),
+    /// held, or the phase's end.
+    fn body_settled(
         &mut self,
         i: usize,
-        phase: Phase,
-        buf: Vec<u8>,
-        eos: bool,
-        call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
-    ) -> (BodyOutcome, Option<Option<Vec<u8>>>) {
-        let limit = self.body_limits.map(|(request, response)| match phase {
-            Phase::Request => request,
-            _ => response,
-        });
-        let place = |c: &mut crate::state::HttpCtx| {
-            c.body = Some(buf);
-            c.body_limit = limit;
+        settled: Settled,
+        back: Option<Option<Vec<u8>>>,
+        before: Option<Before<Vec<u8>>>,
+        chunk: &mut Vec<u8>,
+    ) -> Option<Flow> {
+        let buf = match back.unwrap_or_else(|| self.in_ctx(i, |c| c.body.take())) {
+            Some(b) => b,
+            None => self.restore(before),
         };
-        let (settled, back) = self
-            .run(i, phase, place, call, |c| c.body.take(), !eos)
-            .await;
-        let outcome = match settled {
-            Settled::Continue => BodyOutcome::Pass,
-            Settled::Held => BodyOutcome::Hold,
-            Settled::Stop(flow) => BodyOutcome::Done(flow),
-        };
-        (outcome, back)
+        match settled {
+            Settled::Continue => {
+                *chunk = buf;
+                None
+            }
+            Settled::Held => {
+                self.slots[i].held = buf;
+                Some(Flow::Buffering)
+            }
+            Settled::Stop(flow) => Some(flow),
+        }
     }
 
     /// Places data in filter `i`'s context, runs its callback, and waits while it is
@@ -539,11 +609,27 @@ impl HttpStream {
         take: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>,
         may_hold: bool,
     ) -> (Settled, Option<Option<T>>) {
-        let filter = self.slots[i].filter.clone();
+        match self.call_now(i, phase, place, call, take, may_hold) {
+            Ok(done) => done,
+            Err(Waits) => (self.wait_out(i, phase).await, None),
+        }
+    }
+
+    /// [`HttpStream::run`] up to the wait: `Err` when the filter paused a phase it may
+    /// not hold, and must be waited for with [`HttpStream::wait_out`].
+    fn call_now<T>(
+        &mut self,
+        i: usize,
+        phase: Phase,
+        place: impl FnOnce(&mut crate::state::HttpCtx),
+        call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
+        take: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>,
+        may_hold: bool,
+    ) -> Result<(Settled, Option<Option<T>>), Waits> {
         let Some(Live { id, .. }) = self.slots[i].ctx else {
-            return (self.failed(i), None);
+            return Ok((self.failed(i), None));
         };
-        let result = filter.with_vm(|vm| {
+        let result = self.slots[i].filter.with_vm(|vm| {
             if let Some(c) = vm.ctx(id) {
                 c.phase = phase;
                 place(c);
@@ -560,45 +646,51 @@ impl HttpStream {
             };
             Ok((action, back))
         });
-        match result {
-            Some(Ok((_, Some(back)))) => (Settled::Continue, Some(back)),
-            other => {
-                let result = other.map(|r| r.map(|(action, _)| action));
-                (self.settle(i, phase, result, may_hold).await, None)
-            }
+        let action = match result {
+            Some(Ok((_, Some(back)))) => return Ok((Settled::Continue, Some(back))),
+            Some(Ok((action, None))) => action,
+            _ => return Ok((self.failed(i), None)),
+        };
+        match self.settle_now(i, phase, action, may_hold) {
+            Some(settled) => Ok((settled, None)),
+            None => Err(Waits),
         }
     }
 
-    /// What a callback's result means for the request, waiting out a pause.
-    async fn settle(
+    /// What a callback's `action` means for the request, when that is known without
+    /// waiting: `None` when filter `i` paused a phase it may not hold.
+    fn settle_now(
         &mut self,
         i: usize,
         phase: Phase,
-        result: Option<Result<Action, Fault>>,
+        action: Action,
         may_hold: bool,
-    ) -> Settled {
-        let mut action = match result {
-            Some(Ok(a)) => a,
-            _ => return self.failed(i),
+    ) -> Option<Settled> {
+        let resumed = match self.since_callback(i, phase) {
+            Ok(resumed) => resumed,
+            Err(settled) => return Some(settled),
         };
+        if action == Action::Continue || resumed {
+            return Some(Settled::Continue);
+        }
+        if may_hold {
+            return Some(Settled::Held);
+        }
+        None
+    }
+
+    /// Waits until filter `i`, paused in `phase`, resumes, replies or fails.
+    async fn wait_out(&mut self, i: usize, phase: Phase) -> Settled {
         loop {
-            let resumed = match self.since_callback(i, phase) {
-                Ok(resumed) => resumed,
-                Err(settled) => return settled,
-            };
-            if action == Action::Continue || resumed {
-                return Settled::Continue;
-            }
-            if may_hold {
-                return Settled::Held;
-            }
             // The signal is fetched only now: a request whose filters never pause
             // holds none of them.
             let Some(signal) = self.signal_of(i) else {
                 return self.failed(i);
             };
             signal.notified().await;
-            action = Action::Pause;
+            if let Some(settled) = self.settle_now(i, phase, Action::Pause, false) {
+                return settled;
+            }
         }
     }
 
@@ -749,10 +841,16 @@ enum Settled {
     Stop(Flow),
 }
 
-enum BodyOutcome {
-    Pass,
-    Hold,
-    Done(Flow),
+/// A filter paused on the last chunk of a body and must be waited for.
+struct Waits;
+
+/// Where a body chunk's walk through the chain stopped to wait for a filter: its
+/// `k`-th step of `..to`, at the body's end or not, and what the filter was given.
+struct BodyWait {
+    k: usize,
+    to: usize,
+    eos: bool,
+    before: Option<Before<Vec<u8>>>,
 }
 
 fn reset_reply(request_id: &str) -> LocalReply {

@@ -397,6 +397,34 @@ fn a_filter_that_never_resumes_is_a_504_not_a_hung_request() {
     assert_eq!(get(&gw, "/case/headers", &[]).status, 200);
 }
 
+/// A filter that pauses on the last chunk of the response body (here on a call to the
+/// service) holds the body until the answer: the client then gets the body as it
+/// changed it, after the filter before it in the chain (next in response order) paused
+/// on it and changed it too.
+#[test]
+fn a_response_body_held_for_a_call_reaches_the_client_changed_by_each_filter() {
+    let up = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: backend, url: "http://{up}" }}]
+filters:
+  - {{ name: outer, wasm: "{w}", config: {{ upstream: backend }} }}
+  - {{ name: inner, wasm: "{w}", config: {{ upstream: backend }} }}
+routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [outer, inner], strip_path: false }}]
+"#,
+        w = wasm("conformance_filter")
+    ));
+    let r = get(&gw, "/case/response-body-wait-for-call", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.ends_with("}|call=200|call=200"),
+        "the echo's body with both answers appended: {}",
+        r.body
+    );
+}
+
 /// An upstream that answers 200 at once, then drips a chunk every 100 ms for ever.
 fn dripping() -> std::net::SocketAddr {
     background(async {

@@ -105,18 +105,52 @@ impl ResponseBody {
         matches!(&self.end, Some((_, Some(_))))
     }
 
-    /// Hands a chunk to the filters' response body callbacks.
-    fn filter(&mut self, chunk: Vec<u8>, trailers: Option<http::HeaderMap>, eos: bool) {
-        let Some(mut filters) = self.end.as_mut().and_then(|(_, f)| f.take()) else {
-            return;
+    /// Hands a chunk to the filters' response body callbacks. The verdict comes at
+    /// once unless a filter pauses on the last chunk: only then does a future hold the
+    /// filters until it lets go.
+    fn filter(
+        &mut self,
+        mut chunk: Vec<u8>,
+        trailers: Option<http::HeaderMap>,
+        eos: bool,
+    ) -> Option<Poll<Option<Result<Frame<Bytes>, BoxError>>>> {
+        let Some((_, slot)) = self.end.as_mut() else {
+            return None;
         };
-        // No timer of its own: filters that continue finish on the first poll; one that
-        // holds the chunk is bounded by `idle`, set to the deadline then.
+        let filters = slot.as_mut()?;
+        if let Some(verdict) = filters.stream.response_body_now(&mut chunk, eos) {
+            return self.filtered(chunk, trailers, eos, verdict);
+        }
+        let mut filters = slot.take()?;
+        // No timer of its own: a filter holding the chunk is bounded by `idle`, set to
+        // the deadline then.
         self.step = Some(Box::pin(async move {
-            let mut chunk = chunk;
-            let verdict = filters.stream.response_body(&mut chunk, eos).await;
+            let verdict = filters.stream.response_body_resume(&mut chunk).await;
             (filters, chunk, trailers, eos, verdict)
         }));
+        None
+    }
+
+    /// What the filters' verdict on a chunk sends the client; `Some` when it cuts the
+    /// body.
+    fn filtered(
+        &mut self,
+        chunk: Vec<u8>,
+        trailers: Option<http::HeaderMap>,
+        eos: bool,
+        verdict: Flow,
+    ) -> Option<Poll<Option<Result<Frame<Bytes>, BoxError>>>> {
+        match verdict {
+            // Headers are gone already: a reply now can only cut the body.
+            Flow::Reply(_) => {
+                Some(self.fail(None, "a filter replied after the response began".into()))
+            }
+            Flow::Buffering if !eos => None,
+            _ => {
+                self.emit(Bytes::from(chunk), trailers, eos);
+                None
+            }
+        }
     }
 
     /// Queues what goes to the client.
@@ -182,13 +216,8 @@ impl Body for ResponseBody {
                 if let Some((_, slot)) = &mut this.end {
                     *slot = Some(filters);
                 }
-                match verdict {
-                    // Headers are gone already: a reply now can only cut the body.
-                    Flow::Reply(_) => {
-                        return this.fail(None, "a filter replied after the response began".into());
-                    }
-                    Flow::Buffering if !eos => {}
-                    _ => this.emit(Bytes::from(chunk), trailers, eos),
+                if let Some(cut) = this.filtered(chunk, trailers, eos, verdict) {
+                    return cut;
                 }
                 continue;
             }
@@ -227,7 +256,9 @@ impl Body for ResponseBody {
             }
             if this.has_filters() {
                 // No copy when the chunk's bytes are its own.
-                this.filter(Vec::from(data), trailers, eos);
+                if let Some(cut) = this.filter(Vec::from(data), trailers, eos) {
+                    return cut;
+                }
             } else {
                 this.emit(data, trailers, eos);
             }

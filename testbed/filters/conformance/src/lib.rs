@@ -514,6 +514,20 @@ impl Context for Case {
                 self.answered = true;
                 self.resume_http_request();
             }
+            "response-body-wait-for-call" => {
+                // The response body waits in the host for the answer, which is
+                // appended to it before the response goes on.
+                let status = self
+                    .get_http_call_response_header(":status")
+                    .unwrap_or_default();
+                let body = self
+                    .get_http_response_body(0, usize::MAX)
+                    .unwrap_or_default();
+                let mut new = body.clone();
+                new.extend_from_slice(format!("|call={status}").as_bytes());
+                self.set_http_response_body(0, body.len(), &new);
+                self.resume_http_response();
+            }
             _ => {
                 let status = self
                     .get_http_call_response_header(":status")
@@ -710,7 +724,8 @@ impl HttpContext for Case {
             "request-headers-in-response"
             | "response-phase"
             | "pause-response-forever"
-            | "pause-body-forever" => Action::Continue,
+            | "pause-body-forever"
+            | "response-body-wait-for-call" => Action::Continue,
             "grpc-unknown-cluster" => {
                 let (up, svc, m) = ("no-such-cluster", "svc.S", "M");
                 let mut token = 0u32;
@@ -1153,8 +1168,19 @@ impl HttpContext for Case {
         }
     }
 
-    fn on_http_response_body(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_response_body(&mut self, _: usize, eos: bool) -> Action {
         if self.case == "pause-body-forever" {
+            return Action::Pause;
+        }
+        if self.case == "response-body-wait-for-call" {
+            // Buffers the body; at its end, pauses on a call.
+            if eos
+                && self
+                    .call(&self.config.upstream.clone(), "/from-call", 5000)
+                    .is_err()
+            {
+                return Action::Continue;
+            }
             return Action::Pause;
         }
         Action::Continue
@@ -1215,6 +1241,11 @@ impl HttpContext for Case {
             panic!("conformance: panic after changing the response headers");
         }
         self.set_http_response_header("x-saw-response", Some(&self.case.clone()));
+        if self.case == "response-body-wait-for-call" {
+            // The body will grow: its length may no longer be announced (as Envoy
+            // expects of a filter that changes a body's length).
+            self.set_http_response_header("content-length", None);
+        }
         match self.case.as_str() {
             "vm-counter" => {
                 let root = self
