@@ -657,7 +657,10 @@ async fn run(
     if let Some(t) = trailers.as_mut()
         && !matches!(flow, Flow::Reply(_))
     {
-        flow = stream.request_trailers(t).await;
+        // Bytes the filters held for an end of body the trailers brought instead.
+        let mut released = Vec::new();
+        flow = stream.request_trailers(t, &mut released).await;
+        body.append(&mut released);
     }
     let (mut resp_headers, resp_body, upstream_req) = match flow {
         Flow::Reply(reply) => {

@@ -320,3 +320,22 @@ fn a_response_body_waits_for_a_call_then_goes_through_the_rest_of_the_chain() {
         "from-upstream|call=200|call=200"
     );
 }
+
+/// A filter that holds the request body until its end gets the trailers instead of an
+/// end of body; the bytes it held go upstream once its trailers callback continues
+/// (they were lost before), then the trailers as it changed them.
+#[test]
+fn trailers_release_the_body_a_filter_held_for_its_end() {
+    let mut bed = bed();
+    let res = bed.send(
+        Request::new("POST", "/case/body-until-end")
+            .in_chunks(vec![b"ab".to_vec(), b"cd".to_vec()])
+            .trailer("x-checksum", "1"),
+    );
+    assert_eq!(res.status, 200);
+    let up = res.upstream.as_ref().expect("the request went upstream");
+    assert_eq!(up.body, b"abcd");
+    let trailers = up.trailers.as_ref().expect("trailers went upstream");
+    assert_eq!(trailers.get_str("x-checksum"), Some("1"));
+    assert_eq!(trailers.get_str("x-trailers-seen"), Some("1"));
+}

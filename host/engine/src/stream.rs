@@ -316,67 +316,85 @@ impl HttpStream {
     }
 
     /// Runs `on_request_trailers` through the chain; the trailers are the filters' to
-    /// change.
-    pub async fn request_trailers(&mut self, trailers: &mut HeaderMap) -> Flow {
-        let flow = self.request_trailers_inner(trailers).await;
+    /// change. Body bytes a filter held (it paused on a chunk, waiting for an end the
+    /// trailers bring instead) go on once its trailers callback lets the request go:
+    /// through the filters after it, and out in `body`, which the embedder sends
+    /// before the trailers (as Envoy passes a filter's buffered body on before its
+    /// trailers).
+    pub async fn request_trailers(&mut self, trailers: &mut HeaderMap, body: &mut Vec<u8>) -> Flow {
+        let flow = self.trailers_through(Phase::Request, trailers, body).await;
         self.outcome(flow)
     }
 
-    async fn request_trailers_inner(&mut self, trailers: &mut HeaderMap) -> Flow {
-        for i in 0..self.slots.len() {
-            if self.ctx_of(i).is_none() {
-                continue;
-            }
-            let n = trailers.len() as u32;
-            let map = std::mem::take(trailers);
-            let (outcome, back) = self
-                .run(
-                    i,
-                    Phase::Request,
-                    |c| c.request_trailers = Some(map),
-                    |vm, id| vm.on_request_trailers(id, n),
-                    |c| c.request_trailers.take(),
-                    false,
-                )
-                .await;
-            *trailers = back
-                .unwrap_or_else(|| self.in_ctx(i, |c| c.request_trailers.take()))
-                .unwrap_or_default();
-            if let Settled::Stop(flow) = outcome {
-                return flow;
-            }
-        }
-        Flow::Continue
-    }
-
-    /// Runs `on_response_trailers` through the chain in reverse order.
-    pub async fn response_trailers(&mut self, trailers: &mut HeaderMap) -> Flow {
-        let flow = self.response_trailers_inner(trailers).await;
+    /// Runs `on_response_trailers` through the chain in reverse order; as
+    /// [`HttpStream::request_trailers`], held body bytes come out in `body`.
+    pub async fn response_trailers(
+        &mut self,
+        trailers: &mut HeaderMap,
+        body: &mut Vec<u8>,
+    ) -> Flow {
+        let flow = self.trailers_through(Phase::Response, trailers, body).await;
         self.outcome(flow)
     }
 
-    async fn response_trailers_inner(&mut self, trailers: &mut HeaderMap) -> Flow {
-        for i in (0..self.slots.len()).rev() {
-            if self.ctx_of(i).is_none() {
+    async fn trailers_through(
+        &mut self,
+        phase: Phase,
+        trailers: &mut HeaderMap,
+        body: &mut Vec<u8>,
+    ) -> Flow {
+        let n = self.slots.len();
+        for k in 0..n {
+            let i = self.walk_index(phase, k);
+            if self.ctx_of(i).is_some() {
+                let count = trailers.len() as u32;
+                let map = std::mem::take(trailers);
+                let (outcome, back) = match phase {
+                    Phase::Request => {
+                        self.run(
+                            i,
+                            phase,
+                            |c| c.request_trailers = Some(map),
+                            |vm, id| vm.on_request_trailers(id, count),
+                            |c| c.request_trailers.take(),
+                            false,
+                        )
+                        .await
+                    }
+                    _ => {
+                        self.run(
+                            i,
+                            phase,
+                            |c| c.response_trailers = Some(map),
+                            |vm, id| vm.on_response_trailers(id, count),
+                            |c| c.response_trailers.take(),
+                            false,
+                        )
+                        .await
+                    }
+                };
+                *trailers = back
+                    .unwrap_or_else(|| {
+                        self.in_ctx(i, |c| match phase {
+                            Phase::Request => c.request_trailers.take(),
+                            _ => c.response_trailers.take(),
+                        })
+                    })
+                    .unwrap_or_default();
+                if let Settled::Stop(flow) = outcome {
+                    return flow;
+                }
+            }
+            // What this filter held goes on now (also when its VM failed open).
+            let mut held = std::mem::take(&mut self.slots[i].held);
+            if held.is_empty() {
                 continue;
             }
-            let n = trailers.len() as u32;
-            let map = std::mem::take(trailers);
-            let (outcome, back) = self
-                .run(
-                    i,
-                    Phase::Response,
-                    |c| c.response_trailers = Some(map),
-                    |vm, id| vm.on_response_trailers(id, n),
-                    |c| c.response_trailers.take(),
-                    false,
-                )
-                .await;
-            *trailers = back
-                .unwrap_or_else(|| self.in_ctx(i, |c| c.response_trailers.take()))
-                .unwrap_or_default();
-            if let Settled::Stop(flow) = outcome {
-                return flow;
+            match self.body_through(phase, k + 1, n, &mut held, false).await {
+                Flow::Continue => body.append(&mut held),
+                // A later filter holds it now, until the trailers reach it.
+                Flow::Buffering => {}
+                reply => return reply,
             }
         }
         Flow::Continue

@@ -725,7 +725,9 @@ impl HttpContext for Case {
             | "response-phase"
             | "pause-response-forever"
             | "pause-body-forever"
-            | "response-body-wait-for-call" => Action::Continue,
+            | "response-body-wait-for-call"
+            | "body-until-end"
+            | "response-trailers" => Action::Continue,
             "grpc-unknown-cluster" => {
                 let (up, svc, m) = ("no-such-cluster", "svc.S", "M");
                 let mut token = 0u32;
@@ -1168,7 +1170,30 @@ impl HttpContext for Case {
         }
     }
 
+    fn on_http_request_trailers(&mut self, n: usize) -> Action {
+        if self.case == "body-until-end" {
+            // The body is still held here: the trailers come before it goes on.
+            self.add_http_request_trailer("x-trailers-seen", &n.to_string());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, n: usize) -> Action {
+        if self.case == "response-trailers" {
+            let up = self
+                .get_http_response_trailer("x-upstream-trailer")
+                .unwrap_or_else(|| "<none>".into());
+            self.add_http_response_trailer("x-filter-trailer", &format!("{n}:{up}"));
+            self.set_http_response_trailer("x-drop", None);
+        }
+        Action::Continue
+    }
+
     fn on_http_response_body(&mut self, _: usize, eos: bool) -> Action {
+        if (self.case == "body-until-end" || self.case == "response-trailers") && !eos {
+            // Holds every chunk until the end of the body (or the trailers).
+            return Action::Pause;
+        }
         if self.case == "pause-body-forever" {
             return Action::Pause;
         }
@@ -1204,6 +1229,10 @@ impl HttpContext for Case {
                 ("body_len", now.to_string()),
             ]);
             return Action::Pause;
+        }
+        if self.case == "body-until-end" {
+            // Holds every chunk until the end of the body (or the trailers).
+            return if eos { Action::Continue } else { Action::Pause };
         }
         if self.case == "headers-wait-for-body" {
             if !eos {
