@@ -142,3 +142,105 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: s }}]
     });
     assert_eq!((v, status), (http::Version::HTTP_2, 200));
 }
+
+/// An upstream that answers every request with a chunked body of two chunks and the
+/// trailers `x-upstream-trailer: up` and `x-drop: 1`.
+fn trailing() -> std::net::SocketAddr {
+    background(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = l.local_addr().expect("its address");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+                              trailer: x-upstream-trailer, x-drop\r\n\r\n\
+                              5\r\nhello\r\n6\r\n world\r\n0\r\n\
+                              x-upstream-trailer: up\r\nx-drop: 1\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        addr
+    })
+}
+
+/// GET `path` over cleartext HTTP/2: the status, the body and the trailers.
+fn h2_get_with_trailers(port: u16, path: &str) -> (u16, String, Option<http::HeaderMap>) {
+    rt().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri(format!("http://127.0.0.1:{port}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .expect("the body ends")
+            .expect("the body is whole");
+        let trailers = body.trailers().cloned();
+        (
+            status,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            trailers,
+        )
+    })
+}
+
+/// The upstream's response trailers reach an HTTP/2 client through the filters'
+/// `on_response_trailers`, as in Envoy: the conformance filter holds the body for its
+/// end, which the trailers bring; it adds a trailer naming the upstream's and removes
+/// another, and the body it held goes out whole before the trailers. A route without
+/// filters passes the trailers as they came.
+#[test]
+fn response_trailers_go_through_the_filters_to_http2_clients() {
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: s, url: "http://{}" }}]
+filters: [{{ name: conformance, wasm: "{}", config: {{ upstream: s }} }}]
+routes:
+  - {{ name: filtered, match: {{ paths: [/case] }}, service: s, filters: [conformance], strip_path: false }}
+  - {{ name: plain, match: {{ paths: [/plain] }}, service: s }}
+"#,
+        trailing(),
+        wasm("conformance_filter")
+    ));
+    let (status, body, trailers) = h2_get_with_trailers(gw.port, "/case/response-trailers");
+    assert_eq!((status, body.as_str()), (200, "hello world"));
+    let trailers = trailers.expect("trailers reach the client");
+    assert_eq!(trailers.get("x-filter-trailer").unwrap(), "2:up");
+    assert_eq!(trailers.get("x-upstream-trailer").unwrap(), "up");
+    assert!(trailers.get("x-drop").is_none(), "{trailers:?}");
+
+    let (status, body, trailers) = h2_get_with_trailers(gw.port, "/plain");
+    assert_eq!((status, body.as_str()), (200, "hello world"));
+    let trailers = trailers.expect("trailers reach the client");
+    assert_eq!(trailers.get("x-drop").unwrap(), "1");
+    assert!(trailers.get("x-filter-trailer").is_none());
+}

@@ -1,6 +1,7 @@
 //! The response body on its way to the client, one implementation for every route:
 //! read from the upstream frame by frame as the client reads it (no task, no channel),
-//! through the filters' body callbacks when the route has filters, counted, cut at the
+//! through the filters' body and trailers callbacks when the route has filters (no
+//! future unless a filter pauses on the body's end or on the trailers), counted, cut at the
 //! service's size limit, at its read timeout between frames and at the request's
 //! deadline, and logged when it ends, however it ends.
 
@@ -15,8 +16,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use portcullis_engine::Flow;
 
 use super::stop::FILTER_TIMEOUT;
-use super::{Ctx, Filters};
+use super::{Ctx, Filters, lossy_http_headers};
 use crate::upstream::BoxError;
+use portcullis_engine::HeaderMap;
 
 /// A chunk back from the filters: them, the chunk as they left it, the trailers that
 /// follow it, whether it ends the body, and their verdict.
@@ -111,7 +113,6 @@ impl ResponseBody {
     fn filter(
         &mut self,
         mut chunk: Vec<u8>,
-        trailers: Option<http::HeaderMap>,
         eos: bool,
     ) -> Option<Poll<Option<Result<Frame<Bytes>, BoxError>>>> {
         let Some((_, slot)) = self.end.as_mut() else {
@@ -119,16 +120,39 @@ impl ResponseBody {
         };
         let filters = slot.as_mut()?;
         if let Some(verdict) = filters.stream.response_body_now(&mut chunk, eos) {
-            return self.filtered(chunk, trailers, eos, verdict);
+            return self.filtered(chunk, None, eos, verdict);
         }
         let mut filters = slot.take()?;
         // No timer of its own: a filter holding the chunk is bounded by `idle`, set to
         // the deadline then.
         self.step = Some(Box::pin(async move {
             let verdict = filters.stream.response_body_resume(&mut chunk).await;
-            (filters, chunk, trailers, eos, verdict)
+            (filters, chunk, None, eos, verdict)
         }));
         None
+    }
+
+    /// Hands the upstream's trailers to the filters' trailers callbacks (Envoy's
+    /// order: a filter holding body bytes for the end lets them go after its
+    /// callback, and they go out before the trailers). Rare enough to take a future.
+    fn filter_trailers(&mut self, trailers: http::HeaderMap) {
+        let Some(mut filters) = self.end.as_mut().and_then(|(_, f)| f.take()) else {
+            return;
+        };
+        self.step = Some(Box::pin(async move {
+            let mut map = HeaderMap::with_capacity(trailers.len());
+            for (k, v) in &trailers {
+                map.add(k.as_str(), v);
+            }
+            let mut released = Vec::new();
+            let verdict = filters
+                .stream
+                .response_trailers(&mut map, &mut released)
+                .await;
+            // A trailer hyper cannot send is left out; none left, no trailers frame.
+            let trailers = Some(lossy_http_headers(&map)).filter(|t| !t.is_empty());
+            (filters, released, trailers, true, verdict)
+        }));
     }
 
     /// What the filters' verdict on a chunk sends the client; `Some` when it cuts the
@@ -254,13 +278,16 @@ impl Body for ResponseBody {
                     "upstream response too large".into(),
                 );
             }
-            if this.has_filters() {
-                // No copy when the chunk's bytes are its own.
-                if let Some(cut) = this.filter(Vec::from(data), trailers, eos) {
-                    return cut;
+            match (trailers, this.has_filters()) {
+                // A trailers frame carries no data.
+                (Some(t), true) => this.filter_trailers(t),
+                (None, true) => {
+                    // No copy when the chunk's bytes are its own.
+                    if let Some(cut) = this.filter(Vec::from(data), eos) {
+                        return cut;
+                    }
                 }
-            } else {
-                this.emit(data, trailers, eos);
+                (trailers, false) => this.emit(data, trailers, eos),
             }
         }
     }
