@@ -425,6 +425,35 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [outer,
     );
 }
 
+/// A client's request trailers reach the filters' `on_request_trailers`, as in Envoy
+/// (they used to end the body instead): the conformance filter answers from them.
+/// Without trailers, the same request goes upstream.
+#[test]
+fn request_trailers_reach_the_filters() {
+    let gw = conformance_gateway("");
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let (status, body) = raw_http(
+        &addr,
+        b"POST /case/trailers-reply HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+          transfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nx-t: 1\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("trailers=1") && body.contains("x-t=1"),
+        "{body}"
+    );
+    let (status, body) = raw_http(
+        &addr,
+        b"POST /case/trailers-reply HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+          transfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"body\":\"ab\""),
+        "the echo's answer: {body}"
+    );
+}
+
 /// An upstream that answers 200 at once, then drips a chunk every 100 ms for ever.
 fn dripping() -> std::net::SocketAddr {
     background(async {

@@ -660,14 +660,31 @@ async fn pump_request(
     }
     loop {
         let frame = body.frame().await;
-        let (mut chunk, eos) = match client_chunk(frame, body, &mut total, limit) {
+        let ClientFrame {
+            mut chunk,
+            eos,
+            trailers,
+        } = match client_chunk(frame, body, &mut total, limit) {
             Ok(c) => c,
             Err(stop) => {
                 tx.abort(stop.log_error().into());
                 return Err(stop);
             }
         };
-        match stream.request_body(&mut chunk, eos).await {
+        let flow = match trailers {
+            // The filters see the trailers (and let go of any body they held for the
+            // end the trailers bring); the trailers themselves are not forwarded: the
+            // upstream connection is HTTP/1.1, which carries none it was not told of.
+            Some(t) => {
+                let mut map = HeaderMap::with_capacity(t.len());
+                for (k, v) in &t {
+                    map.add(k.as_str(), v);
+                }
+                stream.request_trailers(&mut map, &mut chunk).await
+            }
+            None => stream.request_body(&mut chunk, eos).await,
+        };
+        match flow {
             Flow::Reply(r) => {
                 tx.abort("answered by a filter".into());
                 return Err(Stop::Filter(r));
@@ -711,9 +728,14 @@ async fn hold_for_body(
             f = body.frame() => Some(f),
             () = woken => None,
         };
+        // Trailers while a filter holds the headers end the body (they are not
+        // forwarded upstream).
         let (mut chunk, eos) = match frame {
             None => (Vec::new(), false),
-            Some(f) => client_chunk(f, body, &mut read, limit)?,
+            Some(f) => {
+                let f = client_chunk(f, body, &mut read, limit)?;
+                (f.chunk, f.eos)
+            }
         };
         match stream.request_body_held(headers, &mut chunk, eos).await {
             Flow::Reply(r) => return Err(Stop::Filter(r)),
@@ -734,25 +756,31 @@ async fn hold_for_body(
     }
 }
 
-/// A frame of the client's body as a chunk and whether it ends the body (trailers end
-/// it too), counted into `read` against the service's `limit`; or why the request
-/// stops (400 for a body that failed, 413 past the limit).
+/// A frame of the client's body: a chunk and whether it ends the body, or the
+/// trailers that end it. Counted into `read` against the service's `limit`.
+struct ClientFrame {
+    chunk: Vec<u8>,
+    eos: bool,
+    trailers: Option<http::HeaderMap>,
+}
+
+/// The client's next frame as a [`ClientFrame`], or why the request stops (400 for a
+/// body that failed, 413 past the limit).
 fn client_chunk(
     frame: Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>,
     body: &Incoming,
     read: &mut u64,
     limit: u64,
-) -> Result<(Vec<u8>, bool), Stop> {
-    let (chunk, eos) = match frame {
-        None => (Vec::new(), true),
+) -> Result<ClientFrame, Stop> {
+    let (chunk, eos, trailers) = match frame {
+        None => (Vec::new(), true, None),
         Some(Err(_)) => {
             return Err(Stop::client(400, "the request body ended early")
                 .detail("client closed the request body".into()));
         }
         Some(Ok(f)) => match f.into_data() {
-            Ok(d) => (d.to_vec(), body.is_end_stream()),
-            // Trailers: passed on as the end of the body.
-            Err(_) => (Vec::new(), true),
+            Ok(d) => (d.to_vec(), body.is_end_stream(), None),
+            Err(f) => (Vec::new(), true, f.into_trailers().ok()),
         },
     };
     *read += chunk.len() as u64;
@@ -763,7 +791,11 @@ fn client_chunk(
             "request body too large",
         ));
     }
-    Ok((chunk, eos))
+    Ok(ClientFrame {
+        chunk,
+        eos,
+        trailers,
+    })
 }
 
 /// Runs a filter phase until `deadline` at the latest: a filter that pauses and never

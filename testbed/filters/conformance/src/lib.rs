@@ -727,6 +727,7 @@ impl HttpContext for Case {
             | "pause-body-forever"
             | "response-body-wait-for-call"
             | "body-until-end"
+            | "trailers-reply"
             | "response-trailers" => Action::Continue,
             "grpc-unknown-cluster" => {
                 let (up, svc, m) = ("no-such-cluster", "svc.S", "M");
@@ -1171,6 +1172,14 @@ impl HttpContext for Case {
     }
 
     fn on_http_request_trailers(&mut self, n: usize) -> Action {
+        if self.case == "trailers-reply" {
+            // Answers from the trailers: what they were.
+            let t = self
+                .get_http_request_trailer("x-t")
+                .unwrap_or_else(|| "<none>".into());
+            self.report(&[("trailers", n.to_string()), ("x-t", t)]);
+            return Action::Pause;
+        }
         if self.case == "body-until-end" {
             // The body is still held here: the trailers come before it goes on.
             self.add_http_request_trailer("x-trailers-seen", &n.to_string());
