@@ -212,28 +212,29 @@ fn h2_get_with_trailers(port: u16, path: &str) -> (u16, String, Option<http::Hea
 }
 
 /// The upstream's response trailers reach an HTTP/2 client through the filters'
-/// `on_response_trailers`, as in Envoy: the conformance filter holds the body for its
-/// end, which the trailers bring; it adds a trailer naming the upstream's and removes
-/// another, and the body it held goes out whole before the trailers. A route without
-/// filters passes the trailers as they came.
+/// `on_response_trailers`, in our gateway as in Envoy: the conformance filter holds
+/// the body for its end, which the trailers bring; it adds a trailer naming the
+/// upstream's and removes another, and the body it held goes out whole before the
+/// trailers. A route without filters passes the trailers as they came.
 #[test]
-fn response_trailers_go_through_the_filters_to_http2_clients() {
+fn response_trailers_go_through_the_filters_to_http2_clients_as_in_envoy() {
+    let up = trailing();
     let gw = Gateway::start(&format!(
         r#"
 listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
 access_log: "off"
-services: [{{ name: s, url: "http://{}" }}]
+services: [{{ name: s, url: "http://{up}" }}]
 filters: [{{ name: conformance, wasm: "{}", config: {{ upstream: s }} }}]
 routes:
   - {{ name: filtered, match: {{ paths: [/case] }}, service: s, filters: [conformance], strip_path: false }}
   - {{ name: plain, match: {{ paths: [/plain] }}, service: s }}
 "#,
-        trailing(),
         wasm("conformance_filter")
     ));
-    let (status, body, trailers) = h2_get_with_trailers(gw.port, "/case/response-trailers");
-    assert_eq!((status, body.as_str()), (200, "hello world"));
-    let trailers = trailers.expect("trailers reach the client");
+    let ours = h2_get_with_trailers(gw.port, "/case/response-trailers");
+    let (status, body, trailers) = &ours;
+    assert_eq!((*status, body.as_str()), (200, "hello world"));
+    let trailers = trailers.as_ref().expect("trailers reach the client");
     assert_eq!(trailers.get("x-filter-trailer").unwrap(), "2:up");
     assert_eq!(trailers.get("x-upstream-trailer").unwrap(), "up");
     assert!(trailers.get("x-drop").is_none(), "{trailers:?}");
@@ -243,4 +244,46 @@ routes:
     let trailers = trailers.expect("trailers reach the client");
     assert_eq!(trailers.get("x-drop").unwrap(), "1");
     assert!(trailers.get("x-filter-trailer").is_none());
+
+    // Envoy, with the same filter, its HTTP/1.1 upstream's trailers enabled.
+    let filter = portcullis_envoy::WasmFilter::new(
+        "conformance",
+        wasm("conformance_filter"),
+        r#"{"upstream": "upstream"}"#,
+    );
+    let config = portcullis_envoy::EnvoyConfig::new(up).filter(filter);
+    let (listen, admin) = (portcullis_envoy::free_port(), portcullis_envoy::free_port());
+    let mut bootstrap = config.bootstrap(listen, admin);
+    bootstrap["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = serde_json::json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http_protocol_options": { "enable_trailers": true } }
+        }
+    });
+    let path = std::env::temp_dir().join(format!("trailers-envoy-{}.json", std::process::id()));
+    std::fs::write(&path, bootstrap.to_string()).expect("write the bootstrap");
+    let envoy = portcullis_envoy::Envoy::start_file(
+        &path,
+        std::net::SocketAddr::from(([127, 0, 0, 1], listen)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+        1,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&path);
+    let theirs = h2_get_with_trailers(envoy.listener.port(), "/case/response-trailers");
+    let named = |r: &(u16, String, Option<http::HeaderMap>)| {
+        let t = r.2.as_ref();
+        let get = |n: &str| {
+            t.and_then(|t| t.get(n))
+                .map(|v| v.to_str().unwrap_or("").to_owned())
+        };
+        (
+            r.0,
+            r.1.clone(),
+            get("x-filter-trailer"),
+            get("x-upstream-trailer"),
+            get("x-drop"),
+        )
+    };
+    assert_eq!(named(&ours), named(&theirs), "ours, then Envoy's");
 }
