@@ -349,37 +349,19 @@ impl HttpStream {
             if self.ctx_of(i).is_some() {
                 let count = trailers.len() as u32;
                 let map = std::mem::take(trailers);
-                let (outcome, back) = match phase {
-                    Phase::Request => {
-                        self.run(
-                            i,
-                            phase,
-                            |c| c.request_trailers = Some(map),
-                            |vm, id| vm.on_request_trailers(id, count),
-                            |c| c.request_trailers.take(),
-                            false,
-                        )
-                        .await
-                    }
-                    _ => {
-                        self.run(
-                            i,
-                            phase,
-                            |c| c.response_trailers = Some(map),
-                            |vm, id| vm.on_response_trailers(id, count),
-                            |c| c.response_trailers.take(),
-                            false,
-                        )
-                        .await
-                    }
-                };
+                let (field, callback) = trailers_of(phase);
+                let (outcome, back) = self
+                    .run(
+                        i,
+                        phase,
+                        |c| *field(c) = Some(map),
+                        |vm, id| callback(vm, id, count),
+                        |c| field(c).take(),
+                        false,
+                    )
+                    .await;
                 *trailers = back
-                    .unwrap_or_else(|| {
-                        self.in_ctx(i, |c| match phase {
-                            Phase::Request => c.request_trailers.take(),
-                            _ => c.response_trailers.take(),
-                        })
-                    })
+                    .unwrap_or_else(|| self.in_ctx(i, |c| field(c).take()))
                     .unwrap_or_default();
                 if let Settled::Stop(flow) = outcome {
                     return flow;
@@ -857,6 +839,17 @@ enum Settled {
     Continue,
     Held,
     Stop(Flow),
+}
+
+/// Where a phase's trailers sit in a filter's context, and the callback that gets them.
+type TrailersField = fn(&mut crate::state::HttpCtx) -> &mut Option<HeaderMap>;
+type TrailersCallback = fn(&mut Vm, u32, u32) -> Result<Action, Fault>;
+
+fn trailers_of(phase: Phase) -> (TrailersField, TrailersCallback) {
+    match phase {
+        Phase::Request => (|c| &mut c.request_trailers, Vm::on_request_trailers),
+        _ => (|c| &mut c.response_trailers, Vm::on_response_trailers),
+    }
 }
 
 /// A filter paused on the last chunk of a body and must be waited for.

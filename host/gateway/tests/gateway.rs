@@ -456,36 +456,17 @@ fn request_trailers_reach_the_filters() {
 
 /// An upstream that answers 200 at once, then drips a chunk every 100 ms for ever.
 fn dripping() -> std::net::SocketAddr {
-    background(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let addr = l.local_addr().expect("its address");
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                        .await;
-                    loop {
-                        if s.write_all(b"2\r\nx\n\r\n").await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                });
+    raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        loop {
+            if s.write_all(b"2\r\nx\n\r\n").await.is_err() {
+                return;
             }
-        });
-        addr
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
 }
 

@@ -121,65 +121,37 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: s }}]
 "#,
         echo()
     ));
-    let (v, status) = rt().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-            .await
-            .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .uri(format!("http://127.0.0.1:{}/x", gw.port))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        (resp.version(), resp.status().as_u16())
-    });
+    let answer = h2_get(gw.port, "/x");
+    let (v, status) = (answer.version, answer.status);
     assert_eq!((v, status), (http::Version::HTTP_2, 200));
 }
 
 /// An upstream that answers every request with a chunked body of two chunks and the
 /// trailers `x-upstream-trailer: up` and `x-drop: 1`.
 fn trailing() -> std::net::SocketAddr {
-    background(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let addr = l.local_addr().expect("its address");
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
-                              trailer: x-upstream-trailer, x-drop\r\n\r\n\
-                              5\r\nhello\r\n6\r\n world\r\n0\r\n\
-                              x-upstream-trailer: up\r\nx-drop: 1\r\n\r\n",
-                        )
-                        .await;
-                });
-            }
-        });
-        addr
+    raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+                  trailer: x-upstream-trailer, x-drop\r\n\r\n\
+                  5\r\nhello\r\n6\r\n world\r\n0\r\n\
+                  x-upstream-trailer: up\r\nx-drop: 1\r\n\r\n",
+            )
+            .await;
     })
 }
 
-/// GET `path` over cleartext HTTP/2: the status, the body and the trailers.
-fn h2_get_with_trailers(port: u16, path: &str) -> (u16, String, Option<http::HeaderMap>) {
+/// What a cleartext HTTP/2 GET got back.
+struct H2Answer {
+    version: http::Version,
+    status: u16,
+    body: String,
+    trailers: Option<http::HeaderMap>,
+}
+
+/// GET `path` over cleartext HTTP/2 (prior knowledge), the body read to its end.
+fn h2_get(port: u16, path: &str) -> H2Answer {
     rt().block_on(async {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -197,17 +169,17 @@ fn h2_get_with_trailers(port: u16, path: &str) -> (u16, String, Option<http::Hea
             .await
             .unwrap()
             .unwrap();
-        let status = resp.status().as_u16();
+        let (version, status) = (resp.version(), resp.status().as_u16());
         let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
             .await
             .expect("the body ends")
             .expect("the body is whole");
-        let trailers = body.trailers().cloned();
-        (
+        H2Answer {
+            version,
             status,
-            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-            trailers,
-        )
+            trailers: body.trailers().cloned(),
+            body: String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        }
     })
 }
 
@@ -231,17 +203,16 @@ routes:
 "#,
         wasm("conformance_filter")
     ));
-    let ours = h2_get_with_trailers(gw.port, "/case/response-trailers");
-    let (status, body, trailers) = &ours;
-    assert_eq!((*status, body.as_str()), (200, "hello world"));
-    let trailers = trailers.as_ref().expect("trailers reach the client");
+    let ours = h2_get(gw.port, "/case/response-trailers");
+    assert_eq!((ours.status, ours.body.as_str()), (200, "hello world"));
+    let trailers = ours.trailers.as_ref().expect("trailers reach the client");
     assert_eq!(trailers.get("x-filter-trailer").unwrap(), "2:up");
     assert_eq!(trailers.get("x-upstream-trailer").unwrap(), "up");
     assert!(trailers.get("x-drop").is_none(), "{trailers:?}");
 
-    let (status, body, trailers) = h2_get_with_trailers(gw.port, "/plain");
-    assert_eq!((status, body.as_str()), (200, "hello world"));
-    let trailers = trailers.expect("trailers reach the client");
+    let plain = h2_get(gw.port, "/plain");
+    assert_eq!((plain.status, plain.body.as_str()), (200, "hello world"));
+    let trailers = plain.trailers.expect("trailers reach the client");
     assert_eq!(trailers.get("x-drop").unwrap(), "1");
     assert!(trailers.get("x-filter-trailer").is_none());
 
@@ -270,16 +241,16 @@ routes:
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_file(&path);
-    let theirs = h2_get_with_trailers(envoy.listener.port(), "/case/response-trailers");
-    let named = |r: &(u16, String, Option<http::HeaderMap>)| {
-        let t = r.2.as_ref();
+    let theirs = h2_get(envoy.listener.port(), "/case/response-trailers");
+    let named = |r: &H2Answer| {
+        let t = r.trailers.as_ref();
         let get = |n: &str| {
             t.and_then(|t| t.get(n))
                 .map(|v| v.to_str().unwrap_or("").to_owned())
         };
         (
-            r.0,
-            r.1.clone(),
+            r.status,
+            r.body.clone(),
             get("x-filter-trailer"),
             get("x-upstream-trailer"),
             get("x-drop"),

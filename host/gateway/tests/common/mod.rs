@@ -61,6 +61,40 @@ pub fn background<F: std::future::Future<Output = SocketAddr> + Send + 'static>(
     rx.recv().unwrap()
 }
 
+/// A raw HTTP/1.1 upstream: on each connection it reads a request head, then hands
+/// the connection to `answer`, which writes what it likes.
+#[allow(dead_code)]
+pub fn raw_upstream<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    background(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = l.local_addr().expect("its address");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    answer(s).await;
+                });
+            }
+        });
+        addr
+    })
+}
+
 pub fn echo() -> SocketAddr {
     portcullis_echo::spawn_thread().unwrap()
 }
