@@ -659,7 +659,16 @@ async fn run(
     {
         // Bytes the filters held for an end of body the trailers brought instead.
         let mut released = Vec::new();
-        flow = stream.request_trailers(t, &mut released).await;
+        if held {
+            // As the gateway does: while a filter holds the headers, trailers end
+            // the body; the filters do not see them and they do not go upstream.
+            flow = stream
+                .request_body_held(&mut headers, &mut released, true)
+                .await;
+            *t = HeaderMap::new();
+        } else {
+            flow = stream.request_trailers(t, &mut released).await;
+        }
         body.append(&mut released);
     }
     let (mut resp_headers, resp_body, upstream_req) = match flow {

@@ -338,4 +338,57 @@ fn trailers_release_the_body_a_filter_held_for_its_end() {
     let trailers = up.trailers.as_ref().expect("trailers went upstream");
     assert_eq!(trailers.get_str("x-checksum"), Some("1"));
     assert_eq!(trailers.get_str("x-trailers-seen"), Some("1"));
+    assert_eq!(
+        trailers.get_str("x-held-body"),
+        Some("abcd"),
+        "the trailers callback reads the body the filter held"
+    );
+}
+
+/// A filter failing open in its trailers callback leaves the trailers as they were
+/// before it (they used to go upstream empty), and the request goes on.
+#[test]
+fn a_filter_failing_open_in_its_trailers_callback_leaves_them_as_they_came() {
+    let mut bed = TestBed::new()
+        .filter(wasm("conformance_filter"), config())
+        .named("conformance")
+        .failure_policy(portcullis_testbed::FailurePolicy::FailOpen)
+        .cluster("echo", |_| Reply::status(200, &[], "hello"))
+        .build()
+        .expect("conformance filter starts");
+    let res = bed.send(
+        Request::new("POST", "/case/trap-in-trailers")
+            .in_chunks(vec![b"ab".to_vec()])
+            .trailer("x-checksum", "1"),
+    );
+    assert_eq!(res.status, 200);
+    let up = res.upstream.as_ref().expect("the request went upstream");
+    assert_eq!(up.body, b"ab");
+    let trailers = up.trailers.as_ref().expect("trailers went upstream");
+    assert_eq!(trailers.get_str("x-checksum"), Some("1"));
+}
+
+/// While a filter holds the request headers for the body, trailers end the body, as
+/// in the gateway: the headers and the body go upstream (the filters after the
+/// holder once got the trailers before any headers, and the upstream none).
+#[test]
+fn trailers_while_a_filter_holds_the_headers_end_the_body() {
+    let mut bed = TestBed::new()
+        .filter(wasm("conformance_filter"), config())
+        .named("conformance")
+        .allow_on_headers_stop_iteration()
+        .cluster("echo", |_| Reply::status(200, &[], "hello"))
+        .build()
+        .expect("conformance filter starts");
+    let res = bed.send(
+        Request::new("POST", "/case/headers-wait-for-body")
+            .header("x-kept", "1")
+            .in_chunks(vec![b"ab".to_vec(), b"cd".to_vec()])
+            .trailer("x-t", "1"),
+    );
+    assert_eq!(res.status, 200);
+    let up = res.upstream.as_ref().expect("the request went upstream");
+    assert_eq!(up.headers.get_str("x-kept"), Some("1"));
+    assert_eq!(up.headers.get_str("x-body-seen"), Some("abcd"));
+    assert_eq!(up.body, b"abcd");
 }

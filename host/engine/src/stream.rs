@@ -343,32 +343,63 @@ impl HttpStream {
         trailers: &mut HeaderMap,
         body: &mut Vec<u8>,
     ) -> Flow {
+        if phase == Phase::Request && self.headers_held.is_some() {
+            // The embedder ends such a body with `request_body_held` instead: trailers
+            // here would reach filters that never saw the headers.
+            let body = portcullis_reply::json_body(
+                "request trailers came while a filter held the headers",
+                Some(&self.info.id),
+            );
+            let mut headers = HeaderMap::new();
+            headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
+            return self.reply(LocalReply {
+                status: 500,
+                details: "trailers_while_headers_held".into(),
+                body,
+                headers,
+                grpc_status: -1,
+            });
+        }
         let n = self.slots.len();
+        let limit = self.body_limit(phase);
         for k in 0..n {
             let i = self.walk_index(phase, k);
+            // The body this filter held for an end the trailers bring instead: its
+            // trailers callback may read and change it, as Envoy hands a filter its
+            // buffered body there.
+            let mut held = std::mem::take(&mut self.slots[i].held);
             if self.ctx_of(i).is_some() {
                 let count = trailers.len() as u32;
-                let map = std::mem::take(trailers);
+                let data = (std::mem::take(trailers), held);
+                let before = self.before(i, &data);
+                let (map, body_held) = data;
                 let (field, callback) = trailers_of(phase);
                 let (outcome, back) = self
                     .run(
                         i,
                         phase,
-                        |c| *field(c) = Some(map),
+                        |c| {
+                            *field(c) = Some(map);
+                            c.body = Some(body_held);
+                            c.body_limit = limit;
+                        },
                         |vm, id| callback(vm, id, count),
-                        |c| field(c).take(),
+                        |c| Some((field(c).take(), c.body.take())),
                         false,
                     )
                     .await;
-                *trailers = back
-                    .unwrap_or_else(|| self.in_ctx(i, |c| field(c).take()))
-                    .unwrap_or_default();
+                let back = back
+                    .unwrap_or_else(|| self.in_ctx(i, |c| Some((field(c).take(), c.body.take()))));
+                (*trailers, held) = match back {
+                    Some((Some(t), b)) => (t, b.unwrap_or_default()),
+                    // The filter failed: as they were before it if it fails open.
+                    _ => self.restore(before),
+                };
                 if let Settled::Stop(flow) = outcome {
                     return flow;
                 }
             }
             // What this filter held goes on now (also when its VM failed open).
-            let mut held = std::mem::take(&mut self.slots[i].held);
             if held.is_empty() {
                 continue;
             }
@@ -380,6 +411,14 @@ impl HttpStream {
             }
         }
         Flow::Continue
+    }
+
+    /// How large filters may make a body of `phase` (`None`: the engine's `body_bytes`).
+    fn body_limit(&self, phase: Phase) -> Option<usize> {
+        self.body_limits.map(|(request, response)| match phase {
+            Phase::Request => request,
+            _ => response,
+        })
     }
 
     /// Runs `on_response_headers` through the chain in reverse order.
@@ -527,13 +566,17 @@ impl HttpStream {
         chunk: &mut Vec<u8>,
         eos: bool,
     ) -> Result<Flow, BodyWait> {
-        let limit = self.body_limits.map(|(request, response)| match phase {
-            Phase::Request => request,
-            _ => response,
-        });
+        let limit = self.body_limit(phase);
         for k in from..to {
             let i = self.walk_index(phase, k);
             if self.ctx_of(i).is_none() {
+                // A filter whose VM failed under it (failing open) no longer holds
+                // anything: what it held goes on first, in order.
+                let mut held = std::mem::take(&mut self.slots[i].held);
+                if !held.is_empty() {
+                    held.append(chunk);
+                    *chunk = held;
+                }
                 continue;
             }
             // The chunk itself when the filter holds nothing (no copy), else appended to

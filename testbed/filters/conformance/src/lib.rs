@@ -331,6 +331,14 @@ impl RootContext for Root {
             refused: s("refused"),
             grpc: s("grpc"),
         };
+        // One item per root context configured with this queue name, across the
+        // vm_id's VMs: an enqueue cannot lose an update, where a first shared-data
+        // write can (two VMs both find the key absent, and a write to an absent key
+        // has no CAS to fail).
+        if let Some(name) = v.get("count_queue").and_then(|x| x.as_str()) {
+            let q = self.register_shared_queue(name);
+            let _ = self.enqueue_shared_queue(q, Some(b"vm"));
+        }
         // Counts the root contexts configured with this key, across the vm_id's VMs.
         if let Some(key) = v.get("count_key").and_then(|x| x.as_str()) {
             loop {
@@ -611,6 +619,21 @@ impl HttpContext for Case {
                 }
                 Action::Pause
             }
+            // Takes every item of the queue `name` of vm_id `vm`: their count, the body.
+            "queue-drain" => {
+                let (vm, name) = (
+                    self.param("vm").unwrap_or("").to_owned(),
+                    self.param("name").unwrap_or("").to_owned(),
+                );
+                let mut n = 0;
+                if let Some(q) = self.resolve_shared_queue(&vm, &name) {
+                    while let Ok(Some(_)) = self.dequeue_shared_queue(q) {
+                        n += 1;
+                    }
+                }
+                self.send_http_response(200, vec![], Some(n.to_string().as_bytes()));
+                Action::Pause
+            }
             "local-reply" => {
                 self.send_http_response(403, vec![("x-reason", "case")], Some(b"denied"));
                 Action::Pause
@@ -727,6 +750,7 @@ impl HttpContext for Case {
             | "pause-body-forever"
             | "response-body-wait-for-call"
             | "body-until-end"
+            | "trap-in-trailers"
             | "trailers-reply"
             | "response-trailers" => Action::Continue,
             "grpc-unknown-cluster" => {
@@ -1181,8 +1205,18 @@ impl HttpContext for Case {
             return Action::Pause;
         }
         if self.case == "body-until-end" {
-            // The body is still held here: the trailers come before it goes on.
+            // The body is still held here, readable: the trailers come before it
+            // goes on.
             self.add_http_request_trailer("x-trailers-seen", &n.to_string());
+            let held = self.get_http_request_body(0, usize::MAX).map_or_else(
+                || "<none>".to_owned(),
+                |b| String::from_utf8_lossy(&b).into_owned(),
+            );
+            self.add_http_request_trailer("x-held-body", &held);
+        }
+        if self.case == "trap-in-trailers" {
+            self.set_http_request_trailer("x-checksum", Some("tampered"));
+            panic!("conformance: panic in on_http_request_trailers");
         }
         Action::Continue
     }
