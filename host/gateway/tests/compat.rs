@@ -203,22 +203,21 @@ fn a_wasm_service_ticks_on_no_route_and_fills_shared_data_the_filters_read() {
 
 #[test]
 fn a_wasm_service_per_worker_runs_on_every_worker() {
-    let gw = with_wasm_service("config: { tick_ms: 100, count_key: services }");
+    let gw = with_wasm_service("config: { tick_ms: 100, count_queue: vms }");
     let a = first_ticks(&gw);
-    // One VM per worker: two root contexts configured, and ticks go on. The first
-    // tick may come from one worker before the other worker's VM has started (on a
-    // busy machine): wait for the second, and never see a third.
+    // One VM per worker: two root contexts configured (each puts one item in the
+    // queue), and ticks go on. The second worker's VM may start after the first tick
+    // on a busy machine: wait for it, and never see a third.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let services = shared(&gw, "services");
-        if services.as_deref() == Some("2") {
-            break;
-        }
-        assert_eq!(
-            services.as_deref(),
-            Some("1"),
-            "one VM per worker, two workers"
+    let mut vms = 0;
+    while vms < 2 {
+        let (status, body) = fetch(
+            &gw.url(),
+            "reader.test",
+            "/case/queue-drain?vm=shared-vm&name=vms",
         );
+        assert_eq!(status, 200);
+        vms += String::from_utf8(body).unwrap().parse::<u32>().unwrap();
         assert!(
             std::time::Instant::now() < deadline,
             "the second worker's VM did not start in 10 s"
@@ -226,6 +225,16 @@ fn a_wasm_service_per_worker_runs_on_every_worker() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(600));
+    let (_, more) = fetch(
+        &gw.url(),
+        "reader.test",
+        "/case/queue-drain?vm=shared-vm&name=vms",
+    );
+    assert_eq!(
+        vms + String::from_utf8(more).unwrap().parse::<u32>().unwrap(),
+        2,
+        "one VM per worker, two workers"
+    );
     let b: u64 = shared(&gw, "ticks").unwrap().parse().unwrap();
     assert!(b > a, "ticks {a} then {b}");
 }
