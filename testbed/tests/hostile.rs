@@ -126,6 +126,36 @@ fn fail_open_passes_on_the_request_as_it_was_before_the_failing_filter() {
     );
 }
 
+/// A fail-open filter holding body bytes when its VM fails under it (another plugin
+/// of the same VM traps on a later chunk) passes what it held on first: the upstream
+/// gets the whole body in order (the held bytes used to be dropped).
+#[test]
+fn bytes_held_by_a_filter_whose_vm_fails_under_it_go_on_in_order() {
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("conformance_filter"),
+            r#"{"upstream": "one", "trap_on_body_chunk": 2}"#,
+        )
+        .named("trapper")
+        .vm_id("shared")
+        .failure_policy(FailurePolicy::FailOpen)
+        .filter(wasm("conformance_filter"), r#"{"upstream": "one"}"#)
+        .named("holder")
+        .vm_id("shared")
+        .failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .expect("starts");
+    assert!(bed.filter(0).shares_vm_with(bed.filter(1)));
+    // The holder keeps "ab"; the trapper fails on "cd", taking the holder's VM down.
+    let res = bed.send(
+        Request::new("POST", "/case/body-until-end")
+            .in_chunks(vec![b"ab".to_vec(), b"cd".to_vec()]),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.as_ref().expect("the request went upstream");
+    assert_eq!(up.body, b"abcd");
+}
+
 #[test]
 fn plugins_sharing_a_vm_fail_with_it_and_come_back_with_it() {
     let mut bed = TestBed::new()

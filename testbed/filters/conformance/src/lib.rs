@@ -205,6 +205,10 @@ struct Config {
     blackhole: String,
     refused: String,
     grpc: String,
+    /// `trap_on_body_chunk`: the request body chunk this plugin traps on, passing
+    /// every other chunk on whatever the case (a VM that fails under another plugin
+    /// sharing it).
+    trap_on_body_chunk: Option<u64>,
 }
 
 thread_local! {
@@ -330,6 +334,7 @@ impl RootContext for Root {
             blackhole: s("blackhole"),
             refused: s("refused"),
             grpc: s("grpc"),
+            trap_on_body_chunk: v.get("trap_on_body_chunk").and_then(|x| x.as_u64()),
         };
         // One item per root context configured with this queue name, across the
         // vm_id's VMs: an enqueue cannot lose an update, where a first shared-data
@@ -415,6 +420,7 @@ impl RootContext for Root {
             query: String::new(),
             answered: false,
             counted: 0,
+            chunks: 0,
         }))
     }
 }
@@ -427,6 +433,8 @@ struct Case {
     answered: bool,
     /// `vm-counter`: the VM's count when this request came.
     counted: u64,
+    /// Request body chunks seen (for `trap_on_body_chunk`).
+    chunks: u64,
 }
 
 fn status_name(code: u32) -> &'static str {
@@ -1255,6 +1263,13 @@ impl HttpContext for Case {
     }
 
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
+        if let Some(n) = self.config.trap_on_body_chunk {
+            self.chunks += 1;
+            if self.chunks == n {
+                panic!("conformance: panic on request body chunk {n}");
+            }
+            return Action::Continue;
+        }
         if self.case == "tamper-body-then-trap" || self.case == "hold-headers-then-trap" {
             self.set_http_request_body(0, size, b"tampered");
             panic!("conformance: panic after changing the request body");
