@@ -68,14 +68,22 @@ pub struct HttpStream {
 
 /// The reply for a request that met a failed filter.
 fn failure_reply(filter: &str, request_id: &str) -> LocalReply {
-    let body =
-        portcullis_reply::json_body(&format!("filter {filter} is unavailable"), Some(request_id));
+    json_reply(
+        503,
+        "wasm_fail_stream",
+        &format!("filter {filter} is unavailable"),
+        request_id,
+    )
+}
+
+/// A local reply of the engine's own: `status`, the product's JSON error body.
+fn json_reply(status: u16, details: &str, message: &str, request_id: &str) -> LocalReply {
     let mut headers = HeaderMap::new();
     headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
     LocalReply {
-        status: 503,
-        details: "wasm_fail_stream".into(),
-        body,
+        status,
+        details: details.into(),
+        body: portcullis_reply::json_body(message, Some(request_id)),
         headers,
         grpc_status: -1,
     }
@@ -346,19 +354,12 @@ impl HttpStream {
         if phase == Phase::Request && self.headers_held.is_some() {
             // The embedder ends such a body with `request_body_held` instead: trailers
             // here would reach filters that never saw the headers.
-            let body = portcullis_reply::json_body(
+            return self.reply(json_reply(
+                500,
+                "trailers_while_headers_held",
                 "request trailers came while a filter held the headers",
-                Some(&self.info.id),
-            );
-            let mut headers = HeaderMap::new();
-            headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
-            return self.reply(LocalReply {
-                status: 500,
-                details: "trailers_while_headers_held".into(),
-                body,
-                headers,
-                grpc_status: -1,
-            });
+                &self.info.id,
+            ));
         }
         let n = self.slots.len();
         let limit = self.body_limit(phase);
@@ -910,13 +911,10 @@ struct BodyWait {
 fn reset_reply(request_id: &str) -> LocalReply {
     // proxy_close_stream resets the stream in Envoy; a client sees the connection
     // closed. We answer 502 with the gateway's JSON body so the reset is visible.
-    let mut headers = HeaderMap::new();
-    headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
-    LocalReply {
-        status: 502,
-        details: "wasm_close_stream".into(),
-        body: portcullis_reply::json_body("the request was reset by a filter", Some(request_id)),
-        headers,
-        grpc_status: -1,
-    }
+    json_reply(
+        502,
+        "wasm_close_stream",
+        "the request was reset by a filter",
+        request_id,
+    )
 }

@@ -16,13 +16,15 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use portcullis_engine::Flow;
 
 use super::stop::FILTER_TIMEOUT;
-use super::{Ctx, Filters, lossy_http_headers};
+use super::{Ctx, Filters, engine_map, lossy_http_headers};
 use crate::upstream::BoxError;
-use portcullis_engine::HeaderMap;
 
 /// A chunk back from the filters: them, the chunk as they left it, the trailers that
 /// follow it, whether it ends the body, and their verdict.
 type Filtered = (Filters, Vec<u8>, Option<http::HeaderMap>, bool, Flow);
+
+/// What `poll_frame` answers.
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 
 pub struct ResponseBody {
     inner: Incoming,
@@ -86,11 +88,7 @@ impl ResponseBody {
     }
 
     /// Cuts the body: the client sees the stream fail, the log says why.
-    fn fail(
-        &mut self,
-        metric: Option<&'static str>,
-        message: String,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn fail(&mut self, metric: Option<&'static str>, message: String) -> Polled {
         if let (Some(kind), Some((ctx, _))) = (metric, &self.end)
             && let Some(service) = ctx.entry.service.as_deref()
         {
@@ -110,14 +108,8 @@ impl ResponseBody {
     /// Hands a chunk to the filters' response body callbacks. The verdict comes at
     /// once unless a filter pauses on the last chunk: only then does a future hold the
     /// filters until it lets go.
-    fn filter(
-        &mut self,
-        mut chunk: Vec<u8>,
-        eos: bool,
-    ) -> Option<Poll<Option<Result<Frame<Bytes>, BoxError>>>> {
-        let Some((_, slot)) = self.end.as_mut() else {
-            return None;
-        };
+    fn filter(&mut self, mut chunk: Vec<u8>, eos: bool) -> Option<Polled> {
+        let (_, slot) = self.end.as_mut()?;
         let filters = slot.as_mut()?;
         if let Some(verdict) = filters.stream.response_body_now(&mut chunk, eos) {
             return self.filtered(chunk, None, eos, verdict);
@@ -140,10 +132,7 @@ impl ResponseBody {
             return;
         };
         self.step = Some(Box::pin(async move {
-            let mut map = HeaderMap::with_capacity(trailers.len());
-            for (k, v) in &trailers {
-                map.add(k.as_str(), v);
-            }
+            let mut map = engine_map(&[], &trailers);
             let mut released = Vec::new();
             let verdict = filters
                 .stream
@@ -163,7 +152,7 @@ impl ResponseBody {
         trailers: Option<http::HeaderMap>,
         eos: bool,
         verdict: Flow,
-    ) -> Option<Poll<Option<Result<Frame<Bytes>, BoxError>>>> {
+    ) -> Option<Polled> {
         match verdict {
             // Headers are gone already: a reply now can only cut the body.
             Flow::Reply(_) => {

@@ -325,15 +325,15 @@ impl Exchange {
             // A body a filter rewrites may grow to what the service accepts, no further.
             let stream = HttpStream::new(chain, info)
                 .with_body_limits(svc.max_request_body, svc.max_response_body);
-            let mut request = HeaderMap::with_capacity(parts.headers.len() + 4);
-            request.add(":method", parts.method.as_str());
-            request.add(":path", &routed.path);
-            request.add(":authority", &routed.host);
-            request.add(":scheme", scheme);
-            for (k, v) in &parts.headers {
-                request.add(k.as_str(), v);
-            }
-            request.mark_unchanged();
+            let request = engine_map(
+                &[
+                    (":method", parts.method.as_str()),
+                    (":path", &routed.path),
+                    (":authority", &routed.host),
+                    (":scheme", scheme),
+                ],
+                &parts.headers,
+            );
             let filters = self.filters.insert(Filters {
                 stream,
                 request,
@@ -501,12 +501,7 @@ impl Exchange {
         }
         let end_of_stream = rbody.is_end_stream();
         if let Some(filters) = self.filters.as_mut() {
-            let mut head = HeaderMap::with_capacity(rparts.headers.len() + 1);
-            head.add(":status", rparts.status.as_str());
-            for (k, v) in &rparts.headers {
-                head.add(k.as_str(), v);
-            }
-            head.mark_unchanged();
+            let mut head = engine_map(&[(":status", rparts.status.as_str())], &rparts.headers);
             let flow = within(
                 self.ctx.deadline,
                 filters.stream.response_headers(&mut head, end_of_stream),
@@ -676,10 +671,7 @@ async fn pump_request(
             // end the trailers bring); the trailers themselves are not forwarded: the
             // upstream connection is HTTP/1.1, which carries none it was not told of.
             Some(t) => {
-                let mut map = HeaderMap::with_capacity(t.len());
-                for (k, v) in &t {
-                    map.add(k.as_str(), v);
-                }
+                let mut map = engine_map(&[], &t);
                 stream.request_trailers(&mut map, &mut chunk).await
             }
             None => stream.request_body(&mut chunk, eos).await,
@@ -862,6 +854,20 @@ impl HopByHop {
             headers.remove(h);
         }
     }
+}
+
+/// Hyper's header map as the filters' map, after the pseudo-headers `pseudo`; marked
+/// unchanged, so that a map no filter touched is not converted back.
+fn engine_map(pseudo: &[(&str, &str)], headers: &http::HeaderMap) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len() + pseudo.len());
+    for (k, v) in pseudo {
+        map.add(k, v);
+    }
+    for (k, v) in headers {
+        map.add(k.as_str(), v);
+    }
+    map.mark_unchanged();
+    map
 }
 
 /// The filters' header map (pseudo-headers left out) as hyper's.
