@@ -40,13 +40,7 @@ pub fn envoy_binary() -> Result<PathBuf, String> {
     }
 }
 
-/// A free loopback port (bound, then released for the caller to use).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
+pub use portcullis_testbed::free_port;
 
 /// One of our filters as Envoy's `envoy.filters.http.wasm`.
 #[derive(Clone, Debug)]

@@ -11,6 +11,7 @@
 
 mod bed;
 mod clusters;
+mod ports;
 pub mod redis;
 
 pub use bed::{Held, Request, Response, TestBed, TestBedBuilder, UpstreamRequest, wasm, wasm_dir};
@@ -20,3 +21,4 @@ pub use portcullis_engine::{
     HostLimits, HttpCallRequest, HttpCallResponse, Limit, LogRecord, VmLimits, abi::LogLevel,
     metrics::MetricValue,
 };
+pub use ports::free_port;

@@ -6,10 +6,12 @@
 //! all on loopback, whose masters can be killed to test a failover.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::free_port;
 
 pub struct RedisServer {
     pub port: u16,
@@ -17,13 +19,6 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Arguments beyond the port, the address and no persistence.
     args: Vec<String>,
-}
-
-fn free_port() -> Result<u16, String> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port())
 }
 
 /// The `redis-server` binary: `$PORTCULLIS_REDIS_SERVER`, else from `PATH`.
@@ -89,7 +84,7 @@ impl RedisServer {
 
     /// A server with more `redis-server` arguments (`--replicaof`, cluster mode ...).
     pub fn start_with(args: &[&str]) -> Result<RedisServer, String> {
-        let port = free_port()?;
+        let port = free_port();
         let mut r = RedisServer {
             port,
             dir: scratch_dir("redis", port)?,
@@ -192,7 +187,7 @@ impl RedisCluster {
     pub fn start() -> Result<RedisCluster, String> {
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let bus = free_port()?.to_string();
+            let bus = free_port().to_string();
             nodes.push(RedisServer::start_with(&[
                 "--cluster-enabled",
                 "yes",
@@ -329,14 +324,14 @@ impl RedisSentinels {
             servers: vec![master, replica],
             sentinels: Vec::new(),
             children: Vec::new(),
-            dir: scratch_dir("sentinels", free_port()?)?,
+            dir: scratch_dir("sentinels", free_port())?,
         };
         wait_for("the replica did not sync with the master", 20, || {
             cli(set.servers[1].port, &["INFO", "replication"])
                 .is_ok_and(|i| i.contains("master_link_status:up"))
         })?;
         for _ in 0..3 {
-            let port = free_port()?;
+            let port = free_port();
             // Sentinel rewrites its configuration file: one each, in our directory.
             let conf = set.dir.join(format!("sentinel-{port}.conf"));
             std::fs::write(

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,13 +13,7 @@ use http_body_util::Full;
 use portcullis_clients::HttpCluster;
 use portcullis_engine::{HeaderMap, HttpCallRequest, HttpCallResponse};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use portcullis_testbed::free_port;
 
 pub struct TempDir(pub PathBuf);
 
