@@ -96,6 +96,12 @@ fn ok(r: &RateLimitResponse) -> bool {
     r.overall_code == Code::Ok as i32
 }
 
+/// The two failover runs take turns: each is a dozen Redis processes timed to the
+/// second (node timeouts of one second, the service's Redis timeout), and on a
+/// two-core machine running both at once can stall a node long enough to look like a
+/// second failure.
+static FAILOVERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One consumer's answers through a master's death: when each came, and the day
 /// bucket's remaining tokens or the failure's gRPC code.
 struct Run {
@@ -178,9 +184,15 @@ fn check_failover(what: &str, run: &Run) -> (f64, i64) {
         run.answers[back].0,
         run.answers[back].1.expect("an OK answer"),
     );
+    let relapses: Vec<String> = run.answers[back..]
+        .iter()
+        .filter(|(_, a)| a.is_err())
+        .map(|(t, _)| format!("{:.2} s", t.saturating_duration_since(killed).as_secs_f64()))
+        .collect();
     assert!(
-        run.answers[back..].iter().all(|(_, a)| a.is_ok()),
-        "{what}: once back, the service keeps answering OK"
+        relapses.is_empty(),
+        "{what}: once back ({:.2} s after the kill), the service keeps answering OK; it failed again at {relapses:?} after the kill",
+        back_at.saturating_duration_since(killed).as_secs_f64()
     );
     // The hit answered at `back` took one token; any hit before it, answered or not,
     // may have taken one more, never fewer.
@@ -206,10 +218,11 @@ fn check_failover(what: &str, run: &Run) -> (f64, i64) {
 
 #[test]
 fn a_redis_cluster_keeps_a_consumers_windows_in_one_slot_and_survives_a_master_failover() {
+    let _turn = FAILOVERS.lock().unwrap_or_else(|e| e.into_inner());
     let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
     let urls = cluster.urls();
     let svc =
-        RatelimitService::start_with(&["--redis-cluster", &urls, "--redis-timeout-ms", "200"]);
+        RatelimitService::start_with(&["--redis-cluster", &urls, "--redis-timeout-ms", "500"]);
     svc.wait_connected();
     let client = Client::new(&svc);
 
@@ -299,6 +312,7 @@ fn a_redis_cluster_keeps_a_consumers_windows_in_one_slot_and_survives_a_master_f
 
 #[test]
 fn sentinels_lead_the_service_to_the_new_master_after_a_failover() {
+    let _turn = FAILOVERS.lock().unwrap_or_else(|e| e.into_inner());
     let mut set = RedisSentinels::start().unwrap_or_else(|e| panic!("{e}"));
     let urls = set.urls();
     let svc = RatelimitService::start_with(&[
@@ -307,7 +321,7 @@ fn sentinels_lead_the_service_to_the_new_master_after_a_failover() {
         "--sentinel-master",
         &set.master_name,
         "--redis-timeout-ms",
-        "200",
+        "500",
     ]);
     svc.wait_connected();
     let client = Client::new(&svc);
