@@ -44,7 +44,10 @@ pub fn args() -> Args {
 /// What every section shares.
 pub struct Ctx {
     pub a: Args,
-    pub portcullis: PathBuf,
+    pub portcullis: std::cell::RefCell<PathBuf>,
+    /// `$PORTCULLIS_COMPARE_ALT_GATEWAY`: a second build of the gateway, run beside the
+    /// first in the chain section (an A/B of a host change in one run).
+    pub alt_portcullis: Option<PathBuf>,
     pub wasm: std::cell::RefCell<PathBuf>,
     /// `$PORTCULLIS_COMPARE_ALT_WASM`: a second build of the filters, run beside the
     /// first in the chain section (an A/B of a filter change in one run).

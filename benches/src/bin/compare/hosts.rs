@@ -104,7 +104,7 @@ pub fn start_portcullis_routes(
     std::fs::write(&config, yaml).expect("config");
     let launched = Instant::now();
     let proc = Proc(
-        Command::new(&ctx.portcullis)
+        Command::new(&*ctx.portcullis.borrow())
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())

@@ -23,6 +23,8 @@
 //! `$PORTCULLIS_COMPARE_ALT_WASM=DIR` adds the chain built from a second directory of
 //! filters to the chain section, in both hosts, interleaved with the first: an A/B of
 //! a filter change within one run (this machine's run-to-run noise is ±5-7%).
+//! `$PORTCULLIS_COMPARE_ALT_GATEWAY=BIN` does the same for a second build of the
+//! gateway: the chain and no filters in it, interleaved with the first.
 //!
 //! `cargo xtask bench` runs it; directly:
 //! `target/host/compare --rounds 3 --seconds 5 [--workers 1] [--only chain]`
@@ -74,7 +76,8 @@ fn main() {
         jwks: jwt_mint::jwks(&[&es256, &rs256]),
         es256,
         rs256,
-        portcullis,
+        portcullis: std::cell::RefCell::new(portcullis),
+        alt_portcullis: std::env::var_os("PORTCULLIS_COMPARE_ALT_GATEWAY").map(PathBuf::from),
         // Where the built filters are, as in the test bed (`$PORTCULLIS_WASM_DIR` to
         // profile unstripped builds).
         wasm: std::cell::RefCell::new(portcullis_testbed::wasm_dir()),

@@ -32,6 +32,8 @@ const P_CALLS: &str = "portcullis + the chain's host calls alone";
 const E_CALLS: &str = "envoy + the chain's host calls alone";
 const P_ALT: &str = "portcullis + chain (alt wasm)";
 const E_ALT: &str = "envoy + chain (alt wasm)";
+const P_ALT_NONE: &str = "portcullis (alt build)";
+const P_ALT_CHAIN: &str = "portcullis (alt build) + chain";
 
 /// The chain's three configurations, the same JSON in both hosts.
 fn chain_configs(ctx: &Ctx) -> [(&'static str, &'static str, Value); 3] {
@@ -210,6 +212,14 @@ pub fn run(ctx: &Ctx) {
         ctx.wasm.replace(main);
         (p, e)
     });
+    // The same in a second build of the gateway, when asked for.
+    let alt_gateway = ctx.alt_portcullis.as_ref().map(|bin| {
+        let main = ctx.portcullis.replace(bin.clone());
+        let none = start_portcullis(ctx, "none-alt-build", &[], &[], &headers);
+        let chain = start_portcullis(ctx, "chain-alt-build", &chain_filters(ctx), &[], &headers);
+        ctx.portcullis.replace(main);
+        (none, chain)
+    });
     let mut targets = vec![
         Target {
             label: UPSTREAM,
@@ -229,6 +239,10 @@ pub fn run(ctx: &Ctx) {
     if let Some((p, e)) = &alt {
         targets.push(target(P_ALT, p));
         targets.push(target(E_ALT, e));
+    }
+    if let Some((none, chain)) = &alt_gateway {
+        targets.push(target(P_ALT_NONE, none));
+        targets.push(target(P_ALT_CHAIN, chain));
     }
     let m = compare(
         "The chain jwt-auth (cached ES256 token) → tier-limiter (local) → header-forwarder",
@@ -291,6 +305,27 @@ pub fn run(ctx: &Ctx) {
         r.row(
             "alt wasm / wasm, chain in Envoy, req per CPU-second",
             three(m[E_ALT].rps_per_cpu() / m[E_CHAIN].rps_per_cpu()),
+            "",
+        );
+    }
+    if alt_gateway.is_some() {
+        for (what, alt, main) in [
+            ("no filters", P_ALT_NONE, P_NONE),
+            ("chain", P_ALT_CHAIN, P_CHAIN),
+        ] {
+            r.row(
+                &format!("alt build / build, portcullis {what}, req/s (per CPU-second)"),
+                format!(
+                    "{} ({})",
+                    three(m[alt].rps / m[main].rps),
+                    three(m[alt].rps_per_cpu() / m[main].rps_per_cpu())
+                ),
+                "",
+            );
+        }
+        r.row(
+            "alt build: chain / no filters, req/s",
+            two(m[P_ALT_CHAIN].rps / m[P_ALT_NONE].rps),
             "",
         );
     }

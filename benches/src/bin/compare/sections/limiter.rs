@@ -52,7 +52,7 @@ pub fn run(ctx: &Ctx) {
     );
     let svc_port = free_port();
     let _svc = Proc(
-        Command::new(&ctx.portcullis)
+        Command::new(&*ctx.portcullis.borrow())
             .args([
                 "ratelimit-service",
                 "--listen",
