@@ -6,10 +6,6 @@
 //! runs filters. A replaced value is appended and the old bytes left behind; the
 //! buffer is compacted once the dead bytes outweigh the live ones, so a filter that
 //! replaces a header in a loop cannot grow it without bound.
-//!
-//! An embedder that built the map from its own (the gateway, from hyper's) asks
-//! `changes()` what the filters did: nothing; the names they added, replaced or
-//! removed, so that it gives its own map only those; or more, and it rebuilds its map.
 
 use std::ops::Range;
 
@@ -38,84 +34,9 @@ pub struct HeaderMap {
     entries: Vec<Entry>,
     /// Bytes of the live names and values (the rest of `buf` is dead).
     live: usize,
-    /// What changed since the last `mark_unchanged` (a new map counts as changed whole).
-    change: Change,
-    /// While `change` is `Names`: the names added, replaced or removed since
-    /// `mark_unchanged`, lower-case, each after its length in one byte, each once.
-    touched: Vec<u8>,
-    /// While `change` is `Names`: whether a name was removed (`set` dropping a name's
-    /// later values is not a removal), and how many entries at the front are ones the
-    /// map had at `mark_unchanged`, in their places (everything after was added).
-    removed: bool,
-    original: usize,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Change {
-    None,
-    Names,
-    #[default]
-    Whole,
-}
-
-/// The most bytes of touched names kept before the change counts as whole: a filter
-/// touching many names gets the map rebuilt, and the list cannot grow without bound.
-const TOUCHED_MAX: usize = 512;
-
-/// What changed in a map since `mark_unchanged`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Changes<'a> {
-    None,
-    /// Only the headers of these names changed; every other name has the values it
-    /// had, in its place.
-    Names {
-        names: TouchedNames<'a>,
-        /// Whether one of them was removed (as opposed to added to or replaced).
-        removed: bool,
-        /// How many entries at the front of the map it had at `mark_unchanged`, in
-        /// their places: a touched name whose first entry is among them keeps its
-        /// place, any other was added at the end.
-        original: usize,
-    },
-    /// Anything more: the map cleared or replaced, or many names changed.
-    Whole,
-}
-
-/// The names of `Changes::Names`: lower-case, each once, in the order first touched.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TouchedNames<'a>(&'a [u8]);
-
-impl<'a> Iterator for TouchedNames<'a> {
-    type Item = &'a str;
-    fn next(&mut self) -> Option<&'a str> {
-        let (&len, rest) = self.0.split_first()?;
-        let (name, rest) = rest.split_at(usize::from(len).min(rest.len()));
-        self.0 = rest;
-        // Names are written by `push_name`, which only writes UTF-8.
-        Some(std::str::from_utf8(name).unwrap_or(""))
-    }
-}
-
-/// Records that `name` (lower-case) changed, in a map whose change is `change`.
-fn touch(change: &mut Change, touched: &mut Vec<u8>, name: &[u8]) {
-    match change {
-        Change::Whole => return,
-        Change::None => *change = Change::Names,
-        Change::Names => {}
-    }
-    if TouchedNames(touched).any(|t| t.as_bytes() == name) {
-        return;
-    }
-    match u8::try_from(name.len()) {
-        Ok(len) if touched.len() + name.len() < TOUCHED_MAX => {
-            touched.push(len);
-            touched.extend_from_slice(name);
-        }
-        _ => {
-            *change = Change::Whole;
-            touched.clear();
-        }
-    }
+    /// Set by every change since the last `mark_unchanged`: an embedder that built the
+    /// map from its own can keep its own when no filter changed anything.
+    changed: bool,
 }
 
 impl HeaderMap {
@@ -129,46 +50,25 @@ impl HeaderMap {
             buf: Vec::with_capacity(n * 32),
             entries: Vec::with_capacity(n),
             live: 0,
-            change: Change::Whole,
-            touched: Vec::new(),
-            removed: false,
-            original: 0,
+            changed: false,
         }
     }
 
     /// Whether the map changed (an entry added, replaced or removed, or the map
     /// replaced whole) since `mark_unchanged`.
     pub fn is_changed(&self) -> bool {
-        self.change != Change::None
-    }
-
-    /// What changed since `mark_unchanged`.
-    pub fn changes(&self) -> Changes<'_> {
-        match self.change {
-            Change::None => Changes::None,
-            Change::Names => Changes::Names {
-                names: TouchedNames(&self.touched),
-                removed: self.removed,
-                original: self.original,
-            },
-            Change::Whole => Changes::Whole,
-        }
+        self.changed
     }
 
     /// Starts tracking changes from here.
     pub fn mark_unchanged(&mut self) {
-        self.change = Change::None;
-        self.touched.clear();
-        self.removed = false;
-        self.original = self.entries.len();
+        self.changed = false;
     }
 
     /// Records a change made from outside the map's own methods (the map replaced
     /// whole by another).
     pub fn mark_changed(&mut self) {
-        self.change = Change::Whole;
-        self.touched.clear();
-        self.original = 0;
+        self.changed = true;
     }
 
     pub fn len(&self) -> usize {
@@ -247,17 +147,17 @@ impl HeaderMap {
     }
 
     pub fn add(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.changed = true;
         let name = self.push_name(name.as_ref());
         let value = self.push_value(value.as_ref());
         self.live += name.1 + value.1;
-        let entry = Entry { name, value };
-        self.entries.push(entry);
-        touch(&mut self.change, &mut self.touched, &self.buf[entry.name()]);
+        self.entries.push(Entry { name, value });
     }
 
     /// Sets `name` to one value: the first entry is replaced in place (so a pseudo-header
     /// keeps its position) and any others are removed; appended when absent.
     pub fn set(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.changed = true;
         let mark = self.buf.len();
         let new_name = self.push_name(name.as_ref());
         let lowered = mark..self.buf.len();
@@ -269,12 +169,10 @@ impl HeaderMap {
             None => {
                 let value = self.push_value(value.as_ref());
                 self.live += new_name.1 + value.1;
-                let entry = Entry {
+                self.entries.push(Entry {
                     name: new_name,
                     value,
-                };
-                self.entries.push(entry);
-                touch(&mut self.change, &mut self.touched, &self.buf[entry.name()]);
+                });
             }
             Some(i) => {
                 // The name is there already: the appended copy is not needed.
@@ -289,47 +187,35 @@ impl HeaderMap {
                     if self.buf[self.entries[j].name()] == self.buf[name.clone()] {
                         self.live -= self.entries[j].size();
                         self.entries.remove(j);
-                        if j < self.original {
-                            self.original -= 1;
-                        }
                     } else {
                         j += 1;
                     }
                 }
-                touch(&mut self.change, &mut self.touched, &self.buf[name]);
                 self.compact_if_sparse();
             }
         }
     }
 
     pub fn remove(&mut self, name: &str) {
+        let before = self.entries.len();
         let buf = &self.buf;
-        let base = self.original;
-        let (mut dropped, mut first, mut at, mut original) = (0, None, 0, base);
+        let mut dropped = 0;
         self.entries.retain(|e| {
             let hit = buf[e.name()].eq_ignore_ascii_case(name.as_bytes());
             if hit {
                 dropped += e.size();
-                first.get_or_insert(e.name());
-                if at < base {
-                    original -= 1;
-                }
             }
-            at += 1;
             !hit
         });
-        if let Some(lowered) = first {
-            self.original = original;
-            self.removed = true;
-            // The dropped name's bytes are still in the buffer until it is compacted.
-            touch(&mut self.change, &mut self.touched, &self.buf[lowered]);
+        if self.entries.len() != before {
+            self.changed = true;
             self.live -= dropped;
             self.compact_if_sparse();
         }
     }
 
     pub fn clear(&mut self) {
-        self.mark_changed();
+        self.changed = true;
         self.buf.clear();
         self.entries.clear();
         self.live = 0;
@@ -420,58 +306,6 @@ mod tests {
             // A copy carries the mark, as the fail-open copy of a map must.
             assert!(m.clone().is_changed());
         }
-    }
-
-    #[test]
-    fn changed_names_are_listed_and_anything_more_is_whole() {
-        let names = |m: &HeaderMap| match m.changes() {
-            Changes::Names { names, .. } => names.map(str::to_owned).collect::<Vec<_>>(),
-            other => panic!("{other:?}"),
-        };
-        let mut m: HeaderMap = [("a", "1"), ("b", "2"), ("c", "3")].into_iter().collect();
-        assert_eq!(m.changes(), Changes::Whole, "a map made here is new whole");
-        m.mark_unchanged();
-        assert_eq!(m.changes(), Changes::None);
-        m.add("X-Consumer-Id", "alice");
-        m.set("a", "9");
-        m.add("x-consumer-id", "bob");
-        m.set("new", "1");
-        assert_eq!(names(&m), ["x-consumer-id", "a", "new"]);
-        assert!(matches!(
-            m.changes(),
-            Changes::Names {
-                removed: false,
-                original: 3,
-                ..
-            }
-        ));
-        assert_eq!(m.clone().changes(), m.changes(), "a copy carries them");
-        m.remove("B");
-        assert_eq!(names(&m), ["x-consumer-id", "a", "new", "b"]);
-        assert!(matches!(
-            m.changes(),
-            Changes::Names {
-                removed: true,
-                original: 2,
-                ..
-            }
-        ));
-        m.remove("new");
-        assert!(
-            matches!(m.changes(), Changes::Names { original: 2, .. }),
-            "added, not original"
-        );
-        m.clear();
-        assert_eq!(m.changes(), Changes::Whole);
-        m.mark_unchanged();
-        // More names than are worth listing: the map counts as changed whole.
-        for i in 0..100 {
-            m.add(format!("x-header-number-{i}"), "v");
-        }
-        assert_eq!(m.changes(), Changes::Whole);
-        m.mark_unchanged();
-        m.add("n".repeat(300), "v");
-        assert_eq!(m.changes(), Changes::Whole, "a name too long to list");
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod vm;
 pub use clock::{Clock, ManualClock};
 pub use engine::{CompiledModule, EPOCH_PERIOD, Engine, EngineConfig, EngineError};
 pub use filter::{Clusters, Filter, Health, LocalFuture};
-pub use headers::{Changes, HeaderMap, TouchedNames};
+pub use headers::HeaderMap;
 pub use limits::{HostLimits, Limit};
 pub use stream::{Flow, HttpStream};
 pub use types::*;

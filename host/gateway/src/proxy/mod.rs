@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Incoming};
-use portcullis_engine::{Changes, Filter, Flow, HeaderMap, HttpStream, RequestInfo};
+use portcullis_engine::{Filter, Flow, HeaderMap, HttpStream, RequestInfo};
 
 pub use stop::{Stop, json_error};
 
@@ -371,7 +371,7 @@ impl Exchange {
                     .map_err(|e| {
                     Stop::client(400, format!("the request cannot be forwarded: {e}"))
                 })?;
-                give_back(request, &mut parts.headers).map_err(|e| {
+                parts.headers = to_http_headers(request).map_err(|e| {
                     Stop::client(400, format!("the request cannot be forwarded: {e}"))
                 })?;
             }
@@ -524,9 +524,8 @@ impl Exchange {
                     .and_then(|s| s.parse().ok())
                     .and_then(|s| http::StatusCode::from_u16(s).ok())
                     .unwrap_or(http::StatusCode::BAD_GATEWAY);
-                if give_back(&head, &mut rparts.headers).is_err() {
-                    rparts.headers = lossy_http_headers(&head);
-                }
+                rparts.headers =
+                    to_http_headers(&head).unwrap_or_else(|_| lossy_http_headers(&head));
             }
             filters.response = head;
         }
@@ -871,77 +870,6 @@ fn engine_map(pseudo: &[(&str, &str)], headers: &http::HeaderMap) -> HeaderMap {
     map
 }
 
-/// Gives `out`, the hyper map `map` was made from by `engine_map`, what the filters
-/// changed in `map`, so that it becomes what `to_http_headers(map)` would make without
-/// converting the headers no filter touched (pseudo-headers are left out):
-/// - nothing changed: nothing to do;
-/// - names added or replaced: those names, in place in `out`;
-/// - a name removed: a new map, the untouched headers taken from `out` as they are.
-///   Hyper's own removal would move its last header into the gap, and the upstream
-///   would see another order than Envoy sends;
-/// - the whole map replaced, or many names: `to_http_headers`.
-///
-/// A name or value hyper cannot carry is an error.
-fn give_back(map: &HeaderMap, out: &mut http::HeaderMap) -> Result<(), String> {
-    let (names, removed, original) = match map.changes() {
-        Changes::None => return Ok(()),
-        Changes::Whole => {
-            *out = to_http_headers(map)?;
-            return Ok(());
-        }
-        Changes::Names {
-            names,
-            removed,
-            original,
-        } => (names, removed, original),
-    };
-    let name = |n: &str| http::HeaderName::from_bytes(n.as_bytes()).map_err(|e| e.to_string());
-    let value = |v: &[u8]| http::HeaderValue::from_bytes(v).map_err(|e| e.to_string());
-    // `map`'s values of `n` in place of any `into` has (where its first was).
-    let put = |into: &mut http::HeaderMap, n: &str| -> Result<(), String> {
-        let key = name(n)?;
-        let mut values = map.get_all(n);
-        if let Some(first) = values.next() {
-            into.insert(key.clone(), value(first)?);
-        }
-        for v in values {
-            into.append(key.clone(), value(v)?);
-        }
-        Ok(())
-    };
-    let changed = names.filter(|n| !n.starts_with(':'));
-    if !removed {
-        // Every touched name still has a value: each goes where hyper keeps it.
-        for n in changed {
-            put(out, n)?;
-        }
-        return Ok(());
-    }
-    // Whether `n` keeps its place: its first entry is one the map had at the start.
-    let in_place = |n: &str| {
-        map.iter()
-            .position(|(k, _)| k == n)
-            .is_some_and(|p| p < original)
-    };
-    let touched = |n: &str| changed.clone().any(|t| t == n);
-    let mut new = http::HeaderMap::with_capacity(map.len());
-    for (key, v) in out.iter() {
-        if !touched(key.as_str()) {
-            new.append(key.clone(), v.clone());
-        } else if !new.contains_key(key) && in_place(key.as_str()) {
-            put(&mut new, key.as_str())?;
-        }
-    }
-    // What was added at the end, in order.
-    for (n, v) in map.iter().skip(original) {
-        if touched(n) && !in_place(n) {
-            new.append(name(n)?, value(v)?);
-        }
-    }
-    *out = new;
-    Ok(())
-}
-
 /// The filters' header map (pseudo-headers left out) as hyper's.
 fn to_http_headers(headers: &HeaderMap) -> Result<http::HeaderMap, String> {
     let mut out = http::HeaderMap::with_capacity(headers.len());
@@ -1063,129 +991,6 @@ fn upstream_path(base: Option<&str>, route: &Route, prefix: &str, path: &str) ->
         out.push_str(q);
     }
     Some(out)
-}
-
-#[cfg(test)]
-mod give_back_tests {
-    use super::{HeaderMap, engine_map, give_back, to_http_headers};
-    use proptest::prelude::*;
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Add(usize, u8),
-        Set(usize, u8),
-        Remove(usize),
-        Clear,
-        Replace(Vec<(usize, u8)>),
-    }
-
-    const NAMES: [&str; 6] = ["a", "B", "x-consumer-id", "x-plan", ":path", "host"];
-
-    fn op() -> impl Strategy<Value = Op> {
-        let pair = (0..NAMES.len(), any::<u8>());
-        prop_oneof![
-            6 => pair.clone().prop_map(|(n, v)| Op::Add(n, v)),
-            6 => pair.clone().prop_map(|(n, v)| Op::Set(n, v)),
-            4 => (0..NAMES.len()).prop_map(Op::Remove),
-            1 => Just(Op::Clear),
-            1 => proptest::collection::vec(pair, 0..4).prop_map(Op::Replace),
-        ]
-    }
-
-    fn apply(map: &mut HeaderMap, op: &Op) {
-        let value = |v: &u8| format!("v{v}");
-        match op {
-            Op::Add(n, v) => map.add(NAMES[*n], value(v)),
-            Op::Set(n, v) => map.set(NAMES[*n], value(v)),
-            Op::Remove(n) => map.remove(NAMES[*n]),
-            Op::Clear => map.clear(),
-            Op::Replace(pairs) => {
-                *map = pairs.iter().map(|(n, v)| (NAMES[*n], value(v))).collect();
-                map.mark_changed();
-            }
-        }
-    }
-
-    fn listed(h: &http::HeaderMap) -> Vec<String> {
-        h.iter()
-            .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
-            .collect()
-    }
-
-    fn hyper(pairs: &[(&str, String)]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    proptest! {
-        /// Whatever the filters do, hyper's map given back only what changed is, in
-        /// order, the map rebuilt whole from theirs.
-        #[test]
-        fn giving_back_the_changes_is_rebuilding_the_map(
-            start in proptest::collection::vec((0..NAMES.len(), any::<u8>()), 0..8),
-            ops in proptest::collection::vec(op(), 0..12),
-        ) {
-            let pairs: Vec<(&str, String)> = start
-                .iter()
-                .filter(|(n, _)| !NAMES[*n].starts_with(':'))
-                .map(|(n, v)| (NAMES[*n], format!("s{v}")))
-                .collect();
-            let mut out = hyper(&pairs);
-            let mut map = engine_map(&[(":path", "/")], &out);
-            for op in &ops {
-                apply(&mut map, op);
-            }
-            give_back(&map, &mut out).unwrap();
-            prop_assert_eq!(listed(&out), listed(&to_http_headers(&map).unwrap()));
-        }
-    }
-
-    #[test]
-    fn changes_are_given_back_in_envoys_order() {
-        let start = hyper(&[
-            ("a", "1".into()),
-            ("b", "2".into()),
-            ("c", "3".into()),
-            ("d", "4".into()),
-        ]);
-        let mut map = engine_map(&[], &start);
-        map.add("x-consumer-id", "alice");
-        map.set("a", "9");
-        let mut out = start.clone();
-        give_back(&map, &mut out).unwrap();
-        assert_eq!(
-            listed(&out),
-            ["a=9", "b=2", "c=3", "d=4", "x-consumer-id=alice"]
-        );
-        // Removing b keeps c before d, as Envoy does; hyper's own removal would have
-        // moved d into b's place.
-        map.remove("b");
-        let mut out = start.clone();
-        give_back(&map, &mut out).unwrap();
-        assert_eq!(listed(&out), ["a=9", "c=3", "d=4", "x-consumer-id=alice"]);
-        let mut moved = start.clone();
-        moved.remove("b");
-        assert_eq!(
-            listed(&moved),
-            ["a=1", "d=4", "c=3"],
-            "hyper's removal reorders"
-        );
-        // A name removed and added again goes to the end, as in Envoy.
-        map.remove("c");
-        map.add("c", "5");
-        let mut out = start.clone();
-        give_back(&map, &mut out).unwrap();
-        assert_eq!(listed(&out), ["a=9", "d=4", "x-consumer-id=alice", "c=5"]);
-        // A value hyper cannot carry is an error, as in a rebuild.
-        map.set("x-plan", "bad\nvalue");
-        assert!(give_back(&map, &mut start.clone()).is_err());
-    }
 }
 
 #[cfg(test)]
