@@ -173,16 +173,15 @@ impl HttpStream {
             let before = self.before(i, headers);
             let map = std::mem::take(headers);
             let may_hold = !end_of_stream && self.slots[i].filter.holds_headers_for_body();
-            let (settled, back) = self
-                .run(
-                    i,
-                    Phase::Request,
-                    |c| c.request_headers = Some(map),
-                    |vm, id| vm.on_request_headers(id, n, end_of_stream),
-                    |c| c.request_headers.take(),
-                    may_hold,
-                )
-                .await;
+            let now = self.call_now(
+                i,
+                Phase::Request,
+                |c| c.request_headers = Some(map),
+                |vm, id| vm.on_request_headers(id, n, end_of_stream),
+                |c| c.request_headers.take(),
+                may_hold,
+            );
+            let (settled, back) = self.waited(i, Phase::Request, now).await;
             if let Settled::Held = settled {
                 // The holder keeps the map: it may change the headers from its body
                 // callbacks and call answers until it lets them go.
@@ -375,20 +374,19 @@ impl HttpStream {
                 let before = self.before(i, &data);
                 let (map, body_held) = data;
                 let (field, callback) = trailers_of(phase);
-                let (outcome, back) = self
-                    .run(
-                        i,
-                        phase,
-                        |c| {
-                            *field(c) = Some(map);
-                            c.body = Some(body_held);
-                            c.body_limit = limit;
-                        },
-                        |vm, id| callback(vm, id, count),
-                        |c| Some((field(c).take(), c.body.take())),
-                        false,
-                    )
-                    .await;
+                let now = self.call_now(
+                    i,
+                    phase,
+                    |c| {
+                        *field(c) = Some(map);
+                        c.body = Some(body_held);
+                        c.body_limit = limit;
+                    },
+                    |vm, id| callback(vm, id, count),
+                    |c| Some((field(c).take(), c.body.take())),
+                    false,
+                );
+                let (outcome, back) = self.waited(i, phase, now).await;
                 let back = back
                     .unwrap_or_else(|| self.in_ctx(i, |c| Some((field(c).take(), c.body.take()))));
                 (*trailers, held) = match back {
@@ -441,19 +439,18 @@ impl HttpStream {
             let n = headers.len() as u32;
             let before = self.before(i, headers);
             let map = std::mem::take(headers);
-            let (outcome, back) = self
-                .run(
-                    i,
-                    Phase::Response,
-                    |c| {
-                        c.response_code = code;
-                        c.response_headers = Some(map);
-                    },
-                    |vm, id| vm.on_response_headers(id, n, end_of_stream),
-                    |c| c.response_headers.take(),
-                    false,
-                )
-                .await;
+            let now = self.call_now(
+                i,
+                Phase::Response,
+                |c| {
+                    c.response_code = code;
+                    c.response_headers = Some(map);
+                },
+                |vm, id| vm.on_response_headers(id, n, end_of_stream),
+                |c| c.response_headers.take(),
+                false,
+            );
+            let (outcome, back) = self.waited(i, Phase::Response, now).await;
             *headers = match back.unwrap_or_else(|| self.in_ctx(i, |c| c.response_headers.take())) {
                 Some(h) => h,
                 None => self.restore(before),
@@ -639,28 +636,26 @@ impl HttpStream {
         }
     }
 
-    /// Places data in filter `i`'s context, runs its callback, and waits while it is
-    /// paused (unless `may_hold`: then a pause comes back as `Held`). The usual case, a
-    /// callback that continues at once without replying or closing the stream, is
-    /// settled in the same visit to the VM, which then also hands back the data with
-    /// `take` (the second value; `None`: take it back after settling).
-    async fn run<T>(
+    /// What [`HttpStream::call_now`] settled, or, when the filter paused a phase it
+    /// may not hold, what waiting for it settles (the data then still to be taken).
+    async fn waited<T>(
         &mut self,
         i: usize,
         phase: Phase,
-        place: impl FnOnce(&mut crate::state::HttpCtx),
-        call: impl FnOnce(&mut Vm, u32) -> Result<Action, Fault>,
-        take: impl FnOnce(&mut crate::state::HttpCtx) -> Option<T>,
-        may_hold: bool,
+        now: Result<(Settled, Option<Option<T>>), Waits>,
     ) -> (Settled, Option<Option<T>>) {
-        match self.call_now(i, phase, place, call, take, may_hold) {
+        match now {
             Ok(done) => done,
             Err(Waits) => (self.wait_out(i, phase).await, None),
         }
     }
 
-    /// [`HttpStream::run`] up to the wait: `Err` when the filter paused a phase it may
-    /// not hold, and must be waited for with [`HttpStream::wait_out`].
+    /// Places data in filter `i`'s context and runs its callback; a pause comes back
+    /// as `Held` when `may_hold`, else as `Err(Waits)`: the filter must be waited for
+    /// ([`HttpStream::waited`]). The usual case, a callback that continues at once
+    /// without replying or closing the stream, is settled in the same visit to the VM,
+    /// which then also hands back the data with `take` (the second value; `None`: take
+    /// it back after settling).
     fn call_now<T>(
         &mut self,
         i: usize,
