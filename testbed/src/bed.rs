@@ -659,16 +659,13 @@ async fn run(
     {
         // Bytes the filters held for an end of body the trailers brought instead.
         let mut released = Vec::new();
-        if held {
-            // As the gateway does: while a filter holds the headers, trailers end
-            // the body; the filters do not see them and they do not go upstream.
-            flow = stream
-                .request_body_held(&mut headers, &mut released, true)
-                .await;
-            *t = HeaderMap::new();
+        flow = if held {
+            stream
+                .request_trailers_held(&mut headers, t, &mut released)
+                .await
         } else {
-            flow = stream.request_trailers(t, &mut released).await;
-        }
+            stream.request_trailers(t, &mut released).await
+        };
         body.append(&mut released);
     }
     let (mut resp_headers, resp_body, upstream_req) = match flow {

@@ -368,11 +368,13 @@ fn a_filter_failing_open_in_its_trailers_callback_leaves_them_as_they_came() {
     assert_eq!(trailers.get_str("x-checksum"), Some("1"));
 }
 
-/// While a filter holds the request headers for the body, trailers end the body, as
-/// in the gateway: the headers and the body go upstream (the filters after the
-/// holder once got the trailers before any headers, and the upstream none).
+/// While a filter holds the request headers for the body
+/// (`allow_on_headers_stop_iteration`), trailers go to it as in Envoy: it may still
+/// change the headers and read the body it held, and its continuing lets the headers,
+/// the body and the trailers go on. (The engine once gave the trailers to the filters
+/// after the holder before any headers, then ended the body without them.)
 #[test]
-fn trailers_while_a_filter_holds_the_headers_end_the_body() {
+fn trailers_while_a_filter_holds_the_headers_reach_it_and_let_the_headers_go() {
     let mut bed = TestBed::new()
         .filter(wasm("conformance_filter"), config())
         .named("conformance")
@@ -389,6 +391,15 @@ fn trailers_while_a_filter_holds_the_headers_end_the_body() {
     assert_eq!(res.status, 200);
     let up = res.upstream.as_ref().expect("the request went upstream");
     assert_eq!(up.headers.get_str("x-kept"), Some("1"));
-    assert_eq!(up.headers.get_str("x-body-seen"), Some("abcd"));
+    // The holder's trailers callback ran while it held the headers and the body.
+    assert_eq!(up.headers.get_str("x-trailers-at-holder"), Some("1"));
+    assert_eq!(up.headers.get_str("x-body-at-trailers"), Some("abcd"));
+    assert_eq!(
+        up.headers.get_str("x-body-seen"),
+        None,
+        "the body never ended"
+    );
     assert_eq!(up.body, b"abcd");
+    let trailers = up.trailers.as_ref().expect("the trailers went on");
+    assert_eq!(trailers.get_str("x-t"), Some("1"));
 }

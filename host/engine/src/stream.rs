@@ -333,6 +333,76 @@ impl HttpStream {
         self.outcome(flow)
     }
 
+    /// The request's trailers while a filter holds the headers (after
+    /// `request_headers` answered `Buffering`), as Envoy gives them: through the
+    /// filters up to the holder, whose trailers callback may let the headers go (or
+    /// reply); the headers then go through the rest of the chain, the body bytes held
+    /// so far after them, and the trailers last. A later filter may hold the headers
+    /// again, and the same follows for it. `Continue`: the headers are final, and
+    /// `body` is what goes upstream before the trailers. Without a holder it is
+    /// [`HttpStream::request_trailers`].
+    pub async fn request_trailers_held(
+        &mut self,
+        headers: &mut HeaderMap,
+        trailers: &mut HeaderMap,
+        body: &mut Vec<u8>,
+    ) -> Flow {
+        let flow = self
+            .request_trailers_held_inner(headers, trailers, body)
+            .await;
+        self.outcome(flow)
+    }
+
+    async fn request_trailers_held_inner(
+        &mut self,
+        headers: &mut HeaderMap,
+        trailers: &mut HeaderMap,
+        body: &mut Vec<u8>,
+    ) -> Flow {
+        let n = self.slots.len();
+        let mut from = 0;
+        while let Some(h) = self.headers_held.as_ref().map(|(h, _)| *h) {
+            // What came out of the filters before the holder goes to it first.
+            if from > 0 && !body.is_empty() {
+                match self
+                    .body_through(Phase::Request, from, h + 1, body, false)
+                    .await
+                {
+                    Flow::Continue | Flow::Buffering => {}
+                    reply => return reply,
+                }
+            }
+            match self
+                .trailers_range(Phase::Request, from, h + 1, trailers, body)
+                .await
+            {
+                Flow::Continue => {}
+                reply => return reply,
+            }
+            // The holder's trailers callback let the request go: its headers go on.
+            let before = self.headers_held.take().and_then(|(_, b)| b);
+            *headers = match self.in_ctx(h, |c| c.request_headers.take()) {
+                Some(map) => map,
+                None => self.restore(before),
+            };
+            match self.request_headers_from(h + 1, headers, false).await {
+                Flow::Continue | Flow::Buffering => from = h + 1,
+                reply => return reply,
+            }
+        }
+        if from > 0 && !body.is_empty() {
+            match self
+                .body_through(Phase::Request, from, n, body, false)
+                .await
+            {
+                Flow::Continue | Flow::Buffering => {}
+                reply => return reply,
+            }
+        }
+        self.trailers_range(Phase::Request, from, n, trailers, body)
+            .await
+    }
+
     /// Runs `on_response_trailers` through the chain in reverse order; as
     /// [`HttpStream::request_trailers`], held body bytes come out in `body`.
     pub async fn response_trailers(
@@ -351,8 +421,8 @@ impl HttpStream {
         body: &mut Vec<u8>,
     ) -> Flow {
         if phase == Phase::Request && self.headers_held.is_some() {
-            // The embedder ends such a body with `request_body_held` instead: trailers
-            // here would reach filters that never saw the headers.
+            // The embedder gives these to `request_trailers_held`: here they would
+            // reach filters that never saw the headers.
             return self.reply(json_reply(
                 500,
                 "trailers_while_headers_held",
@@ -361,8 +431,21 @@ impl HttpStream {
             ));
         }
         let n = self.slots.len();
+        self.trailers_range(phase, 0, n, trailers, body).await
+    }
+
+    /// The trailers through the `from..to` steps of `phase`'s walk; body bytes a
+    /// filter held go on through the steps after it, up to `to`, and out in `body`.
+    async fn trailers_range(
+        &mut self,
+        phase: Phase,
+        from: usize,
+        to: usize,
+        trailers: &mut HeaderMap,
+        body: &mut Vec<u8>,
+    ) -> Flow {
         let limit = self.body_limit(phase);
-        for k in 0..n {
+        for k in from..to {
             let i = self.walk_index(phase, k);
             // The body this filter held for an end the trailers bring instead: its
             // trailers callback may read and change it, as Envoy hands a filter its
@@ -402,7 +485,7 @@ impl HttpStream {
             if held.is_empty() {
                 continue;
             }
-            match self.body_through(phase, k + 1, n, &mut held, false).await {
+            match self.body_through(phase, k + 1, to, &mut held, false).await {
                 Flow::Continue => body.append(&mut held),
                 // A later filter holds it now, until the trailers reach it.
                 Flow::Buffering => {}

@@ -343,6 +343,24 @@ routes:
     assert!(out.contains(r#"["x-body-seen","hello body"]"#), "{out}");
     assert!(out.contains(r#""body":"hello body""#), "{out}");
 
+    // Trailers instead of the body's end: they reach the holder, which may still
+    // change the headers and read the body it held, and whose continuing lets the
+    // headers go, then the body (as Envoy calls a holder's trailers callback).
+    let out = raw_request(
+        &addr,
+        &chunked("holds.test", "headers-wait-for-body"),
+        Duration::from_millis(200),
+        b"6\r\nhello \r\n4\r\nbody\r\n0\r\nx-t: 1\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(r#"["x-trailers-at-holder","1"]"#), "{out}");
+    assert!(
+        out.contains(r#"["x-body-at-trailers","hello body"]"#),
+        "{out}"
+    );
+    assert!(!out.contains("x-body-seen"), "the body never ended: {out}");
+    assert!(out.contains(r#""body":"hello body""#), "{out}");
+
     // A filter that resumes after its call lets the headers go at once, without
     // waiting for the client's next bytes: the upstream has the head (with what the
     // call set) while the client still holds back the end of its body.

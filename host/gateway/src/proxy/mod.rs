@@ -720,16 +720,26 @@ async fn hold_for_body(
             f = body.frame() => Some(f),
             () = woken => None,
         };
-        // Trailers while a filter holds the headers end the body (they are not
-        // forwarded upstream).
-        let (mut chunk, eos) = match frame {
-            None => (Vec::new(), false),
+        let (mut chunk, eos, trailers) = match frame {
+            None => (Vec::new(), false, None),
             Some(f) => {
                 let f = client_chunk(f, body, &mut read, limit)?;
-                (f.chunk, f.eos)
+                (f.chunk, f.eos, f.trailers)
             }
         };
-        match stream.request_body_held(headers, &mut chunk, eos).await {
+        let flow = match trailers {
+            // Trailers go to the holder, which may let the headers go on them, and
+            // then through the rest of the chain, as in Envoy (they are not
+            // forwarded upstream).
+            Some(t) => {
+                let mut map = engine_map(&[], &t);
+                stream
+                    .request_trailers_held(headers, &mut map, &mut chunk)
+                    .await
+            }
+            None => stream.request_body_held(headers, &mut chunk, eos).await,
+        };
+        match flow {
             Flow::Reply(r) => return Err(Stop::Filter(r)),
             Flow::Continue => {
                 return Ok(Released {

@@ -1222,6 +1222,17 @@ impl HttpContext for Case {
             );
             self.add_http_request_trailer("x-held-body", &held);
         }
+        if self.case == "headers-wait-for-body" {
+            // With `allow_on_headers_stop_iteration`, the headers are still held here
+            // (the body never ended: the trailers did): they can still change, and
+            // the body held so far is readable. Continuing lets them go.
+            let held = self.get_http_request_body(0, usize::MAX).map_or_else(
+                || "<none>".to_owned(),
+                |b| String::from_utf8_lossy(&b).into_owned(),
+            );
+            self.set_http_request_header("x-trailers-at-holder", Some(&n.to_string()));
+            self.set_http_request_header("x-body-at-trailers", Some(&held));
+        }
         if self.case == "trap-in-trailers" {
             self.set_http_request_trailer("x-checksum", Some("tampered"));
             panic!("conformance: panic in on_http_request_trailers");
