@@ -248,15 +248,10 @@ impl HttpStream {
                 return flow;
             }
             // The holder let go: its headers go on to the rest of the chain (whose
-            // body follows), which may hold them again further on.
-            let before = self.headers_held.take().and_then(|(_, b)| b);
-            *headers = match self.in_ctx(h, |c| c.request_headers.take()) {
-                Some(map) => map,
-                None => self.restore(before),
-            };
-            match self.request_headers_from(h + 1, headers, false).await {
-                Flow::Continue | Flow::Buffering => from = h + 1,
-                reply => return reply,
+            // body follows).
+            match self.let_headers_go(h, headers).await {
+                Ok(next) => from = next,
+                Err(reply) => return reply,
             }
         }
         if chunk.is_empty() && !eos {
@@ -264,6 +259,21 @@ impl HttpStream {
         }
         let n = self.slots.len();
         self.body_through(Phase::Request, from, n, chunk, eos).await
+    }
+
+    /// The filter `h` holding the headers let them go: they go through the rest of the
+    /// chain, which may hold them again further on. `Ok`: where the rest of the
+    /// request's walk starts; `Err`: a reply.
+    async fn let_headers_go(&mut self, h: usize, headers: &mut HeaderMap) -> Result<usize, Flow> {
+        let before = self.headers_held.take().and_then(|(_, b)| b);
+        *headers = match self.in_ctx(h, |c| c.request_headers.take()) {
+            Some(map) => map,
+            None => self.restore(before),
+        };
+        match self.request_headers_from(h + 1, headers, false).await {
+            Flow::Continue | Flow::Buffering => Ok(h + 1),
+            reply => Err(reply),
+        }
     }
 
     /// The signal the filter holding the headers is woken by when it resumes or
@@ -380,14 +390,9 @@ impl HttpStream {
                 reply => return reply,
             }
             // The holder's trailers callback let the request go: its headers go on.
-            let before = self.headers_held.take().and_then(|(_, b)| b);
-            *headers = match self.in_ctx(h, |c| c.request_headers.take()) {
-                Some(map) => map,
-                None => self.restore(before),
-            };
-            match self.request_headers_from(h + 1, headers, false).await {
-                Flow::Continue | Flow::Buffering => from = h + 1,
-                reply => return reply,
+            match self.let_headers_go(h, headers).await {
+                Ok(next) => from = next,
+                Err(reply) => return reply,
             }
         }
         if from > 0 && !body.is_empty() {

@@ -150,6 +150,64 @@ struct H2Answer {
     trailers: Option<http::HeaderMap>,
 }
 
+/// A request body given frame by frame: data, then trailers.
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// POST `path` over cleartext HTTP/2 with a body in two chunks and then trailers; the
+/// status and what the echo upstream answered.
+fn h2_post_with_trailers(port: u16, path: &str) -> (u16, serde_json::Value) {
+    rt().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-t", http::HeaderValue::from_static("1"));
+        let frames = Frames(
+            [
+                hyper::body::Frame::data(Bytes::from_static(b"hello ")),
+                hyper::body::Frame::data(Bytes::from_static(b"body")),
+                hyper::body::Frame::trailers(trailers),
+            ]
+            .into(),
+        );
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://127.0.0.1:{port}{path}"))
+            .body(frames)
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .expect("the body ends")
+            .expect("the body is whole")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    })
+}
+
 /// GET `path` over cleartext HTTP/2 (prior knowledge), the body read to its end.
 fn h2_get(port: u16, path: &str) -> H2Answer {
     rt().block_on(async {
@@ -257,4 +315,61 @@ routes:
         )
     };
     assert_eq!(named(&ours), named(&theirs), "ours, then Envoy's");
+}
+
+/// Request trailers from an HTTP/2 client while a filter holds the headers
+/// (`allow_on_headers_stop_iteration`): in both hosts the holder's trailers callback
+/// runs while it still holds the headers (it sets two) and the body (it reads it), its
+/// body callback never sees an end of body, and the headers and body then go on.
+#[test]
+fn request_trailers_reach_a_filter_holding_the_headers_as_in_envoy() {
+    let up = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: s, url: "http://{up}" }}]
+filters: [{{ name: conformance, wasm: "{}", config: {{ upstream: s }}, allow_on_headers_stop_iteration: true }}]
+routes: [{{ name: r, match: {{ paths: [/case] }}, service: s, filters: [conformance], strip_path: false }}]
+"#,
+        wasm("conformance_filter")
+    ));
+    let mut filter = portcullis_envoy::WasmFilter::new(
+        "conformance",
+        wasm("conformance_filter"),
+        r#"{"upstream": "upstream"}"#,
+    );
+    filter.allow_on_headers_stop_iteration = true;
+    let envoy =
+        portcullis_envoy::Envoy::start(&portcullis_envoy::EnvoyConfig::new(up).filter(filter))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let seen = |port: u16| {
+        let (status, echo) = h2_post_with_trailers(port, "/case/headers-wait-for-body");
+        let header = |name: &str| {
+            echo["headers"].as_array().and_then(|h| {
+                h.iter()
+                    .find(|p| p[0].as_str() == Some(name))
+                    .and_then(|p| p[1].as_str().map(str::to_owned))
+            })
+        };
+        (
+            status,
+            header("x-trailers-at-holder"),
+            header("x-body-at-trailers"),
+            header("x-body-seen"),
+            echo["body"].as_str().map(str::to_owned),
+        )
+    };
+    let ours = seen(gw.port);
+    assert_eq!(
+        ours,
+        (
+            200,
+            Some("1".into()),
+            Some("hello body".into()),
+            None,
+            Some("hello body".into())
+        )
+    );
+    assert_eq!(ours, seen(envoy.listener.port()), "ours, then Envoy's");
 }
