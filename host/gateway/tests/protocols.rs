@@ -167,49 +167,44 @@ impl hyper::body::Body for Frames {
 /// POST `path` over cleartext HTTP/2 with a body in two chunks and then trailers; the
 /// status and what the echo upstream answered.
 fn h2_post_with_trailers(port: u16, path: &str) -> (u16, serde_json::Value) {
-    rt().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("x-t", http::HeaderValue::from_static("1"));
-        let frames = Frames(
-            [
-                hyper::body::Frame::data(Bytes::from_static(b"hello ")),
-                hyper::body::Frame::data(Bytes::from_static(b"body")),
-                hyper::body::Frame::trailers(trailers),
-            ]
-            .into(),
-        );
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://127.0.0.1:{port}{path}"))
-            .body(frames)
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
-            .await
-            .expect("the body ends")
-            .expect("the body is whole")
-            .to_bytes();
-        (
-            status,
-            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-        )
-    })
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-t", http::HeaderValue::from_static("1"));
+    let frames = Frames(
+        [
+            hyper::body::Frame::data(Bytes::from_static(b"hello ")),
+            hyper::body::Frame::data(Bytes::from_static(b"body")),
+            hyper::body::Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .body(frames)
+        .unwrap();
+    let answer = h2_send(port, req);
+    (
+        answer.status,
+        serde_json::from_str(&answer.body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// GET `path` over cleartext HTTP/2 (prior knowledge), the body read to its end.
 fn h2_get(port: u16, path: &str) -> H2Answer {
+    let req = http::Request::builder()
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    h2_send(port, req)
+}
+
+/// Sends `req` over cleartext HTTP/2 (prior knowledge); the answer, its body read to
+/// its end.
+fn h2_send<B>(port: u16, req: http::Request<B>) -> H2Answer
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     rt().block_on(async {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -219,10 +214,6 @@ fn h2_get(port: u16, path: &str) -> H2Answer {
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let req = http::Request::builder()
-            .uri(format!("http://127.0.0.1:{port}{path}"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
             .await
             .unwrap()
