@@ -371,11 +371,14 @@ impl HttpStream {
     ) -> Flow {
         let n = self.slots.len();
         let mut from = 0;
-        while let Some(h) = self.headers_held.as_ref().map(|(h, _)| *h) {
-            // What came out of the filters before the holder goes to it first.
+        loop {
+            // Up to the filter holding the headers, or to the end of the chain.
+            let holder = self.headers_held.as_ref().map(|(h, _)| *h);
+            let to = holder.map_or(n, |h| h + 1);
+            // What came out of the filters before goes through these first.
             if from > 0 && !body.is_empty() {
                 match self
-                    .body_through(Phase::Request, from, h + 1, body, false)
+                    .body_through(Phase::Request, from, to, body, false)
                     .await
                 {
                     Flow::Continue | Flow::Buffering => {}
@@ -383,29 +386,21 @@ impl HttpStream {
                 }
             }
             match self
-                .trailers_range(Phase::Request, from, h + 1, trailers, body)
+                .trailers_range(Phase::Request, from, to, trailers, body)
                 .await
             {
                 Flow::Continue => {}
                 reply => return reply,
             }
+            let Some(h) = holder else {
+                return Flow::Continue;
+            };
             // The holder's trailers callback let the request go: its headers go on.
             match self.let_headers_go(h, headers).await {
                 Ok(next) => from = next,
                 Err(reply) => return reply,
             }
         }
-        if from > 0 && !body.is_empty() {
-            match self
-                .body_through(Phase::Request, from, n, body, false)
-                .await
-            {
-                Flow::Continue | Flow::Buffering => {}
-                reply => return reply,
-            }
-        }
-        self.trailers_range(Phase::Request, from, n, trailers, body)
-            .await
     }
 
     /// Runs `on_response_trailers` through the chain in reverse order; as
