@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use portcullis_reply::CONTENT_TYPE_JSON;
 use tokio::sync::Notify;
 
 use crate::abi::Action;
@@ -68,25 +67,12 @@ pub struct HttpStream {
 
 /// The reply for a request that met a failed filter.
 fn failure_reply(filter: &str, request_id: &str) -> LocalReply {
-    json_reply(
+    LocalReply::json(
         503,
         "wasm_fail_stream",
         &format!("filter {filter} is unavailable"),
         request_id,
     )
-}
-
-/// A local reply of the engine's own: `status`, the product's JSON error body.
-fn json_reply(status: u16, details: &str, message: &str, request_id: &str) -> LocalReply {
-    let mut headers = HeaderMap::new();
-    headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
-    LocalReply {
-        status,
-        details: details.into(),
-        body: portcullis_reply::json_body(message, Some(request_id)),
-        headers,
-        grpc_status: -1,
-    }
 }
 
 impl HttpStream {
@@ -423,7 +409,7 @@ impl HttpStream {
         if phase == Phase::Request && self.headers_held.is_some() {
             // The embedder gives these to `request_trailers_held`: here they would
             // reach filters that never saw the headers.
-            return self.reply(json_reply(
+            return self.reply(LocalReply::json(
                 500,
                 "trailers_while_headers_held",
                 "request trailers came while a filter held the headers",
@@ -989,7 +975,7 @@ struct BodyWait {
 fn reset_reply(request_id: &str) -> LocalReply {
     // proxy_close_stream resets the stream in Envoy; a client sees the connection
     // closed. We answer 502 with the gateway's JSON body so the reset is visible.
-    json_reply(
+    LocalReply::json(
         502,
         "wasm_close_stream",
         "the request was reset by a filter",

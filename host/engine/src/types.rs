@@ -35,6 +35,22 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
+    /// A reply of the product's own (the engine's or the gateway's): `status` and the
+    /// JSON error body every local reply carries, `{"message": ..., "request_id": ...}`;
+    /// `details` is what the access log records as the reason.
+    pub fn json(status: u16, details: &str, message: &str, request_id: &str) -> LocalReply {
+        let mut headers = HeaderMap::new();
+        let (name, value) = portcullis_reply::CONTENT_TYPE_JSON;
+        headers.add(name, value);
+        LocalReply {
+            status,
+            details: details.into(),
+            body: portcullis_reply::json_body(message, Some(request_id)),
+            headers,
+            grpc_status: -1,
+        }
+    }
+
     /// The headers a client receives: `:status`, the filter's own headers, and a
     /// content type and length for the body (`text/plain` when the filter set none, as
     /// Envoy's local replies do).

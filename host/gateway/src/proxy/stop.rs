@@ -4,8 +4,7 @@
 
 use std::borrow::Cow;
 
-use portcullis_engine::{HeaderMap, LocalReply};
-use portcullis_reply::CONTENT_TYPE_JSON;
+use portcullis_engine::LocalReply;
 
 /// What the gateway answers when a filter keeps a request paused past the request's
 /// deadline (the service's `timeout_ms` from the start).
@@ -95,15 +94,7 @@ impl Stop {
 /// The gateway's JSON error: `{"message": ..., "request_id": ...}`, the body every
 /// local reply of the product carries.
 pub fn json_error(status: u16, message: &str, request_id: &str) -> LocalReply {
-    let mut headers = HeaderMap::new();
-    headers.add(CONTENT_TYPE_JSON.0, CONTENT_TYPE_JSON.1);
-    LocalReply {
-        status,
-        details: message.into(),
-        body: portcullis_reply::json_body(message, Some(request_id)),
-        headers,
-        grpc_status: -1,
-    }
+    LocalReply::json(status, message, message, request_id)
 }
 
 /// A failed upstream request as the gateway answers it: 413 when our own request-body
