@@ -353,14 +353,8 @@ impl Filter {
     }
 
     fn dispatch(&self, call: Outgoing) {
-        let generation = self.generation();
-        // The task holds the filter weakly: a filter dropped (a configuration reload)
-        // cancels its calls instead of being kept alive by them.
-        let weak = Rc::downgrade(&self.inner);
-        let cell = &self.inner.cell;
-        let n = cell.next_call.get();
-        cell.next_call.set(n.wrapping_add(1));
-        let task = match call {
+        let clusters = &self.inner.cell.clusters;
+        match call {
             Outgoing::Http {
                 token,
                 context_id,
@@ -369,24 +363,15 @@ impl Filter {
                 request,
             } => {
                 let timeout = request.timeout;
-                let fut = cell.clusters.http_call(&cluster, request);
-                tokio::task::spawn_local(async move {
-                    let result = with_timeout(timeout, fut)
-                        .await
-                        .unwrap_or(Err(CallFailure::Timeout));
+                let fut = clusters.http_call(&cluster, request);
+                self.spawn_call(timeout, fut, move |vm, result| {
                     let response = match result {
-                        Ok(r) => Some(r),
-                        Err(f) => failure_response(&f),
+                        Some(Ok(r)) => Some(r),
+                        Some(Err(f)) => failure_response(&f),
+                        None => failure_response(&CallFailure::Timeout),
                     };
-                    let Some(inner) = weak.upgrade() else { return };
-                    let this = Filter { inner };
-                    if this.generation() == generation {
-                        this.with_vm(|vm| {
-                            vm.on_http_call_response(context_id, root, token, response)
-                        });
-                    }
-                    this.inner.cell.calls.borrow_mut().remove(&n);
-                })
+                    vm.on_http_call_response(context_id, root, token, response)
+                });
             }
             Outgoing::Grpc {
                 token,
@@ -396,25 +381,44 @@ impl Filter {
                 request,
             } => {
                 let timeout = request.timeout;
-                let fut = cell.clusters.grpc_call(&cluster, request);
-                tokio::task::spawn_local(async move {
-                    let result = with_timeout(timeout, fut).await.unwrap_or_else(|| {
+                let fut = clusters.grpc_call(&cluster, request);
+                self.spawn_call(timeout, fut, move |vm, result| {
+                    let result = result.unwrap_or_else(|| {
                         Err(GrpcStatus {
                             code: GrpcStatus::DEADLINE_EXCEEDED,
                             message: "deadline exceeded".into(),
                         })
                     });
-                    let Some(inner) = weak.upgrade() else { return };
-                    let this = Filter { inner };
-                    if this.generation() == generation {
-                        this.with_vm(|vm| {
-                            vm.on_grpc_call_response(context_id, root, token, result)
-                        });
-                    }
-                    this.inner.cell.calls.borrow_mut().remove(&n);
-                })
+                    vm.on_grpc_call_response(context_id, root, token, result)
+                });
             }
-        };
+        }
+    }
+
+    /// Runs one outgoing call as a task of its own: its answer (`None`: it timed out)
+    /// goes to `deliver` in the VM that made it, unless the filter was dropped (a
+    /// configuration reload cancels its calls) or its VM was reloaded meanwhile.
+    fn spawn_call<T: 'static>(
+        &self,
+        timeout: Duration,
+        fut: LocalFuture<T>,
+        deliver: impl FnOnce(&mut Vm, Option<T>) -> Result<(), Fault> + 'static,
+    ) {
+        let generation = self.generation();
+        // The task holds the filter weakly, so that its calls do not keep it alive.
+        let weak = Rc::downgrade(&self.inner);
+        let cell = &self.inner.cell;
+        let n = cell.next_call.get();
+        cell.next_call.set(n.wrapping_add(1));
+        let task = tokio::task::spawn_local(async move {
+            let result = with_timeout(timeout, fut).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let this = Filter { inner };
+            if this.generation() == generation {
+                this.with_vm(|vm| deliver(vm, result));
+            }
+            this.inner.cell.calls.borrow_mut().remove(&n);
+        });
         cell.calls.borrow_mut().insert(n, task.abort_handle());
     }
 
