@@ -290,10 +290,7 @@ fn main() -> ExitCode {
 }
 
 fn echo(address: &str) -> Result<(), Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| vec![e.to_string()])?;
+    let rt = portcullis::state::local_runtime().map_err(|e| vec![e.to_string()])?;
     rt.block_on(async {
         let l = tokio::net::TcpListener::bind(address)
             .await

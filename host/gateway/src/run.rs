@@ -11,8 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::access_log::AccessLog;
 use crate::config::{self, Plan};
-use crate::metrics::GatewayMetrics;
-use crate::state::{Role, Shared, WorkerState};
+use crate::state::{Role, Shared, WorkerState, local_runtime};
 use crate::worker::{self, Control, ListenerSocket};
 
 /// Checks a configuration completely: parse, references, listeners' TLS files, every
@@ -26,17 +25,8 @@ pub fn validate(path: &Path) -> Result<Plan, Vec<String>> {
 fn validate_with(path: &Path, engine: &Engine) -> Result<Plan, Vec<String>> {
     let plan = config::load(path, engine)?;
     engine.set_limits(plan.limits.clone());
-    let shared = Arc::new(Shared {
-        engine: engine.clone(),
-        metrics: GatewayMetrics::default(),
-        access_log: None,
-        draining: Default::default(),
-        ready: Default::default(),
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| vec![e.to_string()])?;
+    let shared = Shared::new(engine.clone(), None);
+    let rt = local_runtime().map_err(|e| vec![e.to_string()])?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         WorkerState::build(&plan, shared.clone(), Role::Main)?;
@@ -76,17 +66,8 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
         });
     }
     let sockets = Arc::new(sockets);
-    let shared = Arc::new(Shared {
-        engine,
-        metrics: GatewayMetrics::default(),
-        access_log,
-        draining: Default::default(),
-        ready: Default::default(),
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| vec![e.to_string()])?;
+    let shared = Shared::new(engine, access_log);
+    let rt = local_runtime().map_err(|e| vec![e.to_string()])?;
     rt.block_on(async move {
         let mut controls = Vec::new();
         let mut threads = Vec::new();

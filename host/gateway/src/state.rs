@@ -24,6 +24,26 @@ pub struct Shared {
     pub ready: AtomicBool,
 }
 
+impl Shared {
+    /// Not draining, not yet ready.
+    pub fn new(engine: Engine, access_log: Option<AccessLog>) -> Arc<Shared> {
+        Arc::new(Shared {
+            engine,
+            metrics: GatewayMetrics::default(),
+            access_log,
+            draining: Default::default(),
+            ready: Default::default(),
+        })
+    }
+}
+
+/// A runtime on the calling thread: a worker's, or the main thread's.
+pub fn local_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 pub struct ListenerLimits {
     pub max_headers_bytes: usize,
     pub max_headers_count: usize,

@@ -61,10 +61,7 @@ pub fn spawn(
             Role::Main => "wasm-main".to_owned(),
         })
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match crate::state::local_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = started.send(Err(vec![format!(
