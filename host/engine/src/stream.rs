@@ -63,6 +63,9 @@ pub struct HttpStream {
     /// A response chunk waiting for the filter that paused on it
     /// ([`HttpStream::response_body_now`]).
     body_waiting: Option<BodyWait>,
+    /// Headers waiting for the filter that paused on them
+    /// ([`HttpStream::request_headers_now`], [`HttpStream::response_headers_now`]).
+    headers_waiting: Option<HeadersWait>,
 }
 
 /// The reply for a request that met a failed filter.
@@ -115,6 +118,7 @@ impl HttpStream {
             body_limits: None,
             headers_held: None,
             body_waiting: None,
+            headers_waiting: None,
         }
     }
 
@@ -137,52 +141,139 @@ impl HttpStream {
     /// as Envoy's StopIteration) paused on them; feed the body with
     /// [`HttpStream::request_body_held`] until it answers `Continue`.
     pub async fn request_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
+        match self.request_headers_now(headers, end_of_stream) {
+            Some(flow) => flow,
+            None => self.headers_resume(headers).await,
+        }
+    }
+
+    /// [`HttpStream::request_headers`] without a future, for the usual case where no
+    /// filter makes the headers wait: the verdict at once. `None`: a filter paused on
+    /// them and has them in its hands; [`HttpStream::headers_resume`] waits for it and
+    /// runs the rest of the chain, and must come next.
+    pub fn request_headers_now(
+        &mut self,
+        headers: &mut HeaderMap,
+        end_of_stream: bool,
+    ) -> Option<Flow> {
         if let Some(reply) = self.failed_at_start.take() {
             let flow = self.reply(reply);
-            return self.outcome(flow);
+            return Some(self.outcome(flow));
         }
-        let flow = self.request_headers_from(0, headers, end_of_stream).await;
+        self.headers_now(Phase::Request, headers, end_of_stream, None)
+    }
+
+    /// Finishes the headers [`HttpStream::request_headers_now`] or
+    /// [`HttpStream::response_headers_now`] left waiting: waits for the filter that
+    /// paused on them, then runs the filters after it.
+    pub async fn headers_resume(&mut self, headers: &mut HeaderMap) -> Flow {
+        let flow = match self.headers_waiting.take() {
+            Some(wait) => self.headers_finish(wait, headers).await,
+            None => Flow::Continue,
+        };
         self.outcome(flow)
     }
 
-    async fn request_headers_from(
+    fn headers_now(
         &mut self,
-        start: usize,
+        phase: Phase,
         headers: &mut HeaderMap,
-        end_of_stream: bool,
-    ) -> Flow {
-        for i in start..self.slots.len() {
+        eos: bool,
+        code: Option<u16>,
+    ) -> Option<Flow> {
+        match self.headers_walk(phase, 0, headers, eos, code) {
+            Ok(flow) => Some(self.outcome(flow)),
+            Err(wait) => {
+                self.headers_waiting = Some(wait);
+                None
+            }
+        }
+    }
+
+    /// The headers through the steps `from..` of `phase`'s walk without waiting: the
+    /// verdict, or where a filter that paused on them must be waited for (they are then
+    /// in its hands). A filter that may hold the request headers for the body and
+    /// pauses holds them (`Buffering`).
+    fn headers_walk(
+        &mut self,
+        phase: Phase,
+        from: usize,
+        headers: &mut HeaderMap,
+        eos: bool,
+        code: Option<u16>,
+    ) -> Result<Flow, HeadersWait> {
+        let field = headers_of(phase);
+        for k in from..self.slots.len() {
+            let i = self.walk_index(phase, k);
             if self.ctx_of(i).is_none() {
                 continue;
             }
             let n = headers.len() as u32;
             let before = self.before(i, headers);
             let map = std::mem::take(headers);
-            let may_hold = !end_of_stream && self.slots[i].filter.holds_headers_for_body();
+            let may_hold =
+                phase == Phase::Request && !eos && self.slots[i].filter.holds_headers_for_body();
             let now = self.call_now(
                 i,
-                Phase::Request,
-                |c| c.request_headers = Some(map),
-                |vm, id| vm.on_request_headers(id, n, end_of_stream),
-                |c| c.request_headers.take(),
+                phase,
+                |c| {
+                    if phase == Phase::Response {
+                        c.response_code = code;
+                    }
+                    *field(c) = Some(map);
+                },
+                |vm, id| match phase {
+                    Phase::Request => vm.on_request_headers(id, n, eos),
+                    _ => vm.on_response_headers(id, n, eos),
+                },
+                |c| field(c).take(),
                 may_hold,
             );
-            let (settled, back) = self.waited(i, Phase::Request, now).await;
+            let Ok((settled, back)) = now else {
+                return Err(HeadersWait {
+                    phase,
+                    k,
+                    eos,
+                    code,
+                    before,
+                });
+            };
             if let Settled::Held = settled {
                 // The holder keeps the map: it may change the headers from its body
                 // callbacks and call answers until it lets them go.
                 self.headers_held = Some((i, before));
-                return Flow::Buffering;
+                return Ok(Flow::Buffering);
             }
-            *headers = match back.unwrap_or_else(|| self.in_ctx(i, |c| c.request_headers.take())) {
+            *headers = match back.unwrap_or_else(|| self.in_ctx(i, |c| field(c).take())) {
                 Some(h) => h,
                 None => self.restore(before),
             };
             if let Settled::Stop(flow) = settled {
-                return flow;
+                return Ok(flow);
             }
         }
-        Flow::Continue
+        Ok(Flow::Continue)
+    }
+
+    /// Waits for the filter a header walk stopped at, then walks the rest of the chain
+    /// (and waits again for any later filter that pauses).
+    async fn headers_finish(&mut self, mut wait: HeadersWait, headers: &mut HeaderMap) -> Flow {
+        let field = headers_of(wait.phase);
+        loop {
+            let i = self.walk_index(wait.phase, wait.k);
+            let settled = self.wait_out(i, wait.phase).await;
+            *headers = match self.in_ctx(i, |c| field(c).take()) {
+                Some(h) => h,
+                None => self.restore(wait.before.take()),
+            };
+            if let Settled::Stop(flow) = settled {
+                return flow;
+            }
+            match self.headers_walk(wait.phase, wait.k + 1, headers, wait.eos, wait.code) {
+                Ok(flow) => return flow,
+                Err(next) => wait = next,
+            }
+        }
     }
 
     /// One chunk of the request body while a filter holds the headers (after
@@ -256,7 +347,11 @@ impl HttpStream {
             Some(map) => map,
             None => self.restore(before),
         };
-        match self.request_headers_from(h + 1, headers, false).await {
+        let flow = match self.headers_walk(Phase::Request, h + 1, headers, false, None) {
+            Ok(flow) => flow,
+            Err(wait) => self.headers_finish(wait, headers).await,
+        };
+        match flow {
             Flow::Continue | Flow::Buffering => Ok(h + 1),
             reply => Err(reply),
         }
@@ -491,44 +586,22 @@ impl HttpStream {
 
     /// Runs `on_response_headers` through the chain in reverse order.
     pub async fn response_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
-        let flow = self.response_headers_inner(headers, end_of_stream).await;
-        self.outcome(flow)
+        match self.response_headers_now(headers, end_of_stream) {
+            Some(flow) => flow,
+            None => self.headers_resume(headers).await,
+        }
     }
 
-    async fn response_headers_inner(
+    /// [`HttpStream::response_headers`] without a future, as
+    /// [`HttpStream::request_headers_now`]: `None` when a filter paused on them;
+    /// [`HttpStream::headers_resume`] must come next.
+    pub fn response_headers_now(
         &mut self,
         headers: &mut HeaderMap,
         end_of_stream: bool,
-    ) -> Flow {
+    ) -> Option<Flow> {
         let code = headers.get_str(":status").and_then(|s| s.parse().ok());
-        for i in (0..self.slots.len()).rev() {
-            if self.ctx_of(i).is_none() {
-                continue;
-            }
-            let n = headers.len() as u32;
-            let before = self.before(i, headers);
-            let map = std::mem::take(headers);
-            let now = self.call_now(
-                i,
-                Phase::Response,
-                |c| {
-                    c.response_code = code;
-                    c.response_headers = Some(map);
-                },
-                |vm, id| vm.on_response_headers(id, n, end_of_stream),
-                |c| c.response_headers.take(),
-                false,
-            );
-            let (outcome, back) = self.waited(i, Phase::Response, now).await;
-            *headers = match back.unwrap_or_else(|| self.in_ctx(i, |c| c.response_headers.take())) {
-                Some(h) => h,
-                None => self.restore(before),
-            };
-            if let Settled::Stop(flow) = outcome {
-                return flow;
-            }
-        }
-        Flow::Continue
+        self.headers_now(Phase::Response, headers, end_of_stream, code)
     }
 
     /// Runs `on_response_body` through the chain in reverse order with one chunk.
@@ -949,11 +1022,13 @@ enum Settled {
     Stop(Flow),
 }
 
-/// Where a phase's trailers sit in a filter's context, and the callback that gets them.
-type TrailersField = fn(&mut crate::state::HttpCtx) -> &mut Option<HeaderMap>;
+/// Where one of a phase's header maps sits in a filter's context.
+type MapField = fn(&mut crate::state::HttpCtx) -> &mut Option<HeaderMap>;
+/// The callback that gets a phase's trailers.
 type TrailersCallback = fn(&mut Vm, u32, u32) -> Result<Action, Fault>;
 
-fn trailers_of(phase: Phase) -> (TrailersField, TrailersCallback) {
+/// Where a phase's trailers sit in a filter's context, and the callback that gets them.
+fn trailers_of(phase: Phase) -> (MapField, TrailersCallback) {
     match phase {
         Phase::Request => (|c| &mut c.request_trailers, Vm::on_request_trailers),
         _ => (|c| &mut c.response_trailers, Vm::on_response_trailers),
@@ -962,6 +1037,25 @@ fn trailers_of(phase: Phase) -> (TrailersField, TrailersCallback) {
 
 /// A filter paused on the last chunk of a body and must be waited for.
 struct Waits;
+
+/// Where a header walk through the chain stopped to wait for a filter: its `k`-th
+/// step of `phase`, and what the walk was given.
+struct HeadersWait {
+    phase: Phase,
+    k: usize,
+    eos: bool,
+    /// The response's status, given to each filter as the response code.
+    code: Option<u16>,
+    before: Option<Before<HeaderMap>>,
+}
+
+/// Where a phase's headers sit in a filter's context.
+fn headers_of(phase: Phase) -> MapField {
+    match phase {
+        Phase::Request => |c| &mut c.request_headers,
+        _ => |c| &mut c.response_headers,
+    }
+}
 
 /// Where a body chunk's walk through the chain stopped to wait for a filter: its
 /// `k`-th step of `..to`, at the body's end or not, and what the filter was given.

@@ -340,13 +340,18 @@ impl Exchange {
                 response: HeaderMap::new(),
                 released: None,
             });
-            let flow = within(
-                self.ctx.deadline,
-                filters
-                    .stream
-                    .request_headers(&mut filters.request, end_of_stream),
-            )
-            .await?;
+            // Usually settled at once; only a filter that pauses makes a future, and
+            // the deadline's timer, for the rest.
+            let flow = match filters
+                .stream
+                .request_headers_now(&mut filters.request, end_of_stream)
+            {
+                Some(flow) => flow,
+                None => {
+                    let rest = filters.stream.headers_resume(&mut filters.request);
+                    within(self.ctx.deadline, rest).await?
+                }
+            };
             match flow {
                 Flow::Reply(r) => return Err(Stop::Filter(r)),
                 // A filter holds the headers while it reads the body.
@@ -502,11 +507,13 @@ impl Exchange {
         let end_of_stream = rbody.is_end_stream();
         if let Some(filters) = self.filters.as_mut() {
             let mut head = engine_map(&[(":status", rparts.status.as_str())], &rparts.headers);
-            let flow = within(
-                self.ctx.deadline,
-                filters.stream.response_headers(&mut head, end_of_stream),
-            )
-            .await;
+            let flow = match filters
+                .stream
+                .response_headers_now(&mut head, end_of_stream)
+            {
+                Some(flow) => Ok(flow),
+                None => within(self.ctx.deadline, filters.stream.headers_resume(&mut head)).await,
+            };
             let stop = match flow {
                 Ok(Flow::Reply(r)) => Some(Stop::Filter(r)),
                 Err(stop) => Some(stop),
