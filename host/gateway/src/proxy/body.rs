@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use portcullis_engine::Flow;
+use portcullis_engine::{Flow, HeaderMap};
 
 use super::stop::FILTER_TIMEOUT;
-use super::{Ctx, Filters, engine_map, lossy_http_headers};
+use super::{Ctx, Filters};
 use crate::upstream::BoxError;
 
 /// A chunk back from the filters: them, the chunk as they left it, the trailers that
@@ -132,14 +132,14 @@ impl ResponseBody {
             return;
         };
         self.step = Some(Box::pin(async move {
-            let mut map = engine_map(&[], &trailers);
+            let mut map = HeaderMap::from_http(&[], trailers);
             let mut released = Vec::new();
             let verdict = filters
                 .stream
                 .response_trailers(&mut map, &mut released)
                 .await;
             // A trailer hyper cannot send is left out; none left, no trailers frame.
-            let trailers = Some(lossy_http_headers(&map)).filter(|t| !t.is_empty());
+            let trailers = Some(map.take_fields()).filter(|t| !t.is_empty());
             (filters, released, trailers, true, verdict)
         }));
     }

@@ -325,14 +325,16 @@ impl Exchange {
             // A body a filter rewrites may grow to what the service accepts, no further.
             let stream = HttpStream::new(chain, info)
                 .with_body_limits(svc.max_request_body, svc.max_response_body);
-            let request = engine_map(
+            // The filters work on the request's own map, moved in with the
+            // pseudo-headers beside it.
+            let request = HeaderMap::from_http(
                 &[
                     (":method", parts.method.as_str()),
                     (":path", &routed.path),
                     (":authority", &routed.host),
                     (":scheme", scheme),
                 ],
-                &parts.headers,
+                std::mem::take(&mut parts.headers),
             );
             let filters = self.filters.insert(Filters {
                 stream,
@@ -367,8 +369,9 @@ impl Exchange {
                 }
                 Flow::Continue => {}
             }
-            // What the filters left goes upstream; when they changed nothing, that is
-            // the request as it came (no conversion back).
+            // What the filters left goes upstream. The log phase reads the request's
+            // map after hyper's client has taken the request: the upstream gets a copy
+            // (hyper's values are shared, not copied).
             let request = &filters.request;
             if request.is_changed() {
                 routed.path = request.get_str(":path").unwrap_or("/").to_owned();
@@ -376,10 +379,17 @@ impl Exchange {
                     .map_err(|e| {
                     Stop::client(400, format!("the request cannot be forwarded: {e}"))
                 })?;
-                parts.headers = to_http_headers(request).map_err(|e| {
-                    Stop::client(400, format!("the request cannot be forwarded: {e}"))
-                })?;
+                if let Some((name, _)) = request.uncarried().next() {
+                    return Err(Stop::client(
+                        400,
+                        format!(
+                            "the request cannot be forwarded: a filter set header `{}`, which HTTP cannot carry",
+                            name.escape_debug()
+                        ),
+                    ));
+                }
             }
+            parts.headers = request.fields().clone();
         }
         self.ctx.entry.consumer = parts
             .headers
@@ -506,7 +516,10 @@ impl Exchange {
         }
         let end_of_stream = rbody.is_end_stream();
         if let Some(filters) = self.filters.as_mut() {
-            let mut head = engine_map(&[(":status", rparts.status.as_str())], &rparts.headers);
+            let mut head = HeaderMap::from_http(
+                &[(":status", rparts.status.as_str())],
+                std::mem::take(&mut rparts.headers),
+            );
             let flow = match filters
                 .stream
                 .response_headers_now(&mut head, end_of_stream)
@@ -531,9 +544,11 @@ impl Exchange {
                     .and_then(|s| s.parse().ok())
                     .and_then(|s| http::StatusCode::from_u16(s).ok())
                     .unwrap_or(http::StatusCode::BAD_GATEWAY);
-                rparts.headers =
-                    to_http_headers(&head).unwrap_or_else(|_| lossy_http_headers(&head));
             }
+            // A header hyper cannot send is left out (the response is on its way; a
+            // request's is a 400 instead). The log phase keeps the map: the client
+            // gets a copy.
+            rparts.headers = head.fields().clone();
             filters.response = head;
         }
         let status = rparts.status.as_u16();
@@ -678,7 +693,7 @@ async fn pump_request(
             // end the trailers bring); the trailers themselves are not forwarded: the
             // upstream connection is HTTP/1.1, which carries none it was not told of.
             Some(t) => {
-                let mut map = engine_map(&[], &t);
+                let mut map = HeaderMap::from_http(&[], t);
                 stream.request_trailers(&mut map, &mut chunk).await
             }
             None => stream.request_body(&mut chunk, eos).await,
@@ -739,7 +754,7 @@ async fn hold_for_body(
             // then through the rest of the chain, as in Envoy (they are not
             // forwarded upstream).
             Some(t) => {
-                let mut map = engine_map(&[], &t);
+                let mut map = HeaderMap::from_http(&[], t);
                 stream
                     .request_trailers_held(headers, &mut map, &mut chunk)
                     .await
@@ -873,50 +888,6 @@ impl HopByHop {
     }
 }
 
-/// Hyper's header map as the filters' map, after the pseudo-headers `pseudo`; marked
-/// unchanged, so that a map no filter touched is not converted back.
-fn engine_map(pseudo: &[(&str, &str)], headers: &http::HeaderMap) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(headers.len() + pseudo.len());
-    for (k, v) in pseudo {
-        map.add(k, v);
-    }
-    for (k, v) in headers {
-        map.add(k.as_str(), v);
-    }
-    map.mark_unchanged();
-    map
-}
-
-/// The filters' header map (pseudo-headers left out) as hyper's.
-fn to_http_headers(headers: &HeaderMap) -> Result<http::HeaderMap, String> {
-    let mut out = http::HeaderMap::with_capacity(headers.len());
-    for (k, v) in headers.iter() {
-        if k.starts_with(':') {
-            continue;
-        }
-        let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
-        let value = http::HeaderValue::from_bytes(v).map_err(|e| e.to_string())?;
-        out.append(name, value);
-    }
-    Ok(out)
-}
-
-/// A response head from the filters with any header hyper cannot send left out (the
-/// response is already on its way; a request's bad header is a 400 instead).
-fn lossy_http_headers(headers: &HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::with_capacity(headers.len());
-    for (k, v) in headers.iter() {
-        if let (false, Ok(name), Ok(value)) = (
-            k.starts_with(':'),
-            http::HeaderName::from_bytes(k.as_bytes()),
-            http::HeaderValue::from_bytes(v),
-        ) {
-            out.append(name, value);
-        }
-    }
-    out
-}
-
 fn full(body: Vec<u8>) -> GwBody {
     Box::pin(Full::new(Bytes::from(body)).map_err(|e| match e {}))
 }
@@ -934,7 +905,8 @@ fn to_response(headers: &HeaderMap, body: GwBody) -> http::Response<GwBody> {
     let mut resp = http::Response::new(body);
     *resp.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    *resp.headers_mut() = lossy_http_headers(headers);
+    // What hyper cannot send is left out.
+    *resp.headers_mut() = headers.fields().clone();
     resp
 }
 

@@ -1,0 +1,563 @@
+//! The header map a filter sees, with Envoy's semantics: names are lower-cased on the
+//! way in, lookups ignore case, a get returns the first value, a replace leaves one.
+//!
+//! The fields live in hyper's own map (`http::HeaderMap`): an embedder that speaks
+//! HTTP with hyper moves the request's map in with [`HeaderMap::from_http`] and takes
+//! it back with [`HeaderMap::fields`], so filters read and write the request's map and
+//! nothing is converted on the way. Beside it, a small list holds what hyper's map
+//! cannot: the pseudo-headers (`:method`, `:path`, `:status`...), and entries whose
+//! name is not an HTTP token or whose value holds bytes HTTP forbids (Envoy's map
+//! stores whatever a filter gives it; the embedder decides what to do with them, see
+//! [`HeaderMap::uncarried`]).
+//!
+//! Order: the pseudo-headers first, in the order they came; then the fields in
+//! hyper's order, the values of one name together and in the order they came; then
+//! the uncarried entries. Within one name the order is always kept; between names it
+//! can differ from the order of arrival, which HTTP leaves without meaning (RFC 9110,
+//! 5.3). Every value of one name sits on one side, so a name's values keep their order
+//! even when some of them cannot be carried.
+
+mod list;
+
+use http::{HeaderName, HeaderValue};
+use list::List;
+
+/// An ordered multimap of header names (lower-case) to raw byte values.
+#[derive(Clone, Default)]
+pub struct HeaderMap {
+    fields: http::HeaderMap,
+    /// The pseudo-headers and the entries `fields` cannot hold.
+    side: List,
+    /// Set by every change since the last `mark_unchanged`.
+    changed: bool,
+}
+
+/// Where the entries of one name belong.
+enum Place {
+    /// A pseudo-header, or a name that is not an HTTP token: the side list.
+    Side,
+    /// An HTTP field name: hyper's map, unless a value of it is on the side already.
+    Field(HeaderName),
+}
+
+fn place(name: &[u8]) -> Place {
+    if name.first() == Some(&b':') {
+        return Place::Side;
+    }
+    match HeaderName::from_bytes(name) {
+        Ok(n) => Place::Field(n),
+        Err(_) => Place::Side,
+    }
+}
+
+fn is_pseudo(name: &[u8]) -> bool {
+    name.first() == Some(&b':')
+}
+
+impl HeaderMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The map over hyper's `fields`, moved in as they are, after the pseudo-headers
+    /// `pseudo`; marked unchanged.
+    pub fn from_http(pseudo: &[(&str, &str)], fields: http::HeaderMap) -> Self {
+        let mut side = List::default();
+        for (k, v) in pseudo {
+            side.add(k, v);
+        }
+        HeaderMap {
+            fields,
+            side,
+            changed: false,
+        }
+    }
+
+    /// The fields as hyper carries them: every entry but the pseudo-headers and the
+    /// [`uncarried`](Self::uncarried) ones.
+    pub fn fields(&self) -> &http::HeaderMap {
+        &self.fields
+    }
+
+    /// Takes the fields out (see [`fields`](Self::fields)), leaving none.
+    pub fn take_fields(&mut self) -> http::HeaderMap {
+        std::mem::take(&mut self.fields)
+    }
+
+    /// The entries HTTP cannot carry: a name that is not a token, or a value with a
+    /// control byte (CR, LF, NUL...). A filter put them there; hyper would refuse them.
+    pub fn uncarried(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.side.iter().filter(|(k, _)| !is_pseudo(k.as_bytes()))
+    }
+
+    /// Whether the map changed (an entry added, replaced or removed, or the map
+    /// replaced whole) since `mark_unchanged`.
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Starts tracking changes from here.
+    pub fn mark_unchanged(&mut self) {
+        self.changed = false;
+    }
+
+    /// Records a change made from outside the map's own methods (the map replaced
+    /// whole by another).
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    pub fn len(&self) -> usize {
+        self.side.len() + self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.side.is_empty() && self.fields.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
+        // Names on the side are written as UTF-8; hyper's are ASCII.
+        self.iter_bytes()
+            .map(|(k, v)| (std::str::from_utf8(k).unwrap_or(""), v))
+    }
+
+    /// The pairs as bytes, in the map's order: what the ABI encodes.
+    pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        let pseudo = self.side.iter_bytes().filter(|(k, _)| is_pseudo(k));
+        let odd = self.side.iter_bytes().filter(|(k, _)| !is_pseudo(k));
+        pseudo.chain(Fields::new(&self.fields)).chain(odd)
+    }
+
+    /// Whether `name`'s entries are on the side (a pseudo-header, a name that is not a
+    /// token, or a name with a value hyper could not hold).
+    fn on_side(&self, name: &str) -> bool {
+        self.side.get(name).is_some()
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        match self.side.get(name) {
+            Some(v) => Some(v),
+            None => self.fields.get(name).map(HeaderValue::as_bytes),
+        }
+    }
+
+    /// The first value of `name` when it is UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        // A name's values are all on one side: one of the two is empty.
+        let fields = if is_pseudo(name.as_bytes()) {
+            None
+        } else {
+            Some(self.fields.get_all(name).into_iter())
+        };
+        self.side
+            .get_all(name)
+            .chain(fields.into_iter().flatten().map(HeaderValue::as_bytes))
+    }
+
+    /// Moves `name`'s values from hyper's map to the side, in order: a value of it
+    /// that hyper cannot hold is coming.
+    fn to_side(&mut self, name: &HeaderName) {
+        if let http::header::Entry::Occupied(e) = self.fields.entry(name) {
+            let (name, values) = e.remove_entry_mult();
+            for v in values {
+                self.side.add(name.as_str(), v.as_bytes());
+            }
+        }
+    }
+
+    pub fn add(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.changed = true;
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let Place::Field(n) = place(name) else {
+            return self.side.add(name, value);
+        };
+        if self.on_side(n.as_str()) {
+            return self.side.add(n.as_str(), value);
+        }
+        match HeaderValue::from_bytes(value) {
+            Ok(v) => {
+                if self.fields.try_append(n, v).is_ok() {
+                    return;
+                }
+                // Hyper's map is full (2^15 names): this name goes aside whole.
+                if let Place::Field(n) = place(name) {
+                    self.to_side(&n);
+                }
+                self.side.add(name, value);
+            }
+            Err(_) => {
+                self.to_side(&n);
+                self.side.add(n.as_str(), value);
+            }
+        }
+    }
+
+    /// Sets `name` to one value: the first entry is replaced in place (so a pseudo-header
+    /// keeps its position) and any others are removed; appended when absent.
+    pub fn set(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.changed = true;
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let Place::Field(n) = place(name) else {
+            return self.side.set(name, value);
+        };
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            self.side.remove(n.as_str());
+            if self.fields.try_insert(n, v).is_ok() {
+                return;
+            }
+            // Hyper's map is full (2^15 names).
+            return self.side.set(name, value);
+        }
+        self.fields.remove(&n);
+        self.side.set(n.as_str(), value);
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        let side = self.side.remove(name);
+        let fields = !is_pseudo(name.as_bytes()) && self.fields.remove(name).is_some();
+        if side || fields {
+            self.changed = true;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.changed = true;
+        self.side.clear();
+        self.fields.clear();
+    }
+
+    /// Total bytes of names and values, the measure header limits use.
+    pub fn byte_size(&self) -> usize {
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        self.side.byte_size() + fields
+    }
+}
+
+/// Hyper's fields as byte pairs. It can be cloned (hyper's iterator cannot): a clone
+/// starts again and skips what was taken, which costs nothing where it is used, before
+/// the first item.
+struct Fields<'a> {
+    map: &'a http::HeaderMap,
+    iter: http::header::Iter<'a, HeaderValue>,
+    taken: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn new(map: &'a http::HeaderMap) -> Self {
+        Fields {
+            map,
+            iter: map.iter(),
+            taken: 0,
+        }
+    }
+}
+
+impl Clone for Fields<'_> {
+    fn clone(&self) -> Self {
+        let mut iter = self.map.iter();
+        for _ in 0..self.taken {
+            iter.next();
+        }
+        Fields {
+            map: self.map,
+            iter,
+            taken: self.taken,
+        }
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (k, v) = self.iter.next()?;
+        self.taken += 1;
+        Some((k.as_str().as_bytes(), v.as_bytes()))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.iter.size_hint()
+    }
+}
+
+impl PartialEq for HeaderMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeaderMap {}
+
+impl std::fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(k, v)| (k, String::from_utf8_lossy(v))))
+            .finish()
+    }
+}
+
+impl<K: AsRef<[u8]>, V: AsRef<[u8]>> FromIterator<(K, V)> for HeaderMap {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut map = HeaderMap::new();
+        for (k, v) in iter {
+            map.add(k, v);
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn every_change_and_only_a_change_is_recorded() {
+        let built: HeaderMap = [("a", "1"), ("b", "2"), ("b", "3")].into_iter().collect();
+        let fresh = || {
+            let mut m = built.clone();
+            m.mark_unchanged();
+            m
+        };
+        let mut m = fresh();
+        assert!(!m.is_changed());
+        let _ = (m.get("a"), m.get_all("b").count(), m.len(), m.byte_size());
+        m.remove("absent");
+        assert!(!m.is_changed(), "reading, or removing what is not there");
+        for change in [
+            (|m: &mut HeaderMap| m.add("c", "4")) as fn(&mut HeaderMap),
+            |m| m.set("a", "9"),
+            |m| m.set("new", "1"),
+            |m| m.remove("b"),
+            |m| m.clear(),
+            |m| {
+                *m = HeaderMap::new();
+                m.mark_changed();
+            },
+        ] {
+            let mut m = fresh();
+            change(&mut m);
+            assert!(m.is_changed());
+            // A copy carries the mark, as the fail-open copy of a map must.
+            assert!(m.clone().is_changed());
+        }
+    }
+
+    #[test]
+    fn envoy_map_semantics() {
+        let mut m: HeaderMap = [(":path", "/"), ("X-A", "1"), ("x-a", "2")]
+            .into_iter()
+            .collect();
+        assert_eq!(m.get("x-A"), Some(&b"1"[..]));
+        assert_eq!(m.get_all("x-a").count(), 2);
+        m.set("X-A", "3");
+        assert_eq!(m.get_all("x-a").collect::<Vec<_>>(), vec![&b"3"[..]]);
+        m.set(":path", "/y");
+        assert_eq!(m.iter().next(), Some((":path", &b"/y"[..])));
+        m.remove("X-a");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.byte_size(), ":path".len() + 2);
+    }
+
+    #[test]
+    fn hyper_map_is_moved_in_and_out_as_it_is() {
+        let mut fields = http::HeaderMap::new();
+        fields.append("x-a", HeaderValue::from_static("1"));
+        fields.append("x-b", HeaderValue::from_static("2"));
+        let mut m = HeaderMap::from_http(&[(":path", "/p")], fields.clone());
+        assert!(!m.is_changed());
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            vec![(":path", &b"/p"[..]), ("x-a", b"1"), ("x-b", b"2")]
+        );
+        assert_eq!(m.fields(), &fields);
+        m.add("x-a", "3");
+        m.set("x-c", "4");
+        let out = m.take_fields();
+        let a: Vec<_> = out.get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "3"]);
+        assert_eq!(out.get("x-c").unwrap(), "4");
+        assert_eq!(m.len(), 1, "only the pseudo-header is left");
+    }
+
+    #[test]
+    fn what_http_cannot_carry_is_kept_aside_in_order() {
+        let mut m = HeaderMap::new();
+        m.add("x-a", "1");
+        m.add("x-a", "2\r\nx-evil: 1");
+        m.add("x-a", "3");
+        m.add("bad name", "v");
+        m.add(":authority", "h");
+        assert_eq!(
+            m.get_all("x-a").collect::<Vec<_>>(),
+            vec![&b"1"[..], b"2\r\nx-evil: 1", b"3"]
+        );
+        assert!(m.fields().is_empty(), "x-a went to the side whole");
+        let odd: Vec<_> = m.uncarried().map(|(k, _)| k).collect();
+        assert_eq!(odd, ["x-a", "x-a", "x-a", "bad name"]);
+        // A good value set over them brings the name back into hyper's map.
+        m.set("X-A", "4");
+        assert_eq!(m.fields().get("x-a").unwrap(), "4");
+        assert_eq!(m.uncarried().count(), 1);
+        assert_eq!(m.iter().next(), Some((":authority", &b"h"[..])));
+    }
+
+    #[test]
+    fn a_clone_of_the_pairs_starts_where_it_was() {
+        let m: HeaderMap = [(":a", "0"), ("x", "1"), ("y", "2"), ("z", "\n")]
+            .into_iter()
+            .collect();
+        let mut it = m.iter_bytes();
+        it.next();
+        it.next();
+        let rest: Vec<_> = it.clone().collect();
+        assert_eq!(rest, it.collect::<Vec<_>>());
+        assert_eq!(rest.len(), 2);
+    }
+
+    /// Operations on a map, and the model they are checked against: a plain list of
+    /// (lower-case name, value), Envoy's semantics spelled out the slow way.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u8, Vec<u8>),
+        Set(u8, Vec<u8>),
+        Remove(u8),
+        Clear,
+    }
+
+    fn name(i: u8) -> &'static str {
+        ["a", "B", "x-Long-Header-Name", ":path", "a\u{e9}"][i as usize % 5]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Any bytes, with a small alphabet favoured so that one name often gets values
+        // hyper can and cannot hold.
+        let value =
+            proptest::collection::vec(prop_oneof![4 => b'a'..=b'c', 1 => any::<u8>()], 0..12);
+        prop_oneof![
+            4 => (any::<u8>(), value.clone()).prop_map(|(n, v)| Op::Add(n, v)),
+            4 => (any::<u8>(), value).prop_map(|(n, v)| Op::Set(n, v)),
+            2 => any::<u8>().prop_map(Op::Remove),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    type Model = Vec<(String, Vec<u8>)>;
+
+    fn apply(model: &mut Model, o: &Op) {
+        match o {
+            Op::Add(n, v) => model.push((name(*n).to_lowercase(), v.clone())),
+            Op::Set(n, v) => {
+                let k = name(*n).to_lowercase();
+                match model.iter().position(|(x, _)| *x == k) {
+                    Some(i) => {
+                        model[i].1 = v.clone();
+                        let mut seen = false;
+                        model.retain(|(x, _)| {
+                            if *x != k {
+                                return true;
+                            }
+                            let keep = !seen;
+                            seen = true;
+                            keep
+                        });
+                    }
+                    None => model.push((k, v.clone())),
+                }
+            }
+            Op::Remove(n) => {
+                let k = name(*n).to_lowercase();
+                model.retain(|(x, _)| *x != k);
+            }
+            Op::Clear => model.clear(),
+        }
+    }
+
+    /// The entries of one name, in order, for each name; and the pseudo-headers in
+    /// order. What the map's order promises (the order between names aside).
+    fn by_name(pairs: &Model) -> (Vec<(String, Vec<Vec<u8>>)>, Model) {
+        let mut names: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for (k, v) in pairs {
+            match names.iter_mut().find(|(x, _)| x == k) {
+                Some((_, vs)) => vs.push(v.clone()),
+                None => names.push((k.clone(), vec![v.clone()])),
+            }
+        }
+        names.sort();
+        let pseudo = pairs.iter().filter(|(k, _)| k.starts_with(':')).cloned();
+        (names, pseudo.collect())
+    }
+
+    proptest! {
+        #[test]
+        fn the_side_list_behaves_like_the_model(ops in proptest::collection::vec(op(), 0..200)) {
+            let mut m = List::default();
+            let mut model = Model::new();
+            for o in ops {
+                match &o {
+                    Op::Add(n, v) => m.add(name(*n), v),
+                    Op::Set(n, v) => m.set(name(*n), v),
+                    Op::Remove(n) => { m.remove(name(*n)); }
+                    Op::Clear => m.clear(),
+                }
+                apply(&mut model, &o);
+                let got: Model = m.iter().map(|(k, v)| (k.to_owned(), v.to_vec())).collect();
+                prop_assert_eq!(&got, &model);
+                prop_assert_eq!(
+                    m.byte_size(),
+                    model.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                );
+            }
+        }
+
+        #[test]
+        fn the_map_behaves_like_the_model(ops in proptest::collection::vec(op(), 0..200)) {
+            let mut m = HeaderMap::new();
+            let mut model = Model::new();
+            for o in ops {
+                match &o {
+                    Op::Add(n, v) => m.add(name(*n), v),
+                    Op::Set(n, v) => m.set(name(*n), v),
+                    Op::Remove(n) => m.remove(name(*n)),
+                    Op::Clear => m.clear(),
+                }
+                apply(&mut model, &o);
+                let got: Model = m.iter().map(|(k, v)| (k.to_owned(), v.to_vec())).collect();
+                prop_assert_eq!(by_name(&got), by_name(&model));
+                // The pseudo-headers come first.
+                let pseudo = got.iter().take_while(|(k, _)| k.starts_with(':')).count();
+                prop_assert_eq!(pseudo, by_name(&model).1.len());
+                prop_assert_eq!(m.len(), model.len());
+                prop_assert_eq!(
+                    m.byte_size(),
+                    model.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                );
+                for i in 0..5u8 {
+                    let k = name(i).to_lowercase();
+                    prop_assert_eq!(
+                        m.get(name(i)),
+                        model.iter().find(|(x, _)| *x == k).map(|(_, v)| v.as_slice())
+                    );
+                    let all: Vec<&[u8]> = m.get_all(name(i)).collect();
+                    let want: Vec<&[u8]> =
+                        model.iter().filter(|(x, _)| *x == k).map(|(_, v)| v.as_slice()).collect();
+                    prop_assert_eq!(all, want);
+                }
+                // Hyper's map holds only what HTTP can carry; the rest is on the side.
+                for (k, v) in m.fields() {
+                    prop_assert!(HeaderValue::from_bytes(v.as_bytes()).is_ok(), "{k}");
+                }
+            }
+        }
+    }
+}
