@@ -38,6 +38,15 @@ pub struct List {
 }
 
 impl List {
+    /// A list with room for `entries` entries of `bytes` bytes in all.
+    pub fn with_capacity(entries: usize, bytes: usize) -> Self {
+        List {
+            buf: Vec::with_capacity(bytes),
+            entries: Vec::with_capacity(entries),
+            live: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

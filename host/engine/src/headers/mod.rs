@@ -62,7 +62,8 @@ impl HeaderMap {
     /// The map over hyper's `fields`, moved in as they are, after the pseudo-headers
     /// `pseudo`; marked unchanged.
     pub fn from_http(pseudo: &[(&str, &str)], fields: http::HeaderMap) -> Self {
-        let mut side = List::default();
+        let bytes = pseudo.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut side = List::with_capacity(pseudo.len(), bytes);
         for (k, v) in pseudo {
             side.add(k, v);
         }
