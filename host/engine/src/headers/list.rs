@@ -51,10 +51,6 @@ impl List {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     fn name_of(&self, e: &Entry) -> &str {
         // Names are written by `push_name`, which only writes UTF-8.
         std::str::from_utf8(&self.buf[e.name()]).unwrap_or("")
@@ -183,12 +179,6 @@ impl List {
         self.live -= dropped;
         self.compact_if_sparse();
         true
-    }
-
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.entries.clear();
-        self.live = 0;
     }
 
     /// Total bytes of names and values, the measure header limits use.

@@ -25,11 +25,24 @@ use list::List;
 /// An ordered multimap of header names (lower-case) to raw byte values.
 #[derive(Clone, Default)]
 pub struct HeaderMap {
+    /// Boxed, and absent while empty: a map moves into a filter's context and out again
+    /// around every callback, and hyper's map alone is about 100 bytes.
+    inner: Option<Box<Inner>>,
+    /// Set by every change since the last `mark_unchanged`.
+    changed: bool,
+}
+
+#[derive(Clone, Default)]
+struct Inner {
     fields: http::HeaderMap,
     /// The pseudo-headers and the entries `fields` cannot hold.
     side: List,
-    /// Set by every change since the last `mark_unchanged`.
-    changed: bool,
+}
+
+/// What an absent map reads as.
+fn empty() -> &'static Inner {
+    static EMPTY: std::sync::OnceLock<Inner> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Inner::default)
 }
 
 /// Where the entries of one name belong.
@@ -68,27 +81,41 @@ impl HeaderMap {
             side.add(k, v);
         }
         HeaderMap {
-            fields,
-            side,
+            inner: Some(Box::new(Inner { fields, side })),
             changed: false,
         }
+    }
+
+    fn view(&self) -> &Inner {
+        self.inner.as_deref().unwrap_or_else(|| empty())
+    }
+
+    fn edit(&mut self) -> &mut Inner {
+        self.changed = true;
+        self.inner.get_or_insert_with(Box::default)
     }
 
     /// The fields as hyper carries them: every entry but the pseudo-headers and the
     /// [`uncarried`](Self::uncarried) ones.
     pub fn fields(&self) -> &http::HeaderMap {
-        &self.fields
+        &self.view().fields
     }
 
     /// Takes the fields out (see [`fields`](Self::fields)), leaving none.
     pub fn take_fields(&mut self) -> http::HeaderMap {
-        std::mem::take(&mut self.fields)
+        self.inner
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.fields))
+            .unwrap_or_default()
     }
 
     /// The entries HTTP cannot carry: a name that is not a token, or a value with a
     /// control byte (CR, LF, NUL...). A filter put them there; hyper would refuse them.
     pub fn uncarried(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.side.iter().filter(|(k, _)| !is_pseudo(k.as_bytes()))
+        self.view()
+            .side
+            .iter()
+            .filter(|(k, _)| !is_pseudo(k.as_bytes()))
     }
 
     /// Whether the map changed (an entry added, replaced or removed, or the map
@@ -109,11 +136,12 @@ impl HeaderMap {
     }
 
     pub fn len(&self) -> usize {
-        self.side.len() + self.fields.len()
+        let i = self.view();
+        i.side.len() + i.fields.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.side.is_empty() && self.fields.is_empty()
+        self.len() == 0
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
@@ -124,22 +152,18 @@ impl HeaderMap {
 
     /// The pairs as bytes, in the map's order: what the ABI encodes.
     pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
-        let pseudo = self.side.iter_bytes().filter(|(k, _)| is_pseudo(k));
-        let odd = self.side.iter_bytes().filter(|(k, _)| !is_pseudo(k));
-        pseudo.chain(Fields::new(&self.fields)).chain(odd)
-    }
-
-    /// Whether `name`'s entries are on the side (a pseudo-header, a name that is not a
-    /// token, or a name with a value hyper could not hold).
-    fn on_side(&self, name: &str) -> bool {
-        self.side.get(name).is_some()
+        let i = self.view();
+        let pseudo = i.side.iter_bytes().filter(|(k, _)| is_pseudo(k));
+        let odd = i.side.iter_bytes().filter(|(k, _)| !is_pseudo(k));
+        pseudo.chain(Fields::new(&i.fields)).chain(odd)
     }
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        match self.side.get(name) {
+        let i = self.view();
+        match i.side.get(name) {
             Some(v) => Some(v),
-            None => self.fields.get(name).map(HeaderValue::as_bytes),
+            None => i.fields.get(name).map(HeaderValue::as_bytes),
         }
     }
 
@@ -151,19 +175,55 @@ impl HeaderMap {
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         // A name's values are all on one side: one of the two is empty.
+        let i = self.view();
         let fields = if is_pseudo(name.as_bytes()) {
             None
         } else {
-            Some(self.fields.get_all(name).into_iter())
+            Some(i.fields.get_all(name).into_iter())
         };
-        self.side
+        i.side
             .get_all(name)
             .chain(fields.into_iter().flatten().map(HeaderValue::as_bytes))
     }
 
+    pub fn add(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.edit().add(name.as_ref(), value.as_ref());
+    }
+
+    /// Sets `name` to one value: the first entry is replaced in place (so a pseudo-header
+    /// keeps its position) and any others are removed; appended when absent.
+    pub fn set(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.edit().set(name.as_ref(), value.as_ref());
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if self.inner.as_mut().is_some_and(|i| i.remove(name)) {
+            self.changed = true;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.changed = true;
+        self.inner = None;
+    }
+
+    /// Total bytes of names and values, the measure header limits use.
+    pub fn byte_size(&self) -> usize {
+        let i = self.view();
+        let fields: usize = i
+            .fields
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        i.side.byte_size() + fields
+    }
+}
+
+/// The edits, on the two sides. Every value of one name sits on one side.
+impl Inner {
     /// Moves `name`'s values from hyper's map to the side, in order: a value of it
     /// that hyper cannot hold is coming.
-    fn to_side(&mut self, name: &HeaderName) {
+    fn move_aside(&mut self, name: &HeaderName) {
         if let http::header::Entry::Occupied(e) = self.fields.entry(name) {
             let (name, values) = e.remove_entry_mult();
             for v in values {
@@ -172,13 +232,11 @@ impl HeaderMap {
         }
     }
 
-    pub fn add(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.changed = true;
-        let (name, value) = (name.as_ref(), value.as_ref());
+    fn add(&mut self, name: &[u8], value: &[u8]) {
         let Place::Field(n) = place(name) else {
             return self.side.add(name, value);
         };
-        if self.on_side(n.as_str()) {
+        if self.side.get(n.as_str()).is_some() {
             return self.side.add(n.as_str(), value);
         }
         match HeaderValue::from_bytes(value) {
@@ -188,22 +246,18 @@ impl HeaderMap {
                 }
                 // Hyper's map is full (2^15 names): this name goes aside whole.
                 if let Place::Field(n) = place(name) {
-                    self.to_side(&n);
+                    self.move_aside(&n);
                 }
                 self.side.add(name, value);
             }
             Err(_) => {
-                self.to_side(&n);
+                self.move_aside(&n);
                 self.side.add(n.as_str(), value);
             }
         }
     }
 
-    /// Sets `name` to one value: the first entry is replaced in place (so a pseudo-header
-    /// keeps its position) and any others are removed; appended when absent.
-    pub fn set(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.changed = true;
-        let (name, value) = (name.as_ref(), value.as_ref());
+    fn set(&mut self, name: &[u8], value: &[u8]) {
         let Place::Field(n) = place(name) else {
             return self.side.set(name, value);
         };
@@ -219,28 +273,11 @@ impl HeaderMap {
         self.side.set(n.as_str(), value);
     }
 
-    pub fn remove(&mut self, name: &str) {
+    /// Removes every entry of `name`; whether there was one.
+    fn remove(&mut self, name: &str) -> bool {
         let side = self.side.remove(name);
         let fields = !is_pseudo(name.as_bytes()) && self.fields.remove(name).is_some();
-        if side || fields {
-            self.changed = true;
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.changed = true;
-        self.side.clear();
-        self.fields.clear();
-    }
-
-    /// Total bytes of names and values, the measure header limits use.
-    pub fn byte_size(&self) -> usize {
-        let fields: usize = self
-            .fields
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len())
-            .sum();
-        self.side.byte_size() + fields
+        side || fields
     }
 }
 
