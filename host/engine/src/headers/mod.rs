@@ -546,7 +546,7 @@ mod tests {
                     Op::Add(n, v) => m.add(name(*n), v),
                     Op::Set(n, v) => m.set(name(*n), v),
                     Op::Remove(n) => { m.remove(name(*n)); }
-                    Op::Clear => m.clear(),
+                    Op::Clear => m = List::default(),
                 }
                 apply(&mut model, &o);
                 let got: Model = m.iter().map(|(k, v)| (k.to_owned(), v.to_vec())).collect();
