@@ -639,9 +639,10 @@ routes: [{{ name: r, match: {{ paths: [/] }}, service: backend, filters: [confor
     assert!(ticks >= 4, "ticks every 50 ms: {ticks} after ~400 ms");
 }
 
-/// The filters' request map goes back to hyper's only when a filter changed it: every
-/// way of changing it must still reach the upstream, and a map no filter touched
-/// must pass exactly as it came (duplicates and their order included).
+/// The filters work on the request's own header map: every way of changing it must
+/// reach the upstream, a map no filter touched must pass exactly as it came
+/// (duplicates and their order included), and what a filter set that HTTP cannot
+/// carry never goes out.
 #[test]
 fn what_filters_change_reaches_the_upstream_and_an_untouched_request_passes_as_it_came() {
     let upstream = echo();
@@ -685,6 +686,25 @@ routes:
     assert_eq!(r.upstream_header("x-from-pairs").as_deref(), Some("yes"));
     assert_eq!(r.upstream_header("x-drop-me"), None);
     assert_eq!(r.upstream_header("x-keep").as_deref(), Some("2"));
+    // A request header HTTP cannot carry (CR LF in its value): refused, never sent.
+    let r = get(&gw, "/case/uncarried-header", &with_host("changed.test"));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("x-bad"), "{}", r.body);
+    assert_eq!(r.upstream_header("x-injected"), None);
+    // Response headers HTTP cannot carry: left out, the rest of the response goes.
+    let r = get(
+        &gw,
+        "/case/uncarried-response-header",
+        &with_host("changed.test"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.headers.get_str("x-saw-response"),
+        Some("uncarried-response-header")
+    );
+    assert_eq!(r.headers.get("x-bad"), None);
+    assert_eq!(r.headers.get("x-injected"), None);
+    assert_eq!(r.headers.get("bad name"), None);
     // untouched: the upstream sees what it sees on a route without filters
     let headers_of = |host: &'static str| {
         let r = get(&gw, "/any", &with_host(host));

@@ -760,7 +760,13 @@ impl HttpContext for Case {
             | "body-until-end"
             | "trap-in-trailers"
             | "trailers-reply"
-            | "response-trailers" => Action::Continue,
+            | "response-trailers"
+            | "uncarried-response-header" => Action::Continue,
+            // A value HTTP cannot carry (it would split the header in two on the wire).
+            "uncarried-header" => {
+                self.add_http_request_header("x-bad", "a\r\nx-injected: 1");
+                Action::Continue
+            }
             "grpc-unknown-cluster" => {
                 let (up, svc, m) = ("no-such-cluster", "svc.S", "M");
                 let mut token = 0u32;
@@ -1345,6 +1351,10 @@ impl HttpContext for Case {
             self.set_http_response_header("content-length", None);
         }
         match self.case.as_str() {
+            "uncarried-response-header" => {
+                self.set_http_response_header("x-bad", Some("a\nx-injected: 1"));
+                self.set_http_response_header("bad name", Some("v"));
+            }
             "vm-counter" => {
                 let root = self
                     .get_property(vec!["plugin_root_id"])
