@@ -126,6 +126,19 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
         r.upstream_header("x-request-id").as_deref(),
         Some("abc-123")
     );
+    // Without a Connection header, the fixed list alone.
+    let r = get(
+        &gw,
+        "/x",
+        &[
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("x-kept", "1"),
+        ],
+    );
+    assert_eq!(r.upstream_header("keep-alive"), None);
+    assert_eq!(r.upstream_header("proxy-authorization"), None);
+    assert_eq!(r.upstream_header("x-kept").as_deref(), Some("1"));
     let r = get(&gw, "/x", &[]);
     assert_eq!(
         r.upstream_header("x-request-id").map(|s| s.len()),

@@ -297,7 +297,7 @@ impl Exchange {
         HopByHop::of(&parts.headers).strip(&mut parts.headers);
         parts.headers.remove(http::header::HOST);
         if let Ok(v) = http::HeaderValue::from_str(&self.id) {
-            parts.headers.insert("x-request-id", v);
+            parts.headers.insert(X_REQUEST_ID.clone(), v);
         }
         let chain: &[Filter] = &state.chains[routed.route.index];
         if !chain.is_empty() {
@@ -393,8 +393,8 @@ impl Exchange {
         }
         self.ctx.entry.consumer = parts
             .headers
-            .get("x-consumer-username")
-            .or_else(|| parts.headers.get("x-consumer-id"))
+            .get(&X_CONSUMER_USERNAME)
+            .or_else(|| parts.headers.get(&X_CONSUMER_ID))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         Ok(())
@@ -833,9 +833,14 @@ async fn within(
         .map_err(|_| Stop::filter_timeout())
 }
 
+// The names the gateway itself reads and writes on every request, parsed once.
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static X_CONSUMER_USERNAME: http::HeaderName = http::HeaderName::from_static("x-consumer-username");
+static X_CONSUMER_ID: http::HeaderName = http::HeaderName::from_static("x-consumer-id");
+
 /// A request id: the client's when it is sane, else 16 random bytes in hex.
 fn request_id(headers: &http::HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()) {
             return v.to_owned();
         }
@@ -845,15 +850,15 @@ fn request_id(headers: &http::HeaderMap) -> String {
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [http::HeaderName; 8] = [
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
 ];
 
 /// The hop-by-hop headers of one message: the fixed list plus those its
@@ -878,12 +883,16 @@ impl HopByHop {
     }
 
     fn strip(&self, headers: &mut http::HeaderMap) {
-        for h in HOP_BY_HOP
-            .iter()
-            .copied()
-            .chain(self.named.iter().map(String::as_str))
-        {
+        // Usually there is none: one look at each name the message has is cheaper than
+        // a lookup (parse and hash) of each listed name.
+        if self.named.is_empty() && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+            return;
+        }
+        for h in &HOP_BY_HOP {
             headers.remove(h);
+        }
+        for h in &self.named {
+            headers.remove(h.as_str());
         }
     }
 }
