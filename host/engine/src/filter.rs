@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::abi::LogLevel;
 use crate::engine::Engine;
 use crate::headers::HeaderMap;
-use crate::state::Outgoing;
+use crate::state::{Outgoing, OutgoingRequest};
 use crate::types::{
     CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HttpCallRequest,
     HttpCallResponse, LogRecord,
@@ -354,14 +354,15 @@ impl Filter {
 
     fn dispatch(&self, call: Outgoing) {
         let clusters = &self.inner.cell.clusters;
-        match call {
-            Outgoing::Http {
-                token,
-                context_id,
-                root,
-                cluster,
-                request,
-            } => {
+        let Outgoing {
+            token,
+            context_id,
+            root,
+            cluster,
+            request,
+        } = call;
+        match request {
+            OutgoingRequest::Http(request) => {
                 let timeout = request.timeout;
                 let fut = clusters.http_call(&cluster, request);
                 self.spawn_call(timeout, fut, move |vm, result| {
@@ -373,13 +374,7 @@ impl Filter {
                     vm.on_http_call_response(context_id, root, token, response)
                 });
             }
-            Outgoing::Grpc {
-                token,
-                context_id,
-                root,
-                cluster,
-                request,
-            } => {
+            OutgoingRequest::Grpc(request) => {
                 let timeout = request.timeout;
                 let fut = clusters.grpc_call(&cluster, request);
                 self.spawn_call(timeout, fut, move |vm, result| {

@@ -17,7 +17,7 @@ use crate::headers::HeaderMap;
 use crate::limits::{Limit, Refusal};
 use crate::metrics::MetricKind;
 use crate::shared::{Enqueued, QueueOwner};
-use crate::state::{CallbackData, HostState, Outgoing, Phase};
+use crate::state::{CallbackData, HostState, Outgoing, OutgoingRequest, Phase};
 use crate::types::{GrpcCallRequest, HttpCallRequest, LocalReply};
 
 type C<'a> = Caller<'a, HostState>;
@@ -850,12 +850,12 @@ fn define_proxy(
                 trailers,
                 timeout: Duration::from_millis(timeout as u64),
             };
-            s.outgoing.push(Outgoing::Http {
+            s.outgoing.push(Outgoing {
                 token,
                 context_id: s.effective,
                 root: s.root_context_id,
                 cluster,
-                request,
+                request: OutgoingRequest::Http(request),
             });
             write_u32(&mut c, rt, token)?;
             Ok(())
@@ -909,12 +909,12 @@ fn define_proxy(
                 message,
                 timeout: Duration::from_millis(timeout as u64),
             };
-            s.outgoing.push(Outgoing::Grpc {
+            s.outgoing.push(Outgoing {
                 token,
                 context_id: s.effective,
                 root: s.root_context_id,
                 cluster,
-                request,
+                request: OutgoingRequest::Grpc(request),
             });
             write_u32(&mut c, rt, token)?;
             Ok(())
@@ -1099,13 +1099,12 @@ fn cancel_call(s: &mut HostState, token: u32) -> R<()> {
     let queued = s
         .outgoing
         .iter()
-        .position(|o| matches!(o, Outgoing::Grpc { token: t, .. } if *t == token));
+        .position(|o| o.token == token && matches!(o.request, OutgoingRequest::Grpc(_)));
     match queued {
         Some(i) => {
-            if let Outgoing::Grpc { context_id, .. } = s.outgoing.remove(i) {
-                s.grpc_in_flight.remove(&token);
-                s.call_done(context_id);
-            }
+            let call = s.outgoing.remove(i);
+            s.grpc_in_flight.remove(&token);
+            s.call_done(call.context_id);
         }
         // A call already on its way is cancelled by dropping its answer.
         None => {

@@ -199,22 +199,20 @@ impl HttpCtx {
 }
 
 /// A call a filter made during a callback; the embedder carries it out afterwards.
-pub enum Outgoing {
-    /// `root`: the root context the answer goes to (the caller's plugin).
-    Http {
-        token: u32,
-        context_id: u32,
-        root: u32,
-        cluster: String,
-        request: HttpCallRequest,
-    },
-    Grpc {
-        token: u32,
-        context_id: u32,
-        root: u32,
-        cluster: String,
-        request: GrpcCallRequest,
-    },
+pub struct Outgoing {
+    pub token: u32,
+    /// The context that made the call.
+    pub context_id: u32,
+    /// The root context the answer goes to (the caller's plugin).
+    pub root: u32,
+    pub cluster: String,
+    pub request: OutgoingRequest,
+}
+
+/// What an [`Outgoing`] call sends.
+pub enum OutgoingRequest {
+    Http(HttpCallRequest),
+    Grpc(GrpcCallRequest),
 }
 
 /// What `on_http_call_response` and the gRPC callbacks read while they run.

@@ -141,7 +141,14 @@ impl HttpStream {
     /// as Envoy's StopIteration) paused on them; feed the body with
     /// [`HttpStream::request_body_held`] until it answers `Continue`.
     pub async fn request_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
-        match self.request_headers_now(headers, end_of_stream) {
+        let now = self.request_headers_now(headers, end_of_stream);
+        self.headers_settled(now, headers).await
+    }
+
+    /// A header phase's verdict: the one its `_now` step gave, or, when a filter
+    /// paused, the one after it resumed and the rest of the chain ran.
+    async fn headers_settled(&mut self, now: Option<Flow>, headers: &mut HeaderMap) -> Flow {
+        match now {
             Some(flow) => flow,
             None => self.headers_resume(headers).await,
         }
@@ -586,10 +593,8 @@ impl HttpStream {
 
     /// Runs `on_response_headers` through the chain in reverse order.
     pub async fn response_headers(&mut self, headers: &mut HeaderMap, end_of_stream: bool) -> Flow {
-        match self.response_headers_now(headers, end_of_stream) {
-            Some(flow) => flow,
-            None => self.headers_resume(headers).await,
-        }
+        let now = self.response_headers_now(headers, end_of_stream);
+        self.headers_settled(now, headers).await
     }
 
     /// [`HttpStream::response_headers`] without a future, as
