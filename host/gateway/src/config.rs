@@ -20,10 +20,10 @@ pub struct ConfigFile {
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
     #[serde(default)]
-    pub filters: Vec<FilterConfig>,
+    pub filters: Vec<ModuleConfig>,
     /// VMs on no route (Envoy's wasm services).
     #[serde(default)]
-    pub wasm_services: Vec<WasmServiceConfig>,
+    pub wasm_services: Vec<ModuleConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// Worker threads (default: the number of cores).
@@ -208,7 +208,11 @@ fn default_body() -> u64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FilterConfig {
+/// A filter (`filters:`) or a wasm service (`wasm_services:`): a module, its
+/// configuration and its VM. `failure_policy` and `allow_on_headers_stop_iteration`
+/// are a filter's only (no request waits on a service); `singleton` is a service's
+/// only.
+pub struct ModuleConfig {
     pub name: String,
     pub wasm: PathBuf,
     /// The filter's configuration (`proxy_on_configure`'s bytes), given as Envoy gives
@@ -246,33 +250,8 @@ pub struct FilterConfig {
     pub memory_limit_mb: Option<usize>,
     #[serde(default)]
     pub callback_timeout_ms: Option<u64>,
-}
-
-/// A wasm service: the fields of a filter (no failure policy: no request waits on
-/// it), and whether it is one VM for the gateway or one per worker.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WasmServiceConfig {
-    pub name: String,
-    pub wasm: PathBuf,
-    #[serde(default)]
-    pub config: Option<serde_json::Value>,
-    #[serde(default)]
-    pub config_file: Option<PathBuf>,
-    #[serde(default)]
-    pub vm_config: Option<serde_json::Value>,
-    #[serde(default)]
-    pub vm_config_file: Option<PathBuf>,
-    #[serde(default)]
-    pub vm_id: Option<String>,
-    #[serde(default)]
-    pub root_id: Option<String>,
-    #[serde(default)]
-    pub memory_limit_mb: Option<usize>,
-    #[serde(default)]
-    pub callback_timeout_ms: Option<u64>,
-    /// Envoy's `singleton`: one VM for the whole gateway; false (Envoy's default): one
-    /// per worker.
+    /// Envoy's `singleton`, for a wasm service: one VM for the whole gateway; false
+    /// (Envoy's default): one per worker.
     #[serde(default)]
     pub singleton: bool,
 }
@@ -642,6 +621,12 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         if filter_index.insert(f.name.clone(), filters.len()).is_some() {
             errors.push(format!("filter `{}`: defined twice", f.name));
         }
+        if f.singleton {
+            errors.push(format!(
+                "filter `{}`: `singleton` is a wasm service's field (a filter runs in each worker)",
+                f.name
+            ));
+        }
         filters.extend(filter_plan(f, "filter", base, engine, &mut errors).map(Arc::new));
     }
     let mut wasm_services = Vec::new();
@@ -650,21 +635,21 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
         if !service_names.insert(w.name.as_str()) {
             errors.push(format!("wasm service `{}`: defined twice", w.name));
         }
-        let as_filter = FilterConfig {
-            name: w.name.clone(),
-            wasm: w.wasm.clone(),
-            config: w.config.clone(),
-            config_file: w.config_file.clone(),
-            vm_config: w.vm_config.clone(),
-            vm_config_file: w.vm_config_file.clone(),
-            failure_policy: None,
-            allow_on_headers_stop_iteration: false,
-            vm_id: w.vm_id.clone(),
-            root_id: w.root_id.clone(),
-            memory_limit_mb: w.memory_limit_mb,
-            callback_timeout_ms: w.callback_timeout_ms,
-        };
-        if let Some(plan) = filter_plan(&as_filter, "wasm service", base, engine, &mut errors) {
+        for (given, field) in [
+            (w.failure_policy.is_some(), "failure_policy"),
+            (
+                w.allow_on_headers_stop_iteration,
+                "allow_on_headers_stop_iteration",
+            ),
+        ] {
+            if given {
+                errors.push(format!(
+                    "wasm service `{}`: `{field}` is a filter's field (no request waits on a wasm service)",
+                    w.name
+                ));
+            }
+        }
+        if let Some(plan) = filter_plan(w, "wasm service", base, engine, &mut errors) {
             wasm_services.push(WasmServicePlan {
                 filter: Arc::new(plan),
                 singleton: w.singleton,
@@ -800,7 +785,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
 /// A filter's (or a wasm service's) plan: its configuration bytes, limits and module.
 /// Problems are added to `errors`, each naming `what` and the name.
 fn filter_plan(
-    f: &FilterConfig,
+    f: &ModuleConfig,
     what: &str,
     base: &Path,
     engine: &Engine,

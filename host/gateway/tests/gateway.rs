@@ -210,7 +210,11 @@ fn bad_configs_are_refused_listing_every_error() {
         r#"
 listeners: [{ name: public, address: "not-an-address" }]
 services: [{ name: s, url: "http://127.0.0.1:1" }]
-filters: [{ name: f, wasm: /no/such/file.wasm }]
+filters:
+  - { name: f, wasm: /no/such/file.wasm }
+  - { name: g, wasm: /no/such/file.wasm, singleton: true }
+wasm_services:
+  - { name: w, wasm: /no/such/file.wasm, failure_policy: fail_open }
 routes:
   - { name: first, match: { paths: [/a], methods: [get] }, service: s }
   - { name: second, match: { paths: [/a], methods: [GET] }, service: s }
@@ -234,6 +238,9 @@ routes:
         "route `third`: unknown service `nope`",
         "route `third`: unknown filter `ghost`",
         "filter `f`: wasm `/no/such/file.wasm`",
+        // One schema for filters and wasm services; each refuses the other's fields.
+        "filter `g`: `singleton` is a wasm service's field",
+        "wasm service `w`: `failure_policy` is a filter's field",
         // PCRE's look-around has no linear-time match; a pattern too large to compile
         // within the limit is refused too.
         "route `fourth`: regex path `/x(?=y)`",
