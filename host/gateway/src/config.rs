@@ -206,12 +206,12 @@ fn default_body() -> u64 {
     10 << 20
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 /// A filter (`filters:`) or a wasm service (`wasm_services:`): a module, its
 /// configuration and its VM. `failure_policy` and `allow_on_headers_stop_iteration`
 /// are a filter's only (no request waits on a service); `singleton` is a service's
 /// only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModuleConfig {
     pub name: String,
     pub wasm: PathBuf,

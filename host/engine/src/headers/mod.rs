@@ -54,7 +54,7 @@ enum Place {
 }
 
 fn place(name: &[u8]) -> Place {
-    if name.first() == Some(&b':') {
+    if is_pseudo(name) {
         return Place::Side;
     }
     match HeaderName::from_bytes(name) {
