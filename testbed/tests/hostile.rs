@@ -612,6 +612,48 @@ fn properties_of_a_request_stop_at_property_bytes() {
 }
 
 #[test]
+fn a_header_map_a_filter_grows_stops_at_header_bytes() {
+    let mut bed = limited(HostLimits {
+        header_bytes: 64 * 1024,
+        ..HostLimits::default()
+    });
+    // Names of 11 bytes with values of 10 000: six fit in 64 KiB beside the request's
+    // own headers, the seventh does not.
+    for _ in 0..2 {
+        let res = bed.send(Request::get("/case/limit-headers?n=10&size=10000"));
+        assert_eq!(
+            tally(&res),
+            (6, 4, "InternalFailure".into()),
+            "{}",
+            res.text()
+        );
+        let bytes: usize = res.report("map_bytes").unwrap().parse().unwrap();
+        assert!((60_066..=64 * 1024).contains(&bytes), "{bytes}");
+    }
+    assert_eq!(bed.refusals(Limit::HeaderBytes), 8);
+    assert!(bed.logged("host limit header_bytes (65536) reached"));
+    // One name replaced twenty times holds one value: nothing is refused, though what
+    // was written adds up to three times the limit.
+    let res = bed.send(Request::get(
+        "/case/limit-headers?op=replace&n=20&size=10000",
+    ));
+    assert_eq!(tally(&res), (20, 0, "none".into()), "{}", res.text());
+    // A whole map is refused past the limit, and taken within it (the request's own
+    // headers replaced).
+    let res = bed.send(Request::get("/case/limit-headers?op=pairs&n=7&size=10000"));
+    assert_eq!(
+        tally(&res),
+        (0, 1, "InternalFailure".into()),
+        "{}",
+        res.text()
+    );
+    let res = bed.send(Request::get("/case/limit-headers?op=pairs&n=6&size=10000"));
+    assert_eq!(tally(&res), (1, 0, "none".into()), "{}", res.text());
+    assert_eq!(res.report("map_bytes").as_deref(), Some("60066"));
+    assert_eq!(bed.refusals(Limit::HeaderBytes), 9);
+}
+
+#[test]
 fn a_body_a_filter_grows_stops_at_the_body_limit() {
     let mut bed = limited(HostLimits {
         body_bytes: MIB,

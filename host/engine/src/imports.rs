@@ -174,6 +174,37 @@ fn with_map<T>(
     f(map_mut(state, t)?, &data[ra], &data[rb])
 }
 
+/// Adds or replaces one entry of map `t` with `edit`, unless the map would grow past
+/// `header_bytes` (a replacement counts whole, as if nothing were removed; the map is
+/// measured again before a refusal).
+fn grow_map(
+    c: &mut C,
+    t: MapType,
+    key: (u32, u32),
+    value: (u32, u32),
+    call: &str,
+    edit: impl FnOnce(&mut HeaderMap, &[u8], &[u8]),
+) -> R<()> {
+    let limit = c.data().env.limits.header_bytes;
+    let extra = key.1 as usize + value.1 as usize;
+    let done = with_map(c, t, key, value, |m, k, v| {
+        let fits = m.fits(extra, limit);
+        if fits {
+            edit(m, k, v);
+        }
+        Ok(fits)
+    })?;
+    if done {
+        return Ok(());
+    }
+    Err(refuse(
+        c.data(),
+        Limit::HeaderBytes,
+        Status::InternalFailure,
+        || format!("{call} of {extra} bytes refused"),
+    ))
+}
+
 /// A header name passed by the guest, as text (`BadArgument` when not UTF-8).
 fn key_str(k: &[u8]) -> Result<&str, Status> {
     std::str::from_utf8(k).map_err(|_| Status::BadArgument)
@@ -513,12 +544,27 @@ fn define_proxy(
         "proxy_set_header_map_pairs",
         |c, t: u32, ptr: u32, len: u32| {
             let t = map_type(t)?;
+            let limit = c.data().env.limits.header_bytes;
             // Decoded straight from guest memory into the new map: no copy of the blob.
-            with_map(&mut c, t, (ptr, len), (0, 0), |m, blob, _| {
-                *m = decode_map(blob)?;
-                m.mark_changed();
-                Ok(())
+            // A map past the limit is refused before anything is copied.
+            let size = with_map(&mut c, t, (ptr, len), (0, 0), |m, blob, _| {
+                // Malformed, it is an empty map (see `decode_map`).
+                let pairs = abi::decode_pairs(blob).unwrap_or_default();
+                let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if size <= limit {
+                    *m = pairs.into_iter().collect();
+                    m.mark_changed();
+                }
+                Ok(size)
             })?;
+            if size > limit {
+                return Err(refuse(
+                    c.data(),
+                    Limit::HeaderBytes,
+                    Status::InternalFailure,
+                    || format!("set_header_map_pairs with {size} bytes refused"),
+                ));
+            }
             Ok(())
         }
     );
@@ -541,11 +587,14 @@ fn define_proxy(
         "proxy_add_header_map_value",
         |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
             let t = map_type(t)?;
-            with_map(&mut c, t, (kp, kl), (vp, vl), |m, k, v| {
-                m.add(k, v);
-                Ok(())
-            })?;
-            Ok(())
+            grow_map(
+                &mut c,
+                t,
+                (kp, kl),
+                (vp, vl),
+                "proxy_add_header_map_value",
+                |m, k, v| m.add(k, v),
+            )
         }
     );
     wrap!(
@@ -554,11 +603,14 @@ fn define_proxy(
         "proxy_replace_header_map_value",
         |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
             let t = map_type(t)?;
-            with_map(&mut c, t, (kp, kl), (vp, vl), |m, k, v| {
-                m.set(k, v);
-                Ok(())
-            })?;
-            Ok(())
+            grow_map(
+                &mut c,
+                t,
+                (kp, kl),
+                (vp, vl),
+                "proxy_replace_header_map_value",
+                |m, k, v| m.set(k, v),
+            )
         }
     );
     wrap!(

@@ -1,7 +1,8 @@
 //! What a filter may make the host hold outside its own linear memory. The VM's memory
 //! limit bounds the guest; it does not bound what host calls copy out of the guest and
-//! keep: shared data, queued items, properties, bodies a filter rewrites, calls in
-//! flight, metric definitions, wasm tables. Each has a limit here ([`HostLimits`]).
+//! keep: shared data, queued items, properties, bodies a filter rewrites, header maps
+//! it grows, calls in flight, metric definitions, wasm tables. Each has a limit here
+//! ([`HostLimits`]).
 //!
 //! A host call past a limit is refused before any guest bytes are copied, with the
 //! ABI's status for that call (see `docs/parity.md`); the refusal is counted per filter
@@ -37,6 +38,10 @@ pub struct HostLimits {
     /// service's `max_request_body_bytes` / `max_response_body_bytes`); also an
     /// `http_call` answer or gRPC message a filter rewrites.
     pub body_bytes: usize,
+    /// One header map (a request's or response's headers or trailers, or an
+    /// `http_call` answer's), names and values together, as filters make it grow. What
+    /// arrived larger may still shrink; it may not grow.
+    pub header_bytes: usize,
     /// `http_call`s and `grpc_call`s one request has in flight at once.
     pub calls_per_request: usize,
     /// `http_call`s and `grpc_call`s one VM has in flight at once, its root context's
@@ -74,6 +79,7 @@ impl Default for HostLimits {
             key_bytes: 4 * 1024,
             property_bytes: MIB,
             body_bytes: 16 * MIB,
+            header_bytes: MIB,
             calls_per_request: 32,
             calls_per_vm: 1000,
             call_bytes: MIB,
@@ -98,6 +104,7 @@ pub enum Limit {
     KeyBytes,
     PropertyBytes,
     BodyBytes,
+    HeaderBytes,
     CallsPerRequest,
     CallsPerVm,
     CallBytes,
@@ -112,13 +119,14 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 17] = [
+    pub const ALL: [Limit; 18] = [
         Limit::SharedDataBytes,
         Limit::SharedDataKeys,
         Limit::ValueBytes,
         Limit::KeyBytes,
         Limit::PropertyBytes,
         Limit::BodyBytes,
+        Limit::HeaderBytes,
         Limit::CallsPerRequest,
         Limit::CallsPerVm,
         Limit::CallBytes,
@@ -140,6 +148,7 @@ impl Limit {
             Limit::KeyBytes => "key_bytes",
             Limit::PropertyBytes => "property_bytes",
             Limit::BodyBytes => "body_bytes",
+            Limit::HeaderBytes => "header_bytes",
             Limit::CallsPerRequest => "calls_per_request",
             Limit::CallsPerVm => "calls_per_vm",
             Limit::CallBytes => "call_bytes",
@@ -164,6 +173,7 @@ impl Limit {
             Limit::KeyBytes => l.key_bytes,
             Limit::PropertyBytes => l.property_bytes,
             Limit::BodyBytes => l.body_bytes,
+            Limit::HeaderBytes => l.header_bytes,
             Limit::CallsPerRequest => l.calls_per_request,
             Limit::CallsPerVm => l.calls_per_vm,
             Limit::CallBytes => l.call_bytes,

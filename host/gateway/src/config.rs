@@ -55,6 +55,7 @@ pub struct LimitsConfig {
     pub value_bytes: Option<usize>,
     pub key_bytes: Option<usize>,
     pub property_bytes: Option<usize>,
+    pub header_bytes: Option<usize>,
     pub calls_per_request: Option<usize>,
     pub calls_per_vm: Option<usize>,
     pub call_bytes: Option<usize>,
@@ -64,13 +65,14 @@ pub struct LimitsConfig {
     pub metrics: Option<usize>,
     pub metric_name_bytes: Option<usize>,
     pub table_elements: Option<usize>,
+    pub log_bytes: Option<usize>,
 }
 
 impl LimitsConfig {
     /// The engine's limits with these set; a zero is an error naming the field.
     fn apply(&self, errors: &mut Vec<String>) -> HostLimits {
         let mut l = HostLimits::default();
-        let fields: [(&str, Option<usize>, &mut usize); 14] = [
+        let fields: [(&str, Option<usize>, &mut usize); 16] = [
             (
                 "shared_data_bytes",
                 self.shared_data_bytes,
@@ -84,6 +86,7 @@ impl LimitsConfig {
             ("value_bytes", self.value_bytes, &mut l.value_bytes),
             ("key_bytes", self.key_bytes, &mut l.key_bytes),
             ("property_bytes", self.property_bytes, &mut l.property_bytes),
+            ("header_bytes", self.header_bytes, &mut l.header_bytes),
             (
                 "calls_per_request",
                 self.calls_per_request,
@@ -101,6 +104,7 @@ impl LimitsConfig {
                 &mut l.metric_name_bytes,
             ),
             ("table_elements", self.table_elements, &mut l.table_elements),
+            ("log_bytes", self.log_bytes, &mut l.log_bytes),
         ];
         for (name, set, field) in fields {
             match set {

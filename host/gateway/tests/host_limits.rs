@@ -51,7 +51,8 @@ fn report(r: &Res, key: &str) -> String {
 
 /// The attacks, at the default limits: 100 writes of 64 MiB to shared data,
 /// then 20 values of 1 MiB per request for 100 requests, then the same into a queue
-/// nobody drains. Without limits the first alone makes the host hold 6.4 GB.
+/// nobody drains, then 2 MB of headers added to one request. Without limits the first
+/// alone makes the host hold 6.4 GB.
 ///
 /// The bound: what the gateway held after a warm-up in which the guest allocated its
 /// 64 MiB buffer (so the VM's own memory is already counted), plus the two host
@@ -110,6 +111,13 @@ fn a_filter_flooding_shared_data_and_queues_is_refused_and_rss_stays_bounded() {
         queued += report(&r, "ok").parse::<u64>().expect("a count");
     }
     assert_eq!(queued, 64);
+    // Headers: 2 MB added to one request's map; 1 MiB of it is taken.
+    let r = get(&gw, "/case/limit-headers?n=200&size=10000", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    check("200 headers of 10 000 bytes", 0);
+    let added: usize = report(&r, "ok").parse().expect("a count");
+    assert!((100..=104).contains(&added), "{added} headers added");
+    assert_eq!(report(&r, "status"), "InternalFailure");
     eprintln!(
         "RSS: {} MiB before, {} MiB after (bound {} MiB)",
         before / MIB,
@@ -125,6 +133,7 @@ fn a_filter_flooding_shared_data_and_queues_is_refused_and_rss_stays_bounded() {
         ("value_bytes", 100),
         ("shared_data_bytes", 2000 - 63),
         ("queue_bytes", 2000 - 64),
+        ("header_bytes", 200 - added),
     ] {
         let line = format!(
             "portcullis_host_limit_refusals_total{{filter=\"hostile\",limit=\"{limit}\"}} {n}"
@@ -142,7 +151,9 @@ fn a_filter_flooding_shared_data_and_queues_is_refused_and_rss_stays_bounded() {
 /// stops at the service's own body limit.
 #[test]
 fn limits_come_from_the_configuration_and_bodies_from_the_service() {
-    let gw = hostile_gateway("limits: { shared_data_keys: 10, calls_per_request: 2 }");
+    let gw = hostile_gateway(
+        "limits: { shared_data_keys: 10, calls_per_request: 2, header_bytes: 32768 }",
+    );
     let r = get(&gw, "/case/limit-shared?n=15&size=1", &[]);
     assert_eq!(
         (report(&r, "ok").as_str(), report(&r, "status").as_str()),
@@ -152,6 +163,11 @@ fn limits_come_from_the_configuration_and_bodies_from_the_service() {
     assert_eq!(
         (report(&r, "ok").as_str(), report(&r, "status").as_str()),
         ("2", "InternalFailure")
+    );
+    let r = get(&gw, "/case/limit-headers?n=5&size=10000", &[]);
+    assert_eq!(
+        (report(&r, "ok").as_str(), report(&r, "status").as_str()),
+        ("3", "InternalFailure")
     );
     let r = send(
         &gw.url(),

@@ -37,6 +37,9 @@ struct Inner {
     fields: http::HeaderMap,
     /// The pseudo-headers and the entries `fields` cannot hold.
     side: List,
+    /// At least the map's size in bytes, once [`HeaderMap::fits`] has measured it:
+    /// every addition and replacement raises it by what it adds, a removal leaves it.
+    bound: Option<usize>,
 }
 
 /// What an absent map reads as.
@@ -81,7 +84,11 @@ impl HeaderMap {
             side.add(k, v);
         }
         HeaderMap {
-            inner: Some(Box::new(Inner { fields, side })),
+            inner: Some(Box::new(Inner {
+                fields,
+                side,
+                bound: None,
+            })),
             changed: false,
         }
     }
@@ -207,20 +214,47 @@ impl HeaderMap {
         self.inner = None;
     }
 
+    /// Whether `extra` more bytes of names and values keep the map within `limit`
+    /// bytes. The map keeps a count that every addition raises and no removal lowers;
+    /// it is measured when it has no count yet, and again only when the count would
+    /// pass `limit`. So a map well within the limit costs one addition per check.
+    pub fn fits(&mut self, extra: usize, limit: usize) -> bool {
+        let within = |size: usize| size.checked_add(extra).is_some_and(|n| n <= limit);
+        let Some(i) = self.inner.as_deref_mut() else {
+            return within(0);
+        };
+        if i.bound.is_some_and(within) {
+            return true;
+        }
+        let size = i.byte_size();
+        i.bound = Some(size);
+        within(size)
+    }
+
     /// Total bytes of names and values, the measure header limits use.
     pub fn byte_size(&self) -> usize {
-        let i = self.view();
-        let fields: usize = i
-            .fields
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len())
-            .sum();
-        i.side.byte_size() + fields
+        self.view().byte_size()
     }
 }
 
 /// The edits, on the two sides. Every value of one name sits on one side.
 impl Inner {
+    fn byte_size(&self) -> usize {
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        self.side.byte_size() + fields
+    }
+
+    /// Raises the count [`HeaderMap::fits`] keeps by an entry's bytes.
+    fn count(&mut self, name: &[u8], value: &[u8]) {
+        if let Some(b) = &mut self.bound {
+            *b = b.saturating_add(name.len() + value.len());
+        }
+    }
+
     /// Moves `name`'s values from hyper's map to the side, in order: a value of it
     /// that hyper cannot hold is coming.
     fn move_aside(&mut self, name: &HeaderName) {
@@ -233,6 +267,7 @@ impl Inner {
     }
 
     fn add(&mut self, name: &[u8], value: &[u8]) {
+        self.count(name, value);
         let Place::Field(n) = place(name) else {
             return self.side.add(name, value);
         };
@@ -258,6 +293,7 @@ impl Inner {
     }
 
     fn set(&mut self, name: &[u8], value: &[u8]) {
+        self.count(name, value);
         let Place::Field(n) = place(name) else {
             return self.side.set(name, value);
         };
@@ -597,5 +633,59 @@ mod tests {
                 }
             }
         }
+
+        /// `fits` answers exactly whether the map stays within the limit, however
+        /// far its count is from the size after replacements, removals, a map taken
+        /// from hyper, or additions made without asking.
+        #[test]
+        fn fits_answers_whether_the_map_stays_within_the_limit(
+            start in proptest::collection::vec((0u8..5, "[a-c]{0,6}"), 0..6),
+            steps in proptest::collection::vec((op(), 0usize..80, any::<bool>()), 0..150),
+        ) {
+            let mut fields = http::HeaderMap::new();
+            for (n, v) in &start {
+                let n = HeaderName::from_bytes(name(*n).to_lowercase().as_bytes());
+                if let Ok(n) = n {
+                    fields.append(n, HeaderValue::from_str(v).unwrap());
+                }
+            }
+            let mut m = HeaderMap::from_http(&[(":path", "/")], fields);
+            for (o, limit, ask) in steps {
+                let extra = match &o {
+                    Op::Add(n, v) | Op::Set(n, v) => name(*n).len() + v.len(),
+                    _ => 0,
+                };
+                let within = m.byte_size() + extra <= limit;
+                if ask || extra == 0 {
+                    prop_assert_eq!(m.fits(extra, limit), within);
+                    if !within {
+                        continue;
+                    }
+                }
+                match &o {
+                    Op::Add(n, v) => m.add(name(*n), v),
+                    Op::Set(n, v) => m.set(name(*n), v),
+                    Op::Remove(n) => m.remove(name(*n)),
+                    Op::Clear => m.clear(),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fits_counts_what_it_lets_in() {
+        let mut m = HeaderMap::new();
+        assert!(m.fits(10, 10));
+        m.add("abcde", "fghij");
+        assert!(!m.fits(1, 10));
+        m.remove("abcde");
+        // Measured again at the limit: the removal made room.
+        assert!(m.fits(10, 10));
+        m.set("abcde", "fghij");
+        m.set("abcde", "fghij");
+        // The count says 20; measured, the map holds 10.
+        assert!(m.fits(4, 14));
+        assert!(!m.fits(5, 14));
+        assert!(!m.fits(usize::MAX, usize::MAX));
     }
 }

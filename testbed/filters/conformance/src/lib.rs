@@ -231,6 +231,23 @@ fn addr(b: &[u8]) -> u32 {
     b.as_ptr() as usize as u32
 }
 
+/// A header map in the ABI's encoding: the count, each pair's sizes, then each name
+/// and value followed by a NUL.
+fn encode_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        for part in [k, v] {
+            out.extend_from_slice(part);
+            out.push(0);
+        }
+    }
+    out
+}
+
 /// The outcome of `n` calls: how many were accepted, and the first refusal's status.
 fn tally(statuses: impl IntoIterator<Item = u32>) -> Vec<(&'static str, String)> {
     let (mut ok, mut refused, mut first) = (0, 0, "none");
@@ -1029,6 +1046,46 @@ impl HttpContext for Case {
                     })
                     .collect();
                 self.report(&tally(statuses));
+                Action::Pause
+            }
+            // `n` request headers of `size`-byte values: added, or one name replaced
+            // `n` times, or set as a whole map of `n` pairs (`op`).
+            "limit-headers" => {
+                let (n, size) = (self.number("n", 1), self.number("size", 1));
+                let value = vec![b'h'; size];
+                let names: Vec<String> = (0..n).map(|i| format!("x-limit-{i:03}")).collect();
+                let request = 0; // MapType::HttpRequestHeaders
+                let statuses: Vec<u32> = match self.param("op") {
+                    Some("pairs") => {
+                        let pairs: Vec<(&[u8], &[u8])> =
+                            names.iter().map(|k| (k.as_bytes(), &value[..])).collect();
+                        let blob = encode_pairs(&pairs);
+                        vec![unsafe { raw::set_pairs3(request, addr(&blob), blob.len() as u32) }]
+                    }
+                    op => names
+                        .iter()
+                        .map(|k| {
+                            let k = if op == Some("replace") { "x-limit" } else { k };
+                            let (kp, kl) = (addr(k.as_bytes()), k.len() as u32);
+                            let (vp, vl) = (addr(&value), value.len() as u32);
+                            unsafe {
+                                if op == Some("replace") {
+                                    raw::replace_header5(request, kp, kl, vp, vl)
+                                } else {
+                                    raw::add_header5(request, kp, kl, vp, vl)
+                                }
+                            }
+                        })
+                        .collect(),
+                };
+                let mut lines = tally(statuses);
+                let size = self
+                    .get_http_request_headers_bytes()
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+                lines.push(("map_bytes", size.to_string()));
+                self.report(&lines);
                 Action::Pause
             }
             // Grows the request body in `on_http_request_body`.
