@@ -9,7 +9,8 @@
 //! first and drops the rest, remove drops all), through the side list's compaction and
 //! values hyper's map cannot hold: the two must agree after every operation on each
 //! name's values in order and on the pseudo-headers coming first, in order (the order
-//! between two names is hyper's, which HTTP leaves without meaning).
+//! between two names is hyper's, which HTTP leaves without meaning). `fits`, the
+//! `header_bytes` check, answers exactly whether an addition stays within a limit.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -117,6 +118,10 @@ fuzz_target!(|data: &[u8]| {
                     map.get_all(&name).count(),
                     model.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())).count()
                 );
+                // The header_bytes check: exact, with limits on both sides of the size.
+                let size: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let (extra, limit) = (value.len() / 4, (size + 1024).saturating_sub(value.len() / 8));
+                assert_eq!(map.fits(extra, limit), size + extra <= limit, "fits({extra}, {limit}) at {size}");
             }
         }
         same(&map, &model);
