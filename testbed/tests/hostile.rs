@@ -654,6 +654,32 @@ fn a_header_map_a_filter_grows_stops_at_header_bytes() {
 }
 
 #[test]
+fn a_local_reply_past_the_body_or_header_limits_is_refused() {
+    let mut bed = limited(HostLimits {
+        body_bytes: MIB,
+        header_bytes: 64 * 1024,
+        ..HostLimits::default()
+    });
+    // At the limits, the reply goes out as the filter made it (its long details cut).
+    let res = bed.send(Request::get(&format!(
+        "/case/limit-reply?size={MIB}&n=6&header_size=10000&details=100000"
+    )));
+    assert_eq!(res.status, 299, "{}", res.text());
+    assert_eq!(res.body.len(), MIB);
+    assert_eq!(res.header("x-reply-005").map(str::len), Some(10_000));
+    // A byte more of body, or a header more: refused before anything is copied; the
+    // filter's report goes out instead.
+    let res = bed.send(Request::get(&format!("/case/limit-reply?size={}", MIB + 1)));
+    assert_eq!(res.status, 200);
+    assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::BodyBytes), 1);
+    let res = bed.send(Request::get("/case/limit-reply?n=7&header_size=10000"));
+    assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
+    assert_eq!(bed.refusals(Limit::HeaderBytes), 1);
+    assert!(bed.logged("send_local_response with headers of 70077 bytes refused"));
+}
+
+#[test]
 fn a_body_a_filter_grows_stops_at_the_body_limit() {
     let mut bed = limited(HostLimits {
         body_bytes: MIB,

@@ -295,6 +295,17 @@ fn decode_map(bytes: &[u8]) -> Result<HeaderMap, Status> {
         .collect())
 }
 
+/// Decodes a map a filter passed in (as [`decode_map`] does) when its names and
+/// values fit in `limit` bytes; else their size, and nothing is copied.
+fn decode_within(bytes: &[u8], limit: usize) -> Result<HeaderMap, usize> {
+    let pairs = abi::decode_pairs(bytes).unwrap_or_default();
+    let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > limit {
+        return Err(size);
+    }
+    Ok(pairs.into_iter().collect())
+}
+
 macro_rules! wrap {
     ($linker:ident, $names:ident, $name:literal, |$c:ident $(, $a:ident : $t:ty)*| $body:block) => {
         $names.push(("env", $name));
@@ -547,25 +558,20 @@ fn define_proxy(
             let limit = c.data().env.limits.header_bytes;
             // Decoded straight from guest memory into the new map: no copy of the blob.
             // A map past the limit is refused before anything is copied.
-            let size = with_map(&mut c, t, (ptr, len), (0, 0), |m, blob, _| {
-                // Malformed, it is an empty map (see `decode_map`).
-                let pairs = abi::decode_pairs(blob).unwrap_or_default();
-                let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-                if size <= limit {
-                    *m = pairs.into_iter().collect();
+            let fitted = with_map(&mut c, t, (ptr, len), (0, 0), |m, blob, _| {
+                Ok(decode_within(blob, limit).map(|new| {
+                    *m = new;
                     m.mark_changed();
-                }
-                Ok(size)
+                }))
             })?;
-            if size > limit {
-                return Err(refuse(
+            fitted.map_err(|size| {
+                refuse(
                     c.data(),
                     Limit::HeaderBytes,
                     Status::InternalFailure,
                     || format!("set_header_map_pairs with {size} bytes refused"),
-                ));
-            }
-            Ok(())
+                )
+            })
         }
     );
     wrap!(
@@ -834,14 +840,31 @@ fn define_proxy(
         names,
         "proxy_send_local_response",
         |c, status: u32, dp: u32, dl: u32, bp: u32, bl: u32, hp: u32, hl: u32, grpc: i32| {
-            let details = String::from_utf8_lossy(&read(&c, dp, dl)?).into_owned();
-            let body = read(&c, bp, bl)?;
-            let headers = decode_map(&read(&c, hp, hl)?)?;
+            // Read in place: a reply past the limits is refused before anything is
+            // copied. The details only reach the log, so they are cut as a log line is.
+            let mem = c.data().memory.ok_or(IMA)?;
+            let (data, s) = mem.data_and_store_mut(&mut c);
+            let limits = &s.env.limits;
+            let details = &data[range(dp, dl, data.len())?];
+            let body = &data[range(bp, bl, data.len())?];
+            if body.len() > limits.body_bytes {
+                return Err(refuse(s, Limit::BodyBytes, Status::InternalFailure, || {
+                    format!("send_local_response with a body of {bl} bytes refused")
+                }));
+            }
+            let headers = decode_within(&data[range(hp, hl, data.len())?], limits.header_bytes)
+                .map_err(|size| {
+                    refuse(s, Limit::HeaderBytes, Status::InternalFailure, || {
+                        format!("send_local_response with headers of {size} bytes refused")
+                    })
+                })?;
+            let details = &details[..details.len().min(limits.log_bytes)];
+            let (details, body) = (String::from_utf8_lossy(details).into_owned(), body.to_vec());
             let status = u16::try_from(status)
                 .ok()
                 .filter(|s| (100..=599).contains(s))
                 .ok_or(Status::BadArgument)?;
-            let ctx = c.data_mut().http_ctx().ok_or(Status::NotFound)?;
+            let ctx = s.http_ctx().ok_or(Status::NotFound)?;
             ctx.local_reply = Some(LocalReply {
                 status,
                 details,

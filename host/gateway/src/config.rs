@@ -46,7 +46,8 @@ pub struct ConfigFile {
 }
 
 /// The `limits:` section: any of the engine's host limits, the rest at their
-/// defaults. A body a filter rewrites is bounded by its service's body limits instead.
+/// defaults. A body a filter rewrites is bounded by its service's body limits instead;
+/// `body_bytes` bounds the body of a filter's own reply.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -55,6 +56,7 @@ pub struct LimitsConfig {
     pub value_bytes: Option<usize>,
     pub key_bytes: Option<usize>,
     pub property_bytes: Option<usize>,
+    pub body_bytes: Option<usize>,
     pub header_bytes: Option<usize>,
     pub calls_per_request: Option<usize>,
     pub calls_per_vm: Option<usize>,
@@ -72,7 +74,7 @@ impl LimitsConfig {
     /// The engine's limits with these set; a zero is an error naming the field.
     fn apply(&self, errors: &mut Vec<String>) -> HostLimits {
         let mut l = HostLimits::default();
-        let fields: [(&str, Option<usize>, &mut usize); 16] = [
+        let fields: [(&str, Option<usize>, &mut usize); 17] = [
             (
                 "shared_data_bytes",
                 self.shared_data_bytes,
@@ -86,6 +88,7 @@ impl LimitsConfig {
             ("value_bytes", self.value_bytes, &mut l.value_bytes),
             ("key_bytes", self.key_bytes, &mut l.key_bytes),
             ("property_bytes", self.property_bytes, &mut l.property_bytes),
+            ("body_bytes", self.body_bytes, &mut l.body_bytes),
             ("header_bytes", self.header_bytes, &mut l.header_bytes),
             (
                 "calls_per_request",

@@ -1088,6 +1088,35 @@ impl HttpContext for Case {
                 self.report(&lines);
                 Action::Pause
             }
+            // A reply of status 299 with a body of `size` bytes and `n` headers of
+            // `header_size`-byte values; when the host refuses it, the report says so.
+            "limit-reply" => {
+                let (size, n) = (self.number("size", 0), self.number("n", 0));
+                let header_size = self.number("header_size", 1);
+                let body = vec![b'r'; size];
+                let value = vec![b'h'; header_size];
+                let names: Vec<String> = (0..n).map(|i| format!("x-reply-{i:03}")).collect();
+                let pairs: Vec<(&[u8], &[u8])> =
+                    names.iter().map(|k| (k.as_bytes(), &value[..])).collect();
+                let headers = encode_pairs(&pairs);
+                let details = "d".repeat(self.number("details", 0));
+                let status = unsafe {
+                    raw::local_response8(
+                        299,
+                        addr(details.as_bytes()),
+                        details.len() as u32,
+                        addr(&body),
+                        body.len() as u32,
+                        addr(&headers),
+                        headers.len() as u32,
+                        u32::MAX,
+                    )
+                };
+                if status != 0 {
+                    self.report(&tally([status]));
+                }
+                Action::Pause
+            }
             // Grows the request body in `on_http_request_body`.
             "limit-body" => Action::Continue,
             "limit-calls" => {
