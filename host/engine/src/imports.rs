@@ -434,7 +434,8 @@ fn define_proxy(
         |c, np: u32, nl: u32, ap: u32, al: u32, rp: u32, rl: u32| {
             // Envoy's foreign functions (compress, declare_property, ...) are Envoy
             // internals; none is offered here, which the SDK reports as NotFound.
-            let _ = (read(&c, np, nl)?, read(&c, ap, al)?, rp, rl);
+            // The arguments are checked, not copied.
+            let _ = (check_ranges(&c, &[(np, nl), (ap, al)])?, rp, rl);
             Err(Status::NotFound.into())
         }
     );
