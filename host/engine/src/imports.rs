@@ -104,12 +104,27 @@ fn range(ptr: u32, len: u32, size: usize) -> Result<std::ops::Range<usize>, Stat
 
 fn read(c: &C, ptr: u32, len: u32) -> Result<Vec<u8>, Status> {
     let mem = c.data().memory.ok_or(IMA)?;
-    let data = mem.data(c);
-    Ok(data[range(ptr, len, data.len())?].to_vec())
+    Ok(at(mem.data(c), (ptr, len))?.to_vec())
 }
 
 fn read_str(c: &C, ptr: u32, len: u32) -> Result<String, Status> {
     String::from_utf8(read(c, ptr, len)?).map_err(|_| Status::BadArgument)
+}
+
+/// A name the guest passes (a queue's, a metric's): its range checked, then refused
+/// past `limit` (counted and logged as `call`'s), then copied.
+fn read_name(c: &C, (ptr, len): (u32, u32), limit: Limit, call: &str) -> R<String> {
+    check_ranges(c, &[(ptr, len)])?;
+    let s = c.data();
+    if limit
+        .value(&s.env.limits)
+        .is_some_and(|max| len as usize > max)
+    {
+        return Err(refuse(s, limit, Status::InternalFailure, || {
+            format!("{call} with a name of {len} bytes refused")
+        }));
+    }
+    Ok(read_str(c, ptr, len)?)
 }
 
 fn write(c: &mut C, ptr: u32, bytes: &[u8]) -> Result<(), Status> {
@@ -156,6 +171,27 @@ fn give(c: &mut C, bytes: &[u8], ret_ptr: u32, ret_size: u32) -> R<()> {
     Ok(())
 }
 
+/// As [`give`], but an empty answer writes nothing at all, as Envoy does for a buffer
+/// slice or a status message (the SDK then sees none).
+fn give_some(c: &mut C, bytes: &[u8], ret_ptr: u32, ret_size: u32) -> R<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    give(c, bytes, ret_ptr, ret_size)
+}
+
+/// Guest memory and the host's state, borrowed together: a call reads its arguments in
+/// place (see [`at`]) while it works on the state.
+fn guest<'a>(c: &'a mut C) -> Result<(&'a mut [u8], &'a mut HostState), Status> {
+    let mem = c.data().memory.ok_or(IMA)?;
+    Ok(mem.data_and_store_mut(c))
+}
+
+/// The `len` bytes of guest memory at `ptr`, in place.
+fn at(data: &[u8], (ptr, len): (u32, u32)) -> Result<&[u8], Status> {
+    Ok(&data[range(ptr, len, data.len())?])
+}
+
 /// Runs `f` on header map `t` with two ranges of guest memory borrowed in place: a
 /// header call costs no copy of its key and value on the way in. The ranges are
 /// checked first (`InvalidMemoryAccess`), then the map (`BadArgument`), as when they
@@ -167,30 +203,31 @@ fn with_map<T>(
     b: (u32, u32),
     f: impl FnOnce(&mut HeaderMap, &[u8], &[u8]) -> Result<T, Status>,
 ) -> Result<T, Status> {
-    let mem = c.data().memory.ok_or(IMA)?;
-    let (data, state) = mem.data_and_store_mut(&mut *c);
-    let ra = range(a.0, a.1, data.len())?;
-    let rb = range(b.0, b.1, data.len())?;
-    f(map_mut(state, t)?, &data[ra], &data[rb])
+    let (data, state) = guest(c)?;
+    let (a, b) = (at(data, a)?, at(data, b)?);
+    f(map_mut(state, t)?, a, b)
 }
 
-/// Adds or replaces one entry of map `t` with `edit`, unless the map would grow past
-/// `header_bytes` (a replacement counts whole, as if nothing were removed; the map is
-/// measured again before a refusal).
+/// Adds an entry to map `t`, or replaces its entries of the name (`replace`), unless
+/// the map would grow past `header_bytes` (a replacement counts whole, as if nothing
+/// were removed; the map is measured again before a refusal).
 fn grow_map(
     c: &mut C,
-    t: MapType,
+    t: u32,
     key: (u32, u32),
     value: (u32, u32),
     call: &str,
-    edit: impl FnOnce(&mut HeaderMap, &[u8], &[u8]),
+    replace: bool,
 ) -> R<()> {
+    let t = map_type(t)?;
     let limit = c.data().env.limits.header_bytes;
     let extra = key.1 as usize + value.1 as usize;
     let done = with_map(c, t, key, value, |m, k, v| {
         let fits = m.fits(extra, limit);
-        if fits {
-            edit(m, k, v);
+        match (fits, replace) {
+            (false, _) => {}
+            (true, false) => m.add(k, v),
+            (true, true) => m.set(k, v),
         }
         Ok(fits)
     })?;
@@ -423,10 +460,12 @@ fn define_proxy(
         s.enter(id);
         Ok(())
     });
-    wrap!(l, names, "proxy_done", |c| {
-        let _ = &c;
-        Ok(())
-    });
+    // `proxy_done` (no root context here ever defers its end) and
+    // `proxy_clear_route_cache` (routes are chosen before the filters run) answer Ok.
+    for name in ["proxy_done", "proxy_clear_route_cache"] {
+        names.push(("env", name));
+        l.func_wrap("env", name, || Status::Ok.code())?;
+    }
     wrap!(
         l,
         names,
@@ -458,11 +497,7 @@ fn define_proxy(
                 let end = start.saturating_add(max as usize).min(whole.len());
                 whole[start..end].to_vec()
             };
-            // Envoy writes nothing for an empty slice; the SDK then sees no buffer.
-            if slice.is_empty() {
-                return Ok(());
-            }
-            give(&mut c, &slice, rp, rl)
+            give_some(&mut c, &slice, rp, rl)
         }
     );
     wrap!(
@@ -491,9 +526,8 @@ fn define_proxy(
         |c, t: u32, start: u32, size: u32, dp: u32, dl: u32| {
             let t = BufferType::from_abi(t).ok_or(Status::BadArgument)?;
             // The new bytes are read in place: a body past its limit costs no copy.
-            let mem = c.data().memory.ok_or(IMA)?;
-            let (data, s) = mem.data_and_store_mut(&mut c);
-            let new = &data[range(dp, dl, data.len())?];
+            let (data, s) = guest(&mut c)?;
+            let new = at(data, (dp, dl))?;
             let limit = match t {
                 BufferType::RequestBody | BufferType::ResponseBody => {
                     s.http_ctx().and_then(|x| x.body_limit)
@@ -588,38 +622,20 @@ fn define_proxy(
             give(&mut c, &value, rp, rl)
         }
     );
-    wrap!(
-        l,
-        names,
-        "proxy_add_header_map_value",
-        |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            let t = map_type(t)?;
-            grow_map(
-                &mut c,
-                t,
-                (kp, kl),
-                (vp, vl),
-                "proxy_add_header_map_value",
-                |m, k, v| m.add(k, v),
-            )
-        }
-    );
-    wrap!(
-        l,
-        names,
-        "proxy_replace_header_map_value",
-        |c, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            let t = map_type(t)?;
-            grow_map(
-                &mut c,
-                t,
-                (kp, kl),
-                (vp, vl),
-                "proxy_replace_header_map_value",
-                |m, k, v| m.set(k, v),
-            )
-        }
-    );
+    // Adding and replacing differ only in the edit.
+    for (name, replace) in [
+        ("proxy_add_header_map_value", false),
+        ("proxy_replace_header_map_value", true),
+    ] {
+        names.push(("env", name));
+        l.func_wrap(
+            "env",
+            name,
+            move |mut c: C<'_>, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+                finish(grow_map(&mut c, t, (kp, kl), (vp, vl), name, replace))
+            },
+        )?;
+    }
     wrap!(
         l,
         names,
@@ -651,10 +667,8 @@ fn define_proxy(
         |c, pp: u32, pl: u32, rp: u32, rl: u32| {
             // The path is read in place from guest memory.
             let value = {
-                let mem = c.data().memory.ok_or(IMA)?;
-                let (data, state) = mem.data_and_store_mut(&mut c);
-                let r = range(pp, pl, data.len())?;
-                crate::properties::get(state, &data[r]).ok_or(Status::NotFound)?
+                let (data, state) = guest(&mut c)?;
+                crate::properties::get(state, at(data, (pp, pl))?).ok_or(Status::NotFound)?
             };
             give(&mut c, &value, rp, rl)
         }
@@ -665,10 +679,9 @@ fn define_proxy(
         "proxy_set_property",
         |c, pp: u32, pl: u32, vp: u32, vl: u32| {
             // Read in place, and copied only once they fit.
-            let mem = c.data().memory.ok_or(IMA)?;
-            let (data, s) = mem.data_and_store_mut(&mut c);
-            let path = &data[range(pp, pl, data.len())?];
-            let value = &data[range(vp, vl, data.len())?];
+            let (data, s) = guest(&mut c)?;
+            let path = at(data, (pp, pl))?;
+            let value = at(data, (vp, vl))?;
             if path.len() > s.env.limits.key_bytes {
                 return Err(refuse(s, Limit::KeyBytes, Status::InternalFailure, || {
                     format!("set_property with a path of {pl} bytes refused")
@@ -699,9 +712,8 @@ fn define_proxy(
         |c, kp: u32, kl: u32, rp: u32, rl: u32, rcas: u32| {
             let (value, cas) = {
                 // The key is looked up in place.
-                let mem = c.data().memory.ok_or(IMA)?;
-                let (data, s) = mem.data_and_store_mut(&mut c);
-                let key = &data[range(kp, kl, data.len())?];
+                let (data, s) = guest(&mut c)?;
+                let key = at(data, (kp, kl))?;
                 s.env.shared_data.get(&s.env.vm_id, key)?
             };
             give(&mut c, &value, rp, rl)?;
@@ -716,10 +728,9 @@ fn define_proxy(
         |c, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32| {
             // Key and value are read in place: a write past a limit is refused before
             // anything is copied.
-            let mem = c.data().memory.ok_or(IMA)?;
-            let (data, s) = mem.data_and_store_mut(&mut c);
-            let key = &data[range(kp, kl, data.len())?];
-            let value = &data[range(vp, vl, data.len())?];
+            let (data, s) = guest(&mut c)?;
+            let key = at(data, (kp, kl))?;
+            let value = at(data, (vp, vl))?;
             let env = &s.env;
             env.shared_data
                 .set(&env.vm_id, key, value, cas, &env.limits)
@@ -737,16 +748,7 @@ fn define_proxy(
         names,
         "proxy_register_shared_queue",
         |c, np: u32, nl: u32, rt: u32| {
-            check_ranges(&c, &[(np, nl)])?;
-            if nl as usize > c.data().env.limits.key_bytes {
-                return Err(refuse(
-                    c.data(),
-                    Limit::KeyBytes,
-                    Status::InternalFailure,
-                    || format!("register_shared_queue with a name of {nl} bytes refused"),
-                ));
-            }
-            let name = read_str(&c, np, nl)?;
+            let name = read_name(&c, (np, nl), Limit::KeyBytes, "register_shared_queue")?;
             let token = {
                 let s = c.data();
                 let owner = QueueOwner {
@@ -799,9 +801,8 @@ fn define_proxy(
         names,
         "proxy_enqueue_shared_queue",
         |c, token: u32, vp: u32, vl: u32| {
-            let mem = c.data().memory.ok_or(IMA)?;
-            let (data, s) = mem.data_and_store_mut(&mut c);
-            let value = &data[range(vp, vl, data.len())?];
+            let (data, s) = guest(&mut c)?;
+            let value = at(data, (vp, vl))?;
             match s.env.queues.enqueue(token, value, &s.env.limits) {
                 Ok(Enqueued::Added) => Ok(()),
                 Ok(Enqueued::DroppedOldest) => {
@@ -832,10 +833,6 @@ fn define_proxy(
         ctx.signal.notify_one();
         Ok(())
     });
-    wrap!(l, names, "proxy_clear_route_cache", |c| {
-        let _ = &c;
-        Ok(())
-    });
     wrap!(
         l,
         names,
@@ -843,18 +840,17 @@ fn define_proxy(
         |c, status: u32, dp: u32, dl: u32, bp: u32, bl: u32, hp: u32, hl: u32, grpc: i32| {
             // Read in place: a reply past the limits is refused before anything is
             // copied. The details only reach the log, so they are cut as a log line is.
-            let mem = c.data().memory.ok_or(IMA)?;
-            let (data, s) = mem.data_and_store_mut(&mut c);
+            let (data, s) = guest(&mut c)?;
             let limits = &s.env.limits;
-            let details = &data[range(dp, dl, data.len())?];
-            let body = &data[range(bp, bl, data.len())?];
+            let details = at(data, (dp, dl))?;
+            let body = at(data, (bp, bl))?;
             if body.len() > limits.body_bytes {
                 return Err(refuse(s, Limit::BodyBytes, Status::InternalFailure, || {
                     format!("send_local_response with a body of {bl} bytes refused")
                 }));
             }
-            let headers = decode_within(&data[range(hp, hl, data.len())?], limits.header_bytes)
-                .map_err(|size| {
+            let headers =
+                decode_within(at(data, (hp, hl))?, limits.header_bytes).map_err(|size| {
                     refuse(s, Limit::HeaderBytes, Status::InternalFailure, || {
                         format!("send_local_response with headers of {size} bytes refused")
                     })
@@ -1030,10 +1026,7 @@ fn define_proxy(
         |c, rc: u32, rp: u32, rl: u32| {
             let (code, message) = c.data().grpc_status.clone();
             write_u32(&mut c, rc, code)?;
-            if message.is_empty() {
-                return Ok(());
-            }
-            give(&mut c, &message, rp, rl)
+            give_some(&mut c, &message, rp, rl)
         }
     );
     wrap!(
@@ -1042,16 +1035,7 @@ fn define_proxy(
         "proxy_define_metric",
         |c, t: u32, np: u32, nl: u32, rid: u32| {
             let kind = MetricKind::from_abi(t).ok_or(Status::BadArgument)?;
-            check_ranges(&c, &[(np, nl)])?;
-            if nl as usize > c.data().env.limits.metric_name_bytes {
-                return Err(refuse(
-                    c.data(),
-                    Limit::MetricNameBytes,
-                    Status::InternalFailure,
-                    || format!("define_metric with a name of {nl} bytes refused"),
-                ));
-            }
-            let name = read_str(&c, np, nl)?;
+            let name = read_name(&c, (np, nl), Limit::MetricNameBytes, "define_metric")?;
             let metric = {
                 let s = c.data();
                 let env = &s.env;
