@@ -122,9 +122,19 @@ impl Template {
     }
 }
 
-/// `deploy/`, where the templates live.
+/// `deploy/`, where the templates live, in the checkout cargo runs in: the nearest
+/// folder holding `Cargo.lock` above the package being run (`xtask`, or this crate's
+/// tests) or the current folder. Not the path this crate was built in: checkouts share
+/// one target directory, and cargo does not rebuild for another checkout's path.
 pub fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let start = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let start = start
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    match start.ancestors().find(|d| d.join("Cargo.lock").is_file()) {
+        Some(root) => root.join("deploy"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    }
 }
 
 /// The directories of `deploy/` that hold manifests for Kubernetes.

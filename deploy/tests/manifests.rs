@@ -49,7 +49,7 @@ fn wasm_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PORTCULLIS_WASM_DIR") {
         return PathBuf::from(d);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release")
+    portcullis_deploy::deploy_dir().join("../target/wasm32-wasip1/release")
 }
 
 /// The built module's SHA-256, by filter name.
@@ -79,7 +79,7 @@ fn image_digest(name: &str) -> String {
         return portcullis_deploy::sha256_hex(format!("stand-in image of {name}").as_bytes());
     };
     let wasm = std::fs::read(wasm_dir().join(filter.wasm)).unwrap();
-    let cargo = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../filters/{name}/Cargo.toml"));
+    let cargo = portcullis_deploy::deploy_dir().join(format!("../filters/{name}/Cargo.toml"));
     let text = std::fs::read_to_string(&cargo).unwrap();
     let version = text
         .lines()

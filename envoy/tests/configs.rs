@@ -1,12 +1,11 @@
 //! The ready-made Envoy configurations in `envoy/configs/` stay valid: each is checked
 //! by `envoy --mode validate` (from the repository root, where their paths point).
 
-use std::path::PathBuf;
 use std::process::Command;
 
 #[test]
 fn every_shipped_envoy_config_validates() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = portcullis_testbed::workspace_dir();
     let envoy = portcullis_envoy::envoy_binary().unwrap_or_else(|e| panic!("{e}"));
     let mut checked = 0;
     for entry in std::fs::read_dir(root.join("envoy/configs")).unwrap() {
@@ -55,7 +54,7 @@ fn managers(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
 /// does the same.
 #[test]
 fn every_shipped_envoy_config_holds_the_edge() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = portcullis_testbed::workspace_dir();
     let mut configs: Vec<(String, serde_json::Value)> = Vec::new();
     for entry in std::fs::read_dir(root.join("envoy/configs")).unwrap() {
         let path = entry.unwrap().path();

@@ -22,7 +22,44 @@ pub fn wasm_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PORTCULLIS_WASM_DIR") {
         return PathBuf::from(d);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release")
+    workspace_dir().join("target/wasm32-wasip1/release")
+}
+
+/// The checkout being tested, found when the test runs: the nearest folder holding
+/// `Cargo.lock` above the package cargo runs the test in (or above the current
+/// folder). Not `env!("CARGO_MANIFEST_DIR")`: checkouts share one target directory,
+/// and cargo does not rebuild a test because another checkout's path is baked in it.
+pub fn workspace_dir() -> PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    let found = start.ancestors().find(|d| d.join("Cargo.lock").is_file());
+    found.map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        PathBuf::from,
+    )
+}
+
+/// A binary of the workspace that cargo built beside the running test or benchmark
+/// (`target/<profile>/<name>`), found when it runs, for the same reason as
+/// [`workspace_dir`] (`env!("CARGO_BIN_EXE_…")` is baked in too).
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let dir = exe.parent().expect("a folder");
+    // Tests and benchmarks run from `target/<profile>/deps`.
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("the profile's folder")
+    } else {
+        dir
+    };
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with cargo (`cargo test` builds a package's binaries for its tests)",
+        bin.display()
+    );
+    bin
 }
 
 /// The path of a built filter, e.g. `wasm("jwt_auth")`. Panics with the command to

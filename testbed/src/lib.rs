@@ -14,7 +14,10 @@ mod clusters;
 mod ports;
 pub mod redis;
 
-pub use bed::{Held, Request, Response, TestBed, TestBedBuilder, UpstreamRequest, wasm, wasm_dir};
+pub use bed::{
+    Held, Request, Response, TestBed, TestBedBuilder, UpstreamRequest, built_binary, wasm,
+    wasm_dir, workspace_dir,
+};
 pub use clusters::Reply;
 pub use portcullis_engine::{
     CallFailure, FailurePolicy, GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap,

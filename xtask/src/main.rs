@@ -68,8 +68,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// The checkout: `cargo xtask` sets `CARGO_MANIFEST_DIR` to this checkout's `xtask/`
+/// when it runs (the path baked in at build time may be another checkout's, since
+/// checkouts share one target directory).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let xtask = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    xtask
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::json;
 
 fn examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+    portcullis_testbed::workspace_dir().join("examples")
 }
 
 #[test]
@@ -20,7 +20,7 @@ fn every_example_configuration_validates() {
     for entry in std::fs::read_dir(examples()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            let out = Command::new(portcullis_testbed::built_binary("portcullis"))
                 .args(["validate", "--config"])
                 .arg(&path)
                 .output()

@@ -225,7 +225,7 @@ routes:
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let out = std::process::Command::new(portcullis_testbed::built_binary("portcullis"))
         .args(["validate", "--config"])
         .arg(&path)
         .output()
@@ -267,7 +267,7 @@ filters: [{ name: f, wasm: /no/such/file.wasm, memory_limit_mb: 17592186044417 }
 "#,
     )
     .expect("write the configuration");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let out = std::process::Command::new(portcullis_testbed::built_binary("portcullis"))
         .args(["validate", "--config"])
         .arg(&path)
         .output()
@@ -300,7 +300,7 @@ routes: [{{ name: r, service: s, filters: [picky] }}]
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let out = std::process::Command::new(portcullis_testbed::built_binary("portcullis"))
         .args(["validate", "--config"])
         .arg(&path)
         .output()
@@ -326,7 +326,7 @@ fn configuration_errors_name_file_line_column_and_field_path() {
     )
     .expect("write the configuration");
     let validate = |path: &std::path::Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let out = std::process::Command::new(portcullis_testbed::built_binary("portcullis"))
             .args(["validate", "--config"])
             .arg(path)
             .output()
@@ -604,12 +604,12 @@ fn sigterm_drains_requests_in_flight_then_exits_zero() {
 
 #[test]
 fn the_shipped_examples_validate() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let dir = portcullis_testbed::workspace_dir().join("examples");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            let out = std::process::Command::new(portcullis_testbed::built_binary("portcullis"))
                 .args(["validate", "--config"])
                 .arg(&path)
                 .output()

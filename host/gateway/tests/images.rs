@@ -377,7 +377,7 @@ fn stripped_gateway(dir: &Path) -> PathBuf {
             .arg("--strip-debug")
             .arg("-o")
             .arg(&out)
-            .arg(env!("CARGO_BIN_EXE_portcullis")),
+            .arg(portcullis_testbed::built_binary("portcullis")),
     );
     out
 }
@@ -656,7 +656,7 @@ fn the_dockerfile_makes_the_image_the_xtask_makes() {
 }
 
 fn dockerfile() -> String {
-    std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../Dockerfile"))
+    std::fs::read_to_string(portcullis_testbed::workspace_dir().join("Dockerfile"))
         .expect("the Dockerfile")
 }
 

@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ impl Idp {
 
     /// With extra clients (`IDP_CLIENTS`: JSON client metadata).
     fn start_with(port: u16, keys: &std::path::Path, clients: &str) -> Idp {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testbed/idp");
+        let dir = portcullis_testbed::workspace_dir().join("testbed/idp");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "the test IdP is not installed: run `npm install --prefix testbed/idp` (cargo xtask test does)"

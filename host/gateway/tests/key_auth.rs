@@ -161,7 +161,7 @@ fn key_hash_prints_the_digest_the_configuration_holds_and_makes_fresh_keys() {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let hash = |key: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let mut child = Command::new(portcullis_testbed::built_binary("portcullis"))
             .arg("key-hash")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -181,7 +181,7 @@ fn key_hash_prints_the_digest_the_configuration_holds_and_makes_fresh_keys() {
         (true, format!("{}\n", hash_string(b"ada-key")))
     );
     assert!(!hash("\n").0, "no key, no digest");
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let out = Command::new(portcullis_testbed::built_binary("portcullis"))
         .args(["key-hash", "--new"])
         .output()
         .unwrap();

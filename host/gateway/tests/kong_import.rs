@@ -19,7 +19,7 @@ fn import(kong: &str, extra: &[&str]) -> (String, serde_json::Value, bool, Strin
     let out = dir.0.join("portcullis.yaml");
     let report = dir.0.join("report.json");
     std::fs::write(&input, kong).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let o = Command::new(portcullis_testbed::built_binary("portcullis"))
         .args(["import", "kong"])
         .arg(&input)
         .arg("--out")
@@ -347,7 +347,7 @@ services:
     let dir = TempDir::new();
     let input = dir.0.join("kong.yaml");
     std::fs::write(&input, &kong).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let o = Command::new(portcullis_testbed::built_binary("portcullis"))
         .args(["import", "kong", "--env"])
         .arg(&input)
         .env("DECK_PREFIX", "v2")
@@ -355,7 +355,7 @@ services:
         .unwrap();
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("/v2"));
-    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let o = Command::new(portcullis_testbed::built_binary("portcullis"))
         .args(["import", "kong", "--env"])
         .arg(&input)
         .env_remove("DECK_PREFIX")
@@ -549,7 +549,7 @@ services:
     let dir = TempDir::new();
     let path = dir.0.join("p.yaml");
     std::fs::write(&path, &config).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let o = Command::new(portcullis_testbed::built_binary("portcullis"))
         .args(["validate", "--config"])
         .arg(&path)
         .output()

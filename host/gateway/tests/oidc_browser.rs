@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ impl Drop for Proc {
 }
 
 fn start_idp(port: u16, clients: &Value) -> Proc {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testbed/idp");
+    let dir = portcullis_testbed::workspace_dir().join("testbed/idp");
     assert!(
         dir.join("node_modules/oidc-provider").exists(),
         "the test IdP is not installed: run `npm install --prefix testbed/idp` (cargo xtask test does)"

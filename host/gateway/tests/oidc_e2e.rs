@@ -13,7 +13,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,7 +58,7 @@ impl Idp {
 
     /// With the one client `client` (its metadata as the IdP registers it).
     fn start_with(port: u16, client: Value) -> Idp {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testbed/idp");
+        let dir = portcullis_testbed::workspace_dir().join("testbed/idp");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "the test IdP is not installed: run `npm install --prefix testbed/idp` (cargo xtask test does)"

@@ -396,7 +396,7 @@ fn the_store_options_are_checked_at_start_with_clear_errors() {
         ),
     ];
     for (args, want) in cases {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let out = std::process::Command::new(portcullis_testbed::built_binary("portcullis"))
             .args(["ratelimit-service", "--listen", "127.0.0.1:0"])
             .args(args)
             .output()

@@ -173,7 +173,7 @@ fn bad_calls_and_bad_rule_files_get_clear_errors() {
         "domain: d\ndescriptors: [{key: k, rate_limit: {unit: fortnight, requests_per_unit: 1}}]",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let out = std::process::Command::new(portcullis_testbed::built_binary("portcullis"))
         .args([
             "ratelimit-service",
             "--redis",

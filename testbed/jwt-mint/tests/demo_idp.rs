@@ -39,16 +39,24 @@ fn opaque_tokens_are_introspected_for_the_demo_client_and_revoked_by_deleting_th
         .local_addr()
         .unwrap()
         .port();
-    let bin = env!("CARGO_BIN_EXE_demo-idp");
+    // Beside this test's own executable (`target/<profile>/deps`), found when it runs:
+    // `env!("CARGO_BIN_EXE_demo-idp")` would keep the path of the checkout that built
+    // it, and checkouts share one target directory.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("demo-idp");
     let _idp = Serving(
-        Command::new(bin)
+        Command::new(&bin)
             .args(["serve", "--address", &format!("127.0.0.1:{port}"), "--dir"])
             .arg(&dir)
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let out = Command::new(bin)
+    let out = Command::new(&bin)
         .args([
             "token", "--sub", "ada", "--tier", "premium", "--groups", "admin", "--opaque", "--dir",
         ])

@@ -61,7 +61,7 @@ fn main() {
         eprintln!("wrk is not installed: `apt-get install wrk` (cargo xtask bench installs it)");
         std::process::exit(1);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = portcullis_testbed::workspace_dir();
     let portcullis = root.join("target/host/portcullis");
     assert!(
         portcullis.exists(),

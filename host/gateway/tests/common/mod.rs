@@ -250,7 +250,10 @@ impl Gateway {
     }
 
     pub fn try_start(yaml: &str) -> Result<Gateway, String> {
-        Self::try_start_with(Command::new(env!("CARGO_BIN_EXE_portcullis")), yaml)
+        Self::try_start_with(
+            Command::new(portcullis_testbed::built_binary("portcullis")),
+            yaml,
+        )
     }
 
     /// As `try_start`, the gateway being `program` (another build of it, or the binary
@@ -423,7 +426,7 @@ impl RatelimitService {
     /// (`--redis-cluster`, `--redis-sentinel` ...).
     pub fn start_with(args: &[&str]) -> RatelimitService {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        let mut cmd = Command::new(portcullis_testbed::built_binary("portcullis"));
         cmd.args(["ratelimit-service", "--listen", &addr.to_string()])
             .args(args);
         let (child, stderr) = spawn_logged(cmd);
