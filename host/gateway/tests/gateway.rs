@@ -147,6 +147,63 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     );
 }
 
+/// `Connection` names the client's own hop-by-hop headers, never the gateway's: the
+/// forwarding headers, the request id and the identity an auth filter set survive a
+/// client that nominates them.
+#[test]
+fn a_client_cannot_make_the_gateway_drop_its_own_headers_through_connection() {
+    let up = echo();
+    let auth = serde_json::json!({"consumers": [{"id": "c-ada", "username": "ada",
+        "keys": [key_auth::directory::hash_string(b"ada-key")]}]});
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: s, url: "http://{up}" }}]
+filters: [{{ name: keys, wasm: "{}", config: {auth} }}]
+routes:
+  - {{ name: keyed, match: {{ path_separated_prefixes: [/keyed] }}, service: s, filters: [keys] }}
+  - {{ name: all, match: {{ paths: [/] }}, service: s }}
+"#,
+        wasm("key_auth")
+    ));
+    let ours = "x-real-ip, x-forwarded-for, x-forwarded-proto, x-forwarded-host, \
+                x-forwarded-port, x-request-id, x-consumer-id, x-consumer-username, \
+                x-credential-identifier, x-secret";
+    for path in ["/x", "/keyed/x"] {
+        let r = get(
+            &gw,
+            path,
+            &[
+                ("connection", ours),
+                ("x-secret", "s"),
+                ("apikey", "ada-key"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let h = |n: &str| r.upstream_header(n);
+        assert_eq!(h("x-secret"), None, "{path}: the client's own header goes");
+        assert_eq!(h("x-real-ip").as_deref(), Some("127.0.0.1"), "{path}");
+        assert_eq!(h("x-forwarded-for").as_deref(), Some("127.0.0.1"), "{path}");
+        assert_eq!(h("x-forwarded-proto").as_deref(), Some("http"), "{path}");
+        assert_eq!(
+            h("x-forwarded-host").as_deref(),
+            Some("gateway.test"),
+            "{path}"
+        );
+        assert_eq!(
+            h("x-forwarded-port").as_deref(),
+            Some(&*gw.port.to_string()),
+            "{path}"
+        );
+        assert_eq!(h("x-request-id").map(|s| s.len()), Some(32), "{path}");
+        if path == "/keyed/x" {
+            assert_eq!(h("x-consumer-id").as_deref(), Some("c-ada"));
+            assert_eq!(h("x-consumer-username").as_deref(), Some("ada"));
+        }
+    }
+}
+
 #[test]
 fn refused_upstream_is_502_and_timeout_is_504_both_logged_as_ours() {
     let gw = Gateway::start(&single_route(refused(), ""));

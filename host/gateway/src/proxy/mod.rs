@@ -3,7 +3,8 @@
 //!
 //! 1. **accept**: the request id, the access-log entry, the listener's header limits;
 //! 2. **normalize**: the path (RFC 3986, once, for routing, the filters and the
-//!    upstream), the host, forwarding headers and identity headers at the edge;
+//!    upstream), the host, the client's hop-by-hop headers, then forwarding headers
+//!    and identity headers at the edge;
 //! 3. **route**: the route and its service, the deadline, a declared body too large;
 //! 4. **request filters**: the route's chain on the request head (a route without
 //!    filters is the empty chain: nothing runs, nothing is converted);
@@ -232,6 +233,10 @@ impl Exchange {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
+        // The client's hop-by-hop headers go before the gateway writes its own: a
+        // `Connection` header can name only what the client sent, never the
+        // forwarding headers, the request id or a filter's identity headers.
+        HopByHop::of(&parts.headers).strip(&mut parts.headers);
         let peer = crate::edge::forwarding(
             &mut parts.headers,
             conn.peer,
@@ -279,9 +284,9 @@ impl Exchange {
         Ok(())
     }
 
-    /// Phase 4: the request head as it goes upstream (hop-by-hop headers and Host gone,
-    /// the request id set, as Envoy's connection manager does before its filters run),
-    /// then the route's filters on it. The filters' header map is made only when the
+    /// Phase 4: the request head as it goes upstream (Host gone, the request id set, as
+    /// Envoy's connection manager does before its filters run; hop-by-hop headers went
+    /// in normalize), then the route's filters on it. The filters' header map is made only when the
     /// route has filters.
     async fn request_filters(
         &mut self,
@@ -294,7 +299,6 @@ impl Exchange {
         let Some(routed) = self.routed.as_mut() else {
             return Err(Stop::client(404, "no route matched this request"));
         };
-        HopByHop::of(&parts.headers).strip(&mut parts.headers);
         parts.headers.remove(http::header::HOST);
         if let Ok(v) = http::HeaderValue::from_str(&self.id) {
             parts.headers.insert(X_REQUEST_ID.clone(), v);
