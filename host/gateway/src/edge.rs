@@ -6,7 +6,8 @@
 //! believed only from a peer in the listener's `trusted_proxies` (Kong's
 //! `trusted_ips`); from anyone else they are replaced with what the gateway itself
 //! saw. The client's address is then the right-most address of the trusted chain that
-//! is not itself a trusted proxy (Kong's `real_ip_recursive`), else the peer.
+//! is not itself a trusted proxy (Kong's `real_ip_recursive`), else the peer. Spelt with
+//! `_` (`x_forwarded_host`) they are removed whoever sent them.
 //!
 //! The identity contract's headers (`x-consumer-*`, `x-credential-identifier`,
 //! `x-anonymous-consumer`, and the names configured in `identity_headers`) are set
@@ -15,6 +16,7 @@
 //! client's own identity through; only a route marked `trust_identity_headers`, reached
 //! through a trusted proxy, keeps them.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
@@ -104,6 +106,7 @@ pub fn forwarding(
             headers.remove(h);
         }
     }
+    strip_underscore_forwarding(headers);
     // The chain so far: every X-Forwarded-For line, in order, then the peer.
     let mut chain: Vec<String> = Vec::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -164,6 +167,33 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
     s.parse::<SocketAddr>().ok().map(|a| canonical(a.ip()))
 }
 
+/// Removes the forwarding headers spelt with `_` (`x_forwarded_host`), whoever sent
+/// them: an upstream that reads `_` as `-` could take one for the header the gateway
+/// set or checked, and the gateway believes only the `-` spelling, even from a proxy.
+fn strip_underscore_forwarding(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let name = k.as_str();
+            name.contains('_') && FORWARDING.iter().any(|f| f.as_str() == fold(name))
+        })
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(k);
+    }
+}
+
+/// `name` with `_` read as `-`, as CGI, WSGI, PHP and Rack read it (and nginx with
+/// `underscores_in_headers`).
+fn fold(name: &str) -> Cow<'_, str> {
+    if name.contains('_') {
+        Cow::Owned(name.replace('_', "-"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
@@ -175,13 +205,7 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 /// CGI, WSGI and PHP read both spellings as one variable, so an upstream could take a
 /// client's underscore spelling for the verified header.
 pub fn is_identity(name: &str, extra: &[String]) -> bool {
-    let folded;
-    let name = if name.contains('_') {
-        folded = name.replace('_', "-");
-        folded.as_str()
-    } else {
-        name
-    };
+    let name = &*fold(name);
     name.starts_with(IDENTITY_PREFIX) || IDENTITY.contains(&name) || extra.iter().any(|e| e == name)
 }
 
@@ -250,6 +274,34 @@ mod tests {
         assert_eq!(get(&h, "x-forwarded-port").as_deref(), Some("8080"));
         assert_eq!(get(&h, "x-real-ip").as_deref(), Some("203.0.113.9"));
         assert_eq!(get(&h, "forwarded"), None);
+    }
+
+    #[test]
+    fn underscore_spellings_of_forwarding_headers_go_even_from_a_proxy() {
+        for peer in ["203.0.113.9:5555", "10.0.0.4:4000"] {
+            let mut h = headers(&[
+                ("x_forwarded_host", "evil.example"),
+                ("x-forwarded_for", "6.6.6.6"),
+                ("x_real_ip", "6.6.6.6"),
+                ("x_forwarded_proto", "https"),
+                ("x_forwarded_port", "1"),
+                ("x_request_id", "kept"),
+            ]);
+            forwarding(
+                &mut h,
+                addr(peer),
+                addr("127.0.0.1:8080"),
+                false,
+                "api.example.com",
+                &trusted(&["10.0.0.0/8"]),
+            );
+            let underscored: Vec<&str> = h
+                .keys()
+                .map(|k| k.as_str())
+                .filter(|k| k.contains('_'))
+                .collect();
+            assert_eq!(underscored, ["x_request_id"], "{peer}");
+        }
     }
 
     #[test]

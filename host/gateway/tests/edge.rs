@@ -253,6 +253,11 @@ routes:
         ("x_consumer_id", "admin"),
         ("x_credential_identifier", "forged"),
         ("x_user_email", "ceo@example.com"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("x_forwarded_host", "evil.example"),
+        ("x-forwarded_proto", "https"),
+        ("x_forwarded_port", "443"),
+        ("x_real_ip", "6.6.6.6"),
     ];
     for path in ["/plain/x", "/filtered/x"] {
         let r = get(&gw, path, &forged);
@@ -299,6 +304,8 @@ routes:
         ("x-forwarded-host", "shop.example.com"),
         ("x-forwarded-proto", "https"),
         ("x-consumer-id", "u-1"),
+        // Never believed, so never passed on: an upstream could read it as the other.
+        ("x_forwarded_host", "evil.example"),
     ];
     let r = get(&gw, "/api", &sent);
     assert_eq!(
@@ -309,6 +316,7 @@ routes:
         r.upstream_header("x-forwarded-host").as_deref(),
         Some("shop.example.com")
     );
+    assert_eq!(r.upstream_header("x_forwarded_host"), None);
     assert_eq!(
         r.upstream_header("x-forwarded-proto").as_deref(),
         Some("https")
