@@ -15,7 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_engine::abi::{decode_pairs, encode_pairs};
-use portcullis_engine::headers::HeaderMap;
+use portcullis_engine::headers::{ENTRY_BYTES, HeaderMap};
 
 const NAMES: [&[u8]; 8] = [b":path", b"x-a", b"X-A", b"x-B", b"cookie", b"", b"\xff\xfeX", b"a\0b"];
 
@@ -119,9 +119,11 @@ fuzz_target!(|data: &[u8]| {
                     model.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())).count()
                 );
                 // The header_bytes check: exact, with limits on both sides of the size.
-                let size: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let size: usize = model.iter().map(|(k, v)| k.len() + v.len() + ENTRY_BYTES).sum();
+                assert_eq!(map.held_bytes(), size);
                 let (extra, limit) = (value.len() / 4, (size + 1024).saturating_sub(value.len() / 8));
-                assert_eq!(map.fits(extra, limit), size + extra <= limit, "fits({extra}, {limit}) at {size}");
+                let within = size + extra + ENTRY_BYTES <= limit;
+                assert_eq!(map.fits(extra, limit), within, "fits({extra}, {limit}) at {size}");
             }
         }
         same(&map, &model);

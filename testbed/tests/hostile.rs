@@ -617,8 +617,8 @@ fn a_header_map_a_filter_grows_stops_at_header_bytes() {
         header_bytes: 64 * 1024,
         ..HostLimits::default()
     });
-    // Names of 11 bytes with values of 10 000: six fit in 64 KiB beside the request's
-    // own headers, the seventh does not.
+    // Names of 11 bytes with values of 10 000, each entry counting 32 bytes more: six
+    // fit in 64 KiB beside the request's own headers, the seventh does not.
     for _ in 0..2 {
         let res = bed.send(Request::get("/case/limit-headers?n=10&size=10000"));
         assert_eq!(
@@ -653,6 +653,55 @@ fn a_header_map_a_filter_grows_stops_at_header_bytes() {
     assert_eq!(bed.refusals(Limit::HeaderBytes), 9);
 }
 
+/// Entries with an empty name and value count against `header_bytes` too: without
+/// that, a filter could add millions of them for free.
+#[test]
+fn empty_header_entries_count_against_header_bytes() {
+    let mut bed = limited(HostLimits {
+        header_bytes: 64 * 1024,
+        ..HostLimits::default()
+    });
+    let res = bed.send(Request::get("/case/limit-headers?op=empty&n=5000"));
+    let (ok, refused, status) = tally(&res);
+    // 2048 entries of 32 bytes, less the request's own headers.
+    assert!((2000..2048).contains(&ok), "{ok} added");
+    assert_eq!((refused, status.as_str()), (5000 - ok, "InternalFailure"));
+    let entries: usize = res.report("map_entries").unwrap().parse().unwrap();
+    assert!(entries < 2048, "{entries} entries");
+}
+
+/// A map of a million entries, half pseudo-headers and half fields, set at once, then
+/// the pseudo-header replaced: each is one pass over the map. Adding the pairs one by
+/// one looked the side list up for each field (2.5 * 10^11 steps), and the replacement
+/// removed the other 499 999 `:x` one at a time, moving the list each time: either
+/// held the worker for hours inside one host call, where no deadline reaches.
+#[test]
+fn a_crowded_header_map_is_built_and_replaced_in_linear_time() {
+    // Room for the filter's own work on a busy machine: the deadline does not bound
+    // host calls, which this measures.
+    let mut bed = TestBed::new()
+        .host_limits(HostLimits {
+            header_bytes: 64 * MIB,
+            ..HostLimits::default()
+        })
+        .filter(wasm("conformance_filter"), "{}")
+        .limits(VmLimits {
+            memory_bytes: 512 * MIB,
+            callback_timeout: Duration::from_secs(60),
+            ..VmLimits::default()
+        })
+        .build()
+        .expect("starts");
+    let started = std::time::Instant::now();
+    let res = bed.send(Request::get("/case/limit-headers?op=crowd&n=500000"));
+    assert_eq!(tally(&res), (2, 0, "none".into()), "{}", res.text());
+    // One `:x` left, the 500 000 fields, and the request's own headers.
+    let entries: usize = res.report("map_entries").unwrap().parse().unwrap();
+    assert_eq!(entries, 500_001);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
 #[test]
 fn a_local_reply_past_the_body_or_header_limits_is_refused() {
     let mut bed = limited(HostLimits {
@@ -676,7 +725,7 @@ fn a_local_reply_past_the_body_or_header_limits_is_refused() {
     let res = bed.send(Request::get("/case/limit-reply?n=7&header_size=10000"));
     assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
     assert_eq!(bed.refusals(Limit::HeaderBytes), 1);
-    assert!(bed.logged("send_local_response with headers of 70077 bytes refused"));
+    assert!(bed.logged("send_local_response with headers of 70147 bytes refused"));
 }
 
 #[test]

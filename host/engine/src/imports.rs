@@ -13,7 +13,7 @@ use std::time::Duration;
 use wasmtime::{Caller, Linker, Module, Val, ValType};
 
 use crate::abi::{self, BufferType, LogLevel, MapType, Status, StreamType};
-use crate::headers::HeaderMap;
+use crate::headers::{ENTRY_BYTES, HeaderMap};
 use crate::limits::{Limit, Refusal};
 use crate::metrics::MetricKind;
 use crate::shared::{Enqueued, QueueOwner};
@@ -332,11 +332,20 @@ fn decode_map(bytes: &[u8]) -> Result<HeaderMap, Status> {
         .collect())
 }
 
-/// Decodes a map a filter passed in (as [`decode_map`] does) when its names and
-/// values fit in `limit` bytes; else their size, and nothing is copied.
+/// Decodes a map a filter passed in (as [`decode_map`] does) when it fits in `limit`
+/// bytes as [`HeaderMap::held_bytes`] counts them; else its size, and nothing is
+/// copied. A blob is at most 4 bytes longer than that count (each pair takes 10 bytes
+/// of sizes and NULs, less than [`ENTRY_BYTES`]), so a longer one is refused unread.
 fn decode_within(bytes: &[u8], limit: usize) -> Result<HeaderMap, usize> {
+    const _: () = assert!(ENTRY_BYTES >= 10);
+    if bytes.len().saturating_sub(4) > limit {
+        return Err(bytes.len() - 4);
+    }
     let pairs = abi::decode_pairs(bytes).unwrap_or_default();
-    let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let size: usize = pairs
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + ENTRY_BYTES)
+        .sum();
     if size > limit {
         return Err(size);
     }

@@ -39,8 +39,9 @@ pub struct HostLimits {
     /// `http_call` answer or gRPC message a filter rewrites.
     pub body_bytes: usize,
     /// One header map (a request's or response's headers or trailers, or an
-    /// `http_call` answer's), names and values together, as filters make it grow. What
-    /// arrived larger may still shrink; it may not grow.
+    /// `http_call` answer's) as filters make it grow: names and values, and
+    /// [`ENTRY_BYTES`](crate::headers::ENTRY_BYTES) for each entry. What arrived larger
+    /// may still shrink; it may not grow.
     pub header_bytes: usize,
     /// `http_call`s and `grpc_call`s one request has in flight at once.
     pub calls_per_request: usize,

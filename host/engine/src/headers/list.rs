@@ -146,16 +146,20 @@ impl List {
                 let old = self.entries[i].value.1;
                 self.entries[i].value = value;
                 self.live = self.live + value.1 - old;
+                // The later entries of the name go in one pass: removing them one by
+                // one would move the rest of the list each time.
                 let name = self.entries[i].name();
-                let mut j = i + 1;
-                while j < self.entries.len() {
-                    if self.buf[self.entries[j].name()] == self.buf[name.clone()] {
-                        self.live -= self.entries[j].size();
-                        self.entries.remove(j);
-                    } else {
-                        j += 1;
+                let buf = &self.buf;
+                let (mut k, mut dropped) = (0, 0);
+                self.entries.retain(|e| {
+                    let keep = k <= i || buf[e.name()] != buf[name.clone()];
+                    k += 1;
+                    if !keep {
+                        dropped += e.size();
                     }
-                }
+                    keep
+                });
+                self.live -= dropped;
                 self.compact_if_sparse();
             }
         }

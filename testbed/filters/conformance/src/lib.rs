@@ -1049,13 +1049,33 @@ impl HttpContext for Case {
                 Action::Pause
             }
             // `n` request headers of `size`-byte values: added, or one name replaced
-            // `n` times, or set as a whole map of `n` pairs (`op`).
+            // `n` times, or set as a whole map of `n` pairs, or the `crowd` and `empty`
+            // attacks below (`op`).
             "limit-headers" => {
                 let (n, size) = (self.number("n", 1), self.number("size", 1));
                 let value = vec![b'h'; size];
                 let names: Vec<String> = (0..n).map(|i| format!("x-limit-{i:03}")).collect();
                 let request = 0; // MapType::HttpRequestHeaders
                 let statuses: Vec<u32> = match self.param("op") {
+                    // `n` pseudo-headers `:x` then `n` fields `a` in one map, then `:x`
+                    // replaced: each step must be linear in the map's size.
+                    Some("crowd") => {
+                        let mut pairs: Vec<(&[u8], &[u8])> = vec![(b":x", b""); n];
+                        pairs.extend(std::iter::repeat_n((&b"a"[..], &b"v"[..]), n));
+                        let blob = encode_pairs(&pairs);
+                        let set =
+                            unsafe { raw::set_pairs3(request, addr(&blob), blob.len() as u32) };
+                        let (k, v) = (b":x", b"v");
+                        let replace =
+                            unsafe { raw::replace_header5(request, addr(k), 2, addr(v), 1) };
+                        vec![set, replace]
+                    }
+                    // Entries with an empty name and value.
+                    Some("empty") => (0..n)
+                        .map(|_| unsafe {
+                            raw::add_header5(request, addr(&value), 0, addr(&value), 0)
+                        })
+                        .collect(),
                     Some("pairs") => {
                         let pairs: Vec<(&[u8], &[u8])> =
                             names.iter().map(|k| (k.as_bytes(), &value[..])).collect();
@@ -1079,12 +1099,10 @@ impl HttpContext for Case {
                         .collect(),
                 };
                 let mut lines = tally(statuses);
-                let size = self
-                    .get_http_request_headers_bytes()
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
+                let map = self.get_http_request_headers_bytes();
+                let size = map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
                 lines.push(("map_bytes", size.to_string()));
+                lines.push(("map_entries", map.len().to_string()));
                 self.report(&lines);
                 Action::Pause
             }
