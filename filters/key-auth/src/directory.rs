@@ -138,13 +138,13 @@ impl Directory {
                 return Err(err(".id".into(), "is given to another consumer too"));
             }
             for (field, v) in [("username", &c.username), ("tier", &c.tier)] {
-                if let Some(v) = v {
-                    if v.is_empty() || !header_safe(v) {
-                        return Err(err(
-                            format!(".{field}"),
-                            "must be non-empty, without control characters or surrounding blanks",
-                        ));
-                    }
+                if let Some(v) = v
+                    && (v.is_empty() || !header_safe(v))
+                {
+                    return Err(err(
+                        format!(".{field}"),
+                        "must be non-empty, without control characters or surrounding blanks",
+                    ));
                 }
             }
             for (gi, g) in c.groups.iter().enumerate() {
@@ -185,13 +185,13 @@ impl Directory {
                         "is not `sha256:` and 64 hex digits (keys are never written in clear: `portcullis key-hash` makes one)",
                     ));
                 };
-                if let Some(id) = id {
-                    if id.is_empty() || !header_safe(id) {
-                        return Err(err(
-                            format!(".keys[{ki}].id"),
-                            "must be non-empty, without control characters or surrounding blanks",
-                        ));
-                    }
+                if let Some(id) = id
+                    && (id.is_empty() || !header_safe(id))
+                {
+                    return Err(err(
+                        format!(".keys[{ki}].id"),
+                        "must be non-empty, without control characters or surrounding blanks",
+                    ));
                 }
                 // Without an id, the credential is named by the digest's first 16 hex
                 // digits: enough to tell keys apart in logs, useless to an attacker.

@@ -101,24 +101,24 @@ pub fn find(
             lookalike = true;
         }
     }
-    if !config.params.is_empty() {
-        if let Some((_, query)) = path.split_once('?') {
-            for pair in query.split('&') {
-                // `;` separates parameters for some servers, not for Kong.
-                for (i, part) in pair.split(';').enumerate() {
-                    let (k, v) = part.split_once('=').unwrap_or((part, ""));
-                    let name = form_decode(k);
-                    if v.is_empty() {
-                        continue;
+    if !config.params.is_empty()
+        && let Some((_, query)) = path.split_once('?')
+    {
+        for pair in query.split('&') {
+            // `;` separates parameters for some servers, not for Kong.
+            for (i, part) in pair.split(';').enumerate() {
+                let (k, v) = part.split_once('=').unwrap_or((part, ""));
+                let name = form_decode(k);
+                if v.is_empty() {
+                    continue;
+                }
+                match config.params.iter().find(|p| **p == name) {
+                    Some(p) if i == 0 => {
+                        let (_, whole) = pair.split_once('=').unwrap_or((pair, ""));
+                        add(&form_decode(whole), Location::Param(p.clone()))?;
                     }
-                    match config.params.iter().find(|p| **p == name) {
-                        Some(p) if i == 0 => {
-                            let (_, whole) = pair.split_once('=').unwrap_or((pair, ""));
-                            add(&form_decode(whole), Location::Param(p.clone()))?;
-                        }
-                        _ if like(&config.params, &name) => lookalike = true,
-                        _ => {}
-                    }
+                    _ if like(&config.params, &name) => lookalike = true,
+                    _ => {}
                 }
             }
         }
