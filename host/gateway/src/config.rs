@@ -328,7 +328,8 @@ pub struct Plan {
     pub workers: usize,
     pub access_log: Option<String>,
     pub drain_timeout: Duration,
-    /// Extra identity header names stripped from client requests (lower case).
+    /// Extra identity header names stripped from client requests (lower case, `_`
+    /// written `-`).
     pub identity_headers: Vec<String>,
     pub limits: HostLimits,
 }
@@ -780,10 +781,12 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             None => Some("stdout".to_owned()),
         },
         drain_timeout: Duration::from_millis(file.drain_timeout_ms),
+        // In the form the edge compares a request's names in (`_` read as `-`): else
+        // `x_tenant_id` here would match neither spelling a client sends.
         identity_headers: file
             .identity_headers
             .iter()
-            .map(|h| h.to_ascii_lowercase())
+            .map(|h| h.to_ascii_lowercase().replace('_', "-"))
             .collect(),
         limits,
     })

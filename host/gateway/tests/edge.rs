@@ -226,7 +226,7 @@ fn a_client_cannot_set_forwarding_or_identity_headers() {
         r#"
 listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
 access_log: "off"
-identity_headers: [x-user-email]
+identity_headers: [x-user-email, X_Tenant_Id]
 services: [{{ name: echo, url: "http://{upstream}" }}]
 filters: [{{ name: noop, wasm: "{}" }}]
 routes:
@@ -253,6 +253,9 @@ routes:
         ("x_consumer_id", "admin"),
         ("x_credential_identifier", "forged"),
         ("x_user_email", "ceo@example.com"),
+        // Configured as `X_Tenant_Id`: the same header in any spelling.
+        ("x-tenant-id", "acme"),
+        ("x_tenant_id", "acme"),
         ("x_forwarded_for", "6.6.6.6"),
         ("x_forwarded_host", "evil.example"),
         ("x-forwarded_proto", "https"),
