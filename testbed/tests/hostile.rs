@@ -653,6 +653,20 @@ fn a_header_map_a_filter_grows_stops_at_header_bytes() {
     assert_eq!(bed.refusals(Limit::HeaderBytes), 9);
 }
 
+/// A filter that sets `source.address` or `request.path` as properties cannot make
+/// itself or a later filter read them in place of the real ones (a forged client
+/// address would dodge tier-limiter's per-address limits).
+#[test]
+fn properties_cannot_forge_built_in_attributes() {
+    let mut bed = limited(HostLimits::default());
+    let res = bed.send(Request::get("/case/spoof-attributes"));
+    assert_eq!(res.report("source").as_deref(), Some("127.0.0.1:40000"));
+    assert_eq!(
+        res.report("request").as_deref(),
+        Some("/case/spoof-attributes")
+    );
+}
+
 /// Entries with an empty name and value count against `header_bytes` too: without
 /// that, a filter could add millions of them for free.
 #[test]

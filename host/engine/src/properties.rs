@@ -6,9 +6,33 @@ use crate::abi::encode_pairs;
 use crate::headers::HeaderMap;
 use crate::state::{HostState, Phase};
 
+/// The first segments of the attributes Envoy answers itself. Under them a property a
+/// filter sets is kept but never read back in the attribute's place (Envoy keeps
+/// filters' properties apart, in its filter state): a filter cannot make a later one
+/// read a forged `source.address` or `request.path`.
+const ROOTS: [&[u8]; 17] = [
+    b"request",
+    b"response",
+    b"connection",
+    b"connection_id",
+    b"upstream",
+    b"source",
+    b"destination",
+    b"metadata",
+    b"filter_state",
+    b"node",
+    b"listener_direction",
+    b"listener_metadata",
+    b"cluster_name",
+    b"cluster_metadata",
+    b"route_name",
+    b"route_metadata",
+    b"upstream_host_metadata",
+];
+
 /// The value at `raw`, the path as the call passed it (segments NUL-separated), or
 /// `None` for an unknown or absent attribute (`NotFound`). Properties filters set are
-/// looked up by the raw path as it is; it is split only for the built-in attributes.
+/// looked up by the raw path as it is, outside the built-in attributes' [`ROOTS`].
 pub fn get(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
     let env = &state.env;
     match raw {
@@ -22,10 +46,10 @@ pub fn get(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
         // A root context holds no request properties (Envoy: `NotFound`).
         None => return None,
     };
-    if let Some(v) = ctx.properties.lock().get(raw) {
-        return Some(v.clone());
-    }
     let segments: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+    if !ROOTS.contains(&segments[0]) {
+        return ctx.properties.lock().get(raw).cloned();
+    }
     let path = segments.as_slice();
     let info = &ctx.info;
     // Request headers as they are now when this filter holds them, otherwise as they

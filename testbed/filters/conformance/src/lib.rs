@@ -906,6 +906,19 @@ impl HttpContext for Case {
                 self.set_property(vec!["portcullis.credential"], Some(b"forged"));
                 panic!("conformance: panic after changing the request headers")
             }
+            // Sets built-in attributes, then reads them back: what a later filter would
+            // read.
+            "spoof-attributes" => {
+                let paths = [vec!["source", "address"], vec!["request", "path"]];
+                let mut lines = Vec::new();
+                for path in paths {
+                    self.set_property(path.clone(), Some(b"forged"));
+                    let got = self.get_property(path.clone()).unwrap_or_default();
+                    lines.push((path[0], String::from_utf8_lossy(&got).into_owned()));
+                }
+                self.report(&lines);
+                Action::Pause
+            }
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
