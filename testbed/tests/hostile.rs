@@ -594,7 +594,8 @@ fn properties_of_a_request_stop_at_property_bytes() {
         property_bytes: 64 * 1024,
         ..HostLimits::default()
     });
-    // Six paths of 7 bytes and values of 10 000 fit in 64 KiB; the seventh does not.
+    // Six paths of 7 bytes and values of 10 000 (and 64 bytes each besides) fit in
+    // 64 KiB; the seventh does not.
     for _ in 0..2 {
         let res = bed.send(Request::get("/case/limit-property?n=10&size=10000"));
         assert_eq!(
@@ -609,6 +610,12 @@ fn properties_of_a_request_stop_at_property_bytes() {
     let res = bed.send(Request::get("/case/limit-property?path_size=4097"));
     assert_eq!(tally(&res), (0, 1, "InternalFailure".into()));
     assert_eq!(bed.refusals(Limit::KeyBytes), 1);
+    // Each property counts 64 bytes besides its path and value, so empty ones are not
+    // free: paths of 7 to 10 bytes, about 890 fit in 64 KiB (all 5000 did before).
+    let res = bed.send(Request::get("/case/limit-property?n=5000&size=0"));
+    let (ok, refused, status) = tally(&res);
+    assert!((850..=900).contains(&ok), "{ok} set");
+    assert_eq!((refused, status.as_str()), (5000 - ok, "InternalFailure"));
 }
 
 #[test]

@@ -31,7 +31,8 @@ pub struct HostLimits {
     /// One shared-data key, queue name or property path.
     pub key_bytes: usize,
     /// Properties one request's filters set (`set_property`), paths and values
-    /// together; the same again for what one VM sets from its root context.
+    /// together and 64 bytes for each; the same again for what one VM sets from its
+    /// root context.
     pub property_bytes: usize,
     /// A request or response body a filter rewrites with `set_buffer_bytes`, when the
     /// embedder gives the stream no body limit of its own (the gateway gives the

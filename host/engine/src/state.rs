@@ -122,11 +122,16 @@ pub struct HttpCtx {
 
 pub type StreamProperties = Arc<parking_lot::Mutex<Properties>>;
 
+/// What one property counts against `property_bytes` beyond its path and value: about
+/// what the host keeps for it besides those bytes (the table's entry, two allocations),
+/// so that empty properties are not free.
+pub const PROPERTY_ENTRY_BYTES: usize = 64;
+
 /// Properties filters set (`set_property`), by path, and what they hold.
 #[derive(Default, Debug, Clone)]
 pub struct Properties {
     map: HashMap<Vec<u8>, Vec<u8>>,
-    /// Bytes of every path and value.
+    /// Bytes of every path and value, and [`PROPERTY_ENTRY_BYTES`] for each.
     bytes: usize,
 }
 
@@ -139,7 +144,7 @@ impl Properties {
     pub fn set(&mut self, path: &[u8], value: &[u8], max: usize) -> Result<(), Limit> {
         let bytes = match self.map.get(path) {
             Some(old) => self.bytes.saturating_sub(old.len()) + value.len(),
-            None => self.bytes + path.len() + value.len(),
+            None => self.bytes + path.len() + value.len() + PROPERTY_ENTRY_BYTES,
         };
         if bytes > max {
             return Err(Limit::PropertyBytes);
