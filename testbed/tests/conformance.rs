@@ -266,6 +266,26 @@ fn a_rejected_configuration_names_the_filter_and_carries_its_log() {
     assert!(msg.contains("configuration says reject"), "{msg}");
 }
 
+/// A filter that logs in a loop while it starts: the host keeps only the last lines
+/// for the error (it kept all 100 000, and printed them in one line).
+#[test]
+fn a_rejected_configuration_carries_only_its_last_log_lines() {
+    let err = TestBed::new()
+        .filter(
+            wasm("conformance_filter"),
+            r#"{"reject": true, "log_flood": 100000}"#,
+        )
+        .named("chatty")
+        .build()
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(msg.len() < 10_000, "{} bytes", msg.len());
+    assert!(msg.contains("earlier lines not kept"), "{msg}");
+    assert!(msg.contains("configuration says reject"), "{msg}");
+    assert!(msg.contains("99999 fff"), "the last line is kept: {msg}");
+}
+
 #[test]
 fn a_root_context_makes_grpc_calls_on_its_ticks_and_gets_the_answers() {
     let mut bed = TestBed::new()

@@ -122,6 +122,49 @@ pub struct HttpCtx {
 
 pub type StreamProperties = Arc<parking_lot::Mutex<Properties>>;
 
+/// The last log lines of a VM's start, for the error that says why it did not start:
+/// at most [`Captured::LINES`] lines and [`Captured::BYTES`] bytes, the older ones
+/// counted and dropped. A filter that logs in a loop while it starts would otherwise
+/// make the host keep every line (and print them all in one error).
+#[derive(Debug, Default)]
+pub struct Captured {
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+    dropped: usize,
+}
+
+impl Captured {
+    pub const LINES: usize = 20;
+    pub const BYTES: usize = 8 * 1024;
+
+    pub fn push(&mut self, mut line: String) {
+        const CUT: &str = "... (cut)";
+        if line.len() > Self::BYTES {
+            let mut at = Self::BYTES - CUT.len();
+            while !line.is_char_boundary(at) {
+                at -= 1;
+            }
+            line.truncate(at);
+            line.push_str(CUT);
+        }
+        self.bytes += line.len();
+        self.lines.push_back(line);
+        while self.lines.len() > Self::LINES || self.bytes > Self::BYTES {
+            let Some(old) = self.lines.pop_front() else {
+                break;
+            };
+            self.bytes -= old.len();
+            self.dropped += 1;
+        }
+    }
+
+    /// The lines kept, after a note of how many earlier ones were dropped.
+    pub fn into_lines(self) -> Vec<String> {
+        let note = (self.dropped > 0).then(|| format!("({} earlier lines not kept)", self.dropped));
+        note.into_iter().chain(self.lines).collect()
+    }
+}
+
 /// What one property counts against `property_bytes` beyond its path and value: about
 /// what the host keeps for it besides those bytes (the table's entry, two allocations),
 /// so that empty properties are not free.
@@ -351,7 +394,7 @@ pub struct HostState {
     /// gRPC calls the filter cancelled after they were sent; their answers are dropped.
     pub cancelled_grpc: std::collections::HashSet<u32>,
     /// Log lines kept while the VM starts, for the error of a rejected configuration.
-    pub captured: Option<Vec<String>>,
+    pub captured: Option<Captured>,
     /// Calls made and not answered yet, every context's.
     pub pending_calls: usize,
     /// Wake-up signals of finished contexts nobody else holds, for the next ones: a

@@ -16,7 +16,9 @@ use crate::abi::{Action, LogLevel};
 use crate::engine::{CompiledModule, EPOCH_PERIOD, Engine};
 use crate::headers::HeaderMap;
 use crate::shared::QueueReady;
-use crate::state::{CallbackData, HostState, HttpCtx, Outgoing, Phase, PluginEnv, VmLimiter};
+use crate::state::{
+    CallbackData, Captured, HostState, HttpCtx, Outgoing, Phase, PluginEnv, VmLimiter,
+};
 use crate::types::{FailurePolicy, GrpcCallResponse, GrpcStatus, HttpCallResponse, RequestInfo};
 
 /// Everything needed to start a plugin's VM on a worker.
@@ -247,7 +249,7 @@ impl Vm {
             cancelled_grpc: Default::default(),
             pending_calls: 0,
             spare_signals: Vec::new(),
-            captured: Some(Vec::new()),
+            captured: Some(Captured::default()),
         };
         let mut store = Store::new(&inner.wasmtime, state);
         store.limiter(|s| &mut s.limiter);
@@ -292,7 +294,13 @@ impl Vm {
             roots: n,
         };
         let started = vm.run_start(&instance, plugins, start_ticks);
-        let logs = vm.store.data_mut().captured.take().unwrap_or_default();
+        let logs = vm
+            .store
+            .data_mut()
+            .captured
+            .take()
+            .unwrap_or_default()
+            .into_lines();
         // The plugin whose callback refused or failed.
         let plugin = vm.store.data().env.name.clone();
         match started {

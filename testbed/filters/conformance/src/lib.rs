@@ -339,6 +339,13 @@ impl RootContext for Root {
         // Any bytes are a configuration (the `config` case reports them back); a JSON
         // object also sets the fields below.
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        // Logs this many lines of 1000 bytes first.
+        if let Some(n) = v.get("log_flood").and_then(|n| n.as_u64()) {
+            let line = "f".repeat(1000);
+            for i in 0..n {
+                proxy_wasm::hostcalls::log(LogLevel::Info, &format!("{i} {line}")).ok();
+            }
+        }
         if v.get("reject").is_some() {
             proxy_wasm::hostcalls::log(LogLevel::Error, "conformance: configuration says reject")
                 .ok();
