@@ -1,6 +1,6 @@
 //! What the gateway settles about a client's request before routing and before any
-//! filter runs: which forwarding headers to believe, who the client is, and that no
-//! identity header the client wrote survives.
+//! filter runs: that the Host is a host, which forwarding headers to believe, who the
+//! client is, and that no identity header the client wrote survives.
 //!
 //! `X-Forwarded-For`, `-Host`, `-Proto`, `-Port`, `Forwarded` and `X-Real-IP` are
 //! believed only from a peer in the listener's `trusted_proxies` (Kong's
@@ -184,6 +184,33 @@ fn strip_underscore_forwarding(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `authority` (a Host, an `:authority`) is `host[:port]` and nothing else: a
+/// name of RFC 3986's unreserved characters (letters, digits, `-._~`) or a bracketed
+/// IPv6 address, then a port of digits. Narrower than RFC 3986's reg-name, which also
+/// allows sub-delimiters and escapes: no DNS name has them, and in `X-Forwarded-Host` a
+/// `,` splits the value (Express reads `evil.com,.example.com` as `evil.com`). Empty is
+/// allowed: an HTTP/1.0 request has no Host.
+pub fn valid_host(authority: &str) -> bool {
+    if authority.is_empty() {
+        return true;
+    }
+    let (host_ok, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((ip, port)) = rest.split_once(']') else {
+            return false;
+        };
+        (ip.parse::<std::net::Ipv6Addr>().is_ok(), port)
+    } else {
+        let (name, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+        let unreserved = |c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c);
+        (!name.is_empty() && name.bytes().all(unreserved), port)
+    };
+    host_ok
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok()))
+}
+
 /// `name` with `_` read as `-`, as CGI, WSGI, PHP and Rack read it (and nginx with
 /// `underscores_in_headers`).
 fn fold(name: &str) -> Cow<'_, str> {
@@ -360,6 +387,42 @@ mod tests {
         assert!(parse_net("nope").is_err());
         assert_eq!(parse_hop("[::1]:80"), Some("::1".parse().unwrap()));
         assert_eq!(parse_hop("unknown"), None);
+    }
+
+    #[test]
+    fn hosts_are_host_and_port() {
+        for ok in [
+            "",
+            "a.example.com",
+            "A_b-1.Example.COM:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::ffff:10.0.0.1]:443",
+            "localhost:65535",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.com/.example.com",
+            "a#.example.com",
+            "evil.com,.example.com",
+            "a%2e.example.com",
+            "user@a.example.com",
+            "a b",
+            "a.example.com:",
+            "a.example.com:+80",
+            "a.example.com:65536",
+            "a:80:80",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[fe80::1%25eth0]",
+            "[a.example.com]",
+            "caf\u{e9}.example.com",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
     }
 
     #[test]

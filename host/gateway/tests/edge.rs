@@ -401,3 +401,76 @@ fn envoy_drops_a_clients_forwarding_and_identity_headers_before_its_filters() {
 fn get_url(base: &str, path: &str, headers: &[(&str, &str)]) -> Res {
     send(base, "GET", path, headers, b"").unwrap()
 }
+
+/// A Host that is not `host[:port]` is a 400, not a name a wildcard route matches by
+/// its suffix and the upstream gets in `X-Forwarded-Host`.
+#[test]
+fn a_host_that_is_not_host_and_port_is_400() {
+    let upstream = echo();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+routes:
+  - {{ name: wild, match: {{ hosts: ["*.example.com"], paths: [/] }}, service: echo, preserve_host: true }}
+  - {{ name: api, match: {{ paths: [/] }}, service: echo }}
+"#
+    ));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let with_host = |target: &str, host: &[u8]| {
+        let mut req = format!("GET {target} HTTP/1.1\r\nconnection: close\r\nhost: ").into_bytes();
+        req.extend_from_slice(host);
+        req.extend_from_slice(b"\r\n\r\n");
+        raw_http(&addr, &req)
+    };
+    for host in [
+        &b"evil.com/.example.com"[..],
+        b"a#.example.com",
+        b"a?.example.com",
+        b"evil.com,.example.com",
+        b"evil.com;.example.com",
+        b"a%2f.example.com",
+        b"user@a.example.com",
+        b"a b.example.com",
+        b"\xffa.example.com",
+        b"a.example.com:80x",
+        b"a.example.com:",
+        b"a.example.com:80:80",
+        b"a.example.com:123456",
+        b":80",
+        b"[::1",
+        b"[a.example.com]",
+        b"[::1]x",
+    ] {
+        let (status, body) = with_host("/x", host);
+        let shown = String::from_utf8_lossy(host);
+        assert_eq!(status, 400, "{shown}: {body}");
+        assert!(body.contains("Host"), "{shown}: {body}");
+    }
+    // The absolute form's authority is the host: its userinfo too.
+    let (status, body) = with_host("http://user@a.example.com/x", b"a.example.com");
+    assert_eq!(status, 400, "{body}");
+
+    for (host, route_host) in [
+        (&b"a.example.com"[..], "a.example.com"),
+        (b"A_b-1.Example.COM:8080", "A_b-1.Example.COM:8080"),
+        (b"127.0.0.1:80", ""),
+        (b"[::1]:8080", ""),
+        (b"", ""),
+    ] {
+        let (status, body) = with_host("/x", host);
+        let shown = String::from_utf8_lossy(host);
+        assert_eq!(status, 200, "{shown}: {body}");
+        let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let got_host = seen["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p[0] == "host")
+            .map(|p| p[1].as_str().unwrap().to_owned());
+        if !route_host.is_empty() {
+            assert_eq!(got_host.as_deref(), Some(route_host), "{shown}: preserved");
+        }
+    }
+}

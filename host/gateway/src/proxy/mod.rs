@@ -221,18 +221,17 @@ impl Exchange {
         if parts.headers.get_all(http::header::HOST).iter().count() > 1 {
             return Err(Stop::client(400, "more than one Host header"));
         }
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
+        let host = match (parts.uri.authority(), parts.headers.get(http::header::HOST)) {
+            (Some(a), _) => Some(a.as_str()),
+            (None, Some(h)) => h.to_str().ok(),
+            (None, None) => Some(""),
+        };
+        // Anything but `host[:port]` could match a wildcard route by its suffix
+        // (`evil.com/.example.com`) and reach the upstream in X-Forwarded-Host.
+        let host = match host {
+            Some(h) if crate::edge::valid_host(h) => h.to_owned(),
+            _ => return Err(Stop::client(400, "the Host is not a valid host[:port]")),
+        };
         // The client's hop-by-hop headers go before the gateway writes its own: a
         // `Connection` header can name only what the client sent, never the
         // forwarding headers, the request id or a filter's identity headers.
