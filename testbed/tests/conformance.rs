@@ -242,6 +242,29 @@ fn wasi_clock_follows_the_virtual_clock_and_ticks_fire_on_it() {
     );
 }
 
+/// A filter that puts an item back in its queue from `on_queue_ready` gets one call
+/// per poll: the host delivers the notifications there were when it began, and the
+/// rest at its next poll. It delivered until the channel ran dry, which it never did:
+/// the worker hung.
+#[test]
+fn a_queue_refilled_from_its_own_callback_does_not_hold_the_worker() {
+    let mut bed = TestBed::new()
+        .filter(wasm("conformance_filter"), r#"{"requeue": true}"#)
+        .named("conformance")
+        .build()
+        .expect("starts");
+    let res = bed.send(Request::get("/case/enqueue"));
+    assert_eq!(res.report("enqueue").as_deref(), Some("Some(Ok(()))"));
+    let calls = |bed: &mut TestBed| {
+        bed.send(Request::get("/case/shared-get?key=queue-ready-calls"))
+            .text()
+    };
+    for n in 1..=3 {
+        bed.poll();
+        assert_eq!(calls(&mut bed), n.to_string());
+    }
+}
+
 #[test]
 fn shared_queue_notifies_its_registrant() {
     let mut bed = bed();

@@ -146,6 +146,9 @@ struct Queue {
     /// Bytes of its items.
     bytes: usize,
     owner: Option<QueueOwner>,
+    /// Notifications sent to the owner and not delivered yet: at most one per item, so
+    /// a filter enqueueing in a loop cannot grow the owner's channel past its items.
+    pending: usize,
 }
 
 /// What an accepted enqueue did.
@@ -177,7 +180,9 @@ impl SharedQueues {
             .iter()
             .position(|q| q.vm_id == vm_id && q.name == name)
         {
+            // What was sent to an earlier owner may never be delivered.
             queues[i].owner = Some(owner);
+            queues[i].pending = 0;
             return Ok(i as u32 + 1);
         }
         if queues.iter().filter(|q| q.vm_id == vm_id).count() >= limits.queues {
@@ -189,6 +194,7 @@ impl SharedQueues {
             items: VecDeque::new(),
             bytes: 0,
             owner: Some(owner),
+            pending: 0,
         });
         Ok(queues.len() as u32)
     }
@@ -238,9 +244,10 @@ impl SharedQueues {
         }
         q.items.push_back(value.to_vec());
         q.bytes += value.len();
-        if let Some(owner) = &q.owner {
+        if let Some(owner) = q.owner.as_ref().filter(|_| q.pending < q.items.len()) {
             // A closed receiver means the owning VM is gone; the item stays queued for
             // whoever registers next.
+            q.pending += 1;
             let _ = owner.notify.send(QueueReady {
                 root_context_id: owner.root_context_id,
                 token,
@@ -261,6 +268,17 @@ impl SharedQueues {
         Ok(item)
     }
 
+    /// A notification of queue `token` reached its owner.
+    pub fn delivered(&self, token: u32) {
+        let mut queues = self.inner.lock();
+        if let Some(q) = token
+            .checked_sub(1)
+            .and_then(|i| queues.get_mut(i as usize))
+        {
+            q.pending = q.pending.saturating_sub(1);
+        }
+    }
+
     /// Forgets the owner whose notifications go to `notify` (its VM is gone): the
     /// queues stay, with their items, for whoever registers them next.
     pub fn release(&self, notify: &UnboundedSender<QueueReady>) {
@@ -270,6 +288,7 @@ impl SharedQueues {
                 .is_some_and(|o| o.notify.same_channel(notify))
             {
                 q.owner = None;
+                q.pending = 0;
             }
         }
     }
@@ -444,6 +463,30 @@ mod tests {
         );
         assert_eq!(q.dequeue(t).unwrap(), b"a");
         assert_eq!(q.enqueue(99, b"x", &l), Err(Status::NotFound.into()));
+    }
+
+    /// One notification per item waiting, at most: a filter enqueueing in a loop into
+    /// a full queue (its oldest items dropped) does not grow the owner's channel.
+    #[test]
+    fn notifications_waiting_never_outnumber_the_items() {
+        let q = SharedQueues::default();
+        let l = HostLimits {
+            queue_items: 10,
+            ..lim()
+        };
+        let (o, mut rx) = owner(1);
+        let t = q.register("vm", "jobs", o, &l).unwrap();
+        for _ in 0..1000 {
+            q.enqueue(t, b"x", &l).unwrap();
+        }
+        let waiting = std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!(waiting, 10);
+        // Once delivered, the next item is notified again.
+        for _ in 0..waiting {
+            q.delivered(t);
+        }
+        q.enqueue(t, b"x", &l).unwrap();
+        assert!(rx.try_recv().is_ok());
     }
 
     #[test]

@@ -674,9 +674,14 @@ impl Vm {
         self.with_context(root, |vm| vm.call_raw("proxy_on_tick", f, (root,)))
     }
 
-    /// Runs `on_queue_ready` for every queue notification waiting for this VM.
+    /// Runs `on_queue_ready` for the queue notifications waiting for this VM when it
+    /// begins: those a callback causes (an item put back from `on_queue_ready`) wait
+    /// for the next drain, so a queue that never runs dry cannot hold the worker.
     pub fn drain_queue_notifications(&mut self) -> Result<(), Fault> {
-        while let Ok(ready) = self.queue_rx.try_recv() {
+        let waiting: Vec<QueueReady> =
+            std::iter::from_fn(|| self.queue_rx.try_recv().ok()).collect();
+        for ready in waiting {
+            self.store.data().env.queues.delivered(ready.token);
             let cb = self.cb.clone();
             if let Some(f) = cb.on_queue_ready.as_ref() {
                 let root = ready.root_context_id;

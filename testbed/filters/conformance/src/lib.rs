@@ -270,7 +270,7 @@ fn tally(statuses: impl IntoIterator<Item = u32>) -> Vec<(&'static str, String)>
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: Config::default(), ticks: 0, tick_call: false, tick_grpc: false }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: Config::default(), ticks: 0, tick_call: false, tick_grpc: false, requeue: false, ready_calls: 0 }));
 }}
 
 struct Root {
@@ -281,6 +281,11 @@ struct Root {
     tick_call: bool,
     /// Make a unary gRPC call to the `grpc` cluster on each tick.
     tick_grpc: bool,
+    /// Put an item back in its own queue from `on_queue_ready`, which then never runs
+    /// dry: the host must still get on with its other work.
+    requeue: bool,
+    /// `on_queue_ready` calls so far (in shared data as `queue-ready-calls`).
+    ready_calls: u64,
 }
 
 impl Context for Root {
@@ -385,6 +390,7 @@ impl RootContext for Root {
         }
         self.tick_call = v.get("tick_call").and_then(|x| x.as_bool()) == Some(true);
         self.tick_grpc = v.get("tick_grpc").and_then(|x| x.as_bool()) == Some(true);
+        self.requeue = v.get("requeue").and_then(|x| x.as_bool()) == Some(true);
         if let Some(ms) = v.get("tick_ms").and_then(|x| x.as_u64()) {
             self.set_tick_period(Duration::from_millis(ms));
         }
@@ -430,6 +436,13 @@ impl RootContext for Root {
         while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
             self.set_shared_data("queue-last", Some(&item), None)
                 .unwrap();
+        }
+        self.ready_calls += 1;
+        let calls = self.ready_calls.to_string();
+        self.set_shared_data("queue-ready-calls", Some(calls.as_bytes()), None)
+            .unwrap();
+        if self.requeue {
+            let _ = self.enqueue_shared_queue(queue_id, Some(b"again"));
         }
     }
 
