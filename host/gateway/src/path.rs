@@ -10,6 +10,10 @@
 //! among them), a raw backslash, a dot segment carrying `;` parameters (`..;x`, which
 //! Tomcat resolves as `..`), and by default an encoded `/` or `\` (`%2F`, `%5C`).
 //! The query string is passed on as it came.
+//!
+//! Other `;` parameters stay (`/cart;jsessionid=1`), but routing refuses a path whose
+//! route would change with them cut ([`without_params`]): `/admin;x/stats` is not
+//! `/admin` to the router, yet Tomcat serves it as `/admin/stats`.
 
 use std::borrow::Cow;
 
@@ -102,6 +106,34 @@ fn dot_segment_or_params(rest: &[u8]) -> bool {
     let seg = &rest[..end];
     let name = seg.split(|&c| c == b';').next().unwrap_or(seg);
     name == b"." || name == b".."
+}
+
+/// A normalized path (no query) as Tomcat, Spring and Jetty read it: each segment cut
+/// at its first `;` (or `%3B`, for a reader that decodes first) and the empty segments
+/// that leaves merged. `None` when there is nothing to cut.
+pub fn without_params(target: &str) -> Option<String> {
+    let path = target.split('?').next().unwrap_or(target);
+    if !path.contains(';') && !path.contains("%3B") {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut trailing = false;
+    for seg in path[1..].split('/') {
+        let end = [seg.find(';'), seg.find("%3B")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(seg.len());
+        trailing = end == 0;
+        if !trailing {
+            out.push('/');
+            out.push_str(&seg[..end]);
+        }
+    }
+    if trailing || out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
 }
 
 fn hex(c: u8) -> Option<u8> {
@@ -289,6 +321,19 @@ mod tests {
         assert_eq!(n("/health/%2e%2e;/orders"), Err(PathError::DotParams));
         assert_eq!(n("*"), Err(PathError::NotAbsolute));
         assert_eq!(n(""), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn parameters_are_cut_as_tomcat_reads_them() {
+        let cut = |p| without_params(p);
+        assert_eq!(cut("/a/b?x=;"), None);
+        assert_eq!(cut("/admin;x/stats").as_deref(), Some("/admin/stats"));
+        assert_eq!(cut("/;/admin/stats").as_deref(), Some("/admin/stats"));
+        assert_eq!(cut("/;/;/admin?q").as_deref(), Some("/admin"));
+        assert_eq!(cut("/admin%3Bx/stats").as_deref(), Some("/admin/stats"));
+        assert_eq!(cut("/a/b;x").as_deref(), Some("/a/b"));
+        assert_eq!(cut("/a/;x").as_deref(), Some("/a/"));
+        assert_eq!(cut("/;x").as_deref(), Some("/"));
     }
 
     #[test]

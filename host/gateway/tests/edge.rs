@@ -474,3 +474,69 @@ routes:
         }
     }
 }
+
+/// Requests that try to reach `/admin/stats` (a route with an auth filter) through the
+/// public catch-all, with `;` parameters that Tomcat, Spring or Jetty drop.
+const PARAM_TRICKS: &[&[u8]] = &[
+    b"/admin;x/stats",
+    b"/admin;/stats",
+    b"/admin;jsessionid=1/stats",
+    b"/admin;x",
+    b"/;/admin/stats",
+    b"/;x=1/admin/stats",
+    b"/;/;/admin",
+    b"/admin%3Bx/stats",
+    b"/%3B/admin/stats",
+    b"/%3b/admin/stats",
+    b"/x/..;/admin/stats",
+    b"/;/x/../admin/stats",
+];
+
+#[test]
+fn parameters_that_would_change_the_route_are_400() {
+    let key = Key::ec256("k1");
+    let upstream = echo();
+    let auth = auth_config(&key, false);
+    for admin in ["path_separated_prefixes: [/admin]", "paths: [/admin]"] {
+        let gw = Gateway::start(&format!(
+            r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+filters: [{{ name: auth, wasm: "{}", config: {auth} }}]
+routes:
+  - {{ name: admin, match: {{ {admin} }}, service: echo, filters: [auth], strip_path: false }}
+  - {{ name: api, match: {{ paths: [/] }}, service: echo, strip_path: false }}
+"#,
+            wasm("jwt_auth")
+        ));
+        let addr = format!("127.0.0.1:{}", gw.port);
+        // The controls, and parameters that keep the route pass as they came.
+        assert_eq!(raw_get(&addr, b"/admin/stats", &[]).0, 401, "{admin}");
+        assert_eq!(raw_get(&addr, b"/admin/stats;v=1", &[]).0, 401, "{admin}");
+        for public in [&b"/other"[..], b"/cart;jsessionid=1/items", b"/a;b=c/d?x=;"] {
+            let (status, body) = raw_get(&addr, public, &[]);
+            assert_eq!(status, 200, "{admin}: {body}");
+        }
+        for trick in PARAM_TRICKS {
+            let shown = String::from_utf8_lossy(trick);
+            let (status, body) = raw_get(&addr, trick, &[]);
+            if (200..300).contains(&status) {
+                let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let lax = lax_reading(seen["path"].as_str().unwrap_or(""));
+                assert!(
+                    lax != "/admin" && !lax.starts_with("/admin/"),
+                    "{admin}: {shown} reached the upstream without a token (read as {lax})"
+                );
+            } else {
+                assert!(
+                    (400..500).contains(&status),
+                    "{admin}: {shown}: {status} {body}"
+                );
+            }
+        }
+        let (status, body) = raw_get(&addr, b"/;/admin/stats", &[]);
+        assert_eq!(status, 400, "{admin}: {body}");
+        assert!(body.contains("parameters"), "{body}");
+    }
+}

@@ -261,6 +261,25 @@ impl Exchange {
         };
         let route = matched.route.clone();
         let prefix = matched.prefix.into_owned();
+        // Upstreams that drop `;parameters` (Tomcat, Spring, Jetty) serve the path
+        // without them: when that path takes another route, which route's filters
+        // guard the request would depend on who reads it (Envoy-style: refuse).
+        if let Some(plain) = crate::path::without_params(&path) {
+            let cut = crate::router::RequestFacts {
+                path: &plain,
+                ..facts
+            };
+            if !state
+                .router
+                .route(&cut)
+                .is_some_and(|m| Arc::ptr_eq(m.route, &route))
+            {
+                return Err(Stop::client(
+                    400,
+                    "the request path has ; parameters that change its route",
+                ));
+            }
+        }
         if peer.trusted && !route.trust_identity_headers {
             crate::edge::strip_identity(&mut parts.headers, &state.identity_headers);
         }
