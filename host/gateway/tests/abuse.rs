@@ -147,6 +147,72 @@ fn connections_past_the_listener_cap_are_closed_at_once() {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// An upstream that answers with an endless chunked body and says when the gateway
+/// closed the connection (a write failed), with how long after the request came.
+fn endless_upstream() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Duration>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let start = Instant::now();
+                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                let wrote: std::io::Result<()> = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .and_then(|_| {
+                        loop {
+                            conn.write_all(chunk.as_bytes())?;
+                        }
+                    });
+                if wrote.is_err() {
+                    let _ = tx.send(start.elapsed());
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A client that asks for a large response and stops reading: hyper then stops
+/// polling the body, and the body's own timer with it. The request's deadline still
+/// ends the exchange: the gateway drops the upstream body, so the upstream connection
+/// closes (before, it stayed busy for as long as the client held it).
+#[test]
+fn a_client_that_stops_reading_releases_the_upstream_at_the_deadline() {
+    let (upstream, closed) = endless_upstream();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+access_log: "off"
+services: [{{ name: endless, url: "http://{upstream}", timeout_ms: 2000, read_timeout_ms: 1000 }}]
+routes: [{{ name: api, match: {{ paths: [/] }}, service: endless }}]
+"#
+    ));
+    let mut s = TcpStream::connect(addr(&gw)).unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    // Read the head and a little, then nothing more.
+    let mut buf = [0u8; 1024];
+    let _ = s.read(&mut buf).unwrap();
+    let took = closed
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the upstream connection is closed while the client holds its own");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    drop(s);
+}
+
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];

@@ -16,6 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use portcullis_engine::{Flow, HeaderMap};
 
 use super::stop::FILTER_TIMEOUT;
+use super::watch::Watched;
 use super::{Ctx, Filters};
 use crate::upstream::BoxError;
 
@@ -27,7 +28,9 @@ type Filtered = (Filters, Vec<u8>, Option<http::HeaderMap>, bool, Flow);
 type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 
 pub struct ResponseBody {
-    inner: Incoming,
+    /// The upstream body, under the watch that takes it away at the deadline from a
+    /// client that stopped reading (and so stopped polling this).
+    inner: Watched,
     /// Fires at the read timeout after the last frame, or at the deadline if sooner;
     /// while a filter holds a chunk, at the deadline.
     idle: Pin<Box<tokio::time::Sleep>>,
@@ -59,7 +62,7 @@ impl ResponseBody {
     ) -> ResponseBody {
         let deadline = ctx.deadline;
         ResponseBody {
-            inner,
+            inner: Watched::new(inner, deadline),
             idle: Box::pin(tokio::time::sleep_until(next_wake(read_timeout, deadline))),
             idle_for_filters: false,
             read_timeout,
@@ -186,6 +189,9 @@ impl ResponseBody {
     }
 }
 
+/// Why a body the watch took away at the deadline fails.
+const SLOW_CLIENT: &str = "the client read the response too slowly: cut at the request's deadline";
+
 /// When to give up waiting for the next frame.
 fn next_wake(read_timeout: Duration, deadline: Instant) -> tokio::time::Instant {
     (Instant::now() + read_timeout).min(deadline).into()
@@ -234,7 +240,15 @@ impl Body for ResponseBody {
                 }
                 continue;
             }
-            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            let polled = this
+                .inner
+                .body()
+                .as_mut()
+                .map(|b| Pin::new(b).poll_frame(cx));
+            let Some(polled) = polled else {
+                return this.fail(Some("timeout"), SLOW_CLIENT.into());
+            };
+            let frame = match polled {
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {
                         return this
@@ -254,7 +268,7 @@ impl Body for ResponseBody {
                 None => (Bytes::new(), None, true),
                 Some(f) => match f.into_data() {
                     Ok(d) => {
-                        let eos = this.inner.is_end_stream();
+                        let eos = this.inner.body().as_ref().is_none_or(Body::is_end_stream);
                         (d, None, eos)
                     }
                     Err(f) => (Bytes::new(), f.into_trailers().ok(), true),
@@ -290,7 +304,8 @@ impl Body for ResponseBody {
         if self.has_filters() || self.step.is_some() {
             SizeHint::default()
         } else {
-            self.inner.size_hint()
+            let body = self.inner.body();
+            body.as_ref().map(Body::size_hint).unwrap_or_default()
         }
     }
 }

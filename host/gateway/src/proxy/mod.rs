@@ -22,6 +22,7 @@
 
 mod body;
 mod stop;
+mod watch;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
