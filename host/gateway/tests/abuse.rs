@@ -150,35 +150,19 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An upstream that answers with an endless chunked body and says when the gateway
 /// closed the connection (a write failed), with how long after the request came.
 fn endless_upstream() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Duration>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if conn.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let start = Instant::now();
-                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
-                let wrote: std::io::Result<()> = conn
-                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                    .and_then(|_| {
-                        loop {
-                            conn.write_all(chunk.as_bytes())?;
-                        }
-                    });
-                if wrote.is_err() {
-                    let _ = tx.send(start.elapsed());
-                }
-            });
+    let addr = raw_upstream(move |mut conn| {
+        let tx = tx.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let start = Instant::now();
+            let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+            let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            if conn.write_all(head).await.is_err() {
+                return;
+            }
+            while conn.write_all(chunk.as_bytes()).await.is_ok() {}
+            let _ = tx.send(start.elapsed());
         }
     });
     (addr, rx)
