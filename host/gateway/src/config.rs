@@ -887,9 +887,14 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 }
 
 /// Match rules in a canonical form: hosts lower-case, methods upper-case, all sorted,
-/// so two routes that match the same requests compare equal.
+/// so two routes that match the same requests compare equal. A host loses one trailing
+/// dot, as a request's Host does (`crate::edge::normalize_host`).
 fn normalize(m: &MatchConfig) -> MatchConfig {
-    let mut hosts: Vec<String> = m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let mut hosts: Vec<String> = m
+        .hosts
+        .iter()
+        .map(|h| h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase())
+        .collect();
     hosts.sort();
     hosts.dedup();
     let mut paths = m.paths.clone();

@@ -211,6 +211,28 @@ pub fn valid_host(authority: &str) -> bool {
                 .is_some_and(|p| p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok()))
 }
 
+/// The host routing, the filters and the upstream get: `authority` if [`valid_host`],
+/// less one trailing dot on the name (`admin.example.com.:8080` is
+/// `admin.example.com:8080`), as Envoy's `strip_trailing_host_dot` does. DNS and most
+/// upstreams read the fully-qualified name as the plain one, so with the dot it would
+/// miss the host's route and take a catch-all, without the host's auth filters.
+/// `None` for an invalid host, a lone dot, or a name ending in two dots (no DNS name
+/// has an empty label, and an upstream that drops one dot would still see the name).
+pub fn normalize_host(authority: &str) -> Option<Cow<'_, str>> {
+    if !valid_host(authority) {
+        return None;
+    }
+    if authority.starts_with('[') {
+        return Some(Cow::Borrowed(authority));
+    }
+    let (name, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+    match name.strip_suffix('.') {
+        None => Some(Cow::Borrowed(authority)),
+        Some(bare) if bare.is_empty() || bare.ends_with('.') => None,
+        Some(bare) => Some(Cow::Owned(format!("{bare}{port}"))),
+    }
+}
+
 /// `name` with `_` read as `-`, as CGI, WSGI, PHP and Rack read it (and nginx with
 /// `underscores_in_headers`).
 fn fold(name: &str) -> Cow<'_, str> {
@@ -422,6 +444,29 @@ mod tests {
             "caf\u{e9}.example.com",
         ] {
             assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_trailing_dot_leaves_the_host() {
+        for (given, host) in [
+            ("admin.example.com.", "admin.example.com"),
+            ("admin.example.com.:8080", "admin.example.com:8080"),
+            ("127.0.0.1.:80", "127.0.0.1:80"),
+            ("admin.example.com", "admin.example.com"),
+            ("[::1]:80", "[::1]:80"),
+            ("", ""),
+        ] {
+            assert_eq!(normalize_host(given).as_deref(), Some(host), "{given}");
+        }
+        for bad in [
+            ".",
+            ".:80",
+            "admin.example.com..",
+            "a..:80",
+            "a/.example.com.",
+        ] {
+            assert_eq!(normalize_host(bad), None, "{bad}");
         }
     }
 

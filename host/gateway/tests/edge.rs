@@ -475,6 +475,92 @@ routes:
     }
 }
 
+/// A fully-qualified Host (`admin.example.com.`, with the root's dot) names the same
+/// host as `admin.example.com` to DNS and to most upstreams: it takes that host's route,
+/// auth filter included, never the catch-all beside it.
+#[test]
+fn a_trailing_dot_host_takes_the_hosts_route() {
+    let key = Key::ec256("k1");
+    let token = key.sign(
+        "ES256",
+        json!({"iss": "https://idp.test", "sub": "u1", "exp": 4_102_444_800u64}),
+    );
+    let upstream = echo();
+    let auth = auth_config(&key, false);
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+access_log: "off"
+services: [{{ name: echo, url: "http://{upstream}" }}]
+filters: [{{ name: auth, wasm: "{}", config: {auth} }}]
+routes:
+  - {{ name: admin, match: {{ hosts: [admin.example.com], paths: [/] }}, service: echo, filters: [auth], preserve_host: true }}
+  - {{ name: wild, match: {{ hosts: ["*.internal.example.com"], paths: [/] }}, service: echo, filters: [auth] }}
+  - {{ name: ops, match: {{ hosts: [ops.example.com.], paths: [/] }}, service: echo, filters: [auth] }}
+  - {{ name: public, match: {{ paths: [/] }}, service: echo }}
+"#,
+        wasm("jwt_auth")
+    ));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let with_host = |target: &str, host: &str, extra: &str| {
+        raw_http(
+            &addr,
+            format!("GET {target} HTTP/1.1\r\nconnection: close\r\nhost: {host}\r\n{extra}\r\n")
+                .as_bytes(),
+        )
+    };
+    // The controls: the protected hosts need a token, any other host is public.
+    assert_eq!(with_host("/x", "admin.example.com", "").0, 401);
+    assert_eq!(with_host("/x", "a.internal.example.com", "").0, 401);
+    assert_eq!(with_host("/x", "other.example.com", "").0, 200);
+    // A host configured with the dot is the same host.
+    assert_eq!(with_host("/x", "ops.example.com", "").0, 401);
+    for host in [
+        "admin.example.com.",
+        "ADMIN.example.com.",
+        "admin.example.com.:8080",
+        "admin.example.com..",
+        "admin.example.com..:8080",
+        "a.internal.example.com.",
+        "a.internal.example.com.:443",
+        "ops.example.com.",
+    ] {
+        let (status, body) = with_host("/x", host, "");
+        assert!(
+            status == 401 || status == 400,
+            "{host} took the public route: {status} {body}"
+        );
+        // The authority of an absolute-form target is the host too.
+        let (status, body) = with_host(&format!("http://{host}/x"), "other.example.com", "");
+        assert!(
+            status == 401 || status == 400,
+            "http://{host}/x took the public route: {status} {body}"
+        );
+    }
+    // With a token it passes, and the upstream sees the name without the dot, as
+    // routing did.
+    let bearer = format!("authorization: Bearer {token}\r\n");
+    let (status, body) = with_host("/x", "admin.example.com.:8080", &bearer);
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let header = |name: &str| {
+        seen["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p[0] == name)
+            .map(|p| p[1].as_str().unwrap().to_owned())
+    };
+    assert_eq!(header("host").as_deref(), Some("admin.example.com:8080"));
+    assert_eq!(
+        header("x-forwarded-host").as_deref(),
+        Some("admin.example.com:8080")
+    );
+    // A lone dot is no host name.
+    assert_eq!(with_host("/x", ".", "").0, 400);
+    assert_eq!(with_host("/x", ".:80", "").0, 400);
+}
+
 /// Requests that try to reach `/admin/stats` (a route with an auth filter) through the
 /// public catch-all, with `;` parameters that Tomcat, Spring or Jetty drop.
 const PARAM_TRICKS: &[&[u8]] = &[

@@ -228,10 +228,11 @@ impl Exchange {
             (None, None) => Some(""),
         };
         // Anything but `host[:port]` could match a wildcard route by its suffix
-        // (`evil.com/.example.com`) and reach the upstream in X-Forwarded-Host.
-        let host = match host {
-            Some(h) if crate::edge::valid_host(h) => h.to_owned(),
-            _ => return Err(Stop::client(400, "the Host is not a valid host[:port]")),
+        // (`evil.com/.example.com`) and reach the upstream in X-Forwarded-Host; a
+        // trailing dot would miss the host's route while naming the same host.
+        let host = match host.and_then(crate::edge::normalize_host) {
+            Some(h) => h.into_owned(),
+            None => return Err(Stop::client(400, "the Host is not a valid host[:port]")),
         };
         // The client's hop-by-hop headers go before the gateway writes its own: a
         // `Connection` header can name only what the client sent, never the
