@@ -68,7 +68,9 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
     let sockets = Arc::new(sockets);
     let shared = Shared::new(engine, access_log);
     let rt = local_runtime().map_err(|e| vec![e.to_string()])?;
-    rt.block_on(async move {
+    // A `LocalSet` for the admin server's connections, which are the thread's own.
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
         let mut controls = Vec::new();
         let mut threads = Vec::new();
         let mut starts = Vec::new();
@@ -111,7 +113,7 @@ pub fn run(path: PathBuf) -> Result<(), Vec<String>> {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| vec![format!("admin: cannot listen on {addr}: {e}")])?;
-            tokio::spawn(crate::admin::serve(l, shared.clone()));
+            tokio::task::spawn_local(crate::admin::serve(l, shared.clone()));
             tracing::info!("admin on http://{addr}");
         }
         for (l, s) in plan.listeners.iter().zip(sockets.iter()) {

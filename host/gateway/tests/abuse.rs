@@ -1,7 +1,7 @@
 //! Slow and abusive clients, each against a gateway that must keep serving an honest
 //! client meanwhile: slowloris, idle connections, a connection flood past the
-//! listener's cap, and HTTP/2's stream limit, rapid reset and CONTINUATION flood,
-//! spoken frame by frame.
+//! listener's cap (and the same on the admin address), and HTTP/2's stream limit,
+//! rapid reset and CONTINUATION flood, spoken frame by frame.
 
 mod common;
 
@@ -140,6 +140,96 @@ fn connections_past_the_listener_cap_are_closed_at_once() {
     assert!(metric(&gw, "portcullis_downstream_connections_refused_total") >= 1);
     drop(held.pop());
     std::thread::sleep(Duration::from_millis(200));
+    honest_client_is_served(&gw);
+}
+
+fn admin_addr(gw: &Gateway) -> String {
+    format!("127.0.0.1:{}", gw.admin)
+}
+
+fn admin_ready(gw: &Gateway) -> bool {
+    send(
+        &format!("http://{}", admin_addr(gw)),
+        "GET",
+        "/ready",
+        &[],
+        b"",
+    )
+    .is_ok_and(|r| r.status == 200)
+}
+
+/// The admin address is often open to a whole cluster (probes): a client that trickles
+/// its headers, or sends nothing, is closed at its 10 s header timeout, as on a
+/// listener.
+#[test]
+fn slowloris_on_the_admin_address_is_closed_at_its_header_timeout() {
+    let gw = gateway("");
+    let mut slow: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(admin_addr(&gw)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nx-a: ")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut silent = TcpStream::connect(admin_addr(&gw)).unwrap();
+    let start = Instant::now();
+    let mut open: Vec<usize> = (0..slow.len()).collect();
+    // A byte a second, never the end of the headers.
+    while !open.is_empty() && start.elapsed() < Duration::from_secs(16) {
+        open.retain(|&i| {
+            let _ = slow[i].write_all(b"a");
+            !closed_within(&mut slow[i], Duration::from_millis(100))
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    assert!(
+        open.is_empty(),
+        "slow admin connections {open:?} still open after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(2)),
+        "a silent admin connection is closed too"
+    );
+    assert!(admin_ready(&gw), "the admin still answers");
+}
+
+/// Past 64 open connections the admin closes new ones at once, rather than holding a
+/// descriptor each for whoever asks; once they go, it answers again.
+#[test]
+fn admin_connections_past_its_cap_are_closed_and_it_answers_afterwards() {
+    let gw = gateway("");
+    let mut held: Vec<TcpStream> = Vec::new();
+    for i in 0..64 {
+        let mut s = TcpStream::connect(admin_addr(&gw)).unwrap();
+        // A complete request each, so the admin has surely accepted them; kept alive.
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "connection {i}"
+        );
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(admin_addr(&gw)).unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(3)),
+        "the 65th admin connection is closed"
+    );
+    drop(held);
+    let start = Instant::now();
+    while !admin_ready(&gw) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the admin answers /ready once the connections are gone"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     honest_client_is_served(&gw);
 }
 
