@@ -11,6 +11,7 @@ pub struct Entry {
     pub time: String,
     pub request_id: String,
     pub method: String,
+    /// The path without its query, which may carry credentials.
     pub path: String,
     pub route: Option<String>,
     pub service: Option<String>,

@@ -223,6 +223,24 @@ fn refused_upstream_is_502_and_timeout_is_504_both_logged_as_ours() {
     assert_eq!(r.json()["message"], "upstream timed out");
 }
 
+/// The query can carry an API key, an access token or an authorization code: it stays
+/// out of the access log, valid or not, and whatever the filters do with it.
+#[test]
+fn the_access_log_keeps_the_query_out() {
+    let gw = Gateway::start(&single_route(echo(), ""));
+    let r = get(
+        &gw,
+        "/orders?apikey=SECRET-KEY&access_token=SECRET-TOKEN",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let log = std::fs::read_to_string(gw.dir.0.join("access.log")).unwrap();
+    assert!(!log.contains("SECRET"), "{log}");
+    let e = &access_log(&gw)[0];
+    assert_eq!(e["path"], "/orders");
+}
+
 #[test]
 fn upstream_500_passes_through_and_is_logged_as_upstream_status() {
     let gw = Gateway::start(&single_route(echo(), ""));

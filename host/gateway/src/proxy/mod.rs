@@ -167,7 +167,7 @@ impl Exchange {
     fn accept(state: Rc<WorkerState>, parts: &http::request::Parts) -> Exchange {
         let start = Instant::now();
         let id = request_id(&parts.headers);
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = parts.uri.path();
         Exchange {
             ctx: Ctx {
                 start,
@@ -216,7 +216,9 @@ impl Exchange {
         let path = crate::path::normalize(raw, listener.escaped_slashes)
             .map_err(|e| Stop::client(400, e.to_string()))?
             .into_owned();
-        self.ctx.entry.path.clone_from(&path);
+        // The query stays out of the log: it carries API keys, access tokens and
+        // authorization codes as often as anything else.
+        self.ctx.entry.path = path.split('?').next().unwrap_or_default().to_owned();
         // RFC 9112 3.2: a request with more than one Host is refused; the authority of
         // an absolute-form target (and HTTP/2's :authority) is the host.
         if parts.headers.get_all(http::header::HOST).iter().count() > 1 {
