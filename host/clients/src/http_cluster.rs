@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,7 +18,14 @@ pub struct HttpCluster {
     base: http::uri::Authority,
     scheme: http::uri::Scheme,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The largest answer body taken; a longer one fails the call before it is all
+    /// held (a JWKS or key service streaming gigabytes would exhaust the host).
+    max_body: usize,
 }
+
+/// [`HttpCluster::max_body`] unless the embedder says otherwise: the engine's own
+/// bound on a body a filter may hold.
+const MAX_BODY: usize = 16 << 20;
 
 impl HttpCluster {
     /// A cluster at `url`; an `https://` one needs `tls` (see [`crate::tls`]).
@@ -53,7 +60,15 @@ impl HttpCluster {
             base,
             scheme,
             client,
+            max_body: MAX_BODY,
         })
+    }
+
+    /// Fails a call whose answer body is longer than `bytes` (the gateway gives the
+    /// service's `max_response_body_bytes`).
+    pub fn max_body(mut self, bytes: u64) -> HttpCluster {
+        self.max_body = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
     }
 
     /// Sends the filter's request. `:authority` from the filter becomes the `Host`
@@ -94,10 +109,15 @@ impl HttpCluster {
             }
         })?;
         let (parts, body) = resp.into_parts();
-        let body = body
+        let body = Limited::new(body, self.max_body)
             .collect()
             .await
-            .map_err(|e| CallFailure::Reset(e.to_string()))?;
+            .map_err(|e| {
+                CallFailure::Reset(match e.is::<http_body_util::LengthLimitError>() {
+                    true => format!("an answer body past {} bytes", self.max_body),
+                    false => e.to_string(),
+                })
+            })?;
         let trailers = body.trailers().cloned();
         let body = body.to_bytes().to_vec();
         let mut headers = HeaderMap::new();

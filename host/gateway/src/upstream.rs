@@ -74,6 +74,7 @@ impl GatewayClusters {
             let h: Vec<HttpCluster> = urls
                 .iter()
                 .filter_map(|u| HttpCluster::new(u, s.connect_timeout, s.tls.clone()).ok())
+                .map(|c| c.max_body(s.max_response_body))
                 .collect();
             let g: Vec<GrpcCluster> = urls
                 .iter()

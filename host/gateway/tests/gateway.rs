@@ -467,6 +467,20 @@ fn filters_reach_services_with_http_call() {
     assert_eq!(r.body, "denied");
 }
 
+/// An `http_call` answer is held only up to the service's `max_response_body_bytes`:
+/// a longer one fails the call (the filter sees a reset) instead of being read whole
+/// into memory, however much a key service or an IdP sends.
+#[test]
+fn an_http_call_answer_past_the_services_body_limit_fails_the_call() {
+    let gw = conformance_gateway(", max_response_body_bytes: 64");
+    let r = get(&gw, "/case/http-call", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("status=reset"), "{}", r.body);
+    let gw = conformance_gateway("");
+    let r = get(&gw, "/case/http-call", &[]);
+    assert!(r.body.contains("status=200"), "{}", r.body);
+}
+
 /// A filter that pauses and never resumes, in the request or in the response phase,
 /// is answered 504 once the service's timeout has passed; the gateway goes on serving.
 #[test]

@@ -581,6 +581,10 @@ impl Context for Case {
                 self.set_http_response_body(0, body.len(), &new);
                 self.resume_http_response();
             }
+            // A reset call: no answer at all (the SDK would panic reading its headers).
+            _ if n_headers == 0 && body_size == 0 => {
+                self.report(&[("headers", "false".into()), ("status", "reset".into())]);
+            }
             _ => {
                 let status = self
                     .get_http_call_response_header(":status")
