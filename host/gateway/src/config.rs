@@ -666,6 +666,13 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
     }
     let mut routes = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
+    // In the form the edge compares a request's names in (`_` read as `-`): else
+    // `x_tenant_id` here would match neither spelling a client sends.
+    let identity_headers: Vec<String> = file
+        .identity_headers
+        .iter()
+        .map(|h| h.to_ascii_lowercase().replace('_', "-"))
+        .collect();
     for r in &file.routes {
         let service = match service_index.get(&r.service) {
             Some(i) => *i,
@@ -708,6 +715,19 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
                     "route `{}`: path `{p}` is not in normal form (requests are normalized before routing, so it could never match as written)",
                     r.name
                 ));
+            }
+        }
+        // A route that does not trust identity headers forwards none: one in its match
+        // rules would route on a value stripped before the request leaves, which nobody
+        // verified (a client behind a trusted proxy would choose the route).
+        if !r.trust_identity_headers {
+            for name in matches.headers.keys() {
+                if crate::edge::is_identity(name, &identity_headers) {
+                    errors.push(format!(
+                        "route `{}`: matches on identity header `{name}`, which it removes before forwarding (only a route with trust_identity_headers: true, reached through a trusted proxy, keeps it)",
+                        r.name
+                    ));
+                }
             }
         }
         let mut regexes = Vec::new();
@@ -781,13 +801,7 @@ pub fn check(file: ConfigFile, base: &Path, engine: &Engine) -> Result<Plan, Vec
             None => Some("stdout".to_owned()),
         },
         drain_timeout: Duration::from_millis(file.drain_timeout_ms),
-        // In the form the edge compares a request's names in (`_` read as `-`): else
-        // `x_tenant_id` here would match neither spelling a client sends.
-        identity_headers: file
-            .identity_headers
-            .iter()
-            .map(|h| h.to_ascii_lowercase().replace('_', "-"))
-            .collect(),
+        identity_headers,
         limits,
     })
 }

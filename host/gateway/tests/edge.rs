@@ -345,6 +345,61 @@ services: [{{ name: echo, url: "http://{upstream}" }}]
     assert!(bad.is_err_and(|e| e.contains("trusted_proxies")));
 }
 
+/// Routing sees the request as it will be forwarded: a route that does not keep a
+/// trusted proxy's identity headers cannot be chosen by one, because its match rules
+/// may not name one (the header would be gone by the time the request left). Such a
+/// route only ever matched a value nobody verified: a client behind the proxy sending
+/// `x-consumer-username: admin` took it, and the header was stripped after.
+#[test]
+fn routes_match_identity_headers_only_where_they_are_kept() {
+    let upstream = echo();
+    let config = |staff: &str| {
+        format!(
+            r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}", trusted_proxies: ["127.0.0.0/8"] }}]
+access_log: "off"
+identity_headers: [X_User_Email]
+services: [{{ name: echo, url: "http://{upstream}" }}]
+routes:
+  - {{ name: staff, {staff}, service: echo, strip_path: false }}
+  - {{ name: api, match: {{ paths: [/] }}, service: echo, strip_path: false }}
+"#
+        )
+    };
+    for rule in [
+        "x-consumer-username: admin",
+        "X-Consumer-Groups: admins",
+        "x_consumer_id: admin",
+        "x-credential-identifier: admin",
+        "x-anonymous-consumer: \"false\"",
+        "x-user-email: ceo@example.com",
+    ] {
+        let refused = Gateway::try_start(&config(&format!(
+            "match: {{ paths: [/], headers: {{ {rule} }} }}"
+        )));
+        let Err(e) = refused else {
+            panic!("a route matching `{rule}` without trust_identity_headers started");
+        };
+        assert!(
+            e.contains("route `staff`") && e.contains("trust_identity_headers"),
+            "{rule}: {e}"
+        );
+    }
+    // A route that keeps a trusted proxy's identity headers may route on them: what it
+    // matched is what the upstream gets.
+    let gw = Gateway::start(&config(
+        "match: { paths: [/], headers: { x-consumer-username: admin } }, trust_identity_headers: true",
+    ));
+    let r = get(&gw, "/x", &[("x-consumer-username", "admin")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-consumer-username").as_deref(),
+        Some("admin")
+    );
+    let r = get(&gw, "/x", &[]);
+    assert_eq!(r.upstream_header("x-consumer-username"), None);
+}
+
 /// A route marked `trust_identity_headers` does not trust a client that is not a
 /// trusted proxy.
 #[test]

@@ -252,6 +252,9 @@ impl Exchange {
             crate::edge::strip_identity(&mut parts.headers, &state.identity_headers);
         }
 
+        // A trusted proxy's identity headers are still here, but only a route that
+        // keeps them may match on them (the configuration refuses the rest): routing
+        // sees the request as the route will forward it.
         let facts = crate::router::RequestFacts {
             host: &host,
             path: &path,
