@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -15,6 +15,9 @@ use portcullis_engine::{GrpcCallRequest, GrpcCallResponse, GrpcStatus, HeaderMap
 pub struct GrpcCluster {
     authority: http::uri::Authority,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The largest answer body taken (as [`crate::HttpCluster::max_body`]); past it
+    /// the call fails with RESOURCE_EXHAUSTED, as gRPC's own size limit does.
+    max_body: usize,
 }
 
 impl GrpcCluster {
@@ -38,7 +41,17 @@ impl GrpcCluster {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
-        Ok(GrpcCluster { authority, client })
+        Ok(GrpcCluster {
+            authority,
+            client,
+            max_body: 16 << 20,
+        })
+    }
+
+    /// Fails a call whose answer is longer than `bytes`.
+    pub fn max_body(mut self, bytes: u64) -> GrpcCluster {
+        self.max_body = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
     }
 
     pub fn call(
@@ -111,10 +124,16 @@ impl GrpcCluster {
         if parts.status != http::StatusCode::OK {
             return Err(unavailable(format!("HTTP status {}", parts.status)));
         }
-        let collected = body
+        let collected = Limited::new(body, self.max_body)
             .collect()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
+                true => GrpcStatus {
+                    code: GrpcStatus::RESOURCE_EXHAUSTED,
+                    message: format!("an answer past {} bytes", self.max_body),
+                },
+                false => unavailable(e.to_string()),
+            })?;
         let trailers = collected.trailers().cloned().unwrap_or_default();
         // A trailers-only answer carries grpc-status in the headers.
         let status_of = |h: &http::HeaderMap| {
@@ -152,5 +171,72 @@ impl GrpcCluster {
             message,
             trailing_metadata: trailing,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An h2c server on loopback answering every call with a gRPC message of `len`
+    /// bytes.
+    async fn answering(len: usize) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    let mut framed = vec![0u8];
+                    framed.extend_from_slice(&(len as u32).to_be_bytes());
+                    framed.resize(5 + len, b'm');
+                    let body = http_body_util::StreamBody::new(futures_lite::stream::iter([
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(
+                            framed,
+                        ))),
+                        Ok(hyper::body::Frame::trailers(
+                            [(
+                                http::HeaderName::from_static("grpc-status"),
+                                http::HeaderValue::from_static("0"),
+                            )]
+                            .into_iter()
+                            .collect(),
+                        )),
+                    ]));
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), service),
+                );
+            }
+        });
+        addr
+    }
+
+    fn call() -> GrpcCallRequest {
+        GrpcCallRequest {
+            service: "test.Svc".into(),
+            method: "Get".into(),
+            initial_metadata: HeaderMap::new(),
+            message: b"q".to_vec(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// An answer past the cluster's limit fails the call instead of being held whole.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_past_the_limit_fails_the_call() {
+        let addr = answering(2 << 20).await;
+        let url = format!("http://{addr}");
+        let small = GrpcCluster::new(&url, Duration::from_secs(1))
+            .unwrap()
+            .max_body(1 << 20);
+        let err = small.call(call()).await.unwrap_err();
+        assert_eq!(err.code, GrpcStatus::RESOURCE_EXHAUSTED, "{}", err.message);
+        let large = GrpcCluster::new(&url, Duration::from_secs(1)).unwrap();
+        let ok = large.call(call()).await.unwrap();
+        assert_eq!(ok.message.len(), 2 << 20);
     }
 }

@@ -120,6 +120,7 @@ pub struct GrpcStatus {
 
 impl GrpcStatus {
     pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
 }

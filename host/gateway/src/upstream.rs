@@ -79,6 +79,7 @@ impl GatewayClusters {
             let g: Vec<GrpcCluster> = urls
                 .iter()
                 .filter_map(|u| GrpcCluster::new(u, s.connect_timeout).ok())
+                .map(|c| c.max_body(s.max_response_body))
                 .collect();
             http.insert(s.name.clone(), (h, Cell::new(0)));
             grpc.insert(s.name.clone(), (g, Cell::new(0)));
