@@ -214,6 +214,119 @@ fn two_tokens_in_one_request_are_refused() {
 }
 
 #[test]
+fn forward_false_takes_the_token_out_of_the_query_and_the_cookie() {
+    // Before, only a token in a header was taken out: one in the query or a cookie went
+    // on to the upstream (and its access logs) although `forward` is false.
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("jwt_auth"),
+            local(&key, json!({"from_cookies": ["tok"]})),
+        )
+        .build()
+        .unwrap();
+    let token = key.sign("ES256", claims(json!({})));
+    for (path, left) in [
+        (
+            format!("/orders?a=1&access_token={token}&b=2"),
+            "/orders?a=1&b=2",
+        ),
+        (format!("/orders?access_token={token}"), "/orders"),
+        (format!("/orders?access%5Ftoken={token}"), "/orders"),
+    ] {
+        let res = bed.send(Request::get(&path));
+        assert_eq!(res.status, 200, "{path}: {}", res.text());
+        assert_eq!(
+            res.upstream_header(":path").as_deref(),
+            Some(left),
+            "{path}"
+        );
+        assert_eq!(
+            res.upstream_header("x-consumer-id").as_deref(),
+            Some("user-1")
+        );
+    }
+    let res = bed.send(
+        Request::get("/orders?a=1")
+            .header("cookie", &format!("s=1; tok={token}; t=2"))
+            .header("cookie", "other=3"),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let up = res.upstream.unwrap();
+    let cookies: Vec<String> = up
+        .headers
+        .get_all("cookie")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(cookies, ["s=1; t=2", "other=3"]);
+    assert_eq!(up.headers.get_str(":path"), Some("/orders?a=1"));
+    let res = bed.send(Request::get("/orders").header("cookie", &format!("tok={token}")));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.upstream_header("cookie"), None);
+    // With forward, the token stays where it was.
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("jwt_auth"),
+            local(&key, json!({"from_cookies": ["tok"], "forward": true})),
+        )
+        .build()
+        .unwrap();
+    let path = format!("/orders?access_token={token}");
+    let res = bed.send(Request::get(&path));
+    assert_eq!(res.upstream_header(":path"), Some(path));
+}
+
+#[test]
+fn a_lookalike_parameter_or_cookie_beside_a_token_is_a_second_token() {
+    // Before, `Authorization: Bearer A` with `?access%5Ftoken=B` passed as one token:
+    // the identity headers said A, while an upstream that decodes parameter names (or
+    // ignores their case, or splits at `;`) read B, which nobody verified.
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("jwt_auth"),
+            local(&key, json!({"from_cookies": ["tok"]})),
+        )
+        .build()
+        .unwrap();
+    let a = key.sign("ES256", claims(json!({})));
+    let b = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.";
+    let with_a = |r: Request| r.header("authorization", &bearer(&a));
+    let requests = [
+        with_a(Request::get(&format!("/orders?access%5Ftoken={b}"))),
+        with_a(Request::get(&format!("/orders?ACCESS_TOKEN={b}"))),
+        with_a(Request::get(&format!("/orders?Access-Token={b}"))),
+        with_a(Request::get(&format!("/orders?x=1;access_token={b}"))),
+        with_a(Request::get("/orders").header("cookie", &format!("TOK={b}"))),
+        with_a(Request::get("/orders").header("cookie", &format!("s=1; tok ={b}"))),
+        Request::get(&format!("/orders?access_token={a}&ACCESS_TOKEN={b}")),
+        Request::get(&format!("/orders?access_token={a};access_token={b}")),
+    ];
+    for req in requests {
+        let path = req.headers.get_str(":path").unwrap_or("").to_owned();
+        let res = bed.send(req);
+        assert_eq!(res.status, 401, "{path}: {}", res.text());
+        assert!(res.upstream.is_none(), "{path}");
+        assert!(
+            res.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than one token"),
+            "{path}: {}",
+            res.text()
+        );
+    }
+    // A lookalike alone is no token, and an empty one is nothing.
+    assert_eq!(
+        bed.send(Request::get(&format!("/orders?ACCESS_TOKEN={b}")))
+            .status,
+        401
+    );
+    let res = bed.send(with_a(Request::get("/orders?ACCESS_TOKEN=&page=2")));
+    assert_eq!(res.status, 200, "{}", res.text());
+}
+
+#[test]
 fn oversized_tokens_are_refused_before_any_crypto() {
     let key = Key::ec256("k1");
     let mut bed = TestBed::new()

@@ -1,8 +1,12 @@
 //! Where a token is: headers (with a prefix such as `Bearer `), query parameters,
 //! cookies. More than one token in a request is refused: which one would count is
-//! exactly the ambiguity an attacker looks for.
+//! exactly the ambiguity an attacker looks for. A value under a name a lenient upstream
+//! reads as one of the token's (`kit::credential`) counts as a second token: with it,
+//! the identity headers would say one thing and the upstream read another.
 
-use crate::config::{Config, Rule};
+use kit::credential::{same_name, scan_cookies, scan_query};
+
+use crate::config::{Config, Provider, Rule};
 use crate::error::Invalid;
 
 /// A token found in the request, where it was, and which providers look there.
@@ -50,7 +54,11 @@ pub fn find(
                 },
             )),
         };
-    let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    // A value under a name a lenient upstream reads as one the rule's providers look
+    // at (`access%5Ftoken`, `ACCESS_TOKEN`, `;access_token=`, `x_jwt` for `x-jwt`):
+    // beside a token, the upstream may read that one instead (kit::credential).
+    let mut lookalike = false;
+    let providers = || rule.providers.iter().map(|&pi| (pi, &config.providers[pi]));
     for &pi in &rule.providers {
         let p = &config.providers[pi];
         for loc in &p.from_headers {
@@ -72,28 +80,68 @@ pub fn find(
                 }
             }
         }
-        for name in &p.from_params {
-            for (qi, pair) in query.split('&').enumerate() {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                if k == name && !v.is_empty() {
-                    add((1, qi, 0), v, Location::Param(name.clone()), pi);
+    }
+    for (k, v) in headers {
+        let mut named = providers().flat_map(|(_, p)| p.from_headers.iter());
+        if !v.trim().is_empty()
+            && !named.clone().any(|l| l.name == k.as_ref())
+            && named.any(|l| same_name(&l.name, k))
+        {
+            lookalike = true;
+        }
+    }
+    // Each name once, with every provider of the rule that reads it.
+    let names = |of: fn(&Provider) -> &Vec<String>| {
+        let mut names: Vec<&str> = Vec::new();
+        for (_, p) in providers() {
+            for n in of(p) {
+                if !names.contains(&n.as_str()) {
+                    names.push(n);
                 }
             }
         }
-        for name in &p.from_cookies {
-            for (hi, (_, v)) in headers
-                .iter()
-                .enumerate()
-                .filter(|(_, (k, _))| k.as_ref() == "cookie")
-            {
-                for (ci, c) in v.split(';').enumerate() {
-                    let (k, val) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
-                    if k == name && !val.is_empty() {
-                        add((2, hi, ci), val, Location::Cookie(name.clone()), pi);
-                    }
+        names
+    };
+    let readers = |of: fn(&Provider) -> &Vec<String>, name: &str| -> Vec<usize> {
+        providers()
+            .filter(|(_, p)| of(p).iter().any(|n| n == name))
+            .map(|(pi, _)| pi)
+            .collect()
+    };
+    // Most requests have neither a query nor a cookie: no allocation for them.
+    if path.contains('?') {
+        let params = names(|p| &p.from_params);
+        let scan = scan_query(path, &params);
+        lookalike |= scan.lookalike;
+        for (at, (n, value)) in scan.exact.into_iter().enumerate() {
+            for pi in readers(|p| &p.from_params, params[n]) {
+                add((1, at, 0), value, Location::Param(params[n].to_owned()), pi);
+            }
+        }
+    }
+    if headers.iter().any(|(k, _)| k.as_ref() == "cookie") {
+        let cookies = names(|p| &p.from_cookies);
+        for (hi, (_, v)) in headers
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| k.as_ref() == "cookie")
+        {
+            let scan = scan_cookies(v, &cookies);
+            lookalike |= scan.lookalike;
+            for (at, (n, value)) in scan.exact.into_iter().enumerate() {
+                for pi in readers(|p| &p.from_cookies, cookies[n]) {
+                    add(
+                        (2, hi, at),
+                        value,
+                        Location::Cookie(cookies[n].to_owned()),
+                        pi,
+                    );
                 }
             }
         }
+    }
+    if lookalike && !found.is_empty() {
+        return Err(Invalid::Multiple);
     }
     match found.len() {
         0 => Ok(None),
@@ -189,5 +237,54 @@ mod tests {
             None
         );
         assert_eq!(find(&c, r, &h(&[]), "/").unwrap(), None);
+    }
+
+    #[test]
+    fn a_lookalike_name_beside_a_token_is_a_second_token() {
+        let c = config(CONF);
+        let r = &c.rules[0];
+        let auth = h(&[("authorization", "Bearer abc")]);
+        for path in [
+            "/?access%5Ftoken=x",
+            "/?ACCESS_TOKEN=x",
+            "/?access-token=x",
+            "/?q=1;access_token=x",
+            "/?access_token=abc;access_token=x",
+        ] {
+            assert_eq!(find(&c, r, &auth, path), Err(Invalid::Multiple), "{path}");
+        }
+        let cookies = h(&[("authorization", "Bearer abc"), ("cookie", "TOK=x")]);
+        assert_eq!(find(&c, r, &cookies, "/"), Err(Invalid::Multiple));
+        let cookies = h(&[("authorization", "Bearer abc"), ("cookie", "tok =x")]);
+        assert_eq!(find(&c, r, &cookies, "/"), Err(Invalid::Multiple));
+        // Alone, a lookalike is no token; an encoded name is the name.
+        assert_eq!(find(&c, r, &h(&[]), "/?ACCESS_TOKEN=x"), Ok(None));
+        let f = find(&c, r, &h(&[]), "/?access%5Ftoken=t").unwrap().unwrap();
+        assert_eq!(
+            (f.token.as_str(), f.location),
+            ("t", Location::Param("access_token".into()))
+        );
+        // Empty lookalikes, and other names, are nothing.
+        assert_eq!(
+            find(&c, r, &auth, "/?ACCESS_TOKEN=&token=1&access_tokens=2")
+                .unwrap()
+                .unwrap()
+                .token,
+            "abc"
+        );
+    }
+
+    #[test]
+    fn a_lookalike_header_beside_a_token_is_a_second_token() {
+        let c = config(
+            r#"{"providers": {"a": {"local_jwks": {"keys": [{"kty":"oct","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI","alg":"HS256"}]},
+                "algorithms": ["HS256"], "from_headers": [{"name": "x-jwt"}]}}}"#,
+        );
+        let r = &c.rules[0];
+        assert_eq!(
+            find(&c, r, &h(&[("x-jwt", "a"), ("x_jwt", "b")]), "/"),
+            Err(Invalid::Multiple)
+        );
+        assert_eq!(find(&c, r, &h(&[("x_jwt", "b")]), "/"), Ok(None));
     }
 }

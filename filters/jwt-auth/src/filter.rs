@@ -632,6 +632,39 @@ fn deny(st: &State, d: Denial) {
     let _ = hostcalls::send_http_response(d.status(), headers, Some(&body));
 }
 
+/// Takes the verified token out of the current request (`forward: false`), from where
+/// it was: its header, its query parameter in `:path`, or its cookie in every `cookie`
+/// header. The upstream, and what it logs, never sees it.
+fn hide_token(found: &Found) {
+    let headers = proxy_wasm::types::MapType::HttpRequestHeaders;
+    match &found.location {
+        Location::Header(h) => {
+            let _ = hostcalls::set_map_value(headers, h, None);
+        }
+        Location::Param(name) => {
+            let path = kit::glue::header(headers, ":path").unwrap_or_default();
+            let _ = hostcalls::set_map_value(
+                headers,
+                ":path",
+                Some(&kit::credential::without_param(&path, name)),
+            );
+        }
+        Location::Cookie(name) => {
+            let raw = kit::glue::RawMap::read(headers);
+            let kept: Vec<String> = raw
+                .pairs()
+                .iter()
+                .filter(|(k, _)| k == "cookie")
+                .filter_map(|(_, v)| kit::credential::without_cookie(v, name))
+                .collect();
+            let _ = hostcalls::set_map_value(headers, "cookie", None);
+            for v in kept {
+                let _ = hostcalls::add_map_value(headers, "cookie", &v);
+            }
+        }
+    }
+}
+
 /// Admits the current request with the verified token `v` under rule `rule`, when the
 /// rule's scopes and claims hold: identity headers set, the credential property set.
 fn allow(st: &State, v: &Verified, found: &Found, rule: usize) -> Action {
@@ -650,9 +683,7 @@ fn allow(st: &State, v: &Verified, found: &Found, rule: usize) -> Action {
         let _ = hostcalls::set_map_value(headers, k, Some(value));
     }
     if !p.forward {
-        if let Location::Header(h) = &found.location {
-            let _ = hostcalls::set_map_value(headers, h, None);
-        }
+        hide_token(found);
     }
     // For header-forwarder's forward_authorization: the credential that was verified.
     let _ = hostcalls::set_property(

@@ -25,51 +25,12 @@ pub struct Found {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ambiguous;
 
-/// `%XX` decoded, `+` as a space (a query string's form encoding); a `%` that starts
-/// no escape is kept as it is.
-pub fn form_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return Cow::Borrowed(s);
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
+pub use kit::credential::{form_decode, without_cookie, without_param};
+use kit::credential::{like, scan_cookies, scan_query};
 
 /// The request's key. `headers`: every request header (lower-case names, in order);
-/// `path`: `:path` with its query.
-/// Whether two names are one to a lenient server: case, surrounding blanks, and `_`,
-/// `.`, `[` for `-` ignored (ASP.NET ignores case; CGI, WSGI and PHP read `_` as `-`
-/// and PHP `.` and `[` as `_`; some cookie parsers trim names). No allocation: it runs
-/// for every header of every request.
-fn same_name(a: &str, b: &str) -> bool {
-    let fold = |c: u8| match c {
-        b'_' | b'.' | b'[' | b' ' => b'-',
-        c => c.to_ascii_lowercase(),
-    };
-    let (a, b) = (a.trim().as_bytes(), b.trim().as_bytes());
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
-}
-
+/// `path`: `:path` with its query. A value under a name a lenient upstream reads as a
+/// key name (`kit::credential`) is a second key when a key is also found.
 pub fn find(
     config: &Config,
     headers: &[(Cow<'_, str>, Cow<'_, str>)],
@@ -93,7 +54,6 @@ pub fn find(
         });
         Ok(())
     };
-    let like = |names: &[String], name: &str| names.iter().any(|n| same_name(n, name));
     for (k, v) in headers {
         if config.headers.iter().any(|h| h == k) {
             add(v, Location::Header(k.to_string()))?;
@@ -101,37 +61,22 @@ pub fn find(
             lookalike = true;
         }
     }
-    if !config.params.is_empty()
-        && let Some((_, query)) = path.split_once('?')
-    {
-        for pair in query.split('&') {
-            // `;` separates parameters for some servers, not for Kong.
-            for (i, part) in pair.split(';').enumerate() {
-                let (k, v) = part.split_once('=').unwrap_or((part, ""));
-                let name = form_decode(k);
-                if v.is_empty() {
-                    continue;
-                }
-                match config.params.iter().find(|p| **p == name) {
-                    Some(p) if i == 0 => {
-                        let (_, whole) = pair.split_once('=').unwrap_or((pair, ""));
-                        add(&form_decode(whole), Location::Param(p.clone()))?;
-                    }
-                    _ if like(&config.params, &name) => lookalike = true,
-                    _ => {}
-                }
-            }
+    if !config.params.is_empty() {
+        let scan = scan_query(path, &config.params);
+        lookalike |= scan.lookalike;
+        for (n, value) in scan.exact {
+            add(
+                &form_decode(value),
+                Location::Param(config.params[n].clone()),
+            )?;
         }
     }
     if !config.cookies.is_empty() {
         for (_, v) in headers.iter().filter(|(k, _)| k == "cookie") {
-            for c in v.split(';') {
-                let (k, val) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
-                if let Some(name) = config.cookies.iter().find(|n| *n == k) {
-                    add(val, Location::Cookie(name.clone()))?;
-                } else if !val.trim().is_empty() && like(&config.cookies, k) {
-                    lookalike = true;
-                }
+            let scan = scan_cookies(v, &config.cookies);
+            lookalike |= scan.lookalike;
+            for (n, value) in scan.exact {
+                add(value, Location::Cookie(config.cookies[n].clone()))?;
             }
         }
     }
@@ -139,33 +84,6 @@ pub fn find(
         return Err(Ambiguous);
     }
     Ok(found)
-}
-
-/// `path` without the query parameter `name` (compared decoded); without `?` when
-/// nothing is left.
-pub fn without_param(path: &str, name: &str) -> String {
-    let Some((base, query)) = path.split_once('?') else {
-        return path.to_owned();
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| form_decode(pair.split_once('=').map_or(*pair, |(k, _)| k)) != name)
-        .collect();
-    if kept.iter().all(|p| p.is_empty()) {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    }
-}
-
-/// A `cookie` header's value without the cookie `name`; `None` when nothing is left.
-pub fn without_cookie(value: &str, name: &str) -> Option<String> {
-    let kept: Vec<&str> = value
-        .split(';')
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k) != name)
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 #[cfg(test)]
