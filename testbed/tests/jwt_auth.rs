@@ -327,6 +327,45 @@ fn a_lookalike_parameter_or_cookie_beside_a_token_is_a_second_token() {
 }
 
 #[test]
+fn a_group_with_a_comma_or_a_control_character_is_left_out_of_x_consumer_groups() {
+    // Before, `groups: ["dev,admin"]` became `x-consumer-groups: dev,admin`, and an
+    // upstream that splits the header at commas (Kong's convention) saw `admin`.
+    let key = Key::ec256("k1");
+    let mut bed = TestBed::new()
+        .filter(wasm("jwt_auth"), local(&key, json!({})))
+        .build()
+        .unwrap();
+    for (groups, want) in [
+        (json!(["dev,admin"]), None),
+        (json!("dev,admin"), None),
+        (json!(["eng", "dev,admin", "ops"]), Some("eng,ops")),
+        (json!(["eng", "a\tb", "x\u{7f}", "ops\u{0}"]), Some("eng")),
+        (
+            json!(["eng", ["ops", "admin"], {"a": "b"}, null, 7]),
+            Some("eng,7"),
+        ),
+        (json!("eng"), Some("eng")),
+    ] {
+        let token = key.sign("ES256", claims(json!({"groups": groups})));
+        let res = bed.send(
+            Request::get("/orders")
+                .header("authorization", &bearer(&token))
+                .header("x-consumer-groups", "admin"),
+        );
+        assert_eq!(res.status, 200, "{groups}: {}", res.text());
+        assert_eq!(
+            res.upstream_header("x-consumer-groups").as_deref(),
+            want,
+            "{groups}"
+        );
+        assert_eq!(
+            res.upstream_header("x-consumer-id").as_deref(),
+            Some("user-1")
+        );
+    }
+}
+
+#[test]
 fn oversized_tokens_are_refused_before_any_crypto() {
     let key = Key::ec256("k1");
     let mut bed = TestBed::new()

@@ -1291,6 +1291,29 @@ fn claim_rules_refuse_a_good_bearer_token_with_403_and_never_cache_it() {
 }
 
 #[test]
+fn a_group_with_a_comma_is_left_out_of_x_consumer_groups() {
+    // An upstream that splits `x-consumer-groups` at commas must not read `admin` out
+    // of a group named `dev,admin`.
+    let idp = Idp::new();
+    let mut bed = bed(
+        &idp,
+        json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"]}),
+    );
+    let token = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "orders-api", "sub": "svc-1",
+            "groups": ["eng", "dev,admin", "ops\r"], "iat": T0, "exp": T0 + 300}),
+    );
+    let res =
+        bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {token}")));
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.upstream_header("x-consumer-groups").as_deref(),
+        Some("eng")
+    );
+}
+
+#[test]
 fn a_bad_configuration_is_refused_naming_the_field() {
     let idp = Idp::new();
     let i = idp.clone();

@@ -57,7 +57,8 @@ pub fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
 /// `credential`, which the caller names from its configuration (the issuer it pinned
 /// and checked, or the provider's name), never from the token: a token accepted
 /// without a pinned issuer could name any `iss`, and downstream filters trust this
-/// header. A value that could split a header is dropped.
+/// header. A value that could split a header is dropped; groups are
+/// [`groups_header`]'s.
 pub fn identity_headers(
     consumer: &ConsumerClaims,
     claims: &Map<String, Value>,
@@ -75,7 +76,12 @@ pub fn identity_headers(
     {
         out.push((identity::CONSUMER_USERNAME.to_owned(), name));
     }
-    if let Some(groups) = consumer.groups_claim.as_deref().and_then(get) {
+    if let Some(groups) = consumer
+        .groups_claim
+        .as_deref()
+        .and_then(|name| claims.get(name))
+        .and_then(groups_header)
+    {
         out.push((identity::CONSUMER_GROUPS.to_owned(), groups));
     }
     if let Some(tier) = consumer.tier_claim.as_deref().and_then(get) {
@@ -87,6 +93,31 @@ pub fn identity_headers(
     ));
     out.retain(|(_, v)| safe_header_value(v));
     out
+}
+
+/// A groups claim as `x-consumer-groups`: its values joined by commas (Kong's form, as
+/// key-auth sends its consumers' groups), leaving out each value an upstream that
+/// splits the header at commas would misread: one holding a comma (`dev,admin` would
+/// read as `dev` and `admin`), a control character or surrounding blanks, and one that
+/// names no group (empty, an array, an object, null). A string claim is one value.
+/// `None` when no value is left.
+pub fn groups_header(claim: &Value) -> Option<String> {
+    let one = |v: &Value| {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return None,
+        };
+        let plain =
+            !s.is_empty() && !s.contains(',') && !s.chars().any(char::is_control) && s.trim() == s;
+        plain.then_some(s)
+    };
+    let groups: Vec<String> = match claim {
+        Value::Array(list) => list.iter().filter_map(one).collect(),
+        v => one(v).into_iter().collect(),
+    };
+    (!groups.is_empty()).then(|| groups.join(","))
 }
 
 /// Whether `v` can be a header value as it is (no CR, LF or NUL).
@@ -129,6 +160,35 @@ mod tests {
                 ("x-credential-identifier".into(), "https://idp".into()),
             ]
         );
+    }
+
+    #[test]
+    fn groups_an_upstream_would_split_or_misread_are_left_out() {
+        let g = |v: Value| groups_header(&v);
+        assert_eq!(g(json!(["a", "b"])).as_deref(), Some("a,b"));
+        assert_eq!(g(json!(["dev,admin"])), None);
+        assert_eq!(g(json!("dev,admin")), None);
+        assert_eq!(g(json!("eng")).as_deref(), Some("eng"));
+        assert_eq!(
+            g(json!([
+                "eng",
+                "dev,admin",
+                " admin",
+                "a\tb",
+                "x\u{85}",
+                "",
+                7,
+                true
+            ]))
+            .as_deref(),
+            Some("eng,7,true")
+        );
+        assert_eq!(
+            g(json!(["eng", ["a", "b"], {"a": 1}, null])).as_deref(),
+            Some("eng")
+        );
+        assert_eq!(g(json!([])), None);
+        assert_eq!(g(json!({"admin": true})), None);
     }
 
     #[test]
