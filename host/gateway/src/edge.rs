@@ -202,7 +202,12 @@ pub fn valid_host(authority: &str) -> bool {
     } else {
         let (name, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
         let unreserved = |c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c);
-        (!name.is_empty() && name.bytes().all(unreserved), port)
+        // No empty label but the root's (one trailing dot): `.admin.example.com` and
+        // `admin..example.com` are no DNS names, and an upstream might read either as
+        // `admin.example.com` where the gateway's routes do not.
+        let labels = name.strip_suffix('.').unwrap_or(name);
+        let labelled = !labels.split('.').any(str::is_empty);
+        (labelled && name.bytes().all(unreserved), port)
     };
     host_ok
         && (port.is_empty()
@@ -216,8 +221,9 @@ pub fn valid_host(authority: &str) -> bool {
 /// `admin.example.com:8080`), as Envoy's `strip_trailing_host_dot` does. DNS and most
 /// upstreams read the fully-qualified name as the plain one, so with the dot it would
 /// miss the host's route and take a catch-all, without the host's auth filters.
-/// `None` for an invalid host, a lone dot, or a name ending in two dots (no DNS name
-/// has an empty label, and an upstream that drops one dot would still see the name).
+/// `None` for an invalid host (a lone dot or a name ending in two dots among them: no
+/// DNS name has an empty label, and an upstream that drops one dot would still see the
+/// name).
 pub fn normalize_host(authority: &str) -> Option<Cow<'_, str>> {
     if !valid_host(authority) {
         return None;
@@ -226,9 +232,9 @@ pub fn normalize_host(authority: &str) -> Option<Cow<'_, str>> {
         return Some(Cow::Borrowed(authority));
     }
     let (name, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+    // `valid_host` refused a lone dot and a name ending in two.
     match name.strip_suffix('.') {
         None => Some(Cow::Borrowed(authority)),
-        Some(bare) if bare.is_empty() || bare.ends_with('.') => None,
         Some(bare) => Some(Cow::Owned(format!("{bare}{port}"))),
     }
 }
@@ -442,6 +448,10 @@ mod tests {
             "[fe80::1%25eth0]",
             "[a.example.com]",
             "caf\u{e9}.example.com",
+            ".admin.example.com",
+            "admin..example.com",
+            "admin.example.com..",
+            ".",
         ] {
             assert!(!valid_host(bad), "{bad}");
         }
