@@ -131,6 +131,35 @@ fn response_templates_use_values_copied_in_the_request_phase() {
     );
 }
 
+#[test]
+fn identity_headers_cannot_be_written_nor_read_unverified() {
+    // Before, header-forwarder accepted an identity header as a target, and
+    // `$(headers.x-consumer-id)` copied whatever the client sent: behind an auth filter
+    // that skips a route (or none), the upstream got an identity nobody verified.
+    for (config, field) in [
+        (
+            json!({"request": {"add": {"headers": {"x-consumer-id": "$(headers.x-user)"}}}}),
+            "request.add.headers.x-consumer-id",
+        ),
+        (
+            json!({"request": {"rename": {"headers": {"x-org": "x-credential-identifier"}}}}),
+            "request.rename.headers.x-org",
+        ),
+        (
+            json!({"request": {"add": {"headers": {"x-user": "$(headers.x-consumer-username)"}}}}),
+            "request.add.headers.x-user",
+        ),
+    ] {
+        let err = TestBed::new()
+            .filter(wasm("header_forwarder"), config.to_string())
+            .build()
+            .err()
+            .unwrap_or_else(|| panic!("{config} was accepted"));
+        let text = err.to_string();
+        assert!(text.contains(field), "{config}: {text}");
+    }
+}
+
 fn chain(forward: bool) -> (TestBed, Key) {
     let key = Key::ec256("k1");
     let auth = json!({

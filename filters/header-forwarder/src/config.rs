@@ -1,6 +1,7 @@
 //! The configuration: Kong's request-transformer / response-transformer shape, for
 //! requests and responses. Checked whole at load: header names are HTTP tokens, values
-//! are field values, pseudo-headers and hop-by-hop headers cannot be set.
+//! are field values, pseudo-headers and hop-by-hop headers cannot be set, and neither
+//! can an identity header in the request (`kit::identity::is_identity_name`).
 
 use std::collections::BTreeMap;
 
@@ -173,6 +174,15 @@ fn settable(name: &str, field: &str, request: bool) -> Result<String, ConfigErro
             format!("`{name}` is not a valid header name"),
         ));
     }
+    // Upstreams believe these: only an auth filter sets them, from what it verified.
+    if request && kit::identity::is_identity_name(name) {
+        return Err(ConfigError::field(
+            field,
+            format!(
+                "`{name}` is an identity header: only an auth filter sets it (read the verified identity with $(consumer.id|username|groups|tier))"
+            ),
+        ));
+    }
     let t = target(name, request);
     if HOP_BY_HOP.contains(&t.as_str()) {
         return Err(ConfigError::field(
@@ -290,4 +300,88 @@ fn phase(p: PhaseFile, prefix: &str, request: bool) -> Result<Phase, ConfigError
             false,
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(json: &str) -> String {
+        match Config::parse(Some(json.as_bytes())) {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn identity_headers_are_never_a_target_of_the_request_phase() {
+        for (json, field) in [
+            (
+                r#"{"request": {"add": {"headers": {"x-consumer-id": "admin"}}}}"#,
+                "request.add.headers.x-consumer-id",
+            ),
+            (
+                r#"{"request": {"replace": {"headers": {"X-Consumer-Groups": "admin"}}}}"#,
+                "request.replace.headers.X-Consumer-Groups",
+            ),
+            (
+                r#"{"request": {"append": {"headers": {"x_consumer_tier": "gold"}}}}"#,
+                "request.append.headers.x_consumer_tier",
+            ),
+            (
+                r#"{"request": {"add": {"headers": {"x-consumer-custom-id": "1"}}}}"#,
+                "request.add.headers.x-consumer-custom-id",
+            ),
+            (
+                r#"{"request": {"add": {"headers": {"x-credential-identifier": "$(headers.x-org)"}}}}"#,
+                "request.add.headers.x-credential-identifier",
+            ),
+            (
+                r#"{"request": {"add": {"headers": {"x-anonymous-consumer": "false"}}}}"#,
+                "request.add.headers.x-anonymous-consumer",
+            ),
+            (
+                r#"{"request": {"rename": {"headers": {"x-user": "x-consumer-username"}}}}"#,
+                "request.rename.headers.x-user",
+            ),
+        ] {
+            let e = refused(json);
+            assert!(
+                e.contains(field) && e.contains("identity header"),
+                "{json}: {e}"
+            );
+        }
+        // Reading the verified identity, or removing an identity header, is fine.
+        Config::parse(Some(
+            br#"{"request": {"add": {"headers": {"x-user": "$(consumer.username)"}},
+                "remove": {"headers": ["x-consumer-tier"]},
+                "rename": {"headers": {"x-consumer-id": "x-user-id"}}},
+              "response": {"add": {"headers": {"x-consumer": "$(consumer.id)"}}}}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_template_never_reads_an_identity_header_unverified() {
+        for (json, field) in [
+            (
+                r#"{"request": {"add": {"headers": {"x-user": "$(headers.x-consumer-id)"}}}}"#,
+                "request.add.headers.x-user",
+            ),
+            (
+                r#"{"request": {"add": {"querystring": {"u": "$(headers.X_Consumer_Username)"}}}}"#,
+                "request.add.querystring.u",
+            ),
+            (
+                r#"{"response": {"add": {"headers": {"x-who": "who: $(headers.x-credential-identifier)"}}}}"#,
+                "response.add.headers.x-who",
+            ),
+        ] {
+            let e = refused(json);
+            assert!(
+                e.contains(field) && e.contains("$(consumer."),
+                "{json}: {e}"
+            );
+        }
+    }
 }

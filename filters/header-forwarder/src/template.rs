@@ -1,7 +1,8 @@
 //! Value templates: literal text with `$(source.name)` references, parsed once at load.
 //!
-//! Sources: `headers.NAME`, `query.NAME`, `consumer.id|username|groups|tier` (from the
-//! identity headers an auth filter set, never from anything else a client sent),
+//! Sources: `headers.NAME` (never an identity header's name), `query.NAME`,
+//! `consumer.id|username|groups|tier` (from the identity headers an auth filter set,
+//! never from anything else a client sent),
 //! `request.path|method|host|id`, `source.address`.
 
 use kit::config::ConfigError;
@@ -86,6 +87,12 @@ fn source(r: &str) -> Result<Source, String> {
         .split_once('.')
         .ok_or_else(|| format!("`$({r})`: expected SOURCE.NAME"))?;
     Ok(match (kind, name) {
+        // What the client sent, verified or not: the identity is `consumer.*`'s.
+        ("headers", n) if kit::identity::is_identity_name(n) => {
+            return Err(format!(
+                "`$({r})` reads an identity header whether or not an auth filter verified it: use $(consumer.id|username|groups|tier)"
+            ));
+        }
         ("headers", n) if !n.is_empty() => Source::Header(n.to_ascii_lowercase()),
         ("query", n) if !n.is_empty() => Source::Query(n.to_owned()),
         ("consumer", "id") => Source::Consumer(kit::identity::CONSUMER_ID),

@@ -41,6 +41,29 @@ pub fn is_identity_header(name: &str) -> bool {
     })
 }
 
+/// `x-anonymous-consumer` (Kong's): part of the identity contract as the gateway reads
+/// it, though no Portcullis filter sets it.
+pub const ANONYMOUS_CONSUMER: &str = "x-anonymous-consumer";
+
+/// Whether `name` belongs to the identity contract as the gateway's edge reads it (and
+/// removes from every client request): the whole `x-consumer-` family
+/// (`x-consumer-custom-id` too), `x-credential-identifier` and `x-anonymous-consumer`,
+/// in any case and with `_` for `-`. Only an auth filter sets these; a filter that
+/// merely transforms headers must neither write them nor pass one on unverified.
+pub fn is_identity_name(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    n.starts_with("x-consumer-") || n == CREDENTIAL_IDENTIFIER || n == ANONYMOUS_CONSUMER
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -49,5 +72,20 @@ mod tests {
         assert!(!super::is_identity_header("x-consumer"));
         assert!(super::is_identity_header("X_Consumer_Id"));
         assert!(!super::is_identity_header("x_consumer"));
+    }
+
+    #[test]
+    fn the_identity_family_is_every_name_the_edge_removes() {
+        for n in [
+            "x-consumer-id",
+            "X_Consumer_Custom_Id",
+            "x-credential-identifier",
+            "x_anonymous_consumer",
+        ] {
+            assert!(super::is_identity_name(n), "{n}");
+        }
+        for n in ["x-consumer", "x-consumers-id", "x-user-id", "authorization"] {
+            assert!(!super::is_identity_name(n), "{n}");
+        }
     }
 }

@@ -202,10 +202,59 @@ fn service_url(k: &Kong, s: &Service, notes: &mut Vec<String>) -> Result<Vec<Str
 }
 
 /// A `name:value` list of Kong's transformers as a map (first `:` splits).
+/// Whether `name` is one of the identity contract's headers (header-forwarder
+/// refuses to set one in the request or read one with `$(headers.…)`): the
+/// `x-consumer-` family, `x-credential-identifier`, `x-anonymous-consumer`, in any
+/// case and with `_` for `-` (as `kit::identity::is_identity_name`).
+fn is_identity_name(name: &str) -> bool {
+    let n: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    n.starts_with("x-consumer-") || n == "x-credential-identifier" || n == "x-anonymous-consumer"
+}
+
+/// A Kong template with its reads of identity headers as header-forwarder's verified
+/// `$(consumer.…)` (Kong sets `X-Consumer-ID`, `-Username`, `-Groups` itself after
+/// authentication); `Err` with the header's name for one header-forwarder has no
+/// verified source for.
+fn identity_refs(v: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = v;
+    while let Some(i) = rest.find("$(headers.") {
+        let after = &rest[i + "$(headers.".len()..];
+        let Some(end) = after.find(')') else { break };
+        let name = &after[..end];
+        out.push_str(&rest[..i]);
+        if is_identity_name(name) {
+            let field = name.to_ascii_lowercase().replace('_', "-");
+            match field.strip_prefix("x-consumer-") {
+                Some(f @ ("id" | "username" | "groups" | "tier")) => {
+                    out.push_str(&format!("$(consumer.{f})"));
+                }
+                _ => return Err(name.to_owned()),
+            }
+        } else {
+            out.push_str(&rest[i..i + "$(headers.".len() + end + 1]);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 fn pairs(
     c: &Map<String, Value>,
     op: &str,
     what: &str,
+    request: bool,
     notes: &mut Vec<String>,
 ) -> Map<String, Value> {
     let mut out = Map::new();
@@ -227,6 +276,24 @@ fn pairs(
             ));
             continue;
         }
+        // The header this writes: a rename's is its new name.
+        let target = if op == "rename" { v.as_str() } else { k };
+        if request && what == "headers" && is_identity_name(target) {
+            notes.push(format!(
+                "`{op}.{what}` `{k}`: `{}` is an identity header, set only by an auth filter (header-forwarder refuses it); dropped",
+                target.trim()
+            ));
+            continue;
+        }
+        let v = match identity_refs(&v) {
+            Ok(v) => v,
+            Err(name) => {
+                notes.push(format!(
+                    "`{op}.{what}` `{k}`: `$(headers.{name})` reads an identity header header-forwarder has no verified value for (only $(consumer.id|username|groups|tier)); dropped"
+                ));
+                continue;
+            }
+        };
         out.insert(k.trim().to_ascii_lowercase(), Value::String(v));
     }
     out
@@ -275,7 +342,7 @@ fn transformer_phase(c: &Map<String, Value>, request: bool, notes: &mut Vec<Stri
                     o.insert(what.to_string(), Value::Array(list));
                 }
             } else {
-                let m = pairs(c, op, what, notes);
+                let m = pairs(c, op, what, request, notes);
                 if !m.is_empty() {
                     o.insert(what.to_string(), Value::Object(m));
                 }
@@ -1431,6 +1498,30 @@ fn oidc(p: &Plugin, acl: Option<&Plugin>) -> Result<(Value, Value, Vec<String>),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transformer_neither_sets_nor_reads_identity_headers_unverified() {
+        let c = json!({
+            "add": {"headers": ["X-Consumer-ID:admin", "x-user:$(headers.X-Consumer-Username)",
+                "x-org:$(headers.x-consumer-custom-id)", "x-plain:$(headers.x-in)"]},
+            "rename": {"headers": ["x-a:x_credential_identifier"]}
+        });
+        let mut notes = Vec::new();
+        let phase = transformer_phase(c.as_object().unwrap(), true, &mut notes);
+        assert_eq!(
+            phase["add"]["headers"],
+            json!({"x-user": "$(consumer.username)", "x-plain": "$(headers.x-in)"})
+        );
+        assert_eq!(phase.get("rename"), None);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        // In the response, an identity name is an ordinary header to set.
+        let c = json!({"add": {"headers": ["x-consumer-id:$(headers.x_consumer_id)"]}});
+        let phase = transformer_phase(c.as_object().unwrap(), false, &mut notes);
+        assert_eq!(
+            phase["add"]["headers"],
+            json!({"x-consumer-id": "$(consumer.id)"})
+        );
+    }
 
     #[test]
     fn a_pem_public_key_becomes_the_jwk_of_the_same_key() {
