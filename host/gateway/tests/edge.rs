@@ -503,6 +503,12 @@ routes:
         assert_eq!(status, 400, "{shown}: {body}");
         assert!(body.contains("Host"), "{shown}: {body}");
     }
+    // HTTP/1.1 must name its host (RFC 9112 3.2); HTTP/1.0 need not.
+    let (status, body) = raw_http(&addr, b"GET /x HTTP/1.1\r\nconnection: close\r\n\r\n");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("without a Host"), "{body}");
+    let (status, body) = raw_http(&addr, b"GET /x HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
     // The absolute form's authority is the host: its userinfo too.
     let (status, body) = with_host("http://user@a.example.com/x", b"a.example.com");
     assert_eq!(status, 400, "{body}");

@@ -227,6 +227,14 @@ impl Exchange {
         let host = match (parts.uri.authority(), parts.headers.get(http::header::HOST)) {
             (Some(a), _) => Some(a.as_str()),
             (None, Some(h)) => h.to_str().ok(),
+            // RFC 9112 3.2: an HTTP/1.1 request must name its host (empty when it has
+            // none); an HTTP/1.0 one need not, and HTTP/2 names it in `:authority`.
+            (None, None) if parts.version == http::Version::HTTP_11 => {
+                return Err(Stop::client(
+                    400,
+                    "an HTTP/1.1 request without a Host header",
+                ));
+            }
             (None, None) => Some(""),
         };
         // Anything but `host[:port]` could match a wildcard route by its suffix
