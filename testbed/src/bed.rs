@@ -2,8 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -463,27 +465,32 @@ pub struct TestBed {
 impl TestBed {
     /// Sends a request through the chain and, unless a filter answers, to the upstream.
     pub fn send(&mut self, request: Request) -> Response {
-        self.next_id += 1;
-        let id = format!("testbed-{}", self.next_id);
-        let info = RequestInfo {
-            id: request
-                .headers
-                .get_str("x-request-id")
-                .map_or(id, str::to_owned),
-            protocol: "HTTP/1.1".into(),
-            scheme: "http".into(),
-            source: Some(request.source),
-            destination: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
-            start_unix_ns: self.engine.clock().realtime_ns(),
-            method: request.headers.get_str(":method").unwrap_or("").into(),
-            path: request.headers.get_str(":path").unwrap_or("").into(),
-            host: request.headers.get_str(":authority").unwrap_or("").into(),
-        };
+        let info = self.info(&request);
         let chain = self.chain.clone();
         let upstream = &self.upstream;
         let fut = run(chain, info, request, upstream);
         let _rt = self.runtime.enter();
         self.runtime.block_on(self.local.run_until(fut))
+    }
+
+    /// Sends requests at once, as concurrent clients: each runs through the chain until
+    /// it pauses (on a call, or on another request) before the next starts, and all of
+    /// them finish together. The responses come in the order of `requests`.
+    pub fn send_all(&mut self, requests: Vec<Request>) -> Vec<Response> {
+        let mut runs: Vec<Pin<Box<dyn Future<Output = Response> + '_>>> = Vec::new();
+        let upstream = &self.upstream;
+        for request in requests {
+            self.next_id += 1;
+            let info = request_info(&self.engine, self.next_id, &request);
+            runs.push(Box::pin(run(self.chain.clone(), info, request, upstream)));
+        }
+        let _rt = self.runtime.enter();
+        self.runtime.block_on(self.local.run_until(join_all(runs)))
+    }
+
+    fn info(&mut self, request: &Request) -> RequestInfo {
+        self.next_id += 1;
+        request_info(&self.engine, self.next_id, request)
     }
 
     /// Moves the virtual clock forward, firing each filter's ticks as they fall due.
@@ -653,6 +660,45 @@ pub struct Held {
     pub queued_bytes: usize,
     /// Metric names the `vm_id` defined (metrics live as long as the host).
     pub metrics: usize,
+}
+
+/// What the host knows of a request besides its headers; `n` numbers its id.
+fn request_info(engine: &Engine, n: u64, request: &Request) -> RequestInfo {
+    RequestInfo {
+        id: request
+            .headers
+            .get_str("x-request-id")
+            .map_or_else(|| format!("testbed-{n}"), str::to_owned),
+        protocol: "HTTP/1.1".into(),
+        scheme: "http".into(),
+        source: Some(request.source),
+        destination: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        start_unix_ns: engine.clock().realtime_ns(),
+        method: request.headers.get_str(":method").unwrap_or("").into(),
+        path: request.headers.get_str(":path").unwrap_or("").into(),
+        host: request.headers.get_str(":authority").unwrap_or("").into(),
+    }
+}
+
+/// Runs futures together to the end of the last: their outputs in order.
+async fn join_all<T>(mut runs: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> Vec<T> {
+    let mut done: Vec<Option<T>> = runs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (run, out) in runs.iter_mut().zip(done.iter_mut()) {
+            if out.is_none()
+                && let Poll::Ready(v) = run.as_mut().poll(cx)
+            {
+                *out = Some(v);
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
 }
 
 async fn run(

@@ -1314,6 +1314,37 @@ fn a_group_with_a_comma_is_left_out_of_x_consumer_groups() {
 }
 
 #[test]
+fn with_nothing_fetched_yet_one_call_is_in_flight_whatever_the_number_of_requests() {
+    // Before, each request that found no discovery document (or no keys) dispatched
+    // its own fetch: while the IdP was down or slow, every request added a call.
+    let idp = Idp::new();
+    let mut bed = TestBed::new()
+        .filter(
+            wasm("oidc"),
+            config(
+                json!({"bearer_passthrough": true, "bearer_audiences": ["orders-api"],
+                "idp_timeout_ms": 200}),
+            ),
+        )
+        .cluster("idp", |_| Reply::Never)
+        .build()
+        .unwrap();
+    let token = idp.key.sign(
+        "ES256",
+        json!({"iss": ISS, "aud": "orders-api", "sub": "svc-1", "iat": T0, "exp": T0 + 300}),
+    );
+    let burst: Vec<Request> = (0..50)
+        .map(|_| api("/", &Jar::default()).header("authorization", &format!("Bearer {token}")))
+        .collect();
+    let responses = bed.send_all(burst);
+    assert_eq!(bed.calls().len(), 1, "one fetch, not one per request");
+    for res in &responses {
+        assert_eq!(res.status, 503, "{}", res.text());
+        assert_eq!(res.header("retry-after"), Some("10"));
+    }
+}
+
+#[test]
 fn a_bad_configuration_is_refused_naming_the_field() {
     let idp = Idp::new();
     let i = idp.clone();

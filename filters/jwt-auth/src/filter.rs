@@ -4,8 +4,11 @@
 //! Shared data, per provider, under `jwt-auth/<root id>/<provider>/`:
 //! - `jwks`: 8 bytes fetch time (LE seconds), then the JWKS body; an empty body marks a
 //!   failed first fetch (no keys at all), so workers answer 503 without refetching.
-//! - `lease`: 8 bytes; until that time one VM is refreshing (won by CAS on a tick, so a
-//!   refresh runs once, not once per worker).
+//! - `lease`: 8 bytes; until that time one VM is fetching (won by CAS, on a tick or by
+//!   the first request that finds no keys stored, so one fetch is in flight per
+//!   `vm_id`, not one per worker or per request). Requests that find no keys while it
+//!   is held wait for that fetch (`KeyWaiter`): woken by its answer when it is their
+//!   VM's, by the tick when another VM's, and answered 503 past the lease's length.
 //! - `kid`: 8 bytes; the last refetch for an unknown `kid`.
 //!
 //! Introspection (RFC 7662) runs once per token at a time in a VM: the first request
@@ -123,6 +126,19 @@ struct State {
     discovered: HashMap<usize, String>,
     /// When a failed discovery may be tried again, by provider.
     discovery_retry: HashMap<usize, u64>,
+    /// JWKS fetches this VM has in flight (a tick's or a request's), by provider.
+    fetching: HashMap<usize, u32>,
+    /// Requests waiting for the keys of a provider another fetch is bringing.
+    key_waiters: Vec<KeyWaiter>,
+}
+
+/// A request paused until a JWKS fetch it did not make answers (or `until`).
+struct KeyWaiter {
+    context: u32,
+    provider: usize,
+    found: Found,
+    rule: usize,
+    until: u64,
 }
 
 /// One introspection call in flight for a token, and the requests waiting for it
@@ -148,6 +164,57 @@ impl State {
             "{}{}/{what}",
             self.prefix, self.config.providers[provider].name
         )
+    }
+
+    /// How long a JWKS fetch of `provider` holds the lease: its timeout and a margin.
+    fn lease_seconds(&self, provider: usize) -> u64 {
+        self.config.providers[provider]
+            .remote
+            .as_ref()
+            .map_or(0, |r| r.timeout_ms / 1000)
+            + 2
+    }
+
+    /// Wins the provider's fetch lease by CAS: false while another fetch (this VM's or
+    /// another's) holds it, or after a failure until `RETRY_SECONDS` have passed.
+    fn take_lease(&self, provider: usize, now: u64) -> bool {
+        let lease = self.key(provider, "lease");
+        let (until, cas) = read_u64(&lease);
+        now >= until
+            && write_u64(
+                &lease,
+                now + self.lease_seconds(provider),
+                Some(cas.unwrap_or(0)),
+            )
+    }
+
+    /// Ends a fetch that held the lease: free at once after keys came, else not
+    /// before `RETRY_SECONDS`.
+    fn release_lease(&self, provider: usize, ok: bool, now: u64) {
+        let until = if ok { 0 } else { now + RETRY_SECONDS };
+        write_u64(&self.key(provider, "lease"), until, None);
+    }
+
+    fn fetch_started(&mut self, provider: usize) {
+        *self.fetching.entry(provider).or_insert(0) += 1;
+    }
+
+    fn fetch_ended(&mut self, provider: usize) {
+        if let Some(n) = self.fetching.get_mut(&provider) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.fetching.remove(&provider);
+            }
+        }
+    }
+
+    /// Takes the requests waiting for `provider`'s keys out of the list.
+    fn waiters_for(&mut self, provider: usize) -> Vec<KeyWaiter> {
+        let (mine, rest) = std::mem::take(&mut self.key_waiters)
+            .into_iter()
+            .partition(|w| w.provider == provider);
+        self.key_waiters = rest;
+        mine
     }
 
     /// The provider's keys as the shared data holds them now.
@@ -210,6 +277,107 @@ fn usable_jwks(status: Option<String>, body: Option<Vec<u8>>) -> Result<Vec<u8>,
         Ok((set, _)) if !set.keys.is_empty() => Ok(body),
         Ok(_) => Err("the JWKS has no usable key".into()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Stores a JWKS answer (or marks the failure, keeping stale keys); whether keys came.
+/// `what` names the fetch in the log line ("fetch", "refresh").
+fn take_jwks(
+    st: &State,
+    provider: usize,
+    status: Option<String>,
+    body: Option<Vec<u8>>,
+    now: u64,
+    what: &str,
+) -> bool {
+    match usable_jwks(status, body) {
+        Ok(body) => {
+            store_jwks(st, provider, Some(&body), now);
+            true
+        }
+        Err(e) => {
+            Metrics::bump(st.metrics.fetch_failures);
+            hostcalls::log(
+                LogLevel::Warn,
+                &format!(
+                    "jwt-auth: JWKS {what} of `{}` failed: {e}",
+                    st.config.providers[provider].name
+                ),
+            )
+            .ok();
+            store_jwks(st, provider, None, now);
+            false
+        }
+    }
+}
+
+/// Checks `found` against the keys shared data holds now. With `may_fetch`, keys never
+/// fetched are `NeedKeys`, and so is an unknown `kid` once per refetch interval;
+/// without, both are decided with what there is.
+fn verify_now(st: &mut State, found: &Found, may_fetch: bool, now: u64) -> Check {
+    // Keys of every remote provider the token may belong to, as shared data has them.
+    let mut sets: HashMap<usize, KeysNow> = HashMap::new();
+    for &p in &found.providers {
+        if st.config.providers[p].remote.is_some() {
+            let k = st.keys(p, now);
+            sets.insert(p, k);
+        }
+    }
+    let may_refetch = may_fetch
+        && found.providers.iter().any(|&p| {
+            let Some(remote) = &st.config.providers[p].remote else {
+                return false;
+            };
+            let (last, _) = read_u64(&st.key(p, "kid"));
+            now >= last + remote.refetch_interval_seconds
+        });
+    let lookup = |p: usize| match sets.get(&p) {
+        Some(KeysNow::Ready(set)) => Keys::Ready(set),
+        Some(KeysNow::Unavailable) => Keys::Unavailable,
+        Some(KeysNow::NotYet) | None => {
+            if may_fetch {
+                Keys::NotYet
+            } else {
+                Keys::Unavailable
+            }
+        }
+    };
+    auth::verify(&st.config, found, &lookup, may_refetch, now)
+}
+
+/// Decides the current request with the keys there are now, fetching nothing.
+fn settle_keys(st: &mut State, found: &Found, rule: usize, now: u64) -> Action {
+    if let Some(v) = st.cache.get(&found.token, now)
+        && found.providers.contains(&v.provider)
+    {
+        Metrics::count(&st.metrics.pending_hits);
+        return allow(st, &v, found, rule);
+    }
+    match verify_now(st, found, false, now) {
+        Check::Ok(v) => {
+            st.cache.insert(&found.token, v.clone(), now);
+            allow(st, &v, found, rule)
+        }
+        Check::Deny(d) => {
+            deny(st, d);
+            Action::Pause
+        }
+        Check::NeedKeys { .. } => {
+            deny(st, Denial::KeysUnavailable);
+            Action::Pause
+        }
+    }
+}
+
+/// Answers requests that waited for keys, each in its own context.
+fn wake_key_waiters(st: &mut State, waiters: Vec<KeyWaiter>, now: u64) {
+    for w in waiters {
+        if hostcalls::set_effective_context(w.context).is_err() {
+            continue;
+        }
+        if settle_keys(st, &w.found, w.rule, now) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
     }
 }
 
@@ -389,32 +557,17 @@ struct Root {
 impl Root {
     fn jwks_answer(
         &self,
-        st: &State,
+        st: &mut State,
         provider: usize,
         status: Option<String>,
         body: Option<Vec<u8>>,
     ) {
         let now = now_secs();
-        let lease = st.key(provider, "lease");
-        match usable_jwks(status, body) {
-            Ok(body) => {
-                store_jwks(st, provider, Some(&body), now);
-                write_u64(&lease, 0, None);
-            }
-            Err(e) => {
-                Metrics::bump(st.metrics.fetch_failures);
-                hostcalls::log(
-                    LogLevel::Warn,
-                    &format!(
-                        "jwt-auth: JWKS refresh of `{}` failed: {e}",
-                        st.config.providers[provider].name
-                    ),
-                )
-                .ok();
-                store_jwks(st, provider, None, now);
-                write_u64(&lease, now + RETRY_SECONDS, None);
-            }
-        }
+        let ok = take_jwks(st, provider, status, body, now, "refresh");
+        st.release_lease(provider, ok, now);
+        st.fetch_ended(provider);
+        let waiters = st.waiters_for(provider);
+        wake_key_waiters(st, waiters, now);
     }
 }
 
@@ -427,7 +580,7 @@ impl Context for Root {
         let body = self.get_http_call_response_body(0, body_size);
         let mut st = state.borrow_mut();
         match call {
-            RootCall::Jwks(provider) => self.jwks_answer(&st, provider, status, body),
+            RootCall::Jwks(provider) => self.jwks_answer(&mut st, provider, status, body),
             RootCall::Discovery(pi) => {
                 let issuer = st.config.providers[pi].issuer.clone().unwrap_or_default();
                 match auth::discovered_introspection_path(
@@ -475,6 +628,9 @@ impl RootContext for Root {
         };
         // Every second: the counters kept in the VM, the JWKS refresh, discovery.
         self.set_tick_period(Duration::from_secs(1));
+        for p in config.providers.iter().filter(|p| p.remote.is_some()) {
+            kit::glue::create_u64(&format!("jwt-auth/{root_id}/{}/lease", p.name));
+        }
         let strip = auth::spoofable_headers(&config);
         self.state = Some(Rc::new(RefCell::new(State {
             // No verified token is longer than the largest provider's bound.
@@ -497,6 +653,8 @@ impl RootContext for Root {
             flights: HashMap::new(),
             discovered: HashMap::new(),
             discovery_retry: HashMap::new(),
+            fetching: HashMap::new(),
+            key_waiters: Vec::new(),
         })));
         true
     }
@@ -513,6 +671,7 @@ impl RootContext for Root {
         st.metrics.flush();
         let now = now_secs();
         let mut undispatched = Vec::new();
+        let mut started = Vec::new();
         for (i, p) in st.config.providers.iter().enumerate() {
             let asking =
                 |c: &RootCall| matches!(c, RootCall::Jwks(x) | RootCall::Discovery(x) if *x == i);
@@ -542,21 +701,22 @@ impl RootContext for Root {
             if !due {
                 continue;
             }
-            let lease = st.key(i, "lease");
-            let (until, cas) = read_u64(&lease);
-            if now < until {
-                continue;
+            if !st.take_lease(i, now) {
+                continue; // a fetch is under way, here or in another VM
             }
-            let hold = now + remote.timeout_ms / 1000 + 2;
-            if !write_u64(&lease, hold, Some(cas.unwrap_or(0))) {
-                continue; // another VM won the lease
-            }
-            if let Some(token) = dispatch_fetch(self, &st, i) {
-                self.calls.insert(token, RootCall::Jwks(i));
+            match dispatch_fetch(self, &st, i) {
+                Some(token) => {
+                    self.calls.insert(token, RootCall::Jwks(i));
+                    started.push(i);
+                }
+                None => st.release_lease(i, false, now),
             }
         }
         for i in undispatched {
             st.discovery_retry.insert(i, now + RETRY_SECONDS);
+        }
+        for i in started {
+            st.fetch_started(i);
         }
         let orphaned: Vec<(usize, String)> = st
             .flights
@@ -579,6 +739,15 @@ impl RootContext for Root {
                 }
             }
         }
+        // Last: waking a request makes it the current context. Requests that waited
+        // for another VM's fetch see its keys (or its failure) here; past the lease's
+        // length, they are answered with what there is.
+        let waiting = std::mem::take(&mut st.key_waiters);
+        let (due, still): (Vec<KeyWaiter>, Vec<KeyWaiter>) = waiting
+            .into_iter()
+            .partition(|w| now >= w.until || !matches!(st.keys(w.provider, now), KeysNow::NotYet));
+        st.key_waiters = still;
+        wake_key_waiters(&mut st, due, now);
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -603,6 +772,9 @@ struct Pending {
     found: Found,
     rule: usize,
     introspection: bool,
+    /// A JWKS fetch that holds the provider's lease (a first fetch; an unknown `kid`'s
+    /// refetch is paced by the `kid` time instead).
+    lease: bool,
 }
 
 struct Request {
@@ -737,6 +909,7 @@ impl Request {
                         found,
                         rule,
                         introspection: true,
+                        lease: false,
                     });
                     Action::Pause
                 }
@@ -746,34 +919,7 @@ impl Request {
                 }
             };
         }
-        // Keys of every remote provider the token may belong to, as shared data has them.
-        let mut sets: HashMap<usize, KeysNow> = HashMap::new();
-        for &p in &found.providers {
-            if st.config.providers[p].remote.is_some() {
-                let k = st.keys(p, now);
-                sets.insert(p, k);
-            }
-        }
-        let may_refetch = may_fetch
-            && found.providers.iter().any(|&p| {
-                let Some(remote) = &st.config.providers[p].remote else {
-                    return false;
-                };
-                let (last, _) = read_u64(&st.key(p, "kid"));
-                now >= last + remote.refetch_interval_seconds
-            });
-        let lookup = |p: usize| match sets.get(&p) {
-            Some(KeysNow::Ready(set)) => Keys::Ready(set),
-            Some(KeysNow::Unavailable) => Keys::Unavailable,
-            Some(KeysNow::NotYet) | None => {
-                if may_fetch {
-                    Keys::NotYet
-                } else {
-                    Keys::Unavailable
-                }
-            }
-        };
-        match auth::verify(&st.config, &found, &lookup, may_refetch, now) {
+        match verify_now(&mut st, &found, may_fetch, now) {
             Check::Ok(v) => {
                 st.cache.insert(&found.token, v.clone(), now);
                 allow(&st, &v, &found, rule)
@@ -788,9 +934,22 @@ impl Request {
             } => {
                 if unknown_kid {
                     write_u64(&st.key(provider, "kid"), now, None);
+                } else if st.fetching.contains_key(&provider) || !st.take_lease(provider, now) {
+                    // No keys yet, and a fetch of them is under way (in this VM or
+                    // another): wait for it rather than add one more call per request.
+                    let until = now + st.lease_seconds(provider) + 1;
+                    st.key_waiters.push(KeyWaiter {
+                        context: self.context,
+                        provider,
+                        found,
+                        rule,
+                        until,
+                    });
+                    return Action::Pause;
                 }
                 match dispatch_fetch(self, &st, provider) {
                     Some(token) => {
+                        st.fetch_started(provider);
                         drop(st);
                         self.pending = Some(Pending {
                             token,
@@ -798,10 +957,15 @@ impl Request {
                             found,
                             rule,
                             introspection: false,
+                            lease: !unknown_kid,
                         });
                         Action::Pause
                     }
                     None => {
+                        if !unknown_kid {
+                            store_jwks(&st, provider, None, now);
+                            st.release_lease(provider, false, now);
+                        }
                         deny(&st, Denial::KeysUnavailable);
                         Action::Pause
                     }
@@ -840,34 +1004,38 @@ impl Context for Request {
             wake(&st, waiters, &outcome);
             return;
         }
-        {
-            let st = self.state.borrow();
-            let now = now_secs();
-            match usable_jwks(status, body) {
-                Ok(body) => store_jwks(&st, p.provider, Some(&body), now),
-                Err(e) => {
-                    Metrics::bump(st.metrics.fetch_failures);
-                    hostcalls::log(
-                        LogLevel::Warn,
-                        &format!(
-                            "jwt-auth: JWKS fetch of `{}` failed: {e}",
-                            st.config.providers[p.provider].name
-                        ),
-                    )
-                    .ok();
-                    store_jwks(&st, p.provider, None, now);
-                }
+        let now = now_secs();
+        let waiters = {
+            let mut st = self.state.borrow_mut();
+            let ok = take_jwks(&st, p.provider, status, body, now, "fetch");
+            if p.lease {
+                st.release_lease(p.provider, ok, now);
             }
-        }
+            st.fetch_ended(p.provider);
+            st.waiters_for(p.provider)
+        };
         // Decide again with what the shared data holds now; no second fetch.
         if self.decide(p.found, p.rule, false) == Action::Continue {
             self.resume_http_request();
         }
+        // Then the requests that waited for this fetch (each becomes the current
+        // context in turn).
+        wake_key_waiters(&mut self.state.borrow_mut(), waiters, now);
     }
 
     /// A request that ends while its introspection is in flight leaves the waiters to
     /// the root context; with none, the flight is forgotten.
     fn on_done(&mut self) -> bool {
+        {
+            // A request gone while it waited for keys, or while its own fetch was in
+            // flight (the tick serves those that waited on it: the lease runs out).
+            let mut st = self.state.borrow_mut();
+            let context = self.context;
+            st.key_waiters.retain(|w| w.context != context);
+            if let Some(p) = self.pending.as_ref().filter(|p| !p.introspection) {
+                st.fetch_ended(p.provider);
+            }
+        }
         if let Some(p) = self.pending.take().filter(|p| p.introspection) {
             let mut st = self.state.borrow_mut();
             let key = (p.provider, p.found.token.clone());

@@ -151,6 +151,18 @@ pub fn write_u64(key: &str, v: u64, cas: Option<u32>) -> bool {
     proxy_wasm::hostcalls::set_shared_data(key, Some(&v.to_le_bytes()), cas).is_ok()
 }
 
+/// Creates `key` holding the u64 0 when it is absent, so that a lease kept there is
+/// won by CAS from the start: proxy-wasm (Envoy, and our host) accepts any CAS for an
+/// absent key, so two VMs racing for a key never written would both win it.
+pub fn create_u64(key: &str) {
+    if !matches!(
+        proxy_wasm::hostcalls::get_shared_data(key),
+        Ok((Some(_), _))
+    ) {
+        write_u64(key, 0, None);
+    }
+}
+
 /// What a filter's `on_configure` starts with: the plugin configuration parsed by
 /// `parse` (`None`, logged as `<filter>: <error>`, when refused) and the root id the
 /// host gave (`plugin_root_id`; "" when none), under which the filter keys its shared

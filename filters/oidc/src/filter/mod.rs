@@ -55,8 +55,7 @@ impl Context for Root {
         let status = self.get_http_call_response_header(":status");
         let body = self.get_http_call_response_body(0, body_size);
         let ok = take_fetch(&mut st, what, status, body, now);
-        let lease = st.key(&format!("lease/{}", what.name()));
-        write_u64(&lease, if ok { 0 } else { now + RETRY_SECONDS }, None);
+        st.release_lease(what, ok, now);
     }
 }
 
@@ -66,6 +65,9 @@ impl RootContext for Root {
             return false;
         };
         self.set_tick_period(Duration::from_secs(1));
+        for what in [Fetch::Discovery, Fetch::Jwks] {
+            kit::glue::create_u64(&format!("oidc/{root_id}/lease/{}", what.name()));
+        }
         let strip = config.spoofable_headers();
         self.state = Some(Rc::new(RefCell::new(State {
             cache: SessionCache::new(config.cache_entries),
@@ -105,13 +107,7 @@ impl RootContext for Root {
             if what == Fetch::Jwks && !matches!(st.discovery(now), Meta::Ready(_)) {
                 continue;
             }
-            let lease = st.key(&format!("lease/{}", what.name()));
-            let (until, cas) = read_u64(&lease);
-            if now < until {
-                continue;
-            }
-            let hold = now + st.config.idp_timeout_ms / 1000 + 2;
-            if !write_u64(&lease, hold, Some(cas.unwrap_or(0))) {
+            if !st.take_lease(what, now) {
                 continue;
             }
             if let Some(t) = dispatch_fetch(self, &mut st, what, now) {
@@ -196,7 +192,8 @@ enum Stage {
 }
 
 enum Pending {
-    Fetch(u32, Fetch),
+    /// A fetch of a document; `true`: a first fetch, holding the document's lease.
+    Fetch(u32, Fetch, bool),
     Exchange(u32, Login),
     Refresh(u32, Session),
     /// The userinfo call of a login whose ID token is verified.
@@ -304,18 +301,38 @@ impl Request {
         }
     }
 
+    /// Starts the first fetch of `what` (nothing stored, or a failure old enough to
+    /// try again) under its lease, so that one fetch is in flight per `vm_id` however
+    /// many requests find the document missing (before, each made its own: a storm of
+    /// calls while the IdP was down or slow). The request then waits for it; `false`
+    /// when another request or VM holds the lease, or no call could be made.
+    fn first_fetch(&mut self, st: &mut State, what: Fetch, now: u64) -> bool {
+        if !st.take_lease(what, now) {
+            return false;
+        }
+        match dispatch_fetch(self, st, what, now) {
+            Some(t) => {
+                self.pending = Some(Pending::Fetch(t, what, true));
+                true
+            }
+            None => {
+                // No call went out: the lease is free again.
+                st.release_lease(what, true, now);
+                false
+            }
+        }
+    }
+
     /// Needs the discovery document: Ok, or the request is paused for a fetch or
-    /// answered 503.
+    /// answered 503 (also while another request's fetch of it is in flight).
     fn need_discovery(&mut self, st: &mut State, now: u64) -> Result<Rc<Discovery>, Action> {
         match st.discovery(now) {
             Meta::Ready(d) => Ok(d),
             Meta::NotYet if !self.fetched.contains(&Fetch::Discovery) => {
-                match dispatch_fetch(self, st, Fetch::Discovery, now) {
-                    Some(t) => {
-                        self.pending = Some(Pending::Fetch(t, Fetch::Discovery));
-                        Err(Action::Pause)
-                    }
-                    None => Err(self.unavailable("discovery")),
+                if self.first_fetch(st, Fetch::Discovery, now) {
+                    Err(Action::Pause)
+                } else {
+                    Err(self.unavailable("discovery"))
                 }
             }
             _ => Err(self.unavailable("discovery document")),
@@ -335,14 +352,24 @@ impl Request {
             // The keys we have, when another refetch ran a moment ago: the token's
             // key is then refused as unknown.
             Meta::Ready(k) if !st.claim_forced_refetch(now) => Ok(k),
-            _ => {
+            // A forced refetch: the lease is claimed already.
+            Meta::Ready(_) => {
                 self.need_discovery(st, now)?;
                 match dispatch_fetch(self, st, Fetch::Jwks, now) {
                     Some(t) => {
-                        self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
+                        self.pending = Some(Pending::Fetch(t, Fetch::Jwks, false));
                         Err(Action::Pause)
                     }
                     None => Err(self.unavailable("signing keys")),
+                }
+            }
+            // No keys: one first fetch in flight, the other requests answered 503.
+            _ => {
+                self.need_discovery(st, now)?;
+                if self.first_fetch(st, Fetch::Jwks, now) {
+                    Err(Action::Pause)
+                } else {
+                    Err(self.unavailable("signing keys"))
                 }
             }
         }
@@ -383,10 +410,16 @@ impl Context for Request {
         let body = self.get_http_call_response_body(0, body_size);
         let now = now_secs();
         let action = match pending {
-            Pending::Fetch(t, what) if t == token => {
+            Pending::Fetch(t, what, lease) if t == token => {
                 self.fetched.push(what);
                 let state = self.state.clone();
-                take_fetch(&mut state.borrow_mut(), what, status, body, now);
+                {
+                    let mut st = state.borrow_mut();
+                    let ok = take_fetch(&mut st, what, status, body, now);
+                    if lease {
+                        st.release_lease(what, ok, now);
+                    }
+                }
                 self.proceed()
             }
             Pending::Exchange(t, login) if t == token => {

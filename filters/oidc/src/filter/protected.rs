@@ -446,8 +446,7 @@ impl Request {
                 let keys = match st.keys(now) {
                     Meta::Ready(k) => Some(k),
                     Meta::NotYet if !self.fetched.contains(&Fetch::Jwks) => {
-                        if let Some(t) = dispatch_fetch(self, st, Fetch::Jwks, now) {
-                            self.pending = Some(Pending::Fetch(t, Fetch::Jwks));
+                        if self.first_fetch(st, Fetch::Jwks, now) {
                             self.stage = Stage::Refreshed(old, tokens);
                             return Ok(Action::Pause);
                         }

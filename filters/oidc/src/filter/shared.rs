@@ -5,10 +5,11 @@
 //! Shared data, under `oidc/<root id>/`:
 //! - `discovery`, `jwks`: 8 bytes fetch time (LE seconds), then the document; a value
 //!   of only the 8 bytes marks a failed fetch (retried after `RETRY_SECONDS`).
-//! - `lease/discovery`, `lease/jwks`: 8 bytes; until then one VM is refreshing (won by
-//!   CAS on a tick, so a refresh runs once, not once per worker); a request whose
-//!   token names an unknown key wins `lease/jwks` the same way for a forced refetch,
-//!   held `FORCED_REFETCH_SECONDS`.
+//! - `lease/discovery`, `lease/jwks`: 8 bytes; until then one VM is fetching (won by
+//!   CAS on a tick, or by the request that finds nothing stored yet, so one fetch is
+//!   in flight per `vm_id`, not one per worker or per request: the others answer 503
+//!   meanwhile); a request whose token names an unknown key wins `lease/jwks` the same
+//!   way for a forced refetch, held `FORCED_REFETCH_SECONDS`.
 //! - `states/<0-f>`: login states already used (`<state> <expiry>` lines, sharded
 //!   by the state's first byte, each shard capped at `STATES_PER_SHARD`), so a
 //!   replayed callback is refused.
@@ -309,6 +310,23 @@ impl State {
             self.cache.insert(&sealed, newer.clone());
         }
         usable.then_some((sealed, newer))
+    }
+
+    /// Wins the lease of `what` for one fetch (a tick's refresh, or a request's first
+    /// fetch), held for the fetch's timeout and a margin: false while another fetch,
+    /// in this VM or another, holds it, or after a failure until `RETRY_SECONDS`.
+    pub(super) fn take_lease(&self, what: Fetch, now: u64) -> bool {
+        let lease = self.key(&format!("lease/{}", what.name()));
+        let (until, cas) = read_u64(&lease);
+        let hold = now + self.config.idp_timeout_ms / 1000 + 2;
+        now >= until && write_u64(&lease, hold, Some(cas.unwrap_or(0)))
+    }
+
+    /// Ends a fetch that held the lease: free at once after the document came, else
+    /// not before `RETRY_SECONDS`.
+    pub(super) fn release_lease(&self, what: Fetch, ok: bool, now: u64) {
+        let lease = self.key(&format!("lease/{}", what.name()));
+        write_u64(&lease, if ok { 0 } else { now + RETRY_SECONDS }, None);
     }
 
     /// Wins the JWKS lease for a forced refetch, or false when one ran (or a tick's

@@ -51,8 +51,7 @@ impl Request {
         let d = match st.discovery(now) {
             Meta::Ready(d) => Some(d),
             Meta::NotYet if !self.fetched.contains(&Fetch::Discovery) => {
-                if let Some(t) = dispatch_fetch(self, st, Fetch::Discovery, now) {
-                    self.pending = Some(Pending::Fetch(t, Fetch::Discovery));
+                if self.first_fetch(st, Fetch::Discovery, now) {
                     return Ok(Action::Pause);
                 }
                 None
