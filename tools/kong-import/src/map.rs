@@ -202,23 +202,10 @@ fn service_url(k: &Kong, s: &Service, notes: &mut Vec<String>) -> Result<Vec<Str
 }
 
 /// A `name:value` list of Kong's transformers as a map (first `:` splits).
-/// Whether `name` is one of the identity contract's headers (header-forwarder
-/// refuses to set one in the request or read one with `$(headers.…)`): the
-/// `x-consumer-` family, `x-credential-identifier`, `x-anonymous-consumer`, in any
-/// case and with `_` for `-` (as `kit::identity::is_identity_name`).
+/// Whether `name` is one of the identity contract's headers, which header-forwarder
+/// refuses to set in the request or read with `$(headers.…)`.
 fn is_identity_name(name: &str) -> bool {
-    let n: String = name
-        .trim()
-        .chars()
-        .map(|c| {
-            if c == '_' {
-                '-'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect();
-    n.starts_with("x-consumer-") || n == "x-credential-identifier" || n == "x-anonymous-consumer"
+    kit::identity::is_identity_name(name.trim())
 }
 
 /// A Kong template with its reads of identity headers as header-forwarder's verified
