@@ -55,6 +55,14 @@ fn local(key: &Key, extra: Value) -> String {
     .to_string()
 }
 
+/// The filter alone, with the local key `key` and `extra`.
+fn local_bed(key: &Key, extra: Value) -> TestBed {
+    TestBed::new()
+        .filter(wasm("jwt_auth"), local(key, extra))
+        .build()
+        .unwrap()
+}
+
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
@@ -218,13 +226,7 @@ fn forward_false_takes_the_token_out_of_the_query_and_the_cookie() {
     // Before, only a token in a header was taken out: one in the query or a cookie went
     // on to the upstream (and its access logs) although `forward` is false.
     let key = Key::ec256("k1");
-    let mut bed = TestBed::new()
-        .filter(
-            wasm("jwt_auth"),
-            local(&key, json!({"from_cookies": ["tok"]})),
-        )
-        .build()
-        .unwrap();
+    let mut bed = local_bed(&key, json!({"from_cookies": ["tok"]}));
     let token = key.sign("ES256", claims(json!({})));
     for (path, left) in [
         (
@@ -264,13 +266,7 @@ fn forward_false_takes_the_token_out_of_the_query_and_the_cookie() {
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(res.upstream_header("cookie"), None);
     // With forward, the token stays where it was.
-    let mut bed = TestBed::new()
-        .filter(
-            wasm("jwt_auth"),
-            local(&key, json!({"from_cookies": ["tok"], "forward": true})),
-        )
-        .build()
-        .unwrap();
+    let mut bed = local_bed(&key, json!({"from_cookies": ["tok"], "forward": true}));
     let path = format!("/orders?access_token={token}");
     let res = bed.send(Request::get(&path));
     assert_eq!(res.upstream_header(":path"), Some(path));
@@ -282,13 +278,7 @@ fn a_lookalike_parameter_or_cookie_beside_a_token_is_a_second_token() {
     // the identity headers said A, while an upstream that decodes parameter names (or
     // ignores their case, or splits at `;`) read B, which nobody verified.
     let key = Key::ec256("k1");
-    let mut bed = TestBed::new()
-        .filter(
-            wasm("jwt_auth"),
-            local(&key, json!({"from_cookies": ["tok"]})),
-        )
-        .build()
-        .unwrap();
+    let mut bed = local_bed(&key, json!({"from_cookies": ["tok"]}));
     let a = key.sign("ES256", claims(json!({})));
     let b = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.";
     let with_a = |r: Request| r.header("authorization", &bearer(&a));
@@ -368,13 +358,7 @@ fn a_group_with_a_comma_or_a_control_character_is_left_out_of_x_consumer_groups(
 #[test]
 fn oversized_tokens_are_refused_before_any_crypto() {
     let key = Key::ec256("k1");
-    let mut bed = TestBed::new()
-        .filter(
-            wasm("jwt_auth"),
-            local(&key, json!({"max_token_bytes": 512})),
-        )
-        .build()
-        .unwrap();
+    let mut bed = local_bed(&key, json!({"max_token_bytes": 512}));
     let big = key.sign("ES256", claims(json!({"pad": "x".repeat(600)})));
     let res = bed.send(Request::get("/orders").header("authorization", &bearer(&big)));
     assert_eq!(res.status, 401);
@@ -384,13 +368,7 @@ fn oversized_tokens_are_refused_before_any_crypto() {
 #[test]
 fn a_cached_token_still_fails_when_it_expires() {
     let key = Key::ec256("k1");
-    let mut bed = TestBed::new()
-        .filter(
-            wasm("jwt_auth"),
-            local(&key, json!({"clock_skew_seconds": 0})),
-        )
-        .build()
-        .unwrap();
+    let mut bed = local_bed(&key, json!({"clock_skew_seconds": 0}));
     let token = key.sign("ES256", claims(json!({"exp": T0 + 30})));
     let send = |bed: &mut TestBed| {
         bed.send(Request::get("/orders").header("authorization", &bearer(&token)))
