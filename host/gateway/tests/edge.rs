@@ -54,6 +54,14 @@ fn auth_config(key: &Key, public_rule: bool) -> serde_json::Value {
     })
 }
 
+/// A token the provider of [`auth_config`] accepts.
+fn token_of(key: &Key) -> String {
+    key.sign(
+        "ES256",
+        json!({"iss": "https://idp.test", "sub": "u1", "exp": 4_102_444_800u64}),
+    )
+}
+
 /// Sends every trick without a token: each is refused, or reaches the upstream on a
 /// path that even a lax reading keeps under `/health`.
 fn assert_no_trick_passes(host: &str, addr: &str) {
@@ -98,10 +106,7 @@ fn assert_controls(host: &str, addr: &str, token: &str) {
 #[test]
 fn path_tricks_never_reach_a_protected_route_without_a_token_in_both_hosts() {
     let key = Key::ec256("k1");
-    let token = key.sign(
-        "ES256",
-        json!({"iss": "https://idp.test", "sub": "u1", "exp": 4_102_444_800u64}),
-    );
+    let token = token_of(&key);
     let upstream = echo();
 
     // The quickstart's shape: one route, the public prefix is a jwt-auth rule.
@@ -542,10 +547,7 @@ routes:
 #[test]
 fn a_trailing_dot_host_takes_the_hosts_route() {
     let key = Key::ec256("k1");
-    let token = key.sign(
-        "ES256",
-        json!({"iss": "https://idp.test", "sub": "u1", "exp": 4_102_444_800u64}),
-    );
+    let token = token_of(&key);
     let upstream = echo();
     let auth = auth_config(&key, false);
     let gw = Gateway::start(&format!(
