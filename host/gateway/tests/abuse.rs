@@ -264,16 +264,7 @@ fn endless_upstream() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Durati
 /// closes (before, it stayed busy for as long as the client held it).
 #[test]
 fn a_client_that_stops_reading_releases_the_upstream_at_the_deadline() {
-    let (upstream, closed) = endless_upstream();
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
-admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
-access_log: "off"
-services: [{{ name: endless, url: "http://{upstream}", timeout_ms: 2000, read_timeout_ms: 1000 }}]
-routes: [{{ name: api, match: {{ paths: [/] }}, service: endless }}]
-"#
-    ));
+    let (gw, closed) = endless_gateway();
     let mut s = TcpStream::connect(addr(&gw)).unwrap();
     s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
         .unwrap();
@@ -285,6 +276,46 @@ routes: [{{ name: api, match: {{ paths: [/] }}, service: endless }}]
         .expect("the upstream connection is closed while the client holds its own");
     assert!(took < Duration::from_secs(5), "closed after {took:?}");
     drop(s);
+}
+
+/// The same over HTTP/2: a stream window of zero, and PINGs to keep the connection
+/// busy. hyper never polls that stream's body at all.
+#[test]
+fn an_http2_client_with_a_zero_window_releases_the_upstream_at_the_deadline() {
+    let (gw, closed) = endless_gateway();
+    let mut s = TcpStream::connect(addr(&gw)).unwrap();
+    s.write_all(PREFACE).unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) = 0: no stream may be sent a byte of data.
+    s.write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0])).unwrap();
+    s.write_all(&frame(0x1, END_HEADERS | END_STREAM, 1, GET_BLOCK))
+        .unwrap();
+    let started = Instant::now();
+    let took = loop {
+        if let Ok(took) = closed.recv_timeout(Duration::from_millis(500)) {
+            break took;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the upstream connection is still held"
+        );
+        s.write_all(&frame(0x6, 0, 0, &[0; 8])).unwrap();
+    };
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+}
+
+/// A gateway in front of [`endless_upstream`], with a 2 s deadline.
+fn endless_gateway() -> (Gateway, std::sync::mpsc::Receiver<Duration>) {
+    let (upstream, closed) = endless_upstream();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+access_log: "off"
+services: [{{ name: endless, url: "http://{upstream}", timeout_ms: 2000, read_timeout_ms: 1000 }}]
+routes: [{{ name: api, match: {{ paths: [/] }}, service: endless }}]
+"#
+    ));
+    (gw, closed)
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
