@@ -33,12 +33,18 @@ pub const ALL: [&str; 5] = [
 /// Also when written with `_` for `-` (`x_consumer_id`), which CGI-style upstreams
 /// read as the same header.
 pub fn is_identity_header(name: &str) -> bool {
-    ALL.iter().any(|h| {
-        h.len() == name.len()
-            && h.bytes()
-                .zip(name.bytes())
-                .all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'-' && b == b'_'))
-    })
+    ALL.iter()
+        .any(|h| h.len() == name.len() && spelt_as(h, name))
+}
+
+/// Whether `name` starts with the contract's `name`, in any case and with `_` for
+/// `-`, without making a copy of it (the gateway asks of every client header).
+fn spelt_as(contract: &str, name: &str) -> bool {
+    name.len() >= contract.len()
+        && contract
+            .bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'-' && b == b'_'))
 }
 
 /// `x-anonymous-consumer` (Kong's): part of the identity contract as the gateway reads
@@ -51,17 +57,8 @@ pub const ANONYMOUS_CONSUMER: &str = "x-anonymous-consumer";
 /// in any case and with `_` for `-`. Only an auth filter sets these; a filter that
 /// merely transforms headers must neither write them nor pass one on unverified.
 pub fn is_identity_name(name: &str) -> bool {
-    let n: String = name
-        .chars()
-        .map(|c| {
-            if c == '_' {
-                '-'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect();
-    n.starts_with("x-consumer-") || n == CREDENTIAL_IDENTIFIER || n == ANONYMOUS_CONSUMER
+    let whole = |h: &str| h.len() == name.len() && spelt_as(h, name);
+    spelt_as("x-consumer-", name) || whole(CREDENTIAL_IDENTIFIER) || whole(ANONYMOUS_CONSUMER)
 }
 
 #[cfg(test)]

@@ -40,10 +40,6 @@ const FORWARDING: [HeaderName; 6] = [
     X_REAL_IP,
 ];
 
-/// Identity headers of the contract between filters, besides the `x-consumer-` family.
-const IDENTITY: [&str; 2] = ["x-credential-identifier", "x-anonymous-consumer"];
-const IDENTITY_PREFIX: &str = "x-consumer-";
-
 /// A listener's trusted proxies.
 #[derive(Debug, Clone, Default)]
 pub struct Trusted {
@@ -255,13 +251,16 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// Whether `name` (lower case) is an identity header of the contract or one of the
+/// Whether `name` (lower case) is an identity header of the contract
+/// (`kit::identity::is_identity_name`, as the filters read it) or one of the
 /// configured extra names, also when written with `_` for `-` (`x_consumer_id`):
 /// CGI, WSGI and PHP read both spellings as one variable, so an upstream could take a
 /// client's underscore spelling for the verified header.
 pub fn is_identity(name: &str, extra: &[String]) -> bool {
-    let name = &*fold(name);
-    name.starts_with(IDENTITY_PREFIX) || IDENTITY.contains(&name) || extra.iter().any(|e| e == name)
+    kit::identity::is_identity_name(name) || {
+        let name = &*fold(name);
+        extra.iter().any(|e| e == name)
+    }
 }
 
 /// Removes every identity header a client sent.
