@@ -477,11 +477,10 @@ impl TestBed {
     /// it pauses (on a call, or on another request) before the next starts, and all of
     /// them finish together. The responses come in the order of `requests`.
     pub fn send_all(&mut self, requests: Vec<Request>) -> Vec<Response> {
+        let infos: Vec<RequestInfo> = requests.iter().map(|r| self.info(r)).collect();
         let mut runs: Vec<Pin<Box<dyn Future<Output = Response> + '_>>> = Vec::new();
         let upstream = &self.upstream;
-        for request in requests {
-            self.next_id += 1;
-            let info = request_info(&self.engine, self.next_id, &request);
+        for (request, info) in requests.into_iter().zip(infos) {
             runs.push(Box::pin(run(self.chain.clone(), info, request, upstream)));
         }
         let _rt = self.runtime.enter();

@@ -319,8 +319,8 @@ impl Exchange {
 
     /// Phase 4: the request head as it goes upstream (Host gone, the request id set, as
     /// Envoy's connection manager does before its filters run; hop-by-hop headers went
-    /// in normalize), then the route's filters on it. The filters' header map is made only when the
-    /// route has filters.
+    /// in normalize), then the route's filters on it. The filters' header map is made
+    /// only when the route has filters.
     async fn request_filters(
         &mut self,
         conn: &Conn,
