@@ -64,11 +64,15 @@ pub struct Ctx {
 pub const ISSUER: &str = "https://idp.bench";
 
 impl Ctx {
-    pub fn wasm(&self, name: &str) -> String {
-        self.wasm_dir()
-            .join(format!("{name}.wasm"))
-            .display()
-            .to_string()
+    /// Where the module `name` is: one this run made itself (in its own directory)
+    /// first, else the built filters.
+    pub fn wasm(&self, name: &str) -> PathBuf {
+        let file = format!("{name}.wasm");
+        let made = self.dir.join(&file);
+        if made.exists() {
+            return made;
+        }
+        self.wasm_dir().join(file)
     }
 
     pub fn wasm_dir(&self) -> PathBuf {

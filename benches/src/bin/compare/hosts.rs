@@ -81,7 +81,7 @@ pub fn start_portcullis_routes(
         yaml.push_str(&format!(
             "  - {{ name: {}, wasm: \"{}\", config: {} }}\n",
             f.name,
-            ctx.wasm(f.wasm),
+            ctx.wasm(f.wasm).display(),
             f.config
         ));
     }
@@ -144,12 +144,17 @@ pub fn start_envoy(config: &EnvoyConfig, headers: &[String]) -> Started {
 
 /// `n` filters that do nothing, for our gateway: the host's own cost per filter.
 pub fn noop_filters(n: usize) -> Vec<Filter<'static>> {
+    copies("noop_filter", n)
+}
+
+/// `n` filters (at most three) that are each the module `wasm`, with no configuration.
+pub fn copies(wasm: &'static str, n: usize) -> Vec<Filter<'static>> {
     const NAMES: [&str; 3] = ["n1", "n2", "n3"];
     NAMES[..n]
         .iter()
         .map(|&name| Filter {
             name,
-            wasm: "noop_filter",
+            wasm,
             config: json!({}),
         })
         .collect()
@@ -162,7 +167,7 @@ pub fn envoy_with(ctx: &Ctx, filters: &[Filter]) -> EnvoyConfig {
         |c, f| {
             c.filter(WasmFilter::new(
                 f.name,
-                ctx.wasm_dir().join(format!("{}.wasm", f.wasm)),
+                ctx.wasm(f.wasm),
                 &f.config.to_string(),
             ))
         },

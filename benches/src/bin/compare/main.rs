@@ -15,7 +15,8 @@
 //! - `jwt`: jwt-auth alone in both hosts against Envoy's native jwt_authn, and in Envoy
 //!   a filter making only jwt-auth's host calls (the floor under any filter doing its
 //!   job).
-//! - `floor`: one and three no-op wasm filters in each host: what running a wasm
+//! - `floor`: one and three no-op wasm filters in each host, and three bare no-ops
+//!   (a module without the SDK, made by the run): what running a wasm
 //!   filter costs a host before the filter does anything (the floor under the chain).
 //! - `calls` (only when asked for: 38 targets): the price of each kind of proxy-wasm
 //!   host call in each host, the first of a request and each further one.

@@ -1,8 +1,10 @@
 //! `floor`: one and three no-op wasm filters in each host: what running a wasm filter
-//! costs a host before the filter does anything (the floor under the chain).
+//! costs a host before the filter does anything (the floor under the chain). Three
+//! "bare" no-ops beside them: a module with no SDK and no allocator in use, whose
+//! every callback returns at once, so what they cost is the host's part alone.
 
 use crate::context::Ctx;
-use crate::hosts::{envoy_noops, noop_filters, start_envoy, start_portcullis};
+use crate::hosts::{copies, envoy_noops, envoy_with, noop_filters, start_envoy, start_portcullis};
 use crate::measure::{Load, Run, compare, target};
 use crate::tables::{Table, two};
 
@@ -10,27 +12,61 @@ use crate::tables::{Table, two};
 const P_NONE: &str = "portcullis";
 const P_ONE: &str = "portcullis + 1 no-op";
 const P_THREE: &str = "portcullis + 3 no-ops";
+const P_BARE: &str = "portcullis + 3 bare no-ops";
 const E_NONE: &str = "envoy";
 const E_ONE: &str = "envoy + 1 no-op";
 const E_THREE: &str = "envoy + 3 no-ops";
+const E_BARE: &str = "envoy + 3 bare no-ops";
 
-/// One and three filters that do nothing, in both hosts: the per-filter cost of the
-/// host itself, which no filter can go under.
+/// The bare no-op: the ABI's exports and nothing else. Each callback answers at
+/// once (continue; `on_vm_start`, `on_configure` and `on_done` say true); the
+/// allocator hands out bytes from the top of the memory and never frees, which is
+/// enough for the configuration the hosts write at start.
+const BARE_NOOP: &str = r#"(module
+  (memory (export "memory") 1)
+  (global $top (mut i32) (i32.const 1024))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $at i32)
+    (local.set $at (global.get $top))
+    (global.set $top (i32.add (global.get $top) (local.get $n)))
+    (local.get $at))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_request_trailers") (param i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_response_trailers") (param i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_delete") (param i32)))"#;
+
+/// One and three filters that do nothing, and three bare ones, in both hosts: the
+/// per-filter cost of the host itself, which no filter can go under.
 pub fn run(ctx: &Ctx) {
     let a = &ctx.a;
+    let bare = wat::parse_str(BARE_NOOP).expect("the bare no-op is valid WAT");
+    std::fs::write(ctx.dir.join("bare_noop.wasm"), bare).expect("bare_noop.wasm written");
     let p_none = start_portcullis(ctx, "none", &[], &[], &[]);
     let p_one = start_portcullis(ctx, "noop1", &noop_filters(1), &[], &[]);
     let p_three = start_portcullis(ctx, "noop3", &noop_filters(3), &[], &[]);
+    let p_bare = start_portcullis(ctx, "bare3", &copies("bare_noop", 3), &[], &[]);
     let e_none = start_envoy(&envoy_noops(ctx, 0), &[]);
     let e_one = start_envoy(&envoy_noops(ctx, 1), &[]);
     let e_three = start_envoy(&envoy_noops(ctx, 3), &[]);
+    let e_bare = start_envoy(&envoy_with(ctx, &copies("bare_noop", 3)), &[]);
     let targets = vec![
         target(P_NONE, &p_none),
         target(P_ONE, &p_one),
         target(P_THREE, &p_three),
+        target(P_BARE, &p_bare),
         target(E_NONE, &e_none),
         target(E_ONE, &e_one),
         target(E_THREE, &e_three),
+        target(E_BARE, &e_bare),
     ];
     let m = compare(
         "No-op wasm filters: the hosts' own cost per filter",
@@ -44,18 +80,22 @@ pub fn run(ctx: &Ctx) {
         "host",
         "1 no-op / none, req/s",
         "3 no-ops / none, req/s",
+        "3 bare no-ops / none, req/s",
         "CPU µs per no-op filter per request",
+        "CPU µs per bare no-op",
     ]);
-    for (host, none, one, three) in [
-        ("portcullis", P_NONE, P_ONE, P_THREE),
-        ("envoy", E_NONE, E_ONE, E_THREE),
+    for (host, none, one, three, bare) in [
+        ("portcullis", P_NONE, P_ONE, P_THREE, P_BARE),
+        ("envoy", E_NONE, E_ONE, E_THREE, E_BARE),
     ] {
-        let (none, one, three) = (&m[none], &m[one], &m[three]);
+        let (none, one, three, bare) = (&m[none], &m[one], &m[three], &m[bare]);
         t.row(&[
             host.to_owned(),
             two(one.rps / none.rps),
             two(three.rps / none.rps),
+            two(bare.rps / none.rps),
             format!("{:.1}", per_filter(none, three)),
+            format!("{:.1}", per_filter(none, bare)),
         ]);
     }
     t.print();
