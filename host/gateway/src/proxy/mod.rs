@@ -476,8 +476,6 @@ impl Exchange {
         parts.version = http::Version::default();
         parts.extensions.clear();
 
-        let limit = svc.service.max_request_body;
-        let header_deadline = svc.service.read_timeout.min(svc.service.timeout);
         let started = Instant::now();
         let released = self.filters.as_mut().and_then(|f| f.released.take());
         if let Some(r) = &released {
@@ -491,22 +489,22 @@ impl Exchange {
                     parts,
                     Full::new(bytes).map_err(|e| match e {}).boxed_unsync(),
                 );
-                tokio::time::timeout(header_deadline, svc.client.request(req)).await
+                send(svc, req).await
             }
             (_, true) => {
                 let req = http::Request::from_parts(
                     parts,
                     Empty::new().map_err(|e| match e {}).boxed_unsync(),
                 );
-                tokio::time::timeout(header_deadline, svc.client.request(req)).await
+                send(svc, req).await
             }
             (None, false) => {
                 let limited = http_body_util::Limited::new(
                     body,
-                    usize::try_from(limit).unwrap_or(usize::MAX),
+                    usize::try_from(svc.service.max_request_body).unwrap_or(usize::MAX),
                 );
                 let req = http::Request::from_parts(parts, limited.boxed_unsync());
-                tokio::time::timeout(header_deadline, svc.client.request(req)).await
+                send(svc, req).await
             }
             (Some(filters), false) => {
                 let sent = send_filtered(
@@ -515,8 +513,6 @@ impl Exchange {
                     body,
                     &mut filters.stream,
                     released,
-                    limit,
-                    header_deadline,
                     self.ctx.deadline,
                 )
                 .await;
@@ -528,11 +524,7 @@ impl Exchange {
             }
         };
         self.ctx.entry.upstream_ms = Some(ms(started.elapsed()));
-        match sent {
-            Ok(Ok(response)) => Ok(response),
-            Err(_) => Err(Stop::upstream("timeout", 504, "upstream timed out")),
-            Ok(Err(e)) => Err(stop::send_failure(&e)),
-        }
+        sent
     }
 
     /// Phase 6: the response head through the filters (reverse order), then the body,
@@ -653,8 +645,6 @@ async fn send_filtered(
     mut body: Incoming,
     stream: &mut HttpStream,
     held: Option<Released>,
-    limit: u64,
-    header_deadline: Duration,
     deadline: Instant,
 ) -> Result<(http::Response<Incoming>, u64), Stop> {
     let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
@@ -667,13 +657,10 @@ async fn send_filtered(
             Ok(Err(_)) => std::future::pending::<()>().await,
             Err(_) => return Err(Stop::filter_timeout()),
         }
-        match tokio::time::timeout(header_deadline, svc.client.request(req)).await {
-            Ok(Ok(response)) => Ok(response),
-            Err(_) => Err(Stop::upstream("timeout", 504, "upstream timed out")),
-            Ok(Err(e)) => Err(stop::send_failure(&e)),
-        }
+        send(svc, req).await
     };
     tokio::pin!(send);
+    let limit = svc.service.max_request_body;
     let pump = pump_request(stream, &mut body, tx, limit, release, held);
     tokio::pin!(pump);
     let mut bytes_in = 0;
@@ -686,6 +673,20 @@ async fn send_filtered(
                 bytes_in = p?;
             }
         }
+    }
+}
+
+/// Sends `req` to the service: its response head within the service's read timeout
+/// (and no later than its whole timeout), or why not.
+async fn send(
+    svc: &ServiceClient,
+    req: http::Request<UpstreamBody>,
+) -> Result<http::Response<Incoming>, Stop> {
+    let header_deadline = svc.service.read_timeout.min(svc.service.timeout);
+    match tokio::time::timeout(header_deadline, svc.client.request(req)).await {
+        Ok(Ok(response)) => Ok(response),
+        Err(_) => Err(Stop::upstream("timeout", 504, "upstream timed out")),
+        Ok(Err(e)) => Err(stop::send_failure(&e)),
     }
 }
 
@@ -877,10 +878,12 @@ static X_CONSUMER_ID: http::HeaderName = http::HeaderName::from_static("x-consum
 
 /// A request id: the client's when it is sane, else 16 random bytes in hex.
 fn request_id(headers: &http::HeaderMap) -> String {
-    if let Some(v) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()) {
-            return v.to_owned();
-        }
+    if let Some(v) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 200
+        && v.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return v.to_owned();
     }
     // Unique, not secret: a fast generator seeded from the OS per thread.
     format!("{:032x}", fastrand::u128(..))
