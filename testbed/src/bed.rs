@@ -769,11 +769,9 @@ async fn run(
                     (r, reply.body, Some(sent))
                 }
                 _ => {
-                    if !eos {
-                        if let Flow::Reply(reply) = stream.response_body(&mut b, true).await {
-                            h = reply.response_headers();
-                            b = reply.body;
-                        }
+                    if !eos && let Flow::Reply(reply) = stream.response_body(&mut b, true).await {
+                        h = reply.response_headers();
+                        b = reply.body;
                     }
                     (h, b, Some(sent))
                 }

@@ -171,9 +171,12 @@ pub fn encode_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clon
     out
 }
 
+/// A decoded map: its (name, value) pairs, borrowed from the buffer.
+pub type Pairs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
 /// Decodes the map format, checking every length against the buffer before use, so a
 /// hostile count or length is an error and never a large allocation or a panic.
-pub fn decode_pairs(buf: &[u8]) -> Result<Vec<(&[u8], &[u8])>, DecodeError> {
+pub fn decode_pairs(buf: &[u8]) -> Result<Pairs<'_>, DecodeError> {
     if buf.is_empty() {
         return Ok(Vec::new());
     }

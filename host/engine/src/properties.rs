@@ -41,11 +41,8 @@ pub fn get(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
         b"plugin_vm_id" => return Some(env.vm_id.clone().into_bytes()),
         _ => {}
     }
-    let ctx = match state.http.get(state.effective) {
-        Some(ctx) => ctx,
-        // A root context holds no request properties (Envoy: `NotFound`).
-        None => return None,
-    };
+    // A root context holds no request properties (Envoy: `NotFound`).
+    let ctx = state.http.get(state.effective)?;
     let segments: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
     if !ROOTS.contains(&segments[0]) {
         return ctx.properties.lock().get(raw).cloned();

@@ -137,6 +137,10 @@ macro_rules! callbacks {
     };
 }
 
+/// A stream callback's signature: (context id, a count or size, end of stream) ->
+/// the filter's status.
+type StreamCallback = TypedFunc<(u32, u32, u32), u32>;
+
 callbacks! {
     on_context_create: "proxy_on_context_create" => (u32, u32) -> ();
     on_vm_start: "proxy_on_vm_start" => (u32, u32) -> u32;
@@ -536,7 +540,7 @@ impl Vm {
     fn stream_call(
         &mut self,
         name: &'static str,
-        pick: fn(&Callbacks) -> Option<&TypedFunc<(u32, u32, u32), u32>>,
+        pick: fn(&Callbacks) -> Option<&StreamCallback>,
         id: u32,
         n: u32,
         eos: bool,

@@ -265,10 +265,7 @@ mod bytes_free {
                 Ok(n) => have += n,
             }
             // Answer every complete request head in the buffer (pipelining included).
-            loop {
-                let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
-                    break;
-                };
+            while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
                 if s.write_all(RESPONSE).await.is_err() {
                     return;
                 }

@@ -45,12 +45,14 @@ impl Drop for Watched {
     }
 }
 
+/// A body and its deadline (the body `None` once it was taken).
+type Entry = (Option<Instant>, Weak<RefCell<Option<Incoming>>>);
+
 /// One worker's bodies under the watch, in a slab: a response takes a slot when it
 /// begins and gives it back when it ends, so the watch holds only those under way.
 #[derive(Default)]
 struct Watch {
-    /// A body and its deadline (`None` once the body was taken).
-    slots: Vec<Option<(Option<Instant>, Weak<RefCell<Option<Incoming>>>)>>,
+    slots: Vec<Option<Entry>>,
     free: Vec<usize>,
     /// Whether this worker's sweeping task runs (it stops when nothing is watched).
     sweeping: bool,
