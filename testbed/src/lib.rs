@@ -11,6 +11,7 @@
 
 mod bed;
 mod clusters;
+pub mod modules;
 mod ports;
 pub mod redis;
 

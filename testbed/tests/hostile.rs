@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use portcullis_testbed::modules::{MINIMAL_PROLOGUE, wat_module as wat};
 use portcullis_testbed::{
     FailurePolicy, GrpcCallResponse, HostLimits, Limit, Reply, Request, TestBed, VmLimits, wasm,
 };
@@ -347,22 +348,6 @@ fn a_huge_header_map_is_carried_without_harm() {
     assert_eq!(bed.send(Request::get("/plain")).status, 200);
 }
 
-const MINIMAL_PROLOGUE: &str = r#"
-  (memory (export "memory") 2)
-  (global $heap (mut i32) (i32.const 4096))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-"#;
-
-fn wat(body: &str) -> Vec<u8> {
-    wat::parse_str(format!("(module {body})")).expect("valid WAT")
-}
-
 #[test]
 fn an_invalid_filter_status_is_a_broken_abi_reply() {
     let module = wat(&format!(
@@ -438,6 +423,29 @@ fn a_module_without_the_abi_marker_is_refused() {
         .expect("refused")
         .to_string();
     assert!(err.contains("proxy_abi_version"), "{err}");
+}
+
+#[test]
+fn three_modules_without_the_sdk_that_answer_at_once_pass_requests_untouched() {
+    // The module `compare` measures the host's own cost with: it must really run
+    // through every phase and leave the request and the response as they were.
+    let module = portcullis_testbed::modules::bare_noop();
+    let mut bed = TestBed::new()
+        .filter_bytes(&module, "")
+        .named("a")
+        .filter_bytes(&module, "")
+        .named("b")
+        .filter_bytes(&module, "")
+        .named("c")
+        .build()
+        .expect("three bare modules start");
+    for _ in 0..3 {
+        let res = bed.send(Request::post("/orders", "the body").header("x-tag", "t1"));
+        assert_eq!(res.status, 200, "{}", res.text());
+        let up = res.upstream.expect("the request reached the upstream");
+        assert_eq!(up.body, b"the body");
+        assert_eq!(up.headers.get_str("x-tag"), Some("t1"));
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `floor`: one and three no-op wasm filters in each host: what running a wasm filter
 //! costs a host before the filter does anything (the floor under the chain). Three
-//! "bare" no-ops beside them: a module with no SDK and no allocator in use, whose
-//! every callback returns at once, so what they cost is the host's part alone.
+//! "bare" no-ops beside them (`portcullis_testbed::modules::bare_noop`: no SDK, every
+//! callback returns at once), so what they cost is the host's part alone.
 
 use crate::context::Ctx;
 use crate::hosts::{copies, envoy_noops, envoy_with, noop_filters, start_envoy, start_portcullis};
@@ -18,37 +18,11 @@ const E_ONE: &str = "envoy + 1 no-op";
 const E_THREE: &str = "envoy + 3 no-ops";
 const E_BARE: &str = "envoy + 3 bare no-ops";
 
-/// The bare no-op: the ABI's exports and nothing else. Each callback answers at
-/// once (continue; `on_vm_start`, `on_configure` and `on_done` say true); the
-/// allocator hands out bytes from the top of the memory and never frees, which is
-/// enough for the configuration the hosts write at start.
-const BARE_NOOP: &str = r#"(module
-  (memory (export "memory") 1)
-  (global $top (mut i32) (i32.const 1024))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $at i32)
-    (local.set $at (global.get $top))
-    (global.set $top (i32.add (global.get $top) (local.get $n)))
-    (local.get $at))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_request_trailers") (param i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_response_trailers") (param i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_log") (param i32))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_delete") (param i32)))"#;
-
 /// One and three filters that do nothing, and three bare ones, in both hosts: the
 /// per-filter cost of the host itself, which no filter can go under.
 pub fn run(ctx: &Ctx) {
     let a = &ctx.a;
-    let bare = wat::parse_str(BARE_NOOP).expect("the bare no-op is valid WAT");
+    let bare = portcullis_testbed::modules::bare_noop();
     std::fs::write(ctx.dir.join("bare_noop.wasm"), bare).expect("bare_noop.wasm written");
     let p_none = start_portcullis(ctx, "none", &[], &[], &[]);
     let p_one = start_portcullis(ctx, "noop1", &noop_filters(1), &[], &[]);
