@@ -650,7 +650,7 @@ async fn send_filtered(
     let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
     let req = http::Request::from_parts(parts, rx.boxed_unsync() as UpstreamBody);
     let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let send = async {
+    let sending = async {
         match tokio::time::timeout_at(deadline.into(), released).await {
             Ok(Ok(())) => {}
             // The pump ended without letting anything go: its outcome decides.
@@ -659,7 +659,7 @@ async fn send_filtered(
         }
         send(svc, req).await
     };
-    tokio::pin!(send);
+    tokio::pin!(sending);
     let limit = svc.service.max_request_body;
     let pump = pump_request(stream, &mut body, tx, limit, release, held);
     tokio::pin!(pump);
@@ -667,7 +667,7 @@ async fn send_filtered(
     let mut pumping = true;
     loop {
         tokio::select! {
-            r = &mut send => return r.map(|response| (response, bytes_in)),
+            r = &mut sending => return r.map(|response| (response, bytes_in)),
             p = &mut pump, if pumping => {
                 pumping = false;
                 bytes_in = p?;
