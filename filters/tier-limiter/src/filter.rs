@@ -294,7 +294,7 @@ impl HttpContext for Limit {
                 break;
             }
         }
-        let identity = identity.unwrap_or_else(|| "anonymous".to_owned());
+        let identity = crate::identity::bounded(identity.unwrap_or_else(|| "anonymous".to_owned()));
         let plan = c.plan_for(consumer.as_deref(), tier.as_deref());
         let now = self
             .get_current_time()

@@ -285,6 +285,51 @@ fn the_gateway_limits_through_the_service_and_redis_outages_follow_the_failure_m
 }
 
 #[test]
+fn a_client_cannot_turn_the_global_limit_off_with_a_huge_key() {
+    // Two windows carry the identity twice: a 40 KB key made a request past the
+    // service's 64 KiB limit, every call failed, and `failure_mode: open` let each
+    // request through uncounted. A long identity is now counted by its digest.
+    let redis = redis();
+    let svc = RatelimitService::start(&redis.url(), &[]);
+    let upstream = echo();
+    let config = json!({
+        "identify_by": ["header:x-api-key"],
+        "tiers": {"t": {"second": 3, "hour": 1000}},
+        "default_tier": "t",
+        "policy": "global",
+        "global": {"cluster": "ratelimit", "domain": "gw", "timeout_ms": 500, "failure_mode": "open"}
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+services:
+  - {{ name: echo, url: "http://{upstream}" }}
+  - {{ name: ratelimit, url: "{}" }}
+filters: [{{ name: limits, wasm: "{}", config: {config} }}]
+routes: [{{ name: api, service: echo, filters: [limits] }}]
+"#,
+        svc.url(),
+        wasm("tier_limiter")
+    ));
+    let huge = "k".repeat(40_000);
+    assert_eq!(
+        statuses(&gw, &huge, 4),
+        vec![200, 200, 200, 429],
+        "{}",
+        gw.stderr_text()
+    );
+    // Another huge key that differs in its last byte has buckets of its own.
+    let other = format!("{}j", &huge[1..]);
+    assert_eq!(statuses(&gw, &other, 1), vec![200]);
+    assert!(
+        !gw.logged("let through (failure_mode open)"),
+        "no call failed:\n{}",
+        gw.stderr_text()
+    );
+}
+
+#[test]
 fn our_filter_in_envoy_limits_through_the_service_too() {
     let redis = redis();
     let svc = RatelimitService::start(&redis.url(), &[]);
