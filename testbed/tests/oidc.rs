@@ -557,6 +557,18 @@ fn a_wrong_or_missing_state_and_a_replayed_callback_are_refused() {
     ));
     assert_eq!(res.status, 401);
     assert!(res.text().contains("another issuer"), "{}", res.text());
+    // Ours and another in one answer: refused too, not skipped as ambiguous.
+    let q = start_login(&mut bed, &idp, "/", &mut jar);
+    let ours: String = form_urlencoded::byte_serialize(ISS.as_bytes()).collect();
+    let res = bed.send(browser(
+        &format!(
+            "/callback?code=c-1&state={}&iss={ours}&iss=https%3A%2F%2Fevil.test",
+            q["state"]
+        ),
+        &jar,
+    ));
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert!(res.text().contains("another issuer"), "{}", res.text());
     let q = start_login(&mut bed, &idp, "/", &mut jar);
     // Two states in one callback are ambiguous.
     let res = bed.send(browser(
@@ -1228,6 +1240,19 @@ fn bearer_passthrough_validates_the_token_instead_of_redirecting() {
         bed.metric("oidc_bearer_cache_hits").map(|m| m.count()),
         Some(1)
     );
+    // A browser that has a session sends its cookies with the token: the session,
+    // its chunks and logins in progress stay here (replayable if the upstream logs
+    // them); other cookies pass.
+    let res = bed.send(
+        api("/", &Jar::default())
+            .header("authorization", &format!("Bearer {good}"))
+            .header(
+                "cookie",
+                &format!("{COOKIE}=sealed; {COOKIE}.1=more; theme=dark; {LOGIN_COOKIE}.abc=login"),
+            ),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.upstream_header("cookie").as_deref(), Some("theme=dark"));
     advance(&mut bed, &idp, 361);
     let res =
         bed.send(api("/", &Jar::default()).header("authorization", &format!("Bearer {good}")));

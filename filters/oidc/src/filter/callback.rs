@@ -23,8 +23,14 @@ impl Request {
                 &[],
             ));
         }
-        // RFC 9207: an IdP that names itself must be ours (mix-up defence).
-        if param("iss").is_ok_and(|iss| iss.is_some_and(|iss| iss != st.config.issuer)) {
+        // RFC 9207: an IdP that names itself must be ours (mix-up defence); two
+        // `iss` in one answer are refused, not skipped.
+        let named_other = match param("iss") {
+            Ok(None) => false,
+            Ok(Some(iss)) => iss != st.config.issuer,
+            Err(_) => true,
+        };
+        if named_other {
             bump(st.metrics.login_failures);
             if let Ok(Some(state)) = param("state") {
                 self.clear_login(st, &state);

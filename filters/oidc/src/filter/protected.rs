@@ -176,6 +176,8 @@ impl Request {
             vec![kit::identity::CREDENTIAL_PROPERTY],
             Some(token.as_bytes()),
         );
+        // A browser with a session may send a token too: its cookies stay here.
+        self.drop_our_cookies(&st.config);
     }
 
     /// No session: a browser asking for a page logs in; anything else gets 401.
@@ -284,7 +286,13 @@ impl Request {
             vec![kit::identity::CREDENTIAL_PROPERTY],
             Some(s.access_token.as_bytes()),
         );
-        // The upstream does not need our cookies; other cookies pass.
+        self.drop_our_cookies(c);
+        Action::Continue
+    }
+
+    /// The upstream does not need our cookies (the session's, its chunks, logins in
+    /// progress); other cookies pass.
+    fn drop_our_cookies(&mut self, c: &crate::config::Config) {
         let (session_name, login_name) = (c.cookie.name.as_str(), c.cookie.state_name.as_str());
         let mut kept = String::new();
         let mut dropped = false;
@@ -313,7 +321,6 @@ impl Request {
         if dropped {
             self.set_http_request_header("cookie", (!kept.is_empty()).then_some(kept.as_str()));
         }
-        Action::Continue
     }
 
     /// Seals `s` and queues its cookies (chunks when long; stale chunks cleared).
