@@ -976,6 +976,31 @@ fn rotated_session_secrets_keep_sessions_and_a_dropped_secret_ends_them() {
 }
 
 #[test]
+fn a_session_opens_only_where_the_idp_client_and_required_classes_are_the_same() {
+    // Two oidc filters on one host sharing the secret and the cookie name: a session
+    // one made was a session for the other, another client's route or a step-up
+    // route asking for `acr_values` included.
+    let idp = Idp::new();
+    let mut app = bed(&idp, json!({}));
+    let jar = login(&mut app, &idp, "/");
+    let mut same = bed(&idp, json!({}));
+    assert_eq!(
+        same.send(api("/", &jar)).status,
+        200,
+        "another filter with the same configuration"
+    );
+    for other in [
+        json!({"client_id": "admin"}),
+        json!({"acr_values": ["mfa"]}),
+    ] {
+        let mut b = bed(&idp, other.clone());
+        let res = b.send(api("/", &jar));
+        assert_eq!(res.status, 401, "{other}: {}", res.text());
+        assert!(res.upstream.is_none(), "{other}");
+    }
+}
+
+#[test]
 fn an_expiring_access_token_is_refreshed_and_never_forwarded_expired() {
     let idp = Idp::new();
     idp.access_ttl.set(120);

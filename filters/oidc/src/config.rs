@@ -456,8 +456,18 @@ impl Config {
 
         // Session.
         let s = f.session;
-        let keys = SessionKeys::new(s.secrets.iter().map(|k| (k.id.as_str(), k.secret.as_str())))
-            .map_err(|e| err("session.secrets", e))?;
+        // Cookies are this filter's own: bound to its IdP, its client and the
+        // authentication classes it requires (in any order), so another filter with the
+        // same secret, or this one after `acr_values` changed, does not take them.
+        let mut acr: Vec<&str> = f.acr_values.iter().map(String::as_str).collect();
+        acr.sort_unstable();
+        acr.dedup();
+        let acr = acr.join(" ");
+        let keys = SessionKeys::bound(
+            s.secrets.iter().map(|k| (k.id.as_str(), k.secret.as_str())),
+            &[&f.issuer, &f.client_id, &acr],
+        )
+        .map_err(|e| err("session.secrets", e))?;
         if s.lifetime == 0 {
             return Err(err("session.lifetime", "must be positive"));
         }

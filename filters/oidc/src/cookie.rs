@@ -99,6 +99,18 @@ impl SessionKeys {
     pub fn new<'a>(
         secrets: impl Iterator<Item = (&'a str, &'a str)>,
     ) -> Result<SessionKeys, String> {
+        SessionKeys::bound(secrets, &[])
+    }
+
+    /// The same keys, bound to `binding` (each part length-prefixed between the label
+    /// and the secret): a value sealed under one binding does not open under another,
+    /// whatever the secret. The filter binds its cookies to its issuer, client and
+    /// required authentication classes, so a session made by one filter is not one
+    /// for another sharing the secret (another IdP, or a step-up route).
+    pub fn bound<'a>(
+        secrets: impl Iterator<Item = (&'a str, &'a str)>,
+        binding: &[&str],
+    ) -> Result<SessionKeys, String> {
         let mut keys: Vec<(String, XChaCha20Poly1305)> = Vec::new();
         for (id, secret) in secrets {
             if id.is_empty()
@@ -119,6 +131,10 @@ impl SessionKeys {
             }
             let mut h = sha2::Sha256::new();
             h.update(b"portcullis oidc cookie key v1\0");
+            for part in binding {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
             h.update(secret.as_bytes());
             let key = h.finalize();
             let cipher = XChaCha20Poly1305::new_from_slice(key.as_slice())
@@ -330,6 +346,27 @@ mod tests {
 
     const A: &str = "0123456789abcdef0123456789abcdef";
     const B: &str = "fedcba9876543210fedcba9876543210";
+
+    #[test]
+    fn a_value_sealed_under_one_binding_opens_under_that_binding_only() {
+        let bound = |b: &[&str]| SessionKeys::bound([("k1", A)].into_iter(), b).unwrap();
+        let v = bound(&["iss", "web", ""]).seal("session", b"x").unwrap();
+        assert_eq!(
+            bound(&["iss", "web", ""]).open("session", &v).unwrap(),
+            b"x"
+        );
+        for other in [
+            &["iss", "admin", ""][..],
+            &["iss", "web", "mfa"],
+            &["is", "sweb", ""],
+            &[],
+        ] {
+            assert!(bound(other).open("session", &v).is_err(), "{other:?}");
+        }
+        // No binding is the key as it was.
+        let plain = keys(&[("k1", A)]).seal("session", b"y").unwrap();
+        assert_eq!(bound(&[]).open("session", &plain).unwrap(), b"y");
+    }
 
     #[test]
     fn sealed_values_open_with_any_listed_key_and_only_for_their_purpose() {
