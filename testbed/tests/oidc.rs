@@ -639,6 +639,30 @@ fn two_tabs_can_log_in_at_once() {
 }
 
 #[test]
+fn a_page_opened_many_times_while_logged_out_leaves_at_most_four_logins() {
+    // Each logged-out page view started a login with a cookie of its own (~3 KB with a
+    // long return path); twenty of them (a hostile page can open them) made a Cookie
+    // header that every later request was refused for.
+    let idp = Idp::new();
+    let mut bed = bed(&idp, json!({}));
+    let mut jar = Jar::default();
+    let long = format!("/{}", "a".repeat(1500));
+    let mut last = BTreeMap::new();
+    for _ in 0..20 {
+        last = start_login(&mut bed, &idp, &long, &mut jar);
+        let held = jar.0.keys().filter(|k| k.starts_with(LOGIN_COOKIE)).count();
+        assert!(held <= 4, "{held} logins held");
+    }
+    // The newest login completes.
+    let res = bed.send(browser(
+        &format!("/callback?code=c&state={}", last["state"]),
+        &jar,
+    ));
+    assert_eq!(res.status, 302, "{}", res.text());
+    assert_eq!(res.header("location"), Some(long.as_str()));
+}
+
+#[test]
 fn a_code_the_idp_refuses_is_401() {
     let idp = Idp::new();
     let mut bed = bed(&idp, json!({}));

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Logins in progress one browser may hold at once (tabs logging in together).
+const MAX_LOGINS: usize = 4;
+
 impl Request {
     pub(super) fn protected(&mut self, st: &mut State, now: u64) -> Result<Action, Action> {
         if st.config.bearer_passthrough && self.facts.authorizations > 1 {
@@ -225,6 +228,16 @@ impl Request {
         let Some(name) = cookie::login_name(&c.state_name, &login.state) else {
             return Err(self.reply(500, "cannot start the login", &[]));
         };
+        // At most MAX_LOGINS logins in progress per browser. Each is a cookie sent with
+        // every request, and a page opened many times while logged out (a hostile page
+        // can do that) would grow the Cookie header until every request is refused. The
+        // oldest (browsers list cookies oldest first) make room.
+        let present = cookie::login_names_present(&self.facts.cookie_refs(), &c.state_name);
+        let excess = (present.len() + 1).saturating_sub(MAX_LOGINS);
+        for old in &present[..excess] {
+            self.set_cookies
+                .push(cookie::set_cookie(c, old, "", Some(0), SameSite::Lax));
+        }
         self.set_cookies.push(cookie::set_cookie(
             c,
             &name,
