@@ -194,14 +194,21 @@ fn bad_calls_and_bad_rule_files_get_clear_errors() {
 }
 
 fn global_gateway(service: &str, failure_mode: &str, second: u32) -> Gateway {
+    limited_gateway(
+        service,
+        json!({
+            "identify_by": ["header:x-api-key"],
+            "tiers": {"t": {"second": second}},
+            "default_tier": "t",
+            "policy": "global",
+            "global": {"cluster": "ratelimit", "domain": "gw", "timeout_ms": 50, "failure_mode": failure_mode}
+        }),
+    )
+}
+
+/// A gateway whose one route has the tier-limiter with `config`, and the service.
+fn limited_gateway(service: &str, config: serde_json::Value) -> Gateway {
     let upstream = echo();
-    let config = json!({
-        "identify_by": ["header:x-api-key"],
-        "tiers": {"t": {"second": second}},
-        "default_tier": "t",
-        "policy": "global",
-        "global": {"cluster": "ratelimit", "domain": "gw", "timeout_ms": 50, "failure_mode": failure_mode}
-    });
     Gateway::start(&format!(
         r#"
 listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
@@ -291,27 +298,16 @@ fn a_client_cannot_turn_the_global_limit_off_with_a_huge_key() {
     // request through uncounted. A long identity is now counted by its digest.
     let redis = redis();
     let svc = RatelimitService::start(&redis.url(), &[]);
-    let upstream = echo();
-    let config = json!({
-        "identify_by": ["header:x-api-key"],
-        "tiers": {"t": {"second": 3, "hour": 1000}},
-        "default_tier": "t",
-        "policy": "global",
-        "global": {"cluster": "ratelimit", "domain": "gw", "timeout_ms": 500, "failure_mode": "open"}
-    });
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [{{ name: public, address: "127.0.0.1:{{PORT}}" }}]
-admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
-services:
-  - {{ name: echo, url: "http://{upstream}" }}
-  - {{ name: ratelimit, url: "{}" }}
-filters: [{{ name: limits, wasm: "{}", config: {config} }}]
-routes: [{{ name: api, service: echo, filters: [limits] }}]
-"#,
-        svc.url(),
-        wasm("tier_limiter")
-    ));
+    let gw = limited_gateway(
+        &svc.url(),
+        json!({
+            "identify_by": ["header:x-api-key"],
+            "tiers": {"t": {"second": 3, "hour": 1000}},
+            "default_tier": "t",
+            "policy": "global",
+            "global": {"cluster": "ratelimit", "domain": "gw", "timeout_ms": 500, "failure_mode": "open"}
+        }),
+    );
     let huge = "k".repeat(40_000);
     assert_eq!(
         statuses(&gw, &huge, 4),
