@@ -282,8 +282,9 @@ impl HttpContext for Limit {
                 .map(|v| match std::str::from_utf8(&v) {
                     Ok(text) => format!("{h}:{text}"),
                     Err(_) => {
-                        let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
-                        format!("{h}#{hex}")
+                        let mut id = format!("{h}#");
+                        crate::identity::push_hex(&mut id, &v);
+                        id
                     }
                 }),
                 Identify::Ip => self.get_property(vec!["source", "address"]).map(|a| {

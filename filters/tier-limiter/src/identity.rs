@@ -10,23 +10,27 @@ use sha2::{Digest, Sha256};
 pub const MAX_IDENTITY_BYTES: usize = 256;
 
 /// `identity`, or `sha256/` and the hex digest of it when it is longer than
-/// [`MAX_IDENTITY_BYTES`]. No identity the filter makes otherwise starts with
-/// `sha256/`: a header's starts with the header's name, which cannot hold a `/`.
+/// [`MAX_IDENTITY_BYTES`]. No other identity is `sha256/` and hex digits only: the
+/// address's starts `ip:`, a consumer's `consumer:`, a header's holds a `:` or a `#`
+/// after the header's name.
 pub fn bounded(identity: String) -> String {
     if identity.len() <= MAX_IDENTITY_BYTES {
         return identity;
     }
-    let digest = Sha256::digest(identity.as_bytes());
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256/");
-    for b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
+    let mut out = String::from("sha256/");
+    push_hex(&mut out, &Sha256::digest(identity.as_bytes()));
     out
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Appends `bytes` in lower-case hex.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -46,6 +50,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn hex_is_two_lower_case_digits_a_byte(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut out = String::from("x#");
+            push_hex(&mut out, &bytes);
+            let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            prop_assert_eq!(out, format!("x#{expected}"));
+        }
+
         #[test]
         fn two_long_identities_that_differ_are_counted_apart(
             a in proptest::collection::vec(any::<u8>(), MAX_IDENTITY_BYTES + 1..1000),
